@@ -1,0 +1,212 @@
+//! The device core's ports: the small interfaces through which the state machine reaches
+//! the outside world (host buffer allocation, the host-visible shared memory region, display
+//! output, and the "may a guest map this buffer?" question).
+//!
+//! The transport (`crate::transport`) and the binary wire real implementations into
+//! [`crate::device::GpuDevice`]; tests wire in their own. Nothing here knows about sockets
+//! or virtqueues.
+
+use std::os::fd::{BorrowedFd, OwnedFd};
+
+/// Guest memory as the vhost-user backend library hands it to us.
+pub type GuestMemory = vm_memory::GuestMemoryMmap<()>;
+
+/// DRM fourcc codes used on the host side (little-endian, as in `drm_fourcc.h`).
+pub mod fourcc {
+    /// `DRM_FORMAT_ARGB8888` ('AR24'): bytes B, G, R, A in memory.
+    pub const ARGB8888: u32 = u32::from_le_bytes(*b"AR24");
+    /// `DRM_FORMAT_XRGB8888` ('XR24'): bytes B, G, R, X in memory.
+    pub const XRGB8888: u32 = u32::from_le_bytes(*b"XR24");
+    /// `DRM_FORMAT_ABGR8888` ('AB24'): bytes R, G, B, A in memory.
+    pub const ABGR8888: u32 = u32::from_le_bytes(*b"AB24");
+    /// `DRM_FORMAT_XBGR8888` ('XB24'): bytes R, G, B, X in memory.
+    pub const XBGR8888: u32 = u32::from_le_bytes(*b"XB24");
+    /// `DRM_FORMAT_BGRA8888` ('BA24'): bytes A, R, G, B in memory.
+    pub const BGRA8888: u32 = u32::from_le_bytes(*b"BA24");
+    /// `DRM_FORMAT_BGRX8888` ('BX24'): bytes X, R, G, B in memory.
+    pub const BGRX8888: u32 = u32::from_le_bytes(*b"BX24");
+    /// `DRM_FORMAT_RGBA8888` ('RA24'): bytes A, B, G, R in memory.
+    pub const RGBA8888: u32 = u32::from_le_bytes(*b"RA24");
+    /// `DRM_FORMAT_RGBX8888` ('RX24'): bytes X, B, G, R in memory.
+    pub const RGBX8888: u32 = u32::from_le_bytes(*b"RX24");
+    /// `DRM_FORMAT_R8` ('R8  ').
+    pub const R8: u32 = u32::from_le_bytes(*b"R8  ");
+    /// `DRM_FORMAT_MOD_LINEAR`.
+    pub const MOD_LINEAR: u64 = 0;
+    /// `DRM_FORMAT_MOD_INVALID`.
+    pub const MOD_INVALID: u64 = 0x00ff_ffff_ffff_ffff;
+}
+
+/// What the device asks an allocator for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BufferRequest {
+    /// A linear image (cross-domain GET_IMAGE_REQUIREMENTS).
+    Image {
+        /// Width in pixels (non-zero, checked by the caller).
+        width: u32,
+        /// Height in pixels (non-zero, checked by the caller).
+        height: u32,
+        /// DRM fourcc.
+        drm_format: u32,
+        /// GBM-style usage flags, passed through to allocators that understand them.
+        usage: u32,
+    },
+    /// An untyped byte buffer of `size` bytes (already rounded up to the page size).
+    Bytes {
+        /// Size in bytes.
+        size: u64,
+    },
+}
+
+/// One plane of an allocated image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PlaneLayout {
+    /// Byte offset of the plane in the buffer.
+    pub offset: u32,
+    /// Bytes per row.
+    pub stride: u32,
+}
+
+/// A host buffer, exported as a file descriptor (a dma-buf or a memfd), zero-filled.
+#[derive(Debug)]
+pub struct HostBuffer {
+    /// The buffer's fd. Mapping is done through this fd.
+    pub fd: OwnedFd,
+    /// Size in bytes (a multiple of the page size).
+    pub size: u64,
+    /// Plane layouts; one entry for `Bytes` requests (offset 0, stride 0).
+    pub planes: Vec<PlaneLayout>,
+    /// Format modifier (`fourcc::MOD_LINEAR` for linear buffers).
+    pub modifier: u64,
+    /// Whether the buffer is a dma-buf (`false`: a plain memfd).
+    pub is_dmabuf: bool,
+}
+
+/// Allocation failure, mapped to `ERR_OUT_OF_MEMORY` or `ERR_INVALID_PARAMETER` by the device.
+#[derive(Debug, thiserror::Error)]
+pub enum AllocError {
+    /// The request cannot be satisfied by this allocator (bad format, size too large...).
+    #[error("unsupported buffer request: {0}")]
+    Unsupported(String),
+    /// The host ran out of memory or the allocator failed at the OS level.
+    #[error("allocation failed: {0}")]
+    Os(#[from] std::io::Error),
+}
+
+/// Allocates zero-filled host buffers.
+pub trait BufferAllocator: Send {
+    /// Short name for logs and `--allocator` (`memfd`, `udmabuf`, `gbm`).
+    fn name(&self) -> &'static str;
+    /// Allocates a zero-filled buffer.
+    fn allocate(&mut self, request: &BufferRequest) -> Result<HostBuffer, AllocError>;
+    /// The DRM device fd the buffers come from, if any (passed to the map advisor so that
+    /// driver ioctls can be asked).
+    fn drm_fd(&self) -> Option<BorrowedFd<'_>>;
+}
+
+/// Failure to change the host-visible region.
+#[derive(Debug, thiserror::Error)]
+pub enum MapError {
+    /// The frontend did not negotiate the SHMEM protocol feature (or sent no backend channel).
+    #[error("frontend has no shared memory region support (SHMEM not negotiated)")]
+    NotSupported,
+    /// The frontend refused or failed the request.
+    #[error("frontend refused the mapping request: {0}")]
+    Frontend(String),
+}
+
+/// Places host buffers in the host-visible shared memory region (shmid 1). Implementations
+/// are synchronous: `map` returns only after the frontend acknowledged the mapping.
+pub trait RegionMapper: Send {
+    /// Whether mapping is possible at all right now (SHMEM negotiated, channel present).
+    fn available(&self) -> bool;
+    /// Maps `len` bytes of `fd` starting at `fd_offset` at `shm_offset` in the region.
+    fn map(&mut self, fd: BorrowedFd<'_>, fd_offset: u64, shm_offset: u64, len: u64, writable: bool) -> Result<(), MapError>;
+    /// Removes the mapping at `shm_offset`..`shm_offset+len`.
+    fn unmap(&mut self, shm_offset: u64, len: u64) -> Result<(), MapError>;
+}
+
+/// A view of a scanout's pixels, handed to display sinks on flush.
+#[derive(Debug, Clone, Copy)]
+pub struct Frame<'a> {
+    /// Width in pixels.
+    pub width: u32,
+    /// Height in pixels.
+    pub height: u32,
+    /// Bytes per row in `data`.
+    pub stride: u32,
+    /// DRM fourcc of `data`.
+    pub drm_format: u32,
+    /// The pixels (`stride * height` bytes at least).
+    pub data: &'a [u8],
+}
+
+/// A rectangle in scanout coordinates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Rect {
+    /// Left edge.
+    pub x: u32,
+    /// Top edge.
+    pub y: u32,
+    /// Width.
+    pub width: u32,
+    /// Height.
+    pub height: u32,
+}
+
+/// A dma-buf shown on a scanout (for frontends that can import it).
+#[derive(Debug)]
+pub struct DmabufScanout<'a> {
+    /// The buffer.
+    pub fd: BorrowedFd<'a>,
+    /// Width in pixels.
+    pub width: u32,
+    /// Height in pixels.
+    pub height: u32,
+    /// Bytes per row.
+    pub stride: u32,
+    /// DRM fourcc.
+    pub drm_format: u32,
+    /// Format modifier.
+    pub modifier: u64,
+}
+
+/// Receives what the guest shows: QEMU's display channel, PNG capture, or nothing.
+pub trait DisplaySink: Send {
+    /// A scanout was enabled (`Some((width, height))`) or disabled (`None`).
+    fn scanout(&mut self, scanout_id: u32, mode: Option<(u32, u32)>);
+    /// The region `damage` of the scanout changed; `frame` is the whole current image.
+    fn flush(&mut self, scanout_id: u32, frame: &Frame<'_>, damage: Rect);
+    /// The scanout now shows a dma-buf (only called when the buffer is a dma-buf). Returns
+    /// `false` when the sink cannot take dma-bufs; the device then falls back to `flush`.
+    fn dmabuf_scanout(&mut self, _scanout_id: u32, _buf: &DmabufScanout<'_>) -> bool {
+        false
+    }
+    /// The cursor image changed (`image` is 64x64 ARGB8888, or `None` to hide it).
+    fn cursor_update(&mut self, scanout_id: u32, x: u32, y: u32, hot_x: u32, hot_y: u32, image: Option<&[u8]>);
+    /// The cursor moved.
+    fn cursor_move(&mut self, scanout_id: u32, x: u32, y: u32);
+}
+
+/// The answer to "may a guest map this host buffer, and with which cache attribute?".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MapAdvice {
+    /// Map it; report `map_info` (a `VIRTIO_GPU_MAP_CACHE_*` value, never NONE).
+    Allow {
+        /// `VIRTIO_GPU_MAP_CACHE_CACHED` (1), `_UNCACHED` (2) or `_WC` (3).
+        map_info: u32,
+        /// Where the answer came from, for logs.
+        source: String,
+    },
+    /// Do not map it.
+    Refuse {
+        /// Why, including the source of the answer, for logs.
+        reason: String,
+    },
+}
+
+/// Decides whether buffers may be mapped into a guest (implemented over `dmabuf-info`).
+pub trait MapAdvisor: Send {
+    /// Asks about `fd`; `drm_fd` is the allocator's DRM device, if it has one.
+    fn advise(&self, fd: BorrowedFd<'_>, drm_fd: Option<BorrowedFd<'_>>) -> MapAdvice;
+}
