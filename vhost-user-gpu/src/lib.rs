@@ -1,4 +1,19 @@
 //! A vhost-user virtio-gpu device backend with blob mapping through SHMEM_MAP.
+//!
+//! Layout:
+//! - [`protocol`]: virtio-gpu wire structs, the typed command decoded from bytes and the
+//!   typed response encoded back.
+//! - [`device`]: the device state machine (resources, contexts, scanouts, the host-visible
+//!   region allocator), apart from any queue handling; [`device::ports`] are its interfaces.
+//! - [`alloc`]: host buffer allocators (memfd, udmabuf, gbm).
+//! - [`transport`]: the vhost-user glue (queues, config space, SHMEM_MAP mapper).
+//! - [`display`]: display sinks (QEMU's vhost-user-gpu display protocol, PNG capture).
+//! - [`advisor`]: the map advisor over `dmabuf-info`.
 #![warn(missing_docs)]
 
+pub mod advisor;
+pub mod alloc;
 pub mod device;
+pub mod display;
+pub mod protocol;
+pub mod transport;

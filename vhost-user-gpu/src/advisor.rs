@@ -1,0 +1,1 @@
+//! The map advisor over `dmabuf-info`.
