@@ -1,0 +1,702 @@
+//! The vhost-user frontend: starts a backend program and drives it like QEMU does.
+//!
+//! Built on the `vhost` crate's frontend (`vhost::vhost_user::Frontend`) for the standard
+//! messages; `VHOST_USER_GPU_SET_SOCKET` (request 33), which the crate cannot send, is
+//! written by hand on the same socket.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserHeaderFlag};
+use vhost::vhost_user::{
+    Frontend as VuFrontend, VhostUserFrontend, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
+};
+use vhost::VhostBackend;
+use vmm_sys_util::sock_ctrl_msg::ScmSocket;
+
+use crate::display::{DisplayConfig, DisplayServer};
+use crate::gpu::{self, Cmd, Resp};
+use crate::memory::GuestRam;
+use crate::proc_stats::ProcStats;
+use crate::shmem::{BackendRequestServer, SharedMemoryRegion};
+use crate::virtq::{Segment, SplitQueue};
+use crate::{Error, Result};
+
+/// `VHOST_USER_GPU_SET_SOCKET`.
+const GPU_SET_SOCKET: u32 = 33;
+/// `VIRTIO_F_VERSION_1`.
+pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+/// Control queue index.
+pub const CONTROL_QUEUE: usize = 0;
+/// Cursor queue index.
+pub const CURSOR_QUEUE: usize = 1;
+/// How long to wait for a backend before calling it hung (a guard, not an assertion).
+pub const HANG_GUARD: Duration = Duration::from_secs(20);
+
+/// Which backend implementation is under test; decides its command line and what it can do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peer {
+    /// This project's `vhost-user-gpu`.
+    Ours,
+    /// QEMU's reference C backend (`/usr/lib/qemu/vhost-user-gpu`).
+    Qemu,
+    /// rust-vmm's `vhost-device-gpu`.
+    VhostDeviceGpu,
+}
+
+impl Peer {
+    /// Parses `ours`, `qemu` or `vhost-device-gpu`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "ours" | "vhost-user-gpu" => Some(Self::Ours),
+            "qemu" => Some(Self::Qemu),
+            "vhost-device-gpu" | "vdg" => Some(Self::VhostDeviceGpu),
+            _ => None,
+        }
+    }
+    /// Name for reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Ours => "ours",
+            Self::Qemu => "qemu",
+            Self::VhostDeviceGpu => "vhost-device-gpu",
+        }
+    }
+}
+
+/// How to start a backend.
+#[derive(Debug, Clone)]
+pub struct BackendSpec {
+    /// The program.
+    pub program: PathBuf,
+    /// Extra arguments after the socket path.
+    pub args: Vec<String>,
+    /// Which implementation it is.
+    pub peer: Peer,
+}
+
+impl BackendSpec {
+    /// `VUG_BACKEND=/path` (+ `VUG_BACKEND_PEER=qemu|vhost-device-gpu|ours`) if set, else
+    /// `ours` run from `default_program`.
+    pub fn from_env(default_program: &Path) -> Self {
+        match std::env::var_os("VUG_BACKEND") {
+            Some(p) => {
+                let peer = std::env::var("VUG_BACKEND_PEER")
+                    .ok()
+                    .and_then(|s| Peer::parse(&s))
+                    .unwrap_or_else(|| guess_peer(Path::new(&p)));
+                Self {
+                    program: p.into(),
+                    args: Vec::new(),
+                    peer,
+                }
+            }
+            None => Self {
+                program: default_program.into(),
+                args: Vec::new(),
+                peer: Peer::Ours,
+            },
+        }
+    }
+
+    /// Adds arguments.
+    pub fn with_args<I: IntoIterator<Item = S>, S: Into<String>>(mut self, args: I) -> Self {
+        self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+}
+
+fn guess_peer(p: &Path) -> Peer {
+    let s = p.to_string_lossy();
+    if s.contains("qemu") {
+        Peer::Qemu
+    } else if s.contains("vhost-device-gpu") {
+        Peer::VhostDeviceGpu
+    } else {
+        Peer::Ours
+    }
+}
+
+/// Frontend settings.
+#[derive(Debug, Clone)]
+pub struct FrontendOptions {
+    /// Guest RAM size.
+    pub ram_size: usize,
+    /// Entries per virtqueue.
+    pub queue_size: u16,
+    /// virtio-gpu feature bits the "driver" wants (masked by what the backend offers).
+    pub gpu_features: u64,
+    /// The display the frontend pretends to have.
+    pub display: DisplayConfig,
+}
+
+impl Default for FrontendOptions {
+    fn default() -> Self {
+        Self {
+            ram_size: 128 << 20,
+            queue_size: 256,
+            gpu_features: gpu::features::EDID
+                | gpu::features::RESOURCE_UUID
+                | gpu::features::RESOURCE_BLOB
+                | gpu::features::CONTEXT_INIT
+                | gpu::features::VIRGL,
+            display: DisplayConfig::default(),
+        }
+    }
+}
+
+/// Protocol features this frontend implements.
+pub fn supported_protocol_features() -> VhostUserProtocolFeatures {
+    VhostUserProtocolFeatures::CONFIG
+        | VhostUserProtocolFeatures::MQ
+        | VhostUserProtocolFeatures::REPLY_ACK
+        | VhostUserProtocolFeatures::BACKEND_REQ
+        | VhostUserProtocolFeatures::BACKEND_SEND_FD
+        | VhostUserProtocolFeatures::RESET_DEVICE
+        | VhostUserProtocolFeatures::SHMEM
+}
+
+struct InFlight {
+    buffers: Vec<u64>,
+    resp: Option<(u64, usize)>,
+}
+
+/// One live vhost-user connection and everything hanging off it.
+struct Connection {
+    vu: VuFrontend,
+    raw: UnixStream,
+    offered_features: u64,
+    acked_features: u64,
+    protocol: VhostUserProtocolFeatures,
+    queues: Vec<SplitQueue>,
+    in_flight: Vec<HashMap<u16, InFlight>>,
+    region: Option<Arc<SharedMemoryRegion>>,
+    requests: Option<BackendRequestServer>,
+    display: Option<DisplayServer>,
+    config: Vec<u8>,
+}
+
+/// A running backend and the frontend talking to it.
+pub struct Frontend {
+    spec: BackendSpec,
+    options: FrontendOptions,
+    dir: tempfile::TempDir,
+    socket: PathBuf,
+    child: Option<Child>,
+    ram: Arc<GuestRam>,
+    conn: Option<Connection>,
+}
+
+impl Frontend {
+    /// Starts the backend with default options and connects.
+    pub fn spawn(spec: BackendSpec) -> Result<Self> {
+        Self::spawn_with(spec, FrontendOptions::default())
+    }
+
+    /// Starts the backend and connects.
+    pub fn spawn_with(spec: BackendSpec, options: FrontendOptions) -> Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("vug-conformance")
+            .tempdir()
+            .map_err(Error::io("tempdir"))?;
+        let socket = dir.path().join("backend.sock");
+        let stderr = File::create(dir.path().join("backend.log")).map_err(Error::io("log"))?;
+        let mut cmd = Command::new(&spec.program);
+        cmd.arg("--socket-path").arg(&socket);
+        if spec.peer == Peer::VhostDeviceGpu
+            && !spec.args.iter().any(|a| a.starts_with("--gpu-mode"))
+        {
+            cmd.args(["--gpu-mode", "null"]);
+        }
+        cmd.args(&spec.args)
+            .stdin(Stdio::null())
+            .stdout(stderr.try_clone().map_err(Error::io("log"))?)
+            .stderr(stderr);
+        if spec.peer == Peer::Ours && std::env::var_os("RUST_LOG").is_none() {
+            cmd.env("RUST_LOG", "debug");
+        }
+        let child = cmd.spawn().map_err(|source| Error::Spawn {
+            program: spec.program.display().to_string(),
+            source,
+        })?;
+        let ram = Arc::new(GuestRam::new(options.ram_size)?);
+        let mut fe = Self {
+            spec,
+            options,
+            dir,
+            socket,
+            child: Some(child),
+            ram,
+            conn: None,
+        };
+        fe.connect()?;
+        Ok(fe)
+    }
+
+    /// Which peer this is.
+    pub fn peer(&self) -> Peer {
+        self.spec.peer
+    }
+
+    /// Process id of the backend.
+    pub fn backend_pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// `/proc` counters of the backend.
+    pub fn backend_stats(&self) -> Result<ProcStats> {
+        let pid = self
+            .backend_pid()
+            .ok_or(Error::Unsupported("a running backend"))?;
+        ProcStats::of(pid)
+    }
+
+    /// What the backend printed so far.
+    pub fn backend_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("backend.log")).unwrap_or_default()
+    }
+
+    /// A scratch directory that lives as long as the frontend.
+    pub fn scratch_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Whether the backend process is still running.
+    pub fn backend_alive(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Guest RAM.
+    pub fn ram(&self) -> &GuestRam {
+        &self.ram
+    }
+
+    fn conn(&self) -> Result<&Connection> {
+        self.conn
+            .as_ref()
+            .ok_or(Error::Unsupported("a connected backend"))
+    }
+
+    fn conn_mut(&mut self) -> Result<&mut Connection> {
+        self.conn
+            .as_mut()
+            .ok_or(Error::Unsupported("a connected backend"))
+    }
+
+    /// virtio feature bits acknowledged.
+    pub fn acked_features(&self) -> u64 {
+        self.conn.as_ref().map_or(0, |c| c.acked_features)
+    }
+
+    /// virtio feature bits offered by the backend.
+    pub fn offered_features(&self) -> u64 {
+        self.conn.as_ref().map_or(0, |c| c.offered_features)
+    }
+
+    /// Whether all of `gpu_feature_mask` was negotiated.
+    pub fn has_features(&self, mask: u64) -> bool {
+        self.acked_features() & mask == mask
+    }
+
+    /// Negotiated protocol features.
+    pub fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        self.conn
+            .as_ref()
+            .map_or(VhostUserProtocolFeatures::empty(), |c| c.protocol)
+    }
+
+    /// The config space read at connect time (16 bytes for virtio-gpu).
+    pub fn config_space(&self) -> &[u8] {
+        self.conn.as_ref().map_or(&[], |c| &c.config)
+    }
+
+    /// The host-visible region, when the backend has one (SHMEM negotiated).
+    pub fn shmem(&self) -> Option<&SharedMemoryRegion> {
+        self.conn.as_ref().and_then(|c| c.region.as_deref())
+    }
+
+    /// The display server of the current connection.
+    pub fn display(&self) -> Option<&DisplayServer> {
+        self.conn.as_ref().and_then(|c| c.display.as_ref())
+    }
+
+    fn wait_for_socket(&mut self) -> Result<()> {
+        let deadline = Instant::now() + HANG_GUARD;
+        while !self.socket.exists() {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    return Err(Error::BackendExited(status));
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(Error::SocketTimeout(
+                    self.spec.program.display().to_string(),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// Connects (again) and runs the whole QEMU-like setup.
+    pub fn connect(&mut self) -> Result<()> {
+        self.wait_for_socket()?;
+        let deadline = Instant::now() + HANG_GUARD;
+        let stream = loop {
+            match UnixStream::connect(&self.socket) {
+                Ok(s) => break s,
+                Err(e) if Instant::now() < deadline => {
+                    log::debug!("connect: {e}, retrying");
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => {
+                    return Err(Error::Io {
+                        what: "connect to backend",
+                        source: e,
+                    })
+                }
+            }
+        };
+        let raw = stream.try_clone().map_err(Error::io("clone socket"))?;
+        let mut vu = VuFrontend::from_stream(stream, 2);
+
+        vu.set_owner().map_err(Error::vhost("SET_OWNER"))?;
+        let offered = vu.get_features().map_err(Error::vhost("GET_FEATURES"))?;
+        let mut protocol = VhostUserProtocolFeatures::empty();
+        if offered & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() != 0 {
+            let theirs = vu
+                .get_protocol_features()
+                .map_err(Error::vhost("GET_PROTOCOL_FEATURES"))?;
+            protocol = theirs & supported_protocol_features();
+            vu.set_protocol_features(protocol)
+                .map_err(Error::vhost("SET_PROTOCOL_FEATURES"))?;
+        }
+        if protocol.contains(VhostUserProtocolFeatures::REPLY_ACK) {
+            vu.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
+        }
+        if protocol.contains(VhostUserProtocolFeatures::MQ) {
+            let n = vu.get_queue_num().map_err(Error::vhost("GET_QUEUE_NUM"))?;
+            if n < 2 {
+                return Err(Error::Malformed(format!(
+                    "backend has {n} queues, virtio-gpu needs 2"
+                )));
+            }
+        }
+        let mut region = None;
+        let mut requests = None;
+        if protocol.contains(VhostUserProtocolFeatures::SHMEM) {
+            let cfg = vu
+                .get_shmem_config()
+                .map_err(Error::vhost("GET_SHMEM_CONFIG"))?;
+            let id = usize::from(gpu::SHM_ID_HOST_VISIBLE);
+            let size = cfg.memory_sizes[id];
+            if size > 0 {
+                region = Some(Arc::new(SharedMemoryRegion::reserve(
+                    gpu::SHM_ID_HOST_VISIBLE,
+                    size,
+                )?));
+            }
+        }
+        if protocol.contains(VhostUserProtocolFeatures::BACKEND_REQ) {
+            let handler = region.clone().map_or_else(
+                || SharedMemoryRegion::reserve(gpu::SHM_ID_HOST_VISIBLE, 4096).map(Arc::new),
+                Ok,
+            )?;
+            let reply_ack = protocol.contains(VhostUserProtocolFeatures::REPLY_ACK);
+            let (server, fd) = BackendRequestServer::start(handler, reply_ack)?;
+            vu.set_backend_request_fd(&fd)
+                .map_err(Error::vhost("SET_BACKEND_REQ_FD"))?;
+            requests = Some(server);
+        }
+        let mut config = Vec::new();
+        if protocol.contains(VhostUserProtocolFeatures::CONFIG) {
+            let (_, payload) = vu
+                .get_config(0, 16, VhostUserConfigFlags::WRITABLE, &[0u8; 16])
+                .map_err(Error::vhost("GET_CONFIG"))?;
+            config = payload.to_vec();
+        }
+        let mut conn = Connection {
+            vu,
+            raw,
+            offered_features: offered,
+            acked_features: 0,
+            protocol,
+            queues: Vec::new(),
+            in_flight: Vec::new(),
+            region,
+            requests,
+            display: None,
+            config,
+        };
+        self.start_device(&mut conn)?;
+        self.conn = Some(conn);
+        Ok(())
+    }
+
+    /// What QEMU does when the device starts: display socket, features, memory, vrings.
+    fn start_device(&self, conn: &mut Connection) -> Result<()> {
+        let (display, theirs) = DisplayServer::start(self.options.display.clone())?;
+        send_gpu_set_socket(&mut conn.raw, &theirs, conn.protocol)?;
+        drop(theirs);
+        conn.display = Some(display);
+
+        let wanted = VIRTIO_F_VERSION_1
+            | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+            | self.options.gpu_features;
+        conn.acked_features = conn.offered_features & wanted;
+        conn.vu
+            .set_features(conn.acked_features)
+            .map_err(Error::vhost("SET_FEATURES"))?;
+        conn.vu
+            .set_mem_table(&[self.ram.region_info()])
+            .map_err(Error::vhost("SET_MEM_TABLE"))?;
+        for q in conn.queues.drain(..) {
+            q.release(&self.ram);
+        }
+        conn.in_flight.clear();
+        for index in 0..2 {
+            let q = SplitQueue::new(&self.ram, index, self.options.queue_size)?;
+            conn.vu
+                .set_vring_num(index, q.size())
+                .map_err(Error::vhost("SET_VRING_NUM"))?;
+            conn.vu
+                .set_vring_addr(index, &q.vring_config(&self.ram)?)
+                .map_err(Error::vhost("SET_VRING_ADDR"))?;
+            conn.vu
+                .set_vring_base(index, 0)
+                .map_err(Error::vhost("SET_VRING_BASE"))?;
+            conn.vu
+                .set_vring_call(index, q.call_fd())
+                .map_err(Error::vhost("SET_VRING_CALL"))?;
+            conn.vu
+                .set_vring_kick(index, q.kick_fd())
+                .map_err(Error::vhost("SET_VRING_KICK"))?;
+            if conn.acked_features & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() != 0 {
+                conn.vu
+                    .set_vring_enable(index, true)
+                    .map_err(Error::vhost("SET_VRING_ENABLE"))?;
+            }
+            conn.queues.push(q);
+            conn.in_flight.push(HashMap::new());
+        }
+        Ok(())
+    }
+
+    /// Device reset the way QEMU does it: disable and stop the rings (`GET_VRING_BASE`),
+    /// `RESET_DEVICE` if negotiated, make the whole host-visible region inaccessible, then
+    /// start again with fresh rings and a new display socket.
+    pub fn reset(&mut self) -> Result<()> {
+        let mut conn = self
+            .conn
+            .take()
+            .ok_or(Error::Unsupported("a connected backend"))?;
+        let result = (|| {
+            for index in 0..2 {
+                if conn.acked_features & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() != 0 {
+                    conn.vu
+                        .set_vring_enable(index, false)
+                        .map_err(Error::vhost("SET_VRING_ENABLE"))?;
+                }
+                conn.vu
+                    .get_vring_base(index)
+                    .map_err(Error::vhost("GET_VRING_BASE"))?;
+            }
+            if conn
+                .protocol
+                .contains(VhostUserProtocolFeatures::RESET_DEVICE)
+            {
+                conn.vu
+                    .reset_device()
+                    .map_err(Error::vhost("RESET_DEVICE"))?;
+            }
+            if let Some(region) = &conn.region {
+                region.unmap_all()?;
+            }
+            conn.display = None;
+            self.start_device(&mut conn)
+        })();
+        self.conn = Some(conn);
+        result
+    }
+
+    /// Closes the vhost-user connection (QEMU quitting or the socket dropping). The
+    /// frontend forgets all mappings, as QEMU does.
+    pub fn disconnect(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            for q in conn.queues {
+                q.release(&self.ram);
+            }
+            drop(conn.requests);
+            drop(conn.vu);
+            drop(conn.raw);
+            drop(conn.display);
+            drop(conn.region);
+        }
+    }
+
+    /// Disconnects and connects again (needs a backend that keeps listening).
+    pub fn reconnect(&mut self) -> Result<()> {
+        self.disconnect();
+        self.connect()
+    }
+
+    /// Puts a request (readable parts, each its own descriptor) and an optional
+    /// `resp_len`-byte response buffer on `queue`, and kicks. Returns the head index.
+    pub fn send(&mut self, queue: usize, parts: &[&[u8]], resp_len: usize) -> Result<u16> {
+        let ram = self.ram.clone();
+        let conn = self.conn_mut()?;
+        let mut segments = Vec::with_capacity(parts.len() + 1);
+        let mut buffers = Vec::with_capacity(parts.len() + 1);
+        let cleanup = |buffers: &[u64]| buffers.iter().for_each(|&b| ram.free(b));
+        for part in parts {
+            let gpa = match ram.alloc(part.len() as u64, 8) {
+                Ok(g) => g,
+                Err(e) => {
+                    cleanup(&buffers);
+                    return Err(e);
+                }
+            };
+            buffers.push(gpa);
+            ram.write(gpa, part)?;
+            segments.push(Segment::readable(gpa, part.len() as u32));
+        }
+        let mut resp = None;
+        if resp_len > 0 {
+            let gpa = ram
+                .alloc(resp_len as u64, 8)
+                .inspect_err(|_| cleanup(&buffers))?;
+            buffers.push(gpa);
+            segments.push(Segment::writable(gpa, resp_len as u32));
+            resp = Some((gpa, resp_len));
+        }
+        let q = conn
+            .queues
+            .get_mut(queue)
+            .ok_or(Error::Queue(format!("no queue {queue}")))?;
+        let head = q
+            .add_chain(&ram, &segments)
+            .inspect_err(|_| cleanup(&buffers))?;
+        q.kick()?;
+        conn.in_flight[queue].insert(head, InFlight { buffers, resp });
+        Ok(head)
+    }
+
+    /// Waits for the next used buffer on `queue`; returns its head and the response bytes
+    /// the device wrote (empty without a response buffer).
+    pub fn wait(&mut self, queue: usize) -> Result<(u16, Vec<u8>)> {
+        let ram = self.ram.clone();
+        let conn = self.conn_mut()?;
+        let q = conn
+            .queues
+            .get_mut(queue)
+            .ok_or(Error::Queue(format!("no queue {queue}")))?;
+        let used = q.wait_used(&ram, HANG_GUARD)?;
+        let flight = conn.in_flight[queue]
+            .remove(&used.head)
+            .ok_or_else(|| Error::Queue(format!("used head {} not in flight", used.head)))?;
+        let mut bytes = Vec::new();
+        if let Some((gpa, len)) = flight.resp {
+            let n = (used.written as usize).min(len);
+            bytes = ram.read_vec(gpa, n)?;
+        }
+        for b in flight.buffers {
+            ram.free(b);
+        }
+        Ok((used.head, bytes))
+    }
+
+    /// Sends one control command and returns the decoded response.
+    pub fn ctrl(&mut self, cmd: Cmd) -> Result<Resp> {
+        self.ctrl_parts(&[&cmd.into_bytes()], 4096)
+    }
+
+    /// Sends a control command split over several descriptors.
+    pub fn ctrl_parts(&mut self, parts: &[&[u8]], resp_len: usize) -> Result<Resp> {
+        self.send(CONTROL_QUEUE, parts, resp_len)?;
+        let (_, bytes) = self.wait(CONTROL_QUEUE)?;
+        Resp::parse(&bytes)
+    }
+
+    /// Sends a cursor command (no response buffer, like the Linux driver).
+    pub fn cursor(&mut self, cmd: Cmd) -> Result<()> {
+        self.send(CURSOR_QUEUE, &[&cmd.into_bytes()], 0)?;
+        self.wait(CURSOR_QUEUE).map(|_| ())
+    }
+
+    /// Frontend-side info for debugging assertions.
+    pub fn describe(&self) -> String {
+        match self.conn() {
+            Ok(c) => format!(
+                "peer {} features {:#x} (offered {:#x}) protocol {:?}",
+                self.spec.peer.name(),
+                c.acked_features,
+                c.offered_features,
+                c.protocol
+            ),
+            Err(_) => format!("peer {} (disconnected)", self.spec.peer.name()),
+        }
+    }
+}
+
+impl Drop for Frontend {
+    fn drop(&mut self) {
+        self.disconnect();
+        if let Some(mut child) = self.child.take() {
+            let deadline = Instant::now() + Duration::from_secs(2);
+            // A backend normally exits when its frontend goes away; stop it otherwise.
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Sends `VHOST_USER_GPU_SET_SOCKET` with `fd` on the main socket; waits for the ack when
+/// REPLY_ACK is negotiated.
+fn send_gpu_set_socket(
+    raw: &mut UnixStream,
+    fd: &OwnedFd,
+    protocol: VhostUserProtocolFeatures,
+) -> Result<()> {
+    let reply_ack = protocol.contains(VhostUserProtocolFeatures::REPLY_ACK);
+    let mut flags = 0x1; // version 1
+    if reply_ack {
+        flags |= VhostUserHeaderFlag::NEED_REPLY.bits();
+    }
+    let mut hdr = [0u8; 12];
+    hdr[0..4].copy_from_slice(&GPU_SET_SOCKET.to_le_bytes());
+    hdr[4..8].copy_from_slice(&flags.to_le_bytes());
+    raw.send_with_fd(&hdr[..], fd.as_raw_fd())
+        .map_err(|e| Error::Io {
+            what: "send GPU_SET_SOCKET",
+            source: e.into(),
+        })?;
+    if reply_ack {
+        let mut reply = [0u8; 20];
+        raw.read_exact(&mut reply)
+            .map_err(Error::io("GPU_SET_SOCKET ack"))?;
+        let code = u32::from_le_bytes([reply[0], reply[1], reply[2], reply[3]]);
+        let value = u64::from_le_bytes(reply[12..20].try_into().unwrap_or([0xff; 8]));
+        if code != GPU_SET_SOCKET || value != 0 {
+            return Err(Error::Malformed(format!(
+                "GPU_SET_SOCKET ack: request {code}, status {value:#x}"
+            )));
+        }
+    }
+    raw.flush().map_err(Error::io("flush"))?;
+    Ok(())
+}

@@ -1,0 +1,260 @@
+//! Guest RAM: one shared memfd, mapped in the frontend and handed to the backend with
+//! `SET_MEM_TABLE`, plus a small first-fit allocator for guest-physical ranges.
+
+use std::collections::BTreeMap;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::ptr::NonNull;
+use std::sync::Mutex;
+
+use rustix::fs::{ftruncate, memfd_create, MemfdFlags};
+use rustix::mm::{mmap, munmap, MapFlags, ProtFlags};
+use vhost::VhostUserMemoryRegionInfo;
+
+use crate::{Error, Result};
+
+/// Guest-physical address where guest RAM starts (QEMU's q35 also starts at 0).
+pub const GUEST_RAM_BASE: u64 = 0;
+
+/// Guest RAM shared with the backend.
+pub struct GuestRam {
+    memfd: OwnedFd,
+    host_base: NonNull<u8>,
+    size: usize,
+    allocator: Mutex<RangeAllocator>,
+}
+
+// SAFETY: the mapping is owned by this struct for its whole life and only accessed through
+// raw copies bounds-checked against `size`; the backend writes to it concurrently anyway,
+// exactly like a guest's RAM, so no Rust reference into it is ever handed out.
+unsafe impl Send for GuestRam {}
+// SAFETY: see `Send`; all mutation of the allocator goes through a `Mutex`.
+unsafe impl Sync for GuestRam {}
+
+impl GuestRam {
+    /// Creates `size` bytes of zeroed guest RAM backed by a memfd.
+    pub fn new(size: usize) -> Result<Self> {
+        let memfd =
+            memfd_create("vug-conformance-guest-ram", MemfdFlags::CLOEXEC).map_err(|e| {
+                Error::Io {
+                    what: "memfd_create",
+                    source: e.into(),
+                }
+            })?;
+        ftruncate(&memfd, size as u64).map_err(|e| Error::Io {
+            what: "ftruncate guest RAM",
+            source: e.into(),
+        })?;
+        // SAFETY: a fresh shared mapping of our own memfd at a kernel-chosen address; it
+        // does not alias any Rust object.
+        let ptr = unsafe {
+            mmap(
+                std::ptr::null_mut(),
+                size,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::SHARED,
+                &memfd,
+                0,
+            )
+        }
+        .map_err(|e| Error::Io {
+            what: "mmap guest RAM",
+            source: e.into(),
+        })?;
+        let host_base = NonNull::new(ptr.cast::<u8>())
+            .ok_or_else(|| Error::GuestMemory("mmap returned NULL".into()))?;
+        Ok(Self {
+            memfd,
+            host_base,
+            size,
+            allocator: Mutex::new(RangeAllocator::new(GUEST_RAM_BASE, size as u64)),
+        })
+    }
+
+    /// Size of guest RAM in bytes.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// The memfd backing guest RAM.
+    pub fn memfd(&self) -> BorrowedFd<'_> {
+        self.memfd.as_fd()
+    }
+
+    /// The region description for `SET_MEM_TABLE`.
+    pub fn region_info(&self) -> VhostUserMemoryRegionInfo {
+        VhostUserMemoryRegionInfo {
+            guest_phys_addr: GUEST_RAM_BASE,
+            memory_size: self.size as u64,
+            userspace_addr: self.host_base.as_ptr() as u64,
+            mmap_offset: 0,
+            mmap_handle: self.memfd.as_raw_fd(),
+        }
+    }
+
+    /// The frontend's virtual address of `gpa` (what vhost-user calls a user address).
+    pub fn user_addr(&self, gpa: u64) -> Result<u64> {
+        let offset = self.offset(gpa, 0)?;
+        Ok(self.host_base.as_ptr() as u64 + offset as u64)
+    }
+
+    fn offset(&self, gpa: u64, len: usize) -> Result<usize> {
+        let offset = gpa
+            .checked_sub(GUEST_RAM_BASE)
+            .and_then(|o| usize::try_from(o).ok())
+            .filter(|o| o.checked_add(len).is_some_and(|end| end <= self.size))
+            .ok_or_else(|| {
+                Error::GuestMemory(format!("access {gpa:#x}+{len:#x} outside guest RAM"))
+            })?;
+        Ok(offset)
+    }
+
+    /// Pointer to `gpa` after checking that `len` bytes from there are guest RAM.
+    pub(crate) fn ptr(&self, gpa: u64, len: usize) -> Result<*mut u8> {
+        let offset = self.offset(gpa, len)?;
+        // SAFETY: `offset + len <= size`, so the result stays inside the mapping.
+        Ok(unsafe { self.host_base.as_ptr().add(offset) })
+    }
+
+    /// Copies `data` into guest RAM at `gpa`.
+    pub fn write(&self, gpa: u64, data: &[u8]) -> Result<()> {
+        let dst = self.ptr(gpa, data.len())?;
+        // SAFETY: `dst..dst+len` is inside the mapping (checked by `ptr`); `data` is a
+        // separate Rust allocation, so the ranges do not overlap.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), dst, data.len()) };
+        Ok(())
+    }
+
+    /// Copies guest RAM at `gpa` into `out`.
+    pub fn read(&self, gpa: u64, out: &mut [u8]) -> Result<()> {
+        let src = self.ptr(gpa, out.len())?;
+        // SAFETY: as in `write`, with source and destination swapped.
+        unsafe { std::ptr::copy_nonoverlapping(src, out.as_mut_ptr(), out.len()) };
+        Ok(())
+    }
+
+    /// Reads `len` bytes at `gpa` into a new vector.
+    pub fn read_vec(&self, gpa: u64, len: usize) -> Result<Vec<u8>> {
+        let mut out = vec![0; len];
+        self.read(gpa, &mut out)?;
+        Ok(out)
+    }
+
+    /// Allocates `size` bytes aligned to `align` (a power of two); the range is zeroed.
+    pub fn alloc(&self, size: u64, align: u64) -> Result<u64> {
+        let gpa = self
+            .allocator
+            .lock()
+            .map_err(|_| Error::GuestMemory("allocator poisoned".into()))?
+            .alloc(size, align)
+            .ok_or_else(|| {
+                Error::GuestMemory(format!("no room for {size:#x} bytes in guest RAM"))
+            })?;
+        let len = usize::try_from(size).map_err(|_| Error::GuestMemory("size".into()))?;
+        let dst = self.ptr(gpa, len)?;
+        // SAFETY: the range was just checked to lie inside the mapping.
+        unsafe { std::ptr::write_bytes(dst, 0, len) };
+        Ok(gpa)
+    }
+
+    /// Returns a range from [`alloc`](Self::alloc) to the allocator.
+    pub fn free(&self, gpa: u64) {
+        if let Ok(mut a) = self.allocator.lock() {
+            a.free(gpa);
+        }
+    }
+}
+
+impl Drop for GuestRam {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly the mapping created in `new`; no references into it
+        // exist (only raw copies were ever made).
+        let _ = unsafe { munmap(self.host_base.as_ptr().cast(), self.size) };
+    }
+}
+
+/// First-fit allocator over a guest-physical range.
+#[derive(Debug)]
+struct RangeAllocator {
+    free: BTreeMap<u64, u64>,
+    used: BTreeMap<u64, u64>,
+}
+
+impl RangeAllocator {
+    fn new(base: u64, size: u64) -> Self {
+        let mut free = BTreeMap::new();
+        free.insert(base, size);
+        Self {
+            free,
+            used: BTreeMap::new(),
+        }
+    }
+
+    fn alloc(&mut self, size: u64, align: u64) -> Option<u64> {
+        let size = size.max(1);
+        let align = align.max(1);
+        if !align.is_power_of_two() {
+            return None;
+        }
+        let (start, len, at) = self.free.iter().find_map(|(&start, &len)| {
+            let at = start.checked_add(align - 1)? & !(align - 1);
+            let end = at.checked_add(size)?;
+            (end <= start + len).then_some((start, len, at))
+        })?;
+        self.free.remove(&start);
+        if at > start {
+            self.free.insert(start, at - start);
+        }
+        let end = at + size;
+        if end < start + len {
+            self.free.insert(end, start + len - end);
+        }
+        self.used.insert(at, size);
+        Some(at)
+    }
+
+    fn free(&mut self, at: u64) {
+        let Some(mut size) = self.used.remove(&at) else {
+            return;
+        };
+        let mut start = at;
+        if let Some((&prev, &plen)) = self.free.range(..at).next_back() {
+            if prev + plen == at {
+                self.free.remove(&prev);
+                start = prev;
+                size += plen;
+            }
+        }
+        let next = start + size;
+        if let Some(nlen) = self.free.remove(&next) {
+            size += nlen;
+        }
+        self.free.insert(start, size);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allocator_reuses_and_merges() {
+        let mut a = RangeAllocator::new(0, 0x1000);
+        let x = a.alloc(0x100, 0x100).unwrap();
+        let y = a.alloc(0x100, 0x100).unwrap();
+        assert_ne!(x, y);
+        a.free(x);
+        a.free(y);
+        assert_eq!(a.free.len(), 1, "{:?}", a.free);
+        assert_eq!(a.alloc(0x1000, 1), Some(0));
+        assert_eq!(a.alloc(1, 1), None);
+    }
+
+    #[test]
+    fn ram_round_trip_and_bounds() {
+        let ram = GuestRam::new(1 << 20).unwrap();
+        let gpa = ram.alloc(16, 16).unwrap();
+        ram.write(gpa, b"0123456789abcdef").unwrap();
+        assert_eq!(ram.read_vec(gpa, 16).unwrap(), b"0123456789abcdef");
+        assert!(ram.write((1 << 20) - 1, b"xx").is_err());
+    }
+}

@@ -1,0 +1,50 @@
+//! Resource counters of a backend process from `/proc`, to catch leaked fds and mappings.
+
+use std::fs;
+
+use crate::{Error, Result};
+
+/// Open fds and mappings of a process at one moment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcStats {
+    /// Entries of `/proc/PID/fd`.
+    pub fds: usize,
+    /// Lines of `/proc/PID/maps`.
+    pub maps: usize,
+    /// Mappings of memfds or dma-bufs (`/memfd:` or `/dmabuf:` in the path column).
+    pub buffer_maps: usize,
+}
+
+impl ProcStats {
+    /// Reads the counters of `pid`.
+    pub fn of(pid: u32) -> Result<Self> {
+        let fds = fs::read_dir(format!("/proc/{pid}/fd"))
+            .map_err(Error::io("read /proc/PID/fd"))?
+            .count();
+        let maps = fs::read_to_string(format!("/proc/{pid}/maps"))
+            .map_err(Error::io("read /proc/PID/maps"))?;
+        let buffer_maps = maps
+            .lines()
+            .filter(|l| l.contains("/memfd:") || l.contains("/dmabuf:") || l.contains("dmabuf"))
+            .count();
+        Ok(Self {
+            fds,
+            maps: maps.lines().count(),
+            buffer_maps,
+        })
+    }
+
+    /// Targets of `/proc/PID/fd/*`, for leak diagnostics.
+    pub fn fd_targets(pid: u32) -> Vec<String> {
+        let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+            return Vec::new();
+        };
+        let mut v: Vec<String> = dir
+            .filter_map(|e| e.ok())
+            .filter_map(|e| fs::read_link(e.path()).ok())
+            .map(|p| p.display().to_string())
+            .collect();
+        v.sort();
+        v
+    }
+}

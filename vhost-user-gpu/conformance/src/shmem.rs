@@ -1,0 +1,357 @@
+//! The host-visible shared memory region, handled the way QEMU handles it.
+//!
+//! The frontend reserves an inaccessible (`PROT_NONE`) anonymous range as large as the
+//! backend announced with `GET_SHMEM_CONFIG`. A backend `SHMEM_MAP` request maps the sent
+//! fd over part of it with `MAP_FIXED|MAP_SHARED`; `SHMEM_UNMAP` puts an inaccessible
+//! anonymous mapping back. Bad offsets or lengths get an error reply, nothing mapped.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::ptr::NonNull;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+
+use rustix::mm::{mmap, mmap_anonymous, munmap, MapFlags, ProtFlags};
+use vhost::vhost_user::message::{VhostUserMMap, VhostUserMMapFlags};
+use vhost::vhost_user::{FrontendReqHandler, HandlerResult, VhostUserFrontendReqHandler};
+
+use crate::{Error, Result};
+
+/// What the backend asked for on its request channel, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShmemEvent {
+    /// A mapping that was made.
+    Mapped {
+        /// Offset in the region.
+        offset: u64,
+        /// Length.
+        len: u64,
+        /// Whether it was mapped writable.
+        writable: bool,
+    },
+    /// A mapping that was removed.
+    Unmapped {
+        /// Offset in the region.
+        offset: u64,
+        /// Length.
+        len: u64,
+    },
+    /// A request that was refused (bad shmid, range or overlap).
+    Refused {
+        /// `SHMEM_MAP` or `SHMEM_UNMAP`.
+        request: &'static str,
+        /// Offset asked for.
+        offset: u64,
+        /// Length asked for.
+        len: u64,
+    },
+}
+
+#[derive(Debug, Default)]
+struct RegionState {
+    /// offset -> (len, writable)
+    mappings: BTreeMap<u64, (u64, bool)>,
+    events: Vec<ShmemEvent>,
+}
+
+/// The reserved host-visible region (shmid 1) and its live mappings.
+pub struct SharedMemoryRegion {
+    shmid: u8,
+    base: NonNull<u8>,
+    size: u64,
+    state: Mutex<RegionState>,
+}
+
+// SAFETY: the reservation is owned by this struct; byte access goes through bounds- and
+// mapping-checked copies while the state lock is held, so a concurrent unmap cannot race it.
+unsafe impl Send for SharedMemoryRegion {}
+// SAFETY: see `Send`.
+unsafe impl Sync for SharedMemoryRegion {}
+
+impl SharedMemoryRegion {
+    /// Reserves `size` bytes of inaccessible address space for region `shmid`.
+    pub fn reserve(shmid: u8, size: u64) -> Result<Self> {
+        let len = usize::try_from(size).map_err(|_| Error::Malformed("region size".into()))?;
+        if len == 0 {
+            return Err(Error::Unsupported("an empty shared memory region"));
+        }
+        // SAFETY: a new anonymous reservation at a kernel-chosen address.
+        let ptr = unsafe {
+            mmap_anonymous(
+                std::ptr::null_mut(),
+                len,
+                ProtFlags::empty(),
+                MapFlags::PRIVATE | MapFlags::NORESERVE,
+            )
+        }
+        .map_err(|e| Error::Io {
+            what: "reserve shared memory region",
+            source: e.into(),
+        })?;
+        let base = NonNull::new(ptr.cast::<u8>())
+            .ok_or_else(|| Error::Malformed("mmap returned NULL".into()))?;
+        Ok(Self {
+            shmid,
+            base,
+            size,
+            state: Mutex::new(RegionState::default()),
+        })
+    }
+
+    /// Region size in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn state(&self) -> MutexGuard<'_, RegionState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Live mappings as `(offset, len)`.
+    pub fn mappings(&self) -> Vec<(u64, u64)> {
+        self.state()
+            .mappings
+            .iter()
+            .map(|(&o, &(l, _))| (o, l))
+            .collect()
+    }
+
+    /// Everything the backend asked for so far.
+    pub fn events(&self) -> Vec<ShmemEvent> {
+        self.state().events.clone()
+    }
+
+    fn check_mapped(state: &RegionState, offset: u64, len: u64, write: bool) -> Result<()> {
+        let end = offset
+            .checked_add(len)
+            .ok_or_else(|| Error::GuestMemory("offset overflow".into()))?;
+        let covered = state
+            .mappings
+            .range(..=offset)
+            .next_back()
+            .is_some_and(|(&o, &(l, w))| end <= o + l && (w || !write));
+        if covered {
+            Ok(())
+        } else {
+            Err(Error::GuestMemory(format!(
+                "{offset:#x}+{len:#x} is not inside one {} mapping of the region",
+                if write { "writable" } else { "readable" }
+            )))
+        }
+    }
+
+    /// Reads bytes through the frontend's mapping (what a guest sees through the BAR).
+    pub fn read(&self, offset: u64, len: usize) -> Result<Vec<u8>> {
+        let state = self.state();
+        Self::check_mapped(&state, offset, len as u64, false)?;
+        let mut out = vec![0u8; len];
+        // SAFETY: the range lies inside a live mapping (checked under the lock we hold, so
+        // no unmap can run concurrently) of the reservation we own.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                self.base.as_ptr().add(offset as usize),
+                out.as_mut_ptr(),
+                len,
+            )
+        };
+        Ok(out)
+    }
+
+    /// Writes bytes through the frontend's mapping.
+    pub fn write(&self, offset: u64, data: &[u8]) -> Result<()> {
+        let state = self.state();
+        Self::check_mapped(&state, offset, data.len() as u64, true)?;
+        // SAFETY: as in `read`; the mapping is writable.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                data.as_ptr(),
+                self.base.as_ptr().add(offset as usize),
+                data.len(),
+            )
+        };
+        Ok(())
+    }
+
+    fn make_inaccessible(&self, offset: u64, len: u64) -> io::Result<()> {
+        // SAFETY: `offset + len <= size` (checked by callers); MAP_FIXED replaces exactly
+        // that part of our own reservation, no Rust reference points into it.
+        unsafe {
+            mmap_anonymous(
+                self.base.as_ptr().add(offset as usize).cast(),
+                len as usize,
+                ProtFlags::empty(),
+                MapFlags::PRIVATE | MapFlags::FIXED | MapFlags::NORESERVE,
+            )
+        }
+        .map(|_| ())
+        .map_err(io::Error::from)
+    }
+
+    /// What QEMU does on device reset: the whole region becomes inaccessible again.
+    pub fn unmap_all(&self) -> Result<()> {
+        let mut state = self.state();
+        self.make_inaccessible(0, self.size)
+            .map_err(Error::io("reset shared memory region"))?;
+        let old: Vec<_> = std::mem::take(&mut state.mappings).into_iter().collect();
+        for (offset, (len, _)) in old {
+            state.events.push(ShmemEvent::Unmapped { offset, len });
+        }
+        Ok(())
+    }
+
+    fn valid_range(&self, req: &VhostUserMMap) -> Option<(u64, u64)> {
+        let (offset, len) = (req.shm_offset, req.len);
+        let end = offset.checked_add(len)?;
+        (req.shmid == self.shmid && len > 0 && end <= self.size).then_some((offset, len))
+    }
+
+    fn refuse(&self, request: &'static str, req: &VhostUserMMap) -> HandlerResult<u64> {
+        let (offset, len) = (req.shm_offset, req.len);
+        log::warn!(
+            "refusing {request} shmid {} {offset:#x}+{len:#x}",
+            req.shmid
+        );
+        self.state().events.push(ShmemEvent::Refused {
+            request,
+            offset,
+            len,
+        });
+        Err(io::Error::from_raw_os_error(libc::EINVAL))
+    }
+}
+
+impl VhostUserFrontendReqHandler for SharedMemoryRegion {
+    fn shmem_map(&self, req: &VhostUserMMap, fd: &dyn AsRawFd) -> HandlerResult<u64> {
+        let Some((offset, len)) = self.valid_range(req) else {
+            return self.refuse("SHMEM_MAP", req);
+        };
+        let mut state = self.state();
+        let overlaps = state
+            .mappings
+            .range(..offset + len)
+            .next_back()
+            .is_some_and(|(&o, &(l, _))| o + l > offset);
+        if overlaps {
+            drop(state);
+            return self.refuse("SHMEM_MAP", req);
+        }
+        let writable =
+            VhostUserMMapFlags::from_bits_retain(req.flags).contains(VhostUserMMapFlags::WRITABLE);
+        let prot = if writable {
+            ProtFlags::READ | ProtFlags::WRITE
+        } else {
+            ProtFlags::READ
+        };
+        // SAFETY: the fd is alive for this call (the request handler owns it).
+        let fd = unsafe { BorrowedFd::borrow_raw(fd.as_raw_fd()) };
+        // SAFETY: the target range is inside our reservation (checked by `valid_range`) and
+        // not mapped by anything else (checked above); MAP_FIXED replaces our PROT_NONE pages.
+        let mapped = unsafe {
+            mmap(
+                self.base.as_ptr().add(offset as usize).cast(),
+                len as usize,
+                prot,
+                MapFlags::SHARED | MapFlags::FIXED,
+                fd,
+                req.fd_offset,
+            )
+        };
+        if let Err(e) = mapped {
+            log::warn!("SHMEM_MAP {offset:#x}+{len:#x}: mmap failed: {e}");
+            // A failed MAP_FIXED may have removed the old pages: restore the reservation.
+            let _ = self.make_inaccessible(offset, len);
+            state.events.push(ShmemEvent::Refused {
+                request: "SHMEM_MAP",
+                offset,
+                len,
+            });
+            return Err(e.into());
+        }
+        state.mappings.insert(offset, (len, writable));
+        state.events.push(ShmemEvent::Mapped {
+            offset,
+            len,
+            writable,
+        });
+        Ok(0)
+    }
+
+    fn shmem_unmap(&self, req: &VhostUserMMap) -> HandlerResult<u64> {
+        let Some((offset, len)) = self.valid_range(req) else {
+            return self.refuse("SHMEM_UNMAP", req);
+        };
+        let mut state = self.state();
+        if state.mappings.get(&offset).map(|&(l, _)| l) != Some(len) {
+            drop(state);
+            return self.refuse("SHMEM_UNMAP", req);
+        }
+        self.make_inaccessible(offset, len)?;
+        state.mappings.remove(&offset);
+        state.events.push(ShmemEvent::Unmapped { offset, len });
+        Ok(0)
+    }
+}
+
+impl Drop for SharedMemoryRegion {
+    fn drop(&mut self) {
+        // SAFETY: the whole reservation is ours; nothing borrows it.
+        let _ = unsafe { munmap(self.base.as_ptr().cast(), self.size as usize) };
+    }
+}
+
+/// The thread answering the backend's requests (`SET_BACKEND_REQ_FD` channel).
+pub struct BackendRequestServer {
+    rx_fd: i32,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl BackendRequestServer {
+    /// Creates the channel; returns the server and the fd to send to the backend.
+    pub fn start(
+        region: Arc<SharedMemoryRegion>,
+        reply_ack: bool,
+    ) -> Result<(Self, std::os::fd::OwnedFd)> {
+        let mut handler = FrontendReqHandler::new(region).map_err(|e| Error::Io {
+            what: "backend request channel",
+            source: io::Error::other(e),
+        })?;
+        handler.set_reply_ack_flag(reply_ack);
+        // SAFETY: the fd belongs to `handler`, alive here; we duplicate it at once.
+        let tx = unsafe { BorrowedFd::borrow_raw(handler.get_tx_raw_fd()) }
+            .try_clone_to_owned()
+            .map_err(Error::io("dup backend request fd"))?;
+        let rx_fd = handler.as_raw_fd();
+        let thread = std::thread::Builder::new()
+            .name("backend-requests".into())
+            .spawn(move || loop {
+                match handler.handle_request() {
+                    Ok(_) | Err(vhost::vhost_user::Error::ReqHandlerError(_)) => {}
+                    Err(e) => {
+                        log::debug!("backend request channel closed: {e}");
+                        break;
+                    }
+                }
+            })
+            .map_err(Error::io("spawn backend request thread"))?;
+        Ok((
+            Self {
+                rx_fd,
+                thread: Some(thread),
+            },
+            tx,
+        ))
+    }
+}
+
+impl Drop for BackendRequestServer {
+    fn drop(&mut self) {
+        // SAFETY: the fd is owned by the handler inside the thread, which is still alive
+        // (we join it below); shutdown only wakes its blocking receive.
+        let fd = unsafe { BorrowedFd::borrow_raw(self.rx_fd) };
+        let _ = rustix::net::shutdown(fd, rustix::net::Shutdown::Both);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

@@ -1,0 +1,256 @@
+//! The driver side of a split virtqueue (virtio 1.x, section 2.7) laid out in guest RAM.
+
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::sync::atomic::{fence, AtomicU16, Ordering};
+use std::time::{Duration, Instant};
+
+use vhost::VringConfigData;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::memory::GuestRam;
+use crate::{Error, Result};
+
+const DESC_F_NEXT: u16 = 1;
+const DESC_F_WRITE: u16 = 2;
+const DESC_SIZE: u64 = 16;
+
+/// One buffer of a descriptor chain.
+#[derive(Debug, Clone, Copy)]
+pub struct Segment {
+    /// Guest-physical address of the buffer.
+    pub gpa: u64,
+    /// Length in bytes.
+    pub len: u32,
+    /// Whether the device writes this buffer (a response) rather than reads it.
+    pub device_writable: bool,
+}
+
+impl Segment {
+    /// A buffer the device reads.
+    pub fn readable(gpa: u64, len: u32) -> Self {
+        Self {
+            gpa,
+            len,
+            device_writable: false,
+        }
+    }
+    /// A buffer the device writes.
+    pub fn writable(gpa: u64, len: u32) -> Self {
+        Self {
+            gpa,
+            len,
+            device_writable: true,
+        }
+    }
+}
+
+/// A used-ring entry: which chain came back and how many bytes the device wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UsedElem {
+    /// Head descriptor index of the chain.
+    pub head: u16,
+    /// Bytes written by the device.
+    pub written: u32,
+}
+
+/// A split virtqueue owned by the driver (this frontend).
+pub struct SplitQueue {
+    index: usize,
+    size: u16,
+    rings_gpa: u64,
+    desc_gpa: u64,
+    avail_gpa: u64,
+    used_gpa: u64,
+    free: Vec<u16>,
+    next_avail: u16,
+    last_used: u16,
+    in_flight: HashMap<u16, Vec<u16>>,
+    kick: EventFd,
+    call: EventFd,
+}
+
+impl SplitQueue {
+    /// Lays out a queue of `size` entries (a power of two) in `ram`.
+    pub fn new(ram: &GuestRam, index: usize, size: u16) -> Result<Self> {
+        if !size.is_power_of_two() {
+            return Err(Error::Queue(format!(
+                "queue size {size} is not a power of two"
+            )));
+        }
+        let n = u64::from(size);
+        let desc_len = DESC_SIZE * n;
+        let avail_len = 6 + 2 * n;
+        let used_off = (desc_len + avail_len).next_multiple_of(4);
+        let used_len = 6 + 8 * n;
+        let rings_gpa = ram.alloc(used_off + used_len, 4096)?;
+        Ok(Self {
+            index,
+            size,
+            rings_gpa,
+            desc_gpa: rings_gpa,
+            avail_gpa: rings_gpa + desc_len,
+            used_gpa: rings_gpa + used_off,
+            free: (0..size).rev().collect(),
+            next_avail: 0,
+            last_used: 0,
+            in_flight: HashMap::new(),
+            kick: EventFd::new(EFD_NONBLOCK).map_err(Error::io("eventfd"))?,
+            call: EventFd::new(EFD_NONBLOCK).map_err(Error::io("eventfd"))?,
+        })
+    }
+
+    /// Queue index (0 control, 1 cursor for virtio-gpu).
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    /// Number of entries.
+    pub fn size(&self) -> u16 {
+        self.size
+    }
+
+    /// Chains handed to the device and not returned yet.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    /// Free descriptors.
+    pub fn free_descriptors(&self) -> usize {
+        self.free.len()
+    }
+
+    /// The kick eventfd (frontend -> backend).
+    pub fn kick_fd(&self) -> &EventFd {
+        &self.kick
+    }
+
+    /// The call eventfd (backend -> frontend).
+    pub fn call_fd(&self) -> &EventFd {
+        &self.call
+    }
+
+    /// `SET_VRING_ADDR` data; vhost-user wants frontend virtual addresses.
+    pub fn vring_config(&self, ram: &GuestRam) -> Result<VringConfigData> {
+        Ok(VringConfigData {
+            queue_max_size: self.size,
+            queue_size: self.size,
+            flags: 0,
+            desc_table_addr: ram.user_addr(self.desc_gpa)?,
+            used_ring_addr: ram.user_addr(self.used_gpa)?,
+            avail_ring_addr: ram.user_addr(self.avail_gpa)?,
+            log_addr: None,
+        })
+    }
+
+    /// Returns the rings' guest memory to `ram`.
+    pub fn release(self, ram: &GuestRam) {
+        ram.free(self.rings_gpa);
+    }
+
+    /// Puts a chain in the available ring (without kicking). Returns its head index.
+    pub fn add_chain(&mut self, ram: &GuestRam, segments: &[Segment]) -> Result<u16> {
+        if segments.is_empty() || segments.len() > self.free.len() {
+            return Err(Error::Queue(format!(
+                "chain of {} descriptors, {} free",
+                segments.len(),
+                self.free.len()
+            )));
+        }
+        let ids: Vec<u16> = (0..segments.len())
+            .filter_map(|_| self.free.pop())
+            .collect();
+        for (i, (seg, &id)) in segments.iter().zip(&ids).enumerate() {
+            let mut flags = 0;
+            if seg.device_writable {
+                flags |= DESC_F_WRITE;
+            }
+            let next = ids.get(i + 1).copied().unwrap_or(0);
+            if i + 1 < ids.len() {
+                flags |= DESC_F_NEXT;
+            }
+            let mut desc = [0u8; 16];
+            desc[0..8].copy_from_slice(&seg.gpa.to_le_bytes());
+            desc[8..12].copy_from_slice(&seg.len.to_le_bytes());
+            desc[12..14].copy_from_slice(&flags.to_le_bytes());
+            desc[14..16].copy_from_slice(&next.to_le_bytes());
+            ram.write(self.desc_gpa + u64::from(id) * DESC_SIZE, &desc)?;
+        }
+        let head = ids[0];
+        let slot = u64::from(self.next_avail % self.size);
+        ram.write(self.avail_gpa + 4 + 2 * slot, &head.to_le_bytes())?;
+        self.next_avail = self.next_avail.wrapping_add(1);
+        // The ring entry and descriptors must be visible before the index moves.
+        fence(Ordering::Release);
+        self.index_cell(ram, self.avail_gpa + 2)?
+            .store(self.next_avail, Ordering::Release);
+        self.in_flight.insert(head, ids);
+        Ok(head)
+    }
+
+    fn index_cell<'a>(&self, ram: &'a GuestRam, gpa: u64) -> Result<&'a AtomicU16> {
+        let ptr = ram.ptr(gpa, 2)?;
+        if ptr.align_offset(2) != 0 {
+            return Err(Error::Queue("misaligned ring index".into()));
+        }
+        // SAFETY: `ptr` is 2-aligned and inside guest RAM, which lives as long as `ram`;
+        // the ring index is shared with the backend, so atomic access is the right model.
+        Ok(unsafe { &*ptr.cast::<AtomicU16>() })
+    }
+
+    /// Notifies the backend.
+    pub fn kick(&self) -> Result<()> {
+        self.kick.write(1).map_err(Error::io("kick eventfd"))
+    }
+
+    /// Takes one returned chain from the used ring, if any, and frees its descriptors.
+    pub fn poll_used(&mut self, ram: &GuestRam) -> Result<Option<UsedElem>> {
+        let used_idx = self
+            .index_cell(ram, self.used_gpa + 2)?
+            .load(Ordering::Acquire);
+        if used_idx == self.last_used {
+            return Ok(None);
+        }
+        let slot = u64::from(self.last_used % self.size);
+        let mut elem = [0u8; 8];
+        ram.read(self.used_gpa + 4 + 8 * slot, &mut elem)?;
+        self.last_used = self.last_used.wrapping_add(1);
+        let id = u32::from_le_bytes([elem[0], elem[1], elem[2], elem[3]]);
+        let written = u32::from_le_bytes([elem[4], elem[5], elem[6], elem[7]]);
+        let head = u16::try_from(id)
+            .ok()
+            .filter(|h| self.in_flight.contains_key(h))
+            .ok_or_else(|| Error::Queue(format!("device returned unknown head {id}")))?;
+        if let Some(ids) = self.in_flight.remove(&head) {
+            self.free.extend(ids);
+        }
+        Ok(Some(UsedElem { head, written }))
+    }
+
+    /// Waits (up to `timeout`, a hang guard, not an assertion) for one returned chain.
+    pub fn wait_used(&mut self, ram: &GuestRam, timeout: Duration) -> Result<UsedElem> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(elem) = self.poll_used(ram)? {
+                return Ok(elem);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Error::UsedTimeout(self.index));
+            }
+            // SAFETY: the eventfd is owned by `self` and outlives this borrow.
+            let call = unsafe { BorrowedFd::borrow_raw(self.call.as_raw_fd()) };
+            let mut fds = [rustix::event::PollFd::new(
+                &call,
+                rustix::event::PollFlags::IN,
+            )];
+            let wait = rustix::event::Timespec::try_from(left.min(Duration::from_millis(200)))
+                .unwrap_or(rustix::event::Timespec {
+                    tv_sec: 0,
+                    tv_nsec: 200_000_000,
+                });
+            let _ = rustix::event::poll(&mut fds, Some(&wait));
+            let _ = self.call.read();
+        }
+    }
+}
