@@ -1,0 +1,2 @@
+//! `dmabuf-info` command line tool.
+fn main() {}

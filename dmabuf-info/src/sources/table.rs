@@ -1,0 +1,172 @@
+//! Source 3: the exporter-name table (`exp_name` from fdinfo), after configuration quirks.
+
+use crate::config::{glob_match, Quirk};
+use crate::info::{Answer, CacheAttr, NeedsSync, Source};
+use crate::platform::Platform;
+
+use super::Partial;
+
+/// How a table row answers `needs_sync`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncRule {
+    /// Never needs SYNC.
+    No,
+    /// Always needs SYNC.
+    Yes,
+    /// Cannot tell from the name.
+    Unknown,
+    /// Cached pages whose exporter syncs attachments in begin/end_cpu_access: coherent on
+    /// DMA-coherent hosts (x86), needs SYNC elsewhere.
+    NoIfDmaCoherent,
+}
+
+impl SyncRule {
+    /// Resolves the rule on `platform`.
+    pub fn resolve(self, platform: Platform) -> NeedsSync {
+        match self {
+            SyncRule::No => NeedsSync::No,
+            SyncRule::Yes => NeedsSync::Yes,
+            SyncRule::Unknown => NeedsSync::Unknown,
+            SyncRule::NoIfDmaCoherent => {
+                if platform.dma_coherent() {
+                    NeedsSync::No
+                } else {
+                    NeedsSync::Yes
+                }
+            }
+        }
+    }
+}
+
+/// One row of the built-in table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TableRow {
+    /// Exporter name or glob.
+    pub pattern: &'static str,
+    /// CPU mapping attribute.
+    pub cache: CacheAttr,
+    /// SYNC rule.
+    pub needs_sync: SyncRule,
+    /// Whether the attribute is fixed for the buffer's lifetime.
+    pub stable: bool,
+    /// Why.
+    pub note: &'static str,
+}
+
+/// The built-in exporter table, first match wins.
+pub const BUILTIN: &[TableRow] = &[
+    TableRow {
+        pattern: "udmabuf",
+        cache: CacheAttr::Cached,
+        needs_sync: SyncRule::NoIfDmaCoherent,
+        stable: true,
+        note: "memfd pages mapped cached; begin/end_cpu_access syncs attached devices",
+    },
+    TableRow {
+        pattern: "system",
+        cache: CacheAttr::Cached,
+        needs_sync: SyncRule::NoIfDmaCoherent,
+        stable: true,
+        note: "system dma-heap: cached pages, syncs attached devices",
+    },
+    TableRow {
+        pattern: "default_cma_region",
+        cache: CacheAttr::Cached,
+        needs_sync: SyncRule::NoIfDmaCoherent,
+        stable: true,
+        note: "default CMA heap: cached, syncs attached devices",
+    },
+    TableRow {
+        pattern: "linux,cma",
+        cache: CacheAttr::Cached,
+        needs_sync: SyncRule::NoIfDmaCoherent,
+        stable: true,
+        note: "CMA heap named after its reserved-memory region",
+    },
+    TableRow {
+        pattern: "*-uncached",
+        cache: CacheAttr::WriteCombined,
+        needs_sync: SyncRule::No,
+        stable: true,
+        note: "uncached dma-heap (vendor): WC mapping, no cache maintenance needed",
+    },
+    TableRow {
+        pattern: "*_uncached",
+        cache: CacheAttr::WriteCombined,
+        needs_sync: SyncRule::No,
+        stable: true,
+        note: "uncached dma-heap (vendor spelling): WC mapping",
+    },
+    TableRow {
+        pattern: "i915",
+        cache: CacheAttr::Unknown,
+        needs_sync: SyncRule::Unknown,
+        stable: false,
+        note: "i915: WB shmem or WC LMEM, coherent only on LLC hosts: ask I915_GEM_GET_CACHING",
+    },
+    TableRow {
+        pattern: "msm",
+        cache: CacheAttr::Unknown,
+        needs_sync: SyncRule::Unknown,
+        stable: true,
+        note: "msm: per-buffer MSM_BO_* flags, fixed at creation: ask MSM_INFO_GET_FLAGS",
+    },
+    TableRow {
+        pattern: "nv_dmabuf",
+        cache: CacheAttr::Uncached,
+        needs_sync: SyncRule::Unknown,
+        stable: false,
+        note: "NVIDIA: often not mmappable, else uncached BAR1: do not map",
+    },
+    TableRow {
+        pattern: "nvidia",
+        cache: CacheAttr::Uncached,
+        needs_sync: SyncRule::Unknown,
+        stable: false,
+        note: "NVIDIA (older drivers): do not map",
+    },
+    TableRow {
+        pattern: "virtio_gpu",
+        cache: CacheAttr::Unknown,
+        needs_sync: SyncRule::Unknown,
+        stable: false,
+        note: "virtio-gpu (nested guest): attribute follows the host's map_info, not exposed",
+    },
+    TableRow {
+        pattern: "drm",
+        cache: CacheAttr::Unknown,
+        needs_sync: SyncRule::Unknown,
+        stable: false,
+        note: "generic PRIME export (amdgpu, xe, nouveau, vgem, shmem helpers, ...): ambiguous",
+    },
+];
+
+/// The first built-in row matching `exporter`.
+pub fn lookup(exporter: &str) -> Option<&'static TableRow> {
+    BUILTIN.iter().find(|r| glob_match(r.pattern, exporter))
+}
+
+/// The table's answers for `exporter` on `platform`.
+pub fn answer(exporter: &str, platform: Platform) -> Partial {
+    match lookup(exporter) {
+        Some(row) => Partial {
+            cache: Some(Answer::new(row.cache, Source::ExporterTable)),
+            needs_sync: Some(Answer::new(
+                row.needs_sync.resolve(platform),
+                Source::ExporterTable,
+            )),
+            stable: Some(Answer::new(row.stable, Source::ExporterTable)),
+        },
+        None => Partial::default(),
+    }
+}
+
+/// A configuration quirk's answers.
+pub fn quirk_answer(q: &Quirk) -> Partial {
+    let src = Source::ConfigQuirk(q.name.clone());
+    Partial {
+        cache: q.cache.map(|v| Answer::new(v, src.clone())),
+        needs_sync: q.needs_sync.map(|v| Answer::new(v, src.clone())),
+        stable: q.stable.map(|v| Answer::new(v, src.clone())),
+    }
+}

@@ -1,0 +1,280 @@
+//! Every platform x cache x needs_sync x stable combination of the guest policy, and every
+//! row of the built-in exporter table.
+
+use dmabuf_info::info::{Answer, BufferInfo};
+use dmabuf_info::policy::{self, Decision, MapCache, RefuseReason};
+use dmabuf_info::sources::table::{self, BUILTIN};
+use dmabuf_info::{BufferKind, CacheAttr, NeedsSync, Platform, Source};
+
+fn info(cache: CacheAttr, sync: NeedsSync, stable: bool) -> BufferInfo {
+    BufferInfo {
+        kind: BufferKind::DmaBuf,
+        exporter: "test".into(),
+        size: 4096,
+        name: None,
+        inode: 1,
+        device: 1,
+        cache: Answer::new(cache, Source::ExporterTable),
+        needs_sync: Answer::new(sync, Source::DriverIoctl(dmabuf_info::Driver::Msm)),
+        stable: Answer::new(stable, Source::Default),
+        kernel_ioctl: None,
+        driver_probes: Vec::new(),
+    }
+}
+
+/// Which platforms give a guest a write-combined / uncached mapping unchanged. Written out
+/// independently of the library's implementation.
+fn honours_guest_attribute(p: Platform) -> bool {
+    match p {
+        Platform::X86Amd => true,
+        Platform::X86IntelGuestPat => true,
+        Platform::Arm64 => true,
+        Platform::X86Intel => false,
+        Platform::Arm64Fwb => false,
+        Platform::Other => false,
+    }
+}
+
+#[test]
+fn every_policy_combination() {
+    let mut allowed = 0;
+    let mut total = 0;
+    for platform in Platform::ALL {
+        for cache in CacheAttr::ALL {
+            for sync in NeedsSync::ALL {
+                for stable in [false, true] {
+                    total += 1;
+                    let d = policy::decide(&info(cache, sync, stable), platform);
+                    let expected_allow = sync == NeedsSync::No
+                        && stable
+                        && match cache {
+                            CacheAttr::Cached => true,
+                            CacheAttr::WriteCombined | CacheAttr::Uncached => {
+                                honours_guest_attribute(platform)
+                            }
+                            CacheAttr::Unknown => false,
+                        };
+                    let ctx = format!("{platform} {cache} sync={sync} stable={stable}: {d}");
+                    match &d {
+                        Decision::Allow(m) => {
+                            assert!(expected_allow, "{ctx}");
+                            allowed += 1;
+                            let want = match cache {
+                                CacheAttr::Cached => MapCache::Cached,
+                                CacheAttr::WriteCombined => MapCache::WriteCombined,
+                                CacheAttr::Uncached => MapCache::Uncached,
+                                CacheAttr::Unknown => unreachable!("{ctx}"),
+                            };
+                            assert_eq!(*m, want, "{ctx}");
+                            assert_ne!(m.virtio_value(), 0, "never NONE: {ctx}");
+                        }
+                        Decision::Refuse(r) => {
+                            assert!(!expected_allow, "{ctx}");
+                            // The most fundamental problem is named first.
+                            let want_code = if sync == NeedsSync::Yes {
+                                1
+                            } else if sync == NeedsSync::Unknown {
+                                2
+                            } else if cache == CacheAttr::Unknown {
+                                3
+                            } else if !stable {
+                                4
+                            } else {
+                                5
+                            };
+                            assert_eq!(r.code(), want_code, "{ctx}");
+                            let text = r.to_string();
+                            assert!(text.contains("source:"), "{ctx}");
+                            match r {
+                                RefuseReason::NeedsSync { source }
+                                | RefuseReason::SyncUnknown { source } => {
+                                    assert_eq!(
+                                        *source,
+                                        Source::DriverIoctl(dmabuf_info::Driver::Msm)
+                                    )
+                                }
+                                RefuseReason::CacheUnknown { source }
+                                | RefuseReason::PlatformCannotDeliver { source, .. } => {
+                                    assert_eq!(*source, Source::ExporterTable)
+                                }
+                                RefuseReason::NotStable { source } => {
+                                    assert_eq!(*source, Source::Default)
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(total, 6 * 4 * 3 * 2);
+    // cached: 6 platforms; wc + uncached: 3 platforms each.
+    assert_eq!(allowed, 6 + 3 * 2);
+}
+
+/// The expected answer of every built-in row: (sample exporter name, cache, needs_sync on a
+/// DMA-coherent host, needs_sync elsewhere, stable).
+const EXPECTED: &[(&str, CacheAttr, NeedsSync, NeedsSync, bool)] = &[
+    (
+        "udmabuf",
+        CacheAttr::Cached,
+        NeedsSync::No,
+        NeedsSync::Yes,
+        true,
+    ),
+    (
+        "system",
+        CacheAttr::Cached,
+        NeedsSync::No,
+        NeedsSync::Yes,
+        true,
+    ),
+    (
+        "default_cma_region",
+        CacheAttr::Cached,
+        NeedsSync::No,
+        NeedsSync::Yes,
+        true,
+    ),
+    (
+        "linux,cma",
+        CacheAttr::Cached,
+        NeedsSync::No,
+        NeedsSync::Yes,
+        true,
+    ),
+    (
+        "system-uncached",
+        CacheAttr::WriteCombined,
+        NeedsSync::No,
+        NeedsSync::No,
+        true,
+    ),
+    (
+        "vendor_uncached",
+        CacheAttr::WriteCombined,
+        NeedsSync::No,
+        NeedsSync::No,
+        true,
+    ),
+    (
+        "i915",
+        CacheAttr::Unknown,
+        NeedsSync::Unknown,
+        NeedsSync::Unknown,
+        false,
+    ),
+    (
+        "msm",
+        CacheAttr::Unknown,
+        NeedsSync::Unknown,
+        NeedsSync::Unknown,
+        true,
+    ),
+    (
+        "nv_dmabuf",
+        CacheAttr::Uncached,
+        NeedsSync::Unknown,
+        NeedsSync::Unknown,
+        false,
+    ),
+    (
+        "nvidia",
+        CacheAttr::Uncached,
+        NeedsSync::Unknown,
+        NeedsSync::Unknown,
+        false,
+    ),
+    (
+        "virtio_gpu",
+        CacheAttr::Unknown,
+        NeedsSync::Unknown,
+        NeedsSync::Unknown,
+        false,
+    ),
+    (
+        "drm",
+        CacheAttr::Unknown,
+        NeedsSync::Unknown,
+        NeedsSync::Unknown,
+        false,
+    ),
+];
+
+#[test]
+fn every_exporter_table_row() {
+    assert_eq!(
+        EXPECTED.len(),
+        BUILTIN.len(),
+        "a row without an expectation"
+    );
+    for (row, &(name, cache, sync_coherent, sync_other, stable)) in BUILTIN.iter().zip(EXPECTED) {
+        let found = table::lookup(name).unwrap_or_else(|| panic!("{name} not in table"));
+        assert_eq!(found, row, "{name} matched another row");
+        for platform in Platform::ALL {
+            let p = table::answer(name, platform);
+            let want_sync = if platform.dma_coherent() {
+                sync_coherent
+            } else {
+                sync_other
+            };
+            assert_eq!(
+                p.cache,
+                Some(Answer::new(cache, Source::ExporterTable)),
+                "{name}"
+            );
+            assert_eq!(
+                p.needs_sync,
+                Some(Answer::new(want_sync, Source::ExporterTable)),
+                "{name} on {platform}"
+            );
+            assert_eq!(
+                p.stable,
+                Some(Answer::new(stable, Source::ExporterTable)),
+                "{name}"
+            );
+        }
+        assert!(!row.note.is_empty());
+    }
+}
+
+#[test]
+fn table_decisions_for_common_exporters() {
+    let decide = |name: &str, platform: Platform| {
+        let p = table::answer(name, platform);
+        let i = BufferInfo {
+            cache: p.cache.unwrap(),
+            needs_sync: p.needs_sync.unwrap(),
+            stable: p.stable.unwrap(),
+            ..info(CacheAttr::Unknown, NeedsSync::Unknown, false)
+        };
+        policy::decide(&i, platform)
+    };
+    assert_eq!(
+        decide("udmabuf", Platform::X86Intel),
+        Decision::Allow(MapCache::Cached)
+    );
+    assert!(
+        !decide("udmabuf", Platform::Arm64).is_allowed(),
+        "non-coherent host needs SYNC"
+    );
+    assert_eq!(
+        decide("system-uncached", Platform::X86Amd),
+        Decision::Allow(MapCache::WriteCombined)
+    );
+    assert!(
+        !decide("system-uncached", Platform::X86Intel).is_allowed(),
+        "guest PAT ignored"
+    );
+    assert!(!decide("drm", Platform::X86Amd).is_allowed());
+    assert!(!decide("nv_dmabuf", Platform::X86Amd).is_allowed());
+}
+
+#[test]
+fn unknown_exporter_is_not_in_the_table() {
+    assert!(table::lookup("some-new-exporter").is_none());
+    assert_eq!(
+        table::answer("some-new-exporter", Platform::X86Amd),
+        Default::default()
+    );
+}
