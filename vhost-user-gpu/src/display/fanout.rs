@@ -1,0 +1,225 @@
+//! A sink that feeds several sinks (for example PNG capture and QEMU's display together).
+
+use std::os::fd::AsFd;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::device::ports::{DisplaySink, DmabufScanout, Frame, Rect};
+
+/// Forwards every display event to each of its sinks, in order. With no sinks it is the
+/// "no display" sink.
+#[derive(Default)]
+pub struct FanOut {
+    sinks: Vec<Box<dyn DisplaySink>>,
+}
+
+impl FanOut {
+    /// A fan-out over `sinks`.
+    pub fn new(sinks: Vec<Box<dyn DisplaySink>>) -> Self {
+        FanOut { sinks }
+    }
+
+    /// Adds a sink.
+    pub fn push(&mut self, sink: Box<dyn DisplaySink>) {
+        self.sinks.push(sink);
+    }
+
+    /// Number of sinks.
+    pub fn len(&self) -> usize {
+        self.sinks.len()
+    }
+
+    /// Whether there are no sinks.
+    pub fn is_empty(&self) -> bool {
+        self.sinks.is_empty()
+    }
+}
+
+impl DisplaySink for FanOut {
+    fn scanout(&mut self, scanout_id: u32, mode: Option<(u32, u32)>) {
+        for sink in &mut self.sinks {
+            sink.scanout(scanout_id, mode);
+        }
+    }
+
+    fn flush(&mut self, scanout_id: u32, frame: &Frame<'_>, damage: Rect) {
+        for sink in &mut self.sinks {
+            sink.flush(scanout_id, frame, damage);
+        }
+    }
+
+    /// Offers the dma-buf to every sink. Returns `true` only if all of them took it; otherwise
+    /// the device keeps sending pixel flushes, which sinks that did take the dma-buf turn
+    /// into dma-buf updates, and the others draw.
+    fn dmabuf_scanout(&mut self, scanout_id: u32, buf: &DmabufScanout<'_>) -> bool {
+        let mut all = !self.sinks.is_empty();
+        for sink in &mut self.sinks {
+            let copy = DmabufScanout {
+                fd: buf.fd.as_fd(),
+                ..*buf
+            };
+            all &= sink.dmabuf_scanout(scanout_id, &copy);
+        }
+        all
+    }
+
+    fn cursor_update(
+        &mut self,
+        scanout_id: u32,
+        x: u32,
+        y: u32,
+        hot_x: u32,
+        hot_y: u32,
+        image: Option<&[u8]>,
+    ) {
+        for sink in &mut self.sinks {
+            sink.cursor_update(scanout_id, x, y, hot_x, hot_y, image);
+        }
+    }
+
+    fn cursor_move(&mut self, scanout_id: u32, x: u32, y: u32) {
+        for sink in &mut self.sinks {
+            sink.cursor_move(scanout_id, x, y);
+        }
+    }
+}
+
+/// A sink shared between connections (the capture outlives each frontend connection).
+#[derive(Clone)]
+pub struct SharedSink(Arc<Mutex<dyn DisplaySink>>);
+
+impl SharedSink {
+    /// Shares `sink`.
+    pub fn new(sink: impl DisplaySink + 'static) -> Self {
+        SharedSink(Arc::new(Mutex::new(sink)))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, dyn DisplaySink + 'static> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl DisplaySink for SharedSink {
+    fn scanout(&mut self, scanout_id: u32, mode: Option<(u32, u32)>) {
+        self.lock().scanout(scanout_id, mode);
+    }
+
+    fn flush(&mut self, scanout_id: u32, frame: &Frame<'_>, damage: Rect) {
+        self.lock().flush(scanout_id, frame, damage);
+    }
+
+    fn dmabuf_scanout(&mut self, scanout_id: u32, buf: &DmabufScanout<'_>) -> bool {
+        self.lock().dmabuf_scanout(scanout_id, buf)
+    }
+
+    fn cursor_update(
+        &mut self,
+        scanout_id: u32,
+        x: u32,
+        y: u32,
+        hot_x: u32,
+        hot_y: u32,
+        image: Option<&[u8]>,
+    ) {
+        self.lock()
+            .cursor_update(scanout_id, x, y, hot_x, hot_y, image);
+    }
+
+    fn cursor_move(&mut self, scanout_id: u32, x: u32, y: u32) {
+        self.lock().cursor_move(scanout_id, x, y);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::ports::fourcc;
+    use std::sync::{Arc, Mutex};
+
+    /// Records calls; takes dma-bufs if `takes_dmabuf`.
+    struct Recorder {
+        log: Arc<Mutex<Vec<String>>>,
+        takes_dmabuf: bool,
+    }
+
+    impl DisplaySink for Recorder {
+        fn scanout(&mut self, id: u32, mode: Option<(u32, u32)>) {
+            self.log
+                .lock()
+                .unwrap()
+                .push(format!("scanout {id} {mode:?}"));
+        }
+        fn flush(&mut self, id: u32, frame: &Frame<'_>, damage: Rect) {
+            self.log.lock().unwrap().push(format!(
+                "flush {id} {}x{} {:?}",
+                frame.width, frame.height, damage
+            ));
+        }
+        fn dmabuf_scanout(&mut self, id: u32, _buf: &DmabufScanout<'_>) -> bool {
+            self.log.lock().unwrap().push(format!("dmabuf {id}"));
+            self.takes_dmabuf
+        }
+        fn cursor_update(&mut self, id: u32, x: u32, y: u32, _: u32, _: u32, image: Option<&[u8]>) {
+            self.log
+                .lock()
+                .unwrap()
+                .push(format!("cursor {id} {x},{y} {}", image.is_some()));
+        }
+        fn cursor_move(&mut self, id: u32, x: u32, y: u32) {
+            self.log.lock().unwrap().push(format!("move {id} {x},{y}"));
+        }
+    }
+
+    #[test]
+    fn every_sink_sees_every_event_and_dmabuf_needs_all() {
+        let a = Arc::new(Mutex::new(Vec::new()));
+        let b = Arc::new(Mutex::new(Vec::new()));
+        let mut fan = FanOut::new(vec![
+            Box::new(Recorder {
+                log: a.clone(),
+                takes_dmabuf: true,
+            }),
+            Box::new(Recorder {
+                log: b.clone(),
+                takes_dmabuf: false,
+            }),
+        ]);
+        fan.scanout(0, Some((2, 2)));
+        let data = [0u8; 16];
+        let frame = Frame {
+            width: 2,
+            height: 2,
+            stride: 8,
+            drm_format: fourcc::XRGB8888,
+            data: &data,
+        };
+        fan.flush(0, &frame, Rect::default());
+        let memfd = rustix::fs::memfd_create("x", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+        let buf = DmabufScanout {
+            fd: memfd.as_fd(),
+            width: 2,
+            height: 2,
+            stride: 8,
+            drm_format: fourcc::XRGB8888,
+            modifier: 0,
+        };
+        assert!(
+            !fan.dmabuf_scanout(0, &buf),
+            "one sink refused: the device must keep flushing pixels"
+        );
+        fan.cursor_update(0, 1, 2, 0, 0, None);
+        fan.cursor_move(0, 3, 4);
+        let expected = vec![
+            "scanout 0 Some((2, 2))".to_string(),
+            format!("flush 0 2x2 {:?}", Rect::default()),
+            "dmabuf 0".into(),
+            "cursor 0 1,2 false".into(),
+            "move 0 3,4".into(),
+        ];
+        assert_eq!(*a.lock().unwrap(), expected);
+        assert_eq!(*b.lock().unwrap(), expected);
+        assert!(
+            !FanOut::default().dmabuf_scanout(0, &buf),
+            "no sink: nobody shows the dma-buf"
+        );
+    }
+}
