@@ -23,6 +23,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("{}", fe.describe());
     println!("config space: {:02x?}", fe.config_space());
     let resp = fe.ctrl(gpu::get_display_info())?;
+    println!(
+        "GET_DISPLAY_INFO -> {} ({} body bytes)",
+        resp.name(),
+        resp.body.len()
+    );
+    if let Some(d) = fe.display() {
+        println!("display requests: {:?}", d.state().requests);
+    }
+    if std::env::var_os("PROBE_BACKEND_LOG").is_some() {
+        println!("{}", fe.backend_log());
+    }
     for (i, m) in resp
         .display_info()?
         .iter()

@@ -457,9 +457,10 @@ fn cursor(t: u32, scanout: u32, x: u32, y: u32, resource_id: u32, hot: (u32, u32
 pub fn update_cursor(scanout: u32, x: u32, y: u32, resource_id: u32, hot: (u32, u32)) -> Cmd {
     cursor(ty::UPDATE_CURSOR, scanout, x, y, resource_id, hot)
 }
-/// `MOVE_CURSOR` (cursor queue).
-pub fn move_cursor(scanout: u32, x: u32, y: u32) -> Cmd {
-    cursor(ty::MOVE_CURSOR, scanout, x, y, 0, (0, 0))
+/// `MOVE_CURSOR` (cursor queue); `resource_id` is the current cursor (0 hides it), as
+/// Linux sends it.
+pub fn move_cursor(scanout: u32, x: u32, y: u32, resource_id: u32) -> Cmd {
+    cursor(ty::MOVE_CURSOR, scanout, x, y, resource_id, (0, 0))
 }
 
 /// A decoded response.

@@ -16,6 +16,7 @@
 //! Nothing here is a mock: every test drives a real backend process through real sockets.
 #![warn(missing_docs)]
 
+pub mod cases;
 pub mod cross_domain;
 pub mod display;
 pub mod error;
@@ -24,6 +25,7 @@ pub mod gpu;
 pub mod memory;
 pub mod proc_stats;
 pub mod shmem;
+pub mod suite;
 pub mod virtq;
 
 pub use error::{Error, Result};

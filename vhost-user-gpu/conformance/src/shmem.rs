@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -52,6 +52,8 @@ pub enum ShmemEvent {
 struct RegionState {
     /// offset -> (len, writable)
     mappings: BTreeMap<u64, (u64, bool)>,
+    /// The fd each live mapping came from (a duplicate, for inspection by tests).
+    fds: BTreeMap<u64, OwnedFd>,
     events: Vec<ShmemEvent>,
 }
 
@@ -115,6 +117,14 @@ impl SharedMemoryRegion {
             .iter()
             .map(|(&o, &(l, _))| (o, l))
             .collect()
+    }
+
+    /// A duplicate of the fd the backend sent for the mapping at `offset`.
+    pub fn mapped_fd(&self, offset: u64) -> Option<OwnedFd> {
+        self.state()
+            .fds
+            .get(&offset)
+            .and_then(|fd| fd.try_clone().ok())
     }
 
     /// Everything the backend asked for so far.
@@ -194,6 +204,7 @@ impl SharedMemoryRegion {
         self.make_inaccessible(0, self.size)
             .map_err(Error::io("reset shared memory region"))?;
         let old: Vec<_> = std::mem::take(&mut state.mappings).into_iter().collect();
+        state.fds.clear();
         for (offset, (len, _)) in old {
             state.events.push(ShmemEvent::Unmapped { offset, len });
         }
@@ -269,6 +280,9 @@ impl VhostUserFrontendReqHandler for SharedMemoryRegion {
             return Err(e.into());
         }
         state.mappings.insert(offset, (len, writable));
+        if let Ok(dup) = fd.try_clone_to_owned() {
+            state.fds.insert(offset, dup);
+        }
         state.events.push(ShmemEvent::Mapped {
             offset,
             len,
@@ -288,6 +302,7 @@ impl VhostUserFrontendReqHandler for SharedMemoryRegion {
         }
         self.make_inaccessible(offset, len)?;
         state.mappings.remove(&offset);
+        state.fds.remove(&offset);
         state.events.push(ShmemEvent::Unmapped { offset, len });
         Ok(0)
     }

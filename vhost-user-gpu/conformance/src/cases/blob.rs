@@ -1,0 +1,859 @@
+//! Blob cases: GUEST blobs shown with SET_SCANOUT_BLOB (PNG capture checked), cross-domain
+//! HOST3D blobs mapped into the frontend's host-visible region through SHMEM_MAP, the
+//! refusal of buffers that would need `DMA_BUF_IOCTL_SYNC`, and the lifecycle of mappings
+//! (unmap, unref while mapped, reset, reconnection) with fd and mapping leak checks.
+
+use std::os::fd::AsFd;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use super::two_d::{display_matches, Backing};
+use super::{
+    bgra_pattern, ctrl, ensure, expect, pattern, still_serving, Case, CaseResult, Ctx, Need,
+};
+use crate::cross_domain::{self, ImageRequirements};
+use crate::frontend::Frontend;
+use crate::gpu::{self, features, format, ty, BlobLayout, MemEntry, Rect};
+use crate::proc_stats::ProcStats;
+use crate::shmem::ShmemEvent;
+
+const CTX: u32 = 1;
+const RING_RES: u32 = 100;
+/// GBM-style usage: linear, CPU reads and writes often (what a guest that maps wants).
+const IMAGE_FLAGS: u32 = (1 << 4) | (1 << 9) | (1 << 11);
+
+fn host() -> Need {
+    Need::All(vec![
+        Need::Features(features::RESOURCE_BLOB | features::CONTEXT_INIT),
+        Need::HostVisibleRegion,
+    ])
+}
+
+fn host_ours() -> Need {
+    Need::All(vec![host(), Need::OurCommandLine])
+}
+
+pub(super) fn cases() -> Vec<Case> {
+    vec![
+        Case {
+            name: "blob::guest_blob_set_scanout_blob",
+            need: Need::Features(features::RESOURCE_BLOB),
+            run: guest_blob_scanout,
+        },
+        Case {
+            name: "blob::guest_blob_capture_png",
+            need: Need::All(vec![
+                Need::Features(features::RESOURCE_BLOB),
+                Need::OurCommandLine,
+            ]),
+            run: guest_blob_capture_png,
+        },
+        Case {
+            name: "blob::create_blob_errors",
+            need: Need::Features(features::RESOURCE_BLOB),
+            run: create_blob_errors,
+        },
+        Case {
+            name: "blob::host_blob_map_roundtrip",
+            need: host(),
+            run: host_blob_map_roundtrip,
+        },
+        Case {
+            name: "blob::map_info_matches_dmabuf_info",
+            need: host_ours(),
+            run: map_info_matches_dmabuf_info,
+        },
+        Case {
+            name: "blob::host_blob_transfers",
+            need: host(),
+            run: host_blob_transfers,
+        },
+        Case {
+            name: "blob::fresh_host_blobs_read_zeros",
+            need: host(),
+            run: fresh_blobs_read_zeros,
+        },
+        Case {
+            name: "blob::map_refused_when_policy_needs_sync",
+            need: host_ours(),
+            run: refused_when_needs_sync,
+        },
+        Case {
+            name: "blob::map_blob_errors",
+            need: host(),
+            run: map_blob_errors,
+        },
+        Case {
+            name: "blob::unmap_blob_releases_everything",
+            need: host(),
+            run: unmap_releases,
+        },
+        Case {
+            name: "blob::unref_while_mapped",
+            need: host(),
+            run: unref_while_mapped,
+        },
+        Case {
+            name: "blob::reset_while_mapped",
+            need: host(),
+            run: reset_while_mapped,
+        },
+        Case {
+            name: "blob::reconnect_while_mapped",
+            need: host_ours(),
+            run: reconnect_while_mapped,
+        },
+    ]
+}
+
+fn spawn(ctx: &Ctx, extra: &[&str]) -> Result<Frontend, String> {
+    ctx.spawn_with(extra)
+        .map_err(|e| format!("cannot start backend: {e}"))
+}
+
+fn stats(fe: &Frontend) -> Result<ProcStats, String> {
+    fe.backend_stats().map_err(|e| e.to_string())
+}
+
+fn guest_blob(fe: &mut Frontend, id: u32, img: &[u8]) -> Result<Backing, String> {
+    let backing = Backing::new(fe, img.len())?;
+    backing.write(fe, 0, img)?;
+    expect(
+        fe,
+        "RESOURCE_CREATE_BLOB (GUEST)",
+        gpu::resource_create_blob(
+            0,
+            id,
+            gpu::BLOB_MEM_GUEST,
+            0,
+            0,
+            img.len() as u64,
+            &backing.entries,
+        ),
+        ty::OK_NODATA,
+    )?;
+    Ok(backing)
+}
+
+fn show_blob(fe: &mut Frontend, id: u32, w: u32, h: u32) -> CaseResult {
+    let layout = BlobLayout {
+        width: w,
+        height: h,
+        format: format::B8G8R8A8_UNORM,
+        stride: w * 4,
+        offset: 0,
+    };
+    expect(
+        fe,
+        "SET_SCANOUT_BLOB",
+        gpu::set_scanout_blob(0, id, Rect::sized(w, h), layout),
+        ty::OK_NODATA,
+    )?;
+    expect(
+        fe,
+        "RESOURCE_FLUSH",
+        gpu::resource_flush(id, Rect::sized(w, h)),
+        ty::OK_NODATA,
+    )?;
+    Ok(())
+}
+
+fn guest_blob_scanout(ctx: &Ctx) -> CaseResult {
+    let mut fe = spawn(ctx, &[])?;
+    let (w, h) = (64u32, 32u32);
+    let img = bgra_pattern(w, h, 11);
+    guest_blob(&mut fe, 1, &img)?;
+    show_blob(&mut fe, 1, w, h)?;
+    display_matches(&fe, 0, w, h, &img)?;
+    still_serving(&mut fe)
+}
+
+/// Decodes a PNG to RGBA8.
+fn decode_png(path: &Path) -> Result<(u32, u32, Vec<u8>), String> {
+    let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut reader = png::Decoder::new(file)
+        .read_info()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut buf = vec![0; reader.output_buffer_size()];
+    let info = reader
+        .next_frame(&mut buf)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    buf.truncate(info.buffer_size());
+    let rgba = match info.color_type {
+        png::ColorType::Rgba => buf,
+        png::ColorType::Rgb => buf
+            .chunks(3)
+            .flat_map(|p| [p[0], p[1], p[2], 0xff])
+            .collect(),
+        other => return Err(format!("unexpected PNG colour type {other:?}")),
+    };
+    Ok((info.width, info.height, rgba))
+}
+
+/// Waits (hang guard) until the capture of scanout 0 shows `bgra` (alpha not compared).
+fn capture_matches(fe: &Frontend, dir: &Path, w: u32, h: u32, bgra: &[u8]) -> CaseResult {
+    let path = dir.join("scanout-0.png");
+    let expected: Vec<u8> = bgra.chunks(4).flat_map(|p| [p[2], p[1], p[0]]).collect();
+    let deadline = Instant::now() + super::DISPLAY_WAIT;
+    let mut last = String::from("no file");
+    while Instant::now() < deadline {
+        if path.exists() {
+            match decode_png(&path) {
+                Ok((pw, ph, rgba)) => {
+                    let rgb: Vec<u8> = rgba.chunks(4).flat_map(|p| [p[0], p[1], p[2]]).collect();
+                    if (pw, ph) == (w, h) && rgb == expected {
+                        return Ok(());
+                    }
+                    let diff = rgb.iter().zip(&expected).position(|(a, b)| a != b);
+                    last = format!("{pw}x{ph}, first differing byte {diff:?}");
+                }
+                Err(e) => last = e,
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err(crate::suite::with_log(
+        fe,
+        format!(
+            "capture {} never showed the {w}x{h} image: {last}",
+            path.display()
+        ),
+    ))
+}
+
+fn guest_blob_capture_png(ctx: &Ctx) -> CaseResult {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let dir_arg = dir.path().to_string_lossy().to_string();
+    let mut fe = spawn(ctx, &["--capture-dir", &dir_arg])?;
+    let (w, h) = (48u32, 40u32);
+    let mut img = bgra_pattern(w, h, 12);
+    let backing = guest_blob(&mut fe, 1, &img)?;
+    show_blob(&mut fe, 1, w, h)?;
+    capture_matches(&fe, dir.path(), w, h, &img)?;
+    // The guest draws again into its own memory; a flush alone must show it (no transfer:
+    // a GUEST blob *is* guest memory).
+    img = bgra_pattern(w, h, 13);
+    backing.write(&fe, 0, &img)?;
+    expect(
+        &mut fe,
+        "RESOURCE_FLUSH",
+        gpu::resource_flush(1, Rect::sized(w, h)),
+        ty::OK_NODATA,
+    )?;
+    capture_matches(&fe, dir.path(), w, h, &img)?;
+    still_serving(&mut fe)
+}
+
+fn create_blob_errors(ctx: &Ctx) -> CaseResult {
+    let mut fe = spawn(ctx, &[])?;
+    let page = fe.ram().alloc(4096, 4096).map_err(|e| e.to_string())?;
+    let entry = [MemEntry {
+        addr: page,
+        length: 4096,
+    }];
+    expect(
+        &mut fe,
+        "CREATE_BLOB id 0",
+        gpu::resource_create_blob(0, 0, gpu::BLOB_MEM_GUEST, 0, 0, 4096, &entry),
+        ty::ERR_INVALID_RESOURCE_ID,
+    )?;
+    let r = ctrl(
+        &mut fe,
+        "CREATE_BLOB blob_mem 9",
+        gpu::resource_create_blob(0, 1, 9, 0, 0, 4096, &entry),
+    )?;
+    ensure(&fe, r.ty == ty::ERR_INVALID_PARAMETER, || {
+        format!("blob_mem 9 answered {}", r.name())
+    })?;
+    let r = ctrl(
+        &mut fe,
+        "CREATE_BLOB HOST3D without a context",
+        gpu::resource_create_blob(
+            0,
+            1,
+            gpu::BLOB_MEM_HOST3D,
+            gpu::BLOB_FLAG_MAPPABLE,
+            1,
+            4096,
+            &[],
+        ),
+    )?;
+    ensure(&fe, r.ty >= ty::ERR_UNSPEC, || {
+        format!("HOST3D blob without context answered {}", r.name())
+    })?;
+    let outside = [MemEntry {
+        addr: fe.ram().size() as u64 + 4096,
+        length: 4096,
+    }];
+    let r = ctrl(
+        &mut fe,
+        "CREATE_BLOB GUEST outside RAM",
+        gpu::resource_create_blob(0, 1, gpu::BLOB_MEM_GUEST, 0, 0, 4096, &outside),
+    )?;
+    ensure(&fe, r.ty >= ty::ERR_UNSPEC, || {
+        format!("GUEST blob outside RAM answered {}", r.name())
+    })?;
+    let r = ctrl(
+        &mut fe,
+        "CREATE_BLOB GUEST size beyond entries",
+        gpu::resource_create_blob(0, 1, gpu::BLOB_MEM_GUEST, 0, 0, 8192, &entry),
+    )?;
+    ensure(&fe, r.ty >= ty::ERR_UNSPEC, || {
+        format!("GUEST blob larger than its entries answered {}", r.name())
+    })?;
+    // None of the refused creates may have taken id 1.
+    expect(
+        &mut fe,
+        "CREATE_BLOB valid",
+        gpu::resource_create_blob(0, 1, gpu::BLOB_MEM_GUEST, 0, 0, 4096, &entry),
+        ty::OK_NODATA,
+    )?;
+    still_serving(&mut fe)
+}
+
+/// A cross-domain context with its query ring set up.
+struct CrossDomain {
+    ring: Backing,
+    fence: u64,
+}
+
+impl CrossDomain {
+    fn init(fe: &mut Frontend) -> Result<Self, String> {
+        expect(
+            fe,
+            "CTX_CREATE (cross-domain)",
+            gpu::ctx_create(CTX, gpu::CAPSET_CROSS_DOMAIN, "conformance"),
+            ty::OK_NODATA,
+        )?;
+        let ring = Backing::new(fe, 4096)?;
+        expect(
+            fe,
+            "CREATE_BLOB (query ring)",
+            gpu::resource_create_blob(
+                CTX,
+                RING_RES,
+                gpu::BLOB_MEM_GUEST,
+                gpu::BLOB_FLAG_MAPPABLE,
+                0,
+                4096,
+                &ring.entries,
+            ),
+            ty::OK_NODATA,
+        )?;
+        expect(
+            fe,
+            "CTX_ATTACH_RESOURCE (query ring)",
+            gpu::ctx_attach_resource(CTX, RING_RES),
+            ty::OK_NODATA,
+        )?;
+        let init = cross_domain::init(RING_RES, cross_domain::RING_NONE, 0);
+        expect(
+            fe,
+            "SUBMIT_3D CROSS_DOMAIN_CMD_INIT",
+            gpu::submit_3d(CTX, &init),
+            ty::OK_NODATA,
+        )?;
+        Ok(Self { ring, fence: 0 })
+    }
+
+    fn requirements(
+        &mut self,
+        fe: &mut Frontend,
+        w: u32,
+        h: u32,
+    ) -> Result<ImageRequirements, String> {
+        fe.ram()
+            .write(self.ring.entries[0].addr, &[0xee; 64])
+            .map_err(|e| e.to_string())?;
+        self.fence += 1;
+        let cmd = cross_domain::get_image_requirements(
+            w,
+            h,
+            cross_domain::DRM_FORMAT_ARGB8888,
+            IMAGE_FLAGS,
+        );
+        let r = expect(
+            fe,
+            "SUBMIT_3D GET_IMAGE_REQUIREMENTS",
+            gpu::submit_3d(CTX, &cmd).fence(self.fence, Some(cross_domain::QUERY_RING)),
+            ty::OK_NODATA,
+        )?;
+        ensure(fe, r.fence_id == self.fence, || {
+            format!("fence {} answered for {}", r.fence_id, self.fence)
+        })?;
+        let bytes = self.ring.read(fe, 64)?;
+        let reqs = ImageRequirements::parse(&bytes).map_err(|e| e.to_string())?;
+        ensure(
+            fe,
+            reqs.size >= u64::from(w * h * 4)
+                && reqs.strides[0] >= w * 4
+                && reqs.blob_id != 0xeeee_eeee,
+            || format!("implausible image requirements for {w}x{h}: {reqs:?}"),
+        )?;
+        Ok(reqs)
+    }
+
+    fn create(
+        &mut self,
+        fe: &mut Frontend,
+        id: u32,
+        w: u32,
+        h: u32,
+        flags: u32,
+    ) -> Result<ImageRequirements, String> {
+        let reqs = self.requirements(fe, w, h)?;
+        expect(
+            fe,
+            "RESOURCE_CREATE_BLOB (HOST3D)",
+            gpu::resource_create_blob(
+                CTX,
+                id,
+                gpu::BLOB_MEM_HOST3D,
+                flags,
+                u64::from(reqs.blob_id),
+                reqs.size,
+                &[],
+            ),
+            ty::OK_NODATA,
+        )?;
+        Ok(reqs)
+    }
+}
+
+fn page_round(n: u64) -> u64 {
+    n.next_multiple_of(4096)
+}
+
+/// Maps `id` at `offset`; checks OK_MAP_INFO and that the frontend now has the mapping.
+fn map(fe: &mut Frontend, id: u32, offset: u64, size: u64) -> Result<u32, String> {
+    let r = expect(
+        fe,
+        "RESOURCE_MAP_BLOB",
+        gpu::resource_map_blob(CTX, id, offset),
+        ty::OK_MAP_INFO,
+    )?;
+    let info = r.map_info().map_err(|e| e.to_string())?;
+    ensure(
+        fe,
+        matches!(
+            info,
+            gpu::MAP_CACHE_CACHED | gpu::MAP_CACHE_WC | gpu::MAP_CACHE_UNCACHED
+        ),
+        || format!("map_info {info} is not CACHED, UNCACHED or WC"),
+    )?;
+    let region = fe.shmem().ok_or("no host-visible region")?;
+    let mapped = region
+        .mappings()
+        .iter()
+        .any(|&(o, l)| o == offset && l >= size && l == page_round(l));
+    ensure(fe, mapped, || {
+        format!(
+            "OK_MAP_INFO but the frontend has no mapping at {offset:#x}: {:?}",
+            region.mappings()
+        )
+    })?;
+    Ok(info)
+}
+
+fn host_blob_map_roundtrip(ctx: &Ctx) -> CaseResult {
+    let mut fe = spawn(ctx, &[])?;
+    let mut cd = CrossDomain::init(&mut fe)?;
+    let (w, h) = (64u32, 64u32);
+    let reqs = cd.create(&mut fe, 1, w, h, gpu::BLOB_FLAG_MAPPABLE)?;
+    let info = map(&mut fe, 1, 0, reqs.size)?;
+    ensure(&fe, info == reqs.map_info, || {
+        format!(
+            "map_info {info} differs from GET_IMAGE_REQUIREMENTS' {}",
+            reqs.map_info
+        )
+    })?;
+    let region = fe.shmem().ok_or("no region")?;
+    let fresh = region
+        .read(0, reqs.size as usize)
+        .map_err(|e| e.to_string())?;
+    ensure(&fe, fresh.iter().all(|&b| b == 0), || {
+        "a fresh host blob is not zeroed".into()
+    })?;
+    // Frontend writes through its mapping; the backend shows it (reads its own buffer).
+    let img = bgra_pattern(w, h, 21);
+    let stride = reqs.strides[0] as usize;
+    for row in 0..h as usize {
+        let off = reqs.offsets[0] as usize + row * stride;
+        region
+            .write(
+                off as u64,
+                &img[row * w as usize * 4..(row + 1) * w as usize * 4],
+            )
+            .map_err(|e| e.to_string())?;
+    }
+    let layout = BlobLayout {
+        width: w,
+        height: h,
+        format: format::B8G8R8A8_UNORM,
+        stride: reqs.strides[0],
+        offset: reqs.offsets[0],
+    };
+    expect(
+        &mut fe,
+        "SET_SCANOUT_BLOB (host blob)",
+        gpu::set_scanout_blob(0, 1, Rect::sized(w, h), layout),
+        ty::OK_NODATA,
+    )?;
+    expect(
+        &mut fe,
+        "RESOURCE_FLUSH",
+        gpu::resource_flush(1, Rect::sized(w, h)),
+        ty::OK_NODATA,
+    )?;
+    display_matches(&fe, 0, w, h, &img)?;
+    still_serving(&mut fe)
+}
+
+fn map_info_matches_dmabuf_info(ctx: &Ctx) -> CaseResult {
+    let mut fe = spawn(ctx, &["--platform", "x86-intel"])?;
+    let mut cd = CrossDomain::init(&mut fe)?;
+    let reqs = cd.create(&mut fe, 1, 32, 32, gpu::BLOB_FLAG_MAPPABLE)?;
+    let info = map(&mut fe, 1, 0, reqs.size)?;
+    let fd = fe
+        .shmem()
+        .and_then(|r| r.mapped_fd(0))
+        .ok_or("no fd recorded for the mapping")?;
+    let inspector = dmabuf_info::Inspector::new(dmabuf_info::Config::default());
+    let buffer = inspector
+        .inspect(fd.as_fd(), None)
+        .map_err(|e| format!("dmabuf-info on the mapped fd: {e}"))?;
+    let decision = dmabuf_info::policy::decide(&buffer, dmabuf_info::Platform::X86Intel);
+    match decision {
+        dmabuf_info::Decision::Allow(cache) => ensure(&fe, cache.virtio_value() == info, || {
+            format!("device reported map_info {info}, dmabuf-info decided {cache:?} for {buffer:?}")
+        }),
+        dmabuf_info::Decision::Refuse(reason) => Err(format!(
+            "device mapped a buffer dmabuf-info refuses: {reason:?}"
+        )),
+    }
+}
+
+fn host_blob_transfers(ctx: &Ctx) -> CaseResult {
+    let mut fe = spawn(ctx, &[])?;
+    let mut cd = CrossDomain::init(&mut fe)?;
+    let (w, h) = (32u32, 16u32);
+    let reqs = cd.create(&mut fe, 1, w, h, gpu::BLOB_FLAG_MAPPABLE)?;
+    map(&mut fe, 1, 0, reqs.size)?;
+    let len = reqs.size as usize;
+    let backing = Backing::new(&fe, len)?;
+    expect(
+        &mut fe,
+        "ATTACH_BACKING (host blob)",
+        gpu::resource_attach_backing(1, &backing.entries),
+        ty::OK_NODATA,
+    )?;
+    let stride = reqs.strides[0];
+    let b = gpu::Box3d {
+        origin: [0, 0, 0],
+        size: [w, h, 1],
+    };
+    // Frontend mapping -> backend -> guest memory.
+    let host_bytes = pattern(len, 31);
+    fe.shmem()
+        .ok_or("no region")?
+        .write(0, &host_bytes)
+        .map_err(|e| e.to_string())?;
+    expect(
+        &mut fe,
+        "TRANSFER_FROM_HOST_3D",
+        gpu::transfer_from_host_3d(CTX, 1, b, u64::from(reqs.offsets[0]), stride),
+        ty::OK_NODATA,
+    )?;
+    let rows = (stride * h) as usize;
+    let got = backing.read(&fe, len)?;
+    let off = reqs.offsets[0] as usize;
+    ensure(
+        &fe,
+        got[off..off + rows] == host_bytes[off..off + rows],
+        || "guest backing differs from what the frontend wrote through its mapping".into(),
+    )?;
+    // Guest memory -> backend -> frontend mapping.
+    let guest_bytes = pattern(len, 32);
+    backing.write(&fe, 0, &guest_bytes)?;
+    expect(
+        &mut fe,
+        "TRANSFER_TO_HOST_3D",
+        gpu::transfer_to_host_3d(CTX, 1, b, u64::from(reqs.offsets[0]), stride),
+        ty::OK_NODATA,
+    )?;
+    let seen = fe
+        .shmem()
+        .ok_or("no region")?
+        .read(0, len)
+        .map_err(|e| e.to_string())?;
+    ensure(
+        &fe,
+        seen[off..off + rows] == guest_bytes[off..off + rows],
+        || "the frontend's mapping does not show what TRANSFER_TO_HOST_3D wrote".into(),
+    )?;
+    still_serving(&mut fe)
+}
+
+fn fresh_blobs_read_zeros(ctx: &Ctx) -> CaseResult {
+    let mut fe = spawn(ctx, &[])?;
+    let mut cd = CrossDomain::init(&mut fe)?;
+    for round in 0..4u32 {
+        let id = 10 + round;
+        let reqs = cd.create(&mut fe, id, 128, 64, gpu::BLOB_FLAG_MAPPABLE)?;
+        map(&mut fe, id, 0, reqs.size)?;
+        let region = fe.shmem().ok_or("no region")?;
+        let bytes = region
+            .read(0, page_round(reqs.size) as usize)
+            .map_err(|e| e.to_string())?;
+        let nonzero = bytes.iter().position(|&b| b != 0);
+        ensure(&fe, nonzero.is_none(), || {
+            format!("round {round}: fresh blob has data at byte {nonzero:?}")
+        })?;
+        region
+            .write(0, &pattern(reqs.size as usize, round + 40))
+            .map_err(|e| e.to_string())?;
+        expect(
+            &mut fe,
+            "UNMAP_BLOB",
+            gpu::resource_unmap_blob(CTX, id),
+            ty::OK_NODATA,
+        )?;
+        expect(&mut fe, "UNREF", gpu::resource_unref(id), ty::OK_NODATA)?;
+    }
+    still_serving(&mut fe)
+}
+
+fn refused_when_needs_sync(ctx: &Ctx) -> CaseResult {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        "[[exporter]]\nname = \"memfd\"\ncache = \"cached\"\nneeds_sync = \"yes\"\nstable = true\n",
+    )
+    .map_err(|e| e.to_string())?;
+    let policy_arg = policy.to_string_lossy().to_string();
+    let mut fe = spawn(ctx, &["--policy-config", &policy_arg])?;
+    let mut cd = CrossDomain::init(&mut fe)?;
+    let reqs = cd.create(&mut fe, 1, 32, 32, gpu::BLOB_FLAG_MAPPABLE)?;
+    let r = ctrl(
+        &mut fe,
+        "RESOURCE_MAP_BLOB of a needs-SYNC buffer",
+        gpu::resource_map_blob(CTX, 1, 0),
+    )?;
+    ensure(&fe, r.ty >= ty::ERR_UNSPEC, || {
+        format!(
+            "a buffer that needs DMA_BUF_IOCTL_SYNC was mapped: {}",
+            r.name()
+        )
+    })?;
+    let region = fe.shmem().ok_or("no region")?;
+    ensure(&fe, region.mappings().is_empty(), || {
+        format!("refused map left mappings {:?}", region.mappings())
+    })?;
+    let mapped_ever = region
+        .events()
+        .iter()
+        .any(|e| matches!(e, ShmemEvent::Mapped { .. }));
+    ensure(&fe, !mapped_ever, || {
+        format!(
+            "SHMEM_MAP was sent although the map was refused: {:?}",
+            region.events()
+        )
+    })?;
+    // The resource stays usable and the device keeps serving.
+    let _ = reqs;
+    expect(
+        &mut fe,
+        "UNREF of the refused blob",
+        gpu::resource_unref(1),
+        ty::OK_NODATA,
+    )?;
+    cd.create(&mut fe, 2, 16, 16, gpu::BLOB_FLAG_MAPPABLE)?;
+    still_serving(&mut fe)
+}
+
+fn map_blob_errors(ctx: &Ctx) -> CaseResult {
+    let mut fe = spawn(ctx, &[])?;
+    let mut cd = CrossDomain::init(&mut fe)?;
+    let region_size = fe.shmem().ok_or("no region")?.size();
+    expect(
+        &mut fe,
+        "MAP_BLOB of unknown resource",
+        gpu::resource_map_blob(CTX, 77, 0),
+        ty::ERR_INVALID_RESOURCE_ID,
+    )?;
+    let r = ctrl(
+        &mut fe,
+        "MAP_BLOB of a GUEST blob",
+        gpu::resource_map_blob(CTX, RING_RES, 0),
+    )?;
+    ensure(&fe, r.ty >= ty::ERR_UNSPEC, || {
+        format!("MAP_BLOB of a guest blob answered {}", r.name())
+    })?;
+    let reqs = cd.create(&mut fe, 1, 32, 32, gpu::BLOB_FLAG_MAPPABLE)?;
+    cd.create(&mut fe, 2, 32, 32, 0)?;
+    let r = ctrl(
+        &mut fe,
+        "MAP_BLOB of a non-MAPPABLE blob",
+        gpu::resource_map_blob(CTX, 2, 0),
+    )?;
+    ensure(&fe, r.ty >= ty::ERR_UNSPEC, || {
+        format!("MAP_BLOB of a non-mappable blob answered {}", r.name())
+    })?;
+    for (what, offset) in [
+        ("offset past the region", region_size),
+        ("blob crossing the region end", region_size - 4096),
+        ("offset overflowing", u64::MAX - 4095),
+        ("unaligned offset", 100),
+    ] {
+        if what == "blob crossing the region end" && reqs.size <= 4096 {
+            continue;
+        }
+        let r = ctrl(&mut fe, what, gpu::resource_map_blob(CTX, 1, offset))?;
+        ensure(&fe, r.ty >= ty::ERR_UNSPEC, || {
+            format!("MAP_BLOB with {what} ({offset:#x}) answered {}", r.name())
+        })?;
+    }
+    let region = fe.shmem().ok_or("no region")?;
+    ensure(&fe, region.mappings().is_empty(), || {
+        format!("refused maps left mappings {:?}", region.mappings())
+    })?;
+    map(&mut fe, 1, 0, reqs.size)?;
+    let r = ctrl(
+        &mut fe,
+        "second MAP_BLOB of a mapped blob",
+        gpu::resource_map_blob(CTX, 1, 1 << 20),
+    )?;
+    ensure(&fe, r.ty >= ty::ERR_UNSPEC, || {
+        format!("second MAP_BLOB answered {}", r.name())
+    })?;
+    expect(
+        &mut fe,
+        "UNMAP_BLOB of unknown resource",
+        gpu::resource_unmap_blob(CTX, 77),
+        ty::ERR_INVALID_RESOURCE_ID,
+    )?;
+    let r = ctrl(
+        &mut fe,
+        "UNMAP_BLOB of an unmapped blob",
+        gpu::resource_unmap_blob(CTX, 2),
+    )?;
+    ensure(&fe, r.ty >= ty::ERR_UNSPEC, || {
+        format!("UNMAP_BLOB of an unmapped blob answered {}", r.name())
+    })?;
+    let region = fe.shmem().ok_or("no region")?;
+    ensure(&fe, region.mappings().len() == 1, || {
+        format!(
+            "expected exactly the one good mapping: {:?}",
+            region.mappings()
+        )
+    })?;
+    still_serving(&mut fe)
+}
+
+/// Baseline after context set-up, then `body`, then the backend must be back to baseline.
+fn no_leaks(fe: &mut Frontend, before: &ProcStats) -> CaseResult {
+    let pid = fe.backend_pid().ok_or("no pid")?;
+    // Releases happen before the response; no waiting needed, but the display socket
+    // replacement on reset is asynchronous in some backends, so allow it to settle.
+    let deadline = Instant::now() + super::DISPLAY_WAIT;
+    loop {
+        let now = stats(fe)?;
+        if now.fds <= before.fds && now.buffer_maps <= before.buffer_maps {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(crate::suite::with_log(
+                fe,
+                format!(
+                    "backend holds more than before: {before:?} -> {now:?}; fds {:?}",
+                    ProcStats::fd_targets(pid)
+                ),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn region_empty(fe: &Frontend, what: &str) -> CaseResult {
+    let region = fe.shmem().ok_or("no region")?;
+    ensure(fe, region.mappings().is_empty(), || {
+        format!(
+            "after {what} the frontend still has mappings {:?}",
+            region.mappings()
+        )
+    })
+}
+
+fn unmap_releases(ctx: &Ctx) -> CaseResult {
+    let mut fe = spawn(ctx, &[])?;
+    let mut cd = CrossDomain::init(&mut fe)?;
+    let before = stats(&fe)?;
+    for round in 0..3 {
+        let reqs = cd.create(&mut fe, 1, 64, 64, gpu::BLOB_FLAG_MAPPABLE)?;
+        map(&mut fe, 1, 4096 * round, reqs.size)?;
+        expect(
+            &mut fe,
+            "UNMAP_BLOB",
+            gpu::resource_unmap_blob(CTX, 1),
+            ty::OK_NODATA,
+        )?;
+        region_empty(&fe, "UNMAP_BLOB")?;
+        expect(&mut fe, "UNREF", gpu::resource_unref(1), ty::OK_NODATA)?;
+    }
+    no_leaks(&mut fe, &before)?;
+    still_serving(&mut fe)
+}
+
+fn unref_while_mapped(ctx: &Ctx) -> CaseResult {
+    let mut fe = spawn(ctx, &[])?;
+    let mut cd = CrossDomain::init(&mut fe)?;
+    let before = stats(&fe)?;
+    let reqs = cd.create(&mut fe, 1, 64, 64, gpu::BLOB_FLAG_MAPPABLE)?;
+    map(&mut fe, 1, 0, reqs.size)?;
+    expect(
+        &mut fe,
+        "UNREF while mapped",
+        gpu::resource_unref(1),
+        ty::OK_NODATA,
+    )?;
+    region_empty(&fe, "UNREF of a mapped blob")?;
+    no_leaks(&mut fe, &before)?;
+    // The range is free again.
+    let reqs = cd.create(&mut fe, 2, 64, 64, gpu::BLOB_FLAG_MAPPABLE)?;
+    map(&mut fe, 2, 0, reqs.size)?;
+    still_serving(&mut fe)
+}
+
+fn reset_while_mapped(ctx: &Ctx) -> CaseResult {
+    let mut fe = spawn(ctx, &[])?;
+    let before = stats(&fe)?;
+    let mut cd = CrossDomain::init(&mut fe)?;
+    let reqs = cd.create(&mut fe, 1, 64, 64, gpu::BLOB_FLAG_MAPPABLE)?;
+    map(&mut fe, 1, 0, reqs.size)?;
+    fe.reset()
+        .map_err(|e| super::ctx_err(&fe, "device reset", e))?;
+    region_empty(&fe, "reset")?;
+    no_leaks(&mut fe, &before)?;
+    // Everything starts over: the same ids and offsets work again.
+    let mut cd = CrossDomain::init(&mut fe)?;
+    let reqs = cd.create(&mut fe, 1, 64, 64, gpu::BLOB_FLAG_MAPPABLE)?;
+    map(&mut fe, 1, 0, reqs.size)?;
+    still_serving(&mut fe)
+}
+
+fn reconnect_while_mapped(ctx: &Ctx) -> CaseResult {
+    let mut fe = spawn(ctx, &["--keep-listening"])?;
+    let before = stats(&fe)?;
+    let mut cd = CrossDomain::init(&mut fe)?;
+    let reqs = cd.create(&mut fe, 1, 64, 64, gpu::BLOB_FLAG_MAPPABLE)?;
+    map(&mut fe, 1, 0, reqs.size)?;
+    fe.reconnect()
+        .map_err(|e| super::ctx_err(&fe, "reconnect", e))?;
+    region_empty(&fe, "reconnection")?;
+    no_leaks(&mut fe, &before)?;
+    let mut cd = CrossDomain::init(&mut fe)?;
+    let reqs = cd.create(&mut fe, 1, 64, 64, gpu::BLOB_FLAG_MAPPABLE)?;
+    map(&mut fe, 1, 0, reqs.size)?;
+    still_serving(&mut fe)
+}

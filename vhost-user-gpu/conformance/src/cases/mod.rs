@@ -1,0 +1,155 @@
+//! The conformance cases. Each starts its own backend (a fresh process), drives it through
+//! [`Frontend`] and checks what came back, what the display received, what was mapped into
+//! the frontend, and what the backend process holds afterwards.
+
+use std::time::Duration;
+
+use crate::frontend::{BackendSpec, Frontend, FrontendOptions, Peer};
+use crate::gpu::{self, Cmd, Resp};
+
+mod blob;
+mod two_d;
+
+/// Outcome of a case: `Err` carries a message for the report.
+pub type CaseResult = std::result::Result<(), String>;
+
+/// What a case needs from the backend.
+#[derive(Debug, Clone)]
+pub enum Need {
+    /// Any virtio-gpu backend.
+    Nothing,
+    /// These virtio-gpu feature bits negotiated.
+    Features(u64),
+    /// A host-visible shared memory region (SHMEM protocol feature, shmid 1).
+    HostVisibleRegion,
+    /// Flags of this project's binary (`--capture-dir`, `--policy-config`, ...).
+    OurCommandLine,
+    /// All of these.
+    All(Vec<Need>),
+}
+
+/// One case.
+pub struct Case {
+    /// Test name.
+    pub name: &'static str,
+    /// Requirements.
+    pub need: Need,
+    /// The body.
+    pub run: fn(&Ctx) -> CaseResult,
+}
+
+/// How cases start backends.
+#[derive(Debug, Clone)]
+pub struct Ctx {
+    /// The backend under test.
+    pub spec: BackendSpec,
+}
+
+impl Ctx {
+    /// A context for `spec`.
+    pub fn new(spec: BackendSpec) -> Self {
+        Self { spec }
+    }
+
+    /// Which peer is under test.
+    pub fn peer(&self) -> Peer {
+        self.spec.peer
+    }
+
+    /// Starts the backend with the suite's defaults (our binary: `--allocator memfd`).
+    pub fn spawn(&self) -> crate::Result<Frontend> {
+        self.spawn_with(&[])
+    }
+
+    /// Starts the backend with extra arguments (only meaningful for our binary).
+    pub fn spawn_with(&self, extra: &[&str]) -> crate::Result<Frontend> {
+        let mut spec = self.spec.clone();
+        if spec.peer == Peer::Ours {
+            if !spec.args.iter().any(|a| a == "--allocator") && !extra.contains(&"--allocator") {
+                spec.args
+                    .extend(["--allocator".to_string(), "memfd".to_string()]);
+            }
+            spec.args.extend(extra.iter().map(|s| s.to_string()));
+        }
+        Frontend::spawn_with(spec, FrontendOptions::default())
+    }
+}
+
+/// All cases, in report order.
+pub fn all() -> Vec<Case> {
+    let mut v = two_d::cases();
+    v.extend(blob::cases());
+    v
+}
+
+/// Display messages arrive on their own socket; wait this long for them (hang guard).
+pub(crate) const DISPLAY_WAIT: Duration = Duration::from_secs(10);
+
+/// Turns a library error into a case failure with the backend's log attached.
+pub(crate) fn ctx_err(fe: &Frontend, what: &str, e: impl std::fmt::Display) -> String {
+    crate::suite::with_log(fe, format!("{what}: {e}"))
+}
+
+/// Sends a control command; a transport error is a failure.
+pub(crate) fn ctrl(fe: &mut Frontend, what: &str, cmd: Cmd) -> Result<Resp, String> {
+    fe.ctrl(cmd).map_err(|e| ctx_err(fe, what, e))
+}
+
+/// Sends a control command and requires response type `ty`.
+pub(crate) fn expect(fe: &mut Frontend, what: &str, cmd: Cmd, ty: u32) -> Result<Resp, String> {
+    let resp = ctrl(fe, what, cmd)?;
+    if resp.ty != ty {
+        return Err(crate::suite::with_log(
+            fe,
+            format!(
+                "{what}: expected {} ({ty:#x}), got {} ({:#x})",
+                gpu::ty::name(ty),
+                resp.name(),
+                resp.ty
+            ),
+        ));
+    }
+    Ok(resp)
+}
+
+/// Fails with `msg` (and the backend log) unless `cond`.
+pub(crate) fn ensure(fe: &Frontend, cond: bool, msg: impl FnOnce() -> String) -> CaseResult {
+    if cond {
+        Ok(())
+    } else {
+        Err(crate::suite::with_log(fe, msg()))
+    }
+}
+
+/// The device must still answer after whatever the case did.
+pub(crate) fn still_serving(fe: &mut Frontend) -> CaseResult {
+    expect(
+        fe,
+        "GET_DISPLAY_INFO after the case",
+        gpu::get_display_info(),
+        gpu::ty::OK_DISPLAY_INFO,
+    )
+    .map(|_| ())
+}
+
+/// A deterministic test pattern of `len` bytes, distinct per `seed`.
+pub(crate) fn pattern(len: usize, seed: u32) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// BGRA pixels with opaque alpha (B8G8R8A8_UNORM), `w*h*4` bytes.
+pub(crate) fn bgra_pattern(w: u32, h: u32, seed: u32) -> Vec<u8> {
+    let mut p = pattern((w * h * 4) as usize, seed);
+    for px in p.chunks_mut(4) {
+        px[3] = 0xff;
+    }
+    p
+}

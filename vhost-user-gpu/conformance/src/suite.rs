@@ -1,0 +1,119 @@
+//! The conformance suite runner (libtest-mimic), shared by `vhost-user-gpu/tests` and the
+//! `suite` example.
+//!
+//! The backend is ours unless `VUG_BACKEND=/path` (plus optionally
+//! `VUG_BACKEND_PEER=qemu|vhost-device-gpu|ours`) names another. Before listing the cases the
+//! runner starts the backend once to learn what it negotiates; a case whose needs are not
+//! met is reported *ignored* with the reason, never passed.
+
+use std::path::Path;
+
+use libtest_mimic::{Arguments, Failed, Trial};
+
+use crate::cases::{self, Case, Ctx, Need};
+use crate::frontend::{BackendSpec, Frontend, Peer};
+use vhost::vhost_user::VhostUserProtocolFeatures;
+
+/// What the backend under test negotiated with the default frontend.
+#[derive(Debug, Clone)]
+pub struct Capabilities {
+    /// Acked virtio features.
+    pub features: u64,
+    /// Negotiated protocol features.
+    pub protocol: VhostUserProtocolFeatures,
+    /// Host-visible region size (0 without one).
+    pub region_size: u64,
+}
+
+impl Capabilities {
+    /// Starts the backend once and records what it negotiates.
+    pub fn probe(ctx: &Ctx) -> crate::Result<Self> {
+        let fe = ctx.spawn()?;
+        Ok(Self {
+            features: fe.acked_features(),
+            protocol: fe.protocol_features(),
+            region_size: fe.shmem().map_or(0, |r| r.size()),
+        })
+    }
+
+    /// Why `need` is not met, if it is not.
+    pub fn unmet(&self, peer: Peer, need: &Need) -> Option<String> {
+        match need {
+            Need::Nothing => None,
+            Need::Features(mask) if self.features & mask != *mask => Some(format!(
+                "backend did not negotiate features {:#x}",
+                mask & !self.features
+            )),
+            Need::Features(_) => None,
+            Need::HostVisibleRegion if self.region_size == 0 => {
+                Some("backend has no host-visible region (SHMEM)".into())
+            }
+            Need::HostVisibleRegion => None,
+            Need::OurCommandLine if peer != Peer::Ours => Some(format!(
+                "needs this project's command-line flags, peer is {}",
+                peer.name()
+            )),
+            Need::OurCommandLine => None,
+            Need::All(needs) => needs.iter().find_map(|n| self.unmet(peer, n)),
+        }
+    }
+}
+
+/// Runs the suite; `default_program` is our backend binary.
+pub fn main(default_program: &Path) -> ! {
+    let args = Arguments::from_args();
+    let spec = BackendSpec::from_env(default_program);
+    let ctx = Ctx::new(spec.clone());
+    let caps = Capabilities::probe(&ctx);
+    let trials = cases::all()
+        .into_iter()
+        .map(|case: Case| {
+            let reason = match &caps {
+                Ok(c) => c.unmet(spec.peer, &case.need),
+                Err(_) => None, // every case will fail with the real error
+            };
+            if let Some(r) = &reason {
+                eprintln!("conformance: {} skipped: {r}", case.name);
+            }
+            let ctx = ctx.clone();
+            let run = case.run;
+            let ignored = reason.is_some();
+            let trial = Trial::test(case.name, move || {
+                if let Some(r) = reason {
+                    return Err(Failed::from(format!("skipped: {r}")));
+                }
+                run(&ctx).map_err(Failed::from)
+            })
+            .with_kind(spec.peer.name());
+            trial.with_ignored_flag(ignored)
+        })
+        .collect::<Vec<_>>();
+    if let Err(e) = &caps {
+        eprintln!(
+            "conformance: cannot bring up {}: {e}",
+            spec.program.display()
+        );
+    } else if let Ok(c) = &caps {
+        eprintln!(
+            "conformance: {} ({}) features {:#x} protocol {:?} region {:#x}",
+            spec.program.display(),
+            spec.peer.name(),
+            c.features,
+            c.protocol,
+            c.region_size
+        );
+    }
+    libtest_mimic::run(&args, trials).exit()
+}
+
+/// Keeps a frontend's backend log for failure messages.
+pub fn with_log(fe: &Frontend, msg: String) -> String {
+    let log = fe.backend_log();
+    let tail: Vec<&str> = log.lines().rev().take(25).collect();
+    let tail: Vec<&str> = tail.into_iter().rev().collect();
+    format!(
+        "{msg}\n--- {} ---\n--- backend log (tail) ---\n{}",
+        fe.describe(),
+        tail.join("\n")
+    )
+}
