@@ -6,7 +6,10 @@ use std::process::Command;
 
 /// The directory cargo put the binary and the library artifacts in.
 fn artifact_dir() -> PathBuf {
-    Path::new(env!("CARGO_BIN_EXE_dmabuf-info")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_BIN_EXE_dmabuf-info"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 #[test]
@@ -29,10 +32,18 @@ fn c_program_uses_the_abi_on_a_memfd() {
         .arg(format!("-Wl,-rpath,{}", dir.display()))
         .output()
         .expect("run cc");
-    assert!(out.status.success(), "cc failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "cc failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let cfg = tmp.path().join("c.toml");
     std::fs::write(&cfg, "platform = \"x86-amd\"\n").unwrap();
-    let out = Command::new(&exe).arg(&cfg).env_remove("DMABUF_INFO_CONFIG").output().unwrap();
+    let out = Command::new(&exe)
+        .arg(&cfg)
+        .env_remove("DMABUF_INFO_CONFIG")
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "C checks failed:\n{stderr}");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "ok\n");
@@ -40,15 +51,31 @@ fn c_program_uses_the_abi_on_a_memfd() {
 
 #[test]
 fn header_version_matches_the_library() {
-    let header = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/include/dmabuf_info.h")).unwrap();
-    let major = format!("#define DMABUF_INFO_ABI_MAJOR {}", dmabuf_info::ffi::ABI_MAJOR);
-    let minor = format!("#define DMABUF_INFO_ABI_MINOR {}", dmabuf_info::ffi::ABI_MINOR);
+    let header = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/include/dmabuf_info.h"
+    ))
+    .unwrap();
+    let major = format!(
+        "#define DMABUF_INFO_ABI_MAJOR {}",
+        dmabuf_info::ffi::ABI_MAJOR
+    );
+    let minor = format!(
+        "#define DMABUF_INFO_ABI_MINOR {}",
+        dmabuf_info::ffi::ABI_MINOR
+    );
     assert!(header.contains(&major), "header lacks `{major}`");
     assert!(header.contains(&minor), "header lacks `{minor}`");
     assert_eq!(
         dmabuf_info::ffi::dmabuf_info_abi_version(),
         (dmabuf_info::ffi::ABI_MAJOR << 16) | dmabuf_info::ffi::ABI_MINOR
     );
-    assert_eq!(std::mem::size_of::<dmabuf_info::ffi::DmabufInfoResult>(), 152);
-    assert_eq!(std::mem::size_of::<dmabuf_info::ffi::DmabufInfoDecision>(), 272);
+    assert_eq!(
+        std::mem::size_of::<dmabuf_info::ffi::DmabufInfoResult>(),
+        152
+    );
+    assert_eq!(
+        std::mem::size_of::<dmabuf_info::ffi::DmabufInfoDecision>(),
+        272
+    );
 }
