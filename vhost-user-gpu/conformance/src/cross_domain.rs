@@ -91,3 +91,38 @@ impl ImageRequirements {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_sizes_match_the_header() {
+        let i = init(100, RING_NONE, 0);
+        assert_eq!(i.len(), 20);
+        assert_eq!(u16::from_le_bytes([i[2], i[3]]), 20);
+        let g = get_image_requirements(64, 32, DRM_FORMAT_ARGB8888, 0);
+        assert_eq!(g.len(), 24);
+        assert_eq!(
+            (g[0], u16::from_le_bytes([g[2], g[3]])),
+            (CMD_GET_IMAGE_REQUIREMENTS, 24)
+        );
+        assert_eq!(DRM_FORMAT_ARGB8888, 0x3432_5241);
+    }
+
+    #[test]
+    fn requirements_decode() {
+        let mut b = vec![0u8; 64];
+        b[0..4].copy_from_slice(&256u32.to_le_bytes());
+        b[40..48].copy_from_slice(&16384u64.to_le_bytes());
+        b[48..52].copy_from_slice(&7u32.to_le_bytes());
+        b[52..56].copy_from_slice(&1u32.to_le_bytes());
+        b[56..60].copy_from_slice(&(-1i32).to_le_bytes());
+        let r = ImageRequirements::parse(&b).unwrap();
+        assert_eq!(
+            (r.strides[0], r.size, r.blob_id, r.map_info, r.memory_idx),
+            (256, 16384, 7, 1, -1)
+        );
+        assert!(ImageRequirements::parse(&b[..63]).is_err());
+    }
+}

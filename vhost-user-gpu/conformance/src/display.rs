@@ -423,3 +423,71 @@ impl AsRawFd for DisplayServer {
         self.stream.as_raw_fd()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn edid_block_is_valid() {
+        let e = edid_for(1920, 1080);
+        assert_eq!(&e[..8], &[0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0]);
+        assert_eq!(e.iter().fold(0u8, |a, b| a.wrapping_add(*b)), 0);
+        assert_eq!(u32::from(e[56]) | (u32::from(e[58] >> 4) << 8), 1920);
+    }
+
+    /// A backend-side exchange over a real socketpair: features, display info, an update.
+    #[test]
+    fn serves_the_protocol() {
+        let (server, theirs) = DisplayServer::start(DisplayConfig::default()).unwrap();
+        let mut backend = UnixStream::from(theirs);
+        let send = |s: &mut UnixStream, req: u32, payload: &[u8]| {
+            let mut m = Vec::new();
+            m.extend_from_slice(&req.to_ne_bytes());
+            m.extend_from_slice(&0u32.to_ne_bytes());
+            m.extend_from_slice(&(payload.len() as u32).to_ne_bytes());
+            m.extend_from_slice(payload);
+            s.write_all(&m).unwrap();
+        };
+        let recv = |s: &mut UnixStream| {
+            let mut h = [0u8; 12];
+            s.read_exact(&mut h).unwrap();
+            let mut p = vec![0u8; u32_at(&h, 2) as usize];
+            s.read_exact(&mut p).unwrap();
+            (u32_at(&h, 0), u32_at(&h, 1), p)
+        };
+        send(&mut backend, req::GET_PROTOCOL_FEATURES, &[]);
+        let (r, flags, p) = recv(&mut backend);
+        assert_eq!(
+            (r, flags & FLAG_REPLY),
+            (req::GET_PROTOCOL_FEATURES, FLAG_REPLY)
+        );
+        assert_eq!(p, (1u64 << PROTOCOL_F_EDID).to_ne_bytes());
+        send(&mut backend, req::GET_DISPLAY_INFO, &[]);
+        let (_, _, p) = recv(&mut backend);
+        assert_eq!(p.len(), 408);
+        assert_eq!(
+            (u32_at(&p, 8), u32_at(&p, 9), u32_at(&p, 10)),
+            (1024, 768, 1)
+        );
+        let words = |v: &[u32]| v.iter().flat_map(|w| w.to_ne_bytes()).collect::<Vec<u8>>();
+        send(&mut backend, req::SCANOUT, &words(&[0, 4, 2]));
+        send(
+            &mut backend,
+            req::UPDATE,
+            &words(&[0, 1, 1, 2, 1, 0xaa, 0xbb]),
+        );
+        send(
+            &mut backend,
+            req::UPDATE,
+            &words(&[0, 3, 1, 2, 1, 0xcc, 0xdd]),
+        );
+        assert!(server.wait_for(Duration::from_secs(5), |st| st
+            .scanouts
+            .get(&0)
+            .is_some_and(|s| s.updates == 2)));
+        let st = server.state();
+        assert_eq!(st.scanouts[&0].pixels, vec![0, 0, 0, 0, 0, 0xaa, 0xbb, 0]);
+        assert_eq!(st.violations.len(), 1, "{:?}", st.violations); // second update is outside
+    }
+}

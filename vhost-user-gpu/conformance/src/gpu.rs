@@ -615,3 +615,76 @@ pub mod resp_size {
     /// `OK_MAP_INFO`.
     pub const MAP_INFO: usize = HDR_SIZE + 8;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Sizes of the specification's structs (virtio 1.3, 5.7.6).
+    #[test]
+    fn commands_have_the_specified_sizes() {
+        let r = Rect::sized(1, 1);
+        let cases: [(&str, Cmd, usize); 14] = [
+            ("get_display_info", get_display_info(), 24),
+            ("resource_create_2d", resource_create_2d(1, 1, 1, 1), 40),
+            ("resource_unref", resource_unref(1), 32),
+            ("set_scanout", set_scanout(0, 1, r), 48),
+            ("resource_flush", resource_flush(1, r), 48),
+            ("transfer_to_host_2d", transfer_to_host_2d(1, r, 0), 56),
+            (
+                "attach_backing + 1 entry",
+                resource_attach_backing(1, &[MemEntry { addr: 0, length: 1 }]),
+                48,
+            ),
+            (
+                "create_blob",
+                resource_create_blob(0, 1, 1, 0, 0, 1, &[]),
+                56,
+            ),
+            (
+                "set_scanout_blob",
+                set_scanout_blob(
+                    0,
+                    1,
+                    r,
+                    BlobLayout {
+                        width: 1,
+                        height: 1,
+                        format: 1,
+                        stride: 4,
+                        offset: 0,
+                    },
+                ),
+                96,
+            ),
+            ("ctx_create", ctx_create(1, 5, "x"), 96),
+            (
+                "transfer_to_host_3d",
+                transfer_to_host_3d(1, 1, Box3d::default(), 0, 0),
+                72,
+            ),
+            ("map_blob", resource_map_blob(1, 1, 0), 40),
+            ("unmap_blob", resource_unmap_blob(1, 1), 32),
+            ("update_cursor", update_cursor(0, 0, 0, 1, (0, 0)), 56),
+        ];
+        for (name, cmd, size) in cases {
+            assert_eq!(cmd.len(), size, "{name}");
+        }
+    }
+
+    #[test]
+    fn response_header_round_trip() {
+        let cmd = Cmd::new(ty::OK_MAP_INFO, 7)
+            .fence(0x1_0000_0002, Some(3))
+            .u32(MAP_CACHE_WC)
+            .u32(0);
+        let resp = Resp::parse(&cmd.into_bytes()).unwrap();
+        assert_eq!(resp.ty, ty::OK_MAP_INFO);
+        assert_eq!(resp.flags, FLAG_FENCE | FLAG_INFO_RING_IDX);
+        assert_eq!(resp.fence_id, 0x1_0000_0002);
+        assert_eq!((resp.ctx_id, resp.ring_idx), (7, 3));
+        assert_eq!(resp.map_info().unwrap(), MAP_CACHE_WC);
+        assert!(resp.display_info().is_err());
+        assert!(Resp::parse(&[0; 23]).is_err());
+    }
+}

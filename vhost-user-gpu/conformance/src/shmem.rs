@@ -370,3 +370,73 @@ impl Drop for BackendRequestServer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn req(offset: u64, len: u64, flags: u64) -> VhostUserMMap {
+        VhostUserMMap {
+            shmid: 1,
+            shm_offset: offset,
+            len,
+            flags,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn map_unmap_and_refusals_like_qemu() {
+        let region = SharedMemoryRegion::reserve(1, 1 << 20).unwrap();
+        let fd = rustix::fs::memfd_create("t", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+        let mut file = std::fs::File::from(fd);
+        file.write_all(&[7u8; 8192]).unwrap();
+        let w = VhostUserMMapFlags::WRITABLE.bits();
+        region.shmem_map(&req(4096, 8192, w), &file).unwrap();
+        assert_eq!(region.read(4096, 4).unwrap(), vec![7; 4]);
+        region.write(4096, &[1, 2]).unwrap();
+        // Shared: the write reached the file.
+        let mut back = [0u8; 2];
+        rustix::io::pread(&file, &mut back, 0).unwrap();
+        assert_eq!(back, [1, 2]);
+        // Outside any mapping, past the end, overlapping, wrong shmid: refused.
+        assert!(region.read(0, 1).is_err());
+        assert!(region
+            .shmem_map(&req((1 << 20) - 4096, 8192, w), &file)
+            .is_err());
+        assert!(region.shmem_map(&req(8192, 4096, w), &file).is_err());
+        assert!(region
+            .shmem_map(&req(u64::MAX - 10, 4096, w), &file)
+            .is_err());
+        assert!(region
+            .shmem_map(
+                &VhostUserMMap {
+                    shmid: 2,
+                    ..req(0, 4096, w)
+                },
+                &file
+            )
+            .is_err());
+        assert!(
+            region.shmem_unmap(&req(4096, 4096, 0)).is_err(),
+            "partial unmap"
+        );
+        assert_eq!(region.mappings(), vec![(4096, 8192)]);
+        assert!(region.mapped_fd(4096).is_some());
+        region.shmem_unmap(&req(4096, 8192, 0)).unwrap();
+        assert!(region.mappings().is_empty());
+        assert!(region.read(4096, 1).is_err());
+        // Read-only mapping refuses writes through the frontend helper.
+        region.shmem_map(&req(0, 4096, 0), &file).unwrap();
+        assert!(region.write(0, &[1]).is_err());
+        region.unmap_all().unwrap();
+        assert!(region.mappings().is_empty());
+        let refused = region
+            .events()
+            .iter()
+            .filter(|e| matches!(e, ShmemEvent::Refused { .. }))
+            .count();
+        assert_eq!(refused, 5);
+    }
+}
