@@ -1,1 +1,236 @@
-//! Host buffer allocators.
+//! Host buffer allocators behind [`BufferAllocator`]:
+//! - [`memfd::MemfdAllocator`]: sealed memfds, the embedded default (no dma-buf);
+//! - [`udmabuf::UdmabufAllocator`]: memfds turned into real dma-bufs by `/dev/udmabuf`;
+//! - `gbm::GbmAllocator` (cargo feature `gbm`): Mesa GBM on a DRM render node.
+//!
+//! Every buffer is zero-filled before it is returned.
+
+#[cfg(feature = "gbm")]
+pub mod gbm;
+pub mod memfd;
+pub(crate) mod sys;
+pub mod udmabuf;
+
+use std::fmt;
+use std::path::Path;
+use std::str::FromStr;
+
+use crate::device::ports::{fourcc, PlaneLayout};
+pub use crate::device::ports::{AllocError, BufferAllocator, BufferRequest, HostBuffer};
+
+/// Page size used to round buffer sizes.
+pub const PAGE_SIZE: u64 = 4096;
+/// Largest image width or height accepted by the linear allocators.
+pub const MAX_IMAGE_DIMENSION: u32 = 16384;
+/// Row alignment of the linear allocators' images, in bytes.
+pub const STRIDE_ALIGN: u32 = 64;
+
+/// Which allocator to use (`--allocator`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AllocatorKind {
+    /// gbm if built and a render node works, else udmabuf if present, else memfd.
+    #[default]
+    Auto,
+    /// Mesa GBM on a render node.
+    Gbm,
+    /// udmabuf from sealed memfds.
+    Udmabuf,
+    /// Sealed memfds.
+    Memfd,
+}
+
+impl FromStr for AllocatorKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(AllocatorKind::Auto),
+            "gbm" => Ok(AllocatorKind::Gbm),
+            "udmabuf" => Ok(AllocatorKind::Udmabuf),
+            "memfd" => Ok(AllocatorKind::Memfd),
+            other => Err(format!(
+                "unknown allocator '{other}': expected auto, gbm, udmabuf or memfd"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for AllocatorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AllocatorKind::Auto => "auto",
+            AllocatorKind::Gbm => "gbm",
+            AllocatorKind::Udmabuf => "udmabuf",
+            AllocatorKind::Memfd => "memfd",
+        })
+    }
+}
+
+/// Creates the allocator `kind`. `Auto` tries gbm (if built with the `gbm` feature), then
+/// udmabuf, then memfd, and logs why each one was skipped.
+pub fn select(
+    kind: AllocatorKind,
+    render_node: Option<&Path>,
+) -> Result<Box<dyn BufferAllocator>, AllocError> {
+    match kind {
+        AllocatorKind::Gbm => gbm_allocator(render_node),
+        AllocatorKind::Udmabuf => Ok(Box::new(udmabuf::UdmabufAllocator::new()?)),
+        AllocatorKind::Memfd => Ok(Box::new(memfd::MemfdAllocator::new())),
+        AllocatorKind::Auto => {
+            match gbm_allocator(render_node) {
+                Ok(a) => return Ok(a),
+                Err(e) => log::info!("allocator: gbm skipped: {e}"),
+            }
+            match udmabuf::UdmabufAllocator::new() {
+                Ok(a) => return Ok(Box::new(a)),
+                Err(e) => log::info!("allocator: udmabuf skipped: {e}"),
+            }
+            log::info!("allocator: using memfd (buffers are not dma-bufs)");
+            Ok(Box::new(memfd::MemfdAllocator::new()))
+        }
+    }
+}
+
+#[cfg(feature = "gbm")]
+fn gbm_allocator(render_node: Option<&Path>) -> Result<Box<dyn BufferAllocator>, AllocError> {
+    Ok(Box::new(gbm::GbmAllocator::open(render_node)?))
+}
+
+#[cfg(not(feature = "gbm"))]
+fn gbm_allocator(_render_node: Option<&Path>) -> Result<Box<dyn BufferAllocator>, AllocError> {
+    Err(AllocError::Unsupported(
+        "this build has no gbm support (rebuild with --features gbm)".into(),
+    ))
+}
+
+/// Bytes per pixel of the formats the linear allocators support.
+pub fn bytes_per_pixel(drm_format: u32) -> Option<u32> {
+    match drm_format {
+        fourcc::ARGB8888
+        | fourcc::XRGB8888
+        | fourcc::ABGR8888
+        | fourcc::XBGR8888
+        | fourcc::BGRA8888
+        | fourcc::BGRX8888
+        | fourcc::RGBA8888
+        | fourcc::RGBX8888 => Some(4),
+        fourcc::R8 => Some(1),
+        _ => None,
+    }
+}
+
+/// Rounds `size` up to a multiple of [`PAGE_SIZE`], `None` on overflow.
+pub fn page_align(size: u64) -> Option<u64> {
+    size.checked_add(PAGE_SIZE - 1)
+        .map(|s| s & !(PAGE_SIZE - 1))
+}
+
+/// Layout of a linear single-plane image: stride aligned to [`STRIDE_ALIGN`], size rounded
+/// to pages. Rejects unknown formats, zero or too-large dimensions.
+pub fn linear_layout(request: &BufferRequest) -> Result<(u64, Vec<PlaneLayout>), AllocError> {
+    match *request {
+        BufferRequest::Bytes { size } => {
+            if size == 0 || !size.is_multiple_of(PAGE_SIZE) {
+                return Err(AllocError::Unsupported(format!(
+                    "byte buffer size {size} is not a non-zero multiple of {PAGE_SIZE}"
+                )));
+            }
+            Ok((size, vec![PlaneLayout::default()]))
+        }
+        BufferRequest::Image {
+            width,
+            height,
+            drm_format,
+            ..
+        } => {
+            let bpp = bytes_per_pixel(drm_format).ok_or_else(|| {
+                AllocError::Unsupported(format!("DRM format {drm_format:#010x} not supported"))
+            })?;
+            if width == 0
+                || height == 0
+                || width > MAX_IMAGE_DIMENSION
+                || height > MAX_IMAGE_DIMENSION
+            {
+                return Err(AllocError::Unsupported(format!(
+                    "image size {width}x{height} outside 1..={MAX_IMAGE_DIMENSION}"
+                )));
+            }
+            // Cannot overflow: width <= 16384, bpp <= 4.
+            let stride = (width * bpp).div_ceil(STRIDE_ALIGN) * STRIDE_ALIGN;
+            let size = page_align(u64::from(stride) * u64::from(height))
+                .ok_or_else(|| AllocError::Unsupported("image size overflows".into()))?;
+            Ok((size, vec![PlaneLayout { offset: 0, stride }]))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allocator_kind_parses_and_prints() {
+        for kind in [
+            AllocatorKind::Auto,
+            AllocatorKind::Gbm,
+            AllocatorKind::Udmabuf,
+            AllocatorKind::Memfd,
+        ] {
+            assert_eq!(kind.to_string().parse::<AllocatorKind>().unwrap(), kind);
+        }
+        assert!("dumb".parse::<AllocatorKind>().is_err());
+    }
+
+    #[test]
+    fn linear_layout_aligns_stride_and_size() {
+        let (size, planes) = linear_layout(&BufferRequest::Image {
+            width: 100,
+            height: 3,
+            drm_format: fourcc::XRGB8888,
+            usage: 0,
+        })
+        .unwrap();
+        assert_eq!(planes[0].stride, 448);
+        assert_eq!(size, 4096);
+        assert!(linear_layout(&BufferRequest::Image {
+            width: 0,
+            height: 3,
+            drm_format: fourcc::XRGB8888,
+            usage: 0
+        })
+        .is_err());
+        assert!(linear_layout(&BufferRequest::Image {
+            width: 16385,
+            height: 3,
+            drm_format: fourcc::XRGB8888,
+            usage: 0
+        })
+        .is_err());
+        assert!(linear_layout(&BufferRequest::Image {
+            width: 10,
+            height: 3,
+            drm_format: 0x1234,
+            usage: 0
+        })
+        .is_err());
+        assert!(linear_layout(&BufferRequest::Bytes { size: 100 }).is_err());
+    }
+
+    #[test]
+    fn auto_falls_back_to_a_working_allocator() {
+        // On this host (no GPU, no udmabuf) auto ends at memfd; on others it may pick gbm
+        // or udmabuf. Either way the result allocates zeroed buffers.
+        let mut a = select(AllocatorKind::Auto, None).unwrap();
+        let buf = a.allocate(&BufferRequest::Bytes { size: 4096 }).unwrap();
+        assert_eq!(buf.size, 4096);
+    }
+
+    #[test]
+    fn udmabuf_without_the_device_explains_what_to_do() {
+        if Path::new("/dev/udmabuf").exists() {
+            return; // the message is only produced on hosts without it
+        }
+        let err = select(AllocatorKind::Udmabuf, None).err().unwrap();
+        assert!(err.to_string().contains("load the udmabuf module"), "{err}");
+    }
+}

@@ -121,7 +121,14 @@ pub trait RegionMapper: Send {
     /// Whether mapping is possible at all right now (SHMEM negotiated, channel present).
     fn available(&self) -> bool;
     /// Maps `len` bytes of `fd` starting at `fd_offset` at `shm_offset` in the region.
-    fn map(&mut self, fd: BorrowedFd<'_>, fd_offset: u64, shm_offset: u64, len: u64, writable: bool) -> Result<(), MapError>;
+    fn map(
+        &mut self,
+        fd: BorrowedFd<'_>,
+        fd_offset: u64,
+        shm_offset: u64,
+        len: u64,
+        writable: bool,
+    ) -> Result<(), MapError>;
     /// Removes the mapping at `shm_offset`..`shm_offset+len`.
     fn unmap(&mut self, shm_offset: u64, len: u64) -> Result<(), MapError>;
 }
@@ -182,8 +189,22 @@ pub trait DisplaySink: Send {
     fn dmabuf_scanout(&mut self, _scanout_id: u32, _buf: &DmabufScanout<'_>) -> bool {
         false
     }
+    /// The region `damage` of a scanout that shows a dma-buf (accepted by
+    /// `dmabuf_scanout`) changed. Returns `false` when the sink wants the pixels instead;
+    /// the device then calls `flush` with a CPU copy.
+    fn dmabuf_flush(&mut self, _scanout_id: u32, _damage: Rect) -> bool {
+        false
+    }
     /// The cursor image changed (`image` is 64x64 ARGB8888, or `None` to hide it).
-    fn cursor_update(&mut self, scanout_id: u32, x: u32, y: u32, hot_x: u32, hot_y: u32, image: Option<&[u8]>);
+    fn cursor_update(
+        &mut self,
+        scanout_id: u32,
+        x: u32,
+        y: u32,
+        hot_x: u32,
+        hot_y: u32,
+        image: Option<&[u8]>,
+    );
     /// The cursor moved.
     fn cursor_move(&mut self, scanout_id: u32, x: u32, y: u32);
 }

@@ -1,0 +1,246 @@
+//! Guest memory backing of a resource: a scatter list of guest physical ranges, addressed
+//! as one linear byte range.
+//!
+//! All accesses go through vm-memory's `GuestMemory`/`Bytes` (checked address ranges, bulk
+//! copies per contiguous piece). Guest addresses are re-resolved on every access because the
+//! frontend replaces the memory table at any time (QEMU sends a new one after every
+//! SHMEM_MAP). Entries may point into the host-visible region when the frontend lists it in
+//! its memory table: reading or writing there touches the mapped blob itself, which is the
+//! guest's own buffer, so it is allowed (no host memory outside the guest's reach is
+//! involved).
+
+use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryError, Permissions};
+
+use crate::device::ports::GuestMemory as GuestMem;
+use crate::protocol::MemEntry;
+
+/// Why a backing access failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BackingError {
+    /// An entry's address range wraps around.
+    #[error("entry {index} at {addr:#x}+{len:#x} wraps the address space")]
+    EntryOverflow {
+        /// Entry index.
+        index: usize,
+        /// Guest address.
+        addr: u64,
+        /// Length.
+        len: u32,
+    },
+    /// An entry is not (entirely) in guest memory.
+    #[error("entry {index} at {addr:#x}+{len:#x} is outside guest memory")]
+    EntryOutsideMemory {
+        /// Entry index.
+        index: usize,
+        /// Guest address.
+        addr: u64,
+        /// Length.
+        len: u32,
+    },
+    /// The access does not fit in the backing.
+    #[error("access {offset:#x}+{len:#x} exceeds the backing length {total:#x}")]
+    OutOfRange {
+        /// Offset in the backing.
+        offset: u64,
+        /// Access length.
+        len: u64,
+        /// Backing length.
+        total: u64,
+    },
+    /// Guest memory access failed (memory table changed since validation).
+    #[error("guest memory access at {addr:#x}: {source}")]
+    Memory {
+        /// Guest address.
+        addr: u64,
+        /// vm-memory's error.
+        source: GuestMemoryError,
+    },
+}
+
+/// A resource's guest memory pieces.
+#[derive(Debug, Clone)]
+pub(crate) struct Backing {
+    entries: Vec<MemEntry>,
+    /// Offset of each entry in the linear backing (prefix sums of lengths).
+    starts: Vec<u64>,
+    total: u64,
+}
+
+impl Backing {
+    /// Builds a backing from the guest's entries, checking that each lies in guest memory.
+    pub fn new(mem: &GuestMem, entries: Vec<MemEntry>) -> Result<Self, BackingError> {
+        let mut starts = Vec::with_capacity(entries.len());
+        let mut total = 0u64;
+        for (index, e) in entries.iter().enumerate() {
+            if e.addr.checked_add(u64::from(e.length)).is_none() {
+                return Err(BackingError::EntryOverflow {
+                    index,
+                    addr: e.addr,
+                    len: e.length,
+                });
+            }
+            if !GuestMemory::check_range(
+                mem,
+                GuestAddress(e.addr),
+                e.length as usize,
+                Permissions::ReadWrite,
+            ) {
+                return Err(BackingError::EntryOutsideMemory {
+                    index,
+                    addr: e.addr,
+                    len: e.length,
+                });
+            }
+            starts.push(total);
+            // Cannot overflow: at most 16384 entries of at most 4 GiB each.
+            total += u64::from(e.length);
+        }
+        Ok(Backing {
+            entries,
+            starts,
+            total,
+        })
+    }
+
+    /// Total length in bytes.
+    pub fn len(&self) -> u64 {
+        self.total
+    }
+
+    /// The guest's entries.
+    pub fn entries(&self) -> &[MemEntry] {
+        &self.entries
+    }
+
+    fn check(&self, offset: u64, len: usize) -> Result<(), BackingError> {
+        let len64 = len as u64;
+        match offset.checked_add(len64) {
+            Some(end) if end <= self.total => Ok(()),
+            _ => Err(BackingError::OutOfRange {
+                offset,
+                len: len64,
+                total: self.total,
+            }),
+        }
+    }
+
+    /// Calls `f(guest_address, start, end)` for each contiguous piece of
+    /// `offset..offset+len` (`start..end` indexes the caller's buffer).
+    fn for_each_piece(
+        &self,
+        offset: u64,
+        len: usize,
+        mut f: impl FnMut(GuestAddress, usize, usize) -> Result<(), BackingError>,
+    ) -> Result<(), BackingError> {
+        self.check(offset, len)?;
+        if len == 0 {
+            return Ok(());
+        }
+        // Last entry starting at or before `offset` (skipping empty entries is implicit:
+        // they have zero length and are stepped over below).
+        let mut index = self.starts.partition_point(|&s| s <= offset) - 1;
+        let mut within = offset - self.starts[index];
+        let mut done = 0usize;
+        while done < len {
+            let e = &self.entries[index];
+            let available = u64::from(e.length) - within;
+            let chunk = available.min((len - done) as u64) as usize;
+            if chunk > 0 {
+                f(GuestAddress(e.addr + within), done, done + chunk)?;
+                done += chunk;
+            }
+            index += 1;
+            within = 0;
+        }
+        Ok(())
+    }
+
+    /// Copies `dst.len()` bytes at `offset` of the backing into `dst`.
+    pub fn read(&self, mem: &GuestMem, offset: u64, dst: &mut [u8]) -> Result<(), BackingError> {
+        self.for_each_piece(offset, dst.len(), |addr, start, end| {
+            mem.read_slice(&mut dst[start..end], addr)
+                .map_err(|source| BackingError::Memory {
+                    addr: addr.0,
+                    source,
+                })
+        })
+    }
+
+    /// Copies `src` to `offset` of the backing.
+    pub fn write(&self, mem: &GuestMem, offset: u64, src: &[u8]) -> Result<(), BackingError> {
+        self.for_each_piece(offset, src.len(), |addr, start, end| {
+            mem.write_slice(&src[start..end], addr)
+                .map_err(|source| BackingError::Memory {
+                    addr: addr.0,
+                    source,
+                })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn memory() -> GuestMem {
+        GuestMem::from_ranges(&[
+            (GuestAddress(0x1000), 0x4000),
+            (GuestAddress(0x10000), 0x1000),
+        ])
+        .unwrap()
+    }
+
+    #[test]
+    fn reads_and_writes_across_scattered_entries() {
+        let mem = memory();
+        let entries = vec![
+            MemEntry {
+                addr: 0x3000,
+                length: 10,
+            },
+            MemEntry {
+                addr: 0x10000,
+                length: 0,
+            },
+            MemEntry {
+                addr: 0x10100,
+                length: 6,
+            },
+            MemEntry {
+                addr: 0x1000,
+                length: 16,
+            },
+        ];
+        let b = Backing::new(&mem, entries).unwrap();
+        assert_eq!(b.len(), 32);
+        let data: Vec<u8> = (0..32).collect();
+        b.write(&mem, 0, &data).unwrap();
+        let mut raw = [0u8; 6];
+        mem.read_slice(&mut raw, GuestAddress(0x10100)).unwrap();
+        assert_eq!(raw, [10, 11, 12, 13, 14, 15]);
+        let mut out = [0u8; 12];
+        b.read(&mem, 8, &mut out).unwrap();
+        assert_eq!(out, [8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19]);
+        // Exactly at the end is fine, one past is not.
+        b.read(&mem, 32, &mut []).unwrap();
+        assert!(matches!(
+            b.read(&mem, 31, &mut [0; 2]),
+            Err(BackingError::OutOfRange { .. })
+        ));
+        assert!(matches!(
+            b.read(&mem, u64::MAX, &mut [0; 2]),
+            Err(BackingError::OutOfRange { .. })
+        ));
+    }
+
+    #[test]
+    fn entries_outside_guest_memory_are_rejected() {
+        let mem = memory();
+        for (addr, length) in [(0x0, 16), (0x4ff0, 32), (0x20000, 1), (u64::MAX - 4, 16)] {
+            assert!(
+                Backing::new(&mem, vec![MemEntry { addr, length }]).is_err(),
+                "{addr:#x}+{length:#x}"
+            );
+        }
+    }
+}

@@ -1,0 +1,491 @@
+//! Blob resources: RESOURCE_CREATE_BLOB (GUEST and HOST3D), RESOURCE_ASSIGN_UUID,
+//! RESOURCE_MAP_BLOB and RESOURCE_UNMAP_BLOB.
+
+use std::fs::OpenOptions;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use log::{debug, error, info};
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+
+use super::backing::Backing;
+use super::context::Context;
+use super::resource::{HostBlob, Resource, ResourceKind};
+use super::{reject, CmdResult, GpuDevice, Reject};
+use crate::alloc::sys::{self, UdmabufItem};
+use crate::device::ports::{GuestMemory, HostBuffer, MapAdvice};
+use crate::protocol::cross_domain::ImageRequirements;
+use crate::protocol::{
+    feature, GpuError, GpuResponse, MemEntry, BLOB_FLAG_USE_CROSS_DEVICE, BLOB_FLAG_USE_MAPPABLE,
+    BLOB_FLAG_USE_SHAREABLE, BLOB_MEM_GUEST, BLOB_MEM_HOST3D, MAP_CACHE_CACHED, MAP_CACHE_UNCACHED,
+    MAP_CACHE_WC,
+};
+
+/// Fields of RESOURCE_CREATE_BLOB.
+#[derive(Debug)]
+pub(super) struct BlobParams {
+    pub resource_id: u32,
+    pub blob_mem: u32,
+    pub blob_flags: u32,
+    pub blob_id: u64,
+    pub size: u64,
+    pub entries: Vec<MemEntry>,
+}
+
+const KNOWN_BLOB_FLAGS: u32 =
+    BLOB_FLAG_USE_MAPPABLE | BLOB_FLAG_USE_SHAREABLE | BLOB_FLAG_USE_CROSS_DEVICE;
+
+/// Starts a host CPU read of a dma-buf (DMA_BUF_IOCTL_SYNC); the returned guard ends it.
+/// `None` (logged) when the exporter refuses: the read still happens, as a display copy is
+/// better than none, but the log says it may be stale.
+pub(super) fn begin_cpu_read(fd: BorrowedFd<'_>) -> Option<dmabuf_info::SyncGuard> {
+    match dmabuf_info::SyncGuard::begin(fd, dmabuf_info::SyncAccess::Read) {
+        Ok(guard) => Some(guard),
+        Err(e) => {
+            debug!("DMA_BUF_IOCTL_SYNC(START|READ) failed: {e}; reading without it");
+            None
+        }
+    }
+}
+
+/// Whether an allocation has the layout the guest was told.
+fn matches_requirements(buffer: &HostBuffer, reqs: &ImageRequirements) -> bool {
+    buffer.size == reqs.size
+        && buffer.modifier == reqs.modifier
+        && buffer.planes.len() <= 4
+        && buffer
+            .planes
+            .iter()
+            .zip(reqs.strides.iter().zip(reqs.offsets.iter()))
+            .all(|(plane, (&stride, &offset))| plane.stride == stride && plane.offset == offset)
+}
+
+impl GpuDevice {
+    pub(super) fn create_blob(
+        &mut self,
+        mem: &GuestMemory,
+        ctx_id: u32,
+        p: BlobParams,
+    ) -> CmdResult {
+        self.require_feature(feature::RESOURCE_BLOB, "RESOURCE_BLOB")?;
+        let rid = p.resource_id;
+        self.check_new_resource_id(rid)?;
+        if p.blob_flags & !KNOWN_BLOB_FLAGS != 0 {
+            return Err(reject(
+                GpuError::InvalidParameter,
+                format!(
+                    "resource_id {rid}: unknown blob_flags bits {:#x}",
+                    p.blob_flags
+                ),
+            ));
+        }
+        if p.size == 0 {
+            return Err(reject(
+                GpuError::InvalidParameter,
+                format!("resource_id {rid}: size 0"),
+            ));
+        }
+        if ctx_id != 0 && !self.contexts.contains_key(&ctx_id) {
+            return Err(reject(
+                GpuError::InvalidContextId,
+                format!("resource_id {rid}: ctx_id {ctx_id} does not exist"),
+            ));
+        }
+        let resource = match p.blob_mem {
+            BLOB_MEM_GUEST => self.new_guest_blob(mem, &p)?,
+            BLOB_MEM_HOST3D => self.new_host_blob(ctx_id, &p)?,
+            other => {
+                return Err(reject(
+                    GpuError::InvalidParameter,
+                    format!(
+                        "resource_id {rid}: blob_mem {other} is not supported (GUEST=1 and \
+                         HOST3D=2 are)"
+                    ),
+                ))
+            }
+        };
+        self.resources.insert(rid, resource);
+        if let Some(ctx) = self.contexts.get_mut(&ctx_id) {
+            ctx.resources.insert(rid);
+        }
+        Ok(GpuResponse::OkNoData)
+    }
+
+    fn new_guest_blob(&mut self, mem: &GuestMemory, p: &BlobParams) -> Result<Resource, Reject> {
+        let rid = p.resource_id;
+        if p.blob_id != 0 {
+            debug!(
+                "RESOURCE_CREATE_BLOB: resource_id {rid}: blob_id {} ignored for GUEST blobs",
+                p.blob_id
+            );
+        }
+        let backing = Backing::new(mem, p.entries.clone()).map_err(|e| {
+            reject(
+                GpuError::InvalidParameter,
+                format!("resource_id {rid}: entries: {e}"),
+            )
+        })?;
+        if backing.len() < p.size {
+            return Err(reject(
+                GpuError::InvalidParameter,
+                format!(
+                    "resource_id {rid}: size {} but the entries cover only {} bytes",
+                    p.size,
+                    backing.len()
+                ),
+            ));
+        }
+        let dmabuf = self.export_udmabuf(mem, &backing);
+        Ok(Resource {
+            kind: ResourceKind::GuestBlob { backing, dmabuf },
+            size: p.size,
+            blob_flags: p.blob_flags,
+            uuid: None,
+            host_bytes: 0,
+        })
+    }
+
+    /// Best effort: a udmabuf over the guest pages of a GUEST blob, when `/dev/udmabuf`
+    /// exists and every entry is page aligned inside one memfd-backed guest RAM region.
+    fn export_udmabuf(&mut self, mem: &GuestMemory, backing: &Backing) -> Option<OwnedFd> {
+        let dev = self
+            .udmabuf_dev
+            .get_or_insert_with(|| {
+                OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(crate::alloc::udmabuf::UDMABUF_DEVICE)
+                    .map_err(|e| {
+                        info!("GUEST blobs are not exported as dma-bufs: /dev/udmabuf: {e}")
+                    })
+                    .ok()
+            })
+            .as_ref()?;
+        let page = crate::alloc::PAGE_SIZE;
+        let mut items = Vec::with_capacity(backing.entries().len());
+        for e in backing.entries() {
+            let len = u64::from(e.length);
+            if !e.addr.is_multiple_of(page) || !len.is_multiple_of(page) || len == 0 {
+                debug!(
+                    "udmabuf export skipped: entry {:#x}+{len:#x} is not page aligned",
+                    e.addr
+                );
+                return None;
+            }
+            let region = mem.find_region(GuestAddress(e.addr))?;
+            let within = e.addr - region.start_addr().0;
+            if within.checked_add(len)? > region.len() {
+                debug!(
+                    "udmabuf export skipped: entry {:#x}+{len:#x} crosses a region",
+                    e.addr
+                );
+                return None;
+            }
+            let Some(file_offset) = region.file_offset() else {
+                debug!(
+                    "udmabuf export skipped: guest RAM at {:#x} has no fd",
+                    e.addr
+                );
+                return None;
+            };
+            items.push((
+                file_offset.file().as_fd(),
+                file_offset.start().checked_add(within)?,
+                len,
+            ));
+        }
+        if items.is_empty() || items.len() > sys::UDMABUF_LIST_LIMIT {
+            return None;
+        }
+        let items: Vec<UdmabufItem<'_>> = items
+            .into_iter()
+            .map(|(memfd, offset, size)| UdmabufItem {
+                memfd,
+                offset,
+                size,
+            })
+            .collect();
+        match sys::udmabuf_create_list(dev.as_fd(), &items) {
+            Ok(fd) => Some(fd),
+            Err(e) => {
+                debug!("udmabuf export failed: UDMABUF_CREATE_LIST: {e}");
+                None
+            }
+        }
+    }
+
+    fn new_host_blob(&mut self, ctx_id: u32, p: &BlobParams) -> Result<Resource, Reject> {
+        let rid = p.resource_id;
+        if ctx_id == 0 {
+            return Err(reject(
+                GpuError::InvalidContextId,
+                format!("resource_id {rid}: HOST3D blobs need a context (ctx_id 0)"),
+            ));
+        }
+        if !p.entries.is_empty() {
+            return Err(reject(
+                GpuError::InvalidParameter,
+                format!(
+                    "resource_id {rid}: HOST3D blobs take no entries ({} given)",
+                    p.entries.len()
+                ),
+            ));
+        }
+        let Some(ctx) = self.contexts.get_mut(&ctx_id) else {
+            return Err(reject(
+                GpuError::InvalidContextId,
+                format!("resource_id {rid}: ctx_id {ctx_id} does not exist"),
+            ));
+        };
+        let requirement = u32::try_from(p.blob_id)
+            .ok()
+            .and_then(|id| ctx.requirements.get_mut(&id))
+            .ok_or_else(|| {
+                reject(
+                    GpuError::InvalidParameter,
+                    format!(
+                        "resource_id {rid}: blob_id {} was not handed out by \
+                         GET_IMAGE_REQUIREMENTS in ctx_id {ctx_id}",
+                        p.blob_id
+                    ),
+                )
+            })?;
+        if requirement.reqs.size != p.size {
+            return Err(reject(
+                GpuError::InvalidParameter,
+                format!(
+                    "resource_id {rid}: size {} differs from the {} bytes of blob_id {}",
+                    p.size, requirement.reqs.size, p.blob_id
+                ),
+            ));
+        }
+        let image = requirement.image;
+        let reqs = requirement.reqs;
+        let buffer = match requirement.pending.take() {
+            // Allocated (and charged) by GET_IMAGE_REQUIREMENTS.
+            Some(buffer) => {
+                let blob_id = p.blob_id as u32;
+                ctx.pending_order.retain(|&id| id != blob_id);
+                buffer
+            }
+            // A second blob from the same requirements: allocate again, and insist on the
+            // layout the guest was told.
+            None => {
+                let request = requirement.request;
+                self.charge(reqs.size, &format!("resource_id {rid}"))?;
+                let buffer = match self.allocator.allocate(&request) {
+                    Ok(b) if matches_requirements(&b, &reqs) => b,
+                    Ok(_) => {
+                        self.uncharge(reqs.size);
+                        return Err(reject(
+                            GpuError::Unspec,
+                            format!(
+                                "resource_id {rid}: the {} allocator returned a different \
+                                 layout for blob_id {}",
+                                self.allocator.name(),
+                                p.blob_id
+                            ),
+                        ));
+                    }
+                    Err(e) => {
+                        self.uncharge(reqs.size);
+                        return Err(reject(
+                            GpuError::OutOfMemory,
+                            format!(
+                                "resource_id {rid}: {} allocator: {e}",
+                                self.allocator.name()
+                            ),
+                        ));
+                    }
+                };
+                buffer
+            }
+        };
+        Ok(Resource {
+            size: buffer.size,
+            host_bytes: buffer.size,
+            kind: ResourceKind::HostBlob(HostBlob {
+                buffer,
+                image,
+                mapped_at: None,
+                cpu_map: None,
+            }),
+            blob_flags: p.blob_flags,
+            uuid: None,
+        })
+    }
+
+    pub(super) fn assign_uuid(&mut self, resource_id: u32) -> CmdResult {
+        self.require_feature(feature::RESOURCE_UUID, "RESOURCE_UUID")?;
+        let resource = self.resource_mut(resource_id)?;
+        if let Some(uuid) = resource.uuid {
+            return Ok(GpuResponse::OkResourceUuid(uuid));
+        }
+        let mut uuid = [0u8; 16];
+        rustix::rand::getrandom(&mut uuid, rustix::rand::GetRandomFlags::empty()).map_err(|e| {
+            reject(
+                GpuError::Unspec,
+                format!("resource_id {resource_id}: getrandom: {e}"),
+            )
+        })?;
+        // RFC 4122 version 4 (random), variant 10.
+        uuid[6] = (uuid[6] & 0x0f) | 0x40;
+        uuid[8] = (uuid[8] & 0x3f) | 0x80;
+        resource.uuid = Some(uuid);
+        Ok(GpuResponse::OkResourceUuid(uuid))
+    }
+
+    pub(super) fn map_blob(&mut self, resource_id: u32, offset: u64) -> CmdResult {
+        self.require_feature(feature::RESOURCE_BLOB, "RESOURCE_BLOB")?;
+        let region_size = self.region.size();
+        let shmem_available = self.shmem_available;
+        let mapper_available = self.mapper.available();
+        let resource = self.resources.get_mut(&resource_id).ok_or_else(|| {
+            reject(
+                GpuError::InvalidResourceId,
+                format!("resource_id {resource_id} does not exist"),
+            )
+        })?;
+        let kind = resource.kind_name();
+        let flags = resource.blob_flags;
+        let ResourceKind::HostBlob(blob) = &mut resource.kind else {
+            return Err(reject(
+                GpuError::InvalidParameter,
+                format!("resource_id {resource_id} is a {kind}; only HOST3D blobs are mapped"),
+            ));
+        };
+        if flags & BLOB_FLAG_USE_MAPPABLE == 0 {
+            return Err(reject(
+                GpuError::InvalidParameter,
+                format!("resource_id {resource_id} was not created MAPPABLE"),
+            ));
+        }
+        if let Some(at) = blob.mapped_at {
+            return Err(reject(
+                GpuError::InvalidParameter,
+                format!("resource_id {resource_id} is already mapped at {at:#x}"),
+            ));
+        }
+        if region_size == 0 || !shmem_available || !mapper_available {
+            return Err(reject(
+                GpuError::Unspec,
+                format!(
+                    "resource_id {resource_id}: no host-visible region to map into (region \
+                     size {region_size:#x}, frontend shared memory {}, mapper {})",
+                    if shmem_available {
+                        "set up"
+                    } else {
+                        "not set up"
+                    },
+                    if mapper_available {
+                        "ready"
+                    } else {
+                        "unavailable"
+                    }
+                ),
+            ));
+        }
+        let advice = self
+            .advisor
+            .advise(blob.buffer.fd.as_fd(), self.allocator.drm_fd());
+        let map_info = match advice {
+            MapAdvice::Refuse { reason } => {
+                return Err(reject(
+                    GpuError::Unspec,
+                    format!(
+                        "resource_id {resource_id} ({}, {} bytes, {}x{} {:#010x}) refused for \
+                         guest mapping: {reason}",
+                        if blob.buffer.is_dmabuf {
+                            "dma-buf"
+                        } else {
+                            "memfd"
+                        },
+                        blob.buffer.size,
+                        blob.image.width,
+                        blob.image.height,
+                        blob.image.drm_format
+                    ),
+                ))
+            }
+            MapAdvice::Allow { map_info, source } => {
+                if ![MAP_CACHE_CACHED, MAP_CACHE_UNCACHED, MAP_CACHE_WC].contains(&map_info) {
+                    error!(
+                        "RESOURCE_MAP_BLOB: resource_id {resource_id}: the map advisor allowed \
+                         mapping with map_info {map_info} ({source}), which is not a cache \
+                         type; refusing"
+                    );
+                    return Err(reject(GpuError::Unspec, "invalid advice"));
+                }
+                debug!("resource_id {resource_id}: map_info {map_info} from {source}");
+                map_info
+            }
+        };
+        let len = blob.buffer.size;
+        self.region.allocate_at(offset, len).map_err(|e| {
+            reject(
+                GpuError::InvalidParameter,
+                format!("resource_id {resource_id}: offset: {e}"),
+            )
+        })?;
+        if let Err(e) = self
+            .mapper
+            .map(blob.buffer.fd.as_fd(), 0, offset, len, true)
+        {
+            let _ = self.region.free(offset);
+            return Err(reject(
+                GpuError::Unspec,
+                format!("resource_id {resource_id}: mapping at {offset:#x}+{len:#x}: {e}"),
+            ));
+        }
+        blob.mapped_at = Some(offset);
+        Ok(GpuResponse::OkMapInfo { map_info })
+    }
+
+    pub(super) fn unmap_blob(&mut self, resource_id: u32) -> CmdResult {
+        self.require_feature(feature::RESOURCE_BLOB, "RESOURCE_BLOB")?;
+        let resource = self.resources.get_mut(&resource_id).ok_or_else(|| {
+            reject(
+                GpuError::InvalidResourceId,
+                format!("resource_id {resource_id} does not exist"),
+            )
+        })?;
+        let ResourceKind::HostBlob(blob) = &mut resource.kind else {
+            return Err(reject(
+                GpuError::InvalidParameter,
+                format!("resource_id {resource_id} is not a mapped blob"),
+            ));
+        };
+        let Some(offset) = blob.mapped_at else {
+            return Err(reject(
+                GpuError::InvalidParameter,
+                format!("resource_id {resource_id} is not mapped"),
+            ));
+        };
+        let len = blob.buffer.size;
+        self.mapper.unmap(offset, len).map_err(|e| {
+            reject(
+                GpuError::Unspec,
+                format!(
+                    "resource_id {resource_id}: unmapping {offset:#x}+{len:#x}: {e}; still mapped"
+                ),
+            )
+        })?;
+        blob.mapped_at = None;
+        let _ = self.region.free(offset);
+        Ok(GpuResponse::OkNoData)
+    }
+}
+
+/// Drops the oldest pending buffers of `ctx` beyond the per-context limit; returns the
+/// bytes released.
+pub(super) fn trim_pending(ctx: &mut Context) -> u64 {
+    let mut released = 0;
+    while ctx.pending_order.len() > super::context::MAX_PENDING_BUFFERS_PER_CONTEXT {
+        let Some(id) = ctx.pending_order.pop_front() else {
+            break;
+        };
+        if let Some(buffer) = ctx.requirements.get_mut(&id).and_then(|r| r.pending.take()) {
+            released += buffer.size;
+        }
+    }
+    released
+}

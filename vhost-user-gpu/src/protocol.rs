@@ -1,1 +1,0 @@
-//! virtio-gpu wire protocol.
