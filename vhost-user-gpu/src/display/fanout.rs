@@ -1,5 +1,6 @@
 //! A sink that feeds several sinks (for example PNG capture and QEMU's display together).
 
+use std::collections::BTreeMap;
 use std::os::fd::AsFd;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -10,12 +11,18 @@ use crate::device::ports::{DisplaySink, DmabufScanout, Frame, Rect};
 #[derive(Default)]
 pub struct FanOut {
     sinks: Vec<Box<dyn DisplaySink>>,
+    /// Per scanout: the sinks that declined the last `dmabuf_flush` and so get the pixel
+    /// `flush` the device sends next (the others already showed the update).
+    want_pixels: BTreeMap<u32, Vec<usize>>,
 }
 
 impl FanOut {
     /// A fan-out over `sinks`.
     pub fn new(sinks: Vec<Box<dyn DisplaySink>>) -> Self {
-        FanOut { sinks }
+        FanOut {
+            sinks,
+            want_pixels: BTreeMap::new(),
+        }
     }
 
     /// Adds a sink.
@@ -42,8 +49,37 @@ impl DisplaySink for FanOut {
     }
 
     fn flush(&mut self, scanout_id: u32, frame: &Frame<'_>, damage: Rect) {
-        for sink in &mut self.sinks {
-            sink.flush(scanout_id, frame, damage);
+        match self.want_pixels.remove(&scanout_id) {
+            Some(indices) => {
+                for i in indices {
+                    if let Some(sink) = self.sinks.get_mut(i) {
+                        sink.flush(scanout_id, frame, damage);
+                    }
+                }
+            }
+            None => {
+                for sink in &mut self.sinks {
+                    sink.flush(scanout_id, frame, damage);
+                }
+            }
+        }
+    }
+
+    /// Offers the update to every sink; `false` if any of them wants pixels, and then
+    /// only those get the `flush` that follows.
+    fn dmabuf_flush(&mut self, scanout_id: u32, damage: Rect) -> bool {
+        let declined: Vec<usize> = self
+            .sinks
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(i, sink)| (!sink.dmabuf_flush(scanout_id, damage)).then_some(i))
+            .collect();
+        if declined.is_empty() && !self.sinks.is_empty() {
+            self.want_pixels.remove(&scanout_id);
+            true
+        } else {
+            self.want_pixels.insert(scanout_id, declined);
+            false
         }
     }
 
@@ -111,6 +147,10 @@ impl DisplaySink for SharedSink {
         self.lock().dmabuf_scanout(scanout_id, buf)
     }
 
+    fn dmabuf_flush(&mut self, scanout_id: u32, damage: Rect) -> bool {
+        self.lock().dmabuf_flush(scanout_id, damage)
+    }
+
     fn cursor_update(
         &mut self,
         scanout_id: u32,
@@ -156,6 +196,10 @@ mod tests {
         }
         fn dmabuf_scanout(&mut self, id: u32, _buf: &DmabufScanout<'_>) -> bool {
             self.log.lock().unwrap().push(format!("dmabuf {id}"));
+            self.takes_dmabuf
+        }
+        fn dmabuf_flush(&mut self, id: u32, _damage: Rect) -> bool {
+            self.log.lock().unwrap().push(format!("dmabuf_flush {id}"));
             self.takes_dmabuf
         }
         fn cursor_update(&mut self, id: u32, x: u32, y: u32, _: u32, _: u32, image: Option<&[u8]>) {
@@ -220,6 +264,49 @@ mod tests {
         assert!(
             !FanOut::default().dmabuf_scanout(0, &buf),
             "no sink: nobody shows the dma-buf"
+        );
+    }
+
+    #[test]
+    fn after_a_partial_dmabuf_flush_only_the_sinks_that_declined_get_pixels() {
+        let a = Arc::new(Mutex::new(Vec::new()));
+        let b = Arc::new(Mutex::new(Vec::new()));
+        let mut fan = FanOut::new(vec![
+            Box::new(Recorder {
+                log: a.clone(),
+                takes_dmabuf: true,
+            }),
+            Box::new(Recorder {
+                log: b.clone(),
+                takes_dmabuf: false,
+            }),
+        ]);
+        let damage = Rect {
+            x: 0,
+            y: 0,
+            width: 1,
+            height: 1,
+        };
+        assert!(!fan.dmabuf_flush(0, damage));
+        let data = [0u8; 4];
+        let frame = Frame {
+            width: 1,
+            height: 1,
+            stride: 4,
+            drm_format: fourcc::XRGB8888,
+            data: &data,
+        };
+        fan.flush(0, &frame, damage);
+        // A later plain flush (no dma-buf involved) reaches everyone again.
+        fan.flush(0, &frame, damage);
+        let flush = format!("flush 0 1x1 {damage:?}");
+        assert_eq!(
+            *a.lock().unwrap(),
+            vec!["dmabuf_flush 0".to_string(), flush.clone()]
+        );
+        assert_eq!(
+            *b.lock().unwrap(),
+            vec!["dmabuf_flush 0".to_string(), flush.clone(), flush]
         );
     }
 }

@@ -272,6 +272,25 @@ impl DisplaySink for QemuDisplay {
         }
     }
 
+    fn dmabuf_flush(&mut self, scanout_id: u32, damage: Rect) -> bool {
+        if self.broken || self.scanouts.get(&scanout_id) != Some(&ScanoutState::Dmabuf) {
+            return false;
+        }
+        let update = VhostUserGpuUpdate {
+            scanout_id,
+            x: damage.x,
+            y: damage.y,
+            width: damage.width,
+            height: damage.height,
+        };
+        // QEMU answers once its GL display has drawn the buffer: the guest's next frame
+        // cannot overwrite what is being shown.
+        if let Err(e) = self.channel.update_dmabuf_scanout(&update) {
+            self.fail("DMABUF_UPDATE", &e);
+        }
+        true
+    }
+
     fn cursor_update(
         &mut self,
         scanout_id: u32,

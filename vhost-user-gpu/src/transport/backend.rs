@@ -1,0 +1,486 @@
+//! The `vhost-user-backend` glue: one [`GpuBackend`] per frontend connection.
+//!
+//! Threads and locks. The vhost library calls frontend-message handlers (features, memory
+//! table, config space, reset, ...) on its connection thread, and [`GpuBackend::handle_event`]
+//! on one worker thread that serves both queues. The device core sits behind one mutex that
+//! the worker holds while it processes a command, and a command may wait for the frontend to
+//! acknowledge a `SHMEM_MAP`. The frontend (QEMU) may at the same moment be blocked, with its
+//! big lock held, waiting for our reply to a message on the connection thread, and it reads
+//! the acknowledgement channel only in its main loop. So a connection-thread handler must
+//! never wait for the device mutex:
+//! - config space reads are answered from a snapshot refreshed after every device change;
+//! - everything that changes the device from the connection thread (feature ack, config
+//!   write, reset, display sink swap) is queued as a [`DeferredOp`] and applied right away if
+//!   the device is idle (`try_lock`), otherwise by the worker as soon as it releases the
+//!   device (it re-checks the queue after every release, so nothing is left behind);
+//! - `update_memory` only stores the new memory handle (QEMU sends a whole new table after
+//!   each `SHMEM_MAP`, so it must be cheap and lock-free with respect to the device).
+
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, TryLockError};
+
+use vhost::vhost_user::message::{
+    VhostUserProtocolFeatures, VhostUserShMemConfig, VhostUserVirtioFeatures,
+};
+use vhost::vhost_user::Backend;
+use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
+use virtio_bindings::virtio_config::{VIRTIO_F_RING_RESET, VIRTIO_F_VERSION_1};
+use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
+use virtio_queue::QueueOwnedT;
+use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{EventConsumer, EventNotifier};
+
+use crate::device::ports::{DisplaySink, GuestMemory, RegionMapper};
+use crate::device::GpuDevice;
+use crate::display::fanout::SharedSink;
+use crate::display::{FanOut, QemuDisplay};
+use crate::transport::chain::{self, DescriptorRef, WriteOutcome};
+use crate::transport::server::ExitEvent;
+use crate::transport::shmem::{BackendChannel, QueueThreadScope, ShmemMapper};
+
+/// Queue index of the control queue.
+pub const CONTROL_QUEUE: u16 = 0;
+/// Queue index of the cursor queue.
+pub const CURSOR_QUEUE: u16 = 1;
+/// Number of queues.
+pub const NUM_QUEUES: usize = 2;
+/// Largest queue size accepted (QEMU uses 256 for control and 16 for cursor).
+pub const MAX_QUEUE_SIZE: usize = 1024;
+/// Size of the virtio-gpu config space.
+pub const CONFIG_SIZE: usize = 16;
+
+/// Builds the device core of a new connection from the connection's region mapper and
+/// display sink (the caller adds allocator, advisor and configuration).
+pub type DeviceFactory =
+    dyn Fn(Box<dyn RegionMapper>, Box<dyn DisplaySink>) -> io::Result<GpuDevice> + Send + Sync;
+
+/// Settings of the transport, fixed for the daemon's life.
+#[derive(Clone)]
+pub struct TransportSettings {
+    /// Size of the host-visible region (shmid 1) in bytes; 0 disables blob mapping.
+    pub hostmem: u64,
+    /// A capture sink shared by all connections (`--capture-dir`), if any.
+    pub capture: Option<SharedSink>,
+}
+
+/// A change requested from the connection thread, applied when the device is idle.
+pub enum DeferredOp {
+    /// `VHOST_USER_SET_FEATURES`.
+    AckFeatures(u64),
+    /// `VHOST_USER_SET_CONFIG`.
+    WriteConfig {
+        /// Offset in the config space.
+        offset: u32,
+        /// Bytes written.
+        data: Vec<u8>,
+    },
+    /// `VHOST_USER_RESET_DEVICE` or a queue stop.
+    Reset,
+    /// `VHOST_USER_GPU_SET_SOCKET`: the new display sink.
+    SetDisplay(Box<dyn DisplaySink>),
+}
+
+/// The vhost-user backend of one connection.
+pub struct GpuBackend {
+    device: Mutex<GpuDevice>,
+    deferred: Mutex<Vec<DeferredOp>>,
+    config_snapshot: Mutex<[u8; CONFIG_SIZE]>,
+    memory: RwLock<Option<GuestMemoryAtomic<GuestMemoryMmap>>>,
+    channel: BackendChannel,
+    settings: TransportSettings,
+    event_idx: AtomicBool,
+    exit: Arc<ExitEvent>,
+    features: u64,
+}
+
+impl GpuBackend {
+    /// A backend for a new connection: a fresh device from `factory`.
+    pub fn new(
+        settings: TransportSettings,
+        factory: &DeviceFactory,
+        exit: Arc<ExitEvent>,
+    ) -> io::Result<Self> {
+        let channel = BackendChannel::default();
+        let mapper = ShmemMapper::new(channel.clone(), settings.hostmem);
+        let device = factory(Box::new(mapper), initial_display(&settings))?;
+        // VIRTIO_F_RING_RESET: QEMU 10's vhost-user-gpu-pci does not filter virtio-pci's
+        // transport features, so the guest acks RING_RESET and QEMU passes it on in
+        // SET_FEATURES; vhost-user-backend refuses any acked bit that was not offered and
+        // drops the connection. Offering it is harmless here: the Linux virtio-gpu driver
+        // never resets a single queue, and frontends that filter (QEMU 11.1's generic
+        // device) show it to the guest the same way QEMU 10 already does.
+        let features = device.features()
+            | 1 << VIRTIO_F_VERSION_1
+            | 1 << VIRTIO_RING_F_INDIRECT_DESC
+            | 1 << VIRTIO_RING_F_EVENT_IDX
+            | 1 << VIRTIO_F_RING_RESET
+            | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+        let config = device.read_config();
+        Ok(GpuBackend {
+            device: Mutex::new(device),
+            deferred: Mutex::new(Vec::new()),
+            config_snapshot: Mutex::new(config),
+            memory: RwLock::new(None),
+            channel,
+            settings,
+            event_idx: AtomicBool::new(false),
+            exit,
+            features,
+        })
+    }
+
+    /// Locks the device. A panic inside the device core is caught per command (see
+    /// `serve_chain`), so a poisoned lock still holds a usable, reset device.
+    fn lock_device(&self) -> MutexGuard<'_, GpuDevice> {
+        self.device.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues `op` and applies it at once if the device is idle (never waits for it).
+    fn defer(&self, op: DeferredOp) {
+        lock(&self.deferred).push(op);
+        let device = match self.device.try_lock() {
+            Ok(device) => device,
+            Err(TryLockError::Poisoned(e)) => e.into_inner(),
+            // The worker holds it: it applies the queue when it lets go.
+            Err(TryLockError::WouldBlock) => return,
+        };
+        let mut device = device;
+        self.apply_deferred(&mut device);
+    }
+
+    /// Applies queued ops (device locked by the caller) and refreshes the config snapshot.
+    fn apply_deferred(&self, device: &mut GpuDevice) {
+        let ops = std::mem::take(&mut *lock(&self.deferred));
+        for op in ops {
+            match op {
+                DeferredOp::AckFeatures(features) => device.ack_features(features),
+                DeferredOp::WriteConfig { offset, data } => device.write_config(offset, &data),
+                DeferredOp::Reset => {
+                    log::info!("device reset");
+                    device.reset();
+                }
+                DeferredOp::SetDisplay(sink) => device.set_display(sink),
+            }
+        }
+        self.refresh_config(device);
+    }
+
+    fn refresh_config(&self, device: &mut GpuDevice) {
+        *lock(&self.config_snapshot) = device.read_config();
+        if device.take_config_changed() {
+            // vhost 0.18's Backend has no VHOST_USER_BACKEND_CONFIG_CHANGE_MSG, and QEMU's
+            // vhost-user-gpu-pci manages the display events itself; the guest sees the new
+            // value on its next config read.
+            log::debug!(
+                "config space changed; frontend not notified (no CONFIG_CHANGE_MSG support)"
+            );
+        }
+    }
+
+    /// After the worker released the device: apply anything queued meanwhile.
+    fn drain_deferred_after_release(&self) {
+        while !lock(&self.deferred).is_empty() {
+            let mut device = self.lock_device();
+            self.apply_deferred(&mut device);
+        }
+    }
+
+    /// Serves every available chain of `vring` (queue `index`).
+    fn process_queue(&self, index: u16, vring: &VringRwLock) {
+        let Some(atomic) = read_lock(&self.memory).clone() else {
+            log::warn!("queue {index} kicked before the frontend sent a memory table; ignored");
+            return;
+        };
+        let mem = atomic.memory();
+        // Collect the chains first: add_used locks the vring again.
+        let chains: Vec<_> = match vring.get_mut().get_queue_mut().iter(mem.clone()) {
+            Ok(iter) => iter.collect(),
+            Err(e) => {
+                log::warn!("queue {index}: cannot read the available ring: {e}");
+                return;
+            }
+        };
+        if chains.is_empty() {
+            return;
+        }
+        for chain in chains {
+            let head = chain.head_index();
+            let descriptors: Vec<DescriptorRef> = chain
+                .map(|d| DescriptorRef {
+                    addr: d.addr(),
+                    len: d.len(),
+                    write_only: d.is_write_only(),
+                })
+                .collect();
+            let used = self.serve_chain(index, &mem, descriptors);
+            if let Err(e) = vring.add_used(head, used) {
+                log::warn!("queue {index}: add_used({head}) failed: {e}");
+            }
+        }
+        match vring.needs_notification() {
+            Ok(true) => {
+                if let Err(e) = vring.signal_used_queue() {
+                    log::warn!("queue {index}: cannot signal the guest: {e}");
+                }
+            }
+            Ok(false) => {}
+            Err(e) => log::warn!("queue {index}: needs_notification: {e}"),
+        }
+    }
+
+    /// Serves one chain; returns the used length.
+    fn serve_chain(&self, index: u16, mem: &GuestMemory, descriptors: Vec<DescriptorRef>) -> u32 {
+        let parsed = match chain::read_chain(mem, descriptors) {
+            Ok(parsed) => parsed,
+            Err(e) => {
+                log::warn!("queue {index}: malformed chain skipped: {e}");
+                return 0;
+            }
+        };
+        if index == CONTROL_QUEUE && parsed.writable.is_empty() {
+            log::warn!(
+                "control queue: chain without a writable part skipped (no room for the response)"
+            );
+            return 0;
+        }
+        let response = {
+            let mut device = self.lock_device();
+            let _scope = QueueThreadScope::enter();
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                if index == CONTROL_QUEUE {
+                    device.process_control(mem, &parsed.request)
+                } else {
+                    device.process_cursor(mem, &parsed.request)
+                }
+            }));
+            let response = match result {
+                Ok(response) => response,
+                Err(_) => {
+                    log::error!("device core panicked on a queue {index} command: device reset, command dropped");
+                    device.reset();
+                    Vec::new()
+                }
+            };
+            self.apply_deferred(&mut device);
+            response
+        };
+        self.drain_deferred_after_release();
+        let (used, outcome) = chain::write_response(mem, &parsed.writable, &response);
+        match outcome {
+            WriteOutcome::Complete => {}
+            WriteOutcome::ErrorHeaderOnly => log::warn!(
+                "queue {index}: {}-byte response does not fit {} writable bytes; sent ERR_UNSPEC",
+                response.len(),
+                parsed.writable_len()
+            ),
+            WriteOutcome::Nothing if index == CURSOR_QUEUE || response.is_empty() => {}
+            WriteOutcome::Nothing => log::warn!(
+                "queue {index}: {}-byte response does not fit {} writable bytes; nothing written",
+                response.len(),
+                parsed.writable_len()
+            ),
+        }
+        used
+    }
+
+    /// Forgets the backend channel (the connection is gone).
+    pub fn disconnect(&self) {
+        self.channel.clear();
+    }
+}
+
+fn initial_display(settings: &TransportSettings) -> Box<dyn DisplaySink> {
+    let mut fan = FanOut::default();
+    if let Some(capture) = &settings.capture {
+        fan.push(Box::new(capture.clone()));
+    }
+    Box::new(fan)
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn read_lock<T>(m: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    m.read().unwrap_or_else(|e| e.into_inner())
+}
+
+impl VhostUserBackend for GpuBackend {
+    type Bitmap = ();
+    type Vring = VringRwLock;
+
+    fn num_queues(&self) -> usize {
+        NUM_QUEUES
+    }
+
+    fn max_queue_size(&self) -> usize {
+        MAX_QUEUE_SIZE
+    }
+
+    fn features(&self) -> u64 {
+        log::debug!("GET_FEATURES: offering {:#x}", self.features);
+        self.features
+    }
+
+    fn acked_features(&self, features: u64) {
+        log::info!("frontend acked features {features:#x}");
+        self.defer(DeferredOp::AckFeatures(features));
+    }
+
+    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        log::debug!("GET_PROTOCOL_FEATURES");
+        VhostUserProtocolFeatures::CONFIG
+            | VhostUserProtocolFeatures::MQ
+            | VhostUserProtocolFeatures::REPLY_ACK
+            | VhostUserProtocolFeatures::BACKEND_REQ
+            | VhostUserProtocolFeatures::BACKEND_SEND_FD
+            | VhostUserProtocolFeatures::SHMEM
+    }
+
+    fn reset_device(&self) {
+        self.defer(DeferredOp::Reset);
+    }
+
+    fn set_event_idx(&self, enabled: bool) {
+        self.event_idx.store(enabled, Ordering::Release);
+    }
+
+    fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
+        log::debug!("GET_CONFIG {offset}+{size}");
+        let snapshot = *lock(&self.config_snapshot);
+        let start = offset as usize;
+        match start.checked_add(size as usize) {
+            Some(end) if end <= CONFIG_SIZE => snapshot[start..end].to_vec(),
+            _ => {
+                log::warn!(
+                    "get_config {offset}+{size} is outside the {CONFIG_SIZE}-byte config space"
+                );
+                Vec::new()
+            }
+        }
+    }
+
+    fn set_config(&self, offset: u32, buf: &[u8]) -> io::Result<()> {
+        let fits = (offset as usize)
+            .checked_add(buf.len())
+            .is_some_and(|end| end <= CONFIG_SIZE);
+        if !fits {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "set_config {offset}+{} is outside the {CONFIG_SIZE}-byte config space",
+                    buf.len()
+                ),
+            ));
+        }
+        log::debug!("SET_CONFIG {offset}+{}", buf.len());
+        self.defer(DeferredOp::WriteConfig {
+            offset,
+            data: buf.to_vec(),
+        });
+        Ok(())
+    }
+
+    fn update_memory(&self, mem: GuestMemoryAtomic<GuestMemoryMmap>) -> io::Result<()> {
+        log::debug!("memory table updated");
+        *self.memory.write().unwrap_or_else(|e| e.into_inner()) = Some(mem);
+        Ok(())
+    }
+
+    fn set_backend_req_fd(&self, backend: Backend) {
+        log::info!("backend request channel installed");
+        self.channel.set(backend);
+    }
+
+    fn get_shmem_config(&self) -> io::Result<VhostUserShMemConfig> {
+        self.channel.set_shmem_negotiated();
+        if self.settings.hostmem == 0 {
+            log::info!("GET_SHMEM_CONFIG: no host-visible region (--hostmem 0)");
+            return Ok(VhostUserShMemConfig::new(0, &[]));
+        }
+        log::info!(
+            "GET_SHMEM_CONFIG: shmid 1 = {:#x} bytes",
+            self.settings.hostmem
+        );
+        // The array index is the shmid: shmid 0 unused, shmid 1 the host-visible region.
+        Ok(VhostUserShMemConfig::new(2, &[0, self.settings.hostmem]))
+    }
+
+    fn set_gpu_socket(&self, gpu_backend: vhost::vhost_user::GpuBackend) -> io::Result<()> {
+        log::info!(
+            "display channel from the frontend installed (QEMU vhost-user-gpu display protocol)"
+        );
+        let mut fan = FanOut::default();
+        if let Some(capture) = &self.settings.capture {
+            fan.push(Box::new(capture.clone()));
+        }
+        fan.push(Box::new(QemuDisplay::new(gpu_backend)));
+        self.defer(DeferredOp::SetDisplay(Box::new(fan)));
+        Ok(())
+    }
+
+    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        // The library keeps the notifier and fires it when the daemon is dropped, which
+        // stops and joins the worker thread.
+        match self.exit.pair_for_worker() {
+            Ok(pair) => Some(pair),
+            Err(e) => {
+                log::error!("cannot create the worker exit event: {e}");
+                None
+            }
+        }
+    }
+
+    fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
+        // The frontend stops the queues when the guest resets the device (QEMU 10 sends no
+        // RESET_DEVICE for vhost-user-gpu). The frontend also drops every SHMEM mapping then,
+        // so the device forgets its state, region ranges included. Caveat: a VM pause stops
+        // the queues the same way and also loses the device state.
+        if queue_index == u32::from(CONTROL_QUEUE) {
+            log::info!("control queue stopped: resetting the device");
+            self.defer(DeferredOp::Reset);
+        }
+        Ok(())
+    }
+
+    fn handle_event(
+        &self,
+        device_event: u16,
+        evset: EventSet,
+        vrings: &[VringRwLock],
+        _thread_id: usize,
+    ) -> io::Result<()> {
+        if evset != EventSet::IN {
+            log::warn!("unexpected event set {evset:?} for event {device_event}");
+            return Ok(());
+        }
+        let Some(vring) = vrings.get(usize::from(device_event)) else {
+            log::warn!("event for unknown queue {device_event}");
+            return Ok(());
+        };
+        let event_idx = self.event_idx.load(Ordering::Acquire);
+        loop {
+            if event_idx {
+                // Tell the driver not to kick while we drain; re-check after re-enabling.
+                if let Err(e) = vring.disable_notification() {
+                    log::warn!("queue {device_event}: disable_notification: {e}");
+                }
+            }
+            self.process_queue(device_event, vring);
+            if !event_idx {
+                break;
+            }
+            match vring.enable_notification() {
+                Ok(true) => continue, // more arrived meanwhile
+                Ok(false) => break,
+                Err(e) => {
+                    log::warn!("queue {device_event}: enable_notification: {e}");
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+}
