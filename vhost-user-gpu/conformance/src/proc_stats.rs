@@ -13,6 +13,8 @@ pub struct ProcStats {
     pub maps: usize,
     /// Mappings of memfds or dma-bufs (`/memfd:` or `/dmabuf:` in the path column).
     pub buffer_maps: usize,
+    /// Targets of the fds (`socket:[N]`, `/memfd:name (deleted)`, ...), sorted.
+    pub fd_targets: Vec<String>,
 }
 
 impl ProcStats {
@@ -31,7 +33,24 @@ impl ProcStats {
             fds,
             maps: maps.lines().count(),
             buffer_maps,
+            fd_targets: Self::fd_targets(pid),
         })
+    }
+
+    /// What `self` has that `before` did not (fd targets), for leak reports.
+    pub fn new_fds(&self, before: &ProcStats) -> Vec<String> {
+        let mut old = before.fd_targets.clone();
+        self.fd_targets
+            .iter()
+            .filter(|t| match old.iter().position(|o| o == *t) {
+                Some(i) => {
+                    old.remove(i);
+                    false
+                }
+                None => true,
+            })
+            .cloned()
+            .collect()
     }
 
     /// Targets of `/proc/PID/fd/*`, for leak diagnostics.

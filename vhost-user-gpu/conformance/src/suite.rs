@@ -106,10 +106,15 @@ pub fn main(default_program: &Path) -> ! {
     libtest_mimic::run(&args, trials).exit()
 }
 
-/// Keeps a frontend's backend log for failure messages.
+/// Adds the backend's log (last 25 lines; all with `VUG_FULL_LOG=1`) to a failure message.
 pub fn with_log(fe: &Frontend, msg: String) -> String {
     let log = fe.backend_log();
-    let tail: Vec<&str> = log.lines().rev().take(25).collect();
+    let keep = if std::env::var_os("VUG_FULL_LOG").is_some() {
+        usize::MAX
+    } else {
+        25
+    };
+    let tail: Vec<&str> = log.lines().rev().take(keep).collect();
     let tail: Vec<&str> = tail.into_iter().rev().collect();
     format!(
         "{msg}\n--- {} ---\n--- backend log (tail) ---\n{}",
