@@ -235,6 +235,9 @@ fn every_exporter_table_row() {
             );
         }
         assert!(!row.note.is_empty());
+        let drm_names = ["i915", "msm", "virtio_gpu", "drm"];
+        assert_eq!(row.drm, drm_names.contains(&name), "{name}");
+        assert_eq!(table::may_be_drm(name), row.drm, "{name}");
     }
 }
 
@@ -273,6 +276,10 @@ fn table_decisions_for_common_exporters() {
 #[test]
 fn unknown_exporter_is_not_in_the_table() {
     assert!(table::lookup("some-new-exporter").is_none());
+    assert!(
+        table::may_be_drm("some-new-exporter"),
+        "unknown names may be DRM drivers"
+    );
     assert_eq!(
         table::answer("some-new-exporter", Platform::X86Amd),
         Default::default()

@@ -405,6 +405,102 @@ fn vgem_case(node: &Path) -> TestResult {
     Ok(())
 }
 
+/// The CLI binary: `$DMABUF_INFO_BIN`, the one cargo built next to this test, or
+/// `/bin/dmabuf-info` (where the guest script puts it).
+fn cli_binary() -> Option<PathBuf> {
+    let candidates = [
+        std::env::var_os("DMABUF_INFO_BIN").map(PathBuf::from),
+        Some(PathBuf::from(env!("CARGO_BIN_EXE_dmabuf-info"))),
+        Some(PathBuf::from("/bin/dmabuf-info")),
+    ];
+    candidates.into_iter().flatten().find(|p| p.is_file())
+}
+
+fn cli_case(bin: &Path) -> TestResult {
+    // Hold whatever real buffers exist; the CLI finds them through pidfd_getfd.
+    let udmabuf = if Path::new("/dev/udmabuf").exists() {
+        Some(make_udmabuf()?)
+    } else {
+        None
+    };
+    let heap = if Path::new("/dev/dma_heap/system").exists() {
+        Some(make_heap_buffer()?)
+    } else {
+        None
+    };
+    let pid = std::process::id().to_string();
+    let out = ctx(
+        std::process::Command::new(bin)
+            .args([
+                "inspect",
+                "--pid",
+                &pid,
+                "--json",
+                "--platform",
+                "x86-intel",
+            ])
+            .output(),
+        "run dmabuf-info",
+    )?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    ensure!(
+        out.status.code() == Some(0),
+        "exit {:?}: {text}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = ctx(serde_json::from_str(&text), "JSON")?;
+    let bufs = v["buffers"].as_array().cloned().unwrap_or_default();
+    let mut expected = Vec::new();
+    if let Some((buf, _)) = &udmabuf {
+        expected.push(("udmabuf", std::os::fd::AsRawFd::as_raw_fd(buf)));
+    }
+    if let Some(buf) = &heap {
+        expected.push(("system", std::os::fd::AsRawFd::as_raw_fd(buf)));
+    }
+    for (exporter, fd) in expected {
+        let b = bufs.iter().find(|b| b["fd"] == fd);
+        let Some(b) = b else {
+            return Err(format!("fd {fd} ({exporter}) not listed: {text}").into());
+        };
+        ensure!(b["kind"] == "dma-buf", "{b}");
+        ensure!(b["exporter"] == exporter, "{b}");
+        ensure!(b["size"] == PAGES * PAGE, "{b}");
+        ensure!(b["kernel_ioctl"]["status"] == "absent", "{b}");
+        ensure!(b["cache"]["source"] == "exporter table", "{b}");
+        ensure!(
+            b["decision"]["allow"] == true && b["decision"]["map_info"] == 1,
+            "{b}"
+        );
+        // One descriptor, table form.
+        let out = ctx(
+            std::process::Command::new(bin)
+                .args([
+                    "inspect",
+                    "--pid",
+                    &pid,
+                    "--fd",
+                    &fd.to_string(),
+                    "--platform",
+                    "arm64",
+                ])
+                .output(),
+            "run dmabuf-info --fd",
+        )?;
+        let table = String::from_utf8_lossy(&out.stdout).into_owned();
+        ensure!(
+            out.status.code() == Some(5),
+            "arm64 must refuse (exit 5): {table}"
+        );
+        ensure!(table.contains(&format!("fd {fd}: dma-buf")), "{table}");
+        ensure!(
+            table.contains("refuse: CPU access needs DMA_BUF_IOCTL_SYNC"),
+            "{table}"
+        );
+    }
+    Ok(())
+}
+
 fn non_buffer_device_case(node: &Path) -> TestResult {
     // The DRM node itself is not a buffer.
     let drm = open_rw(node)?;
@@ -421,6 +517,8 @@ fn main() {
     let vgem = vgem_node();
     let vgem2 = vgem.clone();
     let vgem3 = vgem.clone();
+    let cli = cli_binary();
+    let cli2 = cli.clone();
     let trials = vec![
         Trial::test(
             "udmabuf: identification, answers, policy, SYNC guard, uapi shim",
@@ -447,6 +545,14 @@ fn main() {
                 .map_or_else(|| Err("no vgem".into()), non_buffer_device_case)
         })
         .with_ignored_flag(vgem.is_none()),
+        Trial::test(
+            "cli: inspect --pid lists this process's real dma-bufs",
+            move || {
+                cli2.as_deref()
+                    .map_or_else(|| Err("no dmabuf-info binary".into()), cli_case)
+            },
+        )
+        .with_ignored_flag(cli.is_none() || !(udmabuf || heap)),
     ];
     libtest_mimic::run(&args, trials).exit();
 }

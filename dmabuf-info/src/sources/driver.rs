@@ -304,6 +304,10 @@ pub fn query(
     probe_render_nodes: bool,
 ) -> (Partial, Vec<DriverProbe>) {
     let mut probes = Vec::new();
+    if !super::table::may_be_drm(exporter) {
+        // udmabuf, heaps, ...: importing into a DRM device would only attach it there.
+        return (Partial::default(), probes);
+    }
     let nodes: Vec<(PathBuf, bool)> = match drm_fd {
         Some(fd) => match private_node_for(fd) {
             Some(p) => vec![(p, true)],

@@ -51,6 +51,9 @@ pub struct TableRow {
     pub stable: bool,
     /// Why.
     pub note: &'static str,
+    /// Whether buffers with this name come from a DRM driver (only then are DRM devices
+    /// asked, even when the caller passes a DRM fd).
+    pub drm: bool,
 }
 
 /// The built-in exporter table, first match wins.
@@ -61,6 +64,7 @@ pub const BUILTIN: &[TableRow] = &[
         needs_sync: SyncRule::NoIfDmaCoherent,
         stable: true,
         note: "memfd pages mapped cached; begin/end_cpu_access syncs attached devices",
+        drm: false,
     },
     TableRow {
         pattern: "system",
@@ -68,6 +72,7 @@ pub const BUILTIN: &[TableRow] = &[
         needs_sync: SyncRule::NoIfDmaCoherent,
         stable: true,
         note: "system dma-heap: cached pages, syncs attached devices",
+        drm: false,
     },
     TableRow {
         pattern: "default_cma_region",
@@ -75,6 +80,7 @@ pub const BUILTIN: &[TableRow] = &[
         needs_sync: SyncRule::NoIfDmaCoherent,
         stable: true,
         note: "default CMA heap: cached, syncs attached devices",
+        drm: false,
     },
     TableRow {
         pattern: "linux,cma",
@@ -82,6 +88,7 @@ pub const BUILTIN: &[TableRow] = &[
         needs_sync: SyncRule::NoIfDmaCoherent,
         stable: true,
         note: "CMA heap named after its reserved-memory region",
+        drm: false,
     },
     TableRow {
         pattern: "*-uncached",
@@ -89,6 +96,7 @@ pub const BUILTIN: &[TableRow] = &[
         needs_sync: SyncRule::No,
         stable: true,
         note: "uncached dma-heap (vendor): WC mapping, no cache maintenance needed",
+        drm: false,
     },
     TableRow {
         pattern: "*_uncached",
@@ -96,6 +104,7 @@ pub const BUILTIN: &[TableRow] = &[
         needs_sync: SyncRule::No,
         stable: true,
         note: "uncached dma-heap (vendor spelling): WC mapping",
+        drm: false,
     },
     TableRow {
         pattern: "i915",
@@ -103,6 +112,7 @@ pub const BUILTIN: &[TableRow] = &[
         needs_sync: SyncRule::Unknown,
         stable: false,
         note: "i915: WB shmem or WC LMEM, coherent only on LLC hosts: ask I915_GEM_GET_CACHING",
+        drm: true,
     },
     TableRow {
         pattern: "msm",
@@ -110,6 +120,7 @@ pub const BUILTIN: &[TableRow] = &[
         needs_sync: SyncRule::Unknown,
         stable: true,
         note: "msm: per-buffer MSM_BO_* flags, fixed at creation: ask MSM_INFO_GET_FLAGS",
+        drm: true,
     },
     TableRow {
         pattern: "nv_dmabuf",
@@ -117,6 +128,7 @@ pub const BUILTIN: &[TableRow] = &[
         needs_sync: SyncRule::Unknown,
         stable: false,
         note: "NVIDIA: often not mmappable, else uncached BAR1: do not map",
+        drm: false,
     },
     TableRow {
         pattern: "nvidia",
@@ -124,6 +136,7 @@ pub const BUILTIN: &[TableRow] = &[
         needs_sync: SyncRule::Unknown,
         stable: false,
         note: "NVIDIA (older drivers): do not map",
+        drm: false,
     },
     TableRow {
         pattern: "virtio_gpu",
@@ -131,6 +144,7 @@ pub const BUILTIN: &[TableRow] = &[
         needs_sync: SyncRule::Unknown,
         stable: false,
         note: "virtio-gpu (nested guest): attribute follows the host's map_info, not exposed",
+        drm: true,
     },
     TableRow {
         pattern: "drm",
@@ -138,12 +152,19 @@ pub const BUILTIN: &[TableRow] = &[
         needs_sync: SyncRule::Unknown,
         stable: false,
         note: "generic PRIME export (amdgpu, xe, nouveau, vgem, shmem helpers, ...): ambiguous",
+        drm: true,
     },
 ];
 
 /// The first built-in row matching `exporter`.
 pub fn lookup(exporter: &str) -> Option<&'static TableRow> {
     BUILTIN.iter().find(|r| glob_match(r.pattern, exporter))
+}
+
+/// Whether DRM devices should be asked about a buffer from `exporter`: not for exporters
+/// the table knows to be something else (udmabuf, dma-heaps, NVIDIA).
+pub fn may_be_drm(exporter: &str) -> bool {
+    lookup(exporter).is_none_or(|r| r.drm)
 }
 
 /// The table's answers for `exporter` on `platform`.
