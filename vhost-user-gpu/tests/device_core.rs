@@ -1,0 +1,1972 @@
+//! Device core tests: every command against a `GpuDevice` wired with the real
+//! `MemfdAllocator`, a region mapper that really maps buffers into a reserved anonymous
+//! region (as QEMU does with its PCI BAR window), a recording display sink, and guest RAM
+//! in a memfd (as `memory-backend-memfd,share=on` gives a vhost-user backend).
+//!
+//! The only stand-ins are the map advisors: fixed answers, named as such, because the
+//! point of those tests is what the device does with an answer.
+
+use std::fs::File;
+use std::os::fd::BorrowedFd;
+use std::sync::{Arc, Mutex};
+
+use rustix::mm::{MapFlags, ProtFlags};
+use vm_memory::{Bytes, FileOffset, GuestAddress};
+
+use vhost_user_gpu::alloc::memfd::MemfdAllocator;
+use vhost_user_gpu::device::ports::{
+    fourcc, DisplaySink, Frame, GuestMemory, MapAdvice, MapAdvisor, MapError, Rect, RegionMapper,
+};
+use vhost_user_gpu::device::{DeviceConfig, GpuDevice, Ports, OFFERED_FEATURES};
+use vhost_user_gpu::protocol::cross_domain::{
+    Capabilities, CrossDomainCommand, ImageRequirements, IMAGE_REQUIREMENTS_SIZE,
+};
+use vhost_user_gpu::protocol::{
+    feature, format, CtrlHeader, CursorPos, GpuCommand, GpuError, GpuResponse, MemEntry,
+    BLOB_FLAG_USE_MAPPABLE, BLOB_FLAG_USE_SHAREABLE, BLOB_MEM_GUEST, BLOB_MEM_HOST3D,
+    CAPSET_CROSS_DOMAIN, EVENT_DISPLAY, FLAG_FENCE, FLAG_INFO_RING_IDX, MAP_CACHE_WC,
+};
+
+const MIB: u64 = 1 << 20;
+const PAGE: u64 = 4096;
+const GUEST_RAM: u64 = 32 * MIB;
+
+// ---------------------------------------------------------------------------------------
+// Region mapper: reserves an inaccessible anonymous range and maps buffers into it with
+// MAP_FIXED, exactly like a frontend backs its host-visible PCI BAR window.
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum MapCall {
+    Map { shm_offset: u64, len: u64 },
+    Unmap { shm_offset: u64, len: u64 },
+}
+
+struct RegionState {
+    base: usize,
+    size: u64,
+    calls: Vec<MapCall>,
+    available: bool,
+    fail_next_map: bool,
+    fail_next_unmap: bool,
+}
+
+// SAFETY (for the test): `base` is an address owned by this state's reservation.
+unsafe impl Send for RegionState {}
+
+impl RegionState {
+    /// Copies bytes out of the region (reads of unmapped pages would fault, so callers only
+    /// read where a map call was recorded).
+    fn read(&self, offset: u64, len: usize) -> Vec<u8> {
+        assert!(offset + len as u64 <= self.size);
+        let mut out = vec![0u8; len];
+        // SAFETY: inside the reservation, and the test only reads mapped ranges.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                (self.base + offset as usize) as *const u8,
+                out.as_mut_ptr(),
+                len,
+            )
+        };
+        out
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) {
+        assert!(offset + data.len() as u64 <= self.size);
+        // SAFETY: inside the reservation, and the test only writes mapped ranges.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                data.as_ptr(),
+                (self.base + offset as usize) as *mut u8,
+                data.len(),
+            )
+        };
+    }
+
+    fn maps(&self) -> usize {
+        self.calls
+            .iter()
+            .filter(|c| matches!(c, MapCall::Map { .. }))
+            .count()
+    }
+}
+
+struct ReservedRegionMapper(Arc<Mutex<RegionState>>);
+
+impl ReservedRegionMapper {
+    fn new(size: u64) -> (Self, Arc<Mutex<RegionState>>) {
+        let base = if size == 0 {
+            0
+        } else {
+            // SAFETY: a fresh PROT_NONE reservation chosen by the kernel.
+            unsafe {
+                rustix::mm::mmap_anonymous(
+                    std::ptr::null_mut(),
+                    size as usize,
+                    ProtFlags::empty(),
+                    MapFlags::PRIVATE | MapFlags::NORESERVE,
+                )
+                .unwrap() as usize
+            }
+        };
+        let state = Arc::new(Mutex::new(RegionState {
+            base,
+            size,
+            calls: Vec::new(),
+            available: true,
+            fail_next_map: false,
+            fail_next_unmap: false,
+        }));
+        (ReservedRegionMapper(state.clone()), state)
+    }
+}
+
+impl RegionMapper for ReservedRegionMapper {
+    fn available(&self) -> bool {
+        self.0.lock().unwrap().available
+    }
+
+    fn map(
+        &mut self,
+        fd: BorrowedFd<'_>,
+        fd_offset: u64,
+        shm_offset: u64,
+        len: u64,
+        writable: bool,
+    ) -> Result<(), MapError> {
+        let mut s = self.0.lock().unwrap();
+        if std::mem::take(&mut s.fail_next_map) {
+            return Err(MapError::Frontend("injected failure".into()));
+        }
+        if shm_offset + len > s.size {
+            return Err(MapError::Frontend("Bad offset/len for mmap".into()));
+        }
+        let prot = if writable {
+            ProtFlags::READ | ProtFlags::WRITE
+        } else {
+            ProtFlags::READ
+        };
+        // SAFETY: replaces part of our own reservation (bounds checked above).
+        unsafe {
+            rustix::mm::mmap(
+                (s.base + shm_offset as usize) as *mut _,
+                len as usize,
+                prot,
+                MapFlags::SHARED | MapFlags::FIXED,
+                fd,
+                fd_offset,
+            )
+        }
+        .map_err(|e| MapError::Frontend(e.to_string()))?;
+        s.calls.push(MapCall::Map { shm_offset, len });
+        Ok(())
+    }
+
+    fn unmap(&mut self, shm_offset: u64, len: u64) -> Result<(), MapError> {
+        let mut s = self.0.lock().unwrap();
+        if std::mem::take(&mut s.fail_next_unmap) {
+            return Err(MapError::Frontend("injected failure".into()));
+        }
+        // SAFETY: puts the reservation back over part of our own range.
+        unsafe {
+            rustix::mm::mmap_anonymous(
+                (s.base + shm_offset as usize) as *mut _,
+                len as usize,
+                ProtFlags::empty(),
+                MapFlags::PRIVATE | MapFlags::FIXED | MapFlags::NORESERVE,
+            )
+        }
+        .map_err(|e| MapError::Frontend(e.to_string()))?;
+        s.calls.push(MapCall::Unmap { shm_offset, len });
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Display sink that records what it is shown.
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Shown {
+    Scanout(u32, Option<(u32, u32)>),
+    Flush {
+        scanout: u32,
+        width: u32,
+        height: u32,
+        stride: u32,
+        drm_format: u32,
+        data: Vec<u8>,
+        damage: Rect,
+    },
+    Cursor {
+        scanout: u32,
+        x: u32,
+        y: u32,
+        hot: (u32, u32),
+        image: Option<Vec<u8>>,
+    },
+    Move(u32, u32, u32),
+}
+
+struct RecordingDisplay(Arc<Mutex<Vec<Shown>>>);
+
+impl DisplaySink for RecordingDisplay {
+    fn scanout(&mut self, scanout_id: u32, mode: Option<(u32, u32)>) {
+        self.0
+            .lock()
+            .unwrap()
+            .push(Shown::Scanout(scanout_id, mode));
+    }
+    fn flush(&mut self, scanout_id: u32, frame: &Frame<'_>, damage: Rect) {
+        let len = (frame.stride * frame.height) as usize;
+        self.0.lock().unwrap().push(Shown::Flush {
+            scanout: scanout_id,
+            width: frame.width,
+            height: frame.height,
+            stride: frame.stride,
+            drm_format: frame.drm_format,
+            data: frame.data[..len].to_vec(),
+            damage,
+        });
+    }
+    fn cursor_update(
+        &mut self,
+        scanout_id: u32,
+        x: u32,
+        y: u32,
+        hot_x: u32,
+        hot_y: u32,
+        image: Option<&[u8]>,
+    ) {
+        self.0.lock().unwrap().push(Shown::Cursor {
+            scanout: scanout_id,
+            x,
+            y,
+            hot: (hot_x, hot_y),
+            image: image.map(<[u8]>::to_vec),
+        });
+    }
+    fn cursor_move(&mut self, scanout_id: u32, x: u32, y: u32) {
+        self.0.lock().unwrap().push(Shown::Move(scanout_id, x, y));
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Map advisors with fixed answers (stand-ins for the dmabuf-info advisor).
+
+struct FixedAllowAdvisor(u32);
+impl MapAdvisor for FixedAllowAdvisor {
+    fn advise(&self, _fd: BorrowedFd<'_>, _drm_fd: Option<BorrowedFd<'_>>) -> MapAdvice {
+        MapAdvice::Allow {
+            map_info: self.0,
+            source: "fixed test answer".into(),
+        }
+    }
+}
+
+struct FixedRefuseAdvisor;
+impl MapAdvisor for FixedRefuseAdvisor {
+    fn advise(&self, _fd: BorrowedFd<'_>, _drm_fd: Option<BorrowedFd<'_>>) -> MapAdvice {
+        MapAdvice::Refuse {
+            reason: "needs DMA_BUF_IOCTL_SYNC (fixed test answer)".into(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Harness.
+
+struct Harness {
+    dev: GpuDevice,
+    mem: GuestMemory,
+    region: Arc<Mutex<RegionState>>,
+    shown: Arc<Mutex<Vec<Shown>>>,
+}
+
+fn guest_ram() -> GuestMemory {
+    let fd = rustix::fs::memfd_create("guest-ram", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+    rustix::fs::ftruncate(&fd, GUEST_RAM).unwrap();
+    let file = File::from(fd);
+    GuestMemory::from_ranges_with_files([(
+        GuestAddress(0),
+        GUEST_RAM as usize,
+        Some(FileOffset::new(file, 0)),
+    )])
+    .unwrap()
+}
+
+impl Harness {
+    fn with(config: DeviceConfig, advisor: Box<dyn MapAdvisor>) -> Self {
+        let (mapper, region) = ReservedRegionMapper::new(config.hostmem);
+        let shown = Arc::new(Mutex::new(Vec::new()));
+        let ports = Ports {
+            allocator: Box::new(MemfdAllocator::new()),
+            mapper: Box::new(mapper),
+            display: Box::new(RecordingDisplay(shown.clone())),
+            advisor,
+        };
+        let mut dev = GpuDevice::new(config, ports);
+        dev.ack_features(dev.features());
+        Harness {
+            dev,
+            mem: guest_ram(),
+            region,
+            shown,
+        }
+    }
+
+    fn new() -> Self {
+        Self::with(
+            DeviceConfig {
+                hostmem: 16 * MIB,
+                ..Default::default()
+            },
+            Box::new(FixedAllowAdvisor(MAP_CACHE_WC)),
+        )
+    }
+
+    fn send_with(&mut self, hdr: CtrlHeader, command: GpuCommand) -> (CtrlHeader, GpuResponse) {
+        let cursor = matches!(
+            command,
+            GpuCommand::UpdateCursor { .. } | GpuCommand::MoveCursor { .. }
+        );
+        let mut request = Vec::new();
+        command.encode(&hdr, &mut request);
+        let out = if cursor {
+            self.dev.process_cursor(&self.mem, &request)
+        } else {
+            self.dev.process_control(&self.mem, &request)
+        };
+        GpuResponse::decode(&out).unwrap()
+    }
+
+    fn ctx_send(&mut self, ctx_id: u32, command: GpuCommand) -> GpuResponse {
+        let hdr = CtrlHeader {
+            ctx_id,
+            ..Default::default()
+        };
+        self.send_with(hdr, command).1
+    }
+
+    fn send(&mut self, command: GpuCommand) -> GpuResponse {
+        self.send_with(CtrlHeader::default(), command).1
+    }
+
+    fn ok(&mut self, command: GpuCommand) {
+        let name = command.name();
+        let r = self.send(command);
+        assert_eq!(r, GpuResponse::OkNoData, "{name}");
+    }
+
+    fn take_shown(&self) -> Vec<Shown> {
+        std::mem::take(&mut self.shown.lock().unwrap())
+    }
+
+    fn write_guest(&self, addr: u64, data: &[u8]) {
+        self.mem.write_slice(data, GuestAddress(addr)).unwrap();
+    }
+
+    fn read_guest(&self, addr: u64, len: usize) -> Vec<u8> {
+        let mut out = vec![0u8; len];
+        self.mem.read_slice(&mut out, GuestAddress(addr)).unwrap();
+        out
+    }
+
+    fn create_2d(&mut self, id: u32, width: u32, height: u32) {
+        self.ok(GpuCommand::ResourceCreate2d {
+            resource_id: id,
+            format: format::B8G8R8X8_UNORM,
+            width,
+            height,
+        });
+    }
+
+    /// A GUEST blob over `pages` pages at `addr`.
+    fn create_guest_blob(&mut self, ctx_id: u32, id: u32, addr: u64, pages: u64) -> GpuResponse {
+        self.ctx_send(
+            ctx_id,
+            GpuCommand::ResourceCreateBlob {
+                resource_id: id,
+                blob_mem: BLOB_MEM_GUEST,
+                blob_flags: BLOB_FLAG_USE_SHAREABLE,
+                blob_id: 0,
+                size: pages * PAGE,
+                entries: vec![MemEntry {
+                    addr,
+                    length: (pages * PAGE) as u32,
+                }],
+            },
+        )
+    }
+
+    /// Cross-domain context `ctx` with a query ring (resource `ring_id` at `ring_addr`).
+    fn cross_domain_context(&mut self, ctx: u32, ring_id: u32, ring_addr: u64) {
+        assert_eq!(
+            self.ctx_send(
+                ctx,
+                GpuCommand::CtxCreate {
+                    context_init: CAPSET_CROSS_DOMAIN,
+                    debug_name: "test".into()
+                }
+            ),
+            GpuResponse::OkNoData
+        );
+        assert_eq!(
+            self.create_guest_blob(ctx, ring_id, ring_addr, 1),
+            GpuResponse::OkNoData
+        );
+        assert_eq!(
+            self.ctx_send(
+                ctx,
+                GpuCommand::CtxAttachResource {
+                    resource_id: ring_id
+                }
+            ),
+            GpuResponse::OkNoData
+        );
+        let r = self.submit(
+            ctx,
+            &[CrossDomainCommand::Init {
+                query_ring_id: ring_id,
+                channel_ring_id: 0,
+                channel_type: 0,
+            }],
+        );
+        assert_eq!(r, GpuResponse::OkNoData);
+    }
+
+    fn submit(&mut self, ctx: u32, commands: &[CrossDomainCommand]) -> GpuResponse {
+        let mut buf = Vec::new();
+        for c in commands {
+            c.encode(&mut buf);
+        }
+        self.ctx_send(ctx, GpuCommand::Submit3d { commands: buf })
+    }
+
+    /// GET_IMAGE_REQUIREMENTS, returning what the device wrote into the query ring.
+    fn image_requirements(
+        &mut self,
+        ctx: u32,
+        ring_addr: u64,
+        w: u32,
+        h: u32,
+    ) -> ImageRequirements {
+        self.write_guest(ring_addr, &[0xee; IMAGE_REQUIREMENTS_SIZE]);
+        let r = self.submit(
+            ctx,
+            &[CrossDomainCommand::GetImageRequirements {
+                width: w,
+                height: h,
+                drm_format: fourcc::XRGB8888,
+                flags: 0,
+            }],
+        );
+        assert_eq!(r, GpuResponse::OkNoData);
+        ImageRequirements::decode(&self.read_guest(ring_addr, IMAGE_REQUIREMENTS_SIZE)).unwrap()
+    }
+
+    fn create_host_blob(&mut self, ctx: u32, id: u32, reqs: &ImageRequirements) -> GpuResponse {
+        self.ctx_send(
+            ctx,
+            GpuCommand::ResourceCreateBlob {
+                resource_id: id,
+                blob_mem: BLOB_MEM_HOST3D,
+                blob_flags: BLOB_FLAG_USE_MAPPABLE | BLOB_FLAG_USE_SHAREABLE,
+                blob_id: reqs.blob_id.into(),
+                size: reqs.size,
+                entries: vec![],
+            },
+        )
+    }
+}
+
+fn rect(x: u32, y: u32, width: u32, height: u32) -> Rect {
+    Rect {
+        x,
+        y,
+        width,
+        height,
+    }
+}
+
+fn err(e: GpuError) -> GpuResponse {
+    GpuResponse::Err(e)
+}
+
+/// A recognizable pattern of `len` bytes.
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------
+// Features, config space, display info, EDID.
+
+#[test]
+fn features_config_space_and_display_events() {
+    let mut h = Harness::new();
+    for bit in [
+        feature::VIRGL,
+        feature::EDID,
+        feature::RESOURCE_UUID,
+        feature::RESOURCE_BLOB,
+        feature::CONTEXT_INIT,
+    ] {
+        assert_ne!(h.dev.features() & (1 << bit), 0, "feature bit {bit}");
+    }
+    assert_eq!(h.dev.features(), OFFERED_FEATURES);
+    let cfg = h.dev.read_config();
+    assert_eq!(u32::from_le_bytes(cfg[0..4].try_into().unwrap()), 0);
+    assert_eq!(u32::from_le_bytes(cfg[8..12].try_into().unwrap()), 1);
+    assert_eq!(u32::from_le_bytes(cfg[12..16].try_into().unwrap()), 1);
+    assert!(!h.dev.take_config_changed());
+
+    assert!(h.dev.set_output(0, Some((1024, 768))));
+    assert!(h.dev.take_config_changed());
+    assert!(!h.dev.take_config_changed(), "reported once");
+    let cfg = h.dev.read_config();
+    assert_eq!(
+        u32::from_le_bytes(cfg[0..4].try_into().unwrap()),
+        EVENT_DISPLAY
+    );
+    let GpuResponse::OkDisplayInfo(modes) = h.send(GpuCommand::GetDisplayInfo) else {
+        panic!("no display info");
+    };
+    assert_eq!(modes[0].rect, rect(0, 0, 1024, 768));
+    assert!(modes[0].enabled);
+    assert!(modes[1..].iter().all(|m| !m.enabled));
+    // events_clear clears the bit.
+    h.dev.write_config(4, &EVENT_DISPLAY.to_le_bytes());
+    assert_eq!(h.dev.read_config()[0..4], [0, 0, 0, 0]);
+    // Unknown scanouts and bad sizes are refused.
+    assert!(!h.dev.set_output(1, Some((640, 480))));
+    assert!(!h.dev.set_output(0, Some((0, 480))));
+    // Disconnecting reports it.
+    assert!(h.dev.set_output(0, None));
+    assert!(h.dev.take_config_changed());
+    let GpuResponse::OkDisplayInfo(modes) = h.send(GpuCommand::GetDisplayInfo) else {
+        panic!("no display info");
+    };
+    assert!(!modes[0].enabled);
+}
+
+#[test]
+fn multiple_outputs_and_edid() {
+    let mut h = Harness::with(
+        DeviceConfig {
+            outputs: vec![(1280, 800), (1920, 1080)],
+            ..Default::default()
+        },
+        Box::new(FixedAllowAdvisor(MAP_CACHE_WC)),
+    );
+    let GpuResponse::OkDisplayInfo(modes) = h.send(GpuCommand::GetDisplayInfo) else {
+        panic!("no display info");
+    };
+    assert_eq!(modes[1].rect, rect(0, 0, 1920, 1080));
+    assert!(modes[1].enabled);
+    let GpuResponse::OkEdid(edid) = h.send(GpuCommand::GetEdid { scanout_id: 1 }) else {
+        panic!("no edid");
+    };
+    assert_eq!(edid.len(), 128);
+    assert_eq!(edid.iter().fold(0u8, |a, &b| a.wrapping_add(b)), 0);
+    // Preferred timing: 1920 active pixels, 1080 lines.
+    assert_eq!(u16::from(edid[56]) | (u16::from(edid[58] >> 4) << 8), 1920);
+    assert_eq!(u16::from(edid[59]) | (u16::from(edid[61] >> 4) << 8), 1080);
+    assert_eq!(
+        h.send(GpuCommand::GetEdid { scanout_id: 2 }),
+        err(GpuError::InvalidScanoutId)
+    );
+    // Without the EDID feature: ERR_UNSPEC.
+    h.dev.ack_features(0);
+    assert_eq!(
+        h.send(GpuCommand::GetEdid { scanout_id: 0 }),
+        err(GpuError::Unspec)
+    );
+}
+
+#[test]
+fn fences_and_ring_index_are_echoed_in_order() {
+    let mut h = Harness::new();
+    for fence in 1..=5u64 {
+        let hdr = CtrlHeader {
+            flags: FLAG_FENCE | FLAG_INFO_RING_IDX,
+            fence_id: fence,
+            ctx_id: 0,
+            ring_idx: 1,
+            ..Default::default()
+        };
+        let (rhdr, r) = h.send_with(hdr, GpuCommand::GetDisplayInfo);
+        assert!(matches!(r, GpuResponse::OkDisplayInfo(_)));
+        assert_eq!(rhdr.flags, FLAG_FENCE | FLAG_INFO_RING_IDX);
+        assert_eq!(rhdr.fence_id, fence);
+        assert_eq!(rhdr.ring_idx, 1);
+    }
+    // Errors echo the fence too.
+    let hdr = CtrlHeader {
+        flags: FLAG_FENCE,
+        fence_id: 99,
+        ..Default::default()
+    };
+    let (rhdr, r) = h.send_with(hdr, GpuCommand::ResourceUnref { resource_id: 42 });
+    assert_eq!(r, err(GpuError::InvalidResourceId));
+    assert_eq!((rhdr.flags, rhdr.fence_id), (FLAG_FENCE, 99));
+}
+
+#[test]
+fn malformed_requests_get_errors_and_the_device_keeps_serving() {
+    let mut h = Harness::new();
+    // Shorter than a header.
+    let out = h.dev.process_control(&h.mem, &[1, 2, 3]);
+    assert_eq!(GpuResponse::decode(&out).unwrap().1, err(GpuError::Unspec));
+    // Truncated command, fence still echoed.
+    let mut req = Vec::new();
+    GpuCommand::ResourceCreate2d {
+        resource_id: 1,
+        format: format::B8G8R8A8_UNORM,
+        width: 4,
+        height: 4,
+    }
+    .encode(
+        &CtrlHeader {
+            flags: FLAG_FENCE,
+            fence_id: 7,
+            ..Default::default()
+        },
+        &mut req,
+    );
+    let out = h.dev.process_control(&h.mem, &req[..30]);
+    let (rhdr, r) = GpuResponse::decode(&out).unwrap();
+    assert_eq!(r, err(GpuError::Unspec));
+    assert_eq!(rhdr.fence_id, 7);
+    assert_eq!(h.dev.resource_count(), 0, "nothing half-created");
+    // Unknown command type.
+    let mut req = Vec::new();
+    CtrlHeader::new(0x1ff).encode(&mut req);
+    let out = h.dev.process_control(&h.mem, &req);
+    assert_eq!(GpuResponse::decode(&out).unwrap().1, err(GpuError::Unspec));
+    // Entry count beyond the limit.
+    let mut req = Vec::new();
+    GpuCommand::ResourceAttachBacking {
+        resource_id: 1,
+        entries: vec![],
+    }
+    .encode(&CtrlHeader::default(), &mut req);
+    req[28..32].copy_from_slice(&1_000_000u32.to_le_bytes());
+    let out = h.dev.process_control(&h.mem, &req);
+    assert_eq!(
+        GpuResponse::decode(&out).unwrap().1,
+        err(GpuError::InvalidParameter)
+    );
+    // Cursor commands on the control queue and the other way round.
+    let mut req = Vec::new();
+    GpuCommand::MoveCursor {
+        pos: CursorPos::default(),
+    }
+    .encode(&CtrlHeader::default(), &mut req);
+    let out = h.dev.process_control(&h.mem, &req);
+    assert_eq!(GpuResponse::decode(&out).unwrap().1, err(GpuError::Unspec));
+    let mut req = Vec::new();
+    GpuCommand::GetDisplayInfo.encode(&CtrlHeader::default(), &mut req);
+    let out = h.dev.process_cursor(&h.mem, &req);
+    assert_eq!(GpuResponse::decode(&out).unwrap().1, err(GpuError::Unspec));
+    // Still serving.
+    h.create_2d(1, 4, 4);
+}
+
+// ---------------------------------------------------------------------------------------
+// 2D resources.
+
+/// Scattered backing: the guest image is split over non-contiguous pieces of guest RAM
+/// with sizes that do not line up with rows.
+fn scattered_entries(total: u64) -> Vec<MemEntry> {
+    let mut entries = Vec::new();
+    let mut left = total;
+    let mut addr = 0x10_0000u64;
+    let mut piece = 1000u64;
+    while left > 0 {
+        let len = piece.min(left);
+        entries.push(MemEntry {
+            addr,
+            length: len as u32,
+        });
+        left -= len;
+        addr += len + 0x3000; // a hole after each piece
+        piece = piece * 3 % 1999 + 100;
+    }
+    entries
+}
+
+fn write_backing(h: &Harness, entries: &[MemEntry], data: &[u8]) {
+    let mut done = 0usize;
+    for e in entries {
+        let len = e.length as usize;
+        h.write_guest(e.addr, &data[done..done + len]);
+        done += len;
+    }
+}
+
+#[test]
+fn transfer_scanout_and_flush_show_the_guest_pixels() {
+    let mut h = Harness::new();
+    let (w, hgt) = (100u32, 60u32);
+    let stride = w * 4;
+    let size = (stride * hgt) as u64;
+    h.create_2d(1, w, hgt);
+    let entries = scattered_entries(size);
+    assert!(entries.len() > 10);
+    let image = pattern(size as usize, 3);
+    write_backing(&h, &entries, &image);
+    h.ok(GpuCommand::ResourceAttachBacking {
+        resource_id: 1,
+        entries: entries.clone(),
+    });
+    h.ok(GpuCommand::TransferToHost2d {
+        rect: rect(0, 0, w, hgt),
+        offset: 0,
+        resource_id: 1,
+    });
+    h.ok(GpuCommand::SetScanout {
+        rect: rect(0, 0, w, hgt),
+        scanout_id: 0,
+        resource_id: 1,
+    });
+    h.ok(GpuCommand::ResourceFlush {
+        rect: rect(10, 10, 20, 20),
+        resource_id: 1,
+    });
+    let shown = h.take_shown();
+    assert_eq!(shown[0], Shown::Scanout(0, Some((w, hgt))));
+    let Shown::Flush {
+        data,
+        damage,
+        stride: fstride,
+        drm_format,
+        ..
+    } = &shown[1]
+    else {
+        panic!("{shown:?}");
+    };
+    assert_eq!(*damage, rect(10, 10, 20, 20));
+    assert_eq!(*fstride, stride);
+    assert_eq!(*drm_format, fourcc::XRGB8888);
+    assert_eq!(data, &image);
+
+    // Partial transfer: only the rectangle changes.
+    let image2 = pattern(size as usize, 77);
+    write_backing(&h, &entries, &image2);
+    let r = rect(5, 7, 30, 11);
+    h.ok(GpuCommand::TransferToHost2d {
+        rect: r,
+        offset: u64::from(r.y * stride + r.x * 4),
+        resource_id: 1,
+    });
+    h.ok(GpuCommand::ResourceFlush {
+        rect: rect(0, 0, w, hgt),
+        resource_id: 1,
+    });
+    let shown = h.take_shown();
+    let Shown::Flush { data, .. } = &shown[0] else {
+        panic!("{shown:?}");
+    };
+    for y in 0..hgt {
+        for x in 0..w {
+            let i = (y * stride + x * 4) as usize;
+            let inside = x >= r.x && x < r.x + r.width && y >= r.y && y < r.y + r.height;
+            let expect = if inside { &image2 } else { &image };
+            assert_eq!(data[i..i + 4], expect[i..i + 4], "pixel {x},{y}");
+        }
+    }
+
+    // A scanout showing part of the resource gets a packed frame of that part.
+    h.ok(GpuCommand::SetScanout {
+        rect: r,
+        scanout_id: 0,
+        resource_id: 1,
+    });
+    h.ok(GpuCommand::ResourceFlush {
+        rect: rect(0, 0, w, hgt),
+        resource_id: 1,
+    });
+    let shown = h.take_shown();
+    assert_eq!(shown[0], Shown::Scanout(0, Some((30, 11))));
+    let Shown::Flush {
+        width,
+        height,
+        stride: fs,
+        data,
+        damage,
+        ..
+    } = &shown[1]
+    else {
+        panic!("{shown:?}");
+    };
+    assert_eq!((*width, *height, *fs), (30, 11, 120));
+    assert_eq!(*damage, rect(0, 0, 30, 11));
+    let first = (r.y * stride + r.x * 4) as usize;
+    assert_eq!(data[..120], image2[first..first + 120]);
+}
+
+#[test]
+fn every_2d_format_is_accepted_and_mapped_to_its_fourcc() {
+    let mut h = Harness::new();
+    let formats = [
+        (format::B8G8R8A8_UNORM, fourcc::ARGB8888),
+        (format::B8G8R8X8_UNORM, fourcc::XRGB8888),
+        (format::A8R8G8B8_UNORM, fourcc::BGRA8888),
+        (format::X8R8G8B8_UNORM, fourcc::BGRX8888),
+        (format::R8G8B8A8_UNORM, fourcc::ABGR8888),
+        (format::X8B8G8R8_UNORM, fourcc::RGBX8888),
+        (format::A8B8G8R8_UNORM, fourcc::RGBA8888),
+        (format::R8G8B8X8_UNORM, fourcc::XBGR8888),
+    ];
+    for (i, (virtio, drm)) in formats.into_iter().enumerate() {
+        let id = i as u32 + 1;
+        h.ok(GpuCommand::ResourceCreate2d {
+            resource_id: id,
+            format: virtio,
+            width: 2,
+            height: 2,
+        });
+        h.ok(GpuCommand::SetScanout {
+            rect: rect(0, 0, 2, 2),
+            scanout_id: 0,
+            resource_id: id,
+        });
+        h.ok(GpuCommand::ResourceFlush {
+            rect: rect(0, 0, 2, 2),
+            resource_id: id,
+        });
+        let shown = h.take_shown();
+        assert!(
+            matches!(&shown[1], Shown::Flush { drm_format, data, .. } if *drm_format == drm && data.iter().all(|&b| b == 0)),
+            "format {virtio}: {shown:?}"
+        );
+    }
+}
+
+#[test]
+fn documented_2d_errors() {
+    let mut h = Harness::new();
+    let create = |id, format, width, height| GpuCommand::ResourceCreate2d {
+        resource_id: id,
+        format,
+        width,
+        height,
+    };
+    let f = format::B8G8R8A8_UNORM;
+    assert_eq!(h.send(create(0, f, 4, 4)), err(GpuError::InvalidResourceId));
+    h.create_2d(1, 16, 16);
+    assert_eq!(h.send(create(1, f, 4, 4)), err(GpuError::InvalidResourceId));
+    assert_eq!(
+        h.send(create(2, 999, 4, 4)),
+        err(GpuError::InvalidParameter)
+    );
+    assert_eq!(h.send(create(2, f, 0, 4)), err(GpuError::InvalidParameter));
+    assert_eq!(
+        h.send(create(2, f, u32::MAX, u32::MAX)),
+        err(GpuError::OutOfMemory)
+    );
+    // Transfer without backing.
+    let transfer = |r, offset| GpuCommand::TransferToHost2d {
+        rect: r,
+        offset,
+        resource_id: 1,
+    };
+    assert_eq!(
+        h.send(transfer(rect(0, 0, 16, 16), 0)),
+        err(GpuError::Unspec)
+    );
+    // Backing entries outside guest memory; wrapping entries.
+    for entries in [
+        vec![MemEntry {
+            addr: GUEST_RAM - 16,
+            length: 1024,
+        }],
+        vec![MemEntry {
+            addr: u64::MAX - 10,
+            length: 1024,
+        }],
+    ] {
+        assert_eq!(
+            h.send(GpuCommand::ResourceAttachBacking {
+                resource_id: 1,
+                entries
+            }),
+            err(GpuError::Unspec)
+        );
+    }
+    // A backing one byte short of the image.
+    h.ok(GpuCommand::ResourceAttachBacking {
+        resource_id: 1,
+        entries: vec![MemEntry {
+            addr: 0x1000,
+            length: 16 * 16 * 4 - 1,
+        }],
+    });
+    assert_eq!(
+        h.send(GpuCommand::ResourceAttachBacking {
+            resource_id: 1,
+            entries: vec![MemEntry {
+                addr: 0x1000,
+                length: 64
+            }]
+        }),
+        err(GpuError::Unspec),
+        "double attach"
+    );
+    assert_eq!(
+        h.send(transfer(rect(0, 0, 16, 16), 0)),
+        err(GpuError::InvalidParameter)
+    );
+    h.ok(transfer(rect(0, 0, 16, 15), 0));
+    h.ok(transfer(rect(0, 15, 15, 1), 15 * 64));
+    // Rect outside the resource, offset overflow, empty rect.
+    for (r, off) in [
+        (rect(8, 8, 9, 1), 0),
+        (rect(0, 0, 1, 17), 0),
+        (rect(u32::MAX, 0, 2, 1), 0),
+        (rect(0, 0, 1, 1), u64::MAX - 2),
+        (rect(0, 0, 0, 0), 0),
+    ] {
+        assert_eq!(
+            h.send(transfer(r, off)),
+            err(GpuError::InvalidParameter),
+            "{r:?}+{off}"
+        );
+    }
+    h.ok(GpuCommand::ResourceDetachBacking { resource_id: 1 });
+    assert_eq!(
+        h.send(GpuCommand::ResourceDetachBacking { resource_id: 1 }),
+        err(GpuError::Unspec)
+    );
+    assert_eq!(
+        h.send(GpuCommand::ResourceDetachBacking { resource_id: 9 }),
+        err(GpuError::InvalidResourceId)
+    );
+    // Scanout errors.
+    let set = |scanout_id, resource_id, r| GpuCommand::SetScanout {
+        rect: r,
+        scanout_id,
+        resource_id,
+    };
+    assert_eq!(
+        h.send(set(1, 1, rect(0, 0, 1, 1))),
+        err(GpuError::InvalidScanoutId)
+    );
+    assert_eq!(
+        h.send(set(0, 5, rect(0, 0, 1, 1))),
+        err(GpuError::InvalidResourceId)
+    );
+    assert_eq!(
+        h.send(set(0, 1, rect(0, 0, 17, 1))),
+        err(GpuError::InvalidParameter)
+    );
+    assert_eq!(
+        h.send(GpuCommand::ResourceFlush {
+            rect: rect(0, 0, 17, 1),
+            resource_id: 1
+        }),
+        err(GpuError::InvalidParameter)
+    );
+    assert_eq!(
+        h.send(GpuCommand::ResourceFlush {
+            rect: rect(0, 0, 1, 1),
+            resource_id: 77
+        }),
+        err(GpuError::InvalidResourceId)
+    );
+    assert_eq!(
+        h.send(GpuCommand::ResourceUnref { resource_id: 77 }),
+        err(GpuError::InvalidResourceId)
+    );
+    // 3D resources: no renderer.
+    assert_eq!(
+        h.send(GpuCommand::ResourceCreate3d { resource_id: 5 }),
+        err(GpuError::Unspec)
+    );
+    assert_eq!(
+        h.send(GpuCommand::TransferToHost3d { resource_id: 1 }),
+        err(GpuError::Unspec)
+    );
+    assert_eq!(
+        h.send(GpuCommand::TransferFromHost3d { resource_id: 1 }),
+        err(GpuError::Unspec)
+    );
+}
+
+#[test]
+fn unref_of_a_scanned_out_resource_disables_the_scanout_first() {
+    let mut h = Harness::new();
+    h.create_2d(1, 8, 8);
+    h.ok(GpuCommand::SetScanout {
+        rect: rect(0, 0, 8, 8),
+        scanout_id: 0,
+        resource_id: 1,
+    });
+    h.take_shown();
+    h.ok(GpuCommand::ResourceUnref { resource_id: 1 });
+    assert_eq!(h.take_shown(), vec![Shown::Scanout(0, None)]);
+    assert_eq!(h.dev.resource_memory(), 0);
+    // Disabling explicitly with resource 0.
+    h.create_2d(2, 8, 8);
+    h.ok(GpuCommand::SetScanout {
+        rect: rect(0, 0, 8, 8),
+        scanout_id: 0,
+        resource_id: 0,
+    });
+    assert_eq!(h.take_shown(), vec![Shown::Scanout(0, None)]);
+}
+
+#[test]
+fn resource_limits_answer_out_of_memory_and_recover() {
+    let mut h = Harness::with(
+        DeviceConfig {
+            max_resources: 3,
+            max_resource_memory: 3 * 64 * 64 * 4,
+            ..Default::default()
+        },
+        Box::new(FixedAllowAdvisor(MAP_CACHE_WC)),
+    );
+    h.create_2d(1, 64, 64);
+    h.create_2d(2, 64, 64);
+    // Memory limit: a 64x65 resource does not fit in what is left.
+    assert_eq!(
+        h.send(GpuCommand::ResourceCreate2d {
+            resource_id: 3,
+            format: format::B8G8R8A8_UNORM,
+            width: 64,
+            height: 65
+        }),
+        err(GpuError::OutOfMemory)
+    );
+    h.create_2d(3, 64, 64);
+    // Count limit.
+    assert_eq!(
+        h.send(GpuCommand::ResourceCreate2d {
+            resource_id: 4,
+            format: format::B8G8R8A8_UNORM,
+            width: 1,
+            height: 1
+        }),
+        err(GpuError::OutOfMemory)
+    );
+    h.ok(GpuCommand::ResourceUnref { resource_id: 2 });
+    h.create_2d(4, 64, 64);
+    // Huge requests are refused by accounting, never attempted.
+    assert_eq!(
+        h.send(GpuCommand::ResourceCreate2d {
+            resource_id: 9,
+            format: format::B8G8R8A8_UNORM,
+            width: 16384,
+            height: 16384
+        }),
+        err(GpuError::OutOfMemory)
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Cursor.
+
+#[test]
+fn cursor_update_and_move() {
+    let mut h = Harness::new();
+    h.ok(GpuCommand::ResourceCreate2d {
+        resource_id: 1,
+        format: format::B8G8R8A8_UNORM,
+        width: 64,
+        height: 64,
+    });
+    let img = pattern(64 * 64 * 4, 9);
+    h.write_guest(0x2000, &img);
+    h.ok(GpuCommand::ResourceAttachBacking {
+        resource_id: 1,
+        entries: vec![MemEntry {
+            addr: 0x2000,
+            length: img.len() as u32,
+        }],
+    });
+    h.ok(GpuCommand::TransferToHost2d {
+        rect: rect(0, 0, 64, 64),
+        offset: 0,
+        resource_id: 1,
+    });
+    let pos = CursorPos {
+        scanout_id: 0,
+        x: 10,
+        y: 20,
+    };
+    h.ok(GpuCommand::UpdateCursor {
+        pos,
+        resource_id: 1,
+        hot_x: 3,
+        hot_y: 4,
+    });
+    h.ok(GpuCommand::MoveCursor {
+        pos: CursorPos {
+            scanout_id: 0,
+            x: 11,
+            y: 21,
+        },
+    });
+    h.ok(GpuCommand::UpdateCursor {
+        pos,
+        resource_id: 0,
+        hot_x: 0,
+        hot_y: 0,
+    });
+    let shown = h.take_shown();
+    assert_eq!(
+        shown,
+        vec![
+            Shown::Cursor {
+                scanout: 0,
+                x: 10,
+                y: 20,
+                hot: (3, 4),
+                image: Some(img)
+            },
+            Shown::Move(0, 11, 21),
+            Shown::Cursor {
+                scanout: 0,
+                x: 10,
+                y: 20,
+                hot: (0, 0),
+                image: None
+            },
+        ]
+    );
+    // Errors: bad scanout, unknown resource, too large.
+    assert_eq!(
+        h.send(GpuCommand::MoveCursor {
+            pos: CursorPos {
+                scanout_id: 3,
+                x: 0,
+                y: 0
+            }
+        }),
+        err(GpuError::InvalidScanoutId)
+    );
+    assert_eq!(
+        h.send(GpuCommand::UpdateCursor {
+            pos,
+            resource_id: 5,
+            hot_x: 0,
+            hot_y: 0
+        }),
+        err(GpuError::InvalidResourceId)
+    );
+    h.create_2d(2, 65, 64);
+    assert_eq!(
+        h.send(GpuCommand::UpdateCursor {
+            pos,
+            resource_id: 2,
+            hot_x: 0,
+            hot_y: 0
+        }),
+        err(GpuError::InvalidParameter)
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Blobs.
+
+#[test]
+fn blob_and_context_commands_need_their_features() {
+    let mut h = Harness::new();
+    h.dev.ack_features(1 << feature::EDID);
+    assert_eq!(h.create_guest_blob(0, 1, 0x1000, 1), err(GpuError::Unspec));
+    assert_eq!(
+        h.ctx_send(
+            1,
+            GpuCommand::CtxCreate {
+                context_init: CAPSET_CROSS_DOMAIN,
+                debug_name: String::new()
+            }
+        ),
+        err(GpuError::Unspec)
+    );
+    assert_eq!(
+        h.send(GpuCommand::GetCapsetInfo { capset_index: 0 }),
+        err(GpuError::Unspec)
+    );
+    assert_eq!(
+        h.send(GpuCommand::ResourceAssignUuid { resource_id: 1 }),
+        err(GpuError::Unspec)
+    );
+    assert_eq!(
+        h.send(GpuCommand::ResourceMapBlob {
+            resource_id: 1,
+            offset: 0
+        }),
+        err(GpuError::Unspec)
+    );
+    // VIRGL without CONTEXT_INIT: no cross-domain context.
+    h.dev.ack_features(1 << feature::VIRGL);
+    assert_eq!(
+        h.ctx_send(
+            1,
+            GpuCommand::CtxCreate {
+                context_init: CAPSET_CROSS_DOMAIN,
+                debug_name: String::new()
+            }
+        ),
+        err(GpuError::Unspec)
+    );
+}
+
+#[test]
+fn guest_blob_scanout_reads_guest_memory() {
+    let mut h = Harness::new();
+    let (w, hgt, stride) = (32u32, 16u32, 160u32); // stride > width * 4
+    let size_pages = 1u64;
+    let addr = 0x40_0000;
+    assert_eq!(
+        h.create_guest_blob(0, 1, addr, size_pages),
+        GpuResponse::OkNoData
+    );
+    let img = pattern((stride * hgt) as usize, 5);
+    h.write_guest(addr + 64, &img);
+    let set = |r, offset| GpuCommand::SetScanoutBlob {
+        rect: r,
+        scanout_id: 0,
+        resource_id: 1,
+        width: w,
+        height: hgt,
+        format: format::B8G8R8A8_UNORM,
+        strides: [stride, 0, 0, 0],
+        offsets: [offset, 0, 0, 0],
+    };
+    h.ok(set(rect(0, 0, w, hgt), 64));
+    // Transfers on GUEST blobs are accepted and change nothing.
+    h.ok(GpuCommand::TransferToHost2d {
+        rect: rect(0, 0, w, hgt),
+        offset: 0,
+        resource_id: 1,
+    });
+    h.ok(GpuCommand::ResourceFlush {
+        rect: rect(0, 0, w, hgt),
+        resource_id: 1,
+    });
+    let shown = h.take_shown();
+    assert_eq!(shown[0], Shown::Scanout(0, Some((w, hgt))));
+    let Shown::Flush {
+        data,
+        stride: fs,
+        drm_format,
+        ..
+    } = &shown[1]
+    else {
+        panic!("{shown:?}");
+    };
+    assert_eq!((*fs, *drm_format), (w * 4, fourcc::ARGB8888));
+    for y in 0..hgt as usize {
+        let src = &img[y * stride as usize..][..(w * 4) as usize];
+        assert_eq!(
+            &data[y * (w * 4) as usize..][..(w * 4) as usize],
+            src,
+            "row {y}"
+        );
+    }
+    // Layout checks: past the blob's end, stride too small, rect outside the image.
+    assert_eq!(
+        h.send(set(rect(0, 0, w, hgt), 4096)),
+        err(GpuError::InvalidParameter)
+    );
+    assert_eq!(
+        h.send(GpuCommand::SetScanoutBlob {
+            rect: rect(0, 0, w, hgt),
+            scanout_id: 0,
+            resource_id: 1,
+            width: w,
+            height: hgt,
+            format: format::B8G8R8A8_UNORM,
+            strides: [w * 4 - 1, 0, 0, 0],
+            offsets: [0; 4],
+        }),
+        err(GpuError::InvalidParameter)
+    );
+    assert_eq!(
+        h.send(set(rect(1, 0, w, hgt), 0)),
+        err(GpuError::InvalidParameter)
+    );
+    // Entries that cover less than the size.
+    assert_eq!(
+        h.ctx_send(
+            0,
+            GpuCommand::ResourceCreateBlob {
+                resource_id: 2,
+                blob_mem: BLOB_MEM_GUEST,
+                blob_flags: 0,
+                blob_id: 0,
+                size: 2 * PAGE,
+                entries: vec![MemEntry {
+                    addr,
+                    length: PAGE as u32
+                }],
+            }
+        ),
+        err(GpuError::InvalidParameter)
+    );
+    // SET_SCANOUT with a blob and SET_SCANOUT_BLOB with a 2D resource are refused.
+    assert_eq!(
+        h.send(GpuCommand::SetScanout {
+            rect: rect(0, 0, 1, 1),
+            scanout_id: 0,
+            resource_id: 1
+        }),
+        err(GpuError::InvalidParameter)
+    );
+    h.create_2d(3, 32, 16);
+    assert_eq!(
+        h.send(GpuCommand::SetScanoutBlob {
+            rect: rect(0, 0, w, hgt),
+            scanout_id: 0,
+            resource_id: 3,
+            width: w,
+            height: hgt,
+            format: format::B8G8R8A8_UNORM,
+            strides: [w * 4, 0, 0, 0],
+            offsets: [0; 4],
+        }),
+        err(GpuError::InvalidParameter)
+    );
+    // Unknown blob_mem and flags.
+    for (blob_mem, blob_flags) in [(3, 0), (9, 0), (BLOB_MEM_GUEST, 0x100)] {
+        assert_eq!(
+            h.ctx_send(
+                0,
+                GpuCommand::ResourceCreateBlob {
+                    resource_id: 4,
+                    blob_mem,
+                    blob_flags,
+                    blob_id: 0,
+                    size: PAGE,
+                    entries: vec![MemEntry {
+                        addr,
+                        length: PAGE as u32
+                    }],
+                }
+            ),
+            err(GpuError::InvalidParameter),
+            "blob_mem {blob_mem} flags {blob_flags:#x}"
+        );
+    }
+}
+
+#[test]
+fn assign_uuid_gives_a_stable_random_v4_uuid() {
+    let mut h = Harness::new();
+    h.create_2d(1, 4, 4);
+    h.create_2d(2, 4, 4);
+    let GpuResponse::OkResourceUuid(a) = h.send(GpuCommand::ResourceAssignUuid { resource_id: 1 })
+    else {
+        panic!("no uuid");
+    };
+    let GpuResponse::OkResourceUuid(b) = h.send(GpuCommand::ResourceAssignUuid { resource_id: 2 })
+    else {
+        panic!("no uuid");
+    };
+    assert_ne!(a, b);
+    assert_eq!(a[6] >> 4, 4, "version 4");
+    assert_eq!(a[8] >> 6, 0b10, "RFC 4122 variant");
+    assert_eq!(
+        h.send(GpuCommand::ResourceAssignUuid { resource_id: 1 }),
+        GpuResponse::OkResourceUuid(a)
+    );
+    assert_eq!(
+        h.send(GpuCommand::ResourceAssignUuid { resource_id: 3 }),
+        err(GpuError::InvalidResourceId)
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Contexts and cross-domain.
+
+#[test]
+fn context_lifecycle_and_capsets() {
+    let mut h = Harness::new();
+    assert_eq!(
+        h.send(GpuCommand::GetCapsetInfo { capset_index: 0 }),
+        GpuResponse::OkCapsetInfo {
+            capset_id: CAPSET_CROSS_DOMAIN,
+            max_version: 0,
+            max_size: 16
+        }
+    );
+    assert_eq!(
+        h.send(GpuCommand::GetCapsetInfo { capset_index: 1 }),
+        err(GpuError::InvalidParameter)
+    );
+    let GpuResponse::OkCapset(data) = h.send(GpuCommand::GetCapset {
+        capset_id: CAPSET_CROSS_DOMAIN,
+        capset_version: 0,
+    }) else {
+        panic!("no capset");
+    };
+    let caps = Capabilities::decode(&data).unwrap();
+    assert_eq!(caps.version, 1);
+    assert_eq!(caps.supported_channels, 0);
+    assert!(!caps.supports_dmabuf, "memfd buffers are not dma-bufs");
+    assert_eq!(
+        h.send(GpuCommand::GetCapset {
+            capset_id: 1,
+            capset_version: 0
+        }),
+        err(GpuError::InvalidParameter)
+    );
+
+    let create = |init| GpuCommand::CtxCreate {
+        context_init: init,
+        debug_name: "c".into(),
+    };
+    assert_eq!(h.ctx_send(1, create(0)), err(GpuError::InvalidParameter));
+    assert_eq!(h.ctx_send(1, create(1)), err(GpuError::InvalidParameter));
+    assert_eq!(h.ctx_send(0, create(5)), err(GpuError::InvalidContextId));
+    assert_eq!(h.ctx_send(1, create(5)), GpuResponse::OkNoData);
+    assert_eq!(h.ctx_send(1, create(5)), err(GpuError::InvalidContextId));
+    h.create_2d(10, 4, 4);
+    assert_eq!(
+        h.ctx_send(1, GpuCommand::CtxAttachResource { resource_id: 10 }),
+        GpuResponse::OkNoData
+    );
+    assert_eq!(
+        h.ctx_send(1, GpuCommand::CtxAttachResource { resource_id: 11 }),
+        err(GpuError::InvalidResourceId)
+    );
+    assert_eq!(
+        h.ctx_send(2, GpuCommand::CtxAttachResource { resource_id: 10 }),
+        err(GpuError::InvalidContextId)
+    );
+    assert_eq!(
+        h.ctx_send(1, GpuCommand::CtxDetachResource { resource_id: 10 }),
+        GpuResponse::OkNoData
+    );
+    assert_eq!(
+        h.ctx_send(1, GpuCommand::CtxDetachResource { resource_id: 10 }),
+        err(GpuError::InvalidResourceId)
+    );
+    assert_eq!(h.ctx_send(1, GpuCommand::CtxDestroy), GpuResponse::OkNoData);
+    assert_eq!(
+        h.ctx_send(1, GpuCommand::CtxDestroy),
+        err(GpuError::InvalidContextId)
+    );
+    assert_eq!(
+        h.ctx_send(1, GpuCommand::Submit3d { commands: vec![] }),
+        err(GpuError::InvalidContextId)
+    );
+}
+
+#[test]
+fn cross_domain_protocol_errors() {
+    let mut h = Harness::new();
+    assert_eq!(
+        h.ctx_send(
+            1,
+            GpuCommand::CtxCreate {
+                context_init: 5,
+                debug_name: String::new()
+            }
+        ),
+        GpuResponse::OkNoData
+    );
+    // GET_IMAGE_REQUIREMENTS before INIT.
+    let get = CrossDomainCommand::GetImageRequirements {
+        width: 64,
+        height: 64,
+        drm_format: fourcc::XRGB8888,
+        flags: 0,
+    };
+    assert_eq!(
+        h.submit(1, std::slice::from_ref(&get)),
+        err(GpuError::InvalidParameter)
+    );
+    // INIT with a ring that is not attached, or not a GUEST blob.
+    assert_eq!(h.create_guest_blob(0, 7, 0x8000, 1), GpuResponse::OkNoData);
+    let init = |id| CrossDomainCommand::Init {
+        query_ring_id: id,
+        channel_ring_id: 0,
+        channel_type: 0,
+    };
+    assert_eq!(h.submit(1, &[init(7)]), err(GpuError::InvalidResourceId));
+    h.create_2d(8, 64, 64);
+    h.ctx_send(1, GpuCommand::CtxAttachResource { resource_id: 8 });
+    assert_eq!(h.submit(1, &[init(8)]), err(GpuError::InvalidParameter));
+    // A Wayland channel: not implemented.
+    h.ctx_send(1, GpuCommand::CtxAttachResource { resource_id: 7 });
+    assert_eq!(
+        h.submit(
+            1,
+            &[CrossDomainCommand::Init {
+                query_ring_id: 7,
+                channel_ring_id: 7,
+                channel_type: 1
+            }]
+        ),
+        err(GpuError::Unspec)
+    );
+    assert_eq!(h.submit(1, &[init(7)]), GpuResponse::OkNoData);
+    // Channel commands.
+    for cmd in 3..=7u8 {
+        assert_eq!(
+            h.submit(1, &[CrossDomainCommand::Unsupported { cmd }]),
+            err(GpuError::Unspec),
+            "cmd {cmd}"
+        );
+    }
+    // Bad image requests.
+    for (width, height, drm_format) in [
+        (0, 64, fourcc::XRGB8888),
+        (64, 64, 0x1234),
+        (100_000, 1, fourcc::XRGB8888),
+    ] {
+        assert_eq!(
+            h.submit(
+                1,
+                &[CrossDomainCommand::GetImageRequirements {
+                    width,
+                    height,
+                    drm_format,
+                    flags: 0
+                }]
+            ),
+            err(GpuError::InvalidParameter),
+            "{width}x{height} {drm_format:#x}"
+        );
+    }
+    // Malformed command stream.
+    assert_eq!(
+        h.ctx_send(
+            1,
+            GpuCommand::Submit3d {
+                commands: vec![2, 0, 0, 0, 0, 0, 0, 0]
+            }
+        ),
+        err(GpuError::InvalidParameter)
+    );
+    // HOST3D blobs: unknown blob_id, no context, entries given, size mismatch.
+    let reqs = h.image_requirements(1, 0x8000, 64, 64);
+    assert_eq!(reqs.blob_id % 2, 0);
+    let mut bad = reqs;
+    bad.blob_id += 2;
+    assert_eq!(
+        h.create_host_blob(1, 20, &bad),
+        err(GpuError::InvalidParameter)
+    );
+    assert_eq!(
+        h.create_host_blob(0, 20, &reqs),
+        err(GpuError::InvalidContextId)
+    );
+    assert_eq!(
+        h.create_host_blob(9, 20, &reqs),
+        err(GpuError::InvalidContextId)
+    );
+    let mut bad = reqs;
+    bad.size += PAGE;
+    assert_eq!(
+        h.create_host_blob(1, 20, &bad),
+        err(GpuError::InvalidParameter)
+    );
+    assert_eq!(
+        h.ctx_send(
+            1,
+            GpuCommand::ResourceCreateBlob {
+                resource_id: 20,
+                blob_mem: BLOB_MEM_HOST3D,
+                blob_flags: BLOB_FLAG_USE_MAPPABLE,
+                blob_id: reqs.blob_id.into(),
+                size: reqs.size,
+                entries: vec![MemEntry {
+                    addr: 0,
+                    length: 4096
+                }],
+            }
+        ),
+        err(GpuError::InvalidParameter)
+    );
+    assert_eq!(h.create_host_blob(1, 20, &reqs), GpuResponse::OkNoData);
+    // The same requirements serve a second blob (allocated again).
+    assert_eq!(h.create_host_blob(1, 21, &reqs), GpuResponse::OkNoData);
+    assert_eq!(h.dev.resource_memory(), 2 * reqs.size + 64 * 64 * 4);
+}
+
+/// The whole blob lane: cross-domain INIT + GET_IMAGE_REQUIREMENTS, CREATE_BLOB HOST3D with
+/// the blob id, MAP_BLOB into the region, the guest writes through the mapping, and
+/// SET_SCANOUT_BLOB + RESOURCE_FLUSH show those bytes.
+#[test]
+fn host3d_blob_map_write_and_scanout() {
+    let mut h = Harness::new();
+    let ring = 0x20_0000;
+    h.cross_domain_context(1, 100, ring);
+    let (w, hgt) = (100u32, 50u32);
+    let reqs = h.image_requirements(1, ring, w, hgt);
+    assert_eq!(reqs.strides[0], 448, "100 * 4 rounded to 64");
+    assert_eq!(reqs.offsets[0], 0);
+    assert_eq!(reqs.modifier, fourcc::MOD_LINEAR);
+    assert_eq!(reqs.size, 6 * PAGE);
+    assert_eq!(reqs.map_info, MAP_CACHE_WC);
+    assert_eq!(reqs.memory_idx, -1);
+    assert_eq!(h.create_host_blob(1, 1, &reqs), GpuResponse::OkNoData);
+
+    let offset = 2 * MIB;
+    assert_eq!(
+        h.send(GpuCommand::ResourceMapBlob {
+            resource_id: 1,
+            offset
+        }),
+        GpuResponse::OkMapInfo {
+            map_info: MAP_CACHE_WC
+        }
+    );
+    assert_eq!(
+        h.region.lock().unwrap().calls,
+        vec![MapCall::Map {
+            shm_offset: offset,
+            len: reqs.size
+        }]
+    );
+    assert_eq!(h.dev.region_ranges(), vec![(offset, reqs.size)]);
+    // A fresh blob reads zero through the guest's mapping.
+    let region = h.region.clone();
+    assert!(region
+        .lock()
+        .unwrap()
+        .read(offset, reqs.size as usize)
+        .iter()
+        .all(|&b| b == 0));
+    // The guest draws through the mapping.
+    let stride = reqs.strides[0];
+    let img = pattern((stride * hgt) as usize, 11);
+    region.lock().unwrap().write(offset, &img);
+    h.ok(GpuCommand::SetScanoutBlob {
+        rect: rect(0, 0, w, hgt),
+        scanout_id: 0,
+        resource_id: 1,
+        width: w,
+        height: hgt,
+        format: format::B8G8R8X8_UNORM,
+        strides: [stride, 0, 0, 0],
+        offsets: [0; 4],
+    });
+    h.ok(GpuCommand::ResourceFlush {
+        rect: rect(0, 0, w, hgt),
+        resource_id: 1,
+    });
+    let shown = h.take_shown();
+    let Shown::Flush {
+        data, drm_format, ..
+    } = &shown[1]
+    else {
+        panic!("{shown:?}");
+    };
+    assert_eq!(*drm_format, fourcc::XRGB8888);
+    for y in 0..hgt as usize {
+        assert_eq!(
+            &data[y * (w * 4) as usize..][..(w * 4) as usize],
+            &img[y * stride as usize..][..(w * 4) as usize],
+            "row {y}"
+        );
+    }
+
+    // Mapping twice is refused; unmap, then double unmap is refused.
+    assert_eq!(
+        h.send(GpuCommand::ResourceMapBlob {
+            resource_id: 1,
+            offset: 0
+        }),
+        err(GpuError::InvalidParameter)
+    );
+    h.ok(GpuCommand::ResourceUnmapBlob { resource_id: 1 });
+    assert_eq!(
+        h.send(GpuCommand::ResourceUnmapBlob { resource_id: 1 }),
+        err(GpuError::InvalidParameter)
+    );
+    assert!(h.dev.region_ranges().is_empty());
+    // Remap, then unref: unmapped synchronously, scanout disabled first.
+    assert!(h
+        .send(GpuCommand::ResourceMapBlob {
+            resource_id: 1,
+            offset: 0
+        })
+        .is_ok());
+    h.take_shown();
+    h.ok(GpuCommand::ResourceUnref { resource_id: 1 });
+    assert_eq!(h.take_shown(), vec![Shown::Scanout(0, None)]);
+    let calls = h.region.lock().unwrap().calls.clone();
+    assert_eq!(
+        calls[1..],
+        [
+            MapCall::Unmap {
+                shm_offset: offset,
+                len: reqs.size
+            },
+            MapCall::Map {
+                shm_offset: 0,
+                len: reqs.size
+            },
+            MapCall::Unmap {
+                shm_offset: 0,
+                len: reqs.size
+            },
+        ]
+    );
+    assert!(h.dev.region_ranges().is_empty());
+    // Only the query ring is left; its GUEST blob uses no host memory.
+    assert_eq!(h.dev.resource_memory(), 0);
+}
+
+#[test]
+fn refused_buffers_are_never_mapped() {
+    let mut h = Harness::with(
+        DeviceConfig {
+            hostmem: 16 * MIB,
+            ..Default::default()
+        },
+        Box::new(FixedRefuseAdvisor),
+    );
+    let ring = 0x20_0000;
+    h.cross_domain_context(1, 100, ring);
+    let reqs = h.image_requirements(1, ring, 64, 64);
+    assert_eq!(reqs.map_info, 0, "requirements say: not mappable");
+    assert_eq!(h.create_host_blob(1, 1, &reqs), GpuResponse::OkNoData);
+    assert_eq!(
+        h.send(GpuCommand::ResourceMapBlob {
+            resource_id: 1,
+            offset: 0
+        }),
+        err(GpuError::Unspec)
+    );
+    assert_eq!(h.region.lock().unwrap().maps(), 0);
+    assert!(h.dev.region_ranges().is_empty());
+    // The resource stays usable and can be released.
+    h.ok(GpuCommand::ResourceUnref { resource_id: 1 });
+}
+
+#[test]
+fn region_full_then_freed_then_mapped() {
+    let mut h = Harness::with(
+        DeviceConfig {
+            hostmem: 8 * PAGE,
+            ..Default::default()
+        },
+        Box::new(FixedAllowAdvisor(MAP_CACHE_WC)),
+    );
+    let ring = 0x20_0000;
+    h.cross_domain_context(1, 100, ring);
+    // 64x32 XRGB = 8 KiB = 2 pages each.
+    let mut ids = Vec::new();
+    for id in 1..=5u32 {
+        let reqs = h.image_requirements(1, ring, 64, 32);
+        assert_eq!(reqs.size, 2 * PAGE);
+        assert_eq!(h.create_host_blob(1, id, &reqs), GpuResponse::OkNoData);
+        ids.push(id);
+    }
+    let map = |id, offset| GpuCommand::ResourceMapBlob {
+        resource_id: id,
+        offset,
+    };
+    for (i, &id) in ids[..4].iter().enumerate() {
+        assert!(h.send(map(id, i as u64 * 2 * PAGE)).is_ok(), "blob {id}");
+    }
+    // Region full: every offset is taken or out of bounds.
+    for offset in [
+        0,
+        2 * PAGE,
+        6 * PAGE,
+        7 * PAGE,
+        8 * PAGE,
+        u64::MAX - PAGE + 1,
+    ] {
+        assert_eq!(
+            h.send(map(5, offset)),
+            err(GpuError::InvalidParameter),
+            "offset {offset:#x}"
+        );
+    }
+    // Unaligned offset.
+    assert_eq!(h.send(map(5, 100)), err(GpuError::InvalidParameter));
+    h.ok(GpuCommand::ResourceUnmapBlob { resource_id: 2 });
+    assert!(h.send(map(5, 2 * PAGE)).is_ok());
+    assert_eq!(h.region.lock().unwrap().maps(), 5);
+}
+
+#[test]
+fn mapping_needs_a_region_and_a_ready_mapper_and_undoes_failures() {
+    // No region configured.
+    let mut h = Harness::with(
+        DeviceConfig {
+            hostmem: 0,
+            ..Default::default()
+        },
+        Box::new(FixedAllowAdvisor(MAP_CACHE_WC)),
+    );
+    let ring = 0x20_0000;
+    h.cross_domain_context(1, 100, ring);
+    let reqs = h.image_requirements(1, ring, 64, 64);
+    assert_eq!(h.create_host_blob(1, 1, &reqs), GpuResponse::OkNoData);
+    let map = GpuCommand::ResourceMapBlob {
+        resource_id: 1,
+        offset: 0,
+    };
+    assert_eq!(h.send(map.clone()), err(GpuError::Unspec));
+
+    let mut h = Harness::new();
+    h.cross_domain_context(1, 100, ring);
+    let reqs = h.image_requirements(1, ring, 64, 64);
+    assert_eq!(h.create_host_blob(1, 1, &reqs), GpuResponse::OkNoData);
+    // Mapper not available (frontend without SHMEM).
+    h.region.lock().unwrap().available = false;
+    assert_eq!(h.send(map.clone()), err(GpuError::Unspec));
+    h.region.lock().unwrap().available = true;
+    // Transport switch.
+    h.dev.set_shmem_available(false);
+    assert_eq!(h.send(map.clone()), err(GpuError::Unspec));
+    h.dev.set_shmem_available(true);
+    // The frontend refuses the map: the range is released again.
+    h.region.lock().unwrap().fail_next_map = true;
+    assert_eq!(h.send(map.clone()), err(GpuError::Unspec));
+    assert!(h.dev.region_ranges().is_empty());
+    assert!(h.send(map.clone()).is_ok());
+    // A failed unmap keeps the blob mapped (the guest may retry).
+    h.region.lock().unwrap().fail_next_unmap = true;
+    assert_eq!(
+        h.send(GpuCommand::ResourceUnmapBlob { resource_id: 1 }),
+        err(GpuError::Unspec)
+    );
+    assert_eq!(h.dev.region_ranges().len(), 1);
+    h.ok(GpuCommand::ResourceUnmapBlob { resource_id: 1 });
+    // GUEST blobs and 2D resources are not mappable; unknown resources are invalid.
+    assert_eq!(h.create_guest_blob(0, 2, 0x1000, 1), GpuResponse::OkNoData);
+    assert_eq!(
+        h.send(GpuCommand::ResourceMapBlob {
+            resource_id: 2,
+            offset: 0
+        }),
+        err(GpuError::InvalidParameter)
+    );
+    assert_eq!(
+        h.send(GpuCommand::ResourceMapBlob {
+            resource_id: 3,
+            offset: 0
+        }),
+        err(GpuError::InvalidResourceId)
+    );
+    // Not MAPPABLE.
+    let reqs = h.image_requirements(1, ring, 64, 64);
+    assert_eq!(
+        h.ctx_send(
+            1,
+            GpuCommand::ResourceCreateBlob {
+                resource_id: 4,
+                blob_mem: BLOB_MEM_HOST3D,
+                blob_flags: BLOB_FLAG_USE_SHAREABLE,
+                blob_id: reqs.blob_id.into(),
+                size: reqs.size,
+                entries: vec![],
+            }
+        ),
+        GpuResponse::OkNoData
+    );
+    assert_eq!(
+        h.send(GpuCommand::ResourceMapBlob {
+            resource_id: 4,
+            offset: 0
+        }),
+        err(GpuError::InvalidParameter)
+    );
+}
+
+#[test]
+fn reset_forgets_everything_without_unmapping() {
+    let mut h = Harness::new();
+    let ring = 0x20_0000;
+    h.cross_domain_context(1, 100, ring);
+    let reqs = h.image_requirements(1, ring, 64, 64);
+    assert_eq!(h.create_host_blob(1, 1, &reqs), GpuResponse::OkNoData);
+    assert!(h
+        .send(GpuCommand::ResourceMapBlob {
+            resource_id: 1,
+            offset: 0
+        })
+        .is_ok());
+    h.create_2d(2, 8, 8);
+    h.ok(GpuCommand::SetScanout {
+        rect: rect(0, 0, 8, 8),
+        scanout_id: 0,
+        resource_id: 2,
+    });
+    h.take_shown();
+    let calls_before = h.region.lock().unwrap().calls.len();
+    h.dev.reset();
+    assert_eq!(
+        h.region.lock().unwrap().calls.len(),
+        calls_before,
+        "no unmap on reset"
+    );
+    assert!(h.dev.region_ranges().is_empty());
+    assert_eq!(h.dev.resource_count(), 0);
+    assert_eq!(h.dev.resource_memory(), 0);
+    assert_eq!(h.take_shown(), vec![Shown::Scanout(0, None)]);
+    // Features are renegotiated after reset.
+    assert_eq!(h.dev.acked_features(), 0);
+    h.dev.ack_features(h.dev.features());
+    // Ids are free again, the region offset too.
+    h.create_2d(2, 8, 8);
+    h.cross_domain_context(1, 100, ring);
+    let reqs = h.image_requirements(1, ring, 64, 64);
+    assert_eq!(h.create_host_blob(1, 1, &reqs), GpuResponse::OkNoData);
+    assert!(h
+        .send(GpuCommand::ResourceMapBlob {
+            resource_id: 1,
+            offset: 0
+        })
+        .is_ok());
+}
+
+#[test]
+fn pending_image_buffers_are_bounded_and_released_with_the_context() {
+    let mut h = Harness::new();
+    let ring = 0x20_0000;
+    h.cross_domain_context(1, 100, ring);
+    for _ in 0..50 {
+        h.image_requirements(1, ring, 64, 64); // 16 KiB each
+    }
+    // At most 8 buffers wait for a CREATE_BLOB.
+    assert_eq!(h.dev.resource_memory(), 8 * 16384);
+    h.ok(GpuCommand::ResourceUnref { resource_id: 100 });
+    // The ring is gone: no more replies possible.
+    assert_eq!(
+        h.submit(
+            1,
+            &[CrossDomainCommand::GetImageRequirements {
+                width: 1,
+                height: 1,
+                drm_format: fourcc::XRGB8888,
+                flags: 0
+            }]
+        ),
+        err(GpuError::InvalidParameter)
+    );
+    assert_eq!(h.ctx_send(1, GpuCommand::CtxDestroy), GpuResponse::OkNoData);
+    assert_eq!(h.dev.resource_memory(), 0);
+}
+
+#[test]
+fn display_sink_swap_is_told_the_current_scanouts() {
+    let mut h = Harness::new();
+    h.create_2d(1, 8, 8);
+    h.ok(GpuCommand::SetScanout {
+        rect: rect(0, 0, 8, 4),
+        scanout_id: 0,
+        resource_id: 1,
+    });
+    let fresh = Arc::new(Mutex::new(Vec::new()));
+    h.dev.set_display(Box::new(RecordingDisplay(fresh.clone())));
+    assert_eq!(
+        *fresh.lock().unwrap(),
+        vec![Shown::Scanout(0, Some((8, 4)))]
+    );
+    h.ok(GpuCommand::ResourceFlush {
+        rect: rect(0, 0, 8, 8),
+        resource_id: 1,
+    });
+    assert_eq!(fresh.lock().unwrap().len(), 2);
+}
