@@ -82,6 +82,15 @@ pub enum DeferredOp {
     SetDisplay(Box<dyn DisplaySink>),
 }
 
+/// How much of the deferred-op queue to apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ApplyScope {
+    /// Everything (the device is idle).
+    All,
+    /// Everything before the first reset (between chains of a batch).
+    BeforeReset,
+}
+
 /// The vhost-user backend of one connection.
 pub struct GpuBackend {
     device: Mutex<GpuDevice>,
@@ -147,12 +156,22 @@ impl GpuBackend {
             Err(TryLockError::WouldBlock) => return,
         };
         let mut device = device;
-        self.apply_deferred(&mut device);
+        self.apply_deferred(&mut device, ApplyScope::All);
     }
 
     /// Applies queued ops (device locked by the caller) and refreshes the config snapshot.
-    fn apply_deferred(&self, device: &mut GpuDevice) {
-        let ops = std::mem::take(&mut *lock(&self.deferred));
+    fn apply_deferred(&self, device: &mut GpuDevice, scope: ApplyScope) {
+        let ops = {
+            let mut queue = lock(&self.deferred);
+            let end = match scope {
+                ApplyScope::All => queue.len(),
+                ApplyScope::BeforeReset => queue
+                    .iter()
+                    .position(|op| matches!(op, DeferredOp::Reset))
+                    .unwrap_or(queue.len()),
+            };
+            queue.drain(..end).collect::<Vec<_>>()
+        };
         for op in ops {
             match op {
                 DeferredOp::AckFeatures(features) => device.ack_features(features),
@@ -183,7 +202,7 @@ impl GpuBackend {
     fn drain_deferred_after_release(&self) {
         while !lock(&self.deferred).is_empty() {
             let mut device = self.lock_device();
-            self.apply_deferred(&mut device);
+            self.apply_deferred(&mut device, ApplyScope::All);
         }
     }
 
@@ -219,6 +238,7 @@ impl GpuBackend {
                 log::warn!("queue {index}: add_used({head}) failed: {e}");
             }
         }
+        self.drain_deferred_after_release();
         match vring.needs_notification() {
             Ok(true) => {
                 if let Err(e) = vring.signal_used_queue() {
@@ -263,10 +283,12 @@ impl GpuBackend {
                     Vec::new()
                 }
             };
-            self.apply_deferred(&mut device);
+            // Between two chains of a batch: apply what came in, but keep a reset (and what
+            // follows it) for the end of the batch, so the chains taken from the ring before
+            // the frontend stopped it complete against the state they were sent to.
+            self.apply_deferred(&mut device, ApplyScope::BeforeReset);
             response
         };
-        self.drain_deferred_after_release();
         let (used, outcome) = chain::write_response(mem, &parsed.writable, &response);
         match outcome {
             WriteOutcome::Complete => {}
@@ -481,6 +503,136 @@ impl VhostUserBackend for GpuBackend {
                 }
             }
         }
+        self.drain_deferred_after_release();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::advisor::DmabufInfoAdvisor;
+    use crate::alloc::{self, AllocatorKind};
+    use crate::device::{DeviceConfig, Ports};
+
+    fn backend() -> GpuBackend {
+        let factory = |mapper: Box<dyn RegionMapper>, display: Box<dyn DisplaySink>| {
+            let config = DeviceConfig {
+                outputs: vec![(640, 480), (800, 600)],
+                ..DeviceConfig::default()
+            };
+            let ports = Ports {
+                allocator: alloc::select(AllocatorKind::Memfd, None).map_err(io::Error::other)?,
+                mapper,
+                display,
+                advisor: Box::new(DmabufInfoAdvisor::new(
+                    dmabuf_info::Config::default(),
+                    Some(dmabuf_info::Platform::X86Intel),
+                )),
+            };
+            Ok(GpuDevice::new(config, ports))
+        };
+        let settings = TransportSettings {
+            hostmem: 1 << 20,
+            capture: None,
+        };
+        GpuBackend::new(settings, &factory, Arc::new(ExitEvent::new().unwrap())).unwrap()
+    }
+
+    const EDID: u64 = 1 << 1;
+    const UUID: u64 = 1 << 2;
+
+    #[test]
+    fn frontend_callbacks_never_wait_for_a_busy_device() {
+        let backend = backend();
+        // The queue worker is in the middle of a command (maybe waiting for a SHMEM_MAP
+        // acknowledgement): it holds the device.
+        let busy = backend.device.lock().unwrap();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                // What QEMU sends from its vCPU thread with its big lock held. Each call must
+                // return without the device; a regression here hangs instead of passing.
+                let config = backend.get_config(0, 16);
+                assert_eq!(config.len(), 16);
+                assert_eq!(
+                    u32::from_le_bytes(config[8..12].try_into().unwrap()),
+                    2,
+                    "num_scanouts"
+                );
+                backend.reset_device();
+                backend.acked_features(EDID);
+                backend.set_config(4, &[1, 0, 0, 0]).unwrap();
+            })
+            .join()
+            .unwrap();
+        });
+        assert_eq!(lock(&backend.deferred).len(), 3, "queued, not applied");
+        assert_eq!(busy.acked_features(), 0);
+        drop(busy);
+        // The worker applies them, in order, as soon as it lets go.
+        backend.drain_deferred_after_release();
+        assert!(lock(&backend.deferred).is_empty());
+        assert_eq!(
+            backend.lock_device().acked_features(),
+            EDID,
+            "reset first, then the ack"
+        );
+    }
+
+    #[test]
+    fn a_reset_waits_for_the_end_of_the_batch_with_what_follows_it() {
+        let backend = backend();
+        {
+            let _busy = backend.device.lock().unwrap();
+            backend.acked_features(EDID);
+            backend.reset_device();
+            backend.acked_features(UUID);
+        }
+        {
+            let mut device = backend.lock_device();
+            backend.apply_deferred(&mut device, ApplyScope::BeforeReset);
+            assert_eq!(device.acked_features(), EDID);
+        }
+        assert_eq!(lock(&backend.deferred).len(), 2);
+        backend.drain_deferred_after_release();
+        assert_eq!(backend.lock_device().acked_features(), UUID);
+    }
+
+    #[test]
+    fn idle_device_applies_at_once_and_config_bounds_are_checked() {
+        let backend = backend();
+        backend.acked_features(EDID | UUID);
+        assert!(lock(&backend.deferred).is_empty());
+        assert_eq!(backend.lock_device().acked_features(), EDID | UUID);
+        assert!(backend.get_config(12, 8).is_empty());
+        assert!(backend.get_config(u32::MAX, 2).is_empty());
+        assert!(backend.set_config(14, &[0; 4]).is_err());
+        assert!(backend.set_config(u32::MAX, &[0]).is_err());
+    }
+
+    #[test]
+    fn shmem_config_puts_the_region_at_index_1() {
+        let backend = backend();
+        let config = backend.get_shmem_config().unwrap();
+        let nregions = config.nregions;
+        let sizes = config.memory_sizes;
+        assert_eq!(nregions, 2);
+        assert_eq!(&sizes[..3], &[0, 1 << 20, 0]);
+        assert!(backend.channel.shmem_negotiated());
+    }
+
+    #[test]
+    fn transport_features_are_offered() {
+        let backend = backend();
+        let f = backend.features();
+        assert_ne!(f & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits(), 0);
+        assert_ne!(f & (1 << VIRTIO_F_VERSION_1), 0);
+        let proto = backend.protocol_features();
+        assert!(
+            proto.contains(VhostUserProtocolFeatures::SHMEM | VhostUserProtocolFeatures::REPLY_ACK)
+        );
+        assert!(proto.contains(
+            VhostUserProtocolFeatures::BACKEND_REQ | VhostUserProtocolFeatures::BACKEND_SEND_FD
+        ));
     }
 }
