@@ -203,6 +203,14 @@ fn pid_lists_the_memfd_of_a_child() {
         out.contains(&format!("pid {pid} fd {n}: memfd \"held-by-child\"")),
         "{out}"
     );
+    // The /proc path form goes through pidfd_getfd too (dma-bufs cannot be reopened).
+    let o = run(&["inspect", &format!("/proc/{pid}/fd/{n}")]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        stdout(&o).starts_with(&format!("pid {pid} fd {n}: memfd")),
+        "{}",
+        stdout(&o)
+    );
     // --fd of the child that is not a buffer: its stdin is /dev/null.
     let o = run(&["inspect", "--pid", &pid, "--fd", "0"]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));

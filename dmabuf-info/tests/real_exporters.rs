@@ -497,6 +497,31 @@ fn cli_case(bin: &Path) -> TestResult {
             table.contains("refuse: CPU access needs DMA_BUF_IOCTL_SYNC"),
             "{table}"
         );
+        // Path form: dma-bufs cannot be reopened through /proc (ENXIO), so the CLI turns
+        // /proc/PID/fd/N into pidfd_getfd.
+        let out = ctx(
+            std::process::Command::new(bin)
+                .args([
+                    "inspect",
+                    "--platform",
+                    "x86-intel",
+                    &format!("/proc/{pid}/fd/{fd}"),
+                ])
+                .output(),
+            "run dmabuf-info PATH",
+        )?;
+        let table = String::from_utf8_lossy(&out.stdout).into_owned();
+        ensure!(
+            out.status.code() == Some(0),
+            "path form: {:?} {table}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        ensure!(
+            table.contains(&format!("pid {pid} fd {fd}: dma-buf")),
+            "{table}"
+        );
+        ensure!(table.contains(exporter), "{table}");
     }
     Ok(())
 }

@@ -251,6 +251,20 @@ fn pid_targets(pid: i32, only_fd: Option<i32>) -> Result<Vec<Target>, Error> {
     Ok(out)
 }
 
+/// `/proc/PID/fd/N` or `/proc/self/fd/N` -> (PID, N).
+fn proc_fd_path(p: &std::path::Path) -> Option<(i32, i32)> {
+    let s = p.to_str()?;
+    let rest = s.strip_prefix("/proc/")?;
+    let (pid, rest) = rest.split_once('/')?;
+    let n = rest.strip_prefix("fd/")?;
+    let pid = if pid == "self" {
+        i32::try_from(std::process::id()).ok()?
+    } else {
+        pid.parse().ok()?
+    };
+    Some((pid, n.parse().ok()?))
+}
+
 fn run_inspect(
     cli: &Cli,
     ins: &Inspector,
@@ -262,7 +276,6 @@ fn run_inspect(
     let drm_fd = drm.map(open_path).transpose()?;
     let drm_borrow = drm_fd.as_ref().map(|f| f.as_fd());
     let platform = ins.platform();
-    let listing = pid.is_some() && fd.is_none();
 
     // Single inherited descriptor: borrowed, never closed by us.
     if let (Some(n), None) = (fd, pid) {
@@ -270,6 +283,13 @@ fn run_inspect(
         let result = with_raw_fd(n, |b: BorrowedFd<'_>| ins.inspect(b, drm_borrow)).and_then(|r| r);
         return report_single(cli, ins, &label, &format!("fd {n}"), result, platform);
     }
+    // dma-bufs cannot be reopened through /proc (the kernel answers ENXIO): inspect
+    // /proc/PID/fd/N through pidfd_getfd instead.
+    let (pid, fd, path) = match path.and_then(|p| proc_fd_path(p)) {
+        Some((p, n)) => (Some(p), Some(n), None),
+        None => (pid, fd, path),
+    };
+    let listing = pid.is_some() && fd.is_none();
     if let Some(p) = path {
         let label = json!({ "fd": null, "path": p.display().to_string() });
         let result = open_path(p).and_then(|f| ins.inspect(f.as_fd(), drm_borrow));
@@ -282,6 +302,12 @@ fn run_inspect(
         });
     };
     let targets = pid_targets(pid, fd)?;
+    if !listing {
+        if let [t] = targets.as_slice() {
+            let result = ins.inspect(t.fd.as_fd(), drm_borrow);
+            return report_single(cli, ins, &t.label, &t.heading, result, platform);
+        }
+    }
     let mut buffers = Vec::new();
     let mut all_allowed = true;
     let mut first_error: Option<Error> = None;
