@@ -26,7 +26,7 @@ use crate::gpu::{self, Cmd, Resp};
 use crate::memory::GuestRam;
 use crate::proc_stats::ProcStats;
 use crate::shmem::{BackendRequestServer, SharedMemoryRegion};
-use crate::virtq::{Segment, SplitQueue};
+use crate::virtq::{RawDesc, Segment, SplitQueue};
 use crate::{Error, Result};
 
 /// `VHOST_USER_GPU_SET_SOCKET`.
@@ -588,6 +588,37 @@ impl Frontend {
         q.kick()?;
         conn.in_flight[queue].insert(head, InFlight { buffers, resp });
         Ok(head)
+    }
+
+    /// Puts hand-made descriptors on `queue` and kicks (hostile-guest tests).
+    pub fn send_raw(&mut self, queue: usize, descs: &[RawDesc]) -> Result<u16> {
+        let ram = self.ram.clone();
+        let conn = self.conn_mut()?;
+        let q = conn
+            .queues
+            .get_mut(queue)
+            .ok_or(Error::Queue(format!("no queue {queue}")))?;
+        let head = q.add_raw_chain(&ram, descs)?;
+        q.kick()?;
+        conn.in_flight[queue].insert(
+            head,
+            InFlight {
+                buffers: Vec::new(),
+                resp: None,
+            },
+        );
+        Ok(head)
+    }
+
+    /// Waits until the chain with head `head` comes back, dropping other returned chains
+    /// (which a device may return for malformed requests, or not at all).
+    pub fn wait_for_head(&mut self, queue: usize, head: u16) -> Result<Vec<u8>> {
+        loop {
+            let (h, bytes) = self.wait(queue)?;
+            if h == head {
+                return Ok(bytes);
+            }
+        }
     }
 
     /// Waits for the next used buffer on `queue`; returns its head and the response bytes

@@ -45,6 +45,20 @@ impl Segment {
     }
 }
 
+/// A descriptor exactly as the driver writes it, for hostile-guest tests: `next` is an index
+/// into the same slice (so loops and out-of-order chains can be built).
+#[derive(Debug, Clone, Copy)]
+pub struct RawDesc {
+    /// Buffer address (may lie outside guest RAM on purpose).
+    pub addr: u64,
+    /// Length (may be absurd on purpose).
+    pub len: u32,
+    /// Device-writable.
+    pub write: bool,
+    /// Index in the slice of the next descriptor, if any.
+    pub next: Option<usize>,
+}
+
 /// A used-ring entry: which chain came back and how many bytes the device wrote.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UsedElem {
@@ -181,6 +195,41 @@ impl SplitQueue {
         ram.write(self.avail_gpa + 4 + 2 * slot, &head.to_le_bytes())?;
         self.next_avail = self.next_avail.wrapping_add(1);
         // The ring entry and descriptors must be visible before the index moves.
+        fence(Ordering::Release);
+        self.index_cell(ram, self.avail_gpa + 2)?
+            .store(self.next_avail, Ordering::Release);
+        self.in_flight.insert(head, ids);
+        Ok(head)
+    }
+
+    /// Puts arbitrary descriptors in the ring with `descs[0]` as head (no validation: this
+    /// is how a hostile guest talks). Returns the head index.
+    pub fn add_raw_chain(&mut self, ram: &GuestRam, descs: &[RawDesc]) -> Result<u16> {
+        if descs.is_empty() || descs.len() > self.free.len() {
+            return Err(Error::Queue("no room for the raw chain".into()));
+        }
+        let ids: Vec<u16> = (0..descs.len()).filter_map(|_| self.free.pop()).collect();
+        for (d, &id) in descs.iter().zip(&ids) {
+            let mut flags = if d.write { DESC_F_WRITE } else { 0 };
+            let next = match d.next {
+                Some(i) => {
+                    flags |= DESC_F_NEXT;
+                    *ids.get(i)
+                        .ok_or_else(|| Error::Queue(format!("next index {i}")))?
+                }
+                None => 0,
+            };
+            let mut raw = [0u8; 16];
+            raw[0..8].copy_from_slice(&d.addr.to_le_bytes());
+            raw[8..12].copy_from_slice(&d.len.to_le_bytes());
+            raw[12..14].copy_from_slice(&flags.to_le_bytes());
+            raw[14..16].copy_from_slice(&next.to_le_bytes());
+            ram.write(self.desc_gpa + u64::from(id) * DESC_SIZE, &raw)?;
+        }
+        let head = ids[0];
+        let slot = u64::from(self.next_avail % self.size);
+        ram.write(self.avail_gpa + 4 + 2 * slot, &head.to_le_bytes())?;
+        self.next_avail = self.next_avail.wrapping_add(1);
         fence(Ordering::Release);
         self.index_cell(ram, self.avail_gpa + 2)?
             .store(self.next_avail, Ordering::Release);

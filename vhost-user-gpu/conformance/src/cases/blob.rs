@@ -17,8 +17,8 @@ use crate::gpu::{self, features, format, ty, BlobLayout, MemEntry, Rect};
 use crate::proc_stats::ProcStats;
 use crate::shmem::ShmemEvent;
 
-const CTX: u32 = 1;
-const RING_RES: u32 = 100;
+pub(super) const CTX: u32 = 1;
+pub(super) const RING_RES: u32 = 100;
 /// GBM-style usage: linear, CPU reads and writes often (what a guest that maps wants).
 const IMAGE_FLAGS: u32 = (1 << 4) | (1 << 9) | (1 << 11);
 
@@ -312,13 +312,13 @@ fn create_blob_errors(ctx: &Ctx) -> CaseResult {
 }
 
 /// A cross-domain context with its query ring set up.
-struct CrossDomain {
+pub(super) struct CrossDomain {
     ring: Backing,
     fence: u64,
 }
 
 impl CrossDomain {
-    fn init(fe: &mut Frontend) -> Result<Self, String> {
+    pub(super) fn init(fe: &mut Frontend) -> Result<Self, String> {
         expect(
             fe,
             "CTX_CREATE (cross-domain)",
@@ -393,7 +393,7 @@ impl CrossDomain {
         Ok(reqs)
     }
 
-    fn create(
+    pub(super) fn create(
         &mut self,
         fe: &mut Frontend,
         id: u32,
@@ -425,7 +425,7 @@ fn page_round(n: u64) -> u64 {
 }
 
 /// Maps `id` at `offset`; checks OK_MAP_INFO and that the frontend now has the mapping.
-fn map(fe: &mut Frontend, id: u32, offset: u64, size: u64) -> Result<u32, String> {
+pub(super) fn map(fe: &mut Frontend, id: u32, offset: u64, size: u64) -> Result<u32, String> {
     let r = expect(
         fe,
         "RESOURCE_MAP_BLOB",
@@ -734,7 +734,7 @@ fn map_blob_errors(ctx: &Ctx) -> CaseResult {
 }
 
 /// Baseline after context set-up, then `body`, then the backend must be back to baseline.
-fn no_leaks(fe: &mut Frontend, before: &ProcStats) -> CaseResult {
+pub(super) fn no_leaks(fe: &mut Frontend, before: &ProcStats) -> CaseResult {
     // Releases happen before the response; no waiting needed, but the display socket
     // replacement on reset is asynchronous in some backends, so allow it to settle.
     let deadline = Instant::now() + super::DISPLAY_WAIT;
@@ -753,7 +753,7 @@ fn no_leaks(fe: &mut Frontend, before: &ProcStats) -> CaseResult {
     }
 }
 
-fn region_empty(fe: &Frontend, what: &str) -> CaseResult {
+pub(super) fn region_empty(fe: &Frontend, what: &str) -> CaseResult {
     let region = fe.shmem().ok_or("no region")?;
     ensure(fe, region.mappings().is_empty(), || {
         format!(

@@ -8,6 +8,8 @@ use crate::frontend::{BackendSpec, Frontend, FrontendOptions, Peer};
 use crate::gpu::{self, Cmd, Resp};
 
 mod blob;
+mod context;
+mod queue;
 mod two_d;
 
 /// Outcome of a case: `Err` carries a message for the report.
@@ -79,6 +81,8 @@ impl Ctx {
 pub fn all() -> Vec<Case> {
     let mut v = two_d::cases();
     v.extend(blob::cases());
+    v.extend(context::cases());
+    v.extend(queue::cases());
     v
 }
 

@@ -1,0 +1,253 @@
+//! Context cases: capsets, CTX_* commands and their errors, malformed cross-domain command
+//! streams in SUBMIT_3D, and destroying a context whose blob is mapped.
+
+use super::blob::{map, no_leaks, region_empty, CrossDomain, CTX};
+use super::{ctrl, ensure, expect, still_serving, Case, CaseResult, Ctx, Need};
+use crate::cross_domain;
+use crate::frontend::Frontend;
+use crate::gpu::{self, features, format, ty};
+
+pub(super) fn cases() -> Vec<Case> {
+    let ctx = Need::Features(features::CONTEXT_INIT);
+    vec![
+        Case {
+            name: "ctx::capset_cross_domain",
+            need: ctx.clone(),
+            run: capset_cross_domain,
+        },
+        Case {
+            name: "ctx::lifecycle_and_errors",
+            need: ctx.clone(),
+            run: lifecycle_and_errors,
+        },
+        Case {
+            name: "ctx::malformed_cross_domain_streams",
+            need: Need::Features(features::CONTEXT_INIT | features::RESOURCE_BLOB),
+            run: malformed_streams,
+        },
+        Case {
+            name: "ctx::destroy_while_mapped",
+            need: Need::All(vec![
+                Need::Features(features::CONTEXT_INIT | features::RESOURCE_BLOB),
+                Need::HostVisibleRegion,
+            ]),
+            run: destroy_while_mapped,
+        },
+    ]
+}
+
+fn spawn(ctx: &Ctx) -> Result<Frontend, String> {
+    ctx.spawn()
+        .map_err(|e| format!("cannot start backend: {e}"))
+}
+
+fn is_err(fe: &Frontend, what: &str, r: &gpu::Resp) -> CaseResult {
+    ensure(fe, r.ty >= ty::ERR_UNSPEC, || {
+        format!("{what} answered {}", r.name())
+    })
+}
+
+fn capset_cross_domain(ctx: &Ctx) -> CaseResult {
+    let mut fe = spawn(ctx)?;
+    let cfg = fe.config_space().to_vec();
+    let num = cfg
+        .get(12..16)
+        .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+    let mut found = None;
+    for i in 0..num {
+        let info = expect(
+            &mut fe,
+            "GET_CAPSET_INFO",
+            gpu::get_capset_info(i),
+            ty::OK_CAPSET_INFO,
+        )?
+        .capset_info()
+        .map_err(|e| e.to_string())?;
+        if info.id == gpu::CAPSET_CROSS_DOMAIN {
+            found = Some(info);
+        }
+    }
+    let info = found.ok_or_else(|| format!("no cross-domain capset among {num}"))?;
+    let r = expect(
+        &mut fe,
+        "GET_CAPSET cross-domain",
+        gpu::get_capset(info.id, info.max_version),
+        ty::OK_CAPSET,
+    )?;
+    ensure(
+        &fe,
+        r.body.len() >= info.max_size as usize && info.max_size >= 16,
+        || {
+            format!(
+                "capset of {} bytes, info says {}",
+                r.body.len(),
+                info.max_size
+            )
+        },
+    )?;
+    let r = ctrl(
+        &mut fe,
+        "GET_CAPSET of unknown capset 99",
+        gpu::get_capset(99, 0),
+    )?;
+    is_err(&fe, "GET_CAPSET 99", &r)?;
+    let r = ctrl(
+        &mut fe,
+        "GET_CAPSET of a version past max",
+        gpu::get_capset(info.id, info.max_version + 1),
+    )?;
+    is_err(&fe, "GET_CAPSET version past max", &r)?;
+    still_serving(&mut fe)
+}
+
+fn lifecycle_and_errors(ctx: &Ctx) -> CaseResult {
+    let mut fe = spawn(ctx)?;
+    let cd = gpu::CAPSET_CROSS_DOMAIN;
+    expect(
+        &mut fe,
+        "CTX_CREATE 1",
+        gpu::ctx_create(1, cd, "a"),
+        ty::OK_NODATA,
+    )?;
+    let r = ctrl(&mut fe, "CTX_CREATE 1 again", gpu::ctx_create(1, cd, "b"))?;
+    is_err(&fe, "CTX_CREATE of an existing id", &r)?;
+    let r = ctrl(&mut fe, "CTX_CREATE 0", gpu::ctx_create(0, cd, "zero"))?;
+    is_err(&fe, "CTX_CREATE with id 0", &r)?;
+    let r = ctrl(
+        &mut fe,
+        "CTX_CREATE capset 200",
+        gpu::ctx_create(2, 200, "bad"),
+    )?;
+    is_err(&fe, "CTX_CREATE with an unknown capset", &r)?;
+    expect(
+        &mut fe,
+        "RESOURCE_CREATE_2D",
+        gpu::resource_create_2d(5, format::B8G8R8A8_UNORM, 8, 8),
+        ty::OK_NODATA,
+    )?;
+    expect(
+        &mut fe,
+        "CTX_ATTACH_RESOURCE",
+        gpu::ctx_attach_resource(1, 5),
+        ty::OK_NODATA,
+    )?;
+    expect(
+        &mut fe,
+        "CTX_ATTACH_RESOURCE unknown context",
+        gpu::ctx_attach_resource(9, 5),
+        ty::ERR_INVALID_CONTEXT_ID,
+    )?;
+    expect(
+        &mut fe,
+        "CTX_ATTACH_RESOURCE unknown resource",
+        gpu::ctx_attach_resource(1, 77),
+        ty::ERR_INVALID_RESOURCE_ID,
+    )?;
+    expect(
+        &mut fe,
+        "CTX_DETACH_RESOURCE",
+        gpu::ctx_detach_resource(1, 5),
+        ty::OK_NODATA,
+    )?;
+    expect(
+        &mut fe,
+        "SUBMIT_3D unknown context",
+        gpu::submit_3d(9, &cross_domain::init(5, cross_domain::RING_NONE, 0)),
+        ty::ERR_INVALID_CONTEXT_ID,
+    )?;
+    expect(&mut fe, "CTX_DESTROY 1", gpu::ctx_destroy(1), ty::OK_NODATA)?;
+    expect(
+        &mut fe,
+        "CTX_DESTROY 1 again",
+        gpu::ctx_destroy(1),
+        ty::ERR_INVALID_CONTEXT_ID,
+    )?;
+    // The id is free again.
+    expect(
+        &mut fe,
+        "CTX_CREATE 1 after destroy",
+        gpu::ctx_create(1, cd, "c"),
+        ty::OK_NODATA,
+    )?;
+    still_serving(&mut fe)
+}
+
+fn malformed_streams(ctx: &Ctx) -> CaseResult {
+    let mut fe = spawn(ctx)?;
+    let mut cd = CrossDomain::init(&mut fe)?;
+    let good = cross_domain::get_image_requirements(16, 16, cross_domain::DRM_FORMAT_ARGB8888, 0);
+    let mut zero_size = good.clone();
+    zero_size[2..4].copy_from_slice(&0u16.to_le_bytes());
+    let mut too_long = good.clone();
+    too_long[2..4].copy_from_slice(&200u16.to_le_bytes());
+    let mut unknown = good.clone();
+    unknown[0] = 99;
+    let streams: [(&str, Vec<u8>); 7] = [
+        ("cmd_size 0", zero_size),
+        ("cmd_size past the stream", too_long),
+        ("unknown command 99", unknown),
+        ("3-byte stream", vec![2, 0, 24]),
+        (
+            "0x0 image",
+            cross_domain::get_image_requirements(0, 0, cross_domain::DRM_FORMAT_ARGB8888, 0),
+        ),
+        (
+            "100000x100000 image",
+            cross_domain::get_image_requirements(
+                100_000,
+                100_000,
+                cross_domain::DRM_FORMAT_ARGB8888,
+                0,
+            ),
+        ),
+        (
+            "unknown DRM format",
+            cross_domain::get_image_requirements(16, 16, 0x1234_5678, 0),
+        ),
+    ];
+    for (what, stream) in streams {
+        let r = ctrl(&mut fe, what, gpu::submit_3d(CTX, &stream))?;
+        is_err(&fe, &format!("SUBMIT_3D with {what}"), &r)?;
+    }
+    // A second INIT of the same context and an INIT naming an unknown ring resource.
+    let r = ctrl(
+        &mut fe,
+        "INIT with unknown ring",
+        gpu::submit_3d(CTX, &cross_domain::init(4242, cross_domain::RING_NONE, 0)),
+    )?;
+    is_err(&fe, "CROSS_DOMAIN_CMD_INIT with an unknown query ring", &r)?;
+    // The context still answers good queries.
+    cd.create(&mut fe, 1, 16, 16, gpu::BLOB_FLAG_MAPPABLE)?;
+    still_serving(&mut fe)
+}
+
+fn destroy_while_mapped(ctx: &Ctx) -> CaseResult {
+    let mut fe = spawn(ctx)?;
+    let before = fe.backend_stats().map_err(|e| e.to_string())?;
+    let mut cd = CrossDomain::init(&mut fe)?;
+    let reqs = cd.create(&mut fe, 1, 64, 64, gpu::BLOB_FLAG_MAPPABLE)?;
+    map(&mut fe, 1, 0, reqs.size)?;
+    expect(
+        &mut fe,
+        "CTX_DESTROY with a mapped blob",
+        gpu::ctx_destroy(CTX),
+        ty::OK_NODATA,
+    )?;
+    // The blob is a resource of the device, not of the context: it may stay mapped until
+    // it is unmapped or unreferenced; after UNREF nothing may remain.
+    let _ = ctrl(
+        &mut fe,
+        "UNMAP_BLOB after CTX_DESTROY",
+        gpu::resource_unmap_blob(CTX, 1),
+    )?;
+    expect(&mut fe, "UNREF", gpu::resource_unref(1), ty::OK_NODATA)?;
+    expect(
+        &mut fe,
+        "UNREF query ring",
+        gpu::resource_unref(super::blob::RING_RES),
+        ty::OK_NODATA,
+    )?;
+    region_empty(&fe, "CTX_DESTROY + UNREF")?;
+    no_leaks(&mut fe, &before)?;
+    still_serving(&mut fe)
+}

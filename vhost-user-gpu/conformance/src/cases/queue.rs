@@ -1,0 +1,208 @@
+//! Hostile descriptor chains: the guest is untrusted at the virtqueue level too. After each
+//! malformed chain the device must neither write outside the buffers it was given nor stop
+//! serving well-formed commands.
+
+use super::{ctx_err, ensure, still_serving, Case, CaseResult, Ctx, Need};
+use crate::frontend::{Frontend, CONTROL_QUEUE};
+use crate::gpu::{self, ty};
+use crate::virtq::RawDesc;
+
+pub(super) fn cases() -> Vec<Case> {
+    vec![
+        Case {
+            name: "queue::short_response_buffer",
+            need: Need::Nothing,
+            run: short_response_buffer,
+        },
+        Case {
+            name: "queue::descriptor_outside_guest_ram",
+            need: Need::Nothing,
+            run: outside_ram,
+        },
+        Case {
+            name: "queue::descriptor_loop",
+            need: Need::Nothing,
+            run: descriptor_loop,
+        },
+        Case {
+            name: "queue::writable_only_chain",
+            need: Need::Nothing,
+            run: writable_only,
+        },
+        Case {
+            name: "queue::absurd_descriptor_length",
+            need: Need::Nothing,
+            run: absurd_length,
+        },
+    ]
+}
+
+fn spawn(ctx: &Ctx) -> Result<Frontend, String> {
+    ctx.spawn()
+        .map_err(|e| format!("cannot start backend: {e}"))
+}
+
+fn buf(fe: &Frontend, bytes: &[u8]) -> Result<u64, String> {
+    let gpa = fe
+        .ram()
+        .alloc(bytes.len().max(1) as u64, 8)
+        .map_err(|e| e.to_string())?;
+    fe.ram().write(gpa, bytes).map_err(|e| e.to_string())?;
+    Ok(gpa)
+}
+
+/// Sends a malformed chain, then a good GET_DISPLAY_INFO, and requires the good one answered.
+fn survive(fe: &mut Frontend, what: &str, descs: &[RawDesc]) -> CaseResult {
+    fe.send_raw(CONTROL_QUEUE, descs)
+        .map_err(|e| ctx_err(fe, what, e))?;
+    let cmd = gpu::get_display_info().into_bytes();
+    let head = fe
+        .send(CONTROL_QUEUE, &[&cmd], gpu::resp_size::DISPLAY_INFO)
+        .map_err(|e| ctx_err(fe, what, e))?;
+    let bytes = fe
+        .wait_for_head(CONTROL_QUEUE, head)
+        .map_err(|e| ctx_err(fe, &format!("a good command after {what}"), e))?;
+    let r = gpu::Resp::parse(&bytes).map_err(|e| e.to_string())?;
+    ensure(fe, r.ty == ty::OK_DISPLAY_INFO, || {
+        format!("after {what}: {}", r.name())
+    })?;
+    still_serving(fe)
+}
+
+fn short_response_buffer(ctx: &Ctx) -> CaseResult {
+    let mut fe = spawn(ctx)?;
+    let cmd = gpu::get_display_info().into_bytes();
+    let req = buf(&fe, &cmd)?;
+    // An 8-byte response buffer followed by a canary the device must not touch.
+    let resp = buf(&fe, &[0xa5; 8 + 64])?;
+    survive(
+        &mut fe,
+        "an 8-byte response buffer",
+        &[
+            RawDesc {
+                addr: req,
+                len: cmd.len() as u32,
+                write: false,
+                next: Some(1),
+            },
+            RawDesc {
+                addr: resp,
+                len: 8,
+                write: true,
+                next: None,
+            },
+        ],
+    )?;
+    let canary = fe.ram().read_vec(resp + 8, 64).map_err(|e| e.to_string())?;
+    ensure(&fe, canary.iter().all(|&b| b == 0xa5), || {
+        "the device wrote past the end of an 8-byte response buffer".into()
+    })
+}
+
+fn outside_ram(ctx: &Ctx) -> CaseResult {
+    let mut fe = spawn(ctx)?;
+    let outside = fe.ram().size() as u64 + (1 << 30);
+    let resp = buf(&fe, &[0; 64])?;
+    survive(
+        &mut fe,
+        "a request descriptor outside guest RAM",
+        &[
+            RawDesc {
+                addr: outside,
+                len: 24,
+                write: false,
+                next: Some(1),
+            },
+            RawDesc {
+                addr: resp,
+                len: 64,
+                write: true,
+                next: None,
+            },
+        ],
+    )?;
+    let cmd = gpu::get_display_info().into_bytes();
+    let req = buf(&fe, &cmd)?;
+    survive(
+        &mut fe,
+        "a response descriptor outside guest RAM",
+        &[
+            RawDesc {
+                addr: req,
+                len: cmd.len() as u32,
+                write: false,
+                next: Some(1),
+            },
+            RawDesc {
+                addr: outside,
+                len: 512,
+                write: true,
+                next: None,
+            },
+        ],
+    )
+}
+
+fn descriptor_loop(ctx: &Ctx) -> CaseResult {
+    let mut fe = spawn(ctx)?;
+    let cmd = gpu::get_display_info().into_bytes();
+    let req = buf(&fe, &cmd)?;
+    survive(
+        &mut fe,
+        "a chain looping back to its head",
+        &[
+            RawDesc {
+                addr: req,
+                len: cmd.len() as u32,
+                write: false,
+                next: Some(1),
+            },
+            RawDesc {
+                addr: req,
+                len: cmd.len() as u32,
+                write: false,
+                next: Some(0),
+            },
+        ],
+    )
+}
+
+fn writable_only(ctx: &Ctx) -> CaseResult {
+    let mut fe = spawn(ctx)?;
+    let resp = buf(&fe, &[0; 512])?;
+    survive(
+        &mut fe,
+        "a chain without a request",
+        &[RawDesc {
+            addr: resp,
+            len: 512,
+            write: true,
+            next: None,
+        }],
+    )
+}
+
+fn absurd_length(ctx: &Ctx) -> CaseResult {
+    let mut fe = spawn(ctx)?;
+    let cmd = gpu::get_display_info().into_bytes();
+    let req = buf(&fe, &cmd)?;
+    let resp = buf(&fe, &[0; 64])?;
+    survive(
+        &mut fe,
+        "a 4 GiB request descriptor",
+        &[
+            RawDesc {
+                addr: req,
+                len: u32::MAX,
+                write: false,
+                next: Some(1),
+            },
+            RawDesc {
+                addr: resp,
+                len: 64,
+                write: true,
+                next: None,
+            },
+        ],
+    )
+}
