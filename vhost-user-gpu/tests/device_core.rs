@@ -1970,3 +1970,27 @@ fn display_sink_swap_is_told_the_current_scanouts() {
     });
     assert_eq!(fresh.lock().unwrap().len(), 2);
 }
+
+#[test]
+fn image_requirements_respect_the_memory_budget() {
+    let mut h = Harness::with(
+        DeviceConfig {
+            hostmem: 16 * MIB,
+            max_resource_memory: MIB,
+            ..Default::default()
+        },
+        Box::new(FixedAllowAdvisor(MAP_CACHE_WC)),
+    );
+    let ring = 0x20_0000;
+    h.cross_domain_context(1, 100, ring);
+    let get = |width, height| CrossDomainCommand::GetImageRequirements {
+        width,
+        height,
+        drm_format: fourcc::XRGB8888,
+        flags: 0,
+    };
+    assert_eq!(h.submit(1, &[get(1024, 1024)]), err(GpuError::OutOfMemory));
+    assert_eq!(h.dev.resource_memory(), 0);
+    assert_eq!(h.submit(1, &[get(256, 256)]), GpuResponse::OkNoData);
+    assert_eq!(h.dev.resource_memory(), 256 * 256 * 4);
+}

@@ -384,6 +384,13 @@ impl GpuDevice {
             drm_format,
             usage: flags,
         };
+        // Refuse before allocating when even a tightly packed 4-byte-per-pixel image would
+        // not fit the memory budget (some allocators commit memory at once).
+        let estimate = u64::from(width) * u64::from(height) * 4;
+        self.check_budget(
+            estimate,
+            &format!("ctx_id {ctx_id}: GET_IMAGE_REQUIREMENTS"),
+        )?;
         let buffer = self.allocator.allocate(&request).map_err(|e| {
             let error = match e {
                 crate::device::ports::AllocError::Unsupported(_) => GpuError::InvalidParameter,

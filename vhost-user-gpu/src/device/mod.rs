@@ -639,16 +639,20 @@ impl GpuDevice {
 
     /// Charges `bytes` of host memory, refusing past `max_resource_memory`.
     fn charge(&mut self, bytes: u64, what: &str) -> Result<(), Reject> {
+        self.check_budget(bytes, what)?;
+        self.resource_memory += bytes; // checked in check_budget
+        Ok(())
+    }
+
+    /// Checks that `bytes` more would fit, without charging them.
+    fn check_budget(&self, bytes: u64, what: &str) -> Result<(), Reject> {
         match self.resource_memory.checked_add(bytes) {
-            Some(total) if total <= self.config.max_resource_memory => {
-                self.resource_memory = total;
-                Ok(())
-            }
+            Some(total) if total <= self.config.max_resource_memory => Ok(()),
             _ => Err(reject(
                 GpuError::OutOfMemory,
                 format!(
-                    "{what}: {bytes} bytes would exceed the resource memory limit ({} of {} \
-                     bytes in use)",
+                    "{what}: about {bytes} bytes would exceed the resource memory limit ({} \
+                     of {} bytes in use)",
                     self.resource_memory, self.config.max_resource_memory
                 ),
             )),
