@@ -523,6 +523,39 @@ fn cli_case(bin: &Path) -> TestResult {
         );
         ensure!(table.contains(exporter), "{table}");
     }
+    // --drm: the vgem driver path through the CLI.
+    if let Some(node) = vgem_node() {
+        let drm = open_rw(&node)?;
+        let dumb = ctx(
+            uapi::drm_mode_create_dumb(drm.as_fd(), 32, 32, 32),
+            "MODE_CREATE_DUMB",
+        )?;
+        let buf = ctx(
+            uapi::drm_prime_handle_to_fd(drm.as_fd(), dumb.handle),
+            "PRIME_HANDLE_TO_FD",
+        )?;
+        let n = std::os::fd::AsRawFd::as_raw_fd(&buf).to_string();
+        let node_arg = node.display().to_string();
+        let out = ctx(
+            std::process::Command::new(bin)
+                .args([
+                    "inspect", "--pid", &pid, "--fd", &n, "--drm", &node_arg, "--json",
+                ])
+                .output(),
+            "run dmabuf-info --drm",
+        )?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        ensure!(
+            out.status.code() == Some(5),
+            "vgem buffer must be refused (exit 5): {text}"
+        );
+        let v: serde_json::Value = ctx(serde_json::from_str(&text), "JSON")?;
+        let b = &v["buffers"][0];
+        ensure!(b["exporter"] == "drm", "{b}");
+        ensure!(b["driver_probes"][0]["driver"] == "vgem", "{b}");
+        ensure!(b["driver_probes"][0]["imported"] == true, "{b}");
+        ensure!(b["decision"]["reason"] == "sync-unknown", "{b}");
+    }
     Ok(())
 }
 
