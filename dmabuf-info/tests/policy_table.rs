@@ -285,3 +285,41 @@ fn unknown_exporter_is_not_in_the_table() {
         Default::default()
     );
 }
+
+/// The ioctl-shaped shim's values for every answer combination, as a kernel carrying each
+/// posting would report them.
+#[test]
+fn uapi_values_for_every_combination() {
+    use dmabuf_info::{uapi, uapi_value, KernelAbi};
+    for cache in CacheAttr::ALL {
+        for sync in NeedsSync::ALL {
+            for stable in [false, true] {
+                let i = info(cache, sync, stable);
+                let v2 = uapi_value(&i, KernelAbi::V2);
+                let v1 = uapi_value(&i, KernelAbi::V1);
+                let ctx = format!("{cache} sync={sync} stable={stable}: v1 {v1:?} v2 {v2:?}");
+                if !stable {
+                    assert_eq!((v1, v2), (Err(libc::ENOSYS), Err(libc::ENOSYS)), "{ctx}");
+                    continue;
+                }
+                let want_v2 = match (sync, cache) {
+                    (NeedsSync::Yes, _) => Ok(uapi::DMA_BUF_MAP_INCOHERENT),
+                    (NeedsSync::No, CacheAttr::Cached) => Ok(uapi::DMA_BUF_COHERENT_CACHED),
+                    (NeedsSync::No, CacheAttr::WriteCombined) => Ok(uapi::DMA_BUF_COHERENT_WC),
+                    (NeedsSync::No, CacheAttr::Uncached) => Ok(uapi::DMA_BUF_COHERENT_WC),
+                    _ => Err(libc::ENOSYS),
+                };
+                // v1 has no way to say "needs SYNC": such buffers get no answer.
+                let want_v1 = match (sync, cache) {
+                    (NeedsSync::No, CacheAttr::Cached) => Ok(uapi::DMA_BUF_VM_PROT_CACHED),
+                    (NeedsSync::No, CacheAttr::WriteCombined | CacheAttr::Uncached) => {
+                        Ok(uapi::DMA_BUF_VM_PROT_WC)
+                    }
+                    _ => Err(libc::ENOSYS),
+                };
+                assert_eq!(v2, want_v2, "{ctx}");
+                assert_eq!(v1, want_v1, "{ctx}");
+            }
+        }
+    }
+}
