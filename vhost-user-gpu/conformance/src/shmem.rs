@@ -55,6 +55,8 @@ struct RegionState {
     /// The fd each live mapping came from (a duplicate, for inspection by tests).
     fds: BTreeMap<u64, OwnedFd>,
     events: Vec<ShmemEvent>,
+    /// Test knob: answer every `SHMEM_MAP` with an error, as QEMU does for a bad range.
+    refuse_maps: bool,
 }
 
 /// The reserved host-visible region (shmid 1) and its live mappings.
@@ -117,6 +119,12 @@ impl SharedMemoryRegion {
             .iter()
             .map(|(&o, &(l, _))| (o, l))
             .collect()
+    }
+
+    /// Makes the frontend refuse (`true`) or serve (`false`) further `SHMEM_MAP` requests,
+    /// to test how a backend copes with a frontend that cannot map.
+    pub fn set_refuse_maps(&self, refuse: bool) {
+        self.state().refuse_maps = refuse;
     }
 
     /// A duplicate of the fd the backend sent for the mapping at `offset`.
@@ -237,6 +245,9 @@ impl VhostUserFrontendReqHandler for SharedMemoryRegion {
         let Some((offset, len)) = self.valid_range(req) else {
             return self.refuse("SHMEM_MAP", req);
         };
+        if self.state().refuse_maps {
+            return self.refuse("SHMEM_MAP", req);
+        }
         let mut state = self.state();
         let overlaps = state
             .mappings

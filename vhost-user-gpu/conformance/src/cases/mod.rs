@@ -8,6 +8,7 @@ use crate::frontend::{BackendSpec, Frontend, FrontendOptions, Peer};
 use crate::gpu::{self, Cmd, Resp};
 
 mod blob;
+mod cli;
 mod context;
 mod queue;
 mod two_d;
@@ -83,6 +84,7 @@ pub fn all() -> Vec<Case> {
     v.extend(blob::cases());
     v.extend(context::cases());
     v.extend(queue::cases());
+    v.extend(cli::cases());
     v
 }
 
