@@ -97,6 +97,11 @@ pub(super) fn cases() -> Vec<Case> {
             run: unref_releases_everything,
         },
         Case {
+            name: "2d::display_protocol_is_clean",
+            need: Need::Nothing,
+            run: display_protocol_is_clean,
+        },
+        Case {
             name: "2d::reset_forgets_resources",
             need: Need::Nothing,
             run: reset_forgets_resources,
@@ -634,6 +639,16 @@ fn get_edid(ctx: &Ctx) -> CaseResult {
     ensure(&fe, sum == 0, || {
         format!("EDID block checksum is {sum:#x}, not 0")
     })?;
+    // A backend that asked the display for the EDID must pass on what the display said.
+    let asked = fe
+        .display()
+        .is_some_and(|d| d.state().requests.contains(&crate::display::req::GET_EDID));
+    if asked {
+        let display_edid = crate::display::edid_for(1024, 768);
+        ensure(&fe, edid[..128] == display_edid[..], || {
+            "the backend asked the display for its EDID but answered a different one".into()
+        })?;
+    }
     // The specification names no error for a bad scanout here: QEMU's in-process device
     // answers INVALID_PARAMETER, INVALID_SCANOUT_ID says the same more precisely.
     let r = ctrl(&mut fe, "GET_EDID 16", gpu::get_edid(16))?;
@@ -860,5 +875,70 @@ fn reset_forgets_resources(ctx: &Ctx) -> CaseResult {
         ty::OK_NODATA,
     )?;
     expect(&mut fe, "UNREF", gpu::resource_unref(1), ty::OK_NODATA)?;
+    still_serving(&mut fe)
+}
+
+/// A whole 2D session, then the display channel must hold no protocol violation: protocol
+/// features negotiated before use and only from what the display offered, updates inside
+/// their scanout, pixel payloads of the right size.
+fn display_protocol_is_clean(ctx: &Ctx) -> CaseResult {
+    let mut fe = spawn(ctx)?;
+    let img = bgra_pattern(40, 30, 51);
+    create_filled(&mut fe, 1, 40, 30, &img)?;
+    expect(
+        &mut fe,
+        "SET_SCANOUT",
+        gpu::set_scanout(0, 1, Rect::sized(40, 30)),
+        ty::OK_NODATA,
+    )?;
+    expect(
+        &mut fe,
+        "FLUSH",
+        gpu::resource_flush(1, Rect::sized(40, 30)),
+        ty::OK_NODATA,
+    )?;
+    display_matches(&fe, 0, 40, 30, &img)?;
+    fe.cursor(gpu::update_cursor(0, 1, 1, 0, (0, 0)))
+        .map_err(|e| ctx_err(&fe, "UPDATE_CURSOR (hide)", e))?;
+    expect(
+        &mut fe,
+        "SET_SCANOUT off",
+        gpu::set_scanout(0, 0, Rect::sized(0, 0)),
+        ty::OK_NODATA,
+    )?;
+    let display = fe.display().ok_or("no display")?;
+    display.wait_for(DISPLAY_WAIT, |st| {
+        st.scanouts.get(&0).is_some_and(|s| s.width == 0)
+    });
+    let st = display.state();
+    ensure(&fe, st.violations.is_empty(), || {
+        format!("display protocol violations: {:?}", st.violations)
+    })?;
+    use crate::display::req;
+    let get = st
+        .requests
+        .iter()
+        .position(|&r| r == req::GET_PROTOCOL_FEATURES);
+    let set = st
+        .requests
+        .iter()
+        .position(|&r| r == req::SET_PROTOCOL_FEATURES);
+    if let Some(set) = set {
+        ensure(&fe, get.is_some_and(|g| g < set), || {
+            "SET_PROTOCOL_FEATURES without GET first".into()
+        })?;
+        let offered = crate::display::DisplayConfig::default().protocol_features;
+        let chosen = st.protocol_features.unwrap_or(0);
+        ensure(&fe, chosen & !offered == 0, || {
+            format!("backend enabled display protocol features {chosen:#x}, offered {offered:#x}")
+        })?;
+    }
+    let uses_edid = st.requests.contains(&req::GET_EDID);
+    ensure(
+        &fe,
+        !uses_edid || st.protocol_features.is_some_and(|f| f & 1 != 0),
+        || "GET_EDID sent without negotiating VHOST_USER_GPU_PROTOCOL_F_EDID".into(),
+    )?;
+    drop(st);
     still_serving(&mut fe)
 }
