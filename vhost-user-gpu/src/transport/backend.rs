@@ -100,6 +100,9 @@ pub struct GpuBackend {
     channel: BackendChannel,
     settings: TransportSettings,
     event_idx: AtomicBool,
+    /// QEMU's display channel, to ask it for the preferred modes (queue thread only: the
+    /// reply comes from QEMU's main loop).
+    display_channel: Mutex<Option<vhost::vhost_user::GpuBackend>>,
     exit: Arc<ExitEvent>,
     features: u64,
 }
@@ -135,6 +138,7 @@ impl GpuBackend {
             channel,
             settings,
             event_idx: AtomicBool::new(false),
+            display_channel: Mutex::new(None),
             exit,
             features,
         })
@@ -268,6 +272,9 @@ impl GpuBackend {
         let response = {
             let mut device = self.lock_device();
             let _scope = QueueThreadScope::enter();
+            if index == CONTROL_QUEUE && asks_for_modes(&parsed.request) {
+                self.refresh_outputs_from_display(&mut device);
+            }
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 if index == CONTROL_QUEUE {
                     device.process_control(mem, &parsed.request)
@@ -307,10 +314,46 @@ impl GpuBackend {
         used
     }
 
+    /// With QEMU's display attached, its preferred modes win (as with QEMU's own backend):
+    /// `-device vhost-user-gpu-pci,xres=..,yres=..` and window resizes reach the guest.
+    fn refresh_outputs_from_display(&self, device: &mut GpuDevice) {
+        let Some(channel) = lock(&self.display_channel).clone() else {
+            return;
+        };
+        match channel.get_display_info() {
+            Ok(info) => {
+                let outputs = device.config().outputs.len();
+                for (id, mode) in info.pmodes.iter().enumerate().take(outputs) {
+                    let wanted = (mode.enabled != 0 && mode.r.width != 0 && mode.r.height != 0)
+                        .then_some((mode.r.width, mode.r.height));
+                    if wanted.is_some() && !device.set_output(id as u32, wanted) {
+                        log::warn!("display: QEMU's mode {wanted:?} for scanout {id} is invalid; kept ours");
+                    }
+                }
+            }
+            Err(e) => {
+                log::warn!(
+                    "display: GET_DISPLAY_INFO to QEMU failed: {e}; using the configured modes"
+                );
+                *lock(&self.display_channel) = None;
+            }
+        }
+    }
+
     /// Forgets the backend channel (the connection is gone).
     pub fn disconnect(&self) {
         self.channel.clear();
     }
+}
+
+/// Whether a control request reports modes to the guest: `VIRTIO_GPU_CMD_GET_DISPLAY_INFO`
+/// or `VIRTIO_GPU_CMD_GET_EDID` (Linux asks for the EDIDs first; both must agree).
+fn asks_for_modes(request: &[u8]) -> bool {
+    let ty = request
+        .get(..4)
+        .and_then(|b| <[u8; 4]>::try_from(b).ok())
+        .map(u32::from_le_bytes);
+    matches!(ty, Some(0x100 | 0x10a))
 }
 
 fn initial_display(settings: &TransportSettings) -> Box<dyn DisplaySink> {
@@ -438,6 +481,7 @@ impl VhostUserBackend for GpuBackend {
         if let Some(capture) = &self.settings.capture {
             fan.push(Box::new(capture.clone()));
         }
+        *lock(&self.display_channel) = Some(gpu_backend.clone());
         fan.push(Box::new(QemuDisplay::new(gpu_backend)));
         self.defer(DeferredOp::SetDisplay(Box::new(fan)));
         Ok(())
@@ -619,6 +663,20 @@ mod tests {
         assert_eq!(nregions, 2);
         assert_eq!(&sizes[..3], &[0, 1 << 20, 0]);
         assert!(backend.channel.shmem_negotiated());
+    }
+
+    #[test]
+    fn display_info_and_edid_requests_are_recognised() {
+        assert!(asks_for_modes(&0x100u32.to_le_bytes()));
+        assert!(asks_for_modes(&[0x0a, 0x01, 0, 0, 0xff]));
+        assert!(!asks_for_modes(&0x101u32.to_le_bytes()));
+        assert!(!asks_for_modes(&[0x00, 0x01]));
+        assert!(!asks_for_modes(&[]));
+        // No display channel: nothing to ask, the configured modes stay.
+        let backend = backend();
+        let mut device = backend.lock_device();
+        backend.refresh_outputs_from_display(&mut device);
+        assert_eq!(device.config().outputs, vec![(640, 480), (800, 600)]);
     }
 
     #[test]
