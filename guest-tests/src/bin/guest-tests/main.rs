@@ -1,0 +1,131 @@
+//! `guest-tests`: virtio-gpu conformance cases that run inside a Linux guest.
+//!
+//! ```text
+//! guest-tests [--expect-blob yes|no] [--map-policy allow|refuse] [--hold-kms]
+//! guest-tests inspect-pid DMABUF_INFO     # dmabuf-info inspect --pid on a helper process
+//! guest-tests show-console                # writes text on tty0, asks the host to look
+//! ```
+//!
+//! Prints one line per case (`ok`, `FAILED`, `skipped`) and ends with
+//! `N passed, N failed, N skipped`; exits 1 when a case failed.
+//!
+//! `--expect-blob yes` says the backend offers RESOURCE_BLOB, CONTEXT_INIT, a
+//! host-visible region and the cross-domain capset (our backend behind QEMU 11.1's
+//! `vhost-user-test-device-pci`); `no` says the frontend hides them (QEMU 10.0's
+//! `vhost-user-gpu-pci`): the parameters case asserts that, blob cases skip.
+//! `--map-policy refuse` says the backend was configured to refuse mapping its
+//! buffers: the refused-mapping case runs and mapped cases expect the refusal.
+//! `--hold-kms` prints `@@VMLANE hold kms-pattern WxH` while the pattern is on
+//! screen and waits for one line on stdin (the runner checks the display then).
+
+mod cases;
+mod drm;
+mod inspect;
+
+use std::io::{BufRead, Write};
+use std::process::ExitCode;
+
+use guest_tests::report::{case_line, Outcome, Tally};
+
+/// What the runner told us about the device.
+#[derive(Debug, Clone, Copy)]
+pub struct Expectations {
+    /// The backend offers blobs, contexts and a host-visible region.
+    pub blob: bool,
+    /// The backend refuses to map its buffers (policy).
+    pub refuse_maps: bool,
+    /// Wait for the host while the KMS pattern is shown.
+    pub hold_kms: bool,
+}
+
+/// Runs cases and counts them.
+pub struct Runner {
+    tally: Tally,
+}
+
+impl Runner {
+    fn new() -> Self {
+        Runner {
+            tally: Tally::default(),
+        }
+    }
+
+    /// Runs one case and prints its line.
+    pub fn case(&mut self, name: &str, f: impl FnOnce() -> Outcome) {
+        let outcome = f();
+        println!("{}", case_line(name, &outcome));
+        let _ = std::io::stdout().flush();
+        self.tally.record(&outcome);
+    }
+
+    fn finish(self) -> ExitCode {
+        println!("{}", self.tally);
+        if self.tally.failed == 0 {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Asks the host to look at something and waits for its answer line.
+pub fn hold_for_host(what: &str) -> std::io::Result<()> {
+    println!("@@VMLANE hold {what}");
+    std::io::stdout().flush()?;
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    Ok(())
+}
+
+fn usage() -> ExitCode {
+    eprintln!(
+        "usage: guest-tests [--expect-blob yes|no] [--map-policy allow|refuse] [--hold-kms]\n\
+         \x20      guest-tests inspect-pid DMABUF_INFO\n\
+         \x20      guest-tests show-console"
+    );
+    ExitCode::from(2)
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("inspect-pid") => {
+            let Some(tool) = args.get(1) else {
+                return usage();
+            };
+            let mut runner = Runner::new();
+            inspect::inspect_pid(&mut runner, tool);
+            return runner.finish();
+        }
+        Some("hold-dmabufs") => return inspect::hold_dmabufs(),
+        Some("show-console") => {
+            let mut runner = Runner::new();
+            cases::show_console(&mut runner);
+            return runner.finish();
+        }
+        _ => {}
+    }
+    let mut expect = Expectations {
+        blob: true,
+        refuse_maps: false,
+        hold_kms: false,
+    };
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        match (arg.as_str(), it.clone().next().map(String::as_str)) {
+            ("--expect-blob", Some(v @ ("yes" | "no"))) => {
+                expect.blob = v == "yes";
+                it.next();
+            }
+            ("--map-policy", Some(v @ ("allow" | "refuse"))) => {
+                expect.refuse_maps = v == "refuse";
+                it.next();
+            }
+            ("--hold-kms", _) => expect.hold_kms = true,
+            _ => return usage(),
+        }
+    }
+    let mut runner = Runner::new();
+    cases::run_all(&mut runner, expect);
+    runner.finish()
+}

@@ -1,0 +1,726 @@
+//! The three lanes: `kernel`, `blob`, `qemu10`.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use guest_tests::pattern;
+use guest_tests::report::{case_line, parse_libtest_result, parse_summary, Outcome, Tally};
+
+use crate::binaries;
+use crate::fetch::{self, Apt, Kernel};
+use crate::initramfs;
+use crate::qmp::Qmp;
+use crate::vm::{Boot, KillOnDrop, Qemu, Transcript};
+use crate::{step, Error};
+
+/// Lane names, in the order they run by default.
+pub const NAMES: [&str; 3] = ["kernel", "blob", "qemu10"];
+
+/// Everything prepared once and shared by the lanes.
+#[derive(Default)]
+pub struct Env {
+    cache: Option<PathBuf>,
+    apt: Option<Apt>,
+    kernel: Option<Kernel>,
+    guest_tests: Option<PathBuf>,
+}
+
+impl Env {
+    fn cache(&mut self) -> Result<PathBuf, Error> {
+        if self.cache.is_none() {
+            self.cache = Some(fetch::cache_root()?);
+        }
+        Ok(self.cache.clone().unwrap_or_default())
+    }
+
+    fn apt(&mut self) -> Result<&Apt, Error> {
+        if self.apt.is_none() {
+            let cache = self.cache()?;
+            ensure_host_tools()?;
+            self.apt = Some(Apt::new(&cache)?);
+        }
+        self.apt
+            .as_ref()
+            .ok_or_else(|| Error::Setup("apt configuration missing".into()))
+    }
+
+    fn kernel(&mut self) -> Result<&Kernel, Error> {
+        if self.kernel.is_none() {
+            let cache = self.cache()?;
+            let kernel = fetch::kernel(&cache, self.apt()?)?;
+            self.kernel = Some(kernel);
+        }
+        self.kernel
+            .as_ref()
+            .ok_or_else(|| Error::Setup("kernel missing".into()))
+    }
+
+    fn qemu10(&mut self) -> Result<Qemu, Error> {
+        Ok(Qemu::System(fetch::qemu10(self.apt()?)?))
+    }
+
+    fn qemu11(&mut self) -> Result<Qemu, Error> {
+        let cache = self.cache()?;
+        self.apt()?;
+        Ok(Qemu::Chroot(fetch::trixie_root(&cache)?))
+    }
+
+    fn guest_tests(&mut self) -> Result<PathBuf, Error> {
+        if self.guest_tests.is_none() {
+            let built = step("build: static guest-tests", || {
+                binaries::guest(&["build", "-p", "guest-tests", "--bin", "guest-tests"])
+            })?;
+            self.guest_tests = Some(binaries::find(&built, "guest-tests", false)?.path.clone());
+        }
+        Ok(self.guest_tests.clone().unwrap_or_default())
+    }
+}
+
+/// Tools the runner shells out to, and the Debian packages that carry them.
+const HOST_TOOLS: [(&str, &str); 6] = [
+    ("/bin/busybox", "busybox-static"),
+    ("/usr/sbin/debootstrap", "debootstrap"),
+    ("/usr/bin/xz", "xz-utils"),
+    ("/usr/sbin/depmod", "kmod"),
+    ("/usr/bin/unshare", "util-linux"),
+    ("/usr/bin/dpkg-deb", "dpkg"),
+];
+
+fn ensure_host_tools() -> Result<(), Error> {
+    let missing: Vec<&str> = HOST_TOOLS
+        .iter()
+        .filter(|(path, _)| !Path::new(path).exists())
+        .map(|(_, package)| *package)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    step(&format!("apt: installing {}", missing.join(" ")), || {
+        crate::run(
+            Command::new("apt-get")
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .args(["install", "-y", "-qq", "--no-install-recommends"])
+                .args(&missing),
+        )
+    })
+}
+
+/// A lane's work directory under `target/vm-lanes/`, emptied.
+fn lane_dir(name: &str) -> Result<PathBuf, Error> {
+    let dir = binaries::target_dir().join("vm-lanes").join(name);
+    if dir.exists() {
+        fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    }
+    fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    Ok(dir)
+}
+
+/// One guest program run by `/init`.
+struct GuestStep {
+    name: String,
+    command: String,
+}
+
+impl GuestStep {
+    fn new(name: &str, command: &str) -> Self {
+        GuestStep {
+            name: name.into(),
+            command: command.into(),
+        }
+    }
+}
+
+/// Loads the modules given as arguments, one case line each.
+const LOAD_MODULES: &str = "#!/bin/sh
+pass=0; fail=0
+for m in \"$@\"; do
+  if insmod /lib/modules/$m; then echo \"ok insmod $m\"; pass=$((pass+1));
+  else echo \"FAILED insmod $m\"; fail=$((fail+1)); fi
+done
+echo \"$pass passed, $fail failed, 0 skipped\"
+[ $fail -eq 0 ]
+";
+
+/// Runs our backend with the udmabuf allocator where the conformance suite asks
+/// for its default (`--allocator memfd`); every other argument is passed on.
+const UDMABUF_BACKEND: &str = "#!/bin/sh
+n=$#; prev=
+for a in \"$@\"; do
+  if [ \"$prev\" = --allocator ] && [ \"$a\" = memfd ]; then a=udmabuf; fi
+  set -- \"$@\" \"$a\"; prev=$a
+done
+shift $n
+exec /bin/vhost-user-gpu \"$@\"
+";
+
+/// Removes ANSI colour sequences (libtest colours its output on some setups).
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // Skip to the final byte of the CSI sequence.
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Writes the lane's initramfs: busybox, modules, binaries (installed as
+/// `/bin/NAME`) and an `/init` that runs the steps.
+fn write_initramfs(
+    path: &Path,
+    kernel: &Kernel,
+    modules: &[&str],
+    binaries: &[(&str, &Path)],
+    scripts: &[(&str, &str)],
+    steps: &[GuestStep],
+) -> Result<(), Error> {
+    let mut archive = initramfs::base()?;
+    let module_files = initramfs::add_modules(&mut archive, &kernel.modules, modules)?;
+    for (name, source) in binaries {
+        let data = fs::read(source).map_err(|e| Error::io(source, e))?;
+        archive.file(&format!("bin/{name}"), 0o755, &data);
+    }
+    for (path, text) in scripts {
+        archive.file(path, 0o755, text.as_bytes());
+    }
+    let mut init = String::from(
+        "#!/bin/busybox sh\n\
+         /bin/busybox --install -s /bin\n\
+         mount -t proc proc /proc\n\
+         mount -t sysfs sysfs /sys\n\
+         mount -t devtmpfs devtmpfs /dev\n\
+         mount -t tmpfs tmpfs /tmp\n\
+         stty -F /dev/ttyS1 raw -echo\n\
+         exec </dev/ttyS1 >/dev/ttyS1 2>&1\n\
+         echo \"@@VMLANE boot $(uname -r)\"\n\
+         step() { name=$1; shift; echo \"@@VMLANE step $name\"; \
+         (cd /tmp && timeout -s KILL 900 \"$@\"); echo \"@@VMLANE end $name rc=$?\"; }\n\
+",
+    );
+    archive.file("bin/load-modules", 0o755, LOAD_MODULES.as_bytes());
+    init.push_str(&format!(
+        "step modules /bin/load-modules {}\n",
+        module_files.join(" ")
+    ));
+    for s in steps {
+        init.push_str(&format!("step {} {}\n", s.name, s.command));
+    }
+    init.push_str("echo \"@@VMLANE done\"\nsync\npoweroff -f\n");
+    archive.file("init", 0o755, init.as_bytes());
+    archive.finish(path)
+}
+
+/// Counts a transcript: every step must end and print a summary line (ours or
+/// libtest's); a step that exits non-zero without a counted failure counts as
+/// one failure; a step that never ran counts as one failure.
+fn tally_transcript(label: &str, transcript: &Transcript, steps: &[String]) -> Tally {
+    let mut total = Tally::default();
+    let mut current: Option<(String, Tally, bool)> = None;
+    let mut ended = Vec::new();
+    for line in &transcript.lines {
+        let line = &strip_ansi(line);
+        if let Some(name) = line.strip_prefix("@@VMLANE step ") {
+            current = Some((name.trim().to_string(), Tally::default(), false));
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("@@VMLANE end ") {
+            let Some((name, mut tally, counted)) = current.take() else {
+                continue;
+            };
+            let rc = rest
+                .rsplit("rc=")
+                .next()
+                .and_then(|s| s.trim().parse::<i32>().ok());
+            if !counted {
+                println!("FAILED {label}/{name}: printed no result line (exit {rc:?})");
+                tally.failed += 1;
+            } else if rc != Some(0) && tally.failed == 0 {
+                println!("FAILED {label}/{name}: exited with {rc:?} although no case failed");
+                tally.failed += 1;
+            }
+            println!("  {label}/{name}: {tally}");
+            total.add(tally);
+            ended.push(name);
+            continue;
+        }
+        if let Some((name, tally, counted)) = current.as_mut() {
+            let parsed = parse_summary(line).or_else(|| parse_libtest_result(line));
+            if let Some(t) = parsed {
+                tally.add(t);
+                *counted = true;
+            } else if line.starts_with("FAILED ")
+                || (line.starts_with("test ") && line.ends_with("FAILED"))
+            {
+                println!("  {label}/{name}: {line}");
+            }
+        }
+    }
+    if let Some((name, _, _)) = current {
+        println!("FAILED {label}/{name}: did not finish");
+        total.failed += 1;
+        ended.push(name);
+    }
+    for expected in steps {
+        if !ended.contains(expected) {
+            println!("FAILED {label}/{expected}: never ran");
+            total.failed += 1;
+        }
+    }
+    if !transcript.finished {
+        println!("FAILED {label}: the guest did not reach the end of /init");
+        total.failed += 1;
+    }
+    total
+}
+
+/// Runs one lane by name.
+pub fn run(name: &str, env: &mut Env, timeout: Duration) -> Result<Tally, Error> {
+    match name {
+        "kernel" => kernel_lane(env, timeout),
+        "blob" => blob_lane(env, timeout),
+        "qemu10" => qemu10_lane(env, timeout),
+        other => Err(Error::Lane(format!("no lane named {other}"))),
+    }
+}
+
+fn host_case(label: &str, tally: &mut Tally, outcome: Outcome) {
+    println!("{}", case_line(label, &outcome));
+    tally.record(&outcome);
+}
+
+const VIRTIO_GPU_MODULES: [&str; 5] = [
+    "drm",
+    "drm_kms_helper",
+    "drm_shmem_helper",
+    "virtio_dma_buf",
+    "virtio-gpu",
+];
+
+fn kernel_lane(env: &mut Env, timeout: Duration) -> Result<Tally, Error> {
+    let dir = lane_dir("kernel")?;
+    let qemu = env.qemu10()?;
+    let guest_tests = env.guest_tests()?;
+    let dmabuf = step(
+        "build: static dmabuf-info CLI and real-exporter tests",
+        || {
+            let mut built = binaries::guest(&["build", "-p", "dmabuf-info", "--bins"])?;
+            built.extend(binaries::guest(&[
+                "test",
+                "-p",
+                "dmabuf-info",
+                "--test",
+                "real_exporters",
+                "--no-run",
+            ])?);
+            Ok(built)
+        },
+    )?;
+    let cli = binaries::find(&dmabuf, "dmabuf-info", false)?.path.clone();
+    let real = binaries::find(&dmabuf, "real_exporters", true)?
+        .path
+        .clone();
+
+    let mut bins: Vec<(&str, &Path)> = vec![
+        ("guest-tests", &guest_tests),
+        ("dmabuf-info", &cli),
+        ("real_exporters", &real),
+    ];
+    let mut steps = vec![
+        GuestStep::new(
+            "real-exporters",
+            "/bin/real_exporters --test-threads=1 --color never",
+        ),
+        GuestStep::new(
+            "inspect-pid",
+            "/bin/guest-tests inspect-pid /bin/dmabuf-info",
+        ),
+    ];
+    let mut extra_files: Vec<(&str, &str)> = Vec::new();
+    let backend = vhost_user_gpu_in_guest()?;
+    if let Some(backend) = &backend {
+        bins.push(("vhost-user-gpu", &backend.0));
+        bins.push(("conformance", &backend.1));
+        extra_files.push(("bin/vhost-user-gpu-udmabuf", UDMABUF_BACKEND));
+        steps.push(GuestStep::new(
+            "vhost-user-gpu-udmabuf",
+            "env VUG_BACKEND=/bin/vhost-user-gpu-udmabuf VUG_BACKEND_PEER=ours \
+             /bin/conformance --test-threads=1 --color never",
+        ));
+    }
+    let kernel = env.kernel()?;
+    eprintln!("vm-lanes: guest kernel {}", kernel.release);
+    let initrd = dir.join("initramfs.cpio");
+    let mut modules: Vec<&str> = VIRTIO_GPU_MODULES.to_vec();
+    modules.push("vgem");
+    write_initramfs(&initrd, kernel, &modules, &bins, &extra_files, &steps)?;
+    let boot = Boot {
+        qemu: &qemu,
+        dir: &dir,
+        kernel: &kernel.image,
+        initramfs: &initrd,
+        extra: strings(&["-m", "512M", "-machine", "q35", "-device", "virtio-gpu-pci"]),
+        timeout,
+    };
+    let transcript = step("kernel lane: guest run", || boot.run(&mut |_| {}))?;
+    let mut names: Vec<String> = steps.iter().map(|s| s.name.clone()).collect();
+    names.push("modules".into());
+    let mut tally = tally_transcript("kernel", &transcript, &names);
+    if backend.is_none() {
+        host_case(
+            "kernel/vhost-user-gpu-udmabuf",
+            &mut tally,
+            Outcome::Failed(
+                "the vhost-user-gpu binary or its conformance tests could not be built static"
+                    .into(),
+            ),
+        );
+    }
+    Ok(tally)
+}
+
+/// The backend and the conformance test executable, built static for the
+/// guest, or `None` when they cannot be (reported as a failure by the lane).
+fn vhost_user_gpu_in_guest() -> Result<Option<(PathBuf, PathBuf)>, Error> {
+    let built = step("build: static vhost-user-gpu and conformance tests", || {
+        let mut built =
+            binaries::guest(&["build", "-p", "vhost-user-gpu", "--bin", "vhost-user-gpu"])?;
+        built.extend(binaries::guest(&[
+            "test",
+            "-p",
+            "vhost-user-gpu",
+            "--test",
+            "conformance",
+            "--no-run",
+        ])?);
+        Ok(built)
+    });
+    let built = match built {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("vm-lanes: {e}");
+            return Ok(None);
+        }
+    };
+    let backend = binaries::find(&built, "vhost-user-gpu", false)?
+        .path
+        .clone();
+    let conformance = binaries::find(&built, "conformance", true)?.path.clone();
+    Ok(Some((backend, conformance)))
+}
+
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|s| s.to_string()).collect()
+}
+
+/// The host-side backend process for the blob and qemu10 lanes.
+struct Backend {
+    child: KillOnDrop,
+    log: PathBuf,
+}
+
+impl Backend {
+    fn start(binary: &Path, dir: &Path, socket: &Path, extra: &[String]) -> Result<Self, Error> {
+        let log = dir.join("backend.log");
+        let out = fs::File::create(&log).map_err(|e| Error::io(&log, e))?;
+        let err = out.try_clone().map_err(|e| Error::io(&log, e))?;
+        let child = Command::new(binary)
+            .arg("--socket-path")
+            .arg(socket)
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .map_err(|e| Error::Setup(format!("cannot start {}: {e}", binary.display())))?;
+        let mut backend = Backend {
+            child: KillOnDrop(child),
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !socket.exists() {
+            if let Ok(Some(status)) = backend.child.0.try_wait() {
+                return Err(Error::Lane(format!(
+                    "the backend exited ({status}) before listening; see {}",
+                    backend.log.display()
+                )));
+            }
+            if Instant::now() > deadline {
+                return Err(Error::Lane(format!(
+                    "the backend did not create {} within 20 s",
+                    socket.display()
+                )));
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        backend.child.0.try_wait().ok();
+        Ok(backend)
+    }
+
+    /// Whether the backend crashed on its own (a clean exit after the frontend
+    /// went away is fine).
+    fn crashed(&mut self) -> Option<String> {
+        match self.child.0.try_wait() {
+            Ok(Some(status)) if !status.success() => Some(format!(
+                "the backend exited with {status}; see {}",
+                self.log.display()
+            )),
+            _ => None,
+        }
+    }
+}
+
+fn host_backend() -> Result<PathBuf, Error> {
+    let built = step("build: vhost-user-gpu (host)", || {
+        binaries::host(&["build", "-p", "vhost-user-gpu", "--bin", "vhost-user-gpu"])
+    })?;
+    Ok(binaries::find(&built, "vhost-user-gpu", false)?
+        .path
+        .clone())
+}
+
+fn vhost_user_memory() -> Vec<String> {
+    strings(&[
+        "-m",
+        "512M",
+        "-object",
+        "memory-backend-memfd,id=mem,size=512M,share=on",
+        "-machine",
+        "q35,memory-backend=mem",
+    ])
+}
+
+/// Checks a PNG against the guest's KMS test pattern.
+fn check_pattern_png(path: &Path) -> Outcome {
+    match pattern::read_png(path) {
+        Ok(image) => match pattern::check(&image) {
+            Ok(()) => Outcome::Passed,
+            Err(e) => Outcome::Failed(format!("{}: {e}", path.display())),
+        },
+        Err(e) => Outcome::Failed(format!("{}: {e}", path.display())),
+    }
+}
+
+/// The newest PNG in a directory.
+fn newest_png(dir: &Path) -> Option<PathBuf> {
+    let entries = fs::read_dir(dir).ok()?;
+    entries
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "png"))
+        .max_by_key(|e| e.metadata().and_then(|m| m.modified()).ok())
+        .map(|e| e.path())
+}
+
+/// The refusing policy: memfd buffers declared as needing SYNC, which the
+/// guest policy must refuse to map.
+const REFUSING_POLICY: &str = "\
+[[exporter]]
+name = \"memfd\"
+cache = \"cached\"
+needs_sync = \"yes\"
+stable = true
+";
+
+fn blob_lane(env: &mut Env, timeout: Duration) -> Result<Tally, Error> {
+    let qemu = env.qemu11()?;
+    let guest_tests = env.guest_tests()?;
+    let backend_bin = host_backend()?;
+    let mut total = Tally::default();
+    for (run, refuse) in [("blob-default", false), ("blob-refusing", true)] {
+        let dir = lane_dir(run)?;
+        let captures = dir.join("captures");
+        fs::create_dir_all(&captures).map_err(|e| Error::io(&captures, e))?;
+        let socket = dir.join("gpu.sock");
+        let mut extra = strings(&["--allocator", "memfd", "--hostmem", "256M"]);
+        extra.push("--capture-dir".into());
+        extra.push(captures.display().to_string());
+        if refuse {
+            let policy = dir.join("refuse.toml");
+            fs::write(&policy, REFUSING_POLICY).map_err(|e| Error::io(&policy, e))?;
+            extra.push("--policy-config".into());
+            extra.push(policy.display().to_string());
+        }
+        let mut backend = Backend::start(&backend_bin, &dir, &socket, &extra)?;
+        let policy_arg = if refuse { "refuse" } else { "allow" };
+        let steps = vec![GuestStep::new(
+            "guest-tests",
+            &format!("/bin/guest-tests --expect-blob yes --map-policy {policy_arg} --hold-kms"),
+        )];
+        let kernel = env.kernel()?;
+        let initrd = dir.join("initramfs.cpio");
+        write_initramfs(
+            &initrd,
+            kernel,
+            &VIRTIO_GPU_MODULES,
+            &[("guest-tests", &guest_tests)],
+            &[],
+            &steps,
+        )?;
+        let mut args = vhost_user_memory();
+        args.extend([
+            "-chardev".into(),
+            format!("socket,id=gpu,path={}", socket.display()),
+            "-device".into(),
+            "vhost-user-test-device-pci,virtio-id=16,num_vqs=2,config_size=16,chardev=gpu".into(),
+        ]);
+        let boot = Boot {
+            qemu: &qemu,
+            dir: &dir,
+            kernel: &kernel.image,
+            initramfs: &initrd,
+            extra: args,
+            timeout,
+        };
+        let mut capture_outcome = None;
+        let transcript = step(&format!("{run}: guest run"), || {
+            boot.run(&mut |what| {
+                if what.starts_with("kms-pattern") {
+                    // Give the backend a moment to write the flushed frame.
+                    thread::sleep(Duration::from_millis(500));
+                    capture_outcome = Some(match newest_png(&captures) {
+                        Some(png) => {
+                            let kept = dir.join("kms-pattern.png");
+                            let _ = fs::copy(&png, &kept);
+                            check_pattern_png(&png)
+                        }
+                        None => Outcome::Failed(format!(
+                            "the backend wrote no PNG to {}",
+                            captures.display()
+                        )),
+                    });
+                }
+            })
+        })?;
+        let mut tally =
+            tally_transcript(run, &transcript, &["modules".into(), "guest-tests".into()]);
+        host_case(
+            &format!("{run}/host: KMS pattern in the backend's PNG capture"),
+            &mut tally,
+            capture_outcome.unwrap_or(Outcome::Failed(
+                "the guest never asked the host to look at the KMS pattern".into(),
+            )),
+        );
+        host_case(
+            &format!("{run}/host: backend survived the guest"),
+            &mut tally,
+            match backend.crashed() {
+                Some(why) => Outcome::Failed(why),
+                None => Outcome::Passed,
+            },
+        );
+        println!("  {run}: {tally}");
+        total.add(tally);
+    }
+    Ok(total)
+}
+
+fn qemu10_lane(env: &mut Env, timeout: Duration) -> Result<Tally, Error> {
+    let dir = lane_dir("qemu10")?;
+    let qemu = env.qemu10()?;
+    let guest_tests = env.guest_tests()?;
+    let backend_bin = host_backend()?;
+    let socket = dir.join("gpu.sock");
+    let qmp_socket = dir.join("qmp.sock");
+    let mut backend = Backend::start(
+        &backend_bin,
+        &dir,
+        &socket,
+        &strings(&["--allocator", "memfd"]),
+    )?;
+    let steps = vec![
+        GuestStep::new(
+            "guest-tests",
+            "/bin/guest-tests --expect-blob no --map-policy allow --hold-kms",
+        ),
+        GuestStep::new("console", "/bin/guest-tests show-console"),
+    ];
+    let kernel = env.kernel()?;
+    let initrd = dir.join("initramfs.cpio");
+    write_initramfs(
+        &initrd,
+        kernel,
+        &VIRTIO_GPU_MODULES,
+        &[("guest-tests", &guest_tests)],
+        &[],
+        &steps,
+    )?;
+    let mut args = vhost_user_memory();
+    args.extend([
+        "-chardev".into(),
+        format!("socket,id=gpu,path={}", socket.display()),
+        "-device".into(),
+        "vhost-user-gpu-pci,chardev=gpu".into(),
+        "-qmp".into(),
+        format!("unix:{},server=on,wait=off", qmp_socket.display()),
+    ]);
+    let boot = Boot {
+        qemu: &qemu,
+        dir: &dir,
+        kernel: &kernel.image,
+        initramfs: &initrd,
+        extra: args,
+        timeout,
+    };
+    let mut pattern_outcome = None;
+    let mut console_outcome = None;
+    let transcript = step("qemu10 lane: guest run", || {
+        boot.run(&mut |what| {
+            let (file, slot) = if what.starts_with("kms-pattern") {
+                (dir.join("screendump-kms.png"), &mut pattern_outcome)
+            } else if what.starts_with("console") {
+                (dir.join("screendump-console.png"), &mut console_outcome)
+            } else {
+                return;
+            };
+            let shot = Qmp::connect(&qmp_socket).and_then(|mut q| q.screendump_png(&file));
+            *slot = Some(match shot {
+                Err(e) => Outcome::Failed(format!("QMP screendump: {e}")),
+                Ok(()) if what.starts_with("kms-pattern") => check_pattern_png(&file),
+                Ok(()) => match pattern::read_png(&file) {
+                    Ok(image) if image.distinct_colors() >= 2 => Outcome::Passed,
+                    Ok(_) => Outcome::Failed(format!("{} is blank", file.display())),
+                    Err(e) => Outcome::Failed(format!("{}: {e}", file.display())),
+                },
+            });
+        })
+    })?;
+    let mut tally = tally_transcript(
+        "qemu10",
+        &transcript,
+        &["modules".into(), "guest-tests".into(), "console".into()],
+    );
+    host_case(
+        "qemu10/host: screendump shows the KMS pattern",
+        &mut tally,
+        pattern_outcome.unwrap_or(Outcome::Failed(
+            "the guest never asked for the KMS screendump".into(),
+        )),
+    );
+    host_case(
+        "qemu10/host: screendump shows the guest console",
+        &mut tally,
+        console_outcome.unwrap_or(Outcome::Failed(
+            "the guest never asked for the console screendump".into(),
+        )),
+    );
+    host_case(
+        "qemu10/host: backend survived the guest",
+        &mut tally,
+        match backend.crashed() {
+            Some(why) => Outcome::Failed(why),
+            None => Outcome::Passed,
+        },
+    );
+    Ok(tally)
+}
