@@ -9,7 +9,9 @@
 //! guest's own buffer, so it is allowed (no host memory outside the guest's reach is
 //! involved).
 
-use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryError, Permissions};
+use vm_memory::{
+    Bytes, GuestAddress, GuestMemory, GuestMemoryBackend, GuestMemoryError, Permissions,
+};
 
 use crate::device::ports::GuestMemory as GuestMem;
 use crate::protocol::MemEntry;
@@ -57,11 +59,22 @@ pub enum BackingError {
     },
 }
 
+/// One guest-physically contiguous piece (adjacent entries merged).
+#[derive(Debug, Clone, Copy)]
+struct Piece {
+    addr: u64,
+    len: u64,
+}
+
 /// A resource's guest memory pieces.
 #[derive(Debug, Clone)]
 pub(crate) struct Backing {
+    /// The guest's entries, as sent.
     entries: Vec<MemEntry>,
-    /// Offset of each entry in the linear backing (prefix sums of lengths).
+    /// The same memory with guest-physically adjacent entries merged, so that copies are
+    /// as large as the guest layout allows.
+    pieces: Vec<Piece>,
+    /// Offset of each piece in the linear backing (prefix sums of lengths).
     starts: Vec<u64>,
     total: u64,
 }
@@ -69,10 +82,12 @@ pub(crate) struct Backing {
 impl Backing {
     /// Builds a backing from the guest's entries, checking that each lies in guest memory.
     pub fn new(mem: &GuestMem, entries: Vec<MemEntry>) -> Result<Self, BackingError> {
+        let mut pieces: Vec<Piece> = Vec::with_capacity(entries.len());
         let mut starts = Vec::with_capacity(entries.len());
         let mut total = 0u64;
         for (index, e) in entries.iter().enumerate() {
-            if e.addr.checked_add(u64::from(e.length)).is_none() {
+            let len = u64::from(e.length);
+            if e.addr.checked_add(len).is_none() {
                 return Err(BackingError::EntryOverflow {
                     index,
                     addr: e.addr,
@@ -91,12 +106,23 @@ impl Backing {
                     len: e.length,
                 });
             }
-            starts.push(total);
+            if len == 0 {
+                continue;
+            }
+            match pieces.last_mut() {
+                // Cannot overflow: addr + len was checked above for both.
+                Some(last) if last.addr + last.len == e.addr => last.len += len,
+                _ => {
+                    pieces.push(Piece { addr: e.addr, len });
+                    starts.push(total);
+                }
+            }
             // Cannot overflow: at most 16384 entries of at most 4 GiB each.
-            total += u64::from(e.length);
+            total += len;
         }
         Ok(Backing {
             entries,
+            pieces,
             starts,
             total,
         })
@@ -136,19 +162,16 @@ impl Backing {
         if len == 0 {
             return Ok(());
         }
-        // Last entry starting at or before `offset` (skipping empty entries is implicit:
-        // they have zero length and are stepped over below).
+        // The piece containing `offset` (pieces are non-empty, starts strictly increase,
+        // and starts[0] == 0 <= offset < total).
         let mut index = self.starts.partition_point(|&s| s <= offset) - 1;
         let mut within = offset - self.starts[index];
         let mut done = 0usize;
         while done < len {
-            let e = &self.entries[index];
-            let available = u64::from(e.length) - within;
-            let chunk = available.min((len - done) as u64) as usize;
-            if chunk > 0 {
-                f(GuestAddress(e.addr + within), done, done + chunk)?;
-                done += chunk;
-            }
+            let p = self.pieces[index];
+            let chunk = (p.len - within).min((len - done) as u64) as usize;
+            f(GuestAddress(p.addr + within), done, done + chunk)?;
+            done += chunk;
             index += 1;
             within = 0;
         }
@@ -158,7 +181,15 @@ impl Backing {
     /// Copies `dst.len()` bytes at `offset` of the backing into `dst`.
     pub fn read(&self, mem: &GuestMem, offset: u64, dst: &mut [u8]) -> Result<(), BackingError> {
         self.for_each_piece(offset, dst.len(), |addr, start, end| {
-            mem.read_slice(&mut dst[start..end], addr)
+            let dst = &mut dst[start..end];
+            // Fast path: the piece lies in one region, one bulk copy. Otherwise (a piece
+            // spanning adjacent regions) let vm-memory walk the regions.
+            if let Ok(slice) = GuestMemoryBackend::get_slice(mem, addr, dst.len()) {
+                if slice.copy_to(dst) == dst.len() {
+                    return Ok(());
+                }
+            }
+            mem.read_slice(dst, addr)
                 .map_err(|source| BackingError::Memory {
                     addr: addr.0,
                     source,
@@ -169,7 +200,12 @@ impl Backing {
     /// Copies `src` to `offset` of the backing.
     pub fn write(&self, mem: &GuestMem, offset: u64, src: &[u8]) -> Result<(), BackingError> {
         self.for_each_piece(offset, src.len(), |addr, start, end| {
-            mem.write_slice(&src[start..end], addr)
+            let src = &src[start..end];
+            if let Ok(slice) = GuestMemoryBackend::get_slice(mem, addr, src.len()) {
+                slice.copy_from(src);
+                return Ok(());
+            }
+            mem.write_slice(src, addr)
                 .map_err(|source| BackingError::Memory {
                     addr: addr.0,
                     source,
@@ -231,6 +267,43 @@ mod tests {
             b.read(&mem, u64::MAX, &mut [0; 2]),
             Err(BackingError::OutOfRange { .. })
         ));
+    }
+
+    #[test]
+    fn adjacent_entries_are_merged_into_one_piece() {
+        let mem = memory();
+        let entries = vec![
+            MemEntry {
+                addr: 0x1000,
+                length: 0x1000,
+            },
+            MemEntry {
+                addr: 0x2000,
+                length: 0x1000,
+            },
+            MemEntry {
+                addr: 0x3000,
+                length: 0,
+            },
+            MemEntry {
+                addr: 0x3000,
+                length: 0x10,
+            },
+            MemEntry {
+                addr: 0x10000,
+                length: 0x10,
+            },
+        ];
+        let b = Backing::new(&mem, entries).unwrap();
+        assert_eq!(b.entries().len(), 5);
+        assert_eq!(b.pieces.len(), 2);
+        assert_eq!(b.pieces[0].len, 0x2010);
+        assert_eq!(b.starts, vec![0, 0x2010]);
+        let data: Vec<u8> = (0..0x2020u32).map(|i| (i % 251) as u8).collect();
+        b.write(&mem, 0, &data).unwrap();
+        let mut out = vec![0u8; 0x20];
+        b.read(&mem, 0x2000, &mut out).unwrap();
+        assert_eq!(out, data[0x2000..]);
     }
 
     #[test]
