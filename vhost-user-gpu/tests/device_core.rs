@@ -1994,3 +1994,16 @@ fn image_requirements_respect_the_memory_budget() {
     assert_eq!(h.submit(1, &[get(256, 256)]), GpuResponse::OkNoData);
     assert_eq!(h.dev.resource_memory(), 256 * 256 * 4);
 }
+
+#[test]
+fn device_can_move_between_threads() {
+    fn assert_send<T: Send>() {}
+    assert_send::<GpuDevice>();
+    // And it keeps working on another thread.
+    let mut h = Harness::new();
+    let handle = std::thread::spawn(move || {
+        h.create_2d(1, 4, 4);
+        h.dev.resource_count()
+    });
+    assert_eq!(handle.join().unwrap(), 1);
+}

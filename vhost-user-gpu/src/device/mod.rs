@@ -11,6 +11,17 @@
 //!
 //! Every rejected guest input is answered with the matching virtio-gpu error and logged
 //! with `warn!`, naming the command and the field.
+//!
+//! Guest memory is only reached through vm-memory (`GuestMemory`/`Bytes`), with every range
+//! checked, and re-resolved on each access because the frontend may replace the memory table
+//! at any time. QEMU lists mapped blobs of the host-visible region in that table, so guest
+//! descriptors and backings may point into a mapped blob; the device then reads or writes
+//! that blob, which is memory the guest already owns and sees. This is harmless and
+//! deliberately allowed (refusing it would need the region's guest address, which the
+//! backend is never told).
+//!
+//! Host memory is accounted before it is allocated: `max_resource_memory` and
+//! `max_resources` turn into `ERR_OUT_OF_MEMORY`, never into a host allocation failure.
 
 mod backing;
 mod blob;
