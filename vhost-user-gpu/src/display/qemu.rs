@@ -5,11 +5,14 @@
 //! it: `SCANOUT` + `UPDATE` (pixels in `PIXMAN_x8r8g8b8`), or `DMABUF_SCANOUT(2)` +
 //! `DMABUF_UPDATE` for dma-buf scanouts, and `CURSOR_POS(_HIDE)` / `CURSOR_UPDATE`.
 //!
-//! Messages are framed by `vhost::vhost_user::GpuBackend`. Messages that wait for a reply
-//! (`GET_PROTOCOL_FEATURES`, `GET_DISPLAY_INFO`, `GET_EDID`, `DMABUF_UPDATE`) are answered by
-//! QEMU's main loop, so they must never be sent while QEMU waits for us: the protocol
-//! handshake therefore runs lazily on first use, from the queue thread that calls the sink,
-//! never from inside the `SET_SOCKET` handler.
+//! Messages are framed by `vhost::vhost_user::GpuBackend`. QEMU reads this socket only in its
+//! main loop, so nothing may be sent while QEMU waits for one of our replies on the vhost-user
+//! socket: a reply it must answer (`GET_PROTOCOL_FEATURES`, `GET_DISPLAY_INFO`, `GET_EDID`,
+//! `DMABUF_UPDATE`) would never come, and a large `UPDATE` could fill the socket buffer. The
+//! sink therefore talks to QEMU only from the queue thread
+//! ([`crate::transport::shmem::QueueThreadScope`]): the handshake runs lazily on first use
+//! there, and a scanout change made from elsewhere (the device applying a new sink or a reset
+//! on the connection thread) is remembered and sent on the next queue-thread call.
 //!
 //! The protocol feature bits are decoded here (`VHOST_USER_GPU_PROTOCOL_F_EDID` = bit 0,
 //! `_DMABUF2` = bit 1): the `vhost` crate's `VhostUserGpuProtocolFeatures` declares the bit
@@ -28,6 +31,7 @@ use vhost::vhost_user::GpuBackend;
 
 use crate::device::ports::{fourcc, DisplaySink, DmabufScanout, Frame, Rect};
 use crate::display::pixels;
+use crate::transport::shmem::in_queue_thread;
 
 /// `VHOST_USER_GPU_PROTOCOL_F_EDID`: the frontend answers `GET_EDID`.
 pub const PROTOCOL_F_EDID: u64 = 1 << 0;
@@ -54,6 +58,8 @@ pub struct QemuDisplay {
     /// Negotiated protocol features, once the handshake ran.
     features: Option<u64>,
     scanouts: BTreeMap<u32, ScanoutState>,
+    /// Scanout changes requested outside the queue thread, sent on the next call from it.
+    pending_modes: BTreeMap<u32, Option<(u32, u32)>>,
     /// Set after the first send error: the channel is gone, stop talking (logged once).
     broken: bool,
 }
@@ -65,17 +71,19 @@ impl QemuDisplay {
             channel,
             features: None,
             scanouts: BTreeMap::new(),
+            pending_modes: BTreeMap::new(),
             broken: false,
         }
     }
 
     /// Runs the protocol feature handshake if it has not run yet; returns the negotiated
-    /// features (0 if the channel is broken).
+    /// features (0 if the channel is broken, or when called outside the queue thread before
+    /// the handshake ran).
     pub fn negotiate(&mut self) -> u64 {
         if let Some(features) = self.features {
             return features;
         }
-        if self.broken {
+        if self.broken || !in_queue_thread() {
             return 0;
         }
         let result = self.channel.get_protocol_features().and_then(|offered| {
@@ -101,7 +109,8 @@ impl QemuDisplay {
         }
     }
 
-    /// Asks QEMU for its preferred display configuration (`GET_DISPLAY_INFO`).
+    /// Asks QEMU for its preferred display configuration (`GET_DISPLAY_INFO`). Queue thread
+    /// only.
     pub fn display_info(&mut self) -> io::Result<VirtioGpuRespDisplayInfo> {
         self.negotiate();
         self.check()?;
@@ -122,6 +131,12 @@ impl QemuDisplay {
     }
 
     fn check(&self) -> io::Result<()> {
+        if !in_queue_thread() {
+            return Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                "the display channel is only used from the queue thread",
+            ));
+        }
         if self.broken {
             Err(io::Error::new(
                 io::ErrorKind::BrokenPipe,
@@ -141,25 +156,23 @@ impl QemuDisplay {
         }
     }
 
-    /// Sends `SCANOUT` with the given size (0x0 disables).
-    fn send_scanout(&mut self, scanout_id: u32, width: u32, height: u32) {
-        let msg = VhostUserGpuScanout {
-            scanout_id,
-            width,
-            height,
-        };
-        if let Err(e) = self.channel.set_scanout(&msg) {
-            self.fail("SCANOUT", &e);
+    /// Whether this call may talk to QEMU (queue thread, handshake done, channel alive);
+    /// sends scanout changes remembered from other threads first.
+    fn ready(&mut self) -> bool {
+        if !in_queue_thread() {
+            return false;
         }
-    }
-}
-
-impl DisplaySink for QemuDisplay {
-    fn scanout(&mut self, scanout_id: u32, mode: Option<(u32, u32)>) {
         self.negotiate();
-        if self.broken {
-            return;
+        for (id, mode) in std::mem::take(&mut self.pending_modes) {
+            if self.broken {
+                break;
+            }
+            self.apply_scanout(id, mode);
         }
+        !self.broken
+    }
+
+    fn apply_scanout(&mut self, scanout_id: u32, mode: Option<(u32, u32)>) {
         match mode {
             Some((width, height)) => {
                 self.send_scanout(scanout_id, width, height);
@@ -185,9 +198,32 @@ impl DisplaySink for QemuDisplay {
         }
     }
 
+    /// Sends `SCANOUT` with the given size (0x0 disables).
+    fn send_scanout(&mut self, scanout_id: u32, width: u32, height: u32) {
+        let msg = VhostUserGpuScanout {
+            scanout_id,
+            width,
+            height,
+        };
+        if let Err(e) = self.channel.set_scanout(&msg) {
+            self.fail("SCANOUT", &e);
+        }
+    }
+}
+
+impl DisplaySink for QemuDisplay {
+    fn scanout(&mut self, scanout_id: u32, mode: Option<(u32, u32)>) {
+        if !in_queue_thread() {
+            self.pending_modes.insert(scanout_id, mode);
+            return;
+        }
+        if self.ready() {
+            self.apply_scanout(scanout_id, mode);
+        }
+    }
+
     fn flush(&mut self, scanout_id: u32, frame: &Frame<'_>, damage: Rect) {
-        self.negotiate();
-        if self.broken {
+        if !self.ready() {
             return;
         }
         let rect = pixels::clamp_rect(damage, frame.width, frame.height);
@@ -228,10 +264,10 @@ impl DisplaySink for QemuDisplay {
     }
 
     fn dmabuf_scanout(&mut self, scanout_id: u32, buf: &DmabufScanout<'_>) -> bool {
-        let features = self.negotiate();
-        if self.broken {
+        if !self.ready() {
             return false;
         }
+        let features = self.negotiate();
         let base = VhostUserGpuDMABUFScanout {
             scanout_id,
             x: 0,
@@ -273,7 +309,7 @@ impl DisplaySink for QemuDisplay {
     }
 
     fn dmabuf_flush(&mut self, scanout_id: u32, damage: Rect) -> bool {
-        if self.broken || self.scanouts.get(&scanout_id) != Some(&ScanoutState::Dmabuf) {
+        if !self.ready() || self.scanouts.get(&scanout_id) != Some(&ScanoutState::Dmabuf) {
             return false;
         }
         let update = VhostUserGpuUpdate {
@@ -300,8 +336,7 @@ impl DisplaySink for QemuDisplay {
         hot_y: u32,
         image: Option<&[u8]>,
     ) {
-        self.negotiate();
-        if self.broken {
+        if !self.ready() {
             return;
         }
         let pos = VhostUserGpuCursorPos { scanout_id, x, y };
@@ -321,8 +356,7 @@ impl DisplaySink for QemuDisplay {
     }
 
     fn cursor_move(&mut self, scanout_id: u32, x: u32, y: u32) {
-        self.negotiate();
-        if self.broken {
+        if !self.ready() {
             return;
         }
         if let Err(e) = self
@@ -344,6 +378,8 @@ mod tests {
     use std::os::fd::AsFd;
     use std::os::unix::net::UnixStream;
     use vmm_sys_util::sock_ctrl_msg::ScmSocket;
+
+    use crate::transport::shmem::QueueThreadScope;
 
     const REPLY: u32 = 0x4;
 
@@ -408,6 +444,7 @@ mod tests {
 
     #[test]
     fn scanout_update_and_cursor_messages_match_the_spec() {
+        let _queue_thread = QueueThreadScope::enter();
         let (mut display, handshake) = connected(0x3 | 0x100);
         // A 2x1 XBGR8888 frame (bytes R, G, B, X): UPDATE must carry B, G, R, X.
         let data = [0x11, 0x22, 0x33, 0, 0x44, 0x55, 0x66, 0];
@@ -476,6 +513,7 @@ mod tests {
 
     #[test]
     fn flush_without_scanout_creates_the_surface_first() {
+        let _queue_thread = QueueThreadScope::enter();
         let (mut display, handshake) = connected(0);
         let data = [0u8; 16];
         let frame = Frame {
@@ -509,6 +547,7 @@ mod tests {
 
     #[test]
     fn dmabuf_scanout2_carries_fd_and_modifier_and_updates_wait_for_ack() {
+        let _queue_thread = QueueThreadScope::enter();
         let (mut display, handshake) = connected(PROTOCOL_F_DMABUF2);
         let memfd =
             rustix::fs::memfd_create("fake-dmabuf", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
@@ -571,6 +610,7 @@ mod tests {
 
     #[test]
     fn tiled_dmabuf_is_refused_without_dmabuf2() {
+        let _queue_thread = QueueThreadScope::enter();
         let (mut display, handshake) = connected(PROTOCOL_F_EDID);
         let memfd =
             rustix::fs::memfd_create("fake-dmabuf", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
@@ -591,6 +631,7 @@ mod tests {
 
     #[test]
     fn edid_and_display_info_requests() {
+        let _queue_thread = QueueThreadScope::enter();
         let (mut display, handshake) = connected(PROTOCOL_F_EDID);
         display.negotiate();
         let mut qemu = handshake.join().unwrap();
@@ -631,6 +672,7 @@ mod tests {
 
     #[test]
     fn closed_channel_is_reported_once_and_silences_the_sink() {
+        let _queue_thread = QueueThreadScope::enter();
         let (ours, theirs) = UnixStream::pair().unwrap();
         drop(theirs);
         let mut display = QemuDisplay::new(GpuBackend::from_stream(ours));
@@ -639,5 +681,47 @@ mod tests {
         display.scanout(0, Some((4, 4)));
         display.cursor_move(0, 1, 1);
         assert!(display.display_info().is_err());
+    }
+
+    #[test]
+    fn nothing_is_sent_outside_the_queue_thread_and_scanouts_are_replayed() {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let mut display = QemuDisplay::new(GpuBackend::from_stream(ours));
+        // The connection thread (say, a device reset applied there) touches the sink.
+        display.scanout(0, Some((8, 8)));
+        display.cursor_move(0, 1, 1);
+        assert_eq!(display.negotiate(), 0);
+        assert!(display.display_info().is_err());
+        theirs.set_nonblocking(true).unwrap();
+        let mut byte = [0u8; 1];
+        assert_eq!(
+            (&theirs).read(&mut byte).unwrap_err().kind(),
+            std::io::ErrorKind::WouldBlock,
+            "nothing reached QEMU"
+        );
+        theirs.set_nonblocking(false).unwrap();
+        let qemu = std::thread::spawn(move || {
+            let mut qemu = FakeQemu { sock: theirs };
+            let (req, _, _, _) = qemu.read();
+            assert_eq!(req, 1, "handshake first");
+            qemu.reply(1, &0u64.to_ne_bytes());
+            let (req, _, _, _) = qemu.read();
+            assert_eq!(req, 2);
+            let (req, _, payload, _) = qemu.read();
+            assert_eq!(
+                (req, words(&payload)),
+                (7, vec![0, 8, 8]),
+                "the remembered SCANOUT"
+            );
+            let (req, _, payload, _) = qemu.read();
+            assert_eq!(
+                (req, words(&payload)),
+                (4, vec![0, 2, 3]),
+                "then the call itself"
+            );
+        });
+        let _queue_thread = QueueThreadScope::enter();
+        display.cursor_move(0, 2, 3);
+        qemu.join().unwrap();
     }
 }

@@ -49,7 +49,8 @@ impl Drop for QueueThreadScope {
     }
 }
 
-fn in_queue_thread() -> bool {
+/// Whether the current thread is inside a [`QueueThreadScope`] (may wait for the frontend).
+pub fn in_queue_thread() -> bool {
     IN_QUEUE_THREAD.with(Cell::get)
 }
 
