@@ -1895,7 +1895,9 @@ fn reset_forgets_everything_without_unmapping() {
     });
     h.take_shown();
     let calls_before = h.region.lock().unwrap().calls.len();
+    let display_before = h.send(GpuCommand::GetDisplayInfo);
     h.dev.reset();
+    assert_eq!(h.send(GpuCommand::GetDisplayInfo), display_before, "outputs survive reset");
     assert_eq!(
         h.region.lock().unwrap().calls.len(),
         calls_before,

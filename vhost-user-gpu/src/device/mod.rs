@@ -152,6 +152,11 @@ pub const CONFIG_SIZE: usize = 16;
 /// Number of capsets offered (cross-domain only).
 pub const NUM_CAPSETS: u32 = 1;
 
+/// Rejected requests logged as warnings before rate limiting starts.
+pub const REJECT_LOG_BURST: u64 = 200;
+/// After the burst, one rejected request in this many is logged as a warning.
+pub const REJECT_LOG_EVERY: u64 = 1000;
+
 /// A refused command: the error to answer and the reason to log.
 #[derive(Debug)]
 pub(crate) struct Reject {
@@ -193,6 +198,8 @@ pub struct GpuDevice {
     udmabuf_dev: Option<Option<std::fs::File>>,
     /// Reused buffer for frames and cursor images.
     scratch: Vec<u8>,
+    /// Rejected requests so far (for log rate limiting).
+    rejects: u64,
 }
 
 impl fmt::Debug for GpuDevice {
@@ -250,6 +257,7 @@ impl GpuDevice {
             allocator_dmabuf: None,
             udmabuf_dev: None,
             scratch: Vec::new(),
+            rejects: 0,
         }
     }
 
@@ -385,7 +393,7 @@ impl GpuDevice {
             if s.shown.take().is_some() {
                 self.display.scanout(id as u32, None);
             }
-            s.mode = self.config.outputs.get(id).copied();
+            // Whether an output is connected is host state: it survives a reset.
         }
         self.resources.clear();
         self.contexts.clear();
@@ -444,7 +452,10 @@ impl GpuDevice {
                 let response = match result {
                     Ok(r) => r,
                     Err(Reject { error, reason }) => {
-                        warn!("{name}: {reason} -> {}", command_name(error.ctrl_type()));
+                        self.log_reject(format_args!(
+                            "{name}: {reason} -> {}",
+                            command_name(error.ctrl_type())
+                        ));
                         GpuResponse::Err(error)
                     }
                 };
@@ -456,18 +467,36 @@ impl GpuDevice {
                     DecodeError::TooLarge { .. } => GpuError::InvalidParameter,
                     DecodeError::Truncated { .. } | DecodeError::UnknownType(_) => GpuError::Unspec,
                 };
-                warn!(
+                self.log_reject(format_args!(
                     "{} ({:#x}) on the {queue} queue: {e} -> {}",
                     command_name(hdr.ctrl_type),
                     hdr.ctrl_type,
                     command_name(error.ctrl_type())
-                );
+                ));
                 (hdr, GpuResponse::Err(error))
             }
         };
         let mut out = Vec::new();
         response.encode(&hdr, &mut out);
         out
+    }
+
+    /// Logs a rejected request with `warn!`. A guest that keeps sending bad requests must
+    /// not flood the host log: after [`REJECT_LOG_BURST`] warnings only every
+    /// [`REJECT_LOG_EVERY`]th is a warning (with the count of the others, which go to
+    /// `debug!`).
+    fn log_reject(&mut self, message: fmt::Arguments<'_>) {
+        self.rejects = self.rejects.saturating_add(1);
+        if self.rejects <= REJECT_LOG_BURST {
+            warn!("{message}");
+        } else if self.rejects.is_multiple_of(REJECT_LOG_EVERY) {
+            warn!(
+                "{message} ({} rejected requests so far; most are logged at debug level)",
+                self.rejects
+            );
+        } else {
+            debug!("{message}");
+        }
     }
 
     fn handle(&mut self, mem: &GuestMemory, hdr: &CtrlHeader, command: GpuCommand) -> CmdResult {
