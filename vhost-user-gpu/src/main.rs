@@ -187,6 +187,9 @@ fn run(cli: Cli) -> Result<(), String> {
         .map_err(|e| format!("--allocator {}: {e}", cli.allocator))?;
     let allocator_name = probe.name();
     drop(probe);
+    // Every connection gets the allocator chosen now (`auto` is not re-probed), so what a
+    // guest sees does not change across reconnections.
+    let allocator_kind: AllocatorKind = allocator_name.parse().unwrap_or(cli.allocator);
 
     let capture = match &cli.capture_dir {
         Some(dir) => Some(SharedSink::new(
@@ -200,7 +203,6 @@ fn run(cli: Cli) -> Result<(), String> {
         (None, Some(fd)) => SocketSource::ListeningFd(fd),
         _ => return Err("exactly one of --socket-path and --fd is required".into()),
     };
-    let listener = transport::open_listener(&source).map_err(|e| e.to_string())?;
 
     let outputs = vec![cli.resolution; cli.outputs as usize];
     let device_config = DeviceConfig {
@@ -210,7 +212,7 @@ fn run(cli: Cli) -> Result<(), String> {
         max_resources: cli.max_resources,
     };
     device_config.validate().map_err(|e| e.to_string())?;
-    let allocator_kind = cli.allocator;
+    let listener = transport::open_listener(&source).map_err(|e| e.to_string())?;
     let render_node = cli.render_node.clone();
     let factory: Arc<DeviceFactory> = Arc::new(move |mapper, display| {
         let allocator =
