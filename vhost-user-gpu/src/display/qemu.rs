@@ -148,11 +148,19 @@ impl QemuDisplay {
     }
 
     fn fail(&mut self, what: &str, e: &io::Error) {
-        if !self.broken {
+        if self.broken {
+            return;
+        }
+        self.broken = true;
+        // QEMU closes the channel when the guest resets or stops the device (the queue may
+        // still be draining then): that is the normal end of a channel, not a fault. The
+        // vhost crate reports it only as text ("socket is broken").
+        if e.to_string().contains("socket is broken") {
+            log::info!("display: QEMU closed the display channel ({what} not delivered)");
+        } else {
             log::warn!(
                 "display: {what} failed: {e}; no more output to QEMU's display on this channel"
             );
-            self.broken = true;
         }
     }
 
