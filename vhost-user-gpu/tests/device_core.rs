@@ -1897,7 +1897,11 @@ fn reset_forgets_everything_without_unmapping() {
     let calls_before = h.region.lock().unwrap().calls.len();
     let display_before = h.send(GpuCommand::GetDisplayInfo);
     h.dev.reset();
-    assert_eq!(h.send(GpuCommand::GetDisplayInfo), display_before, "outputs survive reset");
+    assert_eq!(
+        h.send(GpuCommand::GetDisplayInfo),
+        display_before,
+        "outputs survive reset"
+    );
     assert_eq!(
         h.region.lock().unwrap().calls.len(),
         calls_before,
@@ -2008,4 +2012,94 @@ fn device_can_move_between_threads() {
         h.dev.resource_count()
     });
     assert_eq!(handle.join().unwrap(), 1);
+}
+
+/// Robustness: random requests (valid command types with random fields and lengths, mixed
+/// with mutated valid requests) always get a well-formed response, and the device keeps
+/// serving and keeps its invariants.
+#[test]
+fn random_requests_never_break_the_device() {
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+    }
+    let mut h = Harness::new();
+    let ring = 0x20_0000;
+    h.cross_domain_context(1, 100, ring);
+    let types: Vec<u32> = (0x100..=0x10d)
+        .chain(0x200..=0x209)
+        .chain(0x300..=0x301)
+        .collect();
+    let mut rng = Rng(0x1234_5678_9abc_def1);
+    let mut valid = Vec::new();
+    GpuCommand::ResourceCreateBlob {
+        resource_id: 5,
+        blob_mem: BLOB_MEM_GUEST,
+        blob_flags: 0,
+        blob_id: 0,
+        size: PAGE,
+        entries: vec![MemEntry {
+            addr: 0x1000,
+            length: PAGE as u32,
+        }],
+    }
+    .encode(&CtrlHeader::default(), &mut valid);
+    for i in 0..20_000u32 {
+        let mut req = if i % 3 == 0 {
+            let mut r = valid.clone();
+            for _ in 0..rng.below(4) + 1 {
+                let at = rng.below(r.len() as u64) as usize;
+                r[at] = rng.next() as u8;
+            }
+            r
+        } else {
+            let len = rng.below(160) as usize;
+            let mut r: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+            if r.len() >= 4 {
+                let t = types[rng.below(types.len() as u64) as usize];
+                r[0..4].copy_from_slice(&t.to_le_bytes());
+            }
+            if r.len() >= 24 {
+                // Small ids so that commands hit existing objects now and then.
+                r[16..20].copy_from_slice(&(rng.below(3) as u32).to_le_bytes());
+            }
+            if r.len() >= 28 {
+                r[24..28].copy_from_slice(&(rng.below(8) as u32).to_le_bytes());
+            }
+            r
+        };
+        if rng.below(2) == 0 && req.len() > 8 {
+            req.truncate(rng.below(req.len() as u64) as usize);
+        }
+        let out = if rng.below(4) == 0 {
+            h.dev.process_cursor(&h.mem, &req)
+        } else {
+            h.dev.process_control(&h.mem, &req)
+        };
+        let (_, response) = GpuResponse::decode(&out).expect("well-formed response");
+        if let GpuResponse::OkMapInfo { map_info } = response {
+            assert!((1..=3).contains(&map_info));
+        }
+        // Ranges never overlap and stay inside the region.
+        let mut end = 0;
+        for (o, l) in h.dev.region_ranges() {
+            assert!(o >= end && o + l <= 16 * MIB);
+            end = o + l;
+        }
+    }
+    assert!(h.dev.resource_memory() <= DeviceConfig::default().max_resource_memory);
+    // Still serving.
+    h.create_2d(4242, 4, 4);
+    assert!(matches!(
+        h.send(GpuCommand::GetDisplayInfo),
+        GpuResponse::OkDisplayInfo(_)
+    ));
 }

@@ -154,3 +154,24 @@ impl BufferAllocator for GbmAllocator {
         Some(self.device.as_fd())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_render_node_is_a_clear_error() {
+        let has_node = RENDER_NODES
+            .clone()
+            .any(|n| Path::new(&format!("/dev/dri/renderD{n}")).exists());
+        if has_node {
+            return; // hosts with a GPU exercise the allocation instead (conformance suite)
+        }
+        let err = GbmAllocator::open(None).err().unwrap();
+        assert!(err.to_string().contains("no DRM render node"), "{err}");
+        let err = GbmAllocator::open(Some(Path::new("/nonexistent/renderD128")))
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("/nonexistent/renderD128"), "{err}");
+    }
+}
