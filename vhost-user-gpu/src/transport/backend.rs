@@ -19,6 +19,7 @@
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, TryLockError};
+use std::time::{Duration, Instant};
 
 use vhost::vhost_user::message::{
     VhostUserProtocolFeatures, VhostUserShMemConfig, VhostUserVirtioFeatures,
@@ -82,6 +83,52 @@ pub enum DeferredOp {
     SetDisplay(Box<dyn DisplaySink>),
 }
 
+/// Bounds the log lines a guest can cause with bad descriptors: at most
+/// [`GuestWarnings::PER_WINDOW`] per [`GuestWarnings::WINDOW`], then one line saying how many
+/// were dropped.
+struct GuestWarnings {
+    window_start: Instant,
+    logged: u32,
+    suppressed: u64,
+}
+
+impl GuestWarnings {
+    const WINDOW: Duration = Duration::from_secs(10);
+    const PER_WINDOW: u32 = 50;
+
+    fn new() -> Self {
+        GuestWarnings {
+            window_start: Instant::now(),
+            logged: 0,
+            suppressed: 0,
+        }
+    }
+
+    fn warn(&mut self, args: std::fmt::Arguments<'_>) {
+        let now = Instant::now();
+        if now.duration_since(self.window_start) >= Self::WINDOW {
+            if self.suppressed > 0 {
+                log::warn!(
+                    "{} more guest-caused queue warnings suppressed in the last {:?}",
+                    self.suppressed,
+                    Self::WINDOW
+                );
+            }
+            *self = GuestWarnings {
+                window_start: now,
+                logged: 0,
+                suppressed: 0,
+            };
+        }
+        if self.logged < Self::PER_WINDOW {
+            self.logged += 1;
+            log::warn!("{args}");
+        } else {
+            self.suppressed += 1;
+        }
+    }
+}
+
 /// How much of the deferred-op queue to apply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ApplyScope {
@@ -100,6 +147,7 @@ pub struct GpuBackend {
     channel: BackendChannel,
     settings: TransportSettings,
     event_idx: AtomicBool,
+    guest_warnings: Mutex<GuestWarnings>,
     /// QEMU's display channel, to ask it for the preferred modes (queue thread only: the
     /// reply comes from QEMU's main loop).
     display_channel: Mutex<Option<vhost::vhost_user::GpuBackend>>,
@@ -138,6 +186,7 @@ impl GpuBackend {
             channel,
             settings,
             event_idx: AtomicBool::new(false),
+            guest_warnings: Mutex::new(GuestWarnings::new()),
             display_channel: Mutex::new(None),
             exit,
             features,
@@ -221,7 +270,9 @@ impl GpuBackend {
         let chains: Vec<_> = match vring.get_mut().get_queue_mut().iter(mem.clone()) {
             Ok(iter) => iter.collect(),
             Err(e) => {
-                log::warn!("queue {index}: cannot read the available ring: {e}");
+                self.guest_warn(format_args!(
+                    "queue {index}: cannot read the available ring: {e}"
+                ));
                 return;
             }
         };
@@ -259,14 +310,14 @@ impl GpuBackend {
         let parsed = match chain::read_chain(mem, descriptors) {
             Ok(parsed) => parsed,
             Err(e) => {
-                log::warn!("queue {index}: malformed chain skipped: {e}");
+                self.guest_warn(format_args!("queue {index}: malformed chain skipped: {e}"));
                 return 0;
             }
         };
         if index == CONTROL_QUEUE && parsed.writable.is_empty() {
-            log::warn!(
+            self.guest_warn(format_args!(
                 "control queue: chain without a writable part skipped (no room for the response)"
-            );
+            ));
             return 0;
         }
         let response = {
@@ -299,17 +350,17 @@ impl GpuBackend {
         let (used, outcome) = chain::write_response(mem, &parsed.writable, &response);
         match outcome {
             WriteOutcome::Complete => {}
-            WriteOutcome::ErrorHeaderOnly => log::warn!(
+            WriteOutcome::ErrorHeaderOnly => self.guest_warn(format_args!(
                 "queue {index}: {}-byte response does not fit {} writable bytes; sent ERR_UNSPEC",
                 response.len(),
                 parsed.writable_len()
-            ),
+            )),
             WriteOutcome::Nothing if index == CURSOR_QUEUE || response.is_empty() => {}
-            WriteOutcome::Nothing => log::warn!(
+            WriteOutcome::Nothing => self.guest_warn(format_args!(
                 "queue {index}: {}-byte response does not fit {} writable bytes; nothing written",
                 response.len(),
                 parsed.writable_len()
-            ),
+            )),
         }
         used
     }
@@ -338,6 +389,10 @@ impl GpuBackend {
                 *lock(&self.display_channel) = None;
             }
         }
+    }
+
+    fn guest_warn(&self, args: std::fmt::Arguments<'_>) {
+        lock(&self.guest_warnings).warn(args);
     }
 
     /// Forgets the backend channel (the connection is gone).
@@ -677,6 +732,22 @@ mod tests {
         let mut device = backend.lock_device();
         backend.refresh_outputs_from_display(&mut device);
         assert_eq!(device.config().outputs, vec![(640, 480), (800, 600)]);
+    }
+
+    #[test]
+    fn guest_caused_warnings_are_bounded_per_window() {
+        let mut w = GuestWarnings::new();
+        for i in 0..GuestWarnings::PER_WINDOW + 7 {
+            w.warn(format_args!("bad chain {i}"));
+        }
+        assert_eq!(w.logged, GuestWarnings::PER_WINDOW);
+        assert_eq!(w.suppressed, 7);
+        // A new window starts over (and reports what was dropped).
+        if let Some(earlier) = w.window_start.checked_sub(GuestWarnings::WINDOW) {
+            w.window_start = earlier;
+            w.warn(format_args!("bad chain again"));
+            assert_eq!((w.logged, w.suppressed), (1, 0));
+        }
     }
 
     #[test]
