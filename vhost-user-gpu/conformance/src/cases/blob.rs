@@ -616,7 +616,7 @@ fn refused_when_needs_sync(ctx: &Ctx) -> CaseResult {
     let policy_arg = policy.to_string_lossy().to_string();
     let mut fe = spawn(ctx, &["--policy-config", &policy_arg])?;
     let mut cd = CrossDomain::init(&mut fe)?;
-    let reqs = cd.create(&mut fe, 1, 32, 32, gpu::BLOB_FLAG_MAPPABLE)?;
+    cd.create(&mut fe, 1, 32, 32, gpu::BLOB_FLAG_MAPPABLE)?;
     let r = ctrl(
         &mut fe,
         "RESOURCE_MAP_BLOB of a needs-SYNC buffer",
@@ -643,7 +643,6 @@ fn refused_when_needs_sync(ctx: &Ctx) -> CaseResult {
         )
     })?;
     // The resource stays usable and the device keeps serving.
-    let _ = reqs;
     expect(
         &mut fe,
         "UNREF of the refused blob",

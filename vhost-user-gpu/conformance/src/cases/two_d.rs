@@ -120,6 +120,13 @@ pub(crate) struct Backing {
 }
 
 impl Backing {
+    /// Returns the guest memory to the frontend's allocator.
+    pub(crate) fn free(self, fe: &Frontend) {
+        for e in self.entries {
+            fe.ram().free(e.addr - 4096);
+        }
+    }
+
     pub(crate) fn new(fe: &Frontend, len: usize) -> Result<Self, String> {
         let first = (len / 2).next_multiple_of(4096).min(len).max(1);
         let mut entries = Vec::new();
@@ -479,14 +486,15 @@ fn transfer_outside_resource(ctx: &Ctx) -> CaseResult {
             },
         ),
         ty::ERR_INVALID_PARAMETER,
-    )
-    .or_else(|first| {
-        // QEMU's backend clips flush rectangles instead; only the transfer is documented.
-        if ctx.peer() == crate::Peer::Ours {
-            Err(first)
-        } else {
-            Ok(gpu::Resp::parse(&[0; 24]).map_err(|e| e.to_string())?)
-        }
+    )?;
+    // A transfer offset past the backing (the rectangle itself is fine).
+    let r = ctrl(
+        &mut fe,
+        "TRANSFER with an offset past the backing",
+        gpu::transfer_to_host_2d(1, Rect::sized(16, 16), 1 << 20),
+    )?;
+    ensure(&fe, r.ty >= ty::ERR_UNSPEC, || {
+        format!("TRANSFER reading past the backing answered {}", r.name())
     })?;
     still_serving(&mut fe)
 }
@@ -832,9 +840,7 @@ fn cycle(fe: &mut Frontend, id: u32) -> CaseResult {
         ty::OK_NODATA,
     )?;
     expect(fe, "UNREF", gpu::resource_unref(id), ty::OK_NODATA)?;
-    for e in b.entries {
-        fe.ram().free(e.addr - 4096);
-    }
+    b.free(fe);
     Ok(())
 }
 
