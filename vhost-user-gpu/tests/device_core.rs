@@ -2178,3 +2178,23 @@ fn transfers_match_a_bytewise_model() {
         h.ok(GpuCommand::ResourceUnref { resource_id: id });
     }
 }
+
+#[test]
+fn oldest_image_requirements_are_forgotten_when_the_table_is_full() {
+    let mut h = Harness::new();
+    let ring = 0x20_0000;
+    h.cross_domain_context(1, 100, ring);
+    let first = h.image_requirements(1, ring, 1, 1);
+    let mut last = first;
+    for _ in 0..4096 {
+        last = h.image_requirements(1, ring, 1, 1);
+    }
+    assert_eq!(last.blob_id, first.blob_id + 2 * 4096);
+    assert_eq!(
+        h.create_host_blob(1, 1, &first),
+        err(GpuError::InvalidParameter)
+    );
+    assert_eq!(h.create_host_blob(1, 2, &last), GpuResponse::OkNoData);
+    // Pending buffers stay bounded throughout.
+    assert!(h.dev.resource_memory() <= 9 * PAGE);
+}

@@ -3,12 +3,22 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use crate::device::ports::{BufferRequest, HostBuffer};
-use crate::protocol::cross_domain::ImageRequirements;
+use log::{debug, info};
 
-use super::resource::ImageInfo;
+use super::blob::trim_pending;
+use super::resource::{ImageInfo, ResourceKind};
+use super::{reject, CmdResult, GpuDevice, Reject};
+use crate::device::ports::{BufferRequest, GuestMemory, HostBuffer, MapAdvice};
+use crate::protocol::cross_domain::{
+    self, Capabilities, CrossDomainCommand, ImageRequirements, IMAGE_REQUIREMENTS_SIZE,
+};
+use crate::protocol::{
+    feature, GpuError, GpuResponse, CAPSET_CROSS_DOMAIN, CONTEXT_INIT_CAPSET_ID_MASK,
+    MAP_CACHE_NONE,
+};
 
-/// Most image requirements one context may hold (each GET_IMAGE_REQUIREMENTS adds one).
+/// Most image requirements one context keeps (each GET_IMAGE_REQUIREMENTS adds one; guests
+/// reuse a blob id for many CREATE_BLOBs). When full, the oldest is forgotten.
 pub(crate) const MAX_REQUIREMENTS_PER_CONTEXT: usize = 4096;
 /// Most allocated-but-not-yet-claimed buffers one context keeps; older ones are released
 /// (a later CREATE_BLOB with their blob id allocates again).
@@ -64,31 +74,29 @@ impl Context {
             .sum()
     }
 
-    /// The next blob id, `None` when the id space or the table is exhausted.
+    /// The next blob id, `None` when the id space is exhausted.
     pub fn next_blob_id(&mut self) -> Option<u32> {
-        if self.requirements.len() >= MAX_REQUIREMENTS_PER_CONTEXT {
-            return None;
-        }
         let id = self.last_blob_id.checked_add(2)?;
         self.last_blob_id = id;
         Some(id)
     }
+
+    /// Forgets the oldest requirements until one more fits; returns the bytes of pending
+    /// buffers released.
+    pub fn make_room(&mut self) -> u64 {
+        let mut released = 0;
+        while self.requirements.len() >= MAX_REQUIREMENTS_PER_CONTEXT {
+            let Some((blob_id, old)) = self.requirements.pop_first() else {
+                break;
+            };
+            if let Some(buffer) = old.pending {
+                released += buffer.size;
+                self.pending_order.retain(|&id| id != blob_id);
+            }
+        }
+        released
+    }
 }
-
-use log::{debug, info};
-
-use super::blob::trim_pending;
-use super::resource::ResourceKind;
-use super::{reject, CmdResult, GpuDevice, Reject};
-use crate::device::ports::GuestMemory;
-use crate::device::ports::MapAdvice;
-use crate::protocol::cross_domain::{
-    self, Capabilities, CrossDomainCommand, IMAGE_REQUIREMENTS_SIZE,
-};
-use crate::protocol::{
-    feature, GpuError, GpuResponse, CAPSET_CROSS_DOMAIN, CONTEXT_INIT_CAPSET_ID_MASK,
-    MAP_CACHE_NONE,
-};
 
 /// Highest cross-domain capset version offered (as rutabaga: 0).
 pub(crate) const CROSS_DOMAIN_MAX_VERSION: u32 = 0;
@@ -150,14 +158,12 @@ impl GpuDevice {
         if let Some(known) = self.allocator_dmabuf {
             return known;
         }
-        let probe = self
-            .allocator
-            .allocate(&crate::device::ports::BufferRequest::Image {
-                width: 64,
-                height: 64,
-                drm_format: crate::device::ports::fourcc::ARGB8888,
-                usage: 0,
-            });
+        let probe = self.allocator.allocate(&BufferRequest::Image {
+            width: 64,
+            height: 64,
+            drm_format: crate::device::ports::fourcc::ARGB8888,
+            usage: 0,
+        });
         let known = match probe {
             Ok(buffer) => buffer.is_dmabuf,
             Err(e) => {
@@ -366,10 +372,7 @@ impl GpuDevice {
         let Some(blob_id) = ctx.next_blob_id() else {
             return Err(reject(
                 GpuError::OutOfMemory,
-                format!(
-                    "ctx_id {ctx_id}: GET_IMAGE_REQUIREMENTS: the limit of \
-                     {MAX_REQUIREMENTS_PER_CONTEXT} image requirements is reached"
-                ),
+                format!("ctx_id {ctx_id}: GET_IMAGE_REQUIREMENTS: blob ids are exhausted"),
             ));
         };
         if width == 0 || height == 0 {
@@ -378,7 +381,7 @@ impl GpuDevice {
                 format!("ctx_id {ctx_id}: GET_IMAGE_REQUIREMENTS width/height {width}x{height}"),
             ));
         }
-        let request = crate::device::ports::BufferRequest::Image {
+        let request = BufferRequest::Image {
             width,
             height,
             drm_format,
@@ -451,11 +454,12 @@ impl GpuDevice {
         }
         let size = buffer.size;
         let ctx = self.context_mut(ctx_id)?;
+        let mut released = ctx.make_room();
         ctx.requirements.insert(
             blob_id,
             Requirement {
                 request,
-                image: super::resource::ImageInfo {
+                image: ImageInfo {
                     width,
                     height,
                     drm_format,
@@ -465,7 +469,7 @@ impl GpuDevice {
             },
         );
         ctx.pending_order.push_back(blob_id);
-        let released = trim_pending(ctx);
+        released += trim_pending(ctx);
         self.uncharge(released);
         debug!(
             "ctx_id {ctx_id}: blob_id {blob_id}: {width}x{height} {drm_format:#010x}, {size} bytes"
