@@ -160,50 +160,7 @@ impl GpuDevice {
                     .ok()
             })
             .as_ref()?;
-        let page = crate::alloc::PAGE_SIZE;
-        let mut items = Vec::with_capacity(backing.entries().len());
-        for e in backing.entries() {
-            let len = u64::from(e.length);
-            if !e.addr.is_multiple_of(page) || !len.is_multiple_of(page) || len == 0 {
-                debug!(
-                    "udmabuf export skipped: entry {:#x}+{len:#x} is not page aligned",
-                    e.addr
-                );
-                return None;
-            }
-            let region = mem.find_region(GuestAddress(e.addr))?;
-            let within = e.addr - region.start_addr().0;
-            if within.checked_add(len)? > region.len() {
-                debug!(
-                    "udmabuf export skipped: entry {:#x}+{len:#x} crosses a region",
-                    e.addr
-                );
-                return None;
-            }
-            let Some(file_offset) = region.file_offset() else {
-                debug!(
-                    "udmabuf export skipped: guest RAM at {:#x} has no fd",
-                    e.addr
-                );
-                return None;
-            };
-            items.push((
-                file_offset.file().as_fd(),
-                file_offset.start().checked_add(within)?,
-                len,
-            ));
-        }
-        if items.is_empty() || items.len() > sys::UDMABUF_LIST_LIMIT {
-            return None;
-        }
-        let items: Vec<UdmabufItem<'_>> = items
-            .into_iter()
-            .map(|(memfd, offset, size)| UdmabufItem {
-                memfd,
-                offset,
-                size,
-            })
-            .collect();
+        let items = udmabuf_items(mem, backing.entries())?;
         match sys::udmabuf_create_list(dev.as_fd(), &items) {
             Ok(fd) => Some(fd),
             Err(e) => {
@@ -475,6 +432,50 @@ impl GpuDevice {
     }
 }
 
+/// The memfd ranges behind guest `entries`, for UDMABUF_CREATE_LIST: `None` (logged) unless
+/// every entry is page aligned and lies inside one fd-backed guest RAM region, and there
+/// are at most `UDMABUF_LIST_LIMIT` of them.
+fn udmabuf_items<'m>(mem: &'m GuestMemory, entries: &[MemEntry]) -> Option<Vec<UdmabufItem<'m>>> {
+    let page = crate::alloc::PAGE_SIZE;
+    if entries.is_empty() || entries.len() > sys::UDMABUF_LIST_LIMIT {
+        debug!("udmabuf export skipped: {} entries", entries.len());
+        return None;
+    }
+    let mut items = Vec::with_capacity(entries.len());
+    for e in entries {
+        let len = u64::from(e.length);
+        if !e.addr.is_multiple_of(page) || !len.is_multiple_of(page) || len == 0 {
+            debug!(
+                "udmabuf export skipped: entry {:#x}+{len:#x} is not page aligned",
+                e.addr
+            );
+            return None;
+        }
+        let region = mem.find_region(GuestAddress(e.addr))?;
+        let within = e.addr - region.start_addr().0;
+        if within.checked_add(len)? > region.len() {
+            debug!(
+                "udmabuf export skipped: entry {:#x}+{len:#x} crosses a region",
+                e.addr
+            );
+            return None;
+        }
+        let Some(file_offset) = region.file_offset() else {
+            debug!(
+                "udmabuf export skipped: guest RAM at {:#x} has no fd",
+                e.addr
+            );
+            return None;
+        };
+        items.push(UdmabufItem {
+            memfd: file_offset.file().as_fd(),
+            offset: file_offset.start().checked_add(within)?,
+            size: len,
+        });
+    }
+    Some(items)
+}
+
 /// Drops the oldest pending buffers of `ctx` beyond the per-context limit; returns the
 /// bytes released.
 pub(super) fn trim_pending(ctx: &mut Context) -> u64 {
@@ -488,4 +489,53 @@ pub(super) fn trim_pending(ctx: &mut Context) -> u64 {
         }
     }
     released
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs::File;
+    use std::os::fd::AsRawFd;
+
+    use vm_memory::FileOffset;
+
+    use super::*;
+
+    #[test]
+    fn udmabuf_items_translate_guest_addresses_to_memfd_offsets() {
+        let fd = rustix::fs::memfd_create("ram", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+        rustix::fs::ftruncate(&fd, 0x10_0000).unwrap();
+        let file = File::from(fd);
+        let raw = file.as_raw_fd();
+        // Two regions of one memfd: GPA 0 -> file 0x8000, GPA 0x10_0000 -> file 0x20000.
+        let mem = GuestMemory::from_ranges_with_files([
+            (
+                GuestAddress(0),
+                0x10000,
+                Some(FileOffset::new(file.try_clone().unwrap(), 0x8000)),
+            ),
+            (
+                GuestAddress(0x10_0000),
+                0x10000,
+                Some(FileOffset::new(file, 0x20000)),
+            ),
+        ])
+        .unwrap();
+        let entry = |addr, length| MemEntry { addr, length };
+        let items =
+            udmabuf_items(&mem, &[entry(0x3000, 0x2000), entry(0x10_1000, 0x1000)]).unwrap();
+        let got: Vec<(u64, u64)> = items.iter().map(|i| (i.offset, i.size)).collect();
+        assert_eq!(got, vec![(0xb000, 0x2000), (0x21000, 0x1000)]);
+        // Each item names the fd of its own region (the second region holds `file` itself).
+        assert_ne!(items[0].memfd.as_raw_fd(), raw);
+        assert_eq!(items[1].memfd.as_raw_fd(), raw);
+        // Unaligned, crossing the region end, outside memory, empty.
+        assert!(udmabuf_items(&mem, &[entry(0x3100, 0x1000)]).is_none());
+        assert!(udmabuf_items(&mem, &[entry(0x3000, 0x800)]).is_none());
+        assert!(udmabuf_items(&mem, &[entry(0xf000, 0x2000)]).is_none());
+        assert!(udmabuf_items(&mem, &[entry(0x40_0000, 0x1000)]).is_none());
+        assert!(udmabuf_items(&mem, &[]).is_none());
+        // Anonymous guest RAM has no fd to export.
+        let anon = GuestMemory::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+        assert!(udmabuf_items(&anon, &[entry(0, 0x1000)]).is_none());
+    }
 }
