@@ -284,7 +284,11 @@ fn writer_loop(shared: &Shared, dir: &Path) {
 /// Encodes and atomically replaces `DIR/scanout-<id>.png`; failures are logged, not fatal.
 fn write_png(dir: &Path, scanout_id: u32, width: u32, height: u32, rgba: &[u8]) {
     let path = PngCapture::path_for(dir, scanout_id);
-    let tmp = dir.join(format!(".scanout-{scanout_id}.png.tmp"));
+    // The pid keeps two processes capturing into one directory from sharing a temporary.
+    let tmp = dir.join(format!(
+        ".scanout-{scanout_id}.png.{}.tmp",
+        std::process::id()
+    ));
     let result = (|| -> io::Result<()> {
         let file = fs::File::create(&tmp)?;
         let mut out = BufWriter::new(file);
