@@ -392,6 +392,28 @@ pub fn ctx_detach_resource(ctx_id: u32, resource_id: u32) -> Cmd {
         .u32(resource_id)
         .u32(0)
 }
+/// `RESOURCE_CREATE_3D` (virgl resources; for refusal tests).
+pub fn resource_create_3d(
+    ctx_id: u32,
+    resource_id: u32,
+    format: u32,
+    width: u32,
+    height: u32,
+) -> Cmd {
+    Cmd::new(ty::RESOURCE_CREATE_3D, ctx_id)
+        .u32(resource_id)
+        .u32(2) // target: PIPE_TEXTURE_2D
+        .u32(format)
+        .u32(0) // bind
+        .u32(width)
+        .u32(height)
+        .u32(1) // depth
+        .u32(1) // array_size
+        .u32(0) // last_level
+        .u32(0) // nr_samples
+        .u32(0) // flags
+        .u32(0)
+}
 /// `SUBMIT_3D` with the command stream inline.
 pub fn submit_3d(ctx_id: u32, stream: &[u8]) -> Cmd {
     Cmd::new(ty::SUBMIT_3D, ctx_id)

@@ -49,6 +49,11 @@ pub(super) fn cases() -> Vec<Case> {
             run: guest_blob_capture_png,
         },
         Case {
+            name: "blob::set_scanout_blob_errors",
+            need: Need::Features(features::RESOURCE_BLOB),
+            run: set_scanout_blob_errors,
+        },
+        Case {
             name: "blob::create_blob_errors",
             need: Need::Features(features::RESOURCE_BLOB),
             run: create_blob_errors,
@@ -708,6 +713,18 @@ fn map_blob_errors(ctx: &Ctx) -> CaseResult {
     ensure(&fe, r.ty >= ty::ERR_UNSPEC, || {
         format!("second MAP_BLOB answered {}", r.name())
     })?;
+    // Another blob over the first one's range: the device must not hand out the same
+    // guest-physical range twice.
+    let reqs3 = cd.create(&mut fe, 3, 32, 32, gpu::BLOB_FLAG_MAPPABLE)?;
+    let r = ctrl(
+        &mut fe,
+        "MAP_BLOB overlapping another mapping",
+        gpu::resource_map_blob(CTX, 3, page_round(reqs.size) - 4096),
+    )?;
+    ensure(&fe, r.ty >= ty::ERR_UNSPEC, || {
+        format!("MAP_BLOB over a mapped range answered {}", r.name())
+    })?;
+    let _ = reqs3;
     expect(
         &mut fe,
         "UNMAP_BLOB of unknown resource",
@@ -832,5 +849,96 @@ fn reconnect_while_mapped(ctx: &Ctx) -> CaseResult {
     let mut cd = CrossDomain::init(&mut fe)?;
     let reqs = cd.create(&mut fe, 1, 64, 64, gpu::BLOB_FLAG_MAPPABLE)?;
     map(&mut fe, 1, 0, reqs.size)?;
+    still_serving(&mut fe)
+}
+
+fn set_scanout_blob_errors(ctx: &Ctx) -> CaseResult {
+    let mut fe = spawn(ctx, &[])?;
+    let (w, h) = (32u32, 16u32);
+    let img = bgra_pattern(w, h, 61);
+    guest_blob(&mut fe, 1, &img)?;
+    let good = BlobLayout {
+        width: w,
+        height: h,
+        format: format::B8G8R8A8_UNORM,
+        stride: w * 4,
+        offset: 0,
+    };
+    let full = Rect::sized(w, h);
+    expect(
+        &mut fe,
+        "SET_SCANOUT_BLOB scanout 16",
+        gpu::set_scanout_blob(16, 1, full, good),
+        ty::ERR_INVALID_SCANOUT_ID,
+    )?;
+    expect(
+        &mut fe,
+        "SET_SCANOUT_BLOB unknown resource",
+        gpu::set_scanout_blob(0, 77, full, good),
+        ty::ERR_INVALID_RESOURCE_ID,
+    )?;
+    let bad: [(&str, Rect, BlobLayout); 5] = [
+        (
+            "format 0xdead",
+            full,
+            BlobLayout {
+                format: 0xdead,
+                ..good
+            },
+        ),
+        (
+            "stride smaller than a row",
+            full,
+            BlobLayout {
+                stride: w * 4 - 4,
+                ..good
+            },
+        ),
+        (
+            "image past the blob's end",
+            full,
+            BlobLayout {
+                offset: 4096,
+                ..good
+            },
+        ),
+        (
+            "rectangle outside the image",
+            Rect {
+                x: 16,
+                y: 0,
+                width: w,
+                height: h,
+            },
+            good,
+        ),
+        (
+            "height overflowing stride * height",
+            full,
+            BlobLayout {
+                height: u32::MAX,
+                ..good
+            },
+        ),
+    ];
+    for (what, rect, layout) in bad {
+        let r = ctrl(&mut fe, what, gpu::set_scanout_blob(0, 1, rect, layout))?;
+        ensure(&fe, r.ty >= ty::ERR_UNSPEC, || {
+            format!("SET_SCANOUT_BLOB with {what} answered {}", r.name())
+        })?;
+    }
+    // None of them reached the display; the good one does.
+    let display = fe.display().ok_or("no display")?;
+    ensure(
+        &fe,
+        display
+            .state()
+            .scanouts
+            .get(&0)
+            .is_none_or(|s| s.width == 0),
+        || "a refused SET_SCANOUT_BLOB configured the display".into(),
+    )?;
+    show_blob(&mut fe, 1, w, h)?;
+    display_matches(&fe, 0, w, h, &img)?;
     still_serving(&mut fe)
 }

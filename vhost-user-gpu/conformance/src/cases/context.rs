@@ -26,6 +26,11 @@ pub(super) fn cases() -> Vec<Case> {
             run: malformed_streams,
         },
         Case {
+            name: "ctx::virgl_3d_commands_refused_without_virgl_context",
+            need: Need::Features(features::CONTEXT_INIT),
+            run: virgl_refused,
+        },
+        Case {
             name: "ctx::destroy_while_mapped",
             need: Need::All(vec![
                 Need::Features(features::CONTEXT_INIT | features::RESOURCE_BLOB),
@@ -249,5 +254,56 @@ fn destroy_while_mapped(ctx: &Ctx) -> CaseResult {
     )?;
     region_empty(&fe, "CTX_DESTROY + UNREF")?;
     no_leaks(&mut fe, &before)?;
+    still_serving(&mut fe)
+}
+
+/// A cross-domain context has no 3D resources: CREATE_3D and 3D transfers of a 2D resource
+/// must get error responses, not a crash.
+fn virgl_refused(ctx: &Ctx) -> CaseResult {
+    let mut fe = spawn(ctx)?;
+    expect(
+        &mut fe,
+        "CTX_CREATE",
+        gpu::ctx_create(1, gpu::CAPSET_CROSS_DOMAIN, "x"),
+        ty::OK_NODATA,
+    )?;
+    let r = ctrl(
+        &mut fe,
+        "RESOURCE_CREATE_3D",
+        gpu::resource_create_3d(1, 1, format::B8G8R8A8_UNORM, 16, 16),
+    )?;
+    is_err(&fe, "RESOURCE_CREATE_3D in a cross-domain context", &r)?;
+    let r = ctrl(
+        &mut fe,
+        "RESOURCE_CREATE_3D without context",
+        gpu::resource_create_3d(0, 2, format::B8G8R8A8_UNORM, 16, 16),
+    )?;
+    is_err(&fe, "RESOURCE_CREATE_3D without a context", &r)?;
+    expect(
+        &mut fe,
+        "CREATE_2D",
+        gpu::resource_create_2d(3, format::B8G8R8A8_UNORM, 16, 16),
+        ty::OK_NODATA,
+    )?;
+    let b = gpu::Box3d {
+        origin: [0, 0, 0],
+        size: [16, 16, 1],
+    };
+    let r = ctrl(
+        &mut fe,
+        "TRANSFER_TO_HOST_3D of a 2D resource",
+        gpu::transfer_to_host_3d(1, 3, b, 0, 64),
+    )?;
+    is_err(
+        &fe,
+        "TRANSFER_TO_HOST_3D of a 2D resource without backing",
+        &r,
+    )?;
+    let r = ctrl(
+        &mut fe,
+        "TRANSFER_FROM_HOST_3D unknown resource",
+        gpu::transfer_from_host_3d(1, 77, b, 0, 64),
+    )?;
+    is_err(&fe, "TRANSFER_FROM_HOST_3D of an unknown resource", &r)?;
     still_serving(&mut fe)
 }
