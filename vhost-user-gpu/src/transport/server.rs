@@ -82,14 +82,17 @@ impl ExitEvent {
 /// Checks that `fd` is a listening Unix stream socket and takes ownership of it.
 pub fn listener_from_fd(fd: RawFd) -> Result<Listener, ServeError> {
     let what = format!("fd {fd}");
-    if fd < 0 {
+    // SAFETY: F_GETFD only reads the descriptor flags of whatever number it is given; it
+    // touches no memory and fails with EBADF for a number that is not open.
+    if fd < 0 || unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
         return Err(ServeError::Listen {
             what,
-            source: io::Error::from_raw_os_error(libc::EBADF),
+            source: io::Error::new(io::ErrorKind::InvalidInput, "not an open file descriptor"),
         });
     }
-    // SAFETY: only borrowed for the checks below; ownership is taken after they pass. A bad
-    // number gives EBADF from the kernel, not undefined behaviour.
+    // SAFETY: the number is open (checked above) and stays open: nothing in this process
+    // closes inherited descriptors it does not own. Only borrowed for the checks below;
+    // ownership is taken after they pass.
     let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
     let domain = rustix::net::sockopt::socket_domain(borrowed).map_err(|e| ServeError::Listen {
         what: what.clone(),
