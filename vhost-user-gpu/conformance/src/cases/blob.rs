@@ -64,6 +64,11 @@ pub(super) fn cases() -> Vec<Case> {
             run: host_blob_map_roundtrip,
         },
         Case {
+            name: "blob::host_blob_capture_png",
+            need: host_ours(),
+            run: host_blob_capture_png,
+        },
+        Case {
             name: "blob::map_info_matches_dmabuf_info",
             need: host_ours(),
             run: map_info_matches_dmabuf_info,
@@ -715,7 +720,7 @@ fn map_blob_errors(ctx: &Ctx) -> CaseResult {
     })?;
     // Another blob over the first one's range: the device must not hand out the same
     // guest-physical range twice.
-    let reqs3 = cd.create(&mut fe, 3, 32, 32, gpu::BLOB_FLAG_MAPPABLE)?;
+    cd.create(&mut fe, 3, 32, 32, gpu::BLOB_FLAG_MAPPABLE)?;
     let r = ctrl(
         &mut fe,
         "MAP_BLOB overlapping another mapping",
@@ -724,7 +729,6 @@ fn map_blob_errors(ctx: &Ctx) -> CaseResult {
     ensure(&fe, r.ty >= ty::ERR_UNSPEC, || {
         format!("MAP_BLOB over a mapped range answered {}", r.name())
     })?;
-    let _ = reqs3;
     expect(
         &mut fe,
         "UNMAP_BLOB of unknown resource",
@@ -940,5 +944,58 @@ fn set_scanout_blob_errors(ctx: &Ctx) -> CaseResult {
     )?;
     show_blob(&mut fe, 1, w, h)?;
     display_matches(&fe, 0, w, h, &img)?;
+    still_serving(&mut fe)
+}
+
+/// Bytes written through the frontend's mapping of a HOST3D blob, read back by the backend
+/// into its PNG capture (the headless display path), then overwritten and captured again.
+fn host_blob_capture_png(ctx: &Ctx) -> CaseResult {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let dir_arg = dir.path().to_string_lossy().to_string();
+    let mut fe = spawn(ctx, &["--capture-dir", &dir_arg])?;
+    let mut cd = CrossDomain::init(&mut fe)?;
+    let (w, h) = (48u32, 32u32);
+    let reqs = cd.create(&mut fe, 1, w, h, gpu::BLOB_FLAG_MAPPABLE)?;
+    map(&mut fe, 1, 0, reqs.size)?;
+    let write_image = |fe: &Frontend, img: &[u8]| -> CaseResult {
+        let region = fe.shmem().ok_or("no region")?;
+        for row in 0..h as usize {
+            let off = reqs.offsets[0] as usize + row * reqs.strides[0] as usize;
+            let src = &img[row * w as usize * 4..(row + 1) * w as usize * 4];
+            region.write(off as u64, src).map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    };
+    let img = bgra_pattern(w, h, 71);
+    write_image(&fe, &img)?;
+    let layout = BlobLayout {
+        width: w,
+        height: h,
+        format: format::B8G8R8A8_UNORM,
+        stride: reqs.strides[0],
+        offset: reqs.offsets[0],
+    };
+    expect(
+        &mut fe,
+        "SET_SCANOUT_BLOB",
+        gpu::set_scanout_blob(0, 1, Rect::sized(w, h), layout),
+        ty::OK_NODATA,
+    )?;
+    expect(
+        &mut fe,
+        "RESOURCE_FLUSH",
+        gpu::resource_flush(1, Rect::sized(w, h)),
+        ty::OK_NODATA,
+    )?;
+    capture_matches(&fe, dir.path(), w, h, &img)?;
+    let img = bgra_pattern(w, h, 72);
+    write_image(&fe, &img)?;
+    expect(
+        &mut fe,
+        "RESOURCE_FLUSH",
+        gpu::resource_flush(1, Rect::sized(w, h)),
+        ty::OK_NODATA,
+    )?;
+    capture_matches(&fe, dir.path(), w, h, &img)?;
     still_serving(&mut fe)
 }
