@@ -11,14 +11,14 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserHeaderFlag};
 use vhost::vhost_user::{
     Frontend as VuFrontend, VhostUserFrontend, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
 };
-use vhost::VhostBackend;
+use vhost::{VhostBackend, VhostUserMemoryRegionInfo};
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
 use crate::display::{DisplayConfig, DisplayServer};
@@ -37,6 +37,8 @@ pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
 pub const CONTROL_QUEUE: usize = 0;
 /// Cursor queue index.
 pub const CURSOR_QUEUE: usize = 1;
+/// Regions a `SET_MEM_TABLE` can carry without CONFIGURE_MEM_SLOTS.
+const MAX_TABLE_REGIONS: usize = 8;
 /// How long to wait for a backend before calling it hung (a guard, not an assertion).
 pub const HANG_GUARD: Duration = Duration::from_secs(20);
 
@@ -135,6 +137,11 @@ pub struct FrontendOptions {
     pub gpu_features: u64,
     /// The display the frontend pretends to have.
     pub display: DisplayConfig,
+    /// Re-send the memory table, with every live host-visible mapping as a region, after
+    /// each `SHMEM_MAP`/`SHMEM_UNMAP`, as QEMU does (it then includes e.g. `0xe0000000+0x10000`).
+    pub memtable_follows_mappings: bool,
+    /// Guest-physical address of the host-visible window in those memory tables.
+    pub shmem_window_gpa: u64,
 }
 
 impl Default for FrontendOptions {
@@ -148,6 +155,8 @@ impl Default for FrontendOptions {
                 | gpu::features::CONTEXT_INIT
                 | gpu::features::VIRGL,
             display: DisplayConfig::default(),
+            memtable_follows_mappings: true,
+            shmem_window_gpa: 1 << 32,
         }
     }
 }
@@ -192,6 +201,9 @@ pub struct Frontend {
     child: Option<Child>,
     ram: Arc<GuestRam>,
     conn: Option<Connection>,
+    memtable_errors: Arc<Mutex<Vec<String>>>,
+    /// Region generation the last memory-table update described.
+    memtable_synced: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Frontend {
@@ -235,6 +247,8 @@ impl Frontend {
             child: Some(child),
             ram,
             conn: None,
+            memtable_errors: Arc::new(Mutex::new(Vec::new())),
+            memtable_synced: Arc::new(std::sync::atomic::AtomicU64::new(0)),
         };
         fe.connect()?;
         Ok(fe)
@@ -412,7 +426,11 @@ impl Frontend {
                 Ok,
             )?;
             let reply_ack = protocol.contains(VhostUserProtocolFeatures::REPLY_ACK);
-            let (server, fd) = BackendRequestServer::start(handler, reply_ack)?;
+            let hook = self
+                .options
+                .memtable_follows_mappings
+                .then(|| self.memtable_hook(&vu));
+            let (server, fd) = BackendRequestServer::start(handler, reply_ack, hook)?;
             vu.set_backend_request_fd(&fd)
                 .map_err(Error::vhost("SET_BACKEND_REQ_FD"))?;
             requests = Some(server);
@@ -440,6 +458,84 @@ impl Frontend {
         self.start_device(&mut conn)?;
         self.conn = Some(conn);
         Ok(())
+    }
+
+    /// The memory-table update sent after each mapping change (QEMU's behaviour).
+    fn memtable_hook(&self, vu: &VuFrontend) -> Box<dyn Fn(&SharedMemoryRegion) + Send> {
+        let vu = vu.clone();
+        let ram = self.ram.clone();
+        let base = self.options.shmem_window_gpa;
+        let errors = self.memtable_errors.clone();
+        let synced = self.memtable_synced.clone();
+        Box::new(move |region: &SharedMemoryRegion| {
+            let generation = region.generation();
+            let extra = region.table_regions(base);
+            let mut regions = vec![ram.region_info()];
+            regions.extend(extra.iter().map(|(gpa, len, addr, fd_offset, fd)| {
+                VhostUserMemoryRegionInfo {
+                    guest_phys_addr: *gpa,
+                    memory_size: *len,
+                    userspace_addr: *addr,
+                    mmap_offset: *fd_offset,
+                    mmap_handle: fd.as_raw_fd(),
+                }
+            }));
+            if regions.len() > MAX_TABLE_REGIONS {
+                log::warn!(
+                    "{} regions: memory table not re-sent (limit {MAX_TABLE_REGIONS})",
+                    regions.len()
+                );
+                return;
+            }
+            match vu.set_mem_table(&regions) {
+                Ok(_) => synced.store(generation, std::sync::atomic::Ordering::Release),
+                Err(e) => {
+                    let msg = format!("SET_MEM_TABLE with {} mapped blobs: {e}", extra.len());
+                    log::warn!("{msg}");
+                    errors.lock().unwrap_or_else(|p| p.into_inner()).push(msg);
+                }
+            }
+        })
+    }
+
+    /// Guest-physical address of the host-visible window in the memory table.
+    pub fn shmem_window_gpa(&self) -> u64 {
+        self.options.shmem_window_gpa
+    }
+
+    /// Waits until the backend acknowledged a memory table describing the current mappings
+    /// (the update runs on the request thread, after the `SHMEM_MAP`/`UNMAP` ack).
+    pub fn wait_memtable_synced(&self) -> Result<()> {
+        let Some(region) = self.shmem() else {
+            return Ok(());
+        };
+        if !self.options.memtable_follows_mappings {
+            return Err(Error::Unsupported(
+                "memory-table updates (disabled in the options)",
+            ));
+        }
+        let deadline = Instant::now() + HANG_GUARD;
+        while self
+            .memtable_synced
+            .load(std::sync::atomic::Ordering::Acquire)
+            != region.generation()
+        {
+            if Instant::now() > deadline {
+                return Err(Error::Malformed(
+                    "memory table never caught up with the mappings".into(),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        Ok(())
+    }
+
+    /// Failures of the memory-table updates sent after mapping changes.
+    pub fn memtable_errors(&self) -> Vec<String> {
+        self.memtable_errors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// What QEMU does when the device starts: display socket, features, memory, vrings.

@@ -52,8 +52,10 @@ pub enum ShmemEvent {
 struct RegionState {
     /// offset -> (len, writable)
     mappings: BTreeMap<u64, (u64, bool)>,
-    /// The fd each live mapping came from (a duplicate, for inspection by tests).
-    fds: BTreeMap<u64, OwnedFd>,
+    /// The fd (a duplicate) and fd offset each live mapping came from.
+    fds: BTreeMap<u64, (OwnedFd, u64)>,
+    /// Bumped on every map and unmap (the frontend re-sends its memory table then).
+    generation: u64,
     events: Vec<ShmemEvent>,
     /// Test knob: answer every `SHMEM_MAP` with an error, as QEMU does for a bad range.
     refuse_maps: bool,
@@ -132,7 +134,28 @@ impl SharedMemoryRegion {
         self.state()
             .fds
             .get(&offset)
-            .and_then(|fd| fd.try_clone().ok())
+            .and_then(|(fd, _)| fd.try_clone().ok())
+    }
+
+    /// Counter bumped by every map and unmap.
+    pub fn generation(&self) -> u64 {
+        self.state().generation
+    }
+
+    /// The live mappings as memory-table regions placed at `base_gpa` (where a guest would
+    /// see the window): `(guest_phys_addr, len, frontend address, fd offset, fd)`.
+    pub fn table_regions(&self, base_gpa: u64) -> Vec<(u64, u64, u64, u64, OwnedFd)> {
+        let state = self.state();
+        state
+            .mappings
+            .iter()
+            .filter_map(|(&offset, &(len, _))| {
+                let (fd, fd_offset) = state.fds.get(&offset)?;
+                let fd = fd.try_clone().ok()?;
+                let addr = self.base.as_ptr() as u64 + offset;
+                Some((base_gpa.checked_add(offset)?, len, addr, *fd_offset, fd))
+            })
+            .collect()
     }
 
     /// Everything the backend asked for so far.
@@ -213,6 +236,7 @@ impl SharedMemoryRegion {
             .map_err(Error::io("reset shared memory region"))?;
         let old: Vec<_> = std::mem::take(&mut state.mappings).into_iter().collect();
         state.fds.clear();
+        state.generation += 1;
         for (offset, (len, _)) in old {
             state.events.push(ShmemEvent::Unmapped { offset, len });
         }
@@ -292,8 +316,9 @@ impl VhostUserFrontendReqHandler for SharedMemoryRegion {
         }
         state.mappings.insert(offset, (len, writable));
         if let Ok(dup) = fd.try_clone_to_owned() {
-            state.fds.insert(offset, dup);
+            state.fds.insert(offset, (dup, req.fd_offset));
         }
+        state.generation += 1;
         state.events.push(ShmemEvent::Mapped {
             offset,
             len,
@@ -314,6 +339,7 @@ impl VhostUserFrontendReqHandler for SharedMemoryRegion {
         self.make_inaccessible(offset, len)?;
         state.mappings.remove(&offset);
         state.fds.remove(&offset);
+        state.generation += 1;
         state.events.push(ShmemEvent::Unmapped { offset, len });
         Ok(0)
     }
@@ -337,8 +363,9 @@ impl BackendRequestServer {
     pub fn start(
         region: Arc<SharedMemoryRegion>,
         reply_ack: bool,
+        on_change: Option<Box<dyn Fn(&SharedMemoryRegion) + Send>>,
     ) -> Result<(Self, std::os::fd::OwnedFd)> {
-        let mut handler = FrontendReqHandler::new(region).map_err(|e| Error::Io {
+        let mut handler = FrontendReqHandler::new(region.clone()).map_err(|e| Error::Io {
             what: "backend request channel",
             source: io::Error::other(e),
         })?;
@@ -350,12 +377,23 @@ impl BackendRequestServer {
         let rx_fd = handler.as_raw_fd();
         let thread = std::thread::Builder::new()
             .name("backend-requests".into())
-            .spawn(move || loop {
-                match handler.handle_request() {
-                    Ok(_) | Err(vhost::vhost_user::Error::ReqHandlerError(_)) => {}
-                    Err(e) => {
-                        log::debug!("backend request channel closed: {e}");
-                        break;
+            .spawn(move || {
+                let mut seen = region.generation();
+                loop {
+                    match handler.handle_request() {
+                        Ok(_) | Err(vhost::vhost_user::Error::ReqHandlerError(_)) => {}
+                        Err(e) => {
+                            log::debug!("backend request channel closed: {e}");
+                            break;
+                        }
+                    }
+                    // Like QEMU: after the (acknowledged) change, a new memory table.
+                    let now = region.generation();
+                    if now != seen {
+                        seen = now;
+                        if let Some(hook) = &on_change {
+                            hook(&region);
+                        }
                     }
                 }
             })

@@ -79,6 +79,11 @@ pub(super) fn cases() -> Vec<Case> {
             run: host_blob_contents_survive_remap,
         },
         Case {
+            name: "blob::guest_descriptors_into_mapped_blob",
+            need: host(),
+            run: descriptors_into_mapped_blob,
+        },
+        Case {
             name: "blob::fresh_host_blobs_read_zeros",
             need: host(),
             run: fresh_blobs_read_zeros,
@@ -997,5 +1002,85 @@ fn host_blob_capture_png(ctx: &Ctx) -> CaseResult {
         ty::OK_NODATA,
     )?;
     capture_matches(&fe, dir.path(), w, h, &img)?;
+    still_serving(&mut fe)
+}
+
+/// QEMU puts mapped blobs into the memory table, so guest addresses inside the host-visible
+/// window are valid descriptors. A 2D resource whose backing lies in a mapped blob: the
+/// device may refuse it (an error response) or use it, but if it answers OK the pixels must
+/// be the blob's bytes; either way it keeps serving, and unmapping it afterwards is safe.
+fn descriptors_into_mapped_blob(ctx: &Ctx) -> CaseResult {
+    let mut fe = spawn(ctx, &[])?;
+    let mut cd = CrossDomain::init(&mut fe)?;
+    let (w, h) = (32u32, 32u32);
+    let reqs = cd.create(&mut fe, 1, w, h, gpu::BLOB_FLAG_MAPPABLE)?;
+    map(&mut fe, 1, 0, reqs.size)?;
+    fe.wait_memtable_synced()
+        .map_err(|e| super::ctx_err(&fe, "memory table update", e))?;
+    let img = bgra_pattern(w, h, 81);
+    fe.shmem()
+        .ok_or("no region")?
+        .write(0, &img)
+        .map_err(|e| e.to_string())?;
+    let window = fe.shmem_window_gpa();
+    expect(
+        &mut fe,
+        "CREATE_2D",
+        gpu::resource_create_2d(2, format::B8G8R8A8_UNORM, w, h),
+        ty::OK_NODATA,
+    )?;
+    let entry = [MemEntry {
+        addr: window,
+        length: w * h * 4,
+    }];
+    let r = ctrl(
+        &mut fe,
+        "ATTACH_BACKING inside the mapped blob",
+        gpu::resource_attach_backing(2, &entry),
+    )?;
+    if r.ty == ty::OK_NODATA {
+        expect(
+            &mut fe,
+            "TRANSFER",
+            gpu::transfer_to_host_2d(2, Rect::sized(w, h), 0),
+            ty::OK_NODATA,
+        )?;
+        expect(
+            &mut fe,
+            "SET_SCANOUT",
+            gpu::set_scanout(0, 2, Rect::sized(w, h)),
+            ty::OK_NODATA,
+        )?;
+        expect(
+            &mut fe,
+            "FLUSH",
+            gpu::resource_flush(2, Rect::sized(w, h)),
+            ty::OK_NODATA,
+        )?;
+        display_matches(&fe, 0, w, h, &img)?;
+    } else {
+        ensure(&fe, r.ty >= ty::ERR_UNSPEC, || {
+            format!("ATTACH_BACKING answered {}", r.name())
+        })?;
+    }
+    expect(
+        &mut fe,
+        "UNMAP_BLOB",
+        gpu::resource_unmap_blob(CTX, 1),
+        ty::OK_NODATA,
+    )?;
+    fe.wait_memtable_synced()
+        .map_err(|e| super::ctx_err(&fe, "memory table update", e))?;
+    // Now the backing points at nothing: a transfer must fail cleanly, not crash.
+    if r.ty == ty::OK_NODATA {
+        let t = ctrl(
+            &mut fe,
+            "TRANSFER after the blob was unmapped",
+            gpu::transfer_to_host_2d(2, Rect::sized(w, h), 0),
+        )?;
+        ensure(&fe, t.ty >= ty::ERR_UNSPEC || t.ty == ty::OK_NODATA, || {
+            format!("answered {}", t.name())
+        })?;
+    }
     still_serving(&mut fe)
 }

@@ -129,6 +129,10 @@ pub(crate) fn ensure(fe: &Frontend, cond: bool, msg: impl FnOnce() -> String) ->
 
 /// The device must still answer after whatever the case did.
 pub(crate) fn still_serving(fe: &mut Frontend) -> CaseResult {
+    let errors = fe.memtable_errors();
+    ensure(fe, errors.is_empty(), || {
+        format!("memory-table updates failed: {errors:?}")
+    })?;
     expect(
         fe,
         "GET_DISPLAY_INFO after the case",
