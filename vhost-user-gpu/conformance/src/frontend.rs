@@ -25,7 +25,7 @@ use crate::display::{DisplayConfig, DisplayServer};
 use crate::gpu::{self, Cmd, Resp};
 use crate::memory::GuestRam;
 use crate::proc_stats::ProcStats;
-use crate::shmem::{BackendRequestServer, SharedMemoryRegion};
+use crate::shmem::{BackendRequestServer, MappingChangeHook, SharedMemoryRegion};
 use crate::virtq::{RawDesc, Segment, SplitQueue};
 use crate::{Error, Result};
 
@@ -461,7 +461,7 @@ impl Frontend {
     }
 
     /// The memory-table update sent after each mapping change (QEMU's behaviour).
-    fn memtable_hook(&self, vu: &VuFrontend) -> Box<dyn Fn(&SharedMemoryRegion) + Send> {
+    fn memtable_hook(&self, vu: &VuFrontend) -> MappingChangeHook {
         let vu = vu.clone();
         let ram = self.ram.clone();
         let base = self.options.shmem_window_gpa;
@@ -471,14 +471,12 @@ impl Frontend {
             let generation = region.generation();
             let extra = region.table_regions(base);
             let mut regions = vec![ram.region_info()];
-            regions.extend(extra.iter().map(|(gpa, len, addr, fd_offset, fd)| {
-                VhostUserMemoryRegionInfo {
-                    guest_phys_addr: *gpa,
-                    memory_size: *len,
-                    userspace_addr: *addr,
-                    mmap_offset: *fd_offset,
-                    mmap_handle: fd.as_raw_fd(),
-                }
+            regions.extend(extra.iter().map(|r| VhostUserMemoryRegionInfo {
+                guest_phys_addr: r.guest_phys_addr,
+                memory_size: r.len,
+                userspace_addr: r.user_addr,
+                mmap_offset: r.fd_offset,
+                mmap_handle: r.fd.as_raw_fd(),
             }));
             if regions.len() > MAX_TABLE_REGIONS {
                 log::warn!(

@@ -143,8 +143,8 @@ impl SharedMemoryRegion {
     }
 
     /// The live mappings as memory-table regions placed at `base_gpa` (where a guest would
-    /// see the window): `(guest_phys_addr, len, frontend address, fd offset, fd)`.
-    pub fn table_regions(&self, base_gpa: u64) -> Vec<(u64, u64, u64, u64, OwnedFd)> {
+    /// see the window).
+    pub fn table_regions(&self, base_gpa: u64) -> Vec<TableRegion> {
         let state = self.state();
         state
             .mappings
@@ -153,7 +153,13 @@ impl SharedMemoryRegion {
                 let (fd, fd_offset) = state.fds.get(&offset)?;
                 let fd = fd.try_clone().ok()?;
                 let addr = self.base.as_ptr() as u64 + offset;
-                Some((base_gpa.checked_add(offset)?, len, addr, *fd_offset, fd))
+                Some(TableRegion {
+                    guest_phys_addr: base_gpa.checked_add(offset)?,
+                    len,
+                    user_addr: addr,
+                    fd_offset: *fd_offset,
+                    fd,
+                })
             })
             .collect()
     }
@@ -352,6 +358,24 @@ impl Drop for SharedMemoryRegion {
     }
 }
 
+/// Called on the request thread after each acknowledged map or unmap.
+pub type MappingChangeHook = Box<dyn Fn(&SharedMemoryRegion) + Send>;
+
+/// A live mapping described as a memory-table region.
+#[derive(Debug)]
+pub struct TableRegion {
+    /// Where the guest sees it (window base + offset).
+    pub guest_phys_addr: u64,
+    /// Length.
+    pub len: u64,
+    /// The frontend's address of the mapping.
+    pub user_addr: u64,
+    /// Offset in the fd.
+    pub fd_offset: u64,
+    /// The buffer (a duplicate of what the backend sent).
+    pub fd: OwnedFd,
+}
+
 /// The thread answering the backend's requests (`SET_BACKEND_REQ_FD` channel).
 pub struct BackendRequestServer {
     rx_fd: i32,
@@ -363,7 +387,7 @@ impl BackendRequestServer {
     pub fn start(
         region: Arc<SharedMemoryRegion>,
         reply_ack: bool,
-        on_change: Option<Box<dyn Fn(&SharedMemoryRegion) + Send>>,
+        on_change: Option<MappingChangeHook>,
     ) -> Result<(Self, std::os::fd::OwnedFd)> {
         let mut handler = FrontendReqHandler::new(region.clone()).map_err(|e| Error::Io {
             what: "backend request channel",
