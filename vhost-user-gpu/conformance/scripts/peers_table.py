@@ -41,7 +41,13 @@ def main():
     order = []
     for _, _, o in runs:
         order += [n for n in o if n not in order]
-    order.sort(key=lambda n: (AREAS.index(n.split("::")[0]) if n.split("::")[0] in AREAS else 99, order.index(n)))
+    first_seen = list(order)
+
+    def key(name):
+        area = name.split("::")[0]
+        return (AREAS.index(area) if area in AREAS else len(AREAS), first_seen.index(name))
+
+    order.sort(key=key)
     print("| case | " + " | ".join(PEERS) + " |")
     print("|---|" + "---|" * len(PEERS))
     for name in order:
