@@ -616,7 +616,13 @@ impl Frontend {
                 region.unmap_all()?;
             }
             conn.display = None;
-            self.start_device(&mut conn)
+            self.start_device(&mut conn)?;
+            // start_device sent a table without any mapping, matching the emptied region.
+            if let Some(region) = &conn.region {
+                self.memtable_synced
+                    .store(region.generation(), std::sync::atomic::Ordering::Release);
+            }
+            Ok(())
         })();
         self.conn = Some(conn);
         result

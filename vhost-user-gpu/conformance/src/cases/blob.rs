@@ -837,6 +837,8 @@ fn reset_while_mapped(ctx: &Ctx) -> CaseResult {
     fe.reset()
         .map_err(|e| super::ctx_err(&fe, "device reset", e))?;
     region_empty(&fe, "reset")?;
+    fe.wait_memtable_synced()
+        .map_err(|e| super::ctx_err(&fe, "memory table after reset", e))?;
     no_leaks(&mut fe, &before)?;
     // Everything starts over: the same ids and offsets work again.
     let mut cd = CrossDomain::init(&mut fe)?;
