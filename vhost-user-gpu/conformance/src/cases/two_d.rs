@@ -528,6 +528,48 @@ fn attach_backing_outside_ram(ctx: &Ctx) -> CaseResult {
         gpu::resource_attach_backing(1, &wrap),
         ty::ERR_UNSPEC,
     )?;
+    // nr_entries far larger than the entries present: the device must not trust it.
+    let page = fe.ram().alloc(4096, 4096).map_err(|e| e.to_string())?;
+    let lying = gpu::Cmd::new(ty::RESOURCE_ATTACH_BACKING, 0)
+        .u32(1)
+        .u32(u32::MAX)
+        .u64(page)
+        .u32(4096)
+        .u32(0);
+    let r = ctrl(&mut fe, "ATTACH_BACKING claiming 2^32-1 entries", lying)?;
+    ensure(&fe, r.ty >= ty::ERR_UNSPEC, || {
+        format!(
+            "ATTACH_BACKING with nr_entries 0xffffffff answered {}",
+            r.name()
+        )
+    })?;
+    // Backing smaller than the resource: a full transfer must fail, not read past it.
+    let small = [MemEntry {
+        addr: page,
+        length: 100,
+    }];
+    let r = ctrl(
+        &mut fe,
+        "ATTACH_BACKING of 100 bytes",
+        gpu::resource_attach_backing(1, &small),
+    )?;
+    if r.ty == ty::OK_NODATA {
+        let t = ctrl(
+            &mut fe,
+            "TRANSFER of 16x16 from 100 bytes",
+            gpu::transfer_to_host_2d(1, Rect::sized(16, 16), 0),
+        )?;
+        ensure(&fe, t.ty >= ty::ERR_UNSPEC, || {
+            format!(
+                "TRANSFER of 1024 bytes from a 100-byte backing answered {}",
+                t.name()
+            )
+        })?;
+    } else {
+        ensure(&fe, r.ty >= ty::ERR_UNSPEC, || {
+            format!("answered {}", r.name())
+        })?;
+    }
     still_serving(&mut fe)
 }
 
