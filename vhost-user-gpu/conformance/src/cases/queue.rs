@@ -34,6 +34,16 @@ pub(super) fn cases() -> Vec<Case> {
             need: Need::Nothing,
             run: absurd_length,
         },
+        Case {
+            name: "queue::full_ring",
+            need: Need::Nothing,
+            run: full_ring,
+        },
+        Case {
+            name: "queue::ring_index_wraps",
+            need: Need::Nothing,
+            run: index_wraps,
+        },
     ]
 }
 
@@ -205,4 +215,57 @@ fn absurd_length(ctx: &Ctx) -> CaseResult {
             },
         ],
     )
+}
+
+/// Every descriptor in use at once (128 two-descriptor chains in a 256-entry ring), one kick.
+fn full_ring(ctx: &Ctx) -> CaseResult {
+    let mut fe = spawn(ctx)?;
+    let cmd = gpu::resource_unref(4242).into_bytes();
+    let mut sent = 0;
+    while let Ok(_head) = fe.send(CONTROL_QUEUE, &[&cmd], gpu::resp_size::NODATA) {
+        sent += 1;
+        if sent == 128 {
+            break;
+        }
+    }
+    ensure(&fe, sent == 128, || {
+        format!("only {sent} chains fit in the ring")
+    })?;
+    for _ in 0..sent {
+        let (_, bytes) = fe
+            .wait(CONTROL_QUEUE)
+            .map_err(|e| ctx_err(&fe, "wait", e))?;
+        let r = gpu::Resp::parse(&bytes).map_err(|e| e.to_string())?;
+        ensure(&fe, r.ty == ty::ERR_INVALID_RESOURCE_ID, || {
+            format!("UNREF of unknown answered {}", r.name())
+        })?;
+    }
+    still_serving(&mut fe)
+}
+
+/// More than 65536 requests, so the 16-bit available and used indexes wrap around.
+fn index_wraps(ctx: &Ctx) -> CaseResult {
+    let mut fe = spawn(ctx)?;
+    let cmd = gpu::resource_unref(4242).into_bytes();
+    let depth = 64u32;
+    let total = 70_000u32;
+    let mut done = 0u32;
+    let mut in_flight = 0u32;
+    while done < total {
+        while in_flight < depth && done + in_flight < total {
+            fe.send(CONTROL_QUEUE, &[&cmd], gpu::resp_size::NODATA)
+                .map_err(|e| ctx_err(&fe, "send", e))?;
+            in_flight += 1;
+        }
+        let (_, bytes) = fe
+            .wait(CONTROL_QUEUE)
+            .map_err(|e| ctx_err(&fe, &format!("wait after {done} requests"), e))?;
+        let r = gpu::Resp::parse(&bytes).map_err(|e| e.to_string())?;
+        ensure(&fe, r.ty == ty::ERR_INVALID_RESOURCE_ID, || {
+            format!("request {done} answered {}", r.name())
+        })?;
+        in_flight -= 1;
+        done += 1;
+    }
+    still_serving(&mut fe)
 }
