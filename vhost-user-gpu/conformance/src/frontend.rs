@@ -26,7 +26,7 @@ use crate::gpu::{self, Cmd, Resp};
 use crate::memory::GuestRam;
 use crate::proc_stats::ProcStats;
 use crate::shmem::{BackendRequestServer, MappingChangeHook, SharedMemoryRegion};
-use crate::virtq::{RawDesc, Segment, SplitQueue};
+use crate::virtq::{RawDesc, Segment, SplitQueue, RING_F_EVENT_IDX, RING_F_INDIRECT_DESC};
 use crate::{Error, Result};
 
 /// `VHOST_USER_GPU_SET_SOCKET`.
@@ -142,6 +142,11 @@ pub struct FrontendOptions {
     pub memtable_follows_mappings: bool,
     /// Guest-physical address of the host-visible window in those memory tables.
     pub shmem_window_gpa: u64,
+    /// Negotiate `VIRTIO_RING_F_INDIRECT_DESC` and use indirect tables for multi-buffer
+    /// chains, as the Linux driver does.
+    pub indirect_descriptors: bool,
+    /// Negotiate `VIRTIO_RING_F_EVENT_IDX` and drive `used_event`, as the Linux driver does.
+    pub event_idx: bool,
 }
 
 impl Default for FrontendOptions {
@@ -157,6 +162,8 @@ impl Default for FrontendOptions {
             display: DisplayConfig::default(),
             memtable_follows_mappings: true,
             shmem_window_gpa: 1 << 32,
+            indirect_descriptors: true,
+            event_idx: true,
         }
     }
 }
@@ -543,9 +550,15 @@ impl Frontend {
         drop(theirs);
         conn.display = Some(display);
 
-        let wanted = VIRTIO_F_VERSION_1
+        let mut wanted = VIRTIO_F_VERSION_1
             | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
             | self.options.gpu_features;
+        if self.options.indirect_descriptors {
+            wanted |= RING_F_INDIRECT_DESC;
+        }
+        if self.options.event_idx {
+            wanted |= RING_F_EVENT_IDX;
+        }
         conn.acked_features = conn.offered_features & wanted;
         conn.vu
             .set_features(conn.acked_features)
@@ -558,7 +571,11 @@ impl Frontend {
         }
         conn.in_flight.clear();
         for index in 0..2 {
-            let q = SplitQueue::new(&self.ram, index, self.options.queue_size)?;
+            let mut q = SplitQueue::new(&self.ram, index, self.options.queue_size)?;
+            q.set_ring_features(
+                conn.acked_features & RING_F_INDIRECT_DESC != 0,
+                conn.acked_features & RING_F_EVENT_IDX != 0,
+            );
             conn.vu
                 .set_vring_num(index, q.size())
                 .map_err(Error::vhost("SET_VRING_NUM"))?;

@@ -13,6 +13,11 @@ use crate::{Error, Result};
 
 const DESC_F_NEXT: u16 = 1;
 const DESC_F_WRITE: u16 = 2;
+const DESC_F_INDIRECT: u16 = 4;
+/// `VIRTIO_RING_F_INDIRECT_DESC`.
+pub const RING_F_INDIRECT_DESC: u64 = 1 << 28;
+/// `VIRTIO_RING_F_EVENT_IDX`.
+pub const RING_F_EVENT_IDX: u64 = 1 << 29;
 const DESC_SIZE: u64 = 16;
 
 /// One buffer of a descriptor chain.
@@ -43,6 +48,22 @@ impl Segment {
             device_writable: true,
         }
     }
+}
+
+fn encode_desc(seg: &Segment, next: Option<u16>) -> [u8; 16] {
+    let mut flags = 0;
+    if seg.device_writable {
+        flags |= DESC_F_WRITE;
+    }
+    if next.is_some() {
+        flags |= DESC_F_NEXT;
+    }
+    let mut desc = [0u8; 16];
+    desc[0..8].copy_from_slice(&seg.gpa.to_le_bytes());
+    desc[8..12].copy_from_slice(&seg.len.to_le_bytes());
+    desc[12..14].copy_from_slice(&flags.to_le_bytes());
+    desc[14..16].copy_from_slice(&next.unwrap_or(0).to_le_bytes());
+    desc
 }
 
 /// A descriptor exactly as the driver writes it, for hostile-guest tests: `next` is an index
@@ -80,6 +101,10 @@ pub struct SplitQueue {
     next_avail: u16,
     last_used: u16,
     in_flight: HashMap<u16, Vec<u16>>,
+    /// Indirect descriptor tables by head, freed when the chain comes back.
+    indirect_tables: HashMap<u16, u64>,
+    indirect: bool,
+    event_idx: bool,
     kick: EventFd,
     call: EventFd,
 }
@@ -109,9 +134,19 @@ impl SplitQueue {
             next_avail: 0,
             last_used: 0,
             in_flight: HashMap::new(),
+            indirect_tables: HashMap::new(),
+            indirect: false,
+            event_idx: false,
             kick: EventFd::new(EFD_NONBLOCK).map_err(Error::io("eventfd"))?,
             call: EventFd::new(EFD_NONBLOCK).map_err(Error::io("eventfd"))?,
         })
+    }
+
+    /// Uses negotiated ring features: indirect descriptor tables for chains of more than one
+    /// buffer (as Linux does), and `used_event` to ask for notifications.
+    pub fn set_ring_features(&mut self, indirect: bool, event_idx: bool) {
+        self.indirect = indirect;
+        self.event_idx = event_idx;
     }
 
     /// Queue index (0 control, 1 cursor for virtio-gpu).
@@ -164,6 +199,9 @@ impl SplitQueue {
 
     /// Puts a chain in the available ring (without kicking). Returns its head index.
     pub fn add_chain(&mut self, ram: &GuestRam, segments: &[Segment]) -> Result<u16> {
+        if self.indirect && segments.len() > 1 {
+            return self.add_indirect_chain(ram, segments);
+        }
         if segments.is_empty() || segments.len() > self.free.len() {
             return Err(Error::Queue(format!(
                 "chain of {} descriptors, {} free",
@@ -175,22 +213,49 @@ impl SplitQueue {
             .filter_map(|_| self.free.pop())
             .collect();
         for (i, (seg, &id)) in segments.iter().zip(&ids).enumerate() {
-            let mut flags = 0;
-            if seg.device_writable {
-                flags |= DESC_F_WRITE;
-            }
-            let next = ids.get(i + 1).copied().unwrap_or(0);
-            if i + 1 < ids.len() {
-                flags |= DESC_F_NEXT;
-            }
-            let mut desc = [0u8; 16];
-            desc[0..8].copy_from_slice(&seg.gpa.to_le_bytes());
-            desc[8..12].copy_from_slice(&seg.len.to_le_bytes());
-            desc[12..14].copy_from_slice(&flags.to_le_bytes());
-            desc[14..16].copy_from_slice(&next.to_le_bytes());
+            let next = ids.get(i + 1).copied();
+            let desc = encode_desc(seg, next);
             ram.write(self.desc_gpa + u64::from(id) * DESC_SIZE, &desc)?;
         }
         let head = ids[0];
+        self.publish(ram, head)?;
+        self.in_flight.insert(head, ids);
+        Ok(head)
+    }
+
+    /// One ring descriptor pointing at a table holding the whole chain.
+    fn add_indirect_chain(&mut self, ram: &GuestRam, segments: &[Segment]) -> Result<u16> {
+        let n = u16::try_from(segments.len())
+            .map_err(|_| Error::Queue("indirect table too long".into()))?;
+        let head = self
+            .free
+            .pop()
+            .ok_or_else(|| Error::Queue("no free descriptor".into()))?;
+        let table_len = DESC_SIZE * u64::from(n);
+        let table = match ram.alloc(table_len, 16) {
+            Ok(t) => t,
+            Err(e) => {
+                self.free.push(head);
+                return Err(e);
+            }
+        };
+        for (i, seg) in segments.iter().enumerate() {
+            let next = (i + 1 < segments.len()).then_some(i as u16 + 1);
+            ram.write(table + DESC_SIZE * i as u64, &encode_desc(seg, next))?;
+        }
+        let mut desc = [0u8; 16];
+        desc[0..8].copy_from_slice(&table.to_le_bytes());
+        desc[8..12].copy_from_slice(&(table_len as u32).to_le_bytes());
+        desc[12..14].copy_from_slice(&DESC_F_INDIRECT.to_le_bytes());
+        ram.write(self.desc_gpa + u64::from(head) * DESC_SIZE, &desc)?;
+        self.publish(ram, head)?;
+        self.in_flight.insert(head, vec![head]);
+        self.indirect_tables.insert(head, table);
+        Ok(head)
+    }
+
+    /// Makes `head` available: ring entry, then (release) the index.
+    fn publish(&mut self, ram: &GuestRam, head: u16) -> Result<()> {
         let slot = u64::from(self.next_avail % self.size);
         ram.write(self.avail_gpa + 4 + 2 * slot, &head.to_le_bytes())?;
         self.next_avail = self.next_avail.wrapping_add(1);
@@ -198,8 +263,7 @@ impl SplitQueue {
         fence(Ordering::Release);
         self.index_cell(ram, self.avail_gpa + 2)?
             .store(self.next_avail, Ordering::Release);
-        self.in_flight.insert(head, ids);
-        Ok(head)
+        Ok(())
     }
 
     /// Puts arbitrary descriptors in the ring with `descs[0]` as head (no validation: this
@@ -273,13 +337,26 @@ impl SplitQueue {
         if let Some(ids) = self.in_flight.remove(&head) {
             self.free.extend(ids);
         }
+        if let Some(table) = self.indirect_tables.remove(&head) {
+            ram.free(table);
+        }
         Ok(Some(UsedElem { head, written }))
     }
 
     /// Waits (up to `timeout`, a hang guard, not an assertion) for one returned chain.
+    ///
+    /// It sleeps on the call eventfd only, so a backend that forgets to notify (or gets
+    /// `used_event` wrong) is caught by the hang guard instead of being polled past.
     pub fn wait_used(&mut self, ram: &GuestRam, timeout: Duration) -> Result<UsedElem> {
         let deadline = Instant::now() + timeout;
         loop {
+            if self.event_idx {
+                // used_event: notify me once the entry I read next is used.
+                let at = self.avail_gpa + 4 + 2 * u64::from(self.size);
+                self.index_cell(ram, at)?
+                    .store(self.last_used, Ordering::Release);
+                fence(Ordering::SeqCst);
+            }
             if let Some(elem) = self.poll_used(ram)? {
                 return Ok(elem);
             }
@@ -293,11 +370,10 @@ impl SplitQueue {
                 &call,
                 rustix::event::PollFlags::IN,
             )];
-            let wait = rustix::event::Timespec::try_from(left.min(Duration::from_millis(200)))
-                .unwrap_or(rustix::event::Timespec {
-                    tv_sec: 0,
-                    tv_nsec: 200_000_000,
-                });
+            let wait = rustix::event::Timespec::try_from(left).unwrap_or(rustix::event::Timespec {
+                tv_sec: 1,
+                tv_nsec: 0,
+            });
             let _ = rustix::event::poll(&mut fds, Some(&wait));
             let _ = self.call.read();
         }

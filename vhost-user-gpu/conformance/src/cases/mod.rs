@@ -66,6 +66,15 @@ impl Ctx {
 
     /// Starts the backend with extra arguments (only meaningful for our binary).
     pub fn spawn_with(&self, extra: &[&str]) -> crate::Result<Frontend> {
+        self.spawn_with_options(extra, FrontendOptions::default())
+    }
+
+    /// Starts the backend with extra arguments and frontend options.
+    pub fn spawn_with_options(
+        &self,
+        extra: &[&str],
+        options: FrontendOptions,
+    ) -> crate::Result<Frontend> {
         let mut spec = self.spec.clone();
         if spec.peer == Peer::Ours {
             if !spec.args.iter().any(|a| a == "--allocator") && !extra.contains(&"--allocator") {
@@ -74,7 +83,7 @@ impl Ctx {
             }
             spec.args.extend(extra.iter().map(|s| s.to_string()));
         }
-        Frontend::spawn_with(spec, FrontendOptions::default())
+        Frontend::spawn_with(spec, options)
     }
 }
 

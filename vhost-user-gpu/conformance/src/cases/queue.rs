@@ -40,6 +40,11 @@ pub(super) fn cases() -> Vec<Case> {
             run: full_ring,
         },
         Case {
+            name: "queue::plain_chains_without_indirect_or_event_idx",
+            need: Need::Nothing,
+            run: plain_chains,
+        },
+        Case {
             name: "queue::ring_index_wraps",
             need: Need::Nothing,
             run: index_wraps,
@@ -267,5 +272,39 @@ fn index_wraps(ctx: &Ctx) -> CaseResult {
         in_flight -= 1;
         done += 1;
     }
+    still_serving(&mut fe)
+}
+
+/// The same 2D flow with neither indirect descriptors nor EVENT_IDX negotiated: plain
+/// multi-descriptor chains and a notification for every used buffer.
+fn plain_chains(ctx: &Ctx) -> CaseResult {
+    let options = crate::frontend::FrontendOptions {
+        indirect_descriptors: false,
+        event_idx: false,
+        ..Default::default()
+    };
+    let mut fe = ctx
+        .spawn_with_options(&[], options)
+        .map_err(|e| format!("cannot start backend: {e}"))?;
+    let ring_bits = crate::virtq::RING_F_INDIRECT_DESC | crate::virtq::RING_F_EVENT_IDX;
+    ensure(&fe, fe.acked_features() & ring_bits == 0, || {
+        "ring features negotiated anyway".into()
+    })?;
+    let (w, h) = (24u32, 24u32);
+    let img = super::bgra_pattern(w, h, 91);
+    super::two_d::create_filled(&mut fe, 1, w, h, &img)?;
+    super::expect(
+        &mut fe,
+        "SET_SCANOUT",
+        gpu::set_scanout(0, 1, gpu::Rect::sized(w, h)),
+        ty::OK_NODATA,
+    )?;
+    super::expect(
+        &mut fe,
+        "FLUSH",
+        gpu::resource_flush(1, gpu::Rect::sized(w, h)),
+        ty::OK_NODATA,
+    )?;
+    super::two_d::display_matches(&fe, 0, w, h, &img)?;
     still_serving(&mut fe)
 }
