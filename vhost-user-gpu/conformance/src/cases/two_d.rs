@@ -22,6 +22,11 @@ pub(super) fn cases() -> Vec<Case> {
             run: scanout_flush_shows_pixels,
         },
         Case {
+            name: "2d::every_format_reaches_the_display",
+            need: Need::Nothing,
+            run: every_format,
+        },
+        Case {
             name: "2d::create_2d_errors",
             need: Need::Nothing,
             run: create_2d_errors,
@@ -988,5 +993,115 @@ fn display_protocol_is_clean(ctx: &Ctx) -> CaseResult {
         || "GET_EDID sent without negotiating VHOST_USER_GPU_PROTOCOL_F_EDID".into(),
     )?;
     drop(st);
+    still_serving(&mut fe)
+}
+
+/// All eight 2D formats of the specification, named by their byte order in memory, shown on
+/// the display as x8r8g8b8: the device must convert each one correctly.
+fn every_format(ctx: &Ctx) -> CaseResult {
+    use virtio_bindings::virtio_gpu as vg;
+    // (format, byte order in memory: index of R, G, B in each 4-byte pixel)
+    let formats: [(&str, u32, [usize; 3]); 8] = [
+        (
+            "B8G8R8A8",
+            vg::virtio_gpu_formats_VIRTIO_GPU_FORMAT_B8G8R8A8_UNORM,
+            [2, 1, 0],
+        ),
+        (
+            "B8G8R8X8",
+            vg::virtio_gpu_formats_VIRTIO_GPU_FORMAT_B8G8R8X8_UNORM,
+            [2, 1, 0],
+        ),
+        (
+            "A8R8G8B8",
+            vg::virtio_gpu_formats_VIRTIO_GPU_FORMAT_A8R8G8B8_UNORM,
+            [1, 2, 3],
+        ),
+        (
+            "X8R8G8B8",
+            vg::virtio_gpu_formats_VIRTIO_GPU_FORMAT_X8R8G8B8_UNORM,
+            [1, 2, 3],
+        ),
+        (
+            "R8G8B8A8",
+            vg::virtio_gpu_formats_VIRTIO_GPU_FORMAT_R8G8B8A8_UNORM,
+            [0, 1, 2],
+        ),
+        (
+            "X8B8G8R8",
+            vg::virtio_gpu_formats_VIRTIO_GPU_FORMAT_X8B8G8R8_UNORM,
+            [3, 2, 1],
+        ),
+        (
+            "A8B8G8R8",
+            vg::virtio_gpu_formats_VIRTIO_GPU_FORMAT_A8B8G8R8_UNORM,
+            [3, 2, 1],
+        ),
+        (
+            "R8G8B8X8",
+            vg::virtio_gpu_formats_VIRTIO_GPU_FORMAT_R8G8B8X8_UNORM,
+            [0, 1, 2],
+        ),
+    ];
+    let mut fe = spawn(ctx)?;
+    let (w, h) = (8u32, 4u32);
+    for (i, (name, fmt, [r, g, b])) in formats.into_iter().enumerate() {
+        let id = 10 + i as u32;
+        let mut bytes = super::pattern((w * h * 4) as usize, 100 + i as u32);
+        // Opaque alpha wherever the format has one, so premultiplication cannot matter.
+        let alpha = 6 - r - g - b;
+        for px in bytes.chunks_mut(4) {
+            px[alpha] = 0xff;
+        }
+        expect(
+            &mut fe,
+            name,
+            gpu::resource_create_2d(id, fmt, w, h),
+            ty::OK_NODATA,
+        )?;
+        let backing = Backing::new(&fe, bytes.len())?;
+        backing.write(&fe, 0, &bytes)?;
+        expect(
+            &mut fe,
+            "ATTACH",
+            gpu::resource_attach_backing(id, &backing.entries),
+            ty::OK_NODATA,
+        )?;
+        expect(
+            &mut fe,
+            "TRANSFER",
+            gpu::transfer_to_host_2d(id, Rect::sized(w, h), 0),
+            ty::OK_NODATA,
+        )?;
+        expect(
+            &mut fe,
+            "SET_SCANOUT",
+            gpu::set_scanout(0, id, Rect::sized(w, h)),
+            ty::OK_NODATA,
+        )?;
+        expect(
+            &mut fe,
+            "FLUSH",
+            gpu::resource_flush(id, Rect::sized(w, h)),
+            ty::OK_NODATA,
+        )?;
+        // Expected: BGRA bytes of the same colours.
+        let bgra: Vec<u8> = bytes
+            .chunks(4)
+            .flat_map(|p| [p[b], p[g], p[r], 0xff])
+            .collect();
+        display_matches(&fe, 0, w, h, &bgra).map_err(|e| format!("format {name}: {e}"))?;
+        // Make the next format's SCANOUT a fresh one in the display's record.
+        expect(
+            &mut fe,
+            "SET_SCANOUT off",
+            gpu::set_scanout(0, 0, Rect::sized(0, 0)),
+            ty::OK_NODATA,
+        )?;
+        let display = fe.display().ok_or("no display")?;
+        display.wait_for(DISPLAY_WAIT, |st| {
+            st.scanouts.get(&0).is_some_and(|s| s.width == 0)
+        });
+    }
     still_serving(&mut fe)
 }
