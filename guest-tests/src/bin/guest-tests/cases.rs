@@ -42,6 +42,19 @@ fn fail(why: impl Into<String>) -> Outcome {
     Outcome::Failed(why.into())
 }
 
+/// Whether a DRM node's parent device is a virtio-gpu: the PCI function
+/// 1af4:1050 (virtio 1.0 device id 16), or a virtio device bound to `virtio_gpu`.
+fn is_virtio_gpu(device: &Path) -> bool {
+    let read = |f: &str| fs::read_to_string(device.join(f)).map(|s| s.trim().to_string());
+    if read("vendor").is_ok_and(|v| v == "0x1af4") && read("device").is_ok_and(|d| d == "0x1050") {
+        return true;
+    }
+    fs::read_link(device.join("driver"))
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n == "virtio_gpu"))
+        .unwrap_or(false)
+}
+
 /// The virtio-gpu nodes (`/dev/dri/cardN`, `/dev/dri/renderDN`).
 fn virtio_gpu_nodes() -> (Option<PathBuf>, Option<PathBuf>) {
     let mut card = None;
@@ -55,10 +68,7 @@ fn virtio_gpu_nodes() -> (Option<PathBuf>, Option<PathBuf>) {
         .collect();
     names.sort();
     for name in names {
-        let driver = fs::read_link(format!("/sys/class/drm/{name}/device/driver"))
-            .ok()
-            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()));
-        if driver.as_deref() != Some("virtio_gpu") {
+        if !is_virtio_gpu(&Path::new("/sys/class/drm").join(&name).join("device")) {
             continue;
         }
         let node = Path::new("/dev/dri").join(&name);

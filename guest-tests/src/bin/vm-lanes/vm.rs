@@ -37,7 +37,7 @@ pub struct Boot<'a> {
     pub dir: &'a Path,
     /// Kernel image.
     pub kernel: &'a Path,
-    /// The initramfs (must live inside `dir` for the chroot case).
+    /// The initramfs (must live inside `dir`, which a chroot sees).
     pub initramfs: &'a Path,
     /// Extra QEMU arguments (devices, memory backend).
     pub extra: Vec<String>,
@@ -87,6 +87,10 @@ impl Boot<'_> {
         let results_sock = self.dir.join("results.sock");
         let _ = fs::remove_file(&results_sock);
         let console = self.dir.join("console.log");
+        // The kernel must be visible inside a chroot too: keep a copy in the
+        // lane directory, which is bind-mounted there.
+        let kernel = self.dir.join("vmlinuz");
+        fs::copy(self.kernel, &kernel).map_err(|e| Error::io(self.kernel, e))?;
         let mut args: Vec<String> = [
             "-accel",
             "tcg",
@@ -107,7 +111,7 @@ impl Boot<'_> {
         .collect();
         args.extend([
             "-kernel".into(),
-            self.kernel.display().to_string(),
+            kernel.display().to_string(),
             "-initrd".into(),
             self.initramfs.display().to_string(),
             "-append".into(),
