@@ -512,14 +512,16 @@ fn check_pattern_png(path: &Path) -> Outcome {
     }
 }
 
-/// The newest PNG in a directory.
-fn newest_png(dir: &Path) -> Option<PathBuf> {
-    let entries = fs::read_dir(dir).ok()?;
-    entries
-        .flatten()
-        .filter(|e| e.path().extension().is_some_and(|x| x == "png"))
-        .max_by_key(|e| e.metadata().and_then(|m| m.modified()).ok())
-        .map(|e| e.path())
+/// Runs `attempt` until it passes or `limit` has passed; returns the last outcome.
+fn poll_outcome(limit: Duration, mut attempt: impl FnMut() -> Outcome) -> Outcome {
+    let deadline = Instant::now() + limit;
+    loop {
+        let outcome = attempt();
+        if outcome == Outcome::Passed || Instant::now() >= deadline {
+            return outcome;
+        }
+        thread::sleep(Duration::from_millis(250));
+    }
 }
 
 /// The refusing policy: memfd buffers declared as needing SYNC, which the
@@ -553,10 +555,13 @@ fn blob_lane(env: &mut Env, timeout: Duration) -> Result<Tally, Error> {
         }
         let mut backend = Backend::start(&backend_bin, &dir, &socket, &extra)?;
         let policy_arg = if refuse { "refuse" } else { "allow" };
-        let steps = vec![GuestStep::new(
-            "guest-tests",
-            &format!("/bin/guest-tests --expect-blob yes --map-policy {policy_arg} --hold-kms"),
-        )];
+        let steps = vec![
+            GuestStep::new(
+                "guest-tests",
+                &format!("/bin/guest-tests --expect-blob yes --map-policy {policy_arg} --hold-kms"),
+            ),
+            GuestStep::new("console", "/bin/guest-tests show-console"),
+        ];
         let kernel = env.kernel()?;
         let initrd = dir.join("initramfs.cpio");
         write_initramfs(
@@ -583,32 +588,63 @@ fn blob_lane(env: &mut Env, timeout: Duration) -> Result<Tally, Error> {
             timeout,
         };
         let mut capture_outcome = None;
+        let mut console_outcome = None;
         let transcript = step(&format!("{run}: guest run"), || {
             boot.run(&mut |what| {
                 if what.starts_with("kms-pattern") {
-                    // Give the backend a moment to write the flushed frame.
-                    thread::sleep(Duration::from_millis(500));
-                    capture_outcome = Some(match newest_png(&captures) {
-                        Some(png) => {
-                            let kept = dir.join("kms-pattern.png");
-                            let _ = fs::copy(&png, &kept);
-                            check_pattern_png(&png)
+                    // The capture is written off the queue thread (at most every
+                    // 200 ms): look again until it shows the pattern or 10 s pass.
+                    let kept = dir.join("kms-pattern.png");
+                    capture_outcome =
+                        Some(poll_outcome(Duration::from_secs(10), || {
+                            match fs::copy(captures.join("scanout-0.png"), &kept) {
+                                Ok(_) => check_pattern_png(&kept),
+                                Err(e) => Outcome::Failed(format!(
+                                    "no scanout-0.png in {}: {e}",
+                                    captures.display()
+                                )),
+                            }
+                        }));
+                } else if what.starts_with("console") {
+                    let kept = dir.join("console.png");
+                    console_outcome = Some(poll_outcome(Duration::from_secs(10), || {
+                        let image = fs::copy(captures.join("scanout-0.png"), &kept)
+                            .map_err(|e| e.to_string())
+                            .and_then(|_| pattern::read_png(&kept).map_err(|e| e.to_string()));
+                        match image {
+                            // Text on the console: several colours, and no longer the pattern.
+                            Ok(image)
+                                if image.distinct_colors() >= 2
+                                    && pattern::check(&image).is_err() =>
+                            {
+                                Outcome::Passed
+                            }
+                            Ok(_) => {
+                                Outcome::Failed(format!("{} shows no console text", kept.display()))
+                            }
+                            Err(e) => Outcome::Failed(e),
                         }
-                        None => Outcome::Failed(format!(
-                            "the backend wrote no PNG to {}",
-                            captures.display()
-                        )),
-                    });
+                    }));
                 }
             })
         })?;
-        let mut tally =
-            tally_transcript(run, &transcript, &["modules".into(), "guest-tests".into()]);
+        let mut tally = tally_transcript(
+            run,
+            &transcript,
+            &["modules".into(), "guest-tests".into(), "console".into()],
+        );
         host_case(
             &format!("{run}/host: KMS pattern in the backend's PNG capture"),
             &mut tally,
             capture_outcome.unwrap_or(Outcome::Failed(
                 "the guest never asked the host to look at the KMS pattern".into(),
+            )),
+        );
+        host_case(
+            &format!("{run}/host: console text in the backend's PNG capture (console.png)"),
+            &mut tally,
+            console_outcome.unwrap_or(Outcome::Failed(
+                "the guest never asked the host to look at the console".into(),
             )),
         );
         host_case(
@@ -683,16 +719,26 @@ fn qemu10_lane(env: &mut Env, timeout: Duration) -> Result<Tally, Error> {
             } else {
                 return;
             };
-            let shot = Qmp::connect(&qmp_socket).and_then(|mut q| q.screendump_png(&file));
-            *slot = Some(match shot {
-                Err(e) => Outcome::Failed(format!("QMP screendump: {e}")),
-                Ok(()) if what.starts_with("kms-pattern") => check_pattern_png(&file),
-                Ok(()) => match pattern::read_png(&file) {
+            let is_pattern = what.starts_with("kms-pattern");
+            let check = |file: &Path| -> Outcome {
+                if is_pattern {
+                    return check_pattern_png(file);
+                }
+                match pattern::read_png(file) {
                     Ok(image) if image.distinct_colors() >= 2 => Outcome::Passed,
                     Ok(_) => Outcome::Failed(format!("{} is blank", file.display())),
                     Err(e) => Outcome::Failed(format!("{}: {e}", file.display())),
+                }
+            };
+            // The display update reaches QEMU asynchronously (backend -> QEMU
+            // display socket -> main loop): look again until it shows or 10 s pass.
+            *slot = Some(poll_outcome(
+                Duration::from_secs(10),
+                || match Qmp::connect(&qmp_socket).and_then(|mut q| q.screendump_png(&file)) {
+                    Err(e) => Outcome::Failed(format!("QMP screendump: {e}")),
+                    Ok(()) => check(&file),
                 },
-            });
+            ));
         })
     })?;
     let mut tally = tally_transcript(
