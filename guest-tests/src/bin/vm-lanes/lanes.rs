@@ -464,7 +464,6 @@ impl Backend {
             }
             thread::sleep(Duration::from_millis(50));
         }
-        backend.child.0.try_wait().ok();
         Ok(backend)
     }
 
@@ -769,4 +768,67 @@ fn qemu10_lane(env: &mut Env, timeout: Duration) -> Result<Tally, Error> {
         },
     );
     Ok(tally)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn transcript(lines: &[&str], finished: bool) -> Transcript {
+        Transcript {
+            lines: lines.iter().map(|s| s.to_string()).collect(),
+            finished,
+        }
+    }
+
+    #[test]
+    fn summaries_are_counted_per_step() {
+        let t = transcript(
+            &[
+                "@@VMLANE step a",
+                "ok x",
+                "2 passed, 0 failed, 1 skipped",
+                "@@VMLANE end a rc=0",
+                "@@VMLANE step b",
+                "\u{1b}[32mtest result: \u{1b}[0mok. 3 passed; 0 failed; 2 ignored; 0 measured",
+                "@@VMLANE end b rc=0",
+                "@@VMLANE done",
+            ],
+            true,
+        );
+        let tally = tally_transcript("t", &t, &["a".into(), "b".into()]);
+        assert_eq!(
+            tally,
+            Tally {
+                passed: 5,
+                failed: 0,
+                skipped: 3
+            }
+        );
+    }
+
+    #[test]
+    fn silent_crashed_missing_and_unfinished_steps_fail() {
+        let t = transcript(
+            &[
+                "@@VMLANE step silent",
+                "@@VMLANE end silent rc=0",
+                "@@VMLANE step crashed",
+                "1 passed, 0 failed, 0 skipped",
+                "@@VMLANE end crashed rc=139",
+                "@@VMLANE step hung",
+            ],
+            false,
+        );
+        let names = ["silent", "crashed", "hung", "missing"].map(String::from);
+        let tally = tally_transcript("t", &t, &names);
+        // silent + crashed + hung + missing + not finished.
+        assert_eq!(tally.failed, 5);
+        assert_eq!(tally.passed, 1);
+    }
+
+    #[test]
+    fn ansi_sequences_are_removed() {
+        assert_eq!(strip_ansi("\u{1b}[31mFAILED\u{1b}[0m x"), "FAILED x");
+    }
 }
