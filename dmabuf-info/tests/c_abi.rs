@@ -4,12 +4,17 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// The directory cargo put the binary and the library artifacts in.
+/// The directory holding the crate's cdylib. `cargo build` copies it next to
+/// the binaries; a test build (cargo test, nextest) leaves it in `deps/`.
 fn artifact_dir() -> PathBuf {
-    Path::new(env!("CARGO_BIN_EXE_dmabuf-info"))
+    let bin_dir = Path::new(env!("CARGO_BIN_EXE_dmabuf-info"))
         .parent()
         .unwrap()
-        .to_path_buf()
+        .to_path_buf();
+    [bin_dir.join("deps"), bin_dir.clone()]
+        .into_iter()
+        .find(|d| d.join("libdmabuf_info.so").exists())
+        .unwrap_or(bin_dir)
 }
 
 #[test]
