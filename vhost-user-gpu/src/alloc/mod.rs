@@ -68,10 +68,15 @@ impl fmt::Display for AllocatorKind {
 
 /// Creates the allocator `kind`. `Auto` tries gbm (if built with the `gbm` feature), then
 /// udmabuf, then memfd, and logs why each one was skipped.
+///
+/// The first call (the binary's start-up probe, before any frontend connects) also opens
+/// the process's `/dev/udmabuf` ([`udmabuf::shared_device`]) whatever `kind` is, since GUEST
+/// blobs are exported through it: it is part of the process's baseline, never opened later.
 pub fn select(
     kind: AllocatorKind,
     render_node: Option<&Path>,
 ) -> Result<Box<dyn BufferAllocator>, AllocError> {
+    let _ = udmabuf::shared_device();
     match kind {
         AllocatorKind::Gbm => gbm_allocator(render_node),
         AllocatorKind::Udmabuf => Ok(Box::new(udmabuf::UdmabufAllocator::new()?)),

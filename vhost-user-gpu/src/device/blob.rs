@@ -1,7 +1,6 @@
 //! Blob resources: RESOURCE_CREATE_BLOB (GUEST and HOST3D), RESOURCE_ASSIGN_UUID,
 //! RESOURCE_MAP_BLOB and RESOURCE_UNMAP_BLOB.
 
-use std::fs::OpenOptions;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use log::{debug, error, info};
@@ -145,26 +144,27 @@ impl GpuDevice {
     }
 
     /// Best effort: a udmabuf over the guest pages of a GUEST blob, when `/dev/udmabuf`
-    /// exists and every entry is page aligned inside one memfd-backed guest RAM region.
+    /// exists (opened once per process at start-up, see
+    /// [`crate::alloc::udmabuf::shared_device`]) and every entry is page aligned inside one
+    /// memfd-backed guest RAM region. A blob that cannot be exported still works (its pixels
+    /// are copied for the display); the first kernel refusal is logged once per device with
+    /// its cause, later ones at debug level.
     fn export_udmabuf(&mut self, mem: &GuestMemory, backing: &Backing) -> Option<OwnedFd> {
-        let dev = self
-            .udmabuf_dev
-            .get_or_insert_with(|| {
-                OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .open(crate::alloc::udmabuf::UDMABUF_DEVICE)
-                    .map_err(|e| {
-                        info!("GUEST blobs are not exported as dma-bufs: /dev/udmabuf: {e}")
-                    })
-                    .ok()
-            })
-            .as_ref()?;
+        let dev = crate::alloc::udmabuf::shared_device().ok()?;
         let items = udmabuf_items(mem, backing.entries())?;
-        match sys::udmabuf_create_list(dev.as_fd(), &items) {
+        match sys::udmabuf_create_list(dev, &items) {
             Ok(fd) => Some(fd),
             Err(e) => {
-                debug!("udmabuf export failed: UDMABUF_CREATE_LIST: {e}");
+                if self.udmabuf_export_logged {
+                    debug!("udmabuf export failed: UDMABUF_CREATE_LIST: {e}");
+                } else {
+                    self.udmabuf_export_logged = true;
+                    info!(
+                        "GUEST blobs are not exported as dma-bufs (the blob still works, its \
+                         pixels are copied): UDMABUF_CREATE_LIST: {e}{}; logged once",
+                        seal_hint(&items)
+                    );
+                }
                 None
             }
         }
@@ -474,6 +474,26 @@ fn udmabuf_items<'m>(mem: &'m GuestMemory, entries: &[MemEntry]) -> Option<Vec<U
         });
     }
     Some(items)
+}
+
+/// Why the kernel may have refused `items`: udmabuf needs each memfd sealed with
+/// `F_SEAL_SHRINK` and without `F_SEAL_WRITE` (QEMU's `memory-backend-memfd` seals
+/// GROW|SHRINK|SEAL unless `seal=off`).
+fn seal_hint(items: &[UdmabufItem<'_>]) -> String {
+    let Some(first) = items.first() else {
+        return String::new();
+    };
+    match rustix::fs::fcntl_get_seals(first.memfd) {
+        Ok(seals) if !seals.contains(rustix::fs::SealFlags::SHRINK) => format!(
+            " (guest RAM memfd seals {seals:?} lack F_SEAL_SHRINK, which udmabuf requires: \
+             use -object memory-backend-memfd with seal=on, the default)"
+        ),
+        Ok(seals) if seals.contains(rustix::fs::SealFlags::WRITE) => format!(
+            " (guest RAM memfd seals {seals:?} include F_SEAL_WRITE, which udmabuf refuses)"
+        ),
+        Ok(_) => String::new(),
+        Err(e) => format!(" (guest RAM fd is not a sealable memfd: F_GET_SEALS: {e})"),
+    }
 }
 
 /// Drops the oldest pending buffers of `ctx` beyond the per-context limit; returns the

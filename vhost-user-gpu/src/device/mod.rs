@@ -194,8 +194,8 @@ pub struct GpuDevice {
     region: RegionAllocator,
     /// Whether the allocator hands out dma-bufs (probed once, for the capset).
     allocator_dmabuf: Option<bool>,
-    /// `/dev/udmabuf`, opened on first use (`Some(None)`: not available).
-    udmabuf_dev: Option<Option<std::fs::File>>,
+    /// Whether a failed udmabuf export of a GUEST blob was logged (once per device).
+    udmabuf_export_logged: bool,
     /// Reused buffer for frames and cursor images.
     scratch: Vec<u8>,
     /// Rejected requests so far (for log rate limiting).
@@ -255,7 +255,7 @@ impl GpuDevice {
             scanouts,
             cursor: CursorState::default(),
             allocator_dmabuf: None,
-            udmabuf_dev: None,
+            udmabuf_export_logged: false,
             scratch: Vec::new(),
             rejects: 0,
         }
