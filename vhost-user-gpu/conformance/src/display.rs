@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -82,6 +82,103 @@ pub struct DmabufScanout {
     pub modifier: Option<u64>,
     /// The dma-buf, when one was sent.
     pub fd: Option<File>,
+}
+
+/// DRM fourcc code of four ASCII characters.
+const fn fourcc(c: &[u8; 4]) -> u32 {
+    (c[0] as u32) | (c[1] as u32) << 8 | (c[2] as u32) << 16 | (c[3] as u32) << 24
+}
+
+/// Byte positions of red, green and blue inside one little-endian 32-bit pixel of the
+/// 8-bit-per-channel RGB DRM formats, `None` for other formats.
+fn rgb_bytes(drm_fourcc: u32) -> Option<[usize; 3]> {
+    const XR24: u32 = fourcc(b"XR24");
+    const AR24: u32 = fourcc(b"AR24");
+    const XB24: u32 = fourcc(b"XB24");
+    const AB24: u32 = fourcc(b"AB24");
+    const BX24: u32 = fourcc(b"BX24");
+    const BA24: u32 = fourcc(b"BA24");
+    const RX24: u32 = fourcc(b"RX24");
+    const RA24: u32 = fourcc(b"RA24");
+    match drm_fourcc {
+        XR24 | AR24 => Some([2, 1, 0]),
+        XB24 | AB24 => Some([0, 1, 2]),
+        BX24 | BA24 => Some([1, 2, 3]),
+        RX24 | RA24 => Some([3, 2, 1]),
+        _ => None,
+    }
+}
+
+impl DmabufScanout {
+    /// The visible rectangle's pixels as `x8r8g8b8` native u32, row-major (the same form
+    /// as [`Scanout::pixels`]), read by mapping the received dma-buf read-only inside a
+    /// `DMA_BUF_IOCTL_SYNC` read window, as a display would. Errors name what is wrong
+    /// with the message (no fd, unknown format, rectangle outside the buffer).
+    pub fn read_xrgb(&self) -> Result<Vec<u32>> {
+        let [_, x, y, width, height, _fd_width, fd_height, stride, _flags, drm_fourcc] =
+            self.fields;
+        let fd = self
+            .fd
+            .as_ref()
+            .ok_or_else(|| Error::Malformed("DMABUF_SCANOUT without a dma-buf".into()))?;
+        let rgb = rgb_bytes(drm_fourcc).ok_or_else(|| {
+            Error::Malformed(format!(
+                "DMABUF_SCANOUT format {drm_fourcc:#010x} not supported"
+            ))
+        })?;
+        if self.modifier.is_some_and(|m| m != 0) {
+            return Err(Error::Malformed(format!(
+                "DMABUF_SCANOUT2 modifier {:#x} is not linear",
+                self.modifier.unwrap_or(0)
+            )));
+        }
+        let len = rustix::fs::seek(fd, rustix::fs::SeekFrom::End(0))
+            .map_err(|e| Error::io("dma-buf size (lseek)")(e.into()))? as usize;
+        let end_row = u64::from(y) + u64::from(height);
+        let row_end = (u64::from(x) + u64::from(width)) * 4;
+        if end_row > u64::from(fd_height)
+            || row_end > u64::from(stride)
+            || u64::from(stride) * u64::from(fd_height) > len as u64
+        {
+            return Err(Error::Malformed(format!(
+                "DMABUF_SCANOUT {x},{y} {width}x{height} (stride {stride}, fd height \
+                 {fd_height}) does not fit a dma-buf of {len} bytes"
+            )));
+        }
+        // A display brackets CPU reads with DMA_BUF_IOCTL_SYNC; a memfd (unit tests) has
+        // no such ioctl, which is fine for reading it.
+        let _sync = dmabuf_info::SyncGuard::begin(fd.as_fd(), dmabuf_info::SyncAccess::Read).ok();
+        // SAFETY: a fresh read-only shared mapping of the received dma-buf at a
+        // kernel-chosen address, `len` bytes (its size); it aliases no Rust object and is
+        // unmapped below before the function returns. Reads stay inside `len` (checked).
+        let ptr = unsafe {
+            rustix::mm::mmap(
+                std::ptr::null_mut(),
+                len,
+                rustix::mm::ProtFlags::READ,
+                rustix::mm::MapFlags::SHARED,
+                fd,
+                0,
+            )
+        }
+        .map_err(|e| Error::io("mmap of the scanout dma-buf")(e.into()))?;
+        // SAFETY: `ptr` is a valid readable mapping of `len` bytes until the munmap below;
+        // the bytes are plain data (the buffer may change under us, which only changes
+        // which values we read).
+        let bytes = unsafe { std::slice::from_raw_parts(ptr.cast::<u8>(), len) };
+        let mut out = Vec::with_capacity(width as usize * height as usize);
+        for row in y as usize..end_row as usize {
+            for col in x as usize..(x + width) as usize {
+                let p = &bytes[row * stride as usize + col * 4..][..4];
+                out.push(
+                    u32::from(p[rgb[0]]) << 16 | u32::from(p[rgb[1]]) << 8 | u32::from(p[rgb[2]]),
+                );
+            }
+        }
+        // SAFETY: unmaps exactly the mapping made above; `bytes` is not used after this.
+        unsafe { rustix::mm::munmap(ptr, len) }.map_err(|e| Error::io("munmap")(e.into()))?;
+        Ok(out)
+    }
 }
 
 /// Cursor as the display sees it.
@@ -437,6 +534,37 @@ mod tests {
     }
 
     /// A backend-side exchange over a real socketpair: features, display info, an update.
+    #[test]
+    fn dmabuf_scanout_pixels_are_read_from_the_fd() {
+        // A memfd stands in for the dma-buf here (same mmap semantics); 4x2 XB24 image
+        // at stride 32, of which the 2x1 rectangle at (1,1) is shown.
+        let fd = rustix::fs::memfd_create("t", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+        let mut data = vec![0u8; 4096];
+        data[32 + 4..32 + 8].copy_from_slice(&[0x11, 0x22, 0x33, 0xff]);
+        data[32 + 8..32 + 12].copy_from_slice(&[0x44, 0x55, 0x66, 0xff]);
+        let file = File::from(fd);
+        (&file).write_all(&data).unwrap();
+        let scanout = DmabufScanout {
+            fields: [0, 1, 1, 2, 1, 4, 2, 32, 0, fourcc(b"XB24")],
+            modifier: None,
+            fd: Some(file),
+        };
+        assert_eq!(scanout.read_xrgb().unwrap(), vec![0x112233, 0x445566]);
+        let outside = DmabufScanout {
+            fields: [0, 3, 1, 2, 1, 4, 2, 32, 0, fourcc(b"XB24")],
+            ..scanout
+        };
+        assert!(
+            outside.read_xrgb().is_ok(),
+            "x+w = 5 pixels = 20 bytes < stride 32"
+        );
+        let too_tall = DmabufScanout {
+            fields: [0, 0, 1, 2, 2, 4, 2, 32, 0, fourcc(b"XB24")],
+            ..outside
+        };
+        assert!(too_tall.read_xrgb().is_err());
+    }
+
     #[test]
     fn serves_the_protocol() {
         let (server, theirs) = DisplayServer::start(DisplayConfig::default()).unwrap();

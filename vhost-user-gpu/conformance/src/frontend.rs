@@ -86,8 +86,32 @@ pub struct BackendSpec {
 
 impl BackendSpec {
     /// `VUG_BACKEND=/path` (+ `VUG_BACKEND_PEER=qemu|vhost-device-gpu|ours`) if set, else
-    /// `ours` run from `default_program`.
+    /// `ours` run from `default_program`. For our binary, `VUG_ALLOCATOR=NAME` (`memfd`,
+    /// `udmabuf`, `gbm`, `auto`) adds `--allocator NAME`; without it the cases start it with
+    /// `--allocator memfd`.
     pub fn from_env(default_program: &Path) -> Self {
+        let mut spec = Self::from_env_without_allocator(default_program);
+        if spec.peer == Peer::Ours {
+            if let Some(name) = std::env::var("VUG_ALLOCATOR")
+                .ok()
+                .filter(|s| !s.is_empty())
+            {
+                spec.args.extend(["--allocator".to_string(), name]);
+            }
+        }
+        spec
+    }
+
+    /// The `--allocator` this spec passes to our binary, if any.
+    pub fn allocator(&self) -> Option<&str> {
+        self.args
+            .iter()
+            .position(|a| a == "--allocator")
+            .and_then(|i| self.args.get(i + 1))
+            .map(String::as_str)
+    }
+
+    fn from_env_without_allocator(default_program: &Path) -> Self {
         match std::env::var_os("VUG_BACKEND") {
             Some(p) => {
                 let peer = std::env::var("VUG_BACKEND_PEER")

@@ -6,7 +6,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::Mutex;
 
-use rustix::fs::{ftruncate, memfd_create, MemfdFlags};
+use rustix::fs::{fcntl_add_seals, ftruncate, memfd_create, MemfdFlags, SealFlags};
 use rustix::mm::{mmap, munmap, MapFlags, ProtFlags};
 use vhost::VhostUserMemoryRegionInfo;
 
@@ -31,17 +31,29 @@ unsafe impl Send for GuestRam {}
 unsafe impl Sync for GuestRam {}
 
 impl GuestRam {
-    /// Creates `size` bytes of zeroed guest RAM backed by a memfd.
+    /// Creates `size` bytes of zeroed guest RAM backed by a memfd, sealed against growing
+    /// and shrinking like QEMU's `memory-backend-memfd` (its `seal` property defaults to
+    /// on: `F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL`). udmabuf needs `F_SEAL_SHRINK` to
+    /// export guest pages, so a backend sees the same guest RAM as behind QEMU.
     pub fn new(size: usize) -> Result<Self> {
-        let memfd =
-            memfd_create("vug-conformance-guest-ram", MemfdFlags::CLOEXEC).map_err(|e| {
-                Error::Io {
-                    what: "memfd_create",
-                    source: e.into(),
-                }
-            })?;
+        let memfd = memfd_create(
+            "vug-conformance-guest-ram",
+            MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
+        )
+        .map_err(|e| Error::Io {
+            what: "memfd_create",
+            source: e.into(),
+        })?;
         ftruncate(&memfd, size as u64).map_err(|e| Error::Io {
             what: "ftruncate guest RAM",
+            source: e.into(),
+        })?;
+        fcntl_add_seals(
+            &memfd,
+            SealFlags::GROW | SealFlags::SHRINK | SealFlags::SEAL,
+        )
+        .map_err(|e| Error::Io {
+            what: "seal guest RAM (F_ADD_SEALS)",
             source: e.into(),
         })?;
         // SAFETY: a fresh shared mapping of our own memfd at a kernel-chosen address; it
@@ -256,5 +268,13 @@ mod tests {
         ram.write(gpa, b"0123456789abcdef").unwrap();
         assert_eq!(ram.read_vec(gpa, 16).unwrap(), b"0123456789abcdef");
         assert!(ram.write((1 << 20) - 1, b"xx").is_err());
+    }
+
+    #[test]
+    fn ram_is_sealed_like_qemus_memfd_backend() {
+        let ram = GuestRam::new(1 << 20).unwrap();
+        let seals = rustix::fs::fcntl_get_seals(ram.memfd()).unwrap();
+        assert_eq!(seals, SealFlags::GROW | SealFlags::SHRINK | SealFlags::SEAL);
+        assert!(ftruncate(ram.memfd(), 4096).is_err());
     }
 }

@@ -11,6 +11,7 @@ mod blob;
 mod cli;
 mod context;
 mod queue;
+mod sandbox;
 mod two_d;
 
 /// Outcome of a case: `Err` carries a message for the report.
@@ -59,9 +60,16 @@ impl Ctx {
         self.spec.peer
     }
 
-    /// Starts the backend with the suite's defaults (our binary: `--allocator memfd`).
+    /// Starts the backend with the suite's defaults (our binary: `--allocator memfd`, or
+    /// the allocator named by `VUG_ALLOCATOR`).
     pub fn spawn(&self) -> crate::Result<Frontend> {
         self.spawn_with(&[])
+    }
+
+    /// The allocator our binary runs with in these cases (`memfd` unless `VUG_ALLOCATOR`
+    /// names another); `None` for other peers.
+    pub fn allocator(&self) -> Option<&str> {
+        (self.spec.peer == Peer::Ours).then(|| self.spec.allocator().unwrap_or("memfd"))
     }
 
     /// Starts the backend with extra arguments (only meaningful for our binary).
@@ -94,6 +102,7 @@ pub fn all() -> Vec<Case> {
     v.extend(context::cases());
     v.extend(queue::cases());
     v.extend(cli::cases());
+    v.extend(sandbox::cases());
     v
 }
 

@@ -231,20 +231,45 @@ pub(crate) fn display_matches(
         .chunks(4)
         .map(|p| u32::from_le_bytes([p[0], p[1], p[2], 0]))
         .collect();
+    // A backend shows a scanout either as pixels (SCANOUT + UPDATE) or, when the resource
+    // is a dma-buf, as DMABUF_SCANOUT + DMABUF_UPDATE (QEMU then reads the buffer itself,
+    // as `read_xrgb` does here). Either way the display must show the image.
     let ok = display.wait_for(DISPLAY_WAIT, |st| {
-        st.scanouts.get(&scanout).is_some_and(|s| {
+        let pixels = st.scanouts.get(&scanout).is_some_and(|s| {
             s.width == w
                 && s.height == h
                 && s.pixels
                     .iter()
                     .map(|p| p & 0x00ff_ffff)
                     .eq(expected.iter().copied())
-        })
+        });
+        let dmabuf = st.dmabuf_updates > 0
+            && st.dmabuf_scanouts.get(&scanout).is_some_and(|d| {
+                d.fields[3] == w && d.fields[4] == h && d.read_xrgb().is_ok_and(|px| px == expected)
+            });
+        pixels || dmabuf
     });
     if ok {
         return Ok(());
     }
     let st = display.state();
+    if let Some(d) = st.dmabuf_scanouts.get(&scanout).filter(|d| d.fd.is_some()) {
+        let detail = match d.read_xrgb() {
+            Ok(px) => format!(
+                "first differing pixel {:?}",
+                px.iter().zip(&expected).position(|(a, b)| a != b)
+            ),
+            Err(e) => e.to_string(),
+        };
+        return Err(crate::suite::with_log(
+            fe,
+            format!(
+                "scanout {scanout} is a dma-buf scanout {:?} (modifier {:?}) after {} \
+                 DMABUF_UPDATEs that does not show the {w}x{h} image: {detail}; requests {:?}",
+                d.fields, d.modifier, st.dmabuf_updates, st.requests
+            ),
+        ));
+    }
     let detail = match st.scanouts.get(&scanout) {
         None => "no SCANOUT message for it".to_string(),
         Some(s) => {
