@@ -635,7 +635,8 @@ pub struct Mapping {
 }
 
 impl Mapping {
-    fn new(fd: &impl AsRawFd, offset: u64, len: usize) -> io::Result<Self> {
+    /// Maps `len` bytes of `fd` at `offset`, shared, read-write.
+    pub fn new(fd: &impl AsRawFd, offset: u64, len: usize) -> io::Result<Self> {
         let offset = libc::off_t::try_from(offset)
             .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
         // SAFETY: a fresh shared mapping chosen by the kernel (no fixed address),

@@ -4,6 +4,7 @@
 //! guest-tests [--expect-blob yes|no] [--map-policy allow|refuse] [--hold-kms]
 //! guest-tests inspect-pid DMABUF_INFO     # dmabuf-info inspect --pid on a helper process
 //! guest-tests show-console                # writes text on tty0, asks the host to look
+//! guest-tests map-policy                  # the backend's map decision on every real exporter
 //! ```
 //!
 //! Prints one line per case (`ok`, `FAILED`, `skipped`) and ends with
@@ -21,6 +22,7 @@
 mod cases;
 mod drm;
 mod inspect;
+mod policy;
 
 use std::io::{BufRead, Write};
 use std::process::ExitCode;
@@ -81,7 +83,8 @@ fn usage() -> ExitCode {
     eprintln!(
         "usage: guest-tests [--expect-blob yes|no] [--map-policy allow|refuse] [--hold-kms]\n\
          \x20      guest-tests inspect-pid DMABUF_INFO\n\
-         \x20      guest-tests show-console"
+         \x20      guest-tests show-console\n\
+         \x20      guest-tests map-policy"
     );
     ExitCode::from(2)
 }
@@ -98,6 +101,11 @@ fn main() -> ExitCode {
             return runner.finish();
         }
         Some("hold-dmabufs") => return inspect::hold_dmabufs(),
+        Some("map-policy") => {
+            let mut runner = Runner::new();
+            policy::map_policy(&mut runner);
+            return runner.finish();
+        }
         Some("show-console") => {
             let mut runner = Runner::new();
             cases::show_console(&mut runner);

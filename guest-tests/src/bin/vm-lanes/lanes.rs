@@ -144,18 +144,6 @@ echo \"$pass passed, $fail failed, 0 skipped\"
 [ $fail -eq 0 ]
 ";
 
-/// Runs our backend with the udmabuf allocator where the conformance suite asks
-/// for its default (`--allocator memfd`); every other argument is passed on.
-const UDMABUF_BACKEND: &str = "#!/bin/sh
-n=$#; prev=
-for a in \"$@\"; do
-  if [ \"$prev\" = --allocator ] && [ \"$a\" = memfd ]; then a=udmabuf; fi
-  set -- \"$@\" \"$a\"; prev=$a
-done
-shift $n
-exec /bin/vhost-user-gpu \"$@\"
-";
-
 /// Removes ANSI colour sequences (libtest colours its output on some setups).
 fn strip_ansi(line: &str) -> String {
     let mut out = String::with_capacity(line.len());
@@ -345,16 +333,15 @@ fn kernel_lane(env: &mut Env, timeout: Duration) -> Result<Tally, Error> {
             "inspect-pid",
             "/bin/guest-tests inspect-pid /bin/dmabuf-info",
         ),
+        GuestStep::new("map-policy", "/bin/guest-tests map-policy"),
     ];
-    let mut extra_files: Vec<(&str, &str)> = Vec::new();
     let backend = vhost_user_gpu_in_guest()?;
     if let Some(backend) = &backend {
         bins.push(("vhost-user-gpu", &backend.0));
         bins.push(("conformance", &backend.1));
-        extra_files.push(("bin/vhost-user-gpu-udmabuf", UDMABUF_BACKEND));
         steps.push(GuestStep::new(
             "vhost-user-gpu-udmabuf",
-            "env VUG_BACKEND=/bin/vhost-user-gpu-udmabuf VUG_BACKEND_PEER=ours \
+            "env VUG_BACKEND=/bin/vhost-user-gpu VUG_BACKEND_PEER=ours VUG_ALLOCATOR=udmabuf \
              /bin/conformance --test-threads=1 --color never",
         ));
     }
@@ -363,7 +350,7 @@ fn kernel_lane(env: &mut Env, timeout: Duration) -> Result<Tally, Error> {
     let initrd = dir.join("initramfs.cpio");
     let mut modules: Vec<&str> = VIRTIO_GPU_MODULES.to_vec();
     modules.push("vgem");
-    write_initramfs(&initrd, kernel, &modules, &bins, &extra_files, &steps)?;
+    write_initramfs(&initrd, kernel, &modules, &bins, &[], &steps)?;
     let boot = Boot {
         qemu: &qemu,
         dir: &dir,
