@@ -9,6 +9,7 @@
 //! - [`transport`]: the vhost-user glue (queues, config space, SHMEM_MAP mapper).
 //! - [`display`]: display sinks (QEMU's vhost-user-gpu display protocol, PNG capture).
 //! - [`advisor`]: the map advisor over `dmabuf-info`.
+//! - [`sandbox`]: self-confinement after start-up (seccomp-bpf allowlist, Landlock).
 #![warn(missing_docs)]
 
 pub mod advisor;
@@ -16,4 +17,5 @@ pub mod alloc;
 pub mod device;
 pub mod display;
 pub mod protocol;
+pub mod sandbox;
 pub mod transport;

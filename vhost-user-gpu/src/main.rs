@@ -16,6 +16,7 @@ use vhost_user_gpu::alloc::{self, AllocatorKind};
 use vhost_user_gpu::device::Ports;
 use vhost_user_gpu::device::{DeviceConfig, GpuDevice};
 use vhost_user_gpu::display::{PngCapture, SharedSink};
+use vhost_user_gpu::sandbox::SandboxPolicy;
 use vhost_user_gpu::transport::{self, DeviceFactory, SocketSource, TransportSettings};
 
 /// Largest number of scanouts virtio-gpu has.
@@ -84,6 +85,12 @@ struct Cli {
     #[arg(long)]
     keep_listening: bool,
 
+    /// Confine the backend after start-up: a seccomp-bpf system call allowlist and, where
+    /// the kernel has it, Landlock file-system rules (see README-launch.md). `off` is for
+    /// debugging only.
+    #[arg(long, value_name = "on|off", default_value = "on", value_parser = parse_on_off, action = ArgAction::Set)]
+    sandbox: bool,
+
     /// More log output (-v debug, -vv trace). RUST_LOG overrides.
     #[arg(short, long, action = ArgAction::Count)]
     verbose: u8,
@@ -91,6 +98,14 @@ struct Cli {
 
 fn parse_allocator(s: &str) -> Result<AllocatorKind, String> {
     s.parse()
+}
+
+fn parse_on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!("'{s}': expected on or off")),
+    }
 }
 
 fn parse_platform(s: &str) -> Result<Platform, String> {
@@ -191,17 +206,33 @@ fn run(cli: Cli) -> Result<(), String> {
     // guest sees does not change across reconnections.
     let allocator_kind: AllocatorKind = allocator_name.parse().unwrap_or(cli.allocator);
 
+    let source = match (&cli.socket_path, cli.fd) {
+        (Some(path), None) => SocketSource::Path(path.clone()),
+        (None, Some(fd)) => SocketSource::ListeningFd(fd),
+        _ => return Err("exactly one of --socket-path and --fd is required".into()),
+    };
+
+    let listener = transport::open_listener(&source).map_err(|e| e.to_string())?;
+    if cli.sandbox {
+        // Before any thread exists (Landlock applies to the calling thread and its future
+        // children): the capture writer and the vhost-user threads start below.
+        let policy = sandbox_policy(&cli, allocator_kind);
+        let status = vhost_user_gpu::sandbox::confine(&policy)
+            .map_err(|e| format!("{e} (start with --sandbox off to run without confinement)"))?;
+        log::info!(
+            "sandbox: seccomp allowlist of {} system calls on every thread; Landlock {}",
+            status.allowed_syscalls,
+            status.landlock
+        );
+    } else {
+        log::warn!("sandbox: off (--sandbox off): the backend is not confined");
+    }
+
     let capture = match &cli.capture_dir {
         Some(dir) => Some(SharedSink::new(
             PngCapture::new(dir).map_err(|e| format!("--capture-dir: {e}"))?,
         )),
         None => None,
-    };
-
-    let source = match (&cli.socket_path, cli.fd) {
-        (Some(path), None) => SocketSource::Path(path.clone()),
-        (None, Some(fd)) => SocketSource::ListeningFd(fd),
-        _ => return Err("exactly one of --socket-path and --fd is required".into()),
     };
 
     let outputs = vec![cli.resolution; cli.outputs as usize];
@@ -212,7 +243,6 @@ fn run(cli: Cli) -> Result<(), String> {
         max_resources: cli.max_resources,
     };
     device_config.validate().map_err(|e| e.to_string())?;
-    let listener = transport::open_listener(&source).map_err(|e| e.to_string())?;
     let render_node = cli.render_node.clone();
     let factory: Arc<DeviceFactory> = Arc::new(move |mapper, display| {
         let allocator =
@@ -250,6 +280,30 @@ fn run(cli: Cli) -> Result<(), String> {
         capture,
     };
     transport::serve(listener, cli.keep_listening, settings, factory).map_err(|e| e.to_string())
+}
+
+/// What the confined backend still needs: the capture directory, `/dev/udmabuf` (udmabuf
+/// allocator, and GUEST blob export when the device exists), the render node or `/dev/dri`
+/// with GBM.
+fn sandbox_policy(cli: &Cli, allocator: AllocatorKind) -> SandboxPolicy {
+    let mut devices = Vec::new();
+    let udmabuf = Path::new(alloc::udmabuf::UDMABUF_DEVICE);
+    if udmabuf.exists() {
+        devices.push(udmabuf.to_path_buf());
+    }
+    let gbm = allocator == AllocatorKind::Gbm;
+    if gbm {
+        devices.push(
+            cli.render_node
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("/dev/dri")),
+        );
+    }
+    SandboxPolicy {
+        write_dirs: cli.capture_dir.iter().cloned().collect(),
+        devices,
+        gbm,
+    }
 }
 
 fn attach_hint(path: &Path) -> String {
@@ -307,6 +361,24 @@ mod tests {
         assert!(parse_resolution("0x480").is_err());
         assert!(parse_resolution("1280").is_err());
         assert!(parse_resolution("99999x1").is_err());
+    }
+
+    #[test]
+    fn sandbox_flag() {
+        assert_eq!(parse_on_off("on"), Ok(true));
+        assert_eq!(parse_on_off("off"), Ok(false));
+        assert!(parse_on_off("yes").is_err());
+        let cli = Cli::try_parse_from(["vhost-user-gpu", "--socket-path", "/tmp/s"]).unwrap();
+        assert!(cli.sandbox, "the sandbox is on by default");
+        let cli = Cli::try_parse_from([
+            "vhost-user-gpu",
+            "--socket-path",
+            "/tmp/s",
+            "--sandbox",
+            "off",
+        ])
+        .unwrap();
+        assert!(!cli.sandbox);
     }
 
     #[test]

@@ -1,0 +1,146 @@
+//! The backend confines itself after start-up (`--sandbox on`, the default): these cases
+//! check from outside that the confinement is in place (`/proc/<pid>/status`: `Seccomp: 2`,
+//! `NoNewPrivs: 1`; the backend's log line for Landlock) while a workload touching every
+//! part that needs the kernel runs (2D with display, HOST3D blobs mapped through SHMEM_MAP,
+//! PNG capture written with temporary file + rename), and that `--sandbox off` leaves it
+//! unconfined. The whole suite runs with the sandbox on, as it is the default.
+
+use super::blob::{map, no_leaks, CrossDomain, CTX};
+use super::two_d::create_filled;
+use super::{bgra_pattern, ensure, expect, still_serving, Case, CaseResult, Ctx, Need};
+use crate::frontend::Frontend;
+use crate::gpu::{self, features, ty, Rect};
+
+pub(super) fn cases() -> Vec<Case> {
+    vec![
+        Case {
+            name: "sandbox::confined_by_default",
+            need: Need::All(vec![
+                Need::OurCommandLine,
+                Need::Features(features::RESOURCE_BLOB | features::CONTEXT_INIT),
+                Need::HostVisibleRegion,
+            ]),
+            run: confined_by_default,
+        },
+        Case {
+            name: "sandbox::off_leaves_it_unconfined",
+            need: Need::OurCommandLine,
+            run: sandbox_off,
+        },
+    ]
+}
+
+/// `Field:\tvalue` of `/proc/<pid>/status`.
+fn status_field(fe: &Frontend, field: &str) -> Result<String, String> {
+    let pid = fe.backend_pid().ok_or("no backend pid")?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .map_err(|e| format!("/proc/{pid}/status: {e}"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .map(|v| v.trim().to_string())
+        .ok_or_else(|| format!("no {field} in /proc/{pid}/status"))
+}
+
+/// The kernel's Landlock ABI version (0: no Landlock).
+fn landlock_abi() -> i64 {
+    const LANDLOCK_CREATE_RULESET_VERSION: libc::c_uint = 1;
+    // SAFETY: landlock_create_ruleset(NULL, 0, VERSION) only returns the ABI version (or
+    // fails with ENOSYS/EOPNOTSUPP); it reads no memory and creates no fd.
+    let v = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<u8>(),
+            0usize,
+            LANDLOCK_CREATE_RULESET_VERSION,
+        )
+    };
+    v.max(0)
+}
+
+fn confined_by_default(ctx: &Ctx) -> CaseResult {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let dir_arg = dir.path().to_string_lossy().to_string();
+    let mut fe = ctx
+        .spawn_with(&["--capture-dir", &dir_arg])
+        .map_err(|e| format!("cannot start backend: {e}"))?;
+    let seccomp = status_field(&fe, "Seccomp")?;
+    ensure(&fe, seccomp == "2", || {
+        format!("Seccomp: {seccomp} in /proc/<pid>/status, expected 2 (filter mode)")
+    })?;
+    let nnp = status_field(&fe, "NoNewPrivs")?;
+    ensure(&fe, nnp == "1", || format!("NoNewPrivs: {nnp}, expected 1"))?;
+    let log = fe.backend_log();
+    ensure(
+        &fe,
+        log.contains("sandbox: seccomp allowlist of") && log.contains("Landlock "),
+        || "the backend did not log its sandbox".into(),
+    )?;
+    // Landlock is a kernel option: when this kernel has it, the backend must enforce it.
+    if landlock_abi() >= 6 {
+        ensure(&fe, log.contains("Landlock fully enforced"), || {
+            "this kernel has Landlock but the backend did not fully enforce it".into()
+        })?;
+    }
+
+    // A workload through everything that needs the kernel after start-up.
+    let (w, h) = (32u32, 24u32);
+    let img = bgra_pattern(w, h, 77);
+    create_filled(&mut fe, 1, w, h, &img)?;
+    expect(
+        &mut fe,
+        "SET_SCANOUT",
+        gpu::set_scanout(0, 1, Rect::sized(w, h)),
+        ty::OK_NODATA,
+    )?;
+    expect(
+        &mut fe,
+        "RESOURCE_FLUSH",
+        gpu::resource_flush(1, Rect::sized(w, h)),
+        ty::OK_NODATA,
+    )?;
+    super::two_d::display_matches(&fe, 0, w, h, &img)?;
+    let png = dir.path().join("scanout-0.png");
+    let deadline = std::time::Instant::now() + super::DISPLAY_WAIT;
+    while !png.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    ensure(&fe, png.exists(), || {
+        format!("{} was not written under the sandbox", png.display())
+    })?;
+    let mut cd = CrossDomain::init(&mut fe)?;
+    let before = fe.backend_stats().map_err(|e| e.to_string())?;
+    for round in 0..3u32 {
+        let id = 10 + round;
+        let reqs = cd.create(&mut fe, id, 64, 64, gpu::BLOB_FLAG_MAPPABLE)?;
+        map(&mut fe, id, 0, reqs.size)?;
+        expect(
+            &mut fe,
+            "UNMAP_BLOB",
+            gpu::resource_unmap_blob(CTX, id),
+            ty::OK_NODATA,
+        )?;
+        expect(&mut fe, "UNREF", gpu::resource_unref(id), ty::OK_NODATA)?;
+    }
+    no_leaks(&mut fe, &before)?;
+    // Reset (new display socket, memory table) still works confined.
+    fe.reset()
+        .map_err(|e| super::ctx_err(&fe, "device reset", e))?;
+    still_serving(&mut fe)?;
+    let alive = fe.backend_alive();
+    ensure(&fe, alive, || "the backend died under its sandbox".into())
+}
+
+fn sandbox_off(ctx: &Ctx) -> CaseResult {
+    let mut fe = ctx
+        .spawn_with(&["--sandbox", "off"])
+        .map_err(|e| format!("cannot start backend: {e}"))?;
+    let seccomp = status_field(&fe, "Seccomp")?;
+    ensure(&fe, seccomp == "0", || {
+        format!("--sandbox off but Seccomp: {seccomp}")
+    })?;
+    ensure(&fe, fe.backend_log().contains("sandbox: off"), || {
+        "--sandbox off was not logged".into()
+    })?;
+    still_serving(&mut fe)
+}

@@ -1,0 +1,559 @@
+//! The seccomp-bpf allowlist of the confined backend.
+//!
+//! Every system call the backend makes after start-up, and nothing else. The list was
+//! taken from `strace -f` of the backend under the whole conformance suite (2D, blobs,
+//! cross-domain contexts, display channel, PNG capture, `--keep-listening` reconnections,
+//! frontend crashes) and reviewed call by call; who needs each one is said next to it in
+//! [`allowlist`]. Some calls are allowed only with certain arguments:
+//! - `ioctl`: only dma-buf (`'b'`: `DMA_BUF_IOCTL_SYNC`, dmabuf-info's queries), udmabuf
+//!   (`'u'`: `UDMABUF_CREATE[_LIST]`) and DRM (`'d'`, with GBM or dmabuf-info's driver
+//!   queries) request types, plus `TCGETS`/`FIONBIO`/`FIOCLEX`;
+//! - `clone`: only with `CLONE_THREAD` (threads, never new processes); `clone3` answers
+//!   `ENOSYS` (its flags are behind a pointer seccomp cannot read), and glibc then falls
+//!   back to `clone`;
+//! - `mmap`/`mprotect`: never `PROT_EXEC` (except with GBM, whose driver is `dlopen`ed);
+//! - `prctl`: only `PR_SET_NAME` (thread names); `prlimit64`: only reading this process's
+//!   limits; `tgkill`: only this process.
+//!
+//! Not allowed, among others: `socket`, `connect`, `bind`, `listen` (the listening socket
+//! exists before the filter; connections arrive with `accept4`), `execve`, `fork`,
+//! `ptrace`, `kill`, `mount`, `setuid`, `bpf`, `io_uring_*`, `process_vm_*`, `open_by_handle_at`.
+//!
+//! A call outside the list gets `SECCOMP_RET_TRAP`, not `SECCOMP_RET_KILL_PROCESS`: the
+//! kernel skips the call either way (it is never executed), but with TRAP the process
+//! itself can print which call it was, on its own stderr, which is where a user or a
+//! supervisor (libvirt, systemd) looks; `KILL_PROCESS` only leaves an audit record that is
+//! often unreadable (containers, no auditd). The handler then re-raises `SIGSYS` with the
+//! default action, so the end is the same as with `KILL_PROCESS`: the process dies by
+//! `SIGSYS`. Code that wanted to get around this would need to run its own code first, in
+//! which case the filter (which it cannot remove) still refuses every other call.
+
+use std::collections::BTreeMap;
+
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen as Len, SeccompCmpOp as Op, SeccompCondition,
+    SeccompFilter, SeccompRule, TargetArch,
+};
+
+use super::{SandboxError, SandboxPolicy};
+
+/// One allowed system call.
+#[derive(Debug, Clone)]
+pub struct Allowed {
+    /// Name.
+    pub name: &'static str,
+    /// Number on this architecture.
+    pub nr: i64,
+    /// Argument conditions (any rule may match; empty: any arguments).
+    pub rules: Vec<SeccompRule>,
+}
+
+/// Names of the calls the diagnosis can name (the allowlist and common forbidden calls).
+/// Static tables, read from the SIGSYS handler (no allocation there).
+static NAMES: &[(&str, i64)] = &[
+    ("read", libc::SYS_read),
+    ("write", libc::SYS_write),
+    ("readv", libc::SYS_readv),
+    ("writev", libc::SYS_writev),
+    ("pread64", libc::SYS_pread64),
+    ("pwrite64", libc::SYS_pwrite64),
+    ("lseek", libc::SYS_lseek),
+    ("close", libc::SYS_close),
+    ("fcntl", libc::SYS_fcntl),
+    ("openat", libc::SYS_openat),
+    ("newfstatat", libc::SYS_newfstatat),
+    ("fstat", libc::SYS_fstat),
+    ("statx", libc::SYS_statx),
+    ("fstatfs", libc::SYS_fstatfs),
+    ("readlinkat", libc::SYS_readlinkat),
+    ("unlinkat", libc::SYS_unlinkat),
+    ("renameat2", libc::SYS_renameat2),
+    ("ftruncate", libc::SYS_ftruncate),
+    ("fsync", libc::SYS_fsync),
+    ("fdatasync", libc::SYS_fdatasync),
+    ("memfd_create", libc::SYS_memfd_create),
+    ("ioctl", libc::SYS_ioctl),
+    ("recvmsg", libc::SYS_recvmsg),
+    ("sendmsg", libc::SYS_sendmsg),
+    ("recvfrom", libc::SYS_recvfrom),
+    ("sendto", libc::SYS_sendto),
+    ("accept4", libc::SYS_accept4),
+    ("shutdown", libc::SYS_shutdown),
+    ("getsockopt", libc::SYS_getsockopt),
+    ("epoll_create1", libc::SYS_epoll_create1),
+    ("epoll_ctl", libc::SYS_epoll_ctl),
+    ("epoll_pwait", libc::SYS_epoll_pwait),
+    ("eventfd2", libc::SYS_eventfd2),
+    ("ppoll", libc::SYS_ppoll),
+    ("brk", libc::SYS_brk),
+    ("mmap", libc::SYS_mmap),
+    ("mprotect", libc::SYS_mprotect),
+    ("munmap", libc::SYS_munmap),
+    ("mremap", libc::SYS_mremap),
+    ("madvise", libc::SYS_madvise),
+    ("futex", libc::SYS_futex),
+    ("clone", libc::SYS_clone),
+    ("clone3", libc::SYS_clone3),
+    ("set_robust_list", libc::SYS_set_robust_list),
+    ("rseq", libc::SYS_rseq),
+    ("sched_getaffinity", libc::SYS_sched_getaffinity),
+    ("sched_yield", libc::SYS_sched_yield),
+    ("gettid", libc::SYS_gettid),
+    ("getpid", libc::SYS_getpid),
+    ("prctl", libc::SYS_prctl),
+    ("prlimit64", libc::SYS_prlimit64),
+    ("exit", libc::SYS_exit),
+    ("exit_group", libc::SYS_exit_group),
+    ("rt_sigaction", libc::SYS_rt_sigaction),
+    ("rt_sigprocmask", libc::SYS_rt_sigprocmask),
+    ("rt_sigreturn", libc::SYS_rt_sigreturn),
+    ("sigaltstack", libc::SYS_sigaltstack),
+    ("tgkill", libc::SYS_tgkill),
+    ("restart_syscall", libc::SYS_restart_syscall),
+    ("clock_gettime", libc::SYS_clock_gettime),
+    ("clock_nanosleep", libc::SYS_clock_nanosleep),
+    ("nanosleep", libc::SYS_nanosleep),
+    ("getrandom", libc::SYS_getrandom),
+    ("getdents64", libc::SYS_getdents64),
+    ("faccessat", libc::SYS_faccessat),
+    ("faccessat2", libc::SYS_faccessat2),
+    ("uname", libc::SYS_uname),
+    ("getuid", libc::SYS_getuid),
+    ("geteuid", libc::SYS_geteuid),
+    ("getgid", libc::SYS_getgid),
+    ("getegid", libc::SYS_getegid),
+    ("sysinfo", libc::SYS_sysinfo),
+    ("pipe2", libc::SYS_pipe2),
+    ("dup", libc::SYS_dup),
+    ("dup3", libc::SYS_dup3),
+    ("getcpu", libc::SYS_getcpu),
+    ("kcmp", libc::SYS_kcmp),
+    ("socket", libc::SYS_socket),
+    ("socketpair", libc::SYS_socketpair),
+    ("connect", libc::SYS_connect),
+    ("bind", libc::SYS_bind),
+    ("listen", libc::SYS_listen),
+    ("execve", libc::SYS_execve),
+    ("execveat", libc::SYS_execveat),
+    ("kill", libc::SYS_kill),
+    ("tkill", libc::SYS_tkill),
+    ("ptrace", libc::SYS_ptrace),
+    ("mount", libc::SYS_mount),
+    ("setuid", libc::SYS_setuid),
+    ("setsockopt", libc::SYS_setsockopt),
+    ("getsockname", libc::SYS_getsockname),
+    ("getpeername", libc::SYS_getpeername),
+    ("mkdirat", libc::SYS_mkdirat),
+    ("symlinkat", libc::SYS_symlinkat),
+    ("linkat", libc::SYS_linkat),
+    ("fchmod", libc::SYS_fchmod),
+    ("fchown", libc::SYS_fchown),
+    ("chdir", libc::SYS_chdir),
+    ("seccomp", libc::SYS_seccomp),
+    ("bpf", libc::SYS_bpf),
+    ("perf_event_open", libc::SYS_perf_event_open),
+    ("process_vm_readv", libc::SYS_process_vm_readv),
+    ("process_vm_writev", libc::SYS_process_vm_writev),
+    ("pidfd_open", libc::SYS_pidfd_open),
+    ("pidfd_getfd", libc::SYS_pidfd_getfd),
+    ("io_uring_setup", libc::SYS_io_uring_setup),
+    ("userfaultfd", libc::SYS_userfaultfd),
+    ("landlock_restrict_self", libc::SYS_landlock_restrict_self),
+    ("setns", libc::SYS_setns),
+    ("unshare", libc::SYS_unshare),
+    ("membarrier", libc::SYS_membarrier),
+    ("wait4", libc::SYS_wait4),
+    ("pkey_mprotect", libc::SYS_pkey_mprotect),
+    ("mincore", libc::SYS_mincore),
+];
+
+/// x86_64's legacy numbers.
+#[cfg(target_arch = "x86_64")]
+static NAMES_ARCH: &[(&str, i64)] = &[
+    ("renameat", libc::SYS_renameat),
+    ("poll", libc::SYS_poll),
+    ("epoll_wait", libc::SYS_epoll_wait),
+    ("rename", libc::SYS_rename),
+    ("unlink", libc::SYS_unlink),
+    ("readlink", libc::SYS_readlink),
+    ("access", libc::SYS_access),
+    ("fork", libc::SYS_fork),
+    ("vfork", libc::SYS_vfork),
+    ("open", libc::SYS_open),
+    ("mkdir", libc::SYS_mkdir),
+    ("getdents", libc::SYS_getdents),
+];
+#[cfg(not(target_arch = "x86_64"))]
+static NAMES_ARCH: &[(&str, i64)] = &[];
+
+/// The name of system call `nr` on this architecture, or `"?"`.
+pub fn name_of(nr: i64) -> &'static str {
+    for &(name, n) in NAMES.iter().chain(NAMES_ARCH) {
+        if n == nr {
+            return name;
+        }
+    }
+    "?"
+}
+
+fn number(name: &str) -> i64 {
+    NAMES
+        .iter()
+        .chain(NAMES_ARCH)
+        .find(|(n, _)| *n == name)
+        .map_or(-1, |&(_, nr)| nr)
+}
+
+fn cond(arg: u8, len: Len, op: Op, value: u64) -> Result<SeccompCondition, SandboxError> {
+    SeccompCondition::new(arg, len, op, value).map_err(|e| SandboxError::Seccomp(e.to_string()))
+}
+
+fn rule(conditions: Vec<SeccompCondition>) -> Result<SeccompRule, SandboxError> {
+    SeccompRule::new(conditions).map_err(|e| SandboxError::Seccomp(e.to_string()))
+}
+
+/// The ioctl request types allowed (the `_IOC_TYPE` byte).
+pub const IOCTL_TYPES: [(u8, &str); 3] = [
+    (b'b', "dma-buf (DMA_BUF_IOCTL_SYNC, dmabuf-info queries)"),
+    (b'u', "udmabuf (UDMABUF_CREATE, UDMABUF_CREATE_LIST)"),
+    (b'd', "DRM (GBM allocations, dmabuf-info driver queries)"),
+];
+
+/// Unconditionally allowed calls, with who needs them.
+const PLAIN: &[(&str, &str)] = &[
+    ("read", "sockets, eventfds, files"),
+    ("write", "logging, eventfds, capture files"),
+    ("readv", "std I/O"),
+    ("writev", "std I/O, logging"),
+    ("pread64", "dmabuf-info fdinfo reads"),
+    ("pwrite64", "std I/O"),
+    ("lseek", "std I/O"),
+    ("close", "every fd"),
+    ("fcntl", "F_DUPFD_CLOEXEC, F_GETFD/F_SETFL, memfd seals"),
+    (
+        "openat",
+        "capture files, /proc/self/fdinfo, /dev/udmabuf (paths limited by Landlock)",
+    ),
+    ("newfstatat", "std::fs metadata"),
+    ("fstat", "std::fs metadata"),
+    ("statx", "std::fs metadata"),
+    ("fstatfs", "dmabuf-info: is this fd a dma-buf"),
+    ("readlinkat", "dmabuf-info: /proc/self/fd names"),
+    ("unlinkat", "capture temporary file clean-up"),
+    ("renameat2", "capture: temporary file + rename"),
+    ("ftruncate", "memfd buffers"),
+    ("fsync", "capture files"),
+    ("fdatasync", "capture files"),
+    ("memfd_create", "memfd and udmabuf buffers"),
+    ("recvmsg", "vhost-user messages with fds"),
+    (
+        "sendmsg",
+        "vhost-user replies, SHMEM_MAP with fds, display messages",
+    ),
+    ("recvfrom", "Unix stream reads"),
+    ("sendto", "Unix stream writes"),
+    ("accept4", "--keep-listening: the next frontend"),
+    ("shutdown", "closing connections"),
+    ("getsockopt", "checks of fds the frontend sends"),
+    ("epoll_create1", "vhost-user-backend event loops"),
+    ("epoll_ctl", "vhost-user-backend event loops"),
+    ("epoll_pwait", "vhost-user-backend event loops"),
+    ("eventfd2", "queue kick/exit events"),
+    ("ppoll", "std and vhost waits"),
+    ("brk", "malloc"),
+    ("munmap", "malloc, guest memory and buffer mappings"),
+    ("mremap", "realloc of large buffers"),
+    ("madvise", "malloc, thread stacks"),
+    ("futex", "locks, condition variables"),
+    ("set_robust_list", "new threads (glibc)"),
+    ("rseq", "new threads (glibc)"),
+    ("sched_getaffinity", "new threads (glibc, std)"),
+    ("sched_yield", "spin waits"),
+    ("gettid", "threads, SIGSYS handler"),
+    ("getpid", "SIGSYS handler"),
+    ("exit", "thread exit"),
+    ("exit_group", "process exit"),
+    ("rt_sigaction", "signal set-up, SIGSYS handler"),
+    ("rt_sigprocmask", "new threads (glibc)"),
+    ("rt_sigreturn", "return from signal handlers"),
+    ("sigaltstack", "Rust's stack-overflow guard on every thread"),
+    ("restart_syscall", "interrupted sleeps"),
+    ("clock_gettime", "timestamps (normally vDSO)"),
+    ("clock_nanosleep", "sleeps"),
+    ("nanosleep", "sleeps"),
+    ("getrandom", "RESOURCE_ASSIGN_UUID, hash map seeds"),
+];
+
+/// x86_64's legacy calls glibc still uses there.
+#[cfg(target_arch = "x86_64")]
+const PLAIN_ARCH: &[(&str, &str)] = &[
+    ("poll", "std and vhost waits"),
+    ("epoll_wait", "vhost-user-backend event loops"),
+    ("rename", "capture: temporary file + rename"),
+    ("renameat", "capture: temporary file + rename"),
+    (
+        "unlink",
+        "capture temporary file clean-up; socket file on exit",
+    ),
+    ("readlink", "dmabuf-info: /proc/self/fd names"),
+];
+#[cfg(not(target_arch = "x86_64"))]
+const PLAIN_ARCH: &[(&str, &str)] = &[];
+
+/// Extra calls Mesa's GBM makes (only with `--allocator gbm`).
+const GBM_EXTRA: &[(&str, &str)] = &[
+    (
+        "getdents64",
+        "Mesa/libdrm: directory listings (/dev/dri, /sys)",
+    ),
+    ("faccessat", "Mesa: file checks"),
+    ("faccessat2", "Mesa: file checks"),
+    ("uname", "Mesa: driver selection"),
+    ("getuid", "Mesa: secure environment checks"),
+    ("geteuid", "Mesa: secure environment checks"),
+    ("getgid", "Mesa: secure environment checks"),
+    ("getegid", "Mesa: secure environment checks"),
+    ("sysinfo", "Mesa: memory size"),
+    ("pipe2", "Mesa: utility queues"),
+    ("dup", "libdrm"),
+    ("dup3", "libdrm"),
+    ("getcpu", "Mesa: thread placement"),
+    ("kcmp", "libdrm: same-device checks"),
+];
+#[cfg(target_arch = "x86_64")]
+const GBM_EXTRA_ARCH: &[(&str, &str)] = &[("access", "Mesa: file checks")];
+#[cfg(not(target_arch = "x86_64"))]
+const GBM_EXTRA_ARCH: &[(&str, &str)] = &[];
+
+/// The allowlist for `policy` (`pid`: this process, for `tgkill`).
+pub fn allowlist(policy: &SandboxPolicy, pid: u32) -> Result<Vec<Allowed>, SandboxError> {
+    let mut v = Vec::new();
+    let plain = |name: &'static str| Allowed {
+        name,
+        nr: number(name),
+        rules: Vec::new(),
+    };
+    for &(name, _) in PLAIN.iter().chain(PLAIN_ARCH) {
+        v.push(plain(name));
+    }
+    if policy.gbm {
+        for &(name, _) in GBM_EXTRA.iter().chain(GBM_EXTRA_ARCH) {
+            v.push(plain(name));
+        }
+    }
+    let with = |name: &'static str, rules: Vec<SeccompRule>| Allowed {
+        name,
+        nr: number(name),
+        rules,
+    };
+    // ioctl: by request type, plus three terminal/fd requests.
+    let mut ioctl_rules = Vec::new();
+    for (ty, _) in IOCTL_TYPES {
+        ioctl_rules.push(rule(vec![cond(
+            1,
+            Len::Dword,
+            Op::MaskedEq(0xff00),
+            u64::from(ty) << 8,
+        )?])?);
+    }
+    for request in [libc::TCGETS, libc::FIONBIO, libc::FIOCLEX] {
+        ioctl_rules.push(rule(vec![cond(1, Len::Dword, Op::Eq, request)?])?);
+    }
+    v.push(with("ioctl", ioctl_rules));
+    // mmap/mprotect: no executable mappings unless Mesa has to load its driver.
+    for name in ["mmap", "mprotect"] {
+        if policy.gbm {
+            v.push(plain(name));
+        } else {
+            v.push(with(
+                name,
+                vec![rule(vec![cond(
+                    2,
+                    Len::Dword,
+                    Op::MaskedEq(libc::PROT_EXEC as u64),
+                    0,
+                )?])?],
+            ));
+        }
+    }
+    // clone: threads only. clone3 is listed so that the ENOSYS filter's answer stands.
+    v.push(with(
+        "clone",
+        vec![rule(vec![cond(
+            0,
+            Len::Dword,
+            Op::MaskedEq(libc::CLONE_THREAD as u64),
+            libc::CLONE_THREAD as u64,
+        )?])?],
+    ));
+    v.push(plain("clone3"));
+    v.push(with(
+        "prctl",
+        vec![rule(vec![cond(
+            0,
+            Len::Dword,
+            Op::Eq,
+            libc::PR_SET_NAME as u64,
+        )?])?],
+    ));
+    v.push(with(
+        "prlimit64",
+        vec![rule(vec![
+            cond(0, Len::Dword, Op::Eq, 0)?,
+            cond(2, Len::Qword, Op::Eq, 0)?,
+        ])?],
+    ));
+    v.push(with(
+        "tgkill",
+        vec![rule(vec![cond(0, Len::Dword, Op::Eq, u64::from(pid))?])?],
+    ));
+    if let Some(missing) = v.iter().find(|a| a.nr < 0) {
+        return Err(SandboxError::Seccomp(format!(
+            "no number for {} (table out of date)",
+            missing.name
+        )));
+    }
+    Ok(v)
+}
+
+/// Every allowed call's name (with and without GBM), for documentation and tests.
+pub fn documented() -> Vec<(&'static str, &'static str)> {
+    let mut v: Vec<(&str, &str)> = PLAIN.iter().chain(PLAIN_ARCH).copied().collect();
+    v.extend([
+        (
+            "ioctl",
+            "request types 'b', 'u', 'd' and TCGETS/FIONBIO/FIOCLEX only",
+        ),
+        ("mmap", "not PROT_EXEC (except with GBM)"),
+        ("mprotect", "not PROT_EXEC (except with GBM)"),
+        ("clone", "CLONE_THREAD only"),
+        ("clone3", "answered ENOSYS (glibc falls back to clone)"),
+        ("prctl", "PR_SET_NAME only"),
+        ("prlimit64", "reading this process's limits only"),
+        ("tgkill", "this process only"),
+    ]);
+    v
+}
+
+/// The extra calls allowed with GBM.
+pub fn documented_gbm() -> Vec<(&'static str, &'static str)> {
+    GBM_EXTRA.iter().chain(GBM_EXTRA_ARCH).copied().collect()
+}
+
+fn target_arch() -> Result<TargetArch, SandboxError> {
+    if cfg!(target_arch = "x86_64") {
+        Ok(TargetArch::x86_64)
+    } else if cfg!(target_arch = "aarch64") {
+        Ok(TargetArch::aarch64)
+    } else {
+        Err(SandboxError::Seccomp(format!(
+            "architecture {} is not supported (x86_64 and aarch64 are)",
+            std::env::consts::ARCH
+        )))
+    }
+}
+
+fn compile(
+    rules: BTreeMap<i64, Vec<SeccompRule>>,
+    mismatch: SeccompAction,
+    matched: SeccompAction,
+) -> Result<BpfProgram, SandboxError> {
+    let filter = SeccompFilter::new(rules, mismatch, matched, target_arch()?)
+        .map_err(|e| SandboxError::Seccomp(e.to_string()))?;
+    filter
+        .try_into()
+        .map_err(|e: seccompiler::BackendError| SandboxError::Seccomp(e.to_string()))
+}
+
+/// The two BPF programs: `clone3` -> `ENOSYS` (anything else allowed), then the allowlist
+/// (anything else trapped).
+pub fn programs(policy: &SandboxPolicy) -> Result<[BpfProgram; 2], SandboxError> {
+    let clone3 = compile(
+        BTreeMap::from([(number("clone3"), Vec::new())]),
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::ENOSYS as u32),
+    )?;
+    let mut rules = BTreeMap::new();
+    for a in allowlist(policy, std::process::id())? {
+        rules.insert(a.nr, a.rules);
+    }
+    let allow = compile(rules, SeccompAction::Trap, SeccompAction::Allow)?;
+    Ok([clone3, allow])
+}
+
+/// Installs both filters on every thread of the process (TSYNC); returns the number of
+/// allowed calls.
+pub fn install(policy: &SandboxPolicy) -> Result<usize, SandboxError> {
+    let count = allowlist(policy, std::process::id())?.len();
+    // The clone3 filter first: installing the allowlist second needs seccomp(2), which the
+    // allowlist itself does not allow.
+    for program in programs(policy)? {
+        seccompiler::apply_filter_all_threads(&program)
+            .map_err(|e| SandboxError::Seccomp(e.to_string()))?;
+    }
+    Ok(count)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_listed_call_has_a_number_and_a_name() {
+        for gbm in [false, true] {
+            let policy = SandboxPolicy {
+                gbm,
+                ..SandboxPolicy::default()
+            };
+            let list = allowlist(&policy, 1).unwrap();
+            for a in &list {
+                assert!(a.nr >= 0, "{}", a.name);
+                assert_eq!(name_of(a.nr), a.name);
+            }
+            let mut nrs: Vec<i64> = list.iter().map(|a| a.nr).collect();
+            nrs.sort_unstable();
+            nrs.dedup();
+            assert_eq!(nrs.len(), list.len(), "duplicate entries");
+        }
+    }
+
+    #[test]
+    fn dangerous_calls_are_not_listed() {
+        let policy = SandboxPolicy::default();
+        let list = allowlist(&policy, 1).unwrap();
+        for name in [
+            "socket", "connect", "bind", "listen", "execve", "kill", "ptrace", "mount", "seccomp",
+            "bpf", "fork", "vfork", "open",
+        ] {
+            assert!(
+                !list.iter().any(|a| a.name == name),
+                "{name} must not be allowed"
+            );
+        }
+        assert_eq!(name_of(libc::SYS_socket), "socket");
+        assert_eq!(name_of(-7), "?");
+    }
+
+    #[test]
+    fn readme_lists_every_allowed_call() {
+        let readme = include_str!("../../README-launch.md");
+        for (name, _) in documented().into_iter().chain(documented_gbm()) {
+            assert!(
+                readme.contains(&format!("`{name}`")),
+                "README-launch.md does not list `{name}`"
+            );
+        }
+    }
+
+    #[test]
+    fn filters_compile() {
+        for gbm in [false, true] {
+            let policy = SandboxPolicy {
+                gbm,
+                ..SandboxPolicy::default()
+            };
+            let [a, b] = programs(&policy).unwrap();
+            assert!(!a.is_empty() && !b.is_empty());
+        }
+    }
+}
