@@ -1,0 +1,35 @@
+//! Fuzz target (c): the cross-domain command stream of SUBMIT_3D.
+//!
+//! Properties: the iterator never panics, stops after the first error, consumes the buffer
+//! (it cannot loop forever), and INIT / GET_IMAGE_REQUIREMENTS re-encode to their wire form.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use vhost_user_gpu::protocol::cross_domain::{self, CrossDomainCommand};
+
+fuzz_target!(|data: &[u8]| {
+    let mut seen = 0usize;
+    let mut failed = false;
+    for c in cross_domain::commands(data) {
+        assert!(!failed, "the iterator went on after an error");
+        seen += 1;
+        // Every command is at least a header: more items than that means it looped.
+        assert!(seen <= data.len() / cross_domain::HEADER_SIZE + 1);
+        match c {
+            Ok(
+                cmd @ (CrossDomainCommand::Init { .. }
+                | CrossDomainCommand::GetImageRequirements { .. }),
+            ) => {
+                let mut out = Vec::new();
+                cmd.encode(&mut out);
+                let mut again = cross_domain::commands(&out);
+                assert_eq!(again.next(), Some(Ok(cmd)));
+                assert_eq!(again.next(), None);
+            }
+            Ok(CrossDomainCommand::Unsupported { .. }) => {}
+            Err(_) => failed = true,
+        }
+    }
+    let _ = cross_domain::Capabilities::decode(data);
+    let _ = cross_domain::ImageRequirements::decode(data);
+});
