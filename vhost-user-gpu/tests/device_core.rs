@@ -17,7 +17,9 @@ use vhost_user_gpu::alloc::memfd::MemfdAllocator;
 use vhost_user_gpu::device::ports::{
     fourcc, DisplaySink, Frame, GuestMemory, MapAdvice, MapAdvisor, MapError, Rect, RegionMapper,
 };
-use vhost_user_gpu::device::{DeviceConfig, GpuDevice, Ports, OFFERED_FEATURES};
+use vhost_user_gpu::device::{
+    DeviceConfig, GpuDevice, Ports, BACKING_ENTRY_COST, OFFERED_FEATURES,
+};
 use vhost_user_gpu::protocol::cross_domain::{
     Capabilities, CrossDomainCommand, ImageRequirements, IMAGE_REQUIREMENTS_SIZE,
 };
@@ -1585,7 +1587,10 @@ fn cross_domain_protocol_errors() {
     assert_eq!(h.create_host_blob(1, 20, &reqs), GpuResponse::OkNoData);
     // The same requirements serve a second blob (allocated again).
     assert_eq!(h.create_host_blob(1, 21, &reqs), GpuResponse::OkNoData);
-    assert_eq!(h.dev.resource_memory(), 2 * reqs.size + 64 * 64 * 4);
+    assert_eq!(
+        h.dev.resource_memory(),
+        2 * reqs.size + 64 * 64 * 4 + BACKING_ENTRY_COST
+    );
 }
 
 /// The whole blob lane: cross-domain INIT + GET_IMAGE_REQUIREMENTS, CREATE_BLOB HOST3D with
@@ -1709,8 +1714,8 @@ fn host3d_blob_map_write_and_scanout() {
         ]
     );
     assert!(h.dev.region_ranges().is_empty());
-    // Only the query ring is left; its GUEST blob uses no host memory.
-    assert_eq!(h.dev.resource_memory(), 0);
+    // Only the query ring is left; its GUEST blob costs only its one-entry list.
+    assert_eq!(h.dev.resource_memory(), BACKING_ENTRY_COST);
 }
 
 #[test]
@@ -1936,7 +1941,7 @@ fn pending_image_buffers_are_bounded_and_released_with_the_context() {
         h.image_requirements(1, ring, 64, 64); // 16 KiB each
     }
     // At most 8 buffers wait for a CREATE_BLOB.
-    assert_eq!(h.dev.resource_memory(), 8 * 16384);
+    assert_eq!(h.dev.resource_memory(), 8 * 16384 + BACKING_ENTRY_COST);
     h.ok(GpuCommand::ResourceUnref { resource_id: 100 });
     // The ring is gone: no more replies possible.
     assert_eq!(
@@ -1996,9 +2001,10 @@ fn image_requirements_respect_the_memory_budget() {
         flags: 0,
     };
     assert_eq!(h.submit(1, &[get(1024, 1024)]), err(GpuError::OutOfMemory));
-    assert_eq!(h.dev.resource_memory(), 0);
+    // The query ring's one-entry list is charged.
+    assert_eq!(h.dev.resource_memory(), BACKING_ENTRY_COST);
     assert_eq!(h.submit(1, &[get(256, 256)]), GpuResponse::OkNoData);
-    assert_eq!(h.dev.resource_memory(), 256 * 256 * 4);
+    assert_eq!(h.dev.resource_memory(), 256 * 256 * 4 + BACKING_ENTRY_COST);
 }
 
 #[test]

@@ -117,13 +117,21 @@ impl GpuDevice {
                 p.blob_id
             );
         }
-        let backing = Backing::new(mem, p.entries.clone()).map_err(|e| {
-            reject(
-                GpuError::InvalidParameter,
-                format!("resource_id {rid}: entries: {e}"),
-            )
-        })?;
+        // The entry list is host memory the guest chooses the size of.
+        let cost = super::backing_cost(p.entries.len());
+        self.charge(cost, &format!("resource_id {rid}: blob entries"))?;
+        let backing = match Backing::new(mem, p.entries.clone()) {
+            Ok(b) => b,
+            Err(e) => {
+                self.uncharge(cost);
+                return Err(reject(
+                    GpuError::InvalidParameter,
+                    format!("resource_id {rid}: entries: {e}"),
+                ));
+            }
+        };
         if backing.len() < p.size {
+            self.uncharge(cost);
             return Err(reject(
                 GpuError::InvalidParameter,
                 format!(
@@ -139,7 +147,7 @@ impl GpuDevice {
             size: p.size,
             blob_flags: p.blob_flags,
             uuid: None,
-            host_bytes: 0,
+            host_bytes: cost,
         })
     }
 

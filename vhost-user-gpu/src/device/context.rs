@@ -23,6 +23,11 @@ pub(crate) const MAX_REQUIREMENTS_PER_CONTEXT: usize = 4096;
 /// Most allocated-but-not-yet-claimed buffers one context keeps; older ones are released
 /// (a later CREATE_BLOB with their blob id allocates again).
 pub(crate) const MAX_PENDING_BUFFERS_PER_CONTEXT: usize = 8;
+/// Most image requirements all contexts together keep (about 200 host bytes each): 4096 per
+/// context times 1024 contexts would otherwise be up to a gigabyte of host memory outside
+/// `max_resource_memory`. When reached, the requesting context forgets its oldest one; a
+/// context that has none gets ERR_OUT_OF_MEMORY.
+pub(crate) const MAX_REQUIREMENTS_TOTAL: usize = 16384;
 /// Most contexts at once.
 pub(crate) const MAX_CONTEXTS: usize = 1024;
 
@@ -362,6 +367,23 @@ impl GpuDevice {
         drm_format: u32,
         flags: u32,
     ) -> Result<(), Reject> {
+        let total: usize = self.contexts.values().map(|c| c.requirements.len()).sum();
+        if total >= MAX_REQUIREMENTS_TOTAL {
+            let ctx = self.context_mut(ctx_id)?;
+            let Some((old_id, old)) = ctx.requirements.pop_first() else {
+                return Err(reject(
+                    GpuError::OutOfMemory,
+                    format!(
+                        "ctx_id {ctx_id}: GET_IMAGE_REQUIREMENTS: all contexts together keep \
+                         {MAX_REQUIREMENTS_TOTAL} image requirements already"
+                    ),
+                ));
+            };
+            if let Some(buffer) = old.pending {
+                ctx.pending_order.retain(|&id| id != old_id);
+                self.uncharge(buffer.size);
+            }
+        }
         let ctx = self.context_mut(ctx_id)?;
         let Some(ring_id) = ctx.query_ring else {
             return Err(reject(

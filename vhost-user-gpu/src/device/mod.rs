@@ -152,6 +152,16 @@ pub const CONFIG_SIZE: usize = 16;
 /// Number of capsets offered (cross-domain only).
 pub const NUM_CAPSETS: u32 = 1;
 
+/// Host bytes charged per guest memory entry of a backing (the entry as sent, its merged
+/// piece and offset): a backing's entry list is host memory whose size the guest chooses
+/// (up to 16384 entries per resource), so it counts against `max_resource_memory`.
+pub const BACKING_ENTRY_COST: u64 = 48;
+
+/// Host bytes charged for a backing of `entries` entries.
+pub(crate) fn backing_cost(entries: usize) -> u64 {
+    (entries as u64).saturating_mul(BACKING_ENTRY_COST)
+}
+
 /// Rejected requests logged as warnings before rate limiting starts.
 pub const REJECT_LOG_BURST: u64 = 200;
 /// After the burst, one rejected request in this many is logged as a warning.
@@ -836,7 +846,7 @@ impl GpuDevice {
     ) -> CmdResult {
         let resource = self.resource_mut(resource_id)?;
         let kind = resource.kind_name();
-        let ResourceKind::Image2d(image) = &mut resource.kind else {
+        let ResourceKind::Image2d(image) = &resource.kind else {
             return Err(reject(
                 GpuError::Unspec,
                 format!("resource_id {resource_id} is a {kind}; only 2D resources take a backing"),
@@ -848,33 +858,52 @@ impl GpuDevice {
                 format!("resource_id {resource_id} already has a backing"),
             ));
         }
-        let backing = backing::Backing::new(mem, entries).map_err(|e| {
-            reject(
-                GpuError::Unspec,
-                format!("resource_id {resource_id}: nr_entries/entries: {e}"),
-            )
-        })?;
-        image.backing = Some(backing);
+        // The entry list is host memory the guest chooses the size of.
+        let cost = backing_cost(entries.len());
+        self.charge(cost, &format!("resource_id {resource_id}: backing entries"))?;
+        let backing = match backing::Backing::new(mem, entries) {
+            Ok(b) => b,
+            Err(e) => {
+                self.uncharge(cost);
+                return Err(reject(
+                    GpuError::Unspec,
+                    format!("resource_id {resource_id}: nr_entries/entries: {e}"),
+                ));
+            }
+        };
+        let resource = self.resource_mut(resource_id)?;
+        resource.host_bytes += cost;
+        if let ResourceKind::Image2d(image) = &mut resource.kind {
+            image.backing = Some(backing);
+        }
         Ok(GpuResponse::OkNoData)
     }
 
     fn detach_backing(&mut self, resource_id: u32) -> CmdResult {
         let resource = self.resource_mut(resource_id)?;
         let kind = resource.kind_name();
-        match &mut resource.kind {
-            ResourceKind::Image2d(image) if image.backing.is_some() => {
-                image.backing = None;
-                Ok(GpuResponse::OkNoData)
+        let released = match &mut resource.kind {
+            ResourceKind::Image2d(image) => match image.backing.take() {
+                Some(backing) => backing_cost(backing.entries().len()),
+                None => {
+                    return Err(reject(
+                        GpuError::Unspec,
+                        format!("resource_id {resource_id} has no backing"),
+                    ))
+                }
+            },
+            _ => {
+                return Err(reject(
+                    GpuError::Unspec,
+                    format!(
+                        "resource_id {resource_id} is a {kind}; its backing cannot be detached"
+                    ),
+                ))
             }
-            ResourceKind::Image2d(_) => Err(reject(
-                GpuError::Unspec,
-                format!("resource_id {resource_id} has no backing"),
-            )),
-            _ => Err(reject(
-                GpuError::Unspec,
-                format!("resource_id {resource_id} is a {kind}; its backing cannot be detached"),
-            )),
-        }
+        };
+        resource.host_bytes = resource.host_bytes.saturating_sub(released);
+        self.uncharge(released);
+        Ok(GpuResponse::OkNoData)
     }
 
     fn transfer_to_host_2d(

@@ -10,6 +10,7 @@ use crate::gpu::{self, Cmd, Resp};
 mod blob;
 mod cli;
 mod context;
+mod limits;
 mod queue;
 mod sandbox;
 mod two_d;
@@ -103,6 +104,7 @@ pub fn all() -> Vec<Case> {
     v.extend(queue::cases());
     v.extend(cli::cases());
     v.extend(sandbox::cases());
+    v.extend(limits::cases());
     v
 }
 
