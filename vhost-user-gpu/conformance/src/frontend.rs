@@ -285,6 +285,39 @@ impl Frontend {
         Ok(fe)
     }
 
+    /// Connects to a backend that already listens on `socket` (started elsewhere, e.g.
+    /// with `--keep-listening`); this frontend neither starts nor stops a process, and has
+    /// no backend log or pid. Used by child frontend processes in the disconnect cases.
+    pub fn attach(socket: &Path, peer: Peer, options: FrontendOptions) -> Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("vug-conformance-attach")
+            .tempdir()
+            .map_err(Error::io("tempdir"))?;
+        let ram = Arc::new(GuestRam::new(options.ram_size)?);
+        let mut fe = Self {
+            spec: BackendSpec {
+                program: PathBuf::from("(attached)"),
+                args: Vec::new(),
+                peer,
+            },
+            options,
+            dir,
+            socket: socket.to_owned(),
+            child: None,
+            ram,
+            conn: None,
+            memtable_errors: Arc::new(Mutex::new(Vec::new())),
+            memtable_synced: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+        };
+        fe.connect()?;
+        Ok(fe)
+    }
+
+    /// The vhost-user socket path.
+    pub fn socket_path(&self) -> &Path {
+        &self.socket
+    }
+
     /// Which peer this is.
     pub fn peer(&self) -> Peer {
         self.spec.peer

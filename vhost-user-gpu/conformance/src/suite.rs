@@ -61,6 +61,10 @@ impl Capabilities {
 
 /// Runs the suite; `default_program` is our backend binary.
 pub fn main(default_program: &Path) -> ! {
+    // A child frontend process of the disconnect cases (this binary started again).
+    if let Some(code) = cases::child_frontend_from_env() {
+        std::process::exit(code);
+    }
     let args = Arguments::from_args();
     let spec = BackendSpec::from_env(default_program);
     let ctx = Ctx::new(spec.clone());

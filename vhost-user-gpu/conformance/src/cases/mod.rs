@@ -10,10 +10,14 @@ use crate::gpu::{self, Cmd, Resp};
 mod blob;
 mod cli;
 mod context;
+mod disconnect;
 mod limits;
 mod queue;
 mod sandbox;
+mod soak;
 mod two_d;
+
+pub use disconnect::{child_frontend_from_env, CHILD_SOCKET_ENV};
 
 /// Outcome of a case: `Err` carries a message for the report.
 pub type CaseResult = std::result::Result<(), String>;
@@ -105,6 +109,8 @@ pub fn all() -> Vec<Case> {
     v.extend(cli::cases());
     v.extend(sandbox::cases());
     v.extend(limits::cases());
+    v.extend(soak::cases());
+    v.extend(disconnect::cases());
     v
 }
 
