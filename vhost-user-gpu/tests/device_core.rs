@@ -2204,3 +2204,30 @@ fn oldest_image_requirements_are_forgotten_when_the_table_is_full() {
     // Pending buffers stay bounded throughout.
     assert!(h.dev.resource_memory() <= 9 * PAGE);
 }
+
+#[test]
+fn image_requirements_are_capped_across_all_contexts() {
+    let mut h = Harness::new();
+    let get = CrossDomainCommand::GetImageRequirements {
+        width: 1,
+        height: 1,
+        drm_format: fourcc::XRGB8888,
+        flags: 0,
+    };
+    // Four full contexts (4 x 4096) reach the total cap of 16384.
+    for ctx in 1..=4u32 {
+        let ring = 0x20_0000 + u64::from(ctx) * 0x1000;
+        h.cross_domain_context(ctx, 100 + ctx, ring);
+        for _ in 0..4096 {
+            assert_eq!(h.submit(ctx, &[get.clone()]), GpuResponse::OkNoData);
+        }
+    }
+    // A fifth context holds none, so it cannot make room: out of memory.
+    h.cross_domain_context(5, 105, 0x20_0000 + 5 * 0x1000);
+    assert_eq!(h.submit(5, &[get.clone()]), err(GpuError::OutOfMemory));
+    // A full context still works: it forgets its own oldest.
+    assert_eq!(h.submit(1, &[get.clone()]), GpuResponse::OkNoData);
+    // Destroying a context frees its share for the others.
+    assert_eq!(h.ctx_send(2, GpuCommand::CtxDestroy), GpuResponse::OkNoData);
+    assert_eq!(h.submit(5, &[get]), GpuResponse::OkNoData);
+}
