@@ -213,6 +213,7 @@ fn run(cli: Cli) -> Result<(), String> {
     };
 
     let listener = transport::open_listener(&source).map_err(|e| e.to_string())?;
+    raise_fd_limit();
     if cli.sandbox {
         // Before any thread exists (Landlock applies to the calling thread and its future
         // children): the capture writer and the vhost-user threads start below.
@@ -280,6 +281,26 @@ fn run(cli: Cli) -> Result<(), String> {
         capture,
     };
     transport::serve(listener, cli.keep_listening, settings, factory).map_err(|e| e.to_string())
+}
+
+/// Raises the soft limit of open files to the hard limit: every HOST3D blob and exported
+/// GUEST blob holds an fd (up to `--max-resources`), and running out would also break
+/// receiving the frontend's memory tables. A guest that still reaches the limit gets
+/// ERR_OUT_OF_MEMORY for its allocations.
+fn raise_fd_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        let before = limit.current;
+        limit.current = limit.maximum;
+        match setrlimit(Resource::Nofile, limit) {
+            Ok(()) => log::debug!(
+                "open file limit raised from {before:?} to {:?}",
+                limit.maximum
+            ),
+            Err(e) => log::info!("open file limit stays {before:?}: {e}"),
+        }
+    }
 }
 
 /// What the confined backend still needs: the capture directory, `/dev/udmabuf` (udmabuf
