@@ -279,6 +279,10 @@ impl GpuBackend {
         if chains.is_empty() {
             return;
         }
+        // The display's modes are asked at most once per batch: every chain of the batch was
+        // already available when the ring was read, so one answer serves them all (at queue
+        // depth 64 this saves up to 63 display round trips per batch).
+        let mut modes_asked = false;
         for chain in chains {
             let head = chain.head_index();
             let descriptors: Vec<DescriptorRef> = chain
@@ -288,7 +292,7 @@ impl GpuBackend {
                     write_only: d.is_write_only(),
                 })
                 .collect();
-            let used = self.serve_chain(index, &mem, descriptors);
+            let used = self.serve_chain(index, &mem, descriptors, &mut modes_asked);
             if let Err(e) = vring.add_used(head, used) {
                 log::warn!("queue {index}: add_used({head}) failed: {e}");
             }
@@ -305,8 +309,15 @@ impl GpuBackend {
         }
     }
 
-    /// Serves one chain; returns the used length.
-    fn serve_chain(&self, index: u16, mem: &GuestMemory, descriptors: Vec<DescriptorRef>) -> u32 {
+    /// Serves one chain; returns the used length. `modes_asked`: whether the display's modes
+    /// were already asked for in this batch.
+    fn serve_chain(
+        &self,
+        index: u16,
+        mem: &GuestMemory,
+        descriptors: Vec<DescriptorRef>,
+        modes_asked: &mut bool,
+    ) -> u32 {
         let parsed = match chain::read_chain(mem, descriptors) {
             Ok(parsed) => parsed,
             Err(e) => {
@@ -323,8 +334,9 @@ impl GpuBackend {
         let response = {
             let mut device = self.lock_device();
             let _scope = QueueThreadScope::enter();
-            if index == CONTROL_QUEUE && asks_for_modes(&parsed.request) {
+            if index == CONTROL_QUEUE && !*modes_asked && asks_for_modes(&parsed.request) {
                 self.refresh_outputs_from_display(&mut device);
+                *modes_asked = true;
             }
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 if index == CONTROL_QUEUE {
