@@ -81,6 +81,24 @@ pub fn rss_bytes(pid: u32) -> Res<u64> {
     Ok(kib * 1024)
 }
 
+/// CPU time of all threads of `pid` so far, in nanoseconds (`/proc/PID/task/*/schedstat`).
+pub fn cpu_ns(pid: u32) -> Res<u64> {
+    let mut total = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let path = task?.path().join("schedstat");
+        // A thread may end between listing and reading.
+        let Ok(s) = std::fs::read_to_string(path) else {
+            continue;
+        };
+        total += s
+            .split_whitespace()
+            .next()
+            .ok_or("empty schedstat")?
+            .parse::<u64>()?;
+    }
+    Ok(total)
+}
+
 /// One line describing this machine (CPU, cores, memory, kernel).
 pub fn machine() -> String {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();

@@ -94,7 +94,7 @@ impl Plan {
                 map_pairs: 200,
                 cycles: 200,
                 display_pairs: 1000,
-                frames: 5,
+                frames: 10,
                 inspect_rounds: 20,
                 inspect_repeats: 10_000,
                 resources: 10_000,
@@ -105,7 +105,7 @@ impl Plan {
                 map_pairs: 5000,
                 cycles: 2000,
                 display_pairs: 10_000,
-                frames: 60,
+                frames: 30,
                 inspect_rounds: 200,
                 inspect_repeats: 1_000_000,
                 resources: 10_000,
@@ -403,6 +403,8 @@ fn missing(state: &PeerState, name: &str) -> String {
 #[derive(Default, Clone, Copy)]
 struct QueueRates {
     cycles: f64,
+    /// Backend CPU time per 2D cycle (ns), lowest round.
+    cpu_per_cycle: f64,
     d1: f64,
     d64: f64,
 }
@@ -453,14 +455,20 @@ fn section_queue(ctx: &Ctx<'_>, figures: &mut Vec<Figure>) -> Res<()> {
                 plan.rounds
             ));
             let r = (|| -> Res<QueueRates> {
+                let pid = fe.backend_pid().ok_or("no backend pid")?;
+                let cpu_before = host::cpu_ns(pid)?;
                 let cycles = if run.null_mode {
                     0.0
                 } else {
                     queue::two_d_cycles(fe, plan.cycles)?
                 };
+                let cpu = (host::cpu_ns(pid)? - cpu_before) as f64;
+                let warmup = (plan.cycles / 10).max(10);
+                let cpu_per_cycle = cpu / (plan.cycles + warmup) as f64;
                 let want = if run.null_mode { None } else { want };
                 Ok(QueueRates {
                     cycles,
+                    cpu_per_cycle,
                     d1: queue::display_info_rate(fe, 1, plan.display_pairs, want)?,
                     d64: queue::display_info_rate(fe, 64, plan.display_pairs, want)?,
                 })
@@ -468,6 +476,11 @@ fn section_queue(ctx: &Ctx<'_>, figures: &mut Vec<Figure>) -> Res<()> {
             match r {
                 Ok(r) => {
                     run.rates.cycles = run.rates.cycles.max(r.cycles);
+                    run.rates.cpu_per_cycle = if round == 0 {
+                        r.cpu_per_cycle
+                    } else {
+                        run.rates.cpu_per_cycle.min(r.cpu_per_cycle)
+                    };
                     run.rates.d1 = run.rates.d1.max(r.d1);
                     run.rates.d64 = run.rates.d64.max(r.d64);
                 }
@@ -489,6 +502,17 @@ fn section_queue(ctx: &Ctx<'_>, figures: &mut Vec<Figure>) -> Res<()> {
             .against("qemu", runs[1].rates.cycles)
             .ratio_target(1.5),
         Err(why) => cycles.note(why.clone()),
+    });
+    let cpu = Figure::new(
+        "2d.cpu_per_cycle",
+        "  backend CPU time per 2D cycle (all its threads)",
+        ours.cpu_per_cycle / 1000.0,
+        "us",
+        Better::Lower,
+    );
+    figures.push(match &runs[1].fe {
+        Ok(_) => cpu.against("qemu", runs[1].rates.cpu_per_cycle / 1000.0),
+        Err(why) => cpu.note(why.clone()),
     });
     for depth in [1usize, 64] {
         let pick = |r: &QueueRates| if depth == 1 { r.d1 } else { r.d64 };
@@ -525,7 +549,7 @@ fn section_queue(ctx: &Ctx<'_>, figures: &mut Vec<Figure>) -> Res<()> {
 fn section_transfer(ctx: &Ctx<'_>, figures: &mut Vec<Figure>) -> Res<()> {
     progress("TRANSFER_TO_HOST_2D bandwidth");
     let mut fe = spawn(ours_spec(&ctx.ours))?;
-    let transfer = queue::transfer(&mut fe, ctx.plan.frames)?;
+    let transfer = queue::transfer(&mut fe, ctx.plan.frames, ctx.plan.rounds.max(3))?;
     figures.push(
         Figure::new(
             "transfer.rate",
