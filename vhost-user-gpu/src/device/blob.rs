@@ -124,8 +124,10 @@ impl GpuDevice {
             Ok(b) => b,
             Err(e) => {
                 self.uncharge(cost);
+                // As for RESOURCE_ATTACH_BACKING (and as QEMU answers both): entries the
+                // device cannot reach in guest memory are ERR_UNSPEC.
                 return Err(reject(
-                    GpuError::InvalidParameter,
+                    GpuError::Unspec,
                     format!("resource_id {rid}: entries: {e}"),
                 ));
             }

@@ -11,6 +11,7 @@ mod blob;
 mod cli;
 mod context;
 mod disconnect;
+mod hostile;
 mod limits;
 mod queue;
 mod sandbox;
@@ -107,6 +108,7 @@ pub fn all() -> Vec<Case> {
     v.extend(context::cases());
     v.extend(queue::cases());
     v.extend(cli::cases());
+    v.extend(hostile::cases());
     v.extend(sandbox::cases());
     v.extend(limits::cases());
     v.extend(soak::cases());
