@@ -163,7 +163,7 @@ fn spawn(ctx: &Ctx) -> Result<Frontend, String> {
 }
 
 /// The frame of every case (see the module docs).
-fn guarded(ctx: &Ctx, body: impl FnOnce(&mut Frontend) -> CaseResult) -> CaseResult {
+pub(super) fn guarded(ctx: &Ctx, body: impl FnOnce(&mut Frontend) -> CaseResult) -> CaseResult {
     let mut fe = spawn(ctx)?;
     // Warm-up: a GUEST blob makes the backend open /dev/udmabuf (kept open) where it exists.
     if fe.has_features(features::RESOURCE_BLOB) {
@@ -221,7 +221,7 @@ fn normal_2d(fe: &mut Frontend) -> CaseResult {
     Ok(())
 }
 
-fn ok(fe: &mut Frontend, what: &str, cmd: Cmd) -> CaseResult {
+pub(super) fn ok(fe: &mut Frontend, what: &str, cmd: Cmd) -> CaseResult {
     expect(fe, what, cmd, ty::OK_NODATA).map(|_| ())
 }
 
@@ -283,7 +283,7 @@ fn raw_request(fe: &mut Frontend, what: &str, bytes: &[u8], t: u32) -> CaseResul
 }
 
 /// Cleans up a cross-domain context set up by [`CrossDomain::init`].
-fn drop_cross_domain(fe: &mut Frontend) -> CaseResult {
+pub(super) fn drop_cross_domain(fe: &mut Frontend) -> CaseResult {
     ok(fe, "CTX_DESTROY", gpu::ctx_destroy(CTX))?;
     ok(fe, "UNREF query ring", gpu::resource_unref(RING_RES))
 }

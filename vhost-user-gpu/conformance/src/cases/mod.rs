@@ -16,6 +16,7 @@ mod limits;
 mod queue;
 mod sandbox;
 mod soak;
+mod stale;
 mod two_d;
 
 pub use disconnect::{child_frontend_from_env, CHILD_SOCKET_ENV};
@@ -109,6 +110,7 @@ pub fn all() -> Vec<Case> {
     v.extend(queue::cases());
     v.extend(cli::cases());
     v.extend(hostile::cases());
+    v.extend(stale::cases());
     v.extend(sandbox::cases());
     v.extend(limits::cases());
     v.extend(soak::cases());
