@@ -235,10 +235,21 @@ fn survives_disconnects(ctx: &Ctx) -> CaseResult {
     }
     let end = fe.backend_stats().map_err(|e| e.to_string())?;
     let rss_end = backend_rss(&fe)?;
+    // What the kills interrupted, from the backend's log (figures only).
+    let log = fe.backend_log();
+    let maps_cut = log
+        .lines()
+        .filter(|l| l.contains("RESOURCE_MAP_BLOB") && l.contains("-> ERR_"))
+        .count();
+    let ended_with_error = log
+        .lines()
+        .filter(|l| l.contains("connection ended with an error"))
+        .count();
     eprintln!(
         "disconnect: {total} disconnects ({} SIGKILLed child frontends) in {:.1?}; idle fds {} \
          -> {}, buffer mappings {} -> {}, maps {} -> {}; RSS after warm-up {} KiB, max {} KiB, \
-         end {} KiB",
+         end {} KiB; MAP_BLOBs cut short by a dying frontend: {maps_cut}; connections ended \
+         with an error: {ended_with_error}",
         total.div_ceil(2),
         start.elapsed(),
         idle.fds,
