@@ -1420,7 +1420,17 @@ fn context_lifecycle_and_capsets() {
         context_init: init,
         debug_name: "c".into(),
     };
-    assert_eq!(h.ctx_send(1, create(0)), err(GpuError::InvalidParameter));
+    // context_init 0: the default context Linux creates; it exists but renders nothing.
+    assert_eq!(h.ctx_send(9, create(0)), GpuResponse::OkNoData);
+    assert_eq!(
+        h.ctx_send(9, GpuCommand::Submit3d { commands: vec![] }),
+        err(GpuError::Unspec)
+    );
+    assert_eq!(h.ctx_send(9, GpuCommand::CtxDestroy), GpuResponse::OkNoData);
+    assert_eq!(
+        h.ctx_send(1, create(0x100)),
+        err(GpuError::InvalidParameter)
+    );
     assert_eq!(h.ctx_send(1, create(1)), err(GpuError::InvalidParameter));
     assert_eq!(h.ctx_send(0, create(5)), err(GpuError::InvalidContextId));
     assert_eq!(h.ctx_send(1, create(5)), GpuResponse::OkNoData);

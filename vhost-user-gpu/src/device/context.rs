@@ -43,10 +43,14 @@ pub(crate) struct Requirement {
     pub pending: Option<HostBuffer>,
 }
 
-/// A cross-domain context.
+/// A context: cross-domain, or the default context a guest creates without a capset.
 #[derive(Debug)]
 pub(crate) struct Context {
     pub debug_name: String,
+    /// `false` for a default context (`context_init` 0): Linux creates one for every DRM
+    /// file that makes resources when 3D is offered. It holds attached resources and GUEST
+    /// blobs but has no renderer: every SUBMIT_3D in it is refused.
+    pub cross_domain: bool,
     /// Resources attached with CTX_ATTACH_RESOURCE (or created in this context).
     pub resources: BTreeSet<u32>,
     /// The query ring resource, after CROSS_DOMAIN_CMD_INIT.
@@ -60,9 +64,10 @@ pub(crate) struct Context {
 }
 
 impl Context {
-    pub fn new(debug_name: String) -> Self {
+    pub fn new(debug_name: String, cross_domain: bool) -> Self {
         Context {
             debug_name,
+            cross_domain,
             resources: BTreeSet::new(),
             query_ring: None,
             requirements: BTreeMap::new(),
@@ -197,17 +202,21 @@ impl GpuDevice {
             ));
         }
         let capset = context_init & CONTEXT_INIT_CAPSET_ID_MASK;
-        if capset == 0 {
+        // context_init 0 is the default context the Linux driver creates whenever 3D is
+        // offered (before any CONTEXT_INIT ioctl): accepted, so that the guest's
+        // CTX_ATTACH_RESOURCE traffic works and its console stays quiet, but without a
+        // renderer (SUBMIT_3D answers ERR_UNSPEC there, as a device without virgl does).
+        let cross_domain = context_init != 0;
+        if cross_domain && capset == 0 {
             return Err(reject(
                 GpuError::InvalidParameter,
-                format!(
-                    "ctx_id {ctx_id}: context_init {context_init:#x} asks for a virgl context; \
-                     only cross-domain contexts (capset 5) exist"
-                ),
+                format!("ctx_id {ctx_id}: context_init {context_init:#x} has flags but no capset"),
             ));
         }
-        self.require_feature(feature::CONTEXT_INIT, "CONTEXT_INIT")?;
-        if context_init != CAPSET_CROSS_DOMAIN {
+        if cross_domain {
+            self.require_feature(feature::CONTEXT_INIT, "CONTEXT_INIT")?;
+        }
+        if cross_domain && context_init != CAPSET_CROSS_DOMAIN {
             return Err(reject(
                 GpuError::InvalidParameter,
                 format!(
@@ -222,8 +231,16 @@ impl GpuDevice {
                 format!("ctx_id {ctx_id}: the limit of {MAX_CONTEXTS} contexts is reached"),
             ));
         }
-        debug!("ctx_id {ctx_id}: cross-domain context '{debug_name}' created");
-        self.contexts.insert(ctx_id, Context::new(debug_name));
+        debug!(
+            "ctx_id {ctx_id}: {} context '{debug_name}' created",
+            if cross_domain {
+                "cross-domain"
+            } else {
+                "default (no renderer)"
+            }
+        );
+        self.contexts
+            .insert(ctx_id, Context::new(debug_name, cross_domain));
         Ok(GpuResponse::OkNoData)
     }
 
@@ -275,7 +292,16 @@ impl GpuDevice {
         commands: &[u8],
     ) -> CmdResult {
         self.require_virgl()?;
-        self.context_mut(ctx_id)?;
+        if !self.context_mut(ctx_id)?.cross_domain {
+            return Err(reject(
+                GpuError::Unspec,
+                format!(
+                    "ctx_id {ctx_id} is a default context (context_init 0, i.e. virgl): this \
+                     device has no virgl renderer; only cross-domain contexts (capset 5) take \
+                     SUBMIT_3D"
+                ),
+            ));
+        }
         for (index, command) in cross_domain::commands(commands).enumerate() {
             let command = command.map_err(|e| {
                 reject(

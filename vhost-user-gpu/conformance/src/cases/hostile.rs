@@ -136,6 +136,7 @@ pub(super) fn cases() -> Vec<Case> {
         "ctx" host_blob_id_of_another_context map_need();
         "ctx" host_blob_wrong_size map_need();
         "ctx" host_blob_id_never_handed_out ctx_need();
+        "ctx" default_context_refuses_submit Need::Features(features::VIRGL);
         // Cross-domain commands with bad lengths.
         "xd" cmd_size_zero ctx_need();
         "xd" cmd_size_past_stream ctx_need();
@@ -1650,6 +1651,34 @@ fn host_blob_id_never_handed_out(ctx: &Ctx) -> CaseResult {
             ty::ERR_INVALID_PARAMETER,
         )?;
         drop_cross_domain(fe)
+    })
+}
+
+fn default_context_refuses_submit(ctx: &Ctx) -> CaseResult {
+    // Linux creates a context with context_init 0 for every DRM file that makes resources
+    // when 3D is offered. It is accepted (resources attach to it) but has no renderer: a
+    // SUBMIT_3D there is ERR_UNSPEC, as on a device without virgl.
+    guarded(ctx, |fe| {
+        ok(
+            fe,
+            "CTX_CREATE context_init 0",
+            gpu::ctx_create(3, 0, "default"),
+        )?;
+        ok(
+            fe,
+            "CREATE_2D",
+            gpu::resource_create_2d(1, format::B8G8R8X8_UNORM, 4, 4),
+        )?;
+        ok(fe, "CTX_ATTACH_RESOURCE", gpu::ctx_attach_resource(3, 1))?;
+        err(
+            fe,
+            "SUBMIT_3D in the default context",
+            gpu::submit_3d(3, &[0; 16]),
+            ty::ERR_UNSPEC,
+        )?;
+        ok(fe, "CTX_DETACH_RESOURCE", gpu::ctx_detach_resource(3, 1))?;
+        ok(fe, "CTX_DESTROY", gpu::ctx_destroy(3))?;
+        ok(fe, "UNREF", gpu::resource_unref(1))
     })
 }
 
