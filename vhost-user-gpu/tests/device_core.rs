@@ -2229,14 +2229,23 @@ fn image_requirements_are_capped_across_all_contexts() {
         let ring = 0x20_0000 + u64::from(ctx) * 0x1000;
         h.cross_domain_context(ctx, 100 + ctx, ring);
         for _ in 0..4096 {
-            assert_eq!(h.submit(ctx, &[get.clone()]), GpuResponse::OkNoData);
+            assert_eq!(
+                h.submit(ctx, std::slice::from_ref(&get)),
+                GpuResponse::OkNoData
+            );
         }
     }
     // A fifth context holds none, so it cannot make room: out of memory.
     h.cross_domain_context(5, 105, 0x20_0000 + 5 * 0x1000);
-    assert_eq!(h.submit(5, &[get.clone()]), err(GpuError::OutOfMemory));
+    assert_eq!(
+        h.submit(5, std::slice::from_ref(&get)),
+        err(GpuError::OutOfMemory)
+    );
     // A full context still works: it forgets its own oldest.
-    assert_eq!(h.submit(1, &[get.clone()]), GpuResponse::OkNoData);
+    assert_eq!(
+        h.submit(1, std::slice::from_ref(&get)),
+        GpuResponse::OkNoData
+    );
     // Destroying a context frees its share for the others.
     assert_eq!(h.ctx_send(2, GpuCommand::CtxDestroy), GpuResponse::OkNoData);
     assert_eq!(h.submit(5, &[get]), GpuResponse::OkNoData);
