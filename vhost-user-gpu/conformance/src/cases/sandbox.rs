@@ -123,6 +123,40 @@ fn confined_by_default(ctx: &Ctx) -> CaseResult {
         expect(&mut fe, "UNREF", gpu::resource_unref(id), ty::OK_NODATA)?;
     }
     no_leaks(&mut fe, &before)?;
+    // Every thread of the backend (main, vhost-user connection and queue threads, capture
+    // writer) runs under the filter.
+    let pid = fe.backend_pid().ok_or("no backend pid")?;
+    let mut threads = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).map_err(|e| e.to_string())? {
+        let path = task.map_err(|e| e.to_string())?.path().join("status");
+        let Ok(status) = std::fs::read_to_string(&path) else {
+            continue; // the thread ended meanwhile
+        };
+        threads += 1;
+        let name = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Name:"))
+            .unwrap_or("?")
+            .trim()
+            .to_string();
+        let mode = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Seccomp:"))
+            .unwrap_or("?")
+            .trim()
+            .to_string();
+        ensure(&fe, mode == "2", || {
+            format!(
+                "backend thread {name} ({}) has Seccomp: {mode}",
+                path.display()
+            )
+        })?;
+    }
+    ensure(&fe, threads >= 3, || {
+        format!(
+            "only {threads} backend threads seen; expected main, vhost-user and capture threads"
+        )
+    })?;
     // Reset (new display socket, memory table) still works confined.
     fe.reset()
         .map_err(|e| super::ctx_err(&fe, "device reset", e))?;
