@@ -214,6 +214,24 @@ fn run(cli: Cli) -> Result<(), String> {
 
     let listener = transport::open_listener(&source).map_err(|e| e.to_string())?;
     raise_fd_limit();
+    if let Some(dir) = &cli.capture_dir {
+        // Checked before the sandbox, which needs the directory for its rule.
+        match std::fs::metadata(dir) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return Err(format!(
+                    "--capture-dir: capture directory {} is not a directory",
+                    dir.display()
+                ))
+            }
+            Err(e) => {
+                return Err(format!(
+                    "--capture-dir: capture directory {}: {e}",
+                    dir.display()
+                ))
+            }
+        }
+    }
     if cli.sandbox {
         // Before any thread exists (Landlock applies to the calling thread and its future
         // children): the capture writer and the vhost-user threads start below.
