@@ -110,8 +110,11 @@ impl RegionMapper for FakeRegionMapper {
     ) -> Result<(), MapError> {
         let mut s = self.0.lock().unwrap();
         assert!(s.available, "map while the mapper is unavailable");
-        assert!(len > 0 && len % 4096 == 0, "map length {len:#x}");
-        assert!(shm_offset % 4096 == 0, "map offset {shm_offset:#x}");
+        assert!(len > 0 && len.is_multiple_of(4096), "map length {len:#x}");
+        assert!(
+            shm_offset.is_multiple_of(4096),
+            "map offset {shm_offset:#x}"
+        );
         assert_eq!(fd_offset, 0);
         let end = shm_offset.checked_add(len).expect("map range wraps");
         assert!(

@@ -201,16 +201,19 @@ fn main() -> std::io::Result<()> {
 
     let decode = dir.join("decode");
     std::fs::create_dir_all(&decode)?;
-    let mut n = 0;
-    for cmd in groups.iter().flatten().chain(cursor_cmds.iter()) {
+    for (n, cmd) in groups
+        .iter()
+        .flatten()
+        .chain(cursor_cmds.iter())
+        .enumerate()
+    {
         std::fs::write(decode.join(format!("seed-{n:03}")), cmd)?;
-        n += 1;
     }
 
     let device = dir.join("device");
     std::fs::create_dir_all(&device)?;
     let pixels: Vec<u8> = (0..1024u32).map(|i| (i * 7) as u8).collect();
-    let mut inputs = vec![
+    let inputs = vec![
         device_input(&two_d()).guest_write(BACKING_GPA as u32, &pixels),
         device_input(&guest_blob()),
         device_input(&cross_domain()),
@@ -230,10 +233,14 @@ fn main() -> std::io::Result<()> {
             .op(op::FAIL_UNMAP)
             .control(&b(gpu::resource_unmap_blob(1, 11)))
             .control(&b(gpu::resource_unref(11))),
-        // No features at all.
-        device_input(&two_d()).op(op::SHMEM),
+        // No features at all, mapper unavailable.
+        Input::new(2, 0).control(&b(gpu::get_edid(0))),
+        // Frontend shared memory torn down, then mapping attempted.
+        device_input(&cross_domain()[..7])
+            .op(op::SHMEM)
+            .op(0) // the u8 of SHMEM: not set up
+            .control(&b(gpu::resource_map_blob(1, 11, 0))),
     ];
-    inputs[8] = Input::new(2, 0).control(&b(gpu::get_edid(0)));
     for (i, input) in inputs.into_iter().enumerate() {
         std::fs::write(device.join(format!("seed-{i:03}")), input.into_bytes())?;
     }
