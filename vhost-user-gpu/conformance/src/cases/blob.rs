@@ -49,6 +49,14 @@ pub(super) fn cases() -> Vec<Case> {
             run: guest_blob_capture_png,
         },
         Case {
+            name: "blob::guest_blob_scanout_is_a_dmabuf_where_udmabuf_exists",
+            need: Need::All(vec![
+                Need::Features(features::RESOURCE_BLOB),
+                Need::OurCommandLine,
+            ]),
+            run: guest_blob_dmabuf_scanout,
+        },
+        Case {
             name: "blob::set_scanout_blob_errors",
             need: Need::Features(features::RESOURCE_BLOB),
             run: set_scanout_blob_errors,
@@ -185,6 +193,65 @@ fn guest_blob_scanout(ctx: &Ctx) -> CaseResult {
     guest_blob(&mut fe, 1, &img)?;
     show_blob(&mut fe, 1, w, h)?;
     display_matches(&fe, 0, w, h, &img)?;
+    still_serving(&mut fe)
+}
+
+/// Our backend exports a page-aligned GUEST blob with udmabuf when `/dev/udmabuf` exists
+/// (guest RAM is a memfd sealed like QEMU's): the display then gets a `DMABUF_SCANOUT`
+/// whose fd shows the guest's pixels, and pixels the guest writes later appear in it
+/// without any copy (it is the guest's pages). Without `/dev/udmabuf` the scanout is
+/// pixels (`UPDATE`) and no dma-buf is sent.
+fn guest_blob_dmabuf_scanout(ctx: &Ctx) -> CaseResult {
+    let mut fe = spawn(ctx, &[])?;
+    let (w, h) = (64u32, 32u32);
+    let len = (w * h * 4) as u64;
+    let gpa = fe.ram().alloc(len, 4096).map_err(|e| e.to_string())?;
+    let img = bgra_pattern(w, h, 13);
+    fe.ram().write(gpa, &img).map_err(|e| e.to_string())?;
+    let entries = [MemEntry {
+        addr: gpa,
+        length: len as u32,
+    }];
+    expect(
+        &mut fe,
+        "RESOURCE_CREATE_BLOB (GUEST, page aligned)",
+        gpu::resource_create_blob(0, 1, gpu::BLOB_MEM_GUEST, 0, 0, len, &entries),
+        ty::OK_NODATA,
+    )?;
+    show_blob(&mut fe, 1, w, h)?;
+    display_matches(&fe, 0, w, h, &img)?;
+    // display_matches saw the image: whatever path the backend took has been received.
+    let display = fe.display().ok_or("no display socket")?;
+    let got_dmabuf = display
+        .state()
+        .dmabuf_scanouts
+        .get(&0)
+        .is_some_and(|d| d.fd.is_some());
+    if !Path::new("/dev/udmabuf").exists() {
+        return ensure(&fe, !got_dmabuf, || {
+            "a dma-buf scanout without /dev/udmabuf".into()
+        })
+        .and_then(|()| still_serving(&mut fe));
+    }
+    ensure(&fe, got_dmabuf, || {
+        "/dev/udmabuf exists but the GUEST blob was not shown as a dma-buf (not exported?)".into()
+    })?;
+    // The dma-buf is the guest's pages: a new image written by the guest is in it.
+    let img2 = bgra_pattern(w, h, 14);
+    fe.ram().write(gpa, &img2).map_err(|e| e.to_string())?;
+    let expected: Vec<u32> = img2
+        .chunks(4)
+        .map(|p| u32::from_le_bytes([p[0], p[1], p[2], 0]))
+        .collect();
+    let shown = {
+        let st = display.state();
+        st.dmabuf_scanouts
+            .get(&0)
+            .map(|d| d.read_xrgb().map_err(|e| e.to_string()))
+    };
+    ensure(&fe, shown == Some(Ok(expected)), || {
+        "the GUEST blob's dma-buf does not show what the guest wrote into its pages".into()
+    })?;
     still_serving(&mut fe)
 }
 
@@ -526,6 +593,18 @@ fn host_blob_map_roundtrip(ctx: &Ctx) -> CaseResult {
         ty::OK_NODATA,
     )?;
     display_matches(&fe, 0, w, h, &img)?;
+    if ctx.allocator() == Some("udmabuf") {
+        // A udmabuf blob is a dma-buf: the display gets the buffer, not a pixel copy.
+        let display = fe.display().ok_or("no display socket")?;
+        let dmabuf = display
+            .state()
+            .dmabuf_scanouts
+            .get(&0)
+            .is_some_and(|d| d.fd.is_some());
+        ensure(&fe, dmabuf, || {
+            "with --allocator udmabuf the host blob was not shown as a dma-buf".into()
+        })?;
+    }
     still_serving(&mut fe)
 }
 
