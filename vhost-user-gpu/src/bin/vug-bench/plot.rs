@@ -136,23 +136,6 @@ fn glyph(c: char) -> [u8; 7] {
     }
 }
 
-/// A "nice" tick step (1, 2 or 5 times a power of ten) for about `ticks` ticks over `span`.
-fn tick_step(span: f64, ticks: f64) -> f64 {
-    let raw = span / ticks;
-    let mag = 10f64.powf(raw.log10().floor());
-    let norm = raw / mag;
-    let nice = if norm <= 1.0 {
-        1.0
-    } else if norm <= 2.0 {
-        2.0
-    } else if norm <= 5.0 {
-        5.0
-    } else {
-        10.0
-    };
-    nice * mag
-}
-
 fn label(v: f64) -> String {
     if v >= 10.0 || v == 0.0 {
         format!("{v:.0}")
@@ -163,41 +146,52 @@ fn label(v: f64) -> String {
     }
 }
 
-/// Writes the cumulative distribution of each series (x: latency in microseconds up to the
-/// largest p99.5, y: fraction of pairs at or below it) to `path`.
+/// Writes the cumulative distribution of each series (x: latency in microseconds, log scale,
+/// y: fraction of pairs at or below it) to `path`.
 pub fn write_cdf(path: &Path, title: &str, series: &[Series<'_>]) -> std::io::Result<()> {
     let mut c = Canvas::new();
-    let x_max = series
-        .iter()
-        .map(|s| s.samples.quantile_us(0.995))
-        .filter(|v| v.is_finite())
-        .fold(1.0f64, f64::max)
-        * 1.05;
+    // Logarithmic latency axis: from the decade below the fastest sample to the slowest one.
+    let all = || {
+        series
+            .iter()
+            .flat_map(|s| s.samples.ns.iter().map(|&n| n as f64 / 1000.0))
+    };
+    let lo = all().fold(f64::INFINITY, f64::min).max(0.1);
+    let hi = all().fold(0.0f64, f64::max).max(lo * 10.0);
+    let (l0, l1) = (lo.log10().floor(), hi.log10().ceil());
     let (pw, ph) = ((W - LEFT - RIGHT) as f64, (H - TOP - BOTTOM) as f64);
-    let to_x = |us: f64| LEFT as i64 + ((us / x_max).min(1.0) * pw) as i64;
+    let to_x = |us: f64| {
+        let f = ((us.max(10f64.powf(l0)).log10() - l0) / (l1 - l0)).clamp(0.0, 1.0);
+        LEFT as i64 + (f * pw) as i64
+    };
     let to_y = |frac: f64| (TOP as f64 + (1.0 - frac) * ph) as i64;
 
-    // Grid and ticks.
-    let step = tick_step(x_max, 8.0);
-    let mut v = 0.0;
-    while v <= x_max {
-        let x = to_x(v);
-        c.line((x, TOP as i64), (x, (H - BOTTOM) as i64), GRID, 1);
-        c.line(
-            (x, (H - BOTTOM) as i64),
-            (x, (H - BOTTOM) as i64 + 5),
-            BLACK,
-            1,
-        );
-        let s = label(v);
-        c.text(
-            x - Canvas::text_width(&s, 1) / 2,
-            (H - BOTTOM) as i64 + 9,
-            &s,
-            BLACK,
-            1,
-        );
-        v += step;
+    // Grid and ticks: 1, 2, 5 of every decade, labelled.
+    let mut decade = l0;
+    while decade <= l1 {
+        for m in [1.0, 2.0, 5.0] {
+            let v = m * 10f64.powf(decade);
+            if v.log10() > l1 + 1e-9 {
+                break;
+            }
+            let x = to_x(v);
+            c.line((x, TOP as i64), (x, (H - BOTTOM) as i64), GRID, 1);
+            c.line(
+                (x, (H - BOTTOM) as i64),
+                (x, (H - BOTTOM) as i64 + 5),
+                BLACK,
+                1,
+            );
+            let s = label(v);
+            c.text(
+                x - Canvas::text_width(&s, 1) / 2,
+                (H - BOTTOM) as i64 + 9,
+                &s,
+                BLACK,
+                1,
+            );
+        }
+        decade += 1.0;
     }
     for i in 0..=10 {
         let frac = f64::from(i) / 10.0;
@@ -226,7 +220,7 @@ pub fn write_cdf(path: &Path, title: &str, series: &[Series<'_>]) -> std::io::Re
         BLACK,
         2,
     );
-    let xl = "LATENCY OF ONE MAP+UNMAP PAIR (MICROSECONDS)";
+    let xl = "LATENCY OF ONE MAP+UNMAP PAIR (MICROSECONDS, LOG SCALE)";
     c.text(
         (W as i64 - Canvas::text_width(xl, 2)) / 2,
         (H - 24) as i64,
@@ -240,7 +234,10 @@ pub fn write_cdf(path: &Path, title: &str, series: &[Series<'_>]) -> std::io::Re
     // Curves: a step function through the sorted samples.
     for (i, s) in series.iter().enumerate() {
         let n = s.samples.ns.len();
-        let mut prev = (to_x(0.0), to_y(0.0));
+        let Some(&first) = s.samples.ns.first() else {
+            continue;
+        };
+        let mut prev = (to_x(first as f64 / 1000.0), to_y(0.0));
         for (k, &ns) in s.samples.ns.iter().enumerate() {
             let x = to_x(ns as f64 / 1000.0);
             let y = to_y((k + 1) as f64 / n as f64);
@@ -250,7 +247,7 @@ pub fn write_cdf(path: &Path, title: &str, series: &[Series<'_>]) -> std::io::Re
         }
         // Legend.
         let ly = TOP as i64 + ph as i64 - 60 + i as i64 * 22;
-        let lx = (W - RIGHT) as i64 - 330;
+        let lx = (W - RIGHT) as i64 - 370;
         c.line((lx, ly + 6), (lx + 30, ly + 6), s.colour, 3);
         c.text(lx + 40, ly, s.name, BLACK, 2);
     }

@@ -95,6 +95,9 @@ pub struct Figure {
     /// Anything a reader must know (e.g. a peer that is not installed).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// A detail of the figure above it (indented in the table).
+    #[serde(skip)]
+    pub detail: bool,
 }
 
 impl Figure {
@@ -102,7 +105,8 @@ impl Figure {
     pub fn new(key: &str, label: &str, value: f64, unit: &str, better: Better) -> Self {
         Figure {
             key: key.into(),
-            label: label.into(),
+            label: label.trim_start().into(),
+            detail: label.starts_with(' '),
             value,
             unit: unit.into(),
             better,
@@ -180,7 +184,11 @@ pub fn table(figures: &[Figure]) -> String {
             || "-".to_string(),
             |t| format!("{} {}", t.text, if t.met { "(met)" } else { "(NOT met)" }),
         );
-        let mut label = f.label.clone();
+        let mut label = if f.detail {
+            format!("... {}", f.label)
+        } else {
+            f.label.clone()
+        };
         if let Some(n) = &f.note {
             label.push_str(&format!(" [{n}]"));
         }
