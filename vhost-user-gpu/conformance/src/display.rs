@@ -63,7 +63,8 @@ impl Default for DisplayConfig {
 /// One scanout as the display sees it.
 #[derive(Debug, Clone, Default)]
 pub struct Scanout {
-    /// Width from the last `SCANOUT` (0 = disabled).
+    /// Width from the last `SCANOUT` (0 = disabled, also by a `DMABUF_SCANOUT` without a
+    /// dma-buf).
     pub width: u32,
     /// Height from the last `SCANOUT`.
     pub height: u32,
@@ -469,6 +470,15 @@ fn handle(
                 p.get(40..48)
                     .map_or(0, |b| u64::from_ne_bytes(b.try_into().unwrap_or([0; 8])))
             });
+            // Without a dma-buf the message disables the scanout (QEMU then disables its
+            // console's GL scanout): the scanout shows nothing, as after `SCANOUT` 0x0.
+            if file.is_none() {
+                if let Some(s) = st.scanouts.get_mut(&fields[0]) {
+                    s.width = 0;
+                    s.height = 0;
+                    s.pixels.clear();
+                }
+            }
             st.dmabuf_scanouts.insert(
                 fields[0],
                 DmabufScanout {
