@@ -99,6 +99,14 @@ pub fn cpu_ns(pid: u32) -> Res<u64> {
     Ok(total)
 }
 
+/// The 1-minute load average (other work on the machine disturbs the figures).
+pub fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
 /// One line describing this machine (CPU, cores, memory, kernel).
 pub fn machine() -> String {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();

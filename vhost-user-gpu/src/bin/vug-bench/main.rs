@@ -188,6 +188,7 @@ const SECTIONS: [&str; 5] = ["map", "queue", "transfer", "inspect", "memory"];
 
 fn run(cli: &Cli) -> Res<()> {
     let started = Instant::now();
+    let load_before = host::load_average();
     // Backend logs at warn: the conformance frontend turns on debug logging otherwise, which
     // would be measured too.
     if std::env::var_os("RUST_LOG").is_none() {
@@ -242,6 +243,7 @@ fn run(cli: &Cli) -> Res<()> {
     }
 
     let elapsed = started.elapsed().as_secs_f64();
+    let load = (load_before, host::load_average());
     let peer_json = |s: &PeerState, install: Option<f64>| match s {
         PeerState::Found(p) => {
             json!({"path": p.display().to_string(), "installed_now_seconds": install})
@@ -251,6 +253,7 @@ fn run(cli: &Cli) -> Res<()> {
     let doc = json!({
         "machine": host::machine(),
         "quick": cli.quick,
+        "load_average": {"start": load.0, "end": load.1, "cores": std::thread::available_parallelism().map_or(0, |n| n.get())},
         "seconds": elapsed,
         "backend": ours.display().to_string(),
         "peers": {
@@ -290,7 +293,11 @@ fn run(cli: &Cli) -> Res<()> {
             println!("plot: {}", p.display());
         }
         println!("json: {}", out_dir.join("results.json").display());
-        println!("total {elapsed:.0} s");
+        println!(
+            "total {elapsed:.0} s; load average {:.1} at the start, {:.1} at the end (other work \
+             on the machine lowers the wall-clock figures)",
+            load.0, load.1
+        );
     }
     Ok(())
 }
