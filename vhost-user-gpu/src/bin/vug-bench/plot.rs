@@ -260,3 +260,50 @@ pub fn write_cdf(path: &Path, title: &str, series: &[Series<'_>]) -> std::io::Re
     w.write_image_data(&c.px).map_err(std::io::Error::other)?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn writes_a_png_with_both_curves() {
+        let a = Samples::new(
+            (0..500).map(|i| 30_000 + i * 10).collect(),
+            Duration::from_secs(1),
+        );
+        let b = Samples::new(
+            (0..500).map(|i| 100_000 + i * 100).collect(),
+            Duration::from_secs(1),
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cdf.png");
+        let (ca, cb) = ([10, 200, 30], [200, 10, 30]);
+        write_cdf(
+            &path,
+            "TEST",
+            &[
+                Series {
+                    name: "A",
+                    colour: ca,
+                    samples: &a,
+                },
+                Series {
+                    name: "B",
+                    colour: cb,
+                    samples: &b,
+                },
+            ],
+        )
+        .unwrap();
+        let decoder = png::Decoder::new(std::io::BufReader::new(File::open(&path).unwrap()));
+        let mut reader = decoder.read_info().unwrap();
+        let mut buf = vec![0; reader.output_buffer_size()];
+        let info = reader.next_frame(&mut buf).unwrap();
+        assert_eq!((info.width, info.height), (W as u32, H as u32));
+        let count = |c: Rgb| buf.chunks(3).filter(|p| *p == c).count();
+        assert!(count(ca) > 200, "curve A drawn");
+        assert!(count(cb) > 200, "curve B drawn");
+        assert!(count(BLACK) > 1000, "axes and labels drawn");
+    }
+}

@@ -220,3 +220,20 @@ pub fn many_resources(fe: &mut Frontend, n: usize, first_id: u32) -> Res<()> {
     )?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shuffled_is_a_scrambled_permutation() {
+        let v = shuffled(4050);
+        let mut sorted = v.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (0..4050).collect::<Vec<_>>());
+        let in_place = v.iter().enumerate().filter(|(i, &p)| *i == p).count();
+        assert!(in_place < 50, "{in_place} of 4050 pages kept their place");
+        let ascending = v.windows(2).filter(|w| w[1] == w[0] + 1).count();
+        assert!(ascending < 50, "{ascending} neighbours stayed adjacent");
+    }
+}

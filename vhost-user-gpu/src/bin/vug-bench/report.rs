@@ -200,3 +200,57 @@ pub fn table(figures: &[Figure]) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_are_nearest_rank_over_sorted_samples() {
+        let s = Samples::new(
+            (1..=100).rev().map(|us| us * 1000).collect(),
+            Duration::from_secs(2),
+        );
+        assert_eq!(s.quantile_us(0.5), 50.0);
+        assert_eq!(s.quantile_us(0.99), 99.0);
+        assert_eq!(s.quantile_us(1.0), 100.0);
+        assert_eq!(s.quantile_us(0.0), 1.0);
+        assert_eq!(s.per_second(), 50.0);
+        let merged = Samples::merge(vec![s.clone(), s]);
+        assert_eq!(merged.ns.len(), 200);
+        assert_eq!(merged.wall, Duration::from_secs(4));
+        assert!(Samples::new(Vec::new(), Duration::from_secs(1))
+            .quantile_us(0.5)
+            .is_nan());
+    }
+
+    #[test]
+    fn ratios_and_targets_follow_the_direction() {
+        let slow = Figure::new("a", "latency", 300.0, "us", Better::Lower)
+            .against("floor", 100.0)
+            .ratio_target(2.0);
+        assert_eq!(slow.ratio, Some(3.0));
+        assert!(!slow.target.as_ref().unwrap().met);
+        let fast = Figure::new("b", "rate", 150.0, "pairs/s", Better::Higher)
+            .against("qemu", 100.0)
+            .ratio_target(1.2);
+        assert!(fast.target.as_ref().unwrap().met);
+        // No usable reference: no ratio, target not met.
+        let none = Figure::new("c", "rate", 1.0, "pairs/s", Better::Higher)
+            .against("peer", 0.0)
+            .ratio_target(1.2);
+        assert_eq!(none.ratio, None);
+        assert!(!none.target.as_ref().unwrap().met);
+        let v = Figure::new("d", "inspect", 450.0, "ns", Better::Lower).value_below(1000.0);
+        assert!(v.target.as_ref().unwrap().met);
+        // Detail rows are indented in the table, trimmed in the JSON.
+        let detail = Figure::new("e", "  cpu", 1.0, "us", Better::Lower);
+        assert!(detail.detail);
+        assert_eq!(detail.label, "cpu");
+        let t = table(&[slow, fast, detail]);
+        assert!(
+            t.contains("| latency | 300.0 us | floor 100.0 us | 3.00x | ratio <= 2 (NOT met) |")
+        );
+        assert!(t.contains("| ... cpu |"));
+    }
+}
