@@ -166,6 +166,14 @@ pub struct FrontendOptions {
     pub memtable_follows_mappings: bool,
     /// Guest-physical address of the host-visible window in those memory tables.
     pub shmem_window_gpa: u64,
+    /// Negotiate `VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS` if the backend offers it, and
+    /// then do what QEMU does: `GET_MAX_MEM_SLOTS` at connection, the initial memory as one
+    /// `ADD_MEM_REG` per region instead of `SET_MEM_TABLE`, and after each mapping change
+    /// `REM_MEM_REG` for every region that went away followed by `ADD_MEM_REG` for every new
+    /// one (never the whole table). Default: on, unless `VUG_MEM_SLOTS=0` (or `off`) is set,
+    /// which makes every frontend send whole tables as QEMU does with a backend that does not
+    /// offer the feature.
+    pub configure_mem_slots: bool,
     /// Negotiate `VIRTIO_RING_F_INDIRECT_DESC` and use indirect tables for multi-buffer
     /// chains, as the Linux driver does.
     pub indirect_descriptors: bool,
@@ -186,15 +194,27 @@ impl Default for FrontendOptions {
             display: DisplayConfig::default(),
             memtable_follows_mappings: true,
             shmem_window_gpa: 1 << 32,
+            configure_mem_slots: mem_slots_from_env(),
             indirect_descriptors: true,
             event_idx: true,
         }
     }
 }
 
+/// `VUG_MEM_SLOTS`: `0`, `off`, `no` or `false` turn `CONFIGURE_MEM_SLOTS` off by default.
+fn mem_slots_from_env() -> bool {
+    std::env::var("VUG_MEM_SLOTS").map_or(true, |v| {
+        !matches!(
+            v.trim().to_ascii_lowercase().as_str(),
+            "0" | "off" | "no" | "false"
+        )
+    })
+}
+
 /// Protocol features this frontend implements.
 pub fn supported_protocol_features() -> VhostUserProtocolFeatures {
     VhostUserProtocolFeatures::CONFIG
+        | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
         | VhostUserProtocolFeatures::MQ
         | VhostUserProtocolFeatures::REPLY_ACK
         | VhostUserProtocolFeatures::BACKEND_REQ
@@ -221,6 +241,92 @@ struct Connection {
     requests: Option<BackendRequestServer>,
     display: Option<DisplayServer>,
     config: Vec<u8>,
+    memory: Arc<Mutex<MemoryTable>>,
+}
+
+/// A region as the backend was told about it (what QEMU keeps as its "shadow" regions).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct SentRegion {
+    guest_phys_addr: u64,
+    memory_size: u64,
+    userspace_addr: u64,
+    mmap_offset: u64,
+}
+
+impl SentRegion {
+    fn of(r: &VhostUserMemoryRegionInfo) -> Self {
+        Self {
+            guest_phys_addr: r.guest_phys_addr,
+            memory_size: r.memory_size,
+            userspace_addr: r.userspace_addr,
+            mmap_offset: r.mmap_offset,
+        }
+    }
+}
+
+/// How the frontend tells the backend about its memory, and what it told it so far.
+struct MemoryTable {
+    vu: VuFrontend,
+    /// `Some(max slots)` when `CONFIGURE_MEM_SLOTS` was negotiated.
+    slots: Option<usize>,
+    /// The regions the backend has now (slots mode).
+    sent: Vec<SentRegion>,
+}
+
+impl MemoryTable {
+    /// Brings the backend to `regions`: one `SET_MEM_TABLE`, or (with memory slots) the
+    /// removals, then the additions, each acknowledged when REPLY_ACK is on (QEMU's order).
+    fn update(&mut self, regions: &[VhostUserMemoryRegionInfo]) -> Result<()> {
+        let Some(max) = self.slots else {
+            if regions.len() > MAX_TABLE_REGIONS {
+                return Err(Error::Malformed(format!(
+                    "{} regions: more than a memory table can carry ({MAX_TABLE_REGIONS})",
+                    regions.len()
+                )));
+            }
+            return self
+                .vu
+                .set_mem_table(regions)
+                .map(|_| ())
+                .map_err(Error::vhost("SET_MEM_TABLE"));
+        };
+        if regions.len() > max {
+            return Err(Error::Malformed(format!(
+                "{} regions: more than the backend's {max} memory slots",
+                regions.len()
+            )));
+        }
+        let wanted: Vec<SentRegion> = regions.iter().map(SentRegion::of).collect();
+        let gone: Vec<SentRegion> = self
+            .sent
+            .iter()
+            .filter(|r| !wanted.contains(r))
+            .copied()
+            .collect();
+        for r in gone {
+            let info = VhostUserMemoryRegionInfo {
+                guest_phys_addr: r.guest_phys_addr,
+                memory_size: r.memory_size,
+                userspace_addr: r.userspace_addr,
+                mmap_offset: r.mmap_offset,
+                mmap_handle: -1,
+            };
+            self.vu
+                .remove_mem_region(&info)
+                .map_err(Error::vhost("REM_MEM_REG"))?;
+            self.sent.retain(|s| *s != r);
+        }
+        for (info, r) in regions.iter().zip(&wanted) {
+            if self.sent.contains(r) {
+                continue;
+            }
+            self.vu
+                .add_mem_region(info)
+                .map_err(Error::vhost("ADD_MEM_REG"))?;
+            self.sent.push(*r);
+        }
+        Ok(())
+    }
 }
 
 /// A running backend and the frontend talking to it.
@@ -455,6 +561,9 @@ impl Frontend {
                 .get_protocol_features()
                 .map_err(Error::vhost("GET_PROTOCOL_FEATURES"))?;
             protocol = theirs & supported_protocol_features();
+            if !self.options.configure_mem_slots {
+                protocol.remove(VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS);
+            }
             vu.set_protocol_features(protocol)
                 .map_err(Error::vhost("SET_PROTOCOL_FEATURES"))?;
         }
@@ -469,6 +578,23 @@ impl Frontend {
                 )));
             }
         }
+        let mut slots = None;
+        if protocol.contains(VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS) {
+            let max = vu
+                .get_max_mem_slots()
+                .map_err(Error::vhost("GET_MAX_MEM_SLOTS"))?;
+            if max == 0 {
+                return Err(Error::Malformed(
+                    "GET_MAX_MEM_SLOTS answered 0: no room for guest RAM".into(),
+                ));
+            }
+            slots = Some(usize::try_from(max).unwrap_or(usize::MAX));
+        }
+        let memory = Arc::new(Mutex::new(MemoryTable {
+            vu: vu.clone(),
+            slots,
+            sent: Vec::new(),
+        }));
         let mut region = None;
         let mut requests = None;
         if protocol.contains(VhostUserProtocolFeatures::SHMEM) {
@@ -493,7 +619,7 @@ impl Frontend {
             let hook = self
                 .options
                 .memtable_follows_mappings
-                .then(|| self.memtable_hook(&vu));
+                .then(|| self.memtable_hook(&memory));
             let (server, fd) = BackendRequestServer::start(handler, reply_ack, hook)?;
             vu.set_backend_request_fd(&fd)
                 .map_err(Error::vhost("SET_BACKEND_REQ_FD"))?;
@@ -518,6 +644,7 @@ impl Frontend {
             requests,
             display: None,
             config,
+            memory,
         };
         self.start_device(&mut conn)?;
         self.conn = Some(conn);
@@ -525,8 +652,8 @@ impl Frontend {
     }
 
     /// The memory-table update sent after each mapping change (QEMU's behaviour).
-    fn memtable_hook(&self, vu: &VuFrontend) -> MappingChangeHook {
-        let vu = vu.clone();
+    fn memtable_hook(&self, memory: &Arc<Mutex<MemoryTable>>) -> MappingChangeHook {
+        let memory = memory.clone();
         let ram = self.ram.clone();
         let base = self.options.shmem_window_gpa;
         let errors = self.memtable_errors.clone();
@@ -542,17 +669,18 @@ impl Frontend {
                 mmap_offset: r.fd_offset,
                 mmap_handle: r.fd.as_raw_fd(),
             }));
-            if regions.len() > MAX_TABLE_REGIONS {
+            let mut memory = memory.lock().unwrap_or_else(|p| p.into_inner());
+            if memory.slots.is_none() && regions.len() > MAX_TABLE_REGIONS {
                 log::warn!(
                     "{} regions: memory table not re-sent (limit {MAX_TABLE_REGIONS})",
                     regions.len()
                 );
                 return;
             }
-            match vu.set_mem_table(&regions) {
-                Ok(_) => synced.store(generation, std::sync::atomic::Ordering::Release),
+            match memory.update(&regions) {
+                Ok(()) => synced.store(generation, std::sync::atomic::Ordering::Release),
                 Err(e) => {
-                    let msg = format!("SET_MEM_TABLE with {} mapped blobs: {e}", extra.len());
+                    let msg = format!("memory update with {} mapped blobs: {e}", extra.len());
                     log::warn!("{msg}");
                     errors.lock().unwrap_or_else(|p| p.into_inner()).push(msg);
                 }
@@ -620,9 +748,10 @@ impl Frontend {
         conn.vu
             .set_features(conn.acked_features)
             .map_err(Error::vhost("SET_FEATURES"))?;
-        conn.vu
-            .set_mem_table(&[self.ram.region_info()])
-            .map_err(Error::vhost("SET_MEM_TABLE"))?;
+        conn.memory
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .update(&[self.ram.region_info()])?;
         for q in conn.queues.drain(..) {
             q.release(&self.ram);
         }

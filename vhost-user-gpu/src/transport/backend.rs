@@ -13,8 +13,9 @@
 //!   write, reset, display sink swap) is queued as a [`DeferredOp`] and applied right away if
 //!   the device is idle (`try_lock`), otherwise by the worker as soon as it releases the
 //!   device (it re-checks the queue after every release, so nothing is left behind);
-//! - `update_memory` only stores the new memory handle (QEMU sends a whole new table after
-//!   each `SHMEM_MAP`, so it must be cheap and lock-free with respect to the device).
+//! - `update_memory` only stores the new memory handle (QEMU sends a whole new table, or with
+//!   `CONFIGURE_MEM_SLOTS` one `ADD_MEM_REG`/`REM_MEM_REG`, after each `SHMEM_MAP`/`UNMAP`,
+//!   so it must be cheap and lock-free with respect to the device).
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,7 +30,7 @@ use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
 use virtio_bindings::virtio_config::{VIRTIO_F_RING_RESET, VIRTIO_F_VERSION_1};
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use virtio_queue::QueueOwnedT;
-use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend as _, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
@@ -144,6 +145,8 @@ pub struct GpuBackend {
     deferred: Mutex<Vec<DeferredOp>>,
     config_snapshot: Mutex<[u8; CONFIG_SIZE]>,
     memory: RwLock<Option<GuestMemoryAtomic<GuestMemoryMmap>>>,
+    /// Where the regions of the last memory update are mapped here, to log what changed.
+    mapped_regions: Mutex<Vec<usize>>,
     channel: BackendChannel,
     settings: TransportSettings,
     event_idx: AtomicBool,
@@ -183,6 +186,7 @@ impl GpuBackend {
             deferred: Mutex::new(Vec::new()),
             config_snapshot: Mutex::new(config),
             memory: RwLock::new(None),
+            mapped_regions: Mutex::new(Vec::new()),
             channel,
             settings,
             event_idx: AtomicBool::new(false),
@@ -469,6 +473,11 @@ impl VhostUserBackend for GpuBackend {
             | VhostUserProtocolFeatures::BACKEND_REQ
             | VhostUserProtocolFeatures::BACKEND_SEND_FD
             | VhostUserProtocolFeatures::SHMEM
+            // Lets a frontend add and remove single regions (ADD_MEM_REG / REM_MEM_REG,
+            // handled by vhost-user-backend) instead of re-sending its whole memory table
+            // after every SHMEM_MAP/SHMEM_UNMAP; a frontend that does not take it keeps
+            // sending SET_MEM_TABLE, which works as before.
+            | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
     }
 
     fn reset_device(&self) {
@@ -516,7 +525,18 @@ impl VhostUserBackend for GpuBackend {
     }
 
     fn update_memory(&self, mem: GuestMemoryAtomic<GuestMemoryMmap>) -> io::Result<()> {
-        log::debug!("memory table updated");
+        let now: Vec<usize> = mem.memory().iter().map(|r| r.as_ptr() as usize).collect();
+        let mut before = self
+            .mapped_regions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        log::debug!(
+            "memory updated: {}, {} regions",
+            describe_memory_update(&before, &now),
+            now.len()
+        );
+        *before = now;
+        drop(before);
         *self.memory.write().unwrap_or_else(|e| e.into_inner()) = Some(mem);
         Ok(())
     }
@@ -616,6 +636,24 @@ impl VhostUserBackend for GpuBackend {
         }
         self.drain_deferred_after_release();
         Ok(())
+    }
+}
+
+/// Names the frontend message a memory update came from, told apart by which mappings
+/// survived it: `SET_MEM_TABLE` maps every region anew, `ADD_MEM_REG` keeps all and adds one,
+/// `REM_MEM_REG` keeps all but one.
+fn describe_memory_update(before: &[usize], now: &[usize]) -> String {
+    let kept = now.iter().filter(|a| before.contains(a)).count();
+    let added = now.len() - kept;
+    let removed = before.len() - kept;
+    match (kept, added, removed) {
+        (k, 1, 0) if k > 0 => "ADD_MEM_REG (one region added)".into(),
+        (_, 0, 1) => "REM_MEM_REG (one region removed)".into(),
+        (0, _, _) if before.is_empty() && now.len() == 1 => {
+            "first region (SET_MEM_TABLE or ADD_MEM_REG)".into()
+        }
+        (0, _, _) => "SET_MEM_TABLE (whole table mapped anew)".into(),
+        _ => format!("{added} added, {removed} removed, {kept} kept"),
     }
 }
 
@@ -763,6 +801,30 @@ mod tests {
     }
 
     #[test]
+    fn memory_updates_are_named_by_what_survived() {
+        assert_eq!(
+            describe_memory_update(&[], &[1]),
+            "first region (SET_MEM_TABLE or ADD_MEM_REG)"
+        );
+        assert_eq!(
+            describe_memory_update(&[1], &[1, 2]),
+            "ADD_MEM_REG (one region added)"
+        );
+        assert_eq!(
+            describe_memory_update(&[1, 2], &[1]),
+            "REM_MEM_REG (one region removed)"
+        );
+        assert_eq!(
+            describe_memory_update(&[1, 2], &[3, 4, 5]),
+            "SET_MEM_TABLE (whole table mapped anew)"
+        );
+        assert_eq!(
+            describe_memory_update(&[1, 2], &[1, 3]),
+            "1 added, 1 removed, 1 kept"
+        );
+    }
+
+    #[test]
     fn transport_features_are_offered() {
         let backend = backend();
         let f = backend.features();
@@ -775,5 +837,6 @@ mod tests {
         assert!(proto.contains(
             VhostUserProtocolFeatures::BACKEND_REQ | VhostUserProtocolFeatures::BACKEND_SEND_FD
         ));
+        assert!(proto.contains(VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS));
     }
 }
