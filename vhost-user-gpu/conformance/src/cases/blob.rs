@@ -1205,14 +1205,56 @@ fn host_blob_capture_png(ctx: &Ctx) -> CaseResult {
 /// window are valid descriptors. A 2D resource whose backing lies in a mapped blob: the
 /// device may refuse it (an error response) or use it, but if it answers OK the pixels must
 /// be the blob's bytes; either way it keeps serving, and unmapping it afterwards is safe.
+/// Run twice: the frontend announcing the blob with `ADD_MEM_REG`/`REM_MEM_REG`
+/// (`CONFIGURE_MEM_SLOTS`, what QEMU does when the backend offers it) and with whole
+/// `SET_MEM_TABLE`s (what it does otherwise).
 fn descriptors_into_mapped_blob(ctx: &Ctx) -> CaseResult {
-    let mut fe = spawn(ctx, &[])?;
-    let mut cd = CrossDomain::init(&mut fe)?;
+    for configure_mem_slots in [true, false] {
+        let options = crate::frontend::FrontendOptions {
+            configure_mem_slots,
+            ..Default::default()
+        };
+        let mut fe = ctx
+            .spawn_with_options(&[], options)
+            .map_err(|e| format!("cannot start backend: {e}"))?;
+        let slots = fe
+            .protocol_features()
+            .contains(vhost::vhost_user::VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS);
+        let mode = if slots {
+            "ADD_MEM_REG/REM_MEM_REG"
+        } else {
+            "whole memory tables"
+        };
+        if fe.peer() == crate::frontend::Peer::Ours {
+            ensure(&fe, slots == configure_mem_slots, || {
+                format!("CONFIGURE_MEM_SLOTS negotiated: {slots}, frontend wanted {configure_mem_slots}")
+            })?;
+        }
+        descriptors_into_mapped_blob_with(&mut fe).map_err(|e| format!("{mode}: {e}"))?;
+        // Our backend names each memory update in its debug log: the blob must have come
+        // and gone as single regions, or as whole tables.
+        let log = fe.backend_log();
+        if fe.peer() == crate::frontend::Peer::Ours && log.contains("memory updated:") {
+            let (want, not) = if slots {
+                ("REM_MEM_REG", "SET_MEM_TABLE (whole")
+            } else {
+                ("SET_MEM_TABLE (whole", "ADD_MEM_REG (one")
+            };
+            ensure(&fe, log.contains(want) && !log.contains(not), || {
+                format!("{mode}: backend log should show {want} and no {not}")
+            })?;
+        }
+    }
+    Ok(())
+}
+
+fn descriptors_into_mapped_blob_with(fe: &mut Frontend) -> CaseResult {
+    let mut cd = CrossDomain::init(fe)?;
     let (w, h) = (32u32, 32u32);
-    let reqs = cd.create(&mut fe, 1, w, h, gpu::BLOB_FLAG_MAPPABLE)?;
-    map(&mut fe, 1, 0, reqs.size)?;
+    let reqs = cd.create(fe, 1, w, h, gpu::BLOB_FLAG_MAPPABLE)?;
+    map(fe, 1, 0, reqs.size)?;
     fe.wait_memtable_synced()
-        .map_err(|e| super::ctx_err(&fe, "memory table update", e))?;
+        .map_err(|e| super::ctx_err(fe, "memory table update", e))?;
     let img = bgra_pattern(w, h, 81);
     fe.shmem()
         .ok_or("no region")?
@@ -1220,7 +1262,7 @@ fn descriptors_into_mapped_blob(ctx: &Ctx) -> CaseResult {
         .map_err(|e| e.to_string())?;
     let window = fe.shmem_window_gpa();
     expect(
-        &mut fe,
+        fe,
         "CREATE_2D",
         gpu::resource_create_2d(2, format::B8G8R8A8_UNORM, w, h),
         ty::OK_NODATA,
@@ -1230,53 +1272,53 @@ fn descriptors_into_mapped_blob(ctx: &Ctx) -> CaseResult {
         length: w * h * 4,
     }];
     let r = ctrl(
-        &mut fe,
+        fe,
         "ATTACH_BACKING inside the mapped blob",
         gpu::resource_attach_backing(2, &entry),
     )?;
     if r.ty == ty::OK_NODATA {
         expect(
-            &mut fe,
+            fe,
             "TRANSFER",
             gpu::transfer_to_host_2d(2, Rect::sized(w, h), 0),
             ty::OK_NODATA,
         )?;
         expect(
-            &mut fe,
+            fe,
             "SET_SCANOUT",
             gpu::set_scanout(0, 2, Rect::sized(w, h)),
             ty::OK_NODATA,
         )?;
         expect(
-            &mut fe,
+            fe,
             "FLUSH",
             gpu::resource_flush(2, Rect::sized(w, h)),
             ty::OK_NODATA,
         )?;
-        display_matches(&fe, 0, w, h, &img)?;
+        display_matches(fe, 0, w, h, &img)?;
     } else {
-        ensure(&fe, r.ty >= ty::ERR_UNSPEC, || {
+        ensure(fe, r.ty >= ty::ERR_UNSPEC, || {
             format!("ATTACH_BACKING answered {}", r.name())
         })?;
     }
     expect(
-        &mut fe,
+        fe,
         "UNMAP_BLOB",
         gpu::resource_unmap_blob(CTX, 1),
         ty::OK_NODATA,
     )?;
     fe.wait_memtable_synced()
-        .map_err(|e| super::ctx_err(&fe, "memory table update", e))?;
+        .map_err(|e| super::ctx_err(fe, "memory table update", e))?;
     // Now the backing points at nothing: a transfer must fail cleanly, not crash.
     if r.ty == ty::OK_NODATA {
         let t = ctrl(
-            &mut fe,
+            fe,
             "TRANSFER after the blob was unmapped",
             gpu::transfer_to_host_2d(2, Rect::sized(w, h), 0),
         )?;
-        ensure(&fe, t.ty >= ty::ERR_UNSPEC || t.ty == ty::OK_NODATA, || {
+        ensure(fe, t.ty >= ty::ERR_UNSPEC || t.ty == ty::OK_NODATA, || {
             format!("answered {}", t.name())
         })?;
     }
-    still_serving(&mut fe)
+    still_serving(fe)
 }
