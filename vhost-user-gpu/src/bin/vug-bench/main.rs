@@ -33,6 +33,7 @@ use std::time::Instant;
 
 use clap::Parser;
 use serde_json::json;
+use vhost::vhost_user::VhostUserProtocolFeatures;
 use vug_conformance::frontend::FrontendOptions;
 use vug_conformance::gpu::ty;
 use vug_conformance::{BackendSpec, Frontend, Peer};
@@ -304,9 +305,31 @@ fn run(cli: &Cli) -> Res<()> {
 
 /// (1) Map round trip, ours and the floor; draws the plot, returns its path.
 fn section_map(ctx: &Ctx<'_>, figures: &mut Vec<Figure>) -> Res<PathBuf> {
-    // Ours with QEMU's memory-table behaviour, ours without it, and the floor take turns.
-    let mut fe = spawn(ours_spec(&ctx.ours))?;
+    // Ours with QEMU's memory updates (one ADD_MEM_REG/REM_MEM_REG per change when
+    // CONFIGURE_MEM_SLOTS is negotiated, as QEMU does with our backend), ours with a frontend
+    // re-sending its whole table (QEMU's behaviour without that feature), ours with no memory
+    // updates at all, and the floor take turns.
+    let slots_options = FrontendOptions {
+        configure_mem_slots: true,
+        ..FrontendOptions::default()
+    };
+    let mut fe = Frontend::spawn_with(ours_spec(&ctx.ours), slots_options)?;
+    if !fe
+        .protocol_features()
+        .contains(VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS)
+    {
+        progress(
+            "warning: this backend does not offer CONFIGURE_MEM_SLOTS; the main map rows \
+             measure whole memory tables",
+        );
+    }
     let blob = map::setup_host_blob(&mut fe)?;
+    let table_options = FrontendOptions {
+        configure_mem_slots: false,
+        ..FrontendOptions::default()
+    };
+    let mut table_fe = Frontend::spawn_with(ours_spec(&ctx.ours), table_options)?;
+    let table_blob = map::setup_host_blob(&mut table_fe)?;
     let options = FrontendOptions {
         memtable_follows_mappings: false,
         ..FrontendOptions::default()
@@ -315,17 +338,21 @@ fn section_map(ctx: &Ctx<'_>, figures: &mut Vec<Figure>) -> Res<PathBuf> {
     let bare_blob = map::setup_host_blob(&mut bare_fe)?;
     let rounds = ctx.plan.map_rounds;
     let per_round = ctx.plan.map_pairs.div_ceil(rounds);
-    let (mut ours_map, mut ours_bare, mut floor) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut ours_map, mut ours_table, mut ours_bare, mut floor) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for round in 0..rounds {
         progress(&format!(
-            "map round trip: ours, ours without memory-table re-send, floor; round {}/{rounds}",
+            "map round trip: ours (memory slots), ours (whole tables), ours without memory \
+             updates, floor; round {}/{rounds}",
             round + 1,
         ));
         ours_map.push(map::measure_ours(&mut fe, blob, per_round)?);
+        ours_table.push(map::measure_ours(&mut table_fe, table_blob, per_round)?);
         ours_bare.push(map::measure_ours(&mut bare_fe, bare_blob, per_round)?);
         floor.push(map::measure_floor(per_round)?);
     }
     drop(fe);
+    drop(table_fe);
     drop(bare_fe);
     // Figures: each side's best round (load elsewhere on the machine only ever adds).
     let best = |rounds: &[Samples], q: f64| {
@@ -358,8 +385,28 @@ fn section_map(ctx: &Ctx<'_>, figures: &mut Vec<Figure>) -> Res<PathBuf> {
     );
     figures.push(
         Figure::new(
+            "map.p50_full_table",
+            "  same, p50, frontend re-sending its whole memory table (no CONFIGURE_MEM_SLOTS)",
+            best(&ours_table, 0.5),
+            "us",
+            Better::Lower,
+        )
+        .against("floor", best(&floor, 0.5)),
+    );
+    figures.push(
+        Figure::new(
+            "map.p99_full_table",
+            "  same, p99, frontend re-sending its whole memory table (no CONFIGURE_MEM_SLOTS)",
+            best(&ours_table, 0.99),
+            "us",
+            Better::Lower,
+        )
+        .against("floor", best(&floor, 0.99)),
+    );
+    figures.push(
+        Figure::new(
             "map.p50_no_memtable",
-            "  same, p50, frontend not re-sending its memory table after each map",
+            "  same, p50, frontend sending no memory update after each map",
             best(&ours_bare, 0.5),
             "us",
             Better::Lower,
@@ -369,7 +416,7 @@ fn section_map(ctx: &Ctx<'_>, figures: &mut Vec<Figure>) -> Res<PathBuf> {
     figures.push(
         Figure::new(
             "map.p99_no_memtable",
-            "  same, p99, frontend not re-sending its memory table after each map",
+            "  same, p99, frontend sending no memory update after each map",
             best(&ours_bare, 0.99),
             "us",
             Better::Lower,
@@ -387,8 +434,9 @@ fn section_map(ctx: &Ctx<'_>, figures: &mut Vec<Figure>) -> Res<PathBuf> {
         .against("floor", best_rate(&floor)),
     );
     // The plot: every sample of every round.
-    let (ours_map, ours_bare, floor) = (
+    let (ours_map, ours_table, ours_bare, floor) = (
         Samples::merge(ours_map),
+        Samples::merge(ours_table),
         Samples::merge(ours_bare),
         Samples::merge(floor),
     );
@@ -398,12 +446,17 @@ fn section_map(ctx: &Ctx<'_>, figures: &mut Vec<Figure>) -> Res<PathBuf> {
         "MAP+UNMAP BLOB (1 MIB HOST3D) VS FLOOR",
         &[
             plot::Series {
-                name: "OURS (VIRTQUEUE+DEVICE)",
+                name: "OURS (VIRTQUEUE+DEVICE, MEM SLOTS)",
                 colour: [31, 119, 180],
                 samples: &ours_map,
             },
             plot::Series {
-                name: "OURS, NO MEMTABLE RE-SEND",
+                name: "OURS, WHOLE MEMTABLE RE-SENT",
+                colour: [214, 39, 40],
+                samples: &ours_table,
+            },
+            plot::Series {
+                name: "OURS, NO MEMORY UPDATES",
                 colour: [44, 160, 44],
                 samples: &ours_bare,
             },
