@@ -145,8 +145,9 @@ pub struct GpuBackend {
     deferred: Mutex<Vec<DeferredOp>>,
     config_snapshot: Mutex<[u8; CONFIG_SIZE]>,
     memory: RwLock<Option<GuestMemoryAtomic<GuestMemoryMmap>>>,
-    /// Where the regions of the last memory update are mapped here, to log what changed.
-    mapped_regions: Mutex<Vec<usize>>,
+    /// Where the regions of the last memory update are mapped here, and the kinds of update
+    /// logged at info level so far, to log what changed.
+    mapped_regions: Mutex<(Vec<usize>, Vec<&'static str>)>,
     channel: BackendChannel,
     settings: TransportSettings,
     event_idx: AtomicBool,
@@ -186,7 +187,7 @@ impl GpuBackend {
             deferred: Mutex::new(Vec::new()),
             config_snapshot: Mutex::new(config),
             memory: RwLock::new(None),
-            mapped_regions: Mutex::new(Vec::new()),
+            mapped_regions: Mutex::new((Vec::new(), Vec::new())),
             channel,
             settings,
             event_idx: AtomicBool::new(false),
@@ -526,17 +527,23 @@ impl VhostUserBackend for GpuBackend {
 
     fn update_memory(&self, mem: GuestMemoryAtomic<GuestMemoryMmap>) -> io::Result<()> {
         let now: Vec<usize> = mem.memory().iter().map(|r| r.as_ptr() as usize).collect();
-        let mut before = self
+        let mut state = self
             .mapped_regions
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        log::debug!(
-            "memory updated: {}, {} regions",
-            describe_memory_update(&before, &now),
-            now.len()
-        );
+        let (before, logged) = &mut *state;
+        let kind = describe_memory_update(before, &now);
+        // The first update of each kind at info level (which messages the frontend uses),
+        // every update at debug level (two per mapped blob).
+        let level = if logged.contains(&kind.0) {
+            log::Level::Debug
+        } else {
+            logged.push(kind.0);
+            log::Level::Info
+        };
+        log::log!(level, "memory updated: {}, {} regions", kind.1, now.len());
         *before = now;
-        drop(before);
+        drop(state);
         *self.memory.write().unwrap_or_else(|e| e.into_inner()) = Some(mem);
         Ok(())
     }
@@ -642,18 +649,23 @@ impl VhostUserBackend for GpuBackend {
 /// Names the frontend message a memory update came from, told apart by which mappings
 /// survived it: `SET_MEM_TABLE` maps every region anew, `ADD_MEM_REG` keeps all and adds one,
 /// `REM_MEM_REG` keeps all but one.
-fn describe_memory_update(before: &[usize], now: &[usize]) -> String {
+/// Returns a short kind and the description.
+fn describe_memory_update(before: &[usize], now: &[usize]) -> (&'static str, String) {
     let kept = now.iter().filter(|a| before.contains(a)).count();
     let added = now.len() - kept;
     let removed = before.len() - kept;
     match (kept, added, removed) {
-        (k, 1, 0) if k > 0 => "ADD_MEM_REG (one region added)".into(),
-        (_, 0, 1) => "REM_MEM_REG (one region removed)".into(),
-        (0, _, _) if before.is_empty() && now.len() == 1 => {
-            "first region (SET_MEM_TABLE or ADD_MEM_REG)".into()
-        }
-        (0, _, _) => "SET_MEM_TABLE (whole table mapped anew)".into(),
-        _ => format!("{added} added, {removed} removed, {kept} kept"),
+        (k, 1, 0) if k > 0 => ("add", "ADD_MEM_REG (one region added)".into()),
+        (_, 0, 1) => ("rem", "REM_MEM_REG (one region removed)".into()),
+        (0, _, _) if before.is_empty() && now.len() == 1 => (
+            "first",
+            "first region (SET_MEM_TABLE or ADD_MEM_REG)".into(),
+        ),
+        (0, _, _) => ("table", "SET_MEM_TABLE (whole table mapped anew)".into()),
+        _ => (
+            "other",
+            format!("{added} added, {removed} removed, {kept} kept"),
+        ),
     }
 }
 
@@ -802,26 +814,18 @@ mod tests {
 
     #[test]
     fn memory_updates_are_named_by_what_survived() {
+        let describe = |b: &[usize], n: &[usize]| describe_memory_update(b, n).1;
         assert_eq!(
-            describe_memory_update(&[], &[1]),
+            describe(&[], &[1]),
             "first region (SET_MEM_TABLE or ADD_MEM_REG)"
         );
+        assert_eq!(describe(&[1], &[1, 2]), "ADD_MEM_REG (one region added)");
+        assert_eq!(describe(&[1, 2], &[1]), "REM_MEM_REG (one region removed)");
         assert_eq!(
-            describe_memory_update(&[1], &[1, 2]),
-            "ADD_MEM_REG (one region added)"
-        );
-        assert_eq!(
-            describe_memory_update(&[1, 2], &[1]),
-            "REM_MEM_REG (one region removed)"
-        );
-        assert_eq!(
-            describe_memory_update(&[1, 2], &[3, 4, 5]),
+            describe(&[1, 2], &[3, 4, 5]),
             "SET_MEM_TABLE (whole table mapped anew)"
         );
-        assert_eq!(
-            describe_memory_update(&[1, 2], &[1, 3]),
-            "1 added, 1 removed, 1 kept"
-        );
+        assert_eq!(describe(&[1, 2], &[1, 3]), "1 added, 1 removed, 1 kept");
     }
 
     #[test]
