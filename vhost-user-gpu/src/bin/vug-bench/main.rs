@@ -446,12 +446,12 @@ fn section_map(ctx: &Ctx<'_>, figures: &mut Vec<Figure>) -> Res<PathBuf> {
         "MAP+UNMAP BLOB (1 MIB HOST3D) VS FLOOR",
         &[
             plot::Series {
-                name: "OURS (VIRTQUEUE+DEVICE, MEM SLOTS)",
+                name: "OURS (MEMORY SLOTS, AS QEMU NOW)",
                 colour: [31, 119, 180],
                 samples: &ours_map,
             },
             plot::Series {
-                name: "OURS, WHOLE MEMTABLE RE-SENT",
+                name: "OURS, WHOLE MEMORY TABLES",
                 colour: [214, 39, 40],
                 samples: &ours_table,
             },

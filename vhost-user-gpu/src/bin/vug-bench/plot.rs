@@ -246,7 +246,7 @@ pub fn write_cdf(path: &Path, title: &str, series: &[Series<'_>]) -> std::io::Re
             prev = (x, y);
         }
         // Legend.
-        let ly = TOP as i64 + ph as i64 - 60 + i as i64 * 22;
+        let ly = TOP as i64 + ph as i64 - 16 - (series.len() - i) as i64 * 22;
         let lx = (W - RIGHT) as i64 - 370;
         c.line((lx, ly + 6), (lx + 30, ly + 6), s.colour, 3);
         c.text(lx + 40, ly, s.name, BLACK, 2);
