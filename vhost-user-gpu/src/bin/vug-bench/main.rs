@@ -446,7 +446,7 @@ fn section_map(ctx: &Ctx<'_>, figures: &mut Vec<Figure>) -> Res<PathBuf> {
         "MAP+UNMAP BLOB (1 MIB HOST3D) VS FLOOR",
         &[
             plot::Series {
-                name: "OURS (MEMORY SLOTS, AS QEMU NOW)",
+                name: "OURS, MEMORY SLOTS (AS QEMU)",
                 colour: [31, 119, 180],
                 samples: &ours_map,
             },
