@@ -8,7 +8,7 @@ import re
 import sys
 
 PEERS = ["ours", "QEMU", "vhost-device-gpu"]
-AREAS = ["2d", "blob", "ctx", "queue", "cli"]
+AREAS = ["2d", "blob", "ctx", "queue", "cli", "hostile", "stale", "limits", "soak", "disconnect", "sandbox"]
 
 
 def parse(path):
