@@ -179,6 +179,11 @@ pub struct FrontendOptions {
     pub indirect_descriptors: bool,
     /// Negotiate `VIRTIO_RING_F_EVENT_IDX` and drive `used_event`, as the Linux driver does.
     pub event_idx: bool,
+    /// Give the backend QEMU's display channel (`VHOST_USER_GPU_SET_SOCKET` with a display
+    /// socket this frontend answers), as QEMU's `vhost-user-gpu-pci` does. Off: no display
+    /// channel at all, as QEMU's generic `vhost-user-test-device-pci` and crosvm do; then
+    /// [`Frontend::display`] is `None`. Default: on.
+    pub display_channel: bool,
 }
 
 impl Default for FrontendOptions {
@@ -197,6 +202,7 @@ impl Default for FrontendOptions {
             configure_mem_slots: mem_slots_from_env(),
             indirect_descriptors: true,
             event_idx: true,
+            display_channel: true,
         }
     }
 }
@@ -728,12 +734,17 @@ impl Frontend {
             .clone()
     }
 
-    /// What QEMU does when the device starts: display socket, features, memory, vrings.
+    /// What QEMU does when the device starts: display socket (if `display_channel`), features,
+    /// memory, vrings.
     fn start_device(&self, conn: &mut Connection) -> Result<()> {
-        let (display, theirs) = DisplayServer::start(self.options.display.clone())?;
-        send_gpu_set_socket(&mut conn.raw, &theirs, conn.protocol)?;
-        drop(theirs);
-        conn.display = Some(display);
+        if self.options.display_channel {
+            let (display, theirs) = DisplayServer::start(self.options.display.clone())?;
+            send_gpu_set_socket(&mut conn.raw, &theirs, conn.protocol)?;
+            drop(theirs);
+            conn.display = Some(display);
+        } else {
+            conn.display = None;
+        }
 
         let mut wanted = VIRTIO_F_VERSION_1
             | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()

@@ -11,7 +11,8 @@
 //!    pairs/s, against the floor: the same backend-request round trips and mmaps from a
 //!    process without device logic;
 //! 2. 2D command cycles/s against QEMU's backend; GET_DISPLAY_INFO pairs/s at queue depth 1
-//!    and 64 against QEMU's backend and vhost-device-gpu 0.2.0;
+//!    and 64 against QEMU's backend and vhost-device-gpu 0.2.0, ours without a display channel
+//!    (like for like with vhost-device-gpu's null mode; the target) and with QEMU's;
 //! 3. TRANSFER_TO_HOST_2D GiB/s from scattered 4 KiB pages against a plain copy;
 //! 4. dmabuf-info first and repeated inspect;
 //! 5. backend RSS idle and with 10,000 small resources.
@@ -34,11 +35,12 @@ use std::time::Instant;
 use clap::Parser;
 use serde_json::json;
 use vhost::vhost_user::VhostUserProtocolFeatures;
+use vug_conformance::display::DisplayConfig;
 use vug_conformance::frontend::FrontendOptions;
-use vug_conformance::gpu::ty;
 use vug_conformance::{BackendSpec, Frontend, Peer};
 
 use crate::peers::PeerState;
+use crate::queue::DisplayAnswer;
 use crate::report::{Better, Figure, Samples};
 
 /// Errors of the bench (printed, then exit status 1).
@@ -492,20 +494,41 @@ struct QueueRun {
     name: &'static str,
     fe: Result<Frontend, String>,
     rates: QueueRates,
-    /// vhost-device-gpu's null mode answers OK_NODATA to everything and creates nothing.
-    null_mode: bool,
+    /// Only GET_DISPLAY_INFO is measured (no 2D cycles): vhost-device-gpu's null mode, which
+    /// creates nothing, and ours without a display channel.
+    transport_only: bool,
+    /// What every GET_DISPLAY_INFO answer must be.
+    want: DisplayAnswer,
 }
 
-/// (2) 2D cycles against QEMU; GET_DISPLAY_INFO at depth 1 and 64 against both peers. The
-/// backends take turns, round after round, and each keeps its best round, so that load from
-/// elsewhere on the machine hits all of them alike.
+/// The scanout-0 mode the conformance frontend's display reports (QEMU's display channel).
+fn display_mode() -> DisplayAnswer {
+    let (w, h) = DisplayConfig::default()
+        .outputs
+        .first()
+        .copied()
+        .unwrap_or((1024, 768));
+    DisplayAnswer::Mode(w, h)
+}
+
+/// The mode ours is configured with in the no-display run (`--resolution`), which it must
+/// answer with when there is no display to ask.
+const OURS_RESOLUTION: (u32, u32) = (1280, 800);
+
+/// (2) 2D cycles against QEMU; GET_DISPLAY_INFO at depth 1 and 64 against both peers, for ours
+/// with QEMU's display channel (QEMU 10's vhost-user-gpu-pci) and without one (QEMU 11.1's
+/// generic vhost-user-test-device-pci, crosvm). The backends take turns, round after round,
+/// and each keeps its best round, so that load from elsewhere on the machine hits all of them
+/// alike.
 fn section_queue(ctx: &Ctx<'_>, figures: &mut Vec<Figure>) -> Res<()> {
     let plan = &ctx.plan;
     let mut runs = vec![QueueRun {
         name: "ours",
         fe: Ok(spawn(ours_spec(&ctx.ours))?),
         rates: QueueRates::default(),
-        null_mode: false,
+        transport_only: false,
+        // QEMU's display answers, and its modes win.
+        want: display_mode(),
     }];
     for (name, state, peer) in [
         ("qemu", ctx.qemu, Peer::Qemu),
@@ -515,19 +538,43 @@ fn section_queue(ctx: &Ctx<'_>, figures: &mut Vec<Figure>) -> Res<()> {
             Some(p) => spawn(peer_spec(p, peer)).map_err(|e| format!("{name} did not start: {e}")),
             None => Err(missing(state, name)),
         };
+        let null_mode = peer == Peer::VhostDeviceGpu;
         runs.push(QueueRun {
             name,
             fe,
             rates: QueueRates::default(),
-            null_mode: peer == Peer::VhostDeviceGpu,
+            transport_only: null_mode,
+            want: if null_mode {
+                DisplayAnswer::Any
+            } else {
+                display_mode()
+            },
         });
     }
-    let want = Some(ty::OK_DISPLAY_INFO);
+    // Ours with no display channel: answers from its configured modes.
+    let (w, h) = OURS_RESOLUTION;
+    let no_display = FrontendOptions {
+        display_channel: false,
+        ..FrontendOptions::default()
+    };
+    let spec = ours_spec(&ctx.ours).with_args(["--resolution".to_string(), format!("{w}x{h}")]);
+    runs.push(QueueRun {
+        name: "ours, no display channel",
+        fe: Ok(Frontend::spawn_with(spec, no_display)?),
+        rates: QueueRates::default(),
+        transport_only: true,
+        want: DisplayAnswer::Mode(w, h),
+    });
     for round in 0..plan.rounds {
         for run in runs.iter_mut() {
             let Ok(fe) = run.fe.as_mut() else { continue };
             progress(&format!(
-                "2D cycles and GET_DISPLAY_INFO, {}, round {}/{}",
+                "{}, {}, round {}/{}",
+                if run.transport_only {
+                    "GET_DISPLAY_INFO"
+                } else {
+                    "2D cycles and GET_DISPLAY_INFO"
+                },
                 run.name,
                 round + 1,
                 plan.rounds
@@ -535,7 +582,7 @@ fn section_queue(ctx: &Ctx<'_>, figures: &mut Vec<Figure>) -> Res<()> {
             let r = (|| -> Res<QueueRates> {
                 let pid = fe.backend_pid().ok_or("no backend pid")?;
                 let cpu_before = host::cpu_ns(pid)?;
-                let cycles = if run.null_mode {
+                let cycles = if run.transport_only {
                     0.0
                 } else {
                     queue::two_d_cycles(fe, plan.cycles)?
@@ -543,12 +590,11 @@ fn section_queue(ctx: &Ctx<'_>, figures: &mut Vec<Figure>) -> Res<()> {
                 let cpu = (host::cpu_ns(pid)? - cpu_before) as f64;
                 let warmup = (plan.cycles / 10).max(10);
                 let cpu_per_cycle = cpu / (plan.cycles + warmup) as f64;
-                let want = if run.null_mode { None } else { want };
                 Ok(QueueRates {
                     cycles,
                     cpu_per_cycle,
-                    d1: queue::display_info_rate(fe, 1, plan.display_pairs, want)?,
-                    d64: queue::display_info_rate(fe, 64, plan.display_pairs, want)?,
+                    d1: queue::display_info_rate(fe, 1, plan.display_pairs, run.want)?,
+                    d64: queue::display_info_rate(fe, 64, plan.display_pairs, run.want)?,
                 })
             })();
             match r {
@@ -562,12 +608,16 @@ fn section_queue(ctx: &Ctx<'_>, figures: &mut Vec<Figure>) -> Res<()> {
                     run.rates.d1 = run.rates.d1.max(r.d1);
                     run.rates.d64 = run.rates.d64.max(r.d64);
                 }
-                Err(e) if run.name == "ours" => return Err(e),
+                Err(e) if run.name.starts_with("ours") => {
+                    return Err(format!("{}: {e}", run.name).into())
+                }
                 Err(e) => run.fe = Err(format!("{} run failed: {e}", run.name)),
             }
         }
     }
     let ours = runs[0].rates;
+    let ours_bare = runs[3].rates;
+    let peers = &runs[1..3];
     let cycles = Figure::new(
         "2d.cycles",
         "2D cycles (CREATE_2D 64x64+ATTACH+TRANSFER+FLUSH+UNREF), depth 1",
@@ -575,9 +625,9 @@ fn section_queue(ctx: &Ctx<'_>, figures: &mut Vec<Figure>) -> Res<()> {
         "cycles/s",
         Better::Higher,
     );
-    figures.push(match &runs[1].fe {
+    figures.push(match &peers[0].fe {
         Ok(_) => cycles
-            .against("qemu", runs[1].rates.cycles)
+            .against("qemu", peers[0].rates.cycles)
             .ratio_target(1.5),
         Err(why) => cycles.note(why.clone()),
     });
@@ -588,22 +638,30 @@ fn section_queue(ctx: &Ctx<'_>, figures: &mut Vec<Figure>) -> Res<()> {
         "us",
         Better::Lower,
     );
-    figures.push(match &runs[1].fe {
-        Ok(_) => cpu.against("qemu", runs[1].rates.cpu_per_cycle / 1000.0),
+    figures.push(match &peers[0].fe {
+        Ok(_) => cpu.against("qemu", peers[0].rates.cpu_per_cycle / 1000.0),
         Err(why) => cpu.note(why.clone()),
     });
     for depth in [1usize, 64] {
         let pick = |r: &QueueRates| if depth == 1 { r.d1 } else { r.d64 };
-        let fastest = runs[1..]
+        let fastest = peers
             .iter()
             .filter(|r| r.fe.is_ok())
             .max_by(|a, b| pick(&a.rates).total_cmp(&pick(&b.rates)))
             .map(|r| r.name);
-        for run in &runs[1..] {
+        // Like for like (the target): ours without a display channel, as vhost-device-gpu's
+        // null mode has none either. QEMU's backend always has its display channel.
+        for run in peers {
             let f = Figure::new(
-                &format!("transport.depth{depth}.vs_{}", run.name.replace('-', "_")),
-                &format!("GET_DISPLAY_INFO pairs/s, depth {depth}, vs {}", run.name),
-                pick(&ours),
+                &format!(
+                    "transport.no_display.depth{depth}.vs_{}",
+                    run.name.replace('-', "_")
+                ),
+                &format!(
+                    "GET_DISPLAY_INFO pairs/s, depth {depth}, ours without display channel, vs {}",
+                    run.name
+                ),
+                pick(&ours_bare),
                 "pairs/s",
                 Better::Higher,
             );
@@ -616,6 +674,25 @@ fn section_queue(ctx: &Ctx<'_>, figures: &mut Vec<Figure>) -> Res<()> {
                         f
                     }
                 }
+                Err(why) => f.note(why.clone()),
+            });
+        }
+        // Ours with QEMU 10's display channel: one display round trip per batch (what
+        // vhost-user-gpu-pci costs); no target, vhost-device-gpu's null mode never asks a
+        // display.
+        for run in peers {
+            let f = Figure::new(
+                &format!("transport.depth{depth}.vs_{}", run.name.replace('-', "_")),
+                &format!(
+                    "  GET_DISPLAY_INFO pairs/s, depth {depth}, ours with QEMU's display channel, vs {}",
+                    run.name
+                ),
+                pick(&ours),
+                "pairs/s",
+                Better::Higher,
+            );
+            figures.push(match &run.fe {
+                Ok(_) => f.against(run.name, pick(&run.rates)),
                 Err(why) => f.note(why.clone()),
             });
         }

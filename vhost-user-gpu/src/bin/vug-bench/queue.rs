@@ -36,17 +36,46 @@ pub fn pipelined(
     Ok(start.elapsed())
 }
 
-/// GET_DISPLAY_INFO request/response pairs per second at queue depth `depth`. `want` is the
-/// response type to insist on (`None` for vhost-device-gpu's null mode, which answers
-/// OK_NODATA to everything: only the transport is measured there).
-pub fn display_info_rate(fe: &mut Frontend, depth: usize, n: usize, want: Option<u32>) -> Res<f64> {
-    let bytes = gpu::get_display_info().into_bytes();
-    let check = |r: &Resp| -> Res<()> {
-        if let Some(t) = want {
-            r.expect(t)?;
+/// What a GET_DISPLAY_INFO answer must be for a pair to count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DisplayAnswer {
+    /// `OK_DISPLAY_INFO` with scanout 0 enabled at this size (width, height).
+    Mode(u32, u32),
+    /// Anything: vhost-device-gpu's null mode answers OK_NODATA to every command, so only
+    /// its transport is measured.
+    Any,
+}
+
+impl DisplayAnswer {
+    /// Fails unless `r` is the answer wanted.
+    pub fn check(self, r: &Resp) -> Res<()> {
+        let DisplayAnswer::Mode(width, height) = self else {
+            return Ok(());
+        };
+        r.expect(ty::OK_DISPLAY_INFO)?;
+        // Scanout 0: x, y, width, height, enabled, flags.
+        let got = (r.body_u32(8)?, r.body_u32(12)?, r.body_u32(16)?);
+        if got != (width, height, 1) {
+            return Err(format!(
+                "OK_DISPLAY_INFO scanout 0: {}x{} enabled={}, expected {width}x{height} enabled",
+                got.0, got.1, got.2
+            )
+            .into());
         }
         Ok(())
-    };
+    }
+}
+
+/// GET_DISPLAY_INFO request/response pairs per second at queue depth `depth`; every response
+/// is checked against `want` (a wrong answer fails the run instead of being counted).
+pub fn display_info_rate(
+    fe: &mut Frontend,
+    depth: usize,
+    n: usize,
+    want: DisplayAnswer,
+) -> Res<f64> {
+    let bytes = gpu::get_display_info().into_bytes();
+    let check = |r: &Resp| want.check(r);
     // Warm-up.
     pipelined(fe, depth, (n / 10).max(depth), |_| bytes.clone(), check)?;
     let wall = pipelined(fe, depth, n, |_| bytes.clone(), check)?;
@@ -224,6 +253,36 @@ pub fn many_resources(fe: &mut Frontend, n: usize, first_id: u32) -> Res<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn display_info(ty: u32, width: u32, height: u32, enabled: u32) -> Resp {
+        let mut b = vec![0u8; 24 + 16 * 24];
+        b[0..4].copy_from_slice(&ty.to_le_bytes());
+        b[24 + 8..24 + 12].copy_from_slice(&width.to_le_bytes());
+        b[24 + 12..24 + 16].copy_from_slice(&height.to_le_bytes());
+        b[24 + 16..24 + 20].copy_from_slice(&enabled.to_le_bytes());
+        Resp::parse(&b).unwrap()
+    }
+
+    #[test]
+    fn display_answers_are_checked() {
+        let want = DisplayAnswer::Mode(1280, 800);
+        assert!(want
+            .check(&display_info(ty::OK_DISPLAY_INFO, 1280, 800, 1))
+            .is_ok());
+        // Wrong size, disabled output, wrong response type: not counted.
+        assert!(want
+            .check(&display_info(ty::OK_DISPLAY_INFO, 1024, 768, 1))
+            .is_err());
+        assert!(want
+            .check(&display_info(ty::OK_DISPLAY_INFO, 1280, 800, 0))
+            .is_err());
+        assert!(want
+            .check(&display_info(ty::OK_NODATA, 1280, 800, 1))
+            .is_err());
+        assert!(DisplayAnswer::Any
+            .check(&display_info(ty::OK_NODATA, 0, 0, 0))
+            .is_ok());
+    }
 
     #[test]
     fn shuffled_is_a_scrambled_permutation() {
