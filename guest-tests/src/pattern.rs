@@ -34,6 +34,20 @@ impl Image {
         self.pixels.get(index).copied()
     }
 
+    /// How many pixel rows have at least one pixel that differs from the
+    /// background (taken from the bottom-right corner). A text cursor lights
+    /// one or two rows; a line of console text in an 8x16 font about ten.
+    pub fn lit_rows(&self) -> usize {
+        let Some(background) = self.pixels.last().copied() else {
+            return 0;
+        };
+        let width = self.width.max(1) as usize;
+        self.pixels
+            .chunks(width)
+            .filter(|row| row.iter().any(|&p| p != background))
+            .count()
+    }
+
     /// How many different colours the image has (capped at 16).
     pub fn distinct_colors(&self) -> usize {
         let mut seen: Vec<u32> = Vec::new();
@@ -137,7 +151,28 @@ mod tests {
         mirrored.pixels.reverse();
         assert!(check(&mirrored).is_err());
         assert_eq!(blank.distinct_colors(), 1);
+        assert_eq!(blank.lit_rows(), 0);
         assert_eq!(drawn(64, 32).distinct_colors(), 4);
+    }
+
+    #[test]
+    fn a_cursor_lights_few_rows_and_text_many() {
+        let (w, h) = (64u32, 48u32);
+        let mut screen = Image {
+            width: w,
+            height: h,
+            pixels: vec![0; (w * h) as usize],
+        };
+        // A cursor: one underline at the top left.
+        for x in 0..8 {
+            screen.pixels[(13 * w + x) as usize] = 0xaaaaaa;
+        }
+        assert_eq!(screen.lit_rows(), 1);
+        // Two "lines of text": glyph rows 2..12 and 18..28 lit here and there.
+        for y in (2..12).chain(18..28) {
+            screen.pixels[(y * w + 5 + y % 7) as usize] = 0xaaaaaa;
+        }
+        assert_eq!(screen.lit_rows(), 21);
     }
 
     #[test]
