@@ -1283,18 +1283,7 @@ fn descriptors_into_mapped_blob_with(fe: &mut Frontend) -> CaseResult {
             gpu::transfer_to_host_2d(2, Rect::sized(w, h), 0),
             ty::OK_NODATA,
         )?;
-        expect(
-            fe,
-            "SET_SCANOUT",
-            gpu::set_scanout(0, 2, Rect::sized(w, h)),
-            ty::OK_NODATA,
-        )?;
-        expect(
-            fe,
-            "FLUSH",
-            gpu::resource_flush(2, Rect::sized(w, h)),
-            ty::OK_NODATA,
-        )?;
+        super::two_d::show_on_scanout_0(fe, 2, w, h)?;
         display_matches(fe, 0, w, h, &img)?;
     } else {
         ensure(fe, r.ty >= ty::ERR_UNSPEC, || {

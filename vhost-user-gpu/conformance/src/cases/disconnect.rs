@@ -20,7 +20,7 @@ use super::limits::backend_rss;
 use super::two_d::create_filled;
 use super::{bgra_pattern, expect, still_serving, Case, CaseResult, Ctx, Need};
 use crate::frontend::{Frontend, FrontendOptions, CONTROL_QUEUE};
-use crate::gpu::{self, features, format, ty, Rect};
+use crate::gpu::{self, features, format, ty};
 use crate::proc_stats::ProcStats;
 use crate::Peer;
 
@@ -110,18 +110,7 @@ fn leave_state_behind(fe: &mut Frontend) -> Result<CrossDomain, String> {
     map(fe, 10, 0, reqs.size)?;
     let img = bgra_pattern(32, 32, 5);
     create_filled(fe, 1, 32, 32, &img)?;
-    expect(
-        fe,
-        "SET_SCANOUT",
-        gpu::set_scanout(0, 1, Rect::sized(32, 32)),
-        ty::OK_NODATA,
-    )?;
-    expect(
-        fe,
-        "RESOURCE_FLUSH",
-        gpu::resource_flush(1, Rect::sized(32, 32)),
-        ty::OK_NODATA,
-    )?;
+    super::two_d::show_on_scanout_0(fe, 1, 32, 32)?;
     Ok(cd)
 }
 
@@ -290,18 +279,7 @@ fn survives_disconnects(ctx: &Ctx) -> CaseResult {
     map(&mut fe, 10, 0, reqs.size)?;
     let img = bgra_pattern(32, 32, 6);
     create_filled(&mut fe, 1, 32, 32, &img)?;
-    expect(
-        &mut fe,
-        "SET_SCANOUT",
-        gpu::set_scanout(0, 1, Rect::sized(32, 32)),
-        ty::OK_NODATA,
-    )?;
-    expect(
-        &mut fe,
-        "RESOURCE_FLUSH",
-        gpu::resource_flush(1, Rect::sized(32, 32)),
-        ty::OK_NODATA,
-    )?;
+    super::two_d::show_on_scanout_0(&mut fe, 1, 32, 32)?;
     super::two_d::display_matches(&fe, 0, 32, 32, &img)?;
     still_serving(&mut fe)
 }

@@ -9,7 +9,7 @@ use super::blob::{map, no_leaks, CrossDomain, CTX};
 use super::two_d::create_filled;
 use super::{bgra_pattern, ensure, expect, still_serving, Case, CaseResult, Ctx, Need};
 use crate::frontend::Frontend;
-use crate::gpu::{self, features, ty, Rect};
+use crate::gpu::{self, features, ty};
 
 pub(super) fn cases() -> Vec<Case> {
     vec![
@@ -87,18 +87,7 @@ fn confined_by_default(ctx: &Ctx) -> CaseResult {
     let (w, h) = (32u32, 24u32);
     let img = bgra_pattern(w, h, 77);
     create_filled(&mut fe, 1, w, h, &img)?;
-    expect(
-        &mut fe,
-        "SET_SCANOUT",
-        gpu::set_scanout(0, 1, Rect::sized(w, h)),
-        ty::OK_NODATA,
-    )?;
-    expect(
-        &mut fe,
-        "RESOURCE_FLUSH",
-        gpu::resource_flush(1, Rect::sized(w, h)),
-        ty::OK_NODATA,
-    )?;
+    super::two_d::show_on_scanout_0(&mut fe, 1, w, h)?;
     super::two_d::display_matches(&fe, 0, w, h, &img)?;
     let png = dir.path().join("scanout-0.png");
     let deadline = std::time::Instant::now() + super::DISPLAY_WAIT;

@@ -257,18 +257,7 @@ fn two_d_cycles(ctx: &Ctx) -> CaseResult {
             gpu::transfer_to_host_2d(id, Rect::sized(w, h), 0),
             ty::OK_NODATA,
         )?;
-        expect(
-            &mut fe,
-            "SET_SCANOUT",
-            gpu::set_scanout(0, id, Rect::sized(w, h)),
-            ty::OK_NODATA,
-        )?;
-        expect(
-            &mut fe,
-            "RESOURCE_FLUSH",
-            gpu::resource_flush(id, Rect::sized(w, h)),
-            ty::OK_NODATA,
-        )?;
+        super::two_d::show_on_scanout_0(&mut fe, id, w, h)?;
         expect(
             &mut fe,
             "RESOURCE_UNREF (scanned out)",

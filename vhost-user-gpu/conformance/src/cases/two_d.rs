@@ -187,6 +187,25 @@ impl Backing {
     }
 }
 
+/// SET_SCANOUT of scanout 0 to the whole `w`x`h` resource `id`, then RESOURCE_FLUSH of
+/// it; both must answer OK_NODATA.
+pub(crate) fn show_on_scanout_0(fe: &mut Frontend, id: u32, w: u32, h: u32) -> CaseResult {
+    let rect = Rect::sized(w, h);
+    expect(
+        fe,
+        "SET_SCANOUT",
+        gpu::set_scanout(0, id, rect),
+        ty::OK_NODATA,
+    )?;
+    expect(
+        fe,
+        "RESOURCE_FLUSH",
+        gpu::resource_flush(id, rect),
+        ty::OK_NODATA,
+    )?;
+    Ok(())
+}
+
 /// CREATE_2D + ATTACH_BACKING + write `pixels` + TRANSFER of the whole resource.
 pub(crate) fn create_filled(
     fe: &mut Frontend,
@@ -330,18 +349,7 @@ fn scanout_flush_shows_pixels(ctx: &Ctx) -> CaseResult {
     let (w, h) = (64u32, 48u32);
     let mut image = bgra_pattern(w, h, 1);
     let backing = create_filled(&mut fe, 1, w, h, &image)?;
-    expect(
-        &mut fe,
-        "SET_SCANOUT",
-        gpu::set_scanout(0, 1, Rect::sized(w, h)),
-        ty::OK_NODATA,
-    )?;
-    expect(
-        &mut fe,
-        "RESOURCE_FLUSH",
-        gpu::resource_flush(1, Rect::sized(w, h)),
-        ty::OK_NODATA,
-    )?;
+    show_on_scanout_0(&mut fe, 1, w, h)?;
     display_matches(&fe, 0, w, h, &image)?;
 
     // A partial update: new pixels in a sub-rectangle, transferred with the right offset.
@@ -852,18 +860,7 @@ fn multi_descriptor_chains(ctx: &Ctx) -> CaseResult {
         gpu::transfer_to_host_2d(3, Rect::sized(w, h), 0),
         ty::OK_NODATA,
     )?;
-    expect(
-        &mut fe,
-        "SET_SCANOUT",
-        gpu::set_scanout(0, 3, Rect::sized(w, h)),
-        ty::OK_NODATA,
-    )?;
-    expect(
-        &mut fe,
-        "FLUSH",
-        gpu::resource_flush(3, Rect::sized(w, h)),
-        ty::OK_NODATA,
-    )?;
+    show_on_scanout_0(&mut fe, 3, w, h)?;
     display_matches(&fe, 0, w, h, &img)
 }
 
@@ -893,18 +890,7 @@ fn queue_depth(ctx: &Ctx) -> CaseResult {
 fn cycle(fe: &mut Frontend, id: u32) -> CaseResult {
     let img = bgra_pattern(128, 128, id);
     let b = create_filled(fe, id, 128, 128, &img)?;
-    expect(
-        fe,
-        "SET_SCANOUT",
-        gpu::set_scanout(0, id, Rect::sized(128, 128)),
-        ty::OK_NODATA,
-    )?;
-    expect(
-        fe,
-        "FLUSH",
-        gpu::resource_flush(id, Rect::sized(128, 128)),
-        ty::OK_NODATA,
-    )?;
+    show_on_scanout_0(fe, id, 128, 128)?;
     expect(
         fe,
         "SET_SCANOUT off",
@@ -963,18 +949,7 @@ fn display_protocol_is_clean(ctx: &Ctx) -> CaseResult {
     let mut fe = spawn(ctx)?;
     let img = bgra_pattern(40, 30, 51);
     create_filled(&mut fe, 1, 40, 30, &img)?;
-    expect(
-        &mut fe,
-        "SET_SCANOUT",
-        gpu::set_scanout(0, 1, Rect::sized(40, 30)),
-        ty::OK_NODATA,
-    )?;
-    expect(
-        &mut fe,
-        "FLUSH",
-        gpu::resource_flush(1, Rect::sized(40, 30)),
-        ty::OK_NODATA,
-    )?;
+    show_on_scanout_0(&mut fe, 1, 40, 30)?;
     display_matches(&fe, 0, 40, 30, &img)?;
     fe.cursor(gpu::update_cursor(0, 1, 1, 0, (0, 0)))
         .map_err(|e| ctx_err(&fe, "UPDATE_CURSOR (hide)", e))?;
@@ -1098,18 +1073,7 @@ fn every_format(ctx: &Ctx) -> CaseResult {
             gpu::transfer_to_host_2d(id, Rect::sized(w, h), 0),
             ty::OK_NODATA,
         )?;
-        expect(
-            &mut fe,
-            "SET_SCANOUT",
-            gpu::set_scanout(0, id, Rect::sized(w, h)),
-            ty::OK_NODATA,
-        )?;
-        expect(
-            &mut fe,
-            "FLUSH",
-            gpu::resource_flush(id, Rect::sized(w, h)),
-            ty::OK_NODATA,
-        )?;
+        show_on_scanout_0(&mut fe, id, w, h)?;
         // Expected: BGRA bytes of the same colours.
         let bgra: Vec<u8> = bytes
             .chunks(4)
