@@ -4,7 +4,8 @@ use std::fmt;
 use std::sync::Arc;
 
 /// What kind of descriptor was inspected.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum BufferKind {
     /// A dma-buf (`fstatfs` magic `DMA_BUF_MAGIC`).
     DmaBuf,
@@ -29,7 +30,8 @@ impl fmt::Display for BufferKind {
 }
 
 /// The CPU cache attribute of the buffer's mmap.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum CacheAttr {
     /// Write-back cached.
     Cached,
@@ -79,7 +81,8 @@ impl fmt::Display for CacheAttr {
 }
 
 /// Whether CPU access must be bracketed with `DMA_BUF_IOCTL_SYNC` to be coherent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum NeedsSync {
     /// Coherent without SYNC.
     No,
@@ -120,7 +123,8 @@ impl fmt::Display for NeedsSync {
 }
 
 /// Which value set of the proposed `DMA_BUF_IOCTL_INFO` a kernel carries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum KernelAbi {
     /// 2022-07-29 posting: `DMA_BUF_INFO_VM_PROT`, values WC 0, CACHED 1.
     V1,
@@ -140,7 +144,8 @@ impl KernelAbi {
 }
 
 /// A DRM driver with a query ioctl this crate knows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Driver {
     /// msm `DRM_IOCTL_MSM_GEM_INFO` + `MSM_INFO_GET_FLAGS`.
     Msm,
@@ -217,6 +222,68 @@ impl fmt::Display for Source {
             Source::Memfd => f.write_str("memfd"),
             Source::Default => f.write_str("default"),
         }
+    }
+}
+
+/// The kind of a [`Source`], without its detail (for JSON and the C ABI).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SourceKind {
+    /// [`Source::KernelIoctl`].
+    KernelIoctl,
+    /// [`Source::DriverIoctl`].
+    DriverIoctl,
+    /// [`Source::ExporterTable`].
+    ExporterTable,
+    /// [`Source::ConfigQuirk`].
+    ConfigQuirk,
+    /// [`Source::Memfd`].
+    Memfd,
+    /// [`Source::Default`].
+    Default,
+}
+
+impl Source {
+    /// The kind of source.
+    pub fn kind(&self) -> SourceKind {
+        match self {
+            Source::KernelIoctl(_) => SourceKind::KernelIoctl,
+            Source::DriverIoctl(_) => SourceKind::DriverIoctl,
+            Source::ExporterTable => SourceKind::ExporterTable,
+            Source::ConfigQuirk(_) => SourceKind::ConfigQuirk,
+            Source::Memfd => SourceKind::Memfd,
+            Source::Default => SourceKind::Default,
+        }
+    }
+
+    /// The detail: the value set (`v1`, `v2`), the driver (`i915`, ...) or the quirk's name
+    /// pattern; `None` for the other kinds.
+    pub fn detail(&self) -> Option<&str> {
+        match self {
+            Source::KernelIoctl(abi) => Some(abi.as_str()),
+            Source::DriverIoctl(d) => Some(d.name()),
+            Source::ConfigQuirk(name) => Some(name),
+            Source::ExporterTable | Source::Memfd | Source::Default => None,
+        }
+    }
+
+    /// Whether an answer from this source holds for the buffer's whole life, so that it may
+    /// be given again from the cache.
+    ///
+    /// - Fixed: the memfd rule, configuration quirks and the exporter table (they depend only
+    ///   on the exporter name and the configuration); the kernel's v2 answer (`map_info` is set
+    ///   at export); msm flags, panfrost/panthor create flags and amdgpu's create info (fixed
+    ///   at creation; amdgpu's possible migration is already answered as "not stable").
+    /// - Not fixed: i915 `GEM_GET_CACHING`, because any holder of a handle to the object may
+    ///   change it with `I915_GEM_SET_CACHING`, and pinning it for display moves it to
+    ///   uncached (or WT) without anyone asking us; the kernel's v1 answer, which comes from an
+    ///   exporter callback run on every query with no lifetime promise. Answers from these
+    ///   are asked again on every query (see [`crate::Inspector`]).
+    pub fn fixed_for_lifetime(&self) -> bool {
+        !matches!(
+            self,
+            Source::DriverIoctl(Driver::I915) | Source::KernelIoctl(KernelAbi::V1)
+        )
     }
 }
 

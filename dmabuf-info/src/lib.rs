@@ -36,6 +36,7 @@ pub mod identify;
 pub mod info;
 pub mod platform;
 pub mod policy;
+pub mod report;
 pub mod sources;
 pub mod sync;
 pub mod uapi;
@@ -44,21 +45,21 @@ use std::collections::HashMap;
 use std::os::fd::BorrowedFd;
 use std::sync::{Arc, RwLock};
 
-pub use config::{Config, Quirk};
+pub use config::{Config, ConfigWarning, Quirk};
 pub use error::{Error, FileKind};
 pub use info::{
     Answer, BufferInfo, BufferKind, CacheAttr, Driver, DriverProbe, KernelAbi, NeedsSync, Source,
+    SourceKind,
 };
-pub use platform::Platform;
+pub use platform::{DeviceAccess, Platform};
 pub use policy::{Decision, MapCache, RefuseReason};
 pub use sync::{SyncAccess, SyncGuard};
 
 use identify::Identity;
-use sources::kernel::KernelProbe;
 use sources::Partial;
 
-/// (st_dev, st_ino): identifies a buffer for as long as it lives (dma-buf inode numbers are
-/// never reused).
+/// (st_dev, st_ino): names a buffer while it lives. See [`CacheEntry::born`] for why a cached
+/// answer never goes to another buffer that got the same number later.
 type BufferKey = (u64, u64);
 
 #[derive(Debug)]
@@ -67,13 +68,49 @@ struct CacheEntry {
     /// Whether the answer was computed with a caller-supplied DRM fd; a later call that brings
     /// one recomputes an answer made without.
     with_drm_fd: bool,
+    /// The inode's change time (`st_ctime`, seconds and nanoseconds) when the answer was
+    /// computed; a hit whose inode has another one is a miss.
+    ///
+    /// Inode numbers alone are not enough everywhere. dma-buf inodes are numbered from a 64-bit
+    /// counter (`dma_buf_getfile`) and memfds on shmem's kernel mount from a 64-bit
+    /// per-superblock counter, so on 64-bit hosts a number is not reused while the system
+    /// runs; but `i_ino` is 32 bits on 32-bit hosts, and hugetlbfs memfds take theirs from
+    /// `get_next_ino()`, a 32-bit counter that wraps. A buffer that reuses a number is a new
+    /// inode whose times are set when it is created, so it carries the creation time, and a
+    /// number comes back only after 2^32 other inodes were created, which takes minutes, not
+    /// the one clock tick that would give both the same stamp. Changing an inode's ctime
+    /// (`ftruncate` or `write` on a memfd, `fchmod`) only costs a recomputation.
+    born: (i64, i64),
+}
+
+/// The `st_ctime` stamp of [`CacheEntry::born`].
+#[allow(clippy::unnecessary_cast)] // the field types differ between architectures
+fn change_time(st: &rustix::fs::Stat) -> (i64, i64) {
+    (st.st_ctime as i64, st.st_ctime_nsec as i64)
+}
+
+/// Whether every answer in `info` may be given again from the cache
+/// ([`Source::fixed_for_lifetime`]).
+fn cacheable(info: &BufferInfo) -> bool {
+    info.cache.source.fixed_for_lifetime()
+        && info.needs_sync.source.fixed_for_lifetime()
+        && info.stable.source.fixed_for_lifetime()
 }
 
 /// Answers questions about buffers, with a per-buffer cache. `Send + Sync`.
+///
+/// The cache holds an answer only when every source that gave it vouches for the buffer's
+/// whole life ([`Source::fixed_for_lifetime`]); answers that may change later (i915's
+/// caching level, the kernel's v1 callback) are computed afresh on every query, so a caller
+/// that asks before every guest mapping (the backend asks before every `SHMEM_MAP`) always
+/// acts on a current answer. Entries are keyed by inode and checked against the inode's
+/// change time, so that a buffer that reuses a dead buffer's inode number never gets the dead
+/// buffer's answer.
 #[derive(Debug)]
 pub struct Inspector {
     config: Config,
     platform: Platform,
+    devices: DeviceAccess,
     cache: RwLock<HashMap<BufferKey, CacheEntry>>,
 }
 
@@ -81,10 +118,14 @@ impl Inspector {
     /// Creates an inspector. The platform is `config.platform` or, if unset, detected now.
     pub fn new(config: Config) -> Inspector {
         let platform = config.platform.unwrap_or_else(Platform::detect);
+        let devices = config
+            .devices
+            .unwrap_or_else(|| platform.default_device_access());
         let capacity = config.cache_capacity.min(1024);
         Inspector {
             config,
             platform,
+            devices,
             cache: RwLock::new(HashMap::with_capacity(capacity)),
         }
     }
@@ -97,6 +138,12 @@ impl Inspector {
     /// The platform: configured, else detected.
     pub fn platform(&self) -> Platform {
         self.platform
+    }
+
+    /// Which devices may access the buffers: configured, else
+    /// [`Platform::default_device_access`].
+    pub fn devices(&self) -> DeviceAccess {
+        self.devices
     }
 
     /// Inspects `fd`. `drm_fd` is the DRM device that allocated the buffer, if the caller
@@ -194,6 +241,7 @@ impl Inspector {
     ) -> Result<R, Error> {
         let st = identify::stat(fd)?;
         let key: BufferKey = identify::buffer_key(&st);
+        let born = change_time(&st);
         let size_now = |info: &BufferInfo| match info.kind {
             // A memfd may grow or shrink; a dma-buf's size is fixed.
             BufferKind::Memfd => st.st_size as u64,
@@ -202,23 +250,29 @@ impl Inspector {
         {
             let cache = self.cache.read().unwrap_or_else(|e| e.into_inner());
             if let Some(e) = cache.get(&key) {
-                if e.with_drm_fd || drm_fd.is_none() {
+                if e.born == born && (e.with_drm_fd || drm_fd.is_none()) {
                     return Ok(f(&e.info, size_now(&e.info)));
                 }
             }
         }
         let id = identify::identify_with_stat(fd, &st)?;
-        let info = Arc::new(self.resolve(fd, drm_fd, id));
+        let info = self.resolve(fd, drm_fd, id);
         let result = f(&info, size_now(&info));
         let mut cache = self.cache.write().unwrap_or_else(|e| e.into_inner());
+        if !cacheable(&info) {
+            // Asked again next time; an older entry for this inode must not answer either.
+            cache.remove(&key);
+            return Ok(result);
+        }
         if cache.len() >= self.config.cache_capacity && !cache.contains_key(&key) {
             cache.clear();
         }
         cache.insert(
             key,
             CacheEntry {
-                info,
+                info: Arc::new(info),
                 with_drm_fd: drm_fd.is_some(),
+                born,
             },
         );
         Ok(result)
@@ -231,11 +285,11 @@ impl Inspector {
         drm_fd: Option<BorrowedFd<'_>>,
         id: Identity,
     ) -> BufferInfo {
-        let mut layers: Vec<Partial> = Vec::with_capacity(4);
         let mut kernel_ioctl = None;
         let mut driver_probes = Vec::new();
-        match id.kind {
+        let (cache, needs_sync, stable) = match id.kind {
             BufferKind::Memfd => {
+                let mut layers = Vec::with_capacity(2);
                 if let Some(q) = self.config.quirk_for("memfd") {
                     layers.push(sources::table::quirk_answer(q));
                 }
@@ -244,29 +298,21 @@ impl Inspector {
                     needs_sync: Some(Answer::new(NeedsSync::No, Source::Memfd)),
                     stable: Some(Answer::new(true, Source::Memfd)),
                 });
+                sources::merge(&layers)
             }
             BufferKind::DmaBuf => {
                 let probe = sources::kernel::probe(fd);
                 kernel_ioctl = Some(probe.as_result());
-                if let (Some(abi), KernelProbe::Answered(v)) = (self.config.kernel_info_abi, probe)
-                {
-                    layers.push(sources::kernel::interpret(abi, v));
-                }
-                let (partial, probes) = sources::driver::query(
+                let (driver, probes) = sources::driver::query(
                     fd,
                     &id.exporter,
                     drm_fd,
                     self.config.probe_render_nodes,
                 );
                 driver_probes = probes;
-                layers.push(partial);
-                if let Some(q) = self.config.quirk_for(&id.exporter) {
-                    layers.push(sources::table::quirk_answer(q));
-                }
-                layers.push(sources::table::answer(&id.exporter, self.platform));
+                sources::dma_buf_answers(&self.config, self.devices, &id.exporter, probe, driver)
             }
-        }
-        let (cache, needs_sync, stable) = sources::merge(&layers);
+        };
         BufferInfo {
             kind: id.kind,
             exporter: id.exporter,
@@ -312,5 +358,120 @@ mod tests {
     #[test]
     fn inspector_is_send_and_sync() {
         assert_send_sync::<Inspector>();
+    }
+
+    fn memfd(name: &str) -> std::os::fd::OwnedFd {
+        let fd = rustix::fs::memfd_create(name, rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+        rustix::fs::ftruncate(&fd, 4096).unwrap();
+        fd
+    }
+
+    fn amd() -> Inspector {
+        Inspector::new(Config {
+            platform: Some(Platform::X86Amd),
+            ..Config::default()
+        })
+    }
+
+    /// Puts `old` into the cache under `fd`'s key with change time `born`: the answer of a
+    /// buffer that had this inode number before (inode numbers cannot be made to repeat here,
+    /// so the dead buffer's entry is planted).
+    fn plant(ins: &Inspector, fd: BorrowedFd<'_>, old: BufferInfo, born: (i64, i64)) {
+        let st = identify::stat(fd).unwrap();
+        ins.cache.write().unwrap().insert(
+            identify::buffer_key(&st),
+            CacheEntry {
+                info: Arc::new(old),
+                with_drm_fd: false,
+                born,
+            },
+        );
+    }
+
+    fn dead_buffer_answer(ins: &Inspector, fd: BorrowedFd<'_>) -> BufferInfo {
+        let mut old = ins.inspect(fd, None).unwrap();
+        old.name = Some("dead buffer".into());
+        old.needs_sync = Answer::new(NeedsSync::Yes, Source::ExporterTable);
+        old
+    }
+
+    #[test]
+    fn a_reused_inode_number_does_not_get_the_dead_buffers_answer() {
+        use std::os::fd::AsFd;
+        let ins = amd();
+        let fd = memfd("current");
+        let born = change_time(&identify::stat(fd.as_fd()).unwrap());
+        let old = dead_buffer_answer(&ins, fd.as_fd());
+
+        // The dead buffer was created at another time than this one.
+        plant(&ins, fd.as_fd(), old.clone(), (born.0 - 1, born.1));
+        let info = ins.inspect(fd.as_fd(), None).unwrap();
+        assert_eq!(info.name.as_deref(), Some("current"));
+        assert_eq!(
+            ins.decide_fd(fd.as_fd(), None).unwrap(),
+            Decision::Allow(MapCache::Cached)
+        );
+        let st = identify::stat(fd.as_fd()).unwrap();
+        let cache = ins.cache.read().unwrap();
+        let entry = &cache[&identify::buffer_key(&st)];
+        assert_eq!(entry.born, born, "the entry was replaced");
+        assert_eq!(entry.info.name.as_deref(), Some("current"));
+        drop(cache);
+
+        // Control: with the same stamp the planted entry does answer, so the stamp is what
+        // keeps the dead buffer's answer away.
+        plant(&ins, fd.as_fd(), old, born);
+        assert_eq!(
+            ins.inspect(fd.as_fd(), None).unwrap().name.as_deref(),
+            Some("dead buffer")
+        );
+    }
+
+    #[test]
+    fn a_changed_inode_is_inspected_again() {
+        use std::os::fd::AsFd;
+        let ins = amd();
+        let fd = memfd("grows");
+        let before = change_time(&identify::stat(fd.as_fd()).unwrap());
+        let old = dead_buffer_answer(&ins, fd.as_fd());
+        plant(&ins, fd.as_fd(), old, before);
+        // ftruncate sets the change time; wait until the coarse clock has moved on.
+        let mut after = before;
+        for len in 1..1000 {
+            rustix::fs::ftruncate(&fd, 4096 * (len + 1)).unwrap();
+            after = change_time(&identify::stat(fd.as_fd()).unwrap());
+            if after != before {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        assert_ne!(after, before, "ctime never changed");
+        let info = ins.inspect(fd.as_fd(), None).unwrap();
+        assert_eq!(info.name.as_deref(), Some("grows"));
+        assert_eq!(info.needs_sync.source, Source::Memfd);
+    }
+
+    #[test]
+    fn answers_that_may_change_are_not_cached() {
+        let fixed = {
+            let fd = memfd("fixed");
+            use std::os::fd::AsFd;
+            amd().inspect(fd.as_fd(), None).unwrap()
+        };
+        assert!(cacheable(&fixed));
+        let with = |source: Source| BufferInfo {
+            needs_sync: Answer::new(NeedsSync::No, source),
+            ..fixed.clone()
+        };
+        assert!(cacheable(&with(Source::DriverIoctl(Driver::Msm))));
+        assert!(cacheable(&with(Source::KernelIoctl(KernelAbi::V2))));
+        assert!(cacheable(&with(Source::ConfigQuirk("i915".into()))));
+        assert!(!cacheable(&with(Source::DriverIoctl(Driver::I915))));
+        assert!(!cacheable(&with(Source::KernelIoctl(KernelAbi::V1))));
+        let stable_from_i915 = BufferInfo {
+            stable: Answer::new(true, Source::DriverIoctl(Driver::I915)),
+            ..fixed.clone()
+        };
+        assert!(!cacheable(&stable_from_i915));
     }
 }

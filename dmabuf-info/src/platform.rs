@@ -4,7 +4,8 @@ use std::fmt;
 use std::str::FromStr;
 
 /// How the host's hypervisor combines the host mapping with the guest's page tables.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Platform {
     /// x86 Intel (VMX/EPT) with KVM's default `KVM_X86_QUIRK_IGNORE_GUEST_PAT`: guest RAM,
     /// including mapped host buffers, is write-back for the guest whatever `map_info` says.
@@ -59,14 +60,23 @@ impl Platform {
         }
     }
 
-    /// Whether devices on this host are DMA-coherent with the CPU caches by default (x86).
-    /// Decides the exporter-table answer for cached exporters such as udmabuf and the system
-    /// heap.
+    /// Whether devices on this host are DMA-coherent with the CPU caches by default (x86: PCIe
+    /// devices snoop). Decides the default [`DeviceAccess`].
     pub fn dma_coherent(self) -> bool {
         matches!(
             self,
             Platform::X86Intel | Platform::X86IntelGuestPat | Platform::X86Amd
         )
+    }
+
+    /// The [`DeviceAccess`] assumed when the configuration does not name one: `coherent` on
+    /// x86, `non-coherent` everywhere else.
+    pub fn default_device_access(self) -> DeviceAccess {
+        if self.dma_coherent() {
+            DeviceAccess::Coherent
+        } else {
+            DeviceAccess::NonCoherent
+        }
     }
 
     /// Detects the platform of the running host from `/proc/cpuinfo`.
@@ -111,6 +121,91 @@ impl fmt::Display for Platform {
     }
 }
 
+/// Which devices, besides CPUs, may access the buffers that are mapped into guests.
+///
+/// This decides one thing: whether a *cached* buffer from an exporter whose
+/// `begin/end_cpu_access` only does cache maintenance for device attachments (udmabuf, the
+/// system and CMA dma-heaps) needs `DMA_BUF_IOCTL_SYNC`. Between CPUs (host processes and the
+/// guest's vCPUs, all with write-back mappings) the caches are kept coherent by hardware on
+/// every platform here; what a SYNC adds is cleaning and invalidating CPU caches for a device
+/// that does not snoop them. Whether such a device will ever attach the buffer is a property of
+/// the deployment (which display, which GPU, which importers), not of the buffer: attachments
+/// are not visible to userspace (fdinfo has no attachment list; debugfs is root-only and no
+/// ABI), and a device may attach after the guest's mapping was granted. So it is configured:
+/// `devices = ...` in the configuration, `--devices` on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeviceAccess {
+    /// Devices that do not snoop CPU caches may access the buffers (arm64 SoC GPUs and display
+    /// controllers, for instance): cached udmabuf/heap buffers need SYNC. The default wherever
+    /// [`Platform::dma_coherent`] is false.
+    NonCoherent,
+    /// Every device that may access the buffers snoops CPU caches: x86 PCIe devices (the
+    /// default there), arm64 servers whose devices are DMA-coherent (ACPI `_CCA` = 1, or
+    /// `dma-coherent` in the device tree).
+    Coherent,
+    /// No device accesses the buffers: only CPUs do (the backend's own CPU copies, a CPU-only
+    /// display path, the guest). Cached udmabuf/heap buffers need no SYNC.
+    CpuOnly,
+}
+
+impl DeviceAccess {
+    /// All values, for exhaustive tests and tables.
+    pub const ALL: [DeviceAccess; 3] = [
+        DeviceAccess::NonCoherent,
+        DeviceAccess::Coherent,
+        DeviceAccess::CpuOnly,
+    ];
+
+    /// Config/CLI spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceAccess::NonCoherent => "non-coherent",
+            DeviceAccess::Coherent => "coherent",
+            DeviceAccess::CpuOnly => "cpu-only",
+        }
+    }
+
+    /// One line describing the setting.
+    pub fn describe(self) -> &'static str {
+        match self {
+            DeviceAccess::NonCoherent => {
+                "devices that do not snoop CPU caches may access the buffers"
+            }
+            DeviceAccess::Coherent => "every device that may access the buffers snoops CPU caches",
+            DeviceAccess::CpuOnly => "only CPUs access the buffers, no device",
+        }
+    }
+
+    /// Whether cached buffers whose exporter syncs only device attachments are coherent
+    /// without `DMA_BUF_IOCTL_SYNC`.
+    pub fn cached_is_coherent(self) -> bool {
+        !matches!(self, DeviceAccess::NonCoherent)
+    }
+}
+
+impl fmt::Display for DeviceAccess {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Error of [`DeviceAccess::from_str`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown device access \"{0}\" (expected one of: non-coherent, coherent, cpu-only)")]
+pub struct UnknownDeviceAccess(pub String);
+
+impl FromStr for DeviceAccess {
+    type Err = UnknownDeviceAccess;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        DeviceAccess::ALL
+            .into_iter()
+            .find(|d| d.as_str() == s)
+            .ok_or_else(|| UnknownDeviceAccess(s.to_string()))
+    }
+}
+
 /// Error of [`Platform::from_str`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("unknown platform \"{0}\" (expected one of: x86-intel, x86-intel-guest-pat, x86-amd, arm64, arm64-fwb, other)")]
@@ -137,6 +232,24 @@ mod tests {
             assert_eq!(p.as_str().parse::<Platform>(), Ok(p));
         }
         assert!("x86".parse::<Platform>().is_err());
+    }
+
+    #[test]
+    fn device_access_names_round_trip_and_defaults() {
+        for d in DeviceAccess::ALL {
+            assert_eq!(d.as_str().parse::<DeviceAccess>(), Ok(d));
+        }
+        assert!("none".parse::<DeviceAccess>().is_err());
+        assert_eq!(
+            Platform::X86Amd.default_device_access(),
+            DeviceAccess::Coherent
+        );
+        assert_eq!(
+            Platform::Arm64.default_device_access(),
+            DeviceAccess::NonCoherent
+        );
+        assert!(!DeviceAccess::NonCoherent.cached_is_coherent());
+        assert!(DeviceAccess::CpuOnly.cached_is_coherent());
     }
 
     #[test]

@@ -14,6 +14,28 @@
 //!
 //! An allowed decision never carries `VIRTIO_GPU_MAP_CACHE_NONE`: [`MapCache`] has no such
 //! value.
+//!
+//! # arm64, and cached buffers that only CPUs touch
+//!
+//! Rule 5 allows cached buffers on arm64 with and without FWB: the guest maps `map_info`
+//! CACHED as Normal write-back at stage 1; without FWB stage 1 and stage 2 (Normal-WB for
+//! memslot memory) combine to the stricter attribute, write-back; with FEAT_S2FWB stage 2
+//! forces write-back. Host and guest then use the same attribute and the CPUs' caches are kept
+//! coherent by hardware. So a cached udmabuf or system-heap buffer that only CPUs touch is safe
+//! to map on arm64.
+//!
+//! What refuses such buffers by default on arm64 is rule 1, fed by the exporter table's
+//! [`SyncRule::OnlyWithNonCoherentDevices`]: they need `DMA_BUF_IOCTL_SYNC` as soon as a device
+//! that does not snoop CPU caches accesses them (an arm64 SoC GPU or display controller the
+//! host compositor imports the scanout into), because only the exporter's
+//! `begin/end_cpu_access` cleans and invalidates the caches for it, and a guest cannot ask for
+//! that. Which devices will access a buffer is not visible from its descriptor and may change
+//! after the mapping was granted, so it is configuration ([`DeviceAccess`]): `non-coherent`
+//! (the default off x86) refuses, `coherent` (arm64 servers whose devices snoop) and `cpu-only`
+//! (no device imports the buffers) allow them as CACHED.
+//!
+//! [`SyncRule::OnlyWithNonCoherentDevices`]: crate::sources::table::SyncRule::OnlyWithNonCoherentDevices
+//! [`DeviceAccess`]: crate::DeviceAccess
 
 use std::fmt;
 
@@ -21,13 +43,16 @@ use crate::info::{BufferInfo, CacheAttr, NeedsSync, Source};
 use crate::platform::Platform;
 
 /// The `map_info` a guest gets for an allowed mapping.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum MapCache {
     /// `VIRTIO_GPU_MAP_CACHE_CACHED` (1).
+    #[serde(rename = "CACHED")]
     Cached,
     /// `VIRTIO_GPU_MAP_CACHE_UNCACHED` (2).
+    #[serde(rename = "UNCACHED")]
     Uncached,
     /// `VIRTIO_GPU_MAP_CACHE_WC` (3).
+    #[serde(rename = "WC")]
     WriteCombined,
 }
 

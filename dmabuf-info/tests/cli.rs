@@ -1,5 +1,6 @@
 //! The `dmabuf-info` binary: table and `--json` on a memfd it inherits as fd 3, `--pid` on a
-//! child that holds a memfd, exit codes.
+//! child that holds a memfd, exit codes, usage errors, `--help`, drop-in quirk directories.
+//! Every run sets `DMABUF_INFO_QUIRKS_DIRS` so that the host's own quirk files play no part.
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
@@ -28,6 +29,7 @@ fn run_with_fd3(fd: &OwnedFd, args: &[&str]) -> Output {
         .arg(BIN)
         .args(args)
         .env_remove("DMABUF_INFO_CONFIG")
+        .env("DMABUF_INFO_QUIRKS_DIRS", "")
         .output()
         .expect("run dmabuf-info")
 }
@@ -36,6 +38,7 @@ fn run(args: &[&str]) -> Output {
     Command::new(BIN)
         .args(args)
         .env_remove("DMABUF_INFO_CONFIG")
+        .env("DMABUF_INFO_QUIRKS_DIRS", "")
         .output()
         .unwrap()
 }
@@ -213,7 +216,7 @@ fn pid_lists_the_memfd_of_a_child() {
     );
     // --fd of the child that is not a buffer: its stdin is /dev/null.
     let o = run(&["inspect", "--pid", &pid, "--fd", "0"]);
-    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(stderr(&o).contains("character device"), "{}", stderr(&o));
 }
 
@@ -252,49 +255,196 @@ fn exit_codes() {
         "{}",
         stderr(&o)
     );
-    // A regular file and a directory, by path.
+    // A regular file and a directory, by path: not a buffer.
     let f = tempfile::NamedTempFile::new().unwrap();
     let o = run(&["inspect", f.path().to_str().unwrap()]);
-    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("a regular file"), "{}", stderr(&o));
     let o = run(&["inspect", "--json", "/"]);
-    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(o.status.code(), Some(1));
     let v: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["error"]["kind"], "not-a-buffer");
     assert_eq!(v["error"]["what"], "a directory");
+    assert_eq!(v["buffers"], serde_json::json!([]));
     // Missing path, missing process.
     assert_eq!(run(&["inspect", "/nonexistent/x"]).status.code(), Some(3));
     assert_eq!(
         run(&["inspect", "--pid", "2147483646"]).status.code(),
         Some(3)
     );
-    // Usage errors.
-    assert_eq!(run(&["inspect"]).status.code(), Some(1));
-    assert_eq!(run(&["frobnicate"]).status.code(), Some(1));
-    assert_eq!(
-        run(&["platform", "--platform", "vax"]).status.code(),
-        Some(1)
-    );
-    assert_eq!(
-        run(&["platform", "--config", "/nonexistent.toml"])
-            .status
-            .code(),
-        Some(1)
-    );
-    // --help documents them.
+}
+
+/// Usage errors, from clap or from a configuration the user named, exit 2 and say what is
+/// wrong on stderr, with nothing on stdout.
+#[test]
+fn usage_errors_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "platfrom = \"x86-amd\"\n").unwrap();
+    let bad = bad.to_str().unwrap();
+    for (args, needle) in [
+        (&["inspect"][..], "required"),
+        (&["frobnicate"][..], "unrecognized subcommand"),
+        (&[][..], "Usage"),
+        (&["platform", "--platform", "vax"], "possible values"),
+        (&["platform", "--devices", "some"], "possible values"),
+        (&["inspect", "--pid", "0"], "0 is not in 1.."),
+        (&["inspect", "--fd", "-1"], "--fd"),
+        (&["inspect", "--fd", "three"], "invalid digit"),
+        (&["inspect", "--fd", "3", "/dev/null"], "cannot be used with"),
+        (&["platform", "--config", "/nonexistent.toml"], "cannot read"),
+        (&["platform", "--config", bad], "unknown field `platfrom`"),
+        (&["--json", "inspect", "--fd", "3", "--config", bad], "platfrom"),
+    ] {
+        let o = run(args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(needle), "{args:?}: {}", stderr(&o));
+        assert!(o.stdout.is_empty(), "{args:?}: {}", stdout(&o));
+    }
+}
+
+/// `--help` names every option's accepted values and every exit status.
+#[test]
+fn help_lists_accepted_values_and_exit_codes() {
     let o = run(&["--help"]);
     assert_eq!(o.status.code(), Some(0));
     let help = stdout(&o);
+    for p in dmabuf_info::Platform::ALL {
+        assert!(help.contains(&format!("- {}:", p.as_str())), "{p} missing: {help}");
+    }
+    for d in dmabuf_info::DeviceAccess::ALL {
+        assert!(help.contains(&format!("- {}:", d.as_str())), "{d} missing: {help}");
+    }
     for code in [
         "0  success",
-        "1  usage",
-        "2  the descriptor",
+        "1  the descriptor",
+        "2  usage",
         "3  operating-system",
         "4  permission",
         "5  inspected",
     ] {
         assert!(help.contains(code), "{code} missing from --help");
     }
+    let o = run(&["inspect", "--help"]);
+    assert_eq!(o.status.code(), Some(0));
+    let help = stdout(&o);
+    for needle in [
+        "--fd <N>",
+        "(0 or more)",
+        "--pid <PID>",
+        "(1 or more)",
+        "--drm <PATH>",
+        "/dev/dri/renderD128",
+        "[PATH]",
+        "/proc/PID/fd/N",
+        "--config <FILE>",
+        "--platform <NAME>",
+        "--devices <ACCESS>",
+    ] {
+        assert!(help.contains(needle), "{needle} missing from inspect --help: {help}");
+    }
+    let o = run(&["--version"]);
+    assert_eq!(o.status.code(), Some(0));
+    assert_eq!(
+        stdout(&o),
+        format!("dmabuf-info {}\n", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+/// Drop-in quirk files: the /etc directory replaces the vendor file of the same name, a file
+/// with an unknown key or a newer schema is skipped with a warning naming file and key, and the
+/// rest still applies.
+#[test]
+fn quirk_directories() {
+    let root = tempfile::tempdir().unwrap();
+    let vendor = root.path().join("usr-share");
+    let etc = root.path().join("etc");
+    std::fs::create_dir_all(&vendor).unwrap();
+    std::fs::create_dir_all(&etc).unwrap();
+    let write = |dir: &std::path::Path, name: &str, text: &str| {
+        std::fs::write(dir.join(name), text).unwrap()
+    };
+    // Vendor: memfds need SYNC (10-), platform arm64 (20-); both replaced or kept below.
+    write(
+        &vendor,
+        "10-memfd.toml",
+        "schema = 1\n[[exporter]]\nname = \"memfd\"\nneeds_sync = \"yes\"\n",
+    );
+    write(&vendor, "20-platform.toml", "schema = 1\nplatform = \"arm64\"\n");
+    write(&vendor, "README", "not a .toml file: ignored\n");
+    // /etc: replaces 10-memfd.toml (memfds are written cached by the quirk, still coherent).
+    write(
+        &etc,
+        "10-memfd.toml",
+        "[[exporter]]\nname = \"memfd\"\nstable = true\nnote = \"admin\"\n",
+    );
+    // Broken files: skipped, reported, never fatal.
+    write(&etc, "30-typo.toml", "schema = 1\ndevices = \"cpu-only\"\nplatfrom = \"x86-amd\"\n");
+    write(&etc, "40-future.toml", "schema = 2\nplatform = \"x86-amd\"\n");
+
+    let fd = inheritable_memfd("quirked", 4096);
+    let script = format!("exec \"$0\" \"$@\" 3<&{}", fd.as_raw_fd());
+    let dirs = format!("{}:{}", vendor.display(), etc.display());
+    let o = Command::new("bash")
+        .arg("-c")
+        .arg(&script)
+        .arg(BIN)
+        .args(["--json", "inspect", "--fd", "3"])
+        .env_remove("DMABUF_INFO_CONFIG")
+        .env("DMABUF_INFO_QUIRKS_DIRS", &dirs)
+        .output()
+        .unwrap();
+    let err = stderr(&o);
+    // Allowed: the vendor's "needs SYNC" was replaced by the admin's file.
+    assert_eq!(o.status.code(), Some(0), "{err}{}", stdout(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["platform"], "arm64", "the vendor's 20-platform.toml applies");
+    assert_eq!(v["devices"], "non-coherent", "30-typo.toml was skipped whole");
+    let b = &v["buffers"][0];
+    assert_eq!(b["needs_sync"]["source"], "memfd");
+    assert_eq!(b["stable"]["source"], "config quirk \"memfd\"");
+    let typo = etc.join("30-typo.toml").display().to_string();
+    let future = etc.join("40-future.toml").display().to_string();
+    assert!(
+        err.contains(&format!("warning: {typo}: line 3: unknown field `platfrom`")),
+        "{err}"
+    );
+    assert!(err.contains("file skipped"), "{err}");
+    assert!(
+        err.contains(&format!("warning: {future}: schema = 2")),
+        "{err}"
+    );
+    let warnings = v["config_warnings"].as_array().unwrap();
+    assert_eq!(warnings.len(), 2, "{warnings:?}");
+    assert_eq!(warnings[0]["path"], typo.as_str());
+    assert!(
+        warnings[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("platfrom"),
+        "{warnings:?}"
+    );
+
+    // An empty file in /etc masks the vendor file of the same name.
+    write(&etc, "20-platform.toml", "");
+    let o = Command::new(BIN)
+        .args(["--json", "platform"])
+        .env_remove("DMABUF_INFO_CONFIG")
+        .env("DMABUF_INFO_QUIRKS_DIRS", &dirs)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["how"], "detected", "masked: {v}");
+
+    // $DMABUF_INFO_CONFIG names one file, read strictly: the broken one is an error.
+    let o = Command::new(BIN)
+        .args(["platform"])
+        .env("DMABUF_INFO_CONFIG", etc.join("30-typo.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("platfrom"), "{}", stderr(&o));
 }
 
 #[test]
@@ -302,7 +452,7 @@ fn pipe_inherited_as_fd3_is_named() {
     let (r, _w) = rustix::pipe::pipe().unwrap();
     rustix::io::fcntl_setfd(&r, FdFlags::empty()).unwrap();
     let o = run_with_fd3(&r, &["inspect", "--fd", "3"]);
-    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(o.status.code(), Some(1));
     assert!(
         stderr(&o).contains("descriptor is a pipe"),
         "{}",

@@ -4,7 +4,7 @@
 use dmabuf_info::info::{Answer, BufferInfo};
 use dmabuf_info::policy::{self, Decision, MapCache, RefuseReason};
 use dmabuf_info::sources::table::{self, BUILTIN};
-use dmabuf_info::{BufferKind, CacheAttr, NeedsSync, Platform, Source};
+use dmabuf_info::{BufferKind, CacheAttr, DeviceAccess, NeedsSync, Platform, Source};
 
 fn info(cache: CacheAttr, sync: NeedsSync, stable: bool) -> BufferInfo {
     BufferInfo {
@@ -112,8 +112,9 @@ fn every_policy_combination() {
     assert_eq!(allowed, 6 + 3 * 2);
 }
 
-/// The expected answer of every built-in row: (sample exporter name, cache, needs_sync on a
-/// DMA-coherent host, needs_sync elsewhere, stable).
+/// The expected answer of every built-in row: (sample exporter name, cache, needs_sync when
+/// every device is coherent or none accesses the buffer, needs_sync when non-coherent devices
+/// may, stable).
 const EXPECTED: &[(&str, CacheAttr, NeedsSync, NeedsSync, bool)] = &[
     (
         "udmabuf",
@@ -211,12 +212,12 @@ fn every_exporter_table_row() {
     for (row, &(name, cache, sync_coherent, sync_other, stable)) in BUILTIN.iter().zip(EXPECTED) {
         let found = table::lookup(name).unwrap_or_else(|| panic!("{name} not in table"));
         assert_eq!(found, row, "{name} matched another row");
-        for platform in Platform::ALL {
-            let p = table::answer(name, platform);
-            let want_sync = if platform.dma_coherent() {
-                sync_coherent
-            } else {
+        for devices in DeviceAccess::ALL {
+            let p = table::answer(name, devices);
+            let want_sync = if devices == DeviceAccess::NonCoherent {
                 sync_other
+            } else {
+                sync_coherent
             };
             assert_eq!(
                 p.cache,
@@ -226,7 +227,7 @@ fn every_exporter_table_row() {
             assert_eq!(
                 p.needs_sync,
                 Some(Answer::new(want_sync, Source::ExporterTable)),
-                "{name} on {platform}"
+                "{name} with devices {devices}"
             );
             assert_eq!(
                 p.stable,
@@ -244,7 +245,7 @@ fn every_exporter_table_row() {
 #[test]
 fn table_decisions_for_common_exporters() {
     let decide = |name: &str, platform: Platform| {
-        let p = table::answer(name, platform);
+        let p = table::answer(name, platform.default_device_access());
         let i = BufferInfo {
             cache: p.cache.unwrap(),
             needs_sync: p.needs_sync.unwrap(),
@@ -273,6 +274,53 @@ fn table_decisions_for_common_exporters() {
     assert!(!decide("nv_dmabuf", Platform::X86Amd).is_allowed());
 }
 
+/// arm64: cached udmabuf and heap buffers are refused by default (a device that does not snoop
+/// may read or write them, and only DMA_BUF_IOCTL_SYNC, which a guest cannot issue, keeps them
+/// coherent), and allowed as CACHED, with and without FWB, when the configuration says the
+/// devices are coherent or that only CPUs access the buffers.
+#[test]
+fn arm64_cached_exporters_follow_the_configured_device_access() {
+    for platform in [Platform::Arm64, Platform::Arm64Fwb] {
+        assert_eq!(platform.default_device_access(), DeviceAccess::NonCoherent);
+        for name in ["udmabuf", "system", "default_cma_region", "linux,cma"] {
+            for devices in DeviceAccess::ALL {
+                let p = table::answer(name, devices);
+                let i = BufferInfo {
+                    cache: p.cache.unwrap(),
+                    needs_sync: p.needs_sync.unwrap(),
+                    stable: p.stable.unwrap(),
+                    ..info(CacheAttr::Unknown, NeedsSync::Unknown, false)
+                };
+                let d = policy::decide(&i, platform);
+                let ctx = format!("{name} on {platform} with devices {devices}: {d}");
+                match devices {
+                    DeviceAccess::NonCoherent => match d {
+                        Decision::Refuse(RefuseReason::NeedsSync { source }) => {
+                            assert_eq!(source, Source::ExporterTable, "{ctx}")
+                        }
+                        other => panic!("{ctx}: expected a needs-sync refusal, got {other}"),
+                    },
+                    DeviceAccess::Coherent | DeviceAccess::CpuOnly => {
+                        assert_eq!(d, Decision::Allow(MapCache::Cached), "{ctx}")
+                    }
+                }
+            }
+        }
+        // Write-combined heaps are unaffected by the device access: refused under FWB only.
+        let p = table::answer("system-uncached", DeviceAccess::CpuOnly);
+        let i = BufferInfo {
+            cache: p.cache.unwrap(),
+            needs_sync: p.needs_sync.unwrap(),
+            stable: p.stable.unwrap(),
+            ..info(CacheAttr::Unknown, NeedsSync::Unknown, false)
+        };
+        assert_eq!(
+            policy::decide(&i, platform).is_allowed(),
+            platform == Platform::Arm64
+        );
+    }
+}
+
 #[test]
 fn unknown_exporter_is_not_in_the_table() {
     assert!(table::lookup("some-new-exporter").is_none());
@@ -281,7 +329,7 @@ fn unknown_exporter_is_not_in_the_table() {
         "unknown names may be DRM drivers"
     );
     assert_eq!(
-        table::answer("some-new-exporter", Platform::X86Amd),
+        table::answer("some-new-exporter", DeviceAccess::Coherent),
         Default::default()
     );
 }

@@ -53,6 +53,18 @@ pub fn probe(fd: BorrowedFd<'_>) -> KernelProbe {
 }
 
 /// Interprets a kernel answer with value set `abi`. Unknown values answer nothing.
+///
+/// Stability differs between the postings:
+/// - v2 (`DMA_BUF_INFO_MAP_INFO`) returns `dma_buf::map_info`, set by the exporter in
+///   `dma_buf_export_info` when the buffer is exported and never changed afterwards ("set
+///   map_info at export time to make it more clear that it applies for the lifetime of the
+///   dma-buf"; the patch also warns when an mmap's pgprot contradicts it). A v2 answer
+///   therefore also answers `stable` = yes, for every value including INCOHERENT. Without
+///   this the exporter table's "may change" (i915, `drm`) would win for `stable` and refuse a
+///   buffer the kernel vouched for.
+/// - v1 (`DMA_BUF_INFO_VM_PROT`) calls the exporter's `mmap_info` callback on every query, with
+///   no promise that the answer holds later: it says nothing about stability (nor about
+///   SYNC), and is re-asked on every query ([`crate::Source::fixed_for_lifetime`]).
 pub fn interpret(abi: KernelAbi, value: u64) -> Partial {
     let src = Source::KernelIoctl(abi);
     let (cache, sync) = match (abi, value) {
@@ -67,10 +79,11 @@ pub fn interpret(abi: KernelAbi, value: u64) -> Partial {
         }
         _ => (None, None),
     };
+    let known = cache.is_some() || sync.is_some();
     Partial {
         cache: cache.map(|c| Answer::new(c, src.clone())),
         needs_sync: sync.map(|s| Answer::new(s, src.clone())),
-        stable: None,
+        stable: (abi == KernelAbi::V2 && known).then(|| Answer::new(true, src.clone())),
     }
 }
 
@@ -88,6 +101,9 @@ mod tests {
             CacheAttr::Cached
         );
         assert_eq!(interpret(KernelAbi::V1, 2), Partial::default());
+        // v1 answers come from a callback asked on every query: no stability claim.
+        assert!(interpret(KernelAbi::V1, 0).stable.is_none());
+        assert!(interpret(KernelAbi::V1, 1).stable.is_none());
     }
 
     #[test]
@@ -102,6 +118,14 @@ mod tests {
         assert_eq!(p.cache.as_ref().unwrap().value, CacheAttr::Cached);
         assert_eq!(p.cache.unwrap().source, Source::KernelIoctl(KernelAbi::V2));
         assert_eq!(interpret(KernelAbi::V2, 3), Partial::default());
+        // v2's map_info is fixed at export: every known value is also a stability answer.
+        for v in 0..=2 {
+            assert_eq!(
+                interpret(KernelAbi::V2, v).stable,
+                Some(Answer::new(true, Source::KernelIoctl(KernelAbi::V2))),
+                "value {v}"
+            );
+        }
     }
 
     #[test]

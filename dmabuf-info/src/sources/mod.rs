@@ -7,7 +7,14 @@ pub mod driver;
 pub mod kernel;
 pub mod table;
 
+use crate::config::Config;
 use crate::info::{Answer, CacheAttr, NeedsSync, Source};
+use crate::platform::DeviceAccess;
+
+use kernel::KernelProbe;
+
+/// The three merged answers: cache attribute, SYNC requirement, stability.
+pub type Answers = (Answer<CacheAttr>, Answer<NeedsSync>, Answer<bool>);
 
 /// What one source said (each field optional).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -41,7 +48,7 @@ fn pick<T: Clone>(
 }
 
 /// Merges source answers, highest priority first.
-pub fn merge(layers: &[Partial]) -> (Answer<CacheAttr>, Answer<NeedsSync>, Answer<bool>) {
+pub fn merge(layers: &[Partial]) -> Answers {
     (
         pick(
             layers,
@@ -57,6 +64,32 @@ pub fn merge(layers: &[Partial]) -> (Answer<CacheAttr>, Answer<NeedsSync>, Answe
         ),
         pick(layers, |p| p.stable.as_ref(), |_| true, false),
     )
+}
+
+/// Everything the sources say about one dma-buf, merged: the input of the guest policy.
+///
+/// `kernel` is what `DMA_BUF_IOCTL_INFO` did (interpreted only with the value set named by
+/// `config.kernel_info_abi`), `driver` what the exporting DRM driver said ([`driver::query`]);
+/// the configuration's quirk for `exporter` and the built-in table follow, with the table's
+/// SYNC rule resolved for `devices`. No system call: [`crate::Inspector`] gathers `kernel` and
+/// `driver` and calls this.
+pub fn dma_buf_answers(
+    config: &Config,
+    devices: DeviceAccess,
+    exporter: &str,
+    kernel: KernelProbe,
+    driver: Partial,
+) -> Answers {
+    let mut layers: Vec<Partial> = Vec::with_capacity(4);
+    if let (Some(abi), KernelProbe::Answered(v)) = (config.kernel_info_abi, kernel) {
+        layers.push(kernel::interpret(abi, v));
+    }
+    layers.push(driver);
+    if let Some(q) = config.quirk_for(exporter) {
+        layers.push(table::quirk_answer(q));
+    }
+    layers.push(table::answer(exporter, devices));
+    merge(&layers)
 }
 
 #[cfg(test)]
@@ -83,7 +116,7 @@ mod tests {
 
     #[test]
     fn explicit_unknown_is_named_and_default_otherwise() {
-        let drm = table::answer("drm", crate::Platform::X86Amd);
+        let drm = table::answer("drm", DeviceAccess::Coherent);
         let (c, s, st) = merge(&[Partial::default(), drm]);
         assert_eq!(c, Answer::new(CacheAttr::Unknown, Source::ExporterTable));
         assert_eq!(s, Answer::new(NeedsSync::Unknown, Source::ExporterTable));

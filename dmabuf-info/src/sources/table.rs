@@ -2,7 +2,7 @@
 
 use crate::config::{glob_match, Quirk};
 use crate::info::{Answer, CacheAttr, NeedsSync, Source};
-use crate::platform::Platform;
+use crate::platform::DeviceAccess;
 
 use super::Partial;
 
@@ -15,20 +15,35 @@ pub enum SyncRule {
     Yes,
     /// Cannot tell from the name.
     Unknown,
-    /// Cached pages whose exporter syncs attachments in begin/end_cpu_access: coherent on
-    /// DMA-coherent hosts (x86), needs SYNC elsewhere.
-    NoIfDmaCoherent,
+    /// Cached pages whose exporter does cache maintenance in `begin/end_cpu_access` only for
+    /// device attachments (udmabuf, the system and CMA heaps): needs SYNC exactly when a device
+    /// that does not snoop CPU caches may access the buffer ([`DeviceAccess::NonCoherent`]).
+    ///
+    /// Why this, and why it is the default refusal on arm64: the CPU mapping is write-back on
+    /// every platform, and a guest given `map_info` CACHED maps it write-back too (arm64
+    /// without FWB: stage 1 Normal-WB combined with stage 2 Normal-WB is WB; with FWB stage 2
+    /// forces WB), so host and guest CPUs see one coherent copy through the hardware cache
+    /// coherency of the inner-shareable domain. A device that does not snoop reads DRAM: guest
+    /// writes still in a CPU cache are invisible to it, and its writes are hidden behind stale
+    /// lines the guest reads. Cleaning and invalidating to the point of coherency around device
+    /// access is what `DMA_BUF_IOCTL_SYNC` does (`dma_sync_sg_for_{cpu,device}` on each
+    /// attachment); a guest cannot issue it, and does not know when the host's device runs. The
+    /// library cannot see attachments (none in fdinfo), and one made after the mapping was
+    /// granted would not be seen anyway, so the answer follows the configured
+    /// [`DeviceAccess`]: refused by default where devices are not DMA-coherent (arm64 SoCs),
+    /// allowed on `coherent` hosts and `cpu-only` deployments.
+    OnlyWithNonCoherentDevices,
 }
 
 impl SyncRule {
-    /// Resolves the rule on `platform`.
-    pub fn resolve(self, platform: Platform) -> NeedsSync {
+    /// Resolves the rule for the configured device access.
+    pub fn resolve(self, devices: DeviceAccess) -> NeedsSync {
         match self {
             SyncRule::No => NeedsSync::No,
             SyncRule::Yes => NeedsSync::Yes,
             SyncRule::Unknown => NeedsSync::Unknown,
-            SyncRule::NoIfDmaCoherent => {
-                if platform.dma_coherent() {
+            SyncRule::OnlyWithNonCoherentDevices => {
+                if devices.cached_is_coherent() {
                     NeedsSync::No
                 } else {
                     NeedsSync::Yes
@@ -61,7 +76,7 @@ pub const BUILTIN: &[TableRow] = &[
     TableRow {
         pattern: "udmabuf",
         cache: CacheAttr::Cached,
-        needs_sync: SyncRule::NoIfDmaCoherent,
+        needs_sync: SyncRule::OnlyWithNonCoherentDevices,
         stable: true,
         note: "memfd pages mapped cached; begin/end_cpu_access syncs attached devices",
         drm: false,
@@ -69,7 +84,7 @@ pub const BUILTIN: &[TableRow] = &[
     TableRow {
         pattern: "system",
         cache: CacheAttr::Cached,
-        needs_sync: SyncRule::NoIfDmaCoherent,
+        needs_sync: SyncRule::OnlyWithNonCoherentDevices,
         stable: true,
         note: "system dma-heap: cached pages, syncs attached devices",
         drm: false,
@@ -77,7 +92,7 @@ pub const BUILTIN: &[TableRow] = &[
     TableRow {
         pattern: "default_cma_region",
         cache: CacheAttr::Cached,
-        needs_sync: SyncRule::NoIfDmaCoherent,
+        needs_sync: SyncRule::OnlyWithNonCoherentDevices,
         stable: true,
         note: "default CMA heap: cached, syncs attached devices",
         drm: false,
@@ -85,7 +100,7 @@ pub const BUILTIN: &[TableRow] = &[
     TableRow {
         pattern: "linux,cma",
         cache: CacheAttr::Cached,
-        needs_sync: SyncRule::NoIfDmaCoherent,
+        needs_sync: SyncRule::OnlyWithNonCoherentDevices,
         stable: true,
         note: "CMA heap named after its reserved-memory region",
         drm: false,
@@ -167,13 +182,13 @@ pub fn may_be_drm(exporter: &str) -> bool {
     lookup(exporter).is_none_or(|r| r.drm)
 }
 
-/// The table's answers for `exporter` on `platform`.
-pub fn answer(exporter: &str, platform: Platform) -> Partial {
+/// The table's answers for `exporter` with the configured device access.
+pub fn answer(exporter: &str, devices: DeviceAccess) -> Partial {
     match lookup(exporter) {
         Some(row) => Partial {
             cache: Some(Answer::new(row.cache, Source::ExporterTable)),
             needs_sync: Some(Answer::new(
-                row.needs_sync.resolve(platform),
+                row.needs_sync.resolve(devices),
                 Source::ExporterTable,
             )),
             stable: Some(Answer::new(row.stable, Source::ExporterTable)),
