@@ -480,7 +480,10 @@ mod tests {
             ("[[exporter]]\nname = \"x\"", "sets none"),
             ("[[exporter]]\nname = \"\"\nstable = true", "empty"),
             ("colour = 1", "colour"),
-            ("\n\n[[exporter]]\nname = \"x\"\nstabel = true", "line 5: unknown field `stabel`"),
+            (
+                "\n\n[[exporter]]\nname = \"x\"\nstabel = true",
+                "line 5: unknown field `stabel`",
+            ),
             ("devices = \"some\"", "devices"),
             ("schema = 2", "newer dmabuf-info"),
             ("schema = 0", "no such schema"),

@@ -373,7 +373,11 @@ mod tests {
         for k in [BufferKind::DmaBuf, BufferKind::Memfd] {
             assert_eq!(name(serde_json::to_value(k).unwrap()), k.as_str());
         }
-        for m in [MapCache::Cached, MapCache::Uncached, MapCache::WriteCombined] {
+        for m in [
+            MapCache::Cached,
+            MapCache::Uncached,
+            MapCache::WriteCombined,
+        ] {
             assert_eq!(name(serde_json::to_value(m).unwrap()), m.as_str());
         }
     }

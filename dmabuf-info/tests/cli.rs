@@ -291,10 +291,19 @@ fn usage_errors_exit_2() {
         (&["inspect", "--pid", "0"], "0 is not in 1.."),
         (&["inspect", "--fd", "-1"], "--fd"),
         (&["inspect", "--fd", "three"], "invalid digit"),
-        (&["inspect", "--fd", "3", "/dev/null"], "cannot be used with"),
-        (&["platform", "--config", "/nonexistent.toml"], "cannot read"),
+        (
+            &["inspect", "--fd", "3", "/dev/null"],
+            "cannot be used with",
+        ),
+        (
+            &["platform", "--config", "/nonexistent.toml"],
+            "cannot read",
+        ),
         (&["platform", "--config", bad], "unknown field `platfrom`"),
-        (&["--json", "inspect", "--fd", "3", "--config", bad], "platfrom"),
+        (
+            &["--json", "inspect", "--fd", "3", "--config", bad],
+            "platfrom",
+        ),
     ] {
         let o = run(args);
         assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
@@ -310,10 +319,16 @@ fn help_lists_accepted_values_and_exit_codes() {
     assert_eq!(o.status.code(), Some(0));
     let help = stdout(&o);
     for p in dmabuf_info::Platform::ALL {
-        assert!(help.contains(&format!("- {}:", p.as_str())), "{p} missing: {help}");
+        assert!(
+            help.contains(&format!("- {}:", p.as_str())),
+            "{p} missing: {help}"
+        );
     }
     for d in dmabuf_info::DeviceAccess::ALL {
-        assert!(help.contains(&format!("- {}:", d.as_str())), "{d} missing: {help}");
+        assert!(
+            help.contains(&format!("- {}:", d.as_str())),
+            "{d} missing: {help}"
+        );
     }
     for code in [
         "0  success",
@@ -341,7 +356,10 @@ fn help_lists_accepted_values_and_exit_codes() {
         "--platform <NAME>",
         "--devices <ACCESS>",
     ] {
-        assert!(help.contains(needle), "{needle} missing from inspect --help: {help}");
+        assert!(
+            help.contains(needle),
+            "{needle} missing from inspect --help: {help}"
+        );
     }
     let o = run(&["--version"]);
     assert_eq!(o.status.code(), Some(0));
@@ -370,7 +388,11 @@ fn quirk_directories() {
         "10-memfd.toml",
         "schema = 1\n[[exporter]]\nname = \"memfd\"\nneeds_sync = \"yes\"\n",
     );
-    write(&vendor, "20-platform.toml", "schema = 1\nplatform = \"arm64\"\n");
+    write(
+        &vendor,
+        "20-platform.toml",
+        "schema = 1\nplatform = \"arm64\"\n",
+    );
     write(&vendor, "README", "not a .toml file: ignored\n");
     // /etc: replaces 10-memfd.toml (memfds are written cached by the quirk, still coherent).
     write(
@@ -379,8 +401,16 @@ fn quirk_directories() {
         "[[exporter]]\nname = \"memfd\"\nstable = true\nnote = \"admin\"\n",
     );
     // Broken files: skipped, reported, never fatal.
-    write(&etc, "30-typo.toml", "schema = 1\ndevices = \"cpu-only\"\nplatfrom = \"x86-amd\"\n");
-    write(&etc, "40-future.toml", "schema = 2\nplatform = \"x86-amd\"\n");
+    write(
+        &etc,
+        "30-typo.toml",
+        "schema = 1\ndevices = \"cpu-only\"\nplatfrom = \"x86-amd\"\n",
+    );
+    write(
+        &etc,
+        "40-future.toml",
+        "schema = 2\nplatform = \"x86-amd\"\n",
+    );
 
     let fd = inheritable_memfd("quirked", 4096);
     let script = format!("exec \"$0\" \"$@\" 3<&{}", fd.as_raw_fd());
@@ -398,15 +428,23 @@ fn quirk_directories() {
     // Allowed: the vendor's "needs SYNC" was replaced by the admin's file.
     assert_eq!(o.status.code(), Some(0), "{err}{}", stdout(&o));
     let v: Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(v["platform"], "arm64", "the vendor's 20-platform.toml applies");
-    assert_eq!(v["devices"], "non-coherent", "30-typo.toml was skipped whole");
+    assert_eq!(
+        v["platform"], "arm64",
+        "the vendor's 20-platform.toml applies"
+    );
+    assert_eq!(
+        v["devices"], "non-coherent",
+        "30-typo.toml was skipped whole"
+    );
     let b = &v["buffers"][0];
     assert_eq!(b["needs_sync"]["source"], "memfd");
     assert_eq!(b["stable"]["source"], "config quirk \"memfd\"");
     let typo = etc.join("30-typo.toml").display().to_string();
     let future = etc.join("40-future.toml").display().to_string();
     assert!(
-        err.contains(&format!("warning: {typo}: line 3: unknown field `platfrom`")),
+        err.contains(&format!(
+            "warning: {typo}: line 3: unknown field `platfrom`"
+        )),
         "{err}"
     );
     assert!(err.contains("file skipped"), "{err}");

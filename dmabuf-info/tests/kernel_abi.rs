@@ -64,7 +64,12 @@ fn v2_answers_decide_for_every_exporter_and_platform() {
             let ctx = |v: u64, d: &Decision| format!("v2 value {v}, {exporter} on {platform}: {d}");
 
             // COHERENT_CACHED: the kernel answers all three, whatever the table says.
-            let a = answers(Some(KernelAbi::V2), exporter, KernelProbe::Answered(2), platform);
+            let a = answers(
+                Some(KernelAbi::V2),
+                exporter,
+                KernelProbe::Answered(2),
+                platform,
+            );
             assert_eq!(a.0, Answer::new(CacheAttr::Cached, v2.clone()));
             assert_eq!(a.1, Answer::new(NeedsSync::No, v2.clone()));
             assert_eq!(a.2, Answer::new(true, v2.clone()));
@@ -72,11 +77,21 @@ fn v2_answers_decide_for_every_exporter_and_platform() {
             assert_eq!(d, Decision::Allow(MapCache::Cached), "{}", ctx(2, &d));
 
             // COHERENT_WC: allowed as WC where the platform delivers WC.
-            let a = answers(Some(KernelAbi::V2), exporter, KernelProbe::Answered(1), platform);
+            let a = answers(
+                Some(KernelAbi::V2),
+                exporter,
+                KernelProbe::Answered(1),
+                platform,
+            );
             assert_eq!(a.2, Answer::new(true, v2.clone()));
             let d = decide(&a, platform);
             if delivers_wc(platform) {
-                assert_eq!(d, Decision::Allow(MapCache::WriteCombined), "{}", ctx(1, &d));
+                assert_eq!(
+                    d,
+                    Decision::Allow(MapCache::WriteCombined),
+                    "{}",
+                    ctx(1, &d)
+                );
             } else {
                 assert!(
                     matches!(
@@ -90,7 +105,12 @@ fn v2_answers_decide_for_every_exporter_and_platform() {
             }
 
             // INCOHERENT: refused for needing SYNC, on the kernel's word.
-            let a = answers(Some(KernelAbi::V2), exporter, KernelProbe::Answered(0), platform);
+            let a = answers(
+                Some(KernelAbi::V2),
+                exporter,
+                KernelProbe::Answered(0),
+                platform,
+            );
             let d = decide(&a, platform);
             assert_eq!(
                 d,
@@ -100,7 +120,12 @@ fn v2_answers_decide_for_every_exporter_and_platform() {
             );
 
             // A value v2 does not define answers nothing: as if the kernel had no ioctl.
-            let unknown = answers(Some(KernelAbi::V2), exporter, KernelProbe::Answered(7), platform);
+            let unknown = answers(
+                Some(KernelAbi::V2),
+                exporter,
+                KernelProbe::Answered(7),
+                platform,
+            );
             let absent = answers(
                 Some(KernelAbi::V2),
                 exporter,
@@ -175,7 +200,12 @@ fn v1_answers_give_the_attribute_only() {
 #[test]
 fn answers_are_interpreted_only_with_the_configured_value_set() {
     for exporter in EXPORTERS {
-        let table = answers(None, exporter, KernelProbe::Absent(libc::ENOTTY), Platform::X86Amd);
+        let table = answers(
+            None,
+            exporter,
+            KernelProbe::Absent(libc::ENOTTY),
+            Platform::X86Amd,
+        );
         // No value set configured: the kernel's answer is not trusted.
         let a = answers(None, exporter, KernelProbe::Answered(2), Platform::X86Amd);
         assert_eq!(a, table, "{exporter}");
@@ -191,8 +221,18 @@ fn answers_are_interpreted_only_with_the_configured_value_set() {
         }
     }
     // The same raw value means different things in the two sets: 1 is CACHED in v1, WC in v2.
-    let v1 = answers(Some(KernelAbi::V1), "drm", KernelProbe::Answered(1), Platform::X86Amd);
-    let v2 = answers(Some(KernelAbi::V2), "drm", KernelProbe::Answered(1), Platform::X86Amd);
+    let v1 = answers(
+        Some(KernelAbi::V1),
+        "drm",
+        KernelProbe::Answered(1),
+        Platform::X86Amd,
+    );
+    let v2 = answers(
+        Some(KernelAbi::V2),
+        "drm",
+        KernelProbe::Answered(1),
+        Platform::X86Amd,
+    );
     assert_eq!(v1.0.value, CacheAttr::Cached);
     assert_eq!(v2.0.value, CacheAttr::WriteCombined);
 }
@@ -217,7 +257,10 @@ fn the_kernel_comes_before_driver_and_quirk() {
         KernelProbe::Answered(1),
         driver.clone(),
     );
-    assert_eq!(decide(&a, Platform::Arm64), Decision::Allow(MapCache::WriteCombined));
+    assert_eq!(
+        decide(&a, Platform::Arm64),
+        Decision::Allow(MapCache::WriteCombined)
+    );
     // Without the kernel the driver decides: refused for SYNC, not for the quirk's stability.
     let a = dma_buf_answers(
         &config,

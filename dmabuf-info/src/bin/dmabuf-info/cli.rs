@@ -47,7 +47,10 @@ fn device_accesses() -> impl TypedValueParser<Value = DeviceAccess> {
     PossibleValuesParser::new(
         DeviceAccess::ALL.map(|d| PossibleValue::new(d.as_str()).help(d.describe())),
     )
-    .map(|s| s.parse::<DeviceAccess>().expect("every listed value parses"))
+    .map(|s| {
+        s.parse::<DeviceAccess>()
+            .expect("every listed value parses")
+    })
 }
 
 /// What may the CPU, or a guest VM, do with a dma-buf?

@@ -263,7 +263,9 @@ fn run_inspect(cli: &Cli, ins: &Inspector, args: &InspectArgs) -> u8 {
                 found
                     .buffers
                     .iter()
-                    .map(|(t, info, d)| BufferReport::new(t.fd_label, t.path_label.clone(), info, d))
+                    .map(|(t, info, d)| {
+                        BufferReport::new(t.fd_label, t.path_label.clone(), info, d)
+                    })
                     .collect(),
                 None,
             ),
@@ -439,4 +441,3 @@ fn main() -> ExitCode {
     };
     ExitCode::from(code)
 }
-
