@@ -1,5 +1,8 @@
-//! C ABI. The header is `include/dmabuf_info.h`; keep the two in step and bump
-//! [`ABI_MINOR`] (compatible additions) or [`ABI_MAJOR`] (breaking changes) with every change.
+//! C ABI. The header `include/dmabuf_info.h` is generated from this file with cbindgen
+//! (`tests/header.rs` regenerates it and fails when the committed one differs; `BLESS=1 cargo
+//! test -p dmabuf-info --test header` rewrites it). Bump [`DMABUF_INFO_ABI_MINOR`] with
+//! compatible additions and [`DMABUF_INFO_ABI_MAJOR`] (and with it the SONAME) with breaking
+//! changes.
 //!
 //! All functions return 0 (or a documented non-negative value) on success and a negative errno
 //! on failure, or [`DMABUF_INFO_E_NOT_BUFFER`] when the descriptor is neither a dma-buf nor a
@@ -16,17 +19,93 @@ use std::sync::OnceLock;
 use crate::error::{Error, FileKind};
 use crate::info::{BufferInfo, BufferKind, CacheAttr, Driver, KernelAbi, NeedsSync, Source};
 use crate::platform::Platform;
-use crate::policy::{self, Decision};
+use crate::policy::{self, Decision, RefuseReason};
 use crate::uapi::DmaBufInfoArg;
 use crate::{Config, Inspector};
 
-/// ABI major version (incompatible changes).
-pub const ABI_MAJOR: u32 = 1;
-/// ABI minor version (compatible additions).
-pub const ABI_MINOR: u32 = 0;
-/// Returned when the descriptor is neither a dma-buf nor a memfd (`out->file_kind` says what
-/// it is). Outside the errno range.
+include!("abi_version.rs");
+
+/// Neither a dma-buf nor a memfd (`out->file_kind` says what it is). Outside the errno range.
 pub const DMABUF_INFO_E_NOT_BUFFER: c_int = -10000;
+
+/// `kind`: a dma-buf.
+pub const DMABUF_INFO_KIND_DMABUF: u32 = 1;
+/// `kind`: a memfd.
+pub const DMABUF_INFO_KIND_MEMFD: u32 = 2;
+
+/// `cache`: nobody could say (values mirror `VIRTIO_GPU_MAP_CACHE_*`, with 0 = unknown).
+pub const DMABUF_INFO_CACHE_UNKNOWN: u32 = 0;
+/// `cache`: write-back cached.
+pub const DMABUF_INFO_CACHE_CACHED: u32 = 1;
+/// `cache`: uncached.
+pub const DMABUF_INFO_CACHE_UNCACHED: u32 = 2;
+/// `cache`: write-combined.
+pub const DMABUF_INFO_CACHE_WRITE_COMBINED: u32 = 3;
+
+/// `needs_sync`: nobody could say.
+pub const DMABUF_INFO_SYNC_UNKNOWN: u32 = 0;
+/// `needs_sync`: coherent without `DMA_BUF_IOCTL_SYNC`.
+pub const DMABUF_INFO_SYNC_NO: u32 = 1;
+/// `needs_sync`: CPU access needs `DMA_BUF_IOCTL_SYNC`.
+pub const DMABUF_INFO_SYNC_YES: u32 = 2;
+
+/// `*_source` kind (low byte): nothing answered, the conservative default.
+pub const DMABUF_INFO_SOURCE_DEFAULT: u32 = 0;
+/// `*_source` kind: `DMA_BUF_IOCTL_INFO`; detail (second byte) 1 = v1, 2 = v2.
+pub const DMABUF_INFO_SOURCE_KERNEL_IOCTL: u32 = 1;
+/// `*_source` kind: a driver ioctl; detail 1 msm, 2 panfrost, 3 panthor, 4 i915, 5 amdgpu.
+pub const DMABUF_INFO_SOURCE_DRIVER_IOCTL: u32 = 2;
+/// `*_source` kind: the built-in exporter table.
+pub const DMABUF_INFO_SOURCE_EXPORTER_TABLE: u32 = 3;
+/// `*_source` kind: a configuration quirk.
+pub const DMABUF_INFO_SOURCE_CONFIG_QUIRK: u32 = 4;
+/// `*_source` kind: the descriptor is a memfd.
+pub const DMABUF_INFO_SOURCE_MEMFD: u32 = 5;
+
+/// `file_kind` after `DMABUF_INFO_E_NOT_BUFFER`: a regular file.
+pub const DMABUF_INFO_FILE_REGULAR: u32 = 1;
+/// `file_kind`: a directory.
+pub const DMABUF_INFO_FILE_DIRECTORY: u32 = 2;
+/// `file_kind`: a pipe or FIFO.
+pub const DMABUF_INFO_FILE_PIPE: u32 = 3;
+/// `file_kind`: a socket.
+pub const DMABUF_INFO_FILE_SOCKET: u32 = 4;
+/// `file_kind`: a character device.
+pub const DMABUF_INFO_FILE_CHAR_DEVICE: u32 = 5;
+/// `file_kind`: a block device.
+pub const DMABUF_INFO_FILE_BLOCK_DEVICE: u32 = 6;
+/// `file_kind`: an `O_PATH` symlink.
+pub const DMABUF_INFO_FILE_SYMLINK: u32 = 7;
+/// `file_kind`: an anonymous inode (eventfd, timerfd, sync_file, ...).
+pub const DMABUF_INFO_FILE_ANON_INODE: u32 = 8;
+/// `file_kind`: anything else.
+pub const DMABUF_INFO_FILE_OTHER: u32 = 9;
+
+/// Platform for `dmabuf_info_decide()`: the configured or detected one.
+pub const DMABUF_INFO_PLATFORM_DEFAULT: u32 = 0;
+/// x86 Intel, KVM ignores guest PAT.
+pub const DMABUF_INFO_PLATFORM_X86_INTEL: u32 = 1;
+/// x86 Intel, guest PAT honoured.
+pub const DMABUF_INFO_PLATFORM_X86_INTEL_GUEST_PAT: u32 = 2;
+/// x86 AMD.
+pub const DMABUF_INFO_PLATFORM_X86_AMD: u32 = 3;
+/// arm64 without FWB.
+pub const DMABUF_INFO_PLATFORM_ARM64: u32 = 4;
+/// arm64 with FEAT_S2FWB.
+pub const DMABUF_INFO_PLATFORM_ARM64_FWB: u32 = 5;
+/// Anything else.
+pub const DMABUF_INFO_PLATFORM_OTHER: u32 = 6;
+
+/// `refuse_reason`: CPU access needs `DMA_BUF_IOCTL_SYNC`, which a guest cannot issue.
+pub const DMABUF_INFO_REFUSE_NEEDS_SYNC: u32 = 1;
+/// `refuse_reason`: unknown whether CPU access needs `DMA_BUF_IOCTL_SYNC`.
+pub const DMABUF_INFO_REFUSE_SYNC_UNKNOWN: u32 = 2;
+/// `refuse_reason`: the cache attribute is unknown.
+pub const DMABUF_INFO_REFUSE_CACHE_UNKNOWN: u32 = 3;
+/// `refuse_reason`: the attribute may change, or its stability is unknown.
+pub const DMABUF_INFO_REFUSE_NOT_STABLE: u32 = 4;
+/// `refuse_reason`: the platform cannot give the guest this attribute.
+pub const DMABUF_INFO_REFUSE_PLATFORM: u32 = 5;
 
 /// Runs `f` with `raw` borrowed, after checking that it is an open descriptor.
 ///
@@ -45,7 +124,7 @@ pub fn with_raw_fd<R>(raw: RawFd, f: impl FnOnce(BorrowedFd<'_>) -> R) -> Result
     Ok(f(fd))
 }
 
-/// `struct dmabuf_info_result`.
+/// What `dmabuf_info_inspect()` found out about a buffer.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct DmabufInfoResult {
@@ -79,7 +158,7 @@ pub struct DmabufInfoResult {
     pub name: [c_char; 64],
 }
 
-/// `struct dmabuf_info_decision`.
+/// The guest mapping decision of `dmabuf_info_decide()`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct DmabufInfoDecision {
@@ -97,40 +176,30 @@ pub struct DmabufInfoDecision {
 
 fn cache_code(c: CacheAttr) -> u32 {
     match c {
-        CacheAttr::Unknown => 0,
-        CacheAttr::Cached => 1,
-        CacheAttr::Uncached => 2,
-        CacheAttr::WriteCombined => 3,
+        CacheAttr::Unknown => DMABUF_INFO_CACHE_UNKNOWN,
+        CacheAttr::Cached => DMABUF_INFO_CACHE_CACHED,
+        CacheAttr::Uncached => DMABUF_INFO_CACHE_UNCACHED,
+        CacheAttr::WriteCombined => DMABUF_INFO_CACHE_WRITE_COMBINED,
     }
 }
 
 fn cache_from(code: u32) -> Option<CacheAttr> {
-    Some(match code {
-        0 => CacheAttr::Unknown,
-        1 => CacheAttr::Cached,
-        2 => CacheAttr::Uncached,
-        3 => CacheAttr::WriteCombined,
-        _ => return None,
-    })
+    CacheAttr::ALL.into_iter().find(|c| cache_code(*c) == code)
 }
 
 fn sync_code(s: NeedsSync) -> u32 {
     match s {
-        NeedsSync::Unknown => 0,
-        NeedsSync::No => 1,
-        NeedsSync::Yes => 2,
+        NeedsSync::Unknown => DMABUF_INFO_SYNC_UNKNOWN,
+        NeedsSync::No => DMABUF_INFO_SYNC_NO,
+        NeedsSync::Yes => DMABUF_INFO_SYNC_YES,
     }
 }
 
 fn sync_from(code: u32) -> Option<NeedsSync> {
-    Some(match code {
-        0 => NeedsSync::Unknown,
-        1 => NeedsSync::No,
-        2 => NeedsSync::Yes,
-        _ => return None,
-    })
+    NeedsSync::ALL.into_iter().find(|s| sync_code(*s) == code)
 }
 
+/// Drivers in the order of their `DMABUF_INFO_SOURCE_DRIVER_IOCTL` detail (1-based).
 const DRIVERS: [Driver; 5] = [
     Driver::Msm,
     Driver::Panfrost,
@@ -139,60 +208,77 @@ const DRIVERS: [Driver; 5] = [
     Driver::Amdgpu,
 ];
 
-/// Source code: low byte = kind, second byte = detail (ABI 1/2, or driver 1..5).
+/// Value sets in the order of their `DMABUF_INFO_SOURCE_KERNEL_IOCTL` detail (1-based).
+const ABIS: [KernelAbi; 2] = [KernelAbi::V1, KernelAbi::V2];
+
+fn detail_of<T: PartialEq>(list: &[T], x: &T) -> u32 {
+    list.iter().position(|y| y == x).map_or(0, |i| i as u32 + 1)
+}
+
+/// Source code: low byte = kind, second byte = detail (value set, or driver).
 fn source_code(s: &Source) -> u32 {
     match s {
-        Source::Default => 0,
-        Source::KernelIoctl(KernelAbi::V1) => 1 | (1 << 8),
-        Source::KernelIoctl(KernelAbi::V2) => 1 | (2 << 8),
-        Source::DriverIoctl(d) => {
-            let idx = DRIVERS
-                .iter()
-                .position(|x| x == d)
-                .map_or(0, |i| i as u32 + 1);
-            2 | (idx << 8)
-        }
-        Source::ExporterTable => 3,
-        Source::ConfigQuirk(_) => 4,
-        Source::Memfd => 5,
+        Source::Default => DMABUF_INFO_SOURCE_DEFAULT,
+        Source::KernelIoctl(abi) => DMABUF_INFO_SOURCE_KERNEL_IOCTL | (detail_of(&ABIS, abi) << 8),
+        Source::DriverIoctl(d) => DMABUF_INFO_SOURCE_DRIVER_IOCTL | (detail_of(&DRIVERS, d) << 8),
+        Source::ExporterTable => DMABUF_INFO_SOURCE_EXPORTER_TABLE,
+        Source::ConfigQuirk(_) => DMABUF_INFO_SOURCE_CONFIG_QUIRK,
+        Source::Memfd => DMABUF_INFO_SOURCE_MEMFD,
     }
 }
 
 fn source_from(code: u32) -> Option<Source> {
-    let detail = (code >> 8) & 0xff;
+    let detail = ((code >> 8) & 0xff) as usize;
+    let nth = |len: usize| detail.checked_sub(1).filter(|i| *i < len);
     Some(match code & 0xff {
-        0 => Source::Default,
-        1 => Source::KernelIoctl(if detail == 1 {
-            KernelAbi::V1
-        } else {
-            KernelAbi::V2
-        }),
-        2 => Source::DriverIoctl(*DRIVERS.get((detail as usize).checked_sub(1)?)?),
-        3 => Source::ExporterTable,
-        4 => Source::ConfigQuirk("(from configuration)".into()),
-        5 => Source::Memfd,
+        DMABUF_INFO_SOURCE_DEFAULT => Source::Default,
+        DMABUF_INFO_SOURCE_KERNEL_IOCTL => Source::KernelIoctl(ABIS[nth(ABIS.len())?]),
+        DMABUF_INFO_SOURCE_DRIVER_IOCTL => Source::DriverIoctl(DRIVERS[nth(DRIVERS.len())?]),
+        DMABUF_INFO_SOURCE_EXPORTER_TABLE => Source::ExporterTable,
+        DMABUF_INFO_SOURCE_CONFIG_QUIRK => Source::ConfigQuirk("(from configuration)".into()),
+        DMABUF_INFO_SOURCE_MEMFD => Source::Memfd,
         _ => return None,
     })
 }
 
 fn platform_code(p: Platform) -> u32 {
+    match p {
+        Platform::X86Intel => DMABUF_INFO_PLATFORM_X86_INTEL,
+        Platform::X86IntelGuestPat => DMABUF_INFO_PLATFORM_X86_INTEL_GUEST_PAT,
+        Platform::X86Amd => DMABUF_INFO_PLATFORM_X86_AMD,
+        Platform::Arm64 => DMABUF_INFO_PLATFORM_ARM64,
+        Platform::Arm64Fwb => DMABUF_INFO_PLATFORM_ARM64_FWB,
+        Platform::Other => DMABUF_INFO_PLATFORM_OTHER,
+    }
+}
+
+fn platform_from(code: u32) -> Option<Platform> {
     Platform::ALL
-        .iter()
-        .position(|x| *x == p)
-        .map_or(0, |i| i as u32 + 1)
+        .into_iter()
+        .find(|p| platform_code(*p) == code)
+}
+
+fn refuse_code(r: &RefuseReason) -> u32 {
+    match r {
+        RefuseReason::NeedsSync { .. } => DMABUF_INFO_REFUSE_NEEDS_SYNC,
+        RefuseReason::SyncUnknown { .. } => DMABUF_INFO_REFUSE_SYNC_UNKNOWN,
+        RefuseReason::CacheUnknown { .. } => DMABUF_INFO_REFUSE_CACHE_UNKNOWN,
+        RefuseReason::NotStable { .. } => DMABUF_INFO_REFUSE_NOT_STABLE,
+        RefuseReason::PlatformCannotDeliver { .. } => DMABUF_INFO_REFUSE_PLATFORM,
+    }
 }
 
 fn file_kind_code(k: &FileKind) -> u32 {
     match k {
-        FileKind::RegularFile => 1,
-        FileKind::Directory => 2,
-        FileKind::Pipe => 3,
-        FileKind::Socket => 4,
-        FileKind::CharDevice => 5,
-        FileKind::BlockDevice => 6,
-        FileKind::Symlink => 7,
-        FileKind::AnonInode(_) => 8,
-        FileKind::Other => 9,
+        FileKind::RegularFile => DMABUF_INFO_FILE_REGULAR,
+        FileKind::Directory => DMABUF_INFO_FILE_DIRECTORY,
+        FileKind::Pipe => DMABUF_INFO_FILE_PIPE,
+        FileKind::Socket => DMABUF_INFO_FILE_SOCKET,
+        FileKind::CharDevice => DMABUF_INFO_FILE_CHAR_DEVICE,
+        FileKind::BlockDevice => DMABUF_INFO_FILE_BLOCK_DEVICE,
+        FileKind::Symlink => DMABUF_INFO_FILE_SYMLINK,
+        FileKind::AnonInode(_) => DMABUF_INFO_FILE_ANON_INODE,
+        FileKind::Other => DMABUF_INFO_FILE_OTHER,
     }
 }
 
@@ -226,15 +312,17 @@ fn inspector() -> Result<&'static Inspector, c_int> {
         .map_err(|_| -libc::EINVAL)
 }
 
-/// `uint32_t dmabuf_info_abi_version(void)`: `(major << 16) | minor`.
+/// The library's ABI version, `(major << 16) | minor`; compare with
+/// `DMABUF_INFO_ABI_VERSION`.
 #[no_mangle]
 pub extern "C" fn dmabuf_info_abi_version() -> u32 {
-    (ABI_MAJOR << 16) | ABI_MINOR
+    (DMABUF_INFO_ABI_MAJOR << 16) | DMABUF_INFO_ABI_MINOR
 }
 
-/// `int dmabuf_info_init(const char *config_path)`: creates the process-wide inspector from
-/// `config_path` (NULL = default search). Returns 0, `-EINVAL` for a bad configuration, or
-/// `-EALREADY` if the inspector already exists (first use or an earlier init).
+/// Creates the process-wide inspector before first use (optional) from `config_path`, read
+/// strictly, or with NULL from the default search ($DMABUF_INFO_CONFIG, else the drop-in
+/// directories, whose broken files are skipped). Returns 0, -EINVAL (bad configuration) or
+/// -EALREADY (the inspector already exists: first use or an earlier init).
 ///
 /// # Safety
 /// `config_path` is NULL or a valid NUL-terminated string.
@@ -266,8 +354,8 @@ pub unsafe extern "C" fn dmabuf_info_init(config_path: *const c_char) -> c_int {
     }
 }
 
-/// `uint32_t dmabuf_info_platform(void)`: the `DMABUF_INFO_PLATFORM_*` in use (0 if the
-/// configuration is invalid).
+/// The `DMABUF_INFO_PLATFORM_*` in use (configured or detected); 0 if the configuration is
+/// invalid.
 #[no_mangle]
 pub extern "C" fn dmabuf_info_platform() -> u32 {
     inspector().map_or(0, |i| platform_code(i.platform()))
@@ -275,8 +363,8 @@ pub extern "C" fn dmabuf_info_platform() -> u32 {
 
 fn fill_result(out: &mut DmabufInfoResult, info: &BufferInfo) {
     out.kind = match info.kind {
-        BufferKind::DmaBuf => 1,
-        BufferKind::Memfd => 2,
+        BufferKind::DmaBuf => DMABUF_INFO_KIND_DMABUF,
+        BufferKind::Memfd => DMABUF_INFO_KIND_MEMFD,
     };
     out.size = info.size;
     out.inode = info.inode;
@@ -292,8 +380,9 @@ fn fill_result(out: &mut DmabufInfoResult, info: &BufferInfo) {
     copy_str(&mut out.name, info.name.as_deref().unwrap_or(""));
 }
 
-/// `int dmabuf_info_inspect(int fd, int drm_fd, struct dmabuf_info_result *out)`: fills `out`
-/// for `fd`. `drm_fd` is the allocating DRM device or -1. `out->struct_size` must be set.
+/// Fills `*out` for `fd`. `drm_fd` is the DRM device that allocated the buffer, or -1.
+/// `out->struct_size` must be set. Returns 0, -EBADF (`fd` not open),
+/// `DMABUF_INFO_E_NOT_BUFFER` (`out->file_kind` set) or another -errno.
 ///
 /// # Safety
 /// `out` points to a writable `struct dmabuf_info_result`.
@@ -339,10 +428,9 @@ pub unsafe extern "C" fn dmabuf_info_inspect(
     }
 }
 
-/// `int dmabuf_info_decide(const struct dmabuf_info_result *info, uint32_t platform,
-/// struct dmabuf_info_decision *out)`: applies the guest mapping policy. `platform` is a
-/// `DMABUF_INFO_PLATFORM_*` or 0 for the configured/detected one. Returns 1 (allow), 0
-/// (refuse) or a negative errno (`-EINVAL` for out-of-range values).
+/// The guest mapping policy for `*info` on `platform` (a `DMABUF_INFO_PLATFORM_*`, 0 = the
+/// configured or detected one). Returns 1 (allow, `out->map_info` set), 0 (refuse,
+/// `out->refuse_reason` set) or -EINVAL for out-of-range values.
 ///
 /// # Safety
 /// `info` points to a readable result struct, `out` to a writable decision struct.
@@ -357,14 +445,14 @@ pub unsafe extern "C" fn dmabuf_info_decide(
     }
     // SAFETY: non-null and valid per the caller's contract.
     let (info, out) = unsafe { (&*info, &mut *out) };
-    let platform = if platform == 0 {
+    let platform = if platform == DMABUF_INFO_PLATFORM_DEFAULT {
         match inspector() {
             Ok(i) => i.platform(),
             Err(e) => return e,
         }
     } else {
-        match Platform::ALL.get(platform as usize - 1) {
-            Some(p) => *p,
+        match platform_from(platform) {
+            Some(p) => p,
             None => return -libc::EINVAL,
         }
     };
@@ -399,16 +487,14 @@ pub unsafe extern "C" fn dmabuf_info_decide(
         Decision::Refuse(r) => {
             out.allow = 0;
             out.map_info = 0;
-            out.refuse_reason = r.code();
+            out.refuse_reason = refuse_code(&r);
             0
         }
     }
 }
 
-/// `int dmabuf_info_query_abi(int fd, struct dma_buf_info *info, uint32_t abi)`: the
-/// ioctl-shaped entry point for value set `abi` (1 = v1 `DMA_BUF_INFO_VM_PROT`, 2 = v2
-/// `DMA_BUF_INFO_MAP_INFO`). Returns 0 or a negative errno, as the ioctl would fail (see
-/// [`Inspector::query_uapi`]).
+/// `dmabuf_info_query()` for value set `abi`: 1 = v1 (`DMA_BUF_INFO_VM_PROT`), 2 = v2
+/// (`DMA_BUF_INFO_MAP_INFO`); -EINVAL for another `abi`.
 ///
 /// # Safety
 /// `info` points to a readable and writable `struct dma_buf_info`.
@@ -439,11 +525,13 @@ pub unsafe extern "C" fn dmabuf_info_query_abi(
     }
 }
 
-/// `int dmabuf_info_query(int fd, struct dma_buf_info *info)`: [`dmabuf_info_query_abi`] with
-/// the v2 value set (`DMA_BUF_INFO_MAP_INFO`), the last one posted.
+/// ioctl-shaped: fills `info->value` for `info->param == 1` exactly as a kernel carrying
+/// `DMA_BUF_IOCTL_INFO` v2 (`DMA_BUF_INFO_MAP_INFO`, the last value set posted) would.
+/// Returns 0 or -errno: -EINVAL (bad param or pad), -ENOTTY (not a dma-buf), -EBADF, -ENOSYS
+/// (no answer: unknown, or not stable).
 ///
 /// # Safety
-/// As [`dmabuf_info_query_abi`].
+/// `info` points to a readable and writable `struct dma_buf_info`.
 #[no_mangle]
 pub unsafe extern "C" fn dmabuf_info_query(fd: c_int, info: *mut DmaBufInfoArg) -> c_int {
     // SAFETY: forwarded contract.
@@ -474,8 +562,36 @@ mod tests {
         {
             assert_eq!(source_from(source_code(&s)), Some(s));
         }
-        assert_eq!(source_from(2), None);
+        assert_eq!(source_from(DMABUF_INFO_SOURCE_DRIVER_IOCTL), None);
+        assert_eq!(
+            source_from(DMABUF_INFO_SOURCE_KERNEL_IOCTL | (3 << 8)),
+            None
+        );
         assert_eq!(cache_from(4), None);
+        for p in Platform::ALL {
+            assert_eq!(platform_from(platform_code(p)), Some(p));
+        }
+        assert_eq!(platform_from(DMABUF_INFO_PLATFORM_DEFAULT), None);
+        assert_eq!(platform_from(7), None);
+    }
+
+    /// The C codes of refusals are the JSON `reason_code`s.
+    #[test]
+    fn refuse_codes_match_the_policy() {
+        let s = Source::Default;
+        for r in [
+            RefuseReason::NeedsSync { source: s.clone() },
+            RefuseReason::SyncUnknown { source: s.clone() },
+            RefuseReason::CacheUnknown { source: s.clone() },
+            RefuseReason::NotStable { source: s.clone() },
+            RefuseReason::PlatformCannotDeliver {
+                cache: CacheAttr::WriteCombined,
+                platform: Platform::X86Intel,
+                source: s.clone(),
+            },
+        ] {
+            assert_eq!(refuse_code(&r), r.code(), "{r}");
+        }
     }
 
     #[test]

@@ -63,17 +63,17 @@ fn header_version_matches_the_library() {
     .unwrap();
     let major = format!(
         "#define DMABUF_INFO_ABI_MAJOR {}",
-        dmabuf_info::ffi::ABI_MAJOR
+        dmabuf_info::ffi::DMABUF_INFO_ABI_MAJOR
     );
     let minor = format!(
         "#define DMABUF_INFO_ABI_MINOR {}",
-        dmabuf_info::ffi::ABI_MINOR
+        dmabuf_info::ffi::DMABUF_INFO_ABI_MINOR
     );
     assert!(header.contains(&major), "header lacks `{major}`");
     assert!(header.contains(&minor), "header lacks `{minor}`");
     assert_eq!(
         dmabuf_info::ffi::dmabuf_info_abi_version(),
-        (dmabuf_info::ffi::ABI_MAJOR << 16) | dmabuf_info::ffi::ABI_MINOR
+        (dmabuf_info::ffi::DMABUF_INFO_ABI_MAJOR << 16) | dmabuf_info::ffi::DMABUF_INFO_ABI_MINOR
     );
     assert_eq!(
         std::mem::size_of::<dmabuf_info::ffi::DmabufInfoResult>(),
