@@ -4,12 +4,18 @@
 //! Every buffer is asked about before `SHMEM_MAP`. `dmabuf-info` identifies it (dma-buf or
 //! memfd), finds its cache attribute and whether CPU access needs `DMA_BUF_IOCTL_SYNC` (kernel
 //! ioctl, driver ioctl on the allocator's DRM device, configuration quirks, exporter table),
-//! and its guest policy decides for the configured platform. Anything it cannot vouch for is
-//! refused: the guest's `mmap()` then fails cleanly instead of corrupting data silently.
+//! and its guest policy decides for the configured platform and device access. Anything it
+//! cannot vouch for is refused: the guest's `mmap()` then fails cleanly instead of corrupting
+//! data silently.
+//!
+//! Freshness: the inspector caches only answers that hold for the buffer's life, checked
+//! against the inode's change time; answers that another handle holder can change (i915's
+//! caching level: `I915_GEM_SET_CACHING`, display pinning) are asked again on every call, so
+//! each `SHMEM_MAP` is decided on a current answer (`dmabuf_info::Inspector`).
 
 use std::os::fd::BorrowedFd;
 
-use dmabuf_info::{BufferInfo, Config, Decision, Inspector, Platform};
+use dmabuf_info::{BufferInfo, Config, Decision, DeviceAccess, Inspector, Platform};
 
 use crate::device::ports::{MapAdvice, MapAdvisor};
 
@@ -34,6 +40,11 @@ impl DmabufInfoAdvisor {
     /// The platform decisions are made for.
     pub fn platform(&self) -> Platform {
         self.inspector.platform()
+    }
+
+    /// Which devices may access the buffers (configured, else the platform's default).
+    pub fn devices(&self) -> DeviceAccess {
+        self.inspector.devices()
     }
 }
 
@@ -66,9 +77,10 @@ impl MapAdvisor for DmabufInfoAdvisor {
             },
             Decision::Refuse(reason) => MapAdvice::Refuse {
                 reason: format!(
-                    "{reason} [{}; platform {}]",
+                    "{reason} [{}; platform {}, devices {}]",
                     sources(&info),
-                    self.inspector.platform()
+                    self.inspector.platform(),
+                    self.inspector.devices()
                 ),
             },
         }
@@ -137,5 +149,30 @@ mod tests {
     fn platform_override_wins() {
         let advisor = DmabufInfoAdvisor::new(Config::default(), Some(Platform::Arm64));
         assert_eq!(advisor.platform(), Platform::Arm64);
+        assert_eq!(advisor.devices(), DeviceAccess::NonCoherent);
+        let config = Config::from_toml_str("devices = \"cpu-only\"").unwrap();
+        let advisor = DmabufInfoAdvisor::new(config, Some(Platform::Arm64));
+        assert_eq!(advisor.devices(), DeviceAccess::CpuOnly);
+    }
+
+    /// Asked before every map, the advisor answers for the buffer as it is now: a memfd whose
+    /// inode changed is inspected again, and two buffers never share an answer.
+    #[test]
+    fn every_advice_is_about_the_buffer_as_it_is() {
+        let advisor = DmabufInfoAdvisor::new(Config::default(), Some(Platform::X86Amd));
+        let a = memfd();
+        let b = rustix::fs::memfd_create("advisor-other", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+        for _ in 0..3 {
+            for (fd, name) in [(a.as_fd(), "advisor-test"), (b.as_fd(), "advisor-other")] {
+                match advisor.advise(fd, None) {
+                    MapAdvice::Allow { map_info, source } => {
+                        assert_eq!(map_info, 1);
+                        assert!(source.contains("memfd"), "{name}: {source}");
+                    }
+                    other => panic!("{name}: {other:?}"),
+                }
+            }
+        }
+        assert_eq!(advisor.inspector.cached_buffers(), 2);
     }
 }
