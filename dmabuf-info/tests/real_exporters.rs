@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 use dmabuf_info::sources::kernel::{self, KernelProbe};
 use dmabuf_info::uapi::{self, DmaBufInfoArg};
 use dmabuf_info::{
-    BufferInfo, BufferKind, CacheAttr, Config, Decision, Error, Inspector, KernelAbi, MapCache,
-    NeedsSync, Platform, Source, SyncAccess, SyncGuard,
+    BufferInfo, BufferKind, CacheAttr, Config, Decision, DeviceAccess, Error, Inspector, KernelAbi,
+    MapCache, NeedsSync, Platform, Source, SyncAccess, SyncGuard,
 };
 use libtest_mimic::{Arguments, Failed, Trial};
 use rustix::fs::{MemfdFlags, Mode, OFlags, SealFlags};
@@ -241,6 +241,51 @@ fn check_cached_coherent_exporter(buf: BorrowedFd<'_>, exporter: &str) -> TestRe
         arg.value == uapi::DMA_BUF_MAP_INCOHERENT,
         "v2 value on arm64 {}",
         arg.value
+    );
+
+    // arm64 with devices that snoop, or none at all: the same buffer is mapped cached, with
+    // and without FWB (only a non-coherent device makes it need SYNC).
+    for platform in [Platform::Arm64, Platform::Arm64Fwb] {
+        for devices in [DeviceAccess::Coherent, DeviceAccess::CpuOnly] {
+            let ins = Inspector::new(Config {
+                platform: Some(platform),
+                devices: Some(devices),
+                ..Config::default()
+            });
+            let d = ctx(ins.decide_fd(buf, None), "decide_fd (arm64, devices)")?;
+            ensure!(
+                d == Decision::Allow(MapCache::Cached),
+                "{platform} with devices {devices}: {d}"
+            );
+        }
+    }
+
+    // The cache: a real dma-buf's inode keeps its change time, so repeated queries are hits,
+    // and another buffer of the same exporter gets its own entry and inode.
+    let ins = inspector(Platform::X86Amd);
+    for _ in 0..3 {
+        ctx(ins.inspect(buf, None), "inspect (repeated)")?;
+    }
+    ensure!(
+        ins.cached_buffers() == 1,
+        "{} entries",
+        ins.cached_buffers()
+    );
+    let (other, _backing) = if exporter == "udmabuf" {
+        let (b, m) = make_udmabuf()?;
+        (b, Some(m))
+    } else {
+        (make_heap_buffer()?, None)
+    };
+    let other_info = ctx(ins.inspect(other.as_fd(), None), "inspect other")?;
+    ensure!(
+        ins.cached_buffers() == 2,
+        "{} entries",
+        ins.cached_buffers()
+    );
+    ensure!(
+        other_info.inode != ctx(ins.inspect(buf, None), "inspect")?.inode,
+        "two live dma-bufs share an inode number"
     );
 
     // A configured kernel ABI does not change anything when the kernel lacks the ioctl.
