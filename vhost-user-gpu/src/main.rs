@@ -9,10 +9,12 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use clap::{ArgAction, Parser};
+use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser as _};
+use clap::error::ErrorKind;
+use clap::{ArgAction, CommandFactory as _, Parser};
 use dmabuf_info::{Config as PolicyConfig, Platform};
 use vhost_user_gpu::advisor::DmabufInfoAdvisor;
-use vhost_user_gpu::alloc::{self, AllocatorKind};
+use vhost_user_gpu::alloc::{self, gbm, AllocatorKind};
 use vhost_user_gpu::device::Ports;
 use vhost_user_gpu::device::{DeviceConfig, GpuDevice};
 use vhost_user_gpu::display::{PngCapture, SharedSink};
@@ -24,36 +26,44 @@ const MAX_OUTPUTS: u32 = 16;
 
 /// vhost-user virtio-gpu backend: 2D scanouts, blob resources mapped into the guest through
 /// the host-visible region (SHMEM_MAP), with dmabuf-info deciding what is safe to map.
+///
+/// Exit status: 0 after the frontend disconnected (or --print-capabilities), 1 when start-up
+/// or serving failed, 2 for a wrong command line.
 #[derive(Parser, Debug)]
-#[command(name = "vhost-user-gpu", version, about, long_about = None)]
+#[command(name = "vhost-user-gpu", version, about, long_about)]
 struct Cli {
     /// Listen on this Unix socket path (the frontend connects to it).
     #[arg(long, value_name = "PATH", conflicts_with = "fd", required_unless_present_any = ["fd", "print_capabilities"])]
     socket_path: Option<PathBuf>,
 
     /// Use this inherited file descriptor, a listening Unix socket.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(i32).range(0..))]
     fd: Option<i32>,
 
-    /// Print the backend's capabilities as JSON and exit.
+    /// Print the backend's capabilities as JSON ({"type":"gpu","features":[...]}) and exit;
+    /// other options are ignored. `render-node` is listed only when GBM can allocate on a
+    /// render node of this host.
     #[arg(long)]
     print_capabilities: bool,
 
-    /// DRM render node for the gbm allocator (default: the first one that works).
-    #[arg(long, value_name = "PATH")]
+    /// DRM render node for the gbm allocator: a character device of major 226, minor
+    /// 128-191 (e.g. /dev/dri/renderD128). Implies --allocator gbm; default: the first
+    /// render node GBM can allocate on.
+    #[arg(long, value_name = "PATH", value_parser = parse_render_node)]
     render_node: Option<PathBuf>,
 
     /// Host buffer allocator.
-    #[arg(long, value_name = "KIND", default_value = "auto", value_parser = parse_allocator)]
+    #[arg(long, value_name = "KIND", default_value = "auto", value_parser = allocator_parser())]
     allocator: AllocatorKind,
 
     /// Size of the host-visible region (shmid 1) blobs are mapped into: bytes, or with a
-    /// K/M/G suffix; a multiple of 4 KiB. 0 disables blob mapping.
-    #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = parse_size)]
+    /// K/M/G/T suffix (binary multiples); a multiple of 4 KiB. 0 disables blob mapping.
+    #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = parse_hostmem)]
     hostmem: u64,
 
-    /// Guest platform for the mapping policy (default: from --policy-config, else detected).
-    #[arg(long, value_name = "PLATFORM", value_parser = parse_platform)]
+    /// Guest platform for the mapping policy (default: from --policy-config, else detected
+    /// from this CPU).
+    #[arg(long, value_name = "PLATFORM", value_parser = platform_parser())]
     platform: Option<Platform>,
 
     /// dmabuf-info configuration file (TOML: platform, quirks). Default: dmabuf-info's search
@@ -61,23 +71,24 @@ struct Cli {
     #[arg(long, value_name = "FILE")]
     policy_config: Option<PathBuf>,
 
-    /// Number of scanouts (1-16).
+    /// Number of scanouts: 1-16.
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=MAX_OUTPUTS as i64))]
     outputs: u32,
 
-    /// Preferred resolution of every scanout.
+    /// Preferred resolution of every scanout: WIDTHxHEIGHT, each 1-16384.
     #[arg(long, value_name = "WxH", default_value = "1280x800", value_parser = parse_resolution)]
     resolution: (u32, u32),
 
     /// Write each scanout to DIR/scanout-<id>.png (at most every 200 ms, always the latest).
-    #[arg(long, value_name = "DIR")]
+    /// DIR must be an existing directory.
+    #[arg(long, value_name = "DIR", value_parser = parse_directory)]
     capture_dir: Option<PathBuf>,
 
-    /// Most host memory all resources of a guest may use (K/M/G suffixes).
+    /// Most host memory all resources of a guest may use: bytes, or with a K/M/G/T suffix.
     #[arg(long, value_name = "SIZE", default_value = "1G", value_parser = parse_size)]
     max_resource_memory: u64,
 
-    /// Most resources a guest may have at once.
+    /// Most resources a guest may have at once: 1-4294967295.
     #[arg(long, value_name = "N", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
     max_resources: u32,
 
@@ -86,9 +97,8 @@ struct Cli {
     keep_listening: bool,
 
     /// Confine the backend after start-up: a seccomp-bpf system call allowlist and, where
-    /// the kernel has it, Landlock file-system rules (see README-launch.md). `off` is for
-    /// debugging only.
-    #[arg(long, value_name = "on|off", default_value = "on", value_parser = parse_on_off, action = ArgAction::Set)]
+    /// the kernel has it, Landlock file-system rules (see README-launch.md).
+    #[arg(long, value_name = "on|off", default_value = "on", value_parser = on_off_parser(), action = ArgAction::Set)]
     sandbox: bool,
 
     /// More log output (-v debug, -vv trace). RUST_LOG overrides.
@@ -96,20 +106,29 @@ struct Cli {
     verbose: u8,
 }
 
-fn parse_allocator(s: &str) -> Result<AllocatorKind, String> {
-    s.parse()
+/// `--allocator`: the kinds with what each allocates (listed by `--help`).
+fn allocator_parser() -> impl clap::builder::TypedValueParser<Value = AllocatorKind> {
+    PossibleValuesParser::new(
+        AllocatorKind::ALL.map(|k| PossibleValue::new(k.as_str()).help(k.describe())),
+    )
+    .try_map(|s| s.parse::<AllocatorKind>())
 }
 
-fn parse_on_off(s: &str) -> Result<bool, String> {
-    match s {
-        "on" => Ok(true),
-        "off" => Ok(false),
-        _ => Err(format!("'{s}': expected on or off")),
-    }
+/// `--platform`: dmabuf-info's platforms with what a guest gets on each.
+fn platform_parser() -> impl clap::builder::TypedValueParser<Value = Platform> {
+    PossibleValuesParser::new(
+        Platform::ALL.map(|p| PossibleValue::new(p.as_str()).help(p.describe())),
+    )
+    .try_map(|s| s.parse::<Platform>())
 }
 
-fn parse_platform(s: &str) -> Result<Platform, String> {
-    s.parse::<Platform>().map_err(|e| e.to_string())
+/// `--sandbox on|off`.
+fn on_off_parser() -> impl clap::builder::TypedValueParser<Value = bool> {
+    PossibleValuesParser::new([
+        PossibleValue::new("on").help("confined (the default)"),
+        PossibleValue::new("off").help("not confined: for debugging only"),
+    ])
+    .map(|s| s == "on")
 }
 
 /// Parses `4096`, `64K`, `256M`, `1G` (binary multiples; optional `iB`/`B`).
@@ -134,6 +153,15 @@ fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("size '{s}' is too large"))
 }
 
+/// A size that is a multiple of the page size (`--hostmem`).
+fn parse_hostmem(s: &str) -> Result<u64, String> {
+    let size = parse_size(s)?;
+    if !size.is_multiple_of(alloc::PAGE_SIZE) {
+        return Err(format!("{size} bytes is not a multiple of 4 KiB"));
+    }
+    Ok(size)
+}
+
 fn parse_resolution(s: &str) -> Result<(u32, u32), String> {
     let err = || format!("'{s}' is not a resolution WIDTHxHEIGHT (example: 1280x800)");
     let (w, h) = s.split_once(['x', 'X']).ok_or_else(err)?;
@@ -150,13 +178,39 @@ fn parse_resolution(s: &str) -> Result<(u32, u32), String> {
     Ok((w, h))
 }
 
-/// The `--print-capabilities` document: only features this build really has.
-fn capabilities() -> serde_json::Value {
+/// `--render-node`: must be a DRM render node.
+fn parse_render_node(s: &str) -> Result<PathBuf, String> {
+    let path = PathBuf::from(s);
+    gbm::check_render_node(&path).map_err(|e| e.to_string())?;
+    Ok(path)
+}
+
+/// `--capture-dir`: an existing directory.
+fn parse_directory(s: &str) -> Result<PathBuf, String> {
+    let path = PathBuf::from(s);
+    match std::fs::metadata(&path) {
+        Ok(m) if m.is_dir() => Ok(path),
+        Ok(_) => Err(format!("{s} is not a directory")),
+        Err(e) => Err(format!("{s}: {e}")),
+    }
+}
+
+/// The `--print-capabilities` document (QEMU's docs/interop/vhost-user.json,
+/// `VHostUserBackendCapabilitiesGPU`): only what this binary can do on this host.
+fn capabilities(gbm_usable: bool) -> serde_json::Value {
     let mut features = Vec::new();
-    if cfg!(feature = "gbm") {
+    // `render-node` makes libvirt pass --render-node (and pick a render node itself, failing
+    // the VM start if the host has none), so it is listed only when GBM works here.
+    if gbm_usable {
         features.push("render-node");
     }
     serde_json::json!({ "type": "gpu", "features": features })
+}
+
+/// Whether GBM can allocate on one of this host's render nodes (libgbm loads, a render node
+/// exists, and a test buffer can be allocated and exported on it).
+fn gbm_usable() -> bool {
+    gbm::GbmAllocator::open(None).is_ok()
 }
 
 fn init_logging(verbose: u8) {
@@ -170,74 +224,65 @@ fn init_logging(verbose: u8) {
         .init();
 }
 
-fn run(cli: Cli) -> Result<(), String> {
-    if !cli.hostmem.is_multiple_of(alloc::PAGE_SIZE) {
-        return Err(format!(
-            "--hostmem {} is not a multiple of 4 KiB",
-            cli.hostmem
-        ));
-    }
-    if cli.render_node.is_some() && !cfg!(feature = "gbm") {
-        return Err(
-            "--render-node needs a build with the gbm feature (cargo build --features gbm)".into(),
-        );
-    }
-    if let Some(node) = &cli.render_node {
-        if !node.exists() {
-            return Err(format!("--render-node {}: no such device", node.display()));
+/// Why the backend stopped, deciding the exit status.
+#[derive(Debug)]
+enum Failure {
+    /// The command line asks for something impossible (exit 2, as clap's own errors).
+    Usage(String),
+    /// Start-up or serving failed (exit 1).
+    Runtime(String),
+}
+
+fn run(cli: Cli) -> Result<(), Failure> {
+    use Failure::{Runtime, Usage};
+    // --render-node is a GBM option: with auto it means gbm, with another allocator it is a
+    // mistake.
+    let allocator_wanted = match (cli.allocator, &cli.render_node) {
+        (AllocatorKind::Auto, Some(_)) => AllocatorKind::Gbm,
+        (AllocatorKind::Udmabuf | AllocatorKind::Memfd, Some(_)) => {
+            return Err(Usage(format!(
+                "--render-node is for the gbm allocator, not --allocator {}",
+                cli.allocator
+            )))
         }
-    }
+        (kind, _) => kind,
+    };
 
     let policy = match &cli.policy_config {
         Some(path) => PolicyConfig::from_file(path)
-            .map_err(|e| format!("--policy-config {}: {e}", path.display()))?,
-        None => {
-            PolicyConfig::load_default().map_err(|e| format!("dmabuf-info configuration: {e}"))?
-        }
+            .map_err(|e| Usage(format!("--policy-config {}: {e}", path.display())))?,
+        None => PolicyConfig::load_default()
+            .map_err(|e| Runtime(format!("dmabuf-info configuration: {e}")))?,
     };
     let platform = DmabufInfoAdvisor::new(policy.clone(), cli.platform).platform();
 
-    // Try the allocator once now, so that a bad --allocator fails at start-up.
-    let probe = alloc::select(cli.allocator, cli.render_node.as_deref())
-        .map_err(|e| format!("--allocator {}: {e}", cli.allocator))?;
-    let allocator_name = probe.name();
+    // Try the allocator once now, so that an allocator that cannot work here fails at
+    // start-up (QEMU's backend conventions: fail early, exit != 0).
+    let (probe, resolved) = alloc::resolve(allocator_wanted, cli.render_node.as_deref())
+        .map_err(|e| Runtime(format!("--allocator {allocator_wanted}: {e}")))?;
     drop(probe);
-    // Every connection gets the allocator chosen now (`auto` is not re-probed), so what a
-    // guest sees does not change across reconnections.
-    let allocator_kind: AllocatorKind = allocator_name.parse().unwrap_or(cli.allocator);
 
     let source = match (&cli.socket_path, cli.fd) {
         (Some(path), None) => SocketSource::Path(path.clone()),
         (None, Some(fd)) => SocketSource::ListeningFd(fd),
-        _ => return Err("exactly one of --socket-path and --fd is required".into()),
+        _ => {
+            return Err(Usage(
+                "exactly one of --socket-path and --fd is required".into(),
+            ))
+        }
     };
 
-    let listener = transport::open_listener(&source).map_err(|e| e.to_string())?;
+    let listener = transport::open_listener(&source).map_err(|e| Runtime(e.to_string()))?;
     raise_fd_limit();
-    if let Some(dir) = &cli.capture_dir {
-        // Checked before the sandbox, which needs the directory for its rule.
-        match std::fs::metadata(dir) {
-            Ok(m) if m.is_dir() => {}
-            Ok(_) => {
-                return Err(format!(
-                    "--capture-dir: capture directory {} is not a directory",
-                    dir.display()
-                ))
-            }
-            Err(e) => {
-                return Err(format!(
-                    "--capture-dir: capture directory {}: {e}",
-                    dir.display()
-                ))
-            }
-        }
-    }
     if cli.sandbox {
         // Before any thread exists (Landlock applies to the calling thread and its future
         // children): the capture writer and the vhost-user threads start below.
-        let policy = sandbox_policy(&cli, allocator_kind);
-        let status = vhost_user_gpu::sandbox::confine(&policy)
-            .map_err(|e| format!("{e} (start with --sandbox off to run without confinement)"))?;
+        let policy = sandbox_policy(&cli, &resolved);
+        let status = vhost_user_gpu::sandbox::confine(&policy).map_err(|e| {
+            Runtime(format!(
+                "{e} (start with --sandbox off to run without confinement)"
+            ))
+        })?;
         log::info!(
             "sandbox: seccomp allowlist of {} system calls on every thread; Landlock {}",
             status.allowed_syscalls,
@@ -249,7 +294,7 @@ fn run(cli: Cli) -> Result<(), String> {
 
     let capture = match &cli.capture_dir {
         Some(dir) => Some(SharedSink::new(
-            PngCapture::new(dir).map_err(|e| format!("--capture-dir: {e}"))?,
+            PngCapture::new(dir).map_err(|e| Runtime(format!("--capture-dir: {e}")))?,
         )),
         None => None,
     };
@@ -261,11 +306,11 @@ fn run(cli: Cli) -> Result<(), String> {
         max_resource_memory: cli.max_resource_memory,
         max_resources: cli.max_resources,
     };
-    device_config.validate().map_err(|e| e.to_string())?;
-    let render_node = cli.render_node.clone();
+    device_config.validate().map_err(|e| Usage(e.to_string()))?;
+    let allocator = resolved.clone();
     let factory: Arc<DeviceFactory> = Arc::new(move |mapper, display| {
-        let allocator =
-            alloc::select(allocator_kind, render_node.as_deref()).map_err(std::io::Error::other)?;
+        let allocator = alloc::select(allocator.kind, allocator.render_node.as_deref())
+            .map_err(std::io::Error::other)?;
         let advisor = DmabufInfoAdvisor::new(policy.clone(), Some(platform));
         let ports = Ports {
             allocator,
@@ -276,6 +321,10 @@ fn run(cli: Cli) -> Result<(), String> {
         Ok(GpuDevice::new(device_config.clone(), ports))
     });
 
+    let allocator_name = match &resolved.render_node {
+        Some(node) => format!("{} on {}", resolved.kind, node.display()),
+        None => resolved.kind.to_string(),
+    };
     log::info!(
         "vhost-user-gpu {}: {} output(s) at {}x{}, allocator {allocator_name}, host-visible region {} (shmid 1), platform {platform}",
         env!("CARGO_PKG_VERSION"),
@@ -298,7 +347,8 @@ fn run(cli: Cli) -> Result<(), String> {
         hostmem: cli.hostmem,
         capture,
     };
-    transport::serve(listener, cli.keep_listening, settings, factory).map_err(|e| e.to_string())
+    transport::serve(listener, cli.keep_listening, settings, factory)
+        .map_err(|e| Runtime(e.to_string()))
 }
 
 /// Raises the soft limit of open files to the hard limit: every HOST3D blob and exported
@@ -322,20 +372,20 @@ fn raise_fd_limit() {
 }
 
 /// What the confined backend still needs: the capture directory, `/dev/udmabuf` (udmabuf
-/// allocator, and GUEST blob export when the device exists), the render node or `/dev/dri`
-/// with GBM.
-fn sandbox_policy(cli: &Cli, allocator: AllocatorKind) -> SandboxPolicy {
+/// allocator, and GUEST blob export when the device exists), the render node with GBM.
+fn sandbox_policy(cli: &Cli, allocator: &alloc::Resolved) -> SandboxPolicy {
     let mut devices = Vec::new();
     let udmabuf = Path::new(alloc::udmabuf::UDMABUF_DEVICE);
     if udmabuf.exists() {
         devices.push(udmabuf.to_path_buf());
     }
-    let gbm = allocator == AllocatorKind::Gbm;
+    let gbm = allocator.kind == AllocatorKind::Gbm;
     if gbm {
         devices.push(
-            cli.render_node
+            allocator
+                .render_node
                 .clone()
-                .unwrap_or_else(|| PathBuf::from("/dev/dri")),
+                .unwrap_or_else(|| PathBuf::from(gbm::DRI_DIR)),
         );
     }
     SandboxPolicy {
@@ -355,20 +405,25 @@ fn attach_hint(path: &Path) -> String {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    if cli.print_capabilities {
+    // QEMU's backend conventions: with --print-capabilities, other options are ignored.
+    if std::env::args_os()
+        .skip(1)
+        .any(|a| a == "--print-capabilities")
+    {
         let mut out = std::io::stdout().lock();
-        let _ = writeln!(
-            out,
-            "{}",
-            serde_json::to_string_pretty(&capabilities()).unwrap_or_default()
-        );
-        return ExitCode::SUCCESS;
+        let document = capabilities(gbm_usable());
+        return match writeln!(out, "{document}") {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(_) => ExitCode::FAILURE,
+        };
     }
+    let cli = Cli::parse();
     init_logging(cli.verbose);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
+        // Reported like clap's own errors (usage line, exit status 2).
+        Err(Failure::Usage(e)) => Cli::command().error(ErrorKind::ValueValidation, e).exit(),
+        Err(Failure::Runtime(e)) => {
             eprintln!("vhost-user-gpu: error: {e}");
             ExitCode::FAILURE
         }
@@ -404,9 +459,14 @@ mod tests {
 
     #[test]
     fn sandbox_flag() {
-        assert_eq!(parse_on_off("on"), Ok(true));
-        assert_eq!(parse_on_off("off"), Ok(false));
-        assert!(parse_on_off("yes").is_err());
+        assert!(Cli::try_parse_from([
+            "vhost-user-gpu",
+            "--socket-path",
+            "/tmp/s",
+            "--sandbox",
+            "yes"
+        ])
+        .is_err());
         let cli = Cli::try_parse_from(["vhost-user-gpu", "--socket-path", "/tmp/s"]).unwrap();
         assert!(cli.sandbox, "the sandbox is on by default");
         let cli = Cli::try_parse_from([
@@ -421,14 +481,59 @@ mod tests {
     }
 
     #[test]
+    fn hostmem_must_be_whole_pages() {
+        assert_eq!(parse_hostmem("256M"), Ok(256 << 20));
+        assert_eq!(parse_hostmem("0"), Ok(0));
+        assert!(parse_hostmem("1000")
+            .unwrap_err()
+            .contains("multiple of 4 KiB"));
+    }
+
+    #[test]
+    fn render_node_must_be_a_drm_render_node() {
+        let err = parse_render_node("/dev/null").unwrap_err();
+        assert!(err.contains("not a DRM render node"), "{err}");
+        let err = parse_render_node("/nonexistent/renderD128").unwrap_err();
+        assert!(err.contains("/nonexistent/renderD128"), "{err}");
+    }
+
+    #[test]
+    fn help_lists_the_accepted_values() {
+        let help = Cli::command().render_long_help().to_string();
+        for value in AllocatorKind::ALL.map(AllocatorKind::as_str) {
+            assert!(help.contains(value), "--help lacks allocator {value}");
+        }
+        for platform in Platform::ALL {
+            assert!(help.contains(platform.as_str()), "--help lacks {platform}");
+        }
+        for text in [
+            "on",
+            "off",
+            "1-16",
+            "WIDTHxHEIGHT",
+            "K/M/G/T",
+            "minor 128-191",
+        ] {
+            assert!(help.contains(text), "--help lacks {text}");
+        }
+    }
+
+    #[test]
     fn capabilities_are_gpu_and_honest() {
-        let caps = capabilities();
+        let caps = capabilities(false);
         assert_eq!(caps["type"], "gpu");
-        let has_render_node = caps["features"]
+        assert_eq!(caps["features"], serde_json::json!([]));
+        let caps = capabilities(true);
+        assert_eq!(caps["features"], serde_json::json!(["render-node"]));
+        // On this host: listed exactly when GBM can allocate on one of its render nodes.
+        let listed = capabilities(gbm_usable())["features"]
             .as_array()
             .unwrap()
             .iter()
             .any(|f| f == "render-node");
-        assert_eq!(has_render_node, cfg!(feature = "gbm"));
+        assert_eq!(listed, gbm::GbmAllocator::open(None).is_ok());
+        if gbm::render_nodes().is_empty() {
+            assert!(!listed, "render-node listed on a host without render nodes");
+        }
     }
 }

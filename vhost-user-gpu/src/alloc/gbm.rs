@@ -1,24 +1,128 @@
-//! Mesa GBM buffers on a DRM render node (cargo feature `gbm`). Buffers are allocated
-//! linear (the guest reads and writes them through a CPU mapping) and zeroed through a GBM
-//! CPU mapping before they are returned.
+//! Mesa GBM buffers on a DRM render node, with `libgbm` loaded at run time
+//! ([`super::gbm_sys`]): every build has this allocator, and a host without `libgbm` or
+//! without a render node gets a clear reason instead.
+//!
+//! Buffers are allocated linear (the guest reads and writes them through a CPU mapping),
+//! zeroed through a GBM CPU mapping and exported as dma-bufs before they are returned.
 
-use rustix::fs::SeekFrom;
+use rustix::fs::{FileType, SeekFrom};
 use std::fs::{File, OpenOptions};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 
-use gbm::{BufferObjectFlags, Device, Format};
-
+use super::gbm_sys::{self, Libgbm};
 use crate::device::ports::{
     fourcc, AllocError, BufferAllocator, BufferRequest, HostBuffer, PlaneLayout,
 };
 
-/// Render nodes probed when none is given.
-const RENDER_NODES: std::ops::RangeInclusive<u32> = 128..=191;
+/// Major number of DRM character devices (`DRM_MAJOR`, include/drm/drm.h's users).
+pub const DRM_MAJOR: u32 = 226;
+/// Render nodes are DRM minors 128-191 (`/dev/dri/renderD128`..`renderD191`).
+pub const RENDER_MINORS: std::ops::RangeInclusive<u32> = 128..=191;
+/// Where render nodes live.
+pub const DRI_DIR: &str = "/dev/dri";
+
+/// Side of the square test buffer allocated when a device is opened: a node GBM opens but
+/// cannot allocate on (Mesa's software fallback on a DRM driver it does not know) is not
+/// usable.
+const PROBE_SIZE: u32 = 64;
+
+/// Why a path is not a DRM render node.
+#[derive(Debug, thiserror::Error)]
+pub enum RenderNodeError {
+    /// The path cannot be inspected.
+    #[error("{path}: {source}")]
+    Stat {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// It is no character device.
+    #[error("{path} is not a character device (a DRM render node is, e.g. /dev/dri/renderD128)")]
+    NotCharDevice {
+        /// The path.
+        path: PathBuf,
+    },
+    /// A character device of another driver, or a DRM primary (card) node.
+    #[error(
+        "{path} is character device {major}:{minor}, not a DRM render node \
+         (major {DRM_MAJOR}, minor 128-191, e.g. /dev/dri/renderD128)"
+    )]
+    NotRenderNode {
+        /// The path.
+        path: PathBuf,
+        /// Its major number.
+        major: u32,
+        /// Its minor number.
+        minor: u32,
+    },
+}
+
+/// Checks that `path` is a DRM render node: a character device of major 226 with a minor in
+/// 128-191 (`renderD*`). Returns its minor number.
+pub fn check_render_node(path: &Path) -> Result<u32, RenderNodeError> {
+    let st = rustix::fs::stat(path).map_err(|e| RenderNodeError::Stat {
+        path: path.to_owned(),
+        source: e.into(),
+    })?;
+    if FileType::from_raw_mode(st.st_mode) != FileType::CharacterDevice {
+        return Err(RenderNodeError::NotCharDevice {
+            path: path.to_owned(),
+        });
+    }
+    let (major, minor) = (rustix::fs::major(st.st_rdev), rustix::fs::minor(st.st_rdev));
+    if major != DRM_MAJOR || !RENDER_MINORS.contains(&minor) {
+        return Err(RenderNodeError::NotRenderNode {
+            path: path.to_owned(),
+            major,
+            minor,
+        });
+    }
+    Ok(minor)
+}
+
+/// The render nodes present, in minor order (`/dev/dri/renderD128`...).
+pub fn render_nodes() -> Vec<PathBuf> {
+    RENDER_MINORS
+        .map(|n| PathBuf::from(format!("{DRI_DIR}/renderD{n}")))
+        .filter(|p| check_render_node(p).is_ok())
+        .collect()
+}
+
+/// Why GBM cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum GbmUnavailable {
+    /// `libgbm` is not installed or unusable.
+    #[error(transparent)]
+    Library(#[from] gbm_sys::LoadError),
+    /// The node given is not a render node.
+    #[error(transparent)]
+    NotRenderNode(#[from] RenderNodeError),
+    /// The node cannot be opened, or GBM refuses it.
+    #[error("{path}: {source}")]
+    Open {
+        /// The render node.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// GBM opened the node but cannot allocate a linear buffer on it.
+    #[error("{path}: GBM opened it but cannot allocate a linear buffer: {source}")]
+    Allocate {
+        /// The render node.
+        path: PathBuf,
+        /// Why.
+        source: AllocError,
+    },
+    /// The host has no render node.
+    #[error("no DRM render node in {DRI_DIR} (no GPU?); use --allocator udmabuf or memfd")]
+    NoRenderNode,
+}
 
 /// Allocates buffers with Mesa GBM.
 pub struct GbmAllocator {
-    device: Device<File>,
+    device: gbm_sys::Device<'static>,
     path: PathBuf,
 }
 
@@ -30,46 +134,72 @@ impl std::fmt::Debug for GbmAllocator {
     }
 }
 
-fn open_node(path: &Path) -> Result<GbmAllocator, AllocError> {
+fn io_context(context: String) -> impl FnOnce(std::io::Error) -> std::io::Error {
+    move |e| std::io::Error::new(e.kind(), format!("{context}: {e}"))
+}
+
+/// Opens `path` with GBM from `lib` and checks that it can allocate (a small linear buffer,
+/// zeroed and exported, as every real allocation is).
+fn open_node(lib: &'static Libgbm, path: &Path) -> Result<GbmAllocator, GbmUnavailable> {
+    check_render_node(path)?;
+    let open = |source| GbmUnavailable::Open {
+        path: path.to_owned(),
+        source,
+    };
     let file = OpenOptions::new()
         .read(true)
         .write(true)
         .open(path)
-        .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
-    let device = Device::new(file).map_err(|e| {
-        std::io::Error::new(
-            e.kind(),
-            format!("{}: gbm_create_device: {e}", path.display()),
-        )
-    })?;
-    Ok(GbmAllocator {
-        device,
-        path: path.to_owned(),
-    })
+        .map_err(open)?;
+    let mut allocator = GbmAllocator::from_file(lib, file, path).map_err(open)?;
+    allocator
+        .allocate(&BufferRequest::Image {
+            width: PROBE_SIZE,
+            height: PROBE_SIZE,
+            drm_format: fourcc::XRGB8888,
+            usage: 0,
+        })
+        .map_err(|source| GbmUnavailable::Allocate {
+            path: path.to_owned(),
+            source,
+        })?;
+    Ok(allocator)
 }
 
 impl GbmAllocator {
-    /// Opens `render_node`, or the first working `/dev/dri/renderD128..191`.
-    pub fn open(render_node: Option<&Path>) -> Result<Self, AllocError> {
+    /// Opens `render_node`, or else the first render node in `/dev/dri` that GBM can
+    /// allocate on. Fails with the reason when `libgbm` is missing, the node is not a DRM
+    /// render node, or no node works.
+    pub fn open(render_node: Option<&Path>) -> Result<Self, GbmUnavailable> {
+        let lib = Libgbm::system()?;
         if let Some(path) = render_node {
-            return open_node(path);
+            return open_node(lib, path);
         }
         let mut last = None;
-        for n in RENDER_NODES {
-            let path = PathBuf::from(format!("/dev/dri/renderD{n}"));
-            if !path.exists() {
-                continue;
-            }
-            match open_node(&path) {
+        for path in render_nodes() {
+            match open_node(lib, &path) {
                 Ok(a) => return Ok(a),
-                Err(e) => last = Some(e),
+                Err(e) => {
+                    log::info!("allocator: gbm: {e}");
+                    last = Some(e);
+                }
             }
         }
-        Err(last.unwrap_or_else(|| {
-            AllocError::Unsupported(
-                "no DRM render node in /dev/dri (no GPU?); use --allocator udmabuf or memfd".into(),
-            )
-        }))
+        Err(last.unwrap_or(GbmUnavailable::NoRenderNode))
+    }
+
+    /// GBM on an already open `file` (named `path` in messages), without checking what it is.
+    fn from_file(lib: &'static Libgbm, file: File, path: &Path) -> std::io::Result<Self> {
+        let device = gbm_sys::Device::new(lib, file)?;
+        log::debug!(
+            "allocator: gbm backend {} on {}",
+            device.backend_name(),
+            path.display()
+        );
+        Ok(GbmAllocator {
+            device,
+            path: path.to_owned(),
+        })
     }
 
     /// The render node in use.
@@ -110,42 +240,44 @@ impl BufferAllocator for GbmAllocator {
                 super::MAX_IMAGE_DIMENSION
             )));
         }
-        let format = Format::try_from(drm_format).map_err(|_| {
-            AllocError::Unsupported(format!("DRM format {drm_format:#010x} unknown to GBM"))
-        })?;
-        let wanted = BufferObjectFlags::SCANOUT | BufferObjectFlags::RENDERING;
-        let flags =
-            (BufferObjectFlags::from_bits_truncate(usage) & wanted) | BufferObjectFlags::LINEAR;
+        // Single-plane formats only (the ones the linear allocators take too): zeroing
+        // through the CPU mapping then covers the whole image.
+        if super::bytes_per_pixel(drm_format).is_none() {
+            return Err(AllocError::Unsupported(format!(
+                "DRM format {drm_format:#010x} not supported"
+            )));
+        }
+        let flags = (usage & (gbm_sys::BO_USE_SCANOUT | gbm_sys::BO_USE_RENDERING))
+            | gbm_sys::BO_USE_LINEAR;
+        if !self.device.is_format_supported(drm_format, flags) {
+            return Err(AllocError::Unsupported(format!(
+                "DRM format {drm_format:#010x} with GBM usage {flags:#x} not supported by {}",
+                self.path.display()
+            )));
+        }
         let mut bo = self
             .device
-            .create_buffer_object::<()>(width, height, format, flags)
-            .map_err(|e| {
-                std::io::Error::new(
-                    e.kind(),
-                    format!("gbm_bo_create {width}x{height} {format:?}: {e}"),
-                )
-            })?;
+            .create_bo(width, height, drm_format, flags)
+            .map_err(io_context(format!(
+                "gbm_bo_create {width}x{height} format {drm_format:#010x}"
+            )))?;
         // Zero it before anyone sees it.
-        bo.map_mut(0, 0, width, height, |m| m.buffer_mut().fill(0))
-            .map_err(|e| std::io::Error::new(e.kind(), format!("gbm_bo_map for zeroing: {e}")))?;
-        let fd = bo
-            .fd()
-            .map_err(|e| std::io::Error::other(format!("gbm_bo_get_fd: {e}")))?;
+        bo.zero(width, height)?;
+        let fd = bo.export()?;
         let size = rustix::fs::seek(&fd, SeekFrom::End(0))
             .map_err(|e| std::io::Error::other(format!("dma-buf size (lseek): {e}")))?;
         rustix::fs::seek(&fd, SeekFrom::Start(0))
             .map_err(|e| std::io::Error::other(format!("lseek: {e}")))?;
-        let planes = (0..bo.plane_count().min(4) as i32)
-            .map(|i| PlaneLayout {
-                offset: bo.offset(i),
-                stride: bo.stride_for_plane(i),
-            })
+        let planes = bo
+            .planes()
+            .into_iter()
+            .map(|(offset, stride)| PlaneLayout { offset, stride })
             .collect();
         Ok(HostBuffer {
             fd,
             size,
             planes,
-            modifier: u64::from(bo.modifier()),
+            modifier: bo.modifier(),
             is_dmabuf: true,
         })
     }
@@ -160,18 +292,51 @@ mod tests {
     use super::*;
 
     #[test]
+    fn render_node_check_names_what_is_wrong() {
+        let err = check_render_node(Path::new("/nonexistent/renderD128")).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/renderD128"), "{err}");
+        let err = check_render_node(Path::new("/tmp")).unwrap_err();
+        assert!(
+            matches!(err, RenderNodeError::NotCharDevice { .. }),
+            "{err}"
+        );
+        // /dev/null is character device 1:3.
+        let err = check_render_node(Path::new("/dev/null")).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                RenderNodeError::NotRenderNode {
+                    major: 1,
+                    minor: 3,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("1:3"), "{err}");
+    }
+
+    #[test]
     fn no_render_node_is_a_clear_error() {
-        let has_node = RENDER_NODES
-            .clone()
-            .any(|n| Path::new(&format!("/dev/dri/renderD{n}")).exists());
-        if has_node {
+        if !render_nodes().is_empty() {
             return; // hosts with a GPU exercise the allocation instead (conformance suite)
         }
         let err = GbmAllocator::open(None).err().unwrap();
+        assert!(matches!(err, GbmUnavailable::NoRenderNode), "{err}");
         assert!(err.to_string().contains("no DRM render node"), "{err}");
-        let err = GbmAllocator::open(Some(Path::new("/nonexistent/renderD128")))
+        let err = GbmAllocator::open(Some(Path::new("/dev/null")))
             .err()
             .unwrap();
-        assert!(err.to_string().contains("/nonexistent/renderD128"), "{err}");
+        assert!(err.to_string().contains("not a DRM render node"), "{err}");
+    }
+
+    #[test]
+    fn a_non_drm_file_gives_no_allocator() {
+        let lib = Libgbm::system().unwrap_or_else(|e| panic!("{e}"));
+        let memfd = rustix::fs::memfd_create("not-drm", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+        let err = GbmAllocator::from_file(lib, File::from(memfd), Path::new("memfd"))
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("gbm_create_device"), "{err}");
     }
 }

@@ -1,18 +1,19 @@
 //! Host buffer allocators behind [`BufferAllocator`]:
 //! - [`memfd::MemfdAllocator`]: sealed memfds, the embedded default (no dma-buf);
 //! - [`udmabuf::UdmabufAllocator`]: memfds turned into real dma-bufs by `/dev/udmabuf`;
-//! - `gbm::GbmAllocator` (cargo feature `gbm`): Mesa GBM on a DRM render node.
+//! - [`gbm::GbmAllocator`]: Mesa GBM on a DRM render node, `libgbm` loaded at run time
+//!   ([`gbm_sys`]), so every build has it and hosts without it fall back.
 //!
 //! Every buffer is zero-filled before it is returned.
 
-#[cfg(feature = "gbm")]
 pub mod gbm;
+pub mod gbm_sys;
 pub mod memfd;
 pub(crate) mod sys;
 pub mod udmabuf;
 
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use crate::device::ports::{fourcc, PlaneLayout};
@@ -28,7 +29,7 @@ pub const STRIDE_ALIGN: u32 = 64;
 /// Which allocator to use (`--allocator`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum AllocatorKind {
-    /// gbm if built and a render node works, else udmabuf if present, else memfd.
+    /// gbm if libgbm loads and a render node works, else udmabuf if present, else memfd.
     #[default]
     Auto,
     /// Mesa GBM on a render node.
@@ -39,73 +40,154 @@ pub enum AllocatorKind {
     Memfd,
 }
 
+impl AllocatorKind {
+    /// Every kind, in `--allocator` order.
+    pub const ALL: [AllocatorKind; 4] = [
+        AllocatorKind::Auto,
+        AllocatorKind::Gbm,
+        AllocatorKind::Udmabuf,
+        AllocatorKind::Memfd,
+    ];
+
+    /// The `--allocator` spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AllocatorKind::Auto => "auto",
+            AllocatorKind::Gbm => "gbm",
+            AllocatorKind::Udmabuf => "udmabuf",
+            AllocatorKind::Memfd => "memfd",
+        }
+    }
+
+    /// One line saying what the kind allocates (for `--help`).
+    pub fn describe(self) -> &'static str {
+        match self {
+            AllocatorKind::Auto => "gbm if a render node works, else udmabuf, else memfd",
+            AllocatorKind::Gbm => "Mesa GBM on a DRM render node (libgbm loaded at run time)",
+            AllocatorKind::Udmabuf => "dma-bufs made from sealed memfds by /dev/udmabuf",
+            AllocatorKind::Memfd => "sealed memfds (no dma-buf, no GPU)",
+        }
+    }
+}
+
 impl FromStr for AllocatorKind {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "auto" => Ok(AllocatorKind::Auto),
-            "gbm" => Ok(AllocatorKind::Gbm),
-            "udmabuf" => Ok(AllocatorKind::Udmabuf),
-            "memfd" => Ok(AllocatorKind::Memfd),
-            other => Err(format!(
-                "unknown allocator '{other}': expected auto, gbm, udmabuf or memfd"
-            )),
-        }
+        AllocatorKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| format!("unknown allocator '{s}': expected auto, gbm, udmabuf or memfd"))
     }
 }
 
 impl fmt::Display for AllocatorKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            AllocatorKind::Auto => "auto",
-            AllocatorKind::Gbm => "gbm",
-            AllocatorKind::Udmabuf => "udmabuf",
-            AllocatorKind::Memfd => "memfd",
-        })
+        f.write_str(self.as_str())
     }
 }
 
-/// Creates the allocator `kind`. `Auto` tries gbm (if built with the `gbm` feature), then
-/// udmabuf, then memfd, and logs why each one was skipped.
+/// What `--allocator` resolved to at start-up. Every connection then gets this allocator
+/// again (`auto` is not re-probed), so what a guest sees does not change across reconnections.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolved {
+    /// The allocator chosen (never [`AllocatorKind::Auto`]).
+    pub kind: AllocatorKind,
+    /// The render node GBM uses (only with [`AllocatorKind::Gbm`]).
+    pub render_node: Option<PathBuf>,
+}
+
+/// An allocator cannot be used on this host.
+#[derive(Debug, thiserror::Error)]
+#[error("{reason}")]
+pub struct Unavailable {
+    /// The allocator asked for.
+    pub kind: AllocatorKind,
+    /// Why it cannot be used (what to do instead, where there is something).
+    pub reason: String,
+}
+
+impl Unavailable {
+    fn new(kind: AllocatorKind, error: impl fmt::Display) -> Self {
+        Unavailable {
+            kind,
+            reason: error.to_string(),
+        }
+    }
+
+    fn from_alloc(kind: AllocatorKind, error: AllocError) -> Self {
+        match error {
+            AllocError::Unsupported(reason) => Unavailable { kind, reason },
+            other => Unavailable::new(kind, other),
+        }
+    }
+}
+
+/// Creates the allocator `kind` and says which one it is. `Auto` tries gbm (libgbm and a
+/// render node that can allocate), then udmabuf, then memfd, and logs why each one was
+/// skipped. `render_node` is only used by gbm (`None`: the first render node that works).
 ///
 /// The first call (the binary's start-up probe, before any frontend connects) also opens
 /// the process's `/dev/udmabuf` ([`udmabuf::shared_device`]) whatever `kind` is, since GUEST
 /// blobs are exported through it: it is part of the process's baseline, never opened later.
-pub fn select(
+pub fn resolve(
     kind: AllocatorKind,
     render_node: Option<&Path>,
-) -> Result<Box<dyn BufferAllocator>, AllocError> {
+) -> Result<(Box<dyn BufferAllocator>, Resolved), Unavailable> {
     let _ = udmabuf::shared_device();
+    let plain = |kind: AllocatorKind| Resolved {
+        kind,
+        render_node: None,
+    };
     match kind {
         AllocatorKind::Gbm => gbm_allocator(render_node),
-        AllocatorKind::Udmabuf => Ok(Box::new(udmabuf::UdmabufAllocator::new()?)),
-        AllocatorKind::Memfd => Ok(Box::new(memfd::MemfdAllocator::new())),
+        AllocatorKind::Udmabuf => Ok((
+            Box::new(
+                udmabuf::UdmabufAllocator::new()
+                    .map_err(|e| Unavailable::from_alloc(AllocatorKind::Udmabuf, e))?,
+            ),
+            plain(AllocatorKind::Udmabuf),
+        )),
+        AllocatorKind::Memfd => Ok((
+            Box::new(memfd::MemfdAllocator::new()),
+            plain(AllocatorKind::Memfd),
+        )),
         AllocatorKind::Auto => {
             match gbm_allocator(render_node) {
                 Ok(a) => return Ok(a),
                 Err(e) => log::info!("allocator: gbm skipped: {e}"),
             }
             match udmabuf::UdmabufAllocator::new() {
-                Ok(a) => return Ok(Box::new(a)),
+                Ok(a) => return Ok((Box::new(a), plain(AllocatorKind::Udmabuf))),
                 Err(e) => log::info!("allocator: udmabuf skipped: {e}"),
             }
             log::info!("allocator: using memfd (buffers are not dma-bufs)");
-            Ok(Box::new(memfd::MemfdAllocator::new()))
+            Ok((
+                Box::new(memfd::MemfdAllocator::new()),
+                plain(AllocatorKind::Memfd),
+            ))
         }
     }
 }
 
-#[cfg(feature = "gbm")]
-fn gbm_allocator(render_node: Option<&Path>) -> Result<Box<dyn BufferAllocator>, AllocError> {
-    Ok(Box::new(gbm::GbmAllocator::open(render_node)?))
+/// Creates the allocator `kind` ([`resolve`] without saying which one `Auto` chose).
+pub fn select(
+    kind: AllocatorKind,
+    render_node: Option<&Path>,
+) -> Result<Box<dyn BufferAllocator>, Unavailable> {
+    resolve(kind, render_node).map(|(allocator, _)| allocator)
 }
 
-#[cfg(not(feature = "gbm"))]
-fn gbm_allocator(_render_node: Option<&Path>) -> Result<Box<dyn BufferAllocator>, AllocError> {
-    Err(AllocError::Unsupported(
-        "this build has no gbm support (rebuild with --features gbm)".into(),
-    ))
+fn gbm_allocator(
+    render_node: Option<&Path>,
+) -> Result<(Box<dyn BufferAllocator>, Resolved), Unavailable> {
+    let allocator = gbm::GbmAllocator::open(render_node)
+        .map_err(|e| Unavailable::new(AllocatorKind::Gbm, e))?;
+    let resolved = Resolved {
+        kind: AllocatorKind::Gbm,
+        render_node: Some(allocator.path().to_owned()),
+    };
+    Ok((Box::new(allocator), resolved))
 }
 
 /// Bytes per pixel of the formats the linear allocators support.
@@ -175,12 +257,7 @@ mod tests {
 
     #[test]
     fn allocator_kind_parses_and_prints() {
-        for kind in [
-            AllocatorKind::Auto,
-            AllocatorKind::Gbm,
-            AllocatorKind::Udmabuf,
-            AllocatorKind::Memfd,
-        ] {
+        for kind in AllocatorKind::ALL {
             assert_eq!(kind.to_string().parse::<AllocatorKind>().unwrap(), kind);
         }
         assert!("dumb".parse::<AllocatorKind>().is_err());
@@ -225,9 +302,19 @@ mod tests {
     fn auto_falls_back_to_a_working_allocator() {
         // On this host (no GPU, no udmabuf) auto ends at memfd; on others it may pick gbm
         // or udmabuf. Either way the result allocates zeroed buffers.
-        let mut a = select(AllocatorKind::Auto, None).unwrap();
+        let (mut a, resolved) = resolve(AllocatorKind::Auto, None).unwrap();
         let buf = a.allocate(&BufferRequest::Bytes { size: 4096 }).unwrap();
         assert_eq!(buf.size, 4096);
+        assert_eq!(resolved.kind.as_str(), a.name());
+        assert_ne!(resolved.kind, AllocatorKind::Auto);
+        // A render node is named exactly when GBM was chosen.
+        assert_eq!(
+            resolved.render_node.is_some(),
+            resolved.kind == AllocatorKind::Gbm
+        );
+        if gbm::render_nodes().is_empty() {
+            assert_ne!(resolved.kind, AllocatorKind::Gbm);
+        }
     }
 
     #[test]

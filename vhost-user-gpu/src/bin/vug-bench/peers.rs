@@ -152,10 +152,6 @@ pub fn ours(explicit: Option<PathBuf>) -> Result<PathBuf, String> {
         .arg("--target-dir")
         .arg(target_dir)
         .current_dir(repo_root());
-        // The same features this program was built with, so nothing is rebuilt for them.
-        if cfg!(feature = "gbm") {
-            cmd.args(["--features", "gbm"]);
-        }
         match profile {
             "release" => {
                 cmd.arg("--release");
