@@ -43,7 +43,7 @@ use crate::peers::PeerState;
 use crate::queue::DisplayAnswer;
 use crate::report::{Better, Figure, Samples};
 
-/// Errors of the bench (printed, then exit status 1).
+/// Errors of the bench (printed, then exit status 1; usage errors exit 2 through clap).
 pub type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
 /// Command line.
@@ -69,9 +69,9 @@ struct Cli {
     /// Never install missing peers (report them as not installed).
     #[arg(long)]
     no_install: bool,
-    /// Run only these sections (comma-separated: map,queue,transfer,inspect,memory).
-    #[arg(long, value_name = "LIST")]
-    only: Option<String>,
+    /// Run only these sections (comma-separated).
+    #[arg(long, value_name = "LIST", value_delimiter = ',', value_parser = SECTIONS)]
+    only: Option<Vec<String>>,
     /// Internal: the floor's backend side (FD PAIRS).
     #[arg(long, num_args = 2, value_names = ["FD", "PAIRS"], hide = true)]
     floor_child: Option<Vec<usize>>,
@@ -197,13 +197,11 @@ fn run(cli: &Cli) -> Res<()> {
     if std::env::var_os("RUST_LOG").is_none() {
         std::env::set_var("RUST_LOG", "warn");
     }
-    let only: Vec<&str> = cli
-        .only
-        .as_deref()
-        .map_or_else(|| SECTIONS.to_vec(), |s| s.split(',').collect());
-    if let Some(bad) = only.iter().find(|s| !SECTIONS.contains(s)) {
-        return Err(format!("--only {bad}: sections are {}", SECTIONS.join(",")).into());
-    }
+    // Usage errors (an unknown section...) were reported by clap (exit status 2).
+    let only: Vec<&str> = cli.only.as_ref().map_or_else(
+        || SECTIONS.to_vec(),
+        |list| list.iter().map(String::as_str).collect(),
+    );
     let out_dir = cli.out.clone().unwrap_or_else(default_out);
     std::fs::create_dir_all(&out_dir)?;
 
