@@ -159,7 +159,10 @@ pub fn resolve(
             }
             match udmabuf::UdmabufAllocator::new() {
                 Ok(a) => return Ok((Box::new(a), plain(AllocatorKind::Udmabuf))),
-                Err(e) => log::info!("allocator: udmabuf skipped: {e}"),
+                Err(e) => log::info!(
+                    "allocator: udmabuf skipped: {}",
+                    Unavailable::from_alloc(AllocatorKind::Udmabuf, e)
+                ),
             }
             log::info!("allocator: using memfd (buffers are not dma-bufs)");
             Ok((
