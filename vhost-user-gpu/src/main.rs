@@ -550,14 +550,14 @@ mod tests {
     fn man_page_is_generated_from_the_command_line() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("share/vhost-user-gpu.1");
         let generated = man_page();
-        if std::env::var_os("VUG_BLESS").is_some() {
+        if std::env::var_os("BLESS").is_some() {
             std::fs::write(&path, &generated).unwrap();
         }
         let committed = std::fs::read(&path).unwrap_or_default();
         assert!(
             committed == generated,
             "{} differs from the clap definitions; regenerate it with \
-             VUG_BLESS=1 cargo test -p vhost-user-gpu --bin vhost-user-gpu man_page",
+             BLESS=1 cargo test -p vhost-user-gpu --bin vhost-user-gpu man_page",
             path.display()
         );
     }
