@@ -706,6 +706,27 @@ fn after(block: &Block) -> Result<(), String> {
             }
             Ok(())
         }
+        "dmabuf-info/scripts/install.sh --prefix /usr --libdir /usr/lib/x86_64-linux-gnu --destdir \"$PWD/debian/tmp\"" => {
+            // A package build's staging tree, in the repository root: check it, then remove it.
+            let debian = root().join("debian");
+            let staged = debian.join("tmp/usr");
+            let missing: Vec<&str> = [
+                "bin/dmabuf-info",
+                "lib/x86_64-linux-gnu/libdmabuf_info.so.1",
+                "lib/x86_64-linux-gnu/pkgconfig/dmabuf-info.pc",
+                "include/dmabuf_info.h",
+            ]
+            .into_iter()
+            .filter(|f| !staged.join(f).exists())
+            .collect();
+            let _ = std::fs::remove_dir_all(debian.join("tmp"));
+            let _ = std::fs::remove_dir(&debian);
+            if missing.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("not staged under debian/tmp/usr: {missing:?}"))
+            }
+        }
         "vhost-user-gpu/install.sh" => {
             let usr = env.upper("usr");
             let descriptor = usr.join("share/qemu/vhost-user/60-dmabuf-virtio-gpu.json");
