@@ -677,7 +677,7 @@ fn run_block(block: &Block, how: How, all: &[(Block, How)]) -> Result<(), String
 fn after(block: &Block) -> Result<(), String> {
     let env = Env::get();
     match block.first_line().trim() {
-        "cargo install --locked --path vhost-user-gpu" => {
+        first if first.starts_with("cargo install --locked --path vhost-user-gpu") => {
             let mut installed: Vec<String> = std::fs::read_dir(env.cargo_bin())
                 .map_err(|e| e.to_string())?
                 .flatten()
