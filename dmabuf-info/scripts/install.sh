@@ -42,11 +42,15 @@ if [ -z "$from" ]; then
 	from=$target/release
 fi
 
-# An artifact from DIR, or DIR/deps (where `cargo test` leaves the library).
+# An artifact from DIR, or DIR/deps (where `cargo test` leaves the library); when both
+# exist, the newer one (a `cargo build` copy in DIR can be older than a later test build).
 artifact() {
+	found=
 	for f in "$from/$1" "$from/deps/$1"; do
-		[ -f "$f" ] && { echo "$f"; return; }
+		[ -f "$f" ] || continue
+		if [ -z "$found" ] || [ "$f" -nt "$found" ]; then found=$f; fi
 	done
+	[ -n "$found" ] && { echo "$found"; return; }
 	echo "install.sh: $1 not found in $from or $from/deps" >&2
 	exit 1
 }
