@@ -15,7 +15,7 @@ use vm_memory::{Bytes, FileOffset, GuestAddress};
 
 use vhost_user_gpu::alloc::memfd::MemfdAllocator;
 use vhost_user_gpu::device::ports::{
-    fourcc, DisplaySink, Frame, GuestMemory, MapAdvice, MapAdvisor, MapError, Rect, RegionMapper,
+    DisplaySink, Frame, GuestMemory, MapAdvice, MapAdvisor, MapError, RegionMapper,
 };
 use vhost_user_gpu::device::{
     DeviceConfig, GpuDevice, Ports, BACKING_ENTRY_COST, OFFERED_FEATURES,
@@ -28,6 +28,7 @@ use vhost_user_gpu::protocol::{
     BLOB_FLAG_USE_MAPPABLE, BLOB_FLAG_USE_SHAREABLE, BLOB_MEM_GUEST, BLOB_MEM_HOST3D,
     CAPSET_CROSS_DOMAIN, EVENT_DISPLAY, FLAG_FENCE, FLAG_INFO_RING_IDX, MAP_CACHE_WC,
 };
+use vhost_user_gpu::protocol::{fourcc, Rect};
 
 const MIB: u64 = 1 << 20;
 const PAGE: u64 = 4096;

@@ -31,9 +31,8 @@ use std::os::fd::BorrowedFd;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use vhost_user_gpu::alloc::memfd::MemfdAllocator;
-use vhost_user_gpu::device::ports::{
-    DisplaySink, Frame, GuestMemory, MapAdvice, MapAdvisor, MapError, Rect, RegionMapper,
-};
+use vhost_user_gpu::device::ports::{DisplaySink, Frame, GuestMemory, MapAdvice, MapAdvisor, MapError, RegionMapper};
+use vhost_user_gpu::protocol::Rect;
 use vhost_user_gpu::device::{DeviceConfig, GpuDevice, Ports};
 use vhost_user_gpu::protocol::{
     feature, CtrlHeader, GpuCommand, GpuResponse, FLAG_FENCE, FLAG_INFO_RING_IDX, MAP_CACHE_WC,

@@ -6,7 +6,8 @@ use std::os::fd::BorrowedFd;
 use rustix::fs::SealFlags;
 
 use super::{linear_layout, sys};
-use crate::device::ports::{fourcc, AllocError, BufferAllocator, BufferRequest, HostBuffer};
+use crate::device::ports::{AllocError, BufferAllocator, BufferRequest, HostBuffer};
+use crate::protocol::fourcc;
 
 /// Allocates sealed memfds.
 #[derive(Debug, Default)]

@@ -16,8 +16,9 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use crate::device::ports::{fourcc, PlaneLayout};
+use crate::device::ports::PlaneLayout;
 pub use crate::device::ports::{AllocError, BufferAllocator, BufferRequest, HostBuffer};
+use crate::protocol::fourcc;
 
 /// Page size used to round buffer sizes.
 pub const PAGE_SIZE: u64 = 4096;

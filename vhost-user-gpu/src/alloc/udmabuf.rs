@@ -14,7 +14,8 @@ use std::sync::OnceLock;
 use rustix::fs::SealFlags;
 
 use super::{linear_layout, sys};
-use crate::device::ports::{fourcc, AllocError, BufferAllocator, BufferRequest, HostBuffer};
+use crate::device::ports::{AllocError, BufferAllocator, BufferRequest, HostBuffer};
+use crate::protocol::fourcc;
 
 /// Path of the udmabuf misc device.
 pub const UDMABUF_DEVICE: &str = "/dev/udmabuf";

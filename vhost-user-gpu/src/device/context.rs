@@ -171,7 +171,7 @@ impl GpuDevice {
         let probe = self.allocator.allocate(&BufferRequest::Image {
             width: 64,
             height: 64,
-            drm_format: crate::device::ports::fourcc::ARGB8888,
+            drm_format: crate::protocol::fourcc::ARGB8888,
             usage: 0,
         });
         let known = match probe {

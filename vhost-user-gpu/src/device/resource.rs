@@ -5,7 +5,8 @@ use std::os::fd::OwnedFd;
 
 use super::backing::{Backing, BackingError};
 use super::mmap::MappedBuffer;
-use crate::device::ports::{fourcc, GuestMemory, HostBuffer, Rect};
+use crate::device::ports::{GuestMemory, HostBuffer};
+use crate::protocol::{fourcc, Rect};
 
 /// Bytes per pixel of every format this device accepts.
 pub(crate) const BYTES_PER_PIXEL: u32 = 4;

@@ -8,8 +8,9 @@ use log::debug;
 use super::mmap::MappedBuffer;
 use super::resource::{self, cursor_image, intersect, rect_within, ResourceKind, CURSOR_SIZE};
 use super::{reject, CmdResult, GpuDevice, Reject};
-use crate::device::ports::{fourcc, DmabufScanout, Frame, GuestMemory, Rect};
+use crate::device::ports::{DmabufScanout, Frame, GuestMemory};
 use crate::protocol::{feature, format, CursorPos, GpuError, GpuResponse};
+use crate::protocol::{fourcc, Rect};
 
 /// How a blob is laid out as an image on a scanout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

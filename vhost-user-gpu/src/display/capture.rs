@@ -15,8 +15,9 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::device::ports::{DisplaySink, Frame, Rect};
+use crate::device::ports::{DisplaySink, Frame};
 use crate::display::pixels;
+use crate::protocol::Rect;
 
 /// The RGBA copy of one scanout.
 struct ScanoutImage {
@@ -320,7 +321,7 @@ pub fn encode_png<W: Write>(out: W, width: u32, height: u32, rgba: &[u8]) -> io:
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::device::ports::fourcc;
+    use crate::protocol::fourcc;
 
     fn decode(path: &Path) -> (u32, u32, Vec<u8>) {
         let decoder = png::Decoder::new(fs::File::open(path).unwrap());

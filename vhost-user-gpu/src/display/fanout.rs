@@ -4,7 +4,8 @@ use std::collections::BTreeMap;
 use std::os::fd::AsFd;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::device::ports::{DisplaySink, DmabufScanout, Frame, Rect};
+use crate::device::ports::{DisplaySink, DmabufScanout, Frame};
+use crate::protocol::Rect;
 
 /// Forwards every display event to each of its sinks, in order. With no sinks it is the
 /// "no display" sink.
@@ -172,7 +173,7 @@ impl DisplaySink for SharedSink {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::device::ports::fourcc;
+    use crate::protocol::fourcc;
     use std::sync::{Arc, Mutex};
 
     /// Records calls; takes dma-bufs if `takes_dmabuf`.

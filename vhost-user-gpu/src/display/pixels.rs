@@ -1,12 +1,13 @@
 //! Pixel format conversion for display sinks.
 //!
-//! Scanout frames arrive in a 32-bit DRM format ([`crate::device::ports::fourcc`]); PNG wants
+//! Scanout frames arrive in a 32-bit DRM format ([`crate::protocol::fourcc`]); PNG wants
 //! RGBA bytes and QEMU's display protocol wants `PIXMAN_x8r8g8b8`, which on a little-endian
 //! host is DRM `XRGB8888` (bytes B, G, R, X). Frames come from guest-controlled sizes, so
 //! every index here is checked: a frame whose buffer is too short is rejected, never read
 //! past its end.
 
-use crate::device::ports::{fourcc, Frame, Rect};
+use crate::device::ports::Frame;
+use crate::protocol::{fourcc, Rect};
 
 /// Byte positions of the red, green and blue channels inside one 4-byte pixel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -29,8 +29,9 @@ use vhost::vhost_user::gpu_message::{
 use vhost::vhost_user::message::VhostUserU64;
 use vhost::vhost_user::GpuBackend;
 
-use crate::device::ports::{fourcc, DisplaySink, DmabufScanout, Frame, Rect};
+use crate::device::ports::{DisplaySink, DmabufScanout, Frame};
 use crate::display::pixels;
+use crate::protocol::{fourcc, Rect};
 use crate::transport::shmem::in_queue_thread;
 
 /// `VHOST_USER_GPU_PROTOCOL_F_EDID`: the frontend answers `GET_EDID`.

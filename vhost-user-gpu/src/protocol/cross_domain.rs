@@ -65,7 +65,8 @@ impl Capabilities {
         out
     }
 
-    /// Parses the wire form.
+    /// Parses the wire form (what a guest reads from the capset; `test-codec` only).
+    #[cfg(any(test, feature = "test-codec"))]
     pub fn decode(buf: &[u8]) -> Result<Self, DecodeError> {
         let mut r = WireReader::new(buf, "CrossDomainCapabilities");
         Ok(Capabilities {
@@ -117,7 +118,8 @@ impl ImageRequirements {
         out
     }
 
-    /// Parses the wire form (what a guest reads from its query ring).
+    /// Parses the wire form (what a guest reads from its query ring; `test-codec` only).
+    #[cfg(any(test, feature = "test-codec"))]
     pub fn decode(buf: &[u8]) -> Result<Self, DecodeError> {
         let mut r = WireReader::new(buf, "CrossDomainImageRequirements");
         let mut strides = [0u32; 4];
@@ -172,8 +174,10 @@ pub enum CrossDomainCommand {
     },
 }
 
+/// The guest's side: encoding commands (`test-codec` only).
+#[cfg(any(test, feature = "test-codec"))]
 impl CrossDomainCommand {
-    /// Appends the command's wire form (for test frontends).
+    /// Appends the command's wire form (what a guest driver sends).
     pub fn encode(&self, out: &mut Vec<u8>) {
         match self {
             CrossDomainCommand::Init {
@@ -209,6 +213,7 @@ impl CrossDomainCommand {
     }
 }
 
+#[cfg(any(test, feature = "test-codec"))]
 fn put_header(out: &mut Vec<u8>, cmd: u8, size: u16) {
     out.put_u8(cmd);
     out.put_u8(0);

@@ -434,7 +434,7 @@ fn responses_have_the_bindings_sizes_and_round_trip() {
 
 #[test]
 fn formats_map_to_fourccs_with_the_same_byte_order() {
-    use crate::device::ports::fourcc;
+    use crate::protocol::fourcc;
     assert_eq!(
         format::to_drm_fourcc(format::B8G8R8A8_UNORM),
         Some(fourcc::ARGB8888)

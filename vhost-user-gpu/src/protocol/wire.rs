@@ -25,6 +25,7 @@ impl<'a> WireReader<'a> {
     }
 
     /// Bytes not yet consumed.
+    #[cfg(any(test, feature = "test-codec"))]
     pub(crate) fn remaining(&self) -> usize {
         self.buf.len() - self.pos
     }
@@ -73,6 +74,7 @@ impl<'a> WireReader<'a> {
     }
 
     /// Reads a little-endian `i32`.
+    #[cfg(any(test, feature = "test-codec"))]
     pub(crate) fn i32(&mut self) -> Result<i32, DecodeError> {
         Ok(i32::from_le_bytes(self.array()?))
     }
@@ -88,6 +90,7 @@ pub(crate) trait WireWrite {
     /// Appends a `u8`.
     fn put_u8(&mut self, v: u8);
     /// Appends a little-endian `u16`.
+    #[cfg(any(test, feature = "test-codec"))]
     fn put_u16(&mut self, v: u16);
     /// Appends a little-endian `u32`.
     fn put_u32(&mut self, v: u32);
@@ -103,6 +106,7 @@ impl WireWrite for Vec<u8> {
     fn put_u8(&mut self, v: u8) {
         self.push(v);
     }
+    #[cfg(any(test, feature = "test-codec"))]
     fn put_u16(&mut self, v: u16) {
         self.extend_from_slice(&v.to_le_bytes());
     }
