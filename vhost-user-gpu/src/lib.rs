@@ -10,6 +10,7 @@
 //! - [`display`]: display sinks (QEMU's vhost-user-gpu display protocol, PNG capture).
 //! - [`advisor`]: the map advisor over `dmabuf-info`.
 //! - [`sandbox`]: self-confinement after start-up (seccomp-bpf allowlist, Landlock).
+//! - [`queue_thread`]: marks the thread that may wait for the frontend.
 #![warn(missing_docs)]
 
 pub mod advisor;
@@ -17,5 +18,6 @@ pub mod alloc;
 pub mod device;
 pub mod display;
 pub mod protocol;
+pub mod queue_thread;
 pub mod sandbox;
 pub mod transport;

@@ -18,11 +18,11 @@ use vhost_user_gpu::alloc::{self, gbm, AllocatorKind};
 use vhost_user_gpu::device::Ports;
 use vhost_user_gpu::device::{DeviceConfig, GpuDevice};
 use vhost_user_gpu::display::{PngCapture, SharedSink};
+use vhost_user_gpu::protocol::MAX_SCANOUTS;
 use vhost_user_gpu::sandbox::SandboxPolicy;
 use vhost_user_gpu::transport::{self, DeviceFactory, SocketSource, TransportSettings};
 
 /// Largest number of scanouts virtio-gpu has.
-const MAX_OUTPUTS: u32 = 16;
 
 /// vhost-user virtio-gpu backend: 2D scanouts, blob resources mapped into the guest through
 /// the host-visible region (SHMEM_MAP), with dmabuf-info deciding what is safe to map.
@@ -72,7 +72,7 @@ struct Cli {
     policy_config: Option<PathBuf>,
 
     /// Number of scanouts: 1-16.
-    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=MAX_OUTPUTS as i64))]
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=MAX_SCANOUTS as i64))]
     outputs: u32,
 
     /// Preferred resolution of every scanout: WIDTHxHEIGHT, each 1-16384.

@@ -20,10 +20,9 @@ use crate::device::ports::PlaneLayout;
 pub use crate::device::ports::{AllocError, BufferAllocator, BufferRequest, HostBuffer};
 use crate::protocol::fourcc;
 
-/// Page size used to round buffer sizes.
-pub const PAGE_SIZE: u64 = 4096;
-/// Largest image width or height accepted by the linear allocators.
-pub const MAX_IMAGE_DIMENSION: u32 = 16384;
+/// Page size used to round buffer sizes, and the largest image width or height accepted
+/// (the ports' contract).
+pub use crate::device::ports::{MAX_IMAGE_DIMENSION, PAGE_SIZE};
 /// Row alignment of the linear allocators' images, in bytes.
 pub const STRIDE_ALIGN: u32 = 64;
 

@@ -446,7 +446,7 @@ impl GpuDevice {
 /// every entry is page aligned and lies inside one fd-backed guest RAM region, and there
 /// are at most `UDMABUF_LIST_LIMIT` of them.
 fn udmabuf_items<'m>(mem: &'m GuestMemory, entries: &[MemEntry]) -> Option<Vec<UdmabufItem<'m>>> {
-    let page = crate::alloc::PAGE_SIZE;
+    let page = crate::device::ports::PAGE_SIZE;
     if entries.is_empty() || entries.len() > sys::UDMABUF_LIST_LIMIT {
         debug!("udmabuf export skipped: {} entries", entries.len());
         return None;

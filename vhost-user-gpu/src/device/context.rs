@@ -429,7 +429,7 @@ impl GpuDevice {
                 format!("ctx_id {ctx_id}: GET_IMAGE_REQUIREMENTS width/height {width}x{height}"),
             ));
         }
-        let max = crate::alloc::MAX_IMAGE_DIMENSION;
+        let max = crate::device::ports::MAX_IMAGE_DIMENSION;
         if width > max || height > max {
             // A bad parameter, not a lack of memory (checked before the budget estimate).
             return Err(reject(

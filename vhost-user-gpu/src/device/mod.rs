@@ -40,7 +40,8 @@ use log::{debug, warn};
 
 use crate::protocol::{
     self, command_name, feature, format, CtrlHeader, DecodeError, DisplayMode, GpuCommand,
-    GpuError, GpuResponse, Rect, EVENT_DISPLAY, MAX_SCANOUTS,
+    GpuError, GpuResponse, Rect, CONFIG_EVENTS_CLEAR, CONFIG_EVENTS_READ, CONFIG_NUM_CAPSETS,
+    CONFIG_NUM_SCANOUTS, CONFIG_SIZE, EVENT_DISPLAY, MAX_SCANOUTS,
 };
 pub use backing::BackingError;
 use context::Context;
@@ -66,7 +67,7 @@ pub struct DeviceConfig {
 impl Default for DeviceConfig {
     fn default() -> Self {
         DeviceConfig {
-            outputs: vec![(1280, 800)],
+            outputs: vec![DEFAULT_OUTPUT],
             hostmem: 256 << 20,
             max_resource_memory: 1 << 30,
             max_resources: 16384,
@@ -81,7 +82,7 @@ pub enum ConfigError {
     #[error("{0} outputs configured: need 1 to 16")]
     OutputCount(usize),
     /// An output with a zero or too large dimension.
-    #[error("output {index} has size {width}x{height}: each side must be 1..=16384")]
+    #[error("output {index} has size {width}x{height}: each side must be 1..={MAX_OUTPUT_SIDE}")]
     OutputSize {
         /// Output index.
         index: usize,
@@ -97,6 +98,8 @@ pub enum ConfigError {
 
 /// Largest output side accepted.
 pub const MAX_OUTPUT_SIDE: u32 = 16384;
+/// The output a configuration without outputs is repaired to (and the EDID fallback).
+pub const DEFAULT_OUTPUT: (u32, u32) = (1280, 800);
 
 impl DeviceConfig {
     /// Checks the configuration ([`GpuDevice::new`] repairs invalid ones with a warning).
@@ -147,8 +150,6 @@ pub const OFFERED_FEATURES: u64 = (1 << feature::VIRGL)
     | (1 << feature::RESOURCE_BLOB)
     | (1 << feature::CONTEXT_INIT);
 
-/// Size of the virtio-gpu config space.
-pub const CONFIG_SIZE: usize = 16;
 /// Number of capsets offered (cross-domain only).
 pub const NUM_CAPSETS: u32 = 1;
 
@@ -235,7 +236,7 @@ impl GpuDevice {
             warn!("device configuration: {e}; repairing it");
             config.outputs.truncate(MAX_SCANOUTS);
             if config.outputs.is_empty() {
-                config.outputs.push((1280, 800));
+                config.outputs.push(DEFAULT_OUTPUT);
             }
             for o in &mut config.outputs {
                 o.0 = o.0.clamp(1, MAX_OUTPUT_SIDE);
@@ -320,13 +321,14 @@ impl GpuDevice {
     /// `num_capsets`, little-endian.
     pub fn read_config(&self) -> [u8; CONFIG_SIZE] {
         let mut out = [0u8; CONFIG_SIZE];
-        out[0..4].copy_from_slice(&self.events_read.to_le_bytes());
-        out[8..12].copy_from_slice(&(self.scanouts.len() as u32).to_le_bytes());
-        out[12..16].copy_from_slice(&NUM_CAPSETS.to_le_bytes());
+        let mut put = |at: usize, value: u32| out[at..at + 4].copy_from_slice(&value.to_le_bytes());
+        put(CONFIG_EVENTS_READ, self.events_read);
+        put(CONFIG_NUM_SCANOUTS, self.scanouts.len() as u32);
+        put(CONFIG_NUM_CAPSETS, NUM_CAPSETS);
         out
     }
 
-    /// A driver write to the config space. Only `events_clear` (offset 4) is writable:
+    /// A driver write to the config space. Only `events_clear` is writable:
     /// bits written there are cleared from `events_read`. Other writes are ignored.
     pub fn write_config(&mut self, offset: u32, data: &[u8]) {
         let start = offset as usize;
@@ -337,17 +339,18 @@ impl GpuDevice {
             );
             return;
         };
-        // Overlap of the write with bytes 4..8 (events_clear).
+        // Overlap of the write with events_clear.
+        let field = CONFIG_EVENTS_CLEAR..CONFIG_EVENTS_CLEAR + 4;
         let mut clear = [0u8; 4];
         let mut touched = false;
         for (i, &b) in data.iter().enumerate() {
             let pos = start + i;
-            if (4..8).contains(&pos) {
-                clear[pos - 4] = b;
+            if field.contains(&pos) {
+                clear[pos - field.start] = b;
                 touched = true;
             }
         }
-        if !touched || start < 4 || end > 8 {
+        if !touched || start < field.start || end > field.end {
             debug!(
                 "config write at {offset}+{} touches read-only fields",
                 data.len()
@@ -648,7 +651,7 @@ impl GpuDevice {
         let (width, height) = scanout
             .mode
             .or_else(|| self.config.outputs.get(scanout_id as usize).copied())
-            .unwrap_or((1280, 800));
+            .unwrap_or(DEFAULT_OUTPUT);
         let block = edid::build(width, height, scanout_id).ok_or_else(|| {
             reject(
                 GpuError::InvalidParameter,

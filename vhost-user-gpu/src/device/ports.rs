@@ -15,14 +15,21 @@ pub use crate::protocol::{fourcc, Rect};
 /// Guest memory as the vhost-user backend library hands it to us.
 pub type GuestMemory = vm_memory::GuestMemoryMmap<()>;
 
+/// Page size: host buffer sizes and host-visible region ranges are multiples of it.
+pub const PAGE_SIZE: u64 = 4096;
+
+/// Largest image width or height the device asks an allocator for (cross-domain
+/// `GET_IMAGE_REQUIREMENTS` beyond it is refused before any allocation).
+pub const MAX_IMAGE_DIMENSION: u32 = 16384;
+
 /// What the device asks an allocator for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BufferRequest {
     /// A linear image (cross-domain GET_IMAGE_REQUIREMENTS).
     Image {
-        /// Width in pixels (non-zero, checked by the caller).
+        /// Width in pixels (1..=[`MAX_IMAGE_DIMENSION`], checked by the caller).
         width: u32,
-        /// Height in pixels (non-zero, checked by the caller).
+        /// Height in pixels (1..=[`MAX_IMAGE_DIMENSION`], checked by the caller).
         height: u32,
         /// DRM fourcc.
         drm_format: u32,

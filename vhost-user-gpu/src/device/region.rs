@@ -7,8 +7,8 @@
 
 use std::collections::BTreeMap;
 
-/// Granularity of region ranges.
-pub const PAGE_SIZE: u64 = 4096;
+/// Granularity of region ranges: the page size of the ports.
+pub use super::ports::PAGE_SIZE;
 
 /// Why a range could not be reserved or released.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -10,7 +10,7 @@
 //! socket: a reply it must answer (`GET_PROTOCOL_FEATURES`, `GET_DISPLAY_INFO`, `GET_EDID`,
 //! `DMABUF_UPDATE`) would never come, and a large `UPDATE` could fill the socket buffer. The
 //! sink therefore talks to QEMU only from the queue thread
-//! ([`crate::transport::shmem::QueueThreadScope`]): the handshake runs lazily on first use
+//! ([`crate::queue_thread::QueueThreadScope`]): the handshake runs lazily on first use
 //! there, and a scanout change made from elsewhere (the device applying a new sink or a reset
 //! on the connection thread) is remembered and sent on the next queue-thread call.
 //!
@@ -32,7 +32,7 @@ use vhost::vhost_user::GpuBackend;
 use crate::device::ports::{DisplaySink, DmabufScanout, Frame};
 use crate::display::pixels;
 use crate::protocol::{fourcc, Rect};
-use crate::transport::shmem::in_queue_thread;
+use crate::queue_thread::in_queue_thread;
 
 /// `VHOST_USER_GPU_PROTOCOL_F_EDID`: the frontend answers `GET_EDID`.
 pub const PROTOCOL_F_EDID: u64 = 1 << 0;
@@ -388,7 +388,7 @@ mod tests {
     use std::os::unix::net::UnixStream;
     use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
-    use crate::transport::shmem::QueueThreadScope;
+    use crate::queue_thread::QueueThreadScope;
 
     const REPLY: u32 = 0x4;
 

@@ -38,9 +38,11 @@ use crate::device::ports::{DisplaySink, GuestMemory, RegionMapper};
 use crate::device::GpuDevice;
 use crate::display::fanout::SharedSink;
 use crate::display::{FanOut, QemuDisplay};
+use crate::protocol::{cmd, CONFIG_SIZE};
+use crate::queue_thread::QueueThreadScope;
 use crate::transport::chain::{self, DescriptorRef, WriteOutcome};
-use crate::transport::server::ExitEvent;
-use crate::transport::shmem::{BackendChannel, QueueThreadScope, ShmemMapper};
+use crate::transport::shmem::{BackendChannel, ShmemMapper};
+use crate::transport::sys::ExitEvent;
 
 /// Queue index of the control queue.
 pub const CONTROL_QUEUE: u16 = 0;
@@ -50,8 +52,6 @@ pub const CURSOR_QUEUE: u16 = 1;
 pub const NUM_QUEUES: usize = 2;
 /// Largest queue size accepted (QEMU uses 256 for control and 16 for cursor).
 pub const MAX_QUEUE_SIZE: usize = 1024;
-/// Size of the virtio-gpu config space.
-pub const CONFIG_SIZE: usize = 16;
 
 /// Builds the device core of a new connection from the connection's region mapper and
 /// display sink (the caller adds allocator, advisor and configuration).
@@ -425,7 +425,7 @@ fn asks_for_modes(request: &[u8]) -> bool {
         .get(..4)
         .and_then(|b| <[u8; 4]>::try_from(b).ok())
         .map(u32::from_le_bytes);
-    matches!(ty, Some(0x100 | 0x10a))
+    matches!(ty, Some(cmd::GET_DISPLAY_INFO | cmd::GET_EDID))
 }
 
 fn initial_display(settings: &TransportSettings) -> Box<dyn DisplaySink> {

@@ -21,13 +21,10 @@
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use crate::device::ports::GuestMemory;
+use crate::protocol::{resp, CTRL_HEADER_SIZE};
 
 /// Upper bound on the readable part of one request (see the module documentation).
 pub const MAX_REQUEST_BYTES: u64 = 1 << 20;
-/// Size of `struct virtio_gpu_ctrl_hdr`.
-pub const CTRL_HEADER_BYTES: usize = 24;
-/// `VIRTIO_GPU_RESP_ERR_UNSPEC`.
-pub const RESP_ERR_UNSPEC: u32 = 0x1200;
 
 /// One descriptor as the chain walker saw it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,9 +135,9 @@ pub fn write_response(
     let capacity: u64 = writable.iter().map(|&(_, len)| u64::from(len)).sum();
     let (bytes, outcome): (std::borrow::Cow<'_, [u8]>, _) = if response.len() as u64 <= capacity {
         (response.into(), WriteOutcome::Complete)
-    } else if response.len() >= CTRL_HEADER_BYTES && capacity >= CTRL_HEADER_BYTES as u64 {
-        let mut header = response[..CTRL_HEADER_BYTES].to_vec();
-        header[..4].copy_from_slice(&RESP_ERR_UNSPEC.to_le_bytes());
+    } else if response.len() >= CTRL_HEADER_SIZE && capacity >= CTRL_HEADER_SIZE as u64 {
+        let mut header = response[..CTRL_HEADER_SIZE].to_vec();
+        header[..4].copy_from_slice(&resp::ERR_UNSPEC.to_le_bytes());
         (header.into(), WriteOutcome::ErrorHeaderOnly)
     } else {
         return (0, WriteOutcome::Nothing);
@@ -270,7 +267,7 @@ mod tests {
         mem.read_slice(&mut hdr, GuestAddress(0x2000)).unwrap();
         assert_eq!(
             u32::from_le_bytes(hdr[..4].try_into().unwrap()),
-            RESP_ERR_UNSPEC
+            resp::ERR_UNSPEC
         );
         assert_eq!(u64::from_le_bytes(hdr[8..16].try_into().unwrap()), 77);
         assert_eq!(

@@ -1,18 +1,16 @@
 //! Listening for frontends and serving connections.
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, RawFd};
+use std::os::fd::RawFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use vhost::vhost_user::{Error as VhostUserError, Listener};
 use vhost_user_backend::{Error as DaemonError, VhostUserDaemon};
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
-use vmm_sys_util::event::{
-    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
-};
 
 use crate::transport::backend::{DeviceFactory, GpuBackend, TransportSettings};
+use crate::transport::sys::{self, ExitEvent};
 
 /// Where the vhost-user socket comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,57 +41,15 @@ pub enum ServeError {
     Daemon(String),
 }
 
-/// The event that stops a connection's queue worker, shared by all connections.
-///
-/// vhost-user-backend 0.24 registers the exit-event consumer a backend hands it with
-/// `consumer.into_raw_fd()` and never closes it (`VringEpollHandler::new`), so a fresh
-/// eventfd per connection would leak one fd per reconnect. Instead every worker gets the
-/// same eventfd number, owned here for the life of the server, and the event is re-armed
-/// (drained) between connections.
-pub struct ExitEvent {
-    consumer: EventConsumer,
-    notifier: EventNotifier,
-}
-
-impl ExitEvent {
-    /// A new, non-signalled exit event.
-    pub fn new() -> io::Result<Self> {
-        let (consumer, notifier) =
-            new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC)?;
-        Ok(ExitEvent { consumer, notifier })
-    }
-
-    /// The pair handed to the library for one worker thread.
-    pub fn pair_for_worker(&self) -> io::Result<(EventConsumer, EventNotifier)> {
-        // SAFETY: vhost-user-backend 0.24 turns this consumer straight into a raw fd for its
-        // epoll set and never closes it (see the type's documentation), so the fd is never
-        // closed twice; `self.consumer` keeps the real ownership and outlives every daemon
-        // (the server drops it only after its last connection).
-        let consumer = unsafe { EventConsumer::from_raw_fd(self.consumer.as_raw_fd()) };
-        Ok((consumer, self.notifier.try_clone()?))
-    }
-
-    /// Clears a fired event so that the next connection's worker does not exit at once.
-    pub fn rearm(&self) {
-        while self.consumer.consume().is_ok() {}
-    }
-}
-
 /// Checks that `fd` is a listening Unix stream socket and takes ownership of it.
 pub fn listener_from_fd(fd: RawFd) -> Result<Listener, ServeError> {
     let what = format!("fd {fd}");
-    // SAFETY: F_GETFD only reads the descriptor flags of whatever number it is given; it
-    // touches no memory and fails with EBADF for a number that is not open.
-    if fd < 0 || unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+    let Some(borrowed) = sys::borrow_inherited(fd) else {
         return Err(ServeError::Listen {
             what,
             source: io::Error::new(io::ErrorKind::InvalidInput, "not an open file descriptor"),
         });
-    }
-    // SAFETY: the number is open (checked above) and stays open: nothing in this process
-    // closes inherited descriptors it does not own. Only borrowed for the checks below;
-    // ownership is taken after they pass.
-    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    };
     let domain = rustix::net::sockopt::socket_domain(borrowed).map_err(|e| ServeError::Listen {
         what: what.clone(),
         source: io::Error::new(io::ErrorKind::InvalidInput, format!("not a socket ({e})")),
@@ -118,9 +74,7 @@ pub fn listener_from_fd(fd: RawFd) -> Result<Listener, ServeError> {
             ),
         });
     }
-    // SAFETY: the fd is a listening Unix socket inherited for us to own; nothing else in this
-    // process uses it.
-    Ok(unsafe { Listener::from_raw_fd(fd) })
+    Ok(sys::adopt_listener(borrowed))
 }
 
 /// Opens the socket described by `source`.

@@ -5,14 +5,14 @@
 //! - A mapping request is answered by the frontend's main loop. If it is sent while the
 //!   frontend is itself waiting for one of our replies (inside any frontend-message callback),
 //!   both sides wait forever. Requests are therefore only sent from the queue-handling thread;
-//!   [`QueueThreadScope`] marks that thread, and the mapper refuses to send from anywhere else.
+//!   [`crate::queue_thread::QueueThreadScope`] marks that thread, and the mapper refuses to
+//!   send from anywhere else.
 //! - The request must be acknowledged before the guest is told anything (`OK_MAP_INFO`) or a
 //!   buffer is freed. `vhost`'s `Backend` waits for the `REPLY_ACK` when the frontend
 //!   negotiated `VHOST_USER_PROTOCOL_F_REPLY_ACK`, which this backend offers and every known
 //!   SHMEM-capable frontend accepts (vhost 0.18 gives a backend no way to read the acked
 //!   protocol features back, so this cannot be checked here).
 
-use std::cell::Cell;
 use std::os::fd::BorrowedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -21,38 +21,8 @@ use vhost::vhost_user::message::{VhostUserMMap, VhostUserMMapFlags};
 use vhost::vhost_user::{Backend, VhostUserFrontendReqHandler};
 
 use crate::device::ports::{MapError, RegionMapper};
-
-/// The shared memory region id of virtio-gpu's host-visible region.
-pub const HOST_VISIBLE_SHMID: u8 = 1;
-
-thread_local! {
-    static IN_QUEUE_THREAD: Cell<bool> = const { Cell::new(false) };
-}
-
-/// Marks the current thread as the queue-handling thread while alive (mapping requests are
-/// allowed only then).
-pub struct QueueThreadScope {
-    previous: bool,
-}
-
-impl QueueThreadScope {
-    /// Enters the scope.
-    pub fn enter() -> Self {
-        let previous = IN_QUEUE_THREAD.with(|c| c.replace(true));
-        QueueThreadScope { previous }
-    }
-}
-
-impl Drop for QueueThreadScope {
-    fn drop(&mut self) {
-        IN_QUEUE_THREAD.with(|c| c.set(self.previous));
-    }
-}
-
-/// Whether the current thread is inside a [`QueueThreadScope`] (may wait for the frontend).
-pub fn in_queue_thread() -> bool {
-    IN_QUEUE_THREAD.with(Cell::get)
-}
+use crate::protocol::SHM_ID_HOST_VISIBLE;
+use crate::queue_thread::in_queue_thread;
 
 /// The backend-to-frontend channel of one connection, shared between the vhost-user
 /// callbacks (which install it) and the mapper (which uses it).
@@ -167,7 +137,7 @@ impl RegionMapper for ShmemMapper {
             VhostUserMMapFlags::empty()
         };
         let request = VhostUserMMap {
-            shmid: HOST_VISIBLE_SHMID,
+            shmid: SHM_ID_HOST_VISIBLE,
             padding: [0; 7],
             fd_offset,
             shm_offset,
@@ -185,7 +155,7 @@ impl RegionMapper for ShmemMapper {
         self.check_range(shm_offset, len)?;
         let backend = self.channel_for_request("SHMEM_UNMAP")?;
         let request = VhostUserMMap {
-            shmid: HOST_VISIBLE_SHMID,
+            shmid: SHM_ID_HOST_VISIBLE,
             padding: [0; 7],
             fd_offset: 0,
             shm_offset,
@@ -206,6 +176,7 @@ mod tests {
     //! message (header: request u32, flags u32, size u32; then `VhostUserMMap`), so the test
     //! checks the bytes a real frontend would receive.
     use super::*;
+    use crate::queue_thread::QueueThreadScope;
     use std::io::{Read, Write};
     use std::os::fd::AsFd;
     use std::os::unix::net::UnixStream;
@@ -260,7 +231,7 @@ mod tests {
             );
             assert!(had_fd);
             assert_eq!(body.len(), 40);
-            assert_eq!(body[0], HOST_VISIBLE_SHMID);
+            assert_eq!(body[0], SHM_ID_HOST_VISIBLE);
             let q = |i: usize| u64::from_le_bytes(body[i..i + 8].try_into().unwrap());
             assert_eq!((q(8), q(16), q(24), q(32)), (0x2000, 0x10_0000, 0x4000, 1));
             ack(&mut frontend, SHMEM_MAP, 0);
