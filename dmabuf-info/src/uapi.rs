@@ -1,8 +1,11 @@
 //! Raw kernel uapi: ioctl numbers, argument structs and thin ioctl wrappers.
 //!
-//! This is the only module (together with [`crate::ffi`]) that contains `unsafe`. Every number
-//! is computed from the `_IOC` encoding in a `const fn` and checked against the literal value the
-//! kernel headers define (see the tests at the bottom and `tests/uapi_numbers.rs`).
+//! This is the only module (together with [`crate::ffi`]) that contains `unsafe`, and the one
+//! ioctl layer of the workspace: the backend's allocators and the guest test binary issue
+//! their dma-buf, udmabuf, dma-heap and DRM ioctls through it. Every number is computed with
+//! [`iow`]/[`iowr`] (on `rustix::ioctl`) and checked against the literal value the kernel
+//! headers define (see the tests at the bottom and `tests/uapi_numbers.rs`); every call goes
+//! through [`ioctl`].
 //!
 //! Sources of the layouts: `include/uapi/linux/dma-buf.h`, `linux/udmabuf.h`,
 //! `linux/dma-heap.h`, `drm/drm.h`, `drm/drm_mode.h`, `drm/msm_drm.h`, `drm/panfrost_drm.h`,
@@ -13,50 +16,17 @@ use std::ffi::c_void;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
-#[cfg(any(
-    target_arch = "powerpc",
-    target_arch = "powerpc64",
-    target_arch = "mips",
-    target_arch = "mips64",
-    target_arch = "sparc",
-    target_arch = "sparc64"
-))]
-compile_error!("dmabuf-info uses the generic _IOC encoding; this architecture uses another one");
+use rustix::ioctl::{opcode, Ioctl, IoctlOutput, Opcode};
 
-const IOC_NRBITS: u32 = 8;
-const IOC_TYPEBITS: u32 = 8;
-const IOC_SIZEBITS: u32 = 14;
-const IOC_NRSHIFT: u32 = 0;
-const IOC_TYPESHIFT: u32 = IOC_NRSHIFT + IOC_NRBITS;
-const IOC_SIZESHIFT: u32 = IOC_TYPESHIFT + IOC_TYPEBITS;
-const IOC_DIRSHIFT: u32 = IOC_SIZESHIFT + IOC_SIZEBITS;
-
-/// `_IOC_NONE`.
-pub const IOC_NONE: u32 = 0;
-/// `_IOC_WRITE`: userspace writes the argument (kernel reads it).
-pub const IOC_WRITE: u32 = 1;
-/// `_IOC_READ`: the kernel writes the argument back.
-pub const IOC_READ: u32 = 2;
-
-/// The kernel's `_IOC(dir, type, nr, size)` macro (generic encoding: x86, arm, arm64, riscv).
-///
-/// Panics at compile time (in const context) if `size` does not fit the 14-bit size field.
-pub const fn ioc(dir: u32, ty: u8, nr: u8, size: usize) -> u32 {
-    assert!(size < (1 << IOC_SIZEBITS), "ioctl argument too large");
-    (dir << IOC_DIRSHIFT)
-        | ((ty as u32) << IOC_TYPESHIFT)
-        | ((nr as u32) << IOC_NRSHIFT)
-        | ((size as u32) << IOC_SIZESHIFT)
-}
-
-/// `_IOW(type, nr, T)`.
+/// `_IOW(type, nr, T)`: the kernel reads a `T` (the architecture's `_IOC` encoding, from
+/// `rustix::ioctl::opcode`).
 pub const fn iow<T>(ty: u8, nr: u8) -> u32 {
-    ioc(IOC_WRITE, ty, nr, std::mem::size_of::<T>())
+    opcode::write::<T>(ty, nr) as u32
 }
 
-/// `_IOWR(type, nr, T)`.
+/// `_IOWR(type, nr, T)`: the kernel reads a `T` and writes it back.
 pub const fn iowr<T>(ty: u8, nr: u8) -> u32 {
-    ioc(IOC_READ | IOC_WRITE, ty, nr, std::mem::size_of::<T>())
+    opcode::read_write::<T>(ty, nr) as u32
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -165,6 +135,34 @@ pub struct UdmabufCreate {
 pub const UDMABUF_FLAGS_CLOEXEC: u32 = 0x01;
 /// `UDMABUF_CREATE` = `_IOW('u', 0x42, struct udmabuf_create)`.
 pub const UDMABUF_CREATE: u32 = iow::<UdmabufCreate>(b'u', 0x42);
+
+/// `struct udmabuf_create_list` (the header; `count` [`UdmabufCreateItem`]s follow it).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct UdmabufCreateList {
+    /// `UDMABUF_FLAGS_CLOEXEC`.
+    pub flags: u32,
+    /// Number of items.
+    pub count: u32,
+}
+/// `struct udmabuf_create_item`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct UdmabufCreateItem {
+    /// The memfd (sealed as for [`UdmabufCreate`]).
+    pub memfd: u32,
+    /// Must be zero.
+    pub pad: u32,
+    /// Page-aligned offset into the memfd.
+    pub offset: u64,
+    /// Page-aligned size.
+    pub size: u64,
+}
+/// `UDMABUF_CREATE_LIST` = `_IOW('u', 0x43, struct udmabuf_create_list)`.
+pub const UDMABUF_CREATE_LIST: u32 = iow::<UdmabufCreateList>(b'u', 0x43);
+/// Most items the kernel takes in one `UDMABUF_CREATE_LIST` (the udmabuf module parameter
+/// `list_limit`, 1024 unless the host changed it).
+pub const UDMABUF_LIST_LIMIT: usize = 1024;
 
 /// `struct dma_heap_allocation_data`.
 #[repr(C)]
@@ -436,37 +434,79 @@ pub const AMDGPU_GEM_CREATE_CPU_GTT_USWC: u64 = 1 << 2;
 // ioctl wrappers
 // ---------------------------------------------------------------------------------------------
 
-/// Issues `ioctl(fd, request, arg)` and maps `-1` to the thread's `errno`.
-///
-/// # Safety
-/// `request` must be an ioctl whose argument is a `T` (by pointer), and every pointer inside
-/// `T` must be valid for the access the kernel makes through it for the duration of the call.
-unsafe fn ioctl_ptr<T>(fd: BorrowedFd<'_>, request: u32, arg: *mut T) -> io::Result<()> {
-    // The request parameter is `c_ulong` on glibc and `c_int` on musl.
-    #[allow(clippy::useless_conversion, clippy::unnecessary_cast)]
-    let req = request as _;
-    // SAFETY: the fd is open (borrowed for the call); the caller guarantees that `arg` matches
-    // what `request` expects.
-    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), req, arg.cast::<c_void>()) };
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
+/// An ioctl whose argument is a pointer to a `T`, which the kernel may read and write. Its
+/// output is the ioctl's non-negative return value (a new fd for some requests).
+struct ByPointer<T> {
+    request: u32,
+    arg: *mut T,
+}
+
+// SAFETY: `as_ptr` hands the kernel exactly the pointer the caller of `ioctl` gave, whose
+// validity for `request` the caller guarantees (see `ioctl`); the output is the plain return
+// value, not read through the pointer; `IS_MUTATING` is true, so rustix assumes the kernel
+// may write through it.
+unsafe impl<T> Ioctl for ByPointer<T> {
+    type Output = IoctlOutput;
+    const IS_MUTATING: bool = true;
+
+    fn opcode(&self) -> Opcode {
+        self.request as Opcode
+    }
+
+    fn as_ptr(&mut self) -> *mut c_void {
+        self.arg.cast()
+    }
+
+    unsafe fn output_from_ptr(
+        out: IoctlOutput,
+        _arg: *mut c_void,
+    ) -> rustix::io::Result<Self::Output> {
+        Ok(out)
     }
 }
 
-/// Like [`ioctl_ptr`] but retries on `EINTR` and `EAGAIN` (needed for `DMA_BUF_IOCTL_SYNC`).
+/// Issues `ioctl(fd, request, arg)`: returns the (non-negative) return value, or the errno.
 ///
 /// # Safety
-/// Same as [`ioctl_ptr`].
-unsafe fn ioctl_retry<T>(fd: BorrowedFd<'_>, request: u32, arg: *mut T) -> io::Result<()> {
+/// `request` must be an ioctl whose argument is a pointer to a `T` (or, for requests that take
+/// a pointer value such as a string, `arg` itself), `arg` must be valid for the reads and
+/// writes the kernel makes through it, and so must every pointer inside `*arg`, for the
+/// duration of the call.
+pub unsafe fn ioctl<T>(fd: BorrowedFd<'_>, request: u32, arg: *mut T) -> io::Result<i32> {
+    // SAFETY: forwarded from the caller (see above).
+    unsafe { rustix::ioctl::ioctl(fd, ByPointer { request, arg }) }.map_err(io::Error::from)
+}
+
+/// Like [`ioctl`] but retried on `EINTR` and `EAGAIN` (needed for `DMA_BUF_IOCTL_SYNC` and
+/// for DRM ioctls interrupted by signals).
+///
+/// # Safety
+/// Same as [`ioctl`].
+pub unsafe fn ioctl_retry<T>(fd: BorrowedFd<'_>, request: u32, arg: *mut T) -> io::Result<i32> {
     loop {
         // SAFETY: forwarded from the caller.
-        match unsafe { ioctl_ptr(fd, request, arg) } {
+        match unsafe { ioctl(fd, request, arg) } {
             Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR) | Some(libc::EAGAIN)) => {}
             other => return other,
         }
     }
+}
+
+/// Takes ownership of the descriptor an ioctl returned.
+///
+/// # Safety
+/// `fd` must be a descriptor the kernel just installed for this process as the result of an
+/// ioctl (its return value, or a field it filled), which nothing else owns.
+unsafe fn adopt_fd(fd: i32) -> io::Result<OwnedFd> {
+    if fd < 0 {
+        return Err(io::Error::from_raw_os_error(libc::EBADF));
+    }
+    // SAFETY: a new descriptor nobody else owns (the caller's guarantee).
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn raw_fd_u32(fd: BorrowedFd<'_>) -> io::Result<u32> {
+    u32::try_from(fd.as_raw_fd()).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))
 }
 
 /// `DMA_BUF_IOCTL_INFO` with `param`; returns the value or the errno.
@@ -478,7 +518,7 @@ pub fn dma_buf_ioctl_info(fd: BorrowedFd<'_>, param: u32) -> io::Result<u64> {
     };
     // SAFETY: DMA_BUF_IOCTL_INFO takes a `struct dma_buf_info` (no pointers inside); on
     // kernels without it the number is unknown and nothing is read or written.
-    unsafe { ioctl_ptr(fd, DMA_BUF_IOCTL_INFO, &mut arg) }?;
+    unsafe { ioctl(fd, DMA_BUF_IOCTL_INFO, &mut arg) }?;
     Ok(arg.value)
 }
 
@@ -486,23 +526,15 @@ pub fn dma_buf_ioctl_info(fd: BorrowedFd<'_>, param: u32) -> io::Result<u64> {
 pub fn dma_buf_sync(fd: BorrowedFd<'_>, flags: u64) -> io::Result<()> {
     let mut arg = DmaBufSync { flags };
     // SAFETY: DMA_BUF_IOCTL_SYNC takes a `struct dma_buf_sync` without pointers.
-    unsafe { ioctl_retry(fd, DMA_BUF_IOCTL_SYNC, &mut arg) }
+    unsafe { ioctl_retry(fd, DMA_BUF_IOCTL_SYNC, &mut arg) }.map(drop)
 }
 
 /// `DMA_BUF_SET_NAME_B`: names the buffer (shows up as `name:` in fdinfo).
 pub fn dma_buf_set_name(fd: BorrowedFd<'_>, name: &std::ffi::CStr) -> io::Result<()> {
     // SAFETY: SET_NAME reads a NUL-terminated string (at most DMA_BUF_NAME_LEN bytes) through
-    // the pointer; `name` is a valid C string for the call. The argument is the pointer value
-    // itself, so pass it by value as the "pointer" argument.
-    let rc = unsafe {
-        #[allow(clippy::useless_conversion, clippy::unnecessary_cast)]
-        libc::ioctl(fd.as_raw_fd(), DMA_BUF_SET_NAME_B as _, name.as_ptr())
-    };
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
+    // the pointer it is given as its argument; `name` is a valid C string for the call and is
+    // only read.
+    unsafe { ioctl(fd, DMA_BUF_SET_NAME_B, name.as_ptr().cast_mut()) }.map(drop)
 }
 
 /// `UDMABUF_CREATE` on an open `/dev/udmabuf`: wraps `size` bytes of `memfd` at `offset`.
@@ -512,28 +544,57 @@ pub fn udmabuf_create(
     offset: u64,
     size: u64,
 ) -> io::Result<OwnedFd> {
-    let memfd_raw =
-        u32::try_from(memfd.as_raw_fd()).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
     let mut arg = UdmabufCreate {
-        memfd: memfd_raw,
+        memfd: raw_fd_u32(memfd)?,
         flags: UDMABUF_FLAGS_CLOEXEC,
         offset,
         size,
     };
     // SAFETY: UDMABUF_CREATE takes a `struct udmabuf_create` without pointers.
-    let rc = unsafe {
-        #[allow(clippy::useless_conversion, clippy::unnecessary_cast)]
-        libc::ioctl(
-            dev.as_raw_fd(),
-            UDMABUF_CREATE as _,
-            &mut arg as *mut UdmabufCreate,
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let fd = unsafe { ioctl(dev, UDMABUF_CREATE, &mut arg) }?;
     // SAFETY: on success UDMABUF_CREATE returns a new fd that nobody else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(rc) })
+    unsafe { adopt_fd(fd) }
+}
+
+/// One range of a memfd to put into a udmabuf.
+#[derive(Debug, Clone, Copy)]
+pub struct UdmabufRange<'a> {
+    /// The memfd (must carry `F_SEAL_SHRINK`, must not carry `F_SEAL_WRITE`).
+    pub memfd: BorrowedFd<'a>,
+    /// Page-aligned offset into the memfd.
+    pub offset: u64,
+    /// Page-aligned size.
+    pub size: u64,
+}
+
+/// `UDMABUF_CREATE_LIST` on an open `/dev/udmabuf`: one dma-buf over several memfd ranges,
+/// in order. At most [`UDMABUF_LIST_LIMIT`] ranges.
+pub fn udmabuf_create_list(
+    dev: BorrowedFd<'_>,
+    ranges: &[UdmabufRange<'_>],
+) -> io::Result<OwnedFd> {
+    if ranges.is_empty() || ranges.len() > UDMABUF_LIST_LIMIT {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    }
+    // The header and the items as one u64-aligned buffer of native-endian words (both structs
+    // are made of 8-byte groups: {flags, count}, {memfd, pad}, offset, size).
+    let pair = |a: u32, b: u32| {
+        let mut word = [0u8; 8];
+        word[..4].copy_from_slice(&a.to_ne_bytes());
+        word[4..].copy_from_slice(&b.to_ne_bytes());
+        u64::from_ne_bytes(word)
+    };
+    let mut words = Vec::with_capacity(1 + 3 * ranges.len());
+    words.push(pair(UDMABUF_FLAGS_CLOEXEC, ranges.len() as u32));
+    for range in ranges {
+        words.extend([pair(raw_fd_u32(range.memfd)?, 0), range.offset, range.size]);
+    }
+    // SAFETY: UDMABUF_CREATE_LIST reads the header and then `count` items from the pointer;
+    // `words` holds exactly that (the layout above; checked against the structs' sizes in the
+    // tests), is u64-aligned, outlives the call, and the kernel does not keep the pointer.
+    let fd = unsafe { ioctl(dev, UDMABUF_CREATE_LIST, words.as_mut_ptr()) }?;
+    // SAFETY: on success UDMABUF_CREATE_LIST returns a new fd that nobody else owns.
+    unsafe { adopt_fd(fd) }
 }
 
 /// `DMA_HEAP_IOCTL_ALLOC` on an open `/dev/dma_heap/<heap>`.
@@ -545,10 +606,10 @@ pub fn dma_heap_alloc(heap: BorrowedFd<'_>, len: u64) -> io::Result<OwnedFd> {
         heap_flags: 0,
     };
     // SAFETY: DMA_HEAP_IOCTL_ALLOC takes a `struct dma_heap_allocation_data` without pointers.
-    unsafe { ioctl_ptr(heap, DMA_HEAP_IOCTL_ALLOC, &mut arg) }?;
+    unsafe { ioctl(heap, DMA_HEAP_IOCTL_ALLOC, &mut arg) }?;
     let fd = i32::try_from(arg.fd).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
     // SAFETY: on success the kernel installed a new fd for us in `arg.fd`.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    unsafe { adopt_fd(fd) }
 }
 
 /// `DRM_IOCTL_VERSION`: returns the driver name (e.g. `"vgem"`, `"msm"`, `"i915"`).
@@ -567,7 +628,7 @@ pub fn drm_driver_name(drm: BorrowedFd<'_>) -> io::Result<String> {
     };
     // SAFETY: `name` is writable for `name_len` bytes for the duration of the call; date and
     // desc have length 0 so the kernel does not write through their null pointers.
-    unsafe { ioctl_ptr(drm, DRM_IOCTL_VERSION, &mut arg) }?;
+    unsafe { ioctl(drm, DRM_IOCTL_VERSION, &mut arg) }?;
     let len = arg.name_len.min(name.len());
     let raw = &name[..len];
     let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
@@ -582,7 +643,7 @@ pub fn drm_prime_fd_to_handle(drm: BorrowedFd<'_>, dmabuf: BorrowedFd<'_>) -> io
         fd: dmabuf.as_raw_fd(),
     };
     // SAFETY: `struct drm_prime_handle` has no pointers.
-    unsafe { ioctl_ptr(drm, DRM_IOCTL_PRIME_FD_TO_HANDLE, &mut arg) }?;
+    unsafe { ioctl(drm, DRM_IOCTL_PRIME_FD_TO_HANDLE, &mut arg) }?;
     Ok(arg.handle)
 }
 
@@ -594,19 +655,16 @@ pub fn drm_prime_handle_to_fd(drm: BorrowedFd<'_>, handle: u32) -> io::Result<Ow
         fd: -1,
     };
     // SAFETY: `struct drm_prime_handle` has no pointers.
-    unsafe { ioctl_ptr(drm, DRM_IOCTL_PRIME_HANDLE_TO_FD, &mut arg) }?;
-    if arg.fd < 0 {
-        return Err(io::Error::from_raw_os_error(libc::EBADF));
-    }
-    // SAFETY: on success the kernel installed a new fd for us.
-    Ok(unsafe { OwnedFd::from_raw_fd(arg.fd) })
+    unsafe { ioctl(drm, DRM_IOCTL_PRIME_HANDLE_TO_FD, &mut arg) }?;
+    // SAFETY: on success the kernel installed a new fd for us in `arg.fd`.
+    unsafe { adopt_fd(arg.fd) }
 }
 
 /// `DRM_IOCTL_GEM_CLOSE`.
 pub fn drm_gem_close(drm: BorrowedFd<'_>, handle: u32) -> io::Result<()> {
     let mut arg = DrmGemClose { handle, pad: 0 };
     // SAFETY: `struct drm_gem_close` has no pointers.
-    unsafe { ioctl_ptr(drm, DRM_IOCTL_GEM_CLOSE, &mut arg) }
+    unsafe { ioctl(drm, DRM_IOCTL_GEM_CLOSE, &mut arg) }.map(drop)
 }
 
 /// `DRM_IOCTL_MODE_CREATE_DUMB`; returns the filled struct (handle, pitch, size).
@@ -623,7 +681,7 @@ pub fn drm_mode_create_dumb(
         ..Default::default()
     };
     // SAFETY: `struct drm_mode_create_dumb` has no pointers.
-    unsafe { ioctl_ptr(drm, DRM_IOCTL_MODE_CREATE_DUMB, &mut arg) }?;
+    unsafe { ioctl(drm, DRM_IOCTL_MODE_CREATE_DUMB, &mut arg) }?;
     Ok(arg)
 }
 
@@ -635,7 +693,7 @@ pub fn msm_gem_get_flags(drm: BorrowedFd<'_>, handle: u32) -> io::Result<u64> {
         ..Default::default()
     };
     // SAFETY: for GET_FLAGS the struct carries no pointer (`value` is an out value).
-    unsafe { ioctl_ptr(drm, DRM_IOCTL_MSM_GEM_INFO, &mut arg) }?;
+    unsafe { ioctl(drm, DRM_IOCTL_MSM_GEM_INFO, &mut arg) }?;
     Ok(arg.value)
 }
 
@@ -654,7 +712,7 @@ pub fn pan_bo_query_info(
         PanQuery::Panthor => DRM_IOCTL_PANTHOR_BO_QUERY_INFO,
     };
     // SAFETY: both ioctls take the 16-byte pointer-free struct.
-    unsafe { ioctl_ptr(drm, req, &mut arg) }?;
+    unsafe { ioctl(drm, req, &mut arg) }?;
     Ok(arg)
 }
 
@@ -671,7 +729,7 @@ pub enum PanQuery {
 pub fn i915_gem_get_caching(drm: BorrowedFd<'_>, handle: u32) -> io::Result<u32> {
     let mut arg = DrmI915GemCaching { handle, caching: 0 };
     // SAFETY: pointer-free struct.
-    unsafe { ioctl_ptr(drm, DRM_IOCTL_I915_GEM_GET_CACHING, &mut arg) }?;
+    unsafe { ioctl(drm, DRM_IOCTL_I915_GEM_GET_CACHING, &mut arg) }?;
     Ok(arg.caching)
 }
 
@@ -683,7 +741,7 @@ pub fn i915_getparam(drm: BorrowedFd<'_>, param: i32) -> io::Result<i32> {
         value: &mut value,
     };
     // SAFETY: `value` points to a live i32 for the duration of the call.
-    unsafe { ioctl_ptr(drm, DRM_IOCTL_I915_GETPARAM, &mut arg) }?;
+    unsafe { ioctl(drm, DRM_IOCTL_I915_GETPARAM, &mut arg) }?;
     Ok(value)
 }
 
@@ -699,7 +757,7 @@ pub fn amdgpu_gem_create_info(
         value: (&mut info as *mut DrmAmdgpuGemCreateIn) as u64,
     };
     // SAFETY: `value` points to a live `drm_amdgpu_gem_create_in` the kernel copies into.
-    unsafe { ioctl_ptr(drm, DRM_IOCTL_AMDGPU_GEM_OP, &mut arg) }?;
+    unsafe { ioctl(drm, DRM_IOCTL_AMDGPU_GEM_OP, &mut arg) }?;
     Ok(info)
 }
 
@@ -727,6 +785,10 @@ mod tests {
     fn exporter_numbers_match_the_headers() {
         assert_eq!(size_of::<UdmabufCreate>(), 24);
         assert_eq!(UDMABUF_CREATE, 0x4018_7542);
+        // The list header and items, as `udmabuf_create_list` lays them out in u64 words.
+        assert_eq!(size_of::<UdmabufCreateList>(), 8);
+        assert_eq!(size_of::<UdmabufCreateItem>(), 24);
+        assert_eq!(UDMABUF_CREATE_LIST, 0x4008_7543);
         assert_eq!(size_of::<DmaHeapAllocationData>(), 24);
         assert_eq!(DMA_HEAP_IOCTL_ALLOC, 0xC018_4800);
     }

@@ -22,8 +22,6 @@ use vhost_user_gpu::protocol::MAX_SCANOUTS;
 use vhost_user_gpu::sandbox::SandboxPolicy;
 use vhost_user_gpu::transport::{self, DeviceFactory, SocketSource, TransportSettings};
 
-/// Largest number of scanouts virtio-gpu has.
-
 /// vhost-user virtio-gpu backend: 2D scanouts, blob resources mapped into the guest through
 /// the host-visible region (SHMEM_MAP), with dmabuf-info deciding what is safe to map.
 ///
@@ -317,6 +315,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             mapper,
             display,
             advisor: Box::new(advisor),
+            exporter: alloc::guest_page_exporter(),
         };
         Ok(GpuDevice::new(device_config.clone(), ports))
     });

@@ -305,6 +305,7 @@ impl Harness {
             mapper: Box::new(mapper),
             display: Box::new(RecordingDisplay(shown.clone())),
             advisor,
+            exporter: vhost_user_gpu::alloc::guest_page_exporter(),
         };
         let mut dev = GpuDevice::new(config, ports);
         dev.ack_features(dev.features());

@@ -405,6 +405,7 @@ fn run_device(data: &[u8]) {
         advisor: Box::new(FakeAdvisor {
             refuse: setup & 1 != 0,
         }),
+        exporter: vhost_user_gpu::alloc::guest_page_exporter(),
     };
     let config = DeviceConfig {
         outputs: vec![(64, 48), (32, 32)],

@@ -4,12 +4,14 @@
 //! - [`gbm::GbmAllocator`]: Mesa GBM on a DRM render node, `libgbm` loaded at run time
 //!   ([`gbm_sys`]), so every build has it and hosts without it fall back.
 //!
+//! and the GUEST-blob exporter behind [`GuestPageExporter`] ([`guest_page_exporter`]:
+//! [`udmabuf::UdmabufExporter`] where `/dev/udmabuf` exists).
+//!
 //! Every buffer is zero-filled before it is returned.
 
 pub mod gbm;
 pub mod gbm_sys;
 pub mod memfd;
-pub(crate) mod sys;
 pub mod udmabuf;
 
 use std::fmt;
@@ -17,7 +19,9 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use crate::device::ports::PlaneLayout;
-pub use crate::device::ports::{AllocError, BufferAllocator, BufferRequest, HostBuffer};
+pub use crate::device::ports::{
+    AllocError, BufferAllocator, BufferRequest, GuestPageExporter, HostBuffer,
+};
 use crate::protocol::fourcc;
 
 /// Page size used to round buffer sizes, and the largest image width or height accepted
@@ -179,6 +183,14 @@ pub fn select(
     render_node: Option<&Path>,
 ) -> Result<Box<dyn BufferAllocator>, Unavailable> {
     resolve(kind, render_node).map(|(allocator, _)| allocator)
+}
+
+/// The GUEST-blob exporter: udmabuf when the process has `/dev/udmabuf` (whatever the
+/// allocator), else none (GUEST blobs are then shown by copying their pixels).
+pub fn guest_page_exporter() -> Option<Box<dyn GuestPageExporter>> {
+    udmabuf::UdmabufExporter::new()
+        .ok()
+        .map(|e| Box::new(e) as Box<dyn GuestPageExporter>)
 }
 
 fn gbm_allocator(

@@ -3,18 +3,24 @@
 //!
 //! `/dev/udmabuf` is opened once per process ([`shared_device`]), the first time an
 //! allocator is selected ([`super::select`], which the binary calls at start-up before any
-//! frontend connects). Every allocator and the device's GUEST-blob export borrow that one
-//! file: no connection, reset or blob opens it again, so it never shows up as a new fd.
+//! frontend connects). Every allocator and the GUEST-blob exporter ([`UdmabufExporter`])
+//! borrow that one file: no connection, reset or blob opens it again, so it never shows up
+//! as a new fd.
 
 use std::fs::{File, OpenOptions};
 use std::io::ErrorKind;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::OnceLock;
 
+use dmabuf_info::uapi::{self, UdmabufRange, UDMABUF_LIST_LIMIT};
 use rustix::fs::SealFlags;
 
-use super::{linear_layout, sys};
-use crate::device::ports::{AllocError, BufferAllocator, BufferRequest, HostBuffer};
+use super::linear_layout;
+use super::memfd::sealed_memfd;
+use crate::device::ports::{
+    AllocError, BufferAllocator, BufferRequest, ExportError, GuestPageExporter, GuestPages,
+    HostBuffer,
+};
 use crate::protocol::fourcc;
 
 /// Path of the udmabuf misc device.
@@ -80,20 +86,13 @@ impl BufferAllocator for UdmabufAllocator {
     fn allocate(&mut self, request: &BufferRequest) -> Result<HostBuffer, AllocError> {
         let (size, planes) = linear_layout(request)?;
         // udmabuf requires F_SEAL_SHRINK and refuses F_SEAL_WRITE.
-        let memfd = sys::sealed_memfd(
+        let memfd = sealed_memfd(
             "vhost-user-gpu-udmabuf",
             size,
             SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL,
         )?;
-        let fd = sys::udmabuf_create(
-            self.device,
-            sys::UdmabufItem {
-                memfd: memfd.as_fd(),
-                offset: 0,
-                size,
-            },
-        )
-        .map_err(|e| std::io::Error::new(e.kind(), format!("UDMABUF_CREATE: {e}")))?;
+        let fd = uapi::udmabuf_create(self.device, memfd.as_fd(), 0, size)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("UDMABUF_CREATE: {e}")))?;
         Ok(HostBuffer {
             fd,
             size,
@@ -105,6 +104,64 @@ impl BufferAllocator for UdmabufAllocator {
 
     fn drm_fd(&self) -> Option<BorrowedFd<'_>> {
         None
+    }
+}
+
+/// Exports GUEST blobs' guest RAM as udmabufs (`UDMABUF_CREATE_LIST` over the memfd ranges)
+/// through the process's `/dev/udmabuf`.
+#[derive(Debug)]
+pub struct UdmabufExporter {
+    device: BorrowedFd<'static>,
+}
+
+impl UdmabufExporter {
+    /// An exporter over the process's `/dev/udmabuf` ([`shared_device`]), if it has one.
+    pub fn new() -> Result<Self, AllocError> {
+        Ok(UdmabufExporter {
+            device: shared_device()?,
+        })
+    }
+}
+
+impl GuestPageExporter for UdmabufExporter {
+    fn export(&mut self, pages: &[GuestPages<'_>]) -> Result<OwnedFd, ExportError> {
+        if pages.len() > UDMABUF_LIST_LIMIT {
+            return Err(ExportError::Unsuitable(format!(
+                "{} entries (UDMABUF_CREATE_LIST takes at most {UDMABUF_LIST_LIMIT})",
+                pages.len()
+            )));
+        }
+        let ranges: Vec<UdmabufRange<'_>> = pages
+            .iter()
+            .map(|p| UdmabufRange {
+                memfd: p.memfd,
+                offset: p.offset,
+                size: p.size,
+            })
+            .collect();
+        uapi::udmabuf_create_list(self.device, &ranges).map_err(|e| {
+            ExportError::Refused(format!("UDMABUF_CREATE_LIST: {e}{}", seal_hint(pages)))
+        })
+    }
+}
+
+/// Why the kernel may have refused `pages`: udmabuf needs each memfd sealed with
+/// `F_SEAL_SHRINK` and without `F_SEAL_WRITE` (QEMU's `memory-backend-memfd` seals
+/// GROW|SHRINK|SEAL unless `seal=off`).
+fn seal_hint(pages: &[GuestPages<'_>]) -> String {
+    let Some(first) = pages.first() else {
+        return String::new();
+    };
+    match rustix::fs::fcntl_get_seals(first.memfd) {
+        Ok(seals) if !seals.contains(SealFlags::SHRINK) => format!(
+            " (guest RAM memfd seals {seals:?} lack F_SEAL_SHRINK, which udmabuf requires: \
+             use -object memory-backend-memfd with seal=on, the default)"
+        ),
+        Ok(seals) if seals.contains(SealFlags::WRITE) => format!(
+            " (guest RAM memfd seals {seals:?} include F_SEAL_WRITE, which udmabuf refuses)"
+        ),
+        Ok(_) => String::new(),
+        Err(e) => format!(" (guest RAM fd is not a sealable memfd: F_GET_SEALS: {e})"),
     }
 }
 

@@ -10,8 +10,9 @@ use super::backing::Backing;
 use super::context::Context;
 use super::resource::{HostBlob, Resource, ResourceKind};
 use super::{reject, CmdResult, GpuDevice, Reject};
-use crate::alloc::sys::{self, UdmabufItem};
-use crate::device::ports::{GuestMemory, HostBuffer, MapAdvice};
+use crate::device::ports::{
+    ExportError, GuestMemory, GuestPages, HostBuffer, MapAdvice, PAGE_SIZE,
+};
 use crate::protocol::cross_domain::ImageRequirements;
 use crate::protocol::{
     feature, GpuError, GpuResponse, MemEntry, BLOB_FLAG_USE_CROSS_DEVICE, BLOB_FLAG_USE_MAPPABLE,
@@ -143,7 +144,7 @@ impl GpuDevice {
                 ),
             ));
         }
-        let dmabuf = self.export_udmabuf(mem, &backing);
+        let dmabuf = self.export_guest_pages(mem, &backing);
         Ok(Resource {
             kind: ResourceKind::GuestBlob { backing, dmabuf },
             size: p.size,
@@ -153,26 +154,27 @@ impl GpuDevice {
         })
     }
 
-    /// Best effort: a udmabuf over the guest pages of a GUEST blob, when `/dev/udmabuf`
-    /// exists (opened once per process at start-up, see
-    /// [`crate::alloc::udmabuf::shared_device`]) and every entry is page aligned inside one
-    /// memfd-backed guest RAM region. A blob that cannot be exported still works (its pixels
-    /// are copied for the display); the first kernel refusal is logged once per device with
-    /// its cause, later ones at debug level.
-    fn export_udmabuf(&mut self, mem: &GuestMemory, backing: &Backing) -> Option<OwnedFd> {
-        let dev = crate::alloc::udmabuf::shared_device().ok()?;
-        let items = udmabuf_items(mem, backing.entries())?;
-        match sys::udmabuf_create_list(dev, &items) {
+    /// Best effort: a dma-buf over the guest pages of a GUEST blob, when there is an exporter
+    /// (udmabuf) and every entry is page aligned inside one memfd-backed guest RAM region. A
+    /// blob that cannot be exported still works (its pixels are copied for the display); the
+    /// first refusal is logged once per device with its cause, later ones at debug level.
+    fn export_guest_pages(&mut self, mem: &GuestMemory, backing: &Backing) -> Option<OwnedFd> {
+        let exporter = self.exporter.as_mut()?;
+        let pages = guest_pages(mem, backing.entries())?;
+        match exporter.export(&pages) {
             Ok(fd) => Some(fd),
-            Err(e) => {
-                if self.udmabuf_export_logged {
-                    debug!("udmabuf export failed: UDMABUF_CREATE_LIST: {e}");
+            Err(ExportError::Unsuitable(why)) => {
+                debug!("udmabuf export skipped: {why}");
+                None
+            }
+            Err(ExportError::Refused(e)) => {
+                if self.export_refusal_logged {
+                    debug!("udmabuf export failed: {e}");
                 } else {
-                    self.udmabuf_export_logged = true;
+                    self.export_refusal_logged = true;
                     info!(
                         "GUEST blobs are not exported as dma-bufs (the blob still works, its \
-                         pixels are copied): UDMABUF_CREATE_LIST: {e}{}; logged once",
-                        seal_hint(&items)
+                         pixels are copied): {e}; logged once"
                     );
                 }
                 None
@@ -442,16 +444,15 @@ impl GpuDevice {
     }
 }
 
-/// The memfd ranges behind guest `entries`, for UDMABUF_CREATE_LIST: `None` (logged) unless
-/// every entry is page aligned and lies inside one fd-backed guest RAM region, and there
-/// are at most `UDMABUF_LIST_LIMIT` of them.
-fn udmabuf_items<'m>(mem: &'m GuestMemory, entries: &[MemEntry]) -> Option<Vec<UdmabufItem<'m>>> {
-    let page = crate::device::ports::PAGE_SIZE;
-    if entries.is_empty() || entries.len() > sys::UDMABUF_LIST_LIMIT {
-        debug!("udmabuf export skipped: {} entries", entries.len());
+/// The memfd ranges behind guest `entries`, for the exporter: `None` (logged) unless every
+/// entry is page aligned and lies inside one fd-backed guest RAM region.
+fn guest_pages<'m>(mem: &'m GuestMemory, entries: &[MemEntry]) -> Option<Vec<GuestPages<'m>>> {
+    let page = PAGE_SIZE;
+    if entries.is_empty() {
+        debug!("udmabuf export skipped: no entries");
         return None;
     }
-    let mut items = Vec::with_capacity(entries.len());
+    let mut pages = Vec::with_capacity(entries.len());
     for e in entries {
         let len = u64::from(e.length);
         if !e.addr.is_multiple_of(page) || !len.is_multiple_of(page) || len == 0 {
@@ -477,33 +478,13 @@ fn udmabuf_items<'m>(mem: &'m GuestMemory, entries: &[MemEntry]) -> Option<Vec<U
             );
             return None;
         };
-        items.push(UdmabufItem {
+        pages.push(GuestPages {
             memfd: file_offset.file().as_fd(),
             offset: file_offset.start().checked_add(within)?,
             size: len,
         });
     }
-    Some(items)
-}
-
-/// Why the kernel may have refused `items`: udmabuf needs each memfd sealed with
-/// `F_SEAL_SHRINK` and without `F_SEAL_WRITE` (QEMU's `memory-backend-memfd` seals
-/// GROW|SHRINK|SEAL unless `seal=off`).
-fn seal_hint(items: &[UdmabufItem<'_>]) -> String {
-    let Some(first) = items.first() else {
-        return String::new();
-    };
-    match rustix::fs::fcntl_get_seals(first.memfd) {
-        Ok(seals) if !seals.contains(rustix::fs::SealFlags::SHRINK) => format!(
-            " (guest RAM memfd seals {seals:?} lack F_SEAL_SHRINK, which udmabuf requires: \
-             use -object memory-backend-memfd with seal=on, the default)"
-        ),
-        Ok(seals) if seals.contains(rustix::fs::SealFlags::WRITE) => format!(
-            " (guest RAM memfd seals {seals:?} include F_SEAL_WRITE, which udmabuf refuses)"
-        ),
-        Ok(_) => String::new(),
-        Err(e) => format!(" (guest RAM fd is not a sealable memfd: F_GET_SEALS: {e})"),
-    }
+    Some(pages)
 }
 
 /// Drops the oldest pending buffers of `ctx` beyond the per-context limit; returns the
@@ -531,7 +512,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn udmabuf_items_translate_guest_addresses_to_memfd_offsets() {
+    fn guest_pages_translate_guest_addresses_to_memfd_offsets() {
         let fd = rustix::fs::memfd_create("ram", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
         rustix::fs::ftruncate(&fd, 0x10_0000).unwrap();
         let file = File::from(fd);
@@ -551,21 +532,20 @@ mod tests {
         ])
         .unwrap();
         let entry = |addr, length| MemEntry { addr, length };
-        let items =
-            udmabuf_items(&mem, &[entry(0x3000, 0x2000), entry(0x10_1000, 0x1000)]).unwrap();
+        let items = guest_pages(&mem, &[entry(0x3000, 0x2000), entry(0x10_1000, 0x1000)]).unwrap();
         let got: Vec<(u64, u64)> = items.iter().map(|i| (i.offset, i.size)).collect();
         assert_eq!(got, vec![(0xb000, 0x2000), (0x21000, 0x1000)]);
         // Each item names the fd of its own region (the second region holds `file` itself).
         assert_ne!(items[0].memfd.as_raw_fd(), raw);
         assert_eq!(items[1].memfd.as_raw_fd(), raw);
         // Unaligned, crossing the region end, outside memory, empty.
-        assert!(udmabuf_items(&mem, &[entry(0x3100, 0x1000)]).is_none());
-        assert!(udmabuf_items(&mem, &[entry(0x3000, 0x800)]).is_none());
-        assert!(udmabuf_items(&mem, &[entry(0xf000, 0x2000)]).is_none());
-        assert!(udmabuf_items(&mem, &[entry(0x40_0000, 0x1000)]).is_none());
-        assert!(udmabuf_items(&mem, &[]).is_none());
+        assert!(guest_pages(&mem, &[entry(0x3100, 0x1000)]).is_none());
+        assert!(guest_pages(&mem, &[entry(0x3000, 0x800)]).is_none());
+        assert!(guest_pages(&mem, &[entry(0xf000, 0x2000)]).is_none());
+        assert!(guest_pages(&mem, &[entry(0x40_0000, 0x1000)]).is_none());
+        assert!(guest_pages(&mem, &[]).is_none());
         // Anonymous guest RAM has no fd to export.
         let anon = GuestMemory::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
-        assert!(udmabuf_items(&anon, &[entry(0, 0x1000)]).is_none());
+        assert!(guest_pages(&anon, &[entry(0, 0x1000)]).is_none());
     }
 }

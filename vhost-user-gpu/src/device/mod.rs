@@ -45,7 +45,9 @@ use crate::protocol::{
 };
 pub use backing::BackingError;
 use context::Context;
-use ports::{BufferAllocator, DisplaySink, GuestMemory, MapAdvisor, RegionMapper};
+use ports::{
+    BufferAllocator, DisplaySink, GuestMemory, GuestPageExporter, MapAdvisor, RegionMapper,
+};
 use region::RegionAllocator;
 use resource::{Image2d, Resource, ResourceKind, BYTES_PER_PIXEL};
 use scanout::{CursorState, Scanout};
@@ -133,6 +135,9 @@ pub struct Ports {
     pub display: Box<dyn DisplaySink>,
     /// Decides whether a buffer may be mapped into the guest.
     pub advisor: Box<dyn MapAdvisor>,
+    /// Exports GUEST blobs' guest RAM as dma-bufs for display sinks that import them
+    /// (`None`: GUEST blobs are shown by copying their pixels).
+    pub exporter: Option<Box<dyn GuestPageExporter>>,
 }
 
 impl fmt::Debug for Ports {
@@ -192,6 +197,7 @@ pub struct GpuDevice {
     mapper: Box<dyn RegionMapper>,
     display: Box<dyn DisplaySink>,
     advisor: Box<dyn MapAdvisor>,
+    exporter: Option<Box<dyn GuestPageExporter>>,
     acked_features: u64,
     shmem_available: bool,
     events_read: u32,
@@ -205,8 +211,8 @@ pub struct GpuDevice {
     region: RegionAllocator,
     /// Whether the allocator hands out dma-bufs (probed once, for the capset).
     allocator_dmabuf: Option<bool>,
-    /// Whether a failed udmabuf export of a GUEST blob was logged (once per device).
-    udmabuf_export_logged: bool,
+    /// Whether a refused export of a GUEST blob was logged (once per device).
+    export_refusal_logged: bool,
     /// Reused buffer for frames and cursor images.
     scratch: Vec<u8>,
     /// Rejected requests so far (for log rate limiting).
@@ -256,6 +262,7 @@ impl GpuDevice {
             mapper: ports.mapper,
             display: ports.display,
             advisor: ports.advisor,
+            exporter: ports.exporter,
             acked_features: 0,
             shmem_available: true,
             events_read: 0,
@@ -266,7 +273,7 @@ impl GpuDevice {
             scanouts,
             cursor: CursorState::default(),
             allocator_dmabuf: None,
-            udmabuf_export_logged: false,
+            export_refusal_logged: false,
             scratch: Vec::new(),
             rejects: 0,
         }

@@ -89,6 +89,35 @@ pub trait BufferAllocator: Send {
     fn drm_fd(&self) -> Option<BorrowedFd<'_>>;
 }
 
+/// A piece of guest RAM named by the memfd behind it: what can be turned into a dma-buf.
+#[derive(Debug, Clone, Copy)]
+pub struct GuestPages<'a> {
+    /// The memfd backing the guest RAM region.
+    pub memfd: BorrowedFd<'a>,
+    /// Page-aligned offset in the memfd.
+    pub offset: u64,
+    /// Page-aligned size.
+    pub size: u64,
+}
+
+/// Why guest pages were not exported.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    /// This exporter cannot take these pages (too many pieces...); nothing was attempted.
+    #[error("{0}")]
+    Unsuitable(String),
+    /// The kernel refused; the message says why where it can tell.
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// Exports guest RAM as a dma-buf (udmabuf), so that a display sink can import what a GUEST
+/// blob shows instead of being handed a copy of its pixels.
+pub trait GuestPageExporter: Send {
+    /// One dma-buf over `pages`, in order.
+    fn export(&mut self, pages: &[GuestPages<'_>]) -> Result<OwnedFd, ExportError>;
+}
+
 /// Failure to change the host-visible region.
 #[derive(Debug, thiserror::Error)]
 pub enum MapError {

@@ -690,6 +690,7 @@ mod tests {
                     dmabuf_info::Config::default(),
                     Some(dmabuf_info::Platform::X86Intel),
                 )),
+                exporter: alloc::guest_page_exporter(),
             };
             Ok(GpuDevice::new(config, ports))
         };

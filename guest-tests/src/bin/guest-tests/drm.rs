@@ -1,26 +1,16 @@
-//! The DRM uapi this suite drives, written from the kernel's uapi headers
-//! (`drm.h`, `drm_mode.h`, `virtgpu_drm.h`, `udmabuf.h`, `dma-heap.h`), and
-//! thin wrappers around `ioctl` and `mmap`. All `unsafe` of the guest binary
+//! The virtio-gpu and KMS uapi this suite drives, written from the kernel's uapi headers
+//! (`drm_mode.h`, `virtgpu_drm.h`), and thin wrappers around `ioctl` and `mmap`. The ioctl
+//! encoding and the dma-buf, udmabuf, dma-heap and core DRM ioctls come from
+//! `dmabuf_info::uapi`, the workspace's one ioctl layer. All `unsafe` of the guest binary
 //! lives here.
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::Path;
 
-/// `_IOC(dir, type, nr, size)` as on x86-64.
-const fn ioc(dir: u64, ty: u8, nr: u8, size: usize) -> u64 {
-    (dir << 30) | ((size as u64) << 16) | ((ty as u64) << 8) | nr as u64
-}
-const IOC_WRITE: u64 = 1;
-const IOC_READ: u64 = 2;
-const fn iowr<T>(ty: u8, nr: u8) -> u64 {
-    ioc(IOC_READ | IOC_WRITE, ty, nr, std::mem::size_of::<T>())
-}
-const fn iow<T>(ty: u8, nr: u8) -> u64 {
-    ioc(IOC_WRITE, ty, nr, std::mem::size_of::<T>())
-}
-const DRM_COMMAND_BASE: u8 = 0x40;
+use dmabuf_info::uapi::{self, iowr, DRM_COMMAND_BASE, DRM_IOCTL_BASE};
+use rustix::fs::{MemfdFlags, SealFlags};
 
 /// `VIRTGPU_PARAM_*`.
 pub mod param {
@@ -144,13 +134,6 @@ struct Wait {
 
 #[repr(C)]
 #[derive(Default)]
-struct GemClose {
-    handle: u32,
-    pad: u32,
-}
-
-#[repr(C)]
-#[derive(Default)]
 struct CardRes {
     fb_id_ptr: u64,
     crtc_id_ptr: u64,
@@ -236,18 +219,6 @@ struct SetCrtc {
 
 #[repr(C)]
 #[derive(Default)]
-struct CreateDumb {
-    height: u32,
-    width: u32,
-    bpp: u32,
-    flags: u32,
-    handle: u32,
-    pitch: u32,
-    size: u64,
-}
-
-#[repr(C)]
-#[derive(Default)]
 struct MapDumb {
     handle: u32,
     pad: u32,
@@ -266,60 +237,29 @@ struct FbCmd {
     handle: u32,
 }
 
-#[repr(C)]
-#[derive(Default)]
-struct UdmabufCreate {
-    memfd: u32,
-    flags: u32,
-    offset: u64,
-    size: u64,
-}
+const MODE_GETRESOURCES: u32 = iowr::<CardRes>(DRM_IOCTL_BASE, 0xA0);
+const MODE_SETCRTC: u32 = iowr::<SetCrtc>(DRM_IOCTL_BASE, 0xA2);
+const MODE_GETENCODER: u32 = iowr::<GetEncoder>(DRM_IOCTL_BASE, 0xA6);
+const MODE_GETCONNECTOR: u32 = iowr::<GetConnector>(DRM_IOCTL_BASE, 0xA7);
+const MODE_ADDFB: u32 = iowr::<FbCmd>(DRM_IOCTL_BASE, 0xAE);
+const MODE_RMFB: u32 = iowr::<u32>(DRM_IOCTL_BASE, 0xAF);
+const MODE_MAP_DUMB: u32 = iowr::<MapDumb>(DRM_IOCTL_BASE, 0xB3);
+const VIRTGPU_MAP: u32 = iowr::<VirtgpuMap>(DRM_IOCTL_BASE, DRM_COMMAND_BASE + 0x01);
+const VIRTGPU_EXECBUFFER: u32 = iowr::<Execbuffer>(DRM_IOCTL_BASE, DRM_COMMAND_BASE + 0x02);
+const VIRTGPU_GETPARAM: u32 = iowr::<GetParam>(DRM_IOCTL_BASE, DRM_COMMAND_BASE + 0x03);
+const VIRTGPU_RESOURCE_INFO: u32 = iowr::<ResourceInfo>(DRM_IOCTL_BASE, DRM_COMMAND_BASE + 0x05);
+const VIRTGPU_WAIT: u32 = iowr::<Wait>(DRM_IOCTL_BASE, DRM_COMMAND_BASE + 0x08);
+const VIRTGPU_GET_CAPS: u32 = iowr::<GetCaps>(DRM_IOCTL_BASE, DRM_COMMAND_BASE + 0x09);
+const VIRTGPU_RESOURCE_CREATE_BLOB: u32 =
+    iowr::<CreateBlob>(DRM_IOCTL_BASE, DRM_COMMAND_BASE + 0x0a);
+const VIRTGPU_CONTEXT_INIT: u32 = iowr::<ContextInit>(DRM_IOCTL_BASE, DRM_COMMAND_BASE + 0x0b);
 
-#[repr(C)]
-#[derive(Default)]
-struct HeapAllocation {
-    len: u64,
-    fd: u32,
-    fd_flags: u32,
-    heap_flags: u64,
-}
-
-const GEM_CLOSE: u64 = iow::<GemClose>(b'd', 0x09);
-const MODE_GETRESOURCES: u64 = iowr::<CardRes>(b'd', 0xA0);
-const MODE_SETCRTC: u64 = iowr::<SetCrtc>(b'd', 0xA2);
-const MODE_GETENCODER: u64 = iowr::<GetEncoder>(b'd', 0xA6);
-const MODE_GETCONNECTOR: u64 = iowr::<GetConnector>(b'd', 0xA7);
-const MODE_ADDFB: u64 = iowr::<FbCmd>(b'd', 0xAE);
-const MODE_RMFB: u64 = iowr::<u32>(b'd', 0xAF);
-const MODE_CREATE_DUMB: u64 = iowr::<CreateDumb>(b'd', 0xB2);
-const MODE_MAP_DUMB: u64 = iowr::<MapDumb>(b'd', 0xB3);
-const VIRTGPU_MAP: u64 = iowr::<VirtgpuMap>(b'd', DRM_COMMAND_BASE + 0x01);
-const VIRTGPU_EXECBUFFER: u64 = iowr::<Execbuffer>(b'd', DRM_COMMAND_BASE + 0x02);
-const VIRTGPU_GETPARAM: u64 = iowr::<GetParam>(b'd', DRM_COMMAND_BASE + 0x03);
-const VIRTGPU_RESOURCE_INFO: u64 = iowr::<ResourceInfo>(b'd', DRM_COMMAND_BASE + 0x05);
-const VIRTGPU_WAIT: u64 = iowr::<Wait>(b'd', DRM_COMMAND_BASE + 0x08);
-const VIRTGPU_GET_CAPS: u64 = iowr::<GetCaps>(b'd', DRM_COMMAND_BASE + 0x09);
-const VIRTGPU_RESOURCE_CREATE_BLOB: u64 = iowr::<CreateBlob>(b'd', DRM_COMMAND_BASE + 0x0a);
-const VIRTGPU_CONTEXT_INIT: u64 = iowr::<ContextInit>(b'd', DRM_COMMAND_BASE + 0x0b);
-const UDMABUF_CREATE: u64 = iow::<UdmabufCreate>(b'u', 0x42);
-const DMA_HEAP_IOCTL_ALLOC: u64 = iowr::<HeapAllocation>(b'H', 0x0);
-
-/// Issues one ioctl whose argument is a `#[repr(C)]` struct of plain integers.
-fn ioctl<T>(fd: &impl AsRawFd, request: u64, arg: &mut T) -> io::Result<()> {
-    loop {
-        // SAFETY: `arg` is a live, exclusively borrowed `#[repr(C)]` value of the
-        // size encoded in `request`; the kernel reads/writes at most that many bytes.
-        // Pointers embedded in it (if any) are set by the callers to live buffers
-        // that outlive this call.
-        let rc = unsafe { libc::ioctl(fd.as_raw_fd(), request as libc::c_ulong, arg as *mut T) };
-        if rc >= 0 {
-            return Ok(());
-        }
-        let err = io::Error::last_os_error();
-        if err.raw_os_error() != Some(libc::EINTR) && err.raw_os_error() != Some(libc::EAGAIN) {
-            return Err(err);
-        }
-    }
+/// Issues one ioctl whose argument is a `#[repr(C)]` struct (retried on EINTR/EAGAIN).
+fn ioctl<T>(fd: &impl AsFd, request: u32, arg: &mut T) -> io::Result<()> {
+    // SAFETY: every caller in this module passes the `#[repr(C)]` struct `request` encodes
+    // (its size is part of the number), exclusively borrowed for the call; pointers embedded
+    // in it (if any) are set by the callers to live buffers that outlive this call.
+    unsafe { uapi::ioctl_retry(fd.as_fd(), request, arg) }.map(drop)
 }
 
 /// An open DRM node (render or card).
@@ -340,11 +280,7 @@ pub struct Bo<'a> {
 
 impl Drop for Bo<'_> {
     fn drop(&mut self) {
-        let mut arg = GemClose {
-            handle: self.handle,
-            pad: 0,
-        };
-        let _ = ioctl(&self.device.file, GEM_CLOSE, &mut arg);
+        let _ = uapi::drm_gem_close(self.device.file.as_fd(), self.handle);
     }
 }
 
@@ -489,13 +425,7 @@ impl Device {
 
     /// `DRM_IOCTL_MODE_CREATE_DUMB`: returns the object and its pitch.
     pub fn create_dumb(&self, width: u32, height: u32, bpp: u32) -> io::Result<(Bo<'_>, u32)> {
-        let mut arg = CreateDumb {
-            width,
-            height,
-            bpp,
-            ..CreateDumb::default()
-        };
-        ioctl(&self.file, MODE_CREATE_DUMB, &mut arg)?;
+        let arg = uapi::drm_mode_create_dumb(self.file.as_fd(), width, height, bpp)?;
         let bo = Bo {
             device: self,
             handle: arg.handle,
@@ -685,47 +615,14 @@ impl Drop for Mapping {
 
 /// Creates a udmabuf of `size` bytes from a sealed memfd.
 pub fn udmabuf(size: u64) -> io::Result<OwnedFd> {
-    // SAFETY: plain syscall with a static NUL-terminated name.
-    let memfd =
-        unsafe { libc::memfd_create(c"guest-tests-udmabuf".as_ptr(), libc::MFD_ALLOW_SEALING) };
-    if memfd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `memfd` was just returned by the kernel and is owned by nobody else.
-    let memfd = unsafe { OwnedFd::from_raw_fd(memfd) };
-    let len =
-        libc::off_t::try_from(size).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    // SAFETY: plain syscalls on an fd we own.
-    unsafe {
-        if libc::ftruncate(memfd.as_raw_fd(), len) < 0
-            || libc::fcntl(memfd.as_raw_fd(), libc::F_ADD_SEALS, libc::F_SEAL_SHRINK) < 0
-        {
-            return Err(io::Error::last_os_error());
-        }
-    }
+    let memfd = rustix::fs::memfd_create("guest-tests-udmabuf", MemfdFlags::ALLOW_SEALING)?;
+    rustix::fs::ftruncate(&memfd, size)?;
+    rustix::fs::fcntl_add_seals(&memfd, SealFlags::SHRINK)?;
     let dev = OpenOptions::new()
         .read(true)
         .write(true)
         .open("/dev/udmabuf")?;
-    let mut arg = UdmabufCreate {
-        memfd: memfd.as_raw_fd() as u32,
-        flags: 1, // UDMABUF_FLAGS_CLOEXEC
-        offset: 0,
-        size,
-    };
-    let fd = loop {
-        // SAFETY: as in `ioctl`; UDMABUF_CREATE returns a new fd on success.
-        let rc = unsafe { libc::ioctl(dev.as_raw_fd(), UDMABUF_CREATE as libc::c_ulong, &mut arg) };
-        if rc >= 0 {
-            break rc;
-        }
-        let err = io::Error::last_os_error();
-        if err.raw_os_error() != Some(libc::EINTR) {
-            return Err(err);
-        }
-    };
-    // SAFETY: the ioctl returned a new fd that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    uapi::udmabuf_create(dev.as_fd(), memfd.as_fd(), 0, size)
 }
 
 /// Allocates `size` bytes from the system dma-heap.
@@ -734,15 +631,7 @@ pub fn system_heap(size: u64) -> io::Result<OwnedFd> {
         .read(true)
         .write(true)
         .open("/dev/dma_heap/system")?;
-    let mut arg = HeapAllocation {
-        len: size,
-        fd: 0,
-        fd_flags: (libc::O_RDWR | libc::O_CLOEXEC) as u32,
-        heap_flags: 0,
-    };
-    ioctl(&heap, DMA_HEAP_IOCTL_ALLOC, &mut arg)?;
-    // SAFETY: the ioctl filled in a new fd that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(arg.fd as i32) })
+    uapi::dma_heap_alloc(heap.as_fd(), size)
 }
 
 #[cfg(test)]
@@ -756,11 +645,7 @@ mod tests {
         assert_eq!(VIRTGPU_RESOURCE_CREATE_BLOB, 0xc030_644a);
         assert_eq!(VIRTGPU_CONTEXT_INIT, 0xc010_644b);
         assert_eq!(VIRTGPU_EXECBUFFER, 0xc040_6442);
-        assert_eq!(MODE_CREATE_DUMB, 0xc020_64b2);
         assert_eq!(MODE_SETCRTC, 0xc068_64a2);
-        assert_eq!(GEM_CLOSE, 0x4008_6409);
-        assert_eq!(UDMABUF_CREATE, 0x4018_7542);
-        assert_eq!(DMA_HEAP_IOCTL_ALLOC, 0xc018_4800);
         assert_eq!(std::mem::size_of::<GetConnector>(), 80);
         assert_eq!(std::mem::size_of::<ModeInfo>(), 68);
     }
