@@ -7,10 +7,11 @@ use std::time::Instant;
 /// QEMU's reference C backend (Debian qemu-system-gui).
 pub const QEMU_BACKEND: &str = "/usr/lib/qemu/vhost-user-gpu";
 
-/// The repository root (this file is in vhost-user-gpu/src/bin/vug-bench/).
+/// The repository root (this crate is vhost-user-gpu/bench/).
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
+        .and_then(Path::parent)
         .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
 }
 

@@ -1,7 +1,7 @@
 //! `vug-bench`: the backend against its peers and against the physical floor, in one run.
 //!
 //! ```text
-//! cargo run --release -p vhost-user-gpu --bin vug-bench -- [--json] [--quick] [--out DIR]
+//! cargo run --release -p vug-bench -- [--json] [--quick] [--out DIR]
 //!     [--backend PATH] [--no-install]
 //! ```
 //!
