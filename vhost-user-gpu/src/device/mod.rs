@@ -20,110 +20,51 @@
 //! deliberately allowed (refusing it would need the region's guest address, which the
 //! backend is never told).
 //!
-//! Host memory is accounted before it is allocated: `max_resource_memory` and
-//! `max_resources` turn into `ERR_OUT_OF_MEMORY`, never into a host allocation failure.
+//! Host memory is accounted before it is allocated: every resource, context and host buffer
+//! is charged to the device's budgets ([`budget`]) through the resource table before it is
+//! made, so `max_resource_memory`, `max_resources` and the context limit turn into
+//! `ERR_OUT_OF_MEMORY`, never into a host allocation failure.
+//!
+//! Layout: the state has owners with small APIs (`ResourceTable` in `resource_table.rs`,
+//! `ContextTable` in `context.rs`, `Scanouts` in `scanout.rs`, [`region::RegionAllocator`]);
+//! the command handlers are in `commands/`, one file per command group; [`GpuDevice`] ties
+//! them to the ports. The state owners import neither `GpuDevice` nor the handlers.
 
 mod backing;
-mod blob;
+pub mod budget;
+mod commands;
+mod config;
 mod context;
 pub mod edid;
 mod mmap;
 pub mod ports;
 pub mod region;
+mod reject;
 mod resource;
+mod resource_table;
 mod scanout;
 
-use std::collections::BTreeMap;
 use std::fmt;
 
 use log::{debug, warn};
 
 use crate::protocol::{
-    self, command_name, feature, format, CtrlHeader, DecodeError, DisplayMode, GpuCommand,
-    GpuError, GpuResponse, Rect, CONFIG_EVENTS_CLEAR, CONFIG_EVENTS_READ, CONFIG_NUM_CAPSETS,
-    CONFIG_NUM_SCANOUTS, CONFIG_SIZE, EVENT_DISPLAY, MAX_SCANOUTS,
+    command_name, feature, CtrlHeader, DecodeError, GpuCommand, GpuError, GpuResponse,
+    CONFIG_EVENTS_CLEAR, CONFIG_EVENTS_READ, CONFIG_NUM_CAPSETS, CONFIG_NUM_SCANOUTS, CONFIG_SIZE,
+    EVENT_DISPLAY,
 };
 pub use backing::BackingError;
-use context::Context;
+use budget::{Budget, Kind};
+pub use config::{ConfigError, DeviceConfig, DEFAULT_OUTPUT, MAX_OUTPUT_SIDE};
+use context::ContextTable;
 use ports::{
     BufferAllocator, DisplaySink, GuestMemory, GuestPageExporter, MapAdvisor, RegionMapper,
 };
 use region::RegionAllocator;
-use resource::{Image2d, Resource, ResourceKind, BYTES_PER_PIXEL};
-use scanout::{CursorState, Scanout};
-
-/// Static configuration of the device (from the command line; stable across runs so that
-/// what the guest sees does not depend on the host).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeviceConfig {
-    /// One entry per scanout (1..=16): the output's resolution.
-    pub outputs: Vec<(u32, u32)>,
-    /// Size of the host-visible shared memory region (shmid 1) in bytes; 0 = no region.
-    pub hostmem: u64,
-    /// Most host memory all resources together may use, in bytes.
-    pub max_resource_memory: u64,
-    /// Most resources at once.
-    pub max_resources: u32,
-}
-
-impl Default for DeviceConfig {
-    fn default() -> Self {
-        DeviceConfig {
-            outputs: vec![DEFAULT_OUTPUT],
-            hostmem: 256 << 20,
-            max_resource_memory: 1 << 30,
-            max_resources: 16384,
-        }
-    }
-}
-
-/// An invalid [`DeviceConfig`].
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ConfigError {
-    /// No outputs, or more than 16.
-    #[error("{0} outputs configured: need 1 to 16")]
-    OutputCount(usize),
-    /// An output with a zero or too large dimension.
-    #[error("output {index} has size {width}x{height}: each side must be 1..={MAX_OUTPUT_SIDE}")]
-    OutputSize {
-        /// Output index.
-        index: usize,
-        /// Width.
-        width: u32,
-        /// Height.
-        height: u32,
-    },
-    /// The region size is not a multiple of 4 KiB.
-    #[error("host-visible region size {0:#x} is not a multiple of 4096")]
-    HostmemAlignment(u64),
-}
-
-/// Largest output side accepted.
-pub const MAX_OUTPUT_SIDE: u32 = 16384;
-/// The output a configuration without outputs is repaired to (and the EDID fallback).
-pub const DEFAULT_OUTPUT: (u32, u32) = (1280, 800);
-
-impl DeviceConfig {
-    /// Checks the configuration ([`GpuDevice::new`] repairs invalid ones with a warning).
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.outputs.is_empty() || self.outputs.len() > MAX_SCANOUTS {
-            return Err(ConfigError::OutputCount(self.outputs.len()));
-        }
-        for (index, &(width, height)) in self.outputs.iter().enumerate() {
-            if width == 0 || height == 0 || width > MAX_OUTPUT_SIDE || height > MAX_OUTPUT_SIDE {
-                return Err(ConfigError::OutputSize {
-                    index,
-                    width,
-                    height,
-                });
-            }
-        }
-        if !self.hostmem.is_multiple_of(region::PAGE_SIZE) {
-            return Err(ConfigError::HostmemAlignment(self.hostmem));
-        }
-        Ok(())
-    }
-}
+use reject::{reject, Reject};
+use resource::ResourceKind;
+use resource_table::ResourceTable;
+use scanout::Scanouts;
 
 /// The device's side-effect interfaces.
 pub struct Ports {
@@ -173,23 +114,6 @@ pub const REJECT_LOG_BURST: u64 = 200;
 /// After the burst, one rejected request in this many is logged as a warning.
 pub const REJECT_LOG_EVERY: u64 = 1000;
 
-/// A refused command: the error to answer and the reason to log.
-#[derive(Debug)]
-pub(crate) struct Reject {
-    error: GpuError,
-    reason: String,
-}
-
-/// Builds a [`Reject`].
-pub(crate) fn reject(error: GpuError, reason: impl Into<String>) -> Reject {
-    Reject {
-        error,
-        reason: reason.into(),
-    }
-}
-
-type CmdResult = Result<GpuResponse, Reject>;
-
 /// The virtio-gpu device state machine.
 pub struct GpuDevice {
     config: DeviceConfig,
@@ -202,12 +126,10 @@ pub struct GpuDevice {
     shmem_available: bool,
     events_read: u32,
     config_changed: bool,
-    resources: BTreeMap<u32, Resource>,
-    /// Host bytes charged: resources plus pending cross-domain buffers.
-    resource_memory: u64,
-    contexts: BTreeMap<u32, Context>,
-    scanouts: Vec<Scanout>,
-    cursor: CursorState,
+    /// Resources, and the budgets every guest-caused host allocation is charged against.
+    resources: ResourceTable,
+    contexts: ContextTable,
+    scanouts: Scanouts,
     region: RegionAllocator,
     /// Whether the allocator hands out dma-bufs (probed once, for the capset).
     allocator_dmabuf: Option<bool>,
@@ -226,7 +148,7 @@ impl fmt::Debug for GpuDevice {
             .field("acked_features", &self.acked_features)
             .field("resources", &self.resources.len())
             .field("contexts", &self.contexts.len())
-            .field("resource_memory", &self.resource_memory)
+            .field("used", &self.resources.used())
             .finish_non_exhaustive()
     }
 }
@@ -240,22 +162,12 @@ impl GpuDevice {
         let mut config = config;
         if let Err(e) = config.validate() {
             warn!("device configuration: {e}; repairing it");
-            config.outputs.truncate(MAX_SCANOUTS);
-            if config.outputs.is_empty() {
-                config.outputs.push(DEFAULT_OUTPUT);
-            }
-            for o in &mut config.outputs {
-                o.0 = o.0.clamp(1, MAX_OUTPUT_SIDE);
-                o.1 = o.1.clamp(1, MAX_OUTPUT_SIDE);
-            }
-            config.hostmem &= !(region::PAGE_SIZE - 1);
+            config.repair();
         }
-        let scanouts = config
-            .outputs
-            .iter()
-            .map(|&mode| Scanout::new(Some(mode)))
-            .collect();
         GpuDevice {
+            resources: ResourceTable::new(Budget::new(config.limits())),
+            contexts: ContextTable::default(),
+            scanouts: Scanouts::new(config.outputs.iter().copied()),
             region: RegionAllocator::new(config.hostmem),
             config,
             allocator: ports.allocator,
@@ -267,11 +179,6 @@ impl GpuDevice {
             shmem_available: true,
             events_read: 0,
             config_changed: false,
-            resources: BTreeMap::new(),
-            resource_memory: 0,
-            contexts: BTreeMap::new(),
-            scanouts,
-            cursor: CursorState::default(),
             allocator_dmabuf: None,
             export_refusal_logged: false,
             scratch: Vec::new(),
@@ -376,7 +283,7 @@ impl GpuDevice {
     /// disconnects it. Raises `VIRTIO_GPU_EVENT_DISPLAY` so the driver asks again. Returns
     /// `false` for an unknown scanout or an invalid size.
     pub fn set_output(&mut self, scanout_id: u32, mode: Option<(u32, u32)>) -> bool {
-        let Some(scanout) = self.scanouts.get_mut(scanout_id as usize) else {
+        let Some(scanout) = self.scanouts.get_mut(scanout_id) else {
             return false;
         };
         if let Some((w, h)) = mode {
@@ -397,10 +304,10 @@ impl GpuDevice {
     /// socket). The new sink is told about every enabled scanout.
     pub fn set_display(&mut self, display: Box<dyn DisplaySink>) {
         self.display = display;
-        for (id, s) in self.scanouts.iter().enumerate() {
+        for (id, s) in self.scanouts.iter() {
             if let Some(shown) = &s.shown {
                 self.display
-                    .scanout(id as u32, Some((shown.rect.width, shown.rect.height)));
+                    .scanout(id, Some((shown.rect.width, shown.rect.height)));
             }
         }
     }
@@ -409,17 +316,17 @@ impl GpuDevice {
     /// ranges without calling `RegionMapper::unmap` (the frontend already unmapped the
     /// region). Negotiated features and pending events are cleared.
     pub fn reset(&mut self) {
-        for (id, s) in self.scanouts.iter_mut().enumerate() {
-            if s.shown.take().is_some() {
-                self.display.scanout(id as u32, None);
-            }
-            // Whether an output is connected is host state: it survives a reset.
+        for id in self.scanouts.stop_all() {
+            self.display.scanout(id, None);
         }
         self.resources.clear();
         self.contexts.clear();
+        debug_assert!(
+            self.resources.used().is_zero(),
+            "charges outlive the resources and contexts they pay for: {:?}",
+            self.resources.used()
+        );
         self.region.clear();
-        self.resource_memory = 0;
-        self.cursor = CursorState::default();
         self.acked_features = 0;
         self.events_read = 0;
         self.config_changed = false;
@@ -427,7 +334,7 @@ impl GpuDevice {
 
     /// Host memory currently charged to resources, in bytes.
     pub fn resource_memory(&self) -> u64 {
-        self.resource_memory
+        self.resources.used().get(Kind::HostBytes)
     }
 
     /// Number of live resources.
@@ -467,7 +374,7 @@ impl GpuDevice {
                         format!("not accepted on the {queue} queue"),
                     ))
                 } else {
-                    self.handle(mem, &hdr, command)
+                    self.execute(mem, &hdr, command)
                 };
                 let response = match result {
                     Ok(r) => r,
@@ -518,304 +425,14 @@ impl GpuDevice {
             debug!("{message}");
         }
     }
-
-    fn handle(&mut self, mem: &GuestMemory, hdr: &CtrlHeader, command: GpuCommand) -> CmdResult {
-        use GpuCommand as C;
-        match command {
-            C::GetDisplayInfo => Ok(self.display_info()),
-            C::GetEdid { scanout_id } => self.get_edid(scanout_id),
-            C::ResourceCreate2d {
-                resource_id,
-                format,
-                width,
-                height,
-            } => self.resource_create_2d(resource_id, format, width, height),
-            C::ResourceUnref { resource_id } => self.resource_unref(resource_id),
-            C::SetScanout {
-                rect,
-                scanout_id,
-                resource_id,
-            } => self.set_scanout(scanout_id, resource_id, rect),
-            C::ResourceFlush { rect, resource_id } => self.resource_flush(mem, resource_id, rect),
-            C::TransferToHost2d {
-                rect,
-                offset,
-                resource_id,
-            } => self.transfer_to_host_2d(mem, resource_id, rect, offset),
-            C::ResourceAttachBacking {
-                resource_id,
-                entries,
-            } => self.attach_backing(mem, resource_id, entries),
-            C::ResourceDetachBacking { resource_id } => self.detach_backing(resource_id),
-            C::GetCapsetInfo { capset_index } => self.get_capset_info(capset_index),
-            C::GetCapset {
-                capset_id,
-                capset_version,
-            } => self.get_capset(capset_id, capset_version),
-            C::ResourceAssignUuid { resource_id } => self.assign_uuid(resource_id),
-            C::ResourceCreateBlob {
-                resource_id,
-                blob_mem,
-                blob_flags,
-                blob_id,
-                size,
-                entries,
-            } => self.create_blob(
-                mem,
-                hdr.ctx_id,
-                blob::BlobParams {
-                    resource_id,
-                    blob_mem,
-                    blob_flags,
-                    blob_id,
-                    size,
-                    entries,
-                },
-            ),
-            C::SetScanoutBlob {
-                rect,
-                scanout_id,
-                resource_id,
-                width,
-                height,
-                format,
-                strides,
-                offsets,
-            } => self.set_scanout_blob(
-                scanout_id,
-                resource_id,
-                rect,
-                scanout::BlobView {
-                    width,
-                    height,
-                    format,
-                    drm_format: 0,
-                    stride: strides[0],
-                    offset: offsets[0],
-                },
-            ),
-            C::CtxCreate {
-                context_init,
-                debug_name,
-            } => self.ctx_create(hdr.ctx_id, context_init, debug_name),
-            C::CtxDestroy => self.ctx_destroy(hdr.ctx_id),
-            C::CtxAttachResource { resource_id } => self.ctx_attach(hdr.ctx_id, resource_id),
-            C::CtxDetachResource { resource_id } => self.ctx_detach(hdr.ctx_id, resource_id),
-            C::ResourceCreate3d { resource_id }
-            | C::TransferToHost3d { resource_id }
-            | C::TransferFromHost3d { resource_id } => Err(reject(
-                GpuError::Unspec,
-                format!(
-                    "resource {resource_id}: 3D resources need a virgl renderer, which this \
-                     device does not have (use cross-domain blobs)"
-                ),
-            )),
-            C::Submit3d { commands } => self.submit_3d(mem, hdr.ctx_id, &commands),
-            C::ResourceMapBlob {
-                resource_id,
-                offset,
-            } => self.map_blob(resource_id, offset),
-            C::ResourceUnmapBlob { resource_id } => self.unmap_blob(resource_id),
-            C::UpdateCursor {
-                pos,
-                resource_id,
-                hot_x,
-                hot_y,
-            } => self.update_cursor(mem, pos, resource_id, hot_x, hot_y),
-            C::MoveCursor { pos } => self.move_cursor(pos),
-        }
-    }
-
-    fn display_info(&self) -> GpuResponse {
-        GpuResponse::OkDisplayInfo(
-            self.scanouts
-                .iter()
-                .map(|s| match s.mode {
-                    Some((width, height)) => DisplayMode {
-                        rect: Rect {
-                            x: 0,
-                            y: 0,
-                            width,
-                            height,
-                        },
-                        enabled: true,
-                        flags: 0,
-                    },
-                    None => DisplayMode::default(),
-                })
-                .collect(),
-        )
-    }
-
-    fn get_edid(&self, scanout_id: u32) -> CmdResult {
-        self.require_feature(feature::EDID, "EDID")?;
-        let scanout = self.scanouts.get(scanout_id as usize).ok_or_else(|| {
-            reject(
-                GpuError::InvalidScanoutId,
-                format!("scanout {scanout_id} does not exist"),
-            )
-        })?;
-        let (width, height) = scanout
-            .mode
-            .or_else(|| self.config.outputs.get(scanout_id as usize).copied())
-            .unwrap_or(DEFAULT_OUTPUT);
-        let block = edid::build(width, height, scanout_id).ok_or_else(|| {
-            reject(
-                GpuError::InvalidParameter,
-                format!(
-                    "scanout {scanout_id}: mode {width}x{height} cannot be described by an \
-                     EDID base block"
-                ),
-            )
-        })?;
-        Ok(GpuResponse::OkEdid(block.to_vec()))
-    }
-
-    /// Checks a new resource id and the resource count.
-    fn check_new_resource_id(&self, resource_id: u32) -> Result<(), Reject> {
-        if resource_id == 0 {
-            return Err(reject(
-                GpuError::InvalidResourceId,
-                "resource_id 0 is invalid",
-            ));
-        }
-        if self.resources.contains_key(&resource_id) {
-            return Err(reject(
-                GpuError::InvalidResourceId,
-                format!("resource_id {resource_id} already exists"),
-            ));
-        }
-        if self.resources.len() >= self.config.max_resources as usize {
-            return Err(reject(
-                GpuError::OutOfMemory,
-                format!(
-                    "resource_id {resource_id}: the limit of {} resources is reached",
-                    self.config.max_resources
-                ),
-            ));
-        }
-        Ok(())
-    }
-
-    /// Charges `bytes` of host memory, refusing past `max_resource_memory`.
-    fn charge(&mut self, bytes: u64, what: &str) -> Result<(), Reject> {
-        self.check_budget(bytes, what)?;
-        self.resource_memory += bytes; // checked in check_budget
-        Ok(())
-    }
-
-    /// Checks that `bytes` more would fit, without charging them.
-    fn check_budget(&self, bytes: u64, what: &str) -> Result<(), Reject> {
-        match self.resource_memory.checked_add(bytes) {
-            Some(total) if total <= self.config.max_resource_memory => Ok(()),
-            _ => Err(reject(
-                GpuError::OutOfMemory,
-                format!(
-                    "{what}: about {bytes} bytes would exceed the resource memory limit ({} \
-                     of {} bytes in use)",
-                    self.resource_memory, self.config.max_resource_memory
-                ),
-            )),
-        }
-    }
-
-    fn uncharge(&mut self, bytes: u64) {
-        self.resource_memory = self.resource_memory.saturating_sub(bytes);
-    }
-
-    fn resource_create_2d(
-        &mut self,
-        resource_id: u32,
-        virtio_format: u32,
-        width: u32,
-        height: u32,
-    ) -> CmdResult {
-        self.check_new_resource_id(resource_id)?;
-        let drm_format = format::to_drm_fourcc(virtio_format).ok_or_else(|| {
-            reject(
-                GpuError::InvalidParameter,
-                format!("resource_id {resource_id}: format {virtio_format} is not supported"),
-            )
-        })?;
-        if width == 0 || height == 0 {
-            return Err(reject(
-                GpuError::InvalidParameter,
-                format!("resource_id {resource_id}: size {width}x{height} is empty"),
-            ));
-        }
-        let stride = width.checked_mul(BYTES_PER_PIXEL).ok_or_else(|| {
-            reject(
-                GpuError::OutOfMemory,
-                format!("resource_id {resource_id}: width {width} is too large"),
-            )
-        })?;
-        let bytes = u64::from(stride) * u64::from(height);
-        let len = usize::try_from(bytes).map_err(|_| {
-            reject(
-                GpuError::OutOfMemory,
-                format!("resource_id {resource_id}: {bytes} bytes do not fit in memory"),
-            )
-        })?;
-        self.charge(bytes, &format!("resource_id {resource_id}"))?;
-        let mut pixels = Vec::new();
-        if pixels.try_reserve_exact(len).is_err() {
-            self.uncharge(bytes);
-            return Err(reject(
-                GpuError::OutOfMemory,
-                format!("resource_id {resource_id}: host allocation of {bytes} bytes failed"),
-            ));
-        }
-        pixels.resize(len, 0);
-        self.resources.insert(
-            resource_id,
-            Resource {
-                kind: ResourceKind::Image2d(Image2d {
-                    drm_format,
-                    width,
-                    height,
-                    stride,
-                    pixels,
-                    backing: None,
-                }),
-                size: bytes,
-                blob_flags: 0,
-                uuid: None,
-                host_bytes: bytes,
-            },
-        );
-        Ok(GpuResponse::OkNoData)
-    }
-
-    fn resource_unref(&mut self, resource_id: u32) -> CmdResult {
-        if !self.resources.contains_key(&resource_id) {
-            return Err(reject(
-                GpuError::InvalidResourceId,
-                format!("resource_id {resource_id} does not exist"),
-            ));
-        }
-        self.destroy_resource(resource_id);
-        Ok(GpuResponse::OkNoData)
-    }
-
     /// Removes a resource: scanouts showing it are disabled first, contexts forget it, a
     /// mapping is removed (synchronously) before the buffer is released.
-    fn destroy_resource(&mut self, resource_id: u32) {
-        for (id, s) in self.scanouts.iter_mut().enumerate() {
-            if s.shown
-                .as_ref()
-                .is_some_and(|v| v.resource_id == resource_id)
-            {
-                s.shown = None;
-                self.display.scanout(id as u32, None);
-            }
+    pub(crate) fn destroy_resource(&mut self, resource_id: u32) {
+        for id in self.scanouts.stop_showing(resource_id) {
+            self.display.scanout(id, None);
         }
-        for ctx in self.contexts.values_mut() {
-            ctx.resources.remove(&resource_id);
-            if ctx.query_ring == Some(resource_id) {
-                ctx.query_ring = None;
-            }
-        }
-        let Some(resource) = self.resources.remove(&resource_id) else {
+        self.contexts.forget_resource(resource_id);
+        let Some(resource) = self.resources.remove(resource_id) else {
             return;
         };
         if let ResourceKind::HostBlob(blob) = &resource.kind {
@@ -836,121 +453,6 @@ impl GpuDevice {
                 }
             }
         }
-        self.uncharge(resource.host_bytes);
-    }
-
-    fn resource_mut(&mut self, resource_id: u32) -> Result<&mut Resource, Reject> {
-        self.resources.get_mut(&resource_id).ok_or_else(|| {
-            reject(
-                GpuError::InvalidResourceId,
-                format!("resource_id {resource_id} does not exist"),
-            )
-        })
-    }
-
-    fn attach_backing(
-        &mut self,
-        mem: &GuestMemory,
-        resource_id: u32,
-        entries: Vec<protocol::MemEntry>,
-    ) -> CmdResult {
-        let resource = self.resource_mut(resource_id)?;
-        let kind = resource.kind_name();
-        let ResourceKind::Image2d(image) = &resource.kind else {
-            return Err(reject(
-                GpuError::Unspec,
-                format!("resource_id {resource_id} is a {kind}; only 2D resources take a backing"),
-            ));
-        };
-        if image.backing.is_some() {
-            return Err(reject(
-                GpuError::Unspec,
-                format!("resource_id {resource_id} already has a backing"),
-            ));
-        }
-        // The entry list is host memory the guest chooses the size of.
-        let cost = backing_cost(entries.len());
-        self.charge(cost, &format!("resource_id {resource_id}: backing entries"))?;
-        let backing = match backing::Backing::new(mem, entries) {
-            Ok(b) => b,
-            Err(e) => {
-                self.uncharge(cost);
-                return Err(reject(
-                    GpuError::Unspec,
-                    format!("resource_id {resource_id}: nr_entries/entries: {e}"),
-                ));
-            }
-        };
-        let resource = self.resource_mut(resource_id)?;
-        resource.host_bytes += cost;
-        if let ResourceKind::Image2d(image) = &mut resource.kind {
-            image.backing = Some(backing);
-        }
-        Ok(GpuResponse::OkNoData)
-    }
-
-    fn detach_backing(&mut self, resource_id: u32) -> CmdResult {
-        let resource = self.resource_mut(resource_id)?;
-        let kind = resource.kind_name();
-        let released = match &mut resource.kind {
-            ResourceKind::Image2d(image) => match image.backing.take() {
-                Some(backing) => backing_cost(backing.entries().len()),
-                None => {
-                    return Err(reject(
-                        GpuError::Unspec,
-                        format!("resource_id {resource_id} has no backing"),
-                    ))
-                }
-            },
-            _ => {
-                return Err(reject(
-                    GpuError::Unspec,
-                    format!(
-                        "resource_id {resource_id} is a {kind}; its backing cannot be detached"
-                    ),
-                ))
-            }
-        };
-        resource.host_bytes = resource.host_bytes.saturating_sub(released);
-        self.uncharge(released);
-        Ok(GpuResponse::OkNoData)
-    }
-
-    fn transfer_to_host_2d(
-        &mut self,
-        mem: &GuestMemory,
-        resource_id: u32,
-        rect: Rect,
-        offset: u64,
-    ) -> CmdResult {
-        let resource = self.resource_mut(resource_id)?;
-        let kind = resource.kind_name();
-        match &mut resource.kind {
-            ResourceKind::Image2d(image) => {
-                let Some(backing) = image.backing.take() else {
-                    return Err(reject(
-                        GpuError::Unspec,
-                        format!("resource_id {resource_id} has no backing attached"),
-                    ));
-                };
-                let result = resource::transfer_to_host_2d(image, &backing, mem, &rect, offset);
-                image.backing = Some(backing);
-                result.map_err(|e| {
-                    let error = match e {
-                        resource::TransferError::Backing(_) => GpuError::Unspec,
-                        _ => GpuError::InvalidParameter,
-                    };
-                    reject(error, format!("resource_id {resource_id}: r/offset: {e}"))
-                })?;
-                Ok(GpuResponse::OkNoData)
-            }
-            // GUEST blobs are read from guest memory when shown: nothing to copy. The Linux
-            // driver sends this for dumb buffers, which are GUEST blobs with RESOURCE_BLOB.
-            ResourceKind::GuestBlob { .. } => Ok(GpuResponse::OkNoData),
-            ResourceKind::HostBlob(_) => Err(reject(
-                GpuError::InvalidParameter,
-                format!("resource_id {resource_id} is a {kind}: it has no guest backing"),
-            )),
-        }
+        // Dropping `resource` releases what it was charged.
     }
 }

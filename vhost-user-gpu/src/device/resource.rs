@@ -4,6 +4,7 @@
 use std::os::fd::OwnedFd;
 
 use super::backing::{Backing, BackingError};
+use super::budget::Charge;
 use super::mmap::MappedBuffer;
 use crate::device::ports::{GuestMemory, HostBuffer};
 use crate::protocol::{fourcc, Rect};
@@ -22,7 +23,16 @@ pub(crate) struct Image2d {
     pub stride: u32,
     /// `stride * height` bytes.
     pub pixels: Vec<u8>,
-    pub backing: Option<Backing>,
+    pub backing: Option<AttachedBacking>,
+}
+
+/// A 2D resource's guest backing, with the host bytes its entry list is charged (released
+/// when it is detached).
+#[derive(Debug)]
+pub(crate) struct AttachedBacking {
+    pub backing: Backing,
+    /// Held for its `Drop`, which releases the entry list's host bytes.
+    pub _charge: Charge,
 }
 
 /// The image a HOST3D blob was allocated for (cross-domain GET_IMAGE_REQUIREMENTS).
@@ -47,13 +57,31 @@ pub(crate) struct HostBlob {
 /// What a resource is.
 #[derive(Debug)]
 pub(crate) enum ResourceKind {
+    /// A 2D image (`RESOURCE_CREATE_2D`).
     Image2d(Image2d),
+    /// A blob in guest memory (`BLOB_MEM_GUEST`).
     GuestBlob {
         backing: Backing,
         /// The backing exported as a udmabuf, when the host has `/dev/udmabuf`.
         dmabuf: Option<OwnedFd>,
     },
+    /// A blob in a host buffer (`BLOB_MEM_HOST3D`).
     HostBlob(HostBlob),
+}
+
+#[cfg(test)]
+impl ResourceKind {
+    /// A 1x1 2D image without backing.
+    pub fn empty_2d() -> Self {
+        ResourceKind::Image2d(Image2d {
+            drm_format: fourcc::XRGB8888,
+            width: 1,
+            height: 1,
+            stride: BYTES_PER_PIXEL,
+            pixels: vec![0; BYTES_PER_PIXEL as usize],
+            backing: None,
+        })
+    }
 }
 
 /// A resource and its bookkeeping.
@@ -64,11 +92,23 @@ pub(crate) struct Resource {
     pub size: u64,
     pub blob_flags: u32,
     pub uuid: Option<[u8; 16]>,
-    /// Host memory charged against `max_resource_memory`.
-    pub host_bytes: u64,
+    /// What the resource is charged (one resource, the host bytes of what it holds), held
+    /// for its `Drop`; parts that can go on their own, such as a 2D backing, carry their own.
+    _charge: Charge,
 }
 
 impl Resource {
+    /// A resource without a UUID.
+    pub fn new(kind: ResourceKind, size: u64, blob_flags: u32, charge: Charge) -> Self {
+        Resource {
+            kind,
+            size,
+            blob_flags,
+            uuid: None,
+            _charge: charge,
+        }
+    }
+
     /// Short kind name for logs.
     pub fn kind_name(&self) -> &'static str {
         match self.kind {

@@ -1,18 +1,19 @@
 //! Blob resources: RESOURCE_CREATE_BLOB (GUEST and HOST3D), RESOURCE_ASSIGN_UUID,
 //! RESOURCE_MAP_BLOB and RESOURCE_UNMAP_BLOB.
 
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 
 use log::{debug, error, info};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
-use super::backing::Backing;
-use super::context::Context;
-use super::resource::{HostBlob, Resource, ResourceKind};
-use super::{reject, CmdResult, GpuDevice, Reject};
+use crate::device::backing::Backing;
+use crate::device::budget::Charge;
 use crate::device::ports::{
     ExportError, GuestMemory, GuestPages, HostBuffer, MapAdvice, PAGE_SIZE,
 };
+use crate::device::reject::{reject, CmdResult, Reject};
+use crate::device::resource::{HostBlob, Resource, ResourceKind};
+use crate::device::{backing_cost, GpuDevice};
 use crate::protocol::cross_domain::ImageRequirements;
 use crate::protocol::{
     feature, GpuError, GpuResponse, MemEntry, BLOB_FLAG_USE_CROSS_DEVICE, BLOB_FLAG_USE_MAPPABLE,
@@ -33,19 +34,6 @@ pub(super) struct BlobParams {
 
 const KNOWN_BLOB_FLAGS: u32 =
     BLOB_FLAG_USE_MAPPABLE | BLOB_FLAG_USE_SHAREABLE | BLOB_FLAG_USE_CROSS_DEVICE;
-
-/// Starts a host CPU read of a dma-buf (DMA_BUF_IOCTL_SYNC); the returned guard ends it.
-/// `None` (logged) when the exporter refuses: the read still happens, as a display copy is
-/// better than none, but the log says it may be stale.
-pub(super) fn begin_cpu_read(fd: BorrowedFd<'_>) -> Option<dmabuf_info::SyncGuard> {
-    match dmabuf_info::SyncGuard::begin(fd, dmabuf_info::SyncAccess::Read) {
-        Ok(guard) => Some(guard),
-        Err(e) => {
-            debug!("DMA_BUF_IOCTL_SYNC(START|READ) failed: {e}; reading without it");
-            None
-        }
-    }
-}
 
 /// Whether an allocation has the layout the guest was told.
 fn matches_requirements(buffer: &HostBuffer, reqs: &ImageRequirements) -> bool {
@@ -68,7 +56,7 @@ impl GpuDevice {
     ) -> CmdResult {
         self.require_feature(feature::RESOURCE_BLOB, "RESOURCE_BLOB")?;
         let rid = p.resource_id;
-        self.check_new_resource_id(rid)?;
+        let count = self.resources.reserve(rid)?;
         if p.blob_flags & !KNOWN_BLOB_FLAGS != 0 {
             return Err(reject(
                 GpuError::InvalidParameter,
@@ -84,15 +72,15 @@ impl GpuDevice {
                 format!("resource_id {rid}: size 0"),
             ));
         }
-        if ctx_id != 0 && !self.contexts.contains_key(&ctx_id) {
+        if ctx_id != 0 && !self.contexts.contains(ctx_id) {
             return Err(reject(
                 GpuError::InvalidContextId,
                 format!("resource_id {rid}: ctx_id {ctx_id} does not exist"),
             ));
         }
         let resource = match p.blob_mem {
-            BLOB_MEM_GUEST => self.new_guest_blob(mem, &p)?,
-            BLOB_MEM_HOST3D => self.new_host_blob(ctx_id, &p)?,
+            BLOB_MEM_GUEST => self.new_guest_blob(mem, &p, count)?,
+            BLOB_MEM_HOST3D => self.new_host_blob(ctx_id, &p, count)?,
             other => {
                 return Err(reject(
                     GpuError::InvalidParameter,
@@ -104,13 +92,18 @@ impl GpuDevice {
             }
         };
         self.resources.insert(rid, resource);
-        if let Some(ctx) = self.contexts.get_mut(&ctx_id) {
+        if let Ok(ctx) = self.contexts.get_mut(ctx_id) {
             ctx.resources.insert(rid);
         }
         Ok(GpuResponse::OkNoData)
     }
 
-    fn new_guest_blob(&mut self, mem: &GuestMemory, p: &BlobParams) -> Result<Resource, Reject> {
+    fn new_guest_blob(
+        &mut self,
+        mem: &GuestMemory,
+        p: &BlobParams,
+        mut charge: Charge,
+    ) -> Result<Resource, Reject> {
         let rid = p.resource_id;
         if p.blob_id != 0 {
             debug!(
@@ -119,22 +112,16 @@ impl GpuDevice {
             );
         }
         // The entry list is host memory the guest chooses the size of.
-        let cost = super::backing_cost(p.entries.len());
-        self.charge(cost, &format!("resource_id {rid}: blob entries"))?;
-        let backing = match Backing::new(mem, p.entries.clone()) {
-            Ok(b) => b,
-            Err(e) => {
-                self.uncharge(cost);
-                // As for RESOURCE_ATTACH_BACKING (and as QEMU answers both): entries the
-                // device cannot reach in guest memory are ERR_UNSPEC.
-                return Err(reject(
-                    GpuError::Unspec,
-                    format!("resource_id {rid}: entries: {e}"),
-                ));
-            }
-        };
+        charge.absorb(self.resources.charge_bytes(
+            backing_cost(p.entries.len()),
+            &format!("resource_id {rid}: blob entries"),
+        )?);
+        let backing = Backing::new(mem, p.entries.clone()).map_err(|e| {
+            // As for RESOURCE_ATTACH_BACKING (and as QEMU answers both): entries the device
+            // cannot reach in guest memory are ERR_UNSPEC.
+            reject(GpuError::Unspec, format!("resource_id {rid}: entries: {e}"))
+        })?;
         if backing.len() < p.size {
-            self.uncharge(cost);
             return Err(reject(
                 GpuError::InvalidParameter,
                 format!(
@@ -145,13 +132,12 @@ impl GpuDevice {
             ));
         }
         let dmabuf = self.export_guest_pages(mem, &backing);
-        Ok(Resource {
-            kind: ResourceKind::GuestBlob { backing, dmabuf },
-            size: p.size,
-            blob_flags: p.blob_flags,
-            uuid: None,
-            host_bytes: cost,
-        })
+        Ok(Resource::new(
+            ResourceKind::GuestBlob { backing, dmabuf },
+            p.size,
+            p.blob_flags,
+            charge,
+        ))
     }
 
     /// Best effort: a dma-buf over the guest pages of a GUEST blob, when there is an exporter
@@ -182,7 +168,12 @@ impl GpuDevice {
         }
     }
 
-    fn new_host_blob(&mut self, ctx_id: u32, p: &BlobParams) -> Result<Resource, Reject> {
+    fn new_host_blob(
+        &mut self,
+        ctx_id: u32,
+        p: &BlobParams,
+        mut charge: Charge,
+    ) -> Result<Resource, Reject> {
         let rid = p.resource_id;
         if ctx_id == 0 {
             return Err(reject(
@@ -199,15 +190,15 @@ impl GpuDevice {
                 ),
             ));
         }
-        let Some(ctx) = self.contexts.get_mut(&ctx_id) else {
-            return Err(reject(
+        let ctx = self.contexts.get_mut(ctx_id).map_err(|_| {
+            reject(
                 GpuError::InvalidContextId,
                 format!("resource_id {rid}: ctx_id {ctx_id} does not exist"),
-            ));
-        };
-        let requirement = u32::try_from(p.blob_id)
-            .ok()
-            .and_then(|id| ctx.requirements.get_mut(&id))
+            )
+        })?;
+        let blob_id = u32::try_from(p.blob_id).ok();
+        let requirement = blob_id
+            .and_then(|id| ctx.requirement_mut(id))
             .ok_or_else(|| {
                 reject(
                     GpuError::InvalidParameter,
@@ -229,22 +220,23 @@ impl GpuDevice {
         }
         let image = requirement.image;
         let reqs = requirement.reqs;
-        let buffer = match requirement.pending.take() {
+        let request = requirement.request;
+        let buffer = match blob_id.and_then(|id| ctx.take_pending(id)) {
             // Allocated (and charged) by GET_IMAGE_REQUIREMENTS.
-            Some(buffer) => {
-                let blob_id = p.blob_id as u32;
-                ctx.pending_order.retain(|&id| id != blob_id);
-                buffer
+            Some(pending) => {
+                charge.absorb(pending.charge);
+                pending.buffer
             }
             // A second blob from the same requirements: allocate again, and insist on the
             // layout the guest was told.
             None => {
-                let request = requirement.request;
-                self.charge(reqs.size, &format!("resource_id {rid}"))?;
-                let buffer = match self.allocator.allocate(&request) {
+                charge.absorb(
+                    self.resources
+                        .charge_bytes(reqs.size, &format!("resource_id {rid}"))?,
+                );
+                match self.allocator.allocate(&request) {
                     Ok(b) if matches_requirements(&b, &reqs) => b,
                     Ok(_) => {
-                        self.uncharge(reqs.size);
                         return Err(reject(
                             GpuError::Unspec,
                             format!(
@@ -256,7 +248,6 @@ impl GpuDevice {
                         ));
                     }
                     Err(e) => {
-                        self.uncharge(reqs.size);
                         return Err(reject(
                             GpuError::OutOfMemory,
                             format!(
@@ -265,27 +256,22 @@ impl GpuDevice {
                             ),
                         ));
                     }
-                };
-                buffer
+                }
             }
         };
-        Ok(Resource {
-            size: buffer.size,
-            host_bytes: buffer.size,
-            kind: ResourceKind::HostBlob(HostBlob {
-                buffer,
-                image,
-                mapped_at: None,
-                cpu_map: None,
-            }),
-            blob_flags: p.blob_flags,
-            uuid: None,
-        })
+        let size = buffer.size;
+        let kind = ResourceKind::HostBlob(HostBlob {
+            buffer,
+            image,
+            mapped_at: None,
+            cpu_map: None,
+        });
+        Ok(Resource::new(kind, size, p.blob_flags, charge))
     }
 
     pub(super) fn assign_uuid(&mut self, resource_id: u32) -> CmdResult {
         self.require_feature(feature::RESOURCE_UUID, "RESOURCE_UUID")?;
-        let resource = self.resource_mut(resource_id)?;
+        let resource = self.resources.get_mut(resource_id)?;
         if let Some(uuid) = resource.uuid {
             return Ok(GpuResponse::OkResourceUuid(uuid));
         }
@@ -308,12 +294,7 @@ impl GpuDevice {
         let region_size = self.region.size();
         let shmem_available = self.shmem_available;
         let mapper_available = self.mapper.available();
-        let resource = self.resources.get_mut(&resource_id).ok_or_else(|| {
-            reject(
-                GpuError::InvalidResourceId,
-                format!("resource_id {resource_id} does not exist"),
-            )
-        })?;
+        let resource = self.resources.get_mut(resource_id)?;
         let kind = resource.kind_name();
         let flags = resource.blob_flags;
         let ResourceKind::HostBlob(blob) = &mut resource.kind else {
@@ -411,12 +392,7 @@ impl GpuDevice {
 
     pub(super) fn unmap_blob(&mut self, resource_id: u32) -> CmdResult {
         self.require_feature(feature::RESOURCE_BLOB, "RESOURCE_BLOB")?;
-        let resource = self.resources.get_mut(&resource_id).ok_or_else(|| {
-            reject(
-                GpuError::InvalidResourceId,
-                format!("resource_id {resource_id} does not exist"),
-            )
-        })?;
+        let resource = self.resources.get_mut(resource_id)?;
         let ResourceKind::HostBlob(blob) = &mut resource.kind else {
             return Err(reject(
                 GpuError::InvalidParameter,
@@ -485,21 +461,6 @@ fn guest_pages<'m>(mem: &'m GuestMemory, entries: &[MemEntry]) -> Option<Vec<Gue
         });
     }
     Some(pages)
-}
-
-/// Drops the oldest pending buffers of `ctx` beyond the per-context limit; returns the
-/// bytes released.
-pub(super) fn trim_pending(ctx: &mut Context) -> u64 {
-    let mut released = 0;
-    while ctx.pending_order.len() > super::context::MAX_PENDING_BUFFERS_PER_CONTEXT {
-        let Some(id) = ctx.pending_order.pop_front() else {
-            break;
-        };
-        if let Some(buffer) = ctx.requirements.get_mut(&id).and_then(|r| r.pending.take()) {
-            released += buffer.size;
-        }
-    }
-    released
 }
 
 #[cfg(test)]

@@ -1,0 +1,420 @@
+//! Contexts and capsets: GET_CAPSET_INFO, GET_CAPSET, CTX_CREATE, CTX_DESTROY,
+//! CTX_ATTACH_RESOURCE, CTX_DETACH_RESOURCE and SUBMIT_3D with the cross-domain protocol
+//! (INIT, GET_IMAGE_REQUIREMENTS).
+
+use log::{debug, info};
+
+use crate::device::budget::{Kind, Usage};
+use crate::device::context::{Context, Pending, Requirement, MAX_REQUIREMENTS_TOTAL};
+use crate::device::ports::{
+    AllocError, BufferRequest, GuestMemory, MapAdvice, MAX_IMAGE_DIMENSION,
+};
+use crate::device::reject::{over_budget, reject, CmdResult, Reject};
+use crate::device::resource::{ImageInfo, ResourceKind};
+use crate::device::GpuDevice;
+use crate::protocol::cross_domain::{
+    self, Capabilities, CrossDomainCommand, IMAGE_REQUIREMENTS_SIZE,
+};
+use crate::protocol::{
+    feature, fourcc, GpuError, GpuResponse, CAPSET_CROSS_DOMAIN, CONTEXT_INIT_CAPSET_ID_MASK,
+    MAP_CACHE_NONE,
+};
+
+/// Highest cross-domain capset version offered (as rutabaga: 0).
+pub(crate) const CROSS_DOMAIN_MAX_VERSION: u32 = 0;
+
+impl GpuDevice {
+    fn require_virgl(&self) -> Result<(), Reject> {
+        self.require_feature(feature::VIRGL, "VIRGL (needed for contexts)")
+    }
+
+    pub(super) fn get_capset_info(&self, capset_index: u32) -> CmdResult {
+        self.require_virgl()?;
+        if capset_index != 0 {
+            return Err(reject(
+                GpuError::InvalidParameter,
+                format!("capset_index {capset_index}: only 1 capset (cross-domain) exists"),
+            ));
+        }
+        Ok(GpuResponse::OkCapsetInfo {
+            capset_id: CAPSET_CROSS_DOMAIN,
+            max_version: CROSS_DOMAIN_MAX_VERSION,
+            max_size: cross_domain::CAPABILITIES_SIZE as u32,
+        })
+    }
+
+    pub(super) fn get_capset(&mut self, capset_id: u32, capset_version: u32) -> CmdResult {
+        self.require_virgl()?;
+        if capset_id != CAPSET_CROSS_DOMAIN {
+            return Err(reject(
+                GpuError::InvalidParameter,
+                format!("capset_id {capset_id} is not offered (only cross-domain, 5)"),
+            ));
+        }
+        if capset_version > CROSS_DOMAIN_MAX_VERSION {
+            return Err(reject(
+                GpuError::InvalidParameter,
+                format!("capset_version {capset_version} > max version {CROSS_DOMAIN_MAX_VERSION}"),
+            ));
+        }
+        let caps = Capabilities {
+            version: cross_domain::CAPABILITIES_VERSION,
+            supported_channels: 0,
+            supports_dmabuf: self.allocator_gives_dmabufs(),
+            supports_external_gpu_memory: false,
+        };
+        Ok(GpuResponse::OkCapset(caps.encode()))
+    }
+
+    /// Whether the allocator's buffers are dma-bufs: probed once with a small image.
+    fn allocator_gives_dmabufs(&mut self) -> bool {
+        if let Some(known) = self.allocator_dmabuf {
+            return known;
+        }
+        let probe = self.allocator.allocate(&BufferRequest::Image {
+            width: 64,
+            height: 64,
+            drm_format: fourcc::ARGB8888,
+            usage: 0,
+        });
+        let known = match probe {
+            Ok(buffer) => buffer.is_dmabuf,
+            Err(e) => {
+                info!("{} allocator probe failed: {e}", self.allocator.name());
+                false
+            }
+        };
+        self.allocator_dmabuf = Some(known);
+        known
+    }
+
+    pub(super) fn ctx_create(
+        &mut self,
+        ctx_id: u32,
+        context_init: u32,
+        debug_name: String,
+    ) -> CmdResult {
+        self.require_virgl()?;
+        if ctx_id == 0 {
+            return Err(reject(GpuError::InvalidContextId, "ctx_id 0 is invalid"));
+        }
+        if self.contexts.contains(ctx_id) {
+            return Err(reject(
+                GpuError::InvalidContextId,
+                format!("ctx_id {ctx_id} already exists"),
+            ));
+        }
+        let capset = context_init & CONTEXT_INIT_CAPSET_ID_MASK;
+        // context_init 0 is the default context the Linux driver creates whenever 3D is
+        // offered (before any CONTEXT_INIT ioctl): accepted, so that the guest's
+        // CTX_ATTACH_RESOURCE traffic works and its console stays quiet, but without a
+        // renderer (SUBMIT_3D answers ERR_UNSPEC there, as a device without virgl does).
+        let cross_domain = context_init != 0;
+        if cross_domain && capset == 0 {
+            return Err(reject(
+                GpuError::InvalidParameter,
+                format!("ctx_id {ctx_id}: context_init {context_init:#x} has flags but no capset"),
+            ));
+        }
+        if cross_domain {
+            self.require_feature(feature::CONTEXT_INIT, "CONTEXT_INIT")?;
+        }
+        if cross_domain && context_init != CAPSET_CROSS_DOMAIN {
+            return Err(reject(
+                GpuError::InvalidParameter,
+                format!(
+                    "ctx_id {ctx_id}: context_init {context_init:#x}: capset {capset} / flags \
+                     not supported (only capset 5, no flags)"
+                ),
+            ));
+        }
+        let charge = self
+            .resources
+            .budget()
+            .charge(Usage::of(Kind::Contexts, 1))
+            .map_err(|e| over_budget(&format!("ctx_id {ctx_id}"), e))?;
+        debug!(
+            "ctx_id {ctx_id}: {} context '{debug_name}' created",
+            if cross_domain {
+                "cross-domain"
+            } else {
+                "default (no renderer)"
+            }
+        );
+        self.contexts
+            .insert(ctx_id, Context::new(debug_name, cross_domain, charge));
+        Ok(GpuResponse::OkNoData)
+    }
+
+    pub(super) fn ctx_destroy(&mut self, ctx_id: u32) -> CmdResult {
+        self.require_virgl()?;
+        // Dropping the context releases its charge and its pending buffers.
+        let ctx = self.contexts.remove(ctx_id)?;
+        debug!("ctx_id {ctx_id} ('{}') destroyed", ctx.debug_name);
+        Ok(GpuResponse::OkNoData)
+    }
+
+    pub(super) fn ctx_attach(&mut self, ctx_id: u32, resource_id: u32) -> CmdResult {
+        self.require_virgl()?;
+        if !self.resources.contains(resource_id) {
+            self.contexts.get_mut(ctx_id)?;
+            return Err(reject(
+                GpuError::InvalidResourceId,
+                format!("ctx_id {ctx_id}: resource_id {resource_id} does not exist"),
+            ));
+        }
+        self.contexts.get_mut(ctx_id)?.resources.insert(resource_id);
+        Ok(GpuResponse::OkNoData)
+    }
+
+    pub(super) fn ctx_detach(&mut self, ctx_id: u32, resource_id: u32) -> CmdResult {
+        self.require_virgl()?;
+        let ctx = self.contexts.get_mut(ctx_id)?;
+        if !ctx.resources.remove(&resource_id) {
+            return Err(reject(
+                GpuError::InvalidResourceId,
+                format!("ctx_id {ctx_id}: resource_id {resource_id} is not attached"),
+            ));
+        }
+        if ctx.query_ring == Some(resource_id) {
+            ctx.query_ring = None;
+        }
+        Ok(GpuResponse::OkNoData)
+    }
+
+    pub(super) fn submit_3d(
+        &mut self,
+        mem: &GuestMemory,
+        ctx_id: u32,
+        commands: &[u8],
+    ) -> CmdResult {
+        self.require_virgl()?;
+        if !self.contexts.get_mut(ctx_id)?.cross_domain {
+            return Err(reject(
+                GpuError::Unspec,
+                format!(
+                    "ctx_id {ctx_id} is a default context (context_init 0, i.e. virgl): this \
+                     device has no virgl renderer; only cross-domain contexts (capset 5) take \
+                     SUBMIT_3D"
+                ),
+            ));
+        }
+        for (index, command) in cross_domain::commands(commands).enumerate() {
+            let command = command.map_err(|e| {
+                reject(
+                    GpuError::InvalidParameter,
+                    format!("ctx_id {ctx_id}: cross-domain command {index}: {e}"),
+                )
+            })?;
+            match command {
+                CrossDomainCommand::Init {
+                    query_ring_id,
+                    channel_ring_id,
+                    channel_type,
+                } => {
+                    self.cross_domain_init(ctx_id, query_ring_id, channel_ring_id, channel_type)?
+                }
+                CrossDomainCommand::GetImageRequirements {
+                    width,
+                    height,
+                    drm_format,
+                    flags,
+                } => self.cross_domain_image_requirements(
+                    mem, ctx_id, width, height, drm_format, flags,
+                )?,
+                CrossDomainCommand::Unsupported { cmd } => {
+                    return Err(reject(
+                        GpuError::Unspec,
+                        format!(
+                            "ctx_id {ctx_id}: cross-domain command {cmd} (channel poll/send/\
+                             receive/read/write: Wayland forwarding) is not implemented"
+                        ),
+                    ))
+                }
+            }
+        }
+        Ok(GpuResponse::OkNoData)
+    }
+
+    fn cross_domain_init(
+        &mut self,
+        ctx_id: u32,
+        query_ring_id: u32,
+        channel_ring_id: u32,
+        channel_type: u32,
+    ) -> Result<(), Reject> {
+        if channel_type != 0 {
+            return Err(reject(
+                GpuError::Unspec,
+                format!(
+                    "ctx_id {ctx_id}: INIT channel_type {channel_type} (channel_ring_id \
+                     {channel_ring_id}): Wayland/camera channel forwarding is not implemented"
+                ),
+            ));
+        }
+        let ring_ok = match self.resources.get(query_ring_id).map(|r| &r.kind) {
+            Ok(ResourceKind::GuestBlob { backing, .. }) => {
+                backing.len() >= IMAGE_REQUIREMENTS_SIZE as u64
+            }
+            _ => false,
+        };
+        let ctx = self.contexts.get_mut(ctx_id)?;
+        if !ctx.resources.contains(&query_ring_id) {
+            return Err(reject(
+                GpuError::InvalidResourceId,
+                format!("ctx_id {ctx_id}: INIT query_ring_id {query_ring_id} is not attached to the context"),
+            ));
+        }
+        if !ring_ok {
+            return Err(reject(
+                GpuError::InvalidParameter,
+                format!(
+                    "ctx_id {ctx_id}: INIT query_ring_id {query_ring_id} must be a GUEST blob of \
+                     at least {IMAGE_REQUIREMENTS_SIZE} bytes"
+                ),
+            ));
+        }
+        ctx.query_ring = Some(query_ring_id);
+        Ok(())
+    }
+
+    fn cross_domain_image_requirements(
+        &mut self,
+        mem: &GuestMemory,
+        ctx_id: u32,
+        width: u32,
+        height: u32,
+        drm_format: u32,
+        flags: u32,
+    ) -> Result<(), Reject> {
+        if self.contexts.requirement_count() >= MAX_REQUIREMENTS_TOTAL
+            && !self.contexts.get_mut(ctx_id)?.forget_oldest_requirement()
+        {
+            return Err(reject(
+                GpuError::OutOfMemory,
+                format!(
+                    "ctx_id {ctx_id}: GET_IMAGE_REQUIREMENTS: all contexts together keep \
+                     {MAX_REQUIREMENTS_TOTAL} image requirements already"
+                ),
+            ));
+        }
+        let ctx = self.contexts.get_mut(ctx_id)?;
+        let Some(ring_id) = ctx.query_ring else {
+            return Err(reject(
+                GpuError::InvalidParameter,
+                format!("ctx_id {ctx_id}: GET_IMAGE_REQUIREMENTS before INIT (no query ring)"),
+            ));
+        };
+        let Some(blob_id) = ctx.next_blob_id() else {
+            return Err(reject(
+                GpuError::OutOfMemory,
+                format!("ctx_id {ctx_id}: GET_IMAGE_REQUIREMENTS: blob ids are exhausted"),
+            ));
+        };
+        if width == 0 || height == 0 {
+            return Err(reject(
+                GpuError::InvalidParameter,
+                format!("ctx_id {ctx_id}: GET_IMAGE_REQUIREMENTS width/height {width}x{height}"),
+            ));
+        }
+        let max = MAX_IMAGE_DIMENSION;
+        if width > max || height > max {
+            // A bad parameter, not a lack of memory (checked before the budget estimate).
+            return Err(reject(
+                GpuError::InvalidParameter,
+                format!(
+                    "ctx_id {ctx_id}: GET_IMAGE_REQUIREMENTS {width}x{height}: each side must \
+                     be at most {max}"
+                ),
+            ));
+        }
+        let request = BufferRequest::Image {
+            width,
+            height,
+            drm_format,
+            usage: flags,
+        };
+        // Refuse before allocating when even a tightly packed 4-byte-per-pixel image would
+        // not fit the memory budget (some allocators commit memory at once).
+        let estimate = u64::from(width) * u64::from(height) * 4;
+        self.resources.check_bytes(
+            estimate,
+            &format!("ctx_id {ctx_id}: GET_IMAGE_REQUIREMENTS"),
+        )?;
+        let buffer = self.allocator.allocate(&request).map_err(|e| {
+            let error = match e {
+                AllocError::Unsupported(_) => GpuError::InvalidParameter,
+                AllocError::Os(_) => GpuError::OutOfMemory,
+            };
+            reject(
+                error,
+                format!(
+                    "ctx_id {ctx_id}: GET_IMAGE_REQUIREMENTS {width}x{height} format \
+                     {drm_format:#010x}: {} allocator: {e}",
+                    self.allocator.name()
+                ),
+            )
+        })?;
+        let charge = self.resources.charge_bytes(
+            buffer.size,
+            &format!("ctx_id {ctx_id}: GET_IMAGE_REQUIREMENTS"),
+        )?;
+        let map_info = match self.advisor.advise(
+            std::os::fd::AsFd::as_fd(&buffer.fd),
+            self.allocator.drm_fd(),
+        ) {
+            MapAdvice::Allow { map_info, .. } => map_info,
+            MapAdvice::Refuse { reason } => {
+                info!(
+                    "ctx_id {ctx_id}: image {width}x{height} {drm_format:#010x} will not be \
+                     mappable: {reason}"
+                );
+                MAP_CACHE_NONE
+            }
+        };
+        let mut reqs = cross_domain::ImageRequirements {
+            modifier: buffer.modifier,
+            size: buffer.size,
+            blob_id,
+            map_info,
+            memory_idx: -1,
+            physical_device_idx: -1,
+            ..Default::default()
+        };
+        for (i, plane) in buffer.planes.iter().take(4).enumerate() {
+            reqs.strides[i] = plane.stride;
+            reqs.offsets[i] = plane.offset;
+        }
+        // Reply into the query ring (the guest waits on the fence, then reads it).
+        let written = match self.resources.get(ring_id).map(|r| &r.kind) {
+            Ok(ResourceKind::GuestBlob { backing, .. }) => backing
+                .write(mem, 0, &reqs.encode())
+                .map_err(|e| e.to_string()),
+            _ => Err("the query ring resource is gone".to_string()),
+        };
+        if let Err(e) = written {
+            return Err(reject(
+                GpuError::Unspec,
+                format!("ctx_id {ctx_id}: writing the reply to query ring {ring_id}: {e}"),
+            ));
+        }
+        let size = buffer.size;
+        self.contexts.get_mut(ctx_id)?.add_requirement(
+            blob_id,
+            Requirement {
+                request,
+                image: ImageInfo {
+                    width,
+                    height,
+                    drm_format,
+                },
+                reqs,
+                pending: Some(Pending { buffer, charge }),
+            },
+        );
+        debug!(
+            "ctx_id {ctx_id}: blob_id {blob_id}: {width}x{height} {drm_format:#010x}, {size} bytes"
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,477 @@
+//! Scanouts and the cursor: GET_DISPLAY_INFO, GET_EDID, SET_SCANOUT, SET_SCANOUT_BLOB,
+//! RESOURCE_FLUSH, UPDATE_CURSOR, MOVE_CURSOR, and handing frames to the display sink.
+
+use std::os::fd::{AsFd, BorrowedFd};
+
+use log::debug;
+
+use crate::device::config::DEFAULT_OUTPUT;
+use crate::device::edid;
+use crate::device::mmap::MappedBuffer;
+use crate::device::ports::{DmabufScanout, Frame, GuestMemory};
+use crate::device::reject::{reject, CmdResult, Reject};
+use crate::device::resource::{
+    self, cursor_image, intersect, rect_within, ResourceKind, CURSOR_SIZE,
+};
+use crate::device::scanout::{BlobView, CursorState, Shown};
+use crate::device::GpuDevice;
+use crate::protocol::{
+    feature, format, fourcc, CursorPos, DisplayMode, GpuError, GpuResponse, Rect,
+};
+
+/// Starts a host CPU read of a dma-buf (DMA_BUF_IOCTL_SYNC); the returned guard ends it.
+/// `None` (logged) when the exporter refuses: the read still happens, as a display copy is
+/// better than none, but the log says it may be stale.
+fn begin_cpu_read(fd: BorrowedFd<'_>) -> Option<dmabuf_info::SyncGuard> {
+    match dmabuf_info::SyncGuard::begin(fd, dmabuf_info::SyncAccess::Read) {
+        Ok(guard) => Some(guard),
+        Err(e) => {
+            debug!("DMA_BUF_IOCTL_SYNC(START|READ) failed: {e}; reading without it");
+            None
+        }
+    }
+}
+
+impl GpuDevice {
+    pub(super) fn display_info(&self) -> GpuResponse {
+        GpuResponse::OkDisplayInfo(
+            self.scanouts
+                .iter()
+                .map(|(_, s)| match s.mode {
+                    Some((width, height)) => DisplayMode {
+                        rect: Rect {
+                            x: 0,
+                            y: 0,
+                            width,
+                            height,
+                        },
+                        enabled: true,
+                        flags: 0,
+                    },
+                    None => DisplayMode::default(),
+                })
+                .collect(),
+        )
+    }
+
+    pub(super) fn get_edid(&self, scanout_id: u32) -> CmdResult {
+        self.require_feature(feature::EDID, "EDID")?;
+        let scanout = self.scanouts.get(scanout_id).ok_or_else(|| {
+            reject(
+                GpuError::InvalidScanoutId,
+                format!("scanout {scanout_id} does not exist"),
+            )
+        })?;
+        let (width, height) = scanout
+            .mode
+            .or_else(|| self.config.outputs.get(scanout_id as usize).copied())
+            .unwrap_or(DEFAULT_OUTPUT);
+        let block = edid::build(width, height, scanout_id).ok_or_else(|| {
+            reject(
+                GpuError::InvalidParameter,
+                format!(
+                    "scanout {scanout_id}: mode {width}x{height} cannot be described by an \
+                     EDID base block"
+                ),
+            )
+        })?;
+        Ok(GpuResponse::OkEdid(block.to_vec()))
+    }
+
+    /// Shows nothing on `scanout_id` (which exists).
+    fn disable_scanout(&mut self, scanout_id: u32) {
+        if let Some(s) = self.scanouts.get_mut(scanout_id) {
+            s.shown = None;
+        }
+        self.display.scanout(scanout_id, None);
+    }
+
+    /// Shows `shown` on `scanout_id` (which exists).
+    fn show(&mut self, scanout_id: u32, shown: Shown) {
+        if let Some(s) = self.scanouts.get_mut(scanout_id) {
+            s.shown = Some(shown);
+        }
+    }
+
+    pub(super) fn set_scanout(
+        &mut self,
+        scanout_id: u32,
+        resource_id: u32,
+        rect: Rect,
+    ) -> CmdResult {
+        self.scanouts.check(scanout_id)?;
+        if resource_id == 0 {
+            self.disable_scanout(scanout_id);
+            return Ok(GpuResponse::OkNoData);
+        }
+        let resource = self.resources.get(resource_id)?;
+        let ResourceKind::Image2d(image) = &resource.kind else {
+            return Err(reject(
+                GpuError::InvalidParameter,
+                format!(
+                    "resource_id {resource_id} is a {}; blobs are shown with SET_SCANOUT_BLOB",
+                    resource.kind_name()
+                ),
+            ));
+        };
+        if !rect_within(&rect, image.width, image.height) {
+            return Err(reject(
+                GpuError::InvalidParameter,
+                format!(
+                    "r {rect:?} is empty or outside resource_id {resource_id} ({}x{})",
+                    image.width, image.height
+                ),
+            ));
+        }
+        self.show(
+            scanout_id,
+            Shown {
+                resource_id,
+                rect,
+                blob: None,
+                dmabuf: false,
+            },
+        );
+        self.display
+            .scanout(scanout_id, Some((rect.width, rect.height)));
+        Ok(GpuResponse::OkNoData)
+    }
+
+    pub(super) fn set_scanout_blob(
+        &mut self,
+        scanout_id: u32,
+        resource_id: u32,
+        rect: Rect,
+        mut view: BlobView,
+    ) -> CmdResult {
+        self.require_feature(feature::RESOURCE_BLOB, "RESOURCE_BLOB")?;
+        self.scanouts.check(scanout_id)?;
+        if resource_id == 0 {
+            self.disable_scanout(scanout_id);
+            return Ok(GpuResponse::OkNoData);
+        }
+        let resource = self.resources.get(resource_id)?;
+        if matches!(resource.kind, ResourceKind::Image2d(_)) {
+            return Err(reject(
+                GpuError::InvalidParameter,
+                format!("resource_id {resource_id} is not a blob; use SET_SCANOUT"),
+            ));
+        }
+        view.drm_format = format::to_drm_fourcc(view.format).ok_or_else(|| {
+            reject(
+                GpuError::InvalidParameter,
+                format!("format {} is not supported", view.format),
+            )
+        })?;
+        let row_bytes = u64::from(view.width) * 4;
+        if view.width == 0 || view.height == 0 || u64::from(view.stride) < row_bytes {
+            return Err(reject(
+                GpuError::InvalidParameter,
+                format!(
+                    "width/height/strides[0] {}x{} stride {} do not describe an image",
+                    view.width, view.height, view.stride
+                ),
+            ));
+        }
+        // offset + stride * (height - 1) + width * 4 <= blob size, in u64 (cannot overflow:
+        // each term < 2^32 * 2^32).
+        let needed = u64::from(view.offset)
+            + u64::from(view.stride) * u64::from(view.height - 1)
+            + row_bytes;
+        if needed > resource.size {
+            return Err(reject(
+                GpuError::InvalidParameter,
+                format!(
+                    "offsets[0] {} + image {}x{} stride {} needs {needed} bytes; resource_id \
+                     {resource_id} has {}",
+                    view.offset, view.width, view.height, view.stride, resource.size
+                ),
+            ));
+        }
+        if !rect_within(&rect, view.width, view.height) {
+            return Err(reject(
+                GpuError::InvalidParameter,
+                format!(
+                    "r {rect:?} is empty or outside the {}x{} image",
+                    view.width, view.height
+                ),
+            ));
+        }
+        // Offer the buffer itself to sinks that import dma-bufs, when the whole image is
+        // shown.
+        let full =
+            rect.x == 0 && rect.y == 0 && rect.width == view.width && rect.height == view.height;
+        let dmabuf_fd = match &resource.kind {
+            ResourceKind::HostBlob(b) if b.buffer.is_dmabuf => Some(b.buffer.fd.as_fd()),
+            ResourceKind::GuestBlob { dmabuf, .. } => dmabuf.as_ref().map(|fd| fd.as_fd()),
+            _ => None,
+        };
+        let modifier = match &resource.kind {
+            ResourceKind::HostBlob(b) => b.buffer.modifier,
+            _ => fourcc::MOD_LINEAR,
+        };
+        self.display
+            .scanout(scanout_id, Some((rect.width, rect.height)));
+        let dmabuf = match dmabuf_fd {
+            Some(fd) if full && view.offset == 0 => self.display.dmabuf_scanout(
+                scanout_id,
+                &DmabufScanout {
+                    fd,
+                    width: view.width,
+                    height: view.height,
+                    stride: view.stride,
+                    drm_format: view.drm_format,
+                    modifier,
+                },
+            ),
+            _ => false,
+        };
+        self.show(
+            scanout_id,
+            Shown {
+                resource_id,
+                rect,
+                blob: Some(view),
+                dmabuf,
+            },
+        );
+        Ok(GpuResponse::OkNoData)
+    }
+
+    pub(super) fn resource_flush(
+        &mut self,
+        mem: &GuestMemory,
+        resource_id: u32,
+        rect: Rect,
+    ) -> CmdResult {
+        let resource = self.resources.get(resource_id)?;
+        if let ResourceKind::Image2d(image) = &resource.kind {
+            if !rect_within(&rect, image.width, image.height) {
+                return Err(reject(
+                    GpuError::InvalidParameter,
+                    format!(
+                        "r {rect:?} is empty or outside resource_id {resource_id} ({}x{})",
+                        image.width, image.height
+                    ),
+                ));
+            }
+        }
+        let showing: Vec<(u32, Shown)> = self
+            .scanouts
+            .iter()
+            .filter_map(|(id, s)| s.shown.clone().map(|shown| (id, shown)))
+            .filter(|(_, shown)| shown.resource_id == resource_id)
+            .collect();
+        for (scanout_id, shown) in showing {
+            let damage = intersect(&rect, &shown.rect);
+            if damage.width == 0 {
+                continue;
+            }
+            let damage = Rect {
+                x: damage.x - shown.rect.x,
+                y: damage.y - shown.rect.y,
+                ..damage
+            };
+            self.present(mem, scanout_id, &shown, damage)?;
+        }
+        Ok(GpuResponse::OkNoData)
+    }
+
+    /// Hands the scanout's current image to the display sink.
+    fn present(
+        &mut self,
+        mem: &GuestMemory,
+        scanout_id: u32,
+        shown: &Shown,
+        damage: Rect,
+    ) -> Result<(), Reject> {
+        if shown.dmabuf && self.display.dmabuf_flush(scanout_id, damage) {
+            return Ok(());
+        }
+        let rid = shown.resource_id;
+        let Ok(resource) = self.resources.get_mut(rid) else {
+            return Ok(());
+        };
+        let rect = shown.rect;
+        let packed_stride = rect.width * 4;
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let result = match (&mut resource.kind, shown.blob) {
+            (ResourceKind::Image2d(image), _) => {
+                if rect.x == 0
+                    && rect.y == 0
+                    && rect.width == image.width
+                    && rect.height == image.height
+                {
+                    let frame = Frame {
+                        width: image.width,
+                        height: image.height,
+                        stride: image.stride,
+                        drm_format: image.drm_format,
+                        data: &image.pixels,
+                    };
+                    self.display.flush(scanout_id, &frame, damage);
+                    self.scratch = scratch;
+                    return Ok(());
+                }
+                let (pixels, drm_format) = (&image.pixels, image.drm_format);
+                resource::copy_rect_out(
+                    &rect,
+                    0,
+                    u64::from(image.stride),
+                    &mut scratch,
+                    |off, dst| {
+                        let off = off as usize;
+                        dst.copy_from_slice(&pixels[off..off + dst.len()]);
+                        Ok::<(), String>(())
+                    },
+                )
+                .map(|()| drm_format)
+            }
+            (ResourceKind::GuestBlob { backing, .. }, Some(view)) => resource::copy_rect_out(
+                &rect,
+                u64::from(view.offset),
+                u64::from(view.stride),
+                &mut scratch,
+                |off, dst| backing.read(mem, off, dst).map_err(|e| e.to_string()),
+            )
+            .map(|()| view.drm_format),
+            (ResourceKind::HostBlob(blob), Some(view)) => {
+                let map = match blob.cpu_map.take() {
+                    Some(m) => m,
+                    None => {
+                        match MappedBuffer::map_read(blob.buffer.fd.as_fd(), blob.buffer.size) {
+                            Ok(m) => m,
+                            Err(e) => {
+                                self.scratch = scratch;
+                                return Err(reject(
+                                GpuError::Unspec,
+                                format!("resource_id {rid}: cannot map the host buffer for reading: {e}"),
+                            ));
+                            }
+                        }
+                    }
+                };
+                let fd = blob.buffer.fd.as_fd();
+                let _sync = blob.buffer.is_dmabuf.then(|| begin_cpu_read(fd)).flatten();
+                let copied = resource::copy_rect_out(
+                    &rect,
+                    u64::from(view.offset),
+                    u64::from(view.stride),
+                    &mut scratch,
+                    |off, dst| {
+                        usize::try_from(off)
+                            .ok()
+                            .and_then(|off| map.read_into(off, dst))
+                            .ok_or_else(|| format!("read at {off:#x} outside the buffer"))
+                    },
+                )
+                .map(|()| view.drm_format);
+                drop(_sync);
+                blob.cpu_map = Some(map);
+                copied
+            }
+            (_, None) => Err("blob shown without a layout".to_string()),
+        };
+        let outcome = match result {
+            Ok(drm_format) => {
+                let frame = Frame {
+                    width: rect.width,
+                    height: rect.height,
+                    stride: packed_stride,
+                    drm_format,
+                    data: &scratch,
+                };
+                self.display.flush(scanout_id, &frame, damage);
+                Ok(())
+            }
+            Err(e) => Err(reject(
+                GpuError::Unspec,
+                format!("scanout {scanout_id}: reading resource_id {rid} failed: {e}"),
+            )),
+        };
+        self.scratch = scratch;
+        outcome
+    }
+
+    pub(super) fn update_cursor(
+        &mut self,
+        mem: &GuestMemory,
+        pos: CursorPos,
+        resource_id: u32,
+        hot_x: u32,
+        hot_y: u32,
+    ) -> CmdResult {
+        self.scanouts.check(pos.scanout_id)?;
+        if resource_id == 0 {
+            self.scanouts.cursor = CursorState {
+                resource_id: 0,
+                scanout_id: pos.scanout_id,
+                x: pos.x,
+                y: pos.y,
+            };
+            self.display
+                .cursor_update(pos.scanout_id, pos.x, pos.y, hot_x, hot_y, None);
+            return Ok(GpuResponse::OkNoData);
+        }
+        let resource = self.resources.get(resource_id)?;
+        let cursor_bytes = (CURSOR_SIZE * CURSOR_SIZE * 4) as usize;
+        let image = match &resource.kind {
+            ResourceKind::Image2d(image) => {
+                cursor_image(&image.pixels, image.width, image.height, image.drm_format)
+                    .ok_or_else(|| {
+                        reject(
+                            GpuError::InvalidParameter,
+                            format!(
+                                "resource_id {resource_id} is {}x{}; cursors are at most 64x64",
+                                image.width, image.height
+                            ),
+                        )
+                    })?
+            }
+            // Blob cursors (dumb buffers with RESOURCE_BLOB) are 64x64 ARGB8888, the only
+            // cursor format the Linux driver offers.
+            ResourceKind::GuestBlob { backing, .. } => {
+                let mut raw = vec![0u8; cursor_bytes];
+                backing.read(mem, 0, &mut raw).map_err(|e| {
+                    reject(
+                        GpuError::InvalidParameter,
+                        format!("resource_id {resource_id}: cursor image: {e}"),
+                    )
+                })?;
+                raw
+            }
+            ResourceKind::HostBlob(_) => {
+                return Err(reject(
+                    GpuError::InvalidParameter,
+                    format!("resource_id {resource_id}: HOST3D blobs cannot be cursors"),
+                ))
+            }
+        };
+        debug!(
+            "cursor: resource {resource_id} on scanout {} at {},{}",
+            pos.scanout_id, pos.x, pos.y
+        );
+        self.scanouts.cursor = CursorState {
+            resource_id,
+            scanout_id: pos.scanout_id,
+            x: pos.x,
+            y: pos.y,
+        };
+        self.display
+            .cursor_update(pos.scanout_id, pos.x, pos.y, hot_x, hot_y, Some(&image));
+        Ok(GpuResponse::OkNoData)
+    }
+
+    pub(super) fn move_cursor(&mut self, pos: CursorPos) -> CmdResult {
+        self.scanouts.check(pos.scanout_id)?;
+        let cursor = &mut self.scanouts.cursor;
+        if cursor.resource_id == 0 {
+            debug!("MOVE_CURSOR: no cursor image set yet");
+        }
+        cursor.scanout_id = pos.scanout_id;
+        cursor.x = pos.x;
+        cursor.y = pos.y;
+        self.display.cursor_move(pos.scanout_id, pos.x, pos.y);
+        Ok(GpuResponse::OkNoData)
+    }
+}

@@ -1,0 +1,103 @@
+//! The device's static configuration ([`DeviceConfig`]) and the limits derived from it.
+
+use super::budget::{Kind, Usage};
+use super::context::MAX_CONTEXTS;
+use super::ports::PAGE_SIZE;
+use crate::protocol::MAX_SCANOUTS;
+
+/// Static configuration of the device (from the command line; stable across runs so that
+/// what the guest sees does not depend on the host).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceConfig {
+    /// One entry per scanout (1..=16): the output's resolution.
+    pub outputs: Vec<(u32, u32)>,
+    /// Size of the host-visible shared memory region (shmid 1) in bytes; 0 = no region.
+    pub hostmem: u64,
+    /// Most host memory all resources together may use, in bytes.
+    pub max_resource_memory: u64,
+    /// Most resources at once.
+    pub max_resources: u32,
+}
+
+impl Default for DeviceConfig {
+    fn default() -> Self {
+        DeviceConfig {
+            outputs: vec![DEFAULT_OUTPUT],
+            hostmem: 256 << 20,
+            max_resource_memory: 1 << 30,
+            max_resources: 16384,
+        }
+    }
+}
+
+/// An invalid [`DeviceConfig`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// No outputs, or more than 16.
+    #[error("{0} outputs configured: need 1 to 16")]
+    OutputCount(usize),
+    /// An output with a zero or too large dimension.
+    #[error("output {index} has size {width}x{height}: each side must be 1..={MAX_OUTPUT_SIDE}")]
+    OutputSize {
+        /// Output index.
+        index: usize,
+        /// Width.
+        width: u32,
+        /// Height.
+        height: u32,
+    },
+    /// The region size is not a multiple of 4 KiB.
+    #[error("host-visible region size {0:#x} is not a multiple of 4096")]
+    HostmemAlignment(u64),
+}
+
+/// Largest output side accepted.
+pub const MAX_OUTPUT_SIDE: u32 = 16384;
+/// The output a configuration without outputs is repaired to (and the EDID fallback).
+pub const DEFAULT_OUTPUT: (u32, u32) = (1280, 800);
+
+impl DeviceConfig {
+    /// Checks the configuration ([`GpuDevice::new`] repairs invalid ones with a warning).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.outputs.is_empty() || self.outputs.len() > MAX_SCANOUTS {
+            return Err(ConfigError::OutputCount(self.outputs.len()));
+        }
+        for (index, &(width, height)) in self.outputs.iter().enumerate() {
+            if width == 0 || height == 0 || width > MAX_OUTPUT_SIDE || height > MAX_OUTPUT_SIDE {
+                return Err(ConfigError::OutputSize {
+                    index,
+                    width,
+                    height,
+                });
+            }
+        }
+        if !self.hostmem.is_multiple_of(PAGE_SIZE) {
+            return Err(ConfigError::HostmemAlignment(self.hostmem));
+        }
+        Ok(())
+    }
+}
+
+impl DeviceConfig {
+    /// The budgets of a device with this configuration.
+    pub(crate) fn limits(&self) -> Usage {
+        Usage::host_bytes(self.max_resource_memory)
+            .with(Kind::Resources, u64::from(self.max_resources))
+            .with(Kind::Contexts, MAX_CONTEXTS)
+    }
+
+    /// Repairs an invalid configuration (see [`DeviceConfig::validate`]): outputs limited to
+    /// 16 (at least one, [`DEFAULT_OUTPUT`]), sizes clamped to `1..=MAX_OUTPUT_SIDE`, the
+    /// region rounded down to whole pages.
+    pub(crate) fn repair(&mut self) {
+        self.outputs.truncate(MAX_SCANOUTS);
+        if self.outputs.is_empty() {
+            self.outputs.push(DEFAULT_OUTPUT);
+        }
+        for o in &mut self.outputs {
+            o.0 = o.0.clamp(1, MAX_OUTPUT_SIDE);
+            o.1 = o.1.clamp(1, MAX_OUTPUT_SIDE);
+        }
+        self.hostmem &= !(PAGE_SIZE - 1);
+    }
+}
