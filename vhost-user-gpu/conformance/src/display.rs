@@ -14,6 +14,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use vm_memory::mmap::MmapRegion;
+use vm_memory::{FileOffset, VolatileMemory};
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
 use crate::{Error, Result};
@@ -149,35 +151,29 @@ impl DmabufScanout {
         // A display brackets CPU reads with DMA_BUF_IOCTL_SYNC; a memfd (unit tests) has
         // no such ioctl, which is fine for reading it.
         let _sync = dmabuf_info::SyncGuard::begin(fd.as_fd(), dmabuf_info::SyncAccess::Read).ok();
-        // SAFETY: a fresh read-only shared mapping of the received dma-buf at a
-        // kernel-chosen address, `len` bytes (its size); it aliases no Rust object and is
-        // unmapped below before the function returns. Reads stay inside `len` (checked).
-        let ptr = unsafe {
-            rustix::mm::mmap(
-                std::ptr::null_mut(),
-                len,
-                rustix::mm::ProtFlags::READ,
-                rustix::mm::MapFlags::SHARED,
-                fd,
-                0,
-            )
-        }
-        .map_err(|e| Error::io("mmap of the scanout dma-buf")(e.into()))?;
-        // SAFETY: `ptr` is a valid readable mapping of `len` bytes until the munmap below;
-        // the bytes are plain data (the buffer may change under us, which only changes
-        // which values we read).
-        let bytes = unsafe { std::slice::from_raw_parts(ptr.cast::<u8>(), len) };
+        // A read-only shared mapping, read only through volatile copies (the backend or the
+        // guest may write the buffer at any time).
+        let file = fd
+            .try_clone()
+            .map_err(Error::io("dup of the scanout dma-buf"))?;
+        let mapping = MmapRegion::<()>::build(
+            Some(FileOffset::new(file, 0)),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+        )
+        .map_err(|e| Error::Malformed(format!("mmap of the scanout dma-buf: {e}")))?;
         let mut out = Vec::with_capacity(width as usize * height as usize);
+        let mut line = vec![0u8; width as usize * 4];
         for row in y as usize..end_row as usize {
-            for col in x as usize..(x + width) as usize {
-                let p = &bytes[row * stride as usize + col * 4..][..4];
-                out.push(
-                    u32::from(p[rgb[0]]) << 16 | u32::from(p[rgb[1]]) << 8 | u32::from(p[rgb[2]]),
-                );
-            }
+            mapping
+                .get_slice(row * stride as usize + x as usize * 4, line.len())
+                .map_err(|e| Error::Malformed(format!("scanout row {row}: {e}")))?
+                .copy_to(&mut line);
+            out.extend(line.chunks_exact(4).map(|p| {
+                u32::from(p[rgb[0]]) << 16 | u32::from(p[rgb[1]]) << 8 | u32::from(p[rgb[2]])
+            }));
         }
-        // SAFETY: unmaps exactly the mapping made above; `bytes` is not used after this.
-        unsafe { rustix::mm::munmap(ptr, len) }.map_err(|e| Error::io("munmap")(e.into()))?;
         Ok(out)
     }
 }

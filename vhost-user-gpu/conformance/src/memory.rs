@@ -2,13 +2,15 @@
 //! `SET_MEM_TABLE`, plus a small first-fit allocator for guest-physical ranges.
 
 use std::collections::BTreeMap;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::ptr::NonNull;
+use std::fs::File;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::sync::atomic::AtomicU16;
 use std::sync::Mutex;
 
 use rustix::fs::{fcntl_add_seals, ftruncate, memfd_create, MemfdFlags, SealFlags};
-use rustix::mm::{mmap, munmap, MapFlags, ProtFlags};
 use vhost::VhostUserMemoryRegionInfo;
+use vm_memory::mmap::MmapRegion;
+use vm_memory::{FileOffset, VolatileMemory, VolatileSlice};
 
 use crate::{Error, Result};
 
@@ -16,19 +18,15 @@ use crate::{Error, Result};
 pub const GUEST_RAM_BASE: u64 = 0;
 
 /// Guest RAM shared with the backend.
+///
+/// The backend writes it concurrently, exactly like a guest's RAM, so it is only reached
+/// through vm-memory's volatile accessors (copies, and atomics for the ring indices); no
+/// Rust reference to plain bytes in it is ever made.
 pub struct GuestRam {
-    memfd: OwnedFd,
-    host_base: NonNull<u8>,
-    size: usize,
+    /// The shared mapping of the memfd (which the region's `FileOffset` owns).
+    region: MmapRegion<()>,
     allocator: Mutex<RangeAllocator>,
 }
-
-// SAFETY: the mapping is owned by this struct for its whole life and only accessed through
-// raw copies bounds-checked against `size`; the backend writes to it concurrently anyway,
-// exactly like a guest's RAM, so no Rust reference into it is ever handed out.
-unsafe impl Send for GuestRam {}
-// SAFETY: see `Send`; all mutation of the allocator goes through a `Mutex`.
-unsafe impl Sync for GuestRam {}
 
 impl GuestRam {
     /// Creates `size` bytes of zeroed guest RAM backed by a memfd, sealed against growing
@@ -56,91 +54,81 @@ impl GuestRam {
             what: "seal guest RAM (F_ADD_SEALS)",
             source: e.into(),
         })?;
-        // SAFETY: a fresh shared mapping of our own memfd at a kernel-chosen address; it
-        // does not alias any Rust object.
-        let ptr = unsafe {
-            mmap(
-                std::ptr::null_mut(),
-                size,
-                ProtFlags::READ | ProtFlags::WRITE,
-                MapFlags::SHARED,
-                &memfd,
-                0,
-            )
-        }
-        .map_err(|e| Error::Io {
-            what: "mmap guest RAM",
-            source: e.into(),
-        })?;
-        let host_base = NonNull::new(ptr.cast::<u8>())
-            .ok_or_else(|| Error::GuestMemory("mmap returned NULL".into()))?;
+        let region = MmapRegion::from_file(FileOffset::new(File::from(memfd), 0), size)
+            .map_err(|e| Error::GuestMemory(format!("mmap guest RAM: {e}")))?;
         Ok(Self {
-            memfd,
-            host_base,
-            size,
+            region,
             allocator: Mutex::new(RangeAllocator::new(GUEST_RAM_BASE, size as u64)),
         })
     }
 
     /// Size of guest RAM in bytes.
     pub fn size(&self) -> usize {
-        self.size
+        self.region.size()
     }
 
     /// The memfd backing guest RAM.
     pub fn memfd(&self) -> BorrowedFd<'_> {
-        self.memfd.as_fd()
+        match self.region.file_offset() {
+            Some(file_offset) => file_offset.file().as_fd(),
+            // `new` always maps a file.
+            None => unreachable!("guest RAM is mapped from its memfd"),
+        }
     }
 
     /// The region description for `SET_MEM_TABLE`.
     pub fn region_info(&self) -> VhostUserMemoryRegionInfo {
         VhostUserMemoryRegionInfo {
             guest_phys_addr: GUEST_RAM_BASE,
-            memory_size: self.size as u64,
-            userspace_addr: self.host_base.as_ptr() as u64,
+            memory_size: self.size() as u64,
+            userspace_addr: self.region.as_ptr() as u64,
             mmap_offset: 0,
-            mmap_handle: self.memfd.as_raw_fd(),
+            mmap_handle: self.memfd().as_raw_fd(),
         }
     }
 
     /// The frontend's virtual address of `gpa` (what vhost-user calls a user address).
     pub fn user_addr(&self, gpa: u64) -> Result<u64> {
         let offset = self.offset(gpa, 0)?;
-        Ok(self.host_base.as_ptr() as u64 + offset as u64)
+        Ok(self.region.as_ptr() as u64 + offset as u64)
     }
 
     fn offset(&self, gpa: u64, len: usize) -> Result<usize> {
         let offset = gpa
             .checked_sub(GUEST_RAM_BASE)
             .and_then(|o| usize::try_from(o).ok())
-            .filter(|o| o.checked_add(len).is_some_and(|end| end <= self.size))
+            .filter(|o| o.checked_add(len).is_some_and(|end| end <= self.size()))
             .ok_or_else(|| {
                 Error::GuestMemory(format!("access {gpa:#x}+{len:#x} outside guest RAM"))
             })?;
         Ok(offset)
     }
 
-    /// Pointer to `gpa` after checking that `len` bytes from there are guest RAM.
-    pub(crate) fn ptr(&self, gpa: u64, len: usize) -> Result<*mut u8> {
+    /// The `len` bytes at `gpa`, after checking that they are guest RAM.
+    fn slice(&self, gpa: u64, len: usize) -> Result<VolatileSlice<'_>> {
         let offset = self.offset(gpa, len)?;
-        // SAFETY: `offset + len <= size`, so the result stays inside the mapping.
-        Ok(unsafe { self.host_base.as_ptr().add(offset) })
+        self.region
+            .get_slice(offset, len)
+            .map_err(|e| Error::GuestMemory(format!("access {gpa:#x}+{len:#x}: {e}")))
+    }
+
+    /// The 16-bit ring index at `gpa` (2-aligned), shared with the backend.
+    pub(crate) fn ring_index(&self, gpa: u64) -> Result<&AtomicU16> {
+        let offset = self.offset(gpa, 2)?;
+        self.region
+            .get_atomic_ref::<AtomicU16>(offset)
+            .map_err(|e| Error::Queue(format!("ring index at {gpa:#x}: {e}")))
     }
 
     /// Copies `data` into guest RAM at `gpa`.
     pub fn write(&self, gpa: u64, data: &[u8]) -> Result<()> {
-        let dst = self.ptr(gpa, data.len())?;
-        // SAFETY: `dst..dst+len` is inside the mapping (checked by `ptr`); `data` is a
-        // separate Rust allocation, so the ranges do not overlap.
-        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), dst, data.len()) };
+        self.slice(gpa, data.len())?.copy_from(data);
         Ok(())
     }
 
     /// Copies guest RAM at `gpa` into `out`.
     pub fn read(&self, gpa: u64, out: &mut [u8]) -> Result<()> {
-        let src = self.ptr(gpa, out.len())?;
-        // SAFETY: as in `write`, with source and destination swapped.
-        unsafe { std::ptr::copy_nonoverlapping(src, out.as_mut_ptr(), out.len()) };
+        self.slice(gpa, out.len())?.copy_to(out);
         Ok(())
     }
 
@@ -162,9 +150,7 @@ impl GuestRam {
                 Error::GuestMemory(format!("no room for {size:#x} bytes in guest RAM"))
             })?;
         let len = usize::try_from(size).map_err(|_| Error::GuestMemory("size".into()))?;
-        let dst = self.ptr(gpa, len)?;
-        // SAFETY: the range was just checked to lie inside the mapping.
-        unsafe { std::ptr::write_bytes(dst, 0, len) };
+        self.write(gpa, &vec![0; len])?;
         Ok(gpa)
     }
 
@@ -173,14 +159,6 @@ impl GuestRam {
         if let Ok(mut a) = self.allocator.lock() {
             a.free(gpa);
         }
-    }
-}
-
-impl Drop for GuestRam {
-    fn drop(&mut self) {
-        // SAFETY: unmapping exactly the mapping created in `new`; no references into it
-        // exist (only raw copies were ever made).
-        let _ = unsafe { munmap(self.host_base.as_ptr().cast(), self.size) };
     }
 }
 

@@ -15,6 +15,7 @@ use std::thread::JoinHandle;
 use rustix::mm::{mmap, mmap_anonymous, munmap, MapFlags, ProtFlags};
 use vhost::vhost_user::message::{VhostUserMMap, VhostUserMMapFlags};
 use vhost::vhost_user::{FrontendReqHandler, HandlerResult, VhostUserFrontendReqHandler};
+use vm_memory::VolatileSlice;
 
 use crate::{Error, Result};
 
@@ -188,6 +189,18 @@ impl SharedMemoryRegion {
         }
     }
 
+    /// The bytes at `offset..offset+len` of the reservation, for volatile copies (the
+    /// backend may write them at any time through its own mapping of the same buffer).
+    ///
+    /// # Safety
+    /// `offset..offset+len` must lie inside a live mapping of the region (checked with
+    /// `check_mapped` under the state lock, held for as long as the slice is used).
+    unsafe fn window(&self, offset: u64, len: usize) -> VolatileSlice<'_> {
+        // SAFETY: inside the reservation, which lives as long as `self`, and mapped (the
+        // caller's guarantee).
+        unsafe { VolatileSlice::new(self.base.as_ptr().add(offset as usize), len) }
+    }
+
     /// Reads bytes through the frontend's mapping (what a guest sees through the BAR).
     pub fn read(&self, offset: u64, len: usize) -> Result<Vec<u8>> {
         let state = self.state();
@@ -195,13 +208,7 @@ impl SharedMemoryRegion {
         let mut out = vec![0u8; len];
         // SAFETY: the range lies inside a live mapping (checked under the lock we hold, so
         // no unmap can run concurrently) of the reservation we own.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                self.base.as_ptr().add(offset as usize),
-                out.as_mut_ptr(),
-                len,
-            )
-        };
+        unsafe { self.window(offset, len) }.copy_to(&mut out);
         Ok(out)
     }
 
@@ -210,13 +217,7 @@ impl SharedMemoryRegion {
         let state = self.state();
         Self::check_mapped(&state, offset, data.len() as u64, true)?;
         // SAFETY: as in `read`; the mapping is writable.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                data.as_ptr(),
-                self.base.as_ptr().add(offset as usize),
-                data.len(),
-            )
-        };
+        unsafe { self.window(offset, data.len()) }.copy_from(data);
         Ok(())
     }
 

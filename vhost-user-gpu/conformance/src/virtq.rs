@@ -302,13 +302,7 @@ impl SplitQueue {
     }
 
     fn index_cell<'a>(&self, ram: &'a GuestRam, gpa: u64) -> Result<&'a AtomicU16> {
-        let ptr = ram.ptr(gpa, 2)?;
-        if ptr.align_offset(2) != 0 {
-            return Err(Error::Queue("misaligned ring index".into()));
-        }
-        // SAFETY: `ptr` is 2-aligned and inside guest RAM, which lives as long as `ram`;
-        // the ring index is shared with the backend, so atomic access is the right model.
-        Ok(unsafe { &*ptr.cast::<AtomicU16>() })
+        ram.ring_index(gpa)
     }
 
     /// Notifies the backend.

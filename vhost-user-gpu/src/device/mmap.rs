@@ -1,25 +1,23 @@
 //! Read-only CPU mappings of host buffers (HOST3D blobs shown on a scanout).
 //!
-//! The guest may write to the same pages at any time through its own mapping, so no Rust
-//! reference to the mapped bytes is ever handed out: [`MappedBuffer::read_into`] copies out
-//! of it with bounds checks. The only `unsafe` of the device core lives here.
+//! The guest may write to the same pages at any time through its own mapping, so the bytes
+//! are only ever copied out with vm-memory's volatile accessors (the rust-vmm convention for
+//! memory a guest writes concurrently); no Rust reference to them is handed out. Creating
+//! and removing the mapping is the only `unsafe` of the device core; it lives here.
 
 use std::io;
 use std::os::fd::BorrowedFd;
-use std::ptr::NonNull;
 
 use rustix::mm::{MapFlags, ProtFlags};
+use vm_memory::mmap::MmapRegion;
+use vm_memory::VolatileMemory;
 
 /// A shared, read-only mapping of a buffer fd.
 #[derive(Debug)]
 pub(crate) struct MappedBuffer {
-    ptr: NonNull<u8>,
-    len: usize,
+    /// The mapping, as a vm-memory region that does not own it (unmapped in `Drop`).
+    region: MmapRegion<()>,
 }
-
-// SAFETY: the mapping is owned by this value (unmapped on drop) and only read through
-// `read_into`, which does not depend on the calling thread.
-unsafe impl Send for MappedBuffer {}
 
 impl MappedBuffer {
     /// Maps the first `len` bytes of `fd` read-only and shared.
@@ -41,42 +39,42 @@ impl MappedBuffer {
                 0,
             )?
         };
-        let ptr =
-            NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned null"))?;
-        Ok(MappedBuffer { ptr, len })
+        // SAFETY: `ptr..ptr+len` is the mapping just created (page aligned, as mmap returns
+        // it), with these protection and flags; it stays mapped until `Drop` below, which
+        // outlives the region value it is in. The region does not own it (never unmaps it).
+        let region =
+            unsafe { MmapRegion::build_raw(ptr.cast(), len, libc::PROT_READ, libc::MAP_SHARED) };
+        match region {
+            Ok(region) => Ok(MappedBuffer { region }),
+            Err(e) => {
+                // SAFETY: the mapping created above, not referenced by anything.
+                let _ = unsafe { rustix::mm::munmap(ptr, len) };
+                Err(io::Error::other(format!("mmap region: {e}")))
+            }
+        }
     }
 
     /// Length of the mapping.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
-        self.len
+        self.region.size()
     }
 
     /// Copies `dst.len()` bytes starting at `offset` into `dst`; `None` if out of bounds.
     pub(crate) fn read_into(&self, offset: usize, dst: &mut [u8]) -> Option<()> {
-        let end = offset.checked_add(dst.len())?;
-        if end > self.len {
-            return None;
-        }
-        // SAFETY: `offset..end` lies inside the mapping (checked above), which lives as long
-        // as `self`; `dst` is a distinct Rust buffer, so the ranges do not overlap. Bytes
-        // written concurrently by the guest are plain data (any value is valid for u8).
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                self.ptr.as_ptr().add(offset),
-                dst.as_mut_ptr(),
-                dst.len(),
-            );
-        }
-        Some(())
+        let slice = self.region.get_slice(offset, dst.len()).ok()?;
+        (slice.copy_to(dst) == dst.len()).then_some(())
     }
 }
 
 impl Drop for MappedBuffer {
     fn drop(&mut self) {
-        // SAFETY: `ptr`/`len` describe a mapping created in `map_read` and not unmapped yet;
-        // no reference into it exists outside `read_into` calls, which have returned.
-        if let Err(e) = unsafe { rustix::mm::munmap(self.ptr.as_ptr().cast(), self.len) } {
+        // SAFETY: the region describes the mapping created in `map_read` and not unmapped
+        // yet; no slice of it outlives a `read_into` call, and the region itself (dropped
+        // right after this) does not touch the memory.
+        if let Err(e) =
+            unsafe { rustix::mm::munmap(self.region.as_ptr().cast(), self.region.size()) }
+        {
             log::error!("munmap of a host buffer mapping failed: {e}");
         }
     }
