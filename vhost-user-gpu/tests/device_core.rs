@@ -3,20 +3,17 @@
 //! region (as QEMU does with its PCI BAR window), a recording display sink, and guest RAM
 //! in a memfd (as `memory-backend-memfd,share=on` gives a vhost-user backend).
 //!
-//! The only stand-ins are the map advisors: fixed answers, named as such, because the
-//! point of those tests is what the device does with an answer.
+//! The region mapper and the fixed-answer map advisors come from `vug-test-support`, shared
+//! with the fuzz targets. The only stand-ins are the advisors: fixed answers, named as such,
+//! because the point of those tests is what the device does with an answer.
 
 use std::fs::File;
-use std::os::fd::BorrowedFd;
 use std::sync::{Arc, Mutex};
 
-use rustix::mm::{MapFlags, ProtFlags};
 use vm_memory::{Bytes, FileOffset, GuestAddress};
 
 use vhost_user_gpu::alloc::memfd::MemfdAllocator;
-use vhost_user_gpu::device::ports::{
-    DisplaySink, Frame, GuestMemory, MapAdvice, MapAdvisor, MapError, RegionMapper,
-};
+use vhost_user_gpu::device::ports::{DisplaySink, Frame, GuestMemory, MapAdvisor};
 use vhost_user_gpu::device::{
     DeviceConfig, GpuDevice, Ports, BACKING_ENTRY_COST, OFFERED_FEATURES,
 };
@@ -29,14 +26,15 @@ use vhost_user_gpu::protocol::{
     CAPSET_CROSS_DOMAIN, EVENT_DISPLAY, FLAG_FENCE, FLAG_INFO_RING_IDX, MAP_CACHE_WC,
 };
 use vhost_user_gpu::protocol::{fourcc, Rect};
+use vug_test_support::{FixedAdvisor, FrontendMapper, FrontendRegion, ShmemEvent};
 
 const MIB: u64 = 1 << 20;
 const PAGE: u64 = 4096;
 const GUEST_RAM: u64 = 32 * MIB;
 
 // ---------------------------------------------------------------------------------------
-// Region mapper: reserves an inaccessible anonymous range and maps buffers into it with
-// MAP_FIXED, exactly like a frontend backs its host-visible PCI BAR window.
+// Region mapper: vug-test-support's FrontendMapper, a real reservation that buffers are
+// mapped into with MAP_FIXED, exactly like a frontend backs its host-visible PCI BAR window.
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum MapCall {
@@ -44,144 +42,23 @@ enum MapCall {
     Unmap { shm_offset: u64, len: u64 },
 }
 
-struct RegionState {
-    base: usize,
-    size: u64,
-    calls: Vec<MapCall>,
-    available: bool,
-    fail_next_map: bool,
-    fail_next_unmap: bool,
-}
-
-// SAFETY (for the test): `base` is an address owned by this state's reservation.
-unsafe impl Send for RegionState {}
-
-impl RegionState {
-    /// Copies bytes out of the region (reads of unmapped pages would fault, so callers only
-    /// read where a map call was recorded).
-    fn read(&self, offset: u64, len: usize) -> Vec<u8> {
-        assert!(offset + len as u64 <= self.size);
-        let mut out = vec![0u8; len];
-        // SAFETY: inside the reservation, and the test only reads mapped ranges.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                (self.base + offset as usize) as *const u8,
-                out.as_mut_ptr(),
+/// The maps and unmaps the frontend carried out, in order.
+fn map_calls(region: &FrontendRegion) -> Vec<MapCall> {
+    region
+        .events()
+        .into_iter()
+        .filter_map(|e| match e {
+            ShmemEvent::Mapped { offset, len, .. } => Some(MapCall::Map {
+                shm_offset: offset,
                 len,
-            )
-        };
-        out
-    }
-
-    fn write(&self, offset: u64, data: &[u8]) {
-        assert!(offset + data.len() as u64 <= self.size);
-        // SAFETY: inside the reservation, and the test only writes mapped ranges.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                data.as_ptr(),
-                (self.base + offset as usize) as *mut u8,
-                data.len(),
-            )
-        };
-    }
-
-    fn maps(&self) -> usize {
-        self.calls
-            .iter()
-            .filter(|c| matches!(c, MapCall::Map { .. }))
-            .count()
-    }
-}
-
-struct ReservedRegionMapper(Arc<Mutex<RegionState>>);
-
-impl ReservedRegionMapper {
-    fn new(size: u64) -> (Self, Arc<Mutex<RegionState>>) {
-        let base = if size == 0 {
-            0
-        } else {
-            // SAFETY: a fresh PROT_NONE reservation chosen by the kernel.
-            unsafe {
-                rustix::mm::mmap_anonymous(
-                    std::ptr::null_mut(),
-                    size as usize,
-                    ProtFlags::empty(),
-                    MapFlags::PRIVATE | MapFlags::NORESERVE,
-                )
-                .unwrap() as usize
-            }
-        };
-        let state = Arc::new(Mutex::new(RegionState {
-            base,
-            size,
-            calls: Vec::new(),
-            available: true,
-            fail_next_map: false,
-            fail_next_unmap: false,
-        }));
-        (ReservedRegionMapper(state.clone()), state)
-    }
-}
-
-impl RegionMapper for ReservedRegionMapper {
-    fn available(&self) -> bool {
-        self.0.lock().unwrap().available
-    }
-
-    fn map(
-        &mut self,
-        fd: BorrowedFd<'_>,
-        fd_offset: u64,
-        shm_offset: u64,
-        len: u64,
-        writable: bool,
-    ) -> Result<(), MapError> {
-        let mut s = self.0.lock().unwrap();
-        if std::mem::take(&mut s.fail_next_map) {
-            return Err(MapError::Frontend("injected failure".into()));
-        }
-        if shm_offset + len > s.size {
-            return Err(MapError::Frontend("Bad offset/len for mmap".into()));
-        }
-        let prot = if writable {
-            ProtFlags::READ | ProtFlags::WRITE
-        } else {
-            ProtFlags::READ
-        };
-        // SAFETY: replaces part of our own reservation (bounds checked above).
-        unsafe {
-            rustix::mm::mmap(
-                (s.base + shm_offset as usize) as *mut _,
-                len as usize,
-                prot,
-                MapFlags::SHARED | MapFlags::FIXED,
-                fd,
-                fd_offset,
-            )
-        }
-        .map_err(|e| MapError::Frontend(e.to_string()))?;
-        s.calls.push(MapCall::Map { shm_offset, len });
-        Ok(())
-    }
-
-    fn unmap(&mut self, shm_offset: u64, len: u64) -> Result<(), MapError> {
-        let mut s = self.0.lock().unwrap();
-        if std::mem::take(&mut s.fail_next_unmap) {
-            return Err(MapError::Frontend("injected failure".into()));
-        }
-        // SAFETY: puts the reservation back over part of our own range.
-        unsafe {
-            rustix::mm::mmap_anonymous(
-                (s.base + shm_offset as usize) as *mut _,
-                len as usize,
-                ProtFlags::empty(),
-                MapFlags::PRIVATE | MapFlags::FIXED | MapFlags::NORESERVE,
-            )
-        }
-        .map_err(|e| MapError::Frontend(e.to_string()))?;
-        s.calls.push(MapCall::Unmap { shm_offset, len });
-        Ok(())
-    }
+            }),
+            ShmemEvent::Unmapped { offset, len } => Some(MapCall::Unmap {
+                shm_offset: offset,
+                len,
+            }),
+            ShmemEvent::Refused { .. } => None,
+        })
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -253,34 +130,12 @@ impl DisplaySink for RecordingDisplay {
 }
 
 // ---------------------------------------------------------------------------------------
-// Map advisors with fixed answers (stand-ins for the dmabuf-info advisor).
-
-struct FixedAllowAdvisor(u32);
-impl MapAdvisor for FixedAllowAdvisor {
-    fn advise(&self, _fd: BorrowedFd<'_>, _drm_fd: Option<BorrowedFd<'_>>) -> MapAdvice {
-        MapAdvice::Allow {
-            map_info: self.0,
-            source: "fixed test answer".into(),
-        }
-    }
-}
-
-struct FixedRefuseAdvisor;
-impl MapAdvisor for FixedRefuseAdvisor {
-    fn advise(&self, _fd: BorrowedFd<'_>, _drm_fd: Option<BorrowedFd<'_>>) -> MapAdvice {
-        MapAdvice::Refuse {
-            reason: "needs DMA_BUF_IOCTL_SYNC (fixed test answer)".into(),
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------------------
 // Harness.
 
 struct Harness {
     dev: GpuDevice,
     mem: GuestMemory,
-    region: Arc<Mutex<RegionState>>,
+    region: Arc<FrontendRegion>,
     shown: Arc<Mutex<Vec<Shown>>>,
 }
 
@@ -298,7 +153,8 @@ fn guest_ram() -> GuestMemory {
 
 impl Harness {
     fn with(config: DeviceConfig, advisor: Box<dyn MapAdvisor>) -> Self {
-        let (mapper, region) = ReservedRegionMapper::new(config.hostmem);
+        let region = FrontendRegion::new(config.hostmem);
+        let mapper = FrontendMapper(region.clone());
         let shown = Arc::new(Mutex::new(Vec::new()));
         let ports = Ports {
             allocator: Box::new(MemfdAllocator::new()),
@@ -323,7 +179,7 @@ impl Harness {
                 hostmem: 16 * MIB,
                 ..Default::default()
             },
-            Box::new(FixedAllowAdvisor(MAP_CACHE_WC)),
+            Box::new(FixedAdvisor::allow(MAP_CACHE_WC)),
         )
     }
 
@@ -560,7 +416,7 @@ fn multiple_outputs_and_edid() {
             outputs: vec![(1280, 800), (1920, 1080)],
             ..Default::default()
         },
-        Box::new(FixedAllowAdvisor(MAP_CACHE_WC)),
+        Box::new(FixedAdvisor::allow(MAP_CACHE_WC)),
     );
     let GpuResponse::OkDisplayInfo(modes) = h.send(GpuCommand::GetDisplayInfo) else {
         panic!("no display info");
@@ -1028,7 +884,7 @@ fn resource_limits_answer_out_of_memory_and_recover() {
             max_resource_memory: 3 * 64 * 64 * 4,
             ..Default::default()
         },
-        Box::new(FixedAllowAdvisor(MAP_CACHE_WC)),
+        Box::new(FixedAdvisor::allow(MAP_CACHE_WC)),
     );
     h.create_2d(1, 64, 64);
     h.create_2d(2, 64, 64);
@@ -1634,7 +1490,7 @@ fn host3d_blob_map_write_and_scanout() {
         }
     );
     assert_eq!(
-        h.region.lock().unwrap().calls,
+        map_calls(&h.region),
         vec![MapCall::Map {
             shm_offset: offset,
             len: reqs.size
@@ -1644,15 +1500,15 @@ fn host3d_blob_map_write_and_scanout() {
     // A fresh blob reads zero through the guest's mapping.
     let region = h.region.clone();
     assert!(region
-        .lock()
-        .unwrap()
+        .region()
         .read(offset, reqs.size as usize)
+        .unwrap()
         .iter()
         .all(|&b| b == 0));
     // The guest draws through the mapping.
     let stride = reqs.strides[0];
     let img = pattern((stride * hgt) as usize, 11);
-    region.lock().unwrap().write(offset, &img);
+    region.region().write(offset, &img).unwrap();
     h.ok(GpuCommand::SetScanoutBlob {
         rect: rect(0, 0, w, hgt),
         scanout_id: 0,
@@ -1707,7 +1563,7 @@ fn host3d_blob_map_write_and_scanout() {
     h.take_shown();
     h.ok(GpuCommand::ResourceUnref { resource_id: 1 });
     assert_eq!(h.take_shown(), vec![Shown::Scanout(0, None)]);
-    let calls = h.region.lock().unwrap().calls.clone();
+    let calls = map_calls(&h.region);
     assert_eq!(
         calls[1..],
         [
@@ -1737,7 +1593,7 @@ fn refused_buffers_are_never_mapped() {
             hostmem: 16 * MIB,
             ..Default::default()
         },
-        Box::new(FixedRefuseAdvisor),
+        Box::new(FixedAdvisor::refuse()),
     );
     let ring = 0x20_0000;
     h.cross_domain_context(1, 100, ring);
@@ -1751,7 +1607,7 @@ fn refused_buffers_are_never_mapped() {
         }),
         err(GpuError::Unspec)
     );
-    assert_eq!(h.region.lock().unwrap().maps(), 0);
+    assert_eq!(h.region.maps(), 0);
     assert!(h.dev.region_ranges().is_empty());
     // The resource stays usable and can be released.
     h.ok(GpuCommand::ResourceUnref { resource_id: 1 });
@@ -1764,7 +1620,7 @@ fn region_full_then_freed_then_mapped() {
             hostmem: 8 * PAGE,
             ..Default::default()
         },
-        Box::new(FixedAllowAdvisor(MAP_CACHE_WC)),
+        Box::new(FixedAdvisor::allow(MAP_CACHE_WC)),
     );
     let ring = 0x20_0000;
     h.cross_domain_context(1, 100, ring);
@@ -1802,7 +1658,7 @@ fn region_full_then_freed_then_mapped() {
     assert_eq!(h.send(map(5, 100)), err(GpuError::InvalidParameter));
     h.ok(GpuCommand::ResourceUnmapBlob { resource_id: 2 });
     assert!(h.send(map(5, 2 * PAGE)).is_ok());
-    assert_eq!(h.region.lock().unwrap().maps(), 5);
+    assert_eq!(h.region.maps(), 5);
 }
 
 #[test]
@@ -1813,7 +1669,7 @@ fn mapping_needs_a_region_and_a_ready_mapper_and_undoes_failures() {
             hostmem: 0,
             ..Default::default()
         },
-        Box::new(FixedAllowAdvisor(MAP_CACHE_WC)),
+        Box::new(FixedAdvisor::allow(MAP_CACHE_WC)),
     );
     let ring = 0x20_0000;
     h.cross_domain_context(1, 100, ring);
@@ -1830,20 +1686,20 @@ fn mapping_needs_a_region_and_a_ready_mapper_and_undoes_failures() {
     let reqs = h.image_requirements(1, ring, 64, 64);
     assert_eq!(h.create_host_blob(1, 1, &reqs), GpuResponse::OkNoData);
     // Mapper not available (frontend without SHMEM).
-    h.region.lock().unwrap().available = false;
+    h.region.set_available(false);
     assert_eq!(h.send(map.clone()), err(GpuError::Unspec));
-    h.region.lock().unwrap().available = true;
+    h.region.set_available(true);
     // Transport switch.
     h.dev.set_shmem_available(false);
     assert_eq!(h.send(map.clone()), err(GpuError::Unspec));
     h.dev.set_shmem_available(true);
     // The frontend refuses the map: the range is released again.
-    h.region.lock().unwrap().fail_next_map = true;
+    h.region.fail_next_map();
     assert_eq!(h.send(map.clone()), err(GpuError::Unspec));
     assert!(h.dev.region_ranges().is_empty());
     assert!(h.send(map.clone()).is_ok());
     // A failed unmap keeps the blob mapped (the guest may retry).
-    h.region.lock().unwrap().fail_next_unmap = true;
+    h.region.fail_next_unmap();
     assert_eq!(
         h.send(GpuCommand::ResourceUnmapBlob { resource_id: 1 }),
         err(GpuError::Unspec)
@@ -1911,7 +1767,7 @@ fn reset_forgets_everything_without_unmapping() {
         resource_id: 2,
     });
     h.take_shown();
-    let calls_before = h.region.lock().unwrap().calls.len();
+    let calls_before = map_calls(&h.region).len();
     let display_before = h.send(GpuCommand::GetDisplayInfo);
     h.dev.reset();
     assert_eq!(
@@ -1920,7 +1776,7 @@ fn reset_forgets_everything_without_unmapping() {
         "outputs survive reset"
     );
     assert_eq!(
-        h.region.lock().unwrap().calls.len(),
+        map_calls(&h.region).len(),
         calls_before,
         "no unmap on reset"
     );
@@ -1931,6 +1787,8 @@ fn reset_forgets_everything_without_unmapping() {
     // Features are renegotiated after reset.
     assert_eq!(h.dev.acked_features(), 0);
     h.dev.ack_features(h.dev.features());
+    // The frontend unmaps the whole region on reset, as QEMU does.
+    h.region.region().unmap_all().unwrap();
     // Ids are free again, the region offset too.
     h.create_2d(2, 8, 8);
     h.cross_domain_context(1, 100, ring);
@@ -2002,7 +1860,7 @@ fn image_requirements_respect_the_memory_budget() {
             max_resource_memory: MIB,
             ..Default::default()
         },
-        Box::new(FixedAllowAdvisor(MAP_CACHE_WC)),
+        Box::new(FixedAdvisor::allow(MAP_CACHE_WC)),
     );
     let ring = 0x20_0000;
     h.cross_domain_context(1, 100, ring);

@@ -1,8 +1,9 @@
-//! The device-core fuzz harness: a `GpuDevice` wired with the real memfd allocator, a
-//! **fake** region mapper (no VMM is present to map anything: it only books ranges and
-//! checks the device's calls), a display sink that checks every frame it is handed, and a
-//! **fake** map advisor with a fixed answer (there is no exporter to ask). Guest memory is
-//! a `GuestMemoryMmap` with two regions and a hole, whose contents come from the input.
+//! The device-core fuzz harness: a `GpuDevice` wired with the real memfd allocator, the
+//! region mapper of `vug-test-support` (a real reservation that buffers are mapped into, as
+//! a frontend backs its PCI BAR window; it asserts that the device's calls are sane), a
+//! display sink that checks every frame it is handed, and a **fake** map advisor with a
+//! fixed answer (there is no exporter to ask). Guest memory is a `GuestMemoryMmap` with two
+//! regions and a hole, whose contents come from the input.
 //!
 //! Input format (all little-endian), chosen so that a byte-level mutator keeps commands
 //! intact and a generator can write meaningful seeds ([`Input`]):
@@ -14,30 +15,30 @@
 //!   0 control request   u16 len, len bytes (GpuDevice::process_control)
 //!   1 cursor request    u16 len, len bytes (GpuDevice::process_cursor)
 //!   2 guest write       u32 gpa, u16 len, len bytes
-//!   3 device reset      (the fake frontend forgets the region's mappings, as QEMU does)
+//!   3 device reset      (the frontend unmaps the whole region, as QEMU does)
 //!   4 next map fails    5 next unmap fails
 //!   6 set output        u8 scanout, u16 width, u16 height (width 0: disconnect)
 //!   7 shmem available   u8 (bit 0)
 //! ```
 //!
 //! Checked on every command: the response decodes, echoes the fence, ctx_id and ring index,
-//! and the device stays within its memory and resource limits; the fake mapper asserts that
+//! and the device stays within its memory and resource limits; the mapper asserts that
 //! maps are inside the region, never overlap and that only mapped ranges are unmapped. At
 //! the end every resource and context the input named is released, and then nothing may be
 //! left: no resource, no charged byte, no region range, no mapping, no extra fd.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::os::fd::BorrowedFd;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::collections::BTreeSet;
+use std::sync::OnceLock;
 
 use vhost_user_gpu::alloc::memfd::MemfdAllocator;
-use vhost_user_gpu::device::ports::{DisplaySink, Frame, GuestMemory, MapAdvice, MapAdvisor, MapError, RegionMapper};
-use vhost_user_gpu::protocol::Rect;
+use vhost_user_gpu::device::ports::{DisplaySink, Frame, GuestMemory};
 use vhost_user_gpu::device::{DeviceConfig, GpuDevice, Ports};
+use vhost_user_gpu::protocol::Rect;
 use vhost_user_gpu::protocol::{
     feature, CtrlHeader, GpuCommand, GpuResponse, FLAG_FENCE, FLAG_INFO_RING_IDX, MAP_CACHE_WC,
 };
 use vm_memory::GuestAddress;
+use vug_test_support::{FixedAdvisor, FrontendMapper, FrontendRegion};
 
 /// Guest RAM layout: (guest address, size). Two regions with a hole between them.
 pub const GUEST_REGIONS: [(u64, usize); 2] = [(0, 256 << 10), (0x80000, 64 << 10)];
@@ -76,80 +77,6 @@ pub mod op {
     pub const SET_OUTPUT: u8 = 6;
     /// Frontend shared memory set up or not.
     pub const SHMEM: u8 = 7;
-}
-
-// ---------------------------------------------------------------------------------------
-// Fake region mapper.
-
-#[derive(Default)]
-struct MapperState {
-    /// offset -> len of live mappings.
-    mapped: BTreeMap<u64, u64>,
-    available: bool,
-    fail_next_map: bool,
-    fail_next_unmap: bool,
-}
-
-/// FAKE region mapper: there is no VMM here to map anything. It books the ranges the device
-/// asks for and asserts that the requests are sane.
-struct FakeRegionMapper(Arc<Mutex<MapperState>>);
-
-impl RegionMapper for FakeRegionMapper {
-    fn available(&self) -> bool {
-        self.0.lock().unwrap().available
-    }
-
-    fn map(
-        &mut self,
-        _fd: BorrowedFd<'_>,
-        fd_offset: u64,
-        shm_offset: u64,
-        len: u64,
-        _writable: bool,
-    ) -> Result<(), MapError> {
-        let mut s = self.0.lock().unwrap();
-        assert!(s.available, "map while the mapper is unavailable");
-        assert!(len > 0 && len.is_multiple_of(4096), "map length {len:#x}");
-        assert!(
-            shm_offset.is_multiple_of(4096),
-            "map offset {shm_offset:#x}"
-        );
-        assert_eq!(fd_offset, 0);
-        let end = shm_offset.checked_add(len).expect("map range wraps");
-        assert!(
-            end <= HOSTMEM,
-            "map {shm_offset:#x}+{len:#x} past the region"
-        );
-        for (&o, &l) in &s.mapped {
-            assert!(
-                end <= o || o + l <= shm_offset,
-                "map {shm_offset:#x}+{len:#x} overlaps {o:#x}+{l:#x}"
-            );
-        }
-        if std::mem::take(&mut s.fail_next_map) {
-            return Err(MapError::Frontend(
-                "injected map failure (fake mapper)".into(),
-            ));
-        }
-        s.mapped.insert(shm_offset, len);
-        Ok(())
-    }
-
-    fn unmap(&mut self, shm_offset: u64, len: u64) -> Result<(), MapError> {
-        let mut s = self.0.lock().unwrap();
-        assert_eq!(
-            s.mapped.get(&shm_offset),
-            Some(&len),
-            "unmap of {shm_offset:#x}+{len:#x}, which is not a mapping"
-        );
-        if std::mem::take(&mut s.fail_next_unmap) {
-            return Err(MapError::Frontend(
-                "injected unmap failure (fake mapper)".into(),
-            ));
-        }
-        s.mapped.remove(&shm_offset);
-        Ok(())
-    }
 }
 
 /// Display sink that checks what it is handed and otherwise discards it.
@@ -194,26 +121,6 @@ impl DisplaySink for CheckingDisplay {
     }
     fn cursor_move(&mut self, scanout_id: u32, _x: u32, _y: u32) {
         assert!(scanout_id < 16);
-    }
-}
-
-/// FAKE map advisor with a fixed answer (no exporter to ask here).
-struct FakeAdvisor {
-    refuse: bool,
-}
-
-impl MapAdvisor for FakeAdvisor {
-    fn advise(&self, _fd: BorrowedFd<'_>, _drm_fd: Option<BorrowedFd<'_>>) -> MapAdvice {
-        if self.refuse {
-            MapAdvice::Refuse {
-                reason: "fake advisor: refused".into(),
-            }
-        } else {
-            MapAdvice::Allow {
-                map_info: MAP_CACHE_WC,
-                source: "fake advisor".into(),
-            }
-        }
     }
 }
 
@@ -394,17 +301,19 @@ fn run_device(data: &[u8]) {
         .filter(|(i, _)| feature_sel & (1 << i) != 0)
         .map(|(_, &bit)| 1u64 << bit)
         .fold(0, |a, b| a | b);
-    let state = Arc::new(Mutex::new(MapperState {
-        available: setup & 2 == 0,
-        ..Default::default()
-    }));
+    let region = FrontendRegion::new(HOSTMEM);
+    region.set_available(setup & 2 == 0);
+    // A FAKE map advisor with a fixed answer: there is no exporter to ask here.
+    let advisor = if setup & 1 != 0 {
+        FixedAdvisor::refuse()
+    } else {
+        FixedAdvisor::allow(MAP_CACHE_WC)
+    };
     let ports = Ports {
         allocator: Box::new(MemfdAllocator::new()),
-        mapper: Box::new(FakeRegionMapper(state.clone())),
+        mapper: Box::new(FrontendMapper(region.clone())),
         display: Box::new(CheckingDisplay),
-        advisor: Box::new(FakeAdvisor {
-            refuse: setup & 1 != 0,
-        }),
+        advisor: Box::new(advisor),
         exporter: vhost_user_gpu::alloc::guest_page_exporter(),
     };
     let config = DeviceConfig {
@@ -438,16 +347,16 @@ fn run_device(data: &[u8]) {
             }
             op::RESET => {
                 dev.reset();
-                state.lock().unwrap().mapped.clear();
+                region.region().unmap_all().expect("unmap the region");
                 unmap_failed = false;
                 assert_eq!(dev.resource_count(), 0);
                 assert_eq!(dev.resource_memory(), 0);
                 assert!(dev.region_ranges().is_empty());
                 dev.ack_features(features);
             }
-            op::FAIL_MAP => state.lock().unwrap().fail_next_map = true,
+            op::FAIL_MAP => region.fail_next_map(),
             op::FAIL_UNMAP => {
-                state.lock().unwrap().fail_next_unmap = true;
+                region.fail_next_unmap();
                 unmap_failed = true;
             }
             op::SET_OUTPUT => {
@@ -462,11 +371,7 @@ fn run_device(data: &[u8]) {
         }
     }
     // Release everything the input named; then nothing may be left.
-    {
-        let mut s = state.lock().unwrap();
-        s.fail_next_map = false;
-        s.fail_next_unmap = false;
-    }
+    region.clear_failures();
     dev.ack_features(features | (1 << feature::VIRGL));
     for &ctx in &named.contexts {
         let mut req = Vec::new();
@@ -496,7 +401,7 @@ fn run_device(data: &[u8]) {
             "region ranges left: {:?}",
             dev.region_ranges()
         );
-        assert!(state.lock().unwrap().mapped.is_empty(), "mappings left");
+        assert!(region.mappings().is_empty(), "mappings left");
     }
     dev.reset();
     assert!(dev.region_ranges().is_empty());
