@@ -10,6 +10,9 @@
 //!
 //! The library keeps one process-wide [`Inspector`], created on first use from
 //! [`Config::load_default`] or explicitly by `dmabuf_info_init()`.
+// The C ABI takes raw pointers from C: with `uapi`, one of the two modules of the crate that
+// hold `unsafe`.
+#![allow(unsafe_code)]
 
 use std::ffi::{c_char, c_int, CStr};
 use std::os::fd::{BorrowedFd, RawFd};

@@ -27,8 +27,6 @@
 //! # Ok(()) }
 //! ```
 
-#![warn(missing_docs)]
-
 pub mod config;
 pub mod error;
 pub mod ffi;

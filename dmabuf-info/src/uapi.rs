@@ -11,6 +11,7 @@
 //! `linux/dma-heap.h`, `drm/drm.h`, `drm/drm_mode.h`, `drm/msm_drm.h`, `drm/panfrost_drm.h`,
 //! `drm/panthor_drm.h`, `drm/i915_drm.h`, `drm/amdgpu_drm.h`, and the two postings of the
 //! never-merged `DMA_BUF_IOCTL_INFO` (2022-07-29 "v1" and 2022-08-15 "v2").
+#![allow(unsafe_code)]
 
 use std::ffi::c_void;
 use std::io;

@@ -1,5 +1,9 @@
 //! The cached query paths allocate nothing: a counting global allocator (per thread) sees
 //! zero allocations for repeated `decide_fd` and `query_uapi` calls.
+//!
+//! The counting allocator implements the `unsafe` `GlobalAlloc` trait: the only `unsafe` of
+//! this test.
+#![allow(unsafe_code)]
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;

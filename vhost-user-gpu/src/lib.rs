@@ -11,7 +11,6 @@
 //! - [`advisor`]: the map advisor over `dmabuf-info`.
 //! - [`sandbox`]: self-confinement after start-up (seccomp-bpf allowlist, Landlock).
 //! - [`queue_thread`]: marks the thread that may wait for the frontend.
-#![warn(missing_docs)]
 
 pub mod advisor;
 pub mod alloc;

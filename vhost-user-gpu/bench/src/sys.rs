@@ -1,4 +1,6 @@
-//! The one raw-fd operation of the bench: adopting the socket the floor child inherits.
+//! The one raw-fd operation of the bench, its only `unsafe`: adopting the socket the floor
+//! child inherits.
+#![allow(unsafe_code)]
 
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;

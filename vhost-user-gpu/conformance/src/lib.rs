@@ -14,7 +14,6 @@
 //!   same for the cross-domain context protocol.
 //!
 //! Nothing here is a mock: every test drives a real backend process through real sockets.
-#![warn(missing_docs)]
 
 pub mod cases;
 pub mod cross_domain;

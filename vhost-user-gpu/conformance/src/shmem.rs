@@ -4,6 +4,10 @@
 //! backend announced with `GET_SHMEM_CONFIG`. A backend `SHMEM_MAP` request maps the sent
 //! fd over part of it with `MAP_FIXED|MAP_SHARED`; `SHMEM_UNMAP` puts an inaccessible
 //! anonymous mapping back. Bad offsets or lengths get an error reply, nothing mapped.
+//!
+//! The `unsafe` of the test frontend's memory handling lives here: the reservation, the
+//! `MAP_FIXED` mappings into it and the volatile views of mapped ranges.
+#![allow(unsafe_code)]
 
 use std::collections::BTreeMap;
 use std::io;

@@ -1,4 +1,8 @@
 //! The driver side of a split virtqueue (virtio 1.x, section 2.7) laid out in guest RAM.
+//!
+//! Its one `unsafe`: borrowing the call eventfd (vmm-sys-util's `EventFd` has no `AsFd`)
+//! to `poll` it.
+#![allow(unsafe_code)]
 
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, BorrowedFd};

@@ -4,6 +4,7 @@
 //! are only ever copied out with vm-memory's volatile accessors (the rust-vmm convention for
 //! memory a guest writes concurrently); no Rust reference to them is handed out. Creating
 //! and removing the mapping is the only `unsafe` of the device core; it lives here.
+#![allow(unsafe_code)]
 
 use std::io;
 use std::os::fd::BorrowedFd;
@@ -69,12 +70,11 @@ impl MappedBuffer {
 
 impl Drop for MappedBuffer {
     fn drop(&mut self) {
+        let (ptr, len) = (self.region.as_ptr(), self.region.size());
         // SAFETY: the region describes the mapping created in `map_read` and not unmapped
         // yet; no slice of it outlives a `read_into` call, and the region itself (dropped
         // right after this) does not touch the memory.
-        if let Err(e) =
-            unsafe { rustix::mm::munmap(self.region.as_ptr().cast(), self.region.size()) }
-        {
+        if let Err(e) = unsafe { rustix::mm::munmap(ptr.cast(), len) } {
             log::error!("munmap of a host buffer mapping failed: {e}");
         }
     }

@@ -1,6 +1,7 @@
 //! The transport's raw file-descriptor operations, the only `unsafe` of `crate::transport`:
 //! adopting the listening socket a service manager passed (`--fd`), and sharing one
 //! eventfd number with every queue worker of vhost-user-backend.
+#![allow(unsafe_code)]
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, RawFd};

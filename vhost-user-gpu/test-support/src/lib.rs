@@ -9,7 +9,6 @@
 //!
 //! It also turns on `vhost-user-gpu`'s `test-codec` feature (the driver's half of the
 //! protocol codec) for whoever depends on it.
-#![warn(missing_docs)]
 
 use std::os::fd::BorrowedFd;
 use std::sync::atomic::{AtomicBool, Ordering};

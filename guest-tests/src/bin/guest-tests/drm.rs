@@ -3,6 +3,7 @@
 //! encoding and the dma-buf, udmabuf, dma-heap and core DRM ioctls come from
 //! `dmabuf_info::uapi`, the workspace's one ioctl layer. All `unsafe` of the guest binary
 //! lives here.
+#![allow(unsafe_code)]
 
 use std::fs::{File, OpenOptions};
 use std::io;

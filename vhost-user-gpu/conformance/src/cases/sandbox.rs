@@ -4,6 +4,10 @@
 //! part that needs the kernel runs (2D with display, HOST3D blobs mapped through SHMEM_MAP,
 //! PNG capture written with temporary file + rename), and that `--sandbox off` leaves it
 //! unconfined. The whole suite runs with the sandbox on, as it is the default.
+//!
+//! Its one `unsafe`: the raw `landlock_create_ruleset` call that asks the kernel's Landlock
+//! ABI version.
+#![allow(unsafe_code)]
 
 use super::blob::{map, no_leaks, CrossDomain, CTX};
 use super::two_d::create_filled;
