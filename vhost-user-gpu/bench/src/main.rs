@@ -178,7 +178,7 @@ fn default_out() -> PathBuf {
 }
 
 /// Everything the sections share.
-struct Ctx<'a> {
+struct Session<'a> {
     plan: Plan,
     ours: PathBuf,
     qemu: &'a PeerState,
@@ -224,7 +224,7 @@ fn run(cli: &Cli) -> Res<()> {
             PeerState::Missing(why) => progress(&format!("peer {name}: {why}")),
         }
     }
-    let ctx = Ctx {
+    let session = Session {
         plan: Plan::new(cli.quick),
         ours: ours.clone(),
         qemu: &qemu,
@@ -235,11 +235,11 @@ fn run(cli: &Cli) -> Res<()> {
     let mut plot_path = None;
     for section in &only {
         match *section {
-            "map" => plot_path = Some(section_map(&ctx, &mut figures)?),
-            "queue" => section_queue(&ctx, &mut figures)?,
-            "transfer" => section_transfer(&ctx, &mut figures)?,
-            "inspect" => section_inspect(&ctx, &mut figures)?,
-            _ => section_memory(&ctx, &mut figures)?,
+            "map" => plot_path = Some(section_map(&session, &mut figures)?),
+            "queue" => section_queue(&session, &mut figures)?,
+            "transfer" => section_transfer(&session, &mut figures)?,
+            "inspect" => section_inspect(&session, &mut figures)?,
+            _ => section_memory(&session, &mut figures)?,
         }
     }
 
@@ -304,7 +304,7 @@ fn run(cli: &Cli) -> Res<()> {
 }
 
 /// (1) Map round trip, ours and the floor; draws the plot, returns its path.
-fn section_map(ctx: &Ctx<'_>, figures: &mut Vec<Figure>) -> Res<PathBuf> {
+fn section_map(session: &Session<'_>, figures: &mut Vec<Figure>) -> Res<PathBuf> {
     // Ours with QEMU's memory updates (one ADD_MEM_REG/REM_MEM_REG per change when
     // CONFIGURE_MEM_SLOTS is negotiated, as QEMU does with our backend), ours with a frontend
     // re-sending its whole table (QEMU's behaviour without that feature), ours with no memory
@@ -313,7 +313,7 @@ fn section_map(ctx: &Ctx<'_>, figures: &mut Vec<Figure>) -> Res<PathBuf> {
         configure_mem_slots: true,
         ..FrontendOptions::default()
     };
-    let mut fe = Frontend::spawn_with(ours_spec(&ctx.ours), slots_options)?;
+    let mut fe = Frontend::spawn_with(ours_spec(&session.ours), slots_options)?;
     if !fe
         .protocol_features()
         .contains(VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS)
@@ -328,16 +328,16 @@ fn section_map(ctx: &Ctx<'_>, figures: &mut Vec<Figure>) -> Res<PathBuf> {
         configure_mem_slots: false,
         ..FrontendOptions::default()
     };
-    let mut table_fe = Frontend::spawn_with(ours_spec(&ctx.ours), table_options)?;
+    let mut table_fe = Frontend::spawn_with(ours_spec(&session.ours), table_options)?;
     let table_blob = map::setup_host_blob(&mut table_fe)?;
     let options = FrontendOptions {
         memtable_follows_mappings: false,
         ..FrontendOptions::default()
     };
-    let mut bare_fe = Frontend::spawn_with(ours_spec(&ctx.ours), options)?;
+    let mut bare_fe = Frontend::spawn_with(ours_spec(&session.ours), options)?;
     let bare_blob = map::setup_host_blob(&mut bare_fe)?;
-    let rounds = ctx.plan.map_rounds;
-    let per_round = ctx.plan.map_pairs.div_ceil(rounds);
+    let rounds = session.plan.map_rounds;
+    let per_round = session.plan.map_pairs.div_ceil(rounds);
     let (mut ours_map, mut ours_table, mut ours_bare, mut floor) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for round in 0..rounds {
@@ -440,7 +440,7 @@ fn section_map(ctx: &Ctx<'_>, figures: &mut Vec<Figure>) -> Res<PathBuf> {
         Samples::merge(ours_bare),
         Samples::merge(floor),
     );
-    let plot_path = ctx.out_dir.join("map-latency.png");
+    let plot_path = session.out_dir.join("map-latency.png");
     plot::write_cdf(
         &plot_path,
         "MAP+UNMAP BLOB (1 MIB HOST3D) VS FLOOR",
@@ -518,19 +518,19 @@ const OURS_RESOLUTION: (u32, u32) = (1280, 800);
 /// generic vhost-user-test-device-pci, crosvm). The backends take turns, round after round,
 /// and each keeps its best round, so that load from elsewhere on the machine hits all of them
 /// alike.
-fn section_queue(ctx: &Ctx<'_>, figures: &mut Vec<Figure>) -> Res<()> {
-    let plan = &ctx.plan;
+fn section_queue(session: &Session<'_>, figures: &mut Vec<Figure>) -> Res<()> {
+    let plan = &session.plan;
     let mut runs = vec![QueueRun {
         name: "ours",
-        fe: Ok(spawn(ours_spec(&ctx.ours))?),
+        fe: Ok(spawn(ours_spec(&session.ours))?),
         rates: QueueRates::default(),
         transport_only: false,
         // QEMU's display answers, and its modes win.
         want: display_mode(),
     }];
     for (name, state, peer) in [
-        ("qemu", ctx.qemu, Peer::Qemu),
-        ("vhost-device-gpu", ctx.vdg, Peer::VhostDeviceGpu),
+        ("qemu", session.qemu, Peer::Qemu),
+        ("vhost-device-gpu", session.vdg, Peer::VhostDeviceGpu),
     ] {
         let fe = match state.path() {
             Some(p) => spawn(peer_spec(p, peer)).map_err(|e| format!("{name} did not start: {e}")),
@@ -555,7 +555,7 @@ fn section_queue(ctx: &Ctx<'_>, figures: &mut Vec<Figure>) -> Res<()> {
         display_channel: false,
         ..FrontendOptions::default()
     };
-    let spec = ours_spec(&ctx.ours).with_args(["--resolution".to_string(), format!("{w}x{h}")]);
+    let spec = ours_spec(&session.ours).with_args(["--resolution".to_string(), format!("{w}x{h}")]);
     runs.push(QueueRun {
         name: "ours, no display channel",
         fe: Ok(Frontend::spawn_with(spec, no_display)?),
@@ -699,10 +699,10 @@ fn section_queue(ctx: &Ctx<'_>, figures: &mut Vec<Figure>) -> Res<()> {
 }
 
 /// (3) TRANSFER_TO_HOST_2D bandwidth against a plain copy.
-fn section_transfer(ctx: &Ctx<'_>, figures: &mut Vec<Figure>) -> Res<()> {
+fn section_transfer(session: &Session<'_>, figures: &mut Vec<Figure>) -> Res<()> {
     progress("TRANSFER_TO_HOST_2D bandwidth");
-    let mut fe = spawn(ours_spec(&ctx.ours))?;
-    let transfer = queue::transfer(&mut fe, ctx.plan.frames, ctx.plan.rounds.max(3))?;
+    let mut fe = spawn(ours_spec(&session.ours))?;
+    let transfer = queue::transfer(&mut fe, session.plan.frames, session.plan.rounds.max(3))?;
     figures.push(
         Figure::new(
             "transfer.rate",
@@ -721,9 +721,9 @@ fn section_transfer(ctx: &Ctx<'_>, figures: &mut Vec<Figure>) -> Res<()> {
 }
 
 /// (4) dmabuf-info.
-fn section_inspect(ctx: &Ctx<'_>, figures: &mut Vec<Figure>) -> Res<()> {
+fn section_inspect(session: &Session<'_>, figures: &mut Vec<Figure>) -> Res<()> {
     progress("dmabuf-info inspect");
-    let inspect = host::inspect_cost(ctx.plan.inspect_rounds, ctx.plan.inspect_repeats)?;
+    let inspect = host::inspect_cost(session.plan.inspect_rounds, session.plan.inspect_repeats)?;
     figures.push(
         Figure::new(
             "dmabuf_info.first",
@@ -755,11 +755,11 @@ fn section_inspect(ctx: &Ctx<'_>, figures: &mut Vec<Figure>) -> Res<()> {
 }
 
 /// (5) Memory, ours and QEMU's.
-fn section_memory(ctx: &Ctx<'_>, figures: &mut Vec<Figure>) -> Res<()> {
-    let n = ctx.plan.resources;
+fn section_memory(session: &Session<'_>, figures: &mut Vec<Figure>) -> Res<()> {
+    let n = session.plan.resources;
     progress("memory: idle and with 10,000 resources");
-    let (idle, full) = resident(&mut spawn(ours_spec(&ctx.ours))?, n)?;
-    let qemu_mem = ctx
+    let (idle, full) = resident(&mut spawn(ours_spec(&session.ours))?, n)?;
+    let qemu_mem = session
         .qemu
         .path()
         .map(|p| -> Res<(u64, u64)> { resident(&mut spawn(peer_spec(p, Peer::Qemu))?, n) });
@@ -767,7 +767,7 @@ fn section_memory(ctx: &Ctx<'_>, figures: &mut Vec<Figure>) -> Res<()> {
     let with_qemu = |f: Figure, pick: &dyn Fn(u64, u64) -> f64| match &qemu_mem {
         Some(Ok((i, f2))) => f.against("qemu", pick(*i, *f2)),
         Some(Err(e)) => f.note(format!("QEMU run failed: {e}")),
-        None => f.note(missing(ctx.qemu, "QEMU")),
+        None => f.note(missing(session.qemu, "QEMU")),
     };
     figures.push(with_qemu(
         Figure::new(

@@ -31,7 +31,7 @@ const WARMUP: usize = 50;
 /// resource id.
 pub fn setup_host_blob(fe: &mut Frontend) -> Res<u32> {
     fe.ctrl(gpu::ctx_create(1, gpu::CAPSET_CROSS_DOMAIN, "vug-bench"))?
-        .expect(ty::OK_NODATA)?;
+        .check_type(ty::OK_NODATA)?;
     let ring = fe.ram().alloc(4096, 4096)?;
     let entry = [MemEntry {
         addr: ring,
@@ -46,19 +46,19 @@ pub fn setup_host_blob(fe: &mut Frontend) -> Res<u32> {
         4096,
         &entry,
     ))?
-    .expect(ty::OK_NODATA)?;
+    .check_type(ty::OK_NODATA)?;
     fe.ctrl(gpu::ctx_attach_resource(1, 100))?
-        .expect(ty::OK_NODATA)?;
+        .check_type(ty::OK_NODATA)?;
     fe.ctrl(gpu::submit_3d(
         1,
         &cross_domain::init(100, cross_domain::RING_NONE, 0),
     ))?
-    .expect(ty::OK_NODATA)?;
+    .check_type(ty::OK_NODATA)?;
     // 512x512 ARGB8888 = 1 MiB.
     let query =
         cross_domain::get_image_requirements(512, 512, cross_domain::DRM_FORMAT_ARGB8888, 0);
     fe.ctrl(gpu::submit_3d(1, &query).fence(1, Some(cross_domain::QUERY_RING)))?
-        .expect(ty::OK_NODATA)?;
+        .check_type(ty::OK_NODATA)?;
     let reqs = cross_domain::ImageRequirements::parse(&fe.ram().read_vec(ring, 64)?)?;
     if reqs.size != BLOB_SIZE {
         return Err(format!("512x512 ARGB8888 blob is {} bytes, not 1 MiB", reqs.size).into());
@@ -72,7 +72,7 @@ pub fn setup_host_blob(fe: &mut Frontend) -> Res<u32> {
         reqs.size,
         &[],
     ))?
-    .expect(ty::OK_NODATA)?;
+    .check_type(ty::OK_NODATA)?;
     Ok(2)
 }
 
@@ -80,9 +80,9 @@ pub fn setup_host_blob(fe: &mut Frontend) -> Res<u32> {
 pub fn measure_ours(fe: &mut Frontend, id: u32, pairs: usize) -> Res<Samples> {
     let pair = |fe: &mut Frontend| -> Res<()> {
         fe.ctrl(gpu::resource_map_blob(1, id, 0))?
-            .expect(ty::OK_MAP_INFO)?;
+            .check_type(ty::OK_MAP_INFO)?;
         fe.ctrl(gpu::resource_unmap_blob(1, id))?
-            .expect(ty::OK_NODATA)?;
+            .check_type(ty::OK_NODATA)?;
         Ok(())
     };
     for _ in 0..WARMUP {

@@ -52,7 +52,7 @@ impl DisplayAnswer {
         let DisplayAnswer::Mode(width, height) = self else {
             return Ok(());
         };
-        r.expect(ty::OK_DISPLAY_INFO)?;
+        r.check_type(ty::OK_DISPLAY_INFO)?;
         // Scanout 0: x, y, width, height, enabled, flags.
         let got = (r.body_u32(8)?, r.body_u32(12)?, r.body_u32(16)?);
         if got != (width, height, 1) {
@@ -94,14 +94,15 @@ pub fn two_d_cycles(fe: &mut Frontend, cycles: usize) -> Res<f64> {
     }];
     let cycle = |fe: &mut Frontend, id: u32| -> Res<()> {
         fe.ctrl(gpu::resource_create_2d(id, format::B8G8R8A8_UNORM, 64, 64))?
-            .expect(ty::OK_NODATA)?;
+            .check_type(ty::OK_NODATA)?;
         fe.ctrl(gpu::resource_attach_backing(id, &entry))?
-            .expect(ty::OK_NODATA)?;
+            .check_type(ty::OK_NODATA)?;
         fe.ctrl(gpu::transfer_to_host_2d(id, rect, 0))?
-            .expect(ty::OK_NODATA)?;
+            .check_type(ty::OK_NODATA)?;
         fe.ctrl(gpu::resource_flush(id, rect))?
-            .expect(ty::OK_NODATA)?;
-        fe.ctrl(gpu::resource_unref(id))?.expect(ty::OK_NODATA)?;
+            .check_type(ty::OK_NODATA)?;
+        fe.ctrl(gpu::resource_unref(id))?
+            .check_type(ty::OK_NODATA)?;
         Ok(())
     };
     for i in 0..(cycles / 10).max(10) {
@@ -169,13 +170,13 @@ pub fn transfer(fe: &mut Frontend, frames: usize, rounds: usize) -> Res<Transfer
     }
     let id = 0x7000;
     fe.ctrl(gpu::resource_create_2d(id, format::B8G8R8A8_UNORM, w, h))?
-        .expect(ty::OK_NODATA)?;
+        .check_type(ty::OK_NODATA)?;
     fe.ctrl(gpu::resource_attach_backing(id, &entries))?
-        .expect(ty::OK_NODATA)?;
+        .check_type(ty::OK_NODATA)?;
     let rect = Rect::sized(w, h);
     let frame = |fe: &mut Frontend| -> Res<()> {
         fe.ctrl(gpu::transfer_to_host_2d(id, rect, 0))?
-            .expect(ty::OK_NODATA)?;
+            .check_type(ty::OK_NODATA)?;
         Ok(())
     };
     let mut dst = vec![0u8; bytes];
@@ -206,7 +207,8 @@ pub fn transfer(fe: &mut Frontend, frames: usize, rounds: usize) -> Res<Transfer
         copy = copy.min(start.elapsed());
     }
 
-    fe.ctrl(gpu::resource_unref(id))?.expect(ty::OK_NODATA)?;
+    fe.ctrl(gpu::resource_unref(id))?
+        .check_type(ty::OK_NODATA)?;
     for p in pool {
         fe.ram().free(p);
     }
@@ -227,7 +229,7 @@ pub fn many_resources(fe: &mut Frontend, n: usize, first_id: u32) -> Res<()> {
         length: 4096,
     }];
     let ok = |r: &Resp| -> Res<()> {
-        r.expect(ty::OK_NODATA)?;
+        r.check_type(ty::OK_NODATA)?;
         Ok(())
     };
     pipelined(

@@ -1,6 +1,8 @@
 //! The cross-domain context protocol (capset 5), the guest side: encoders for the commands
 //! a guest sends in `SUBMIT_3D` and a decoder for what the device writes into the query ring.
 //! Layouts follow crosvm's `rutabaga_gfx` cross-domain protocol (read for the facts).
+//!
+//! Independent of the device's own cross-domain codec on purpose, like [`crate::gpu`].
 
 use crate::{Error, Result};
 

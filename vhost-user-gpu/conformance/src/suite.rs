@@ -10,7 +10,7 @@ use std::path::Path;
 
 use libtest_mimic::{Arguments, Failed, Trial};
 
-use crate::cases::{self, Case, Ctx, Need};
+use crate::cases::{self, Case, Harness, Need};
 use crate::frontend::{BackendSpec, Frontend, Peer};
 use vhost::vhost_user::VhostUserProtocolFeatures;
 
@@ -27,8 +27,8 @@ pub struct Capabilities {
 
 impl Capabilities {
     /// Starts the backend once and records what it negotiates.
-    pub fn probe(ctx: &Ctx) -> crate::Result<Self> {
-        let fe = ctx.spawn()?;
+    pub fn probe(harness: &Harness) -> crate::Result<Self> {
+        let fe = harness.spawn()?;
         Ok(Self {
             features: fe.acked_features(),
             protocol: fe.protocol_features(),
@@ -67,8 +67,8 @@ pub fn main(default_program: &Path) -> ! {
     }
     let args = Arguments::from_args();
     let spec = BackendSpec::from_env(default_program);
-    let ctx = Ctx::new(spec.clone());
-    let caps = Capabilities::probe(&ctx);
+    let harness = Harness::new(spec.clone());
+    let caps = Capabilities::probe(&harness);
     let trials = cases::all()
         .into_iter()
         .map(|case: Case| {
@@ -79,14 +79,14 @@ pub fn main(default_program: &Path) -> ! {
             if let Some(r) = &reason {
                 eprintln!("conformance: {} skipped: {r}", case.name);
             }
-            let ctx = ctx.clone();
+            let harness = harness.clone();
             let run = case.run;
             let ignored = reason.is_some();
             let trial = Trial::test(case.name, move || {
                 if let Some(r) = reason {
                     return Err(Failed::from(format!("skipped: {r}")));
                 }
-                run(&ctx).map_err(Failed::from)
+                run(&harness).map_err(Failed::from)
             })
             .with_kind(spec.peer.name());
             trial.with_ignored_flag(ignored)

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use super::two_d::{display_matches, Backing};
 use super::{
-    bgra_pattern, ctrl, ensure, expect, pattern, still_serving, Case, CaseResult, Ctx, Need,
+    bgra_pattern, ctrl, ensure, pattern, send_expecting, still_serving, Case, CaseResult, Harness,
+    Need,
 };
 use crate::cross_domain::{self, ImageRequirements};
 use crate::frontend::Frontend;
@@ -17,7 +18,8 @@ use crate::gpu::{self, features, format, ty, BlobLayout, MemEntry, Rect};
 use crate::proc_stats::ProcStats;
 use crate::shmem::ShmemEvent;
 
-pub(super) const CTX: u32 = 1;
+/// The virtio-gpu context the blob cases create (cross-domain).
+pub(super) const CTX_ID: u32 = 1;
 pub(super) const RING_RES: u32 = 100;
 /// GBM-style usage: linear, CPU reads and writes often (what a guest that maps wants).
 const IMAGE_FLAGS: u32 = (1 << 4) | (1 << 9) | (1 << 11);
@@ -134,8 +136,9 @@ pub(super) fn cases() -> Vec<Case> {
     ]
 }
 
-fn spawn(ctx: &Ctx, extra: &[&str]) -> Result<Frontend, String> {
-    ctx.spawn_with(extra)
+fn spawn(harness: &Harness, extra: &[&str]) -> Result<Frontend, String> {
+    harness
+        .spawn_with(extra)
         .map_err(|e| format!("cannot start backend: {e}"))
 }
 
@@ -146,7 +149,7 @@ fn stats(fe: &Frontend) -> Result<ProcStats, String> {
 fn guest_blob(fe: &mut Frontend, id: u32, img: &[u8]) -> Result<Backing, String> {
     let backing = Backing::new(fe, img.len())?;
     backing.write(fe, 0, img)?;
-    expect(
+    send_expecting(
         fe,
         "RESOURCE_CREATE_BLOB (GUEST)",
         gpu::resource_create_blob(
@@ -171,13 +174,13 @@ fn show_blob(fe: &mut Frontend, id: u32, w: u32, h: u32) -> CaseResult {
         stride: w * 4,
         offset: 0,
     };
-    expect(
+    send_expecting(
         fe,
         "SET_SCANOUT_BLOB",
         gpu::set_scanout_blob(0, id, Rect::sized(w, h), layout),
         ty::OK_NODATA,
     )?;
-    expect(
+    send_expecting(
         fe,
         "RESOURCE_FLUSH",
         gpu::resource_flush(id, Rect::sized(w, h)),
@@ -186,8 +189,8 @@ fn show_blob(fe: &mut Frontend, id: u32, w: u32, h: u32) -> CaseResult {
     Ok(())
 }
 
-fn guest_blob_scanout(ctx: &Ctx) -> CaseResult {
-    let mut fe = spawn(ctx, &[])?;
+fn guest_blob_scanout(harness: &Harness) -> CaseResult {
+    let mut fe = spawn(harness, &[])?;
     let (w, h) = (64u32, 32u32);
     let img = bgra_pattern(w, h, 11);
     guest_blob(&mut fe, 1, &img)?;
@@ -201,8 +204,8 @@ fn guest_blob_scanout(ctx: &Ctx) -> CaseResult {
 /// whose fd shows the guest's pixels, and pixels the guest writes later appear in it
 /// without any copy (it is the guest's pages). Without `/dev/udmabuf` the scanout is
 /// pixels (`UPDATE`) and no dma-buf is sent.
-fn guest_blob_dmabuf_scanout(ctx: &Ctx) -> CaseResult {
-    let mut fe = spawn(ctx, &[])?;
+fn guest_blob_dmabuf_scanout(harness: &Harness) -> CaseResult {
+    let mut fe = spawn(harness, &[])?;
     let (w, h) = (64u32, 32u32);
     let len = (w * h * 4) as u64;
     let gpa = fe.ram().alloc(len, 4096).map_err(|e| e.to_string())?;
@@ -212,7 +215,7 @@ fn guest_blob_dmabuf_scanout(ctx: &Ctx) -> CaseResult {
         addr: gpa,
         length: len as u32,
     }];
-    expect(
+    send_expecting(
         &mut fe,
         "RESOURCE_CREATE_BLOB (GUEST, page aligned)",
         gpu::resource_create_blob(0, 1, gpu::BLOB_MEM_GUEST, 0, 0, len, &entries),
@@ -308,10 +311,10 @@ fn capture_matches(fe: &Frontend, dir: &Path, w: u32, h: u32, bgra: &[u8]) -> Ca
     ))
 }
 
-fn guest_blob_capture_png(ctx: &Ctx) -> CaseResult {
+fn guest_blob_capture_png(harness: &Harness) -> CaseResult {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let dir_arg = dir.path().to_string_lossy().to_string();
-    let mut fe = spawn(ctx, &["--capture-dir", &dir_arg])?;
+    let mut fe = spawn(harness, &["--capture-dir", &dir_arg])?;
     let (w, h) = (48u32, 40u32);
     let mut img = bgra_pattern(w, h, 12);
     let backing = guest_blob(&mut fe, 1, &img)?;
@@ -321,7 +324,7 @@ fn guest_blob_capture_png(ctx: &Ctx) -> CaseResult {
     // a GUEST blob *is* guest memory).
     img = bgra_pattern(w, h, 13);
     backing.write(&fe, 0, &img)?;
-    expect(
+    send_expecting(
         &mut fe,
         "RESOURCE_FLUSH",
         gpu::resource_flush(1, Rect::sized(w, h)),
@@ -331,14 +334,14 @@ fn guest_blob_capture_png(ctx: &Ctx) -> CaseResult {
     still_serving(&mut fe)
 }
 
-fn create_blob_errors(ctx: &Ctx) -> CaseResult {
-    let mut fe = spawn(ctx, &[])?;
+fn create_blob_errors(harness: &Harness) -> CaseResult {
+    let mut fe = spawn(harness, &[])?;
     let page = fe.ram().alloc(4096, 4096).map_err(|e| e.to_string())?;
     let entry = [MemEntry {
         addr: page,
         length: 4096,
     }];
-    expect(
+    send_expecting(
         &mut fe,
         "CREATE_BLOB id 0",
         gpu::resource_create_blob(0, 0, gpu::BLOB_MEM_GUEST, 0, 0, 4096, &entry),
@@ -389,7 +392,7 @@ fn create_blob_errors(ctx: &Ctx) -> CaseResult {
         format!("GUEST blob larger than its entries answered {}", r.name())
     })?;
     // None of the refused creates may have taken id 1.
-    expect(
+    send_expecting(
         &mut fe,
         "CREATE_BLOB valid",
         gpu::resource_create_blob(0, 1, gpu::BLOB_MEM_GUEST, 0, 0, 4096, &entry),
@@ -406,18 +409,18 @@ pub(super) struct CrossDomain {
 
 impl CrossDomain {
     pub(super) fn init(fe: &mut Frontend) -> Result<Self, String> {
-        expect(
+        send_expecting(
             fe,
             "CTX_CREATE (cross-domain)",
-            gpu::ctx_create(CTX, gpu::CAPSET_CROSS_DOMAIN, "conformance"),
+            gpu::ctx_create(CTX_ID, gpu::CAPSET_CROSS_DOMAIN, "conformance"),
             ty::OK_NODATA,
         )?;
         let ring = Backing::new(fe, 4096)?;
-        expect(
+        send_expecting(
             fe,
             "CREATE_BLOB (query ring)",
             gpu::resource_create_blob(
-                CTX,
+                CTX_ID,
                 RING_RES,
                 gpu::BLOB_MEM_GUEST,
                 gpu::BLOB_FLAG_MAPPABLE,
@@ -427,17 +430,17 @@ impl CrossDomain {
             ),
             ty::OK_NODATA,
         )?;
-        expect(
+        send_expecting(
             fe,
             "CTX_ATTACH_RESOURCE (query ring)",
-            gpu::ctx_attach_resource(CTX, RING_RES),
+            gpu::ctx_attach_resource(CTX_ID, RING_RES),
             ty::OK_NODATA,
         )?;
         let init = cross_domain::init(RING_RES, cross_domain::RING_NONE, 0);
-        expect(
+        send_expecting(
             fe,
             "SUBMIT_3D CROSS_DOMAIN_CMD_INIT",
-            gpu::submit_3d(CTX, &init),
+            gpu::submit_3d(CTX_ID, &init),
             ty::OK_NODATA,
         )?;
         Ok(Self { ring, fence: 0 })
@@ -459,10 +462,10 @@ impl CrossDomain {
             cross_domain::DRM_FORMAT_ARGB8888,
             IMAGE_FLAGS,
         );
-        let r = expect(
+        let r = send_expecting(
             fe,
             "SUBMIT_3D GET_IMAGE_REQUIREMENTS",
-            gpu::submit_3d(CTX, &cmd).fence(self.fence, Some(cross_domain::QUERY_RING)),
+            gpu::submit_3d(CTX_ID, &cmd).fence(self.fence, Some(cross_domain::QUERY_RING)),
             ty::OK_NODATA,
         )?;
         ensure(fe, r.fence_id == self.fence, || {
@@ -489,11 +492,11 @@ impl CrossDomain {
         flags: u32,
     ) -> Result<ImageRequirements, String> {
         let reqs = self.requirements(fe, w, h)?;
-        expect(
+        send_expecting(
             fe,
             "RESOURCE_CREATE_BLOB (HOST3D)",
             gpu::resource_create_blob(
-                CTX,
+                CTX_ID,
                 id,
                 gpu::BLOB_MEM_HOST3D,
                 flags,
@@ -513,10 +516,10 @@ fn page_round(n: u64) -> u64 {
 
 /// Maps `id` at `offset`; checks OK_MAP_INFO and that the frontend now has the mapping.
 pub(super) fn map(fe: &mut Frontend, id: u32, offset: u64, size: u64) -> Result<u32, String> {
-    let r = expect(
+    let r = send_expecting(
         fe,
         "RESOURCE_MAP_BLOB",
-        gpu::resource_map_blob(CTX, id, offset),
+        gpu::resource_map_blob(CTX_ID, id, offset),
         ty::OK_MAP_INFO,
     )?;
     let info = r.map_info().map_err(|e| e.to_string())?;
@@ -542,8 +545,8 @@ pub(super) fn map(fe: &mut Frontend, id: u32, offset: u64, size: u64) -> Result<
     Ok(info)
 }
 
-fn host_blob_map_roundtrip(ctx: &Ctx) -> CaseResult {
-    let mut fe = spawn(ctx, &[])?;
+fn host_blob_map_roundtrip(harness: &Harness) -> CaseResult {
+    let mut fe = spawn(harness, &[])?;
     let mut cd = CrossDomain::init(&mut fe)?;
     let (w, h) = (64u32, 64u32);
     let reqs = cd.create(&mut fe, 1, w, h, gpu::BLOB_FLAG_MAPPABLE)?;
@@ -580,20 +583,20 @@ fn host_blob_map_roundtrip(ctx: &Ctx) -> CaseResult {
         stride: reqs.strides[0],
         offset: reqs.offsets[0],
     };
-    expect(
+    send_expecting(
         &mut fe,
         "SET_SCANOUT_BLOB (host blob)",
         gpu::set_scanout_blob(0, 1, Rect::sized(w, h), layout),
         ty::OK_NODATA,
     )?;
-    expect(
+    send_expecting(
         &mut fe,
         "RESOURCE_FLUSH",
         gpu::resource_flush(1, Rect::sized(w, h)),
         ty::OK_NODATA,
     )?;
     display_matches(&fe, 0, w, h, &img)?;
-    if ctx.allocator() == Some("udmabuf") {
+    if harness.allocator() == Some("udmabuf") {
         // A udmabuf blob is a dma-buf: the display gets the buffer, not a pixel copy.
         let display = fe.display().ok_or("no display socket")?;
         let dmabuf = display
@@ -608,8 +611,8 @@ fn host_blob_map_roundtrip(ctx: &Ctx) -> CaseResult {
     still_serving(&mut fe)
 }
 
-fn map_info_matches_dmabuf_info(ctx: &Ctx) -> CaseResult {
-    let mut fe = spawn(ctx, &["--platform", "x86-intel"])?;
+fn map_info_matches_dmabuf_info(harness: &Harness) -> CaseResult {
+    let mut fe = spawn(harness, &["--platform", "x86-intel"])?;
     let mut cd = CrossDomain::init(&mut fe)?;
     let reqs = cd.create(&mut fe, 1, 32, 32, gpu::BLOB_FLAG_MAPPABLE)?;
     let info = map(&mut fe, 1, 0, reqs.size)?;
@@ -635,8 +638,8 @@ fn map_info_matches_dmabuf_info(ctx: &Ctx) -> CaseResult {
 /// The other direction: the backend's buffer is what the frontend sees. Bytes written
 /// through one mapping are still there through a new mapping at another offset (the
 /// backend sends its own fd again), and a second blob does not see them.
-fn host_blob_contents_survive_remap(ctx: &Ctx) -> CaseResult {
-    let mut fe = spawn(ctx, &[])?;
+fn host_blob_contents_survive_remap(harness: &Harness) -> CaseResult {
+    let mut fe = spawn(harness, &[])?;
     let mut cd = CrossDomain::init(&mut fe)?;
     let reqs = cd.create(&mut fe, 1, 32, 32, gpu::BLOB_FLAG_MAPPABLE)?;
     let len = reqs.size as usize;
@@ -646,10 +649,10 @@ fn host_blob_contents_survive_remap(ctx: &Ctx) -> CaseResult {
         .ok_or("no region")?
         .write(0, &bytes)
         .map_err(|e| e.to_string())?;
-    expect(
+    send_expecting(
         &mut fe,
         "UNMAP_BLOB",
-        gpu::resource_unmap_blob(CTX, 1),
+        gpu::resource_unmap_blob(CTX_ID, 1),
         ty::OK_NODATA,
     )?;
     let other = 1 << 20;
@@ -675,8 +678,8 @@ fn host_blob_contents_survive_remap(ctx: &Ctx) -> CaseResult {
     still_serving(&mut fe)
 }
 
-fn fresh_blobs_read_zeros(ctx: &Ctx) -> CaseResult {
-    let mut fe = spawn(ctx, &[])?;
+fn fresh_blobs_read_zeros(harness: &Harness) -> CaseResult {
+    let mut fe = spawn(harness, &[])?;
     let mut cd = CrossDomain::init(&mut fe)?;
     for round in 0..4u32 {
         let id = 10 + round;
@@ -693,13 +696,13 @@ fn fresh_blobs_read_zeros(ctx: &Ctx) -> CaseResult {
         region
             .write(0, &pattern(reqs.size as usize, round + 40))
             .map_err(|e| e.to_string())?;
-        expect(
+        send_expecting(
             &mut fe,
             "UNMAP_BLOB",
-            gpu::resource_unmap_blob(CTX, id),
+            gpu::resource_unmap_blob(CTX_ID, id),
             ty::OK_NODATA,
         )?;
-        expect(&mut fe, "UNREF", gpu::resource_unref(id), ty::OK_NODATA)?;
+        send_expecting(&mut fe, "UNREF", gpu::resource_unref(id), ty::OK_NODATA)?;
     }
     still_serving(&mut fe)
 }
@@ -707,14 +710,14 @@ fn fresh_blobs_read_zeros(ctx: &Ctx) -> CaseResult {
 /// The exporter name `dmabuf-info` gives the buffers of the backend under test: a blob is
 /// mapped with the default policy and the fd the frontend received is inspected. `None`
 /// when the default policy already refuses them (then nothing can be learnt this way).
-fn exporter_of_mapped_blobs(ctx: &Ctx) -> Result<Option<String>, String> {
-    let mut fe = spawn(ctx, &[])?;
+fn exporter_of_mapped_blobs(harness: &Harness) -> Result<Option<String>, String> {
+    let mut fe = spawn(harness, &[])?;
     let mut cd = CrossDomain::init(&mut fe)?;
     cd.create(&mut fe, 1, 32, 32, gpu::BLOB_FLAG_MAPPABLE)?;
     let r = ctrl(
         &mut fe,
         "RESOURCE_MAP_BLOB",
-        gpu::resource_map_blob(CTX, 1, 0),
+        gpu::resource_map_blob(CTX_ID, 1, 0),
     )?;
     if r.ty != ty::OK_MAP_INFO {
         return Ok(None);
@@ -749,20 +752,20 @@ fn policy_saying(dir: &Path, answer: &str, probed: Option<&str>) -> Result<Strin
     Ok(path.to_string_lossy().to_string())
 }
 
-fn refused_when_needs_sync(ctx: &Ctx) -> CaseResult {
+fn refused_when_needs_sync(harness: &Harness) -> CaseResult {
     // (A quirk cannot say "unknown": in dmabuf-info an unknown layer defers to the next
     // source. Unknown answers from real exporters are checked in the kernel VM lane.)
-    let probed = exporter_of_mapped_blobs(ctx)?;
+    let probed = exporter_of_mapped_blobs(harness)?;
     let answer = "yes";
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let policy_arg = policy_saying(dir.path(), answer, probed.as_deref())?;
-    let mut fe = spawn(ctx, &["--policy-config", &policy_arg])?;
+    let mut fe = spawn(harness, &["--policy-config", &policy_arg])?;
     let mut cd = CrossDomain::init(&mut fe)?;
     cd.create(&mut fe, 1, 32, 32, gpu::BLOB_FLAG_MAPPABLE)?;
     let r = ctrl(
         &mut fe,
         "RESOURCE_MAP_BLOB of a needs-SYNC buffer",
-        gpu::resource_map_blob(CTX, 1, 0),
+        gpu::resource_map_blob(CTX_ID, 1, 0),
     )?;
     ensure(&fe, r.ty >= ty::ERR_UNSPEC, || {
         format!(
@@ -785,7 +788,7 @@ fn refused_when_needs_sync(ctx: &Ctx) -> CaseResult {
         )
     })?;
     // The resource stays usable and the device keeps serving.
-    expect(
+    send_expecting(
         &mut fe,
         "UNREF of the refused blob",
         gpu::resource_unref(1),
@@ -799,8 +802,8 @@ fn refused_when_needs_sync(ctx: &Ctx) -> CaseResult {
 /// `dmabuf-info` says needs no `DMA_BUF_IOCTL_SYNC` (answer No), that its policy allows, and
 /// whose cache attribute is the map_info the guest was told. Checked on the fds the frontend
 /// received with `SHMEM_MAP`, for blobs of several sizes.
-fn mapped_buffers_answer_needs_sync_no(ctx: &Ctx) -> CaseResult {
-    let mut fe = spawn(ctx, &[])?;
+fn mapped_buffers_answer_needs_sync_no(harness: &Harness) -> CaseResult {
+    let mut fe = spawn(harness, &[])?;
     let mut cd = CrossDomain::init(&mut fe)?;
     let inspector = dmabuf_info::Inspector::new(dmabuf_info::Config::default());
     let mut offset = 0u64;
@@ -862,20 +865,20 @@ fn mapped_buffers_answer_needs_sync_no(ctx: &Ctx) -> CaseResult {
     still_serving(&mut fe)
 }
 
-fn map_blob_errors(ctx: &Ctx) -> CaseResult {
-    let mut fe = spawn(ctx, &[])?;
+fn map_blob_errors(harness: &Harness) -> CaseResult {
+    let mut fe = spawn(harness, &[])?;
     let mut cd = CrossDomain::init(&mut fe)?;
     let region_size = fe.shmem().ok_or("no region")?.size();
-    expect(
+    send_expecting(
         &mut fe,
         "MAP_BLOB of unknown resource",
-        gpu::resource_map_blob(CTX, 77, 0),
+        gpu::resource_map_blob(CTX_ID, 77, 0),
         ty::ERR_INVALID_RESOURCE_ID,
     )?;
     let r = ctrl(
         &mut fe,
         "MAP_BLOB of a GUEST blob",
-        gpu::resource_map_blob(CTX, RING_RES, 0),
+        gpu::resource_map_blob(CTX_ID, RING_RES, 0),
     )?;
     ensure(&fe, r.ty >= ty::ERR_UNSPEC, || {
         format!("MAP_BLOB of a guest blob answered {}", r.name())
@@ -885,7 +888,7 @@ fn map_blob_errors(ctx: &Ctx) -> CaseResult {
     let r = ctrl(
         &mut fe,
         "MAP_BLOB of a non-MAPPABLE blob",
-        gpu::resource_map_blob(CTX, 2, 0),
+        gpu::resource_map_blob(CTX_ID, 2, 0),
     )?;
     ensure(&fe, r.ty >= ty::ERR_UNSPEC, || {
         format!("MAP_BLOB of a non-mappable blob answered {}", r.name())
@@ -899,7 +902,7 @@ fn map_blob_errors(ctx: &Ctx) -> CaseResult {
         if what == "blob crossing the region end" && reqs.size <= 4096 {
             continue;
         }
-        let r = ctrl(&mut fe, what, gpu::resource_map_blob(CTX, 1, offset))?;
+        let r = ctrl(&mut fe, what, gpu::resource_map_blob(CTX_ID, 1, offset))?;
         ensure(&fe, r.ty >= ty::ERR_UNSPEC, || {
             format!("MAP_BLOB with {what} ({offset:#x}) answered {}", r.name())
         })?;
@@ -912,7 +915,7 @@ fn map_blob_errors(ctx: &Ctx) -> CaseResult {
     let r = ctrl(
         &mut fe,
         "second MAP_BLOB of a mapped blob",
-        gpu::resource_map_blob(CTX, 1, 1 << 20),
+        gpu::resource_map_blob(CTX_ID, 1, 1 << 20),
     )?;
     ensure(&fe, r.ty >= ty::ERR_UNSPEC, || {
         format!("second MAP_BLOB answered {}", r.name())
@@ -923,21 +926,21 @@ fn map_blob_errors(ctx: &Ctx) -> CaseResult {
     let r = ctrl(
         &mut fe,
         "MAP_BLOB overlapping another mapping",
-        gpu::resource_map_blob(CTX, 3, page_round(reqs.size) - 4096),
+        gpu::resource_map_blob(CTX_ID, 3, page_round(reqs.size) - 4096),
     )?;
     ensure(&fe, r.ty >= ty::ERR_UNSPEC, || {
         format!("MAP_BLOB over a mapped range answered {}", r.name())
     })?;
-    expect(
+    send_expecting(
         &mut fe,
         "UNMAP_BLOB of unknown resource",
-        gpu::resource_unmap_blob(CTX, 77),
+        gpu::resource_unmap_blob(CTX_ID, 77),
         ty::ERR_INVALID_RESOURCE_ID,
     )?;
     let r = ctrl(
         &mut fe,
         "UNMAP_BLOB of an unmapped blob",
-        gpu::resource_unmap_blob(CTX, 2),
+        gpu::resource_unmap_blob(CTX_ID, 2),
     )?;
     ensure(&fe, r.ty >= ty::ERR_UNSPEC, || {
         format!("UNMAP_BLOB of an unmapped blob answered {}", r.name())
@@ -982,33 +985,33 @@ pub(super) fn region_empty(fe: &Frontend, what: &str) -> CaseResult {
     })
 }
 
-fn unmap_releases(ctx: &Ctx) -> CaseResult {
-    let mut fe = spawn(ctx, &[])?;
+fn unmap_releases(harness: &Harness) -> CaseResult {
+    let mut fe = spawn(harness, &[])?;
     let mut cd = CrossDomain::init(&mut fe)?;
     let before = stats(&fe)?;
     for round in 0..3 {
         let reqs = cd.create(&mut fe, 1, 64, 64, gpu::BLOB_FLAG_MAPPABLE)?;
         map(&mut fe, 1, 4096 * round, reqs.size)?;
-        expect(
+        send_expecting(
             &mut fe,
             "UNMAP_BLOB",
-            gpu::resource_unmap_blob(CTX, 1),
+            gpu::resource_unmap_blob(CTX_ID, 1),
             ty::OK_NODATA,
         )?;
         region_empty(&fe, "UNMAP_BLOB")?;
-        expect(&mut fe, "UNREF", gpu::resource_unref(1), ty::OK_NODATA)?;
+        send_expecting(&mut fe, "UNREF", gpu::resource_unref(1), ty::OK_NODATA)?;
     }
     no_leaks(&mut fe, &before)?;
     still_serving(&mut fe)
 }
 
-fn unref_while_mapped(ctx: &Ctx) -> CaseResult {
-    let mut fe = spawn(ctx, &[])?;
+fn unref_while_mapped(harness: &Harness) -> CaseResult {
+    let mut fe = spawn(harness, &[])?;
     let mut cd = CrossDomain::init(&mut fe)?;
     let before = stats(&fe)?;
     let reqs = cd.create(&mut fe, 1, 64, 64, gpu::BLOB_FLAG_MAPPABLE)?;
     map(&mut fe, 1, 0, reqs.size)?;
-    expect(
+    send_expecting(
         &mut fe,
         "UNREF while mapped",
         gpu::resource_unref(1),
@@ -1022,17 +1025,17 @@ fn unref_while_mapped(ctx: &Ctx) -> CaseResult {
     still_serving(&mut fe)
 }
 
-fn reset_while_mapped(ctx: &Ctx) -> CaseResult {
-    let mut fe = spawn(ctx, &[])?;
+fn reset_while_mapped(harness: &Harness) -> CaseResult {
+    let mut fe = spawn(harness, &[])?;
     let before = stats(&fe)?;
     let mut cd = CrossDomain::init(&mut fe)?;
     let reqs = cd.create(&mut fe, 1, 64, 64, gpu::BLOB_FLAG_MAPPABLE)?;
     map(&mut fe, 1, 0, reqs.size)?;
     fe.reset()
-        .map_err(|e| super::ctx_err(&fe, "device reset", e))?;
+        .map_err(|e| super::case_error(&fe, "device reset", e))?;
     region_empty(&fe, "reset")?;
     fe.wait_memtable_synced()
-        .map_err(|e| super::ctx_err(&fe, "memory table after reset", e))?;
+        .map_err(|e| super::case_error(&fe, "memory table after reset", e))?;
     no_leaks(&mut fe, &before)?;
     // Everything starts over: the same ids and offsets work again.
     let mut cd = CrossDomain::init(&mut fe)?;
@@ -1041,14 +1044,14 @@ fn reset_while_mapped(ctx: &Ctx) -> CaseResult {
     still_serving(&mut fe)
 }
 
-fn reconnect_while_mapped(ctx: &Ctx) -> CaseResult {
-    let mut fe = spawn(ctx, &["--keep-listening"])?;
+fn reconnect_while_mapped(harness: &Harness) -> CaseResult {
+    let mut fe = spawn(harness, &["--keep-listening"])?;
     let before = stats(&fe)?;
     let mut cd = CrossDomain::init(&mut fe)?;
     let reqs = cd.create(&mut fe, 1, 64, 64, gpu::BLOB_FLAG_MAPPABLE)?;
     map(&mut fe, 1, 0, reqs.size)?;
     fe.reconnect()
-        .map_err(|e| super::ctx_err(&fe, "reconnect", e))?;
+        .map_err(|e| super::case_error(&fe, "reconnect", e))?;
     region_empty(&fe, "reconnection")?;
     no_leaks(&mut fe, &before)?;
     let mut cd = CrossDomain::init(&mut fe)?;
@@ -1057,8 +1060,8 @@ fn reconnect_while_mapped(ctx: &Ctx) -> CaseResult {
     still_serving(&mut fe)
 }
 
-fn set_scanout_blob_errors(ctx: &Ctx) -> CaseResult {
-    let mut fe = spawn(ctx, &[])?;
+fn set_scanout_blob_errors(harness: &Harness) -> CaseResult {
+    let mut fe = spawn(harness, &[])?;
     let (w, h) = (32u32, 16u32);
     let img = bgra_pattern(w, h, 61);
     guest_blob(&mut fe, 1, &img)?;
@@ -1070,13 +1073,13 @@ fn set_scanout_blob_errors(ctx: &Ctx) -> CaseResult {
         offset: 0,
     };
     let full = Rect::sized(w, h);
-    expect(
+    send_expecting(
         &mut fe,
         "SET_SCANOUT_BLOB scanout 16",
         gpu::set_scanout_blob(16, 1, full, good),
         ty::ERR_INVALID_SCANOUT_ID,
     )?;
-    expect(
+    send_expecting(
         &mut fe,
         "SET_SCANOUT_BLOB unknown resource",
         gpu::set_scanout_blob(0, 77, full, good),
@@ -1150,10 +1153,10 @@ fn set_scanout_blob_errors(ctx: &Ctx) -> CaseResult {
 
 /// Bytes written through the frontend's mapping of a HOST3D blob, read back by the backend
 /// into its PNG capture (the headless display path), then overwritten and captured again.
-fn host_blob_capture_png(ctx: &Ctx) -> CaseResult {
+fn host_blob_capture_png(harness: &Harness) -> CaseResult {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let dir_arg = dir.path().to_string_lossy().to_string();
-    let mut fe = spawn(ctx, &["--capture-dir", &dir_arg])?;
+    let mut fe = spawn(harness, &["--capture-dir", &dir_arg])?;
     let mut cd = CrossDomain::init(&mut fe)?;
     let (w, h) = (48u32, 32u32);
     let reqs = cd.create(&mut fe, 1, w, h, gpu::BLOB_FLAG_MAPPABLE)?;
@@ -1176,13 +1179,13 @@ fn host_blob_capture_png(ctx: &Ctx) -> CaseResult {
         stride: reqs.strides[0],
         offset: reqs.offsets[0],
     };
-    expect(
+    send_expecting(
         &mut fe,
         "SET_SCANOUT_BLOB",
         gpu::set_scanout_blob(0, 1, Rect::sized(w, h), layout),
         ty::OK_NODATA,
     )?;
-    expect(
+    send_expecting(
         &mut fe,
         "RESOURCE_FLUSH",
         gpu::resource_flush(1, Rect::sized(w, h)),
@@ -1191,7 +1194,7 @@ fn host_blob_capture_png(ctx: &Ctx) -> CaseResult {
     capture_matches(&fe, dir.path(), w, h, &img)?;
     let img = bgra_pattern(w, h, 72);
     write_image(&fe, &img)?;
-    expect(
+    send_expecting(
         &mut fe,
         "RESOURCE_FLUSH",
         gpu::resource_flush(1, Rect::sized(w, h)),
@@ -1208,13 +1211,13 @@ fn host_blob_capture_png(ctx: &Ctx) -> CaseResult {
 /// Run twice: the frontend announcing the blob with `ADD_MEM_REG`/`REM_MEM_REG`
 /// (`CONFIGURE_MEM_SLOTS`, what QEMU does when the backend offers it) and with whole
 /// `SET_MEM_TABLE`s (what it does otherwise).
-fn descriptors_into_mapped_blob(ctx: &Ctx) -> CaseResult {
+fn descriptors_into_mapped_blob(harness: &Harness) -> CaseResult {
     for configure_mem_slots in [true, false] {
         let options = crate::frontend::FrontendOptions {
             configure_mem_slots,
             ..Default::default()
         };
-        let mut fe = ctx
+        let mut fe = harness
             .spawn_with_options(&[], options)
             .map_err(|e| format!("cannot start backend: {e}"))?;
         let slots = fe
@@ -1254,14 +1257,14 @@ fn descriptors_into_mapped_blob_with(fe: &mut Frontend) -> CaseResult {
     let reqs = cd.create(fe, 1, w, h, gpu::BLOB_FLAG_MAPPABLE)?;
     map(fe, 1, 0, reqs.size)?;
     fe.wait_memtable_synced()
-        .map_err(|e| super::ctx_err(fe, "memory table update", e))?;
+        .map_err(|e| super::case_error(fe, "memory table update", e))?;
     let img = bgra_pattern(w, h, 81);
     fe.shmem()
         .ok_or("no region")?
         .write(0, &img)
         .map_err(|e| e.to_string())?;
     let window = fe.shmem_window_gpa();
-    expect(
+    send_expecting(
         fe,
         "CREATE_2D",
         gpu::resource_create_2d(2, format::B8G8R8A8_UNORM, w, h),
@@ -1277,7 +1280,7 @@ fn descriptors_into_mapped_blob_with(fe: &mut Frontend) -> CaseResult {
         gpu::resource_attach_backing(2, &entry),
     )?;
     if r.ty == ty::OK_NODATA {
-        expect(
+        send_expecting(
             fe,
             "TRANSFER",
             gpu::transfer_to_host_2d(2, Rect::sized(w, h), 0),
@@ -1290,14 +1293,14 @@ fn descriptors_into_mapped_blob_with(fe: &mut Frontend) -> CaseResult {
             format!("ATTACH_BACKING answered {}", r.name())
         })?;
     }
-    expect(
+    send_expecting(
         fe,
         "UNMAP_BLOB",
-        gpu::resource_unmap_blob(CTX, 1),
+        gpu::resource_unmap_blob(CTX_ID, 1),
         ty::OK_NODATA,
     )?;
     fe.wait_memtable_synced()
-        .map_err(|e| super::ctx_err(fe, "memory table update", e))?;
+        .map_err(|e| super::case_error(fe, "memory table update", e))?;
     // Now the backing points at nothing: a transfer must fail cleanly, not crash.
     if r.ty == ty::OK_NODATA {
         let t = ctrl(

@@ -1,10 +1,11 @@
 //! Cases for this project's command line: outputs and resolution, resource limits, a
 //! disabled host-visible region, and a frontend that refuses `SHMEM_MAP`.
 
-use super::blob::{no_leaks, CrossDomain, CTX};
+use super::blob::{no_leaks, CrossDomain, CTX_ID};
 use super::two_d::create_filled;
 use super::{
-    bgra_pattern, ctrl, ensure, expect, still_serving, Case, CaseResult, Ctx, Need, DISPLAY_WAIT,
+    bgra_pattern, ctrl, ensure, send_expecting, still_serving, Case, CaseResult, Harness, Need,
+    DISPLAY_WAIT,
 };
 use crate::frontend::Frontend;
 use crate::gpu::{self, features, format, ty, Rect};
@@ -47,13 +48,14 @@ pub(super) fn cases() -> Vec<Case> {
     ]
 }
 
-fn spawn(ctx: &Ctx, extra: &[&str]) -> Result<Frontend, String> {
-    ctx.spawn_with(extra)
+fn spawn(harness: &Harness, extra: &[&str]) -> Result<Frontend, String> {
+    harness
+        .spawn_with(extra)
         .map_err(|e| format!("cannot start backend: {e}"))
 }
 
-fn two_outputs(ctx: &Ctx) -> CaseResult {
-    let mut fe = spawn(ctx, &["--outputs", "2", "--resolution", "800x600"])?;
+fn two_outputs(harness: &Harness) -> CaseResult {
+    let mut fe = spawn(harness, &["--outputs", "2", "--resolution", "800x600"])?;
     let num_scanouts = fe
         .config_space()
         .get(8..12)
@@ -61,7 +63,7 @@ fn two_outputs(ctx: &Ctx) -> CaseResult {
     ensure(&fe, num_scanouts == 2, || {
         format!("config space num_scanouts {num_scanouts}, expected 2")
     })?;
-    let modes = expect(
+    let modes = send_expecting(
         &mut fe,
         "GET_DISPLAY_INFO",
         gpu::get_display_info(),
@@ -77,20 +79,20 @@ fn two_outputs(ctx: &Ctx) -> CaseResult {
     )?;
     let img = bgra_pattern(32, 24, 41);
     create_filled(&mut fe, 1, 32, 24, &img)?;
-    expect(
+    send_expecting(
         &mut fe,
         "SET_SCANOUT on scanout 1",
         gpu::set_scanout(1, 1, Rect::sized(32, 24)),
         ty::OK_NODATA,
     )?;
-    expect(
+    send_expecting(
         &mut fe,
         "FLUSH",
         gpu::resource_flush(1, Rect::sized(32, 24)),
         ty::OK_NODATA,
     )?;
     super::two_d::display_matches(&fe, 1, 32, 24, &img)?;
-    expect(
+    send_expecting(
         &mut fe,
         "SET_SCANOUT on scanout 2",
         gpu::set_scanout(2, 1, Rect::sized(32, 24)),
@@ -105,24 +107,24 @@ fn two_outputs(ctx: &Ctx) -> CaseResult {
     still_serving(&mut fe)
 }
 
-fn max_resources(ctx: &Ctx) -> CaseResult {
-    let mut fe = spawn(ctx, &["--max-resources", "4"])?;
+fn max_resources(harness: &Harness) -> CaseResult {
+    let mut fe = spawn(harness, &["--max-resources", "4"])?;
     for id in 1..=4 {
-        expect(
+        send_expecting(
             &mut fe,
             "CREATE_2D within the limit",
             gpu::resource_create_2d(id, format::B8G8R8A8_UNORM, 8, 8),
             ty::OK_NODATA,
         )?;
     }
-    expect(
+    send_expecting(
         &mut fe,
         "CREATE_2D past --max-resources",
         gpu::resource_create_2d(5, format::B8G8R8A8_UNORM, 8, 8),
         ty::ERR_OUT_OF_MEMORY,
     )?;
-    expect(&mut fe, "UNREF", gpu::resource_unref(1), ty::OK_NODATA)?;
-    expect(
+    send_expecting(&mut fe, "UNREF", gpu::resource_unref(1), ty::OK_NODATA)?;
+    send_expecting(
         &mut fe,
         "CREATE_2D after an UNREF",
         gpu::resource_create_2d(5, format::B8G8R8A8_UNORM, 8, 8),
@@ -131,10 +133,10 @@ fn max_resources(ctx: &Ctx) -> CaseResult {
     still_serving(&mut fe)
 }
 
-fn max_resource_memory(ctx: &Ctx) -> CaseResult {
-    let mut fe = spawn(ctx, &["--max-resource-memory", "1M"])?;
+fn max_resource_memory(harness: &Harness) -> CaseResult {
+    let mut fe = spawn(harness, &["--max-resource-memory", "1M"])?;
     // 1024x1024x4 = 4 MiB: over the limit.
-    expect(
+    send_expecting(
         &mut fe,
         "CREATE_2D of 4 MiB with a 1 MiB limit",
         gpu::resource_create_2d(1, format::B8G8R8A8_UNORM, 1024, 1024),
@@ -149,7 +151,7 @@ fn max_resource_memory(ctx: &Ctx) -> CaseResult {
     ensure(&fe, r.ty >= ty::ERR_UNSPEC, || {
         format!("65535x65535 answered {}", r.name())
     })?;
-    expect(
+    send_expecting(
         &mut fe,
         "CREATE_2D of 256 KiB",
         gpu::resource_create_2d(3, format::B8G8R8A8_UNORM, 256, 256),
@@ -158,8 +160,8 @@ fn max_resource_memory(ctx: &Ctx) -> CaseResult {
     still_serving(&mut fe)
 }
 
-fn hostmem_0(ctx: &Ctx) -> CaseResult {
-    let mut fe = spawn(ctx, &["--hostmem", "0"])?;
+fn hostmem_0(harness: &Harness) -> CaseResult {
+    let mut fe = spawn(harness, &["--hostmem", "0"])?;
     ensure(&fe, fe.shmem().is_none(), || {
         "--hostmem 0 but the backend announced a host-visible region".into()
     })?;
@@ -171,7 +173,7 @@ fn hostmem_0(ctx: &Ctx) -> CaseResult {
     let r = ctrl(
         &mut fe,
         "MAP_BLOB without a region",
-        gpu::resource_map_blob(CTX, 1, 0),
+        gpu::resource_map_blob(CTX_ID, 1, 0),
     )?;
     ensure(&fe, r.ty >= ty::ERR_UNSPEC, || {
         format!("MAP_BLOB without a region answered {}", r.name())
@@ -179,8 +181,8 @@ fn hostmem_0(ctx: &Ctx) -> CaseResult {
     still_serving(&mut fe)
 }
 
-fn frontend_refuses_map(ctx: &Ctx) -> CaseResult {
-    let mut fe = spawn(ctx, &[])?;
+fn frontend_refuses_map(harness: &Harness) -> CaseResult {
+    let mut fe = spawn(harness, &[])?;
     let mut cd = CrossDomain::init(&mut fe)?;
     let before = fe.backend_stats().map_err(|e| e.to_string())?;
     let reqs = cd.create(&mut fe, 1, 64, 64, gpu::BLOB_FLAG_MAPPABLE)?;
@@ -188,7 +190,7 @@ fn frontend_refuses_map(ctx: &Ctx) -> CaseResult {
     let r = ctrl(
         &mut fe,
         "MAP_BLOB the frontend refuses",
-        gpu::resource_map_blob(CTX, 1, 0),
+        gpu::resource_map_blob(CTX_ID, 1, 0),
     )?;
     ensure(&fe, r.ty >= ty::ERR_UNSPEC, || {
         format!(
@@ -199,7 +201,7 @@ fn frontend_refuses_map(ctx: &Ctx) -> CaseResult {
     fe.shmem().ok_or("no region")?.set_refuse_maps(false);
     // The resource stays usable: mapping works once the frontend agrees.
     super::blob::map(&mut fe, 1, 0, reqs.size)?;
-    expect(&mut fe, "UNREF", gpu::resource_unref(1), ty::OK_NODATA)?;
+    send_expecting(&mut fe, "UNREF", gpu::resource_unref(1), ty::OK_NODATA)?;
     no_leaks(&mut fe, &before)?;
     still_serving(&mut fe)
 }

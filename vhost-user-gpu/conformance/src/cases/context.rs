@@ -1,23 +1,23 @@
 //! Context cases: capsets, CTX_* commands and their errors, malformed cross-domain command
 //! streams in SUBMIT_3D, and destroying a context whose blob is mapped.
 
-use super::blob::{map, no_leaks, region_empty, CrossDomain, CTX};
-use super::{ctrl, ensure, expect, still_serving, Case, CaseResult, Ctx, Need};
+use super::blob::{map, no_leaks, region_empty, CrossDomain, CTX_ID};
+use super::{ctrl, ensure, send_expecting, still_serving, Case, CaseResult, Harness, Need};
 use crate::cross_domain;
 use crate::frontend::Frontend;
 use crate::gpu::{self, features, format, ty};
 
 pub(super) fn cases() -> Vec<Case> {
-    let ctx = Need::Features(features::CONTEXT_INIT);
+    let need = Need::Features(features::CONTEXT_INIT);
     vec![
         Case {
             name: "ctx::capset_cross_domain",
-            need: ctx.clone(),
+            need: need.clone(),
             run: capset_cross_domain,
         },
         Case {
             name: "ctx::lifecycle_and_errors",
-            need: ctx.clone(),
+            need: need.clone(),
             run: lifecycle_and_errors,
         },
         Case {
@@ -41,8 +41,9 @@ pub(super) fn cases() -> Vec<Case> {
     ]
 }
 
-fn spawn(ctx: &Ctx) -> Result<Frontend, String> {
-    ctx.spawn()
+fn spawn(harness: &Harness) -> Result<Frontend, String> {
+    harness
+        .spawn()
         .map_err(|e| format!("cannot start backend: {e}"))
 }
 
@@ -52,15 +53,15 @@ fn is_err(fe: &Frontend, what: &str, r: &gpu::Resp) -> CaseResult {
     })
 }
 
-fn capset_cross_domain(ctx: &Ctx) -> CaseResult {
-    let mut fe = spawn(ctx)?;
+fn capset_cross_domain(harness: &Harness) -> CaseResult {
+    let mut fe = spawn(harness)?;
     let cfg = fe.config_space().to_vec();
     let num = cfg
         .get(12..16)
         .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
     let mut found = None;
     for i in 0..num {
-        let info = expect(
+        let info = send_expecting(
             &mut fe,
             "GET_CAPSET_INFO",
             gpu::get_capset_info(i),
@@ -73,7 +74,7 @@ fn capset_cross_domain(ctx: &Ctx) -> CaseResult {
         }
     }
     let info = found.ok_or_else(|| format!("no cross-domain capset among {num}"))?;
-    let r = expect(
+    let r = send_expecting(
         &mut fe,
         "GET_CAPSET cross-domain",
         gpu::get_capset(info.id, info.max_version),
@@ -105,10 +106,10 @@ fn capset_cross_domain(ctx: &Ctx) -> CaseResult {
     still_serving(&mut fe)
 }
 
-fn lifecycle_and_errors(ctx: &Ctx) -> CaseResult {
-    let mut fe = spawn(ctx)?;
+fn lifecycle_and_errors(harness: &Harness) -> CaseResult {
+    let mut fe = spawn(harness)?;
     let cd = gpu::CAPSET_CROSS_DOMAIN;
-    expect(
+    send_expecting(
         &mut fe,
         "CTX_CREATE 1",
         gpu::ctx_create(1, cd, "a"),
@@ -124,51 +125,51 @@ fn lifecycle_and_errors(ctx: &Ctx) -> CaseResult {
         gpu::ctx_create(2, 200, "bad"),
     )?;
     is_err(&fe, "CTX_CREATE with an unknown capset", &r)?;
-    expect(
+    send_expecting(
         &mut fe,
         "RESOURCE_CREATE_2D",
         gpu::resource_create_2d(5, format::B8G8R8A8_UNORM, 8, 8),
         ty::OK_NODATA,
     )?;
-    expect(
+    send_expecting(
         &mut fe,
         "CTX_ATTACH_RESOURCE",
         gpu::ctx_attach_resource(1, 5),
         ty::OK_NODATA,
     )?;
-    expect(
+    send_expecting(
         &mut fe,
         "CTX_ATTACH_RESOURCE unknown context",
         gpu::ctx_attach_resource(9, 5),
         ty::ERR_INVALID_CONTEXT_ID,
     )?;
-    expect(
+    send_expecting(
         &mut fe,
         "CTX_ATTACH_RESOURCE unknown resource",
         gpu::ctx_attach_resource(1, 77),
         ty::ERR_INVALID_RESOURCE_ID,
     )?;
-    expect(
+    send_expecting(
         &mut fe,
         "CTX_DETACH_RESOURCE",
         gpu::ctx_detach_resource(1, 5),
         ty::OK_NODATA,
     )?;
-    expect(
+    send_expecting(
         &mut fe,
         "SUBMIT_3D unknown context",
         gpu::submit_3d(9, &cross_domain::init(5, cross_domain::RING_NONE, 0)),
         ty::ERR_INVALID_CONTEXT_ID,
     )?;
-    expect(&mut fe, "CTX_DESTROY 1", gpu::ctx_destroy(1), ty::OK_NODATA)?;
-    expect(
+    send_expecting(&mut fe, "CTX_DESTROY 1", gpu::ctx_destroy(1), ty::OK_NODATA)?;
+    send_expecting(
         &mut fe,
         "CTX_DESTROY 1 again",
         gpu::ctx_destroy(1),
         ty::ERR_INVALID_CONTEXT_ID,
     )?;
     // The id is free again.
-    expect(
+    send_expecting(
         &mut fe,
         "CTX_CREATE 1 after destroy",
         gpu::ctx_create(1, cd, "c"),
@@ -177,8 +178,8 @@ fn lifecycle_and_errors(ctx: &Ctx) -> CaseResult {
     still_serving(&mut fe)
 }
 
-fn malformed_streams(ctx: &Ctx) -> CaseResult {
-    let mut fe = spawn(ctx)?;
+fn malformed_streams(harness: &Harness) -> CaseResult {
+    let mut fe = spawn(harness)?;
     let mut cd = CrossDomain::init(&mut fe)?;
     let good = cross_domain::get_image_requirements(16, 16, cross_domain::DRM_FORMAT_ARGB8888, 0);
     let mut zero_size = good.clone();
@@ -211,14 +212,17 @@ fn malformed_streams(ctx: &Ctx) -> CaseResult {
         ),
     ];
     for (what, stream) in streams {
-        let r = ctrl(&mut fe, what, gpu::submit_3d(CTX, &stream))?;
+        let r = ctrl(&mut fe, what, gpu::submit_3d(CTX_ID, &stream))?;
         is_err(&fe, &format!("SUBMIT_3D with {what}"), &r)?;
     }
     // A second INIT of the same context and an INIT naming an unknown ring resource.
     let r = ctrl(
         &mut fe,
         "INIT with unknown ring",
-        gpu::submit_3d(CTX, &cross_domain::init(4242, cross_domain::RING_NONE, 0)),
+        gpu::submit_3d(
+            CTX_ID,
+            &cross_domain::init(4242, cross_domain::RING_NONE, 0),
+        ),
     )?;
     is_err(&fe, "CROSS_DOMAIN_CMD_INIT with an unknown query ring", &r)?;
     // The context still answers good queries.
@@ -226,16 +230,16 @@ fn malformed_streams(ctx: &Ctx) -> CaseResult {
     still_serving(&mut fe)
 }
 
-fn destroy_while_mapped(ctx: &Ctx) -> CaseResult {
-    let mut fe = spawn(ctx)?;
+fn destroy_while_mapped(harness: &Harness) -> CaseResult {
+    let mut fe = spawn(harness)?;
     let before = fe.backend_stats().map_err(|e| e.to_string())?;
     let mut cd = CrossDomain::init(&mut fe)?;
     let reqs = cd.create(&mut fe, 1, 64, 64, gpu::BLOB_FLAG_MAPPABLE)?;
     map(&mut fe, 1, 0, reqs.size)?;
-    expect(
+    send_expecting(
         &mut fe,
         "CTX_DESTROY with a mapped blob",
-        gpu::ctx_destroy(CTX),
+        gpu::ctx_destroy(CTX_ID),
         ty::OK_NODATA,
     )?;
     // The blob is a resource of the device, not of the context: it may stay mapped until
@@ -243,10 +247,10 @@ fn destroy_while_mapped(ctx: &Ctx) -> CaseResult {
     let _ = ctrl(
         &mut fe,
         "UNMAP_BLOB after CTX_DESTROY",
-        gpu::resource_unmap_blob(CTX, 1),
+        gpu::resource_unmap_blob(CTX_ID, 1),
     )?;
-    expect(&mut fe, "UNREF", gpu::resource_unref(1), ty::OK_NODATA)?;
-    expect(
+    send_expecting(&mut fe, "UNREF", gpu::resource_unref(1), ty::OK_NODATA)?;
+    send_expecting(
         &mut fe,
         "UNREF query ring",
         gpu::resource_unref(super::blob::RING_RES),
@@ -259,9 +263,9 @@ fn destroy_while_mapped(ctx: &Ctx) -> CaseResult {
 
 /// A cross-domain context has no 3D resources: CREATE_3D and 3D transfers of a 2D resource
 /// must get error responses, not a crash.
-fn virgl_refused(ctx: &Ctx) -> CaseResult {
-    let mut fe = spawn(ctx)?;
-    expect(
+fn virgl_refused(harness: &Harness) -> CaseResult {
+    let mut fe = spawn(harness)?;
+    send_expecting(
         &mut fe,
         "CTX_CREATE",
         gpu::ctx_create(1, gpu::CAPSET_CROSS_DOMAIN, "x"),
@@ -279,7 +283,7 @@ fn virgl_refused(ctx: &Ctx) -> CaseResult {
         gpu::resource_create_3d(0, 2, format::B8G8R8A8_UNORM, 16, 16),
     )?;
     is_err(&fe, "RESOURCE_CREATE_3D without a context", &r)?;
-    expect(
+    send_expecting(
         &mut fe,
         "CREATE_2D",
         gpu::resource_create_2d(3, format::B8G8R8A8_UNORM, 16, 16),

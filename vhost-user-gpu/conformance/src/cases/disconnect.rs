@@ -15,10 +15,10 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::blob::{map, CrossDomain, CTX};
+use super::blob::{map, CrossDomain, CTX_ID};
 use super::limits::backend_rss;
 use super::two_d::create_filled;
-use super::{bgra_pattern, expect, still_serving, Case, CaseResult, Ctx, Need};
+use super::{bgra_pattern, send_expecting, still_serving, Case, CaseResult, Harness, Need};
 use crate::frontend::{Frontend, FrontendOptions, CONTROL_QUEUE};
 use crate::gpu::{self, features, format, ty};
 use crate::proc_stats::ProcStats;
@@ -92,13 +92,13 @@ fn child_main(socket: &Path) -> Result<(), String> {
         let id = 3000 + round % 100;
         let reqs = cd.create(&mut fe, id, 64, 64, gpu::BLOB_FLAG_MAPPABLE)?;
         map(&mut fe, id, 0x10_0000, reqs.size)?;
-        expect(
+        send_expecting(
             &mut fe,
             "UNMAP_BLOB",
-            gpu::resource_unmap_blob(CTX, id),
+            gpu::resource_unmap_blob(CTX_ID, id),
             ty::OK_NODATA,
         )?;
-        expect(&mut fe, "UNREF", gpu::resource_unref(id), ty::OK_NODATA)?;
+        send_expecting(&mut fe, "UNREF", gpu::resource_unref(id), ty::OK_NODATA)?;
         round += 1;
     }
 }
@@ -189,10 +189,10 @@ fn kill_child_frontend(fe: &Frontend, delay: Duration, n: u32) -> CaseResult {
     Ok(())
 }
 
-fn survives_disconnects(ctx: &Ctx) -> CaseResult {
+fn survives_disconnects(harness: &Harness) -> CaseResult {
     let total = disconnects();
     let start = Instant::now();
-    let mut fe = ctx
+    let mut fe = harness
         .spawn_with(&["--keep-listening"])
         .map_err(|e| format!("cannot start backend: {e}"))?;
     still_serving(&mut fe)?;
@@ -209,7 +209,7 @@ fn survives_disconnects(ctx: &Ctx) -> CaseResult {
             kill_child_frontend(&fe, delay, n)?;
         } else {
             fe.connect()
-                .map_err(|e| super::ctx_err(&fe, "reconnect", e))?;
+                .map_err(|e| super::case_error(&fe, "reconnect", e))?;
             leave_state_behind(&mut fe)?;
             fe.disconnect();
         }
@@ -267,8 +267,8 @@ fn survives_disconnects(ctx: &Ctx) -> CaseResult {
     })?;
     // The next frontend is served correctly: blobs map, the display shows, state is fresh.
     fe.connect()
-        .map_err(|e| super::ctx_err(&fe, "final reconnect", e))?;
-    expect(
+        .map_err(|e| super::case_error(&fe, "final reconnect", e))?;
+    send_expecting(
         &mut fe,
         "UNREF of the previous connection's resource",
         gpu::resource_unref(1),

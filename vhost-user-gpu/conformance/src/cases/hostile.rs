@@ -14,9 +14,9 @@
 //! allocate is `ERR_OUT_OF_MEMORY`. Where this device decides differently from QEMU the
 //! case says why.
 
-use super::blob::{self, CrossDomain, CTX, RING_RES};
+use super::blob::{self, CrossDomain, CTX_ID, RING_RES};
 use super::two_d::Backing;
-use super::{ctrl, ensure, expect, still_serving, Case, CaseResult, Ctx, Need};
+use super::{ctrl, ensure, send_expecting, still_serving, Case, CaseResult, Harness, Need};
 use crate::cross_domain as xd;
 use crate::frontend::{Frontend, CONTROL_QUEUE};
 use crate::gpu::{self, features, format, ty, BlobLayout, Cmd, MemEntry, Rect};
@@ -158,14 +158,18 @@ pub(super) fn cases() -> Vec<Case> {
 // ---------------------------------------------------------------------------------------
 // Frame and helpers.
 
-fn spawn(ctx: &Ctx) -> Result<Frontend, String> {
-    ctx.spawn()
+fn spawn(harness: &Harness) -> Result<Frontend, String> {
+    harness
+        .spawn()
         .map_err(|e| format!("cannot start backend: {e}"))
 }
 
 /// The frame of every case (see the module docs).
-pub(super) fn guarded(ctx: &Ctx, body: impl FnOnce(&mut Frontend) -> CaseResult) -> CaseResult {
-    let mut fe = spawn(ctx)?;
+pub(super) fn guarded(
+    harness: &Harness,
+    body: impl FnOnce(&mut Frontend) -> CaseResult,
+) -> CaseResult {
+    let mut fe = spawn(harness)?;
     // Warm-up: a GUEST blob makes the backend open /dev/udmabuf (kept open) where it exists.
     if fe.has_features(features::RESOURCE_BLOB) {
         let page = fe.ram().alloc(4096, 4096).map_err(|e| e.to_string())?;
@@ -223,11 +227,11 @@ fn normal_2d(fe: &mut Frontend) -> CaseResult {
 }
 
 pub(super) fn ok(fe: &mut Frontend, what: &str, cmd: Cmd) -> CaseResult {
-    expect(fe, what, cmd, ty::OK_NODATA).map(|_| ())
+    send_expecting(fe, what, cmd, ty::OK_NODATA).map(|_| ())
 }
 
 fn err(fe: &mut Frontend, what: &str, cmd: Cmd, t: u32) -> CaseResult {
-    expect(fe, what, cmd, t).map(|_| ())
+    send_expecting(fe, what, cmd, t).map(|_| ())
 }
 
 /// A 2D resource `id` of `w`x`h` with a backing of `w*h*4` bytes (returned).
@@ -277,7 +281,7 @@ fn alloc(fe: &Frontend, bytes: &[u8]) -> Result<u64, String> {
 fn raw_request(fe: &mut Frontend, what: &str, bytes: &[u8], t: u32) -> CaseResult {
     let r = fe
         .ctrl_parts(&[bytes], gpu::resp_size::DISPLAY_INFO)
-        .map_err(|e| super::ctx_err(fe, what, e))?;
+        .map_err(|e| super::case_error(fe, what, e))?;
     ensure(fe, r.ty == t, || {
         format!("{what}: expected {}, got {}", ty::name(t), r.name())
     })
@@ -285,15 +289,15 @@ fn raw_request(fe: &mut Frontend, what: &str, bytes: &[u8], t: u32) -> CaseResul
 
 /// Cleans up a cross-domain context set up by [`CrossDomain::init`].
 pub(super) fn drop_cross_domain(fe: &mut Frontend) -> CaseResult {
-    ok(fe, "CTX_DESTROY", gpu::ctx_destroy(CTX))?;
+    ok(fe, "CTX_DESTROY", gpu::ctx_destroy(CTX_ID))?;
     ok(fe, "UNREF query ring", gpu::resource_unref(RING_RES))
 }
 
 // ---------------------------------------------------------------------------------------
 // hdr
 
-fn four_byte_request(ctx: &Ctx) -> CaseResult {
-    guarded(ctx, |fe| {
+fn four_byte_request(harness: &Harness) -> CaseResult {
+    guarded(harness, |fe| {
         raw_request(
             fe,
             "a 4-byte request",
@@ -303,8 +307,8 @@ fn four_byte_request(ctx: &Ctx) -> CaseResult {
     })
 }
 
-fn header_one_byte_short(ctx: &Ctx) -> CaseResult {
-    guarded(ctx, |fe| {
+fn header_one_byte_short(harness: &Harness) -> CaseResult {
+    guarded(harness, |fe| {
         raw_request(
             fe,
             "a 23-byte header",
@@ -314,8 +318,8 @@ fn header_one_byte_short(ctx: &Ctx) -> CaseResult {
     })
 }
 
-fn set_scanout_body_truncated(ctx: &Ctx) -> CaseResult {
-    guarded(ctx, |fe| {
+fn set_scanout_body_truncated(harness: &Harness) -> CaseResult {
+    guarded(harness, |fe| {
         let _b = res_2d(fe, 1, 16, 16)?;
         let cmd = gpu::set_scanout(0, 1, Rect::sized(16, 16));
         let len = cmd.len() - 4;
@@ -329,8 +333,8 @@ fn set_scanout_body_truncated(ctx: &Ctx) -> CaseResult {
     })
 }
 
-fn attach_backing_entries_missing(ctx: &Ctx) -> CaseResult {
-    guarded(ctx, |fe| {
+fn attach_backing_entries_missing(harness: &Harness) -> CaseResult {
+    guarded(harness, |fe| {
         ok(
             fe,
             "CREATE_2D",
@@ -361,10 +365,10 @@ fn attach_backing_entries_missing(ctx: &Ctx) -> CaseResult {
     })
 }
 
-fn nr_entries_above_limit(ctx: &Ctx) -> CaseResult {
+fn nr_entries_above_limit(harness: &Harness) -> CaseResult {
     // QEMU answers ERR_UNSPEC for every failure of its mapping helper; this device names
     // the field: nr_entries past the documented limit (16384) is a bad parameter.
-    guarded(ctx, |fe| {
+    guarded(harness, |fe| {
         ok(
             fe,
             "CREATE_2D",
@@ -388,15 +392,15 @@ fn nr_entries_above_limit(ctx: &Ctx) -> CaseResult {
     })
 }
 
-fn submit_size_beyond_request(ctx: &Ctx) -> CaseResult {
-    guarded(ctx, |fe| {
+fn submit_size_beyond_request(harness: &Harness) -> CaseResult {
+    guarded(harness, |fe| {
         let cmd = Cmd::new(ty::SUBMIT_3D, 1).u32(4096).u32(0).bytes(&[0; 64]);
         err(fe, "SUBMIT_3D size 4096 with 64 bytes", cmd, ty::ERR_UNSPEC)
     })
 }
 
-fn submit_size_above_limit(ctx: &Ctx) -> CaseResult {
-    guarded(ctx, |fe| {
+fn submit_size_above_limit(harness: &Harness) -> CaseResult {
+    guarded(harness, |fe| {
         let cmd = Cmd::new(ty::SUBMIT_3D, 1)
             .u32(u32::MAX)
             .u32(0)
@@ -410,9 +414,9 @@ fn submit_size_above_limit(ctx: &Ctx) -> CaseResult {
     })
 }
 
-fn unknown_flag_bits_ignored(ctx: &Ctx) -> CaseResult {
-    guarded(ctx, |fe| {
-        let r = expect(
+fn unknown_flag_bits_ignored(harness: &Harness) -> CaseResult {
+    guarded(harness, |fe| {
+        let r = send_expecting(
             fe,
             "GET_DISPLAY_INFO with flags 0xfffffffc",
             gpu::get_display_info().raw_flags(0xffff_fffc),
@@ -427,16 +431,16 @@ fn unknown_flag_bits_ignored(ctx: &Ctx) -> CaseResult {
     })
 }
 
-fn trailing_bytes_ignored(ctx: &Ctx) -> CaseResult {
-    guarded(ctx, |fe| {
+fn trailing_bytes_ignored(harness: &Harness) -> CaseResult {
+    guarded(harness, |fe| {
         let cmd = gpu::resource_create_2d(1, format::B8G8R8X8_UNORM, 4, 4).bytes(&[0xa5; 200]);
         ok(fe, "CREATE_2D with 200 trailing bytes", cmd)?;
         ok(fe, "UNREF", gpu::resource_unref(1))
     })
 }
 
-fn ring_idx_without_fence_not_echoed(ctx: &Ctx) -> CaseResult {
-    guarded(ctx, |fe| {
+fn ring_idx_without_fence_not_echoed(harness: &Harness) -> CaseResult {
+    guarded(harness, |fe| {
         let mut bytes = gpu::get_display_info()
             .raw_flags(gpu::FLAG_INFO_RING_IDX)
             .into_bytes();
@@ -444,7 +448,7 @@ fn ring_idx_without_fence_not_echoed(ctx: &Ctx) -> CaseResult {
         bytes[20] = 3; // ring_idx
         let r = fe
             .ctrl_parts(&[&bytes], gpu::resp_size::DISPLAY_INFO)
-            .map_err(|e| super::ctx_err(fe, "GET_DISPLAY_INFO", e))?;
+            .map_err(|e| super::case_error(fe, "GET_DISPLAY_INFO", e))?;
         ensure(
             fe,
             r.ty == ty::OK_DISPLAY_INFO && r.flags == 0 && r.fence_id == 0 && r.ring_idx == 0,
@@ -461,8 +465,8 @@ fn ring_idx_without_fence_not_echoed(ctx: &Ctx) -> CaseResult {
     })
 }
 
-fn ctx_create_name_length_lies(ctx: &Ctx) -> CaseResult {
-    guarded(ctx, |fe| {
+fn ctx_create_name_length_lies(harness: &Harness) -> CaseResult {
+    guarded(harness, |fe| {
         let mut cmd = gpu::ctx_create(5, gpu::CAPSET_CROSS_DOMAIN, "liar").into_bytes();
         cmd[24..28].copy_from_slice(&100_000u32.to_le_bytes()); // nlen
         raw_request(fe, "CTX_CREATE with nlen 100000", &cmd, ty::OK_NODATA)?;
@@ -487,9 +491,9 @@ fn send_raw_and_check(
     }
     let head = fe
         .send_raw(CONTROL_QUEUE, descs)
-        .map_err(|e| super::ctx_err(fe, what, e))?;
+        .map_err(|e| super::case_error(fe, what, e))?;
     fe.wait_for_head(CONTROL_QUEUE, head)
-        .map_err(|e| super::ctx_err(fe, &format!("{what} never came back"), e))?;
+        .map_err(|e| super::case_error(fe, &format!("{what} never came back"), e))?;
     if let Some((gpa, len)) = canary {
         let bytes = fe.ram().read_vec(gpa, len).map_err(|e| e.to_string())?;
         ensure(fe, bytes.iter().all(|&b| b == 0xa5), || {
@@ -516,8 +520,8 @@ fn wr(addr: u64, len: u32, next: Option<usize>) -> RawDesc {
     }
 }
 
-fn readable_after_writable(ctx: &Ctx) -> CaseResult {
-    guarded(ctx, |fe| {
+fn readable_after_writable(harness: &Harness) -> CaseResult {
+    guarded(harness, |fe| {
         let cmd = gpu::get_display_info().into_bytes();
         let req = alloc(fe, &cmd)?;
         let resp = alloc(fe, &[0; 512])?;
@@ -535,8 +539,8 @@ fn readable_after_writable(ctx: &Ctx) -> CaseResult {
     })
 }
 
-fn response_room_for_header_only(ctx: &Ctx) -> CaseResult {
-    guarded(ctx, |fe| {
+fn response_room_for_header_only(harness: &Harness) -> CaseResult {
+    guarded(harness, |fe| {
         let cmd = gpu::get_display_info().fence(77, None).into_bytes();
         let req = alloc(fe, &cmd)?;
         let resp = alloc(fe, &[0xa5; 24 + 32])?;
@@ -560,8 +564,8 @@ fn response_room_for_header_only(ctx: &Ctx) -> CaseResult {
     })
 }
 
-fn response_scattered_over_descriptors(ctx: &Ctx) -> CaseResult {
-    guarded(ctx, |fe| {
+fn response_scattered_over_descriptors(harness: &Harness) -> CaseResult {
+    guarded(harness, |fe| {
         let cmd = gpu::get_display_info().into_bytes();
         let req = alloc(fe, &cmd)?;
         let parts = [7u32, 17, 400];
@@ -598,8 +602,8 @@ fn response_scattered_over_descriptors(ctx: &Ctx) -> CaseResult {
     })
 }
 
-fn request_in_eight_byte_pieces(ctx: &Ctx) -> CaseResult {
-    guarded(ctx, |fe| {
+fn request_in_eight_byte_pieces(harness: &Harness) -> CaseResult {
+    guarded(harness, |fe| {
         let cmd = gpu::resource_create_2d(3, format::B8G8R8X8_UNORM, 4, 4).into_bytes();
         let pieces: Vec<&[u8]> = cmd.chunks(8).collect();
         let r = fe
@@ -618,8 +622,8 @@ fn request_in_eight_byte_pieces(ctx: &Ctx) -> CaseResult {
     })
 }
 
-fn zero_length_descriptor_in_request(ctx: &Ctx) -> CaseResult {
-    guarded(ctx, |fe| {
+fn zero_length_descriptor_in_request(harness: &Harness) -> CaseResult {
+    guarded(harness, |fe| {
         let cmd = gpu::get_display_info().into_bytes();
         let a = alloc(fe, &cmd[..10])?;
         let z = alloc(fe, &[0; 8])?;
@@ -646,8 +650,8 @@ fn zero_length_descriptor_in_request(ctx: &Ctx) -> CaseResult {
     })
 }
 
-fn writable_descriptor_outside_ram(ctx: &Ctx) -> CaseResult {
-    guarded(ctx, |fe| {
+fn writable_descriptor_outside_ram(harness: &Harness) -> CaseResult {
+    guarded(harness, |fe| {
         let cmd = gpu::get_display_info().into_bytes();
         let req = alloc(fe, &cmd)?;
         let resp = alloc(fe, &[0; 64])?;
@@ -665,8 +669,8 @@ fn writable_descriptor_outside_ram(ctx: &Ctx) -> CaseResult {
     })
 }
 
-fn request_over_one_mib(ctx: &Ctx) -> CaseResult {
-    guarded(ctx, |fe| {
+fn request_over_one_mib(harness: &Harness) -> CaseResult {
+    guarded(harness, |fe| {
         let len = (1 << 20) + 4096;
         let req = fe.ram().alloc(len, 4096).map_err(|e| e.to_string())?;
         let cmd = gpu::get_display_info().into_bytes();
@@ -683,8 +687,8 @@ fn request_over_one_mib(ctx: &Ctx) -> CaseResult {
     })
 }
 
-fn no_writable_part(ctx: &Ctx) -> CaseResult {
-    guarded(ctx, |fe| {
+fn no_writable_part(harness: &Harness) -> CaseResult {
+    guarded(harness, |fe| {
         let cmd = gpu::resource_create_2d(4, format::B8G8R8X8_UNORM, 4, 4).into_bytes();
         let req = alloc(fe, &cmd)?;
         send_raw_and_check(
@@ -706,32 +710,32 @@ fn no_writable_part(ctx: &Ctx) -> CaseResult {
 // ---------------------------------------------------------------------------------------
 // unknown
 
-fn unknown_type(ctx: &Ctx, t: u32) -> CaseResult {
-    guarded(ctx, |fe| {
+fn unknown_type(harness: &Harness, t: u32) -> CaseResult {
+    guarded(harness, |fe| {
         let cmd = Cmd::new(t, 0).u32(1).u32(0).bytes(&[0; 32]);
         err(fe, &format!("command type {t:#x}"), cmd, ty::ERR_UNSPEC)
     })
 }
-fn type_zero(ctx: &Ctx) -> CaseResult {
-    unknown_type(ctx, 0)
+fn type_zero(harness: &Harness) -> CaseResult {
+    unknown_type(harness, 0)
 }
-fn gap_after_2d_commands(ctx: &Ctx) -> CaseResult {
-    unknown_type(ctx, ty::SET_SCANOUT_BLOB + 1)
+fn gap_after_2d_commands(harness: &Harness) -> CaseResult {
+    unknown_type(harness, ty::SET_SCANOUT_BLOB + 1)
 }
-fn gap_after_3d_commands(ctx: &Ctx) -> CaseResult {
-    unknown_type(ctx, ty::RESOURCE_UNMAP_BLOB + 1)
+fn gap_after_3d_commands(harness: &Harness) -> CaseResult {
+    unknown_type(harness, ty::RESOURCE_UNMAP_BLOB + 1)
 }
-fn gap_after_cursor_commands(ctx: &Ctx) -> CaseResult {
-    unknown_type(ctx, ty::MOVE_CURSOR + 1)
+fn gap_after_cursor_commands(harness: &Harness) -> CaseResult {
+    unknown_type(harness, ty::MOVE_CURSOR + 1)
 }
-fn response_type_as_command(ctx: &Ctx) -> CaseResult {
-    unknown_type(ctx, ty::OK_NODATA)
+fn response_type_as_command(harness: &Harness) -> CaseResult {
+    unknown_type(harness, ty::OK_NODATA)
 }
-fn all_ones(ctx: &Ctx) -> CaseResult {
-    unknown_type(ctx, u32::MAX)
+fn all_ones(harness: &Harness) -> CaseResult {
+    unknown_type(harness, u32::MAX)
 }
-fn cursor_command_on_control_queue(ctx: &Ctx) -> CaseResult {
-    guarded(ctx, |fe| {
+fn cursor_command_on_control_queue(harness: &Harness) -> CaseResult {
+    guarded(harness, |fe| {
         err(
             fe,
             "MOVE_CURSOR on the control queue",
@@ -744,8 +748,8 @@ fn cursor_command_on_control_queue(ctx: &Ctx) -> CaseResult {
 // ---------------------------------------------------------------------------------------
 // rid
 
-fn unref_id_0(ctx: &Ctx) -> CaseResult {
-    guarded(ctx, |fe| {
+fn unref_id_0(harness: &Harness) -> CaseResult {
+    guarded(harness, |fe| {
         err(
             fe,
             "UNREF 0",
@@ -754,8 +758,8 @@ fn unref_id_0(ctx: &Ctx) -> CaseResult {
         )
     })
 }
-fn flush_id_0(ctx: &Ctx) -> CaseResult {
-    guarded(ctx, |fe| {
+fn flush_id_0(harness: &Harness) -> CaseResult {
+    guarded(harness, |fe| {
         err(
             fe,
             "FLUSH 0",
@@ -764,8 +768,8 @@ fn flush_id_0(ctx: &Ctx) -> CaseResult {
         )
     })
 }
-fn transfer_id_0(ctx: &Ctx) -> CaseResult {
-    guarded(ctx, |fe| {
+fn transfer_id_0(harness: &Harness) -> CaseResult {
+    guarded(harness, |fe| {
         err(
             fe,
             "TRANSFER 0",
@@ -774,8 +778,8 @@ fn transfer_id_0(ctx: &Ctx) -> CaseResult {
         )
     })
 }
-fn attach_backing_id_0(ctx: &Ctx) -> CaseResult {
-    guarded(ctx, |fe| {
+fn attach_backing_id_0(harness: &Harness) -> CaseResult {
+    guarded(harness, |fe| {
         let page = fe.ram().alloc(4096, 4096).map_err(|e| e.to_string())?;
         err(
             fe,
@@ -791,8 +795,8 @@ fn attach_backing_id_0(ctx: &Ctx) -> CaseResult {
         )
     })
 }
-fn assign_uuid_id_0(ctx: &Ctx) -> CaseResult {
-    guarded(ctx, |fe| {
+fn assign_uuid_id_0(harness: &Harness) -> CaseResult {
+    guarded(harness, |fe| {
         err(
             fe,
             "ASSIGN_UUID 0",
@@ -801,8 +805,8 @@ fn assign_uuid_id_0(ctx: &Ctx) -> CaseResult {
         )
     })
 }
-fn map_blob_id_0(ctx: &Ctx) -> CaseResult {
-    guarded(ctx, |fe| {
+fn map_blob_id_0(harness: &Harness) -> CaseResult {
+    guarded(harness, |fe| {
         err(
             fe,
             "MAP_BLOB 0",
@@ -811,8 +815,8 @@ fn map_blob_id_0(ctx: &Ctx) -> CaseResult {
         )
     })
 }
-fn ctx_detach_unknown_resource(ctx: &Ctx) -> CaseResult {
-    guarded(ctx, |fe| {
+fn ctx_detach_unknown_resource(harness: &Harness) -> CaseResult {
+    guarded(harness, |fe| {
         ok(
             fe,
             "CTX_CREATE",
@@ -831,8 +835,8 @@ fn ctx_detach_unknown_resource(ctx: &Ctx) -> CaseResult {
 // ---------------------------------------------------------------------------------------
 // dup
 
-fn guest_blob_over_2d_id(ctx: &Ctx) -> CaseResult {
-    guarded(ctx, |fe| {
+fn guest_blob_over_2d_id(harness: &Harness) -> CaseResult {
+    guarded(harness, |fe| {
         let b = res_2d(fe, 1, 16, 16)?;
         let page = Backing::new(fe, 4096)?;
         err(
@@ -854,8 +858,8 @@ fn guest_blob_over_2d_id(ctx: &Ctx) -> CaseResult {
     })
 }
 
-fn create_2d_over_blob_id(ctx: &Ctx) -> CaseResult {
-    guarded(ctx, |fe| {
+fn create_2d_over_blob_id(harness: &Harness) -> CaseResult {
+    guarded(harness, |fe| {
         let _b = guest_blob(fe, 2, 4096)?;
         err(
             fe,
@@ -867,15 +871,15 @@ fn create_2d_over_blob_id(ctx: &Ctx) -> CaseResult {
     })
 }
 
-fn host_blob_id_taken(ctx: &Ctx) -> CaseResult {
-    guarded(ctx, |fe| {
+fn host_blob_id_taken(harness: &Harness) -> CaseResult {
+    guarded(harness, |fe| {
         let mut cd = CrossDomain::init(fe)?;
         let reqs = cd.create(fe, 1, 32, 32, gpu::BLOB_FLAG_MAPPABLE)?;
         err(
             fe,
             "CREATE_BLOB HOST3D with a taken id",
             gpu::resource_create_blob(
-                CTX,
+                CTX_ID,
                 1,
                 gpu::BLOB_MEM_HOST3D,
                 gpu::BLOB_FLAG_MAPPABLE,
@@ -890,8 +894,8 @@ fn host_blob_id_taken(ctx: &Ctx) -> CaseResult {
     })
 }
 
-fn attach_backing_twice(ctx: &Ctx) -> CaseResult {
-    guarded(ctx, |fe| {
+fn attach_backing_twice(harness: &Harness) -> CaseResult {
+    guarded(harness, |fe| {
         let b = res_2d(fe, 1, 16, 16)?;
         err(
             fe,
@@ -903,9 +907,9 @@ fn attach_backing_twice(ctx: &Ctx) -> CaseResult {
     })
 }
 
-fn ctx_attach_twice(ctx: &Ctx) -> CaseResult {
+fn ctx_attach_twice(harness: &Harness) -> CaseResult {
     // Attaching is idempotent (a set), as in virglrenderer.
-    guarded(ctx, |fe| {
+    guarded(harness, |fe| {
         ok(
             fe,
             "CTX_CREATE",
@@ -920,8 +924,8 @@ fn ctx_attach_twice(ctx: &Ctx) -> CaseResult {
     })
 }
 
-fn ctx_detach_twice(ctx: &Ctx) -> CaseResult {
-    guarded(ctx, |fe| {
+fn ctx_detach_twice(harness: &Harness) -> CaseResult {
+    guarded(harness, |fe| {
         ok(
             fe,
             "CTX_CREATE",
@@ -944,8 +948,8 @@ fn ctx_detach_twice(ctx: &Ctx) -> CaseResult {
 // ---------------------------------------------------------------------------------------
 // ovf
 
-fn create_2d_stride_overflows(ctx: &Ctx) -> CaseResult {
-    guarded(ctx, |fe| {
+fn create_2d_stride_overflows(harness: &Harness) -> CaseResult {
+    guarded(harness, |fe| {
         err(
             fe,
             "CREATE_2D width 0x40000001 (width * 4 overflows u32)",
@@ -954,8 +958,8 @@ fn create_2d_stride_overflows(ctx: &Ctx) -> CaseResult {
         )
     })
 }
-fn create_2d_area_beyond_memory(ctx: &Ctx) -> CaseResult {
-    guarded(ctx, |fe| {
+fn create_2d_area_beyond_memory(harness: &Harness) -> CaseResult {
+    guarded(harness, |fe| {
         err(
             fe,
             "CREATE_2D 65535x65535 (16 GiB)",
@@ -970,8 +974,8 @@ fn create_2d_area_beyond_memory(ctx: &Ctx) -> CaseResult {
         ok(fe, "UNREF", gpu::resource_unref(1))
     })
 }
-fn transfer_x_plus_width_wraps(ctx: &Ctx) -> CaseResult {
-    guarded(ctx, |fe| {
+fn transfer_x_plus_width_wraps(harness: &Harness) -> CaseResult {
+    guarded(harness, |fe| {
         let _b = res_2d(fe, 1, 16, 16)?;
         let r = Rect {
             x: u32::MAX - 1,
@@ -988,11 +992,11 @@ fn transfer_x_plus_width_wraps(ctx: &Ctx) -> CaseResult {
         ok(fe, "UNREF", gpu::resource_unref(1))
     })
 }
-fn transfer_offset_u64_max(ctx: &Ctx) -> CaseResult {
+fn transfer_offset_u64_max(harness: &Harness) -> CaseResult {
     // QEMU's iov_to_buf silently copies nothing for an offset past the backing and answers
     // OK; this device refuses a transfer whose source range (offset, stride, rows) does
     // not lie in the attached backing as a bad parameter, and copies nothing.
-    guarded(ctx, |fe| {
+    guarded(harness, |fe| {
         let _b = res_2d(fe, 1, 16, 16)?;
         err(
             fe,
@@ -1003,8 +1007,8 @@ fn transfer_offset_u64_max(ctx: &Ctx) -> CaseResult {
         ok(fe, "UNREF", gpu::resource_unref(1))
     })
 }
-fn flush_y_plus_height_wraps(ctx: &Ctx) -> CaseResult {
-    guarded(ctx, |fe| {
+fn flush_y_plus_height_wraps(harness: &Harness) -> CaseResult {
+    guarded(harness, |fe| {
         let _b = res_2d(fe, 1, 16, 16)?;
         let r = Rect {
             x: 0,
@@ -1021,8 +1025,8 @@ fn flush_y_plus_height_wraps(ctx: &Ctx) -> CaseResult {
         ok(fe, "UNREF", gpu::resource_unref(1))
     })
 }
-fn set_scanout_rect_wraps(ctx: &Ctx) -> CaseResult {
-    guarded(ctx, |fe| {
+fn set_scanout_rect_wraps(harness: &Harness) -> CaseResult {
+    guarded(harness, |fe| {
         let _b = res_2d(fe, 1, 16, 16)?;
         let r = Rect {
             x: 0x8000_0000,
@@ -1039,8 +1043,12 @@ fn set_scanout_rect_wraps(ctx: &Ctx) -> CaseResult {
         ok(fe, "UNREF", gpu::resource_unref(1))
     })
 }
-fn scanout_blob_layout(ctx: &Ctx, what: &'static str, change: fn(&mut BlobLayout)) -> CaseResult {
-    guarded(ctx, |fe| {
+fn scanout_blob_layout(
+    harness: &Harness,
+    what: &'static str,
+    change: fn(&mut BlobLayout),
+) -> CaseResult {
+    guarded(harness, |fe| {
         let _b = guest_blob(fe, 1, 16 * 16 * 4)?;
         let mut l = BlobLayout {
             width: 16,
@@ -1059,18 +1067,18 @@ fn scanout_blob_layout(ctx: &Ctx, what: &'static str, change: fn(&mut BlobLayout
         ok(fe, "UNREF", gpu::resource_unref(1))
     })
 }
-fn scanout_blob_stride_u32_max(ctx: &Ctx) -> CaseResult {
-    scanout_blob_layout(ctx, "SET_SCANOUT_BLOB stride 0xffffffff", |l| {
+fn scanout_blob_stride_u32_max(harness: &Harness) -> CaseResult {
+    scanout_blob_layout(harness, "SET_SCANOUT_BLOB stride 0xffffffff", |l| {
         l.stride = u32::MAX
     })
 }
-fn scanout_blob_offset_u32_max(ctx: &Ctx) -> CaseResult {
-    scanout_blob_layout(ctx, "SET_SCANOUT_BLOB offset 0xffffffff", |l| {
+fn scanout_blob_offset_u32_max(harness: &Harness) -> CaseResult {
+    scanout_blob_layout(harness, "SET_SCANOUT_BLOB offset 0xffffffff", |l| {
         l.offset = u32::MAX
     })
 }
-fn guest_blob_size_u64_max(ctx: &Ctx) -> CaseResult {
-    guarded(ctx, |fe| {
+fn guest_blob_size_u64_max(harness: &Harness) -> CaseResult {
+    guarded(harness, |fe| {
         let b = Backing::new(fe, 4096)?;
         err(
             fe,
@@ -1082,14 +1090,14 @@ fn guest_blob_size_u64_max(ctx: &Ctx) -> CaseResult {
         Ok(())
     })
 }
-fn image_requirements_u32_max_width(ctx: &Ctx) -> CaseResult {
-    guarded(ctx, |fe| {
+fn image_requirements_u32_max_width(harness: &Harness) -> CaseResult {
+    guarded(harness, |fe| {
         let _cd = CrossDomain::init(fe)?;
         let cmd = xd::get_image_requirements(u32::MAX, 1, xd::DRM_FORMAT_ARGB8888, 0);
         err(
             fe,
             "GET_IMAGE_REQUIREMENTS width 0xffffffff",
-            gpu::submit_3d(CTX, &cmd),
+            gpu::submit_3d(CTX_ID, &cmd),
             ty::ERR_INVALID_PARAMETER,
         )?;
         drop_cross_domain(fe)
@@ -1099,8 +1107,8 @@ fn image_requirements_u32_max_width(ctx: &Ctx) -> CaseResult {
 // ---------------------------------------------------------------------------------------
 // backing
 
-fn entry_straddles_ram_end(ctx: &Ctx) -> CaseResult {
-    guarded(ctx, |fe| {
+fn entry_straddles_ram_end(harness: &Harness) -> CaseResult {
+    guarded(harness, |fe| {
         ok(
             fe,
             "CREATE_2D",
@@ -1122,10 +1130,10 @@ fn entry_straddles_ram_end(ctx: &Ctx) -> CaseResult {
         ok(fe, "UNREF", gpu::resource_unref(1))
     })
 }
-fn entries_overlap(ctx: &Ctx) -> CaseResult {
+fn entries_overlap(harness: &Harness) -> CaseResult {
     // The guest may list its own pages twice (QEMU maps each entry as given); the device
     // reads exactly what the list says.
-    guarded(ctx, |fe| {
+    guarded(harness, |fe| {
         ok(
             fe,
             "CREATE_2D",
@@ -1150,8 +1158,8 @@ fn entries_overlap(ctx: &Ctx) -> CaseResult {
         ok(fe, "UNREF", gpu::resource_unref(1))
     })
 }
-fn zero_entries(ctx: &Ctx) -> CaseResult {
-    guarded(ctx, |fe| {
+fn zero_entries(harness: &Harness) -> CaseResult {
+    guarded(harness, |fe| {
         ok(
             fe,
             "CREATE_2D",
@@ -1172,9 +1180,9 @@ fn zero_entries(ctx: &Ctx) -> CaseResult {
         ok(fe, "UNREF", gpu::resource_unref(1))
     })
 }
-fn guest_blob_entry_outside_ram(ctx: &Ctx) -> CaseResult {
+fn guest_blob_entry_outside_ram(harness: &Harness) -> CaseResult {
     // As QEMU: entries the guest cannot map are ERR_UNSPEC, for blobs as for backings.
-    guarded(ctx, |fe| {
+    guarded(harness, |fe| {
         let outside = fe.ram().size() as u64 + 4096;
         err(
             fe,
@@ -1195,8 +1203,8 @@ fn guest_blob_entry_outside_ram(ctx: &Ctx) -> CaseResult {
         )
     })
 }
-fn guest_blob_entries_overlap(ctx: &Ctx) -> CaseResult {
-    guarded(ctx, |fe| {
+fn guest_blob_entries_overlap(harness: &Harness) -> CaseResult {
+    guarded(harness, |fe| {
         let page = fe.ram().alloc(4096, 4096).map_err(|e| e.to_string())?;
         let e = MemEntry {
             addr: page,
@@ -1216,8 +1224,8 @@ fn guest_blob_entries_overlap(ctx: &Ctx) -> CaseResult {
 // ---------------------------------------------------------------------------------------
 // oob
 
-fn transfer_one_byte_past_backing(ctx: &Ctx) -> CaseResult {
-    guarded(ctx, |fe| {
+fn transfer_one_byte_past_backing(harness: &Harness) -> CaseResult {
+    guarded(harness, |fe| {
         ok(
             fe,
             "CREATE_2D",
@@ -1246,8 +1254,8 @@ fn transfer_one_byte_past_backing(ctx: &Ctx) -> CaseResult {
         ok(fe, "UNREF", gpu::resource_unref(1))
     })
 }
-fn set_scanout_id_u32_max(ctx: &Ctx) -> CaseResult {
-    guarded(ctx, |fe| {
+fn set_scanout_id_u32_max(harness: &Harness) -> CaseResult {
+    guarded(harness, |fe| {
         let _b = res_2d(fe, 1, 16, 16)?;
         err(
             fe,
@@ -1258,14 +1266,14 @@ fn set_scanout_id_u32_max(ctx: &Ctx) -> CaseResult {
         ok(fe, "UNREF", gpu::resource_unref(1))
     })
 }
-fn scanout_blob_larger_than_blob(ctx: &Ctx) -> CaseResult {
-    scanout_blob_layout(ctx, "SET_SCANOUT_BLOB 16x17 over a 16x16 blob", |l| {
+fn scanout_blob_larger_than_blob(harness: &Harness) -> CaseResult {
+    scanout_blob_layout(harness, "SET_SCANOUT_BLOB 16x17 over a 16x16 blob", |l| {
         l.height = 17
     })
 }
-fn flush_of_unbacked_resource_ok(ctx: &Ctx) -> CaseResult {
+fn flush_of_unbacked_resource_ok(harness: &Harness) -> CaseResult {
     // A flush only shows host pixels: no backing is needed (as QEMU).
-    guarded(ctx, |fe| {
+    guarded(harness, |fe| {
         ok(
             fe,
             "CREATE_2D",
@@ -1284,10 +1292,10 @@ fn flush_of_unbacked_resource_ok(ctx: &Ctx) -> CaseResult {
 // map
 
 fn with_mapped_blob(
-    ctx: &Ctx,
+    harness: &Harness,
     body: impl FnOnce(&mut Frontend, &mut CrossDomain, u64) -> CaseResult,
 ) -> CaseResult {
-    guarded(ctx, |fe| {
+    guarded(harness, |fe| {
         let mut cd = CrossDomain::init(fe)?;
         let reqs = cd.create(fe, 1, 32, 32, gpu::BLOB_FLAG_MAPPABLE)?;
         blob::map(fe, 1, 0, reqs.size)?;
@@ -1298,18 +1306,18 @@ fn with_mapped_blob(
     })
 }
 
-fn map_twice(ctx: &Ctx) -> CaseResult {
-    with_mapped_blob(ctx, |fe, _, _| {
+fn map_twice(harness: &Harness) -> CaseResult {
+    with_mapped_blob(harness, |fe, _, _| {
         err(
             fe,
             "MAP_BLOB of a mapped blob (another offset)",
-            gpu::resource_map_blob(CTX, 1, 1 << 20),
+            gpu::resource_map_blob(CTX_ID, 1, 1 << 20),
             ty::ERR_INVALID_PARAMETER,
         )
     })
 }
-fn map_straddling_region_end(ctx: &Ctx) -> CaseResult {
-    guarded(ctx, |fe| {
+fn map_straddling_region_end(harness: &Harness) -> CaseResult {
+    guarded(harness, |fe| {
         let size = fe.shmem().ok_or("no region")?.size();
         let mut cd = CrossDomain::init(fe)?;
         let reqs = cd.create(fe, 1, 64, 64, gpu::BLOB_FLAG_MAPPABLE)?;
@@ -1319,7 +1327,7 @@ fn map_straddling_region_end(ctx: &Ctx) -> CaseResult {
         err(
             fe,
             "MAP_BLOB whose last pages are past the region",
-            gpu::resource_map_blob(CTX, 1, size - 4096),
+            gpu::resource_map_blob(CTX_ID, 1, size - 4096),
             ty::ERR_INVALID_PARAMETER,
         )?;
         blob::region_empty(fe, "the refused map")?;
@@ -1327,8 +1335,8 @@ fn map_straddling_region_end(ctx: &Ctx) -> CaseResult {
         drop_cross_domain(fe)
     })
 }
-fn map_guest_blob_refused(ctx: &Ctx) -> CaseResult {
-    guarded(ctx, |fe| {
+fn map_guest_blob_refused(harness: &Harness) -> CaseResult {
+    guarded(harness, |fe| {
         let _b = guest_blob(fe, 3, 4096)?;
         err(
             fe,
@@ -1339,20 +1347,20 @@ fn map_guest_blob_refused(ctx: &Ctx) -> CaseResult {
         ok(fe, "UNREF", gpu::resource_unref(3))
     })
 }
-fn double_unmap(ctx: &Ctx) -> CaseResult {
-    with_mapped_blob(ctx, |fe, _, _| {
-        ok(fe, "UNMAP_BLOB", gpu::resource_unmap_blob(CTX, 1))?;
+fn double_unmap(harness: &Harness) -> CaseResult {
+    with_mapped_blob(harness, |fe, _, _| {
+        ok(fe, "UNMAP_BLOB", gpu::resource_unmap_blob(CTX_ID, 1))?;
         err(
             fe,
             "UNMAP_BLOB again",
-            gpu::resource_unmap_blob(CTX, 1),
+            gpu::resource_unmap_blob(CTX_ID, 1),
             ty::ERR_INVALID_PARAMETER,
         )?;
         blob::region_empty(fe, "the unmap")
     })
 }
-fn unmap_guest_blob(ctx: &Ctx) -> CaseResult {
-    guarded(ctx, |fe| {
+fn unmap_guest_blob(harness: &Harness) -> CaseResult {
+    guarded(harness, |fe| {
         let _b = guest_blob(fe, 3, 4096)?;
         err(
             fe,
@@ -1363,8 +1371,8 @@ fn unmap_guest_blob(ctx: &Ctx) -> CaseResult {
         ok(fe, "UNREF", gpu::resource_unref(3))
     })
 }
-fn unmap_2d_resource(ctx: &Ctx) -> CaseResult {
-    guarded(ctx, |fe| {
+fn unmap_2d_resource(harness: &Harness) -> CaseResult {
+    guarded(harness, |fe| {
         ok(
             fe,
             "CREATE_2D",
@@ -1393,8 +1401,8 @@ fn scanout_disabled(fe: &Frontend) -> CaseResult {
     })
 }
 
-fn scanned_out_2d(ctx: &Ctx) -> CaseResult {
-    guarded(ctx, |fe| {
+fn scanned_out_2d(harness: &Harness) -> CaseResult {
+    guarded(harness, |fe| {
         let _b = res_2d(fe, 1, 16, 16)?;
         ok(
             fe,
@@ -1411,8 +1419,8 @@ fn scanned_out_2d(ctx: &Ctx) -> CaseResult {
         scanout_disabled(fe)
     })
 }
-fn scanned_out_guest_blob(ctx: &Ctx) -> CaseResult {
-    guarded(ctx, |fe| {
+fn scanned_out_guest_blob(harness: &Harness) -> CaseResult {
+    guarded(harness, |fe| {
         let _b = guest_blob(fe, 1, 16 * 16 * 4)?;
         let l = BlobLayout {
             width: 16,
@@ -1436,8 +1444,8 @@ fn scanned_out_guest_blob(ctx: &Ctx) -> CaseResult {
         scanout_disabled(fe)
     })
 }
-fn mapped_and_scanned_out_host_blob(ctx: &Ctx) -> CaseResult {
-    guarded(ctx, |fe| {
+fn mapped_and_scanned_out_host_blob(harness: &Harness) -> CaseResult {
+    guarded(harness, |fe| {
         let mut cd = CrossDomain::init(fe)?;
         let reqs = cd.create(fe, 1, 32, 32, gpu::BLOB_FLAG_MAPPABLE)?;
         blob::map(fe, 1, 0, reqs.size)?;
@@ -1463,22 +1471,22 @@ fn mapped_and_scanned_out_host_blob(ctx: &Ctx) -> CaseResult {
         drop_cross_domain(fe)
     })
 }
-fn query_ring_in_use(ctx: &Ctx) -> CaseResult {
-    guarded(ctx, |fe| {
+fn query_ring_in_use(harness: &Harness) -> CaseResult {
+    guarded(harness, |fe| {
         let _cd = CrossDomain::init(fe)?;
         ok(fe, "UNREF of the query ring", gpu::resource_unref(RING_RES))?;
         let cmd = xd::get_image_requirements(16, 16, xd::DRM_FORMAT_ARGB8888, 0);
         err(
             fe,
             "GET_IMAGE_REQUIREMENTS after the ring is gone",
-            gpu::submit_3d(CTX, &cmd),
+            gpu::submit_3d(CTX_ID, &cmd),
             ty::ERR_INVALID_PARAMETER,
         )?;
-        ok(fe, "CTX_DESTROY", gpu::ctx_destroy(CTX))
+        ok(fe, "CTX_DESTROY", gpu::ctx_destroy(CTX_ID))
     })
 }
-fn cursor_resource_in_use(ctx: &Ctx) -> CaseResult {
-    guarded(ctx, |fe| {
+fn cursor_resource_in_use(harness: &Harness) -> CaseResult {
+    guarded(harness, |fe| {
         let _b = res_2d(fe, 1, 64, 64)?;
         ok(
             fe,
@@ -1499,8 +1507,8 @@ fn cursor_resource_in_use(ctx: &Ctx) -> CaseResult {
 // ---------------------------------------------------------------------------------------
 // ctx
 
-fn destroy_unknown(ctx: &Ctx) -> CaseResult {
-    guarded(ctx, |fe| {
+fn destroy_unknown(harness: &Harness) -> CaseResult {
+    guarded(harness, |fe| {
         err(
             fe,
             "CTX_DESTROY 77",
@@ -1509,8 +1517,8 @@ fn destroy_unknown(ctx: &Ctx) -> CaseResult {
         )
     })
 }
-fn submit_after_destroy(ctx: &Ctx) -> CaseResult {
-    guarded(ctx, |fe| {
+fn submit_after_destroy(harness: &Harness) -> CaseResult {
+    guarded(harness, |fe| {
         ok(
             fe,
             "CTX_CREATE",
@@ -1526,8 +1534,8 @@ fn submit_after_destroy(ctx: &Ctx) -> CaseResult {
         )
     })
 }
-fn attach_to_ctx_0(ctx: &Ctx) -> CaseResult {
-    guarded(ctx, |fe| {
+fn attach_to_ctx_0(harness: &Harness) -> CaseResult {
+    guarded(harness, |fe| {
         let _b = guest_blob(fe, 1, 4096)?;
         err(
             fe,
@@ -1538,8 +1546,8 @@ fn attach_to_ctx_0(ctx: &Ctx) -> CaseResult {
         ok(fe, "UNREF", gpu::resource_unref(1))
     })
 }
-fn host_blob_in_unknown_context(ctx: &Ctx) -> CaseResult {
-    guarded(ctx, |fe| {
+fn host_blob_in_unknown_context(harness: &Harness) -> CaseResult {
+    guarded(harness, |fe| {
         err(
             fe,
             "CREATE_BLOB HOST3D in ctx 9",
@@ -1556,8 +1564,8 @@ fn host_blob_in_unknown_context(ctx: &Ctx) -> CaseResult {
         )
     })
 }
-fn context_init_flag_bits(ctx: &Ctx) -> CaseResult {
-    guarded(ctx, |fe| {
+fn context_init_flag_bits(harness: &Harness) -> CaseResult {
+    guarded(harness, |fe| {
         err(
             fe,
             "CTX_CREATE cross-domain with unknown context_init flags",
@@ -1573,8 +1581,8 @@ fn context_init_flag_bits(ctx: &Ctx) -> CaseResult {
         )
     })
 }
-fn capset_info_index_u32_max(ctx: &Ctx) -> CaseResult {
-    guarded(ctx, |fe| {
+fn capset_info_index_u32_max(harness: &Harness) -> CaseResult {
+    guarded(harness, |fe| {
         err(
             fe,
             "GET_CAPSET_INFO index 0xffffffff",
@@ -1583,8 +1591,8 @@ fn capset_info_index_u32_max(ctx: &Ctx) -> CaseResult {
         )
     })
 }
-fn host_blob_id_of_another_context(ctx: &Ctx) -> CaseResult {
-    guarded(ctx, |fe| {
+fn host_blob_id_of_another_context(harness: &Harness) -> CaseResult {
+    guarded(harness, |fe| {
         let mut cd = CrossDomain::init(fe)?;
         let reqs = cd.create(fe, 1, 32, 32, gpu::BLOB_FLAG_MAPPABLE)?;
         ok(
@@ -1611,15 +1619,15 @@ fn host_blob_id_of_another_context(ctx: &Ctx) -> CaseResult {
         drop_cross_domain(fe)
     })
 }
-fn host_blob_wrong_size(ctx: &Ctx) -> CaseResult {
-    guarded(ctx, |fe| {
+fn host_blob_wrong_size(harness: &Harness) -> CaseResult {
+    guarded(harness, |fe| {
         let mut cd = CrossDomain::init(fe)?;
         let reqs = cd.create(fe, 1, 32, 32, gpu::BLOB_FLAG_MAPPABLE)?;
         err(
             fe,
             "CREATE_BLOB HOST3D with twice the size",
             gpu::resource_create_blob(
-                CTX,
+                CTX_ID,
                 2,
                 gpu::BLOB_MEM_HOST3D,
                 gpu::BLOB_FLAG_MAPPABLE,
@@ -1633,14 +1641,14 @@ fn host_blob_wrong_size(ctx: &Ctx) -> CaseResult {
         drop_cross_domain(fe)
     })
 }
-fn host_blob_id_never_handed_out(ctx: &Ctx) -> CaseResult {
-    guarded(ctx, |fe| {
+fn host_blob_id_never_handed_out(harness: &Harness) -> CaseResult {
+    guarded(harness, |fe| {
         let _cd = CrossDomain::init(fe)?;
         err(
             fe,
             "CREATE_BLOB HOST3D blob_id 12345",
             gpu::resource_create_blob(
-                CTX,
+                CTX_ID,
                 2,
                 gpu::BLOB_MEM_HOST3D,
                 gpu::BLOB_FLAG_MAPPABLE,
@@ -1654,11 +1662,11 @@ fn host_blob_id_never_handed_out(ctx: &Ctx) -> CaseResult {
     })
 }
 
-fn default_context_refuses_submit(ctx: &Ctx) -> CaseResult {
+fn default_context_refuses_submit(harness: &Harness) -> CaseResult {
     // Linux creates a context with context_init 0 for every DRM file that makes resources
     // when 3D is offered. It is accepted (resources attach to it) but has no renderer: a
     // SUBMIT_3D there is ERR_UNSPEC, as on a device without virgl.
-    guarded(ctx, |fe| {
+    guarded(harness, |fe| {
         ok(
             fe,
             "CTX_CREATE context_init 0",
@@ -1685,16 +1693,21 @@ fn default_context_refuses_submit(ctx: &Ctx) -> CaseResult {
 // ---------------------------------------------------------------------------------------
 // xd
 
-fn bad_stream(ctx: &Ctx, what: &'static str, stream: fn() -> Vec<u8>, t: u32) -> CaseResult {
-    guarded(ctx, |fe| {
+fn bad_stream(
+    harness: &Harness,
+    what: &'static str,
+    stream: fn() -> Vec<u8>,
+    t: u32,
+) -> CaseResult {
+    guarded(harness, |fe| {
         let _cd = CrossDomain::init(fe)?;
-        err(fe, what, gpu::submit_3d(CTX, &stream()), t)?;
+        err(fe, what, gpu::submit_3d(CTX_ID, &stream()), t)?;
         drop_cross_domain(fe)
     })
 }
-fn cmd_size_zero(ctx: &Ctx) -> CaseResult {
+fn cmd_size_zero(harness: &Harness) -> CaseResult {
     bad_stream(
-        ctx,
+        harness,
         "cross-domain command with cmd_size 0",
         || {
             let mut s = xd::get_image_requirements(4, 4, xd::DRM_FORMAT_ARGB8888, 0);
@@ -1704,9 +1717,9 @@ fn cmd_size_zero(ctx: &Ctx) -> CaseResult {
         ty::ERR_INVALID_PARAMETER,
     )
 }
-fn cmd_size_past_stream(ctx: &Ctx) -> CaseResult {
+fn cmd_size_past_stream(harness: &Harness) -> CaseResult {
     bad_stream(
-        ctx,
+        harness,
         "cross-domain command with cmd_size past the stream",
         || {
             let mut s = xd::get_image_requirements(4, 4, xd::DRM_FORMAT_ARGB8888, 0);
@@ -1716,9 +1729,9 @@ fn cmd_size_past_stream(ctx: &Ctx) -> CaseResult {
         ty::ERR_INVALID_PARAMETER,
     )
 }
-fn init_size_short(ctx: &Ctx) -> CaseResult {
+fn init_size_short(harness: &Harness) -> CaseResult {
     bad_stream(
-        ctx,
+        harness,
         "CROSS_DOMAIN_CMD_INIT with cmd_size 12",
         || {
             let mut s = xd::init(RING_RES, xd::RING_NONE, 0);
@@ -1728,17 +1741,17 @@ fn init_size_short(ctx: &Ctx) -> CaseResult {
         ty::ERR_INVALID_PARAMETER,
     )
 }
-fn header_truncated(ctx: &Ctx) -> CaseResult {
+fn header_truncated(harness: &Harness) -> CaseResult {
     bad_stream(
-        ctx,
+        harness,
         "a 4-byte cross-domain stream",
         || xd::init(RING_RES, xd::RING_NONE, 0)[..4].to_vec(),
         ty::ERR_INVALID_PARAMETER,
     )
 }
-fn garbage_after_good_command(ctx: &Ctx) -> CaseResult {
+fn garbage_after_good_command(harness: &Harness) -> CaseResult {
     bad_stream(
-        ctx,
+        harness,
         "a good GET_IMAGE_REQUIREMENTS followed by 5 bytes",
         || {
             let mut s = xd::get_image_requirements(4, 4, xd::DRM_FORMAT_ARGB8888, 0);
@@ -1748,8 +1761,8 @@ fn garbage_after_good_command(ctx: &Ctx) -> CaseResult {
         ty::ERR_INVALID_PARAMETER,
     )
 }
-fn image_requirements_before_init(ctx: &Ctx) -> CaseResult {
-    guarded(ctx, |fe| {
+fn image_requirements_before_init(harness: &Harness) -> CaseResult {
+    guarded(harness, |fe| {
         ok(
             fe,
             "CTX_CREATE",
@@ -1765,16 +1778,16 @@ fn image_requirements_before_init(ctx: &Ctx) -> CaseResult {
         ok(fe, "CTX_DESTROY", gpu::ctx_destroy(2))
     })
 }
-fn channel_commands_unsupported(ctx: &Ctx) -> CaseResult {
+fn channel_commands_unsupported(harness: &Harness) -> CaseResult {
     bad_stream(
-        ctx,
+        harness,
         "CROSS_DOMAIN_CMD_POLL",
         || vec![3, 0, 8, 0, 0, 0, 0, 0],
         ty::ERR_UNSPEC,
     )
 }
-fn init_with_2d_ring(ctx: &Ctx) -> CaseResult {
-    guarded(ctx, |fe| {
+fn init_with_2d_ring(harness: &Harness) -> CaseResult {
+    guarded(harness, |fe| {
         ok(
             fe,
             "CTX_CREATE",
@@ -1797,7 +1810,7 @@ fn init_with_2d_ring(ctx: &Ctx) -> CaseResult {
 // fence
 
 fn fenced(fe: &mut Frontend, what: &str, cmd: Cmd, fence: u64, t: u32) -> CaseResult {
-    let r = expect(fe, what, cmd.fence(fence, None), t)?;
+    let r = send_expecting(fe, what, cmd.fence(fence, None), t)?;
     ensure(
         fe,
         r.fence_id == fence && r.flags & gpu::FLAG_FENCE != 0,
@@ -1810,8 +1823,8 @@ fn fenced(fe: &mut Frontend, what: &str, cmd: Cmd, fence: u64, t: u32) -> CaseRe
     )
 }
 
-fn decreasing_ids_echoed(ctx: &Ctx) -> CaseResult {
-    guarded(ctx, |fe| {
+fn decreasing_ids_echoed(harness: &Harness) -> CaseResult {
+    guarded(harness, |fe| {
         for fence in [100u64, 50, 7, 1] {
             fenced(
                 fe,
@@ -1824,8 +1837,8 @@ fn decreasing_ids_echoed(ctx: &Ctx) -> CaseResult {
         Ok(())
     })
 }
-fn error_keeps_fence(ctx: &Ctx) -> CaseResult {
-    guarded(ctx, |fe| {
+fn error_keeps_fence(harness: &Harness) -> CaseResult {
+    guarded(harness, |fe| {
         fenced(
             fe,
             "UNREF of unknown",
@@ -1842,8 +1855,8 @@ fn error_keeps_fence(ctx: &Ctx) -> CaseResult {
         )
     })
 }
-fn u64_max_and_zero(ctx: &Ctx) -> CaseResult {
-    guarded(ctx, |fe| {
+fn u64_max_and_zero(harness: &Harness) -> CaseResult {
+    guarded(harness, |fe| {
         fenced(
             fe,
             "GET_DISPLAY_INFO",
@@ -1860,8 +1873,8 @@ fn u64_max_and_zero(ctx: &Ctx) -> CaseResult {
         )
     })
 }
-fn pipelined_out_of_order_ids(ctx: &Ctx) -> CaseResult {
-    guarded(ctx, |fe| {
+fn pipelined_out_of_order_ids(harness: &Harness) -> CaseResult {
+    guarded(harness, |fe| {
         let fences = [4u64, 2, 3, 1, 9, 5];
         let mut heads = Vec::new();
         for &f in &fences {
@@ -1889,9 +1902,9 @@ fn pipelined_out_of_order_ids(ctx: &Ctx) -> CaseResult {
         Ok(())
     })
 }
-fn ring_idx_echoed(ctx: &Ctx) -> CaseResult {
-    guarded(ctx, |fe| {
-        let r = expect(
+fn ring_idx_echoed(harness: &Harness) -> CaseResult {
+    guarded(harness, |fe| {
+        let r = send_expecting(
             fe,
             "GET_DISPLAY_INFO with ring_idx 63",
             gpu::get_display_info().fence(5, Some(63)),

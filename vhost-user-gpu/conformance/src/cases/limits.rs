@@ -5,7 +5,7 @@
 //! lists are host memory too), the resource count and the context count.
 
 use super::blob::CrossDomain;
-use super::{ctrl, ensure, expect, still_serving, Case, CaseResult, Ctx, Need};
+use super::{ctrl, ensure, send_expecting, still_serving, Case, CaseResult, Harness, Need};
 use crate::frontend::Frontend;
 use crate::gpu::{self, features, format, ty, MemEntry};
 
@@ -59,8 +59,9 @@ pub(super) fn backend_rss(fe: &Frontend) -> Result<u64, String> {
         .ok_or_else(|| format!("no VmRSS in /proc/{pid}/status"))
 }
 
-fn spawn(ctx: &Ctx, extra: &[&str]) -> Result<Frontend, String> {
-    ctx.spawn_with(extra)
+fn spawn(harness: &Harness, extra: &[&str]) -> Result<Frontend, String> {
+    harness
+        .spawn_with(extra)
         .map_err(|e| format!("cannot start backend: {e}"))
 }
 
@@ -97,9 +98,9 @@ fn create_2d(fe: &mut Frontend, id: u32, side: u32) -> Result<u32, String> {
     .ty)
 }
 
-fn create_2d_loop(ctx: &Ctx) -> CaseResult {
+fn create_2d_loop(harness: &Harness) -> CaseResult {
     const CAP: u64 = 64 << 20;
-    let mut fe = spawn(ctx, &["--max-resource-memory", "64M"])?;
+    let mut fe = spawn(harness, &["--max-resource-memory", "64M"])?;
     still_serving(&mut fe)?;
     let rss_before = backend_rss(&fe)?;
     // 512x512 BGRA = 1 MiB each: exactly 64 fit.
@@ -126,7 +127,7 @@ fn create_2d_loop(ctx: &Ctx) -> CaseResult {
     }
     // Free two: two more fit, the third does not.
     for id in [3, 7] {
-        expect(&mut fe, "UNREF", gpu::resource_unref(id), ty::OK_NODATA)?;
+        send_expecting(&mut fe, "UNREF", gpu::resource_unref(id), ty::OK_NODATA)?;
     }
     let again = until_oom(&mut fe, "CREATE_2D after freeing", 2000, 10, |fe, id| {
         create_2d(fe, id, 512)
@@ -139,7 +140,7 @@ fn create_2d_loop(ctx: &Ctx) -> CaseResult {
         .filter(|id| *id != 3 && *id != 7)
         .chain([2000, 2001])
     {
-        expect(&mut fe, "UNREF", gpu::resource_unref(id), ty::OK_NODATA)?;
+        send_expecting(&mut fe, "UNREF", gpu::resource_unref(id), ty::OK_NODATA)?;
     }
     let rss_after = backend_rss(&fe)?;
     ensure(&fe, rss_after <= rss_before + (8 << 20), || {
@@ -152,22 +153,22 @@ fn create_2d_loop(ctx: &Ctx) -> CaseResult {
     still_serving(&mut fe)
 }
 
-fn resource_count_loop(ctx: &Ctx) -> CaseResult {
-    let mut fe = spawn(ctx, &["--max-resources", "100"])?;
+fn resource_count_loop(harness: &Harness) -> CaseResult {
+    let mut fe = spawn(harness, &["--max-resources", "100"])?;
     let n = until_oom(&mut fe, "CREATE_2D 4x4", 1, 1000, |fe, id| {
         create_2d(fe, id, 4)
     })?;
     ensure(&fe, n == 100, || {
         format!("{n} resources under --max-resources 100")
     })?;
-    expect(&mut fe, "UNREF", gpu::resource_unref(50), ty::OK_NODATA)?;
-    expect(
+    send_expecting(&mut fe, "UNREF", gpu::resource_unref(50), ty::OK_NODATA)?;
+    send_expecting(
         &mut fe,
         "CREATE_2D after an UNREF",
         gpu::resource_create_2d(500, format::B8G8R8A8_UNORM, 4, 4),
         ty::OK_NODATA,
     )?;
-    expect(
+    send_expecting(
         &mut fe,
         "CREATE_2D at the cap again",
         gpu::resource_create_2d(501, format::B8G8R8A8_UNORM, 4, 4),
@@ -176,8 +177,8 @@ fn resource_count_loop(ctx: &Ctx) -> CaseResult {
     still_serving(&mut fe)
 }
 
-fn host3d_loop(ctx: &Ctx) -> CaseResult {
-    let mut fe = spawn(ctx, &["--max-resource-memory", "4M"])?;
+fn host3d_loop(harness: &Harness) -> CaseResult {
+    let mut fe = spawn(harness, &["--max-resource-memory", "4M"])?;
     let mut cd = CrossDomain::init(&mut fe)?;
     let rss_before = backend_rss(&fe)?;
     // 256x256 ARGB = 256 KiB per image: the cap (minus the query ring's entry list) stops
@@ -213,7 +214,7 @@ fn host3d_loop(ctx: &Ctx) -> CaseResult {
         )
     })?;
     // Free one: one more fits.
-    expect(
+    send_expecting(
         &mut fe,
         "UNREF",
         gpu::resource_unref(created[0]),
@@ -238,10 +239,10 @@ fn entries(fe: &Frontend, n: u32) -> Result<Vec<MemEntry>, String> {
         .collect())
 }
 
-fn entry_lists(ctx: &Ctx) -> CaseResult {
+fn entry_lists(harness: &Harness) -> CaseResult {
     // 4096 entries cost the backend about 192 KiB of host memory each time (48 bytes per
     // entry); a 1 MiB cap stops a guest that creates such blobs in a loop after 5.
-    let mut fe = spawn(ctx, &["--max-resource-memory", "1M"])?;
+    let mut fe = spawn(harness, &["--max-resource-memory", "1M"])?;
     let list = entries(&fe, 4096)?;
     let size = 4096 * 16;
     let n = until_oom(&mut fe, "GUEST blob with 4096 entries", 1, 100, |fe, id| {
@@ -255,8 +256,8 @@ fn entry_lists(ctx: &Ctx) -> CaseResult {
     ensure(&fe, n == 5, || {
         format!("{n} GUEST blobs with 4096 entries under a 1 MiB cap, expected 5")
     })?;
-    expect(&mut fe, "UNREF", gpu::resource_unref(2), ty::OK_NODATA)?;
-    expect(
+    send_expecting(&mut fe, "UNREF", gpu::resource_unref(2), ty::OK_NODATA)?;
+    send_expecting(
         &mut fe,
         "CREATE_BLOB GUEST after freeing one",
         gpu::resource_create_blob(0, 100, gpu::BLOB_MEM_GUEST, 0, 0, size, &list),
@@ -265,12 +266,12 @@ fn entry_lists(ctx: &Ctx) -> CaseResult {
     // ATTACH_BACKING is charged the same way, and DETACH_BACKING gives it back.
     for id in 1..=5 {
         if id != 2 {
-            expect(&mut fe, "UNREF", gpu::resource_unref(id), ty::OK_NODATA)?;
+            send_expecting(&mut fe, "UNREF", gpu::resource_unref(id), ty::OK_NODATA)?;
         }
     }
-    expect(&mut fe, "UNREF", gpu::resource_unref(100), ty::OK_NODATA)?;
+    send_expecting(&mut fe, "UNREF", gpu::resource_unref(100), ty::OK_NODATA)?;
     for id in 200..206 {
-        expect(
+        send_expecting(
             &mut fe,
             "CREATE_2D 1x1",
             gpu::resource_create_2d(id, format::B8G8R8A8_UNORM, 1, 1),
@@ -288,13 +289,13 @@ fn entry_lists(ctx: &Ctx) -> CaseResult {
     ensure(&fe, n == 5, || {
         format!("{n} backings of 4096 entries under a 1 MiB cap, expected 5")
     })?;
-    expect(
+    send_expecting(
         &mut fe,
         "DETACH_BACKING",
         gpu::resource_detach_backing(200),
         ty::OK_NODATA,
     )?;
-    expect(
+    send_expecting(
         &mut fe,
         "ATTACH_BACKING after a detach",
         gpu::resource_attach_backing(205, &list),
@@ -303,8 +304,8 @@ fn entry_lists(ctx: &Ctx) -> CaseResult {
     still_serving(&mut fe)
 }
 
-fn context_loop(ctx: &Ctx) -> CaseResult {
-    let mut fe = spawn(ctx, &[])?;
+fn context_loop(harness: &Harness) -> CaseResult {
+    let mut fe = spawn(harness, &[])?;
     let n = until_oom(&mut fe, "CTX_CREATE", 1, 5000, |fe, id| {
         Ok(ctrl(
             fe,
@@ -316,8 +317,8 @@ fn context_loop(ctx: &Ctx) -> CaseResult {
     ensure(&fe, n == 1024, || {
         format!("{n} contexts, expected the cap of 1024")
     })?;
-    expect(&mut fe, "CTX_DESTROY", gpu::ctx_destroy(17), ty::OK_NODATA)?;
-    expect(
+    send_expecting(&mut fe, "CTX_DESTROY", gpu::ctx_destroy(17), ty::OK_NODATA)?;
+    send_expecting(
         &mut fe,
         "CTX_CREATE after a destroy",
         gpu::ctx_create(17, gpu::CAPSET_CROSS_DOMAIN, "again"),

@@ -46,18 +46,19 @@ pub struct Case {
     /// Requirements.
     pub need: Need,
     /// The body.
-    pub run: fn(&Ctx) -> CaseResult,
+    pub run: fn(&Harness) -> CaseResult,
 }
 
-/// How cases start backends.
+/// The test harness a case runs in: which backend is under test and how to start it. (In
+/// the cases, `ctx` and `ctx_id` always mean virtio-gpu contexts, never this.)
 #[derive(Debug, Clone)]
-pub struct Ctx {
+pub struct Harness {
     /// The backend under test.
     pub spec: BackendSpec,
 }
 
-impl Ctx {
-    /// A context for `spec`.
+impl Harness {
+    /// A harness for `spec`.
     pub fn new(spec: BackendSpec) -> Self {
         Self { spec }
     }
@@ -122,17 +123,23 @@ pub fn all() -> Vec<Case> {
 pub(crate) const DISPLAY_WAIT: Duration = Duration::from_secs(10);
 
 /// Turns a library error into a case failure with the backend's log attached.
-pub(crate) fn ctx_err(fe: &Frontend, what: &str, e: impl std::fmt::Display) -> String {
+pub(crate) fn case_error(fe: &Frontend, what: &str, e: impl std::fmt::Display) -> String {
     crate::suite::with_log(fe, format!("{what}: {e}"))
 }
 
 /// Sends a control command; a transport error is a failure.
 pub(crate) fn ctrl(fe: &mut Frontend, what: &str, cmd: Cmd) -> Result<Resp, String> {
-    fe.ctrl(cmd).map_err(|e| ctx_err(fe, what, e))
+    fe.ctrl(cmd).map_err(|e| case_error(fe, what, e))
 }
 
-/// Sends a control command and requires response type `ty`.
-pub(crate) fn expect(fe: &mut Frontend, what: &str, cmd: Cmd, ty: u32) -> Result<Resp, String> {
+/// Sends a control command and requires response type `ty` (`Err` with the backend's log
+/// otherwise).
+pub(crate) fn send_expecting(
+    fe: &mut Frontend,
+    what: &str,
+    cmd: Cmd,
+    ty: u32,
+) -> Result<Resp, String> {
     let resp = ctrl(fe, what, cmd)?;
     if resp.ty != ty {
         return Err(crate::suite::with_log(
@@ -163,7 +170,7 @@ pub(crate) fn still_serving(fe: &mut Frontend) -> CaseResult {
     ensure(fe, errors.is_empty(), || {
         format!("memory-table updates failed: {errors:?}")
     })?;
-    expect(
+    send_expecting(
         fe,
         "GET_DISPLAY_INFO after the case",
         gpu::get_display_info(),

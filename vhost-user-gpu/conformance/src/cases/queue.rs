@@ -2,7 +2,7 @@
 //! malformed chain the device must neither write outside the buffers it was given nor stop
 //! serving well-formed commands.
 
-use super::{ctx_err, ensure, still_serving, Case, CaseResult, Ctx, Need};
+use super::{case_error, ensure, still_serving, Case, CaseResult, Harness, Need};
 use crate::frontend::{Frontend, CONTROL_QUEUE};
 use crate::gpu::{self, ty};
 use crate::virtq::RawDesc;
@@ -52,8 +52,9 @@ pub(super) fn cases() -> Vec<Case> {
     ]
 }
 
-fn spawn(ctx: &Ctx) -> Result<Frontend, String> {
-    ctx.spawn()
+fn spawn(harness: &Harness) -> Result<Frontend, String> {
+    harness
+        .spawn()
         .map_err(|e| format!("cannot start backend: {e}"))
 }
 
@@ -69,14 +70,14 @@ fn buf(fe: &Frontend, bytes: &[u8]) -> Result<u64, String> {
 /// Sends a malformed chain, then a good GET_DISPLAY_INFO, and requires the good one answered.
 fn survive(fe: &mut Frontend, what: &str, descs: &[RawDesc]) -> CaseResult {
     fe.send_raw(CONTROL_QUEUE, descs)
-        .map_err(|e| ctx_err(fe, what, e))?;
+        .map_err(|e| case_error(fe, what, e))?;
     let cmd = gpu::get_display_info().into_bytes();
     let head = fe
         .send(CONTROL_QUEUE, &[&cmd], gpu::resp_size::DISPLAY_INFO)
-        .map_err(|e| ctx_err(fe, what, e))?;
+        .map_err(|e| case_error(fe, what, e))?;
     let bytes = fe
         .wait_for_head(CONTROL_QUEUE, head)
-        .map_err(|e| ctx_err(fe, &format!("a good command after {what}"), e))?;
+        .map_err(|e| case_error(fe, &format!("a good command after {what}"), e))?;
     let r = gpu::Resp::parse(&bytes).map_err(|e| e.to_string())?;
     ensure(fe, r.ty == ty::OK_DISPLAY_INFO, || {
         format!("after {what}: {}", r.name())
@@ -84,8 +85,8 @@ fn survive(fe: &mut Frontend, what: &str, descs: &[RawDesc]) -> CaseResult {
     still_serving(fe)
 }
 
-fn short_response_buffer(ctx: &Ctx) -> CaseResult {
-    let mut fe = spawn(ctx)?;
+fn short_response_buffer(harness: &Harness) -> CaseResult {
+    let mut fe = spawn(harness)?;
     let cmd = gpu::get_display_info().into_bytes();
     let req = buf(&fe, &cmd)?;
     // An 8-byte response buffer followed by a canary the device must not touch.
@@ -114,8 +115,8 @@ fn short_response_buffer(ctx: &Ctx) -> CaseResult {
     })
 }
 
-fn outside_ram(ctx: &Ctx) -> CaseResult {
-    let mut fe = spawn(ctx)?;
+fn outside_ram(harness: &Harness) -> CaseResult {
+    let mut fe = spawn(harness)?;
     let outside = fe.ram().size() as u64 + (1 << 30);
     let resp = buf(&fe, &[0; 64])?;
     survive(
@@ -158,8 +159,8 @@ fn outside_ram(ctx: &Ctx) -> CaseResult {
     )
 }
 
-fn descriptor_loop(ctx: &Ctx) -> CaseResult {
-    let mut fe = spawn(ctx)?;
+fn descriptor_loop(harness: &Harness) -> CaseResult {
+    let mut fe = spawn(harness)?;
     let cmd = gpu::get_display_info().into_bytes();
     let req = buf(&fe, &cmd)?;
     survive(
@@ -182,8 +183,8 @@ fn descriptor_loop(ctx: &Ctx) -> CaseResult {
     )
 }
 
-fn writable_only(ctx: &Ctx) -> CaseResult {
-    let mut fe = spawn(ctx)?;
+fn writable_only(harness: &Harness) -> CaseResult {
+    let mut fe = spawn(harness)?;
     let resp = buf(&fe, &[0; 512])?;
     survive(
         &mut fe,
@@ -197,8 +198,8 @@ fn writable_only(ctx: &Ctx) -> CaseResult {
     )
 }
 
-fn absurd_length(ctx: &Ctx) -> CaseResult {
-    let mut fe = spawn(ctx)?;
+fn absurd_length(harness: &Harness) -> CaseResult {
+    let mut fe = spawn(harness)?;
     let cmd = gpu::get_display_info().into_bytes();
     let req = buf(&fe, &cmd)?;
     let resp = buf(&fe, &[0; 64])?;
@@ -223,8 +224,8 @@ fn absurd_length(ctx: &Ctx) -> CaseResult {
 }
 
 /// Every descriptor in use at once (128 two-descriptor chains in a 256-entry ring), one kick.
-fn full_ring(ctx: &Ctx) -> CaseResult {
-    let mut fe = spawn(ctx)?;
+fn full_ring(harness: &Harness) -> CaseResult {
+    let mut fe = spawn(harness)?;
     let cmd = gpu::resource_unref(4242).into_bytes();
     let mut sent = 0;
     while let Ok(_head) = fe.send(CONTROL_QUEUE, &[&cmd], gpu::resp_size::NODATA) {
@@ -239,7 +240,7 @@ fn full_ring(ctx: &Ctx) -> CaseResult {
     for _ in 0..sent {
         let (_, bytes) = fe
             .wait(CONTROL_QUEUE)
-            .map_err(|e| ctx_err(&fe, "wait", e))?;
+            .map_err(|e| case_error(&fe, "wait", e))?;
         let r = gpu::Resp::parse(&bytes).map_err(|e| e.to_string())?;
         ensure(&fe, r.ty == ty::ERR_INVALID_RESOURCE_ID, || {
             format!("UNREF of unknown answered {}", r.name())
@@ -249,8 +250,8 @@ fn full_ring(ctx: &Ctx) -> CaseResult {
 }
 
 /// More than 65536 requests, so the 16-bit available and used indexes wrap around.
-fn index_wraps(ctx: &Ctx) -> CaseResult {
-    let mut fe = spawn(ctx)?;
+fn index_wraps(harness: &Harness) -> CaseResult {
+    let mut fe = spawn(harness)?;
     let cmd = gpu::resource_unref(4242).into_bytes();
     let depth = 64u32;
     let total = 70_000u32;
@@ -259,12 +260,12 @@ fn index_wraps(ctx: &Ctx) -> CaseResult {
     while done < total {
         while in_flight < depth && done + in_flight < total {
             fe.send(CONTROL_QUEUE, &[&cmd], gpu::resp_size::NODATA)
-                .map_err(|e| ctx_err(&fe, "send", e))?;
+                .map_err(|e| case_error(&fe, "send", e))?;
             in_flight += 1;
         }
         let (_, bytes) = fe
             .wait(CONTROL_QUEUE)
-            .map_err(|e| ctx_err(&fe, &format!("wait after {done} requests"), e))?;
+            .map_err(|e| case_error(&fe, &format!("wait after {done} requests"), e))?;
         let r = gpu::Resp::parse(&bytes).map_err(|e| e.to_string())?;
         ensure(&fe, r.ty == ty::ERR_INVALID_RESOURCE_ID, || {
             format!("request {done} answered {}", r.name())
@@ -277,13 +278,13 @@ fn index_wraps(ctx: &Ctx) -> CaseResult {
 
 /// The same 2D flow with neither indirect descriptors nor EVENT_IDX negotiated: plain
 /// multi-descriptor chains and a notification for every used buffer.
-fn plain_chains(ctx: &Ctx) -> CaseResult {
+fn plain_chains(harness: &Harness) -> CaseResult {
     let options = crate::frontend::FrontendOptions {
         indirect_descriptors: false,
         event_idx: false,
         ..Default::default()
     };
-    let mut fe = ctx
+    let mut fe = harness
         .spawn_with_options(&[], options)
         .map_err(|e| format!("cannot start backend: {e}"))?;
     let ring_bits = crate::virtq::RING_F_INDIRECT_DESC | crate::virtq::RING_F_EVENT_IDX;
@@ -293,13 +294,13 @@ fn plain_chains(ctx: &Ctx) -> CaseResult {
     let (w, h) = (24u32, 24u32);
     let img = super::bgra_pattern(w, h, 91);
     super::two_d::create_filled(&mut fe, 1, w, h, &img)?;
-    super::expect(
+    super::send_expecting(
         &mut fe,
         "SET_SCANOUT",
         gpu::set_scanout(0, 1, gpu::Rect::sized(w, h)),
         ty::OK_NODATA,
     )?;
-    super::expect(
+    super::send_expecting(
         &mut fe,
         "FLUSH",
         gpu::resource_flush(1, gpu::Rect::sized(w, h)),

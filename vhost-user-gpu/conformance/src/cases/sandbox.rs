@@ -9,9 +9,9 @@
 //! ABI version.
 #![allow(unsafe_code)]
 
-use super::blob::{map, no_leaks, CrossDomain, CTX};
+use super::blob::{map, no_leaks, CrossDomain, CTX_ID};
 use super::two_d::create_filled;
-use super::{bgra_pattern, ensure, expect, still_serving, Case, CaseResult, Ctx, Need};
+use super::{bgra_pattern, ensure, send_expecting, still_serving, Case, CaseResult, Harness, Need};
 use crate::frontend::Frontend;
 use crate::gpu::{self, features, ty};
 
@@ -62,10 +62,10 @@ fn landlock_abi() -> i64 {
     v.max(0)
 }
 
-fn confined_by_default(ctx: &Ctx) -> CaseResult {
+fn confined_by_default(harness: &Harness) -> CaseResult {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let dir_arg = dir.path().to_string_lossy().to_string();
-    let mut fe = ctx
+    let mut fe = harness
         .spawn_with(&["--capture-dir", &dir_arg])
         .map_err(|e| format!("cannot start backend: {e}"))?;
     let seccomp = status_field(&fe, "Seccomp")?;
@@ -107,13 +107,13 @@ fn confined_by_default(ctx: &Ctx) -> CaseResult {
         let id = 10 + round;
         let reqs = cd.create(&mut fe, id, 64, 64, gpu::BLOB_FLAG_MAPPABLE)?;
         map(&mut fe, id, 0, reqs.size)?;
-        expect(
+        send_expecting(
             &mut fe,
             "UNMAP_BLOB",
-            gpu::resource_unmap_blob(CTX, id),
+            gpu::resource_unmap_blob(CTX_ID, id),
             ty::OK_NODATA,
         )?;
-        expect(&mut fe, "UNREF", gpu::resource_unref(id), ty::OK_NODATA)?;
+        send_expecting(&mut fe, "UNREF", gpu::resource_unref(id), ty::OK_NODATA)?;
     }
     no_leaks(&mut fe, &before)?;
     // Every thread of the backend (main, vhost-user connection and queue threads, capture
@@ -152,14 +152,14 @@ fn confined_by_default(ctx: &Ctx) -> CaseResult {
     })?;
     // Reset (new display socket, memory table) still works confined.
     fe.reset()
-        .map_err(|e| super::ctx_err(&fe, "device reset", e))?;
+        .map_err(|e| super::case_error(&fe, "device reset", e))?;
     still_serving(&mut fe)?;
     let alive = fe.backend_alive();
     ensure(&fe, alive, || "the backend died under its sandbox".into())
 }
 
-fn sandbox_off(ctx: &Ctx) -> CaseResult {
-    let mut fe = ctx
+fn sandbox_off(harness: &Harness) -> CaseResult {
+    let mut fe = harness
         .spawn_with(&["--sandbox", "off"])
         .map_err(|e| format!("cannot start backend: {e}"))?;
     let seccomp = status_field(&fe, "Seccomp")?;

@@ -10,10 +10,10 @@
 
 use std::time::Instant;
 
-use super::blob::{map, CrossDomain, CTX};
+use super::blob::{map, CrossDomain, CTX_ID};
 use super::limits::backend_rss;
 use super::two_d::Backing;
-use super::{bgra_pattern, expect, still_serving, Case, CaseResult, Ctx, Need};
+use super::{bgra_pattern, send_expecting, still_serving, Case, CaseResult, Harness, Need};
 use crate::frontend::Frontend;
 use crate::gpu::{self, features, format, ty, Rect};
 use crate::proc_stats::ProcStats;
@@ -193,14 +193,14 @@ const HOST3D_WARMUP: u64 = 4096 + 500;
 /// at most about 0.5 MiB in 1000 more, within the 1 MiB RSS slack.
 const HOST3D_SHORT: u64 = 1200;
 
-fn host3d_cycles(ctx: &Ctx) -> CaseResult {
+fn host3d_cycles(harness: &Harness) -> CaseResult {
     let requested = cycles();
     let (total, warmup) = if requested <= HOST3D_SHORT {
         (requested, 200)
     } else {
         (requested.max(HOST3D_WARMUP + 1500), HOST3D_WARMUP)
     };
-    let mut fe = ctx
+    let mut fe = harness
         .spawn()
         .map_err(|e| format!("cannot start backend: {e}"))?;
     let mut cd = CrossDomain::init(&mut fe)?;
@@ -209,13 +209,13 @@ fn host3d_cycles(ctx: &Ctx) -> CaseResult {
         let id = 5000 + (i % 1000) as u32;
         let reqs = cd.create(&mut fe, id, 64, 64, gpu::BLOB_FLAG_MAPPABLE)?;
         map(&mut fe, id, 0, reqs.size)?;
-        expect(
+        send_expecting(
             &mut fe,
             "RESOURCE_UNMAP_BLOB",
-            gpu::resource_unmap_blob(CTX, id),
+            gpu::resource_unmap_blob(CTX_ID, id),
             ty::OK_NODATA,
         )?;
-        expect(
+        send_expecting(
             &mut fe,
             "RESOURCE_UNREF",
             gpu::resource_unref(id),
@@ -227,9 +227,9 @@ fn host3d_cycles(ctx: &Ctx) -> CaseResult {
     still_serving(&mut fe)
 }
 
-fn two_d_cycles(ctx: &Ctx) -> CaseResult {
+fn two_d_cycles(harness: &Harness) -> CaseResult {
     let total = cycles();
-    let mut fe = ctx
+    let mut fe = harness
         .spawn()
         .map_err(|e| format!("cannot start backend: {e}"))?;
     let (w, h) = (64u32, 64u32);
@@ -239,26 +239,26 @@ fn two_d_cycles(ctx: &Ctx) -> CaseResult {
     let mut watch = Watch::new("2d", &fe, total, 200)?;
     for i in 0..total {
         let id = 1 + (i % 1000) as u32;
-        expect(
+        send_expecting(
             &mut fe,
             "RESOURCE_CREATE_2D",
             gpu::resource_create_2d(id, format::B8G8R8A8_UNORM, w, h),
             ty::OK_NODATA,
         )?;
-        expect(
+        send_expecting(
             &mut fe,
             "RESOURCE_ATTACH_BACKING",
             gpu::resource_attach_backing(id, &backing.entries),
             ty::OK_NODATA,
         )?;
-        expect(
+        send_expecting(
             &mut fe,
             "TRANSFER_TO_HOST_2D",
             gpu::transfer_to_host_2d(id, Rect::sized(w, h), 0),
             ty::OK_NODATA,
         )?;
         super::two_d::show_on_scanout_0(&mut fe, id, w, h)?;
-        expect(
+        send_expecting(
             &mut fe,
             "RESOURCE_UNREF (scanned out)",
             gpu::resource_unref(id),

@@ -6,10 +6,10 @@
 //! Each case runs in the hostile suite's frame (exact answers, a normal command afterwards,
 //! no leaked fd or mapping).
 
-use super::blob::{self, CrossDomain, CTX};
+use super::blob::{self, CrossDomain, CTX_ID};
 use super::hostile::{drop_cross_domain, guarded, ok};
 use super::two_d::{display_matches, Backing};
-use super::{ensure, pattern, Case, CaseResult, Ctx, Need};
+use super::{ensure, pattern, Case, CaseResult, Harness, Need};
 use crate::frontend::Frontend;
 use crate::gpu::{self, features, format, BlobLayout, Rect};
 
@@ -82,8 +82,8 @@ fn page_round(n: u64) -> u64 {
     n.next_multiple_of(4096)
 }
 
-fn second_allocation_of_blob_id(ctx: &Ctx) -> CaseResult {
-    guarded(ctx, |fe| {
+fn second_allocation_of_blob_id(harness: &Harness) -> CaseResult {
+    guarded(harness, |fe| {
         let mut cd = CrossDomain::init(fe)?;
         let reqs = cd.create(fe, 1, 64, 64, gpu::BLOB_FLAG_MAPPABLE)?;
         let len = page_round(reqs.size);
@@ -94,7 +94,7 @@ fn second_allocation_of_blob_id(ctx: &Ctx) -> CaseResult {
             fe,
             "CREATE_BLOB HOST3D again from the same blob_id",
             gpu::resource_create_blob(
-                CTX,
+                CTX_ID,
                 2,
                 gpu::BLOB_MEM_HOST3D,
                 gpu::BLOB_FLAG_MAPPABLE,
@@ -111,20 +111,20 @@ fn second_allocation_of_blob_id(ctx: &Ctx) -> CaseResult {
             "the first blob changed when the second was created".into()
         })?;
         for id in [1, 2] {
-            ok(fe, "UNMAP_BLOB", gpu::resource_unmap_blob(CTX, id))?;
+            ok(fe, "UNMAP_BLOB", gpu::resource_unmap_blob(CTX_ID, id))?;
             ok(fe, "UNREF", gpu::resource_unref(id))?;
         }
         drop_cross_domain(fe)
     })
 }
 
-fn range_reused_by_larger_blob(ctx: &Ctx) -> CaseResult {
-    guarded(ctx, |fe| {
+fn range_reused_by_larger_blob(harness: &Harness) -> CaseResult {
+    guarded(harness, |fe| {
         let mut cd = CrossDomain::init(fe)?;
         let small = cd.create(fe, 1, 32, 32, gpu::BLOB_FLAG_MAPPABLE)?;
         blob::map(fe, 1, 0, small.size)?;
         dirty(fe, 0, page_round(small.size), 2)?;
-        ok(fe, "UNMAP_BLOB", gpu::resource_unmap_blob(CTX, 1))?;
+        ok(fe, "UNMAP_BLOB", gpu::resource_unmap_blob(CTX_ID, 1))?;
         ok(fe, "UNREF", gpu::resource_unref(1))?;
         let large = cd.create(fe, 2, 128, 96, gpu::BLOB_FLAG_MAPPABLE)?;
         blob::map(fe, 2, 0, large.size)?;
@@ -134,19 +134,19 @@ fn range_reused_by_larger_blob(ctx: &Ctx) -> CaseResult {
             0,
             page_round(large.size),
         )?;
-        ok(fe, "UNMAP_BLOB", gpu::resource_unmap_blob(CTX, 2))?;
+        ok(fe, "UNMAP_BLOB", gpu::resource_unmap_blob(CTX_ID, 2))?;
         ok(fe, "UNREF", gpu::resource_unref(2))?;
         drop_cross_domain(fe)
     })
 }
 
-fn range_reused_shifted(ctx: &Ctx) -> CaseResult {
-    guarded(ctx, |fe| {
+fn range_reused_shifted(harness: &Harness) -> CaseResult {
+    guarded(harness, |fe| {
         let mut cd = CrossDomain::init(fe)?;
         let a = cd.create(fe, 1, 64, 64, gpu::BLOB_FLAG_MAPPABLE)?;
         blob::map(fe, 1, 4096, a.size)?;
         dirty(fe, 4096, page_round(a.size), 3)?;
-        ok(fe, "UNMAP_BLOB", gpu::resource_unmap_blob(CTX, 1))?;
+        ok(fe, "UNMAP_BLOB", gpu::resource_unmap_blob(CTX_ID, 1))?;
         // The same buffer mapped again one page lower: what the guest wrote is still its
         // own data (the blob lives on), shifted; a new blob there is zero.
         let b = cd.create(fe, 2, 64, 64, gpu::BLOB_FLAG_MAPPABLE)?;
@@ -157,7 +157,7 @@ fn range_reused_shifted(ctx: &Ctx) -> CaseResult {
             0,
             page_round(b.size),
         )?;
-        ok(fe, "UNMAP_BLOB", gpu::resource_unmap_blob(CTX, 2))?;
+        ok(fe, "UNMAP_BLOB", gpu::resource_unmap_blob(CTX_ID, 2))?;
         blob::map(fe, 1, 0, a.size)?;
         let region = fe.shmem().ok_or("no region")?;
         let back = region
@@ -166,15 +166,15 @@ fn range_reused_shifted(ctx: &Ctx) -> CaseResult {
         ensure(fe, back == pattern(page_round(a.size) as usize, 3), || {
             "the first blob lost its contents when mapped again elsewhere".into()
         })?;
-        ok(fe, "UNMAP_BLOB", gpu::resource_unmap_blob(CTX, 1))?;
+        ok(fe, "UNMAP_BLOB", gpu::resource_unmap_blob(CTX_ID, 1))?;
         ok(fe, "UNREF", gpu::resource_unref(1))?;
         ok(fe, "UNREF", gpu::resource_unref(2))?;
         drop_cross_domain(fe)
     })
 }
 
-fn range_after_unref_while_mapped(ctx: &Ctx) -> CaseResult {
-    guarded(ctx, |fe| {
+fn range_after_unref_while_mapped(harness: &Harness) -> CaseResult {
+    guarded(harness, |fe| {
         let mut cd = CrossDomain::init(fe)?;
         let a = cd.create(fe, 1, 64, 64, gpu::BLOB_FLAG_MAPPABLE)?;
         blob::map(fe, 1, 0, a.size)?;
@@ -189,14 +189,14 @@ fn range_after_unref_while_mapped(ctx: &Ctx) -> CaseResult {
             0,
             page_round(b.size),
         )?;
-        ok(fe, "UNMAP_BLOB", gpu::resource_unmap_blob(CTX, 2))?;
+        ok(fe, "UNMAP_BLOB", gpu::resource_unmap_blob(CTX_ID, 2))?;
         ok(fe, "UNREF", gpu::resource_unref(2))?;
         drop_cross_domain(fe)
     })
 }
 
-fn fresh_2d_shows_zeros(ctx: &Ctx) -> CaseResult {
-    guarded(ctx, |fe| {
+fn fresh_2d_shows_zeros(harness: &Harness) -> CaseResult {
+    guarded(harness, |fe| {
         let (w, h) = (32u32, 16u32);
         let img = super::bgra_pattern(w, h, 5);
         for (id, data) in [(1u32, Some(&img)), (2, None)] {
@@ -232,8 +232,8 @@ fn fresh_2d_shows_zeros(ctx: &Ctx) -> CaseResult {
     })
 }
 
-fn fresh_guest_blob_shows_guest_memory(ctx: &Ctx) -> CaseResult {
-    guarded(ctx, |fe| {
+fn fresh_guest_blob_shows_guest_memory(harness: &Harness) -> CaseResult {
+    guarded(harness, |fe| {
         let (w, h) = (32u32, 16u32);
         let len = (w * h * 4) as usize;
         let layout = BlobLayout {

@@ -2,8 +2,8 @@
 //! These run against every peer.
 
 use super::{
-    bgra_pattern, ctrl, ctx_err, ensure, expect, still_serving, Case, CaseResult, Ctx, Need,
-    DISPLAY_WAIT,
+    bgra_pattern, case_error, ctrl, ensure, send_expecting, still_serving, Case, CaseResult,
+    Harness, Need, DISPLAY_WAIT,
 };
 use crate::frontend::{Frontend, CONTROL_QUEUE};
 use crate::gpu::{self, format, ty, MemEntry, Rect};
@@ -114,8 +114,9 @@ pub(super) fn cases() -> Vec<Case> {
     ]
 }
 
-fn spawn(ctx: &Ctx) -> Result<Frontend, String> {
-    ctx.spawn()
+fn spawn(harness: &Harness) -> Result<Frontend, String> {
+    harness
+        .spawn()
         .map_err(|e| format!("cannot start backend: {e}"))
 }
 
@@ -191,13 +192,13 @@ impl Backing {
 /// it; both must answer OK_NODATA.
 pub(crate) fn show_on_scanout_0(fe: &mut Frontend, id: u32, w: u32, h: u32) -> CaseResult {
     let rect = Rect::sized(w, h);
-    expect(
+    send_expecting(
         fe,
         "SET_SCANOUT",
         gpu::set_scanout(0, id, rect),
         ty::OK_NODATA,
     )?;
-    expect(
+    send_expecting(
         fe,
         "RESOURCE_FLUSH",
         gpu::resource_flush(id, rect),
@@ -214,7 +215,7 @@ pub(crate) fn create_filled(
     h: u32,
     pixels: &[u8],
 ) -> Result<Backing, String> {
-    expect(
+    send_expecting(
         fe,
         "RESOURCE_CREATE_2D",
         gpu::resource_create_2d(id, format::B8G8R8A8_UNORM, w, h),
@@ -222,13 +223,13 @@ pub(crate) fn create_filled(
     )?;
     let backing = Backing::new(fe, pixels.len())?;
     backing.write(fe, 0, pixels)?;
-    expect(
+    send_expecting(
         fe,
         "RESOURCE_ATTACH_BACKING",
         gpu::resource_attach_backing(id, &backing.entries),
         ty::OK_NODATA,
     )?;
-    expect(
+    send_expecting(
         fe,
         "TRANSFER_TO_HOST_2D",
         gpu::transfer_to_host_2d(id, Rect::sized(w, h), 0),
@@ -309,9 +310,9 @@ pub(crate) fn display_matches(
     ))
 }
 
-fn display_info(ctx: &Ctx) -> CaseResult {
-    let mut fe = spawn(ctx)?;
-    let resp = expect(
+fn display_info(harness: &Harness) -> CaseResult {
+    let mut fe = spawn(harness)?;
+    let resp = send_expecting(
         &mut fe,
         "GET_DISPLAY_INFO",
         gpu::get_display_info(),
@@ -344,8 +345,8 @@ fn display_info(ctx: &Ctx) -> CaseResult {
     Ok(())
 }
 
-fn scanout_flush_shows_pixels(ctx: &Ctx) -> CaseResult {
-    let mut fe = spawn(ctx)?;
+fn scanout_flush_shows_pixels(harness: &Harness) -> CaseResult {
+    let mut fe = spawn(harness)?;
     let (w, h) = (64u32, 48u32);
     let mut image = bgra_pattern(w, h, 1);
     let backing = create_filled(&mut fe, 1, w, h, &image)?;
@@ -368,13 +369,13 @@ fn scanout_flush_shows_pixels(ctx: &Ctx) -> CaseResult {
         backing.write(&fe, off, src)?;
     }
     let offset = u64::from(sub.y) * u64::from(w * 4) + u64::from(sub.x) * 4;
-    expect(
+    send_expecting(
         &mut fe,
         "TRANSFER_TO_HOST_2D (sub-rect)",
         gpu::transfer_to_host_2d(1, sub, offset),
         ty::OK_NODATA,
     )?;
-    expect(
+    send_expecting(
         &mut fe,
         "RESOURCE_FLUSH (sub-rect)",
         gpu::resource_flush(1, sub),
@@ -383,27 +384,27 @@ fn scanout_flush_shows_pixels(ctx: &Ctx) -> CaseResult {
     display_matches(&fe, 0, w, h, &image)
 }
 
-fn create_2d_errors(ctx: &Ctx) -> CaseResult {
-    let mut fe = spawn(ctx)?;
-    expect(
+fn create_2d_errors(harness: &Harness) -> CaseResult {
+    let mut fe = spawn(harness)?;
+    send_expecting(
         &mut fe,
         "create id 5",
         gpu::resource_create_2d(5, format::B8G8R8A8_UNORM, 16, 16),
         ty::OK_NODATA,
     )?;
-    expect(
+    send_expecting(
         &mut fe,
         "create id 5 again",
         gpu::resource_create_2d(5, format::B8G8R8A8_UNORM, 16, 16),
         ty::ERR_INVALID_RESOURCE_ID,
     )?;
-    expect(
+    send_expecting(
         &mut fe,
         "create id 0",
         gpu::resource_create_2d(0, format::B8G8R8A8_UNORM, 16, 16),
         ty::ERR_INVALID_RESOURCE_ID,
     )?;
-    expect(
+    send_expecting(
         &mut fe,
         "create with format 0xdead",
         gpu::resource_create_2d(6, 0xdead, 16, 16),
@@ -412,8 +413,8 @@ fn create_2d_errors(ctx: &Ctx) -> CaseResult {
     still_serving(&mut fe)
 }
 
-fn unknown_resource_errors(ctx: &Ctx) -> CaseResult {
-    let mut fe = spawn(ctx)?;
+fn unknown_resource_errors(harness: &Harness) -> CaseResult {
+    let mut fe = spawn(harness)?;
     let r = Rect::sized(4, 4);
     let entry = [MemEntry {
         addr: fe.ram().alloc(4096, 4096).map_err(|e| e.to_string())?,
@@ -431,7 +432,7 @@ fn unknown_resource_errors(ctx: &Ctx) -> CaseResult {
         ("SET_SCANOUT", gpu::set_scanout(0, 77, r)),
     ];
     for (what, cmd) in cmds {
-        expect(
+        send_expecting(
             &mut fe,
             &format!("{what} of unknown resource"),
             cmd,
@@ -441,17 +442,17 @@ fn unknown_resource_errors(ctx: &Ctx) -> CaseResult {
     still_serving(&mut fe)
 }
 
-fn set_scanout_errors(ctx: &Ctx) -> CaseResult {
-    let mut fe = spawn(ctx)?;
+fn set_scanout_errors(harness: &Harness) -> CaseResult {
+    let mut fe = spawn(harness)?;
     let img = bgra_pattern(32, 32, 3);
     create_filled(&mut fe, 1, 32, 32, &img)?;
-    expect(
+    send_expecting(
         &mut fe,
         "SET_SCANOUT scanout 16",
         gpu::set_scanout(16, 1, Rect::sized(32, 32)),
         ty::ERR_INVALID_SCANOUT_ID,
     )?;
-    expect(
+    send_expecting(
         &mut fe,
         "SET_SCANOUT rect beyond resource",
         gpu::set_scanout(
@@ -466,13 +467,13 @@ fn set_scanout_errors(ctx: &Ctx) -> CaseResult {
         ),
         ty::ERR_INVALID_PARAMETER,
     )?;
-    expect(
+    send_expecting(
         &mut fe,
         "SET_SCANOUT",
         gpu::set_scanout(0, 1, Rect::sized(32, 32)),
         ty::OK_NODATA,
     )?;
-    expect(
+    send_expecting(
         &mut fe,
         "SET_SCANOUT disable",
         gpu::set_scanout(0, 0, Rect::sized(0, 0)),
@@ -493,10 +494,10 @@ fn set_scanout_errors(ctx: &Ctx) -> CaseResult {
     still_serving(&mut fe)
 }
 
-fn transfer_outside_resource(ctx: &Ctx) -> CaseResult {
-    let mut fe = spawn(ctx)?;
+fn transfer_outside_resource(harness: &Harness) -> CaseResult {
+    let mut fe = spawn(harness)?;
     create_filled(&mut fe, 1, 16, 16, &bgra_pattern(16, 16, 4))?;
-    expect(
+    send_expecting(
         &mut fe,
         "TRANSFER beyond the resource",
         gpu::transfer_to_host_2d(
@@ -511,7 +512,7 @@ fn transfer_outside_resource(ctx: &Ctx) -> CaseResult {
         ),
         ty::ERR_INVALID_PARAMETER,
     )?;
-    expect(
+    send_expecting(
         &mut fe,
         "FLUSH beyond the resource",
         gpu::resource_flush(
@@ -537,9 +538,9 @@ fn transfer_outside_resource(ctx: &Ctx) -> CaseResult {
     still_serving(&mut fe)
 }
 
-fn attach_backing_outside_ram(ctx: &Ctx) -> CaseResult {
-    let mut fe = spawn(ctx)?;
-    expect(
+fn attach_backing_outside_ram(harness: &Harness) -> CaseResult {
+    let mut fe = spawn(harness)?;
+    send_expecting(
         &mut fe,
         "RESOURCE_CREATE_2D",
         gpu::resource_create_2d(1, format::B8G8R8A8_UNORM, 16, 16),
@@ -550,7 +551,7 @@ fn attach_backing_outside_ram(ctx: &Ctx) -> CaseResult {
         addr: outside,
         length: 1024,
     }];
-    expect(
+    send_expecting(
         &mut fe,
         "ATTACH_BACKING outside guest RAM",
         gpu::resource_attach_backing(1, &entries),
@@ -560,7 +561,7 @@ fn attach_backing_outside_ram(ctx: &Ctx) -> CaseResult {
         addr: u64::MAX - 100,
         length: 1024,
     }];
-    expect(
+    send_expecting(
         &mut fe,
         "ATTACH_BACKING wrapping address",
         gpu::resource_attach_backing(1, &wrap),
@@ -611,10 +612,10 @@ fn attach_backing_outside_ram(ctx: &Ctx) -> CaseResult {
     still_serving(&mut fe)
 }
 
-fn detach_backing(ctx: &Ctx) -> CaseResult {
-    let mut fe = spawn(ctx)?;
+fn detach_backing(harness: &Harness) -> CaseResult {
+    let mut fe = spawn(harness)?;
     create_filled(&mut fe, 1, 16, 16, &bgra_pattern(16, 16, 5))?;
-    expect(
+    send_expecting(
         &mut fe,
         "DETACH_BACKING",
         gpu::resource_detach_backing(1),
@@ -628,13 +629,13 @@ fn detach_backing(ctx: &Ctx) -> CaseResult {
     ensure(&fe, resp.ty >= ty::ERR_UNSPEC, || {
         format!("TRANSFER without backing answered {}", resp.name())
     })?;
-    expect(&mut fe, "UNREF", gpu::resource_unref(1), ty::OK_NODATA)?;
+    send_expecting(&mut fe, "UNREF", gpu::resource_unref(1), ty::OK_NODATA)?;
     still_serving(&mut fe)
 }
 
-fn malformed_commands(ctx: &Ctx) -> CaseResult {
-    let mut fe = spawn(ctx)?;
-    expect(
+fn malformed_commands(harness: &Harness) -> CaseResult {
+    let mut fe = spawn(harness)?;
+    send_expecting(
         &mut fe,
         "unknown command 0x1234",
         gpu::Cmd::new(0x1234, 0),
@@ -647,7 +648,7 @@ fn malformed_commands(ctx: &Ctx) -> CaseResult {
         format!("truncated command answered {}", resp.name())
     })?;
     // The truncated create must not have created anything.
-    expect(
+    send_expecting(
         &mut fe,
         "create after truncated",
         gpu::resource_create_2d(1, format::B8G8R8A8_UNORM, 16, 16),
@@ -656,9 +657,9 @@ fn malformed_commands(ctx: &Ctx) -> CaseResult {
     still_serving(&mut fe)
 }
 
-fn fence_is_echoed(ctx: &Ctx) -> CaseResult {
-    let mut fe = spawn(ctx)?;
-    let resp = expect(
+fn fence_is_echoed(harness: &Harness) -> CaseResult {
+    let mut fe = spawn(harness)?;
+    let resp = send_expecting(
         &mut fe,
         "fenced CREATE_2D",
         gpu::resource_create_2d(1, format::B8G8R8A8_UNORM, 8, 8).fence(0x1234_5678_9abc, None),
@@ -676,14 +677,14 @@ fn fence_is_echoed(ctx: &Ctx) -> CaseResult {
     )
 }
 
-fn capset_info_out_of_range(ctx: &Ctx) -> CaseResult {
-    let mut fe = spawn(ctx)?;
+fn capset_info_out_of_range(harness: &Harness) -> CaseResult {
+    let mut fe = spawn(harness)?;
     let cfg = fe.config_space().to_vec();
     let num_capsets = cfg
         .get(12..16)
         .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
     for i in 0..num_capsets {
-        let r = expect(
+        let r = send_expecting(
             &mut fe,
             "GET_CAPSET_INFO",
             gpu::get_capset_info(i),
@@ -709,9 +710,9 @@ fn capset_info_out_of_range(ctx: &Ctx) -> CaseResult {
     still_serving(&mut fe)
 }
 
-fn get_edid(ctx: &Ctx) -> CaseResult {
-    let mut fe = spawn(ctx)?;
-    let r = expect(&mut fe, "GET_EDID 0", gpu::get_edid(0), ty::OK_EDID)?;
+fn get_edid(harness: &Harness) -> CaseResult {
+    let mut fe = spawn(harness)?;
+    let r = send_expecting(&mut fe, "GET_EDID 0", gpu::get_edid(0), ty::OK_EDID)?;
     let edid = r.edid().map_err(|e| e.to_string())?;
     ensure(
         &fe,
@@ -748,21 +749,21 @@ fn get_edid(ctx: &Ctx) -> CaseResult {
     still_serving(&mut fe)
 }
 
-fn assign_uuid(ctx: &Ctx) -> CaseResult {
-    let mut fe = spawn(ctx)?;
-    expect(
+fn assign_uuid(harness: &Harness) -> CaseResult {
+    let mut fe = spawn(harness)?;
+    send_expecting(
         &mut fe,
         "CREATE_2D",
         gpu::resource_create_2d(1, format::B8G8R8A8_UNORM, 8, 8),
         ty::OK_NODATA,
     )?;
-    expect(
+    send_expecting(
         &mut fe,
         "CREATE_2D",
         gpu::resource_create_2d(2, format::B8G8R8A8_UNORM, 8, 8),
         ty::OK_NODATA,
     )?;
-    let a = expect(
+    let a = send_expecting(
         &mut fe,
         "ASSIGN_UUID 1",
         gpu::resource_assign_uuid(1),
@@ -770,7 +771,7 @@ fn assign_uuid(ctx: &Ctx) -> CaseResult {
     )?
     .uuid()
     .map_err(|e| e.to_string())?;
-    let b = expect(
+    let b = send_expecting(
         &mut fe,
         "ASSIGN_UUID 2",
         gpu::resource_assign_uuid(2),
@@ -781,7 +782,7 @@ fn assign_uuid(ctx: &Ctx) -> CaseResult {
     ensure(&fe, a != b && a != [0; 16], || {
         format!("uuids not distinct/non-zero: {a:02x?} {b:02x?}")
     })?;
-    expect(
+    send_expecting(
         &mut fe,
         "ASSIGN_UUID unknown",
         gpu::resource_assign_uuid(77),
@@ -790,12 +791,12 @@ fn assign_uuid(ctx: &Ctx) -> CaseResult {
     still_serving(&mut fe)
 }
 
-fn cursor_update_and_move(ctx: &Ctx) -> CaseResult {
-    let mut fe = spawn(ctx)?;
+fn cursor_update_and_move(harness: &Harness) -> CaseResult {
+    let mut fe = spawn(harness)?;
     let img = bgra_pattern(64, 64, 6);
     create_filled(&mut fe, 9, 64, 64, &img)?;
     fe.cursor(gpu::update_cursor(0, 100, 200, 9, (3, 4)))
-        .map_err(|e| ctx_err(&fe, "UPDATE_CURSOR", e))?;
+        .map_err(|e| case_error(&fe, "UPDATE_CURSOR", e))?;
     let display = fe.display().ok_or("no display")?;
     let expected: Vec<u32> = img
         .chunks(4)
@@ -821,7 +822,7 @@ fn cursor_update_and_move(ctx: &Ctx) -> CaseResult {
     })?;
     drop(st);
     fe.cursor(gpu::move_cursor(0, 300, 40, 9))
-        .map_err(|e| ctx_err(&fe, "MOVE_CURSOR", e))?;
+        .map_err(|e| case_error(&fe, "MOVE_CURSOR", e))?;
     let display = fe.display().ok_or("no display")?;
     let moved = display.wait_for(DISPLAY_WAIT, |st| {
         st.cursor.pos == (0, 300, 40) && st.cursor.visible
@@ -832,15 +833,15 @@ fn cursor_update_and_move(ctx: &Ctx) -> CaseResult {
     still_serving(&mut fe)
 }
 
-fn multi_descriptor_chains(ctx: &Ctx) -> CaseResult {
-    let mut fe = spawn(ctx)?;
+fn multi_descriptor_chains(harness: &Harness) -> CaseResult {
+    let mut fe = spawn(harness)?;
     // Header, body and entry list each in their own descriptor, as Linux sends ATTACH_BACKING.
     let (w, h) = (32u32, 16u32);
     let img = bgra_pattern(w, h, 7);
     let create = gpu::resource_create_2d(3, format::B8G8R8A8_UNORM, w, h).into_bytes();
     let r = fe
         .ctrl_parts(&[&create[..gpu::HDR_SIZE], &create[gpu::HDR_SIZE..]], 64)
-        .map_err(|e| ctx_err(&fe, "split CREATE_2D", e))?;
+        .map_err(|e| case_error(&fe, "split CREATE_2D", e))?;
     ensure(&fe, r.ty == ty::OK_NODATA, || {
         format!("split CREATE_2D answered {}", r.name())
     })?;
@@ -850,11 +851,11 @@ fn multi_descriptor_chains(ctx: &Ctx) -> CaseResult {
     let cut = gpu::HDR_SIZE + 8;
     let r = fe
         .ctrl_parts(&[&attach[..cut], &attach[cut..]], 64)
-        .map_err(|e| ctx_err(&fe, "split ATTACH_BACKING", e))?;
+        .map_err(|e| case_error(&fe, "split ATTACH_BACKING", e))?;
     ensure(&fe, r.ty == ty::OK_NODATA, || {
         format!("split ATTACH_BACKING answered {}", r.name())
     })?;
-    expect(
+    send_expecting(
         &mut fe,
         "TRANSFER",
         gpu::transfer_to_host_2d(3, Rect::sized(w, h), 0),
@@ -864,25 +865,25 @@ fn multi_descriptor_chains(ctx: &Ctx) -> CaseResult {
     display_matches(&fe, 0, w, h, &img)
 }
 
-fn queue_depth(ctx: &Ctx) -> CaseResult {
-    let mut fe = spawn(ctx)?;
+fn queue_depth(harness: &Harness) -> CaseResult {
+    let mut fe = spawn(harness)?;
     let n = 32u32;
     for id in 1..=n {
         let cmd = gpu::resource_create_2d(id, format::B8G8R8A8_UNORM, 8, 8).into_bytes();
         fe.send(CONTROL_QUEUE, &[&cmd], 64)
-            .map_err(|e| ctx_err(&fe, "send", e))?;
+            .map_err(|e| case_error(&fe, "send", e))?;
     }
     for _ in 1..=n {
         let (_, bytes) = fe
             .wait(CONTROL_QUEUE)
-            .map_err(|e| ctx_err(&fe, "wait", e))?;
+            .map_err(|e| case_error(&fe, "wait", e))?;
         let r = gpu::Resp::parse(&bytes).map_err(|e| e.to_string())?;
         ensure(&fe, r.ty == ty::OK_NODATA, || {
             format!("pipelined CREATE_2D answered {}", r.name())
         })?;
     }
     for id in 1..=n {
-        expect(&mut fe, "UNREF", gpu::resource_unref(id), ty::OK_NODATA)?;
+        send_expecting(&mut fe, "UNREF", gpu::resource_unref(id), ty::OK_NODATA)?;
     }
     still_serving(&mut fe)
 }
@@ -891,19 +892,19 @@ fn cycle(fe: &mut Frontend, id: u32) -> CaseResult {
     let img = bgra_pattern(128, 128, id);
     let b = create_filled(fe, id, 128, 128, &img)?;
     show_on_scanout_0(fe, id, 128, 128)?;
-    expect(
+    send_expecting(
         fe,
         "SET_SCANOUT off",
         gpu::set_scanout(0, 0, Rect::sized(0, 0)),
         ty::OK_NODATA,
     )?;
-    expect(fe, "UNREF", gpu::resource_unref(id), ty::OK_NODATA)?;
+    send_expecting(fe, "UNREF", gpu::resource_unref(id), ty::OK_NODATA)?;
     b.free(fe);
     Ok(())
 }
 
-fn unref_releases_everything(ctx: &Ctx) -> CaseResult {
-    let mut fe = spawn(ctx)?;
+fn unref_releases_everything(harness: &Harness) -> CaseResult {
+    let mut fe = spawn(harness)?;
     cycle(&mut fe, 1)?;
     let pid = fe.backend_pid().ok_or("no backend pid")?;
     let before = ProcStats::of(pid).map_err(|e| e.to_string())?;
@@ -928,32 +929,32 @@ fn unref_releases_everything(ctx: &Ctx) -> CaseResult {
     still_serving(&mut fe)
 }
 
-fn reset_forgets_resources(ctx: &Ctx) -> CaseResult {
-    let mut fe = spawn(ctx)?;
+fn reset_forgets_resources(harness: &Harness) -> CaseResult {
+    let mut fe = spawn(harness)?;
     create_filled(&mut fe, 1, 16, 16, &bgra_pattern(16, 16, 8))?;
-    fe.reset().map_err(|e| ctx_err(&fe, "device reset", e))?;
-    expect(
+    fe.reset().map_err(|e| case_error(&fe, "device reset", e))?;
+    send_expecting(
         &mut fe,
         "CREATE_2D with the same id after reset",
         gpu::resource_create_2d(1, format::B8G8R8A8_UNORM, 16, 16),
         ty::OK_NODATA,
     )?;
-    expect(&mut fe, "UNREF", gpu::resource_unref(1), ty::OK_NODATA)?;
+    send_expecting(&mut fe, "UNREF", gpu::resource_unref(1), ty::OK_NODATA)?;
     still_serving(&mut fe)
 }
 
 /// A whole 2D session, then the display channel must hold no protocol violation: protocol
 /// features negotiated before use and only from what the display offered, updates inside
 /// their scanout, pixel payloads of the right size.
-fn display_protocol_is_clean(ctx: &Ctx) -> CaseResult {
-    let mut fe = spawn(ctx)?;
+fn display_protocol_is_clean(harness: &Harness) -> CaseResult {
+    let mut fe = spawn(harness)?;
     let img = bgra_pattern(40, 30, 51);
     create_filled(&mut fe, 1, 40, 30, &img)?;
     show_on_scanout_0(&mut fe, 1, 40, 30)?;
     display_matches(&fe, 0, 40, 30, &img)?;
     fe.cursor(gpu::update_cursor(0, 1, 1, 0, (0, 0)))
-        .map_err(|e| ctx_err(&fe, "UPDATE_CURSOR (hide)", e))?;
-    expect(
+        .map_err(|e| case_error(&fe, "UPDATE_CURSOR (hide)", e))?;
+    send_expecting(
         &mut fe,
         "SET_SCANOUT off",
         gpu::set_scanout(0, 0, Rect::sized(0, 0)),
@@ -998,7 +999,7 @@ fn display_protocol_is_clean(ctx: &Ctx) -> CaseResult {
 
 /// All eight 2D formats of the specification, named by their byte order in memory, shown on
 /// the display as x8r8g8b8: the device must convert each one correctly.
-fn every_format(ctx: &Ctx) -> CaseResult {
+fn every_format(harness: &Harness) -> CaseResult {
     use virtio_bindings::virtio_gpu as vg;
     // (format, byte order in memory: index of R, G, B in each 4-byte pixel)
     let formats: [(&str, u32, [usize; 3]); 8] = [
@@ -1043,7 +1044,7 @@ fn every_format(ctx: &Ctx) -> CaseResult {
             [0, 1, 2],
         ),
     ];
-    let mut fe = spawn(ctx)?;
+    let mut fe = spawn(harness)?;
     let (w, h) = (8u32, 4u32);
     for (i, (name, fmt, [r, g, b])) in formats.into_iter().enumerate() {
         let id = 10 + i as u32;
@@ -1053,7 +1054,7 @@ fn every_format(ctx: &Ctx) -> CaseResult {
         for px in bytes.chunks_mut(4) {
             px[alpha] = 0xff;
         }
-        expect(
+        send_expecting(
             &mut fe,
             name,
             gpu::resource_create_2d(id, fmt, w, h),
@@ -1061,13 +1062,13 @@ fn every_format(ctx: &Ctx) -> CaseResult {
         )?;
         let backing = Backing::new(&fe, bytes.len())?;
         backing.write(&fe, 0, &bytes)?;
-        expect(
+        send_expecting(
             &mut fe,
             "ATTACH",
             gpu::resource_attach_backing(id, &backing.entries),
             ty::OK_NODATA,
         )?;
-        expect(
+        send_expecting(
             &mut fe,
             "TRANSFER",
             gpu::transfer_to_host_2d(id, Rect::sized(w, h), 0),
@@ -1081,7 +1082,7 @@ fn every_format(ctx: &Ctx) -> CaseResult {
             .collect();
         display_matches(&fe, 0, w, h, &bgra).map_err(|e| format!("format {name}: {e}"))?;
         // Make the next format's SCANOUT a fresh one in the display's record.
-        expect(
+        send_expecting(
             &mut fe,
             "SET_SCANOUT off",
             gpu::set_scanout(0, 0, Rect::sized(0, 0)),
