@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use vm_memory::{Bytes, FileOffset, GuestAddress};
 
 use vhost_user_gpu::alloc::memfd::MemfdAllocator;
-use vhost_user_gpu::device::ports::{DisplaySink, Frame, GuestMemory, MapAdvisor};
+use vhost_user_gpu::device::ports::{Cursor, DisplaySink, Frame, GuestMemory, MapAdvisor};
 use vhost_user_gpu::device::{
     DeviceConfig, GpuDevice, Ports, BACKING_ENTRY_COST, OFFERED_FEATURES,
 };
@@ -21,9 +21,10 @@ use vhost_user_gpu::protocol::cross_domain::{
     Capabilities, CrossDomainCommand, ImageRequirements, IMAGE_REQUIREMENTS_SIZE,
 };
 use vhost_user_gpu::protocol::{
-    feature, format, CtrlHeader, CursorPos, GpuCommand, GpuError, GpuResponse, MemEntry,
-    BLOB_FLAG_USE_MAPPABLE, BLOB_FLAG_USE_SHAREABLE, BLOB_MEM_GUEST, BLOB_MEM_HOST3D,
-    CAPSET_CROSS_DOMAIN, EVENT_DISPLAY, FLAG_FENCE, FLAG_INFO_RING_IDX, MAP_CACHE_WC,
+    feature, format, CreateBlob, CtrlHeader, CursorPos, CursorUpdate, GpuCommand, GpuError,
+    GpuResponse, MemEntry, ScanoutBlob, BLOB_FLAG_USE_MAPPABLE, BLOB_FLAG_USE_SHAREABLE,
+    BLOB_MEM_GUEST, BLOB_MEM_HOST3D, CAPSET_CROSS_DOMAIN, EVENT_DISPLAY, FLAG_FENCE,
+    FLAG_INFO_RING_IDX, MAP_CACHE_WC,
 };
 use vhost_user_gpu::protocol::{fourcc, Rect};
 use vug_test_support::{FixedAdvisor, FrontendMapper, FrontendRegion, ShmemEvent};
@@ -107,21 +108,13 @@ impl DisplaySink for RecordingDisplay {
             damage,
         });
     }
-    fn cursor_update(
-        &mut self,
-        scanout_id: u32,
-        x: u32,
-        y: u32,
-        hot_x: u32,
-        hot_y: u32,
-        image: Option<&[u8]>,
-    ) {
+    fn cursor_update(&mut self, cursor: &Cursor<'_>) {
         self.0.lock().unwrap().push(Shown::Cursor {
-            scanout: scanout_id,
-            x,
-            y,
-            hot: (hot_x, hot_y),
-            image: image.map(<[u8]>::to_vec),
+            scanout: cursor.scanout_id,
+            x: cursor.x,
+            y: cursor.y,
+            hot: (cursor.hot_x, cursor.hot_y),
+            image: cursor.image.map(<[u8]>::to_vec),
         });
     }
     fn cursor_move(&mut self, scanout_id: u32, x: u32, y: u32) {
@@ -186,7 +179,7 @@ impl Harness {
     fn send_with(&mut self, hdr: CtrlHeader, command: GpuCommand) -> (CtrlHeader, GpuResponse) {
         let cursor = matches!(
             command,
-            GpuCommand::UpdateCursor { .. } | GpuCommand::MoveCursor { .. }
+            GpuCommand::UpdateCursor(..) | GpuCommand::MoveCursor { .. }
         );
         let mut request = Vec::new();
         command.encode(&hdr, &mut request);
@@ -243,7 +236,7 @@ impl Harness {
     fn create_guest_blob(&mut self, ctx_id: u32, id: u32, addr: u64, pages: u64) -> GpuResponse {
         self.ctx_send(
             ctx_id,
-            GpuCommand::ResourceCreateBlob {
+            GpuCommand::ResourceCreateBlob(CreateBlob {
                 resource_id: id,
                 blob_mem: BLOB_MEM_GUEST,
                 blob_flags: BLOB_FLAG_USE_SHAREABLE,
@@ -253,7 +246,7 @@ impl Harness {
                     addr,
                     length: (pages * PAGE) as u32,
                 }],
-            },
+            }),
         )
     }
 
@@ -326,14 +319,14 @@ impl Harness {
     fn create_host_blob(&mut self, ctx: u32, id: u32, reqs: &ImageRequirements) -> GpuResponse {
         self.ctx_send(
             ctx,
-            GpuCommand::ResourceCreateBlob {
+            GpuCommand::ResourceCreateBlob(CreateBlob {
                 resource_id: id,
                 blob_mem: BLOB_MEM_HOST3D,
                 blob_flags: BLOB_FLAG_USE_MAPPABLE | BLOB_FLAG_USE_SHAREABLE,
                 blob_id: reqs.blob_id.into(),
                 size: reqs.size,
                 entries: vec![],
-            },
+            }),
         )
     }
 }
@@ -954,12 +947,12 @@ fn cursor_update_and_move() {
         x: 10,
         y: 20,
     };
-    h.ok(GpuCommand::UpdateCursor {
+    h.ok(GpuCommand::UpdateCursor(CursorUpdate {
         pos,
         resource_id: 1,
         hot_x: 3,
         hot_y: 4,
-    });
+    }));
     h.ok(GpuCommand::MoveCursor {
         pos: CursorPos {
             scanout_id: 0,
@@ -967,12 +960,12 @@ fn cursor_update_and_move() {
             y: 21,
         },
     });
-    h.ok(GpuCommand::UpdateCursor {
+    h.ok(GpuCommand::UpdateCursor(CursorUpdate {
         pos,
         resource_id: 0,
         hot_x: 0,
         hot_y: 0,
-    });
+    }));
     let shown = h.take_shown();
     assert_eq!(
         shown,
@@ -1006,22 +999,22 @@ fn cursor_update_and_move() {
         err(GpuError::InvalidScanoutId)
     );
     assert_eq!(
-        h.send(GpuCommand::UpdateCursor {
+        h.send(GpuCommand::UpdateCursor(CursorUpdate {
             pos,
             resource_id: 5,
             hot_x: 0,
             hot_y: 0
-        }),
+        })),
         err(GpuError::InvalidResourceId)
     );
     h.create_2d(2, 65, 64);
     assert_eq!(
-        h.send(GpuCommand::UpdateCursor {
+        h.send(GpuCommand::UpdateCursor(CursorUpdate {
             pos,
             resource_id: 2,
             hot_x: 0,
             hot_y: 0
-        }),
+        })),
         err(GpuError::InvalidParameter)
     );
 }
@@ -1085,15 +1078,17 @@ fn guest_blob_scanout_reads_guest_memory() {
     );
     let img = pattern((stride * hgt) as usize, 5);
     h.write_guest(addr + 64, &img);
-    let set = |r, offset| GpuCommand::SetScanoutBlob {
-        rect: r,
-        scanout_id: 0,
-        resource_id: 1,
-        width: w,
-        height: hgt,
-        format: format::B8G8R8A8_UNORM,
-        strides: [stride, 0, 0, 0],
-        offsets: [offset, 0, 0, 0],
+    let set = |r, offset| {
+        GpuCommand::SetScanoutBlob(ScanoutBlob {
+            rect: r,
+            scanout_id: 0,
+            resource_id: 1,
+            width: w,
+            height: hgt,
+            format: format::B8G8R8A8_UNORM,
+            strides: [stride, 0, 0, 0],
+            offsets: [offset, 0, 0, 0],
+        })
     };
     h.ok(set(rect(0, 0, w, hgt), 64));
     // Transfers on GUEST blobs are accepted and change nothing.
@@ -1132,7 +1127,7 @@ fn guest_blob_scanout_reads_guest_memory() {
         err(GpuError::InvalidParameter)
     );
     assert_eq!(
-        h.send(GpuCommand::SetScanoutBlob {
+        h.send(GpuCommand::SetScanoutBlob(ScanoutBlob {
             rect: rect(0, 0, w, hgt),
             scanout_id: 0,
             resource_id: 1,
@@ -1141,7 +1136,7 @@ fn guest_blob_scanout_reads_guest_memory() {
             format: format::B8G8R8A8_UNORM,
             strides: [w * 4 - 1, 0, 0, 0],
             offsets: [0; 4],
-        }),
+        })),
         err(GpuError::InvalidParameter)
     );
     assert_eq!(
@@ -1152,7 +1147,7 @@ fn guest_blob_scanout_reads_guest_memory() {
     assert_eq!(
         h.ctx_send(
             0,
-            GpuCommand::ResourceCreateBlob {
+            GpuCommand::ResourceCreateBlob(CreateBlob {
                 resource_id: 2,
                 blob_mem: BLOB_MEM_GUEST,
                 blob_flags: 0,
@@ -1162,7 +1157,7 @@ fn guest_blob_scanout_reads_guest_memory() {
                     addr,
                     length: PAGE as u32
                 }],
-            }
+            })
         ),
         err(GpuError::InvalidParameter)
     );
@@ -1177,7 +1172,7 @@ fn guest_blob_scanout_reads_guest_memory() {
     );
     h.create_2d(3, 32, 16);
     assert_eq!(
-        h.send(GpuCommand::SetScanoutBlob {
+        h.send(GpuCommand::SetScanoutBlob(ScanoutBlob {
             rect: rect(0, 0, w, hgt),
             scanout_id: 0,
             resource_id: 3,
@@ -1186,7 +1181,7 @@ fn guest_blob_scanout_reads_guest_memory() {
             format: format::B8G8R8A8_UNORM,
             strides: [w * 4, 0, 0, 0],
             offsets: [0; 4],
-        }),
+        })),
         err(GpuError::InvalidParameter)
     );
     // Unknown blob_mem and flags.
@@ -1194,7 +1189,7 @@ fn guest_blob_scanout_reads_guest_memory() {
         assert_eq!(
             h.ctx_send(
                 0,
-                GpuCommand::ResourceCreateBlob {
+                GpuCommand::ResourceCreateBlob(CreateBlob {
                     resource_id: 4,
                     blob_mem,
                     blob_flags,
@@ -1204,7 +1199,7 @@ fn guest_blob_scanout_reads_guest_memory() {
                         addr,
                         length: PAGE as u32
                     }],
-                }
+                })
             ),
             err(GpuError::InvalidParameter),
             "blob_mem {blob_mem} flags {blob_flags:#x}"
@@ -1438,7 +1433,7 @@ fn cross_domain_protocol_errors() {
     assert_eq!(
         h.ctx_send(
             1,
-            GpuCommand::ResourceCreateBlob {
+            GpuCommand::ResourceCreateBlob(CreateBlob {
                 resource_id: 20,
                 blob_mem: BLOB_MEM_HOST3D,
                 blob_flags: BLOB_FLAG_USE_MAPPABLE,
@@ -1448,7 +1443,7 @@ fn cross_domain_protocol_errors() {
                     addr: 0,
                     length: 4096
                 }],
-            }
+            })
         ),
         err(GpuError::InvalidParameter)
     );
@@ -1509,7 +1504,7 @@ fn host3d_blob_map_write_and_scanout() {
     let stride = reqs.strides[0];
     let img = pattern((stride * hgt) as usize, 11);
     region.region().write(offset, &img).unwrap();
-    h.ok(GpuCommand::SetScanoutBlob {
+    h.ok(GpuCommand::SetScanoutBlob(ScanoutBlob {
         rect: rect(0, 0, w, hgt),
         scanout_id: 0,
         resource_id: 1,
@@ -1518,7 +1513,7 @@ fn host3d_blob_map_write_and_scanout() {
         format: format::B8G8R8X8_UNORM,
         strides: [stride, 0, 0, 0],
         offsets: [0; 4],
-    });
+    }));
     h.ok(GpuCommand::ResourceFlush {
         rect: rect(0, 0, w, hgt),
         resource_id: 1,
@@ -1727,14 +1722,14 @@ fn mapping_needs_a_region_and_a_ready_mapper_and_undoes_failures() {
     assert_eq!(
         h.ctx_send(
             1,
-            GpuCommand::ResourceCreateBlob {
+            GpuCommand::ResourceCreateBlob(CreateBlob {
                 resource_id: 4,
                 blob_mem: BLOB_MEM_HOST3D,
                 blob_flags: BLOB_FLAG_USE_SHAREABLE,
                 blob_id: reqs.blob_id.into(),
                 size: reqs.size,
                 entries: vec![],
-            }
+            })
         ),
         GpuResponse::OkNoData
     );
@@ -1916,7 +1911,7 @@ fn random_requests_never_break_the_device() {
         .collect();
     let mut rng = Rng(0x1234_5678_9abc_def1);
     let mut valid = Vec::new();
-    GpuCommand::ResourceCreateBlob {
+    GpuCommand::ResourceCreateBlob(CreateBlob {
         resource_id: 5,
         blob_mem: BLOB_MEM_GUEST,
         blob_flags: 0,
@@ -1926,7 +1921,7 @@ fn random_requests_never_break_the_device() {
             addr: 0x1000,
             length: PAGE as u32,
         }],
-    }
+    })
     .encode(&CtrlHeader::default(), &mut valid);
     for i in 0..20_000u32 {
         let mut req = if i % 3 == 0 {

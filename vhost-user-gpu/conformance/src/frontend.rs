@@ -250,6 +250,15 @@ struct Connection {
     memory: Arc<Mutex<MemoryTable>>,
 }
 
+impl Connection {
+    /// Virtqueue `queue`.
+    fn queue_mut(&mut self, queue: usize) -> Result<&mut SplitQueue> {
+        self.queues
+            .get_mut(queue)
+            .ok_or(Error::Queue(format!("no queue {queue}")))
+    }
+}
+
 /// A region as the backend was told about it (what QEMU keeps as its "shadow" regions).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct SentRegion {
@@ -381,13 +390,24 @@ impl Frontend {
             program: spec.program.display().to_string(),
             source,
         })?;
+        Self::connect_new(spec, options, dir, socket.to_owned(), Some(child))
+    }
+
+    /// A frontend with fresh guest RAM, connected to the backend listening on `socket`.
+    fn connect_new(
+        spec: BackendSpec,
+        options: FrontendOptions,
+        dir: tempfile::TempDir,
+        socket: PathBuf,
+        child: Option<Child>,
+    ) -> Result<Self> {
         let ram = Arc::new(GuestRam::new(options.ram_size)?);
         let mut fe = Self {
             spec,
             options,
             dir,
             socket,
-            child: Some(child),
+            child,
             ram,
             conn: None,
             memtable_errors: Arc::new(Mutex::new(Vec::new())),
@@ -405,24 +425,12 @@ impl Frontend {
             .prefix("vug-conformance-attach")
             .tempdir()
             .map_err(Error::io("tempdir"))?;
-        let ram = Arc::new(GuestRam::new(options.ram_size)?);
-        let mut fe = Self {
-            spec: BackendSpec {
-                program: PathBuf::from("(attached)"),
-                args: Vec::new(),
-                peer,
-            },
-            options,
-            dir,
-            socket: socket.to_owned(),
-            child: None,
-            ram,
-            conn: None,
-            memtable_errors: Arc::new(Mutex::new(Vec::new())),
-            memtable_synced: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+        let spec = BackendSpec {
+            program: PathBuf::from("(attached)"),
+            args: Vec::new(),
+            peer,
         };
-        fe.connect()?;
-        Ok(fe)
+        Self::connect_new(spec, options, dir, socket.to_owned(), None)
     }
 
     /// The vhost-user socket path.
@@ -892,10 +900,7 @@ impl Frontend {
             segments.push(Segment::writable(gpa, resp_len as u32));
             resp = Some((gpa, resp_len));
         }
-        let q = conn
-            .queues
-            .get_mut(queue)
-            .ok_or(Error::Queue(format!("no queue {queue}")))?;
+        let q = conn.queue_mut(queue)?;
         let head = q
             .add_chain(&ram, &segments)
             .inspect_err(|_| cleanup(&buffers))?;
@@ -908,10 +913,7 @@ impl Frontend {
     pub fn send_raw(&mut self, queue: usize, descs: &[RawDesc]) -> Result<u16> {
         let ram = self.ram.clone();
         let conn = self.conn_mut()?;
-        let q = conn
-            .queues
-            .get_mut(queue)
-            .ok_or(Error::Queue(format!("no queue {queue}")))?;
+        let q = conn.queue_mut(queue)?;
         let head = q.add_raw_chain(&ram, descs)?;
         q.kick()?;
         conn.in_flight[queue].insert(
@@ -940,10 +942,7 @@ impl Frontend {
     pub fn wait(&mut self, queue: usize) -> Result<(u16, Vec<u8>)> {
         let ram = self.ram.clone();
         let conn = self.conn_mut()?;
-        let q = conn
-            .queues
-            .get_mut(queue)
-            .ok_or(Error::Queue(format!("no queue {queue}")))?;
+        let q = conn.queue_mut(queue)?;
         let used = q.wait_used(&ram, HANG_GUARD)?;
         let flight = conn.in_flight[queue]
             .remove(&used.head)

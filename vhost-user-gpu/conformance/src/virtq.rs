@@ -295,12 +295,7 @@ impl SplitQueue {
             ram.write(self.desc_gpa + u64::from(id) * DESC_SIZE, &raw)?;
         }
         let head = ids[0];
-        let slot = u64::from(self.next_avail % self.size);
-        ram.write(self.avail_gpa + 4 + 2 * slot, &head.to_le_bytes())?;
-        self.next_avail = self.next_avail.wrapping_add(1);
-        fence(Ordering::Release);
-        self.index_cell(ram, self.avail_gpa + 2)?
-            .store(self.next_avail, Ordering::Release);
+        self.publish(ram, head)?;
         self.in_flight.insert(head, ids);
         Ok(head)
     }

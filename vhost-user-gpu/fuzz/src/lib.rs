@@ -31,11 +31,12 @@ use std::collections::BTreeSet;
 use std::sync::OnceLock;
 
 use vhost_user_gpu::alloc::memfd::MemfdAllocator;
-use vhost_user_gpu::device::ports::{DisplaySink, Frame, GuestMemory};
+use vhost_user_gpu::device::ports::{Cursor, DisplaySink, Frame, GuestMemory};
 use vhost_user_gpu::device::{DeviceConfig, GpuDevice, Ports};
 use vhost_user_gpu::protocol::Rect;
 use vhost_user_gpu::protocol::{
-    feature, CtrlHeader, GpuCommand, GpuResponse, FLAG_FENCE, FLAG_INFO_RING_IDX, MAP_CACHE_WC,
+    feature, CreateBlob, CtrlHeader, GpuCommand, GpuResponse, FLAG_FENCE, FLAG_INFO_RING_IDX,
+    MAP_CACHE_WC,
 };
 use vm_memory::GuestAddress;
 use vug_test_support::{FixedAdvisor, FrontendMapper, FrontendRegion};
@@ -105,17 +106,9 @@ impl DisplaySink for CheckingDisplay {
             .map(|&b| u32::from(b))
             .sum();
     }
-    fn cursor_update(
-        &mut self,
-        scanout_id: u32,
-        _x: u32,
-        _y: u32,
-        _hot_x: u32,
-        _hot_y: u32,
-        image: Option<&[u8]>,
-    ) {
-        assert!(scanout_id < 16);
-        if let Some(img) = image {
+    fn cursor_update(&mut self, cursor: &Cursor<'_>) {
+        assert!(cursor.scanout_id < 16);
+        if let Some(img) = cursor.image {
             assert_eq!(img.len(), 64 * 64 * 4);
         }
     }
@@ -234,7 +227,7 @@ impl Named {
         }
         let rid = match command {
             C::ResourceCreate2d { resource_id, .. }
-            | C::ResourceCreateBlob { resource_id, .. }
+            | C::ResourceCreateBlob(CreateBlob { resource_id, .. })
             | C::CtxAttachResource { resource_id } => *resource_id,
             _ => return,
         };

@@ -129,20 +129,39 @@ pub enum MapError {
     Frontend(String),
 }
 
+/// What a [`RegionMapper`] maps: `len` bytes of a buffer from `fd_offset`, at `shm_offset`
+/// in the region.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MapRange {
+    /// Offset in the host-visible region.
+    pub shm_offset: u64,
+    /// Length in bytes.
+    pub len: u64,
+    /// Offset in the buffer.
+    pub fd_offset: u64,
+    /// Whether the guest may write through the mapping.
+    pub writable: bool,
+}
+
+impl MapRange {
+    /// The range an unmap names (no buffer).
+    pub fn unmap(shm_offset: u64, len: u64) -> Self {
+        MapRange {
+            shm_offset,
+            len,
+            fd_offset: 0,
+            writable: false,
+        }
+    }
+}
+
 /// Places host buffers in the host-visible shared memory region (shmid 1). Implementations
 /// are synchronous: `map` returns only after the frontend acknowledged the mapping.
 pub trait RegionMapper: Send {
     /// Whether mapping is possible at all right now (SHMEM negotiated, channel present).
     fn available(&self) -> bool;
-    /// Maps `len` bytes of `fd` starting at `fd_offset` at `shm_offset` in the region.
-    fn map(
-        &mut self,
-        fd: BorrowedFd<'_>,
-        fd_offset: u64,
-        shm_offset: u64,
-        len: u64,
-        writable: bool,
-    ) -> Result<(), MapError>;
+    /// Maps `fd` as `range` says.
+    fn map(&mut self, fd: BorrowedFd<'_>, range: MapRange) -> Result<(), MapError>;
     /// Removes the mapping at `shm_offset`..`shm_offset+len`.
     fn unmap(&mut self, shm_offset: u64, len: u64) -> Result<(), MapError>;
 }
@@ -179,6 +198,23 @@ pub struct DmabufScanout<'a> {
     pub modifier: u64,
 }
 
+/// The cursor as a display sink is given it.
+#[derive(Debug, Clone, Copy)]
+pub struct Cursor<'a> {
+    /// Scanout the cursor is on.
+    pub scanout_id: u32,
+    /// Position.
+    pub x: u32,
+    /// Position.
+    pub y: u32,
+    /// Hotspot.
+    pub hot_x: u32,
+    /// Hotspot.
+    pub hot_y: u32,
+    /// The image, 64x64 ARGB8888, or `None` to hide the cursor.
+    pub image: Option<&'a [u8]>,
+}
+
 /// Receives what the guest shows: QEMU's display channel, PNG capture, or nothing.
 pub trait DisplaySink: Send {
     /// A scanout was enabled (`Some((width, height))`) or disabled (`None`).
@@ -196,16 +232,8 @@ pub trait DisplaySink: Send {
     fn dmabuf_flush(&mut self, _scanout_id: u32, _damage: Rect) -> bool {
         false
     }
-    /// The cursor image changed (`image` is 64x64 ARGB8888, or `None` to hide it).
-    fn cursor_update(
-        &mut self,
-        scanout_id: u32,
-        x: u32,
-        y: u32,
-        hot_x: u32,
-        hot_y: u32,
-        image: Option<&[u8]>,
-    );
+    /// The cursor image changed (or was hidden).
+    fn cursor_update(&mut self, cursor: &Cursor<'_>);
     /// The cursor moved.
     fn cursor_move(&mut self, scanout_id: u32, x: u32, y: u32);
 }

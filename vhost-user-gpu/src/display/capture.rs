@@ -15,7 +15,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::device::ports::{DisplaySink, Frame};
+use crate::device::ports::{Cursor, DisplaySink, Frame};
 use crate::display::pixels;
 use crate::protocol::Rect;
 
@@ -216,15 +216,7 @@ impl DisplaySink for PngCapture {
         }
     }
 
-    fn cursor_update(
-        &mut self,
-        _scanout_id: u32,
-        _x: u32,
-        _y: u32,
-        _hot_x: u32,
-        _hot_y: u32,
-        _image: Option<&[u8]>,
-    ) {
+    fn cursor_update(&mut self, _cursor: &Cursor<'_>) {
         // The capture shows the scanout planes only, like a screenshot without the cursor.
     }
 

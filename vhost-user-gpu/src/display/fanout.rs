@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::os::fd::AsFd;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::device::ports::{DisplaySink, DmabufScanout, Frame};
+use crate::device::ports::{Cursor, DisplaySink, DmabufScanout, Frame};
 use crate::protocol::Rect;
 
 /// Forwards every display event to each of its sinks, in order. With no sinks it is the
@@ -99,17 +99,9 @@ impl DisplaySink for FanOut {
         all
     }
 
-    fn cursor_update(
-        &mut self,
-        scanout_id: u32,
-        x: u32,
-        y: u32,
-        hot_x: u32,
-        hot_y: u32,
-        image: Option<&[u8]>,
-    ) {
+    fn cursor_update(&mut self, cursor: &Cursor<'_>) {
         for sink in &mut self.sinks {
-            sink.cursor_update(scanout_id, x, y, hot_x, hot_y, image);
+            sink.cursor_update(cursor);
         }
     }
 
@@ -152,17 +144,8 @@ impl DisplaySink for SharedSink {
         self.lock().dmabuf_flush(scanout_id, damage)
     }
 
-    fn cursor_update(
-        &mut self,
-        scanout_id: u32,
-        x: u32,
-        y: u32,
-        hot_x: u32,
-        hot_y: u32,
-        image: Option<&[u8]>,
-    ) {
-        self.lock()
-            .cursor_update(scanout_id, x, y, hot_x, hot_y, image);
+    fn cursor_update(&mut self, cursor: &Cursor<'_>) {
+        self.lock().cursor_update(cursor);
     }
 
     fn cursor_move(&mut self, scanout_id: u32, x: u32, y: u32) {
@@ -203,22 +186,25 @@ mod tests {
             self.log.lock().unwrap().push(format!("dmabuf_flush {id}"));
             self.takes_dmabuf
         }
-        fn cursor_update(&mut self, id: u32, x: u32, y: u32, _: u32, _: u32, image: Option<&[u8]>) {
+        fn cursor_update(&mut self, c: &Cursor<'_>) {
+            let (id, x, y) = (c.scanout_id, c.x, c.y);
             self.log
                 .lock()
                 .unwrap()
-                .push(format!("cursor {id} {x},{y} {}", image.is_some()));
+                .push(format!("cursor {id} {x},{y} {}", c.image.is_some()));
         }
         fn cursor_move(&mut self, id: u32, x: u32, y: u32) {
             self.log.lock().unwrap().push(format!("move {id} {x},{y}"));
         }
     }
 
-    #[test]
-    fn every_sink_sees_every_event_and_dmabuf_needs_all() {
+    type Log = Arc<Mutex<Vec<String>>>;
+
+    /// A fan-out to a recorder that takes dma-bufs and one that does not, and their logs.
+    fn two_recorders() -> (FanOut, Log, Log) {
         let a = Arc::new(Mutex::new(Vec::new()));
         let b = Arc::new(Mutex::new(Vec::new()));
-        let mut fan = FanOut::new(vec![
+        let fan = FanOut::new(vec![
             Box::new(Recorder {
                 log: a.clone(),
                 takes_dmabuf: true,
@@ -228,6 +214,12 @@ mod tests {
                 takes_dmabuf: false,
             }),
         ]);
+        (fan, a, b)
+    }
+
+    #[test]
+    fn every_sink_sees_every_event_and_dmabuf_needs_all() {
+        let (mut fan, a, b) = two_recorders();
         fan.scanout(0, Some((2, 2)));
         let data = [0u8; 16];
         let frame = Frame {
@@ -251,7 +243,14 @@ mod tests {
             !fan.dmabuf_scanout(0, &buf),
             "one sink refused: the device must keep flushing pixels"
         );
-        fan.cursor_update(0, 1, 2, 0, 0, None);
+        fan.cursor_update(&Cursor {
+            scanout_id: 0,
+            x: 1,
+            y: 2,
+            hot_x: 0,
+            hot_y: 0,
+            image: None,
+        });
         fan.cursor_move(0, 3, 4);
         let expected = vec![
             "scanout 0 Some((2, 2))".to_string(),
@@ -270,18 +269,7 @@ mod tests {
 
     #[test]
     fn after_a_partial_dmabuf_flush_only_the_sinks_that_declined_get_pixels() {
-        let a = Arc::new(Mutex::new(Vec::new()));
-        let b = Arc::new(Mutex::new(Vec::new()));
-        let mut fan = FanOut::new(vec![
-            Box::new(Recorder {
-                log: a.clone(),
-                takes_dmabuf: true,
-            }),
-            Box::new(Recorder {
-                log: b.clone(),
-                takes_dmabuf: false,
-            }),
-        ]);
+        let (mut fan, a, b) = two_recorders();
         let damage = Rect {
             x: 0,
             y: 0,

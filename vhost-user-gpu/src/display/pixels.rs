@@ -91,13 +91,8 @@ pub fn clamp_rect(rect: Rect, width: u32, height: u32) -> Rect {
 }
 
 /// Converts `rect` (already clamped to the frame) of a validated frame into tightly packed
-/// pixels, calling `put(dst, src, order)` for each 4-byte pixel.
-fn convert_rect(
-    frame: &Frame<'_>,
-    order: ChannelOrder,
-    rect: Rect,
-    put: impl Fn(&mut [u8], &[u8], ChannelOrder),
-) -> Vec<u8> {
+/// pixels, calling `put(dst, src)` for each 4-byte pixel.
+fn convert_rect(frame: &Frame<'_>, rect: Rect, put: impl Fn(&mut [u8], &[u8])) -> Vec<u8> {
     let row_out = rect.width as usize * 4;
     let mut out = vec![0u8; row_out * rect.height as usize];
     for (row, dst_row) in out
@@ -108,36 +103,40 @@ fn convert_rect(
         let start = (rect.y as usize + row) * frame.stride as usize + rect.x as usize * 4;
         let src_row = &frame.data[start..start + row_out];
         for (dst, src) in dst_row.chunks_exact_mut(4).zip(src_row.chunks_exact(4)) {
-            put(dst, src, order);
+            put(dst, src);
         }
     }
     out
 }
 
-/// Converts `rect` of `frame` to RGBA bytes (opaque: a scanout ignores alpha, as a display
-/// controller's primary plane does).
-pub fn to_rgba(frame: &Frame<'_>, rect: Rect) -> Result<Vec<u8>, PixelError> {
+/// Converts `rect` of `frame` to opaque 4-byte pixels whose first three bytes are the
+/// channels `pick` names (the fourth, alpha or X, is 0xff: a scanout ignores alpha, as a
+/// display controller's primary plane does).
+fn to_opaque(
+    frame: &Frame<'_>,
+    rect: Rect,
+    pick: fn(ChannelOrder) -> [usize; 3],
+) -> Result<Vec<u8>, PixelError> {
     let order = validate(frame)?;
     let rect = clamp_rect(rect, frame.width, frame.height);
-    Ok(convert_rect(frame, order, rect, |dst, src, o| {
-        dst[0] = src[o.r];
-        dst[1] = src[o.g];
-        dst[2] = src[o.b];
+    let [first, second, third] = pick(order);
+    Ok(convert_rect(frame, rect, |dst, src| {
+        dst[0] = src[first];
+        dst[1] = src[second];
+        dst[2] = src[third];
         dst[3] = 0xff;
     }))
+}
+
+/// Converts `rect` of `frame` to RGBA bytes (opaque).
+pub fn to_rgba(frame: &Frame<'_>, rect: Rect) -> Result<Vec<u8>, PixelError> {
+    to_opaque(frame, rect, |o| [o.r, o.g, o.b])
 }
 
 /// Converts `rect` of `frame` to `PIXMAN_x8r8g8b8` (bytes B, G, R, X on little-endian), the
 /// payload format of `VHOST_USER_GPU_UPDATE`.
 pub fn to_xrgb8888(frame: &Frame<'_>, rect: Rect) -> Result<Vec<u8>, PixelError> {
-    let order = validate(frame)?;
-    let rect = clamp_rect(rect, frame.width, frame.height);
-    Ok(convert_rect(frame, order, rect, |dst, src, o| {
-        dst[0] = src[o.b];
-        dst[1] = src[o.g];
-        dst[2] = src[o.r];
-        dst[3] = 0xff;
-    }))
+    to_opaque(frame, rect, |o| [o.b, o.g, o.r])
 }
 
 #[cfg(test)]

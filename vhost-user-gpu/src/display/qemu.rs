@@ -29,7 +29,7 @@ use vhost::vhost_user::gpu_message::{
 use vhost::vhost_user::message::VhostUserU64;
 use vhost::vhost_user::GpuBackend;
 
-use crate::device::ports::{DisplaySink, DmabufScanout, Frame};
+use crate::device::ports::{Cursor, DisplaySink, DmabufScanout, Frame};
 use crate::display::pixels;
 use crate::protocol::{fourcc, Rect};
 use crate::queue_thread::in_queue_thread;
@@ -336,23 +336,24 @@ impl DisplaySink for QemuDisplay {
         true
     }
 
-    fn cursor_update(
-        &mut self,
-        scanout_id: u32,
-        x: u32,
-        y: u32,
-        hot_x: u32,
-        hot_y: u32,
-        image: Option<&[u8]>,
-    ) {
+    fn cursor_update(&mut self, cursor: &Cursor<'_>) {
         if !self.ready() {
             return;
         }
-        let pos = VhostUserGpuCursorPos { scanout_id, x, y };
-        let result = match image.map(<&[u8; CURSOR_BYTES]>::try_from) {
-            Some(Ok(data)) => self
-                .channel
-                .cursor_update(&VhostUserGpuCursorUpdate { pos, hot_x, hot_y }, data),
+        let pos = VhostUserGpuCursorPos {
+            scanout_id: cursor.scanout_id,
+            x: cursor.x,
+            y: cursor.y,
+        };
+        let result = match cursor.image.map(<&[u8; CURSOR_BYTES]>::try_from) {
+            Some(Ok(data)) => self.channel.cursor_update(
+                &VhostUserGpuCursorUpdate {
+                    pos,
+                    hot_x: cursor.hot_x,
+                    hot_y: cursor.hot_y,
+                },
+                data,
+            ),
             Some(Err(_)) => {
                 log::warn!("display: cursor image is not 64x64x4 bytes; cursor hidden");
                 self.channel.cursor_pos_hide(&pos)
@@ -496,14 +497,28 @@ mod tests {
         assert_eq!((req, words(&payload)), (4, vec![3, 10, 20]), "CURSOR_POS");
 
         let image = vec![0x7f; CURSOR_BYTES];
-        display.cursor_update(3, 1, 2, 5, 6, Some(&image));
+        display.cursor_update(&Cursor {
+            scanout_id: 3,
+            x: 1,
+            y: 2,
+            hot_x: 5,
+            hot_y: 6,
+            image: Some(&image),
+        });
         let (req, _, payload, _) = qemu.read();
         assert_eq!(req, 6, "CURSOR_UPDATE");
         assert_eq!(payload.len(), 20 + CURSOR_BYTES);
         assert_eq!(words(&payload[..20]), vec![3, 1, 2, 5, 6]);
         assert!(payload[20..].iter().all(|&b| b == 0x7f));
 
-        display.cursor_update(3, 1, 2, 0, 0, None);
+        display.cursor_update(&Cursor {
+            scanout_id: 3,
+            x: 1,
+            y: 2,
+            hot_x: 0,
+            hot_y: 0,
+            image: None,
+        });
         let (req, _, payload, _) = qemu.read();
         assert_eq!(
             (req, words(&payload)),

@@ -92,39 +92,9 @@ pub enum GpuCommand {
         resource_id: u32,
     },
     /// `RESOURCE_CREATE_BLOB`.
-    ResourceCreateBlob {
-        /// New resource id.
-        resource_id: u32,
-        /// `BLOB_MEM_*`.
-        blob_mem: u32,
-        /// `BLOB_FLAG_*`.
-        blob_flags: u32,
-        /// Context-specific blob id (HOST3D).
-        blob_id: u64,
-        /// Size in bytes.
-        size: u64,
-        /// Guest memory pieces (GUEST blobs).
-        entries: Vec<MemEntry>,
-    },
+    ResourceCreateBlob(CreateBlob),
     /// `SET_SCANOUT_BLOB`.
-    SetScanoutBlob {
-        /// Part of the image shown.
-        rect: Rect,
-        /// Scanout index.
-        scanout_id: u32,
-        /// Blob resource (0 disables the scanout).
-        resource_id: u32,
-        /// Image width.
-        width: u32,
-        /// Image height.
-        height: u32,
-        /// `virtio_gpu_formats` value.
-        format: u32,
-        /// Plane strides.
-        strides: [u32; 4],
-        /// Plane offsets.
-        offsets: [u32; 4],
-    },
+    SetScanoutBlob(ScanoutBlob),
     /// `CTX_CREATE`.
     CtxCreate {
         /// `context_init` (capset id in the low 8 bits).
@@ -177,21 +147,63 @@ pub enum GpuCommand {
         resource_id: u32,
     },
     /// `UPDATE_CURSOR` (cursor queue).
-    UpdateCursor {
-        /// Position.
-        pos: CursorPos,
-        /// Cursor image resource (0 hides the cursor).
-        resource_id: u32,
-        /// Hotspot x.
-        hot_x: u32,
-        /// Hotspot y.
-        hot_y: u32,
-    },
+    UpdateCursor(CursorUpdate),
     /// `MOVE_CURSOR` (cursor queue).
     MoveCursor {
         /// Position.
         pos: CursorPos,
     },
+}
+
+/// The fields of `RESOURCE_CREATE_BLOB`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreateBlob {
+    /// New resource id.
+    pub resource_id: u32,
+    /// `BLOB_MEM_*`.
+    pub blob_mem: u32,
+    /// `BLOB_FLAG_*`.
+    pub blob_flags: u32,
+    /// Context-specific blob id (HOST3D).
+    pub blob_id: u64,
+    /// Size in bytes.
+    pub size: u64,
+    /// Guest memory pieces (GUEST blobs).
+    pub entries: Vec<MemEntry>,
+}
+
+/// The fields of `SET_SCANOUT_BLOB`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScanoutBlob {
+    /// Part of the image shown.
+    pub rect: Rect,
+    /// Scanout index.
+    pub scanout_id: u32,
+    /// Blob resource (0 disables the scanout).
+    pub resource_id: u32,
+    /// Image width.
+    pub width: u32,
+    /// Image height.
+    pub height: u32,
+    /// `virtio_gpu_formats` value.
+    pub format: u32,
+    /// Plane strides.
+    pub strides: [u32; 4],
+    /// Plane offsets.
+    pub offsets: [u32; 4],
+}
+
+/// The fields of `UPDATE_CURSOR`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CursorUpdate {
+    /// Position.
+    pub pos: CursorPos,
+    /// Cursor image resource (0 hides the cursor).
+    pub resource_id: u32,
+    /// Hotspot x.
+    pub hot_x: u32,
+    /// Hotspot y.
+    pub hot_y: u32,
 }
 
 /// Most SUBMIT_3D payload accepted, in bytes.
@@ -303,14 +315,14 @@ impl GpuCommand {
                 let blob_id = r.u64()?;
                 let size = r.u64()?;
                 let entries = read_entries(r, nr_entries)?;
-                C::ResourceCreateBlob {
+                C::ResourceCreateBlob(CreateBlob {
                     resource_id,
                     blob_mem,
                     blob_flags,
                     blob_id,
                     size,
                     entries,
-                }
+                })
             }
             cmd::SET_SCANOUT_BLOB => {
                 r.set_what("virtio_gpu_set_scanout_blob");
@@ -329,7 +341,7 @@ impl GpuCommand {
                 for o in &mut offsets {
                     *o = r.u32()?;
                 }
-                C::SetScanoutBlob {
+                C::SetScanoutBlob(ScanoutBlob {
                     rect,
                     scanout_id,
                     resource_id,
@@ -338,7 +350,7 @@ impl GpuCommand {
                     format,
                     strides,
                     offsets,
-                }
+                })
             }
             cmd::CTX_CREATE => {
                 r.set_what("virtio_gpu_ctx_create");
@@ -428,12 +440,12 @@ impl GpuCommand {
                 let hot_x = r.u32()?;
                 let hot_y = r.u32()?;
                 r.skip(4)?;
-                C::UpdateCursor {
+                C::UpdateCursor(CursorUpdate {
                     pos,
                     resource_id,
                     hot_x,
                     hot_y,
-                }
+                })
             }
             cmd::MOVE_CURSOR => {
                 r.set_what("virtio_gpu_update_cursor");
@@ -464,8 +476,8 @@ impl GpuCommand {
             C::GetCapsetInfo { .. } => cmd::GET_CAPSET_INFO,
             C::GetCapset { .. } => cmd::GET_CAPSET,
             C::ResourceAssignUuid { .. } => cmd::RESOURCE_ASSIGN_UUID,
-            C::ResourceCreateBlob { .. } => cmd::RESOURCE_CREATE_BLOB,
-            C::SetScanoutBlob { .. } => cmd::SET_SCANOUT_BLOB,
+            C::ResourceCreateBlob(..) => cmd::RESOURCE_CREATE_BLOB,
+            C::SetScanoutBlob(..) => cmd::SET_SCANOUT_BLOB,
             C::CtxCreate { .. } => cmd::CTX_CREATE,
             C::CtxDestroy => cmd::CTX_DESTROY,
             C::CtxAttachResource { .. } => cmd::CTX_ATTACH_RESOURCE,
@@ -476,7 +488,7 @@ impl GpuCommand {
             C::Submit3d { .. } => cmd::SUBMIT_3D,
             C::ResourceMapBlob { .. } => cmd::RESOURCE_MAP_BLOB,
             C::ResourceUnmapBlob { .. } => cmd::RESOURCE_UNMAP_BLOB,
-            C::UpdateCursor { .. } => cmd::UPDATE_CURSOR,
+            C::UpdateCursor(..) => cmd::UPDATE_CURSOR,
             C::MoveCursor { .. } => cmd::MOVE_CURSOR,
         }
     }

@@ -360,8 +360,8 @@ mod tests {
         assert!(items[0].is_err());
     }
 
-    #[test]
-    fn cmd_size_past_the_end_is_an_error() {
+    /// An encoded INIT command.
+    fn init_command() -> Vec<u8> {
         let mut buf = Vec::new();
         CrossDomainCommand::Init {
             query_ring_id: 1,
@@ -369,6 +369,12 @@ mod tests {
             channel_type: 0,
         }
         .encode(&mut buf);
+        buf
+    }
+
+    #[test]
+    fn cmd_size_past_the_end_is_an_error() {
+        let mut buf = init_command();
         buf[2] = 200; // cmd_size = 200 > 20 bytes present
         let items: Vec<_> = commands(&buf).collect();
         assert_eq!(
@@ -383,13 +389,7 @@ mod tests {
 
     #[test]
     fn short_cmd_size_for_init_is_an_error() {
-        let mut buf = Vec::new();
-        CrossDomainCommand::Init {
-            query_ring_id: 1,
-            channel_ring_id: 0,
-            channel_type: 0,
-        }
-        .encode(&mut buf);
+        let mut buf = init_command();
         buf[2] = 8;
         assert!(commands(&buf).next().unwrap().is_err());
     }

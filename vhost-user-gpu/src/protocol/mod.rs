@@ -34,7 +34,7 @@ mod wire;
 
 use virtio_bindings::virtio_gpu as vg;
 
-pub use command::{GpuCommand, MAX_SUBMIT_SIZE};
+pub use command::{CreateBlob, CursorUpdate, GpuCommand, ScanoutBlob, MAX_SUBMIT_SIZE};
 pub use response::{DisplayMode, GpuError, GpuResponse};
 use wire::{WireReader, WireWrite};
 

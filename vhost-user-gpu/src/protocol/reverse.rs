@@ -11,8 +11,9 @@ use virtio_bindings::virtio_gpu as vg;
 
 use super::wire::{WireReader, WireWrite};
 use super::{
-    resp, CtrlHeader, CursorPos, DecodeError, DisplayMode, GpuCommand, GpuError, GpuResponse,
-    MemEntry, Rect, CTRL_HEADER_SIZE, EDID_BLOB_SIZE, MAX_SCANOUTS,
+    resp, CreateBlob, CtrlHeader, CursorPos, CursorUpdate, DecodeError, DisplayMode, GpuCommand,
+    GpuError, GpuResponse, MemEntry, Rect, ScanoutBlob, CTRL_HEADER_SIZE, EDID_BLOB_SIZE,
+    MAX_SCANOUTS,
 };
 
 impl GpuCommand {
@@ -92,14 +93,14 @@ impl GpuCommand {
                 out.put_u32(*capset_id);
                 out.put_u32(*capset_version);
             }
-            C::ResourceCreateBlob {
+            C::ResourceCreateBlob(CreateBlob {
                 resource_id,
                 blob_mem,
                 blob_flags,
                 blob_id,
                 size,
                 entries,
-            } => {
+            }) => {
                 out.put_u32(*resource_id);
                 out.put_u32(*blob_mem);
                 out.put_u32(*blob_flags);
@@ -108,7 +109,7 @@ impl GpuCommand {
                 out.put_u64(*size);
                 put_entries(out, entries);
             }
-            C::SetScanoutBlob {
+            C::SetScanoutBlob(ScanoutBlob {
                 rect,
                 scanout_id,
                 resource_id,
@@ -117,7 +118,7 @@ impl GpuCommand {
                 format,
                 strides,
                 offsets,
-            } => {
+            }) => {
                 rect.write(out);
                 out.put_u32(*scanout_id);
                 out.put_u32(*resource_id);
@@ -173,12 +174,12 @@ impl GpuCommand {
                 out.put_u32(0);
                 out.put_u64(*offset);
             }
-            C::UpdateCursor {
+            C::UpdateCursor(CursorUpdate {
                 pos,
                 resource_id,
                 hot_x,
                 hot_y,
-            } => {
+            }) => {
                 put_cursor_pos(out, pos);
                 out.put_u32(*resource_id);
                 out.put_u32(*hot_x);

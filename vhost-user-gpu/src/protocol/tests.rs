@@ -98,18 +98,18 @@ fn samples() -> Vec<(GpuCommand, usize)> {
             size_of::<vg::virtio_gpu_resource_assign_uuid>(),
         ),
         (
-            C::ResourceCreateBlob {
+            C::ResourceCreateBlob(CreateBlob {
                 resource_id: 6,
                 blob_mem: BLOB_MEM_GUEST,
                 blob_flags: BLOB_FLAG_USE_MAPPABLE,
                 blob_id: 0x1234_5678_9abc,
                 size: 4196,
                 entries,
-            },
+            }),
             size_of::<vg::virtio_gpu_resource_create_blob>() + 2 * MEM_ENTRY_SIZE,
         ),
         (
-            C::SetScanoutBlob {
+            C::SetScanoutBlob(ScanoutBlob {
                 rect: rect(0, 0, 64, 64),
                 scanout_id: 0,
                 resource_id: 6,
@@ -118,7 +118,7 @@ fn samples() -> Vec<(GpuCommand, usize)> {
                 format: format::B8G8R8A8_UNORM,
                 strides: [256, 0, 0, 0],
                 offsets: [0, 1, 2, 3],
-            },
+            }),
             size_of::<vg::virtio_gpu_set_scanout_blob>(),
         ),
         (
@@ -167,12 +167,12 @@ fn samples() -> Vec<(GpuCommand, usize)> {
             size_of::<vg::virtio_gpu_resource_unmap_blob>(),
         ),
         (
-            C::UpdateCursor {
+            C::UpdateCursor(CursorUpdate {
                 pos,
                 resource_id: 7,
                 hot_x: 1,
                 hot_y: 2,
-            },
+            }),
             size_of::<vg::virtio_gpu_update_cursor>(),
         ),
         (
@@ -278,14 +278,14 @@ fn oversized_counts_are_refused_before_allocating() {
     ));
 
     let mut buf = Vec::new();
-    GpuCommand::ResourceCreateBlob {
+    GpuCommand::ResourceCreateBlob(CreateBlob {
         resource_id: 1,
         blob_mem: BLOB_MEM_GUEST,
         blob_flags: 0,
         blob_id: 0,
         size: 4096,
         entries: vec![],
-    }
+    })
     .encode(&CtrlHeader::default(), &mut buf);
     buf[36..40].copy_from_slice(&(MAX_MEM_ENTRIES + 1).to_le_bytes());
     assert!(matches!(

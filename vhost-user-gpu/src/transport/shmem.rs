@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use vhost::vhost_user::message::{VhostUserMMap, VhostUserMMapFlags};
 use vhost::vhost_user::{Backend, VhostUserFrontendReqHandler};
 
-use crate::device::ports::{MapError, RegionMapper};
+use crate::device::ports::{MapError, MapRange, RegionMapper};
 use crate::protocol::SHM_ID_HOST_VISIBLE;
 use crate::queue_thread::in_queue_thread;
 
@@ -116,14 +116,13 @@ impl RegionMapper for ShmemMapper {
         self.region_size > 0 && self.channel.shmem_negotiated() && self.channel.get().is_some()
     }
 
-    fn map(
-        &mut self,
-        fd: BorrowedFd<'_>,
-        fd_offset: u64,
-        shm_offset: u64,
-        len: u64,
-        writable: bool,
-    ) -> Result<(), MapError> {
+    fn map(&mut self, fd: BorrowedFd<'_>, range: MapRange) -> Result<(), MapError> {
+        let MapRange {
+            shm_offset,
+            len,
+            fd_offset,
+            writable,
+        } = range;
         self.check_range(shm_offset, len)?;
         if fd_offset.checked_add(len).is_none() {
             return Err(MapError::Frontend(format!(
@@ -131,21 +130,8 @@ impl RegionMapper for ShmemMapper {
             )));
         }
         let backend = self.channel_for_request("SHMEM_MAP")?;
-        let flags = if writable {
-            VhostUserMMapFlags::WRITABLE
-        } else {
-            VhostUserMMapFlags::empty()
-        };
-        let request = VhostUserMMap {
-            shmid: SHM_ID_HOST_VISIBLE,
-            padding: [0; 7],
-            fd_offset,
-            shm_offset,
-            len,
-            flags: flags.bits(),
-        };
         backend
-            .shmem_map(&request, &fd)
+            .shmem_map(&shmem_request(&range), &fd)
             .map_err(|e| MapError::Frontend(format!("SHMEM_MAP {shm_offset:#x}+{len:#x}: {e}")))?;
         log::debug!("SHMEM_MAP shmid 1 {shm_offset:#x}+{len:#x} (fd offset {fd_offset:#x}, writable {writable}) acknowledged");
         Ok(())
@@ -154,19 +140,31 @@ impl RegionMapper for ShmemMapper {
     fn unmap(&mut self, shm_offset: u64, len: u64) -> Result<(), MapError> {
         self.check_range(shm_offset, len)?;
         let backend = self.channel_for_request("SHMEM_UNMAP")?;
-        let request = VhostUserMMap {
-            shmid: SHM_ID_HOST_VISIBLE,
-            padding: [0; 7],
-            fd_offset: 0,
-            shm_offset,
-            len,
-            flags: 0,
-        };
-        backend.shmem_unmap(&request).map_err(|e| {
-            MapError::Frontend(format!("SHMEM_UNMAP {shm_offset:#x}+{len:#x}: {e}"))
-        })?;
+        backend
+            .shmem_unmap(&shmem_request(&MapRange::unmap(shm_offset, len)))
+            .map_err(|e| {
+                MapError::Frontend(format!("SHMEM_UNMAP {shm_offset:#x}+{len:#x}: {e}"))
+            })?;
         log::debug!("SHMEM_UNMAP shmid 1 {shm_offset:#x}+{len:#x} acknowledged");
         Ok(())
+    }
+}
+
+/// The `SHMEM_MAP`/`SHMEM_UNMAP` message body for `range` of the host-visible region (an
+/// unmap uses only `shm_offset` and `len`).
+pub fn shmem_request(range: &MapRange) -> VhostUserMMap {
+    let flags = if range.writable {
+        VhostUserMMapFlags::WRITABLE
+    } else {
+        VhostUserMMapFlags::empty()
+    };
+    VhostUserMMap {
+        shmid: SHM_ID_HOST_VISIBLE,
+        padding: [0; 7],
+        fd_offset: range.fd_offset,
+        shm_offset: range.shm_offset,
+        len: range.len,
+        flags: flags.bits(),
     }
 }
 
@@ -181,6 +179,16 @@ mod tests {
     use std::os::fd::AsFd;
     use std::os::unix::net::UnixStream;
     use vmm_sys_util::sock_ctrl_msg::ScmSocket;
+
+    /// A writable mapping of `len` bytes of the buffer from `fd_offset` at `shm_offset`.
+    fn writable(shm_offset: u64, len: u64, fd_offset: u64) -> MapRange {
+        MapRange {
+            shm_offset,
+            len,
+            fd_offset,
+            writable: true,
+        }
+    }
 
     const SHMEM_MAP: u32 = 9;
     const SHMEM_UNMAP: u32 = 10;
@@ -246,7 +254,7 @@ mod tests {
         let memfd = rustix::fs::memfd_create("buf", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
         let _scope = QueueThreadScope::enter();
         mapper
-            .map(memfd.as_fd(), 0x2000, 0x10_0000, 0x4000, true)
+            .map(memfd.as_fd(), writable(0x10_0000, 0x4000, 0x2000))
             .unwrap();
         let err = mapper.unmap(0x10_0000, 0x4000).unwrap_err();
         assert!(matches!(err, MapError::Frontend(_)), "{err}");
@@ -259,14 +267,16 @@ mod tests {
         let mut mapper = ShmemMapper::new(channel, 0x10000);
         let memfd = rustix::fs::memfd_create("buf", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
         // Not in a queue thread scope: refused.
-        assert!(mapper.map(memfd.as_fd(), 0, 0, 0x1000, true).is_err());
+        assert!(mapper.map(memfd.as_fd(), writable(0, 0x1000, 0)).is_err());
         let _scope = QueueThreadScope::enter();
         // Past the region end, zero length, or overflowing: refused.
-        assert!(mapper.map(memfd.as_fd(), 0, 0xf000, 0x2000, true).is_err());
-        assert!(mapper.map(memfd.as_fd(), 0, 0, 0, true).is_err());
+        assert!(mapper
+            .map(memfd.as_fd(), writable(0xf000, 0x2000, 0))
+            .is_err());
+        assert!(mapper.map(memfd.as_fd(), writable(0, 0, 0)).is_err());
         assert!(mapper.unmap(u64::MAX, 2).is_err());
         assert!(mapper
-            .map(memfd.as_fd(), u64::MAX, 0, 0x1000, true)
+            .map(memfd.as_fd(), writable(0, 0x1000, u64::MAX))
             .is_err());
         // Nothing reached the frontend.
         frontend.set_nonblocking(true).unwrap();

@@ -14,11 +14,12 @@ use std::os::fd::BorrowedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use vhost::vhost_user::message::{VhostUserMMap, VhostUserMMapFlags};
 use vhost::vhost_user::VhostUserFrontendReqHandler;
-use vhost_user_gpu::device::ports::PAGE_SIZE;
-use vhost_user_gpu::device::ports::{MapAdvice, MapAdvisor, MapError, RegionMapper};
+use vhost_user_gpu::device::ports::{
+    MapAdvice, MapAdvisor, MapError, MapRange, RegionMapper, PAGE_SIZE,
+};
 use vhost_user_gpu::protocol::SHM_ID_HOST_VISIBLE;
+use vhost_user_gpu::transport::shmem::shmem_request;
 pub use vug_conformance::shmem::{SharedMemoryRegion, ShmemEvent};
 
 /// The host-visible region of one device under test, and the knobs of its mapper.
@@ -101,35 +102,18 @@ impl FrontendRegion {
 /// mapping): a test or fuzz target using it fails on such a call.
 pub struct FrontendMapper(pub Arc<FrontendRegion>);
 
-fn request(shm_offset: u64, len: u64, fd_offset: u64, writable: bool) -> VhostUserMMap {
-    let flags = if writable {
-        VhostUserMMapFlags::WRITABLE
-    } else {
-        VhostUserMMapFlags::empty()
-    };
-    VhostUserMMap {
-        shmid: SHM_ID_HOST_VISIBLE,
-        padding: [0; 7],
-        fd_offset,
-        shm_offset,
-        len,
-        flags: flags.bits(),
-    }
-}
-
 impl RegionMapper for FrontendMapper {
     fn available(&self) -> bool {
         self.0.available.load(Ordering::Relaxed)
     }
 
-    fn map(
-        &mut self,
-        fd: BorrowedFd<'_>,
-        fd_offset: u64,
-        shm_offset: u64,
-        len: u64,
-        writable: bool,
-    ) -> Result<(), MapError> {
+    fn map(&mut self, fd: BorrowedFd<'_>, range: MapRange) -> Result<(), MapError> {
+        let MapRange {
+            shm_offset,
+            len,
+            fd_offset,
+            ..
+        } = range;
         assert!(self.available(), "map while the mapper is unavailable");
         assert!(
             len > 0 && len.is_multiple_of(PAGE_SIZE) && shm_offset.is_multiple_of(PAGE_SIZE),
@@ -152,7 +136,7 @@ impl RegionMapper for FrontendMapper {
             return Err(MapError::Frontend("injected map failure".into()));
         }
         region
-            .shmem_map(&request(shm_offset, len, fd_offset, writable), &fd)
+            .shmem_map(&shmem_request(&range), &fd)
             .map(drop)
             .map_err(|e| MapError::Frontend(e.to_string()))
     }
@@ -168,7 +152,7 @@ impl RegionMapper for FrontendMapper {
             return Err(MapError::Frontend("injected unmap failure".into()));
         }
         region
-            .shmem_unmap(&request(shm_offset, len, 0, false))
+            .shmem_unmap(&shmem_request(&MapRange::unmap(shm_offset, len)))
             .map(drop)
             .map_err(|e| MapError::Frontend(e.to_string()))
     }

@@ -9,28 +9,17 @@ use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 use crate::device::backing::Backing;
 use crate::device::budget::Charge;
 use crate::device::ports::{
-    ExportError, GuestMemory, GuestPages, HostBuffer, MapAdvice, PAGE_SIZE,
+    ExportError, GuestMemory, GuestPages, HostBuffer, MapAdvice, MapRange, PAGE_SIZE,
 };
 use crate::device::reject::{reject, CmdResult, Reject};
 use crate::device::resource::{HostBlob, Resource, ResourceKind};
 use crate::device::{backing_cost, GpuDevice};
 use crate::protocol::cross_domain::ImageRequirements;
 use crate::protocol::{
-    feature, GpuError, GpuResponse, MemEntry, BLOB_FLAG_USE_CROSS_DEVICE, BLOB_FLAG_USE_MAPPABLE,
-    BLOB_FLAG_USE_SHAREABLE, BLOB_MEM_GUEST, BLOB_MEM_HOST3D, MAP_CACHE_CACHED, MAP_CACHE_UNCACHED,
-    MAP_CACHE_WC,
+    feature, CreateBlob, GpuError, GpuResponse, MemEntry, BLOB_FLAG_USE_CROSS_DEVICE,
+    BLOB_FLAG_USE_MAPPABLE, BLOB_FLAG_USE_SHAREABLE, BLOB_MEM_GUEST, BLOB_MEM_HOST3D,
+    MAP_CACHE_CACHED, MAP_CACHE_UNCACHED, MAP_CACHE_WC,
 };
-
-/// Fields of RESOURCE_CREATE_BLOB.
-#[derive(Debug)]
-pub(super) struct BlobParams {
-    pub resource_id: u32,
-    pub blob_mem: u32,
-    pub blob_flags: u32,
-    pub blob_id: u64,
-    pub size: u64,
-    pub entries: Vec<MemEntry>,
-}
 
 const KNOWN_BLOB_FLAGS: u32 =
     BLOB_FLAG_USE_MAPPABLE | BLOB_FLAG_USE_SHAREABLE | BLOB_FLAG_USE_CROSS_DEVICE;
@@ -52,7 +41,7 @@ impl GpuDevice {
         &mut self,
         mem: &GuestMemory,
         ctx_id: u32,
-        p: BlobParams,
+        p: CreateBlob,
     ) -> CmdResult {
         self.require_feature(feature::RESOURCE_BLOB, "RESOURCE_BLOB")?;
         let rid = p.resource_id;
@@ -101,7 +90,7 @@ impl GpuDevice {
     fn new_guest_blob(
         &mut self,
         mem: &GuestMemory,
-        p: &BlobParams,
+        p: &CreateBlob,
         mut charge: Charge,
     ) -> Result<Resource, Reject> {
         let rid = p.resource_id;
@@ -171,7 +160,7 @@ impl GpuDevice {
     fn new_host_blob(
         &mut self,
         ctx_id: u32,
-        p: &BlobParams,
+        p: &CreateBlob,
         mut charge: Charge,
     ) -> Result<Resource, Reject> {
         let rid = p.resource_id;
@@ -376,10 +365,13 @@ impl GpuDevice {
                 format!("resource_id {resource_id}: offset: {e}"),
             )
         })?;
-        if let Err(e) = self
-            .mapper
-            .map(blob.buffer.fd.as_fd(), 0, offset, len, true)
-        {
+        let range = MapRange {
+            shm_offset: offset,
+            len,
+            fd_offset: 0,
+            writable: true,
+        };
+        if let Err(e) = self.mapper.map(blob.buffer.fd.as_fd(), range) {
             let _ = self.region.free(offset);
             return Err(reject(
                 GpuError::Unspec,

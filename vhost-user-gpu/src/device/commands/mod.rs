@@ -14,11 +14,9 @@ mod scanout;
 mod two_d;
 
 use super::reject::{reject, CmdResult};
-use super::scanout::BlobView;
 use super::GpuDevice;
 use crate::device::ports::GuestMemory;
 use crate::protocol::{CtrlHeader, GpuCommand, GpuError, GpuResponse};
-use blob::BlobParams;
 
 impl GpuDevice {
     /// Runs one decoded command.
@@ -61,47 +59,8 @@ impl GpuDevice {
                 capset_version,
             } => self.get_capset(capset_id, capset_version),
             C::ResourceAssignUuid { resource_id } => self.assign_uuid(resource_id),
-            C::ResourceCreateBlob {
-                resource_id,
-                blob_mem,
-                blob_flags,
-                blob_id,
-                size,
-                entries,
-            } => self.create_blob(
-                mem,
-                hdr.ctx_id,
-                BlobParams {
-                    resource_id,
-                    blob_mem,
-                    blob_flags,
-                    blob_id,
-                    size,
-                    entries,
-                },
-            ),
-            C::SetScanoutBlob {
-                rect,
-                scanout_id,
-                resource_id,
-                width,
-                height,
-                format,
-                strides,
-                offsets,
-            } => self.set_scanout_blob(
-                scanout_id,
-                resource_id,
-                rect,
-                BlobView {
-                    width,
-                    height,
-                    format,
-                    drm_format: 0,
-                    stride: strides[0],
-                    offset: offsets[0],
-                },
-            ),
+            C::ResourceCreateBlob(blob) => self.create_blob(mem, hdr.ctx_id, blob),
+            C::SetScanoutBlob(blob) => self.set_scanout_blob(blob),
             C::CtxCreate {
                 context_init,
                 debug_name,
@@ -124,12 +83,7 @@ impl GpuDevice {
                 offset,
             } => self.map_blob(resource_id, offset),
             C::ResourceUnmapBlob { resource_id } => self.unmap_blob(resource_id),
-            C::UpdateCursor {
-                pos,
-                resource_id,
-                hot_x,
-                hot_y,
-            } => self.update_cursor(mem, pos, resource_id, hot_x, hot_y),
+            C::UpdateCursor(update) => self.update_cursor(mem, update),
             C::MoveCursor { pos } => self.move_cursor(pos),
         }
     }

@@ -8,7 +8,7 @@ use log::debug;
 use crate::device::config::DEFAULT_OUTPUT;
 use crate::device::edid;
 use crate::device::mmap::MappedBuffer;
-use crate::device::ports::{DmabufScanout, Frame, GuestMemory};
+use crate::device::ports::{Cursor, DmabufScanout, Frame, GuestMemory};
 use crate::device::reject::{reject, CmdResult, Reject};
 use crate::device::resource::{
     self, cursor_image, intersect, rect_within, ResourceKind, CURSOR_SIZE,
@@ -16,7 +16,8 @@ use crate::device::resource::{
 use crate::device::scanout::{BlobView, CursorState, Shown};
 use crate::device::GpuDevice;
 use crate::protocol::{
-    feature, format, fourcc, CursorPos, DisplayMode, GpuError, GpuResponse, Rect,
+    feature, format, fourcc, CursorPos, CursorUpdate, DisplayMode, GpuError, GpuResponse, Rect,
+    ScanoutBlob,
 };
 
 /// Starts a host CPU read of a dma-buf (DMA_BUF_IOCTL_SYNC); the returned guard ends it.
@@ -114,15 +115,9 @@ impl GpuDevice {
                 ),
             ));
         };
-        if !rect_within(&rect, image.width, image.height) {
-            return Err(reject(
-                GpuError::InvalidParameter,
-                format!(
-                    "r {rect:?} is empty or outside resource_id {resource_id} ({}x{})",
-                    image.width, image.height
-                ),
-            ));
-        }
+        check_rect(&rect, image.width, image.height, || {
+            format!("resource_id {resource_id}")
+        })?;
         self.show(
             scanout_id,
             Shown {
@@ -137,13 +132,21 @@ impl GpuDevice {
         Ok(GpuResponse::OkNoData)
     }
 
-    pub(super) fn set_scanout_blob(
-        &mut self,
-        scanout_id: u32,
-        resource_id: u32,
-        rect: Rect,
-        mut view: BlobView,
-    ) -> CmdResult {
+    pub(super) fn set_scanout_blob(&mut self, blob: ScanoutBlob) -> CmdResult {
+        let ScanoutBlob {
+            rect,
+            scanout_id,
+            resource_id,
+            ..
+        } = blob;
+        let mut view = BlobView {
+            width: blob.width,
+            height: blob.height,
+            format: blob.format,
+            drm_format: 0,
+            stride: blob.strides[0],
+            offset: blob.offsets[0],
+        };
         self.require_feature(feature::RESOURCE_BLOB, "RESOURCE_BLOB")?;
         self.scanouts.check(scanout_id)?;
         if resource_id == 0 {
@@ -188,15 +191,7 @@ impl GpuDevice {
                 ),
             ));
         }
-        if !rect_within(&rect, view.width, view.height) {
-            return Err(reject(
-                GpuError::InvalidParameter,
-                format!(
-                    "r {rect:?} is empty or outside the {}x{} image",
-                    view.width, view.height
-                ),
-            ));
-        }
+        check_rect(&rect, view.width, view.height, || "the image".into())?;
         // Offer the buffer itself to sinks that import dma-bufs, when the whole image is
         // shown.
         let full =
@@ -246,15 +241,9 @@ impl GpuDevice {
     ) -> CmdResult {
         let resource = self.resources.get(resource_id)?;
         if let ResourceKind::Image2d(image) = &resource.kind {
-            if !rect_within(&rect, image.width, image.height) {
-                return Err(reject(
-                    GpuError::InvalidParameter,
-                    format!(
-                        "r {rect:?} is empty or outside resource_id {resource_id} ({}x{})",
-                        image.width, image.height
-                    ),
-                ));
-            }
+            check_rect(&rect, image.width, image.height, || {
+                format!("resource_id {resource_id}")
+            })?;
         }
         let showing: Vec<(u32, Shown)> = self
             .scanouts
@@ -393,14 +382,13 @@ impl GpuDevice {
         outcome
     }
 
-    pub(super) fn update_cursor(
-        &mut self,
-        mem: &GuestMemory,
-        pos: CursorPos,
-        resource_id: u32,
-        hot_x: u32,
-        hot_y: u32,
-    ) -> CmdResult {
+    pub(super) fn update_cursor(&mut self, mem: &GuestMemory, update: CursorUpdate) -> CmdResult {
+        let CursorUpdate {
+            pos,
+            resource_id,
+            hot_x,
+            hot_y,
+        } = update;
         self.scanouts.check(pos.scanout_id)?;
         if resource_id == 0 {
             self.scanouts.cursor = CursorState {
@@ -410,7 +398,7 @@ impl GpuDevice {
                 y: pos.y,
             };
             self.display
-                .cursor_update(pos.scanout_id, pos.x, pos.y, hot_x, hot_y, None);
+                .cursor_update(&cursor(&pos, hot_x, hot_y, None));
             return Ok(GpuResponse::OkNoData);
         }
         let resource = self.resources.get(resource_id)?;
@@ -458,7 +446,7 @@ impl GpuDevice {
             y: pos.y,
         };
         self.display
-            .cursor_update(pos.scanout_id, pos.x, pos.y, hot_x, hot_y, Some(&image));
+            .cursor_update(&cursor(&pos, hot_x, hot_y, Some(&image)));
         Ok(GpuResponse::OkNoData)
     }
 
@@ -473,5 +461,38 @@ impl GpuDevice {
         cursor.y = pos.y;
         self.display.cursor_move(pos.scanout_id, pos.x, pos.y);
         Ok(GpuResponse::OkNoData)
+    }
+}
+
+/// The cursor as the display sink is given it.
+fn cursor<'a>(pos: &CursorPos, hot_x: u32, hot_y: u32, image: Option<&'a [u8]>) -> Cursor<'a> {
+    Cursor {
+        scanout_id: pos.scanout_id,
+        x: pos.x,
+        y: pos.y,
+        hot_x,
+        hot_y,
+        image,
+    }
+}
+
+/// `ERR_INVALID_PARAMETER` unless `rect` is non-empty and inside the `width`x`height` image
+/// `what()` names.
+fn check_rect(
+    rect: &Rect,
+    width: u32,
+    height: u32,
+    what: impl FnOnce() -> String,
+) -> Result<(), Reject> {
+    if rect_within(rect, width, height) {
+        Ok(())
+    } else {
+        Err(reject(
+            GpuError::InvalidParameter,
+            format!(
+                "r {rect:?} is empty or outside {} ({width}x{height})",
+                what()
+            ),
+        ))
     }
 }
