@@ -31,7 +31,7 @@ use std::collections::BTreeSet;
 use std::sync::OnceLock;
 
 use vhost_user_gpu::alloc::memfd::MemfdAllocator;
-use vhost_user_gpu::device::ports::{Cursor, DisplaySink, Frame, GuestMemory};
+use vhost_user_gpu::device::ports::{Cursor, DisplaySink, Frame, GuestMemory, CURSOR_BYTES};
 use vhost_user_gpu::device::{DeviceConfig, GpuDevice, Ports};
 use vhost_user_gpu::protocol::Rect;
 use vhost_user_gpu::protocol::{
@@ -109,7 +109,7 @@ impl DisplaySink for CheckingDisplay {
     fn cursor_update(&mut self, cursor: &Cursor<'_>) {
         assert!(cursor.scanout_id < 16);
         if let Some(img) = cursor.image {
-            assert_eq!(img.len(), 64 * 64 * 4);
+            assert_eq!(img.len(), CURSOR_BYTES);
         }
     }
     fn cursor_move(&mut self, scanout_id: u32, _x: u32, _y: u32) {

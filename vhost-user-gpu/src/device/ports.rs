@@ -198,6 +198,12 @@ pub struct DmabufScanout<'a> {
     pub modifier: u64,
 }
 
+/// Side of the cursor image handed to display sinks, in pixels: 64x64 ARGB8888, the cursor
+/// size of virtio-gpu and of QEMU's display protocol.
+pub const CURSOR_SIDE: u32 = 64;
+/// Bytes of the cursor image.
+pub const CURSOR_BYTES: usize = (CURSOR_SIDE * CURSOR_SIDE * 4) as usize;
+
 /// The cursor as a display sink is given it.
 #[derive(Debug, Clone, Copy)]
 pub struct Cursor<'a> {
@@ -211,7 +217,7 @@ pub struct Cursor<'a> {
     pub hot_x: u32,
     /// Hotspot.
     pub hot_y: u32,
-    /// The image, 64x64 ARGB8888, or `None` to hide the cursor.
+    /// The image ([`CURSOR_BYTES`] of ARGB8888), or `None` to hide the cursor.
     pub image: Option<&'a [u8]>,
 }
 

@@ -6,7 +6,7 @@ use std::os::fd::OwnedFd;
 use super::backing::{Backing, BackingError};
 use super::budget::Charge;
 use super::mmap::MappedBuffer;
-use crate::device::ports::{GuestMemory, HostBuffer};
+use crate::device::ports::{GuestMemory, HostBuffer, CURSOR_BYTES, CURSOR_SIDE};
 use crate::protocol::{fourcc, Rect};
 
 /// Bytes per pixel of every format this device accepts.
@@ -254,9 +254,6 @@ fn channel_positions(drm_format: u32) -> Option<([usize; 3], Option<usize>)> {
     })
 }
 
-/// Side of the cursor image.
-pub(crate) const CURSOR_SIZE: u32 = 64;
-
 /// Converts a packed `width`x`height` image (`width <= 64`, `height <= 64`) into a 64x64
 /// ARGB8888 cursor image, transparent outside the source.
 pub(crate) fn cursor_image(
@@ -266,18 +263,18 @@ pub(crate) fn cursor_image(
     drm_format: u32,
 ) -> Option<Vec<u8>> {
     let (bgr, a) = channel_positions(drm_format)?;
-    if width > CURSOR_SIZE || height > CURSOR_SIZE {
+    if width > CURSOR_SIDE || height > CURSOR_SIDE {
         return None;
     }
-    let src_stride = width as usize * 4;
+    let src_stride = width as usize * BYTES_PER_PIXEL as usize;
     if src.len() < src_stride * height as usize {
         return None;
     }
-    let mut out = vec![0u8; (CURSOR_SIZE * CURSOR_SIZE * 4) as usize];
+    let mut out = vec![0u8; CURSOR_BYTES];
     for y in 0..height as usize {
         for x in 0..width as usize {
             let s = &src[y * src_stride + x * 4..][..4];
-            let d = &mut out[(y * CURSOR_SIZE as usize + x) * 4..][..4];
+            let d = &mut out[(y * CURSOR_SIDE as usize + x) * 4..][..4];
             d[0] = s[bgr[0]];
             d[1] = s[bgr[1]];
             d[2] = s[bgr[2]];
@@ -340,7 +337,7 @@ mod tests {
         // One RGBA-in-memory (ABGR8888) pixel: R=1, G=2, B=3, A=4.
         let img = cursor_image(&[1, 2, 3, 4], 1, 1, fourcc::ABGR8888).unwrap();
         assert_eq!(&img[..4], &[3, 2, 1, 4]);
-        assert_eq!(img.len(), 64 * 64 * 4);
+        assert_eq!(img.len(), CURSOR_BYTES);
         assert!(img[4..].iter().all(|&b| b == 0));
         let img = cursor_image(&[9, 8, 7, 0], 1, 1, fourcc::XRGB8888).unwrap();
         assert_eq!(&img[..4], &[9, 8, 7, 0xff]);

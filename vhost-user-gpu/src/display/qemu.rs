@@ -29,7 +29,7 @@ use vhost::vhost_user::gpu_message::{
 use vhost::vhost_user::message::VhostUserU64;
 use vhost::vhost_user::GpuBackend;
 
-use crate::device::ports::{Cursor, DisplaySink, DmabufScanout, Frame};
+use crate::device::ports::{Cursor, DisplaySink, DmabufScanout, Frame, CURSOR_BYTES};
 use crate::display::pixels;
 use crate::protocol::{fourcc, Rect};
 use crate::queue_thread::in_queue_thread;
@@ -40,9 +40,6 @@ pub const PROTOCOL_F_EDID: u64 = 1 << 0;
 pub const PROTOCOL_F_DMABUF2: u64 = 1 << 1;
 /// The protocol features this sink can use.
 pub const SUPPORTED_PROTOCOL_FEATURES: u64 = PROTOCOL_F_EDID | PROTOCOL_F_DMABUF2;
-
-/// Side of a cursor image: 64x64 pixels, 4 bytes each.
-pub const CURSOR_BYTES: usize = 64 * 64 * 4;
 
 /// What QEMU currently shows on a scanout, as far as this sink told it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

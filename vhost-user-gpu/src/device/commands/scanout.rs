@@ -8,10 +8,10 @@ use log::debug;
 use crate::device::config::DEFAULT_OUTPUT;
 use crate::device::edid;
 use crate::device::mmap::MappedBuffer;
-use crate::device::ports::{Cursor, DmabufScanout, Frame, GuestMemory};
+use crate::device::ports::{Cursor, DmabufScanout, Frame, GuestMemory, CURSOR_BYTES};
 use crate::device::reject::{reject, CmdResult, Reject};
 use crate::device::resource::{
-    self, cursor_image, intersect, rect_within, ResourceKind, CURSOR_SIZE,
+    self, cursor_image, intersect, rect_within, ResourceKind, BYTES_PER_PIXEL,
 };
 use crate::device::scanout::{BlobView, CursorState, Shown};
 use crate::device::GpuDevice;
@@ -166,7 +166,7 @@ impl GpuDevice {
                 format!("format {} is not supported", view.format),
             )
         })?;
-        let row_bytes = u64::from(view.width) * 4;
+        let row_bytes = u64::from(view.width) * u64::from(BYTES_PER_PIXEL);
         if view.width == 0 || view.height == 0 || u64::from(view.stride) < row_bytes {
             return Err(reject(
                 GpuError::InvalidParameter,
@@ -282,7 +282,7 @@ impl GpuDevice {
             return Ok(());
         };
         let rect = shown.rect;
-        let packed_stride = rect.width * 4;
+        let packed_stride = rect.width * BYTES_PER_PIXEL;
         let mut scratch = std::mem::take(&mut self.scratch);
         let result = match (&mut resource.kind, shown.blob) {
             (ResourceKind::Image2d(image), _) => {
@@ -402,7 +402,6 @@ impl GpuDevice {
             return Ok(GpuResponse::OkNoData);
         }
         let resource = self.resources.get(resource_id)?;
-        let cursor_bytes = (CURSOR_SIZE * CURSOR_SIZE * 4) as usize;
         let image = match &resource.kind {
             ResourceKind::Image2d(image) => {
                 cursor_image(&image.pixels, image.width, image.height, image.drm_format)
@@ -419,7 +418,7 @@ impl GpuDevice {
             // Blob cursors (dumb buffers with RESOURCE_BLOB) are 64x64 ARGB8888, the only
             // cursor format the Linux driver offers.
             ResourceKind::GuestBlob { backing, .. } => {
-                let mut raw = vec![0u8; cursor_bytes];
+                let mut raw = vec![0u8; CURSOR_BYTES];
                 backing.read(mem, 0, &mut raw).map_err(|e| {
                     reject(
                         GpuError::InvalidParameter,
