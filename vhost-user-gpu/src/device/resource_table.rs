@@ -22,7 +22,9 @@ use crate::protocol::GpuError;
 /// Live resources and the budgets they are charged against.
 #[derive(Debug)]
 pub(crate) struct ResourceTable {
-    resources: BTreeMap<u32, Resource>,
+    /// Boxed: a B-tree keeps its values inline in half-filled nodes, so a large value costs
+    /// about twice its size per entry; a box costs one pointer there.
+    resources: BTreeMap<u32, Box<Resource>>,
     budget: Budget,
 }
 
@@ -81,7 +83,7 @@ impl ResourceTable {
 
     /// Adds a resource under an id [`reserve`](Self::reserve)d for it.
     pub fn insert(&mut self, resource_id: u32, resource: Resource) {
-        let old = self.resources.insert(resource_id, resource);
+        let old = self.resources.insert(resource_id, Box::new(resource));
         debug_assert!(old.is_none(), "resource_id {resource_id} inserted twice");
     }
 
@@ -94,6 +96,7 @@ impl ResourceTable {
     pub fn get(&self, resource_id: u32) -> Result<&Resource, Reject> {
         self.resources
             .get(&resource_id)
+            .map(|r| &**r)
             .ok_or_else(|| missing(resource_id))
     }
 
@@ -101,12 +104,13 @@ impl ResourceTable {
     pub fn get_mut(&mut self, resource_id: u32) -> Result<&mut Resource, Reject> {
         self.resources
             .get_mut(&resource_id)
+            .map(|r| &mut **r)
             .ok_or_else(|| missing(resource_id))
     }
 
     /// Takes a resource out of the table; dropping it releases its charges.
     pub fn remove(&mut self, resource_id: u32) -> Option<Resource> {
-        self.resources.remove(&resource_id)
+        self.resources.remove(&resource_id).map(|r| *r)
     }
 
     /// Number of live resources.
