@@ -126,17 +126,18 @@ impl Libgbm {
             })?;
         macro_rules! resolve {
             ($symbol:literal) => {{
-                // SAFETY: the symbol's type is the one `gbm.h` declares for it (each field
-                // of `Entry` mirrors that prototype), and the pointer is only called while
-                // `library` is loaded: `Libgbm` owns the library and drops it last.
-                let symbol =
-                    unsafe { library.get(concat!($symbol, "\0").as_bytes()) }.map_err(|e| {
-                        LoadError::MissingSymbol {
-                            name: name.to_owned(),
-                            symbol: $symbol,
-                            reason: e.to_string(),
-                        }
-                    })?;
+                let symbol = {
+                    // SAFETY: the symbol's type is the one `gbm.h` declares for it (each
+                    // field of `Entry` mirrors that prototype), and the pointer is only
+                    // called while `library` is loaded: `Libgbm` owns the library and drops
+                    // it last.
+                    unsafe { library.get(concat!($symbol, "\0").as_bytes()) }
+                }
+                .map_err(|e| LoadError::MissingSymbol {
+                    name: name.to_owned(),
+                    symbol: $symbol,
+                    reason: e.to_string(),
+                })?;
                 *symbol
             }};
         }
