@@ -5,6 +5,7 @@
 //! guest-tests inspect-pid DMABUF_INFO     # dmabuf-info inspect --pid on a helper process
 //! guest-tests show-console                # writes text on tty0, asks the host to look
 //! guest-tests map-policy                  # the backend's map decision on every real exporter
+//! guest-tests lifecycle hold|reset ...     # state across pause, reset, upgrade (lifecycle.rs)
 //! ```
 //!
 //! Prints one line per case (`ok`, `FAILED`, `skipped`) and ends with
@@ -22,6 +23,7 @@
 mod cases;
 mod drm;
 mod inspect;
+mod lifecycle;
 mod policy;
 
 use std::io::{BufRead, Write};
@@ -72,11 +74,50 @@ impl Runner {
 
 /// Asks the host to look at something and waits for its answer line.
 pub fn hold_for_host(what: &str) -> std::io::Result<()> {
+    ask_host(what).map(drop)
+}
+
+/// Asks the host to act (`@@VMLANE hold WHAT`) and returns its answer line.
+pub fn ask_host(what: &str) -> std::io::Result<String> {
     println!("@@VMLANE hold {what}");
     std::io::stdout().flush()?;
     let mut line = String::new();
-    std::io::stdin().lock().read_line(&mut line)?;
-    Ok(())
+    if std::io::stdin().lock().read_line(&mut line)? == 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "the host closed the results port",
+        ));
+    }
+    Ok(line.trim_end().to_string())
+}
+
+/// `guest-tests lifecycle hold|reset [--expect-blob yes|no] [--rounds N]`.
+fn lifecycle_main(args: &[String]) -> ExitCode {
+    let mut options = lifecycle::Options {
+        blob: true,
+        rounds: 1,
+    };
+    let Some(mode) = args.first() else {
+        return usage();
+    };
+    let mut it = args[1..].iter();
+    while let Some(arg) = it.next() {
+        match (arg.as_str(), it.next().map(String::as_str)) {
+            ("--expect-blob", Some(v @ ("yes" | "no"))) => options.blob = v == "yes",
+            ("--rounds", Some(n)) => match n.parse() {
+                Ok(n) => options.rounds = n,
+                Err(_) => return usage(),
+            },
+            _ => return usage(),
+        }
+    }
+    let mut runner = Runner::new();
+    match mode.as_str() {
+        "hold" => lifecycle::hold(&mut runner, options),
+        "reset" => lifecycle::reset(&mut runner, options),
+        _ => return usage(),
+    }
+    runner.finish()
 }
 
 fn usage() -> ExitCode {
@@ -84,7 +125,8 @@ fn usage() -> ExitCode {
         "usage: guest-tests [--expect-blob yes|no] [--map-policy allow|refuse] [--hold-kms]\n\
          \x20      guest-tests inspect-pid DMABUF_INFO\n\
          \x20      guest-tests show-console\n\
-         \x20      guest-tests map-policy"
+         \x20      guest-tests map-policy\n\
+         \x20      guest-tests lifecycle hold|reset [--expect-blob yes|no] [--rounds N]"
     );
     ExitCode::from(2)
 }
@@ -106,6 +148,7 @@ fn main() -> ExitCode {
             policy::map_policy(&mut runner);
             return runner.finish();
         }
+        Some("lifecycle") => return lifecycle_main(&args[1..]),
         Some("show-console") => {
             let mut runner = Runner::new();
             cases::show_console(&mut runner);
