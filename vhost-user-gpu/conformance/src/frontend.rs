@@ -747,6 +747,10 @@ impl Frontend {
     fn start_device(&self, conn: &mut Connection) -> Result<()> {
         if self.options.display_channel {
             let (display, theirs) = DisplayServer::start(self.options.display.clone())?;
+            // The raw message bypasses the vhost crate's lock on the connection: hold the
+            // memory table's lock, so a memory update from the request thread (after a
+            // SHMEM_MAP/UNMAP the backend sends at the same moment) cannot interleave with it.
+            let _serialized = conn.memory.lock().unwrap_or_else(|p| p.into_inner());
             send_gpu_set_socket(&mut conn.raw, &theirs, conn.protocol)?;
             drop(theirs);
             conn.display = Some(display);
