@@ -34,7 +34,8 @@ struct Cli {
     #[arg(long, value_name = "PATH", conflicts_with = "fd", required_unless_present_any = ["fd", "print_capabilities"])]
     socket_path: Option<PathBuf>,
 
-    /// Use this inherited file descriptor, a listening Unix socket.
+    /// Use this inherited file descriptor: a Unix socket connected to the frontend (libvirt's
+    /// and QEMU's convention), or a listening one.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(i32).range(0..))]
     fd: Option<i32>,
 
@@ -262,7 +263,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
 
     let source = match (&cli.socket_path, cli.fd) {
         (Some(path), None) => SocketSource::Path(path.clone()),
-        (None, Some(fd)) => SocketSource::ListeningFd(fd),
+        (None, Some(fd)) => SocketSource::Fd(fd),
         _ => {
             return Err(Usage(
                 "exactly one of --socket-path and --fd is required".into(),
@@ -270,7 +271,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         }
     };
 
-    let listener = transport::open_listener(&source).map_err(|e| Runtime(e.to_string()))?;
+    let endpoint = transport::open_endpoint(&source).map_err(|e| Runtime(e.to_string()))?;
     raise_fd_limit();
     if cli.sandbox {
         // Before any thread exists (Landlock applies to the calling thread and its future
@@ -340,13 +341,18 @@ fn run(cli: Cli) -> Result<(), Failure> {
             log::info!("listening on {}", path.display());
             log::info!("{}", attach_hint(path));
         }
-        SocketSource::ListeningFd(fd) => log::info!("listening on inherited fd {fd}"),
+        SocketSource::Fd(fd) => match &endpoint {
+            transport::Endpoint::Listening(_) => log::info!("listening on inherited fd {fd}"),
+            transport::Endpoint::Connected(_) => {
+                log::info!("serving the frontend connected on inherited fd {fd}")
+            }
+        },
     }
     let settings = TransportSettings {
         hostmem: cli.hostmem,
         capture,
     };
-    transport::serve(listener, cli.keep_listening, settings, factory)
+    transport::serve(endpoint, cli.keep_listening, settings, factory)
         .map_err(|e| Runtime(e.to_string()))
 }
 
