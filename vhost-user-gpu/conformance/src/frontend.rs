@@ -9,6 +9,7 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -417,6 +418,78 @@ impl Frontend {
         Ok(fe)
     }
 
+    /// Starts the backend as libvirt does: one end of a connected socket pair passed as an
+    /// inherited fd, `--fd=N` on its command line (before `spec.args`), the other end kept
+    /// here; then negotiates over it. No socket path exists, so [`Frontend::reconnect`] is
+    /// impossible; the backend serves this one connection and exits when it ends.
+    pub fn spawn_connected(spec: BackendSpec, options: FrontendOptions) -> Result<Self> {
+        /// The fd number the backend finds its end at (after stdin, stdout, stderr).
+        const CHILD_FD: i32 = 3;
+        let dir = tempfile::Builder::new()
+            .prefix("vug-conformance")
+            .tempdir()
+            .map_err(Error::io("tempdir"))?;
+        let (ours, theirs) = UnixStream::pair().map_err(Error::io("socketpair"))?;
+        let stderr = File::create(dir.path().join("backend.log")).map_err(Error::io("log"))?;
+        let mut cmd = Command::new(&spec.program);
+        cmd.arg(format!("--fd={CHILD_FD}"))
+            .args(&spec.args)
+            .stdin(Stdio::null())
+            .stdout(stderr.try_clone().map_err(Error::io("log"))?)
+            .stderr(stderr);
+        if spec.peer == Peer::Ours && std::env::var_os("RUST_LOG").is_none() {
+            cmd.env("RUST_LOG", "debug");
+        }
+        let theirs_fd = theirs.as_raw_fd();
+        // SAFETY: runs in the forked child before exec, where only async-signal-safe calls
+        // are allowed: dup2 is one. It puts the pair's other end at CHILD_FD without
+        // FD_CLOEXEC (dup2 clears it), so exactly this child inherits it; the parent's copy
+        // keeps FD_CLOEXEC, so no other child started meanwhile gets it.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::dup2(theirs_fd, CHILD_FD) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().map_err(|source| Error::Spawn {
+            program: spec.program.display().to_string(),
+            source,
+        })?;
+        drop(theirs);
+        let ram = Arc::new(GuestRam::new(options.ram_size)?);
+        let mut fe = Self {
+            spec,
+            options,
+            socket: dir.path().join("(inherited fd: no socket path)"),
+            dir,
+            child: Some(child),
+            ram,
+            conn: None,
+            memtable_errors: Arc::new(Mutex::new(Vec::new())),
+            memtable_synced: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+        };
+        fe.handshake(ours)?;
+        Ok(fe)
+    }
+
+    /// Waits at most `limit` for the backend process to exit; its status, or `None` while
+    /// it still runs (or when this frontend started no process).
+    pub fn wait_backend_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let child = self.child.as_mut()?;
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Connects to a backend that already listens on `socket` (started elsewhere, e.g.
     /// with `--keep-listening`); this frontend neither starts nor stops a process, and has
     /// no backend log or pid. Used by child frontend processes in the disconnect cases.
@@ -522,6 +595,12 @@ impl Frontend {
         self.conn.as_ref().and_then(|c| c.region.as_deref())
     }
 
+    /// The host-visible region of the current connection, shared (for use while the
+    /// frontend is borrowed elsewhere, e.g. from another thread).
+    pub fn shmem_shared(&self) -> Option<Arc<SharedMemoryRegion>> {
+        self.conn.as_ref().and_then(|c| c.region.clone())
+    }
+
     /// The display server of the current connection.
     pub fn display(&self) -> Option<&DisplayServer> {
         self.conn.as_ref().and_then(|c| c.display.as_ref())
@@ -564,6 +643,12 @@ impl Frontend {
                 }
             }
         };
+        self.handshake(stream)
+    }
+
+    /// Negotiates and starts the device on a connected stream (what QEMU does when the
+    /// device is created, then at the driver's DRIVER_OK).
+    fn handshake(&mut self, stream: UnixStream) -> Result<()> {
         let raw = stream.try_clone().map_err(Error::io("clone socket"))?;
         let mut vu = VuFrontend::from_stream(stream, 2);
 
@@ -852,6 +937,126 @@ impl Frontend {
         })();
         self.conn = Some(conn);
         result
+    }
+
+    /// What QEMU sends on QMP `stop` (and first on a reset): per ring `SET_VRING_ENABLE 0`
+    /// (with `PROTOCOL_FEATURES`) and `GET_VRING_BASE`. Returns the bases the backend
+    /// reported. The rings and the chains on them stay as they are; chains added now wait.
+    pub fn pause(&mut self) -> Result<Vec<u16>> {
+        let conn = self.conn_mut()?;
+        let mut bases = Vec::with_capacity(2);
+        for index in 0..2 {
+            if conn.acked_features & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() != 0 {
+                conn.vu
+                    .set_vring_enable(index, false)
+                    .map_err(Error::vhost("SET_VRING_ENABLE"))?;
+            }
+        }
+        for index in 0..2 {
+            let base = conn
+                .vu
+                .get_vring_base(index)
+                .map_err(Error::vhost("GET_VRING_BASE"))?;
+            bases.push(u16::try_from(base).map_err(|_| {
+                Error::Malformed(format!("GET_VRING_BASE {index} answered {base}"))
+            })?);
+        }
+        Ok(bases)
+    }
+
+    /// What QEMU sends on QMP `cont` after [`Frontend::pause`]: a new display channel (as
+    /// QEMU 10's `vhost-user-gpu-pci` does), `SET_FEATURES`, then per ring `SET_VRING_NUM`,
+    /// `SET_VRING_BASE` with the reported base, `SET_VRING_ADDR` (the same rings),
+    /// `SET_VRING_CALL`, `SET_VRING_KICK` and `SET_VRING_ENABLE 1`.
+    pub fn resume(&mut self, bases: &[u16]) -> Result<()> {
+        let display_channel = self.options.display_channel;
+        let display_config = self.options.display.clone();
+        let ram = self.ram.clone();
+        let conn = self.conn_mut()?;
+        if display_channel {
+            let (display, theirs) = DisplayServer::start(display_config)?;
+            let _serialized = conn.memory.lock().unwrap_or_else(|p| p.into_inner());
+            send_gpu_set_socket(&mut conn.raw, &theirs, conn.protocol)?;
+            conn.display = Some(display);
+        }
+        conn.vu
+            .set_features(conn.acked_features)
+            .map_err(Error::vhost("SET_FEATURES"))?;
+        for (index, q) in conn.queues.iter().enumerate() {
+            let base = *bases
+                .get(index)
+                .ok_or_else(|| Error::Malformed(format!("no base for ring {index}")))?;
+            conn.vu
+                .set_vring_num(index, q.size())
+                .map_err(Error::vhost("SET_VRING_NUM"))?;
+            conn.vu
+                .set_vring_base(index, base)
+                .map_err(Error::vhost("SET_VRING_BASE"))?;
+            conn.vu
+                .set_vring_addr(index, &q.vring_config(&ram)?)
+                .map_err(Error::vhost("SET_VRING_ADDR"))?;
+            conn.vu
+                .set_vring_call(index, q.call_fd())
+                .map_err(Error::vhost("SET_VRING_CALL"))?;
+            conn.vu
+                .set_vring_kick(index, q.kick_fd())
+                .map_err(Error::vhost("SET_VRING_KICK"))?;
+            if conn.acked_features & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() != 0 {
+                conn.vu
+                    .set_vring_enable(index, true)
+                    .map_err(Error::vhost("SET_VRING_ENABLE"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A device reset the way QEMU 11.1's generic device does it: the rings stop, no
+    /// `RESET_DEVICE` follows, and the driver starts over with new rings at base 0. The
+    /// frontend's mappings are dropped as a reset does.
+    pub fn reset_without_reset_device(&mut self) -> Result<()> {
+        self.pause()?;
+        let mut conn = self
+            .conn
+            .take()
+            .ok_or(Error::Unsupported("a connected backend"))?;
+        let result = (|| {
+            if let Some(region) = &conn.region {
+                region.unmap_all()?;
+            }
+            conn.display = None;
+            // New rings (allocated before the old ones are freed: other addresses).
+            let old: Vec<SplitQueue> = conn.queues.drain(..).collect();
+            let old_in_flight: Vec<_> = conn.in_flight.drain(..).collect();
+            self.start_device(&mut conn)?;
+            for q in old {
+                q.release(&self.ram);
+            }
+            for flights in old_in_flight {
+                for flight in flights.into_values() {
+                    for b in flight.buffers {
+                        self.ram.free(b);
+                    }
+                }
+            }
+            if let Some(region) = &conn.region {
+                self.memtable_synced
+                    .store(region.generation(), std::sync::atomic::Ordering::Release);
+            }
+            Ok(())
+        })();
+        self.conn = Some(conn);
+        result
+    }
+
+    /// Whether a used entry is waiting on `queue` (does not consume it).
+    pub fn has_used(&mut self, queue: usize) -> Result<bool> {
+        let ram = self.ram.clone();
+        let conn = self.conn_mut()?;
+        let q = conn
+            .queues
+            .get_mut(queue)
+            .ok_or(Error::Queue(format!("no queue {queue}")))?;
+        Ok(q.peek_used(&ram)?.is_some())
     }
 
     /// Closes the vhost-user connection (QEMU quitting or the socket dropping). The

@@ -309,6 +309,15 @@ impl SplitQueue {
         self.kick.write(1).map_err(Error::io("kick eventfd"))
     }
 
+    /// The used index the device published, when it is ahead of what was taken (nothing is
+    /// consumed).
+    pub fn peek_used(&self, ram: &GuestRam) -> Result<Option<u16>> {
+        let used_idx = self
+            .index_cell(ram, self.used_gpa + 2)?
+            .load(Ordering::Acquire);
+        Ok((used_idx != self.last_used).then_some(used_idx))
+    }
+
     /// Takes one returned chain from the used ring, if any, and frees its descriptors.
     pub fn poll_used(&mut self, ram: &GuestRam) -> Result<Option<UsedElem>> {
         let used_idx = self

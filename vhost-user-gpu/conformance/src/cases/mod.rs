@@ -12,6 +12,7 @@ mod cli;
 mod context;
 mod disconnect;
 mod hostile;
+mod lifecycle;
 mod limits;
 mod queue;
 mod sandbox;
@@ -116,6 +117,7 @@ pub fn all() -> Vec<Case> {
     v.extend(limits::cases());
     v.extend(soak::cases());
     v.extend(disconnect::cases());
+    v.extend(lifecycle::cases());
     v
 }
 
