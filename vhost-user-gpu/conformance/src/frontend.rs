@@ -20,6 +20,7 @@ use vhost::vhost_user::{
     Frontend as VuFrontend, VhostUserFrontend, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
 };
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
 use crate::display::{DisplayConfig, DisplayServer};
@@ -964,10 +965,13 @@ impl Frontend {
         Ok(bases)
     }
 
-    /// What QEMU sends on QMP `cont` after [`Frontend::pause`]: a new display channel (as
-    /// QEMU 10's `vhost-user-gpu-pci` does), `SET_FEATURES`, then per ring `SET_VRING_NUM`,
+    /// What QEMU sends on QMP `cont` after [`Frontend::pause`], in QEMU's order: a new
+    /// display channel (as QEMU 10's `vhost-user-gpu-pci` does), `SET_VRING_CALL` with
+    /// QEMU's own "masked" notifiers, `SET_FEATURES`, then per ring `SET_VRING_NUM`,
     /// `SET_VRING_BASE` with the reported base, `SET_VRING_ADDR` (the same rings),
-    /// `SET_VRING_CALL`, `SET_VRING_KICK` and `SET_VRING_ENABLE 1`.
+    /// `SET_VRING_KICK`, `SET_VRING_ENABLE 1`, and only then `SET_VRING_CALL` with the
+    /// guest's notifiers. A backend that completes chains right at the restart and signals
+    /// only the masked notifier leaves this frontend (like a guest) waiting forever.
     pub fn resume(&mut self, bases: &[u16]) -> Result<()> {
         let display_channel = self.options.display_channel;
         let display_config = self.options.display.clone();
@@ -978,6 +982,12 @@ impl Frontend {
             let _serialized = conn.memory.lock().unwrap_or_else(|p| p.into_inner());
             send_gpu_set_socket(&mut conn.raw, &theirs, conn.protocol)?;
             conn.display = Some(display);
+        }
+        let masked = EventFd::new(EFD_NONBLOCK).map_err(Error::io("masked notifier"))?;
+        for index in 0..conn.queues.len() {
+            conn.vu
+                .set_vring_call(index, &masked)
+                .map_err(Error::vhost("SET_VRING_CALL (masked)"))?;
         }
         conn.vu
             .set_features(conn.acked_features)
@@ -996,16 +1006,23 @@ impl Frontend {
                 .set_vring_addr(index, &q.vring_config(&ram)?)
                 .map_err(Error::vhost("SET_VRING_ADDR"))?;
             conn.vu
-                .set_vring_call(index, q.call_fd())
-                .map_err(Error::vhost("SET_VRING_CALL"))?;
-            conn.vu
                 .set_vring_kick(index, q.kick_fd())
                 .map_err(Error::vhost("SET_VRING_KICK"))?;
+        }
+        for index in 0..conn.queues.len() {
             if conn.acked_features & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() != 0 {
                 conn.vu
                     .set_vring_enable(index, true)
                     .map_err(Error::vhost("SET_VRING_ENABLE"))?;
             }
+        }
+        // Give the backend time to serve what waited on the rings before the notifiers are
+        // swapped (QEMU's window is the same: its main loop finishes the restart first).
+        std::thread::sleep(Duration::from_millis(50));
+        for (index, q) in conn.queues.iter().enumerate() {
+            conn.vu
+                .set_vring_call(index, q.call_fd())
+                .map_err(Error::vhost("SET_VRING_CALL"))?;
         }
         Ok(())
     }
@@ -1046,6 +1063,20 @@ impl Frontend {
         })();
         self.conn = Some(conn);
         result
+    }
+
+    /// Whether the backend signalled `queue`'s call eventfd (the guest's interrupt) within
+    /// `timeout`; the signal is consumed. With `EVENT_IDX` the frontend first asks to be
+    /// notified for the next used entry, as a driver does before it sleeps.
+    pub fn wait_notified(&mut self, queue: usize, timeout: Duration) -> Result<bool> {
+        let ram = self.ram.clone();
+        let conn = self.conn_mut()?;
+        let q = conn
+            .queues
+            .get_mut(queue)
+            .ok_or(Error::Queue(format!("no queue {queue}")))?;
+        q.request_notification(&ram)?;
+        Ok(q.wait_call(timeout))
     }
 
     /// Whether a used entry is waiting on `queue` (does not consume it).

@@ -345,6 +345,37 @@ impl SplitQueue {
         Ok(Some(UsedElem { head, written }))
     }
 
+    /// Whether the device signalled the call eventfd within `timeout` (consumes the signal).
+    pub fn wait_call(&self, timeout: Duration) -> bool {
+        // SAFETY: the eventfd is owned by `self` and outlives this borrow.
+        let call = unsafe { BorrowedFd::borrow_raw(self.call.as_raw_fd()) };
+        let mut fds = [rustix::event::PollFd::new(
+            &call,
+            rustix::event::PollFlags::IN,
+        )];
+        let wait = rustix::event::Timespec::try_from(timeout).unwrap_or(rustix::event::Timespec {
+            tv_sec: 1,
+            tv_nsec: 0,
+        });
+        let ready = matches!(rustix::event::poll(&mut fds, Some(&wait)), Ok(n) if n > 0);
+        if ready {
+            let _ = self.call.read();
+        }
+        ready
+    }
+
+    /// With `EVENT_IDX`: asks the device to notify when the next entry is used
+    /// (`used_event`), as a driver does before it waits.
+    pub fn request_notification(&mut self, ram: &GuestRam) -> Result<()> {
+        if self.event_idx {
+            let at = self.avail_gpa + 4 + 2 * u64::from(self.size);
+            self.index_cell(ram, at)?
+                .store(self.last_used, Ordering::Release);
+            fence(Ordering::SeqCst);
+        }
+        Ok(())
+    }
+
     /// Waits (up to `timeout`, a hang guard, not an assertion) for one returned chain.
     ///
     /// It sleeps on the call eventfd only, so a backend that forgets to notify (or gets

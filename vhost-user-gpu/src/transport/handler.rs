@@ -382,7 +382,14 @@ impl VhostUserBackendReqHandlerMut for Handler {
     fn set_vring_call(&mut self, index: u8, fd: Option<File>) -> VhostUserResult<()> {
         log::trace!("SET_VRING_CALL {index} fd {}", fd.is_some());
         let index = self.ring_index(u32::from(index))?;
-        lock(&self.session.rings[index]).call = fd.map(Arc::new);
+        let mut ring = lock(&self.session.rings[index]);
+        ring.call = fd.map(Arc::new);
+        // QEMU replaces the call fd right after a restart (its masked notifier, then the
+        // guest's irqfd): a completion signalled on the old fd in between is lost with it, and
+        // the driver then waits forever for a response that is already on the used ring
+        // (seen after `cont` with commands queued during the pause). One notification on the
+        // new fd covers it; a spurious one costs the driver a look at the used ring.
+        ring.signal();
         Ok(())
     }
 

@@ -62,6 +62,12 @@ impl Runner {
         self.tally.record(&outcome);
     }
 
+    /// Prints the summary line now (a step that ends in a reboot never reaches `finish`).
+    pub fn print_summary(&self) {
+        println!("{}", self.tally);
+        let _ = std::io::stdout().flush();
+    }
+
     fn finish(self) -> ExitCode {
         println!("{}", self.tally);
         if self.tally.failed == 0 {

@@ -14,6 +14,7 @@ mod binaries;
 mod fetch;
 mod initramfs;
 mod lanes;
+mod lifecycle;
 mod qmp;
 mod vm;
 

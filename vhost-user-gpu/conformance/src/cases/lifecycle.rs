@@ -153,7 +153,20 @@ fn queued_while_paused(ctx: &Ctx) -> CaseResult {
     ensure(&fe, !early, || {
         "the backend completed a command while its rings were stopped".into()
     })?;
+    // What the guest saw before: nothing pending on its interrupt.
+    while fe
+        .wait_notified(CONTROL, Duration::ZERO)
+        .map_err(|e| e.to_string())?
+    {}
     resume(&mut fe, &bases)?;
+    // The guest sleeps until its interrupt: the backend must raise it on the notifier the
+    // guest has after `cont` (QEMU swaps notifiers at the end of the restart).
+    let notified = fe
+        .wait_notified(CONTROL, Duration::from_secs(10))
+        .map_err(|e| e.to_string())?;
+    ensure(&fe, notified, || {
+        "no interrupt reached the guest's notifier after cont: the guest would wait forever".into()
+    })?;
     for (n, head) in heads.into_iter().enumerate() {
         let bytes = fe
             .wait_for_head(CONTROL, head)
