@@ -13,7 +13,8 @@
 //!
 //! `guest-tests lifecycle reset [--expect-blob yes|no]` asks the host which boot this is
 //! (`@@VMLANE hold lifecycle-boot`, answered `1`, `2`, `3`). Boots before the last set up
-//! the same state (the blob unmapped: QEMU 11.1.3 crashes on a reset with a blob mapped) and
+//! the same state (with the mapped blob closed and an unmapped one in its place: QEMU
+//! 11.1.3 crashes on a reset with a blob mapped) and
 //! ask the host to reset the VM (`@@VMLANE hold reset`: the host answers `reboot` when the
 //! guest should reboot itself, and resets the VM without answering otherwise). Boots after
 //! the first check that the device starts clean: the console is drawn (the host looks), a
@@ -92,9 +93,21 @@ impl<'a> State<'a> {
         })
     }
 
-    /// Drops the guest's mapping of the blob (the blob and the context stay).
-    fn unmap(&mut self) {
-        self.map = None;
+    /// Closes the mapped blob (the kernel unmaps it from the host-visible region only when
+    /// the object goes) and keeps the context, with a HOST3D blob that is never mapped in
+    /// its place: host resources for a reset to free, none mapped when it comes (QEMU 11.1.3
+    /// crashes on a reset with a blob mapped, DESIGN-lifecycle.md 1.2).
+    fn into_unmapped(self, dev: &'a Device) -> Result<(CrossDomain<'a>, Bo<'a>), String> {
+        let State {
+            mut ctx, blob, map, ..
+        } = self;
+        drop(map);
+        drop(blob);
+        let req = ctx.image_requirements(128, 128, XRGB8888)?;
+        let unmappable = dev
+            .create_blob(BLOB_MEM_HOST3D, 0, req.size, req.blob_id.into())
+            .map_err(|e| format!("RESOURCE_CREATE_BLOB HOST3D (not mappable): {e}"))?;
+        Ok((ctx, unmappable))
     }
 
     /// After the host acted: the mapping, a fresh mapping, and the context still work.
@@ -367,6 +380,15 @@ pub fn reset(runner: &mut Runner, options: Options) {
     if boot >= RESET_BOOTS {
         return;
     }
+    // A file of its own: the checks above already gave `dev` its (one) context.
+    let setup = match open_render() {
+        Ok(d) => d,
+        Err(e) => {
+            runner.case("open the virtio-gpu render node again", || fail(e));
+            return;
+        }
+    };
+    let dev = &setup;
     let mut held = None;
     runner.case(
         &format!("boot {boot}: state set up before the reset"),
@@ -375,13 +397,8 @@ pub fn reset(runner: &mut Runner, options: Options) {
                 return fail(format!("console: {e}"));
             }
             if options.blob {
-                match State::new(&dev, 0x7777) {
-                    // QEMU 11.1.3 crashes when a blob is still mapped at a reset
-                    // (DESIGN-lifecycle.md 1.2): the context and the blob stay, the mapping goes.
-                    Ok(mut s) => {
-                        s.unmap();
-                        held = Some(s);
-                    }
+                match State::new(dev, 0x7777).and_then(|s| s.into_unmapped(dev)) {
+                    Ok(kept) => held = Some(kept),
                     Err(e) => return fail(e),
                 }
             }
