@@ -7,9 +7,8 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -441,19 +440,7 @@ impl Frontend {
         if spec.peer == Peer::Ours && std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "debug");
         }
-        let theirs_fd = theirs.as_raw_fd();
-        // SAFETY: runs in the forked child before exec, where only async-signal-safe calls
-        // are allowed: dup2 is one. It puts the pair's other end at CHILD_FD without
-        // FD_CLOEXEC (dup2 clears it), so exactly this child inherits it; the parent's copy
-        // keeps FD_CLOEXEC, so no other child started meanwhile gets it.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::dup2(theirs_fd, CHILD_FD) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        crate::child::pass_fd_at(&mut cmd, theirs.as_fd(), CHILD_FD);
         let child = cmd.spawn().map_err(|source| Error::Spawn {
             program: spec.program.display().to_string(),
             source,

@@ -118,12 +118,11 @@ pub fn endpoint_from_fd(fd: RawFd) -> Result<Endpoint, ServeError> {
     if kind != rustix::net::SocketType::STREAM {
         return Err(invalid("not a stream socket".into()));
     }
-    let listening = rustix::net::sockopt::socket_acceptconn(borrowed).map_err(|e| {
-        ServeError::Listen {
+    let listening =
+        rustix::net::sockopt::socket_acceptconn(borrowed).map_err(|e| ServeError::Listen {
             what: what.clone(),
             source: e.into(),
-        }
-    })?;
+        })?;
     let owned = sys::adopt_socket(borrowed);
     if listening {
         Ok(Endpoint::Listening(UnixListener::from(owned)))

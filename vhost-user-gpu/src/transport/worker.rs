@@ -23,11 +23,11 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use crate::device::ports::{GuestMemory, RegionMapper};
 use crate::device::GpuDevice;
 use crate::display::{FanOut, QemuDisplay};
+use crate::queue_thread::QueueThreadScope;
 use crate::transport::chain::{self, DescriptorRef, WriteOutcome};
 use crate::transport::session::{
     lock, DeferredOp, Session, CONTROL_QUEUE, CURSOR_QUEUE, NUM_QUEUES,
 };
-use crate::queue_thread::QueueThreadScope;
 use crate::transport::shmem::ShmemMapper;
 use crate::transport::vring::{Completion, HeldCompletion};
 

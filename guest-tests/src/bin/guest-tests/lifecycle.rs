@@ -411,12 +411,10 @@ pub fn reset(runner: &mut Runner, options: Options) {
     match ask_host("reset") {
         Ok(answer) if answer.trim() == "reboot" => {
             let _ = std::io::stdout().flush();
-            // SAFETY: sync(2) and reboot(2) with constant arguments; the process ends here.
-            unsafe {
-                libc::sync();
-                libc::reboot(libc::RB_AUTOBOOT);
+            rustix::fs::sync();
+            if let Err(e) = rustix::system::reboot(rustix::system::RebootCommand::Restart) {
+                println!("FAILED guest reboot: {e}");
             }
-            println!("FAILED guest reboot: {}", std::io::Error::last_os_error());
         }
         // The host resets the VM: nothing after this runs.
         Ok(_) => thread::sleep(Duration::from_secs(600)),

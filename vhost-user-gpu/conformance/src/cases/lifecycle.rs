@@ -7,9 +7,12 @@
 
 use std::time::Duration;
 
-use super::blob::{map, no_leaks, CrossDomain, CTX};
+use super::blob::{map, no_leaks, CrossDomain, CTX_ID};
 use super::two_d::{create_filled, display_matches, show_on_scanout_0};
-use super::{bgra_pattern, ctx_err, ensure, expect, still_serving, Case, CaseResult, Ctx, Need};
+use super::{
+    bgra_pattern, case_error, ensure, send_expecting, still_serving, Case, CaseResult, Harness,
+    Need,
+};
 use crate::frontend::Frontend;
 use crate::gpu::{self, features, ty, Rect};
 use crate::proc_stats::ProcStats;
@@ -51,8 +54,9 @@ pub(super) fn cases() -> Vec<Case> {
     ]
 }
 
-fn spawn(ctx: &Ctx) -> Result<Frontend, String> {
-    ctx.spawn()
+fn spawn(harness: &Harness) -> Result<Frontend, String> {
+    harness
+        .spawn()
         .map_err(|e| format!("cannot start backend: {e}"))
 }
 
@@ -61,18 +65,19 @@ fn stats(fe: &Frontend) -> Result<ProcStats, String> {
 }
 
 fn pause(fe: &mut Frontend) -> Result<Vec<u16>, String> {
-    fe.pause().map_err(|e| ctx_err(fe, "pause (QMP stop)", e))
+    fe.pause()
+        .map_err(|e| case_error(fe, "pause (QMP stop)", e))
 }
 
 fn resume(fe: &mut Frontend, bases: &[u16]) -> CaseResult {
     fe.resume(bases)
-        .map_err(|e| ctx_err(fe, "resume (QMP cont)", e))
+        .map_err(|e| case_error(fe, "resume (QMP cont)", e))
 }
 
 /// A 2D resource on scanout 0 survives three pauses: after each, a transfer and flush of
 /// new pixels on the same resource reach the display.
-fn pause_keeps_2d_state(ctx: &Ctx) -> CaseResult {
-    let mut fe = spawn(ctx)?;
+fn pause_keeps_2d_state(harness: &Harness) -> CaseResult {
+    let mut fe = spawn(harness)?;
     let (w, h) = (32, 16);
     let img = bgra_pattern(w, h, 3);
     let backing = create_filled(&mut fe, 1, w, h, &img)?;
@@ -83,7 +88,7 @@ fn pause_keeps_2d_state(ctx: &Ctx) -> CaseResult {
         resume(&mut fe, &bases)?;
         let img = bgra_pattern(w, h, 10 + round);
         backing.write(&fe, 0, &img)?;
-        expect(
+        send_expecting(
             &mut fe,
             "TRANSFER_TO_HOST_2D after the pause",
             gpu::transfer_to_host_2d(1, Rect::sized(w, h), 0),
@@ -99,8 +104,8 @@ fn pause_keeps_2d_state(ctx: &Ctx) -> CaseResult {
 /// A context, a mapped HOST3D blob (with bytes written through the mapping) and a GUEST blob
 /// survive pauses: the frontend's mapping still holds the bytes, the blob unmaps and maps
 /// again, the context answers a new query and a new blob maps.
-fn pause_keeps_blobs(ctx: &Ctx) -> CaseResult {
-    let mut fe = spawn(ctx)?;
+fn pause_keeps_blobs(harness: &Harness) -> CaseResult {
+    let mut fe = spawn(harness)?;
     let mut cd = CrossDomain::init(&mut fe)?;
     let reqs = cd.create(&mut fe, 1, 64, 64, gpu::BLOB_FLAG_MAPPABLE)?;
     map(&mut fe, 1, 0, reqs.size)?;
@@ -118,10 +123,10 @@ fn pause_keeps_blobs(ctx: &Ctx) -> CaseResult {
             format!("after pause {round} the blob reads {now:02x?}")
         })?;
     }
-    expect(
+    send_expecting(
         &mut fe,
         "RESOURCE_UNMAP_BLOB after the pauses",
-        gpu::resource_unmap_blob(CTX, 1),
+        gpu::resource_unmap_blob(CTX_ID, 1),
         ty::OK_NODATA,
     )?;
     map(&mut fe, 1, 0, reqs.size)?;
@@ -137,15 +142,15 @@ fn pause_keeps_blobs(ctx: &Ctx) -> CaseResult {
 /// Commands put on the ring (and kicked) while the rings are stopped are not touched (no used
 /// entry appears) and run once, in order, after the rings restart. A backend that loses the
 /// kicks it got while stopped hangs here.
-fn queued_while_paused(ctx: &Ctx) -> CaseResult {
-    let mut fe = spawn(ctx)?;
+fn queued_while_paused(harness: &Harness) -> CaseResult {
+    let mut fe = spawn(harness)?;
     let bases = pause(&mut fe)?;
     let mut heads = Vec::new();
     for id in 1..=5u32 {
         let cmd = gpu::resource_create_2d(id, gpu::format::B8G8R8A8_UNORM, 8, 8).into_bytes();
         heads.push(
             fe.send(CONTROL, &[&cmd], 64)
-                .map_err(|e| ctx_err(&fe, "queue a command while paused", e))?,
+                .map_err(|e| case_error(&fe, "queue a command while paused", e))?,
         );
     }
     std::thread::sleep(Duration::from_millis(300));
@@ -170,7 +175,7 @@ fn queued_while_paused(ctx: &Ctx) -> CaseResult {
     for (n, head) in heads.into_iter().enumerate() {
         let bytes = fe
             .wait_for_head(CONTROL, head)
-            .map_err(|e| ctx_err(&fe, "command queued while paused", e))?;
+            .map_err(|e| case_error(&fe, "command queued while paused", e))?;
         let r = gpu::Resp::parse(&bytes).map_err(|e| e.to_string())?;
         ensure(&fe, r.ty == ty::OK_NODATA, || {
             format!(
@@ -180,7 +185,7 @@ fn queued_while_paused(ctx: &Ctx) -> CaseResult {
         })?;
     }
     // Each ran exactly once: the ids exist (a second create of one fails).
-    expect(
+    send_expecting(
         &mut fe,
         "RESOURCE_CREATE_2D of an id created while paused",
         gpu::resource_create_2d(3, gpu::format::B8G8R8A8_UNORM, 8, 8),
@@ -193,19 +198,23 @@ fn queued_while_paused(ctx: &Ctx) -> CaseResult {
 /// (QEMU cannot answer while it waits for `GET_VRING_BASE`): the stop must be answered anyway
 /// (no deadlock), the command must not complete into guest memory while stopped, and after
 /// `cont` it completes exactly once with the mapping in place.
-fn pause_during_map(ctx: &Ctx) -> CaseResult {
-    let mut fe = spawn(ctx)?;
+fn pause_during_map(harness: &Harness) -> CaseResult {
+    let mut fe = spawn(harness)?;
     let mut cd = CrossDomain::init(&mut fe)?;
     let reqs = cd.create(&mut fe, 1, 64, 64, gpu::BLOB_FLAG_MAPPABLE)?;
     let region = fe.shmem_shared().ok_or("no host-visible region")?;
     region.hold_maps();
-    let cmd = gpu::resource_map_blob(CTX, 1, 0).into_bytes();
+    let cmd = gpu::resource_map_blob(CTX_ID, 1, 0).into_bytes();
     let head = fe
         .send(CONTROL, &[&cmd], 64)
-        .map_err(|e| ctx_err(&fe, "RESOURCE_MAP_BLOB", e))?;
+        .map_err(|e| case_error(&fe, "RESOURCE_MAP_BLOB", e))?;
     if !region.wait_map_held(Duration::from_secs(10)) {
         region.release_maps();
-        return Err(ctx_err(&fe, "SHMEM_MAP", "the backend never asked to map"));
+        return Err(case_error(
+            &fe,
+            "SHMEM_MAP",
+            "the backend never asked to map",
+        ));
     }
     // The stop, while the backend waits for us: answered at once or this hangs.
     let (tx, rx) = std::sync::mpsc::channel();
@@ -243,7 +252,7 @@ fn pause_during_map(ctx: &Ctx) -> CaseResult {
     resume(&mut fe, &bases)?;
     let bytes = fe
         .wait_for_head(CONTROL, head)
-        .map_err(|e| ctx_err(&fe, "RESOURCE_MAP_BLOB after the pause", e))?;
+        .map_err(|e| case_error(&fe, "RESOURCE_MAP_BLOB after the pause", e))?;
     let r = gpu::Resp::parse(&bytes).map_err(|e| e.to_string())?;
     ensure(&fe, r.ty == ty::OK_MAP_INFO, || {
         format!(
@@ -260,10 +269,10 @@ fn pause_during_map(ctx: &Ctx) -> CaseResult {
         || format!("no mapping after the pause: {:?}", region.mappings()),
     )?;
     // Exactly once: the blob is mapped, so mapping it again is refused.
-    expect(
+    send_expecting(
         &mut fe,
         "RESOURCE_MAP_BLOB again",
-        gpu::resource_map_blob(CTX, 1, 0x10_0000),
+        gpu::resource_map_blob(CTX_ID, 1, 0x10_0000),
         ty::ERR_INVALID_PARAMETER,
     )?;
     still_serving(&mut fe)
@@ -272,17 +281,17 @@ fn pause_during_map(ctx: &Ctx) -> CaseResult {
 /// QEMU 11.1 resets the device without `RESET_DEVICE`: the rings stop, and the rebooted
 /// driver starts new rings at base 0. Everything must be gone: ids are free again, the
 /// backend holds no more buffers than before.
-fn reset_by_ring_restart(ctx: &Ctx) -> CaseResult {
-    let mut fe = spawn(ctx)?;
+fn reset_by_ring_restart(harness: &Harness) -> CaseResult {
+    let mut fe = spawn(harness)?;
     let before = stats(&fe)?;
     let (w, h) = (32, 16);
     let img = bgra_pattern(w, h, 5);
     create_filled(&mut fe, 1, w, h, &img)?;
     show_on_scanout_0(&mut fe, 1, w, h)?;
     fe.reset_without_reset_device()
-        .map_err(|e| ctx_err(&fe, "reset (rings restarted at 0)", e))?;
+        .map_err(|e| case_error(&fe, "reset (rings restarted at 0)", e))?;
     no_leaks(&mut fe, &before)?;
-    expect(
+    send_expecting(
         &mut fe,
         "RESOURCE_CREATE_2D of the id the reset freed",
         gpu::resource_create_2d(1, gpu::format::B8G8R8A8_UNORM, w, h),
