@@ -2105,3 +2105,165 @@ fn image_requirements_are_capped_across_all_contexts() {
     assert_eq!(h.ctx_send(2, GpuCommand::CtxDestroy), GpuResponse::OkNoData);
     assert_eq!(h.submit(5, &[get]), GpuResponse::OkNoData);
 }
+
+// ---------------------------------------------------------------------------------------
+// Live upgrade: the device's state as data, and back.
+
+/// A device with every kind of state (a 2D resource with backing on scanout 0, a GUEST blob,
+/// a cross-domain context with a pending image buffer, a mapped HOST3D blob, a UUID, the
+/// cursor) is snapshotted, carried through JSON and restored into a fresh device (same
+/// guest memory, same frontend region, fds duplicated as SCM_RIGHTS would): the restored
+/// device has the same state and charges, and every object keeps working.
+#[test]
+fn snapshot_and_restore_carry_the_whole_device() {
+    use vhost_user_gpu::device::snapshot::DeviceState;
+
+    let mut h = Harness::new();
+    let (w, hgt) = (64u32, 32u32);
+    let size = u64::from(w * 4 * hgt);
+    h.create_2d(1, w, hgt);
+    let entries = scattered_entries(size);
+    write_backing(&h, &entries, &pattern(size as usize, 5));
+    h.ok(GpuCommand::ResourceAttachBacking {
+        resource_id: 1,
+        entries: entries.clone(),
+    });
+    h.ok(GpuCommand::TransferToHost2d {
+        rect: rect(0, 0, w, hgt),
+        offset: 0,
+        resource_id: 1,
+    });
+    h.ok(GpuCommand::SetScanout {
+        rect: rect(0, 0, w, hgt),
+        scanout_id: 0,
+        resource_id: 1,
+    });
+    assert!(matches!(
+        h.send(GpuCommand::ResourceAssignUuid { resource_id: 1 }),
+        GpuResponse::OkResourceUuid { .. }
+    ));
+    h.cross_domain_context(2, 10, 8 * MIB);
+    let reqs = h.image_requirements(2, 8 * MIB, 64, 64);
+    assert_eq!(h.create_host_blob(2, 11, &reqs), GpuResponse::OkNoData);
+    assert!(matches!(
+        h.ctx_send(
+            2,
+            GpuCommand::ResourceMapBlob {
+                resource_id: 11,
+                offset: 0
+            }
+        ),
+        GpuResponse::OkMapInfo { .. }
+    ));
+    // A requirement whose buffer is still pending, for a blob not created yet.
+    let pending = h.image_requirements(2, 8 * MIB, 32, 32);
+    assert_eq!(
+        h.create_guest_blob(0, 12, 12 * MIB, 2),
+        GpuResponse::OkNoData
+    );
+    h.take_shown();
+
+    let before = h.dev.snapshot().unwrap();
+    let json = serde_json::to_string(&before.state).unwrap();
+    let state: DeviceState = serde_json::from_str(&json).unwrap();
+    assert_eq!(state, before.state);
+    let mut fds: Vec<Option<std::os::fd::OwnedFd>> = before
+        .fds
+        .iter()
+        .map(|f| Some(f.try_clone().unwrap()))
+        .collect();
+    let memory_before = h.dev.resource_memory();
+    let ranges_before = h.dev.region_ranges();
+    let shown = Arc::new(Mutex::new(Vec::new()));
+    let ports = Ports {
+        allocator: Box::new(MemfdAllocator::new()),
+        mapper: Box::new(FrontendMapper(h.region.clone())),
+        display: Box::new(RecordingDisplay(shown.clone())),
+        advisor: Box::new(FixedAdvisor::allow(MAP_CACHE_WC)),
+        exporter: vhost_user_gpu::alloc::guest_page_exporter(),
+    };
+    let restored = GpuDevice::restore(
+        h.dev.config().clone(),
+        ports,
+        &state,
+        &h.mem,
+        &mut fds,
+        &before.bulk,
+    )
+    .unwrap();
+    assert!(fds.iter().all(Option::is_none), "every fd was taken");
+    assert!(
+        shown.lock().unwrap().is_empty(),
+        "the display is not told anything"
+    );
+    let again = restored.snapshot().unwrap();
+    assert_eq!(again.state, before.state);
+    assert_eq!(again.bulk, before.bulk);
+    assert_eq!(restored.resource_memory(), memory_before);
+    assert_eq!(restored.region_ranges(), ranges_before);
+    assert_eq!(restored.resource_count(), h.dev.resource_count());
+
+    // The restored device goes on where the old one stopped.
+    drop(std::mem::replace(&mut h.dev, restored));
+    h.shown = shown;
+    h.ok(GpuCommand::ResourceFlush {
+        rect: rect(0, 0, w, hgt),
+        resource_id: 1,
+    });
+    let Shown::Flush { data, .. } = &h.take_shown()[0] else {
+        panic!("no flush after the restore");
+    };
+    assert_eq!(data.len(), size as usize);
+    assert_eq!(
+        h.ctx_send(2, GpuCommand::ResourceUnmapBlob { resource_id: 11 }),
+        GpuResponse::OkNoData
+    );
+    assert!(map_calls(&h.region).contains(&MapCall::Unmap {
+        shm_offset: 0,
+        len: reqs.size
+    }));
+    // The pending buffer is claimed, and the context hands out the next blob id.
+    assert_eq!(h.create_host_blob(2, 13, &pending), GpuResponse::OkNoData);
+    let next = h.image_requirements(2, 8 * MIB, 16, 16);
+    assert!(next.blob_id > pending.blob_id, "{next:?} after {pending:?}");
+    h.ok(GpuCommand::ResourceUnref { resource_id: 12 });
+    h.ok(GpuCommand::ResourceUnref { resource_id: 1 });
+}
+
+/// A state that does not fit the device it is restored into is refused, nothing half-done.
+#[test]
+fn restore_refuses_a_state_for_another_device() {
+    let mut h = Harness::new();
+    h.create_2d(1, 16, 16);
+    let snap = h.dev.snapshot().unwrap();
+    let mut state = snap.state.clone();
+    state.outputs.push((640, 480));
+    let ports = || Ports {
+        allocator: Box::new(MemfdAllocator::new()),
+        mapper: Box::new(FrontendMapper(h.region.clone())),
+        display: Box::new(RecordingDisplay(Arc::new(Mutex::new(Vec::new())))),
+        advisor: Box::new(FixedAdvisor::allow(MAP_CACHE_WC)),
+        exporter: None,
+    };
+    let err = GpuDevice::restore(
+        h.dev.config().clone(),
+        ports(),
+        &state,
+        &h.mem,
+        &mut Vec::new(),
+        &snap.bulk,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("scanouts"), "{err}");
+    // Pixels past the bulk data sent.
+    let err = GpuDevice::restore(
+        h.dev.config().clone(),
+        ports(),
+        &snap.state,
+        &h.mem,
+        &mut Vec::new(),
+        &[],
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("bulk data"), "{err}");
+}

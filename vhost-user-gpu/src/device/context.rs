@@ -82,6 +82,42 @@ impl Context {
         }
     }
 
+    /// A context as a previous process had it (live upgrade); `requirements` by blob id,
+    /// `pending_order` oldest first.
+    #[allow(clippy::too_many_arguments)]
+    pub fn restored(
+        debug_name: String,
+        cross_domain: bool,
+        resources: BTreeSet<u32>,
+        query_ring: Option<u32>,
+        requirements: BTreeMap<u32, Requirement>,
+        pending_order: VecDeque<u32>,
+        last_blob_id: u32,
+        charge: Charge,
+    ) -> Self {
+        Context {
+            debug_name,
+            cross_domain,
+            resources,
+            query_ring,
+            requirements,
+            pending_order,
+            last_blob_id,
+            _charge: charge,
+        }
+    }
+
+    /// Requirements by blob id, pending buffers oldest first, the last blob id handed out,
+    /// and what the context is charged (live upgrade).
+    pub fn parts(&self) -> (&BTreeMap<u32, Requirement>, &VecDeque<u32>, u32, super::budget::Usage) {
+        (
+            &self.requirements,
+            &self.pending_order,
+            self.last_blob_id,
+            self._charge.amount(),
+        )
+    }
+
     /// The next blob id, `None` when the id space is exhausted.
     pub fn next_blob_id(&mut self) -> Option<u32> {
         let id = self.last_blob_id.checked_add(2)?;
@@ -195,6 +231,11 @@ impl ContextTable {
     /// Number of live contexts.
     pub fn len(&self) -> usize {
         self.contexts.len()
+    }
+
+    /// Every context with its id.
+    pub fn iter(&self) -> impl Iterator<Item = (u32, &Context)> {
+        self.contexts.iter().map(|(&id, c)| (id, c))
     }
 
     /// Drops every context (device reset).

@@ -43,6 +43,7 @@ mod reject;
 mod resource;
 mod resource_table;
 mod scanout;
+pub mod snapshot;
 
 use std::fmt;
 
