@@ -2262,7 +2262,7 @@ fn restore_refuses_a_state_for_another_device() {
         &snap.state,
         &h.mem,
         &mut Vec::new(),
-        &[],
+        &Vec::new(),
     )
     .unwrap_err();
     assert!(err.to_string().contains("bulk data"), "{err}");

@@ -109,7 +109,14 @@ impl Context {
 
     /// Requirements by blob id, pending buffers oldest first, the last blob id handed out,
     /// and what the context is charged (live upgrade).
-    pub fn parts(&self) -> (&BTreeMap<u32, Requirement>, &VecDeque<u32>, u32, super::budget::Usage) {
+    pub fn parts(
+        &self,
+    ) -> (
+        &BTreeMap<u32, Requirement>,
+        &VecDeque<u32>,
+        u32,
+        super::budget::Usage,
+    ) {
         (
             &self.requirements,
             &self.pending_order,

@@ -11,6 +11,7 @@
 mod blob;
 mod context;
 mod scanout;
+mod snapshot;
 mod two_d;
 
 use super::reject::{reject, CmdResult};

@@ -8,7 +8,7 @@ use log::debug;
 use crate::device::config::DEFAULT_OUTPUT;
 use crate::device::edid;
 use crate::device::mmap::MappedBuffer;
-use crate::device::ports::{Cursor, DmabufScanout, Frame, GuestMemory, CURSOR_BYTES};
+use crate::device::ports::{Cursor, DisplaySink, DmabufScanout, Frame, GuestMemory, CURSOR_BYTES};
 use crate::device::reject::{reject, CmdResult, Reject};
 use crate::device::resource::{
     self, cursor_image, intersect, rect_within, ResourceKind, BYTES_PER_PIXEL,
@@ -264,6 +264,41 @@ impl GpuDevice {
             self.present(mem, scanout_id, &shown, damage)?;
         }
         Ok(GpuResponse::OkNoData)
+    }
+
+    /// Shows every scanout's current image on `sink` alone (a sink that starts late: the
+    /// capture after a live upgrade): its mode, then the whole image as one update. Returns
+    /// `sink`; the device's own sink is not told anything.
+    pub fn repaint(
+        &mut self,
+        mem: &GuestMemory,
+        sink: Box<dyn DisplaySink>,
+    ) -> Box<dyn DisplaySink> {
+        let own = std::mem::replace(&mut self.display, sink);
+        let showing: Vec<(u32, Shown)> = self
+            .scanouts
+            .iter()
+            .filter_map(|(id, s)| s.shown.clone().map(|shown| (id, shown)))
+            .collect();
+        for (scanout_id, shown) in showing {
+            let (width, height) = (shown.rect.width, shown.rect.height);
+            self.display.scanout(scanout_id, Some((width, height)));
+            // A copy, whatever the device's own sink imported.
+            let copy = Shown {
+                dmabuf: false,
+                ..shown
+            };
+            let whole = Rect {
+                x: 0,
+                y: 0,
+                width,
+                height,
+            };
+            if let Err(e) = self.present(mem, scanout_id, &copy, whole) {
+                debug!("repaint of scanout {scanout_id}: {}", e.reason);
+            }
+        }
+        std::mem::replace(&mut self.display, own)
     }
 
     /// Hands the scanout's current image to the display sink.
