@@ -61,6 +61,11 @@ impl Handler {
         }
     }
 
+    /// The session this handler serves.
+    pub fn session(&self) -> Arc<Session> {
+        self.session.clone()
+    }
+
     /// Switches the replay mode of the live upgrade on or off.
     pub fn set_restoring(&mut self, restoring: bool) {
         self.restoring = restoring;

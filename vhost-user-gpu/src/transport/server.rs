@@ -13,12 +13,14 @@ use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatu
 use virtio_bindings::virtio_config::{VIRTIO_F_RING_RESET, VIRTIO_F_VERSION_1};
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 
+use rustix::event::{poll, PollFd, PollFlags};
+
 use crate::device::ports::{DisplaySink, RegionMapper};
-use crate::device::GpuDevice;
+use crate::device::{DeviceConfig, GpuDevice, Ports};
 use crate::display::FanOut;
 use crate::transport::connection::{Connection, ConnectionEnd};
+use crate::transport::control::{Live, ServeControl};
 use crate::transport::gate::QueueGate;
-use crate::transport::handler::Handler;
 use crate::transport::session::{Session, TransportSettings};
 use crate::transport::shmem::{BackendChannel, ShmemMapper};
 use crate::transport::sys;
@@ -61,10 +63,11 @@ pub enum ServeError {
     Serve(io::Error),
 }
 
-/// Builds the device core of a new connection from the connection's region mapper and
-/// display sink (the caller adds allocator, advisor and configuration).
-pub type DeviceFactory =
-    dyn Fn(Box<dyn RegionMapper>, Box<dyn DisplaySink>) -> io::Result<GpuDevice> + Send + Sync;
+/// The device configuration and ports of a new connection, from the connection's region
+/// mapper and display sink (the caller adds allocator, advisor, exporter and configuration).
+pub type DeviceFactory = dyn Fn(Box<dyn RegionMapper>, Box<dyn DisplaySink>) -> io::Result<(DeviceConfig, Ports)>
+    + Send
+    + Sync;
 
 /// Virtio features the transport adds to the device's.
 ///
@@ -155,20 +158,16 @@ pub fn open_endpoint(source: &SocketSource) -> Result<Endpoint, ServeError> {
     }
 }
 
-/// Serves one connected frontend until it leaves; a fresh device from `factory`.
-pub fn serve_connection(
-    stream: UnixStream,
+/// A new connection's session and device (fresh, from `factory`).
+pub fn new_session(
     settings: &TransportSettings,
     factory: &DeviceFactory,
-) -> Result<ConnectionEnd, ServeError> {
+) -> Result<(Arc<Session>, GpuDevice), ServeError> {
     let gate = Arc::new(QueueGate::default());
     let channel = BackendChannel::new(gate.clone());
     let mapper = Box::new(ShmemMapper::new(channel.clone(), settings.hostmem));
-    let mut fan = FanOut::default();
-    if let Some(capture) = &settings.capture {
-        fan.push(Box::new(capture.clone()));
-    }
-    let device = factory(mapper, Box::new(fan)).map_err(ServeError::Device)?;
+    let (config, ports) = factory(mapper, initial_display(settings)).map_err(ServeError::Device)?;
+    let device = GpuDevice::new(config, ports);
     let features = device.features() | transport_features();
     let session = Arc::new(
         Session::new(
@@ -181,10 +180,42 @@ pub fn serve_connection(
         )
         .map_err(ServeError::Serve)?,
     );
+    Ok((session, device))
+}
+
+/// The display sink a device starts with: the capture, if any (QEMU's display channel is
+/// added when the frontend sends it).
+pub fn initial_display(settings: &TransportSettings) -> Box<dyn DisplaySink> {
+    let mut fan = FanOut::default();
+    if let Some(capture) = &settings.capture {
+        fan.push(Box::new(capture.clone()));
+    }
+    Box::new(fan)
+}
+
+/// Serves `connection` of `session` with `device` until the frontend leaves; a stop from
+/// `control` pauses it between two messages (live upgrade) until resumed.
+pub fn run_session(
+    session: Arc<Session>,
+    device: GpuDevice,
+    connection: Connection,
+    control: &ServeControl,
+) -> Result<ConnectionEnd, ServeError> {
     let worker = Worker::spawn(session.clone(), device).map_err(ServeError::Serve)?;
-    let mut connection =
-        Connection::new(stream, Handler::new(session.clone())).map_err(ServeError::Serve)?;
-    let end = connection.run();
+    let mut connection = connection.with_stopper(control.stopper());
+    let conn = connection.duplicate_fd().map_err(ServeError::Serve)?;
+    control.set_live(Some(Arc::new(Live {
+        session: session.clone(),
+        worker: worker.control(),
+        conn,
+    })));
+    let end = loop {
+        match connection.run() {
+            ConnectionEnd::Stopped => control.stopped_here(),
+            end => break end,
+        }
+    };
+    control.set_live(None);
     session.channel.clear();
     // Stopping the queue thread drops the device: buffers, mappings bookkeeping, display.
     drop(worker.stop());
@@ -196,44 +227,129 @@ pub fn serve_connection(
     Ok(end)
 }
 
+/// Serves one connected frontend until it leaves; a fresh device from `factory`.
+pub fn serve_connection(
+    stream: UnixStream,
+    settings: &TransportSettings,
+    factory: &DeviceFactory,
+    control: &ServeControl,
+) -> Result<ConnectionEnd, ServeError> {
+    let (session, device) = new_session(settings, factory)?;
+    let connection = Connection::new(stream, session.clone()).map_err(ServeError::Serve)?;
+    run_session(session, device, connection, control)
+}
+
 fn log_end(end: &ConnectionEnd) {
     match end {
         ConnectionEnd::Disconnected => log::info!("frontend disconnected"),
         ConnectionEnd::Failed(e) => log::warn!("connection ended with an error: {e}"),
-        ConnectionEnd::Stopped => log::info!("connection handed over"),
+        ConnectionEnd::Stopped => {}
     }
 }
 
-/// Serves frontends from `endpoint`: one connection, or one after another with
-/// `keep_listening` (a connected `--fd` is one connection), each with a fresh device from
-/// `factory`. Returns when the (last) connection ends.
+/// Waits for the next frontend on `listener`; a stop from `control` pauses the wait (live
+/// upgrade) until resumed.
+fn accept(listener: &UnixListener, control: &ServeControl) -> Result<UnixStream, ServeError> {
+    let stopper = control.stopper();
+    loop {
+        let stop_fd = stopper.fd();
+        let mut fds = [
+            PollFd::new(listener, PollFlags::IN),
+            PollFd::new(&stop_fd, PollFlags::IN),
+        ];
+        match poll(&mut fds, None) {
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => {
+                return Err(ServeError::Listen {
+                    what: "the listening socket".into(),
+                    source: e.into(),
+                })
+            }
+        }
+        if !fds[1].revents().is_empty() {
+            stopper.take_back();
+            control.stopped_here();
+            continue;
+        }
+        if fds[0].revents().is_empty() {
+            continue;
+        }
+        match listener.accept() {
+            Ok((stream, _)) => return Ok(stream),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                return Err(ServeError::Listen {
+                    what: "the listening socket".into(),
+                    source: e,
+                })
+            }
+        }
+    }
+}
+
+/// What a serve loop starts with.
+pub enum Start {
+    /// A socket (`--socket-path`, `--fd`).
+    Endpoint(Endpoint),
+    /// A connection handed over by the previous process (live upgrade), and the listening
+    /// socket if there was one.
+    Restored {
+        /// The restored connection: session, device, primed connection (boxed: the device
+        /// is large and the other variant small).
+        session: Option<Box<(Arc<Session>, GpuDevice, Connection)>>,
+        /// The listening socket.
+        listener: Option<UnixListener>,
+    },
+}
+
+/// Serves frontends: one connection, or one after another with `keep_listening` (a
+/// connected `--fd` is one connection), each with a fresh device from `factory`. Returns when
+/// the (last) connection ends.
 pub fn serve(
-    endpoint: Endpoint,
+    start: Start,
     keep_listening: bool,
     settings: TransportSettings,
     factory: Arc<DeviceFactory>,
+    control: Arc<ServeControl>,
 ) -> Result<(), ServeError> {
-    let listener = match endpoint {
-        Endpoint::Connected(stream) => {
+    let listener = match start {
+        Start::Endpoint(Endpoint::Connected(stream)) => {
             if keep_listening {
                 log::info!(
                     "--keep-listening has no effect on a connected --fd: serving that one frontend"
                 );
             }
             log::info!("frontend connected (inherited connection)");
-            let end = serve_connection(stream, &settings, &*factory)?;
+            let end = serve_connection(stream, &settings, &*factory, &control)?;
             log_end(&end);
             return Ok(());
         }
-        Endpoint::Listening(listener) => listener,
+        Start::Endpoint(Endpoint::Listening(listener)) => Some(listener),
+        Start::Restored { session, listener } => {
+            if let Some(restored) = session {
+                let (session, device, connection) = *restored;
+                let end = run_session(session, device, connection, &control)?;
+                log_end(&end);
+                if listener.is_none() || !keep_listening {
+                    return Ok(());
+                }
+            }
+            listener
+        }
     };
+    let Some(listener) = listener else {
+        return Ok(());
+    };
+    control.set_listener(
+        rustix::io::fcntl_dupfd_cloexec(&listener, 0)
+            .map_err(|e| ServeError::Serve(e.into()))
+            .ok(),
+    );
     loop {
-        let (stream, _) = listener.accept().map_err(|e| ServeError::Listen {
-            what: "the listening socket".into(),
-            source: e,
-        })?;
+        let stream = accept(&listener, &control)?;
         log::info!("frontend connected");
-        let end = serve_connection(stream, &settings, &*factory)?;
+        let end = serve_connection(stream, &settings, &*factory, &control)?;
         log_end(&end);
         if !keep_listening {
             return Ok(());

@@ -10,6 +10,7 @@
 
 use std::collections::VecDeque;
 use std::fs::File;
+use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -20,6 +21,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::device::ports::GuestMemory;
 use crate::display::fanout::SharedSink;
+use crate::display::qemu::ChannelRecord;
 use crate::transport::gate::QueueGate;
 use crate::transport::memory::MemoryTable;
 use crate::transport::shmem::BackendChannel;
@@ -64,6 +66,8 @@ pub enum DeferredOp {
     SetDisplay(GpuBackend),
     /// A ring started, stopped, was enabled or disabled, or got another kick fd.
     RingsChanged,
+    /// The capture started late (live upgrade): show it every scanout's current image.
+    RepaintCapture,
 }
 
 /// What was negotiated on the connection.
@@ -185,6 +189,12 @@ pub struct Session {
     pub channel: BackendChannel,
     /// QEMU's display channel, to ask it for modes (queue thread only).
     pub display_channel: Mutex<Option<GpuBackend>>,
+    /// The backend request channel's fd (the `Backend` hides it; the upgrade hands it on).
+    pub backend_channel_fd: Mutex<Option<OwnedFd>>,
+    /// The display channel's fd, likewise.
+    pub display_channel_fd: Mutex<Option<OwnedFd>>,
+    /// What QEMU's side of the display channel knows (kept by the display sink; handed on).
+    pub display_record: Mutex<Option<ChannelRecord>>,
     /// The frontend's error eventfds are kept here only to be handed on (never signalled).
     pub err_fds: Mutex<[Option<File>; NUM_QUEUES]>,
     /// Rate limit of guest-caused warnings.
@@ -226,9 +236,18 @@ impl Session {
             channel,
             gate,
             display_channel: Mutex::new(None),
+            backend_channel_fd: Mutex::new(None),
+            display_channel_fd: Mutex::new(None),
+            display_record: Mutex::new(None),
             err_fds: Mutex::new([None, None]),
             guest_warnings: Mutex::new(GuestWarnings::default()),
         })
+    }
+
+    /// Replaces the memory table (live upgrade: the one the previous process had).
+    pub fn set_memory(&mut self, memory: MemoryTable) {
+        self.guest = memory.atomic();
+        self.memory = Mutex::new(memory);
     }
 
     /// Queues `op` for the queue thread and wakes it.

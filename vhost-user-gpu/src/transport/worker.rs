@@ -75,6 +75,22 @@ pub enum WorkerRequest {
     AddSource(Box<dyn EventSource>),
 }
 
+/// Sends requests to a running queue thread (cloneable).
+#[derive(Clone)]
+pub struct WorkerControl {
+    requests: Sender<WorkerRequest>,
+    session: Arc<Session>,
+}
+
+impl WorkerControl {
+    /// Sends a request and wakes the thread.
+    pub fn request(&self, request: WorkerRequest) {
+        if self.requests.send(request).is_ok() {
+            self.session.kick_worker();
+        }
+    }
+}
+
 /// Handle to a running queue thread.
 pub struct WorkerHandle {
     requests: Sender<WorkerRequest>,
@@ -87,6 +103,14 @@ impl WorkerHandle {
     pub fn request(&self, request: WorkerRequest) {
         if self.requests.send(request).is_ok() {
             self.session.kick_worker();
+        }
+    }
+
+    /// Something to send requests with from elsewhere.
+    pub fn control(&self) -> WorkerControl {
+        WorkerControl {
+            requests: self.requests.clone(),
+            session: self.session.clone(),
         }
     }
 
@@ -302,10 +326,19 @@ impl Worker {
                     if let Some(capture) = &self.session.settings.capture {
                         fan.push(Box::new(capture.clone()));
                     }
-                    fan.push(Box::new(QemuDisplay::new(channel)));
+                    let qemu = QemuDisplay::new(channel);
+                    *lock(&self.session.display_record) = Some(qemu.record());
+                    fan.push(Box::new(qemu));
                     self.device.set_display(Box::new(fan));
                 }
                 DeferredOp::RingsChanged => {}
+                DeferredOp::RepaintCapture => {
+                    if let Some(capture) = &self.session.settings.capture {
+                        let mem = self.session.guest.memory();
+                        let _scope = QueueThreadScope::enter();
+                        drop(self.device.repaint(&mem, Box::new(capture.clone())));
+                    }
+                }
             }
             self.refresh_config();
         }
