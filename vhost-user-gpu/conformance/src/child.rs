@@ -1,6 +1,6 @@
 //! Handing a child process one of our descriptors at a fixed number, as a service manager or
-//! libvirt does (`--fd N`). Holds this crate's one `unsafe` outside the memory modules:
-//! `pre_exec`.
+//! libvirt does (`--fd N`), or none at all, as an operator's shell does. Holds this crate's one
+//! `unsafe` outside the memory modules: `pre_exec`.
 #![allow(unsafe_code)]
 
 use std::os::fd::{AsRawFd, BorrowedFd};
@@ -18,6 +18,23 @@ pub fn pass_fd_at(cmd: &mut Command, fd: BorrowedFd<'_>, at: i32) {
     unsafe {
         cmd.pre_exec(move || {
             if libc::dup2(raw, at) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Makes the child started by `cmd` inherit no descriptor but stdin, stdout and stderr (a new
+/// backend started by an operator for a live upgrade): this frontend's own eventfds and
+/// sockets are not all close-on-exec (the `vhost` crate's are not), and a test must not count
+/// them as the backend's.
+pub fn inherit_only_stdio(cmd: &mut Command) {
+    // SAFETY: the closure runs in the forked child before exec and makes one
+    // async-signal-safe system call (close_range), touching no other state.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())

@@ -185,6 +185,49 @@ pub struct FrontendOptions {
     /// channel at all, as QEMU's generic `vhost-user-test-device-pci` and crosvm do; then
     /// [`Frontend::display`] is `None`. Default: on.
     pub display_channel: bool,
+    /// Start our backend with `--control-socket`, so that [`Frontend::upgrade`] can replace
+    /// it with a new process (live upgrade). Default: on when `VUG_UPGRADE_EVERY` is set.
+    pub control_socket: bool,
+    /// Upgrade the backend before every N-th control command, at most `max` times per
+    /// frontend: `VUG_UPGRADE_EVERY=N` (and `VUG_UPGRADE_MAX`, default 4) run every case with
+    /// upgrades in the middle. Default: from those variables; `None` without them.
+    pub upgrade_every: Option<UpgradeSchedule>,
+}
+
+/// When a frontend upgrades its backend by itself ([`FrontendOptions::upgrade_every`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpgradeSchedule {
+    /// Before every `every`-th control command.
+    pub every: u64,
+    /// At most this many upgrades per frontend.
+    pub max: u32,
+}
+
+impl UpgradeSchedule {
+    /// `VUG_UPGRADE_EVERY` / `VUG_UPGRADE_MAX`.
+    pub fn from_env() -> Option<Self> {
+        let every: u64 = std::env::var("VUG_UPGRADE_EVERY")
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        let max = std::env::var("VUG_UPGRADE_MAX")
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(4);
+        (every > 0).then_some(Self { every, max })
+    }
+}
+
+/// One live upgrade of the backend.
+#[derive(Debug, Clone, Copy)]
+pub struct Upgraded {
+    /// The process that served before.
+    pub old_pid: u32,
+    /// The process that serves now.
+    pub new_pid: u32,
+    /// From starting the new process to the old one's exit.
+    pub took: Duration,
 }
 
 impl Default for FrontendOptions {
@@ -204,6 +247,8 @@ impl Default for FrontendOptions {
             indirect_descriptors: true,
             event_idx: true,
             display_channel: true,
+            control_socket: UpgradeSchedule::from_env().is_some(),
+            upgrade_every: UpgradeSchedule::from_env(),
         }
     }
 }
@@ -258,6 +303,12 @@ impl Connection {
             .get_mut(queue)
             .ok_or(Error::Queue(format!("no queue {queue}")))
     }
+}
+
+/// The driver's rings carried to a new connection ([`Frontend::reconnect_resuming`]).
+struct ResumedRings {
+    queues: Vec<SplitQueue>,
+    in_flight: Vec<HashMap<u16, InFlight>>,
 }
 
 /// A region as the backend was told about it (what QEMU keeps as its "shadow" regions).
@@ -345,6 +396,11 @@ impl MemoryTable {
     }
 }
 
+/// The control socket's name in the frontend's directory.
+const CONTROL_SOCKET: &str = "control.sock";
+/// How long a live upgrade may take before the frontend gives up on it.
+const UPGRADE_LIMIT: Duration = Duration::from_secs(30);
+
 /// A running backend and the frontend talking to it.
 pub struct Frontend {
     spec: BackendSpec,
@@ -357,6 +413,12 @@ pub struct Frontend {
     memtable_errors: Arc<Mutex<Vec<String>>>,
     /// Region generation the last memory-table update described.
     memtable_synced: Arc<std::sync::atomic::AtomicU64>,
+    /// The backend's stderr (one file description, shared by every process that serves).
+    log: Option<File>,
+    /// Control commands sent (for [`FrontendOptions::upgrade_every`]).
+    commands: u64,
+    /// Live upgrades done.
+    upgrades: Vec<Upgraded>,
 }
 
 impl Frontend {
@@ -373,8 +435,13 @@ impl Frontend {
             .map_err(Error::io("tempdir"))?;
         let socket = dir.path().join("backend.sock");
         let stderr = File::create(dir.path().join("backend.log")).map_err(Error::io("log"))?;
+        let log = stderr.try_clone().map_err(Error::io("log"))?;
         let mut cmd = Command::new(&spec.program);
         cmd.arg("--socket-path").arg(&socket);
+        if spec.peer == Peer::Ours && options.control_socket {
+            cmd.arg("--control-socket")
+                .arg(dir.path().join(CONTROL_SOCKET));
+        }
         if spec.peer == Peer::VhostDeviceGpu
             && !spec.args.iter().any(|a| a.starts_with("--gpu-mode"))
         {
@@ -391,7 +458,7 @@ impl Frontend {
             program: spec.program.display().to_string(),
             source,
         })?;
-        Self::connect_new(spec, options, dir, socket.to_owned(), Some(child))
+        Self::connect_new(spec, options, dir, socket.to_owned(), Some((child, log)))
     }
 
     /// A frontend with fresh guest RAM, connected to the backend listening on `socket`.
@@ -400,8 +467,9 @@ impl Frontend {
         options: FrontendOptions,
         dir: tempfile::TempDir,
         socket: PathBuf,
-        child: Option<Child>,
+        child: Option<(Child, File)>,
     ) -> Result<Self> {
+        let (child, log) = child.unzip();
         let ram = Arc::new(GuestRam::new(options.ram_size)?);
         let mut fe = Self {
             spec,
@@ -413,6 +481,9 @@ impl Frontend {
             conn: None,
             memtable_errors: Arc::new(Mutex::new(Vec::new())),
             memtable_synced: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+            log,
+            commands: 0,
+            upgrades: Vec::new(),
         };
         fe.connect()?;
         Ok(fe)
@@ -431,9 +502,14 @@ impl Frontend {
             .map_err(Error::io("tempdir"))?;
         let (ours, theirs) = UnixStream::pair().map_err(Error::io("socketpair"))?;
         let stderr = File::create(dir.path().join("backend.log")).map_err(Error::io("log"))?;
+        let log = stderr.try_clone().map_err(Error::io("log"))?;
         let mut cmd = Command::new(&spec.program);
-        cmd.arg(format!("--fd={CHILD_FD}"))
-            .args(&spec.args)
+        cmd.arg(format!("--fd={CHILD_FD}"));
+        if spec.peer == Peer::Ours && options.control_socket {
+            cmd.arg("--control-socket")
+                .arg(dir.path().join(CONTROL_SOCKET));
+        }
+        cmd.args(&spec.args)
             .stdin(Stdio::null())
             .stdout(stderr.try_clone().map_err(Error::io("log"))?)
             .stderr(stderr);
@@ -457,9 +533,93 @@ impl Frontend {
             conn: None,
             memtable_errors: Arc::new(Mutex::new(Vec::new())),
             memtable_synced: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+            log: Some(log),
+            commands: 0,
+            upgrades: Vec::new(),
         };
-        fe.handshake(ours)?;
+        fe.handshake(ours, None)?;
         Ok(fe)
+    }
+
+    /// Replaces the backend by a new process of the same program while this frontend goes
+    /// on as if nothing happened (live upgrade): starts `PROGRAM --upgrade-from CONTROL`
+    /// with the backend's stderr, and waits until the old process exited (the new one took
+    /// over). If the new process exits first, the upgrade failed and the old process goes on
+    /// serving: [`Error::Upgrade`] with the new process's exit status. Needs
+    /// [`FrontendOptions::control_socket`].
+    pub fn upgrade(&mut self) -> Result<Upgraded> {
+        self.upgrade_with(&[])
+    }
+
+    /// [`Frontend::upgrade`] with extra arguments for the new process.
+    pub fn upgrade_with(&mut self, extra: &[&str]) -> Result<Upgraded> {
+        if self.spec.peer != Peer::Ours || !self.options.control_socket {
+            return Err(Error::Unsupported(
+                "live upgrade (our backend with --control-socket)",
+            ));
+        }
+        let log = self.log.as_ref().ok_or(Error::Unsupported(
+            "live upgrade of a backend started elsewhere",
+        ))?;
+        let old_pid = self.backend_pid().ok_or(Error::Unsupported(
+            "live upgrade of a backend started elsewhere",
+        ))?;
+        let mut cmd = Command::new(&self.spec.program);
+        cmd.arg("--upgrade-from")
+            .arg(self.dir.path().join(CONTROL_SOCKET))
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(Error::io("log"))?)
+            .stderr(log.try_clone().map_err(Error::io("log"))?);
+        if std::env::var_os("RUST_LOG").is_none() {
+            cmd.env("RUST_LOG", "debug");
+        }
+        crate::child::inherit_only_stdio(&mut cmd);
+        let started = Instant::now();
+        let mut new = cmd.spawn().map_err(|source| Error::Spawn {
+            program: self.spec.program.display().to_string(),
+            source,
+        })?;
+        let deadline = started + UPGRADE_LIMIT;
+        loop {
+            let old = self.child.as_mut().map(|c| c.try_wait());
+            if let Some(Ok(Some(status))) = old {
+                let took = started.elapsed();
+                if !status.success() {
+                    let _ = new.kill();
+                    let _ = new.wait();
+                    return Err(Error::Upgrade(format!(
+                        "the old backend (pid {old_pid}) exited with {status}"
+                    )));
+                }
+                let upgraded = Upgraded {
+                    old_pid,
+                    new_pid: new.id(),
+                    took,
+                };
+                self.child = Some(new);
+                self.upgrades.push(upgraded);
+                return Ok(upgraded);
+            }
+            if let Ok(Some(status)) = new.try_wait() {
+                return Err(Error::Upgrade(format!(
+                    "the new backend exited with {status}; pid {old_pid} goes on serving"
+                )));
+            }
+            if Instant::now() > deadline {
+                let _ = new.kill();
+                let _ = new.wait();
+                return Err(Error::Upgrade(format!(
+                    "no handover within {UPGRADE_LIMIT:?} (new process killed)"
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// The live upgrades this frontend did.
+    pub fn upgrades(&self) -> &[Upgraded] {
+        &self.upgrades
     }
 
     /// Waits at most `limit` for the backend process to exit; its status, or `None` while
@@ -631,12 +791,12 @@ impl Frontend {
                 }
             }
         };
-        self.handshake(stream)
+        self.handshake(stream, None)
     }
 
     /// Negotiates and starts the device on a connected stream (what QEMU does when the
     /// device is created, then at the driver's DRIVER_OK).
-    fn handshake(&mut self, stream: UnixStream) -> Result<()> {
+    fn handshake(&mut self, stream: UnixStream, resume: Option<ResumedRings>) -> Result<()> {
         let raw = stream.try_clone().map_err(Error::io("clone socket"))?;
         let mut vu = VuFrontend::from_stream(stream, 2);
 
@@ -733,7 +893,10 @@ impl Frontend {
             config,
             memory,
         };
-        self.start_device(&mut conn)?;
+        match resume {
+            None => self.start_device(&mut conn)?,
+            Some(rings) => self.start_resumed(&mut conn, rings)?,
+        }
         self.conn = Some(conn);
         Ok(())
     }
@@ -817,7 +980,9 @@ impl Frontend {
 
     /// What QEMU does when the device starts: display socket (if `display_channel`), features,
     /// memory, vrings.
-    fn start_device(&self, conn: &mut Connection) -> Result<()> {
+    /// What every device start sends before the rings: a display channel, `SET_FEATURES`,
+    /// the memory table.
+    fn start_common(&self, conn: &mut Connection) -> Result<()> {
         if self.options.display_channel {
             let (display, theirs) = DisplayServer::start(self.options.display.clone())?;
             // The raw message bypasses the vhost crate's lock on the connection: hold the
@@ -848,6 +1013,12 @@ impl Frontend {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .update(&[self.ram.region_info()])?;
+        Ok(())
+    }
+
+    /// Starts the device with fresh rings at base 0 (a driver's DRIVER_OK).
+    fn start_device(&self, conn: &mut Connection) -> Result<()> {
+        self.start_common(conn)?;
         for q in conn.queues.drain(..) {
             q.release(&self.ram);
         }
@@ -881,6 +1052,43 @@ impl Frontend {
             conn.queues.push(q);
             conn.in_flight.push(HashMap::new());
         }
+        Ok(())
+    }
+
+    /// Starts the device on a new connection with the rings the driver already has (QEMU
+    /// after its backend came back): same addresses, each at the used index in guest memory.
+    fn start_resumed(&self, conn: &mut Connection, rings: ResumedRings) -> Result<()> {
+        self.start_common(conn)?;
+        let ResumedRings { queues, in_flight } = rings;
+        for (index, mut q) in queues.into_iter().enumerate() {
+            q.set_ring_features(
+                conn.acked_features & RING_F_INDIRECT_DESC != 0,
+                conn.acked_features & RING_F_EVENT_IDX != 0,
+            );
+            let base = q.device_used_idx(&self.ram)?;
+            conn.vu
+                .set_vring_num(index, q.size())
+                .map_err(Error::vhost("SET_VRING_NUM"))?;
+            conn.vu
+                .set_vring_addr(index, &q.vring_config(&self.ram)?)
+                .map_err(Error::vhost("SET_VRING_ADDR"))?;
+            conn.vu
+                .set_vring_base(index, base)
+                .map_err(Error::vhost("SET_VRING_BASE"))?;
+            conn.vu
+                .set_vring_call(index, q.call_fd())
+                .map_err(Error::vhost("SET_VRING_CALL"))?;
+            conn.vu
+                .set_vring_kick(index, q.kick_fd())
+                .map_err(Error::vhost("SET_VRING_KICK"))?;
+            if conn.acked_features & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() != 0 {
+                conn.vu
+                    .set_vring_enable(index, true)
+                    .map_err(Error::vhost("SET_VRING_ENABLE"))?;
+            }
+            conn.queues.push(q);
+        }
+        conn.in_flight = in_flight;
         Ok(())
     }
 
@@ -1098,6 +1306,32 @@ impl Frontend {
         self.connect()
     }
 
+    /// What QEMU does for a device whose backend went away and came back on a reconnecting
+    /// chardev (`reconnect-ms`; vhost-user-blk does it, QEMU 10's and 11.1's GPU devices do
+    /// not, DESIGN-lifecycle.md 1.3): the old connection is closed with the device started
+    /// and the guest running; on a new connection QEMU negotiates again, sends a new display
+    /// channel and memory table, and starts the rings the guest's driver still has (same
+    /// addresses) at the used index in guest memory, so chains the old backend took but never
+    /// completed are offered again. The driver's rings, chains in flight and buffers stay;
+    /// the frontend's blob mappings go with the old connection. Returns the bases sent.
+    pub fn reconnect_resuming(&mut self) -> Result<Vec<u16>> {
+        let mut conn = self
+            .conn
+            .take()
+            .ok_or(Error::Unsupported("a connected backend"))?;
+        let queues: Vec<SplitQueue> = conn.queues.drain(..).collect();
+        let in_flight: Vec<_> = conn.in_flight.drain(..).collect();
+        let mut bases = Vec::with_capacity(queues.len());
+        for q in &queues {
+            bases.push(q.device_used_idx(&self.ram)?);
+        }
+        drop(conn);
+        self.wait_for_socket()?;
+        let stream = UnixStream::connect(&self.socket).map_err(Error::io("reconnect"))?;
+        self.handshake(stream, Some(ResumedRings { queues, in_flight }))?;
+        Ok(bases)
+    }
+
     /// Puts a request (readable parts, each its own descriptor) and an optional
     /// `resp_len`-byte response buffer on `queue`, and kicks. Returns the head index.
     pub fn send(&mut self, queue: usize, parts: &[&[u8]], resp_len: usize) -> Result<u16> {
@@ -1192,6 +1426,14 @@ impl Frontend {
 
     /// Sends a control command split over several descriptors.
     pub fn ctrl_parts(&mut self, parts: &[&[u8]], resp_len: usize) -> Result<Resp> {
+        self.commands += 1;
+        if let Some(schedule) = self.options.upgrade_every {
+            if self.commands.is_multiple_of(schedule.every)
+                && self.upgrades.len() < schedule.max as usize
+            {
+                self.upgrade()?;
+            }
+        }
         self.send(CONTROL_QUEUE, parts, resp_len)?;
         let (_, bytes) = self.wait(CONTROL_QUEUE)?;
         Resp::parse(&bytes)

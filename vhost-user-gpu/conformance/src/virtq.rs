@@ -309,6 +309,14 @@ impl SplitQueue {
         self.kick.write(1).map_err(Error::io("kick eventfd"))
     }
 
+    /// The used index in guest memory (what QEMU resumes a ring at when its backend went
+    /// away: `virtio_queue_restore_last_avail_idx`).
+    pub fn device_used_idx(&self, ram: &GuestRam) -> Result<u16> {
+        Ok(self
+            .index_cell(ram, self.used_gpa + 2)?
+            .load(Ordering::Acquire))
+    }
+
     /// The used index the device published, when it is ahead of what was taken (nothing is
     /// consumed).
     pub fn peek_used(&self, ram: &GuestRam) -> Result<Option<u16>> {

@@ -19,6 +19,7 @@ mod sandbox;
 mod soak;
 mod stale;
 mod two_d;
+mod upgrade;
 
 pub use disconnect::{child_frontend_from_env, CHILD_SOCKET_ENV};
 
@@ -118,6 +119,7 @@ pub fn all() -> Vec<Case> {
     v.extend(soak::cases());
     v.extend(disconnect::cases());
     v.extend(lifecycle::cases());
+    v.extend(upgrade::cases());
     v
 }
 
