@@ -15,6 +15,7 @@ mod hostile;
 mod lifecycle;
 mod limits;
 mod queue;
+mod restart;
 mod sandbox;
 mod soak;
 mod stale;
@@ -120,6 +121,7 @@ pub fn all() -> Vec<Case> {
     v.extend(disconnect::cases());
     v.extend(lifecycle::cases());
     v.extend(upgrade::cases());
+    v.extend(restart::cases());
     v
 }
 
