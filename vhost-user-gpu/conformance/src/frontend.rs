@@ -219,6 +219,23 @@ impl UpgradeSchedule {
     }
 }
 
+/// A live upgrade under way ([`Frontend::begin_upgrade`]).
+pub struct PendingUpgrade {
+    new: Option<std::process::Child>,
+    old_pid: u32,
+    started: Instant,
+}
+
+impl Drop for PendingUpgrade {
+    fn drop(&mut self) {
+        // An upgrade abandoned half-way: the new process must not linger.
+        if let Some(mut new) = self.new.take() {
+            let _ = new.kill();
+            let _ = new.wait();
+        }
+    }
+}
+
 /// One live upgrade of the backend.
 #[derive(Debug, Clone, Copy)]
 pub struct Upgraded {
@@ -553,6 +570,18 @@ impl Frontend {
 
     /// [`Frontend::upgrade`] with extra arguments for the new process.
     pub fn upgrade_with(&mut self, extra: &[&str]) -> Result<Upgraded> {
+        let mut pending = self.begin_upgrade(extra)?;
+        loop {
+            if let Some(upgraded) = self.poll_upgrade(&mut pending)? {
+                return Ok(upgraded);
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Starts a live upgrade and returns at once: the frontend can go on sending commands
+    /// (the blackout benchmark does) and asks [`Frontend::poll_upgrade`] whether it is done.
+    pub fn begin_upgrade(&mut self, extra: &[&str]) -> Result<PendingUpgrade> {
         if self.spec.peer != Peer::Ours || !self.options.control_socket {
             return Err(Error::Unsupported(
                 "live upgrade (our backend with --control-socket)",
@@ -576,45 +605,64 @@ impl Frontend {
         }
         crate::child::inherit_only_stdio(&mut cmd);
         let started = Instant::now();
-        let mut new = cmd.spawn().map_err(|source| Error::Spawn {
+        let new = cmd.spawn().map_err(|source| Error::Spawn {
             program: self.spec.program.display().to_string(),
             source,
         })?;
-        let deadline = started + UPGRADE_LIMIT;
-        loop {
-            let old = self.child.as_mut().map(|c| c.try_wait());
-            if let Some(Ok(Some(status))) = old {
-                let took = started.elapsed();
-                if !status.success() {
-                    let _ = new.kill();
-                    let _ = new.wait();
-                    return Err(Error::Upgrade(format!(
-                        "the old backend (pid {old_pid}) exited with {status}"
-                    )));
-                }
-                let upgraded = Upgraded {
-                    old_pid,
-                    new_pid: new.id(),
-                    took,
-                };
-                self.child = Some(new);
-                self.upgrades.push(upgraded);
-                return Ok(upgraded);
-            }
-            if let Ok(Some(status)) = new.try_wait() {
-                return Err(Error::Upgrade(format!(
-                    "the new backend exited with {status}; pid {old_pid} goes on serving"
-                )));
-            }
-            if Instant::now() > deadline {
+        Ok(PendingUpgrade {
+            new: Some(new),
+            old_pid,
+            started,
+        })
+    }
+
+    /// Whether the upgrade `pending` finished: `Some` once the old process exited (the new
+    /// one serves), `None` while both run; an error when the new process exited first (the
+    /// old one goes on serving), the old one failed, or nothing happened within
+    /// [`UPGRADE_LIMIT`] (the new process is killed).
+    pub fn poll_upgrade(&mut self, pending: &mut PendingUpgrade) -> Result<Option<Upgraded>> {
+        let old_pid = pending.old_pid;
+        let Some(new) = pending.new.as_mut() else {
+            return Err(Error::Upgrade("this upgrade is over".into()));
+        };
+        let old = self.child.as_mut().map(|c| c.try_wait());
+        if let Some(Ok(Some(status))) = old {
+            let took = pending.started.elapsed();
+            let mut new = pending
+                .new
+                .take()
+                .ok_or(Error::Unsupported("a new process"))?;
+            if !status.success() {
                 let _ = new.kill();
                 let _ = new.wait();
                 return Err(Error::Upgrade(format!(
-                    "no handover within {UPGRADE_LIMIT:?} (new process killed)"
+                    "the old backend (pid {old_pid}) exited with {status}"
                 )));
             }
-            std::thread::sleep(Duration::from_millis(1));
+            let upgraded = Upgraded {
+                old_pid,
+                new_pid: new.id(),
+                took,
+            };
+            self.child = Some(new);
+            self.upgrades.push(upgraded);
+            return Ok(Some(upgraded));
         }
+        if let Ok(Some(status)) = new.try_wait() {
+            pending.new = None;
+            return Err(Error::Upgrade(format!(
+                "the new backend exited with {status}; pid {old_pid} goes on serving"
+            )));
+        }
+        if pending.started.elapsed() > UPGRADE_LIMIT {
+            let _ = new.kill();
+            let _ = new.wait();
+            pending.new = None;
+            return Err(Error::Upgrade(format!(
+                "no handover within {UPGRADE_LIMIT:?} (new process killed)"
+            )));
+        }
+        Ok(None)
     }
 
     /// The live upgrades this frontend did.
