@@ -145,7 +145,8 @@ fn display_undisturbed(fe: &Frontend) -> CaseResult {
 
 /// A 2D resource on scanout 0 and a cursor: after each of three upgrades a flush without a
 /// new transfer still shows the same pixels (they moved with the device), new pixels reach
-/// the display, the cursor moves, and the display channel saw nothing unexpected.
+/// the display, the cursor moves, and the display channel saw nothing unexpected. A device
+/// reset afterwards works and frees everything.
 fn keeps_2d_state(harness: &Harness) -> CaseResult {
     let mut fe = spawn(harness, &[])?;
     let (w, h) = (32, 16);
@@ -198,6 +199,16 @@ fn keeps_2d_state(harness: &Harness) -> CaseResult {
         &mut fe,
         "RESOURCE_CREATE_2D of an id that exists",
         gpu::resource_create_2d(1, gpu::format::B8G8R8A8_UNORM, w, h),
+        ty::ERR_INVALID_RESOURCE_ID,
+    )?;
+    // The restored negotiation gates messages as the frontend's did: a device reset
+    // (RESET_DEVICE with NEED_REPLY, new rings, a new display channel) works after upgrades.
+    fe.reset()
+        .map_err(|e| case_error(&fe, "device reset after the upgrades", e))?;
+    send_expecting(
+        &mut fe,
+        "RESOURCE_FLUSH after the reset",
+        gpu::resource_flush(1, Rect::sized(w, h)),
         ty::ERR_INVALID_RESOURCE_ID,
     )?;
     still_serving(&mut fe)
