@@ -16,7 +16,7 @@ use dmabuf_info::{Config as PolicyConfig, Platform};
 use vhost_user_gpu::advisor::DmabufInfoAdvisor;
 use vhost_user_gpu::alloc::{self, gbm, AllocatorKind};
 use vhost_user_gpu::device::Ports;
-use vhost_user_gpu::device::{DeviceConfig, GpuDevice};
+use vhost_user_gpu::device::{DeviceConfig, GpuDevice, FD_RESERVE};
 use vhost_user_gpu::display::{PngCapture, SharedSink};
 use vhost_user_gpu::protocol::MAX_SCANOUTS;
 use vhost_user_gpu::sandbox::SandboxPolicy;
@@ -271,7 +271,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
     };
 
     let listener = transport::open_listener(&source).map_err(|e| Runtime(e.to_string()))?;
-    raise_fd_limit();
+    let max_fds = guest_fd_limit(raise_fd_limit());
     if cli.sandbox {
         // Before any thread exists (Landlock applies to the calling thread and its future
         // children): the capture writer and the vhost-user threads start below.
@@ -303,6 +303,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         hostmem: cli.hostmem,
         max_resource_memory: cli.max_resource_memory,
         max_resources: cli.max_resources,
+        max_fds,
     };
     device_config.validate().map_err(|e| Usage(e.to_string()))?;
     let allocator = resolved.clone();
@@ -350,11 +351,9 @@ fn run(cli: Cli) -> Result<(), Failure> {
         .map_err(|e| Runtime(e.to_string()))
 }
 
-/// Raises the soft limit of open files to the hard limit: every HOST3D blob and exported
-/// GUEST blob holds an fd (up to `--max-resources`), and running out would also break
-/// receiving the frontend's memory tables. A guest that still reaches the limit gets
-/// ERR_OUT_OF_MEMORY for its allocations.
-fn raise_fd_limit() {
+/// Raises the soft limit of open files to the hard limit (every HOST3D blob and exported
+/// GUEST blob holds an fd) and returns the limit in effect (`None`: unlimited).
+fn raise_fd_limit() -> Option<u64> {
     use rustix::process::{getrlimit, setrlimit, Resource};
     let mut limit = getrlimit(Resource::Nofile);
     if limit.current < limit.maximum {
@@ -365,9 +364,33 @@ fn raise_fd_limit() {
                 "open file limit raised from {before:?} to {:?}",
                 limit.maximum
             ),
-            Err(e) => log::info!("open file limit stays {before:?}: {e}"),
+            Err(e) => {
+                log::info!("open file limit stays {before:?}: {e}");
+                return before;
+            }
         }
     }
+    limit.current
+}
+
+/// The fds a guest may make the device hold (`DeviceConfig::max_fds`): the open-file limit
+/// less [`FD_RESERVE`], so that a guest that uses up its share still leaves the process the
+/// fds of the frontend's memory regions and messages. Past it the guest's allocations get
+/// ERR_OUT_OF_MEMORY.
+fn guest_fd_limit(open_file_limit: Option<u64>) -> u64 {
+    let Some(limit) = open_file_limit else {
+        return u64::MAX;
+    };
+    let guest = limit.saturating_sub(FD_RESERVE);
+    if guest < 64 {
+        log::warn!(
+            "open file limit {limit}: only {guest} left for guest buffers after a reserve of \
+             {FD_RESERVE} (raise it with ulimit -n or LimitNOFILE=)"
+        );
+    } else {
+        log::debug!("open file limit {limit}: {guest} for guest buffers, {FD_RESERVE} reserved");
+    }
+    guest
 }
 
 /// What the confined backend still needs: the capture directory, `/dev/udmabuf` (udmabuf

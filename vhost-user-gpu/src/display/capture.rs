@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use crate::device::ports::{Cursor, DisplaySink, Frame};
 use crate::display::pixels;
+use crate::guest_log::guest_warn;
 use crate::protocol::Rect;
 
 /// The RGBA copy of one scanout.
@@ -125,6 +126,13 @@ impl Drop for PngCapture {
 }
 
 impl DisplaySink for PngCapture {
+    /// The RGBA copy of each scanout, the writer's snapshot of it, and while encoding the
+    /// PNG encoder's whole compressed stream (which can exceed the image a little for
+    /// incompressible pixels) and then its stored-only fallback: five copies at most.
+    fn frame_copies(&self) -> u32 {
+        5
+    }
+
     fn scanout(&mut self, scanout_id: u32, mode: Option<(u32, u32)>) {
         let mut state = self.shared.lock();
         match mode {
@@ -212,7 +220,7 @@ impl DisplaySink for PngCapture {
                 drop(state);
                 self.shared.wake.notify_all();
             }
-            Err(e) => log::warn!("capture: scanout {scanout_id}: {e}; frame not captured"),
+            Err(e) => guest_warn!("capture: scanout {scanout_id}: {e}; frame not captured"),
         }
     }
 
@@ -250,10 +258,22 @@ fn writer_loop(shared: &Shared, dir: &Path) {
                 let image = state.scanouts.get_mut(&id).expect("scanout found above");
                 image.dirty = false;
                 image.last_write = Some(now);
-                (image.width, image.height, image.rgba.clone())
+                // The snapshot the encoder works on (its size comes from the guest).
+                let mut rgba = Vec::new();
+                match rgba.try_reserve_exact(image.rgba.len()) {
+                    Ok(()) => rgba.extend_from_slice(&image.rgba),
+                    Err(_) => guest_warn!(
+                        "capture: scanout {id}: cannot allocate a {}-byte snapshot; frame not \
+                         written",
+                        image.rgba.len()
+                    ),
+                }
+                (image.width, image.height, rgba)
             };
             drop(state);
-            write_png(dir, id, width, height, &rgba);
+            if !rgba.is_empty() {
+                write_png(dir, id, width, height, &rgba);
+            }
             state = shared.lock();
             continue;
         }
@@ -294,7 +314,7 @@ fn write_png(dir: &Path, scanout_id: u32, width: u32, height: u32, rgba: &[u8]) 
         Ok(()) => log::debug!("capture: wrote {} ({width}x{height})", path.display()),
         Err(e) => {
             let _ = fs::remove_file(&tmp);
-            log::warn!("capture: cannot write {}: {e}", path.display());
+            guest_warn!("capture: cannot write {}: {e}", path.display());
         }
     }
 }

@@ -20,7 +20,6 @@
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, TryLockError};
-use std::time::{Duration, Instant};
 
 use vhost::vhost_user::message::{
     VhostUserProtocolFeatures, VhostUserShMemConfig, VhostUserVirtioFeatures,
@@ -38,6 +37,7 @@ use crate::device::ports::{DisplaySink, GuestMemory, RegionMapper};
 use crate::device::GpuDevice;
 use crate::display::fanout::SharedSink;
 use crate::display::{FanOut, QemuDisplay};
+use crate::guest_log::GUEST_LOG;
 use crate::protocol::{cmd, CONFIG_SIZE};
 use crate::queue_thread::QueueThreadScope;
 use crate::transport::chain::{self, DescriptorRef, WriteOutcome};
@@ -84,52 +84,6 @@ pub enum DeferredOp {
     SetDisplay(Box<dyn DisplaySink>),
 }
 
-/// Bounds the log lines a guest can cause with bad descriptors: at most
-/// [`GuestWarnings::PER_WINDOW`] per [`GuestWarnings::WINDOW`], then one line saying how many
-/// were dropped.
-struct GuestWarnings {
-    window_start: Instant,
-    logged: u32,
-    suppressed: u64,
-}
-
-impl GuestWarnings {
-    const WINDOW: Duration = Duration::from_secs(10);
-    const PER_WINDOW: u32 = 50;
-
-    fn new() -> Self {
-        GuestWarnings {
-            window_start: Instant::now(),
-            logged: 0,
-            suppressed: 0,
-        }
-    }
-
-    fn warn(&mut self, args: std::fmt::Arguments<'_>) {
-        let now = Instant::now();
-        if now.duration_since(self.window_start) >= Self::WINDOW {
-            if self.suppressed > 0 {
-                log::warn!(
-                    "{} more guest-caused queue warnings suppressed in the last {:?}",
-                    self.suppressed,
-                    Self::WINDOW
-                );
-            }
-            *self = GuestWarnings {
-                window_start: now,
-                logged: 0,
-                suppressed: 0,
-            };
-        }
-        if self.logged < Self::PER_WINDOW {
-            self.logged += 1;
-            log::warn!("{args}");
-        } else {
-            self.suppressed += 1;
-        }
-    }
-}
-
 /// How much of the deferred-op queue to apply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ApplyScope {
@@ -151,7 +105,6 @@ pub struct GpuBackend {
     channel: BackendChannel,
     settings: TransportSettings,
     event_idx: AtomicBool,
-    guest_warnings: Mutex<GuestWarnings>,
     /// QEMU's display channel, to ask it for the preferred modes (queue thread only: the
     /// reply comes from QEMU's main loop).
     display_channel: Mutex<Option<vhost::vhost_user::GpuBackend>>,
@@ -191,7 +144,6 @@ impl GpuBackend {
             channel,
             settings,
             event_idx: AtomicBool::new(false),
-            guest_warnings: Mutex::new(GuestWarnings::new()),
             display_channel: Mutex::new(None),
             exit,
             features,
@@ -299,18 +251,18 @@ impl GpuBackend {
                 .collect();
             let used = self.serve_chain(index, &mem, descriptors, &mut modes_asked);
             if let Err(e) = vring.add_used(head, used) {
-                log::warn!("queue {index}: add_used({head}) failed: {e}");
+                self.guest_warn(format_args!("queue {index}: add_used({head}) failed: {e}"));
             }
         }
         self.drain_deferred_after_release();
         match vring.needs_notification() {
             Ok(true) => {
                 if let Err(e) = vring.signal_used_queue() {
-                    log::warn!("queue {index}: cannot signal the guest: {e}");
+                    self.guest_warn(format_args!("queue {index}: cannot signal the guest: {e}"));
                 }
             }
             Ok(false) => {}
-            Err(e) => log::warn!("queue {index}: needs_notification: {e}"),
+            Err(e) => self.guest_warn(format_args!("queue {index}: needs_notification: {e}")),
         }
     }
 
@@ -353,7 +305,9 @@ impl GpuBackend {
             let response = match result {
                 Ok(response) => response,
                 Err(_) => {
-                    log::error!("device core panicked on a queue {index} command: device reset, command dropped");
+                    self.guest_warn(format_args!(
+                        "device core panicked on a queue {index} command: device reset, command dropped"
+                    ));
                     device.reset();
                     Vec::new()
                 }
@@ -408,8 +362,9 @@ impl GpuBackend {
         }
     }
 
+    /// A guest-caused warning, through the process's one limiter ([`crate::guest_log`]).
     fn guest_warn(&self, args: std::fmt::Arguments<'_>) {
-        lock(&self.guest_warnings).warn(args);
+        GUEST_LOG.log(module_path!(), log::Level::Warn, args);
     }
 
     /// Forgets the backend channel (the connection is gone).
@@ -795,22 +750,6 @@ mod tests {
         let mut device = backend.lock_device();
         backend.refresh_outputs_from_display(&mut device);
         assert_eq!(device.config().outputs, vec![(640, 480), (800, 600)]);
-    }
-
-    #[test]
-    fn guest_caused_warnings_are_bounded_per_window() {
-        let mut w = GuestWarnings::new();
-        for i in 0..GuestWarnings::PER_WINDOW + 7 {
-            w.warn(format_args!("bad chain {i}"));
-        }
-        assert_eq!(w.logged, GuestWarnings::PER_WINDOW);
-        assert_eq!(w.suppressed, 7);
-        // A new window starts over (and reports what was dropped).
-        if let Some(earlier) = w.window_start.checked_sub(GuestWarnings::WINDOW) {
-            w.window_start = earlier;
-            w.warn(format_args!("bad chain again"));
-            assert_eq!((w.logged, w.suppressed), (1, 0));
-        }
     }
 
     #[test]
