@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -82,9 +82,38 @@ pub struct BackendSpec {
     pub args: Vec<String>,
     /// Which implementation it is.
     pub peer: Peer,
+    /// Environment variables for the backend. Our binary runs with `RUST_LOG=debug` unless
+    /// `RUST_LOG` is set here or in the environment of the tests.
+    pub env: Vec<(String, String)>,
+    /// Resource limits set on the backend before it starts, soft and hard (`prlimit(1)`
+    /// names: `nofile`, `as`, ...): the backend is started through `prlimit`.
+    pub limits: Vec<(&'static str, u64)>,
 }
 
 impl BackendSpec {
+    /// `program`, which is `peer`, with no extra arguments, environment or limits.
+    pub fn new(program: impl Into<PathBuf>, peer: Peer) -> Self {
+        Self {
+            program: program.into(),
+            args: Vec::new(),
+            peer,
+            env: Vec::new(),
+            limits: Vec::new(),
+        }
+    }
+
+    /// Sets an environment variable of the backend.
+    pub fn with_env(mut self, name: &str, value: &str) -> Self {
+        self.env.push((name.to_string(), value.to_string()));
+        self
+    }
+
+    /// Starts the backend with resource limit `name` (a `prlimit(1)` name) set to `value`.
+    pub fn with_limit(mut self, name: &'static str, value: u64) -> Self {
+        self.limits.push((name, value));
+        self
+    }
+
     /// `VUG_BACKEND=/path` (+ `VUG_BACKEND_PEER=qemu|vhost-device-gpu|ours`) if set, else
     /// `ours` run from `default_program`. For our binary, `VUG_ALLOCATOR=NAME` (`memfd`,
     /// `udmabuf`, `gbm`, `auto`) adds `--allocator NAME`; without it the cases start it with
@@ -118,17 +147,9 @@ impl BackendSpec {
                     .ok()
                     .and_then(|s| Peer::parse(&s))
                     .unwrap_or_else(|| guess_peer(Path::new(&p)));
-                Self {
-                    program: p.into(),
-                    args: Vec::new(),
-                    peer,
-                }
+                Self::new(p, peer)
             }
-            None => Self {
-                program: default_program.into(),
-                args: Vec::new(),
-                peer: Peer::Ours,
-            },
+            None => Self::new(default_program, Peer::Ours),
         }
     }
 
@@ -372,7 +393,18 @@ impl Frontend {
             .map_err(Error::io("tempdir"))?;
         let socket = dir.path().join("backend.sock");
         let stderr = File::create(dir.path().join("backend.log")).map_err(Error::io("log"))?;
-        let mut cmd = Command::new(&spec.program);
+        let mut cmd = if spec.limits.is_empty() {
+            Command::new(&spec.program)
+        } else {
+            // prlimit(1) sets the limits on itself and then runs the backend in its place
+            // (same process), so they hold from the backend's first instruction.
+            let mut cmd = Command::new("prlimit");
+            for (name, value) in &spec.limits {
+                cmd.arg(format!("--{name}={value}:{value}"));
+            }
+            cmd.arg("--").arg(&spec.program);
+            cmd
+        };
         cmd.arg("--socket-path").arg(&socket);
         if spec.peer == Peer::VhostDeviceGpu
             && !spec.args.iter().any(|a| a.starts_with("--gpu-mode"))
@@ -386,6 +418,7 @@ impl Frontend {
         if spec.peer == Peer::Ours && std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "debug");
         }
+        cmd.envs(spec.env.iter().map(|(k, v)| (k, v)));
         let child = cmd.spawn().map_err(|source| Error::Spawn {
             program: spec.program.display().to_string(),
             source,
@@ -425,11 +458,7 @@ impl Frontend {
             .prefix("vug-conformance-attach")
             .tempdir()
             .map_err(Error::io("tempdir"))?;
-        let spec = BackendSpec {
-            program: PathBuf::from("(attached)"),
-            args: Vec::new(),
-            peer,
-        };
+        let spec = BackendSpec::new("(attached)", peer);
         Self::connect_new(spec, options, dir, socket.to_owned(), None)
     }
 
@@ -941,9 +970,34 @@ impl Frontend {
     /// the device wrote (empty without a response buffer).
     pub fn wait(&mut self, queue: usize) -> Result<(u16, Vec<u8>)> {
         let ram = self.ram.clone();
+        let waited = {
+            let Connection { queues, raw, .. } = self.conn_mut()?;
+            let q = queues
+                .get_mut(queue)
+                .ok_or(Error::Queue(format!("no queue {queue}")))?;
+            q.wait_used(&ram, HANG_GUARD, Some(raw.as_fd()))
+        };
+        let used = match waited {
+            // Name how it ended when the process is ours to ask.
+            Err(Error::BackendGone(q)) => {
+                let status = self.child.as_mut().and_then(|c| {
+                    // The process may still be exiting after closing its sockets.
+                    let deadline = Instant::now() + Duration::from_secs(1);
+                    loop {
+                        match c.try_wait() {
+                            Ok(Some(status)) => return Some(status),
+                            Ok(None) if Instant::now() < deadline => {
+                                std::thread::sleep(Duration::from_millis(5))
+                            }
+                            _ => return None,
+                        }
+                    }
+                });
+                return Err(status.map_or(Error::BackendGone(q), Error::BackendExited));
+            }
+            other => other?,
+        };
         let conn = self.conn_mut()?;
-        let q = conn.queue_mut(queue)?;
-        let used = q.wait_used(&ram, HANG_GUARD)?;
         let flight = conn.in_flight[queue]
             .remove(&used.head)
             .ok_or_else(|| Error::Queue(format!("used head {} not in flight", used.head)))?;

@@ -7,6 +7,7 @@ use std::time::Duration;
 use crate::frontend::{BackendSpec, Frontend, FrontendOptions, Peer};
 use crate::gpu::{self, Cmd, Resp};
 
+mod alloc;
 mod blob;
 mod cli;
 mod context;
@@ -35,6 +36,9 @@ pub enum Need {
     HostVisibleRegion,
     /// Flags of this project's binary (`--capture-dir`, `--policy-config`, ...).
     OurCommandLine,
+    /// A path that must exist on this host (a device node such as `/dev/udmabuf`); without
+    /// it the case is skipped whichever backend is under test.
+    HostPath(&'static str),
     /// All of these.
     All(Vec<Need>),
 }
@@ -114,6 +118,7 @@ pub fn all() -> Vec<Case> {
     v.extend(stale::cases());
     v.extend(sandbox::cases());
     v.extend(limits::cases());
+    v.extend(alloc::cases());
     v.extend(soak::cases());
     v.extend(disconnect::cases());
     v
