@@ -19,7 +19,7 @@ use vhost_user_gpu::device::Ports;
 use vhost_user_gpu::device::{DeviceConfig, GpuDevice, FD_RESERVE};
 use vhost_user_gpu::display::{PngCapture, SharedSink};
 use vhost_user_gpu::protocol::MAX_SCANOUTS;
-use vhost_user_gpu::sandbox::SandboxPolicy;
+use vhost_user_gpu::sandbox::{Landlock, SandboxError, SandboxPolicy};
 use vhost_user_gpu::transport::{self, DeviceFactory, SocketSource, TransportSettings};
 
 /// vhost-user virtio-gpu backend: 2D scanouts, blob resources mapped into the guest through
@@ -94,10 +94,12 @@ struct Cli {
     #[arg(long)]
     keep_listening: bool,
 
-    /// Confine the backend after start-up: a seccomp-bpf system call allowlist and, where
-    /// the kernel has it, Landlock file-system rules (see README-launch.md).
-    #[arg(long, value_name = "on|off", default_value = "on", value_parser = on_off_parser(), action = ArgAction::Set)]
-    sandbox: bool,
+    /// Confine the backend after start-up: a seccomp-bpf system call allowlist and Landlock
+    /// file-system rules (see README-launch.md). `on` refuses to start on a kernel without
+    /// Landlock; `seccomp-only` runs there with the system-call filter alone, which then lets
+    /// no file be created or written (no --capture-dir).
+    #[arg(long, value_name = "MODE", default_value = "on", value_parser = sandbox_parser(), action = ArgAction::Set)]
+    sandbox: SandboxMode,
 
     /// More log output (-v debug, -vv trace). RUST_LOG overrides.
     #[arg(short, long, action = ArgAction::Count)]
@@ -120,13 +122,32 @@ fn platform_parser() -> impl clap::builder::TypedValueParser<Value = Platform> {
     .try_map(|s| s.parse::<Platform>())
 }
 
-/// `--sandbox on|off`.
-fn on_off_parser() -> impl clap::builder::TypedValueParser<Value = bool> {
+/// What `--sandbox` asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SandboxMode {
+    /// seccomp-bpf and Landlock (Landlock required).
+    On,
+    /// seccomp-bpf alone, no file may be created or written.
+    SeccompOnly,
+    /// Not confined.
+    Off,
+}
+
+/// `--sandbox on|seccomp-only|off`.
+fn sandbox_parser() -> impl clap::builder::TypedValueParser<Value = SandboxMode> {
     PossibleValuesParser::new([
-        PossibleValue::new("on").help("confined (the default)"),
+        PossibleValue::new("on")
+            .help("seccomp allowlist and Landlock (the default; needs a kernel with Landlock)"),
+        PossibleValue::new("seccomp-only").help(
+            "seccomp allowlist alone, for kernels without Landlock: no file is created or written",
+        ),
         PossibleValue::new("off").help("not confined: for debugging only"),
     ])
-    .map(|s| s == "on")
+    .map(|s| match s.as_str() {
+        "on" => SandboxMode::On,
+        "seccomp-only" => SandboxMode::SeccompOnly,
+        _ => SandboxMode::Off,
+    })
 }
 
 /// Parses `4096`, `64K`, `256M`, `1G` (binary multiples; optional `iB`/`B`).
@@ -270,24 +291,41 @@ fn run(cli: Cli) -> Result<(), Failure> {
         }
     };
 
+    if cli.sandbox == SandboxMode::SeccompOnly && cli.capture_dir.is_some() {
+        return Err(Usage(
+            "--capture-dir writes files, which --sandbox seccomp-only does not allow (without \
+             Landlock nothing confines what is written); use --sandbox on on a kernel with \
+             Landlock"
+                .into(),
+        ));
+    }
     let listener = transport::open_listener(&source).map_err(|e| Runtime(e.to_string()))?;
     let max_fds = guest_fd_limit(raise_fd_limit());
-    if cli.sandbox {
-        // Before any thread exists (Landlock applies to the calling thread and its future
-        // children): the capture writer and the vhost-user threads start below.
-        let policy = sandbox_policy(&cli, &resolved);
-        let status = vhost_user_gpu::sandbox::confine(&policy).map_err(|e| {
-            Runtime(format!(
-                "{e} (start with --sandbox off to run without confinement)"
-            ))
-        })?;
-        log::info!(
-            "sandbox: seccomp allowlist of {} system calls on every thread; Landlock {}",
-            status.allowed_syscalls,
-            status.landlock
-        );
-    } else {
-        log::warn!("sandbox: off (--sandbox off): the backend is not confined");
+    match cli.sandbox {
+        SandboxMode::On | SandboxMode::SeccompOnly => {
+            // Before any thread exists (Landlock applies to the calling thread and its future
+            // children): the capture writer and the vhost-user threads start below.
+            let policy = sandbox_policy(&cli, &resolved);
+            let status = vhost_user_gpu::sandbox::confine(&policy).map_err(|e| match e {
+                SandboxError::LandlockUnavailable => Runtime(e.to_string()),
+                e => Runtime(format!(
+                    "{e} (start with --sandbox off to run without confinement)"
+                )),
+            })?;
+            log::info!(
+                "sandbox: seccomp allowlist of {} system calls on every thread; Landlock {}",
+                status.allowed_syscalls,
+                match cli.sandbox {
+                    SandboxMode::SeccompOnly =>
+                        "not used (--sandbox seccomp-only: no file may be created or written)"
+                            .to_string(),
+                    _ => status.landlock.to_string(),
+                }
+            );
+        }
+        SandboxMode::Off => {
+            log::warn!("sandbox: off (--sandbox off): the backend is not confined")
+        }
     }
 
     let capture = match &cli.capture_dir {
@@ -412,8 +450,13 @@ fn sandbox_policy(cli: &Cli, allocator: &alloc::Resolved) -> SandboxPolicy {
     }
     SandboxPolicy {
         write_dirs: cli.capture_dir.iter().cloned().collect(),
+        udmabuf: devices.iter().any(|d| d == udmabuf),
         devices,
         gbm,
+        landlock: match cli.sandbox {
+            SandboxMode::SeccompOnly => Landlock::Off,
+            _ => Landlock::Required,
+        },
     }
 }
 
@@ -490,16 +533,22 @@ mod tests {
         ])
         .is_err());
         let cli = Cli::try_parse_from(["vhost-user-gpu", "--socket-path", "/tmp/s"]).unwrap();
-        assert!(cli.sandbox, "the sandbox is on by default");
-        let cli = Cli::try_parse_from([
-            "vhost-user-gpu",
-            "--socket-path",
-            "/tmp/s",
-            "--sandbox",
-            "off",
-        ])
-        .unwrap();
-        assert!(!cli.sandbox);
+        assert_eq!(cli.sandbox, SandboxMode::On, "the sandbox is on by default");
+        for (value, mode) in [
+            ("off", SandboxMode::Off),
+            ("seccomp-only", SandboxMode::SeccompOnly),
+            ("on", SandboxMode::On),
+        ] {
+            let cli = Cli::try_parse_from([
+                "vhost-user-gpu",
+                "--socket-path",
+                "/tmp/s",
+                "--sandbox",
+                value,
+            ])
+            .unwrap();
+            assert_eq!(cli.sandbox, mode);
+        }
     }
 
     #[test]
@@ -531,6 +580,7 @@ mod tests {
         for text in [
             "on",
             "off",
+            "seccomp-only",
             "1-16",
             "WIDTHxHEIGHT",
             "K/M/G/T",

@@ -502,6 +502,23 @@ impl Frontend {
             .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
+    /// Disconnects and waits (up to `timeout`) for the backend to exit; its exit status, or
+    /// `None` if it is still running (or this frontend did not start it).
+    pub fn disconnect_and_wait(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        self.disconnect();
+        let child = self.child.as_mut()?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => return Some(status),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                _ => return None,
+            }
+        }
+    }
+
     /// Guest RAM.
     pub fn ram(&self) -> &GuestRam {
         &self.ram
@@ -840,6 +857,12 @@ impl Frontend {
     /// `RESET_DEVICE` if negotiated, make the whole host-visible region inaccessible, then
     /// start again with fresh rings and a new display socket.
     pub fn reset(&mut self) -> Result<()> {
+        // The memory-table update that follows a mapping change is sent from the backend
+        // request thread on this same socket: let it finish first (QEMU serializes both on
+        // its main loop), or its acknowledgement would meet the reset's messages.
+        if self.options.memtable_follows_mappings {
+            self.wait_memtable_synced()?;
+        }
         let mut conn = self
             .conn
             .take()
