@@ -126,11 +126,10 @@ impl Drop for PngCapture {
 }
 
 impl DisplaySink for PngCapture {
-    /// The RGBA copy of each scanout, the writer's snapshot of it, and while encoding the
-    /// PNG encoder's whole compressed stream (which can exceed the image a little for
-    /// incompressible pixels) and then its stored-only fallback: five copies at most.
+    /// The RGBA copy of each scanout and the writer's snapshot of it (the encoder streams
+    /// its output in chunks).
     fn frame_copies(&self) -> u32 {
-        5
+        2
     }
 
     fn scanout(&mut self, scanout_id: u32, mode: Option<(u32, u32)>) {
@@ -319,14 +318,23 @@ fn write_png(dir: &Path, scanout_id: u32, width: u32, height: u32, rgba: &[u8]) 
     }
 }
 
-/// Encodes an RGBA image as PNG into `out`.
+/// Bytes of compressed data the PNG encoder buffers before writing a chunk.
+const PNG_CHUNK: usize = 64 << 10;
+
+/// Encodes an RGBA image as PNG into `out`, streaming: the encoder holds its compressor
+/// state and one chunk, never the whole compressed image (`write_image_data` keeps the
+/// compressed stream, and for incompressible pixels a second, stored copy, in memory).
 pub fn encode_png<W: Write>(out: W, width: u32, height: u32, rgba: &[u8]) -> io::Result<()> {
     let mut encoder = png::Encoder::new(out, width, height);
     encoder.set_color(png::ColorType::Rgba);
     encoder.set_depth(png::BitDepth::Eight);
     encoder.set_compression(png::Compression::Fast);
     let mut writer = encoder.write_header().map_err(io::Error::other)?;
-    writer.write_image_data(rgba).map_err(io::Error::other)?;
+    let mut stream = writer
+        .stream_writer_with_size(PNG_CHUNK)
+        .map_err(io::Error::other)?;
+    stream.write_all(rgba)?;
+    stream.finish().map_err(io::Error::other)?;
     writer.finish().map_err(io::Error::other)
 }
 
