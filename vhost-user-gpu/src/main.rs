@@ -16,11 +16,11 @@ use clap::{ArgAction, CommandFactory as _, Parser};
 use dmabuf_info::{Config as PolicyConfig, Platform};
 use vhost_user_gpu::advisor::DmabufInfoAdvisor;
 use vhost_user_gpu::alloc::{self, gbm, AllocatorKind};
-use vhost_user_gpu::device::DeviceConfig;
 use vhost_user_gpu::device::Ports;
+use vhost_user_gpu::device::{DeviceConfig, FD_RESERVE};
 use vhost_user_gpu::display::{PngCapture, SharedSink};
 use vhost_user_gpu::protocol::MAX_SCANOUTS;
-use vhost_user_gpu::sandbox::SandboxPolicy;
+use vhost_user_gpu::sandbox::{Landlock, SandboxError, SandboxPolicy};
 use vhost_user_gpu::transport::upgrade::{self, ControlServer, Incoming};
 use vhost_user_gpu::transport::{
     self, DeviceFactory, ServeControl, SocketSource, Start, TransportSettings,
@@ -110,10 +110,12 @@ struct Cli {
     #[arg(long)]
     keep_listening: bool,
 
-    /// Confine the backend after start-up: a seccomp-bpf system call allowlist and, where
-    /// the kernel has it, Landlock file-system rules (see README-launch.md).
-    #[arg(long, value_name = "on|off", default_value = "on", value_parser = on_off_parser(), action = ArgAction::Set)]
-    sandbox: bool,
+    /// Confine the backend after start-up: a seccomp-bpf system call allowlist and Landlock
+    /// file-system rules (see README-launch.md). `on` refuses to start on a kernel without
+    /// Landlock; `seccomp-only` runs there with the system-call filter alone, which then lets
+    /// no file be created or written (no --capture-dir).
+    #[arg(long, value_name = "MODE", default_value = "on", value_parser = sandbox_parser(), action = ArgAction::Set)]
+    sandbox: SandboxMode,
 
     /// More log output (-v debug, -vv trace). RUST_LOG overrides.
     #[arg(short, long, action = ArgAction::Count)]
@@ -136,13 +138,32 @@ fn platform_parser() -> impl clap::builder::TypedValueParser<Value = Platform> {
     .try_map(|s| s.parse::<Platform>())
 }
 
-/// `--sandbox on|off`.
-fn on_off_parser() -> impl clap::builder::TypedValueParser<Value = bool> {
+/// What `--sandbox` asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SandboxMode {
+    /// seccomp-bpf and Landlock (Landlock required).
+    On,
+    /// seccomp-bpf alone, no file may be created or written.
+    SeccompOnly,
+    /// Not confined.
+    Off,
+}
+
+/// `--sandbox on|seccomp-only|off`.
+fn sandbox_parser() -> impl clap::builder::TypedValueParser<Value = SandboxMode> {
     PossibleValuesParser::new([
-        PossibleValue::new("on").help("confined (the default)"),
+        PossibleValue::new("on")
+            .help("seccomp allowlist and Landlock (the default; needs a kernel with Landlock)"),
+        PossibleValue::new("seccomp-only").help(
+            "seccomp allowlist alone, for kernels without Landlock: no file is created or written",
+        ),
         PossibleValue::new("off").help("not confined: for debugging only"),
     ])
-    .map(|s| s == "on")
+    .map(|s| match s.as_str() {
+        "on" => SandboxMode::On,
+        "seccomp-only" => SandboxMode::SeccompOnly,
+        _ => SandboxMode::Off,
+    })
 }
 
 /// Parses `4096`, `64K`, `256M`, `1G` (binary multiples; optional `iB`/`B`).
@@ -256,7 +277,8 @@ struct Prepared {
     device_config: DeviceConfig,
 }
 
-fn prepare(cli: &Cli) -> Result<Prepared, Failure> {
+/// `max_fds`: the fds a guest may make the device hold ([`guest_fd_limit`]).
+fn prepare(cli: &Cli, max_fds: u64) -> Result<Prepared, Failure> {
     use Failure::{Runtime, Usage};
     // --render-node is a GBM option: with auto it means gbm, with another allocator it is a
     // mistake.
@@ -285,11 +307,20 @@ fn prepare(cli: &Cli) -> Result<Prepared, Failure> {
         .map_err(|e| Runtime(format!("--allocator {allocator_wanted}: {e}")))?;
     drop(probe);
 
+    if cli.sandbox == SandboxMode::SeccompOnly && cli.capture_dir.is_some() {
+        return Err(Usage(
+            "--capture-dir writes files, which --sandbox seccomp-only does not allow (without \
+             Landlock nothing confines what is written); use --sandbox on on a kernel with \
+             Landlock"
+                .into(),
+        ));
+    }
     let device_config = DeviceConfig {
         outputs: vec![cli.resolution; cli.outputs as usize],
         hostmem: cli.hostmem,
         max_resource_memory: cli.max_resource_memory,
         max_resources: cli.max_resources,
+        max_fds,
     };
     device_config.validate().map_err(|e| Usage(e.to_string()))?;
     Ok(Prepared {
@@ -324,20 +355,25 @@ fn device_factory(prepared: &Prepared) -> Arc<DeviceFactory> {
 /// Applies the sandbox (before any thread of ours exists: Landlock applies to the calling
 /// thread and its future children).
 fn confine(cli: &Cli, resolved: &alloc::Resolved) -> Result<(), Failure> {
-    if !cli.sandbox {
+    if cli.sandbox == SandboxMode::Off {
         log::warn!("sandbox: off (--sandbox off): the backend is not confined");
         return Ok(());
     }
     let policy = sandbox_policy(cli, resolved);
-    let status = vhost_user_gpu::sandbox::confine(&policy).map_err(|e| {
-        Failure::Runtime(format!(
+    let status = vhost_user_gpu::sandbox::confine(&policy).map_err(|e| match e {
+        SandboxError::LandlockUnavailable => Failure::Runtime(e.to_string()),
+        e => Failure::Runtime(format!(
             "{e} (start with --sandbox off to run without confinement)"
-        ))
+        )),
     })?;
     log::info!(
         "sandbox: seccomp allowlist of {} system calls on every thread; Landlock {}",
         status.allowed_syscalls,
-        status.landlock
+        match cli.sandbox {
+            SandboxMode::SeccompOnly =>
+                "not used (--sandbox seccomp-only: no file may be created or written)".to_string(),
+            _ => status.landlock.to_string(),
+        }
     );
     Ok(())
 }
@@ -389,10 +425,12 @@ fn log_configuration(cli: &Cli, prepared: &Prepared) {
 
 fn run(cli: Cli) -> Result<(), Failure> {
     use Failure::{Runtime, Usage};
+    // First of all: an upgrade receives every fd the running backend holds.
+    let max_fds = guest_fd_limit(raise_fd_limit());
     if let Some(path) = &cli.upgrade_from {
-        return run_upgrade(path);
+        return run_upgrade(path, max_fds);
     }
-    let prepared = prepare(&cli)?;
+    let prepared = prepare(&cli, max_fds)?;
     let source = match (&cli.socket_path, cli.fd) {
         (Some(path), None) => SocketSource::Path(path.clone()),
         (None, Some(fd)) => SocketSource::Fd(fd),
@@ -412,7 +450,6 @@ fn run(cli: Cli) -> Result<(), Failure> {
             std::env::args().skip(1).collect(),
         )
     });
-    raise_fd_limit();
     // The capture writer and the vhost-user threads start after this.
     confine(&cli, &prepared.resolved)?;
 
@@ -455,7 +492,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
 /// `--upgrade-from PATH`: takes over the running backend's device (DESIGN-lifecycle.md 4).
 /// Until the old process commits, any failure is reported to it (it goes on serving) and
 /// makes this process exit non-zero.
-fn run_upgrade(path: &Path) -> Result<(), Failure> {
+fn run_upgrade(path: &Path, max_fds: u64) -> Result<(), Failure> {
     use Failure::Runtime;
     let started = std::time::Instant::now();
     let what =
@@ -467,7 +504,7 @@ fn run_upgrade(path: &Path) -> Result<(), Failure> {
         incoming.handover.from,
         incoming.handover.version
     );
-    match take_over(&mut incoming) {
+    match take_over(&mut incoming, max_fds) {
         Ok(run) => {
             log::info!(
                 "upgrade: serving in place of pid {} ({:.1} ms after start)",
@@ -488,13 +525,16 @@ fn run_upgrade(path: &Path) -> Result<(), Failure> {
 }
 
 /// Restores, confines and commits; returns the serve loop to run.
-fn take_over(incoming: &mut Incoming) -> Result<Box<dyn FnOnce() -> Result<(), Failure>>, Failure> {
+fn take_over(
+    incoming: &mut Incoming,
+    max_fds: u64,
+) -> Result<Box<dyn FnOnce() -> Result<(), Failure>>, Failure> {
     use Failure::Runtime;
     let args = incoming.handover.args.clone();
     let cli =
         Cli::try_parse_from(std::iter::once("vhost-user-gpu".to_string()).chain(args.clone()))
             .map_err(|e| Runtime(format!("the running backend's command line {args:?}: {e}")))?;
-    let prepared = prepare(&cli)?;
+    let prepared = prepare(&cli, max_fds)?;
     // The capture's writer thread may only start once this process is confined; until then
     // the restored device draws into nothing, and the capture is repainted when it starts.
     let capture = cli.capture_dir.as_ref().map(|_| SharedSink::later());
@@ -515,7 +555,6 @@ fn take_over(incoming: &mut Incoming) -> Result<Box<dyn FnOnce() -> Result<(), F
     let control = ServeControl::new().map_err(|e| Runtime(e.to_string()))?;
     let control_server =
         control_listener.map(|l| ControlServer::new(l, control.clone(), args.clone()));
-    raise_fd_limit();
     if let Some(stderr) = stderr {
         upgrade::log_where_it_logged(stderr).map_err(|e| Runtime(format!("stderr: {e}")))?;
     }
@@ -545,11 +584,9 @@ fn take_over(incoming: &mut Incoming) -> Result<Box<dyn FnOnce() -> Result<(), F
     }))
 }
 
-/// Raises the soft limit of open files to the hard limit: every HOST3D blob and exported
-/// GUEST blob holds an fd (up to `--max-resources`), and running out would also break
-/// receiving the frontend's memory tables. A guest that still reaches the limit gets
-/// ERR_OUT_OF_MEMORY for its allocations.
-fn raise_fd_limit() {
+/// Raises the soft limit of open files to the hard limit (every HOST3D blob and exported
+/// GUEST blob holds an fd) and returns the limit in effect (`None`: unlimited).
+fn raise_fd_limit() -> Option<u64> {
     use rustix::process::{getrlimit, setrlimit, Resource};
     let mut limit = getrlimit(Resource::Nofile);
     if limit.current < limit.maximum {
@@ -560,9 +597,33 @@ fn raise_fd_limit() {
                 "open file limit raised from {before:?} to {:?}",
                 limit.maximum
             ),
-            Err(e) => log::info!("open file limit stays {before:?}: {e}"),
+            Err(e) => {
+                log::info!("open file limit stays {before:?}: {e}");
+                return before;
+            }
         }
     }
+    limit.current
+}
+
+/// The fds a guest may make the device hold (`DeviceConfig::max_fds`): the open-file limit
+/// less [`FD_RESERVE`], so that a guest that uses up its share still leaves the process the
+/// fds of the frontend's memory regions and messages. Past it the guest's allocations get
+/// ERR_OUT_OF_MEMORY.
+fn guest_fd_limit(open_file_limit: Option<u64>) -> u64 {
+    let Some(limit) = open_file_limit else {
+        return u64::MAX;
+    };
+    let guest = limit.saturating_sub(FD_RESERVE);
+    if guest < 64 {
+        log::warn!(
+            "open file limit {limit}: only {guest} left for guest buffers after a reserve of \
+             {FD_RESERVE} (raise it with ulimit -n or LimitNOFILE=)"
+        );
+    } else {
+        log::debug!("open file limit {limit}: {guest} for guest buffers, {FD_RESERVE} reserved");
+    }
+    guest
 }
 
 /// What the confined backend still needs: the capture directory, `/dev/udmabuf` (udmabuf
@@ -584,8 +645,13 @@ fn sandbox_policy(cli: &Cli, allocator: &alloc::Resolved) -> SandboxPolicy {
     }
     SandboxPolicy {
         write_dirs: cli.capture_dir.iter().cloned().collect(),
+        udmabuf: devices.iter().any(|d| d == udmabuf),
         devices,
         gbm,
+        landlock: match cli.sandbox {
+            SandboxMode::SeccompOnly => Landlock::Off,
+            _ => Landlock::Required,
+        },
     }
 }
 
@@ -662,16 +728,22 @@ mod tests {
         ])
         .is_err());
         let cli = Cli::try_parse_from(["vhost-user-gpu", "--socket-path", "/tmp/s"]).unwrap();
-        assert!(cli.sandbox, "the sandbox is on by default");
-        let cli = Cli::try_parse_from([
-            "vhost-user-gpu",
-            "--socket-path",
-            "/tmp/s",
-            "--sandbox",
-            "off",
-        ])
-        .unwrap();
-        assert!(!cli.sandbox);
+        assert_eq!(cli.sandbox, SandboxMode::On, "the sandbox is on by default");
+        for (value, mode) in [
+            ("off", SandboxMode::Off),
+            ("seccomp-only", SandboxMode::SeccompOnly),
+            ("on", SandboxMode::On),
+        ] {
+            let cli = Cli::try_parse_from([
+                "vhost-user-gpu",
+                "--socket-path",
+                "/tmp/s",
+                "--sandbox",
+                value,
+            ])
+            .unwrap();
+            assert_eq!(cli.sandbox, mode);
+        }
     }
 
     #[test]
@@ -703,6 +775,7 @@ mod tests {
         for text in [
             "on",
             "off",
+            "seccomp-only",
             "1-16",
             "WIDTHxHEIGHT",
             "K/M/G/T",

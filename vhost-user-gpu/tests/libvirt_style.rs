@@ -83,9 +83,8 @@ fn ctrl(fe: &mut Frontend, what: &str, cmd: gpu::Cmd, want: u32) -> gpu::Resp {
 #[test]
 fn started_as_libvirt_does_it_serves_the_connected_socket_and_exits_when_it_closes() {
     let spec = BackendSpec {
-        program: BINARY.into(),
         args: libvirt_arguments(),
-        peer: Peer::Ours,
+        ..BackendSpec::new(BINARY, Peer::Ours)
     };
     let mut fe = Frontend::spawn_connected(spec, FrontendOptions::default())
         .expect("backend started on a connected socket pair");

@@ -83,9 +83,38 @@ pub struct BackendSpec {
     pub args: Vec<String>,
     /// Which implementation it is.
     pub peer: Peer,
+    /// Environment variables for the backend. Our binary runs with `RUST_LOG=debug` unless
+    /// `RUST_LOG` is set here or in the environment of the tests.
+    pub env: Vec<(String, String)>,
+    /// Resource limits set on the backend before it starts, soft and hard (`prlimit(1)`
+    /// names: `nofile`, `as`, ...): the backend is started through `prlimit`.
+    pub limits: Vec<(&'static str, u64)>,
 }
 
 impl BackendSpec {
+    /// `program`, which is `peer`, with no extra arguments, environment or limits.
+    pub fn new(program: impl Into<PathBuf>, peer: Peer) -> Self {
+        Self {
+            program: program.into(),
+            args: Vec::new(),
+            peer,
+            env: Vec::new(),
+            limits: Vec::new(),
+        }
+    }
+
+    /// Sets an environment variable of the backend.
+    pub fn with_env(mut self, name: &str, value: &str) -> Self {
+        self.env.push((name.to_string(), value.to_string()));
+        self
+    }
+
+    /// Starts the backend with resource limit `name` (a `prlimit(1)` name) set to `value`.
+    pub fn with_limit(mut self, name: &'static str, value: u64) -> Self {
+        self.limits.push((name, value));
+        self
+    }
+
     /// `VUG_BACKEND=/path` (+ `VUG_BACKEND_PEER=qemu|vhost-device-gpu|ours`) if set, else
     /// `ours` run from `default_program`. For our binary, `VUG_ALLOCATOR=NAME` (`memfd`,
     /// `udmabuf`, `gbm`, `auto`) adds `--allocator NAME`; without it the cases start it with
@@ -119,17 +148,9 @@ impl BackendSpec {
                     .ok()
                     .and_then(|s| Peer::parse(&s))
                     .unwrap_or_else(|| guess_peer(Path::new(&p)));
-                Self {
-                    program: p.into(),
-                    args: Vec::new(),
-                    peer,
-                }
+                Self::new(p, peer)
             }
-            None => Self {
-                program: default_program.into(),
-                args: Vec::new(),
-                peer: Peer::Ours,
-            },
+            None => Self::new(default_program, Peer::Ours),
         }
     }
 
@@ -453,7 +474,18 @@ impl Frontend {
         let socket = dir.path().join("backend.sock");
         let stderr = File::create(dir.path().join("backend.log")).map_err(Error::io("log"))?;
         let log = stderr.try_clone().map_err(Error::io("log"))?;
-        let mut cmd = Command::new(&spec.program);
+        let mut cmd = if spec.limits.is_empty() {
+            Command::new(&spec.program)
+        } else {
+            // prlimit(1) sets the limits on itself and then runs the backend in its place
+            // (same process), so they hold from the backend's first instruction.
+            let mut cmd = Command::new("prlimit");
+            for (name, value) in &spec.limits {
+                cmd.arg(format!("--{name}={value}:{value}"));
+            }
+            cmd.arg("--").arg(&spec.program);
+            cmd
+        };
         cmd.arg("--socket-path").arg(&socket);
         if spec.peer == Peer::Ours && options.control_socket {
             cmd.arg("--control-socket")
@@ -471,6 +503,7 @@ impl Frontend {
         if spec.peer == Peer::Ours && std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "debug");
         }
+        cmd.envs(spec.env.iter().map(|(k, v)| (k, v)));
         let child = cmd.spawn().map_err(|source| Error::Spawn {
             program: spec.program.display().to_string(),
             source,
@@ -694,11 +727,7 @@ impl Frontend {
             .prefix("vug-conformance-attach")
             .tempdir()
             .map_err(Error::io("tempdir"))?;
-        let spec = BackendSpec {
-            program: PathBuf::from("(attached)"),
-            args: Vec::new(),
-            peer,
-        };
+        let spec = BackendSpec::new("(attached)", peer);
         Self::connect_new(spec, options, dir, socket.to_owned(), None)
     }
 
@@ -740,6 +769,23 @@ impl Frontend {
         self.child
             .as_mut()
             .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Disconnects and waits (up to `timeout`) for the backend to exit; its exit status, or
+    /// `None` if it is still running (or this frontend did not start it).
+    pub fn disconnect_and_wait(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        self.disconnect();
+        let child = self.child.as_mut()?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => return Some(status),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                _ => return None,
+            }
+        }
     }
 
     /// Guest RAM.
@@ -1144,6 +1190,12 @@ impl Frontend {
     /// `RESET_DEVICE` if negotiated, make the whole host-visible region inaccessible, then
     /// start again with fresh rings and a new display socket.
     pub fn reset(&mut self) -> Result<()> {
+        // The memory-table update that follows a mapping change is sent from the backend
+        // request thread on this same socket: let it finish first (QEMU serializes both on
+        // its main loop), or its acknowledgement would meet the reset's messages.
+        if self.options.memtable_follows_mappings {
+            self.wait_memtable_synced()?;
+        }
         let mut conn = self
             .conn
             .take()
@@ -1450,9 +1502,34 @@ impl Frontend {
     /// the device wrote (empty without a response buffer).
     pub fn wait(&mut self, queue: usize) -> Result<(u16, Vec<u8>)> {
         let ram = self.ram.clone();
+        let waited = {
+            let Connection { queues, raw, .. } = self.conn_mut()?;
+            let q = queues
+                .get_mut(queue)
+                .ok_or(Error::Queue(format!("no queue {queue}")))?;
+            q.wait_used(&ram, HANG_GUARD, Some(raw.as_fd()))
+        };
+        let used = match waited {
+            // Name how it ended when the process is ours to ask.
+            Err(Error::BackendGone(q)) => {
+                let status = self.child.as_mut().and_then(|c| {
+                    // The process may still be exiting after closing its sockets.
+                    let deadline = Instant::now() + Duration::from_secs(1);
+                    loop {
+                        match c.try_wait() {
+                            Ok(Some(status)) => return Some(status),
+                            Ok(None) if Instant::now() < deadline => {
+                                std::thread::sleep(Duration::from_millis(5))
+                            }
+                            _ => return None,
+                        }
+                    }
+                });
+                return Err(status.map_or(Error::BackendGone(q), Error::BackendExited));
+            }
+            other => other?,
+        };
         let conn = self.conn_mut()?;
-        let q = conn.queue_mut(queue)?;
-        let used = q.wait_used(&ram, HANG_GUARD)?;
         let flight = conn.in_flight[queue]
             .remove(&used.head)
             .ok_or_else(|| Error::Queue(format!("used head {} not in flight", used.head)))?;

@@ -1,7 +1,7 @@
 //! The device's static configuration ([`DeviceConfig`]) and the limits derived from it.
 
 use super::budget::{Kind, Usage};
-use super::context::MAX_CONTEXTS;
+use super::context::{ATTACHMENTS_PER_RESOURCE, MAX_CONTEXTS};
 use super::ports::PAGE_SIZE;
 use crate::protocol::MAX_SCANOUTS;
 
@@ -17,7 +17,20 @@ pub struct DeviceConfig {
     pub max_resource_memory: u64,
     /// Most resources at once.
     pub max_resources: u32,
+    /// Most file descriptors the device holds for the guest at once (host buffers, exported
+    /// GUEST blobs). The binary sets it to its open-file limit less [`FD_RESERVE`], so that
+    /// a guest running out never leaves the process without fds for the frontend's memory
+    /// regions and messages.
+    pub max_fds: u64,
 }
+
+/// File descriptors the binary keeps out of the guest's reach ([`DeviceConfig::max_fds`]):
+/// one per memory region the frontend may send (vhost-user-backend takes up to 509 with
+/// `CONFIGURE_MEM_SLOTS`, and QEMU lists every mapped blob as a region), plus the process's
+/// own (standard streams, the listening and connection sockets, the backend and display
+/// channels, queue eventfds, epoll instances, `/dev/udmabuf`, the render node, capture
+/// files) and the short-lived ones of an allocation (the memfd behind a udmabuf).
+pub const FD_RESERVE: u64 = 509 + 64;
 
 impl Default for DeviceConfig {
     fn default() -> Self {
@@ -26,6 +39,7 @@ impl Default for DeviceConfig {
             hostmem: 256 << 20,
             max_resource_memory: 1 << 30,
             max_resources: 16384,
+            max_fds: 4096,
         }
     }
 }
@@ -53,6 +67,12 @@ pub enum ConfigError {
 
 /// Largest output side accepted.
 pub const MAX_OUTPUT_SIDE: u32 = 16384;
+/// Largest width or height of what a scanout shows (the rectangle of `SET_SCANOUT`, the
+/// image of `SET_SCANOUT_BLOB`): the largest output mode the device accepts. Larger ones
+/// are refused with `ERR_INVALID_PARAMETER`, so no display sink (nor the frontend's display
+/// behind it) is ever asked for more; within it, the copies a shown image costs are charged
+/// to `max_resource_memory`.
+pub const MAX_SCANOUT_SIDE: u32 = MAX_OUTPUT_SIDE;
 /// The output a configuration without outputs is repaired to (and the EDID fallback).
 pub const DEFAULT_OUTPUT: (u32, u32) = (1280, 800);
 
@@ -84,6 +104,11 @@ impl DeviceConfig {
         Usage::host_bytes(self.max_resource_memory)
             .with(Kind::Resources, u64::from(self.max_resources))
             .with(Kind::Contexts, MAX_CONTEXTS)
+            .with(Kind::Fds, self.max_fds)
+            .with(
+                Kind::Attachments,
+                ATTACHMENTS_PER_RESOURCE * u64::from(self.max_resources),
+            )
     }
 
     /// Repairs an invalid configuration (see [`DeviceConfig::validate`]): outputs limited to

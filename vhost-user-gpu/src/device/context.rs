@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use super::budget::Charge;
+use super::budget::{Charge, Exceeded, Kind, Usage};
 use super::reject::{reject, Reject};
 use super::resource::ImageInfo;
 use crate::device::ports::{BufferRequest, HostBuffer};
@@ -23,7 +23,11 @@ pub(crate) const MAX_PENDING_BUFFERS_PER_CONTEXT: usize = 8;
 /// context that has none gets ERR_OUT_OF_MEMORY.
 pub(crate) const MAX_REQUIREMENTS_TOTAL: usize = 16384;
 /// Most contexts at once (the contexts budget).
-pub(crate) const MAX_CONTEXTS: u64 = 1024;
+pub const MAX_CONTEXTS: u64 = 1024;
+/// Resource attachments all contexts together may hold, per resource of `max_resources`
+/// (the attachments budget): Linux attaches a resource to every context (DRM file) that
+/// uses it; without a cap 1024 contexts times every resource would be millions of entries.
+pub const ATTACHMENTS_PER_RESOURCE: u64 = 16;
 
 /// A buffer allocated for a requirement, with the host bytes it is charged, until a
 /// CREATE_BLOB claims it (dropping it releases both).
@@ -53,8 +57,9 @@ pub(crate) struct Context {
     /// file that makes resources when 3D is offered. It holds attached resources and GUEST
     /// blobs but has no renderer: every SUBMIT_3D in it is refused.
     pub cross_domain: bool,
-    /// Resources attached with CTX_ATTACH_RESOURCE (or created in this context).
-    pub resources: BTreeSet<u32>,
+    /// Resources attached with CTX_ATTACH_RESOURCE (or created in this context), each
+    /// charged one attachment.
+    attached: BTreeSet<u32>,
     /// The query ring resource, after CROSS_DOMAIN_CMD_INIT.
     pub query_ring: Option<u32>,
     /// Requirements by blob id.
@@ -63,8 +68,8 @@ pub(crate) struct Context {
     pending_order: VecDeque<u32>,
     /// Last blob id handed out (even numbers from 2, as rutabaga does).
     last_blob_id: u32,
-    /// The context's place in the contexts budget.
-    _charge: Charge,
+    /// The context's place in the contexts budget and its attachments.
+    charge: Charge,
 }
 
 impl Context {
@@ -73,22 +78,23 @@ impl Context {
         Context {
             debug_name,
             cross_domain,
-            resources: BTreeSet::new(),
+            attached: BTreeSet::new(),
             query_ring: None,
             requirements: BTreeMap::new(),
             pending_order: VecDeque::new(),
             last_blob_id: 0,
-            _charge: charge,
+            charge,
         }
     }
 
     /// A context as a previous process had it (live upgrade); `requirements` by blob id,
-    /// `pending_order` oldest first.
+    /// `pending_order` oldest first, `charge` its place in the contexts budget and one
+    /// attachment per resource in `attached`.
     #[allow(clippy::too_many_arguments)]
     pub fn restored(
         debug_name: String,
         cross_domain: bool,
-        resources: BTreeSet<u32>,
+        attached: BTreeSet<u32>,
         query_ring: Option<u32>,
         requirements: BTreeMap<u32, Requirement>,
         pending_order: VecDeque<u32>,
@@ -98,31 +104,69 @@ impl Context {
         Context {
             debug_name,
             cross_domain,
-            resources,
+            attached,
             query_ring,
             requirements,
             pending_order,
             last_blob_id,
-            _charge: charge,
+            charge,
         }
     }
 
-    /// Requirements by blob id, pending buffers oldest first, the last blob id handed out,
-    /// and what the context is charged (live upgrade).
+    /// Attached resources, requirements by blob id, pending buffers oldest first, the last
+    /// blob id handed out, and what the context is charged (live upgrade).
     pub fn parts(
         &self,
     ) -> (
+        &BTreeSet<u32>,
         &BTreeMap<u32, Requirement>,
         &VecDeque<u32>,
         u32,
-        super::budget::Usage,
+        Usage,
     ) {
         (
+            &self.attached,
             &self.requirements,
             &self.pending_order,
             self.last_blob_id,
-            self._charge.amount(),
+            self.charge.amount(),
         )
+    }
+
+    /// Attaches `resource_id`, charging one attachment unless it is attached already.
+    pub fn attach(&mut self, resource_id: u32) -> Result<(), Exceeded> {
+        if self.attached.contains(&resource_id) {
+            return Ok(());
+        }
+        self.charge.grow(Usage::of(Kind::Attachments, 1))?;
+        self.attached.insert(resource_id);
+        Ok(())
+    }
+
+    /// Attaches `resource_id` with an attachment charged beforehand (`charge`, one
+    /// attachment); a resource attached already gives it back.
+    pub fn attach_charged(&mut self, resource_id: u32, charge: Charge) {
+        if self.attached.insert(resource_id) {
+            self.charge.absorb(charge);
+        }
+    }
+
+    /// Whether `resource_id` is attached.
+    pub fn is_attached(&self, resource_id: u32) -> bool {
+        self.attached.contains(&resource_id)
+    }
+
+    /// Detaches `resource_id` (and drops it as the query ring); `false` if it was not
+    /// attached.
+    pub fn detach(&mut self, resource_id: u32) -> bool {
+        if self.query_ring == Some(resource_id) {
+            self.query_ring = None;
+        }
+        if !self.attached.remove(&resource_id) {
+            return false;
+        }
+        self.charge.shrink(Usage::of(Kind::Attachments, 1));
+        true
     }
 
     /// The next blob id, `None` when the id space is exhausted.
@@ -186,10 +230,7 @@ impl Context {
 
     /// Forgets `resource_id` (destroyed): detaches it, and drops it as the query ring.
     pub fn forget_resource(&mut self, resource_id: u32) {
-        self.resources.remove(&resource_id);
-        if self.query_ring == Some(resource_id) {
-            self.query_ring = None;
-        }
+        self.detach(resource_id);
     }
 }
 

@@ -4,8 +4,11 @@
 //! [`Snapshot::bulk`]) and referred to by index and offset. Taking and restoring it is in
 //! `device/commands/snapshot.rs` (it needs the device; state owners here must not).
 //!
-//! Charges are carried as amounts and charged again against the new device's budgets, so the
-//! accounting after a restore is exactly what it was. Guest backings are rebuilt from their
+//! Charges (every [`Kind`]: host bytes, resources, contexts, open files, context attachments;
+//! what resources, contexts, pending buffers, backings and shown scanouts hold) are carried as
+//! amounts and charged again against the new device's budgets, so the accounting after a
+//! restore is exactly what it was; a new process whose limits cannot take them (a lower
+//! open-file limit, say) refuses the state. Guest backings are rebuilt from their
 //! entries against the new process's view of guest memory (and checked again).
 
 use std::os::fd::OwnedFd;
@@ -46,11 +49,20 @@ pub enum RestoreError {
     Invalid(String),
 }
 
-/// What a charge holds, by [`Kind`] (in [`Kind::ALL`] order).
+/// What a charge holds, by [`Kind`] (in [`Kind::ALL`] order: host bytes, resources,
+/// contexts, open files, context attachments).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Amount(pub [u64; 3]);
+pub struct Amount(pub [u64; Kind::ALL.len()]);
 
 impl Amount {
+    /// How much of `kind` it holds.
+    pub fn get(self, kind: Kind) -> u64 {
+        self.0[Kind::ALL
+            .iter()
+            .position(|&k| k == kind)
+            .unwrap_or_default()]
+    }
+
     /// The amount of `usage`.
     pub(in crate::device) fn of(usage: Usage) -> Self {
         Amount(Kind::ALL.map(|k| usage.get(k)))
@@ -192,8 +204,8 @@ pub struct ContextState {
     pub debug_name: String,
     /// Cross-domain (capset 5) or the default context.
     pub cross_domain: bool,
-    /// Attached resources.
-    pub resources: Vec<u32>,
+    /// Attached resources (each charged one attachment in `charge`).
+    pub attached: Vec<u32>,
     /// The query ring resource.
     pub query_ring: Option<u32>,
     /// Requirements.
@@ -202,7 +214,7 @@ pub struct ContextState {
     pub pending_order: Vec<u32>,
     /// Last blob id handed out.
     pub last_blob_id: u32,
-    /// What the context is charged.
+    /// What the context is charged: its place in the contexts budget and its attachments.
     pub charge: Amount,
 }
 
@@ -218,6 +230,8 @@ pub struct ShownState {
     pub blob: Option<(u32, u32, u32, u32, u32, u32)>,
     /// Whether the sink took it as a dma-buf.
     pub dmabuf: bool,
+    /// What showing it is charged (the device's copy and the display sinks').
+    pub charge: Amount,
 }
 
 /// Everything a device holds.
@@ -244,8 +258,6 @@ pub struct DeviceState {
     pub contexts: Vec<ContextState>,
     /// Reserved ranges of the host-visible region.
     pub region: Vec<(u64, u64)>,
-    /// Rejected requests so far (log rate limiting goes on where it was).
-    pub rejects: u64,
 }
 
 /// A device's state with what it refers to.

@@ -12,7 +12,6 @@ use std::collections::VecDeque;
 use std::fs::File;
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
 
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost::vhost_user::GpuBackend;
@@ -108,57 +107,6 @@ pub struct Lifecycle {
     pub config_read_while_stopped: bool,
 }
 
-/// Bounds the log lines a guest can cause with bad descriptors: at most
-/// [`GuestWarnings::PER_WINDOW`] per [`GuestWarnings::WINDOW`], then one line saying how many
-/// were dropped.
-pub struct GuestWarnings {
-    window_start: Instant,
-    logged: u32,
-    suppressed: u64,
-}
-
-impl Default for GuestWarnings {
-    fn default() -> Self {
-        GuestWarnings {
-            window_start: Instant::now(),
-            logged: 0,
-            suppressed: 0,
-        }
-    }
-}
-
-impl GuestWarnings {
-    /// Length of a window.
-    pub const WINDOW: Duration = Duration::from_secs(10);
-    /// Lines logged per window.
-    pub const PER_WINDOW: u32 = 50;
-
-    /// Logs `args` unless the window's budget is spent.
-    pub fn warn(&mut self, args: std::fmt::Arguments<'_>) {
-        let now = Instant::now();
-        if now.duration_since(self.window_start) >= Self::WINDOW {
-            if self.suppressed > 0 {
-                log::warn!(
-                    "{} more guest-caused queue warnings suppressed in the last {:?}",
-                    self.suppressed,
-                    Self::WINDOW
-                );
-            }
-            *self = GuestWarnings {
-                window_start: now,
-                logged: 0,
-                suppressed: 0,
-            };
-        }
-        if self.logged < Self::PER_WINDOW {
-            self.logged += 1;
-            log::warn!("{args}");
-        } else {
-            self.suppressed += 1;
-        }
-    }
-}
-
 /// The shared state of one connection.
 pub struct Session {
     /// Transport settings.
@@ -197,8 +145,6 @@ pub struct Session {
     pub display_record: Mutex<Option<ChannelRecord>>,
     /// The frontend's error eventfds are kept here only to be handed on (never signalled).
     pub err_fds: Mutex<[Option<File>; NUM_QUEUES]>,
-    /// Rate limit of guest-caused warnings.
-    pub guest_warnings: Mutex<GuestWarnings>,
 }
 
 /// Locks `m`, recovering from poisoning (a panic elsewhere never makes state unreachable).
@@ -240,7 +186,6 @@ impl Session {
             display_channel_fd: Mutex::new(None),
             display_record: Mutex::new(None),
             err_fds: Mutex::new([None, None]),
-            guest_warnings: Mutex::new(GuestWarnings::default()),
         })
     }
 
@@ -266,31 +211,5 @@ impl Session {
     /// The ring `index`, if it exists.
     pub fn ring(&self, index: usize) -> Option<MutexGuard<'_, Vring>> {
         self.rings.get(index).map(lock)
-    }
-
-    /// Logs a guest-caused warning, rate-limited.
-    pub fn guest_warn(&self, args: std::fmt::Arguments<'_>) {
-        lock(&self.guest_warnings).warn(args);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn guest_caused_warnings_are_bounded_per_window() {
-        let mut w = GuestWarnings::default();
-        for i in 0..GuestWarnings::PER_WINDOW + 7 {
-            w.warn(format_args!("bad chain {i}"));
-        }
-        assert_eq!(w.logged, GuestWarnings::PER_WINDOW);
-        assert_eq!(w.suppressed, 7);
-        // A new window starts over (and reports what was dropped).
-        if let Some(earlier) = w.window_start.checked_sub(GuestWarnings::WINDOW) {
-            w.window_start = earlier;
-            w.warn(format_args!("bad chain again"));
-            assert_eq!((w.logged, w.suppressed), (1, 0));
-        }
     }
 }

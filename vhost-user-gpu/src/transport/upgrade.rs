@@ -52,10 +52,12 @@ use crate::transport::vring::{Vring, VringState};
 /// `format` of every handover document.
 pub const FORMAT: &str = "vhost-user-gpu-state";
 /// Version of the handover document this binary writes. It changes whenever the document
-/// changes in any way (a field added, removed or given another meaning).
-pub const STATE_VERSION: u32 = 1;
+/// changes in any way (a field added, removed or given another meaning). 2: charges of five
+/// kinds (open files and context attachments added), shown scanouts carry their charge, no
+/// reject count (the log limiter is the process's).
+pub const STATE_VERSION: u32 = 2;
 /// Versions this binary reads.
-pub const READS_VERSIONS: &[u32] = &[1];
+pub const READS_VERSIONS: &[u32] = &[2];
 
 /// Most fds in one frame (the kernel takes up to 253 per message).
 pub const FDS_PER_FRAME: usize = 250;

@@ -23,6 +23,7 @@ use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestAddress;
 
 use crate::device::ports::GuestMemory;
+use crate::guest_log::guest_warn;
 use crate::transport::chain::{self, DescriptorRef, WriteOutcome};
 
 /// Where the frontend put a ring, as guest-physical addresses.
@@ -212,7 +213,7 @@ impl Vring {
     ) -> (u32, WriteOutcome) {
         let (used, outcome) = chain::write_response(mem, writable, response);
         if let Err(e) = self.queue.add_used(mem, head, used) {
-            log::warn!("add_used({head}) failed: {e}");
+            guest_warn!("add_used({head}) failed: {e}");
         }
         (used, outcome)
     }
@@ -236,11 +237,11 @@ impl Vring {
         match self.queue.needs_notification(mem) {
             Ok(true) => {
                 if let Err(e) = self.try_signal() {
-                    log::warn!("cannot signal the guest: {e}");
+                    guest_warn!("cannot signal the guest: {e}");
                 }
             }
             Ok(false) => {}
-            Err(e) => log::warn!("needs_notification: {e}"),
+            Err(e) => guest_warn!("needs_notification: {e}"),
         }
     }
 
@@ -248,7 +249,7 @@ impl Vring {
     /// notification is harmless and a missing one hangs the driver).
     pub fn signal(&self) {
         if let Err(e) = self.try_signal() {
-            log::warn!("cannot signal the guest: {e}");
+            guest_warn!("cannot signal the guest: {e}");
         }
     }
 

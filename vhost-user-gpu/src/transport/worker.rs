@@ -23,6 +23,7 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use crate::device::ports::{GuestMemory, RegionMapper};
 use crate::device::GpuDevice;
 use crate::display::{FanOut, QemuDisplay};
+use crate::guest_log::guest_warn;
 use crate::queue_thread::QueueThreadScope;
 use crate::transport::chain::{self, DescriptorRef, WriteOutcome};
 use crate::transport::session::{
@@ -452,7 +453,8 @@ impl Worker {
                     if let Err(e) =
                         virtio_queue::QueueT::disable_notification(&mut ring.queue, &*mem)
                     {
-                        log::warn!("ring {index}: disable_notification: {e}");
+                        // The used ring's address comes from the guest's driver.
+                        guest_warn!("ring {index}: disable_notification: {e}");
                     }
                 }
                 match ring.pop(&mem) {
@@ -471,9 +473,7 @@ impl Worker {
                     }
                     Err(e) => {
                         drop(ring);
-                        self.session.guest_warn(format_args!(
-                            "ring {index}: cannot read the available ring: {e}"
-                        ));
+                        guest_warn!("ring {index}: cannot read the available ring: {e}");
                         None
                     }
                 }
@@ -503,9 +503,9 @@ impl Worker {
     ) {
         let (writable, response) = match chain::read_chain(mem, descriptors) {
             Ok(parsed) if index == CONTROL_QUEUE && parsed.writable.is_empty() => {
-                self.session.guest_warn(format_args!(
+                guest_warn!(
                     "control queue: chain without a writable part skipped (no room for the response)"
-                ));
+                );
                 (Vec::new(), Vec::new())
             }
             Ok(parsed) => {
@@ -513,8 +513,7 @@ impl Worker {
                 (parsed.writable, response)
             }
             Err(e) => {
-                self.session
-                    .guest_warn(format_args!("ring {index}: malformed chain skipped: {e}"));
+                guest_warn!("ring {index}: malformed chain skipped: {e}");
                 (Vec::new(), Vec::new())
             }
         };
@@ -543,15 +542,15 @@ impl Worker {
         drop(ring);
         match outcome {
             WriteOutcome::Complete => {}
-            WriteOutcome::ErrorHeaderOnly => self.session.guest_warn(format_args!(
+            WriteOutcome::ErrorHeaderOnly => guest_warn!(
                 "ring {index}: {}-byte response does not fit {capacity} writable bytes; sent ERR_UNSPEC",
                 response.len()
-            )),
+            ),
             WriteOutcome::Nothing if index == CURSOR_QUEUE || response.is_empty() => {}
-            WriteOutcome::Nothing => self.session.guest_warn(format_args!(
+            WriteOutcome::Nothing => guest_warn!(
                 "ring {index}: {}-byte response does not fit {capacity} writable bytes; nothing written",
                 response.len()
-            )),
+            ),
         }
     }
 
@@ -574,7 +573,8 @@ impl Worker {
         let response = match result {
             Ok(response) => response,
             Err(_) => {
-                log::error!(
+                // A guest that found a way to make the core panic can repeat it at will.
+                guest_warn!(
                     "device core panicked on a ring {index} command: command dropped, device reset"
                 );
                 self.reset_device("panic in the device core");

@@ -7,12 +7,15 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::os::fd::{AsFd, OwnedFd};
 
 use crate::device::backing::Backing;
+use crate::device::budget::Kind;
 use crate::device::context::{Context, Pending, Requirement};
 use crate::device::ports::{BufferRequest, GuestMemory, HostBuffer, PlaneLayout};
 use crate::device::resource::{
     AttachedBacking, HostBlob, Image2d, ImageInfo, Resource, ResourceKind,
 };
-use crate::device::scanout::{BlobView, CursorState, Scanout, Scanouts, Shown};
+use crate::device::scanout::{
+    BlobView, CursorState, FrameMemory, Scanout, Scanouts, Shown, ShownView,
+};
 use crate::device::snapshot::{
     Amount, BufferState, BulkRef, BulkSource, ContextState, DeviceState, RequestState,
     RequirementState, ResourceKindState, ResourceState, RestoreError, ShownState, Snapshot,
@@ -164,7 +167,7 @@ impl GpuDevice {
         }
         let mut contexts = Vec::with_capacity(self.contexts.len());
         for (id, c) in self.contexts.iter() {
-            let (requirements, pending_order, last_blob_id, charge) = c.parts();
+            let (attached, requirements, pending_order, last_blob_id, charge) = c.parts();
             let mut reqs = Vec::with_capacity(requirements.len());
             for (&blob_id, q) in requirements {
                 let pending = match &q.pending {
@@ -186,7 +189,7 @@ impl GpuDevice {
                 id,
                 debug_name: c.debug_name.clone(),
                 cross_domain: c.cross_domain,
-                resources: c.resources.iter().copied().collect(),
+                attached: attached.iter().copied().collect(),
                 query_ring: c.query_ring,
                 requirements: reqs,
                 pending_order: pending_order.iter().copied().collect(),
@@ -198,21 +201,26 @@ impl GpuDevice {
         let mut shown = Vec::new();
         for (_, s) in self.scanouts.iter() {
             modes.push(s.mode);
-            shown.push(s.shown.as_ref().map(|v| ShownState {
-                resource_id: v.resource_id,
-                rect: (v.rect.x, v.rect.y, v.rect.width, v.rect.height),
-                blob: v.blob.map(|b| {
-                    (
-                        b.width,
-                        b.height,
-                        b.format,
-                        b.drm_format,
-                        b.stride,
-                        b.offset,
-                    )
-                }),
-                dmabuf: v.dmabuf,
-            }));
+            shown.push(
+                s.shown
+                    .as_ref()
+                    .map(|Shown { view: v, memory }| ShownState {
+                        resource_id: v.resource_id,
+                        rect: (v.rect.x, v.rect.y, v.rect.width, v.rect.height),
+                        blob: v.blob.map(|b| {
+                            (
+                                b.width,
+                                b.height,
+                                b.format,
+                                b.drm_format,
+                                b.stride,
+                                b.offset,
+                            )
+                        }),
+                        dmabuf: v.dmabuf,
+                        charge: Amount::of(memory.charge.amount()),
+                    }),
+            );
         }
         let c = self.scanouts.cursor;
         Ok(Snapshot {
@@ -227,7 +235,6 @@ impl GpuDevice {
                 resources,
                 contexts,
                 region: self.region.ranges().collect(),
-                rejects: self.rejects,
             },
             fds,
             bulk,
@@ -260,7 +267,6 @@ impl GpuDevice {
         device.acked_features = state.acked_features & crate::device::OFFERED_FEATURES;
         device.shmem_available = state.shmem_available;
         device.events_read = state.events_read;
-        device.rejects = state.rejects;
         if state.outputs.len() != device.config.outputs.len()
             || state.modes.len() != device.config.outputs.len()
             || state.shown.len() != device.config.outputs.len()
@@ -393,12 +399,21 @@ impl GpuDevice {
                     c.id
                 )));
             }
+            let attached: BTreeSet<u32> = c.attached.iter().copied().collect();
+            if c.charge.usage().get(Kind::Attachments) != attached.len() as u64 {
+                return Err(RestoreError::Invalid(format!(
+                    "ctx_id {}: {} attachments charged for {} attached resources",
+                    c.id,
+                    c.charge.usage().get(Kind::Attachments),
+                    attached.len()
+                )));
+            }
             device.contexts.insert(
                 c.id,
                 Context::restored(
                     c.debug_name.clone(),
                     c.cross_domain,
-                    c.resources.iter().copied().collect::<BTreeSet<u32>>(),
+                    attached,
                     c.query_ring,
                     requirements,
                     c.pending_order.iter().copied().collect::<VecDeque<u32>>(),
@@ -407,32 +422,38 @@ impl GpuDevice {
                 ),
             );
         }
-        let outputs = state
-            .modes
-            .iter()
-            .zip(&state.shown)
-            .map(|(&mode, shown)| Scanout {
-                mode,
-                shown: shown.as_ref().map(|v| Shown {
-                    resource_id: v.resource_id,
-                    rect: Rect {
-                        x: v.rect.0,
-                        y: v.rect.1,
-                        width: v.rect.2,
-                        height: v.rect.3,
+        let mut outputs = Vec::with_capacity(state.modes.len());
+        for (id, (&mode, shown)) in state.modes.iter().zip(&state.shown).enumerate() {
+            let shown = match shown {
+                Some(v) => Some(Shown {
+                    view: ShownView {
+                        resource_id: v.resource_id,
+                        rect: Rect {
+                            x: v.rect.0,
+                            y: v.rect.1,
+                            width: v.rect.2,
+                            height: v.rect.3,
+                        },
+                        blob: v.blob.map(|b| BlobView {
+                            width: b.0,
+                            height: b.1,
+                            format: b.2,
+                            drm_format: b.3,
+                            stride: b.4,
+                            offset: b.5,
+                        }),
+                        dmabuf: v.dmabuf,
                     },
-                    blob: v.blob.map(|b| BlobView {
-                        width: b.0,
-                        height: b.1,
-                        format: b.2,
-                        drm_format: b.3,
-                        stride: b.4,
-                        offset: b.5,
-                    }),
-                    dmabuf: v.dmabuf,
+                    // The copy is made again at the next flush, within what is charged.
+                    memory: FrameMemory {
+                        scratch: Vec::new(),
+                        charge: charge(v.charge, &format!("scanout {id}"))?,
+                    },
                 }),
-            })
-            .collect();
+                None => None,
+            };
+            outputs.push(Scanout { mode, shown });
+        }
         let (resource_id, scanout_id, x, y) = state.cursor;
         device.scanouts = Scanouts::restored(
             outputs,
