@@ -21,7 +21,7 @@ use vhost_user_gpu::device::{DeviceConfig, FD_RESERVE};
 use vhost_user_gpu::display::{PngCapture, SharedSink};
 use vhost_user_gpu::protocol::MAX_SCANOUTS;
 use vhost_user_gpu::sandbox::{Landlock, SandboxError, SandboxPolicy};
-use vhost_user_gpu::transport::upgrade::{self, ControlServer, Incoming};
+use vhost_user_gpu::transport::upgrade::{self, ControlServer, Incoming, Restored};
 use vhost_user_gpu::transport::{
     self, DeviceFactory, ServeControl, SocketSource, Start, TransportSettings,
 };
@@ -524,6 +524,26 @@ fn run_upgrade(path: &Path, max_fds: u64) -> Result<(), Failure> {
     }
 }
 
+/// A restored device until this process takes over. Dropped before that (a later step
+/// failed and the previous process goes on serving), it is discarded without a word to the
+/// display channel the previous process still serves.
+struct Uncommitted(Option<Restored>);
+
+impl Uncommitted {
+    /// This process serves now: the restored device is its own.
+    fn take_over(mut self) -> Option<Restored> {
+        self.0.take()
+    }
+}
+
+impl Drop for Uncommitted {
+    fn drop(&mut self) {
+        if let Some(restored) = self.0.take() {
+            restored.discard();
+        }
+    }
+}
+
 /// Restores, confines and commits; returns the serve loop to run.
 fn take_over(
     incoming: &mut Incoming,
@@ -543,9 +563,11 @@ fn take_over(
         capture: capture.clone(),
     };
     let factory = device_factory(&prepared);
-    let restored = incoming
-        .restore(&settings, &*factory)
-        .map_err(|e| Runtime(e.to_string()))?;
+    let restored = Uncommitted(
+        incoming
+            .restore(&settings, &*factory)
+            .map_err(|e| Runtime(e.to_string()))?,
+    );
     let fd = |incoming: &mut Incoming, index| {
         incoming.take_opt(index).map_err(|e| Runtime(e.to_string()))
     };
@@ -563,6 +585,7 @@ fn take_over(
         shared.install(start_capture(dir)?);
     }
     incoming.commit().map_err(|e| Runtime(e.to_string()))?;
+    let restored = restored.take_over();
     log_configuration(&cli, &prepared);
     Ok(Box::new(move || {
         if let Some(server) = control_server {

@@ -2312,6 +2312,51 @@ fn restore_refuses_a_state_for_another_device() {
     assert!(err.to_string().contains("attachments charged"), "{err}");
 }
 
+/// A restored device that its process does not take over (the live upgrade rolls back) is
+/// discarded without a word to its display sink, which writes to the channel the previous
+/// process still serves; dropped like any device, it turns its scanouts off.
+#[test]
+fn a_discarded_restored_device_tells_the_display_nothing() {
+    let mut h = Harness::new();
+    let (w, hgt) = (16u32, 8u32);
+    h.create_2d(1, w, hgt);
+    h.ok(GpuCommand::SetScanout {
+        rect: rect(0, 0, w, hgt),
+        scanout_id: 0,
+        resource_id: 1,
+    });
+    let snap = h.dev.snapshot().unwrap();
+    let restore = |shown: &Arc<Mutex<Vec<Shown>>>| {
+        GpuDevice::restore(
+            h.dev.config().clone(),
+            Ports {
+                allocator: Box::new(MemfdAllocator::new()),
+                mapper: Box::new(FrontendMapper(h.region.clone())),
+                display: Box::new(RecordingDisplay(shown.clone())),
+                advisor: Box::new(FixedAdvisor::allow(MAP_CACHE_WC)),
+                exporter: None,
+            },
+            &snap.state,
+            &h.mem,
+            &mut Vec::new(),
+            &snap.bulk,
+        )
+        .unwrap()
+    };
+    let shown = Arc::new(Mutex::new(Vec::new()));
+    let restored = restore(&shown);
+    assert_eq!(restored.resource_memory(), h.dev.resource_memory());
+    restored.discard();
+    assert!(shown.lock().unwrap().is_empty(), "{:?}", shown.lock());
+    let dropped = restore(&shown);
+    drop(dropped);
+    assert!(
+        matches!(shown.lock().unwrap()[..], [Shown::Scanout(0, None)]),
+        "{:?}",
+        shown.lock()
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // What showing, exporting and attaching cost the guest's budget.
 

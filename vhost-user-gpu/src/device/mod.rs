@@ -188,6 +188,14 @@ impl Drop for GpuDevice {
 }
 
 impl GpuDevice {
+    /// Drops the device without telling its display sink anything: a device restored by a
+    /// new process that then does not take over (live upgrade), whose display sink writes
+    /// to the display channel the previous process goes on serving. Its charges are
+    /// released as with any drop.
+    pub fn discard(mut self) {
+        self.scanouts.stop_all();
+    }
+
     /// A device with `config` and `ports`. An invalid `config` (see
     /// [`DeviceConfig::validate`]) is repaired with a warning: outputs are limited to 16
     /// (at least one, 1280x800), sizes clamped to `1..=16384`, the region rounded down to

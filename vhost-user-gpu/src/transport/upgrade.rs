@@ -803,6 +803,15 @@ pub struct Restored {
     pub connection: Connection,
 }
 
+impl Restored {
+    /// Drops what was restored without a word to the display channel, which the previous
+    /// process goes on serving (this process did not take over: see
+    /// [`GpuDevice::discard`]).
+    pub fn discard(self) {
+        self.device.discard();
+    }
+}
+
 impl Incoming {
     /// Takes fd `index` (each only once).
     pub fn take(&mut self, index: usize) -> Result<OwnedFd, UpgradeError> {

@@ -422,6 +422,15 @@ impl GpuDevice {
                 ),
             );
         }
+        for &(offset, len) in &state.region {
+            device
+                .region
+                .allocate_at(offset, len)
+                .map_err(|e| RestoreError::Invalid(format!("region range: {e}")))?;
+        }
+        // The scanouts last: a device that fails to restore is dropped before it shows
+        // anything, so its drop tells the display sink nothing (the previous process still
+        // serves that display).
         let mut outputs = Vec::with_capacity(state.modes.len());
         for (id, (&mode, shown)) in state.modes.iter().zip(&state.shown).enumerate() {
             let shown = match shown {
@@ -464,12 +473,6 @@ impl GpuDevice {
                 y,
             },
         );
-        for &(offset, len) in &state.region {
-            device
-                .region
-                .allocate_at(offset, len)
-                .map_err(|e| RestoreError::Invalid(format!("region range: {e}")))?;
-        }
         Ok(device)
     }
 }
