@@ -59,7 +59,8 @@ use crate::protocol::{
 pub use backing::BackingError;
 use budget::{Budget, Kind, Usage};
 pub use config::{
-    ConfigError, DeviceConfig, DEFAULT_OUTPUT, FD_RESERVE, MAX_OUTPUT_SIDE, MAX_SCANOUT_SIDE,
+    ConfigError, DeviceConfig, DEFAULT_OUTPUT, FD_RESERVE, MAX_MEMORY_REGIONS, MAX_OUTPUT_SIDE,
+    MAX_SCANOUT_SIDE,
 };
 use context::ContextTable;
 pub use context::{ATTACHMENTS_PER_RESOURCE, MAX_CONTEXTS};

@@ -18,9 +18,9 @@ use vm_memory::{
 
 use crate::device::ports::GuestMemory;
 
-/// Most regions the backend accepts (`GET_MAX_MEM_SLOTS`); QEMU asks for the number and
-/// never uses more than its own limit (509 on x86).
-pub const MAX_MEM_SLOTS: u64 = 509;
+/// Most regions the backend accepts (`GET_MAX_MEM_SLOTS`): the number the device's fd
+/// reserve is sized for ([`crate::device::FD_RESERVE`]).
+pub const MAX_MEM_SLOTS: u64 = crate::device::MAX_MEMORY_REGIONS;
 
 /// One region as the frontend described it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
