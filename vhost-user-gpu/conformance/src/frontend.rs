@@ -115,6 +115,29 @@ impl BackendSpec {
         self
     }
 
+    /// The command that starts this backend (its arguments follow): through `prlimit` when
+    /// limits are set, with its environment; our binary logs at debug level unless
+    /// `RUST_LOG` says otherwise.
+    fn command(&self) -> Command {
+        let mut cmd = if self.limits.is_empty() {
+            Command::new(&self.program)
+        } else {
+            // prlimit(1) sets the limits on itself and then runs the backend in its place
+            // (same process), so they hold from the backend's first instruction.
+            let mut cmd = Command::new("prlimit");
+            for (name, value) in &self.limits {
+                cmd.arg(format!("--{name}={value}:{value}"));
+            }
+            cmd.arg("--").arg(&self.program);
+            cmd
+        };
+        if self.peer == Peer::Ours && std::env::var_os("RUST_LOG").is_none() {
+            cmd.env("RUST_LOG", "debug");
+        }
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
+        cmd
+    }
+
     /// `VUG_BACKEND=/path` (+ `VUG_BACKEND_PEER=qemu|vhost-device-gpu|ours`) if set, else
     /// `ours` run from `default_program`. For our binary, `VUG_ALLOCATOR=NAME` (`memfd`,
     /// `udmabuf`, `gbm`, `auto`) adds `--allocator NAME`; without it the cases start it with
@@ -474,18 +497,7 @@ impl Frontend {
         let socket = dir.path().join("backend.sock");
         let stderr = File::create(dir.path().join("backend.log")).map_err(Error::io("log"))?;
         let log = stderr.try_clone().map_err(Error::io("log"))?;
-        let mut cmd = if spec.limits.is_empty() {
-            Command::new(&spec.program)
-        } else {
-            // prlimit(1) sets the limits on itself and then runs the backend in its place
-            // (same process), so they hold from the backend's first instruction.
-            let mut cmd = Command::new("prlimit");
-            for (name, value) in &spec.limits {
-                cmd.arg(format!("--{name}={value}:{value}"));
-            }
-            cmd.arg("--").arg(&spec.program);
-            cmd
-        };
+        let mut cmd = spec.command();
         cmd.arg("--socket-path").arg(&socket);
         if spec.peer == Peer::Ours && options.control_socket {
             cmd.arg("--control-socket")
@@ -500,10 +512,6 @@ impl Frontend {
             .stdin(Stdio::null())
             .stdout(stderr.try_clone().map_err(Error::io("log"))?)
             .stderr(stderr);
-        if spec.peer == Peer::Ours && std::env::var_os("RUST_LOG").is_none() {
-            cmd.env("RUST_LOG", "debug");
-        }
-        cmd.envs(spec.env.iter().map(|(k, v)| (k, v)));
         let child = cmd.spawn().map_err(|source| Error::Spawn {
             program: spec.program.display().to_string(),
             source,
@@ -553,7 +561,7 @@ impl Frontend {
         let (ours, theirs) = UnixStream::pair().map_err(Error::io("socketpair"))?;
         let stderr = File::create(dir.path().join("backend.log")).map_err(Error::io("log"))?;
         let log = stderr.try_clone().map_err(Error::io("log"))?;
-        let mut cmd = Command::new(&spec.program);
+        let mut cmd = spec.command();
         cmd.arg(format!("--fd={CHILD_FD}"));
         if spec.peer == Peer::Ours && options.control_socket {
             cmd.arg("--control-socket")
@@ -563,9 +571,6 @@ impl Frontend {
             .stdin(Stdio::null())
             .stdout(stderr.try_clone().map_err(Error::io("log"))?)
             .stderr(stderr);
-        if spec.peer == Peer::Ours && std::env::var_os("RUST_LOG").is_none() {
-            cmd.env("RUST_LOG", "debug");
-        }
         crate::child::pass_fd_at(&mut cmd, theirs.as_fd(), CHILD_FD);
         let child = cmd.spawn().map_err(|source| Error::Spawn {
             program: spec.program.display().to_string(),
@@ -626,16 +631,14 @@ impl Frontend {
         let old_pid = self.backend_pid().ok_or(Error::Unsupported(
             "live upgrade of a backend started elsewhere",
         ))?;
-        let mut cmd = Command::new(&self.spec.program);
+        // The new process runs under the old one's limits and environment.
+        let mut cmd = self.spec.command();
         cmd.arg("--upgrade-from")
             .arg(self.dir.path().join(CONTROL_SOCKET))
             .args(extra)
             .stdin(Stdio::null())
             .stdout(log.try_clone().map_err(Error::io("log"))?)
             .stderr(log.try_clone().map_err(Error::io("log"))?);
-        if std::env::var_os("RUST_LOG").is_none() {
-            cmd.env("RUST_LOG", "debug");
-        }
         crate::child::inherit_only_stdio(&mut cmd);
         let started = Instant::now();
         let new = cmd.spawn().map_err(|source| Error::Spawn {
