@@ -85,9 +85,9 @@ pub struct BackendSpec {
     /// Environment variables for the backend. Our binary runs with `RUST_LOG=debug` unless
     /// `RUST_LOG` is set here or in the environment of the tests.
     pub env: Vec<(String, String)>,
-    /// Resource limits set on the backend before it starts, soft and hard (`prlimit(1)`
-    /// names: `nofile`, `as`, ...): the backend is started through `prlimit`.
-    pub limits: Vec<(&'static str, u64)>,
+    /// Resource limits set in the backend's process before it starts, soft and hard
+    /// ([`crate::limits`]).
+    pub limits: Vec<(crate::limits::Resource, u64)>,
 }
 
 impl BackendSpec {
@@ -108,9 +108,9 @@ impl BackendSpec {
         self
     }
 
-    /// Starts the backend with resource limit `name` (a `prlimit(1)` name) set to `value`.
-    pub fn with_limit(mut self, name: &'static str, value: u64) -> Self {
-        self.limits.push((name, value));
+    /// Starts the backend with `resource`'s soft and hard limit set to `value`.
+    pub fn with_limit(mut self, resource: crate::limits::Resource, value: u64) -> Self {
+        self.limits.push((resource, value));
         self
     }
 
@@ -393,18 +393,8 @@ impl Frontend {
             .map_err(Error::io("tempdir"))?;
         let socket = dir.path().join("backend.sock");
         let stderr = File::create(dir.path().join("backend.log")).map_err(Error::io("log"))?;
-        let mut cmd = if spec.limits.is_empty() {
-            Command::new(&spec.program)
-        } else {
-            // prlimit(1) sets the limits on itself and then runs the backend in its place
-            // (same process), so they hold from the backend's first instruction.
-            let mut cmd = Command::new("prlimit");
-            for (name, value) in &spec.limits {
-                cmd.arg(format!("--{name}={value}:{value}"));
-            }
-            cmd.arg("--").arg(&spec.program);
-            cmd
-        };
+        let mut cmd = Command::new(&spec.program);
+        crate::limits::set_at_exec(&mut cmd, &spec.limits);
         cmd.arg("--socket-path").arg(&socket);
         if spec.peer == Peer::VhostDeviceGpu
             && !spec.args.iter().any(|a| a.starts_with("--gpu-mode"))
