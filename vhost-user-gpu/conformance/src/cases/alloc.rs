@@ -137,6 +137,11 @@ fn memory(fe: &Frontend) -> Result<MemoryStats, String> {
 /// The backend's peak resident memory must stay under `budget` + [`RSS_ALLOWANCE`].
 fn peak_within(fe: &Frontend, budget: u64, what: &str) -> CaseResult {
     let m = memory(fe)?;
+    eprintln!(
+        "alloc: {what}: backend peak RSS {:.1} MiB, budget {} MiB",
+        m.peak_rss as f64 / MIB as f64,
+        budget >> 20
+    );
     ensure(fe, m.peak_rss <= budget + RSS_ALLOWANCE, || {
         format!(
             "{what}: backend peak RSS {} MiB with a budget of {} MiB (allowance {} MiB)",
