@@ -86,9 +86,9 @@ pub struct BackendSpec {
     /// Environment variables for the backend. Our binary runs with `RUST_LOG=debug` unless
     /// `RUST_LOG` is set here or in the environment of the tests.
     pub env: Vec<(String, String)>,
-    /// Resource limits set on the backend before it starts, soft and hard (`prlimit(1)`
-    /// names: `nofile`, `as`, ...): the backend is started through `prlimit`.
-    pub limits: Vec<(&'static str, u64)>,
+    /// Resource limits set in the backend's process before it starts, soft and hard
+    /// ([`crate::limits`]).
+    pub limits: Vec<(crate::limits::Resource, u64)>,
 }
 
 impl BackendSpec {
@@ -109,28 +109,18 @@ impl BackendSpec {
         self
     }
 
-    /// Starts the backend with resource limit `name` (a `prlimit(1)` name) set to `value`.
-    pub fn with_limit(mut self, name: &'static str, value: u64) -> Self {
-        self.limits.push((name, value));
+    /// Starts the backend with `resource`'s soft and hard limit set to `value`.
+    pub fn with_limit(mut self, resource: crate::limits::Resource, value: u64) -> Self {
+        self.limits.push((resource, value));
         self
     }
 
-    /// The command that starts this backend (its arguments follow): through `prlimit` when
-    /// limits are set, with its environment; our binary logs at debug level unless
-    /// `RUST_LOG` says otherwise.
+    /// The command that starts this backend (its arguments follow): its limits set in the
+    /// child before exec ([`crate::limits`]), its environment; our binary logs at debug level
+    /// unless `RUST_LOG` says otherwise.
     fn command(&self) -> Command {
-        let mut cmd = if self.limits.is_empty() {
-            Command::new(&self.program)
-        } else {
-            // prlimit(1) sets the limits on itself and then runs the backend in its place
-            // (same process), so they hold from the backend's first instruction.
-            let mut cmd = Command::new("prlimit");
-            for (name, value) in &self.limits {
-                cmd.arg(format!("--{name}={value}:{value}"));
-            }
-            cmd.arg("--").arg(&self.program);
-            cmd
-        };
+        let mut cmd = Command::new(&self.program);
+        crate::limits::set_at_exec(&mut cmd, &self.limits);
         if self.peer == Peer::Ours && std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "debug");
         }

@@ -56,6 +56,11 @@ impl Capabilities {
                 host: true,
             }),
             Need::HostPath(_) => None,
+            Need::NoHostPath(path, why) if Path::new(path).exists() => Some(Unmet {
+                reason: format!("this host has {path}: {why}"),
+                host: true,
+            }),
+            Need::NoHostPath(..) => None,
             Need::All(needs) => needs.iter().find_map(|n| self.unmet_need(peer, n)),
             other => self.unmet_backend(peer, other).and_then(backend),
         }
@@ -63,7 +68,7 @@ impl Capabilities {
 
     fn unmet_backend(&self, peer: Peer, need: &Need) -> Option<String> {
         match need {
-            Need::Nothing | Need::HostPath(_) | Need::All(_) => None,
+            Need::Nothing | Need::HostPath(_) | Need::NoHostPath(..) | Need::All(_) => None,
             Need::Features(mask) if self.features & mask != *mask => Some(format!(
                 "backend did not negotiate features {:#x}",
                 mask & !self.features

@@ -43,6 +43,9 @@ pub enum Need {
     /// A path that must exist on this host (a device node such as `/dev/udmabuf`); without
     /// it the case is skipped whichever backend is under test.
     HostPath(&'static str),
+    /// A path that must NOT exist on this host, and why (a case about a path the backend
+    /// takes only without that device); with it the case is skipped.
+    NoHostPath(&'static str, &'static str),
     /// All of these.
     All(Vec<Need>),
 }
