@@ -288,7 +288,8 @@ impl WaylandChannel {
             incoming: Vec::new(),
             incoming_ids: VecDeque::new(),
             items: BTreeMap::new(),
-            last_item_id: 0,
+            // Odd, so that the first id handed out wraps to 1.
+            last_item_id: PIPE_READ_START - 1,
             read_pipes: BTreeMap::new(),
             pipe_backlog: 0,
             hung_up: false,
@@ -424,8 +425,6 @@ impl WaylandChannel {
                 SendFlags::DONTWAIT | SendFlags::NOSIGNAL,
             ) {
                 Ok(sent) => {
-                    drop(control);
-                    drop(borrowed);
                     self.queued_bytes -= sent;
                     self.queued_fds -= front.fds.len();
                     front.fds.clear();
@@ -762,4 +761,441 @@ fn blob(
             writable,
         }),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cross_domain::wire::{encode_send, encode_write};
+    use rustix::net::{socketpair, SocketFlags as SF};
+
+    /// Hands out memfds holding `resource id` as text; refuses id 0.
+    struct MemfdExporter;
+
+    impl BlobExporter for MemfdExporter {
+        fn export_blob(&mut self, resource_id: u32) -> Result<OwnedFd, String> {
+            if resource_id == 0 {
+                return Err("no such resource".into());
+            }
+            let fd = rustix::fs::memfd_create("blob", rustix::fs::MemfdFlags::CLOEXEC)
+                .map_err(|e| e.to_string())?;
+            rustix::io::write(&fd, format!("resource {resource_id}").as_bytes())
+                .map_err(|e| e.to_string())?;
+            Ok(fd)
+        }
+    }
+
+    fn pair(limits: ChannelLimits) -> (WaylandChannel, OwnedFd) {
+        let (a, b) = socketpair(
+            AddressFamily::UNIX,
+            SocketType::STREAM,
+            SF::CLOEXEC | SF::NONBLOCK,
+            None,
+        )
+        .unwrap();
+        (WaylandChannel::from_socket(a, limits), b)
+    }
+
+    /// What the fake compositor reads: bytes and fds.
+    fn peer_recv(peer: &OwnedFd) -> (Vec<u8>, Vec<OwnedFd>) {
+        let mut buf = vec![0u8; 8192];
+        let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(64))];
+        let mut control = RecvAncillaryBuffer::new(&mut space);
+        let mut iov = [IoSliceMut::new(&mut buf)];
+        let n = match rustix::net::recvmsg(peer, &mut iov, &mut control, RecvFlags::DONTWAIT) {
+            Ok(msg) => msg.bytes,
+            Err(Errno::AGAIN) => 0,
+            Err(e) => panic!("{e}"),
+        };
+        let mut fds = Vec::new();
+        for m in control.drain() {
+            if let RecvAncillaryMessage::ScmRights(r) = m {
+                fds.extend(r);
+            }
+        }
+        (buf[..n].to_vec(), fds)
+    }
+
+    fn peer_send(peer: &OwnedFd, data: &[u8], fds: &[BorrowedFd<'_>]) {
+        let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(64))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        if !fds.is_empty() {
+            assert!(control.push(SendAncillaryMessage::ScmRights(fds)));
+        }
+        let n = rustix::net::sendmsg(
+            peer,
+            &[IoSlice::new(data)],
+            &mut control,
+            SendFlags::empty(),
+        )
+        .unwrap();
+        assert_eq!(n, data.len());
+    }
+
+    fn blob(id: u32) -> Identifier {
+        Identifier {
+            id,
+            kind: ID_TYPE_VIRTGPU_BLOB,
+            size: 0,
+        }
+    }
+
+    fn u32_at(b: &[u8], at: usize) -> u32 {
+        u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
+    }
+
+    #[test]
+    fn send_passes_bytes_and_resource_fds() {
+        let (mut ch, peer) = pair(ChannelLimits::default());
+        let cmd = encode_send(IdLayout::TwentyEight, &[blob(7)], b"wayland bytes");
+        ch.send(&cmd, &mut MemfdExporter).unwrap();
+        let (data, fds) = peer_recv(&peer);
+        assert_eq!(data, b"wayland bytes");
+        assert_eq!(fds.len(), 1);
+        let mut text = [0u8; 10];
+        let n = rustix::io::pread(&fds[0], &mut text, 0).unwrap();
+        assert_eq!(&text[..n], b"resource 7");
+    }
+
+    #[test]
+    fn refused_send_sends_nothing_and_keeps_nothing() {
+        let (mut ch, peer) = pair(ChannelLimits::default());
+        let read_pipe = Identifier {
+            id: PIPE_READ_START + 1,
+            kind: ID_TYPE_READ_PIPE,
+            size: 0,
+        };
+        // Export of resource 0 fails after a read pipe was made for the same message.
+        let cmd = encode_send(IdLayout::TwentyEight, &[read_pipe, blob(0)], b"x");
+        assert!(matches!(
+            ch.send(&cmd, &mut MemfdExporter),
+            Err(ChannelError::Export { id: 0, .. })
+        ));
+        assert_eq!(ch.held(), (0, 0));
+        let (data, fds) = peer_recv(&peer);
+        assert!(data.is_empty() && fds.is_empty());
+        // Bad read pipe ids, duplicates and unknown identifier types.
+        for bad in [PIPE_READ_START, 5, 0] {
+            let id = Identifier {
+                id: bad,
+                kind: ID_TYPE_READ_PIPE,
+                size: 0,
+            };
+            let cmd = encode_send(IdLayout::TwentyEight, &[id], b"x");
+            assert!(matches!(
+                ch.send(&cmd, &mut MemfdExporter),
+                Err(ChannelError::ReadPipeId(_))
+            ));
+        }
+        let cmd = encode_send(IdLayout::TwentyEight, &[read_pipe, read_pipe], b"x");
+        assert!(matches!(
+            ch.send(&cmd, &mut MemfdExporter),
+            Err(ChannelError::ReadPipeId(_))
+        ));
+        for kind in [ID_TYPE_WRITE_PIPE, 2, 5, 6, 7, u32::MAX] {
+            let id = Identifier {
+                id: 1,
+                kind,
+                size: 0,
+            };
+            let cmd = encode_send(IdLayout::TwentyEight, &[id], b"x");
+            assert!(matches!(
+                ch.send(&cmd, &mut MemfdExporter),
+                Err(ChannelError::UnsupportedIdType(_))
+            ));
+        }
+        assert_eq!(ch.held(), (0, 0));
+        assert!(peer_recv(&peer).0.is_empty());
+    }
+
+    #[test]
+    fn layout_is_learnt_from_the_first_send_and_kept() {
+        let (mut ch, peer) = pair(ChannelLimits::default());
+        assert_eq!(ch.layout(), IdLayout::TwentyEight);
+        ch.send(&encode_send(IdLayout::Four, &[], b"a"), &mut MemfdExporter)
+            .unwrap();
+        assert_eq!(ch.layout(), IdLayout::Four);
+        let mixed = encode_send(IdLayout::TwentyEight, &[], b"b");
+        assert!(matches!(
+            ch.send(&mixed, &mut MemfdExporter),
+            Err(ChannelError::LayoutChanged { .. })
+        ));
+        // The compositor answers with 6 fds and 2 bytes: a 4-slot guest gets 4 ids with the
+        // first byte and 2 with the second.
+        let memfd = MemfdExporter.export_blob(3).unwrap();
+        let fds: Vec<_> = (0..6).map(|_| memfd.as_fd()).collect();
+        peer_send(&peer, b"AB", &fds);
+        let first = ch
+            .next_event()
+            .unwrap()
+            .or_else(|| ch.next_event().unwrap())
+            .unwrap();
+        assert_eq!(first[0], crate::protocol::cross_domain::CMD_RECEIVE);
+        assert_eq!(u32_at(&first, 8), 4);
+        assert_eq!(&first[64..], b"AB");
+        // All bytes went with the first event: the remaining 2 ids wait for more bytes.
+        assert!(ch.next_event().unwrap().is_none());
+        peer_send(&peer, b"C", &[]);
+        let second = ch
+            .next_event()
+            .unwrap()
+            .or_else(|| ch.next_event().unwrap())
+            .unwrap();
+        assert_eq!(u32_at(&second, 8), 2);
+        assert_eq!(&second[64..], b"C");
+    }
+
+    #[test]
+    fn compositor_blobs_and_write_pipes_reach_the_guest() {
+        let (mut ch, peer) = pair(ChannelLimits::default());
+        let memfd = MemfdExporter.export_blob(9).unwrap();
+        rustix::fs::ftruncate(&memfd, 5000).unwrap();
+        let (pipe_r, pipe_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap();
+        peer_send(&peer, b"event", &[memfd.as_fd(), pipe_w.as_fd()]);
+        drop(pipe_w);
+        let ev = ch
+            .next_event()
+            .unwrap()
+            .or_else(|| ch.next_event().unwrap())
+            .unwrap();
+        assert_eq!(u32_at(&ev, 8), 2);
+        assert_eq!(u32_at(&ev, 12), 5);
+        let (blob_id, pipe_id) = (u32_at(&ev, 16), u32_at(&ev, 20));
+        assert_eq!(u32_at(&ev, 16 + 112), ID_TYPE_VIRTGPU_BLOB);
+        assert_eq!(u32_at(&ev, 20 + 112), ID_TYPE_WRITE_PIPE);
+        assert_eq!(u32_at(&ev, 16 + 224), 8192, "size rounded to pages");
+        assert_eq!(blob_id % 2, 1, "received ids are odd");
+        let got = ch.take_blob(blob_id).unwrap();
+        assert_eq!(
+            (got.file_size, got.kind, got.writable),
+            (5000, BlobKind::Memory, true)
+        );
+        assert!(ch.take_blob(blob_id).is_err(), "a blob is handed out once");
+        assert!(ch.take_blob(pipe_id).is_err(), "a pipe is not a blob");
+        // The guest writes into the pipe, then hangs up: the reader sees the data and EOF.
+        ch.write(&encode_write(pipe_id, false, b"clip")).unwrap();
+        ch.write(&encode_write(pipe_id, true, b"board")).unwrap();
+        let mut buf = [0u8; 32];
+        let n = rustix::io::read(&pipe_r, &mut buf).unwrap();
+        assert_eq!(&buf[..n], b"clipboard");
+        assert_eq!(
+            rustix::io::read(&pipe_r, &mut buf).unwrap(),
+            0,
+            "write end closed"
+        );
+        assert!(matches!(
+            ch.write(&encode_write(pipe_id, false, b"late")),
+            Err(ChannelError::UnknownItem { .. })
+        ));
+        assert_eq!(ch.held(), (0, 0));
+    }
+
+    #[test]
+    fn read_pipes_forward_data_then_hang_up() {
+        let (mut ch, peer) = pair(ChannelLimits::default());
+        let id = PIPE_READ_START + 1;
+        let read_pipe = Identifier {
+            id,
+            kind: ID_TYPE_READ_PIPE,
+            size: 0,
+        };
+        ch.send(
+            &encode_send(IdLayout::TwentyEight, &[read_pipe], b"receive"),
+            &mut MemfdExporter,
+        )
+        .unwrap();
+        let (_, mut fds) = peer_recv(&peer);
+        let write_end = fds.pop().unwrap();
+        rustix::io::write(&write_end, b"pasted").unwrap();
+        drop(write_end);
+        let ev = ch
+            .next_event()
+            .unwrap()
+            .or_else(|| ch.next_event().unwrap())
+            .unwrap();
+        assert_eq!(ev[0], crate::protocol::cross_domain::CMD_READ);
+        assert_eq!(
+            (u32_at(&ev, 8), u32_at(&ev, 12), u32_at(&ev, 16)),
+            (id, 0, 6)
+        );
+        assert_eq!(&ev[24..], b"pasted");
+        let ev = ch
+            .next_event()
+            .unwrap()
+            .or_else(|| ch.next_event().unwrap())
+            .unwrap();
+        assert_eq!(
+            (u32_at(&ev, 8), u32_at(&ev, 12), u32_at(&ev, 16)),
+            (id, 1, 0)
+        );
+        assert_eq!(ch.held(), (0, 0));
+        // The id may be used again once the pipe is gone.
+        ch.send(
+            &encode_send(IdLayout::TwentyEight, &[read_pipe], b"again"),
+            &mut MemfdExporter,
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn read_pipes_are_bounded() {
+        let limits = ChannelLimits {
+            max_read_pipes: 2,
+            ..ChannelLimits::default()
+        };
+        let (mut ch, _peer) = pair(limits);
+        for i in 1..=2 {
+            let id = Identifier {
+                id: PIPE_READ_START + i,
+                kind: ID_TYPE_READ_PIPE,
+                size: 0,
+            };
+            ch.send(
+                &encode_send(IdLayout::TwentyEight, &[id], b"r"),
+                &mut MemfdExporter,
+            )
+            .unwrap();
+        }
+        let id = Identifier {
+            id: PIPE_READ_START + 3,
+            kind: ID_TYPE_READ_PIPE,
+            size: 0,
+        };
+        let err = ch.send(
+            &encode_send(IdLayout::TwentyEight, &[id], b"r"),
+            &mut MemfdExporter,
+        );
+        assert!(matches!(
+            err,
+            Err(ChannelError::TooMany {
+                what: "read pipes",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn a_compositor_that_does_not_read_stalls_the_channel_not_the_caller() {
+        let limits = ChannelLimits {
+            max_queued_bytes: 64 << 10,
+            ..ChannelLimits::default()
+        };
+        let (mut ch, _peer) = pair(limits);
+        let chunk = vec![0x55u8; IdLayout::TwentyEight.max_data()];
+        let cmd = encode_send(IdLayout::TwentyEight, &[], &chunk);
+        let start = std::time::Instant::now();
+        let mut refused = None;
+        for i in 0..10_000 {
+            if let Err(e) = ch.send(&cmd, &mut MemfdExporter) {
+                refused = Some((i, e));
+                break;
+            }
+        }
+        let (i, e) = refused.expect("the queue is bounded");
+        assert!(matches!(e, ChannelError::Stalled { .. }), "{e}");
+        assert!(i > 0, "the socket buffer took something first");
+        // Not a timing target: only that the loop ended (it would hang if send blocked).
+        assert!(start.elapsed() < std::time::Duration::from_secs(60));
+    }
+
+    #[test]
+    fn compositor_hang_up_is_told_once_and_sends_fail() {
+        let (mut ch, peer) = pair(ChannelLimits::default());
+        peer_send(&peer, b"last words", &[]);
+        drop(peer);
+        let ev = ch
+            .next_event()
+            .unwrap()
+            .or_else(|| ch.next_event().unwrap())
+            .unwrap();
+        assert_eq!(&ev[352..], b"last words");
+        let ev = ch
+            .next_event()
+            .unwrap()
+            .or_else(|| ch.next_event().unwrap())
+            .unwrap();
+        assert_eq!(
+            (u32_at(&ev, 8), u32_at(&ev, 12)),
+            (0, 0),
+            "empty RECEIVE = hang-up"
+        );
+        assert!(ch.next_event().unwrap().is_none());
+        assert!(ch.next_event().unwrap().is_none());
+        assert!(ch.is_closed());
+        let cmd = encode_send(IdLayout::TwentyEight, &[], b"x");
+        assert!(matches!(
+            ch.send(&cmd, &mut MemfdExporter),
+            Err(ChannelError::Closed)
+        ));
+    }
+
+    #[test]
+    fn too_many_unclaimed_fds_close_the_channel() {
+        let limits = ChannelLimits {
+            max_items: 3,
+            ..ChannelLimits::default()
+        };
+        let (mut ch, peer) = pair(limits);
+        let memfd = MemfdExporter.export_blob(1).unwrap();
+        peer_send(&peer, b"x", &[memfd.as_fd(), memfd.as_fd()]);
+        assert!(ch
+            .next_event()
+            .unwrap()
+            .or_else(|| ch.next_event().unwrap())
+            .is_some());
+        peer_send(&peer, b"y", &[memfd.as_fd(), memfd.as_fd()]);
+        let err = ch.next_event().and_then(|e| match e {
+            Some(_) => ch.next_event(),
+            None => ch.next_event(),
+        });
+        assert!(matches!(err, Err(ChannelError::TooMany { .. })), "{err:?}");
+        assert!(ch.is_closed());
+        assert_eq!(
+            ch.held().0,
+            2,
+            "the refused fds were closed, the claimed-later ones kept"
+        );
+    }
+
+    #[test]
+    fn unsupported_fds_from_the_compositor_break_the_channel_without_leaking() {
+        let (mut ch, peer) = pair(ChannelLimits::default());
+        let (sock, _other) =
+            socketpair(AddressFamily::UNIX, SocketType::STREAM, SF::CLOEXEC, None).unwrap();
+        let (pipe_r, pipe_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap();
+        // A pipe write end (fine) and a socket (not forwarded) in one message.
+        peer_send(&peer, b"z", &[pipe_w.as_fd(), sock.as_fd()]);
+        drop(pipe_w);
+        let err = ch.next_event().and_then(|e| match e {
+            Some(_) => ch.next_event(),
+            None => ch.next_event(),
+        });
+        assert!(
+            matches!(err, Err(ChannelError::UnsupportedFd(_))),
+            "{err:?}"
+        );
+        // The channel's copy of the pipe's write end is closed: the reader sees EOF.
+        let mut buf = [0u8; 4];
+        assert_eq!(rustix::io::read(&pipe_r, &mut buf).unwrap(), 0);
+        assert_eq!(ch.held(), (0, 0));
+    }
+
+    #[test]
+    fn dropping_the_channel_closes_every_fd_it_holds() {
+        let (mut ch, peer) = pair(ChannelLimits::default());
+        let (pipe_r, pipe_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap();
+        peer_send(&peer, b"w", &[pipe_w.as_fd()]);
+        drop(pipe_w);
+        assert!(ch
+            .next_event()
+            .unwrap()
+            .or_else(|| ch.next_event().unwrap())
+            .is_some());
+        assert_eq!(ch.held(), (1, 0));
+        drop(ch);
+        let mut buf = [0u8; 4];
+        assert_eq!(rustix::io::read(&pipe_r, &mut buf).unwrap(), 0);
+        // And the compositor sees its client go away.
+        assert_eq!(peer_recv(&peer).0.len(), 0);
+    }
 }
