@@ -3,6 +3,7 @@
 //! output through `weston-screenshooter` (weston 10 lets that client in only with `--debug`).
 //!
 //! Needs the Debian package `weston` (`.ci/test` installs it).
+#![allow(dead_code)] // Each test crate that includes this uses a part of it.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -37,6 +38,12 @@ impl Weston {
             .prefix("vug-weston-")
             .tempdir()
             .expect("temporary XDG_RUNTIME_DIR");
+        // Weston wants its runtime directory private.
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )
+        .unwrap();
         let name = "wayland-vug".to_string();
         let log = std::fs::File::create(dir.path().join("weston.log")).unwrap();
         let child = Command::new("weston")
@@ -107,6 +114,23 @@ impl Weston {
             .find(|p| p.extension().is_some_and(|e| e == "png"))
             .expect("weston-screenshooter wrote a PNG");
         decode(&png)
+    }
+
+    /// A screenshot once the desktop stopped changing below weston's panel (`panel_rows`
+    /// rows at the top hold a clock): two in a row equal there, at most 20 s.
+    pub fn settled_screenshot(&self, panel_rows: usize) -> Screenshot {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut last = self.screenshot();
+        loop {
+            std::thread::sleep(Duration::from_millis(200));
+            let shot = self.screenshot();
+            let row = (shot.width * 3) as usize;
+            if shot.rgb[panel_rows * row..] == last.rgb[panel_rows * row..] {
+                return shot;
+            }
+            assert!(Instant::now() < deadline, "weston's desktop never settled");
+            last = shot;
+        }
     }
 }
 
