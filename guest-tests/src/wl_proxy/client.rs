@@ -539,3 +539,225 @@ impl Client {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustix::net::{socketpair, AddressFamily, SocketFlags, SocketType};
+    use std::cell::RefCell;
+    use vhost_user_gpu::cross_domain::wire::IdLayout;
+
+    /// Records what the proxy submits; hands out memfd-backed "resources"; events scripted.
+    #[derive(Default)]
+    struct Recorder {
+        submitted: Vec<Vec<u8>>,
+        events: VecDeque<Vec<u8>>,
+        written: Vec<(u32, u64, usize)>,
+    }
+
+    struct FakeChannel(Rc<RefCell<Recorder>>, OwnedFd);
+
+    impl GuestChannel for FakeChannel {
+        fn layout(&self) -> IdLayout {
+            IdLayout::TwentyEight
+        }
+        fn submit(&mut self, cmd: &[u8]) -> std::io::Result<()> {
+            self.0.borrow_mut().submitted.push(cmd.to_vec());
+            Ok(())
+        }
+        fn event_fd(&self) -> BorrowedFd<'_> {
+            self.1.as_fd()
+        }
+        fn next_event(&mut self) -> std::io::Result<Option<Vec<u8>>> {
+            Ok(self.0.borrow_mut().events.pop_front())
+        }
+        fn resource_of(&mut self, _fd: BorrowedFd<'_>) -> std::io::Result<Option<u32>> {
+            Ok(None)
+        }
+        fn import_blob(&mut self, _id: u32, _size: u32) -> std::io::Result<OwnedFd> {
+            Ok(rustix::fs::memfd_create(
+                "x",
+                rustix::fs::MemfdFlags::CLOEXEC,
+            )?)
+        }
+        fn alloc_shm(&mut self, _size: u64) -> std::io::Result<u32> {
+            Ok(100)
+        }
+        fn write_resource(&mut self, r: u32, off: u64, data: &[u8]) -> std::io::Result<()> {
+            self.0.borrow_mut().written.push((r, off, data.len()));
+            Ok(())
+        }
+    }
+
+    fn setup() -> (Client, OwnedFd, Rc<RefCell<Recorder>>) {
+        let (a, b) = socketpair(
+            AddressFamily::UNIX,
+            SocketType::STREAM,
+            SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+            None,
+        )
+        .unwrap();
+        let rec = Rc::new(RefCell::new(Recorder::default()));
+        let dummy = rustix::fs::memfd_create("ev", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+        (
+            Client::new(a, Box::new(FakeChannel(rec.clone(), dummy))),
+            b,
+            rec,
+        )
+    }
+
+    fn msg(object: u32, opcode: u16, words: &[u32]) -> Vec<u8> {
+        let size = 8 + 4 * words.len() as u32;
+        let mut out = object.to_le_bytes().to_vec();
+        out.extend_from_slice(&((size << 16) | u32::from(opcode)).to_le_bytes());
+        for w in words {
+            out.extend_from_slice(&w.to_le_bytes());
+        }
+        out
+    }
+
+    fn client_sends(peer: &OwnedFd, bytes: &[u8], fds: &[BorrowedFd<'_>]) {
+        let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(4))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        if !fds.is_empty() {
+            assert!(control.push(SendAncillaryMessage::ScmRights(fds)));
+        }
+        rustix::net::sendmsg(
+            peer,
+            &[IoSlice::new(bytes)],
+            &mut control,
+            SendFlags::empty(),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn requests_cross_as_send_in_one_command() {
+        let (mut c, peer, rec) = setup();
+        let mut bytes = msg(1, 1, &[2]); // get_registry
+        bytes.extend(msg(1, 0, &[3])); // sync
+        client_sends(&peer, &bytes, &[]);
+        c.client_readable().unwrap();
+        let rec = rec.borrow();
+        assert_eq!(rec.submitted.len(), 1);
+        let send = wire::decode_send(&rec.submitted[0]).unwrap();
+        assert_eq!(send.data, &bytes[..]);
+        assert!(send.identifiers.is_empty());
+    }
+
+    #[test]
+    fn hostile_clients_are_disconnected_not_panicking() {
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            ("unknown object", msg(77, 0, &[])),
+            ("unknown opcode", msg(1, 9, &[])),
+            ("args do not fit", msg(1, 1, &[2, 3])),
+            ("size below header", {
+                let mut m = msg(1, 0, &[3]);
+                m[6] = 4;
+                m[7] = 0;
+                m
+            }),
+            ("bind of a global never offered", {
+                let mut m = msg(1, 1, &[2]);
+                // wl_registry.bind(name 9, "wl_seat", 1, id 3)
+                let mut bind = 2u32.to_le_bytes().to_vec();
+                let mut args = 9u32.to_le_bytes().to_vec();
+                args.extend_from_slice(&8u32.to_le_bytes());
+                args.extend_from_slice(b"wl_seat\0");
+                args.extend_from_slice(&1u32.to_le_bytes());
+                args.extend_from_slice(&3u32.to_le_bytes());
+                bind.extend_from_slice(&((8 + args.len() as u32) << 16).to_le_bytes());
+                bind.extend(args);
+                m.extend(bind);
+                m
+            }),
+        ];
+        for (what, bytes) in cases {
+            let (mut c, peer, _rec) = setup();
+            client_sends(&peer, &bytes, &[]);
+            match c.client_readable() {
+                Err(ClientError::Protocol(_)) => {}
+                other => panic!("{what}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn shm_pool_becomes_a_host_blob_and_commits_copy_rows() {
+        let (mut c, peer, rec) = setup();
+        // Pretend weston offered wl_shm (name 1) and wl_compositor (name 2).
+        c.globals.insert(1, ("wl_shm", 1));
+        c.globals.insert(2, ("wl_compositor", 4));
+        c.objects.insert(2, "wl_registry");
+        c.objects.insert(3, "wl_shm");
+        c.objects.insert(4, "wl_compositor");
+        let pool_fd = rustix::fs::memfd_create("pool", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+        rustix::fs::ftruncate(&pool_fd, 8192).unwrap();
+        let mut bytes = msg(3, 0, &[5, 8192]); // create_pool(5, fd, 8192)
+        bytes.extend(msg(5, 0, &[6, 4096, 16, 16, 64, 1])); // create_buffer(6, off 4096, 16x16)
+        bytes.extend(msg(4, 0, &[7])); // create_surface(7)
+        bytes.extend(msg(7, 1, &[6, 0, 0])); // attach
+        bytes.extend(msg(7, 6, &[])); // commit
+        client_sends(&peer, &bytes, &[pool_fd.as_fd()]);
+        c.client_readable().unwrap();
+        let rec = rec.borrow();
+        let send = wire::decode_send(&rec.submitted[0]).unwrap();
+        assert_eq!(send.identifiers.len(), 1);
+        assert_eq!(
+            (send.identifiers[0].id, send.identifiers[0].kind),
+            (100, ID_TYPE_VIRTGPU_BLOB)
+        );
+        assert_eq!(rec.written, vec![(100, 4096, 64 * 16)]);
+    }
+
+    #[test]
+    fn a_buffer_outside_its_pool_is_a_protocol_error() {
+        let (mut c, peer, _rec) = setup();
+        c.objects.insert(3, "wl_shm");
+        c.objects.insert(4, "wl_compositor");
+        let pool_fd = rustix::fs::memfd_create("pool", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+        rustix::fs::ftruncate(&pool_fd, 4096).unwrap();
+        let mut bytes = msg(3, 0, &[5, 4096]);
+        bytes.extend(msg(5, 0, &[6, 0, 64, 64, 256, 1])); // 16 KiB buffer in a 4 KiB pool
+        bytes.extend(msg(4, 0, &[7]));
+        bytes.extend(msg(7, 1, &[6, 0, 0]));
+        bytes.extend(msg(7, 6, &[]));
+        client_sends(&peer, &bytes, &[pool_fd.as_fd()]);
+        assert!(matches!(c.client_readable(), Err(ClientError::Protocol(_))));
+    }
+
+    #[test]
+    fn host_hang_up_and_hidden_globals() {
+        let (mut c, peer, rec) = setup();
+        c.objects.insert(2, "wl_registry");
+        // Two globals: wl_seat (hidden) and wl_compositor v6 (offered as v5).
+        let global = |name: u32, iface: &str, version: u32| {
+            let mut args = name.to_le_bytes().to_vec();
+            args.extend_from_slice(&(iface.len() as u32 + 1).to_le_bytes());
+            args.extend_from_slice(iface.as_bytes());
+            args.push(0);
+            while !args.len().is_multiple_of(4) {
+                args.push(0);
+            }
+            args.extend_from_slice(&version.to_le_bytes());
+            let mut m = 2u32.to_le_bytes().to_vec();
+            m.extend_from_slice(&((8 + args.len() as u32) << 16).to_le_bytes());
+            m.extend(args);
+            m
+        };
+        let mut data = global(1, "wl_seat", 7);
+        data.extend(global(2, "wl_compositor", 6));
+        rec.borrow_mut()
+            .events
+            .push_back(wire::encode_receive(IdLayout::TwentyEight, &[], &data));
+        c.channel_readable().unwrap();
+        let mut buf = [0u8; 256];
+        let n = rustix::io::read(&peer, &mut buf).unwrap();
+        let expected = global(2, "wl_compositor", 5);
+        assert_eq!(&buf[..n], &expected[..]);
+        rec.borrow_mut()
+            .events
+            .push_back(wire::encode_receive(IdLayout::TwentyEight, &[], &[]));
+        assert!(matches!(c.channel_readable(), Err(ClientError::Closed(_))));
+    }
+}
