@@ -332,6 +332,13 @@ impl WaylandChannel {
         if self.hung_up {
             return Err(ChannelError::Closed);
         }
+        if send.data.is_empty() && !send.identifiers.is_empty() {
+            // A stream socket carries fds only with at least one byte; they would be lost.
+            return Err(ChannelError::Wire(wire::WireError::Invalid {
+                what: "CrossDomainSendReceive with identifiers but opaque_data_size",
+                value: 0,
+            }));
+        }
         if self.queued_bytes + send.data.len() > self.limits.max_queued_bytes {
             return Err(ChannelError::Stalled {
                 what: "the compositor",
@@ -904,6 +911,12 @@ mod tests {
                 Err(ChannelError::UnsupportedIdType(_))
             ));
         }
+        // Identifiers without a byte to travel with.
+        let cmd = encode_send(IdLayout::TwentyEight, &[blob(7)], b"");
+        assert!(matches!(
+            ch.send(&cmd, &mut MemfdExporter),
+            Err(ChannelError::Wire(_))
+        ));
         assert_eq!(ch.held(), (0, 0));
         assert!(peer_recv(&peer).0.is_empty());
     }
