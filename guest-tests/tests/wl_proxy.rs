@@ -17,9 +17,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use guest_tests::wl_proxy::{GuestChannel, Proxy};
-use vhost_user_gpu::cross_domain::channel::{BlobExporter, ChannelLimits, WaylandChannel};
-use vhost_user_gpu::cross_domain::wire::IdLayout;
-use vhost_user_gpu::protocol::cross_domain::{CMD_SEND, CMD_WRITE};
+use vhost_user_gpu::device::budget::{Budget, Kind, Usage};
+use vhost_user_gpu::device::ports::{BlobExporter, Channel};
+use vhost_user_gpu::protocol::cross_domain::{commands, CrossDomainCommand, IdLayout};
+use vhost_user_gpu::wayland::{ChannelLimits, WaylandChannel};
 
 /// Host buffers by resource id (memfds, as the device's memfd allocator makes them).
 #[derive(Default)]
@@ -54,14 +55,16 @@ impl GuestChannel for DirectChannel {
         self.layout
     }
     fn submit(&mut self, cmd: &[u8]) -> io::Result<()> {
-        match cmd[0] {
-            CMD_SEND => self.channel.send(cmd, &mut self.resources).map_err(other),
-            CMD_WRITE => self.channel.write(cmd).map_err(other),
-            c => Err(other(format!("command {c}"))),
+        match commands(cmd).next() {
+            Some(Ok(CrossDomainCommand::Send(send))) => {
+                self.channel.send(&send, &mut self.resources).map_err(other)
+            }
+            Some(Ok(CrossDomainCommand::Write(write))) => self.channel.write(&write).map_err(other),
+            c => Err(other(format!("command {c:?}"))),
         }
     }
     fn event_fd(&self) -> BorrowedFd<'_> {
-        self.channel.poll_fds()[0].0
+        self.channel.wait_fd()
     }
     fn next_event(&mut self) -> io::Result<Option<Vec<u8>>> {
         self.channel.next_event().map_err(other)
@@ -113,8 +116,11 @@ impl RunningProxy {
         let thread_stop = stop.clone();
         let thread = std::thread::spawn(move || {
             let connect = Box::new(move || -> io::Result<Box<dyn GuestChannel>> {
-                let channel = WaylandChannel::connect(&weston_socket, ChannelLimits::default())
-                    .map_err(other)?;
+                let budget = Budget::new(Usage::host_bytes(64 << 20).with(Kind::Fds, 256));
+                let mut channel =
+                    WaylandChannel::connect(&weston_socket, ChannelLimits::default(), &budget)
+                        .map_err(other)?;
+                channel.want_events(true).map_err(other)?;
                 Ok(Box::new(DirectChannel {
                     channel,
                     resources: Resources::default(),

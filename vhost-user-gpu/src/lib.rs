@@ -9,17 +9,17 @@
 //! - [`transport`]: the vhost-user glue (queues, config space, SHMEM_MAP mapper).
 //! - [`display`]: display sinks (QEMU's vhost-user-gpu display protocol, PNG capture).
 //! - [`advisor`]: the map advisor over `dmabuf-info`.
-//! - [`cross_domain`]: the host end of cross-domain Wayland channels (compositor connection,
-//!   identifier tables, pipes) and every released layout of their commands.
+//! - [`wayland`]: the host end of cross-domain Wayland channels (compositor connection,
+//!   identifier tables, pipes).
 //! - [`sandbox`]: self-confinement after start-up (seccomp-bpf allowlist, Landlock).
 //! - [`queue_thread`]: marks the thread that may wait for the frontend.
 
 pub mod advisor;
 pub mod alloc;
-pub mod cross_domain;
 pub mod device;
 pub mod display;
 pub mod protocol;
 pub mod queue_thread;
 pub mod sandbox;
 pub mod transport;
+pub mod wayland;

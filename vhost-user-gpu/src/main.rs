@@ -21,6 +21,7 @@ use vhost_user_gpu::display::{PngCapture, SharedSink};
 use vhost_user_gpu::protocol::MAX_SCANOUTS;
 use vhost_user_gpu::sandbox::SandboxPolicy;
 use vhost_user_gpu::transport::{self, DeviceFactory, SocketSource, TransportSettings};
+use vhost_user_gpu::wayland::{self, ChannelLimits, WaylandConnector};
 
 /// vhost-user virtio-gpu backend: 2D scanouts, blob resources mapped into the guest through
 /// the host-visible region (SHMEM_MAP), with dmabuf-info deciding what is safe to map.
@@ -93,6 +94,13 @@ struct Cli {
     /// After the frontend disconnects, wait for the next one (with fresh device state).
     #[arg(long)]
     keep_listening: bool,
+
+    /// Wayland compositor socket for cross-domain Wayland channels (one connection per guest
+    /// context that asks for one), or `off`. Default: $XDG_RUNTIME_DIR/$WAYLAND_DISPLAY when
+    /// WAYLAND_DISPLAY is set and a compositor answers there at start-up; a socket given here
+    /// must answer at start-up.
+    #[arg(long, value_name = "PATH|off")]
+    wayland_socket: Option<PathBuf>,
 
     /// Confine the backend after start-up: a seccomp-bpf system call allowlist and, where
     /// the kernel has it, Landlock file-system rules (see README-launch.md).
@@ -270,12 +278,14 @@ fn run(cli: Cli) -> Result<(), Failure> {
         }
     };
 
+    let wayland = wayland_connector(cli.wayland_socket.as_deref())?;
+
     let listener = transport::open_listener(&source).map_err(|e| Runtime(e.to_string()))?;
     raise_fd_limit();
     if cli.sandbox {
         // Before any thread exists (Landlock applies to the calling thread and its future
         // children): the capture writer and the vhost-user threads start below.
-        let policy = sandbox_policy(&cli, &resolved);
+        let policy = sandbox_policy(&cli, &resolved, wayland.is_some());
         let status = vhost_user_gpu::sandbox::confine(&policy).map_err(|e| {
             Runtime(format!(
                 "{e} (start with --sandbox off to run without confinement)"
@@ -303,6 +313,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         hostmem: cli.hostmem,
         max_resource_memory: cli.max_resource_memory,
         max_resources: cli.max_resources,
+        ..DeviceConfig::default()
     };
     device_config.validate().map_err(|e| Usage(e.to_string()))?;
     let allocator = resolved.clone();
@@ -316,6 +327,9 @@ fn run(cli: Cli) -> Result<(), Failure> {
             display,
             advisor: Box::new(advisor),
             exporter: alloc::guest_page_exporter(),
+            channels: wayland
+                .clone()
+                .map(|c| Box::new(c) as Box<dyn vhost_user_gpu::device::ports::ChannelConnector>),
         };
         Ok(GpuDevice::new(device_config.clone(), ports))
     });
@@ -370,9 +384,47 @@ fn raise_fd_limit() {
     }
 }
 
+/// The Wayland connector: `--wayland-socket PATH` (which must answer now), `off`, or the
+/// environment's compositor when WAYLAND_DISPLAY is set and it answers.
+fn wayland_connector(option: Option<&Path>) -> Result<Option<WaylandConnector>, Failure> {
+    let (path, explicit) = match option {
+        Some(p) if p == Path::new("off") => return Ok(None),
+        Some(p) => (p.to_path_buf(), true),
+        None => match (
+            std::env::var_os("WAYLAND_DISPLAY"),
+            wayland::socket_from_env(),
+        ) {
+            (Some(_), Some(path)) => (path, false),
+            _ => {
+                log::info!(
+                    "cross-domain: no Wayland channel (WAYLAND_DISPLAY is not set; \
+                     --wayland-socket PATH names a compositor)"
+                );
+                return Ok(None);
+            }
+        },
+    };
+    let connector = WaylandConnector::new(path, ChannelLimits::default());
+    match connector.probe() {
+        Ok(()) => {
+            log::info!(
+                "cross-domain: Wayland channels to {}",
+                connector.socket().display()
+            );
+            Ok(Some(connector))
+        }
+        Err(e) if explicit => Err(Failure::Runtime(format!("--wayland-socket: {e}"))),
+        Err(e) => {
+            log::info!("cross-domain: no Wayland channel: {e}");
+            Ok(None)
+        }
+    }
+}
+
 /// What the confined backend still needs: the capture directory, `/dev/udmabuf` (udmabuf
-/// allocator, and GUEST blob export when the device exists), the render node with GBM.
-fn sandbox_policy(cli: &Cli, allocator: &alloc::Resolved) -> SandboxPolicy {
+/// allocator, and GUEST blob export when the device exists), the render node with GBM,
+/// Unix stream sockets and pipes for Wayland channels.
+fn sandbox_policy(cli: &Cli, allocator: &alloc::Resolved, wayland: bool) -> SandboxPolicy {
     let mut devices = Vec::new();
     let udmabuf = Path::new(alloc::udmabuf::UDMABUF_DEVICE);
     if udmabuf.exists() {
@@ -391,6 +443,7 @@ fn sandbox_policy(cli: &Cli, allocator: &alloc::Resolved) -> SandboxPolicy {
         write_dirs: cli.capture_dir.iter().cloned().collect(),
         devices,
         gbm,
+        wayland,
     }
 }
 

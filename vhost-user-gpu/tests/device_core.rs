@@ -18,7 +18,8 @@ use vhost_user_gpu::device::{
     DeviceConfig, GpuDevice, Ports, BACKING_ENTRY_COST, OFFERED_FEATURES,
 };
 use vhost_user_gpu::protocol::cross_domain::{
-    Capabilities, CrossDomainCommand, ImageRequirements, IMAGE_REQUIREMENTS_SIZE,
+    Capabilities, CrossDomainCommand, IdLayout, ImageRequirements, Init, InitLayout, PollLayout,
+    ReadWrite, SendReceive, IMAGE_REQUIREMENTS_SIZE,
 };
 use vhost_user_gpu::protocol::{
     feature, format, CreateBlob, CtrlHeader, CursorPos, CursorUpdate, GpuCommand, GpuError,
@@ -155,6 +156,7 @@ impl Harness {
             display: Box::new(RecordingDisplay(shown.clone())),
             advisor,
             exporter: vhost_user_gpu::alloc::guest_page_exporter(),
+            channels: None,
         };
         let mut dev = GpuDevice::new(config, ports);
         dev.ack_features(dev.features());
@@ -277,11 +279,13 @@ impl Harness {
         );
         let r = self.submit(
             ctx,
-            &[CrossDomainCommand::Init {
+            &[CrossDomainCommand::Init(Init {
+                layout: InitLayout::TwoRings,
                 query_ring_id: ring_id,
                 channel_ring_id: 0,
                 channel_type: 0,
-            }],
+                protocol_version: 0,
+            })],
         );
         assert_eq!(r, GpuResponse::OkNoData);
     }
@@ -1346,34 +1350,64 @@ fn cross_domain_protocol_errors() {
     );
     // INIT with a ring that is not attached, or not a GUEST blob.
     assert_eq!(h.create_guest_blob(0, 7, 0x8000, 1), GpuResponse::OkNoData);
-    let init = |id| CrossDomainCommand::Init {
-        query_ring_id: id,
-        channel_ring_id: 0,
-        channel_type: 0,
+    let init = |id| {
+        CrossDomainCommand::Init(Init {
+            layout: InitLayout::TwoRings,
+            query_ring_id: id,
+            channel_ring_id: 0,
+            channel_type: 0,
+            protocol_version: 0,
+        })
     };
     assert_eq!(h.submit(1, &[init(7)]), err(GpuError::InvalidResourceId));
     h.create_2d(8, 64, 64);
     h.ctx_send(1, GpuCommand::CtxAttachResource { resource_id: 8 });
     assert_eq!(h.submit(1, &[init(8)]), err(GpuError::InvalidParameter));
-    // A Wayland channel: not implemented.
+    // A Wayland channel on a device without a compositor socket: not served (the capset
+    // says so).
     h.ctx_send(1, GpuCommand::CtxAttachResource { resource_id: 7 });
     assert_eq!(
         h.submit(
             1,
-            &[CrossDomainCommand::Init {
+            &[CrossDomainCommand::Init(Init {
+                layout: InitLayout::TwoRings,
                 query_ring_id: 7,
                 channel_ring_id: 7,
-                channel_type: 1
-            }]
+                channel_type: 1,
+                protocol_version: 0,
+            })]
         ),
-        err(GpuError::Unspec)
+        err(GpuError::InvalidParameter)
     );
     assert_eq!(h.submit(1, &[init(7)]), GpuResponse::OkNoData);
-    // Channel commands.
-    for cmd in 3..=7u8 {
+    // Channel commands without a channel.
+    for command in [
+        CrossDomainCommand::Poll(PollLayout::Padded),
+        CrossDomainCommand::Send(SendReceive {
+            layout: IdLayout::TwentyEight,
+            identifiers: vec![],
+            data: b"x".to_vec(),
+        }),
+        CrossDomainCommand::Write(ReadWrite {
+            identifier: 1,
+            hang_up: false,
+            data: vec![],
+        }),
+    ] {
         assert_eq!(
-            h.submit(1, &[CrossDomainCommand::Unsupported { cmd }]),
-            err(GpuError::Unspec),
+            h.submit(1, std::slice::from_ref(&command)),
+            err(GpuError::InvalidParameter),
+            "{command:?}"
+        );
+    }
+    // Host -> guest commands and unknown ones.
+    for cmd in [5u8, 6, 8, 0xff] {
+        let mut raw = vec![0u8; 64];
+        raw[0] = cmd;
+        raw[2] = 64;
+        assert_eq!(
+            h.ctx_send(1, GpuCommand::Submit3d { commands: raw }),
+            err(GpuError::InvalidParameter),
             "cmd {cmd}"
         );
     }

@@ -36,6 +36,7 @@ fn child(mode: &str) -> ! {
         write_dirs: vec![dir.clone()],
         devices: Vec::new(),
         gbm: false,
+        wayland: false,
     };
     let status = sandbox::confine(&policy).expect("confine");
     writeln!(out, "landlock={:?}", status.landlock).unwrap();

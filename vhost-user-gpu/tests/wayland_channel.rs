@@ -12,12 +12,21 @@ use std::time::{Duration, Instant};
 
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
 
-use vhost_user_gpu::cross_domain::channel::{
-    BlobExporter, ChannelError, ChannelLimits, Interest, WaylandChannel,
+use vhost_user_gpu::device::budget::{Budget, Kind, Usage};
+use vhost_user_gpu::device::ports::{BlobExporter, Channel, ChannelError};
+use vhost_user_gpu::protocol::cross_domain::{
+    IdLayout, Identifier, SendReceive, CMD_RECEIVE, ID_TYPE_VIRTGPU_BLOB,
 };
-use vhost_user_gpu::cross_domain::wire::{self, IdLayout, Identifier, ID_TYPE_VIRTGPU_BLOB};
-use vhost_user_gpu::protocol::cross_domain::CMD_RECEIVE;
+use vhost_user_gpu::wayland::{ChannelLimits, WaylandChannel};
 use weston::Weston;
+
+fn send_cmd(layout: IdLayout, ids: &[Identifier], data: &[u8]) -> SendReceive {
+    SendReceive {
+        layout,
+        identifiers: ids.to_vec(),
+        data: data.to_vec(),
+    }
+}
 
 /// Resource ids the "guest" owns: each one a memfd the test also writes into.
 struct Resources(Vec<(u32, OwnedFd)>);
@@ -96,9 +105,13 @@ struct Guest {
 
 impl Guest {
     fn new(weston: &Weston, layout: IdLayout) -> Guest {
+        let budget = Budget::new(Usage::host_bytes(64 << 20).with(Kind::Fds, 64));
+        let mut channel =
+            WaylandChannel::connect(&weston.socket(), ChannelLimits::default(), &budget)
+                .expect("connect to weston");
+        channel.want_events(true).unwrap();
         Guest {
-            channel: WaylandChannel::connect(&weston.socket(), ChannelLimits::default())
-                .expect("connect to weston"),
+            channel,
             layout,
             resources: Resources(Vec::new()),
             pending: Vec::new(),
@@ -113,7 +126,7 @@ impl Guest {
     }
 
     fn send(&mut self, bytes: &[u8], ids: &[Identifier]) {
-        let cmd = wire::encode_send(self.layout, ids, bytes);
+        let cmd = send_cmd(self.layout, ids, bytes);
         self.channel
             .send(&cmd, &mut self.resources)
             .expect("SEND accepted");
@@ -154,12 +167,11 @@ impl Guest {
                 }
                 None => {
                     assert!(Instant::now() < deadline, "no event from weston in 10 s");
-                    let fds = self.channel.poll_fds();
-                    let mut pollfds: Vec<PollFd<'_>> = fds
-                        .iter()
-                        .filter(|(_, i)| *i == Interest::Read)
-                        .map(|(fd, _)| PollFd::new(fd, PollFlags::IN))
-                        .collect();
+                    // What the device does: wait on the channel's one fd.
+                    let mut pollfds = [PollFd::from_borrowed_fd(
+                        self.channel.wait_fd(),
+                        PollFlags::IN,
+                    )];
                     let timeout = Timespec {
                         tv_sec: 0,
                         tv_nsec: 100_000_000,
@@ -364,7 +376,7 @@ fn weston_sees_its_client_go_when_the_channel_is_dropped_and_the_guest_sees_west
     };
     assert_eq!(&ring[8..16], &[0; 8], "RECEIVE with no ids and no data");
     assert!(guest.channel.next_event().unwrap().is_none());
-    let cmd = wire::encode_send(
+    let cmd = send_cmd(
         IdLayout::TwentyEight,
         &[],
         b"\x01\0\0\0\x0c\0\0\0\x09\0\0\0",
@@ -389,7 +401,7 @@ fn a_resource_the_guest_does_not_own_is_not_sent() {
         kind: ID_TYPE_VIRTGPU_BLOB,
         size: 0,
     };
-    let cmd = wire::encode_send(
+    let cmd = send_cmd(
         IdLayout::TwentyEight,
         &[blob],
         &Msg::new(shm, 0).uint(pool).uint(4096).done(),

@@ -13,10 +13,10 @@ use rustix::net::{
     RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
     SendAncillaryMessage, SendFlags,
 };
-use vhost_user_gpu::cross_domain::wire::{
-    self, Identifier, ID_TYPE_VIRTGPU_BLOB, ID_TYPE_WRITE_PIPE,
+use vhost_user_gpu::protocol::cross_domain::{
+    decode_event, ChannelEvent, CrossDomainCommand, Identifier, SendReceive, ID_TYPE_VIRTGPU_BLOB,
+    ID_TYPE_WRITE_PIPE,
 };
-use vhost_user_gpu::protocol::cross_domain::{CMD_READ, CMD_RECEIVE};
 
 use super::protocol::{self, GLOBALS};
 use super::GuestChannel;
@@ -209,8 +209,12 @@ impl Client {
     }
 
     fn submit_send(&mut self, data: &[u8], ids: &[Identifier]) -> Result<(), ClientError> {
-        let cmd = wire::encode_send(self.channel.layout(), ids, data);
-        self.channel.submit(&cmd).map_err(io_err("SEND"))
+        let cmd = CrossDomainCommand::Send(SendReceive {
+            layout: self.channel.layout(),
+            identifiers: ids.to_vec(),
+            data: data.to_vec(),
+        });
+        self.channel.submit(&cmd.to_bytes()).map_err(io_err("SEND"))
     }
 
     /// The proxy's own part of a request: fds become identifiers, shm is shadowed.
@@ -371,51 +375,36 @@ impl Client {
     /// Takes the host's events and passes them to the client.
     pub fn channel_readable(&mut self) -> Result<(), ClientError> {
         while let Some(event) = self.channel.next_event().map_err(io_err("channel event"))? {
-            match event.first().copied() {
-                Some(CMD_RECEIVE) => self.receive(&event)?,
-                Some(CMD_READ) => {
+            match decode_event(&event) {
+                Ok(ChannelEvent::Receive(receive)) => self.receive(receive)?,
+                Ok(ChannelEvent::Read(_)) => {
                     return Err(ClientError::Protocol(
                         "READ for a pipe this proxy never made".into(),
                     ))
                 }
-                other => {
-                    return Err(ClientError::Protocol(format!(
-                        "unknown channel event {other:?}"
-                    )))
-                }
+                Err(e) => return Err(ClientError::Protocol(format!("channel event: {e}"))),
             }
         }
         self.flush()
     }
 
-    fn receive(&mut self, event: &[u8]) -> Result<(), ClientError> {
-        let layout = self.channel.layout();
-        let word = |at: usize| u32::from_le_bytes(event[at..at + 4].try_into().unwrap());
-        if event.len() < layout.header_size() {
-            return Err(ClientError::Protocol("short RECEIVE".into()));
+    fn receive(&mut self, event: SendReceive) -> Result<(), ClientError> {
+        if event.layout != self.channel.layout() {
+            return Err(ClientError::Protocol(format!(
+                "RECEIVE with {} identifier slots, SEND with {}",
+                event.layout.max_ids(),
+                self.channel.layout().max_ids()
+            )));
         }
-        let n = word(8) as usize;
-        let size = word(12) as usize;
-        if n > layout.max_ids() || layout.header_size() + size != event.len() {
-            return Err(ClientError::Protocol(
-                "RECEIVE does not fit its layout".into(),
-            ));
-        }
-        if n == 0 && size == 0 {
+        if event.identifiers.is_empty() && event.data.is_empty() {
             return Err(ClientError::Closed("host compositor"));
         }
-        let max = layout.max_ids();
-        for i in 0..n {
-            let (id, kind, blob_size) = (
-                word(16 + 4 * i),
-                word(16 + 4 * (max + i)),
-                word(16 + 4 * (2 * max + i)),
-            );
-            match kind {
+        for ident in &event.identifiers {
+            match ident.kind {
                 ID_TYPE_VIRTGPU_BLOB => {
                     let fd = self
                         .channel
-                        .import_blob(id, blob_size)
+                        .import_blob(ident.id, ident.size)
                         .map_err(io_err("importing a host blob"))?;
                     self.host_fds.push_back(fd);
                 }
@@ -427,8 +416,7 @@ impl Client {
                 other => return Err(ClientError::Protocol(format!("identifier type {other}"))),
             }
         }
-        self.from_host
-            .extend_from_slice(&event[layout.header_size()..]);
+        self.from_host.extend_from_slice(&event.data);
         let mut out = Vec::new();
         let mut consumed = 0;
         while let Some((object, opcode, size)) = protocol::header(&self.from_host[consumed..]) {
@@ -545,7 +533,23 @@ mod tests {
     use super::*;
     use rustix::net::{socketpair, AddressFamily, SocketFlags, SocketType};
     use std::cell::RefCell;
-    use vhost_user_gpu::cross_domain::wire::IdLayout;
+    use vhost_user_gpu::protocol::cross_domain::{commands, IdLayout};
+
+    fn decode_send(cmd: &[u8]) -> Option<SendReceive> {
+        match commands(cmd).next()? {
+            Ok(CrossDomainCommand::Send(send)) => Some(send),
+            _ => None,
+        }
+    }
+
+    fn receive(data: &[u8]) -> Vec<u8> {
+        SendReceive {
+            layout: IdLayout::TwentyEight,
+            identifiers: vec![],
+            data: data.to_vec(),
+        }
+        .receive_bytes()
+    }
 
     /// Records what the proxy submits; hands out memfd-backed "resources"; events scripted.
     #[derive(Default)]
@@ -640,7 +644,7 @@ mod tests {
         c.client_readable().unwrap();
         let rec = rec.borrow();
         assert_eq!(rec.submitted.len(), 1);
-        let send = wire::decode_send(&rec.submitted[0]).unwrap();
+        let send = decode_send(&rec.submitted[0]).unwrap();
         assert_eq!(send.data, &bytes[..]);
         assert!(send.identifiers.is_empty());
     }
@@ -701,7 +705,7 @@ mod tests {
         client_sends(&peer, &bytes, &[pool_fd.as_fd()]);
         c.client_readable().unwrap();
         let rec = rec.borrow();
-        let send = wire::decode_send(&rec.submitted[0]).unwrap();
+        let send = decode_send(&rec.submitted[0]).unwrap();
         assert_eq!(send.identifiers.len(), 1);
         assert_eq!(
             (send.identifiers[0].id, send.identifiers[0].kind),
@@ -747,17 +751,13 @@ mod tests {
         };
         let mut data = global(1, "wl_seat", 7);
         data.extend(global(2, "wl_compositor", 6));
-        rec.borrow_mut()
-            .events
-            .push_back(wire::encode_receive(IdLayout::TwentyEight, &[], &data));
+        rec.borrow_mut().events.push_back(receive(&data));
         c.channel_readable().unwrap();
         let mut buf = [0u8; 256];
         let n = rustix::io::read(&peer, &mut buf).unwrap();
         let expected = global(2, "wl_compositor", 5);
         assert_eq!(&buf[..n], &expected[..]);
-        rec.borrow_mut()
-            .events
-            .push_back(wire::encode_receive(IdLayout::TwentyEight, &[], &[]));
+        rec.borrow_mut().events.push_back(receive(&[]));
         assert!(matches!(c.channel_readable(), Err(ClientError::Closed(_))));
     }
 }

@@ -22,7 +22,7 @@ pub mod protocol;
 use std::io;
 use std::os::fd::{BorrowedFd, OwnedFd};
 
-use vhost_user_gpu::cross_domain::wire::IdLayout;
+use vhost_user_gpu::protocol::cross_domain::IdLayout;
 
 /// One cross-domain context with a Wayland channel, as seen from the guest.
 pub trait GuestChannel {

@@ -308,12 +308,14 @@ fn run_device(data: &[u8]) {
         display: Box::new(CheckingDisplay),
         advisor: Box::new(advisor),
         exporter: vhost_user_gpu::alloc::guest_page_exporter(),
+        channels: None,
     };
     let config = DeviceConfig {
         outputs: vec![(64, 48), (32, 32)],
         hostmem: HOSTMEM,
         max_resource_memory: MAX_RESOURCE_MEMORY,
         max_resources: MAX_RESOURCES,
+        ..DeviceConfig::default()
     };
     let mut dev = GpuDevice::new(config, ports);
     dev.ack_features(features);

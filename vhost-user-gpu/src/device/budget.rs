@@ -1,5 +1,5 @@
 //! What a guest may make the host hold: budgets of several kinds (host bytes, resources,
-//! contexts), charged before an allocation is made and released when it goes.
+//! contexts, file descriptors), charged before an allocation is made and released when it goes.
 //!
 //! A [`Charge`] is the receipt of one successful [`Budget::charge`]: it travels with the
 //! allocation it pays for (a resource's pixels, a backing's entry list, a buffer waiting in a
@@ -24,11 +24,14 @@ pub enum Kind {
     Resources,
     /// Live contexts.
     Contexts,
+    /// File descriptors held for the guest: cross-domain channels' compositor connections,
+    /// pipes, and fds received from the compositor and not yet claimed.
+    Fds,
 }
 
 impl Kind {
     /// Every kind, in [`Usage`] order.
-    pub const ALL: [Kind; 3] = [Kind::HostBytes, Kind::Resources, Kind::Contexts];
+    pub const ALL: [Kind; 4] = [Kind::HostBytes, Kind::Resources, Kind::Contexts, Kind::Fds];
 
     const fn index(self) -> usize {
         self as usize
@@ -41,6 +44,7 @@ impl fmt::Display for Kind {
             Kind::HostBytes => "host bytes",
             Kind::Resources => "resources",
             Kind::Contexts => "contexts",
+            Kind::Fds => "file descriptors",
         })
     }
 }
@@ -136,8 +140,9 @@ impl State {
     }
 }
 
-/// The budgets of one device: limits, what is in use, and the charges against them.
-#[derive(Debug)]
+/// The budgets of one device: limits, what is in use, and the charges against them. A
+/// clone is the same budget (port implementations that hold fds for the guest charge it).
+#[derive(Debug, Clone)]
 pub struct Budget {
     state: Arc<State>,
 }

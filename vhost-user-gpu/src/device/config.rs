@@ -17,6 +17,9 @@ pub struct DeviceConfig {
     pub max_resource_memory: u64,
     /// Most resources at once.
     pub max_resources: u32,
+    /// Most file descriptors cross-domain channels may hold for the guest, all contexts
+    /// together (compositor connections, pipes, fds received and not yet claimed).
+    pub max_channel_fds: u32,
 }
 
 impl Default for DeviceConfig {
@@ -26,6 +29,7 @@ impl Default for DeviceConfig {
             hostmem: 256 << 20,
             max_resource_memory: 1 << 30,
             max_resources: 16384,
+            max_channel_fds: DEFAULT_MAX_CHANNEL_FDS,
         }
     }
 }
@@ -50,6 +54,11 @@ pub enum ConfigError {
     #[error("host-visible region size {0:#x} is not a multiple of 4096")]
     HostmemAlignment(u64),
 }
+
+/// Default of [`DeviceConfig::max_channel_fds`]: room for 64 busy Wayland clients (a
+/// client's channel holds its connection, its wait fd and a few buffers or pipes at once),
+/// well inside the 1024-fd soft limit processes start with.
+pub const DEFAULT_MAX_CHANNEL_FDS: u32 = 512;
 
 /// Largest output side accepted.
 pub const MAX_OUTPUT_SIDE: u32 = 16384;
@@ -84,6 +93,7 @@ impl DeviceConfig {
         Usage::host_bytes(self.max_resource_memory)
             .with(Kind::Resources, u64::from(self.max_resources))
             .with(Kind::Contexts, MAX_CONTEXTS)
+            .with(Kind::Fds, u64::from(self.max_channel_fds))
     }
 
     /// Repairs an invalid configuration (see [`DeviceConfig::validate`]): outputs limited to

@@ -1,14 +1,16 @@
 //! Rendering contexts: [`ContextTable`] holds them by id. The context types are cross-domain
-//! (capset 5), whose state is the query ring (where replies go) and the image requirements
-//! handed out, keyed by blob id; and the default context a guest creates without a capset.
+//! (capset 5), whose state is the query ring (where replies go), the image requirements
+//! handed out, keyed by blob id, and, when its INIT asked for one, a channel to the host
+//! compositor with its channel ring; and the default context a guest creates without a
+//! capset.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use super::budget::Charge;
 use super::reject::{reject, Reject};
 use super::resource::ImageInfo;
-use crate::device::ports::{BufferRequest, HostBuffer};
-use crate::protocol::cross_domain::ImageRequirements;
+use crate::device::ports::{BufferRequest, Channel, HostBuffer};
+use crate::protocol::cross_domain::{ImageRequirements, InitLayout};
 use crate::protocol::GpuError;
 
 /// Most image requirements one context keeps (each GET_IMAGE_REQUIREMENTS adds one; guests
@@ -45,6 +47,20 @@ pub(crate) struct Requirement {
     pub pending: Option<Pending>,
 }
 
+/// A cross-domain context's channel to the host compositor.
+#[derive(Debug)]
+pub(crate) struct ContextChannel {
+    /// The host end (a port).
+    pub channel: Box<dyn Channel>,
+    /// The GUEST blob events are written into (offset 0, one event per POLL fence).
+    pub ring: u32,
+    /// Fenced POLLs waiting for an event, oldest first.
+    pub waiting: VecDeque<Waiting>,
+}
+
+/// A fenced POLL whose answer waits for an event: its fence id.
+pub(crate) type Waiting = u64;
+
 /// A context: cross-domain, or the default context a guest creates without a capset.
 #[derive(Debug)]
 pub(crate) struct Context {
@@ -57,6 +73,10 @@ pub(crate) struct Context {
     pub resources: BTreeSet<u32>,
     /// The query ring resource, after CROSS_DOMAIN_CMD_INIT.
     pub query_ring: Option<u32>,
+    /// The layout of the INIT the guest sent (for logs and the ring rules).
+    pub init_layout: Option<InitLayout>,
+    /// The channel, after an INIT with a channel type.
+    pub channel: Option<ContextChannel>,
     /// Requirements by blob id.
     requirements: BTreeMap<u32, Requirement>,
     /// Blob ids whose requirement still holds a pending buffer, oldest first.
@@ -75,6 +95,8 @@ impl Context {
             cross_domain,
             resources: BTreeSet::new(),
             query_ring: None,
+            init_layout: None,
+            channel: None,
             requirements: BTreeMap::new(),
             pending_order: VecDeque::new(),
             last_blob_id: 0,
@@ -141,12 +163,26 @@ impl Context {
         self.requirements.len()
     }
 
-    /// Forgets `resource_id` (destroyed): detaches it, and drops it as the query ring.
-    pub fn forget_resource(&mut self, resource_id: u32) {
-        self.resources.remove(&resource_id);
+    /// Forgets `resource_id` (destroyed or detached) as a ring: drops it as the query ring,
+    /// and closes the channel whose ring it was (events would have nowhere to go). Returns
+    /// the POLLs that were waiting on that channel (to be answered now).
+    pub fn forget_ring(&mut self, resource_id: u32) -> VecDeque<Waiting> {
         if self.query_ring == Some(resource_id) {
             self.query_ring = None;
         }
+        if self.channel.as_ref().is_some_and(|c| c.ring == resource_id) {
+            if let Some(channel) = self.channel.take() {
+                return channel.waiting;
+            }
+        }
+        VecDeque::new()
+    }
+
+    /// Forgets `resource_id` (destroyed): detaches it, and drops it as a ring; returns the
+    /// POLLs left without a channel.
+    pub fn forget_resource(&mut self, resource_id: u32) -> VecDeque<Waiting> {
+        self.resources.remove(&resource_id);
+        self.forget_ring(resource_id)
     }
 }
 
@@ -180,11 +216,25 @@ impl ContextTable {
         self.contexts.remove(&ctx_id).ok_or_else(|| missing(ctx_id))
     }
 
-    /// Forgets `resource_id` in every context.
-    pub fn forget_resource(&mut self, resource_id: u32) {
+    /// Forgets `resource_id` in every context; returns the POLLs left without a channel.
+    pub fn forget_resource(&mut self, resource_id: u32) -> Vec<Waiting> {
+        let mut orphans = Vec::new();
         for ctx in self.contexts.values_mut() {
-            ctx.forget_resource(resource_id);
+            orphans.extend(ctx.forget_resource(resource_id));
         }
+        orphans
+    }
+
+    /// The contexts with a channel, by id.
+    pub fn channels_mut(&mut self) -> impl Iterator<Item = (u32, &mut ContextChannel)> {
+        self.contexts
+            .iter_mut()
+            .filter_map(|(&id, ctx)| ctx.channel.as_mut().map(|c| (id, c)))
+    }
+
+    /// The context's channel, or `None` (no such context or no channel).
+    pub fn channel_mut(&mut self, ctx_id: u32) -> Option<&mut ContextChannel> {
+        self.contexts.get_mut(&ctx_id)?.channel.as_mut()
     }
 
     /// Requirements kept by all contexts together.

@@ -57,8 +57,10 @@ pub use backing::BackingError;
 use budget::{Budget, Kind};
 pub use config::{ConfigError, DeviceConfig, DEFAULT_OUTPUT, MAX_OUTPUT_SIDE};
 use context::ContextTable;
+use context::Waiting;
 use ports::{
-    BufferAllocator, DisplaySink, GuestMemory, GuestPageExporter, MapAdvisor, RegionMapper,
+    BufferAllocator, ChannelConnector, DisplaySink, GuestMemory, GuestPageExporter, MapAdvisor,
+    RegionMapper,
 };
 use region::RegionAllocator;
 use reject::{reject, Reject};
@@ -79,6 +81,9 @@ pub struct Ports {
     /// Exports GUEST blobs' guest RAM as dma-bufs for display sinks that import them
     /// (`None`: GUEST blobs are shown by copying their pixels).
     pub exporter: Option<Box<dyn GuestPageExporter>>,
+    /// Opens cross-domain channels to the host compositor (`None`: no channel is served and
+    /// the capset's `supported_channels` is 0).
+    pub channels: Option<Box<dyn ChannelConnector>>,
 }
 
 impl fmt::Debug for Ports {
@@ -122,6 +127,10 @@ pub struct GpuDevice {
     display: Box<dyn DisplaySink>,
     advisor: Box<dyn MapAdvisor>,
     exporter: Option<Box<dyn GuestPageExporter>>,
+    channels: Option<Box<dyn ChannelConnector>>,
+    /// Fenced POLLs answered (an event was written, or their channel closed), not yet
+    /// reported to the transport.
+    fences_done: Vec<Waiting>,
     acked_features: u64,
     shmem_available: bool,
     events_read: u32,
@@ -175,6 +184,8 @@ impl GpuDevice {
             display: ports.display,
             advisor: ports.advisor,
             exporter: ports.exporter,
+            channels: ports.channels,
+            fences_done: Vec::new(),
             acked_features: 0,
             shmem_available: true,
             events_read: 0,
@@ -321,6 +332,7 @@ impl GpuDevice {
         }
         self.resources.clear();
         self.contexts.clear();
+        self.fences_done.clear();
         debug_assert!(
             self.resources.used().is_zero(),
             "charges outlive the resources and contexts they pay for: {:?}",
@@ -431,7 +443,8 @@ impl GpuDevice {
         for id in self.scanouts.stop_showing(resource_id) {
             self.display.scanout(id, None);
         }
-        self.contexts.forget_resource(resource_id);
+        let orphans = self.contexts.forget_resource(resource_id);
+        self.fences_done.extend(orphans);
         let Some(resource) = self.resources.remove(resource_id) else {
             return;
         };

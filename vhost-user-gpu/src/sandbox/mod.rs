@@ -44,6 +44,9 @@ pub struct SandboxPolicy {
     /// allowed, and Mesa's extra system calls are allowed (best effort: no GPU here to test
     /// with).
     pub gbm: bool,
+    /// Cross-domain Wayland channels are served: Unix stream sockets may be created and
+    /// connected (one compositor connection per guest context), and pipes made (clipboard).
+    pub wayland: bool,
 }
 
 /// What [`confine`] achieved.

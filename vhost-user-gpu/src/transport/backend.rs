@@ -691,6 +691,7 @@ mod tests {
                     Some(dmabuf_info::Platform::X86Intel),
                 )),
                 exporter: alloc::guest_page_exporter(),
+                channels: None,
             };
             Ok(GpuDevice::new(config, ports))
         };

@@ -1,26 +1,26 @@
-//! The host end of a cross-domain Wayland channel: one connection to the host compositor per
-//! context, the tables that turn guest identifiers into file descriptors and back, and the
-//! pipes that carry clipboard and drag-and-drop data.
+//! The host end of one cross-domain Wayland channel: a connection to the host compositor,
+//! the tables that turn guest identifiers into file descriptors and back, and the pipes that
+//! carry clipboard and drag-and-drop data.
 //!
 //! Nothing here blocks. The socket and the host ends of pipes are non-blocking; bytes and fds
 //! for the compositor wait in a bounded queue when it does not read, and a guest that keeps
 //! sending into a stalled queue gets [`ChannelError::Stalled`], never a blocked queue thread.
-//! The device drives the channel:
-//! - `SEND` -> [`WaylandChannel::send`] (resource ids are turned into fds through the
-//!   [`BlobExporter`] port);
-//! - `WRITE` -> [`WaylandChannel::write`];
-//! - a `POLL` fence on the channel ring -> [`WaylandChannel::next_event`] whenever one of
-//!   [`WaylandChannel::poll_fds`] is ready; the event's bytes go to offset 0 of the channel
-//!   ring, then the fence is signalled (one event per fence);
-//! - `RESOURCE_CREATE_BLOB` with an identifier from a RECEIVE -> [`WaylandChannel::take_blob`];
-//! - socket or pipe writable -> [`WaylandChannel::flush`].
+//! Every fd the channel holds for the guest, and every byte queued, is charged to the
+//! device's budget while it is held (the charges travel with what they pay for).
+//!
+//! The channel keeps an epoll instance of its own ([`Channel::wait_fd`]) in which exactly
+//! the fds it can make progress on are registered: the socket and read pipes while the device
+//! wants events, the socket and write pipes while bytes wait for them. A registered fd is
+//! removed from it before it is closed (a pipe's file description may live on in the
+//! compositor, and epoll would go on reporting it).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
+use rustix::event::epoll::{self, EventData, EventFlags};
 use rustix::fs::{FileType, OFlags, SealFlags, SeekFrom};
 use rustix::io::Errno;
 use rustix::net::{
@@ -28,21 +28,26 @@ use rustix::net::{
     SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketAddrUnix, SocketFlags, SocketType,
 };
 
-use super::wire::{
-    self, IdLayout, Identifier, ID_TYPE_READ_PIPE, ID_TYPE_VIRTGPU_BLOB, ID_TYPE_WRITE_PIPE,
-    PIPE_READ_START, READ_WRITE_SIZE, RING_PAGE_SIZE,
+use crate::device::budget::{Budget, Charge, Kind, Usage};
+use crate::device::ports::{
+    BlobExporter, Channel, ChannelConnector, ChannelError, ReceivedBlob, ReceivedKind,
+};
+use crate::protocol::cross_domain::{
+    IdLayout, Identifier, ReadWrite, SendReceive, CHANNEL_TYPE_WAYLAND, ID_TYPE_READ_PIPE,
+    ID_TYPE_VIRTGPU_BLOB, ID_TYPE_WRITE_PIPE, PIPE_READ_START, READ_WRITE_SIZE, RING_PAGE_SIZE,
 };
 
 /// `DMA_BUF_MAGIC` from `linux/magic.h` (the `f_type` of a dma-buf's file system).
 const DMA_BUF_MAGIC: u64 = 0x444d_4142;
 /// Most fds libwayland puts in one `sendmsg` (`MAX_FDS_OUT`); more than this in one message
-/// from the compositor is a broken stream.
+/// from the compositor is a broken stream (the kernel closes the ones that did not fit).
 const MAX_FDS_PER_MESSAGE: usize = 28;
 /// Page size for rounding blob sizes (guests create blobs of whole pages).
 const PAGE: u64 = 4096;
+/// Fds a channel holds from the start: the compositor connection and its epoll instance.
+const CHANNEL_FDS: u64 = 2;
 
-/// Bounds on what one channel holds for a guest. Every count is of host resources (fds,
-/// bytes) that a guest or the compositor can make the device keep.
+/// Bounds on what one channel holds for a guest, on top of the device-wide budget.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChannelLimits {
     /// Fds received from the compositor and not yet claimed by the guest (blobs), plus write
@@ -70,182 +75,6 @@ impl Default for ChannelLimits {
     }
 }
 
-/// What a blob from the compositor is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BlobKind {
-    /// A regular file or memfd (keymaps, shm pools).
-    Memory,
-    /// A dma-buf.
-    Dmabuf,
-}
-
-/// A buffer the compositor handed in, waiting for the guest to make a resource of it. The
-/// device must judge it (dmabuf-info) before any guest mapping, like its own buffers.
-#[derive(Debug)]
-pub struct ReceivedBlob {
-    /// The fd.
-    pub fd: OwnedFd,
-    /// Size in bytes as reported to the guest (the fd's size rounded up to whole pages).
-    pub size: u64,
-    /// The fd's own size in bytes.
-    pub file_size: u64,
-    /// Memory or dma-buf.
-    pub kind: BlobKind,
-    /// Whether a writable mapping is allowed: opened read-write and not sealed against
-    /// writes (weston's keymaps are read-only).
-    pub writable: bool,
-}
-
-/// The port through which the channel turns a guest resource id into an fd for the
-/// compositor. The device implements it over its resource table.
-pub trait BlobExporter {
-    /// A new fd for resource `resource_id` (attached to the context), or why not.
-    fn export_blob(&mut self, resource_id: u32) -> Result<OwnedFd, String>;
-}
-
-/// Interest of the device's event loop in one fd of the channel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Interest {
-    /// Wake when readable (data or hang-up): call [`WaylandChannel::next_event`].
-    Read,
-    /// Wake when writable: call [`WaylandChannel::flush`].
-    Write,
-}
-
-/// Why a channel operation failed. Every variant is the guest's or the compositor's doing
-/// and maps to a virtio-gpu error for the guest; none leaves an fd behind.
-#[derive(Debug, thiserror::Error)]
-pub enum ChannelError {
-    /// The compositor's socket could not be reached.
-    #[error("cannot connect to the Wayland compositor at {path}: {source} (is it running? set --wayland-socket or XDG_RUNTIME_DIR/WAYLAND_DISPLAY)")]
-    Connect {
-        /// Socket path.
-        path: PathBuf,
-        /// Error.
-        source: std::io::Error,
-    },
-    /// A malformed command.
-    #[error(transparent)]
-    Wire(#[from] wire::WireError),
-    /// The guest switched identifier layouts within one context.
-    #[error("SEND uses {now:?} identifier slots but this context started with {first:?}")]
-    LayoutChanged {
-        /// Layout of the first SEND.
-        first: IdLayout,
-        /// Layout of this one.
-        now: IdLayout,
-    },
-    /// An identifier type this device does not pass.
-    #[error("identifier type {0} is not supported (only VIRTGPU_BLOB 1 and READ_PIPE 3)")]
-    UnsupportedIdType(u32),
-    /// A resource could not be exported.
-    #[error("resource {id} cannot be passed to the compositor: {reason}")]
-    Export {
-        /// Resource id.
-        id: u32,
-        /// Why.
-        reason: String,
-    },
-    /// A bad read pipe id.
-    #[error("read pipe id {0:#x} is not above {PIPE_READ_START:#x} or is already in use")]
-    ReadPipeId(u32),
-    /// An item id the channel does not hold (or not of the right kind).
-    #[error("identifier {id:#x} is not a {what} of this channel")]
-    UnknownItem {
-        /// Identifier.
-        id: u32,
-        /// What it should have been.
-        what: &'static str,
-    },
-    /// A bound of [`ChannelLimits`] is reached.
-    #[error("{what}: the limit of {limit} is reached")]
-    TooMany {
-        /// What is counted.
-        what: &'static str,
-        /// Limit.
-        limit: usize,
-    },
-    /// The compositor (or a pipe reader) does not read and its queue is full.
-    #[error("{what} is not reading: {queued} queued, limit {limit}; the data is refused")]
-    Stalled {
-        /// Who.
-        what: &'static str,
-        /// Queued now.
-        queued: usize,
-        /// Limit.
-        limit: usize,
-    },
-    /// The compositor sent an fd this device does not forward.
-    #[error("the compositor sent an fd that is {0}; only memfds, regular files, dma-bufs and pipe write ends are forwarded")]
-    UnsupportedFd(String),
-    /// The compositor sent more fds in one message than fit (they were closed).
-    #[error("the compositor sent more than {MAX_FDS_PER_MESSAGE} fds in one message")]
-    FdsTruncated,
-    /// The connection is closed (the compositor hung up or the channel broke earlier).
-    #[error("the compositor connection is closed")]
-    Closed,
-    /// An OS error on the socket or a pipe.
-    #[error("{what}: {source}")]
-    Io {
-        /// Operation.
-        what: &'static str,
-        /// Error.
-        source: std::io::Error,
-    },
-}
-
-fn io(what: &'static str) -> impl FnOnce(Errno) -> ChannelError {
-    move |e| ChannelError::Io {
-        what,
-        source: e.into(),
-    }
-}
-
-#[derive(Debug)]
-struct Outgoing {
-    data: Vec<u8>,
-    /// Sent with the first byte of `data`; empty once that happened.
-    fds: Vec<OwnedFd>,
-}
-
-#[derive(Debug)]
-struct WritePipe {
-    fd: OwnedFd,
-    backlog: Vec<u8>,
-    hang_up: bool,
-}
-
-#[derive(Debug)]
-enum Item {
-    Blob(ReceivedBlob),
-    WritePipe(WritePipe),
-}
-
-/// The host end of one context's Wayland channel.
-#[derive(Debug)]
-pub struct WaylandChannel {
-    socket: OwnedFd,
-    limits: ChannelLimits,
-    /// Identifier layout of the guest, learnt from its first SEND.
-    layout: Option<IdLayout>,
-    outgoing: VecDeque<Outgoing>,
-    queued_bytes: usize,
-    queued_fds: usize,
-    /// Received from the compositor, not yet delivered to the guest.
-    incoming: Vec<u8>,
-    incoming_ids: VecDeque<Identifier>,
-    items: BTreeMap<u32, Item>,
-    last_item_id: u32,
-    read_pipes: BTreeMap<u32, OwnedFd>,
-    pipe_backlog: usize,
-    /// The compositor closed its end (or the stream broke).
-    hung_up: bool,
-    /// The guest was told (RECEIVE with nothing in it).
-    hang_up_delivered: bool,
-    /// Alternates the first source `next_event` looks at.
-    pipes_first: bool,
-}
-
 /// The compositor socket path from the environment: `$XDG_RUNTIME_DIR/$WAYLAND_DISPLAY`
 /// (`wayland-0` when unset), or `$WAYLAND_DISPLAY` when it is absolute, as libwayland does.
 pub fn socket_from_env() -> Option<PathBuf> {
@@ -257,30 +86,219 @@ pub fn socket_from_env() -> Option<PathBuf> {
     Some(PathBuf::from(std::env::var_os("XDG_RUNTIME_DIR")?).join(display))
 }
 
-impl WaylandChannel {
-    /// Connects to the compositor at `path` (non-blocking; a compositor whose backlog is full
-    /// is an error, not a wait).
-    pub fn connect(path: &Path, limits: ChannelLimits) -> Result<Self, ChannelError> {
-        let connect_error = |e: Errno| ChannelError::Connect {
-            path: path.to_owned(),
-            source: e.into(),
-        };
-        let socket = rustix::net::socket_with(
-            AddressFamily::UNIX,
-            SocketType::STREAM,
-            SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
-            None,
-        )
-        .map_err(connect_error)?;
-        let addr = SocketAddrUnix::new(path).map_err(connect_error)?;
-        rustix::net::connect(&socket, &addr).map_err(connect_error)?;
-        Ok(Self::from_socket(socket, limits))
+/// Opens one [`WaylandChannel`] per context to the compositor at a fixed socket path.
+#[derive(Debug, Clone)]
+pub struct WaylandConnector {
+    socket: PathBuf,
+    limits: ChannelLimits,
+}
+
+impl WaylandConnector {
+    /// A connector for the compositor listening at `socket`.
+    pub fn new(socket: PathBuf, limits: ChannelLimits) -> Self {
+        WaylandConnector { socket, limits }
     }
 
-    fn from_socket(socket: OwnedFd, limits: ChannelLimits) -> Self {
-        WaylandChannel {
+    /// The socket path.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// Connects once and hangs up: whether a compositor answers at the socket now.
+    pub fn probe(&self) -> Result<(), ChannelError> {
+        connect_socket(&self.socket).map(drop)
+    }
+}
+
+impl ChannelConnector for WaylandConnector {
+    fn supported_channels(&self) -> u32 {
+        1 << CHANNEL_TYPE_WAYLAND
+    }
+
+    fn connect(
+        &mut self,
+        channel_type: u32,
+        budget: &Budget,
+    ) -> Result<Box<dyn Channel>, ChannelError> {
+        if channel_type != CHANNEL_TYPE_WAYLAND {
+            return Err(ChannelError::UnsupportedType(channel_type));
+        }
+        Ok(Box::new(WaylandChannel::connect(
+            &self.socket,
+            self.limits,
+            budget,
+        )?))
+    }
+}
+
+fn io(what: &'static str) -> impl FnOnce(Errno) -> ChannelError {
+    move |e| ChannelError::Io {
+        what,
+        source: e.into(),
+    }
+}
+
+fn connect_socket(path: &Path) -> Result<OwnedFd, ChannelError> {
+    let connect_error = |e: Errno| ChannelError::Connect {
+        path: path.to_owned(),
+        source: e.into(),
+    };
+    let socket = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+        None,
+    )
+    .map_err(connect_error)?;
+    let addr = SocketAddrUnix::new(path).map_err(connect_error)?;
+    // Non-blocking: a compositor whose listen backlog is full is an error (EAGAIN), not a
+    // wait on the queue thread.
+    rustix::net::connect(&socket, &addr).map_err(connect_error)?;
+    Ok(socket)
+}
+
+/// Bytes and fds for the compositor, with what they are charged.
+#[derive(Debug)]
+struct Outgoing {
+    data: Vec<u8>,
+    /// Sent with the first byte of `data`; empty once that happened.
+    fds: Vec<OwnedFd>,
+    _charge: Charge,
+}
+
+/// Bytes for a write pipe, with what they are charged.
+#[derive(Debug)]
+struct Chunk {
+    data: Vec<u8>,
+    _charge: Charge,
+}
+
+#[derive(Debug)]
+struct WritePipe {
+    fd: OwnedFd,
+    backlog: VecDeque<Chunk>,
+    hang_up: bool,
+    _charge: Charge,
+}
+
+#[derive(Debug)]
+struct ReadPipe {
+    fd: OwnedFd,
+    _charge: Charge,
+}
+
+#[derive(Debug)]
+enum Item {
+    Blob(ReceivedBlob),
+    WritePipe(WritePipe),
+}
+
+/// The fds registered in the channel's epoll instance, and for what.
+#[derive(Debug)]
+struct Registry {
+    epoll: OwnedFd,
+    registered: BTreeMap<RawFd, EventFlags>,
+}
+
+impl Registry {
+    fn new() -> Result<Self, ChannelError> {
+        Ok(Registry {
+            epoll: epoll::create(epoll::CreateFlags::CLOEXEC)
+                .map_err(io("epoll_create1 for a channel"))?,
+            registered: BTreeMap::new(),
+        })
+    }
+
+    /// Registers `fd` for `flags` (nothing: not registered).
+    fn set(&mut self, fd: BorrowedFd<'_>, flags: EventFlags) -> Result<(), ChannelError> {
+        let raw = fd.as_raw_fd();
+        let data = EventData::new_u64(raw as u64);
+        match (self.registered.get(&raw).copied(), flags.is_empty()) {
+            (None, true) => Ok(()),
+            (Some(old), false) if old == flags => Ok(()),
+            (Some(_), true) => {
+                self.registered.remove(&raw);
+                epoll::delete(&self.epoll, fd).map_err(io("epoll_ctl(DEL)"))
+            }
+            (Some(_), false) => {
+                epoll::modify(&self.epoll, fd, data, flags).map_err(io("epoll_ctl(MOD)"))?;
+                self.registered.insert(raw, flags);
+                Ok(())
+            }
+            (None, false) => {
+                epoll::add(&self.epoll, fd, data, flags).map_err(io("epoll_ctl(ADD)"))?;
+                self.registered.insert(raw, flags);
+                Ok(())
+            }
+        }
+    }
+
+    /// Unregisters `fd` before it is closed.
+    fn forget(&mut self, fd: BorrowedFd<'_>) {
+        if self.registered.remove(&fd.as_raw_fd()).is_some() {
+            let _ = epoll::delete(&self.epoll, fd);
+        }
+    }
+}
+
+/// The host end of one context's Wayland channel.
+#[derive(Debug)]
+pub struct WaylandChannel {
+    socket: OwnedFd,
+    registry: Registry,
+    limits: ChannelLimits,
+    budget: Budget,
+    /// The socket and the epoll instance.
+    _charge: Charge,
+    /// Identifier layout of the guest, learnt from its first SEND.
+    layout: Option<IdLayout>,
+    outgoing: VecDeque<Outgoing>,
+    queued_bytes: usize,
+    queued_fds: usize,
+    /// Received from the compositor, not yet delivered to the guest (at most one
+    /// `recvmsg`, refilled only when empty).
+    incoming: Vec<u8>,
+    incoming_ids: VecDeque<Identifier>,
+    items: BTreeMap<u32, Item>,
+    last_item_id: u32,
+    read_pipes: BTreeMap<u32, ReadPipe>,
+    pipe_backlog: usize,
+    want_events: bool,
+    /// The compositor closed its end (or the stream broke).
+    hung_up: bool,
+    /// The guest was told (RECEIVE with nothing in it).
+    hang_up_delivered: bool,
+    /// Alternates the first source `next_event` looks at.
+    pipes_first: bool,
+}
+
+impl WaylandChannel {
+    /// Connects to the compositor at `path` (non-blocking), charging its two fds to
+    /// `budget`.
+    pub fn connect(
+        path: &Path,
+        limits: ChannelLimits,
+        budget: &Budget,
+    ) -> Result<Self, ChannelError> {
+        let charge = budget
+            .charge(Usage::of(Kind::Fds, CHANNEL_FDS))
+            .map_err(|e| ChannelError::over_budget("a compositor connection", e))?;
+        let socket = connect_socket(path)?;
+        Self::from_socket(socket, limits, budget, charge)
+    }
+
+    fn from_socket(
+        socket: OwnedFd,
+        limits: ChannelLimits,
+        budget: &Budget,
+        charge: Charge,
+    ) -> Result<Self, ChannelError> {
+        Ok(WaylandChannel {
             socket,
+            registry: Registry::new()?,
             limits,
+            budget: budget.clone(),
+            _charge: charge,
             layout: None,
             outgoing: VecDeque::new(),
             queued_bytes: 0,
@@ -292,10 +310,11 @@ impl WaylandChannel {
             last_item_id: PIPE_READ_START - 1,
             read_pipes: BTreeMap::new(),
             pipe_backlog: 0,
+            want_events: false,
             hung_up: false,
             hang_up_delivered: false,
             pipes_first: false,
-        }
+        })
     }
 
     /// The identifier layout RECEIVEs are written in (28 slots until the guest's first SEND).
@@ -303,29 +322,54 @@ impl WaylandChannel {
         self.layout.unwrap_or(IdLayout::TwentyEight)
     }
 
-    /// Whether the compositor closed the connection.
-    pub fn is_closed(&self) -> bool {
-        self.hung_up
-    }
-
     /// Fds received and not yet claimed plus open write pipes, and open read pipes.
     pub fn held(&self) -> (usize, usize) {
         (self.items.len(), self.read_pipes.len())
     }
 
-    /// Forwards a SEND: its bytes and one fd per identifier go to the compositor. On any
-    /// error nothing is sent and nothing is kept.
-    pub fn send(
+    /// Registers in the epoll instance exactly what can make progress now.
+    fn rearm(&mut self) -> Result<(), ChannelError> {
+        let mut socket = EventFlags::empty();
+        if !self.hung_up {
+            if self.want_events {
+                socket |= EventFlags::IN;
+            }
+            if !self.outgoing.is_empty() {
+                socket |= EventFlags::OUT;
+            }
+        }
+        self.registry.set(self.socket.as_fd(), socket)?;
+        let read = if self.want_events {
+            EventFlags::IN
+        } else {
+            EventFlags::empty()
+        };
+        for pipe in self.read_pipes.values() {
+            self.registry.set(pipe.fd.as_fd(), read)?;
+        }
+        for item in self.items.values() {
+            if let Item::WritePipe(pipe) = item {
+                let flags = if pipe.backlog.is_empty() {
+                    EventFlags::empty()
+                } else {
+                    EventFlags::OUT
+                };
+                self.registry.set(pipe.fd.as_fd(), flags)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn send_inner(
         &mut self,
-        cmd: &[u8],
+        send: &SendReceive,
         exporter: &mut dyn BlobExporter,
     ) -> Result<(), ChannelError> {
-        let send = wire::decode_send(cmd)?;
         if let Some(first) = self.layout {
             if first != send.layout {
                 return Err(ChannelError::LayoutChanged {
-                    first,
-                    now: send.layout,
+                    first: first.max_ids(),
+                    now: send.layout.max_ids(),
                 });
             }
         }
@@ -333,11 +377,7 @@ impl WaylandChannel {
             return Err(ChannelError::Closed);
         }
         if send.data.is_empty() && !send.identifiers.is_empty() {
-            // A stream socket carries fds only with at least one byte; they would be lost.
-            return Err(ChannelError::Wire(wire::WireError::Invalid {
-                what: "CrossDomainSendReceive with identifiers but opaque_data_size",
-                value: 0,
-            }));
+            return Err(ChannelError::FdsWithoutData);
         }
         if self.queued_bytes + send.data.len() > self.limits.max_queued_bytes {
             return Err(ChannelError::Stalled {
@@ -353,8 +393,27 @@ impl WaylandChannel {
                 limit: self.limits.max_queued_fds,
             });
         }
+        // One fd per identifier waits in the queue; a read pipe also keeps its read end.
+        let read_pipes = send
+            .identifiers
+            .iter()
+            .filter(|i| i.kind == ID_TYPE_READ_PIPE)
+            .count();
+        let charge = self
+            .budget
+            .charge(
+                Usage::host_bytes(send.data.len() as u64)
+                    .with(Kind::Fds, send.identifiers.len() as u64),
+            )
+            .map_err(|e| ChannelError::over_budget("a SEND to the compositor", e))?;
+        if read_pipes > 0 && self.read_pipes.len() + read_pipes > self.limits.max_read_pipes {
+            return Err(ChannelError::TooMany {
+                what: "read pipes",
+                limit: self.limits.max_read_pipes,
+            });
+        }
         let mut fds = Vec::with_capacity(send.identifiers.len());
-        let mut new_read_pipes: Vec<(u32, OwnedFd)> = Vec::new();
+        let mut new_read_pipes: Vec<(u32, ReadPipe)> = Vec::new();
         for ident in &send.identifiers {
             match ident.kind {
                 ID_TYPE_VIRTGPU_BLOB => {
@@ -375,12 +434,10 @@ impl WaylandChannel {
                     {
                         return Err(ChannelError::ReadPipeId(id));
                     }
-                    if self.read_pipes.len() + new_read_pipes.len() >= self.limits.max_read_pipes {
-                        return Err(ChannelError::TooMany {
-                            what: "read pipes",
-                            limit: self.limits.max_read_pipes,
-                        });
-                    }
+                    let read_charge = self
+                        .budget
+                        .charge(Usage::of(Kind::Fds, 1))
+                        .map_err(|e| ChannelError::over_budget("a read pipe", e))?;
                     let (read_end, write_end) =
                         rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
                             .map_err(io("pipe2"))?;
@@ -388,7 +445,13 @@ impl WaylandChannel {
                     // file description as it expects.
                     rustix::fs::fcntl_setfl(&read_end, OFlags::NONBLOCK)
                         .map_err(io("fcntl(F_SETFL) on a read pipe"))?;
-                    new_read_pipes.push((id, read_end));
+                    new_read_pipes.push((
+                        id,
+                        ReadPipe {
+                            fd: read_end,
+                            _charge: read_charge,
+                        },
+                    ));
                     fds.push(write_end);
                 }
                 other => return Err(ChannelError::UnsupportedIdType(other)),
@@ -399,17 +462,16 @@ impl WaylandChannel {
         self.queued_bytes += send.data.len();
         self.queued_fds += fds.len();
         self.outgoing.push_back(Outgoing {
-            data: send.data.to_vec(),
+            data: send.data.clone(),
             fds,
+            _charge: charge,
         });
-        self.flush()
+        self.flush_inner()
     }
 
-    /// Writes what waits for the compositor and for write pipes, as far as they take it
-    /// without blocking. A compositor that went away marks the channel closed.
-    pub fn flush(&mut self) -> Result<(), ChannelError> {
+    fn flush_inner(&mut self) -> Result<(), ChannelError> {
         while let Some(front) = self.outgoing.front_mut() {
-            if front.data.is_empty() && front.fds.is_empty() {
+            if front.data.is_empty() {
                 self.outgoing.pop_front();
                 continue;
             }
@@ -423,7 +485,6 @@ impl WaylandChannel {
                     limit: MAX_FDS_PER_MESSAGE,
                 });
             }
-            // A message with fds but no bytes cannot carry them: Wayland always has bytes.
             let slice = [IoSlice::new(&front.data)];
             match rustix::net::sendmsg(
                 &self.socket,
@@ -462,18 +523,22 @@ impl WaylandChannel {
             let Item::WritePipe(pipe) = item else {
                 continue;
             };
-            while !pipe.backlog.is_empty() {
-                match rustix::io::write(&pipe.fd, &pipe.backlog) {
+            while let Some(chunk) = pipe.backlog.front_mut() {
+                match rustix::io::write(&pipe.fd, &chunk.data) {
                     Ok(n) => {
-                        pipe.backlog.drain(..n);
+                        chunk.data.drain(..n);
                         self.pipe_backlog -= n;
+                        if chunk.data.is_empty() {
+                            pipe.backlog.pop_front();
+                        }
                     }
                     Err(Errno::INTR) => continue,
                     Err(Errno::AGAIN) => break,
                     Err(e) => {
                         // The reader went away: drop what is left, close the pipe.
                         log::debug!("write pipe {id:#x}: {e}; closing it");
-                        self.pipe_backlog -= pipe.backlog.len();
+                        let left: usize = pipe.backlog.iter().map(|c| c.data.len()).sum();
+                        self.pipe_backlog -= left;
                         pipe.backlog.clear();
                         pipe.hang_up = true;
                     }
@@ -484,13 +549,20 @@ impl WaylandChannel {
             }
         }
         for id in done {
-            self.items.remove(&id);
+            self.remove_item(id);
         }
     }
 
-    /// Forwards a WRITE into the write pipe it names.
-    pub fn write(&mut self, cmd: &[u8]) -> Result<(), ChannelError> {
-        let write = wire::decode_write(cmd)?;
+    /// Removes an item, unregistering its fd first.
+    fn remove_item(&mut self, id: u32) -> Option<Item> {
+        let item = self.items.remove(&id)?;
+        if let Item::WritePipe(pipe) = &item {
+            self.registry.forget(pipe.fd.as_fd());
+        }
+        Some(item)
+    }
+
+    fn write_inner(&mut self, write: &ReadWrite) -> Result<(), ChannelError> {
         let Some(Item::WritePipe(pipe)) = self.items.get_mut(&write.identifier) else {
             return Err(ChannelError::UnknownItem {
                 id: write.identifier,
@@ -504,44 +576,26 @@ impl WaylandChannel {
                 limit: self.limits.max_pipe_backlog,
             });
         }
-        pipe.backlog.extend_from_slice(write.data);
+        if !write.data.is_empty() {
+            let charge = self
+                .budget
+                .charge(Usage::host_bytes(write.data.len() as u64))
+                .map_err(|e| ChannelError::over_budget("a WRITE to a pipe", e))?;
+            pipe.backlog.push_back(Chunk {
+                data: write.data.clone(),
+                _charge: charge,
+            });
+            self.pipe_backlog += write.data.len();
+        }
         pipe.hang_up |= write.hang_up;
-        self.pipe_backlog += write.data.len();
         self.flush_pipes();
         Ok(())
     }
 
-    /// The fds the device's event loop should watch, and for what.
-    pub fn poll_fds(&self) -> Vec<(BorrowedFd<'_>, Interest)> {
-        let mut fds = Vec::with_capacity(2 + self.read_pipes.len());
-        if !self.hung_up {
-            fds.push((self.socket.as_fd(), Interest::Read));
-            if !self.outgoing.is_empty() {
-                fds.push((self.socket.as_fd(), Interest::Write));
-            }
-        }
-        fds.extend(
-            self.read_pipes
-                .values()
-                .map(|fd| (fd.as_fd(), Interest::Read)),
-        );
-        for item in self.items.values() {
-            if let Item::WritePipe(pipe) = item {
-                if !pipe.backlog.is_empty() {
-                    fds.push((pipe.fd.as_fd(), Interest::Write));
-                }
-            }
-        }
-        fds
-    }
-
-    /// The next event for the guest (the bytes of one RECEIVE or READ, at most one ring page),
-    /// or `None` when nothing is ready. Never blocks. After the compositor hung up, one
-    /// RECEIVE with no data and no identifiers tells the guest.
-    pub fn next_event(&mut self) -> Result<Option<Vec<u8>>, ChannelError> {
+    fn next_event_inner(&mut self) -> Result<Option<Vec<u8>>, ChannelError> {
         self.pipes_first = !self.pipes_first;
         if self.pipes_first {
-            if let Some(event) = self.next_pipe_event()? {
+            if let Some(event) = self.next_pipe_event() {
                 return Ok(Some(event));
             }
             self.next_socket_event()
@@ -549,7 +603,7 @@ impl WaylandChannel {
             if let Some(event) = self.next_socket_event()? {
                 return Ok(Some(event));
             }
-            self.next_pipe_event()
+            Ok(self.next_pipe_event())
         }
     }
 
@@ -559,8 +613,8 @@ impl WaylandChannel {
                 // A broken stream cannot be resynchronised: tell the guest it is closed.
                 self.hung_up = true;
                 self.incoming.clear();
-                self.incoming_ids.clear();
-                log::debug!("compositor connection broken: {e}");
+                self.drop_incoming_ids();
+                log::debug!("compositor connection closed: {e}");
                 if !matches!(e, ChannelError::Closed) {
                     return Err(e);
                 }
@@ -570,20 +624,31 @@ impl WaylandChannel {
         if !self.incoming.is_empty() {
             let n = self.incoming.len().min(layout.max_data());
             let take = self.incoming_ids.len().min(layout.max_ids());
-            let ids: Vec<Identifier> = self.incoming_ids.drain(..take).collect();
-            let event = wire::encode_receive(layout, &ids, &self.incoming[..n]);
-            self.incoming.drain(..n);
-            return Ok(Some(event));
+            let event = SendReceive {
+                layout,
+                identifiers: self.incoming_ids.drain(..take).collect(),
+                data: self.incoming.drain(..n).collect(),
+            };
+            return Ok(Some(event.receive_bytes()));
         }
         if self.hung_up && !self.hang_up_delivered {
             // Identifiers that never got bytes to travel with are dropped with their items.
-            for ident in self.incoming_ids.drain(..) {
-                self.items.remove(&ident.id);
-            }
+            self.drop_incoming_ids();
             self.hang_up_delivered = true;
-            return Ok(Some(wire::encode_receive(layout, &[], &[])));
+            let closed = SendReceive {
+                layout,
+                identifiers: Vec::new(),
+                data: Vec::new(),
+            };
+            return Ok(Some(closed.receive_bytes()));
         }
         Ok(None)
+    }
+
+    fn drop_incoming_ids(&mut self) {
+        while let Some(ident) = self.incoming_ids.pop_front() {
+            self.remove_item(ident.id);
+        }
     }
 
     /// One non-blocking `recvmsg` from the compositor into `incoming`.
@@ -615,7 +680,10 @@ impl WaylandChannel {
             }
         }
         if msg.flags.contains(ReturnFlags::CTRUNC) {
-            return Err(ChannelError::FdsTruncated);
+            return Err(ChannelError::TooMany {
+                what: "fds in one message from the compositor",
+                limit: MAX_FDS_PER_MESSAGE,
+            });
         }
         if msg.bytes == 0 && fds.is_empty() {
             return Err(ChannelError::Closed);
@@ -626,14 +694,15 @@ impl WaylandChannel {
                 limit: self.limits.max_items,
             });
         }
-        let mut idents = Vec::with_capacity(fds.len());
-        let mut items = Vec::with_capacity(fds.len());
+        let mut received = Vec::with_capacity(fds.len());
         for fd in fds {
-            let (kind, size, item) = classify(fd)?;
-            items.push(item);
-            idents.push((kind, size));
+            let charge = self
+                .budget
+                .charge(Usage::of(Kind::Fds, 1))
+                .map_err(|e| ChannelError::over_budget("an fd from the compositor", e))?;
+            received.push(classify(fd, charge)?);
         }
-        for ((kind, size), item) in idents.into_iter().zip(items) {
+        for (kind, size, item) in received {
             let id = self.next_item_id();
             self.items.insert(id, item);
             self.incoming_ids.push_back(Identifier { id, kind, size });
@@ -654,55 +723,116 @@ impl WaylandChannel {
         }
     }
 
-    fn next_pipe_event(&mut self) -> Result<Option<Vec<u8>>, ChannelError> {
+    fn next_pipe_event(&mut self) -> Option<Vec<u8>> {
         let max = RING_PAGE_SIZE - READ_WRITE_SIZE;
         let mut buf = vec![0u8; max];
         let mut finished = None;
         let mut event = None;
-        for (&id, fd) in &self.read_pipes {
-            match rustix::io::read(fd, &mut buf) {
+        for (&id, pipe) in &self.read_pipes {
+            let read = |data: &[u8], hang_up| {
+                ReadWrite {
+                    identifier: id,
+                    hang_up,
+                    data: data.to_vec(),
+                }
+                .read_bytes()
+            };
+            match rustix::io::read(&pipe.fd, &mut buf) {
                 Ok(0) => {
                     finished = Some(id);
-                    event = Some(wire::encode_read(id, true, &[]));
+                    event = Some(read(&[], true));
                     break;
                 }
                 Ok(n) => {
-                    event = Some(wire::encode_read(id, false, &buf[..n]));
+                    event = Some(read(&buf[..n], false));
                     break;
                 }
                 Err(Errno::AGAIN) | Err(Errno::INTR) => continue,
                 Err(e) => {
                     log::debug!("read pipe {id:#x}: {e}; closing it");
                     finished = Some(id);
-                    event = Some(wire::encode_read(id, true, &[]));
+                    event = Some(read(&[], true));
                     break;
                 }
             }
         }
         if let Some(id) = finished {
-            self.read_pipes.remove(&id);
+            if let Some(pipe) = self.read_pipes.remove(&id) {
+                self.registry.forget(pipe.fd.as_fd());
+            }
         }
-        Ok(event)
+        event
     }
 
-    /// Hands the guest the buffer behind identifier `id` of an earlier RECEIVE (its
-    /// `RESOURCE_CREATE_BLOB`); the item is forgotten by the channel.
-    pub fn take_blob(&mut self, id: u32) -> Result<ReceivedBlob, ChannelError> {
-        match self.items.get(&id) {
-            Some(Item::Blob(_)) => match self.items.remove(&id) {
-                Some(Item::Blob(blob)) => Ok(blob),
-                _ => unreachable!("checked just above"),
-            },
-            _ => Err(ChannelError::UnknownItem {
+    fn take_blob_inner(&mut self, id: u32) -> Result<ReceivedBlob, ChannelError> {
+        if !matches!(self.items.get(&id), Some(Item::Blob(_)))
+            || self.incoming_ids.iter().any(|i| i.id == id)
+        {
+            return Err(ChannelError::UnknownItem {
                 id,
                 what: "blob received from the compositor",
-            }),
+            });
         }
+        match self.remove_item(id) {
+            Some(Item::Blob(blob)) => Ok(blob),
+            _ => unreachable!("checked just above"),
+        }
+    }
+
+    /// Runs `op`, then registers what can make progress afterwards.
+    fn rearm_after<T>(
+        &mut self,
+        op: impl FnOnce(&mut Self) -> Result<T, ChannelError>,
+    ) -> Result<T, ChannelError> {
+        let result = op(self);
+        let rearmed = self.rearm();
+        let value = result?;
+        rearmed?;
+        Ok(value)
+    }
+}
+
+impl Channel for WaylandChannel {
+    fn send(
+        &mut self,
+        send: &SendReceive,
+        exporter: &mut dyn BlobExporter,
+    ) -> Result<(), ChannelError> {
+        self.rearm_after(|ch| ch.send_inner(send, exporter))
+    }
+
+    fn write(&mut self, write: &ReadWrite) -> Result<(), ChannelError> {
+        self.rearm_after(|ch| ch.write_inner(write))
+    }
+
+    fn next_event(&mut self) -> Result<Option<Vec<u8>>, ChannelError> {
+        self.rearm_after(Self::next_event_inner)
+    }
+
+    fn flush(&mut self) -> Result<(), ChannelError> {
+        self.rearm_after(Self::flush_inner)
+    }
+
+    fn want_events(&mut self, yes: bool) -> Result<(), ChannelError> {
+        self.want_events = yes;
+        self.rearm()
+    }
+
+    fn wait_fd(&self) -> BorrowedFd<'_> {
+        self.registry.epoll.as_fd()
+    }
+
+    fn take_blob(&mut self, id: u32) -> Result<ReceivedBlob, ChannelError> {
+        self.take_blob_inner(id)
+    }
+
+    fn is_closed(&self) -> bool {
+        self.hung_up
     }
 }
 
 /// What an fd from the compositor is: (identifier type, size for the guest, item).
-fn classify(fd: OwnedFd) -> Result<(u32, u32, Item), ChannelError> {
+fn classify(fd: OwnedFd, charge: Charge) -> Result<(u32, u32, Item), ChannelError> {
     let stat = rustix::fs::fstat(&fd).map_err(io("fstat on an fd from the compositor"))?;
     let access = rustix::fs::fcntl_getfl(&fd).map_err(io("fcntl(F_GETFL)"))? & OFlags::RWMODE;
     match FileType::from_raw_mode(stat.st_mode) {
@@ -714,8 +844,9 @@ fn classify(fd: OwnedFd) -> Result<(u32, u32, Item), ChannelError> {
                 0,
                 Item::WritePipe(WritePipe {
                     fd,
-                    backlog: Vec::new(),
+                    backlog: VecDeque::new(),
                     hang_up: false,
+                    _charge: charge,
                 }),
             ))
         }
@@ -726,7 +857,13 @@ fn classify(fd: OwnedFd) -> Result<(u32, u32, Item), ChannelError> {
             let seals = rustix::fs::fcntl_get_seals(&fd).unwrap_or(SealFlags::empty());
             let writable = access == OFlags::RDWR
                 && !seals.intersects(SealFlags::WRITE | SealFlags::FUTURE_WRITE);
-            blob(fd, stat.st_size as u64, BlobKind::Memory, writable)
+            blob(
+                fd,
+                stat.st_size as u64,
+                ReceivedKind::Memory,
+                writable,
+                charge,
+            )
         }
         other => {
             let fs = rustix::fs::fstatfs(&fd).map_err(io("fstatfs"))?;
@@ -734,7 +871,13 @@ fn classify(fd: OwnedFd) -> Result<(u32, u32, Item), ChannelError> {
                 let size =
                     rustix::fs::seek(&fd, SeekFrom::End(0)).map_err(io("lseek on a dma-buf"))?;
                 let _ = rustix::fs::seek(&fd, SeekFrom::Start(0));
-                blob(fd, size, BlobKind::Dmabuf, access == OFlags::RDWR)
+                blob(
+                    fd,
+                    size,
+                    ReceivedKind::Dmabuf,
+                    access == OFlags::RDWR,
+                    charge,
+                )
             } else {
                 Err(ChannelError::UnsupportedFd(format!("of type {other:?}")))
             }
@@ -745,8 +888,9 @@ fn classify(fd: OwnedFd) -> Result<(u32, u32, Item), ChannelError> {
 fn blob(
     fd: OwnedFd,
     file_size: u64,
-    kind: BlobKind,
+    kind: ReceivedKind,
     writable: bool,
+    charge: Charge,
 ) -> Result<(u32, u32, Item), ChannelError> {
     let size = file_size.div_ceil(PAGE) * PAGE;
     let Ok(wire_size) = u32::try_from(size) else {
@@ -763,18 +907,37 @@ fn blob(
         Item::Blob(ReceivedBlob {
             fd,
             size,
-            file_size,
             kind,
             writable,
+            charge,
         }),
     ))
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cross_domain::wire::{encode_send, encode_write};
+    use crate::protocol::cross_domain::{CMD_READ, CMD_RECEIVE};
     use rustix::net::{socketpair, SocketFlags as SF};
+
+    fn encode_send(layout: IdLayout, ids: &[Identifier], data: &[u8]) -> SendReceive {
+        SendReceive {
+            layout,
+            identifiers: ids.to_vec(),
+            data: data.to_vec(),
+        }
+    }
+
+    fn encode_write(identifier: u32, hang_up: bool, data: &[u8]) -> ReadWrite {
+        ReadWrite {
+            identifier,
+            hang_up,
+            data: data.to_vec(),
+        }
+    }
+
+    fn budget() -> Budget {
+        Budget::new(Usage::host_bytes(64 << 20).with(Kind::Fds, 1000))
+    }
 
     /// Hands out memfds holding `resource id` as text; refuses id 0.
     struct MemfdExporter;
@@ -793,6 +956,10 @@ mod tests {
     }
 
     fn pair(limits: ChannelLimits) -> (WaylandChannel, OwnedFd) {
+        pair_in(limits, &budget())
+    }
+
+    fn pair_in(limits: ChannelLimits, budget: &Budget) -> (WaylandChannel, OwnedFd) {
         let (a, b) = socketpair(
             AddressFamily::UNIX,
             SocketType::STREAM,
@@ -800,7 +967,11 @@ mod tests {
             None,
         )
         .unwrap();
-        (WaylandChannel::from_socket(a, limits), b)
+        let charge = budget.charge(Usage::of(Kind::Fds, CHANNEL_FDS)).unwrap();
+        (
+            WaylandChannel::from_socket(a, limits, budget, charge).unwrap(),
+            b,
+        )
     }
 
     /// What the fake compositor reads: bytes and fds.
@@ -915,7 +1086,7 @@ mod tests {
         let cmd = encode_send(IdLayout::TwentyEight, &[blob(7)], b"");
         assert!(matches!(
             ch.send(&cmd, &mut MemfdExporter),
-            Err(ChannelError::Wire(_))
+            Err(ChannelError::FdsWithoutData)
         ));
         assert_eq!(ch.held(), (0, 0));
         assert!(peer_recv(&peer).0.is_empty());
@@ -943,7 +1114,7 @@ mod tests {
             .unwrap()
             .or_else(|| ch.next_event().unwrap())
             .unwrap();
-        assert_eq!(first[0], crate::protocol::cross_domain::CMD_RECEIVE);
+        assert_eq!(first[0], CMD_RECEIVE);
         assert_eq!(u32_at(&first, 8), 4);
         assert_eq!(&first[64..], b"AB");
         // All bytes went with the first event: the remaining 2 ids wait for more bytes.
@@ -980,8 +1151,8 @@ mod tests {
         assert_eq!(blob_id % 2, 1, "received ids are odd");
         let got = ch.take_blob(blob_id).unwrap();
         assert_eq!(
-            (got.file_size, got.kind, got.writable),
-            (5000, BlobKind::Memory, true)
+            (got.size, got.kind, got.writable),
+            (8192, ReceivedKind::Memory, true)
         );
         assert!(ch.take_blob(blob_id).is_err(), "a blob is handed out once");
         assert!(ch.take_blob(pipe_id).is_err(), "a pipe is not a blob");
@@ -1026,7 +1197,7 @@ mod tests {
             .unwrap()
             .or_else(|| ch.next_event().unwrap())
             .unwrap();
-        assert_eq!(ev[0], crate::protocol::cross_domain::CMD_READ);
+        assert_eq!(ev[0], CMD_READ);
         assert_eq!(
             (u32_at(&ev, 8), u32_at(&ev, 12), u32_at(&ev, 16)),
             (id, 0, 6)
@@ -1210,5 +1381,177 @@ mod tests {
         assert_eq!(rustix::io::read(&pipe_r, &mut buf).unwrap(), 0);
         // And the compositor sees its client go away.
         assert_eq!(peer_recv(&peer).0.len(), 0);
+    }
+
+    fn readable(fd: BorrowedFd<'_>) -> bool {
+        let mut fds = [rustix::event::PollFd::from_borrowed_fd(
+            fd,
+            rustix::event::PollFlags::IN,
+        )];
+        let zero = rustix::event::Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        rustix::event::poll(&mut fds, Some(&zero)).unwrap() == 1
+    }
+
+    #[test]
+    fn wait_fd_wakes_for_data_only_while_events_are_wanted() {
+        let (mut ch, peer) = pair(ChannelLimits::default());
+        assert!(!readable(ch.wait_fd()));
+        peer_send(&peer, b"hello", &[]);
+        assert!(!readable(ch.wait_fd()), "no POLL pending: no wake-up");
+        ch.want_events(true).unwrap();
+        assert!(readable(ch.wait_fd()));
+        let ev = ch
+            .next_event()
+            .unwrap()
+            .or_else(|| ch.next_event().unwrap());
+        assert_eq!(&ev.unwrap()[352..], b"hello");
+        assert!(!readable(ch.wait_fd()), "drained");
+        ch.want_events(false).unwrap();
+        peer_send(&peer, b"more", &[]);
+        assert!(!readable(ch.wait_fd()));
+    }
+
+    #[test]
+    fn wait_fd_wakes_when_a_stalled_compositor_reads_again() {
+        let limits = ChannelLimits {
+            max_queued_bytes: 8 << 20,
+            ..ChannelLimits::default()
+        };
+        let (mut ch, peer) = pair(limits);
+        let chunk = vec![7u8; IdLayout::TwentyEight.max_data()];
+        let cmd = encode_send(IdLayout::TwentyEight, &[], &chunk);
+        while ch.outgoing.is_empty() {
+            ch.send(&cmd, &mut MemfdExporter).unwrap();
+        }
+        // The socket buffer is full: nothing to do until the compositor reads.
+        assert!(!readable(ch.wait_fd()));
+        let mut sink = vec![0u8; 1 << 20];
+        while rustix::io::read(&peer, &mut sink).is_ok() {}
+        assert!(readable(ch.wait_fd()), "socket writable again");
+        ch.flush().unwrap();
+        while rustix::io::read(&peer, &mut sink).is_ok() {}
+        ch.flush().unwrap();
+        assert!(ch.outgoing.is_empty());
+        assert!(!readable(ch.wait_fd()));
+    }
+
+    #[test]
+    fn write_pipe_closed_here_but_open_in_the_compositor_does_not_wake() {
+        let (mut ch, peer) = pair(ChannelLimits::default());
+        let (pipe_r, pipe_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap();
+        peer_send(&peer, b"w", &[pipe_w.as_fd()]);
+        // The compositor keeps its copy of the write end open.
+        let ev = ch
+            .next_event()
+            .unwrap()
+            .or_else(|| ch.next_event().unwrap())
+            .unwrap();
+        let pipe_id = u32_at(&ev, 16);
+        // A write that cannot finish at once would register the pipe for OUT; this one
+        // finishes and hangs up: the pipe is gone, and so is its registration.
+        ch.write(&encode_write(pipe_id, true, b"x")).unwrap();
+        assert_eq!(ch.held(), (0, 0));
+        assert!(
+            !readable(ch.wait_fd()),
+            "a pipe writable in the compositor is no concern of ours"
+        );
+        let mut buf = [0u8; 4];
+        assert_eq!(rustix::io::read(&pipe_r, &mut buf).unwrap(), 1);
+        drop(pipe_w);
+    }
+
+    #[test]
+    fn every_fd_and_byte_held_is_charged_and_released() {
+        let budget = budget();
+        let (mut ch, peer) = pair_in(ChannelLimits::default(), &budget);
+        assert_eq!(budget.used().get(Kind::Fds), CHANNEL_FDS);
+        // Two fds from the compositor, unclaimed: charged.
+        let memfd = MemfdExporter.export_blob(1).unwrap();
+        peer_send(&peer, b"x", &[memfd.as_fd(), memfd.as_fd()]);
+        let ev = ch
+            .next_event()
+            .unwrap()
+            .or_else(|| ch.next_event().unwrap())
+            .unwrap();
+        assert_eq!(budget.used().get(Kind::Fds), CHANNEL_FDS + 2);
+        // A claimed blob carries its charge out; dropping it releases it.
+        let blob = ch.take_blob(u32_at(&ev, 16)).unwrap();
+        assert_eq!(budget.used().get(Kind::Fds), CHANNEL_FDS + 2);
+        drop(blob);
+        assert_eq!(budget.used().get(Kind::Fds), CHANNEL_FDS + 1);
+        // A read pipe holds its read end; queued bytes while the compositor does not read.
+        let read_pipe = Identifier {
+            id: PIPE_READ_START + 1,
+            kind: ID_TYPE_READ_PIPE,
+            size: 0,
+        };
+        ch.send(
+            &encode_send(IdLayout::TwentyEight, &[read_pipe], b"r"),
+            &mut MemfdExporter,
+        )
+        .unwrap();
+        assert_eq!(budget.used().get(Kind::Fds), CHANNEL_FDS + 2);
+        assert_eq!(budget.used().get(Kind::HostBytes), 0, "sent at once");
+        drop(ch);
+        assert!(budget.used().is_zero(), "{:?}", budget.used());
+        drop(peer);
+    }
+
+    #[test]
+    fn a_full_fd_budget_refuses_sends_and_closes_a_flooding_compositor() {
+        let budget = Budget::new(Usage::host_bytes(1 << 20).with(Kind::Fds, CHANNEL_FDS + 1));
+        let (mut ch, peer) = pair_in(ChannelLimits::default(), &budget);
+        let cmd = encode_send(IdLayout::TwentyEight, &[blob(7), blob(8)], b"two");
+        assert!(matches!(
+            ch.send(&cmd, &mut MemfdExporter),
+            Err(ChannelError::OverBudget {
+                kind: Kind::Fds,
+                ..
+            })
+        ));
+        assert!(peer_recv(&peer).0.is_empty(), "nothing half-sent");
+        let memfd = MemfdExporter.export_blob(1).unwrap();
+        peer_send(&peer, b"y", &[memfd.as_fd(), memfd.as_fd()]);
+        let err = ch.next_event().and_then(|e| match e {
+            Some(_) => ch.next_event(),
+            None => ch.next_event(),
+        });
+        assert!(
+            matches!(err, Err(ChannelError::OverBudget { .. })),
+            "{err:?}"
+        );
+        assert!(ch.is_closed());
+        assert_eq!(
+            budget.used().get(Kind::Fds),
+            CHANNEL_FDS,
+            "the refused fds were closed"
+        );
+        // The guest is told once.
+        let ev = ch.next_event().unwrap().unwrap();
+        assert_eq!((u32_at(&ev, 8), u32_at(&ev, 12)), (0, 0));
+    }
+
+    #[test]
+    fn a_connection_is_charged_before_it_is_made() {
+        let budget = Budget::new(Usage::of(Kind::Fds, 1));
+        let err = WaylandChannel::connect(
+            Path::new("/nonexistent/wayland-0"),
+            ChannelLimits::default(),
+            &budget,
+        )
+        .unwrap_err();
+        assert!(matches!(err, ChannelError::OverBudget { .. }), "{err}");
+        let budget = Budget::new(Usage::of(Kind::Fds, 2));
+        let err = WaylandChannel::connect(
+            Path::new("/nonexistent/wayland-0"),
+            ChannelLimits::default(),
+            &budget,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("--wayland-socket"), "{err}");
+        assert!(budget.used().is_zero());
     }
 }
