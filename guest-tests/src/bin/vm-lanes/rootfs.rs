@@ -28,8 +28,9 @@ const BUILDER_VERSION: u32 = 1;
 /// Where Debian's packages come from.
 const MIRROR: &str = "http://deb.debian.org/debian";
 
-/// Modules the initramfs loads to mount the root disk (their dependencies come along).
-const ROOT_DISK_MODULES: [&str; 2] = ["virtio_blk", "ext4"];
+/// Modules the initramfs loads to mount the root disk (their dependencies come along;
+/// ext4 asks the crypto API for crc32c at mount time, which modules.dep does not say).
+const ROOT_DISK_MODULES: [&str; 3] = ["virtio_blk", "crc32c_generic", "ext4"];
 
 /// What goes into an image.
 #[derive(Debug, Clone, PartialEq, Eq)]
