@@ -367,6 +367,7 @@ fn kernel_lane(env: &mut Env, timeout: Duration) -> Result<Tally, Error> {
         kernel: &kernel.image,
         initramfs: &initrd,
         extra: strings(&["-m", "512M", "-machine", "q35", "-device", "virtio-gpu-pci"]),
+        env: Vec::new(),
         timeout,
     };
     let transcript = step("kernel lane: guest run", || boot.run(&mut |_| {}))?;
@@ -581,6 +582,7 @@ fn blob_lane(env: &mut Env, timeout: Duration) -> Result<Tally, Error> {
             kernel: &kernel.image,
             initramfs: &initrd,
             extra: args,
+            env: Vec::new(),
             timeout,
         };
         let mut capture_outcome = None;
@@ -705,6 +707,7 @@ fn qemu10_lane(env: &mut Env, timeout: Duration) -> Result<Tally, Error> {
         kernel: &kernel.image,
         initramfs: &initrd,
         extra: args,
+        env: Vec::new(),
         timeout,
     };
     let mut pattern_outcome = None;

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use guest_tests::report::{case_line, Outcome, Tally};
 
+use crate::binaries;
 use crate::fetch;
 use crate::lanes::Env;
 use crate::rootfs::{self, LaneFiles, Spec};
@@ -25,7 +26,7 @@ use crate::vm::{Boot, KillOnDrop, Qemu};
 use crate::{run, run_output, step, Error};
 
 /// Packages of the render root (host side, trixie).
-const RENDER_ROOT_PACKAGES: [&str; 17] = [
+const RENDER_ROOT_PACKAGES: [&str; 19] = [
     // virglrenderer and the render server, Mesa's software drivers.
     "libvirglrenderer1",
     "virgl-server",
@@ -35,6 +36,9 @@ const RENDER_ROOT_PACKAGES: [&str; 17] = [
     "libegl1",
     "libgl1",
     "mesa-vulkan-drivers",
+    // A display for QEMU's own GL device (GTK on Xvfb).
+    "xvfb",
+    "xauth",
     // Building the peer.
     "ca-certificates",
     "gcc",
@@ -258,29 +262,107 @@ bad() { echo "FAILED $1: $2"; fail=$((fail+1)); }
 info=$(eglinfo -B -p gbm 2>&1); echo "$info" | sed 's/^/  eglinfo: /'
 if echo "$info" | grep -q "OpenGL.*renderer.*virgl"; then ok "eglinfo: GBM platform renders with virgl"
 else bad "eglinfo" "no virgl renderer on the GBM platform"; fi
-out=$(timeout 120 kmscube -c 30 2>&1); rc=$?; echo "$out" | tail -5 | sed 's/^/  kmscube: /'
-if [ $rc -eq 0 ] && echo "$out" | grep -qi "virgl"; then ok "kmscube: 30 frames on KMS through virgl"
+out=$(timeout 120 kmscube -c 30 2>&1); rc=$?
+echo "$out" | grep -v "extensions:" | tail -4 | sed 's/^/  kmscube: /'
+if [ $rc -eq 0 ] && echo "$out" | grep -qi "renderer:.*virgl"; then ok "kmscube: 30 frames on KMS through virgl"
 else bad "kmscube" "exit $rc"; fi
 echo "$pass passed, $fail failed, 0 skipped"
 [ $fail -eq 0 ]
 "#;
 
-/// Guest-side inventory of the Vulkan devices (informational until venus is served).
-const VULKAN_SUMMARY: &str = r#"#!/bin/sh
+/// `vulkaninfo --summary`, its devices printed; with an argument, a device whose name
+/// contains it must be there, without one, no venus device may be (the backend serves
+/// none: the guest must not see one).
+const CHECK_VULKAN: &str = r#"#!/bin/sh
 out=$(timeout 120 vulkaninfo --summary 2>&1); rc=$?
 echo "$out" | grep -E "deviceName|driverName|apiVersion|ERROR" | sed 's/^/  vulkaninfo: /'
-if [ $rc -eq 0 ]; then echo "ok vulkaninfo --summary"; echo "1 passed, 0 failed, 0 skipped"
-else echo "FAILED vulkaninfo --summary: exit $rc"; echo "0 passed, 1 failed, 0 skipped"; exit 1; fi
+if [ $rc -ne 0 ]; then echo "FAILED vulkaninfo --summary: exit $rc"; echo "0 passed, 1 failed, 0 skipped"; exit 1; fi
+if [ -n "$1" ]; then
+  if echo "$out" | grep -q "deviceName.*$1"; then echo "ok vulkaninfo: a $1 device"; echo "1 passed, 0 failed, 0 skipped"
+  else echo "FAILED vulkaninfo: no $1 device"; echo "0 passed, 1 failed, 0 skipped"; exit 1; fi
+else
+  if echo "$out" | grep -q "driverName.*venus"; then echo "FAILED vulkaninfo: a venus device although none is served"; echo "0 passed, 1 failed, 0 skipped"; exit 1
+  else echo "ok vulkaninfo: no venus device (none served)"; echo "1 passed, 0 failed, 0 skipped"; fi
+fi
 "#;
 
-/// Runs the lane against the peer behind QEMU 10.
+/// One guest boot of the lane.
+struct GuestRun<'a> {
+    label: &'a str,
+    qemu: Qemu,
+    extra: Vec<String>,
+    env: Vec<(String, String)>,
+    steps: Vec<(&'a str, &'a str)>,
+}
+
+fn guest_run(
+    env: &mut Env,
+    dir: &Path,
+    image: &rootfs::Image,
+    vk_hostmem: &Path,
+    run: GuestRun<'_>,
+    timeout: Duration,
+) -> Result<Tally, Error> {
+    let kernel = env.kernel()?;
+    let mut init = String::from(rootfs::LANE_INIT_PRELUDE);
+    for (name, command) in &run.steps {
+        init.push_str(&format!("step {name} {command}\n"));
+    }
+    init.push_str("finish\n");
+    let vk = fs::read(vk_hostmem).map_err(|e| Error::io(vk_hostmem, e))?;
+    let files = LaneFiles {
+        files: vec![
+            ("init", 0o755, init.into_bytes()),
+            ("check-virgl", 0o755, CHECK_VIRGL.as_bytes().to_vec()),
+            ("check-vulkan", 0o755, CHECK_VULKAN.as_bytes().to_vec()),
+            ("vk-hostmem", 0o755, vk),
+        ],
+    };
+    let initrd = dir.join("initramfs.cpio");
+    rootfs::write_initramfs(&initrd, kernel, &GUEST_MODULES, &files)?;
+    let mut extra = run.extra;
+    extra.extend(rootfs::drive_args(image, dir)?);
+    let boot = Boot {
+        qemu: &run.qemu,
+        dir,
+        kernel: &kernel.image,
+        initramfs: &initrd,
+        extra,
+        env: run.env,
+        timeout,
+    };
+    let transcript = step(&format!("render lane: guest run ({})", run.label), || {
+        boot.run(&mut |_| {})
+    })?;
+    let mut names = vec!["modules".to_string()];
+    names.extend(run.steps.iter().map(|(n, _)| n.to_string()));
+    Ok(crate::lanes::tally_transcript(
+        &format!("render/{}", run.label),
+        &transcript,
+        &names,
+    ))
+}
+
+fn host_case(tally: &mut Tally, name: &str, outcome: Outcome) {
+    println!("{}", case_line(name, &outcome));
+    tally.record(&outcome);
+}
+
+/// Runs the lane: the peer behind QEMU 10 (virgl), then QEMU 11.1's own virgl + venus
+/// device (the reference for the guest's venus path).
 pub fn lane(env: &mut Env, timeout: Duration) -> Result<Tally, Error> {
-    let dir = crate::lanes::lane_dir("render")?;
     let cache = env.cache()?;
-    let qemu = Qemu::System(fetch::qemu10(env.apt()?)?);
+    let qemu10 = fetch::qemu10(env.apt()?)?;
     let image = rootfs::image(&cache, &Spec::render())?;
     let render = render_root(&cache)?;
-    let kernel = env.kernel()?;
+    let built = step("build: vk-hostmem (dynamic, for the guest image)", || {
+        binaries::host(&["build", "-p", "guest-tests", "--bin", "vk-hostmem"])
+    })?;
+    let vk_hostmem = binaries::find(&built, "vk-hostmem", false)?.path.clone();
+    let mut tally = Tally::default();
+
+    // 1. rust-vmm vhost-device-gpu (virglrenderer) behind QEMU 10's vhost-user-gpu-pci.
+    let dir = crate::lanes::lane_dir("render/peer-virgl")?;
     let socket = dir.join("gpu.sock");
     let mut backend = RootProcess::start(
         &render.root,
@@ -297,47 +379,92 @@ pub fn lane(env: &mut Env, timeout: Duration) -> Result<Tally, Error> {
     // The lane directory is bind-mounted at the same path in the root: the socket shows
     // up here too.
     backend.wait_for(&socket)?;
-    let mut init = String::from(rootfs::LANE_INIT_PRELUDE);
-    init.push_str("step virgl /lane/check-virgl\nstep vulkan /lane/vulkan-summary\nfinish\n");
-    let files = LaneFiles {
-        files: vec![
-            ("init", 0o755, init.into_bytes()),
-            ("check-virgl", 0o755, CHECK_VIRGL.as_bytes().to_vec()),
-            ("vulkan-summary", 0o755, VULKAN_SUMMARY.as_bytes().to_vec()),
-        ],
-    };
-    let initrd = dir.join("initramfs.cpio");
-    rootfs::write_initramfs(&initrd, kernel, &GUEST_MODULES, &files)?;
     let mut extra = crate::lanes::vhost_user_memory();
-    extra.extend(rootfs::drive_args(&image, &dir)?);
     extra.extend([
         "-chardev".into(),
         format!("socket,id=gpu,path={}", socket.display()),
         "-device".into(),
         "vhost-user-gpu-pci,chardev=gpu".into(),
     ]);
-    let boot = Boot {
-        qemu: &qemu,
-        dir: &dir,
-        kernel: &kernel.image,
-        initramfs: &initrd,
-        extra,
+    tally.add(guest_run(
+        env,
+        &dir,
+        &image,
+        &vk_hostmem,
+        GuestRun {
+            label: "peer-virgl",
+            qemu: Qemu::System(qemu10.clone()),
+            extra,
+            env: Vec::new(),
+            steps: vec![
+                ("virgl", "/lane/check-virgl"),
+                ("vulkan", "/lane/check-vulkan"),
+            ],
+        },
         timeout,
-    };
-    let transcript = step("render lane: guest run (peer)", || boot.run(&mut |_| {}))?;
-    let mut tally = crate::lanes::tally_transcript(
-        "render",
-        &transcript,
-        &["modules".into(), "virgl".into(), "vulkan".into()],
+    )?);
+    host_case(
+        &mut tally,
+        "render/peer-virgl/host: backend survived the guest",
+        match backend.crashed() {
+            Some(why) => Outcome::Failed(why),
+            None => Outcome::Passed,
+        },
     );
-    let outcome = match backend.crashed() {
-        Some(why) => Outcome::Failed(why),
-        None => Outcome::Passed,
-    };
-    println!(
-        "{}",
-        case_line("render/host: backend survived the guest", &outcome)
-    );
-    tally.record(&outcome);
+    drop(backend);
+
+    // 2. QEMU 11.1's own virtio-gpu-gl-pci with venus, virglrenderer 1.1 and lavapipe in
+    // the render root; its GL display is GTK on Xvfb (egl-headless needs a render node).
+    let dir = crate::lanes::lane_dir("render/qemu-venus")?;
+    let display = ":41";
+    let mut xvfb = RootProcess::start(
+        &render.root,
+        &dir,
+        "xvfb",
+        &strings(&[
+            "Xvfb",
+            display,
+            "-screen",
+            "0",
+            "1280x800x24",
+            "-nolisten",
+            "tcp",
+        ]),
+    )?;
+    xvfb.wait_for(&render.root.join("tmp/.X11-unix/X41"))?;
+    tally.add(guest_run(
+        env,
+        &dir,
+        &image,
+        &vk_hostmem,
+        GuestRun {
+            label: "qemu-venus",
+            qemu: Qemu::Chroot(render.root.clone()),
+            extra: strings(&[
+                "-m",
+                "1G",
+                "-machine",
+                "q35",
+                "-device",
+                "virtio-gpu-gl-pci,venus=on,blob=on,hostmem=1G",
+                "-display",
+                "gtk,gl=on",
+            ]),
+            env: vec![("DISPLAY".into(), display.into())],
+            steps: vec![
+                ("virgl", "/lane/check-virgl"),
+                ("vulkan", "/lane/check-vulkan Venus"),
+                (
+                    "host-visible",
+                    "/lane/vk-hostmem --device Venus --size 33554432 --bench",
+                ),
+            ],
+        },
+        timeout,
+    )?);
     Ok(tally)
+}
+
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|s| s.to_string()).collect()
 }
