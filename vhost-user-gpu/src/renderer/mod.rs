@@ -15,11 +15,15 @@
 //! out a `Send` handle that implements the same port, so the device (which moves between the
 //! vhost-user threads) can own it.
 //!
+//! Tests of the device core use [`fake::FakeRenderer`] (named as such): deterministic fences,
+//! real memfd blobs, no library.
+//!
 //! Fences: [`Renderer::create_fence`] returns at once; the renderer signals completion on
 //! its poll fd ([`Renderer::poll_fd`], one fd for every renderer-internal eventfd, timer
 //! and the render server's pidfd), and [`Renderer::poll`] (never blocking) returns what
 //! completed.
 
+pub mod fake;
 mod ffi;
 mod thread;
 mod virgl;
