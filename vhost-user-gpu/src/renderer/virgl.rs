@@ -37,6 +37,10 @@ pub struct VirglConfig {
     pub render_server: PathBuf,
     /// OpenGL ES host contexts instead of desktop OpenGL.
     pub gles: bool,
+    /// Serve venus even from a library older than 1.0, whose venus speaks wire format 0:
+    /// current guest drivers refuse it (Mesa 25's venus: "Unsupported wire format version
+    /// 0"), so by default venus is not offered there.
+    pub legacy_venus: bool,
 }
 
 impl Default for VirglConfig {
@@ -47,6 +51,7 @@ impl Default for VirglConfig {
             venus: true,
             render_server: PathBuf::from(DEFAULT_RENDER_SERVER),
             gles: false,
+            legacy_venus: false,
         }
     }
 }
@@ -89,6 +94,8 @@ pub struct VirglRenderer {
     server: Option<RenderServer>,
     /// Contexts whose fence fd is in the epoll set.
     watched: Vec<u32>,
+    /// Why venus was asked for but is not served, if so.
+    venus_withheld: Option<String>,
 }
 
 impl std::fmt::Debug for VirglRenderer {
@@ -171,6 +178,22 @@ impl VirglRenderer {
             ));
         }
         let lib = Library::load(&config.library)?;
+        let mut venus_withheld = None;
+        // 1.0 added the log callback and moved venus to wire format 1 at the same time.
+        let venus = config.venus && (lib.has_log_callback() || config.legacy_venus);
+        if config.venus && !venus {
+            venus_withheld = Some(format!(
+                "{} predates virglrenderer 1.0: its venus speaks wire format 0, which guest \
+                 venus drivers refuse (Mesa 25: \"Unsupported wire format version 0\")",
+                lib.path().display()
+            ));
+        }
+        if !config.virgl && !venus {
+            return Err(RendererError::Start(format!(
+                "nothing to serve: virgl not asked for, venus not offered ({})",
+                venus_withheld.as_deref().unwrap_or("")
+            )));
+        }
         let mut init_flags = flags::THREAD_SYNC;
         if config.virgl {
             // USE_EXTERNAL_BLOB: the guest maps blobs in another process (the VMM), so
@@ -185,7 +208,7 @@ impl VirglRenderer {
         }
         let mut server = None;
         let mut server_socket = None;
-        if config.venus {
+        if venus {
             init_flags |= flags::VENUS | flags::RENDER_SERVER;
             let (s, socket) = RenderServer::start(&config.render_server)?;
             server = Some(s);
@@ -204,11 +227,25 @@ impl VirglRenderer {
         if config.virgl {
             wanted.extend([CAPSET_VIRGL, CAPSET_VIRGL2]);
         }
-        if config.venus {
+        if venus {
             wanted.push(CAPSET_VENUS);
         }
         for id in wanted {
             let (max_version, max_size) = instance.capset_info(id);
+            if id == CAPSET_VENUS && max_size >= 4 && !config.legacy_venus {
+                // struct virgl_renderer_capset_venus starts with wire_format_version.
+                let caps = instance.fill_caps(id, max_version);
+                let wire = caps
+                    .get(..4)
+                    .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+                if wire == Some(0) {
+                    venus_withheld = Some(format!(
+                        "{} serves venus wire format 0, which guest venus drivers refuse",
+                        instance.library().path().display()
+                    ));
+                    continue;
+                }
+            }
             if max_size > 0 {
                 capsets.push(CapsetInfo {
                     id,
@@ -266,6 +303,9 @@ impl VirglRenderer {
                 .map(|c| (c.id, c.max_version, c.max_size))
                 .collect::<Vec<_>>()
         );
+        if let Some(why) = &venus_withheld {
+            log::warn!("renderer: venus not offered: {why}; virglrenderer >= 1.0 serves it");
+        }
         Ok(VirglRenderer {
             instance,
             capsets,
@@ -275,7 +315,14 @@ impl VirglRenderer {
             next_seqno: 1,
             server,
             watched: Vec::new(),
+            venus_withheld,
         })
+    }
+
+    /// Why venus was asked for but is not served (an old library), for the device's
+    /// start-up log and `--print-capabilities`.
+    pub fn venus_withheld(&self) -> Option<&str> {
+        self.venus_withheld.as_deref()
     }
 
     fn serves(&self, capset: u32) -> bool {

@@ -27,10 +27,13 @@ fn skip(reason: String) -> Option<VirglRenderer> {
     None
 }
 
+/// A renderer with virgl and/or venus; venus also from a library older than 1.0
+/// (`legacy_venus`), so that the render server path is tested with bookworm's 0.10.4 too.
 fn start(virgl: bool, venus: bool) -> Option<VirglRenderer> {
     let config = VirglConfig {
         virgl,
         venus,
+        legacy_venus: true,
         ..VirglConfig::default()
     };
     if venus && !config.render_server.exists() {
@@ -612,4 +615,34 @@ fn scanouts_export_a_dmabuf_with_a_render_node_and_read_back_without() {
         pixels.chunks(4).all(|p| p[..3] == [0, 255, 255]),
         "not yellow"
     );
+}
+
+#[test]
+fn venus_is_offered_by_default_only_where_guests_accept_it() {
+    let _g = serial();
+    if start(true, false).is_none() {
+        return;
+    }
+    let r = VirglRenderer::new(&VirglConfig::default()).unwrap();
+    let old = !r.instance.library().has_log_callback();
+    let venus = r.capsets().iter().any(|c| c.id == CAPSET_VENUS);
+    if old {
+        // 0.10.4: wire format 0, which Mesa 25's venus refuses: withheld, with the reason.
+        assert!(!venus, "venus offered from a pre-1.0 library");
+        let why = r.venus_withheld().unwrap_or_default();
+        assert!(why.contains("wire format 0"), "{why}");
+        assert!(
+            r.server.is_none(),
+            "a render server was started for nothing"
+        );
+    } else {
+        assert!(
+            venus,
+            "venus withheld from a 1.x library: {:?}",
+            r.venus_withheld()
+        );
+        assert_eq!(r.venus_withheld(), None);
+    }
+    // Virgl is served either way.
+    assert!(r.capsets().iter().any(|c| c.id == CAPSET_VIRGL2));
 }
