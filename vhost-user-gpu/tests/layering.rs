@@ -3,7 +3,7 @@
 //! ```text
 //! protocol, queue_thread          (lowest: import nothing from the crate)
 //!   <- device                      (the core: protocol and its own ports only)
-//!     <- alloc, display, advisor, sandbox   (port implementations; never each other)
+//!     <- alloc, display, advisor, renderer, sandbox   (port implementations; never each other)
 //!       <- transport               (vhost-user glue)
 //!         <- main.rs               (the binary wires everything)
 //! ```
@@ -30,6 +30,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("alloc", 2),
     ("display", 2),
     ("advisor", 2),
+    ("renderer", 2),
     ("sandbox", 2),
     ("transport", 3),
 ];
@@ -46,6 +47,7 @@ const NOT_IN_CORE: &[&str] = &[
     "clap",
     "gbm",
     "drm",
+    "libloading",
 ];
 
 fn layer(module: &str) -> u32 {

@@ -11,13 +11,12 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use rustix::event::{eventfd, EventfdFlags};
 use vm_memory::{Bytes, GuestAddress};
 
-use super::{
+use crate::device::ports::{fourcc, PAGE_SIZE};
+use crate::device::ports::{
     BlobFdKind, BlobRequest, Box3d, CapsetInfo, ExportedBlob, FenceSignal, GuestMemory, Renderer,
     RendererError, RendererEvent, Resource3d, ResourceInfo, ScanoutExport, Transfer3d,
-    CAPSET_VENUS, CAPSET_VIRGL2,
 };
-use crate::alloc::memfd::MemfdAllocator;
-use crate::device::ports::{fourcc, BufferAllocator, BufferRequest};
+use crate::protocol::{CAPSET_VENUS, CAPSET_VIRGL2};
 
 /// A fake 3D resource: host pixels (4 bytes each) and its guest backing.
 #[derive(Debug, Default)]
@@ -184,6 +183,25 @@ fn backing_io(
     }
 }
 
+/// Host memory for a HOST3D blob, as a renderer's shared-memory blob is: a memfd of the
+/// blob's size rounded up to whole pages, sealed against size changes.
+fn host_memory(size: u64) -> Result<OwnedFd, RendererError> {
+    use rustix::fs::{MemfdFlags, SealFlags};
+    let failed = |e: rustix::io::Errno| RendererError::Failed(format!("fake renderer memfd: {e}"));
+    if size == 0 || size > 1 << 30 {
+        return Err(RendererError::Invalid(format!("blob size {size}")));
+    }
+    let size = size.div_ceil(PAGE_SIZE) * PAGE_SIZE;
+    let fd = rustix::fs::memfd_create(
+        "fake-renderer-blob",
+        MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
+    )
+    .map_err(failed)?;
+    rustix::fs::ftruncate(&fd, size).map_err(failed)?;
+    rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW).map_err(failed)?;
+    Ok(fd)
+}
+
 impl Renderer for FakeRenderer {
     fn name(&self) -> &'static str {
         "fake renderer"
@@ -265,7 +283,7 @@ impl Renderer for FakeRenderer {
                 vm_memory::GuestMemoryBackend::check_range(memory, GuestAddress(addr), n)
             });
             if !fits {
-                return Err(super::OutsideGuestMemory { addr, len }.into());
+                return Err(RendererError::OutsideGuestMemory { addr, len });
             }
         }
         self.resource(res_id)?.backing = Some((memory.clone(), ranges.to_vec()));
@@ -289,10 +307,7 @@ impl Renderer for FakeRenderer {
         }
         self.context(r.ctx_id)?;
         let blob = if backing.is_none() {
-            let buf = MemfdAllocator::new()
-                .allocate(&BufferRequest::Bytes { size: r.size })
-                .map_err(|e| RendererError::Invalid(e.to_string()))?;
-            Some(buf.fd)
+            Some(host_memory(r.size)?)
         } else {
             None
         };
@@ -552,7 +567,7 @@ mod tests {
         assert!(r.transfer_to_host(0, 5, &past).is_err());
         assert!(matches!(
             r.attach_backing(5, &mem, &[(0xffff, 2)]),
-            Err(RendererError::Backing(_))
+            Err(RendererError::OutsideGuestMemory { .. })
         ));
     }
 

@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use vm_memory::{GuestAddress, GuestMemoryBackend};
 
-use crate::renderer::GuestMemory;
+use crate::device::ports::{GuestMemory, RendererError};
 
 /// `virgl_renderer_init` flags (`VIRGL_RENDERER_*`).
 pub mod flags {
@@ -537,6 +537,27 @@ pub struct CallError {
     pub call: &'static str,
     /// Its return value.
     pub code: i32,
+}
+
+impl From<CallError> for RendererError {
+    fn from(e: CallError) -> Self {
+        RendererError::Failed(format!("virglrenderer: {e}"))
+    }
+}
+
+impl From<LoadError> for RendererError {
+    fn from(e: LoadError) -> Self {
+        RendererError::Unavailable(e.to_string())
+    }
+}
+
+impl From<OutsideGuestMemory> for RendererError {
+    fn from(e: OutsideGuestMemory) -> Self {
+        RendererError::OutsideGuestMemory {
+            addr: e.addr,
+            len: e.len,
+        }
+    }
 }
 
 fn check(call: &'static str, ret: c_int) -> Result<(), CallError> {

@@ -13,7 +13,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
-use super::{
+use crate::device::ports::{
     BlobRequest, CapsetInfo, ExportedBlob, GuestMemory, Renderer, RendererError, RendererEvent,
     Resource3d, ResourceInfo, ScanoutExport, Transfer3d,
 };

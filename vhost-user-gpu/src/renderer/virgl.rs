@@ -15,11 +15,11 @@ use rustix::time::{
 };
 
 use super::ffi::{self, flags, Instance, Library, PinnedIovecs, VirglBox};
-use super::{
+use crate::device::ports::{
     BlobFdKind, BlobRequest, CapsetInfo, ExportedBlob, FenceSignal, GuestMemory, Renderer,
     RendererError, RendererEvent, Resource3d, ResourceInfo, ScanoutExport, Transfer3d,
-    CAPSET_VENUS, CAPSET_VIRGL, CAPSET_VIRGL2,
 };
+use crate::protocol::{CAPSET_VENUS, CAPSET_VIRGL, CAPSET_VIRGL2};
 
 /// Where Debian's `virgl-server` package puts the render server.
 pub const DEFAULT_RENDER_SERVER: &str = "/usr/libexec/virgl_render_server";
@@ -360,7 +360,7 @@ impl VirglRenderer {
     }
 }
 
-fn to_box(b: &super::Box3d) -> VirglBox {
+fn to_box(b: &crate::device::ports::Box3d) -> VirglBox {
     VirglBox {
         x: b.x,
         y: b.y,

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use vm_memory::{Bytes, GuestAddress};
 
 use super::*;
-use crate::renderer::{Box3d, RendererThread};
+use crate::device::ports::Box3d;
+use crate::renderer::RendererThread;
 
 /// virglrenderer has one global state: one renderer at a time in this test binary.
 fn serial() -> MutexGuard<'static, ()> {
@@ -44,7 +45,7 @@ fn start(virgl: bool, venus: bool) -> Option<VirglRenderer> {
     }
     match VirglRenderer::new(&config) {
         Ok(r) => Some(r),
-        Err(RendererError::Load(e)) => skip(e.to_string()),
+        Err(RendererError::Unavailable(e)) => skip(e.to_string()),
         Err(e) => panic!("the library loads but the renderer does not start: {e}"),
     }
 }
@@ -237,7 +238,7 @@ fn transfers_move_bytes_between_guest_memory_and_a_texture() {
     r.resource_create_3d(21, &texture(16, 16)).unwrap();
     assert!(matches!(
         r.attach_backing(21, &mem, &[(0xff000, 0x2000)]),
-        Err(RendererError::Backing(_))
+        Err(RendererError::OutsideGuestMemory { .. })
     ));
     r.detach_backing(20);
     r.resource_unref(20);
@@ -397,7 +398,7 @@ fn a_missing_library_is_a_load_error_naming_the_package() {
         ..VirglConfig::default()
     })
     .unwrap_err();
-    assert!(matches!(err, RendererError::Load(_)), "{err}");
+    assert!(matches!(err, RendererError::Unavailable(_)), "{err}");
     assert!(err.to_string().contains("libvirglrenderer1"), "{err}");
 }
 
@@ -607,7 +608,7 @@ fn scanouts_export_a_dmabuf_with_a_render_node_and_read_back_without() {
         }
         // llvmpipe without a render node (this machine) has no dma-buf to give: the
         // device reads the pixels back instead.
-        Err(RendererError::Call(_)) => assert!(!render_node, "no export with a render node"),
+        Err(RendererError::Failed(_)) => assert!(!render_node, "no export with a render node"),
         Err(e) => panic!("unexpected error: {e}"),
     }
     let pixels = r.read_pixels(3, 64, 48).unwrap();
