@@ -7,6 +7,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use rustix::event::{eventfd, EventfdFlags};
 use vm_memory::{Bytes, GuestAddress};
@@ -28,21 +29,85 @@ struct FakeResource {
     blob: Option<OwnedFd>,
 }
 
+/// What a test controls or inspects while the device owns the fake (shared through
+/// [`FakeControl`]).
+#[derive(Debug, Default)]
+struct Shared {
+    /// Fences created and not yet signalled, in creation order.
+    pending: VecDeque<FenceSignal>,
+    /// Signalled, waiting for `poll`.
+    signalled: Vec<RendererEvent>,
+    /// Every stream submitted, by context.
+    submitted: Vec<(u32, Vec<u8>)>,
+    /// When set, the next `submit` fails (a stream the renderer rejects).
+    fail_next_submit: bool,
+}
+
+/// A test's handle on a [`FakeRenderer`] that a device owns: signals its fences as a GPU
+/// finishing work would, and shows what was submitted.
+#[derive(Debug, Clone)]
+pub struct FakeControl {
+    shared: Arc<Mutex<Shared>>,
+    poll_fd: Arc<OwnedFd>,
+}
+
+impl FakeControl {
+    fn shared(&self) -> MutexGuard<'_, Shared> {
+        self.shared.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn wake(&self) {
+        let _ = rustix::io::write(&*self.poll_fd, &1u64.to_ne_bytes());
+    }
+
+    /// Fences created and not signalled yet.
+    pub fn pending_fences(&self) -> usize {
+        self.shared().pending.len()
+    }
+
+    /// Signals the oldest `n` pending fences (all of them with `usize::MAX`); the poll fd
+    /// becomes readable.
+    pub fn signal(&self, n: usize) {
+        let mut shared = self.shared();
+        let n = n.min(shared.pending.len());
+        let done: Vec<FenceSignal> = shared.pending.drain(..n).collect();
+        shared
+            .signalled
+            .extend(done.into_iter().map(RendererEvent::Fence));
+        drop(shared);
+        if n > 0 {
+            self.wake();
+        }
+    }
+
+    /// Reports the render server lost (as the real renderer does when it dies).
+    pub fn lose_render_server(&self) {
+        self.shared()
+            .signalled
+            .push(RendererEvent::RenderServerLost(
+                "fake render server killed".into(),
+            ));
+        self.wake();
+    }
+
+    /// Every stream submitted so far, by context.
+    pub fn submitted(&self) -> Vec<(u32, Vec<u8>)> {
+        self.shared().submitted.clone()
+    }
+
+    /// Makes the next `submit` fail (a stream the renderer rejects).
+    pub fn fail_next_submit(&self) {
+        self.shared().fail_next_submit = true;
+    }
+}
+
 /// See the module docs. Named as a fake everywhere it is used.
 #[derive(Debug)]
 pub struct FakeRenderer {
     capsets: Vec<CapsetInfo>,
     contexts: HashMap<u32, u32>,
     resources: HashMap<u32, FakeResource>,
-    /// Fences created and not yet signalled, in creation order.
-    pending: VecDeque<FenceSignal>,
-    /// Signalled, waiting for `poll`.
-    signalled: Vec<RendererEvent>,
-    poll_fd: OwnedFd,
-    /// Every stream submitted, by context.
-    pub submitted: Vec<(u32, Vec<u8>)>,
-    /// When set, the next `submit` fails (a stream the renderer rejects).
-    pub fail_next_submit: bool,
+    control: FakeControl,
     /// What `export_blob` says the renderer thinks of the caching.
     pub renderer_map_info: Option<u32>,
 }
@@ -66,39 +131,36 @@ impl FakeRenderer {
                 .collect(),
             contexts: HashMap::new(),
             resources: HashMap::new(),
-            pending: VecDeque::new(),
-            signalled: Vec::new(),
-            poll_fd: eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
-                .expect("eventfd for the fake renderer"),
-            submitted: Vec::new(),
-            fail_next_submit: false,
+            control: FakeControl {
+                shared: Arc::default(),
+                poll_fd: Arc::new(
+                    eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
+                        .expect("eventfd for the fake renderer"),
+                ),
+            },
             renderer_map_info: Some(virtio_bindings::virtio_gpu::VIRTIO_GPU_MAP_CACHE_CACHED),
         }
     }
 
+    /// A handle that controls this fake while a device owns it.
+    pub fn control(&self) -> FakeControl {
+        self.control.clone()
+    }
+
     /// Fences created and not signalled yet.
     pub fn pending_fences(&self) -> usize {
-        self.pending.len()
+        self.control.pending_fences()
     }
 
     /// Signals the oldest `n` pending fences (all of them with `usize::MAX`), as a GPU
     /// finishing work would; the poll fd becomes readable.
     pub fn signal(&mut self, n: usize) {
-        let n = n.min(self.pending.len());
-        for f in self.pending.drain(..n) {
-            self.signalled.push(RendererEvent::Fence(f));
-        }
-        if n > 0 {
-            let _ = rustix::io::write(&self.poll_fd, &1u64.to_ne_bytes());
-        }
+        self.control.signal(n);
     }
 
     /// Reports the render server lost (as the real renderer does when it dies).
     pub fn lose_render_server(&mut self) {
-        self.signalled.push(RendererEvent::RenderServerLost(
-            "fake render server killed".into(),
-        ));
-        let _ = rustix::io::write(&self.poll_fd, &1u64.to_ne_bytes());
+        self.control.lose_render_server();
     }
 
     /// Live contexts and resources, for leak checks.
@@ -245,7 +307,7 @@ impl Renderer for FakeRenderer {
 
     fn context_destroy(&mut self, ctx_id: u32) {
         self.contexts.remove(&ctx_id);
-        self.pending.retain(|f| f.ctx_id != ctx_id);
+        self.control.shared().pending.retain(|f| f.ctx_id != ctx_id);
     }
 
     fn context_attach(&mut self, _ctx_id: u32, _res_id: u32) {}
@@ -378,12 +440,13 @@ impl Renderer for FakeRenderer {
 
     fn submit(&mut self, ctx_id: u32, commands: &[u8]) -> Result<(), RendererError> {
         self.context(ctx_id)?;
-        if std::mem::take(&mut self.fail_next_submit) {
+        let mut shared = self.control.shared();
+        if std::mem::take(&mut shared.fail_next_submit) {
             return Err(RendererError::Invalid(
                 "the fake renderer rejects this stream".into(),
             ));
         }
-        self.submitted.push((ctx_id, commands.to_vec()));
+        shared.submitted.push((ctx_id, commands.to_vec()));
         Ok(())
     }
 
@@ -396,7 +459,7 @@ impl Renderer for FakeRenderer {
         if ctx_id != 0 {
             self.context(ctx_id)?;
         }
-        self.pending.push_back(FenceSignal {
+        self.control.shared().pending.push_back(FenceSignal {
             ctx_id,
             ring,
             fence_id,
@@ -405,13 +468,13 @@ impl Renderer for FakeRenderer {
     }
 
     fn poll_fd(&self) -> BorrowedFd<'_> {
-        self.poll_fd.as_fd()
+        self.control.poll_fd.as_fd()
     }
 
     fn poll(&mut self) -> Vec<RendererEvent> {
         let mut buf = [0u8; 8];
-        let _ = rustix::io::read(&self.poll_fd, &mut buf);
-        std::mem::take(&mut self.signalled)
+        let _ = rustix::io::read(&*self.control.poll_fd, &mut buf);
+        std::mem::take(&mut self.control.shared().signalled)
     }
 
     fn export_blob(&mut self, res_id: u32) -> Result<ExportedBlob, RendererError> {
@@ -467,10 +530,12 @@ impl Renderer for FakeRenderer {
     fn reset(&mut self) {
         self.contexts.clear();
         self.resources.clear();
-        self.pending.clear();
-        self.signalled.clear();
+        let mut shared = self.control.shared();
+        shared.pending.clear();
+        shared.signalled.clear();
+        drop(shared);
         let mut buf = [0u8; 8];
-        let _ = rustix::io::read(&self.poll_fd, &mut buf);
+        let _ = rustix::io::read(&*self.control.poll_fd, &mut buf);
     }
 }
 
@@ -590,10 +655,10 @@ mod tests {
             r.resource_create_blob(9, &req, None).is_err(),
             "duplicate id"
         );
-        r.fail_next_submit = true;
+        r.control().fail_next_submit();
         assert!(r.submit(3, &[0; 8]).is_err());
         r.submit(3, &[1; 8]).unwrap();
-        assert_eq!(r.submitted, vec![(3, vec![1; 8])]);
+        assert_eq!(r.control().submitted(), vec![(3, vec![1; 8])]);
         r.reset();
         assert_eq!(r.live(), (0, 0));
     }
