@@ -303,6 +303,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
         hostmem: cli.hostmem,
         max_resource_memory: cli.max_resource_memory,
         max_resources: cli.max_resources,
+        cross_domain: true,
+        max_pending_fences: vhost_user_gpu::device::MAX_PENDING_FENCES,
     };
     device_config.validate().map_err(|e| Usage(e.to_string()))?;
     let allocator = resolved.clone();
@@ -316,6 +318,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             display,
             advisor: Box::new(advisor),
             exporter: alloc::guest_page_exporter(),
+            renderer: None,
         };
         Ok(GpuDevice::new(device_config.clone(), ports))
     });

@@ -241,7 +241,7 @@ fn checked_process(dev: &mut GpuDevice, mem: &GuestMemory, request: &[u8], curso
     let out = if cursor {
         dev.process_cursor(mem, request)
     } else {
-        dev.process_control(mem, request)
+        dev.process_control(mem, request).into_response()
     };
     let (rhdr, resp) = GpuResponse::decode(&out).expect("the device's response decodes");
     if let Ok(hdr) = CtrlHeader::decode(request) {
@@ -308,12 +308,15 @@ fn run_device(data: &[u8]) {
         display: Box::new(CheckingDisplay),
         advisor: Box::new(advisor),
         exporter: vhost_user_gpu::alloc::guest_page_exporter(),
+        renderer: None,
     };
     let config = DeviceConfig {
         outputs: vec![(64, 48), (32, 32)],
         hostmem: HOSTMEM,
         max_resource_memory: MAX_RESOURCE_MEMORY,
         max_resources: MAX_RESOURCES,
+        cross_domain: true,
+        max_pending_fences: vhost_user_gpu::device::MAX_PENDING_FENCES,
     };
     let mut dev = GpuDevice::new(config, ports);
     dev.ack_features(features);

@@ -24,11 +24,18 @@ pub enum Kind {
     Resources,
     /// Live contexts.
     Contexts,
+    /// Fenced answers waiting for their fence (`device::fence`).
+    PendingFences,
 }
 
 impl Kind {
     /// Every kind, in [`Usage`] order.
-    pub const ALL: [Kind; 3] = [Kind::HostBytes, Kind::Resources, Kind::Contexts];
+    pub const ALL: [Kind; 4] = [
+        Kind::HostBytes,
+        Kind::Resources,
+        Kind::Contexts,
+        Kind::PendingFences,
+    ];
 
     const fn index(self) -> usize {
         self as usize
@@ -41,6 +48,7 @@ impl fmt::Display for Kind {
             Kind::HostBytes => "host bytes",
             Kind::Resources => "resources",
             Kind::Contexts => "contexts",
+            Kind::PendingFences => "pending fences",
         })
     }
 }
