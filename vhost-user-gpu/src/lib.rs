@@ -8,6 +8,7 @@
 //! - [`alloc`]: host buffer allocators (memfd, udmabuf, gbm).
 //! - [`transport`]: the vhost-user glue (queues, config space, SHMEM_MAP mapper).
 //! - [`display`]: display sinks (QEMU's vhost-user-gpu display protocol, PNG capture).
+//! - [`renderer`]: 3D rendering (virglrenderer, loaded at run time) behind the `Renderer` port.
 //! - [`advisor`]: the map advisor over `dmabuf-info`.
 //! - [`wayland`]: the host end of cross-domain Wayland channels (compositor connection,
 //!   identifier tables, pipes).
@@ -20,6 +21,7 @@ pub mod device;
 pub mod display;
 pub mod protocol;
 pub mod queue_thread;
+pub mod renderer;
 pub mod sandbox;
 pub mod transport;
 pub mod wayland;

@@ -313,6 +313,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
         hostmem: cli.hostmem,
         max_resource_memory: cli.max_resource_memory,
         max_resources: cli.max_resources,
+        cross_domain: true,
+        max_pending_fences: vhost_user_gpu::device::MAX_PENDING_FENCES,
         ..DeviceConfig::default()
     };
     device_config.validate().map_err(|e| Usage(e.to_string()))?;
@@ -330,6 +332,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             channels: wayland
                 .clone()
                 .map(|c| Box::new(c) as Box<dyn vhost_user_gpu::device::ports::ChannelConnector>),
+            renderer: None,
         };
         Ok(GpuDevice::new(device_config.clone(), ports))
     });

@@ -157,6 +157,7 @@ impl Harness {
             advisor,
             exporter: vhost_user_gpu::alloc::guest_page_exporter(),
             channels: None,
+            renderer: None,
         };
         let mut dev = GpuDevice::new(config, ports);
         dev.ack_features(dev.features());
@@ -188,7 +189,9 @@ impl Harness {
         let out = if cursor {
             self.dev.process_cursor(&self.mem, &request)
         } else {
-            self.dev.process_control(&self.mem, &request)
+            self.dev
+                .process_control(&self.mem, &request)
+                .into_response()
         };
         GpuResponse::decode(&out).unwrap()
     }
@@ -472,7 +475,7 @@ fn fences_and_ring_index_are_echoed_in_order() {
 fn malformed_requests_get_errors_and_the_device_keeps_serving() {
     let mut h = Harness::new();
     // Shorter than a header.
-    let out = h.dev.process_control(&h.mem, &[1, 2, 3]);
+    let out = h.dev.process_control(&h.mem, &[1, 2, 3]).into_response();
     assert_eq!(GpuResponse::decode(&out).unwrap().1, err(GpuError::Unspec));
     // Truncated command, fence still echoed.
     let mut req = Vec::new();
@@ -490,7 +493,7 @@ fn malformed_requests_get_errors_and_the_device_keeps_serving() {
         },
         &mut req,
     );
-    let out = h.dev.process_control(&h.mem, &req[..30]);
+    let out = h.dev.process_control(&h.mem, &req[..30]).into_response();
     let (rhdr, r) = GpuResponse::decode(&out).unwrap();
     assert_eq!(r, err(GpuError::Unspec));
     assert_eq!(rhdr.fence_id, 7);
@@ -498,7 +501,7 @@ fn malformed_requests_get_errors_and_the_device_keeps_serving() {
     // Unknown command type.
     let mut req = Vec::new();
     CtrlHeader::new(0x1ff).encode(&mut req);
-    let out = h.dev.process_control(&h.mem, &req);
+    let out = h.dev.process_control(&h.mem, &req).into_response();
     assert_eq!(GpuResponse::decode(&out).unwrap().1, err(GpuError::Unspec));
     // Entry count beyond the limit.
     let mut req = Vec::new();
@@ -508,7 +511,7 @@ fn malformed_requests_get_errors_and_the_device_keeps_serving() {
     }
     .encode(&CtrlHeader::default(), &mut req);
     req[28..32].copy_from_slice(&1_000_000u32.to_le_bytes());
-    let out = h.dev.process_control(&h.mem, &req);
+    let out = h.dev.process_control(&h.mem, &req).into_response();
     assert_eq!(
         GpuResponse::decode(&out).unwrap().1,
         err(GpuError::InvalidParameter)
@@ -519,7 +522,7 @@ fn malformed_requests_get_errors_and_the_device_keeps_serving() {
         pos: CursorPos::default(),
     }
     .encode(&CtrlHeader::default(), &mut req);
-    let out = h.dev.process_control(&h.mem, &req);
+    let out = h.dev.process_control(&h.mem, &req).into_response();
     assert_eq!(GpuResponse::decode(&out).unwrap().1, err(GpuError::Unspec));
     let mut req = Vec::new();
     GpuCommand::GetDisplayInfo.encode(&CtrlHeader::default(), &mut req);
@@ -1987,7 +1990,7 @@ fn random_requests_never_break_the_device() {
         let out = if rng.below(4) == 0 {
             h.dev.process_cursor(&h.mem, &req)
         } else {
-            h.dev.process_control(&h.mem, &req)
+            h.dev.process_control(&h.mem, &req).into_response()
         };
         let (_, response) = GpuResponse::decode(&out).expect("well-formed response");
         if let GpuResponse::OkMapInfo { map_info } = response {

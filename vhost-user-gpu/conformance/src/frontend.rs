@@ -940,10 +940,26 @@ impl Frontend {
     /// Waits for the next used buffer on `queue`; returns its head and the response bytes
     /// the device wrote (empty without a response buffer).
     pub fn wait(&mut self, queue: usize) -> Result<(u16, Vec<u8>)> {
+        self.wait_within(queue, HANG_GUARD)?
+            .ok_or(Error::UsedTimeout(queue))
+    }
+
+    /// Like [`Frontend::wait`], but `None` when nothing came back within `timeout` (for
+    /// answers that must not come yet, such as a fenced command whose fence has not
+    /// signalled).
+    pub fn wait_within(
+        &mut self,
+        queue: usize,
+        timeout: Duration,
+    ) -> Result<Option<(u16, Vec<u8>)>> {
         let ram = self.ram.clone();
         let conn = self.conn_mut()?;
         let q = conn.queue_mut(queue)?;
-        let used = q.wait_used(&ram, HANG_GUARD)?;
+        let used = match q.wait_used(&ram, timeout) {
+            Ok(used) => used,
+            Err(Error::UsedTimeout(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
         let flight = conn.in_flight[queue]
             .remove(&used.head)
             .ok_or_else(|| Error::Queue(format!("used head {} not in flight", used.head)))?;
@@ -955,7 +971,7 @@ impl Frontend {
         for b in flight.buffers {
             ram.free(b);
         }
-        Ok((used.head, bytes))
+        Ok(Some((used.head, bytes)))
     }
 
     /// Sends one control command and returns the decoded response.

@@ -24,6 +24,8 @@ pub enum Kind {
     Resources,
     /// Live contexts.
     Contexts,
+    /// Fenced answers waiting for their fence (`device::fence`).
+    PendingFences,
     /// File descriptors held for the guest: cross-domain channels' compositor connections,
     /// pipes, and fds received from the compositor and not yet claimed.
     Fds,
@@ -31,7 +33,13 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind, in [`Usage`] order.
-    pub const ALL: [Kind; 4] = [Kind::HostBytes, Kind::Resources, Kind::Contexts, Kind::Fds];
+    pub const ALL: [Kind; 5] = [
+        Kind::HostBytes,
+        Kind::Resources,
+        Kind::Contexts,
+        Kind::PendingFences,
+        Kind::Fds,
+    ];
 
     const fn index(self) -> usize {
         self as usize
@@ -44,6 +52,7 @@ impl fmt::Display for Kind {
             Kind::HostBytes => "host bytes",
             Kind::Resources => "resources",
             Kind::Contexts => "contexts",
+            Kind::PendingFences => "pending fences",
             Kind::Fds => "file descriptors",
         })
     }

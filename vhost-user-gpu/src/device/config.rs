@@ -2,6 +2,7 @@
 
 use super::budget::{Kind, Usage};
 use super::context::MAX_CONTEXTS;
+use super::fence::MAX_PENDING_FENCES;
 use super::ports::PAGE_SIZE;
 use crate::protocol::MAX_SCANOUTS;
 
@@ -17,6 +18,11 @@ pub struct DeviceConfig {
     pub max_resource_memory: u64,
     /// Most resources at once.
     pub max_resources: u32,
+    /// Offer the cross-domain capset (host-allocated images and Wayland channels).
+    pub cross_domain: bool,
+    /// Most fenced answers that may wait at once ([`MAX_PENDING_FENCES`] by default); the
+    /// transport stops taking control commands while this many wait.
+    pub max_pending_fences: usize,
     /// Most file descriptors cross-domain channels may hold for the guest, all contexts
     /// together (compositor connections, pipes, fds received and not yet claimed).
     pub max_channel_fds: u32,
@@ -29,6 +35,8 @@ impl Default for DeviceConfig {
             hostmem: 256 << 20,
             max_resource_memory: 1 << 30,
             max_resources: 16384,
+            cross_domain: true,
+            max_pending_fences: MAX_PENDING_FENCES,
             max_channel_fds: DEFAULT_MAX_CHANNEL_FDS,
         }
     }
@@ -53,6 +61,9 @@ pub enum ConfigError {
     /// The region size is not a multiple of 4 KiB.
     #[error("host-visible region size {0:#x} is not a multiple of 4096")]
     HostmemAlignment(u64),
+    /// No fenced answer could ever wait.
+    #[error("max_pending_fences is 0: at least one fenced answer must be able to wait")]
+    NoPendingFences,
 }
 
 /// Default of [`DeviceConfig::max_channel_fds`]: room for 64 busy Wayland clients (a
@@ -83,6 +94,9 @@ impl DeviceConfig {
         if !self.hostmem.is_multiple_of(PAGE_SIZE) {
             return Err(ConfigError::HostmemAlignment(self.hostmem));
         }
+        if self.max_pending_fences == 0 {
+            return Err(ConfigError::NoPendingFences);
+        }
         Ok(())
     }
 }
@@ -93,6 +107,7 @@ impl DeviceConfig {
         Usage::host_bytes(self.max_resource_memory)
             .with(Kind::Resources, u64::from(self.max_resources))
             .with(Kind::Contexts, MAX_CONTEXTS)
+            .with(Kind::PendingFences, self.max_pending_fences as u64)
             .with(Kind::Fds, u64::from(self.max_channel_fds))
     }
 
@@ -109,5 +124,6 @@ impl DeviceConfig {
             o.1 = o.1.clamp(1, MAX_OUTPUT_SIDE);
         }
         self.hostmem &= !(PAGE_SIZE - 1);
+        self.max_pending_fences = self.max_pending_fences.max(1);
     }
 }

@@ -1,8 +1,9 @@
 //! Rendering contexts: [`ContextTable`] holds them by id. The context types are cross-domain
 //! (capset 5), whose state is the query ring (where replies go), the image requirements
 //! handed out, keyed by blob id, and, when its INIT asked for one, a channel to the host
-//! compositor with its channel ring; and the default context a guest creates without a
-//! capset.
+//! compositor with its channel ring; renderer contexts (virgl, venus), whose state lives in
+//! the renderer; and the default context a guest creates without a capset (a virgl context
+//! when the renderer serves virgl).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -11,7 +12,7 @@ use super::reject::{reject, Reject};
 use super::resource::ImageInfo;
 use crate::device::ports::{BufferRequest, Channel, HostBuffer};
 use crate::protocol::cross_domain::{ImageRequirements, InitLayout};
-use crate::protocol::GpuError;
+use crate::protocol::{GpuError, CAPSET_VENUS};
 
 /// Most image requirements one context keeps (each GET_IMAGE_REQUIREMENTS adds one; guests
 /// reuse a blob id for many CREATE_BLOBs). When full, the oldest is forgotten.
@@ -54,17 +55,29 @@ pub(crate) struct ContextChannel {
     pub channel: Box<dyn Channel>,
     /// The GUEST blob events are written into (offset 0, one event per POLL fence).
     pub ring: u32,
-    /// Fenced POLLs waiting for an event, oldest first.
+    /// Fences on the channel ring waiting for an event, oldest first.
     pub waiting: VecDeque<Waiting>,
 }
 
-/// A fenced POLL whose answer waits for an event: its fence id.
+/// A fenced command on the channel ring whose answer waits for an event: its fence id.
 pub(crate) type Waiting = u64;
 
-/// A context: cross-domain, or the default context a guest creates without a capset.
+/// A context that lives in the renderer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RendererContext {
+    /// The capset it was created with (VIRGL, VIRGL2 or VENUS).
+    pub capset: u32,
+    /// The renderer lost it (the render server died): its commands fail.
+    pub lost: bool,
+}
+
+/// A context: cross-domain, a renderer context, or the default context a guest creates
+/// without a capset.
 #[derive(Debug)]
 pub(crate) struct Context {
     pub debug_name: String,
+    /// Set for contexts that live in the renderer (then `cross_domain` is `false`).
+    pub renderer: Option<RendererContext>,
     /// `false` for a default context (`context_init` 0): Linux creates one for every DRM
     /// file that makes resources when 3D is offered. It holds attached resources and GUEST
     /// blobs but has no renderer: every SUBMIT_3D in it is refused.
@@ -92,6 +105,7 @@ impl Context {
     pub fn new(debug_name: String, cross_domain: bool, charge: Charge) -> Self {
         Context {
             debug_name,
+            renderer: None,
             cross_domain,
             resources: BTreeSet::new(),
             query_ring: None,
@@ -102,6 +116,15 @@ impl Context {
             last_blob_id: 0,
             _charge: charge,
         }
+    }
+
+    /// This context lives in the renderer, created there with `capset`.
+    pub fn in_renderer(mut self, capset: u32) -> Self {
+        self.renderer = Some(RendererContext {
+            capset,
+            lost: false,
+        });
+        self
     }
 
     /// The next blob id, `None` when the id space is exhausted.
@@ -216,13 +239,16 @@ impl ContextTable {
         self.contexts.remove(&ctx_id).ok_or_else(|| missing(ctx_id))
     }
 
-    /// Forgets `resource_id` in every context; returns the POLLs left without a channel.
-    pub fn forget_resource(&mut self, resource_id: u32) -> Vec<Waiting> {
-        let mut orphans = Vec::new();
-        for ctx in self.contexts.values_mut() {
-            orphans.extend(ctx.forget_resource(resource_id));
+    /// Forgets `resource_id` in every context; returns the contexts whose channel closed
+    /// with it (their waiting fences will never see an event).
+    pub fn forget_resource(&mut self, resource_id: u32) -> Vec<u32> {
+        let mut closed = Vec::new();
+        for (&ctx_id, ctx) in self.contexts.iter_mut() {
+            if !ctx.forget_resource(resource_id).is_empty() {
+                closed.push(ctx_id);
+            }
         }
-        orphans
+        closed
     }
 
     /// The contexts with a channel, by id.
@@ -240,6 +266,25 @@ impl ContextTable {
     /// Requirements kept by all contexts together.
     pub fn requirement_count(&self) -> usize {
         self.contexts.values().map(Context::requirement_count).sum()
+    }
+
+    /// Whether `ctx_id` exists and lives in the renderer.
+    pub fn has_renderer(&self, ctx_id: u32) -> bool {
+        self.contexts
+            .get(&ctx_id)
+            .is_some_and(|c| c.renderer.is_some())
+    }
+
+    /// Every venus context is lost with the render server it lived in; returns their ids.
+    pub fn renderer_server_lost(&mut self) -> Vec<u32> {
+        let mut lost = Vec::new();
+        for (&id, ctx) in &mut self.contexts {
+            if let Some(r) = ctx.renderer.as_mut().filter(|r| r.capset == CAPSET_VENUS) {
+                r.lost = true;
+                lost.push(id);
+            }
+        }
+        lost
     }
 
     /// Number of live contexts.

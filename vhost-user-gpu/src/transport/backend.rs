@@ -16,8 +16,18 @@
 //! - `update_memory` only stores the new memory handle (QEMU sends a whole new table, or with
 //!   `CONFIGURE_MEM_SLOTS` one `ADD_MEM_REG`/`REM_MEM_REG`, after each `SHMEM_MAP`/`UNMAP`,
 //!   so it must be cheap and lock-free with respect to the device).
+//!
+//! Fenced answers that wait ([`Completion::Later`]): the chain (head and writable
+//! descriptors) and the answer are held under the token; the device's event fd is registered
+//! with the worker's epoll ([`EVENT_DEVICE`], by the server after the daemon is made), and
+//! when it is readable the worker asks the device which tokens are done and answers their
+//! chains, all with the device locked (so a reset, which drops the held chains unanswered,
+//! cannot interleave). While the device says it cannot take more, the worker leaves the rest
+//! of the control queue in the ring (back-pressure) and comes back to it when answers went.
 
+use std::collections::HashMap;
 use std::io;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, TryLockError};
 use std::time::{Duration, Instant};
@@ -30,12 +40,14 @@ use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
 use virtio_bindings::virtio_config::{VIRTIO_F_RING_RESET, VIRTIO_F_VERSION_1};
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use virtio_queue::QueueOwnedT;
-use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend as _, GuestMemoryMmap};
+use vm_memory::{
+    GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend as _, GuestMemoryMmap,
+};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
 use crate::device::ports::{DisplaySink, GuestMemory, RegionMapper};
-use crate::device::GpuDevice;
+use crate::device::{Completion, FenceToken, GpuDevice};
 use crate::display::fanout::SharedSink;
 use crate::display::{FanOut, QemuDisplay};
 use crate::protocol::{cmd, CONFIG_SIZE};
@@ -52,6 +64,9 @@ pub const CURSOR_QUEUE: u16 = 1;
 pub const NUM_QUEUES: usize = 2;
 /// Largest queue size accepted (QEMU uses 256 for control and 16 for cursor).
 pub const MAX_QUEUE_SIZE: usize = 1024;
+/// Worker epoll data of the device's event fd (above the queues and the exit event, which
+/// vhost-user-backend reserves).
+pub const EVENT_DEVICE: u16 = NUM_QUEUES as u16 + 1;
 
 /// Builds the device core of a new connection from the connection's region mapper and
 /// display sink (the caller adds allocator, advisor and configuration).
@@ -130,6 +145,32 @@ impl GuestWarnings {
     }
 }
 
+/// A control chain whose answer waits for a fence.
+struct HeldChain {
+    head: u16,
+    writable: Vec<(GuestAddress, u32)>,
+    response: Vec<u8>,
+}
+
+/// How far a queue was served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Progress {
+    /// Every available chain was taken.
+    Drained,
+    /// As many chains as the device could take were taken; there may be more.
+    MaybeMore,
+    /// The device can take no more: the rest stays in the ring until answers went.
+    Throttled,
+}
+
+/// What became of one chain.
+enum Served {
+    /// Answered: the used length.
+    Now(u32),
+    /// Held until its token is done.
+    Held,
+}
+
 /// How much of the deferred-op queue to apply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ApplyScope {
@@ -157,6 +198,10 @@ pub struct GpuBackend {
     display_channel: Mutex<Option<vhost::vhost_user::GpuBackend>>,
     exit: Arc<ExitEvent>,
     features: u64,
+    /// Control chains whose answers wait, by token (changed only with the device locked).
+    held: Mutex<HashMap<FenceToken, HeldChain>>,
+    /// The control queue was left unread because the device could take no more.
+    throttled: AtomicBool,
 }
 
 impl GpuBackend {
@@ -195,7 +240,15 @@ impl GpuBackend {
             display_channel: Mutex::new(None),
             exit,
             features,
+            held: Mutex::new(HashMap::new()),
+            throttled: AtomicBool::new(false),
         })
+    }
+
+    /// The device's event fd, to register with the worker's epoll as [`EVENT_DEVICE`]. The
+    /// fd lives as long as this backend.
+    pub fn device_event_fd(&self) -> Option<RawFd> {
+        self.lock_device().event_fd().map(|fd| fd.as_raw_fd())
     }
 
     /// Locks the device. A panic inside the device core is caught per command (see
@@ -235,7 +288,16 @@ impl GpuBackend {
                 DeferredOp::AckFeatures(features) => device.ack_features(features),
                 DeferredOp::WriteConfig { offset, data } => device.write_config(offset, &data),
                 DeferredOp::Reset => {
-                    log::info!("device reset");
+                    self.throttled.store(false, Ordering::Release);
+                    let held = std::mem::take(&mut *lock(&self.held));
+                    log::info!(
+                        "device reset{}",
+                        if held.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" ({} fenced answers dropped unanswered)", held.len())
+                        }
+                    );
                     device.reset();
                 }
                 DeferredOp::SetDisplay(sink) => device.set_display(sink),
@@ -264,26 +326,43 @@ impl GpuBackend {
         }
     }
 
-    /// Serves every available chain of `vring` (queue `index`).
-    fn process_queue(&self, index: u16, vring: &VringRwLock) {
+    /// Serves the available chains of `vring` (queue `index`): all of them, or on the
+    /// control queue only as many as the device can take (the rest stay in the ring).
+    fn process_queue(&self, index: u16, vring: &VringRwLock) -> Progress {
         let Some(atomic) = read_lock(&self.memory).clone() else {
             log::warn!("queue {index} kicked before the frontend sent a memory table; ignored");
-            return;
+            return Progress::Drained;
         };
         let mem = atomic.memory();
+        // Each control chain may leave one answer waiting: take no more than can wait.
+        let room = if index == CONTROL_QUEUE {
+            self.lock_device().fence_room()
+        } else {
+            usize::MAX
+        };
+        if room == 0 {
+            if !self.throttled.swap(true, Ordering::AcqRel) {
+                log::debug!(
+                    "control queue: the most fenced answers that may wait do; leaving the \
+                     rest of the queue until some are answered"
+                );
+            }
+            return Progress::Throttled;
+        }
         // Collect the chains first: add_used locks the vring again.
         let chains: Vec<_> = match vring.get_mut().get_queue_mut().iter(mem.clone()) {
-            Ok(iter) => iter.collect(),
+            Ok(iter) => iter.take(room).collect(),
             Err(e) => {
                 self.guest_warn(format_args!(
                     "queue {index}: cannot read the available ring: {e}"
                 ));
-                return;
+                return Progress::Drained;
             }
         };
         if chains.is_empty() {
-            return;
+            return Progress::Drained;
         }
+        let full = chains.len() == room;
         // The display's modes are asked at most once per batch: every chain of the batch was
         // already available when the ring was read, so one answer serves them all (at queue
         // depth 64 this saves up to 63 display round trips per batch).
@@ -297,46 +376,136 @@ impl GpuBackend {
                     write_only: d.is_write_only(),
                 })
                 .collect();
-            let used = self.serve_chain(index, &mem, descriptors, &mut modes_asked);
-            if let Err(e) = vring.add_used(head, used) {
-                log::warn!("queue {index}: add_used({head}) failed: {e}");
+            match self.serve_chain(index, head, &mem, descriptors, &mut modes_asked) {
+                Served::Now(used) => {
+                    if let Err(e) = vring.add_used(head, used) {
+                        log::warn!("queue {index}: add_used({head}) failed: {e}");
+                    }
+                }
+                Served::Held => {}
             }
         }
         self.drain_deferred_after_release();
-        match vring.needs_notification() {
-            Ok(true) => {
-                if let Err(e) = vring.signal_used_queue() {
-                    log::warn!("queue {index}: cannot signal the guest: {e}");
-                }
-            }
-            Ok(false) => {}
-            Err(e) => log::warn!("queue {index}: needs_notification: {e}"),
+        notify_guest(index, vring);
+        if full {
+            Progress::MaybeMore
+        } else {
+            Progress::Drained
         }
     }
 
-    /// Serves one chain; returns the used length. `modes_asked`: whether the display's modes
-    /// were already asked for in this batch.
+    /// The device's event fd is readable: answers whose fences are done go to their held
+    /// chains; a control queue left for back-pressure is served again.
+    fn service_device(&self, vrings: &[VringRwLock]) {
+        let Some(control) = vrings.get(usize::from(CONTROL_QUEUE)) else {
+            return;
+        };
+        let completed = {
+            let mut device = self.lock_device();
+            // A reset queued meanwhile (the ring was stopped) goes first: it drops the held
+            // chains, which must not be written then.
+            self.apply_deferred(&mut device, ApplyScope::All);
+            let memory = read_lock(&self.memory).clone();
+            // Before the frontend's memory table nothing can wait (no chain was read).
+            let tokens = match &memory {
+                Some(atomic) => {
+                    let _scope = QueueThreadScope::enter();
+                    device.service(&atomic.memory())
+                }
+                None => Vec::new(),
+            };
+            let mut held = lock(&self.held);
+            let mut completed = 0;
+            for token in tokens {
+                let Some(chain) = held.remove(&token) else {
+                    log::debug!("fence token {} has no held chain", token.get());
+                    continue;
+                };
+                let used = match &memory {
+                    Some(atomic) => {
+                        let mem = atomic.memory();
+                        self.write_answer(CONTROL_QUEUE, &mem, &chain.writable, &chain.response)
+                    }
+                    None => 0,
+                };
+                if let Err(e) = control.add_used(chain.head, used) {
+                    log::warn!("control queue: add_used({}) failed: {e}", chain.head);
+                }
+                completed += 1;
+            }
+            completed
+        };
+        if completed > 0 {
+            notify_guest(CONTROL_QUEUE, control);
+        }
+        self.drain_deferred_after_release();
+        if self.throttled.load(Ordering::Acquire) && completed > 0 {
+            self.throttled.store(false, Ordering::Release);
+            self.serve_ring(CONTROL_QUEUE, control);
+        }
+    }
+
+    /// Serves a ring until it is empty (with EVENT_IDX: until no kick was missed) or left
+    /// for back-pressure.
+    fn serve_ring(&self, index: u16, vring: &VringRwLock) {
+        let event_idx = self.event_idx.load(Ordering::Acquire);
+        loop {
+            if event_idx {
+                // Tell the driver not to kick while we drain; re-check after re-enabling.
+                if let Err(e) = vring.disable_notification() {
+                    log::warn!("queue {index}: disable_notification: {e}");
+                }
+            }
+            match self.process_queue(index, vring) {
+                Progress::Throttled => {
+                    // Back-pressure: the device event brings us back; kicks meanwhile are
+                    // harmless (the ring is read again then).
+                    if event_idx {
+                        let _ = vring.enable_notification();
+                    }
+                    break;
+                }
+                Progress::MaybeMore => continue,
+                Progress::Drained => {}
+            }
+            if !event_idx {
+                break;
+            }
+            match vring.enable_notification() {
+                Ok(true) => continue, // more arrived meanwhile
+                Ok(false) => break,
+                Err(e) => {
+                    log::warn!("queue {index}: enable_notification: {e}");
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Serves one chain (head `head`): answered now (the used length) or held for its fence.
+    /// `modes_asked`: whether the display's modes were already asked for in this batch.
     fn serve_chain(
         &self,
         index: u16,
+        head: u16,
         mem: &GuestMemory,
         descriptors: Vec<DescriptorRef>,
         modes_asked: &mut bool,
-    ) -> u32 {
+    ) -> Served {
         let parsed = match chain::read_chain(mem, descriptors) {
             Ok(parsed) => parsed,
             Err(e) => {
                 self.guest_warn(format_args!("queue {index}: malformed chain skipped: {e}"));
-                return 0;
+                return Served::Now(0);
             }
         };
         if index == CONTROL_QUEUE && parsed.writable.is_empty() {
             self.guest_warn(format_args!(
                 "control queue: chain without a writable part skipped (no room for the response)"
             ));
-            return 0;
+            return Served::Now(0);
         }
-        let response = {
+        let completion = {
             let mut device = self.lock_device();
             let _scope = QueueThreadScope::enter();
             if index == CONTROL_QUEUE && !*modes_asked && asks_for_modes(&parsed.request) {
@@ -347,36 +516,65 @@ impl GpuBackend {
                 if index == CONTROL_QUEUE {
                     device.process_control(mem, &parsed.request)
                 } else {
-                    device.process_cursor(mem, &parsed.request)
+                    Completion::Now(device.process_cursor(mem, &parsed.request))
                 }
             }));
-            let response = match result {
-                Ok(response) => response,
+            let completion = match result {
+                Ok(completion) => completion,
                 Err(_) => {
                     log::error!("device core panicked on a queue {index} command: device reset, command dropped");
+                    lock(&self.held).clear();
                     device.reset();
-                    Vec::new()
+                    Completion::Now(Vec::new())
                 }
             };
+            if let Completion::Later { token, response } = completion {
+                // Held with the device locked: the token cannot be done before it is here.
+                lock(&self.held).insert(
+                    token,
+                    HeldChain {
+                        head,
+                        writable: parsed.writable,
+                        response,
+                    },
+                );
+                self.apply_deferred(&mut device, ApplyScope::BeforeReset);
+                return Served::Held;
+            }
             // Between two chains of a batch: apply what came in, but keep a reset (and what
             // follows it) for the end of the batch, so the chains taken from the ring before
             // the frontend stopped it complete against the state they were sent to.
             self.apply_deferred(&mut device, ApplyScope::BeforeReset);
-            response
+            completion
         };
-        let (used, outcome) = chain::write_response(mem, &parsed.writable, &response);
+        let Completion::Now(response) = completion else {
+            unreachable!("held answers returned above");
+        };
+        Served::Now(self.write_answer(index, mem, &parsed.writable, &response))
+    }
+
+    /// Writes `response` into a chain's writable descriptors; returns the used length.
+    fn write_answer(
+        &self,
+        index: u16,
+        mem: &GuestMemory,
+        writable: &[(GuestAddress, u32)],
+        response: &[u8],
+    ) -> u32 {
+        let writable_len: u64 = writable.iter().map(|&(_, len)| u64::from(len)).sum();
+        let (used, outcome) = chain::write_response(mem, writable, response);
         match outcome {
             WriteOutcome::Complete => {}
             WriteOutcome::ErrorHeaderOnly => self.guest_warn(format_args!(
-                "queue {index}: {}-byte response does not fit {} writable bytes; sent ERR_UNSPEC",
+                "queue {index}: {}-byte response does not fit {writable_len} writable bytes; \
+                 sent ERR_UNSPEC",
                 response.len(),
-                parsed.writable_len()
             )),
             WriteOutcome::Nothing if index == CURSOR_QUEUE || response.is_empty() => {}
             WriteOutcome::Nothing => self.guest_warn(format_args!(
-                "queue {index}: {}-byte response does not fit {} writable bytes; nothing written",
+                "queue {index}: {}-byte response does not fit {writable_len} writable bytes; \
+                 nothing written",
                 response.len(),
-                parsed.writable_len()
             )),
         }
         used
@@ -426,6 +624,19 @@ fn asks_for_modes(request: &[u8]) -> bool {
         .and_then(|b| <[u8; 4]>::try_from(b).ok())
         .map(u32::from_le_bytes);
     matches!(ty, Some(cmd::GET_DISPLAY_INFO | cmd::GET_EDID))
+}
+
+/// Signals the guest if the ring's notification rules ask for it.
+fn notify_guest(index: u16, vring: &VringRwLock) {
+    match vring.needs_notification() {
+        Ok(true) => {
+            if let Err(e) = vring.signal_used_queue() {
+                log::warn!("queue {index}: cannot signal the guest: {e}");
+            }
+        }
+        Ok(false) => {}
+        Err(e) => log::warn!("queue {index}: needs_notification: {e}"),
+    }
 }
 
 fn initial_display(settings: &TransportSettings) -> Box<dyn DisplaySink> {
@@ -616,31 +827,15 @@ impl VhostUserBackend for GpuBackend {
             log::warn!("unexpected event set {evset:?} for event {device_event}");
             return Ok(());
         }
+        if device_event == EVENT_DEVICE {
+            self.service_device(vrings);
+            return Ok(());
+        }
         let Some(vring) = vrings.get(usize::from(device_event)) else {
             log::warn!("event for unknown queue {device_event}");
             return Ok(());
         };
-        let event_idx = self.event_idx.load(Ordering::Acquire);
-        loop {
-            if event_idx {
-                // Tell the driver not to kick while we drain; re-check after re-enabling.
-                if let Err(e) = vring.disable_notification() {
-                    log::warn!("queue {device_event}: disable_notification: {e}");
-                }
-            }
-            self.process_queue(device_event, vring);
-            if !event_idx {
-                break;
-            }
-            match vring.enable_notification() {
-                Ok(true) => continue, // more arrived meanwhile
-                Ok(false) => break,
-                Err(e) => {
-                    log::warn!("queue {device_event}: enable_notification: {e}");
-                    break;
-                }
-            }
-        }
+        self.serve_ring(device_event, vring);
         self.drain_deferred_after_release();
         Ok(())
     }
@@ -692,6 +887,7 @@ mod tests {
                 )),
                 exporter: alloc::guest_page_exporter(),
                 channels: None,
+                renderer: None,
             };
             Ok(GpuDevice::new(config, ports))
         };

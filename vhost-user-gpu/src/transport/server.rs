@@ -8,8 +8,9 @@ use std::sync::Arc;
 use vhost::vhost_user::{Error as VhostUserError, Listener};
 use vhost_user_backend::{Error as DaemonError, VhostUserDaemon};
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::epoll::EventSet;
 
-use crate::transport::backend::{DeviceFactory, GpuBackend, TransportSettings};
+use crate::transport::backend::{DeviceFactory, GpuBackend, TransportSettings, EVENT_DEVICE};
 use crate::transport::sys::{self, ExitEvent};
 
 /// Where the vhost-user socket comes from.
@@ -106,6 +107,22 @@ pub fn serve(
         let mut daemon =
             VhostUserDaemon::new("vhost-user-gpu".to_string(), backend.clone(), memory)
                 .map_err(|e| ServeError::Daemon(e.to_string()))?;
+        // The device's event fd (fenced answers that wait) is served by the queue worker.
+        if let Some(fd) = backend.device_event_fd() {
+            let worker = daemon.get_epoll_handlers();
+            let registered = worker
+                .first()
+                .map(|w| w.register_listener(fd, EventSet::IN, u64::from(EVENT_DEVICE)));
+            match registered {
+                Some(Ok(())) => {}
+                Some(Err(e)) => return Err(ServeError::Device(e)),
+                None => {
+                    return Err(ServeError::Daemon(
+                        "the vhost-user daemon has no queue worker".into(),
+                    ))
+                }
+            }
+        }
         daemon
             .start(&mut listener)
             .map_err(|e| ServeError::Daemon(e.to_string()))?;

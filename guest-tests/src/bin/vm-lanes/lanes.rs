@@ -24,6 +24,10 @@ const CONSOLE_TEXT_ROWS: usize = 60;
 /// Lane names, in the order they run by default.
 pub const NAMES: [&str; 3] = ["kernel", "blob", "qemu10"];
 
+/// Lanes that run only when asked for with `--lane` (`render`: real guest userspace on a
+/// root file system image, see `render.rs`).
+pub const ON_REQUEST: [&str; 1] = ["render"];
+
 /// Everything prepared once and shared by the lanes.
 #[derive(Default)]
 pub struct Env {
@@ -34,14 +38,14 @@ pub struct Env {
 }
 
 impl Env {
-    fn cache(&mut self) -> Result<PathBuf, Error> {
+    pub(crate) fn cache(&mut self) -> Result<PathBuf, Error> {
         if self.cache.is_none() {
             self.cache = Some(fetch::cache_root()?);
         }
         Ok(self.cache.clone().unwrap_or_default())
     }
 
-    fn apt(&mut self) -> Result<&Apt, Error> {
+    pub(crate) fn apt(&mut self) -> Result<&Apt, Error> {
         if self.apt.is_none() {
             let cache = self.cache()?;
             ensure_host_tools()?;
@@ -52,7 +56,7 @@ impl Env {
             .ok_or_else(|| Error::Setup("apt configuration missing".into()))
     }
 
-    fn kernel(&mut self) -> Result<&Kernel, Error> {
+    pub(crate) fn kernel(&mut self) -> Result<&Kernel, Error> {
         if self.kernel.is_none() {
             let cache = self.cache()?;
             let kernel = fetch::kernel(&cache, self.apt()?)?;
@@ -114,7 +118,7 @@ fn ensure_host_tools() -> Result<(), Error> {
 }
 
 /// A lane's work directory under `target/vm-lanes/`, emptied.
-fn lane_dir(name: &str) -> Result<PathBuf, Error> {
+pub(crate) fn lane_dir(name: &str) -> Result<PathBuf, Error> {
     let dir = binaries::target_dir().join("vm-lanes").join(name);
     if dir.exists() {
         fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
@@ -217,7 +221,7 @@ fn write_initramfs(
 /// Counts a transcript: every step must end and print a summary line (ours or
 /// libtest's); a step that exits non-zero without a counted failure counts as
 /// one failure; a step that never ran counts as one failure.
-fn tally_transcript(label: &str, transcript: &Transcript, steps: &[String]) -> Tally {
+pub(crate) fn tally_transcript(label: &str, transcript: &Transcript, steps: &[String]) -> Tally {
     let mut total = Tally::default();
     let mut current: Option<(String, Tally, bool)> = None;
     let mut ended = Vec::new();
@@ -283,6 +287,7 @@ pub fn run(name: &str, env: &mut Env, timeout: Duration) -> Result<Tally, Error>
         "kernel" => kernel_lane(env, timeout),
         "blob" => blob_lane(env, timeout),
         "qemu10" => qemu10_lane(env, timeout),
+        "render" => crate::render::lane(env, timeout),
         other => Err(Error::Lane(format!("no lane named {other}"))),
     }
 }
@@ -362,6 +367,7 @@ fn kernel_lane(env: &mut Env, timeout: Duration) -> Result<Tally, Error> {
         kernel: &kernel.image,
         initramfs: &initrd,
         extra: strings(&["-m", "512M", "-machine", "q35", "-device", "virtio-gpu-pci"]),
+        env: Vec::new(),
         timeout,
     };
     let transcript = step("kernel lane: guest run", || boot.run(&mut |_| {}))?;
@@ -481,7 +487,7 @@ fn host_backend() -> Result<PathBuf, Error> {
         .clone())
 }
 
-fn vhost_user_memory() -> Vec<String> {
+pub(crate) fn vhost_user_memory() -> Vec<String> {
     strings(&[
         "-m",
         "512M",
@@ -576,6 +582,7 @@ fn blob_lane(env: &mut Env, timeout: Duration) -> Result<Tally, Error> {
             kernel: &kernel.image,
             initramfs: &initrd,
             extra: args,
+            env: Vec::new(),
             timeout,
         };
         let mut capture_outcome = None;
@@ -700,6 +707,7 @@ fn qemu10_lane(env: &mut Env, timeout: Duration) -> Result<Tally, Error> {
         kernel: &kernel.image,
         initramfs: &initrd,
         extra: args,
+        env: Vec::new(),
         timeout,
     };
     let mut pattern_outcome = None;

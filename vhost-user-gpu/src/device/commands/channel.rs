@@ -12,6 +12,7 @@ use log::{debug, info};
 
 use crate::device::budget::Charge;
 use crate::device::context::{ContextChannel, Waiting};
+use crate::device::fence::Timeline;
 use crate::device::ports::{
     BlobExporter, ChannelError, GuestMemory, HostBuffer, PlaneLayout, ReceivedKind,
 };
@@ -20,9 +21,9 @@ use crate::device::resource::{HostBlob, ImageInfo, Resource, ResourceKind};
 use crate::device::resource_table::ResourceTable;
 use crate::device::GpuDevice;
 use crate::protocol::cross_domain::{
-    Init, InitLayout, ReadWrite, SendReceive, CHANNEL_TYPE_WAYLAND, RING_PAGE_SIZE,
+    Init, InitLayout, ReadWrite, SendReceive, CHANNEL_RING, CHANNEL_TYPE_WAYLAND, RING_PAGE_SIZE,
 };
-use crate::protocol::{fourcc, CreateBlob, GpuError};
+use crate::protocol::{fourcc, CreateBlob, CtrlHeader, GpuError};
 
 /// The virtio-gpu error for a channel failure: the guest's mistakes are invalid parameters,
 /// full queues and budgets are out of memory, a closed or broken connection is unspecified.
@@ -164,6 +165,7 @@ impl GpuDevice {
                 format!("channel ring {ring}")
             }
         );
+        self.watch_channel(channel.wait_fd());
         self.contexts.get_mut(ctx_id)?.channel = Some(ContextChannel {
             channel,
             ring,
@@ -214,38 +216,55 @@ impl GpuDevice {
             .map_err(|e| channel_reject(ctx_id, "WRITE", &e))
     }
 
-    /// POLL: the guest wants the next event. `fence` is the POLL's fence on the channel
-    /// ring (when it carried one); it is answered once one event was written into the
-    /// channel ring. Returns whether an event was written at once.
-    pub(super) fn channel_poll(
-        &mut self,
-        mem: &GuestMemory,
-        ctx_id: u32,
-        fence: Option<Waiting>,
-    ) -> Result<bool, Reject> {
-        self.channel_of(ctx_id, "POLL")?;
-        let Some(channel) = self.contexts.channel_mut(ctx_id) else {
-            unreachable!("checked above");
-        };
-        if let Some(fence) = fence {
-            channel.waiting.push_back(fence);
-        }
-        let written = self.deliver(mem, ctx_id);
-        Ok(written)
+    /// POLL: the guest wants the next event. The event itself answers the POLL's fence on
+    /// the channel ring ([`GpuDevice::channel_fence`]); an unfenced POLL only checks that
+    /// there is a channel.
+    pub(super) fn channel_poll(&mut self, ctx_id: u32) -> Result<(), Reject> {
+        self.channel_of(ctx_id, "POLL")
     }
 
-    /// Writes events into the channel ring of `ctx_id` while POLLs wait for them, one event
-    /// per POLL; a channel that fails is closed (the guest is told by an empty RECEIVE when
-    /// that is still possible). Returns whether anything was written.
-    fn deliver(&mut self, mem: &GuestMemory, ctx_id: u32) -> bool {
-        let mut written = false;
+    /// A fenced command on `timeline`: when that is the channel ring of a context with a
+    /// channel, its answer waits until one event was written into the ring (rutabaga's rule:
+    /// every fence on the channel ring is one event; guests fence only their POLLs there).
+    /// Writes an event at once when one is ready and no earlier fence waits. Returns whether
+    /// the answer waits.
+    pub(crate) fn channel_fence(
+        &mut self,
+        mem: &GuestMemory,
+        hdr: &CtrlHeader,
+        timeline: Timeline,
+    ) -> bool {
+        let Timeline::Ring { ctx_id, ring } = timeline else {
+            return false;
+        };
+        if u32::from(ring) != CHANNEL_RING {
+            return false;
+        }
+        let Some(channel) = self.contexts.channel_mut(ctx_id) else {
+            return false;
+        };
+        channel.waiting.push_back(hdr.fence_id);
+        !self.deliver(mem, ctx_id).contains(&hdr.fence_id)
+    }
+
+    /// Writes events into the channel ring of `ctx_id` while fences wait for them, one event
+    /// per fence, and signals those fences; a channel that fails is closed (its waiting
+    /// fences are released). Returns the fences answered.
+    fn deliver(&mut self, mem: &GuestMemory, ctx_id: u32) -> Vec<Waiting> {
+        let mut answered = Vec::new();
+        let timeline = Timeline::Ring {
+            ctx_id,
+            ring: CHANNEL_RING as u8,
+        };
         loop {
             let Some(channel) = self.contexts.channel_mut(ctx_id) else {
-                return written;
+                return answered;
             };
             if channel.waiting.is_empty() {
-                let _ = channel.channel.want_events(false);
-                return written;
+                if let Err(e) = channel.channel.want_events(false) {
+                    debug!("ctx_id {ctx_id}: Wayland channel: {e}");
+                }
+                return answered;
             }
             let event = match channel.channel.next_event() {
                 Ok(Some(event)) => event,
@@ -256,11 +275,11 @@ impl GpuDevice {
                         ));
                         self.close_channel(ctx_id);
                     }
-                    return written;
+                    return answered;
                 }
                 Err(e) => {
                     // The compositor's doing (a broken stream, too many fds): the channel
-                    // turned itself closed and tells the guest next time.
+                    // turned itself closed and tells the guest with its next event.
                     info!("ctx_id {ctx_id}: Wayland channel: {e}");
                     continue;
                 }
@@ -278,41 +297,40 @@ impl GpuDevice {
                      the channel"
                 ));
                 self.close_channel(ctx_id);
-                return written;
+                return answered;
             }
-            if let Some(channel) = self.contexts.channel_mut(ctx_id) {
-                if let Some(fence) = channel.waiting.pop_front() {
-                    self.fences_done.push(fence);
-                }
+            if let Some(fence) = self
+                .contexts
+                .channel_mut(ctx_id)
+                .and_then(|c| c.waiting.pop_front())
+            {
+                self.fences.signal(timeline, fence);
+                answered.push(fence);
             }
-            written = true;
         }
     }
 
-    /// Closes the channel of `ctx_id`: its waiting POLLs are answered (nothing was written
+    /// Closes the channel of `ctx_id`: its waiting fences are answered (nothing was written
     /// for them; the guest finds the channel gone on its next command).
     fn close_channel(&mut self, ctx_id: u32) {
         if let Ok(ctx) = self.contexts.get_mut(ctx_id) {
-            if let Some(channel) = ctx.channel.take() {
-                self.fences_done.extend(channel.waiting);
+            if ctx.channel.take().is_some() {
+                self.fences.release_context(ctx_id);
             }
         }
     }
 
-    /// Lets every channel move bytes and writes the events waiting POLLs asked for. Returns
-    /// whether any event was written.
-    pub fn service_channels(&mut self, mem: &GuestMemory) -> bool {
+    /// Lets every channel move bytes and writes the events waiting fences asked for.
+    pub(crate) fn service_channels(&mut self, mem: &GuestMemory) {
         let ids: Vec<u32> = self.contexts.channels_mut().map(|(id, _)| id).collect();
-        let mut written = false;
         for ctx_id in ids {
             if let Some(channel) = self.contexts.channel_mut(ctx_id) {
                 if let Err(e) = channel.channel.flush() {
                     debug!("ctx_id {ctx_id}: Wayland channel flush: {e}");
                 }
             }
-            written |= self.deliver(mem, ctx_id);
+            self.deliver(mem, ctx_id);
         }
-        written
     }
 
     /// `RESOURCE_CREATE_BLOB` (HOST3D) of item `blob_id` of a RECEIVE: the buffer the

@@ -17,8 +17,8 @@ use crate::protocol::cross_domain::{
     self, Capabilities, CrossDomainCommand, Init, IMAGE_REQUIREMENTS_SIZE,
 };
 use crate::protocol::{
-    feature, fourcc, CtrlHeader, GpuError, GpuResponse, CAPSET_CROSS_DOMAIN,
-    CONTEXT_INIT_CAPSET_ID_MASK, MAP_CACHE_NONE,
+    feature, fourcc, CtrlHeader, GpuError, GpuResponse, CAPSET_CROSS_DOMAIN, CAPSET_VIRGL,
+    CAPSET_VIRGL2, CONTEXT_INIT_CAPSET_ID_MASK, MAP_CACHE_NONE,
 };
 
 /// What a guest is told when it uses virgl (3D resources, SUBMIT_3D in a default context)
@@ -37,32 +37,44 @@ impl GpuDevice {
 
     pub(super) fn get_capset_info(&self, capset_index: u32) -> CmdResult {
         self.require_virgl()?;
-        if capset_index != 0 {
-            return Err(reject(
+        let info = self.capsets.get(capset_index as usize).ok_or_else(|| {
+            reject(
                 GpuError::InvalidParameter,
-                format!("capset_index {capset_index}: only 1 capset (cross-domain) exists"),
-            ));
-        }
+                format!(
+                    "capset_index {capset_index}: {} capsets are offered",
+                    self.capsets.len()
+                ),
+            )
+        })?;
         Ok(GpuResponse::OkCapsetInfo {
-            capset_id: CAPSET_CROSS_DOMAIN,
-            max_version: CROSS_DOMAIN_MAX_VERSION,
-            max_size: cross_domain::CAPABILITIES_SIZE as u32,
+            capset_id: info.id,
+            max_version: info.max_version,
+            max_size: info.max_size,
         })
     }
 
     pub(super) fn get_capset(&mut self, capset_id: u32, capset_version: u32) -> CmdResult {
         self.require_virgl()?;
-        if capset_id != CAPSET_CROSS_DOMAIN {
+        let Some(info) = self.capsets.iter().find(|c| c.id == capset_id).copied() else {
             return Err(reject(
                 GpuError::InvalidParameter,
-                format!("capset_id {capset_id} is not offered (only cross-domain, 5)"),
+                format!(
+                    "capset_id {capset_id} is not offered (offered: {:?})",
+                    self.capsets.iter().map(|c| c.id).collect::<Vec<_>>()
+                ),
+            ));
+        };
+        if capset_version > info.max_version {
+            return Err(reject(
+                GpuError::InvalidParameter,
+                format!(
+                    "capset_version {capset_version} > max version {}",
+                    info.max_version
+                ),
             ));
         }
-        if capset_version > CROSS_DOMAIN_MAX_VERSION {
-            return Err(reject(
-                GpuError::InvalidParameter,
-                format!("capset_version {capset_version} > max version {CROSS_DOMAIN_MAX_VERSION}"),
-            ));
+        if capset_id != CAPSET_CROSS_DOMAIN {
+            return self.renderer_capset(capset_id, capset_version);
         }
         let caps = self.cross_domain_capabilities();
         Ok(GpuResponse::OkCapset(caps.encode()))
@@ -87,10 +99,12 @@ impl GpuDevice {
         }
     }
 
-    /// Whether a virgl renderer serves 3D resources (and virgl contexts). This device has
-    /// none: every virgl command is refused (see [`VIRGL_MISSING`]).
+    /// Whether a virgl renderer serves 3D resources and virgl contexts (a virgl capset is
+    /// offered). Without one every virgl command is refused (see [`VIRGL_MISSING`]).
     pub(crate) fn serves_virgl(&self) -> bool {
-        false
+        self.capsets
+            .iter()
+            .any(|c| c.id == CAPSET_VIRGL || c.id == CAPSET_VIRGL2)
     }
 
     /// Whether the allocator's buffers are dma-bufs: probed once with a small image.
@@ -132,8 +146,15 @@ impl GpuDevice {
             ));
         }
         let capset = context_init & CONTEXT_INIT_CAPSET_ID_MASK;
+        if let Some(renderer_capset) = self.renderer_capset_for(context_init) {
+            if context_init != 0 {
+                self.require_feature(feature::CONTEXT_INIT, "CONTEXT_INIT")?;
+            }
+            return self.ctx_create_in_renderer(ctx_id, renderer_capset, debug_name);
+        }
         // context_init 0 is the default context the Linux driver creates whenever 3D is
-        // offered (before any CONTEXT_INIT ioctl): accepted, so that the guest's
+        // offered (before any CONTEXT_INIT ioctl): with a renderer that serves virgl it is a
+        // virgl context (above); without one it is accepted, so that the guest's
         // CTX_ATTACH_RESOURCE traffic works and its console stays quiet, but without a
         // renderer (SUBMIT_3D answers ERR_UNSPEC there, as a device without virgl does).
         let cross_domain = context_init != 0;
@@ -146,12 +167,13 @@ impl GpuDevice {
         if cross_domain {
             self.require_feature(feature::CONTEXT_INIT, "CONTEXT_INIT")?;
         }
-        if cross_domain && context_init != CAPSET_CROSS_DOMAIN {
+        if cross_domain && (context_init != CAPSET_CROSS_DOMAIN || !self.offers(capset)) {
             return Err(reject(
                 GpuError::InvalidParameter,
                 format!(
                     "ctx_id {ctx_id}: context_init {context_init:#x}: capset {capset} / flags \
-                     not supported (only capset 5, no flags)"
+                     not supported (offered capsets: {:?}, no flags)",
+                    self.capsets.iter().map(|c| c.id).collect::<Vec<_>>()
                 ),
             ));
         }
@@ -177,6 +199,13 @@ impl GpuDevice {
         self.require_virgl()?;
         // Dropping the context releases its charge and its pending buffers.
         let ctx = self.contexts.remove(ctx_id)?;
+        if ctx.renderer.is_some() {
+            self.renderer_context_destroyed(ctx_id);
+        }
+        if ctx.channel.is_some() {
+            // Its channel ring's fences will see no event now.
+            self.fences.release_context(ctx_id);
+        }
         debug!("ctx_id {ctx_id} ('{}') destroyed", ctx.debug_name);
         Ok(GpuResponse::OkNoData)
     }
@@ -190,7 +219,12 @@ impl GpuDevice {
                 format!("ctx_id {ctx_id}: resource_id {resource_id} does not exist"),
             ));
         }
-        self.contexts.get_mut(ctx_id)?.resources.insert(resource_id);
+        let ctx = self.contexts.get_mut(ctx_id)?;
+        let in_renderer = ctx.renderer.is_some();
+        ctx.resources.insert(resource_id);
+        if in_renderer {
+            self.renderer_attach(ctx_id, resource_id);
+        }
         Ok(GpuResponse::OkNoData)
     }
 
@@ -204,7 +238,14 @@ impl GpuDevice {
             ));
         }
         let orphans = ctx.forget_ring(resource_id);
-        self.fences_done.extend(orphans);
+        let has_renderer = ctx.renderer.is_some();
+        if !orphans.is_empty() {
+            // The channel closed with its ring: the fences waiting for events go.
+            self.fences.release_context(ctx_id);
+        }
+        if has_renderer {
+            self.renderer_detach(ctx_id, resource_id);
+        }
         Ok(GpuResponse::OkNoData)
     }
 
@@ -216,11 +257,16 @@ impl GpuDevice {
     ) -> CmdResult {
         self.require_virgl()?;
         let ctx_id = hdr.ctx_id;
-        if !self.contexts.get_mut(ctx_id)?.cross_domain {
+        let ctx = self.contexts.get_mut(ctx_id)?;
+        if ctx.renderer.is_some() {
+            return self.submit_to_renderer(ctx_id, commands);
+        }
+        if !ctx.cross_domain {
             return Err(reject(
                 GpuError::Unspec,
                 format!(
-                    "ctx_id {ctx_id} is a default context (context_init 0, i.e. virgl):                      SUBMIT_3D there needs a virgl renderer. {VIRGL_MISSING}"
+                    "ctx_id {ctx_id} is a default context (context_init 0, i.e. virgl): \
+                     SUBMIT_3D there needs a virgl renderer. {VIRGL_MISSING}"
                 ),
             ));
         }
@@ -241,9 +287,7 @@ impl GpuDevice {
                 } => self.cross_domain_image_requirements(
                     mem, ctx_id, width, height, drm_format, flags,
                 )?,
-                CrossDomainCommand::Poll(_) => {
-                    self.channel_poll(mem, ctx_id, None)?;
-                }
+                CrossDomainCommand::Poll(_) => self.channel_poll(ctx_id)?,
                 CrossDomainCommand::Send(send) => self.channel_send(ctx_id, &send)?,
                 CrossDomainCommand::Write(write) => self.channel_write(ctx_id, &write)?,
             }

@@ -3,6 +3,7 @@
 //! - `two_d.rs`: RESOURCE_CREATE_2D, ATTACH/DETACH_BACKING, TRANSFER_TO_HOST_2D;
 //! - `blob.rs`: RESOURCE_CREATE_BLOB, RESOURCE_ASSIGN_UUID, RESOURCE_MAP/UNMAP_BLOB;
 //! - `context.rs`: capsets, CTX_*, SUBMIT_3D (the cross-domain protocol);
+//! - `render.rs`: renderer contexts (virgl, venus): their capsets, contexts and streams;
 //! - `channel.rs`: cross-domain channels (INIT's channel, SEND, WRITE, POLL, events, blobs
 //!   from the compositor);
 //! - `scanout.rs`: GET_DISPLAY_INFO, GET_EDID, SET_SCANOUT(_BLOB), RESOURCE_FLUSH, cursors.
@@ -13,8 +14,11 @@
 mod blob;
 mod channel;
 mod context;
+mod render;
 mod scanout;
 mod two_d;
+
+pub(crate) use render::offered_capsets;
 
 use super::reject::{reject, CmdResult};
 use super::GpuDevice;
