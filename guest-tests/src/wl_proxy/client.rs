@@ -86,6 +86,7 @@ pub struct Client {
     host_fds: VecDeque<OwnedFd>,
     to_client: VecDeque<(Vec<u8>, Vec<OwnedFd>)>,
     backlog: usize,
+    commits: Option<super::CommitLog>,
 }
 
 impl Client {
@@ -107,7 +108,14 @@ impl Client {
             host_fds: VecDeque::new(),
             to_client: VecDeque::new(),
             backlog: 0,
+            commits: None,
         }
+    }
+
+    /// Where to record the shm buffers copied at commits (see
+    /// [`super::Proxy::record_commits`]).
+    pub fn record_commits(&mut self, log: Option<super::CommitLog>) {
+        self.commits = log;
     }
 
     /// The client's socket (poll it for reading; for writing while [`Client::wants_write`]).
@@ -369,7 +377,19 @@ impl Client {
         let resource = pool.resource;
         self.channel
             .write_resource(resource, buffer.offset, &data)
-            .map_err(io_err("copying into the host buffer"))
+            .map_err(io_err("copying into the host buffer"))?;
+        if let Some(log) = &self.commits {
+            use std::io::Write as _;
+            let _ = writeln!(
+                log.borrow_mut(),
+                "commit offset={} stride={} height={} fnv={:016x}",
+                buffer.offset,
+                buffer.stride,
+                buffer.height,
+                fnv1a(&data)
+            );
+        }
+        Ok(())
     }
 
     /// Takes the host's events and passes them to the client.
@@ -526,6 +546,17 @@ impl Client {
         }
         Ok(())
     }
+}
+
+/// FNV-1a, 64 bits, of `bytes` (the commit log's digest; the `wayland` lane computes the
+/// same over the host buffer).
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash
 }
 
 #[cfg(test)]

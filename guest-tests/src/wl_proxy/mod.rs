@@ -56,11 +56,16 @@ use client::Client;
 /// Makes one channel (one cross-domain context) per client.
 pub type Connect = Box<dyn FnMut() -> io::Result<Box<dyn GuestChannel>>>;
 
+/// Where the proxy records the shm buffers it copied to the host (see
+/// [`Proxy::record_commits`]).
+pub type CommitLog = std::rc::Rc<std::cell::RefCell<std::fs::File>>;
+
 /// The proxy: a Wayland socket for guest applications and one [`Client`] per connection.
 pub struct Proxy {
     listener: OwnedFd,
     connect: Connect,
     clients: Vec<Client>,
+    commits: Option<CommitLog>,
 }
 
 impl Proxy {
@@ -78,7 +83,16 @@ impl Proxy {
             listener,
             connect,
             clients: Vec::new(),
+            commits: None,
         })
+    }
+
+    /// Appends one line per `wl_surface.commit` of an shm buffer to `file`: the buffer's
+    /// place in its pool and an FNV-1a digest of the bytes the client drew, as copied to
+    /// the host buffer (`commit offset=O stride=S height=H fnv=HEX`). The `wayland` lane
+    /// finds those bytes in the buffer the host compositor shows.
+    pub fn record_commits(&mut self, file: std::fs::File) {
+        self.commits = Some(std::rc::Rc::new(std::cell::RefCell::new(file)));
     }
 
     /// Clients connected now.
@@ -139,7 +153,11 @@ impl Proxy {
                     SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
                 ) {
                     Ok(socket) => match (self.connect)() {
-                        Ok(channel) => self.clients.push(Client::new(socket, channel)),
+                        Ok(channel) => {
+                            let mut client = Client::new(socket, channel);
+                            client.record_commits(self.commits.clone());
+                            self.clients.push(client);
+                        }
                         Err(e) => log::warn!("wl-proxy: no channel for a new client: {e}"),
                     },
                     Err(Errno::AGAIN) => break,

@@ -5,8 +5,10 @@
 //! guest-tests inspect-pid DMABUF_INFO     # dmabuf-info inspect --pid on a helper process
 //! guest-tests show-console                # writes text on tty0, asks the host to look
 //! guest-tests map-policy                  # the backend's map decision on every real exporter
-//! guest-tests wl-proxy [--socket PATH] [--init 16|20|24] [--ids 4|28]
+//! guest-tests wl-proxy [--socket PATH] [--init 16|20|24] [--ids 4|28] [--commits FILE]
 //!                                         # the guest Wayland proxy (runs until killed)
+//! guest-tests wayland-clients             # weston's demo clients through the proxy; the
+//!                                         # host checks its compositor's screen (wayland lane)
 //! ```
 //!
 //! Prints one line per case (`ok`, `FAILED`, `skipped`) and ends with
@@ -25,6 +27,7 @@ mod cases;
 mod drm;
 mod inspect;
 mod policy;
+mod wayland;
 mod wl_channel;
 
 use std::io::{BufRead, Write};
@@ -110,6 +113,11 @@ fn main() -> ExitCode {
             return runner.finish();
         }
         Some("wl-proxy") => return wl_proxy(&args[1..]),
+        Some("wayland-clients") => {
+            let mut runner = Runner::new();
+            wayland::clients(&mut runner);
+            return runner.finish();
+        }
         Some("show-console") => {
             let mut runner = Runner::new();
             cases::show_console(&mut runner);
@@ -151,6 +159,7 @@ fn wl_proxy(args: &[String]) -> ExitCode {
         std::env::var_os("XDG_RUNTIME_DIR").map(|d| std::path::PathBuf::from(d).join("wayland-0"));
     let mut init = InitLayout::TwoRings;
     let mut ids = IdLayout::TwentyEight;
+    let mut commits = None;
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         match (arg.as_str(), it.next().map(String::as_str)) {
@@ -160,6 +169,7 @@ fn wl_proxy(args: &[String]) -> ExitCode {
             ("--init", Some("24")) => init = InitLayout::Versioned,
             ("--ids", Some("4")) => ids = IdLayout::Four,
             ("--ids", Some("28")) => ids = IdLayout::TwentyEight,
+            ("--commits", Some(path)) => commits = Some(std::path::PathBuf::from(path)),
             _ => return usage(),
         }
     }
@@ -187,6 +197,15 @@ fn wl_proxy(args: &[String]) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Some(path) = commits {
+        match std::fs::File::create(&path) {
+            Ok(file) => proxy.record_commits(file),
+            Err(e) => {
+                eprintln!("wl-proxy: {}: {e}", path.display());
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     println!(
         "wl-proxy: listening on {} (INIT {} bytes, {} identifier slots)",
         socket.display(),

@@ -1,0 +1,442 @@
+//! The `wayland` lane: a guest's Wayland clients on the host's compositor through
+//! cross-domain.
+//!
+//! Host: Debian's weston (headless backend, pixman renderer, `--debug` so that
+//! `weston-screenshooter` may take screenshots) on a private runtime directory, and our
+//! backend with `--wayland-socket` pointing at it (sandbox on) behind QEMU 11.1's
+//! `vhost-user-test-device-pci` (blobs mapped through the host-visible region). Guest: a
+//! bookworm image with weston's demo clients (`rootfs::Spec::wayland`) and `guest-tests
+//! wayland-clients`, which runs `weston-simple-shm` and `weston-simple-damage` through the
+//! guest proxy in three cross-domain layouts (see `guest-tests/src/bin/guest-tests/wayland.rs`)
+//! and holds each client on its last frame.
+//!
+//! At each hold the host checks, from the compositor's side:
+//! - zero copy: a memfd that both weston and the backend hold (the same inode in both
+//!   processes' fd tables) contains exactly the bytes the guest client committed (the
+//!   proxy's FNV-1a digest of them): the guest proxy wrote them into the host buffer through
+//!   its mapping, and weston reads those very pages;
+//! - pixels: weston's screenshot contains that buffer's image, every pixel, at the window's
+//!   place.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use guest_tests::pattern::{self, Image};
+use guest_tests::report::{Outcome, Tally};
+
+use crate::lanes::{self, host_case, Backend, Env};
+use crate::rootfs::{self, LaneFiles, Spec};
+use crate::vm::{Boot, KillOnDrop};
+use crate::{step, Error};
+
+/// Weston's output size (room for every demo client's window below the panel).
+const OUTPUT: (u32, u32) = (1024, 768);
+/// The socket name weston listens on in its runtime directory.
+const SOCKET_NAME: &str = "wayland-host";
+
+/// The host compositor.
+struct Weston {
+    child: KillOnDrop,
+    runtime: PathBuf,
+    log: PathBuf,
+}
+
+impl Weston {
+    fn start(dir: &Path) -> Result<Weston, Error> {
+        let runtime = dir.join("xdg-runtime");
+        fs::create_dir_all(&runtime).map_err(|e| Error::io(&runtime, e))?;
+        fs::set_permissions(&runtime, fs::Permissions::from_mode(0o700))
+            .map_err(|e| Error::io(&runtime, e))?;
+        let log = dir.join("weston.log");
+        let out = fs::File::create(&log).map_err(|e| Error::io(&log, e))?;
+        let err = out.try_clone().map_err(|e| Error::io(&log, e))?;
+        let child = Command::new("weston")
+            .args([
+                "--backend=headless-backend.so",
+                "--use-pixman",
+                "--debug",
+                "--idle-time=0",
+                &format!("--socket={SOCKET_NAME}"),
+                &format!("--width={}", OUTPUT.0),
+                &format!("--height={}", OUTPUT.1),
+            ])
+            .env("XDG_RUNTIME_DIR", &runtime)
+            .env_remove("WAYLAND_DISPLAY")
+            .env_remove("DISPLAY")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .map_err(|e| {
+                Error::Setup(format!(
+                    "cannot start weston (Debian package weston; .ci/test installs it): {e}"
+                ))
+            })?;
+        let mut weston = Weston {
+            child: KillOnDrop(child),
+            runtime,
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !weston.socket().exists() {
+            if let Ok(Some(status)) = weston.child.0.try_wait() {
+                return Err(Error::Lane(format!(
+                    "weston exited ({status}); see {}",
+                    weston.log.display()
+                )));
+            }
+            if Instant::now() > deadline {
+                return Err(Error::Lane(format!(
+                    "no weston socket after 20 s; see {}",
+                    weston.log.display()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(weston)
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.runtime.join(SOCKET_NAME)
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.0.id()
+    }
+
+    /// The output as weston composited it, kept as `keep`.
+    fn screenshot(&self, keep: &Path) -> Result<Image, String> {
+        let shots = self.runtime.join("shots");
+        let _ = fs::remove_dir_all(&shots);
+        fs::create_dir_all(&shots).map_err(|e| e.to_string())?;
+        let out = Command::new("weston-screenshooter")
+            .current_dir(&shots)
+            .env("XDG_RUNTIME_DIR", &self.runtime)
+            .env("WAYLAND_DISPLAY", SOCKET_NAME)
+            .output()
+            .map_err(|e| format!("weston-screenshooter: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "weston-screenshooter: {}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        let png = fs::read_dir(&shots)
+            .map_err(|e| e.to_string())?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|e| e == "png"))
+            .ok_or("weston-screenshooter wrote no PNG")?;
+        fs::copy(&png, keep).map_err(|e| e.to_string())?;
+        pattern::read_png(keep).map_err(|e| format!("{}: {e}", keep.display()))
+    }
+}
+
+/// One commit as the guest proxy logged it: where the buffer lies in its pool, and the
+/// digest of its bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Commit {
+    offset: u64,
+    stride: u64,
+    height: u64,
+    fnv: u64,
+}
+
+fn parse_commits(text: &str) -> Vec<Commit> {
+    text.split(';')
+        .filter_map(|c| {
+            let f: Vec<&str> = c.split(':').collect();
+            Some(Commit {
+                offset: f.first()?.parse().ok()?,
+                stride: f.get(1)?.parse().ok()?,
+                height: f.get(2)?.parse().ok()?,
+                fnv: u64::from_str_radix(f.get(3)?, 16).ok()?,
+            })
+        })
+        .collect()
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash
+}
+
+/// The memfds a process holds: (device, inode) -> a path to open it by.
+fn memfds(pid: u32) -> BTreeMap<(u64, u64), PathBuf> {
+    let mut out = BTreeMap::new();
+    let dir = PathBuf::from(format!("/proc/{pid}/fd"));
+    let Ok(entries) = fs::read_dir(&dir) else {
+        return out;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let is_memfd = fs::read_link(&path)
+            .map(|t| t.to_string_lossy().starts_with("/memfd:"))
+            .unwrap_or(false);
+        if !is_memfd {
+            continue;
+        }
+        if let Ok(meta) = fs::metadata(&path) {
+            out.insert((meta.dev(), meta.ino()), path);
+        }
+    }
+    out
+}
+
+/// The buffer the compositor shows for `commits`: a memfd shared by weston and the backend
+/// whose bytes at a commit's place have that commit's digest. Returns the buffer's image
+/// (XRGB8888 rows as 0xRRGGBB) or why none was found.
+fn shared_buffer(weston: u32, backend: u32, commits: &[Commit]) -> Result<(Image, String), String> {
+    let theirs = memfds(weston);
+    let ours = memfds(backend);
+    let shared: BTreeSet<&(u64, u64)> = theirs.keys().filter(|k| ours.contains_key(k)).collect();
+    if shared.is_empty() {
+        return Err(format!(
+            "weston holds {} memfds, the backend {}, none the same",
+            theirs.len(),
+            ours.len()
+        ));
+    }
+    for key in &shared {
+        let path = &ours[*key];
+        let Ok(data) = fs::read(path) else { continue };
+        for c in commits {
+            let (start, len) = (c.offset as usize, (c.stride * c.height) as usize);
+            let Some(bytes) = data.get(start..start + len) else {
+                continue;
+            };
+            if fnv1a(bytes) != c.fnv {
+                continue;
+            }
+            let width = (c.stride / 4) as u32;
+            let pixels = bytes
+                .chunks_exact(4)
+                .map(|p| u32::from_le_bytes([p[0], p[1], p[2], p[3]]) & 0x00ff_ffff)
+                .collect();
+            return Ok((
+                Image {
+                    width,
+                    height: c.height as u32,
+                    pixels,
+                },
+                format!(
+                    "inode {} ({} bytes) held by weston and the backend",
+                    key.1,
+                    data.len()
+                ),
+            ));
+        }
+    }
+    Err(format!(
+        "{} memfds are shared by weston and the backend, none holds the bytes the guest \
+         committed ({commits:?})",
+        shared.len()
+    ))
+}
+
+/// Where `window` shows in `screen`, every pixel equal.
+fn find(screen: &Image, window: &Image) -> Option<(u32, u32)> {
+    if window.width == 0 || window.width > screen.width || window.height > screen.height {
+        return None;
+    }
+    let (w, h) = (window.width as usize, window.height as usize);
+    let sw = screen.width as usize;
+    fn row(img: &Image, x: usize, y: usize, stride: usize, w: usize) -> &[u32] {
+        &img.pixels[y * stride + x..y * stride + x + w]
+    }
+    for y in 0..=(screen.height as usize - h) {
+        for x in 0..=(sw - w) {
+            if screen.pixels[y * sw + x] != window.pixels[0]
+                || row(screen, x, y, sw, w) != row(window, 0, 0, w, w)
+            {
+                continue;
+            }
+            if (1..h).all(|r| row(screen, x, y + r, sw, w) == row(window, 0, r, w, w)) {
+                return Some((x as u32, y as u32));
+            }
+        }
+    }
+    None
+}
+
+/// The host's look at one held client: the zero-copy and the pixels cases.
+fn check(dir: &Path, weston: &Weston, backend: u32, what: &str, tally: &mut Tally) {
+    let mut words = what.split_whitespace();
+    let (Some("wayland"), Some(label)) = (words.next(), words.next()) else {
+        return;
+    };
+    let commits = parse_commits(words.next().unwrap_or(""));
+    let found = shared_buffer(weston.pid(), backend, &commits);
+    host_case(
+        &format!("wayland/{label}/host: weston maps the backend's buffer holding the guest client's last frame (no copy on the host)"),
+        tally,
+        match &found {
+            Ok((_, how)) if commits.is_empty() => Outcome::Failed(format!("no commits from the guest ({how})")),
+            Ok(_) => Outcome::Passed,
+            Err(e) => Outcome::Failed(e.clone()),
+        },
+    );
+    let keep = dir.join(format!("{label}.png"));
+    let pixels = match found {
+        Err(_) => Outcome::Failed("no buffer to look for".into()),
+        Ok((window, _)) if window.distinct_colors() < 8 => Outcome::Failed(format!(
+            "the client's frame has {} colours: not a drawing",
+            window.distinct_colors()
+        )),
+        Ok((window, _)) => {
+            let mut last = Outcome::Failed("no screenshot".into());
+            // Weston repaints on its own clock: look a few times.
+            for _ in 0..10 {
+                last = match weston.screenshot(&keep) {
+                    Ok(screen) => match find(&screen, &window) {
+                        Some(_) => Outcome::Passed,
+                        None => Outcome::Failed(format!(
+                            "{}: the client's {}x{} frame is not on the screen",
+                            keep.display(),
+                            window.width,
+                            window.height
+                        )),
+                    },
+                    Err(e) => Outcome::Failed(e),
+                };
+                if last == Outcome::Passed {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(300));
+            }
+            last
+        }
+    };
+    host_case(
+        &format!(
+            "wayland/{label}/host: weston's screen shows that frame, every pixel ({label}.png)"
+        ),
+        tally,
+        pixels,
+    );
+}
+
+/// Runs the lane.
+pub fn lane(env: &mut Env, timeout: Duration) -> Result<Tally, Error> {
+    let cache = env.cache()?;
+    let image = rootfs::image(&cache, &Spec::wayland())?;
+    let qemu = env.qemu11()?;
+    let guest_tests = env.guest_tests()?;
+    let backend_bin = lanes::host_backend()?;
+    let dir = lanes::lane_dir("wayland")?;
+    let weston = step("wayland lane: host weston (headless, pixman)", || {
+        Weston::start(&dir)
+    })?;
+    let socket = dir.join("gpu.sock");
+    let mut extra: Vec<String> = ["--allocator", "memfd", "--hostmem", "256M"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    extra.push("--wayland-socket".into());
+    extra.push(weston.socket().display().to_string());
+    let mut backend = Backend::start(&backend_bin, &dir, &socket, &extra)?;
+
+    let kernel = env.kernel()?;
+    let mut init = String::from(rootfs::LANE_INIT_PRELUDE);
+    init.push_str("step clients /lane/guest-tests wayland-clients\n");
+    init.push_str("finish\n");
+    let binary = fs::read(&guest_tests).map_err(|e| Error::io(&guest_tests, e))?;
+    let files = LaneFiles {
+        files: vec![
+            ("init", 0o755, init.into_bytes()),
+            ("guest-tests", 0o755, binary),
+        ],
+    };
+    let initrd = dir.join("initramfs.cpio");
+    rootfs::write_initramfs(&initrd, kernel, &lanes::VIRTIO_GPU_MODULES, &files)?;
+    let mut args = lanes::vhost_user_memory();
+    args.extend([
+        "-chardev".into(),
+        format!("socket,id=gpu,path={}", socket.display()),
+        "-device".into(),
+        "vhost-user-test-device-pci,virtio-id=16,num_vqs=2,config_size=16,chardev=gpu".into(),
+    ]);
+    args.extend(rootfs::drive_args(&image, &dir)?);
+    let boot = Boot {
+        qemu: &qemu,
+        dir: &dir,
+        kernel: &kernel.image,
+        initramfs: &initrd,
+        extra: args,
+        env: Vec::new(),
+        timeout,
+    };
+    let mut host = Tally::default();
+    let backend_pid = backend.pid();
+    let transcript = step("wayland lane: guest run", || {
+        boot.run(&mut |what| check(&dir, &weston, backend_pid, what, &mut host))
+    })?;
+    let mut tally = lanes::tally_transcript(
+        "wayland",
+        &transcript,
+        &["modules".to_string(), "clients".to_string()],
+    );
+    tally.add(host);
+    host_case(
+        "wayland/host: the backend survived the guest",
+        &mut tally,
+        match backend.crashed() {
+            Some(why) => Outcome::Failed(why),
+            None => Outcome::Passed,
+        },
+    );
+    Ok(tally)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commits_parse_as_the_guest_prints_them() {
+        let c = parse_commits("0:1000:250:00ff00ff00ff00ff;1000:1000:250:0000000000000001");
+        assert_eq!(c.len(), 2);
+        assert_eq!(
+            c[0],
+            Commit {
+                offset: 0,
+                stride: 1000,
+                height: 250,
+                fnv: 0x00ff_00ff_00ff_00ff
+            }
+        );
+        assert!(parse_commits("").is_empty());
+        assert!(parse_commits("x:y").is_empty());
+    }
+
+    #[test]
+    fn a_window_is_found_only_where_every_pixel_matches() {
+        let screen = Image {
+            width: 6,
+            height: 4,
+            pixels: (0..24).collect(),
+        };
+        let window = Image {
+            width: 2,
+            height: 2,
+            pixels: vec![8, 9, 14, 15],
+        };
+        assert_eq!(find(&screen, &window), Some((2, 1)));
+        let wrong = Image {
+            width: 2,
+            height: 2,
+            pixels: vec![8, 9, 14, 16],
+        };
+        assert_eq!(find(&screen, &wrong), None);
+        assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
+    }
+}
