@@ -325,6 +325,17 @@ impl Harness {
         out
     }
 
+    /// Whether the device's event fd is readable now.
+    fn woken(&self) -> bool {
+        let fd = self.dev.event_fd().expect("the device's event fd");
+        let mut fds = [PollFd::new(&fd, PollFlags::IN)];
+        let zero = Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        poll(&mut fds, Some(&zero)).unwrap() == 1
+    }
+
     /// Waits (at most 5 s) on the device's event fd and services it until `token` is
     /// answered.
     fn wait_for(&mut self, token: vhost_user_gpu::device::FenceToken) {
@@ -871,7 +882,10 @@ fn waiting_fences_are_answered_when_their_channel_goes() {
     let _c1 = h.channel(1);
     let token = later(h.poll_fenced(1));
     assert_eq!(h.ctx_send(1, GpuCommand::CtxDestroy), GpuResponse::OkNoData);
+    // The transport only looks when the device's event fd is readable: it must be.
+    assert!(h.woken(), "no wake-up for a released answer");
     assert_eq!(h.dev.service(&h.mem), vec![token]);
+    assert!(!h.woken(), "service() clears the wake-up");
     // Channel ring detached.
     let _c2 = h.channel(2);
     let token = later(h.poll_fenced(2));

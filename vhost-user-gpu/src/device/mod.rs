@@ -168,6 +168,10 @@ pub struct GpuDevice {
     /// What the transport polls: an epoll set over the device's event sources (the
     /// renderer's poll fd), `None` if it could not be created (then nothing waits).
     events: Option<OwnedFd>,
+    /// An eventfd in the event set, written when answers became ready while a command was
+    /// processed (a destroyed context, a closed channel, an event written at once behind an
+    /// earlier fence): the transport polls only `events`, so it must wake for those too.
+    ready_kick: Option<OwnedFd>,
     /// Set by a handler that handed work to the renderer for the command being processed:
     /// a fence on the global timeline then waits for the renderer.
     renderer_work: bool,
@@ -197,6 +201,21 @@ impl GpuDevice {
             config.repair();
         }
         let events = event_set(ports.renderer.as_deref().map(|r| r.poll_fd()));
+        let ready_kick = events.as_ref().and_then(|set| {
+            let kick = rustix::event::eventfd(
+                0,
+                rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
+            )
+            .ok()?;
+            epoll::add(
+                set,
+                &kick,
+                epoll::EventData::new_u64(EVENT_READY),
+                epoll::EventFlags::IN,
+            )
+            .ok()?;
+            Some(kick)
+        });
         let capsets = commands::offered_capsets(
             ports.renderer.as_deref().map(|r| r as &dyn ports::Renderer),
             config.cross_domain,
@@ -225,6 +244,7 @@ impl GpuDevice {
             capsets,
             fences: Fences::default(),
             events,
+            ready_kick,
             renderer_work: false,
         }
     }
@@ -420,7 +440,13 @@ impl GpuDevice {
     pub fn process_control(&mut self, mem: &GuestMemory, request: &[u8]) -> Completion {
         self.renderer_work = false;
         let (hdr, response) = self.process(mem, request, false);
-        self.fenced(mem, &hdr, response)
+        let completion = self.fenced(mem, &hdr, response);
+        if self.fences.has_ready() {
+            if let Some(kick) = &self.ready_kick {
+                let _ = rustix::io::write(kick, &1u64.to_ne_bytes());
+            }
+        }
+        completion
     }
 
     /// One fd that is readable when [`GpuDevice::service`] may have answers to hand back
@@ -449,6 +475,10 @@ impl GpuDevice {
                 rustix::buffer::spare_capacity(&mut ready),
                 Some(&now),
             );
+        }
+        if let Some(kick) = &self.ready_kick {
+            let mut count = [0u8; 8];
+            let _ = rustix::io::read(kick, &mut count);
         }
         let events = self.renderer.as_mut().map(|r| r.poll()).unwrap_or_default();
         for event in events {
@@ -713,6 +743,8 @@ impl GpuDevice {
 
 /// epoll data of the renderer's poll fd in the device's event set.
 const EVENT_RENDERER: u64 = 1;
+/// epoll data of the ready-answers eventfd in the device's event set.
+const EVENT_READY: u64 = 3;
 /// epoll data of a cross-domain channel's wait fd in the device's event set.
 const EVENT_CHANNEL: u64 = 2;
 
