@@ -8,6 +8,7 @@ use crate::frontend::{BackendSpec, Frontend, FrontendOptions, Peer};
 use crate::gpu::{self, Cmd, Resp};
 
 mod blob;
+mod channel;
 mod cli;
 mod context;
 mod disconnect;
@@ -108,6 +109,7 @@ pub fn all() -> Vec<Case> {
     let mut v = two_d::cases();
     v.extend(blob::cases());
     v.extend(context::cases());
+    v.extend(channel::cases());
     v.extend(queue::cases());
     v.extend(cli::cases());
     v.extend(hostile::cases());
