@@ -11,10 +11,11 @@
 //! and holds each client on its last frame.
 //!
 //! At each hold the host checks, from the compositor's side:
-//! - zero copy: a memfd that both weston and the backend hold (the same inode in both
-//!   processes' fd tables) contains exactly the bytes the guest client committed (the
-//!   proxy's FNV-1a digest of them): the guest proxy wrote them into the host buffer through
-//!   its mapping, and weston reads those very pages;
+//! - zero copy: a memfd the backend holds and weston has mapped (the same inode in the
+//!   backend's fd table and in weston's `/proc/PID/maps`; weston closes a pool's fd after
+//!   mapping it) contains exactly the bytes the guest client committed (the proxy's FNV-1a
+//!   digest of them): the guest proxy wrote them into the host buffer through its mapping,
+//!   and weston reads those very pages;
 //! - pixels: weston's screenshot contains that buffer's image, every pixel, at the window's
 //!   place.
 
@@ -170,8 +171,24 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     hash
 }
 
-/// The memfds a process holds: (device, inode) -> a path to open it by.
-fn memfds(pid: u32) -> BTreeMap<(u64, u64), PathBuf> {
+/// The inodes of the memfds a process has mapped (`/proc/PID/maps`: weston maps a shm pool's
+/// fd and closes it).
+fn mapped_memfds(pid: u32) -> BTreeSet<u64> {
+    fs::read_to_string(format!("/proc/{pid}/maps"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let path = fields.get(5)?;
+            path.starts_with("/memfd:")
+                .then(|| fields.get(4)?.parse().ok())
+                .flatten()
+        })
+        .collect()
+}
+
+/// The memfds a process holds as fds: inode -> a path to open it by.
+fn memfds(pid: u32) -> BTreeMap<u64, PathBuf> {
     let mut out = BTreeMap::new();
     let dir = PathBuf::from(format!("/proc/{pid}/fd"));
     let Ok(entries) = fs::read_dir(&dir) else {
@@ -186,22 +203,22 @@ fn memfds(pid: u32) -> BTreeMap<(u64, u64), PathBuf> {
             continue;
         }
         if let Ok(meta) = fs::metadata(&path) {
-            out.insert((meta.dev(), meta.ino()), path);
+            out.insert(meta.ino(), path);
         }
     }
     out
 }
 
-/// The buffer the compositor shows for `commits`: a memfd shared by weston and the backend
-/// whose bytes at a commit's place have that commit's digest. Returns the buffer's image
-/// (XRGB8888 rows as 0xRRGGBB) or why none was found.
+/// The buffer the compositor shows for `commits`: a memfd the backend holds and weston has
+/// mapped whose bytes at a commit's place have that commit's digest. Returns the buffer's
+/// image (XRGB8888 rows as 0xRRGGBB) or why none was found.
 fn shared_buffer(weston: u32, backend: u32, commits: &[Commit]) -> Result<(Image, String), String> {
-    let theirs = memfds(weston);
+    let theirs = mapped_memfds(weston);
     let ours = memfds(backend);
-    let shared: BTreeSet<&(u64, u64)> = theirs.keys().filter(|k| ours.contains_key(k)).collect();
+    let shared: BTreeSet<&u64> = theirs.iter().filter(|k| ours.contains_key(k)).collect();
     if shared.is_empty() {
         return Err(format!(
-            "weston holds {} memfds, the backend {}, none the same",
+            "weston maps {} memfds, the backend holds {}, none the same",
             theirs.len(),
             ours.len()
         ));
@@ -229,8 +246,7 @@ fn shared_buffer(weston: u32, backend: u32, commits: &[Commit]) -> Result<(Image
                     pixels,
                 },
                 format!(
-                    "inode {} ({} bytes) held by weston and the backend",
-                    key.1,
+                    "inode {key} ({} bytes) held by the backend, mapped by weston",
                     data.len()
                 ),
             ));
