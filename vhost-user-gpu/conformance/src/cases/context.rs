@@ -283,6 +283,21 @@ fn virgl_refused(harness: &Harness) -> CaseResult {
         gpu::resource_create_3d(0, 2, format::B8G8R8A8_UNORM, 16, 16),
     )?;
     is_err(&fe, "RESOURCE_CREATE_3D without a context", &r)?;
+    // Our backend has no virgl renderer here: its log line must say so and what to use.
+    if fe.peer() == crate::frontend::Peer::Ours {
+        let log = fe.backend_log();
+        ensure(
+            &fe,
+            log.contains("RESOURCE_CREATE_3D")
+                && log.contains("no virgl renderer")
+                && log.contains("cross-domain"),
+            || {
+                "the backend's log should name the refused RESOURCE_CREATE_3D, say there is no \
+                 virgl renderer and what to use instead (cross-domain or a renderer)"
+                    .to_string()
+            },
+        )?;
+    }
     send_expecting(
         &mut fe,
         "CREATE_2D",
