@@ -17,7 +17,15 @@
 //!   digest of them): the guest proxy wrote them into the host buffer through its mapping,
 //!   and weston reads those very pages;
 //! - pixels: weston's screenshot contains that buffer's image, every pixel, at the window's
-//!   place.
+//!   place. Only opaque pixels (top byte 0xff) are compared, and they must have at least
+//!   two colours: `weston-simple-shm` draws its cross with X = 0 (to show compositors that
+//!   wrongly read X as alpha), and weston 10's pixman screenshot has them black with alpha
+//!   0, for a client on the host just the same; `weston-simple-damage` (ARGB8888) draws a
+//!   half-transparent background that weston blends with its wallpaper, and an opaque
+//!   border and ball.
+//!
+//! The guest hands over the last two commits, the last first; the host looks for the last
+//! one (a double-buffering client's other buffer holds an older frame).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -209,10 +217,46 @@ fn memfds(pid: u32) -> BTreeMap<u64, PathBuf> {
     out
 }
 
-/// The buffer the compositor shows for `commits`: a memfd the backend holds and weston has
-/// mapped whose bytes at a commit's place have that commit's digest. Returns the buffer's
-/// image (XRGB8888 rows as 0xRRGGBB) or why none was found.
-fn shared_buffer(weston: u32, backend: u32, commits: &[Commit]) -> Result<(Image, String), String> {
+/// A committed XRGB8888 buffer as the host found it: its pixels (0xRRGGBB) and which of them
+/// a compositor shows as they are (X byte 0xff).
+struct Frame {
+    image: Image,
+    opaque: Vec<bool>,
+}
+
+impl Frame {
+    fn from_xrgb(width: u32, height: u32, bytes: &[u8]) -> Frame {
+        let (pixels, opaque) = bytes
+            .chunks_exact(4)
+            .map(|p| (u32::from_le_bytes([p[0], p[1], p[2], 0]), p[3] == 0xff))
+            .unzip();
+        Frame {
+            image: Image {
+                width,
+                height,
+                pixels,
+            },
+            opaque,
+        }
+    }
+
+    fn opaque_pixels(&self) -> usize {
+        self.opaque.iter().filter(|&&o| o).count()
+    }
+
+    fn opaque_colors(&self) -> usize {
+        let colors: BTreeSet<u32> = (self.image.pixels.iter().zip(&self.opaque))
+            .filter(|(_, &o)| o)
+            .map(|(&p, _)| p)
+            .collect();
+        colors.len()
+    }
+}
+
+/// The buffer the compositor shows for `commits` (the last first): a memfd the backend
+/// holds and weston has mapped whose bytes at a commit's place have that commit's digest,
+/// the earliest commit of the list that is found. Returns that frame or why none was found.
+fn shared_buffer(weston: u32, backend: u32, commits: &[Commit]) -> Result<(Frame, String), String> {
     let theirs = mapped_memfds(weston);
     let ours = memfds(backend);
     let shared: BTreeSet<&u64> = theirs.iter().filter(|k| ours.contains_key(k)).collect();
@@ -223,30 +267,24 @@ fn shared_buffer(weston: u32, backend: u32, commits: &[Commit]) -> Result<(Image
             ours.len()
         ));
     }
-    for key in &shared {
-        let path = &ours[*key];
-        let Ok(data) = fs::read(path) else { continue };
-        for c in commits {
-            let (start, len) = (c.offset as usize, (c.stride * c.height) as usize);
+    let buffers: Vec<(u64, Vec<u8>)> = shared
+        .iter()
+        .filter_map(|key| Some((**key, fs::read(&ours[*key]).ok()?)))
+        .collect();
+    for (n, c) in commits.iter().enumerate() {
+        let (start, len) = (c.offset as usize, (c.stride * c.height) as usize);
+        for (key, data) in &buffers {
             let Some(bytes) = data.get(start..start + len) else {
                 continue;
             };
             if fnv1a(bytes) != c.fnv {
                 continue;
             }
-            let width = (c.stride / 4) as u32;
-            let pixels = bytes
-                .chunks_exact(4)
-                .map(|p| u32::from_le_bytes([p[0], p[1], p[2], p[3]]) & 0x00ff_ffff)
-                .collect();
             return Ok((
-                Image {
-                    width,
-                    height: c.height as u32,
-                    pixels,
-                },
+                Frame::from_xrgb((c.stride / 4) as u32, c.height as u32, bytes),
                 format!(
-                    "inode {key} ({} bytes) held by the backend, mapped by weston",
+                    "commit {n} (0 is the last) in inode {key} ({} bytes) held by the backend, \
+                     mapped by weston",
                     data.len()
                 ),
             ));
@@ -259,24 +297,29 @@ fn shared_buffer(weston: u32, backend: u32, commits: &[Commit]) -> Result<(Image
     ))
 }
 
-/// Where `window` shows in `screen`, every pixel equal.
-fn find(screen: &Image, window: &Image) -> Option<(u32, u32)> {
+/// Where `frame` shows in `screen`, every opaque pixel equal.
+fn find(screen: &Image, frame: &Frame) -> Option<(u32, u32)> {
+    let window = &frame.image;
     if window.width == 0 || window.width > screen.width || window.height > screen.height {
         return None;
     }
     let (w, h) = (window.width as usize, window.height as usize);
     let sw = screen.width as usize;
-    fn row(img: &Image, x: usize, y: usize, stride: usize, w: usize) -> &[u32] {
-        &img.pixels[y * stride + x..y * stride + x + w]
-    }
+    let compared: Vec<(usize, usize, u32)> = (0..h)
+        .flat_map(|r| (0..w).map(move |c| (r, c)))
+        .filter(|&(r, c)| frame.opaque[r * w + c])
+        .map(|(r, c)| (r, c, window.pixels[r * w + c]))
+        .collect();
+    let &(ar, ac, anchor) = compared.first()?;
     for y in 0..=(screen.height as usize - h) {
         for x in 0..=(sw - w) {
-            if screen.pixels[y * sw + x] != window.pixels[0]
-                || row(screen, x, y, sw, w) != row(window, 0, 0, w, w)
-            {
+            if screen.pixels[(y + ar) * sw + x + ac] != anchor {
                 continue;
             }
-            if (1..h).all(|r| row(screen, x, y + r, sw, w) == row(window, 0, r, w, w)) {
+            if compared
+                .iter()
+                .all(|&(r, c, px)| screen.pixels[(y + r) * sw + x + c] == px)
+            {
                 return Some((x as u32, y as u32));
             }
         }
@@ -304,16 +347,21 @@ fn check(dir: &Path, weston: &Weston, backend: u32, what: &str, tally: &mut Tall
     let keep = dir.join(format!("{label}.png"));
     let pixels = match found {
         Err(_) => Outcome::Failed("no buffer to look for".into()),
-        Ok((window, _)) if window.distinct_colors() < 8 => Outcome::Failed(format!(
-            "the client's frame has {} colours: not a drawing",
-            window.distinct_colors()
+        // Compared are the opaque pixels; a single colour there could be a buffer nobody drew
+        // into. (weston-simple-damage: a white border and a green ball opaque, its
+        // background half-transparent black, which weston blends with the wallpaper.)
+        Ok((frame, _)) if frame.opaque_colors() < 2 => Outcome::Failed(format!(
+            "the client's frame has {} opaque pixels in {} colour(s): nothing to compare",
+            frame.opaque_pixels(),
+            frame.opaque_colors()
         )),
-        Ok((window, _)) => {
+        Ok((frame, _)) => {
+            let window = &frame.image;
             let mut last = Outcome::Failed("no screenshot".into());
             // Weston repaints on its own clock: look a few times.
             for _ in 0..10 {
                 last = match weston.screenshot(&keep) {
-                    Ok(screen) => match find(&screen, &window) {
+                    Ok(screen) => match find(&screen, &frame) {
                         Some(_) => Outcome::Passed,
                         None => Outcome::Failed(format!(
                             "{}: the client's {}x{} frame is not on the screen",
@@ -434,25 +482,46 @@ mod tests {
         assert!(parse_commits("x:y").is_empty());
     }
 
+    /// XRGB8888 bytes of `pixels` (0xXXRRGGBB).
+    fn xrgb(pixels: &[u32]) -> Vec<u8> {
+        pixels.iter().flat_map(|p| p.to_le_bytes()).collect()
+    }
+
     #[test]
-    fn a_window_is_found_only_where_every_pixel_matches() {
+    fn a_window_is_found_only_where_every_opaque_pixel_matches() {
         let screen = Image {
             width: 6,
             height: 4,
             pixels: (0..24).collect(),
         };
-        let window = Image {
-            width: 2,
-            height: 2,
-            pixels: vec![8, 9, 14, 15],
-        };
+        let opaque = 0xff00_0000;
+        let window = Frame::from_xrgb(
+            2,
+            2,
+            &xrgb(&[opaque | 8, opaque | 9, opaque | 14, opaque | 15]),
+        );
+        assert_eq!(window.opaque_pixels(), 4);
+        assert_eq!(window.opaque_colors(), 4);
         assert_eq!(find(&screen, &window), Some((2, 1)));
-        let wrong = Image {
-            width: 2,
-            height: 2,
-            pixels: vec![8, 9, 14, 16],
-        };
+        let wrong = Frame::from_xrgb(
+            2,
+            2,
+            &xrgb(&[opaque | 8, opaque | 9, opaque | 14, opaque | 16]),
+        );
         assert_eq!(find(&screen, &wrong), None);
+        // A pixel with X = 0 is not compared, whatever its colour; the others still are.
+        let cross = Frame::from_xrgb(2, 2, &xrgb(&[opaque | 8, 0x77, opaque | 14, opaque | 15]));
+        assert_eq!(cross.opaque_pixels(), 3);
+        assert_eq!(
+            Frame::from_xrgb(2, 1, &xrgb(&[opaque | 5, 0x80 << 24])).opaque_colors(),
+            1
+        );
+        assert_eq!(find(&screen, &cross), Some((2, 1)));
+        let cross_wrong =
+            Frame::from_xrgb(2, 2, &xrgb(&[0x08, opaque | 9, opaque | 13, opaque | 15]));
+        assert_eq!(find(&screen, &cross_wrong), None);
+        // Nothing opaque: nothing to find.
+        assert_eq!(find(&screen, &Frame::from_xrgb(1, 1, &xrgb(&[8]))), None);
         assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
     }
 }
