@@ -21,7 +21,7 @@ use rustix::net::{
 use vm_memory::{Bytes, FileOffset, GuestAddress};
 
 use vhost_user_gpu::alloc::memfd::MemfdAllocator;
-use vhost_user_gpu::device::ports::{DisplaySink, GuestMemory};
+use vhost_user_gpu::device::ports::{DisplaySink, GuestMemory, MapAdvice, MapAdvisor};
 use vhost_user_gpu::device::{Completion, DeviceConfig, GpuDevice, Ports};
 use vhost_user_gpu::protocol::cross_domain::{
     decode_event, Capabilities, ChannelEvent, CrossDomainCommand, IdLayout, Identifier,
@@ -164,13 +164,21 @@ struct Harness {
 
 impl Harness {
     fn with(config: DeviceConfig, limits: ChannelLimits) -> Self {
+        Self::with_advisor(config, limits, Box::new(FixedAdvisor::allow(MAP_CACHE_WC)))
+    }
+
+    fn with_advisor(
+        config: DeviceConfig,
+        limits: ChannelLimits,
+        advisor: Box<dyn MapAdvisor>,
+    ) -> Self {
         let compositor = Compositor::new();
         let region = FrontendRegion::new(config.hostmem);
         let ports = Ports {
             allocator: Box::new(MemfdAllocator::new()),
             mapper: Box::new(FrontendMapper(region.clone())),
             display: Box::new(NoDisplay),
-            advisor: Box::new(FixedAdvisor::allow(MAP_CACHE_WC)),
+            advisor,
             exporter: None,
             channels: Some(Box::new(WaylandConnector::new(
                 compositor.path.clone(),
@@ -633,6 +641,79 @@ fn a_buffer_from_the_compositor_becomes_a_blob_mapped_as_it_may_be() {
     assert_eq!(
         h.host_blob(1, 23, 0x1001, PAGE),
         err(GpuError::InvalidParameter)
+    );
+    drop(client);
+}
+
+/// Refuses every buffer and remembers which ones it was asked about (device, inode): the
+/// map advisor port, which `dmabuf-info` serves in the backend.
+struct RecordingRefusal(std::sync::Arc<std::sync::Mutex<Vec<(u64, u64)>>>);
+
+impl MapAdvisor for RecordingRefusal {
+    fn advise(&self, fd: BorrowedFd<'_>, _drm_fd: Option<BorrowedFd<'_>>) -> MapAdvice {
+        let st = rustix::fs::fstat(fd).unwrap();
+        self.0
+            .lock()
+            .unwrap()
+            .push((st.st_dev as u64, st.st_ino as u64));
+        MapAdvice::Refuse {
+            reason: "needs DMA_BUF_IOCTL_SYNC (test advisor)".into(),
+        }
+    }
+}
+
+#[test]
+fn a_buffer_from_the_compositor_is_judged_by_the_advisor_before_any_mapping() {
+    let asked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut h = Harness::with_advisor(
+        DeviceConfig {
+            hostmem: 16 << 20,
+            ..DeviceConfig::default()
+        },
+        ChannelLimits::default(),
+        Box::new(RecordingRefusal(asked.clone())),
+    );
+    let client = h.channel(1);
+    let pool = rustix::fs::memfd_create("pool", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+    rustix::fs::ftruncate(&pool, 2 * PAGE).unwrap();
+    let st = rustix::fs::fstat(&pool).unwrap();
+    let pool_inode = (st.st_dev as u64, st.st_ino as u64);
+    let token = later(h.poll_fenced(1));
+    send(&client, b"pool", &[pool.as_fd()]);
+    h.wait_for(token);
+    let r = receive(&h.channel_ring(1, InitLayout::TwoRings));
+    assert_eq!(r.identifiers.len(), 1);
+    let id = r.identifiers[0];
+    assert_eq!(
+        h.host_blob(1, 30, id.id.into(), 2 * PAGE),
+        GpuResponse::OkNoData
+    );
+    assert!(
+        asked.lock().unwrap().is_empty(),
+        "creating the blob maps nothing and asks nothing"
+    );
+    assert_eq!(
+        h.ctx_send(
+            1,
+            GpuCommand::ResourceMapBlob {
+                resource_id: 30,
+                offset: 0,
+            },
+        ),
+        err(GpuError::Unspec),
+        "the advisor refused: no mapping"
+    );
+    assert_eq!(
+        *asked.lock().unwrap(),
+        vec![pool_inode],
+        "the advisor was asked about the very buffer the compositor sent"
+    );
+    assert!(
+        !h.region
+            .events()
+            .iter()
+            .any(|e| matches!(e, ShmemEvent::Mapped { .. })),
+        "nothing reached the guest's region"
     );
     drop(client);
 }
