@@ -568,7 +568,23 @@ fn send28(harness: &Harness) -> CaseResult {
 
 fn pipes(harness: &Harness) -> CaseResult {
     let c = Compositor::new()?;
-    let (mut fe, mut rings, client) = open(harness, &c)?;
+    let mut fe = spawn(harness, &c)?;
+    let before = fe.backend_stats().map_err(|e| e.to_string())?;
+    let mut rings = Rings::new(&mut fe)?;
+    rings.submit_ok(
+        &mut fe,
+        "INIT with a channel",
+        &xd::init(QUERY_RES, CHANNEL_RES, xd::CHANNEL_TYPE_WAYLAND),
+    )?;
+    let client = c.accept(&fe)?;
+    // The count below sees the channel: its connection and its wait fd at least.
+    let open = fe.backend_stats().map_err(|e| e.to_string())?;
+    ensure(&fe, open.fds >= before.fds + 2, || {
+        format!(
+            "the backend holds {} fds with a channel open, {} before",
+            open.fds, before.fds
+        )
+    })?;
     // A read pipe the guest names: the compositor writes, READ events come.
     let id = 0x8000_0007;
     rings.submit_ok(
@@ -621,6 +637,23 @@ fn pipes(harness: &Harness) -> CaseResult {
     ensure(&fe, &buf[..n] == b"copied" && eof == 0, || {
         format!("the pipe read {:?} then {eof} bytes", &buf[..n])
     })?;
+    // The context goes, and every fd its channel held (connection, wait fd, pipes) with it.
+    send_expecting(
+        &mut fe,
+        "CTX_DESTROY",
+        gpu::ctx_destroy(CTX_ID),
+        ty::OK_NODATA,
+    )?;
+    for id in [QUERY_RES, CHANNEL_RES] {
+        send_expecting(
+            &mut fe,
+            "RESOURCE_UNREF (ring)",
+            gpu::resource_unref(id),
+            ty::OK_NODATA,
+        )?;
+    }
+    super::blob::no_leaks(&mut fe, &before)?;
+    drop(client);
     still_serving(&mut fe)
 }
 
