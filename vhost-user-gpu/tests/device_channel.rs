@@ -1102,3 +1102,60 @@ fn channel_fds_come_out_of_the_device_budget() {
     assert_eq!(h.init(2, InitLayout::TwoRings), GpuResponse::OkNoData);
     let _c2 = h.compositor.accept();
 }
+
+/// The cross-domain capset's `supports_external_gpu_memory` for a device with `renderer`:
+/// minigbm takes its virgl path exactly when this is 0 (`CROSS-DOMAIN.md`, capabilities).
+fn external_gpu_memory_with(
+    renderer: Option<vhost_user_gpu::renderer::fake::FakeRenderer>,
+) -> bool {
+    let config = DeviceConfig::default();
+    let ports = Ports {
+        allocator: Box::new(MemfdAllocator::new()),
+        mapper: Box::new(FrontendMapper(FrontendRegion::new(config.hostmem))),
+        display: Box::new(NoDisplay),
+        advisor: Box::new(FixedAdvisor::allow(MAP_CACHE_WC)),
+        exporter: None,
+        channels: None,
+        renderer: renderer.map(|r| Box::new(r) as _),
+    };
+    let mut dev = GpuDevice::new(config, ports);
+    dev.ack_features(dev.features());
+    let mut request = Vec::new();
+    GpuCommand::GetCapset {
+        capset_id: CAPSET_CROSS_DOMAIN,
+        capset_version: 0,
+    }
+    .encode(&CtrlHeader::default(), &mut request);
+    let Completion::Now(bytes) = dev.process_control(&guest_ram(), &request) else {
+        panic!("GET_CAPSET waits");
+    };
+    match GpuResponse::decode(&bytes).unwrap().1 {
+        GpuResponse::OkCapset(data) => {
+            let caps = Capabilities::decode(&data).unwrap();
+            assert_eq!(caps.supported_channels, 0, "no compositor configured");
+            caps.supports_external_gpu_memory
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn minigbm_is_kept_off_virgl_exactly_when_no_virgl_renderer_serves_it() {
+    use vhost_user_gpu::protocol::{CAPSET_VENUS, CAPSET_VIRGL, CAPSET_VIRGL2};
+    use vhost_user_gpu::renderer::fake::FakeRenderer;
+    assert!(external_gpu_memory_with(None), "no renderer");
+    assert!(
+        external_gpu_memory_with(Some(FakeRenderer::with_capsets(&[CAPSET_VENUS]))),
+        "venus alone: minigbm's virgl backend would find no virgl"
+    );
+    for virgl in [
+        vec![CAPSET_VIRGL],
+        vec![CAPSET_VIRGL2],
+        vec![CAPSET_VIRGL, CAPSET_VIRGL2, CAPSET_VENUS],
+    ] {
+        assert!(
+            !external_gpu_memory_with(Some(FakeRenderer::with_capsets(&virgl))),
+            "capsets {virgl:?}: a virgl renderer serves minigbm's virgl path"
+        );
+    }
+}
