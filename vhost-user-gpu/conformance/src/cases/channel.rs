@@ -716,11 +716,25 @@ fn hostile(harness: &Harness) -> CaseResult {
         "SEND of a resource the context does not have",
         xd::send(28, &[(4242, xd::ID_VIRTGPU_BLOB)], b"x"),
     )?;
-    inval(
-        &mut fe,
-        "SEND of a ring (GUEST blob, no host fd)",
-        xd::send(28, &[(QUERY_RES, xd::ID_VIRTGPU_BLOB)], b"x"),
-    )?;
+    // A GUEST blob (here the query ring) has a host fd only where udmabuf exports it: then
+    // the compositor gets it (as rutabaga cannot), else the SEND is refused.
+    let ring_send = xd::send(28, &[(QUERY_RES, xd::ID_VIRTGPU_BLOB)], b"x");
+    if std::path::Path::new("/dev/udmabuf").exists() {
+        rings.submit_ok(&mut fe, "SEND of a GUEST blob udmabuf exports", &ring_send)?;
+        let (data, fds) = recv(&client, Duration::from_secs(5));
+        ensure(&fe, data == b"x" && fds.len() == 1, || {
+            format!(
+                "a SEND of an exported GUEST blob reached the compositor as {data:?} with {} fds",
+                fds.len()
+            )
+        })?;
+    } else {
+        inval(
+            &mut fe,
+            "SEND of a ring (GUEST blob, no host fd)",
+            ring_send,
+        )?;
+    }
     inval(
         &mut fe,
         "SEND with identifier type 6",
