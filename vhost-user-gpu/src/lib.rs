@@ -14,11 +14,13 @@
 //!   identifier tables, pipes).
 //! - [`sandbox`]: self-confinement after start-up (seccomp-bpf allowlist, Landlock).
 //! - [`queue_thread`]: marks the thread that may wait for the frontend.
+//! - [`guest_log`]: the one rate limiter of log lines a guest can cause.
 
 pub mod advisor;
 pub mod alloc;
 pub mod device;
 pub mod display;
+pub mod guest_log;
 pub mod protocol;
 pub mod queue_thread;
 pub mod renderer;

@@ -1073,7 +1073,7 @@ fn channel_fds_come_out_of_the_device_budget() {
     let mut h = Harness::with(
         DeviceConfig {
             hostmem: 16 << 20,
-            max_channel_fds: 3,
+            max_fds: 3,
             ..DeviceConfig::default()
         },
         ChannelLimits::default(),

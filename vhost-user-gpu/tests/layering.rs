@@ -1,7 +1,7 @@
 //! The crate's layering, checked on its sources (the picture in the README's layout section):
 //!
 //! ```text
-//! protocol, queue_thread          (lowest: import nothing from the crate)
+//! protocol, queue_thread, guest_log   (lowest: import nothing from the crate)
 //!   <- device                      (the core: protocol and its own ports only)
 //!     <- alloc, display, advisor, renderer, sandbox, wayland   (port implementations; never
 //!                                                                each other)
@@ -27,6 +27,7 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[(&str, u32)] = &[
     ("protocol", 0),
     ("queue_thread", 0),
+    ("guest_log", 0),
     ("device", 1),
     ("alloc", 2),
     ("display", 2),

@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use super::budget::Charge;
+use super::budget::{Charge, Exceeded, Kind, Usage};
 use super::reject::{reject, Reject};
 use super::resource::ImageInfo;
 use crate::device::ports::{BufferRequest, Channel, HostBuffer};
@@ -26,7 +26,11 @@ pub(crate) const MAX_PENDING_BUFFERS_PER_CONTEXT: usize = 8;
 /// context that has none gets ERR_OUT_OF_MEMORY.
 pub(crate) const MAX_REQUIREMENTS_TOTAL: usize = 16384;
 /// Most contexts at once (the contexts budget).
-pub(crate) const MAX_CONTEXTS: u64 = 1024;
+pub const MAX_CONTEXTS: u64 = 1024;
+/// Resource attachments all contexts together may hold, per resource of `max_resources`
+/// (the attachments budget): Linux attaches a resource to every context (DRM file) that
+/// uses it; without a cap 1024 contexts times every resource would be millions of entries.
+pub const ATTACHMENTS_PER_RESOURCE: u64 = 16;
 
 /// A buffer allocated for a requirement, with the host bytes it is charged, until a
 /// CREATE_BLOB claims it (dropping it releases both).
@@ -82,8 +86,9 @@ pub(crate) struct Context {
     /// file that makes resources when 3D is offered. It holds attached resources and GUEST
     /// blobs but has no renderer: every SUBMIT_3D in it is refused.
     pub cross_domain: bool,
-    /// Resources attached with CTX_ATTACH_RESOURCE (or created in this context).
-    pub resources: BTreeSet<u32>,
+    /// Resources attached with CTX_ATTACH_RESOURCE (or created in this context), each
+    /// charged one attachment.
+    attached: BTreeSet<u32>,
     /// The query ring resource, after CROSS_DOMAIN_CMD_INIT.
     pub query_ring: Option<u32>,
     /// The layout of the INIT the guest sent (for logs and the ring rules).
@@ -96,8 +101,8 @@ pub(crate) struct Context {
     pending_order: VecDeque<u32>,
     /// Last blob id handed out (even numbers from 2, as rutabaga does).
     last_blob_id: u32,
-    /// The context's place in the contexts budget.
-    _charge: Charge,
+    /// The context's place in the contexts budget and its attachments.
+    charge: Charge,
 }
 
 impl Context {
@@ -107,14 +112,14 @@ impl Context {
             debug_name,
             renderer: None,
             cross_domain,
-            resources: BTreeSet::new(),
+            attached: BTreeSet::new(),
             query_ring: None,
             init_layout: None,
             channel: None,
             requirements: BTreeMap::new(),
             pending_order: VecDeque::new(),
             last_blob_id: 0,
-            _charge: charge,
+            charge,
         }
     }
 
@@ -125,6 +130,48 @@ impl Context {
             lost: false,
         });
         self
+    }
+
+    /// Attaches `resource_id`, charging one attachment unless it is attached already.
+    pub fn attach(&mut self, resource_id: u32) -> Result<(), Exceeded> {
+        if self.attached.contains(&resource_id) {
+            return Ok(());
+        }
+        self.charge.grow(Usage::of(Kind::Attachments, 1))?;
+        self.attached.insert(resource_id);
+        Ok(())
+    }
+
+    /// Attaches `resource_id` with an attachment charged beforehand (`charge`, one
+    /// attachment); a resource attached already gives it back.
+    pub fn attach_charged(&mut self, resource_id: u32, charge: Charge) {
+        if self.attached.insert(resource_id) {
+            self.charge.absorb(charge);
+        }
+    }
+
+    /// Whether `resource_id` is attached.
+    pub fn is_attached(&self, resource_id: u32) -> bool {
+        self.attached.contains(&resource_id)
+    }
+
+    /// The channel, if any, with the attached resources (read-only: what SEND may export).
+    pub fn channel_and_attached(&mut self) -> Option<(&mut ContextChannel, &BTreeSet<u32>)> {
+        let channel = self.channel.as_mut()?;
+        Some((channel, &self.attached))
+    }
+
+    /// Detaches `resource_id` (and drops it as the query ring); `false` if it was not
+    /// attached.
+    pub fn detach(&mut self, resource_id: u32) -> bool {
+        if self.query_ring == Some(resource_id) {
+            self.query_ring = None;
+        }
+        if !self.attached.remove(&resource_id) {
+            return false;
+        }
+        self.charge.shrink(Usage::of(Kind::Attachments, 1));
+        true
     }
 
     /// The next blob id, `None` when the id space is exhausted.
@@ -204,7 +251,7 @@ impl Context {
     /// Forgets `resource_id` (destroyed): detaches it, and drops it as a ring; returns the
     /// POLLs left without a channel.
     pub fn forget_resource(&mut self, resource_id: u32) -> VecDeque<Waiting> {
-        self.resources.remove(&resource_id);
+        self.detach(resource_id);
         self.forget_ring(resource_id)
     }
 }

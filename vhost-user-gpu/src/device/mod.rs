@@ -13,7 +13,8 @@
 //! hands back the tokens of the answers that may go now.
 //!
 //! Every rejected guest input is answered with the matching virtio-gpu error and logged
-//! with `warn!`, naming the command and the field.
+//! as a warning naming the command and the field, through the process's limiter of
+//! guest-caused log lines ([`crate::guest_log`]).
 //!
 //! Guest memory is only reached through vm-memory (`GuestMemory`/`Bytes`), with every range
 //! checked, and re-resolved on each access because the frontend may replace the memory table
@@ -54,15 +55,19 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use log::{debug, error, warn};
 use rustix::event::epoll;
 
+use crate::guest_log::guest_warn;
 use crate::protocol::{
     command_name, feature, CtrlHeader, DecodeError, GpuCommand, GpuError, GpuResponse,
     CONFIG_EVENTS_CLEAR, CONFIG_EVENTS_READ, CONFIG_NUM_CAPSETS, CONFIG_NUM_SCANOUTS, CONFIG_SIZE,
     EVENT_DISPLAY, FLAG_FENCE, FLAG_INFO_RING_IDX,
 };
 pub use backing::BackingError;
-use budget::{Budget, Kind};
-pub use config::{ConfigError, DeviceConfig, DEFAULT_OUTPUT, MAX_OUTPUT_SIDE};
+use budget::{Budget, Kind, Usage};
+pub use config::{
+    ConfigError, DeviceConfig, DEFAULT_OUTPUT, FD_RESERVE, MAX_OUTPUT_SIDE, MAX_SCANOUT_SIDE,
+};
 use context::ContextTable;
+pub use context::{ATTACHMENTS_PER_RESOURCE, MAX_CONTEXTS};
 pub use fence::{Completion, FenceToken, MAX_PENDING_FENCES};
 use fence::{Fences, Timeline};
 use ports::{
@@ -128,10 +133,31 @@ pub(crate) fn backing_cost(entries: usize) -> u64 {
     (entries as u64).saturating_mul(BACKING_ENTRY_COST)
 }
 
-/// Rejected requests logged as warnings before rate limiting starts.
-pub const REJECT_LOG_BURST: u64 = 200;
-/// After the burst, one rejected request in this many is logged as a warning.
-pub const REJECT_LOG_EVERY: u64 = 1000;
+/// Kernel memory charged per page of a dma-buf the device holds, on top of the pages
+/// themselves: udmabuf keeps a folio pointer, an offset and a pinned-folio pointer per page,
+/// and an importer's scatter list adds about one entry per page.
+pub const DMABUF_PAGE_COST: u64 = 32;
+/// Kernel memory charged per dma-buf for the objects behind its fd (the file, the dma-buf,
+/// the exporter's private data and scatter table).
+pub const DMABUF_OBJECT_COST: u64 = 4096;
+
+/// What a host buffer of `size` bytes costs while the device holds it: its bytes, the kernel's
+/// page arrays when it is a dma-buf, and its file descriptor.
+pub(crate) fn buffer_usage(size: u64, dmabuf: bool) -> Usage {
+    let bytes = if dmabuf {
+        size.saturating_add(dmabuf_overhead(size))
+    } else {
+        size
+    };
+    Usage::host_bytes(bytes).with(Kind::Fds, 1)
+}
+
+/// The kernel's memory behind a dma-buf of `size` bytes, without the pages.
+pub(crate) fn dmabuf_overhead(size: u64) -> u64 {
+    size.div_ceil(ports::PAGE_SIZE)
+        .saturating_mul(DMABUF_PAGE_COST)
+        .saturating_add(DMABUF_OBJECT_COST)
+}
 
 /// The virtio-gpu device state machine.
 pub struct GpuDevice {
@@ -155,10 +181,6 @@ pub struct GpuDevice {
     allocator_dmabuf: Option<bool>,
     /// Whether a refused export of a GUEST blob was logged (once per device).
     export_refusal_logged: bool,
-    /// Reused buffer for frames and cursor images.
-    scratch: Vec<u8>,
-    /// Rejected requests so far (for log rate limiting).
-    rejects: u64,
     /// The 3D renderer, if any.
     renderer: Option<SendRenderer>,
     /// The capsets offered, in `GET_CAPSET_INFO` index order (fixed for the device's life).
@@ -186,6 +208,17 @@ impl fmt::Debug for GpuDevice {
             .field("contexts", &self.contexts.len())
             .field("used", &self.resources.used())
             .finish_non_exhaustive()
+    }
+}
+
+impl Drop for GpuDevice {
+    /// A device that goes (its frontend disconnected) stops showing its scanouts, so that a
+    /// sink that outlives it (the capture, shared by every connection) lets go of their
+    /// copies, which were charged to this device's budget.
+    fn drop(&mut self) {
+        for id in self.scanouts.stop_all() {
+            self.display.scanout(id, None);
+        }
     }
 }
 
@@ -238,8 +271,6 @@ impl GpuDevice {
             config_changed: false,
             allocator_dmabuf: None,
             export_refusal_logged: false,
-            scratch: Vec::new(),
-            rejects: 0,
             renderer: ports.renderer,
             capsets,
             fences: Fences::default(),
@@ -329,7 +360,7 @@ impl GpuDevice {
     pub fn write_config(&mut self, offset: u32, data: &[u8]) {
         let start = offset as usize;
         let Some(end) = start.checked_add(data.len()).filter(|&e| e <= CONFIG_SIZE) else {
-            warn!(
+            guest_warn!(
                 "config write at {offset}+{} is outside the config space",
                 data.len()
             );
@@ -383,13 +414,30 @@ impl GpuDevice {
     }
 
     /// Replaces the display sink (the transport does this when QEMU sends its display
-    /// socket). The new sink is told about every enabled scanout.
+    /// socket). Each shown scanout is charged again for the new sink's copies; one whose
+    /// charge no longer fits the budget is disabled (the guest's next `SET_SCANOUT` gets
+    /// `ERR_OUT_OF_MEMORY`). The new sink is told about every enabled scanout.
     pub fn set_display(&mut self, display: Box<dyn DisplaySink>) {
         self.display = display;
-        for (id, s) in self.scanouts.iter() {
-            if let Some(shown) = &s.shown {
-                self.display
-                    .scanout(id, Some((shown.rect.width, shown.rect.height)));
+        for id in 0..self.scanouts.len() as u32 {
+            let Some(rect) = self.scanouts.shown_mut(id).map(|s| s.view.rect) else {
+                continue;
+            };
+            let cost = self.frame_cost(rect.width, rect.height);
+            let Some(shown) = self.scanouts.shown_mut(id) else {
+                continue;
+            };
+            match shown.memory.charge.resize(cost) {
+                Ok(()) => self.display.scanout(id, Some((rect.width, rect.height))),
+                Err(e) => {
+                    guest_warn!(
+                        "scanout {id} disabled: {}",
+                        reject::over_budget("showing it on the new display", e).reason
+                    );
+                    if let Some(s) = self.scanouts.get_mut(id) {
+                        s.shown = None;
+                    }
+                }
             }
         }
     }
@@ -671,23 +719,13 @@ impl GpuDevice {
         (hdr, out)
     }
 
-    /// Logs a rejected request with `warn!`. A guest that keeps sending bad requests must
-    /// not flood the host log: after [`REJECT_LOG_BURST`] warnings only every
-    /// [`REJECT_LOG_EVERY`]th is a warning (with the count of the others, which go to
-    /// `debug!`).
+    /// Logs a rejected request as a warning, through the process's limiter of guest-caused
+    /// lines ([`crate::guest_log`]): a guest that keeps sending bad requests cannot flood
+    /// the host log.
     fn log_reject(&mut self, message: fmt::Arguments<'_>) {
-        self.rejects = self.rejects.saturating_add(1);
-        if self.rejects <= REJECT_LOG_BURST {
-            warn!("{message}");
-        } else if self.rejects.is_multiple_of(REJECT_LOG_EVERY) {
-            warn!(
-                "{message} ({} rejected requests so far; most are logged at debug level)",
-                self.rejects
-            );
-        } else {
-            debug!("{message}");
-        }
+        guest_warn!("{message}");
     }
+
     /// Removes a resource: scanouts showing it are disabled first, contexts forget it, a
     /// mapping is removed (synchronously) before the buffer is released.
     pub(crate) fn destroy_resource(&mut self, resource_id: u32) {
@@ -710,7 +748,7 @@ impl GpuDevice {
                     Err(e) => {
                         // The range may still be mapped in the guest: keep it reserved
                         // until reset so that nothing else is mapped over it.
-                        log::error!(
+                        guest_warn!(
                             "RESOURCE_UNREF: resource_id {resource_id}: unmapping region \
                              range {offset:#x}+{:#x} failed: {e}; the range stays reserved",
                             blob.buffer.size

@@ -1204,16 +1204,53 @@ fn guest_blob_entry_outside_ram(harness: &Harness) -> CaseResult {
     })
 }
 fn guest_blob_entries_overlap(harness: &Harness) -> CaseResult {
+    // Unlike a 2D backing (whose length bounds nothing the host allocates), a GUEST blob's
+    // size is what scanout views and dma-buf exports are sized by: entries listing the same
+    // guest memory twice would claim more than there is, so this device refuses them (QEMU
+    // accepts them). Entries that only touch are distinct memory and accepted.
     guarded(harness, |fe| {
-        let page = fe.ram().alloc(4096, 4096).map_err(|e| e.to_string())?;
-        let e = MemEntry {
-            addr: page,
-            length: 4096,
-        };
-        ok(
+        let page = fe.ram().alloc(8192, 4096).map_err(|e| e.to_string())?;
+        let e = |addr, length| MemEntry { addr, length };
+        err(
             fe,
             "CREATE_BLOB GUEST over the same page twice",
-            gpu::resource_create_blob(0, 1, gpu::BLOB_MEM_GUEST, 0, 0, 8192, &[e, e]),
+            gpu::resource_create_blob(
+                0,
+                1,
+                gpu::BLOB_MEM_GUEST,
+                0,
+                0,
+                8192,
+                &[e(page, 4096), e(page, 4096)],
+            ),
+            ty::ERR_INVALID_PARAMETER,
+        )?;
+        err(
+            fe,
+            "CREATE_BLOB GUEST with entries overlapping by one byte",
+            gpu::resource_create_blob(
+                0,
+                1,
+                gpu::BLOB_MEM_GUEST,
+                0,
+                0,
+                8192,
+                &[e(page + 4095, 4097), e(page, 4096)],
+            ),
+            ty::ERR_INVALID_PARAMETER,
+        )?;
+        ok(
+            fe,
+            "CREATE_BLOB GUEST with touching entries, listed backwards",
+            gpu::resource_create_blob(
+                0,
+                1,
+                gpu::BLOB_MEM_GUEST,
+                0,
+                0,
+                8192,
+                &[e(page + 4096, 4096), e(page, 4096)],
+            ),
         )?;
         ok(fe, "UNREF", gpu::resource_unref(1))?;
         fe.ram().free(page);

@@ -125,7 +125,7 @@ impl GpuDevice {
                 format!("ctx_id {ctx_id}: INIT: the context already has a channel"),
             ));
         }
-        if !ctx.resources.contains(&ring) {
+        if !ctx.is_attached(ring) {
             return Err(reject(
                 GpuError::InvalidResourceId,
                 format!(
@@ -191,12 +191,12 @@ impl GpuDevice {
     pub(super) fn channel_send(&mut self, ctx_id: u32, send: &SendReceive) -> Result<(), Reject> {
         self.channel_of(ctx_id, "SEND")?;
         let ctx = self.contexts.get_mut(ctx_id)?;
+        let Some((channel, attached)) = ctx.channel_and_attached() else {
+            unreachable!("checked above");
+        };
         let mut exporter = AttachedExporter {
             table: &self.resources,
-            attached: &ctx.resources,
-        };
-        let Some(channel) = ctx.channel.as_mut() else {
-            unreachable!("checked above");
+            attached,
         };
         channel
             .channel

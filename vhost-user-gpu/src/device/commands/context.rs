@@ -12,7 +12,8 @@ use crate::device::ports::{
 };
 use crate::device::reject::{over_budget, reject, CmdResult, Reject};
 use crate::device::resource::{ImageInfo, ResourceKind};
-use crate::device::GpuDevice;
+use crate::device::{buffer_usage, GpuDevice};
+use crate::guest_log::guest_info;
 use crate::protocol::cross_domain::{
     self, Capabilities, CrossDomainCommand, Init, IMAGE_REQUIREMENTS_SIZE,
 };
@@ -221,7 +222,12 @@ impl GpuDevice {
         }
         let ctx = self.contexts.get_mut(ctx_id)?;
         let in_renderer = ctx.renderer.is_some();
-        ctx.resources.insert(resource_id);
+        ctx.attach(resource_id).map_err(|e| {
+            over_budget(
+                &format!("ctx_id {ctx_id}: CTX_ATTACH_RESOURCE {resource_id}"),
+                e,
+            )
+        })?;
         if in_renderer {
             self.renderer_attach(ctx_id, resource_id);
         }
@@ -231,7 +237,7 @@ impl GpuDevice {
     pub(super) fn ctx_detach(&mut self, ctx_id: u32, resource_id: u32) -> CmdResult {
         self.require_virgl()?;
         let ctx = self.contexts.get_mut(ctx_id)?;
-        if !ctx.resources.remove(&resource_id) {
+        if !ctx.detach(resource_id) {
             return Err(reject(
                 GpuError::InvalidResourceId,
                 format!("ctx_id {ctx_id}: resource_id {resource_id} is not attached"),
@@ -305,7 +311,7 @@ impl GpuDevice {
             _ => false,
         };
         let ctx = self.contexts.get_mut(ctx_id)?;
-        if !ctx.resources.contains(&query_ring_id) {
+        if !ctx.is_attached(query_ring_id) {
             return Err(reject(
                 GpuError::InvalidResourceId,
                 format!(
@@ -388,11 +394,12 @@ impl GpuDevice {
             drm_format,
             usage: flags,
         };
-        // Refuse before allocating when even a tightly packed 4-byte-per-pixel image would
-        // not fit the memory budget (some allocators commit memory at once).
+        // Refuse before allocating when even a tightly packed 4-byte-per-pixel image (as a
+        // dma-buf, with its fd) would not fit the budgets (some allocators commit memory at
+        // once).
         let estimate = u64::from(width) * u64::from(height) * 4;
-        self.resources.check_bytes(
-            estimate,
+        self.resources.check(
+            buffer_usage(estimate, true),
             &format!("ctx_id {ctx_id}: GET_IMAGE_REQUIREMENTS"),
         )?;
         let buffer = self.allocator.allocate(&request).map_err(|e| {
@@ -409,8 +416,8 @@ impl GpuDevice {
                 ),
             )
         })?;
-        let charge = self.resources.charge_bytes(
-            buffer.size,
+        let charge = self.resources.charge(
+            buffer_usage(buffer.size, buffer.is_dmabuf),
             &format!("ctx_id {ctx_id}: GET_IMAGE_REQUIREMENTS"),
         )?;
         let map_info = match self.advisor.advise(
@@ -419,7 +426,7 @@ impl GpuDevice {
         ) {
             MapAdvice::Allow { map_info, .. } => map_info,
             MapAdvice::Refuse { reason } => {
-                info!(
+                guest_info!(
                     "ctx_id {ctx_id}: image {width}x{height} {drm_format:#010x} will not be \
                      mappable: {reason}"
                 );

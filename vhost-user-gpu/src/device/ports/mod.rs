@@ -235,6 +235,14 @@ pub struct Cursor<'a> {
 
 /// Receives what the guest shows: QEMU's display channel, PNG capture, or nothing.
 pub trait DisplaySink: Send {
+    /// How many copies of a shown image, at 4 bytes per pixel of the scanout's rectangle,
+    /// this sink may hold at once per scanout (kept between flushes or made during one,
+    /// including what an encoder buffers). The device charges them to the guest's budget
+    /// while the scanout shows the image, so a sink's memory is bounded like the device's
+    /// own. A sink that copies nothing returns 0; the default is 1.
+    fn frame_copies(&self) -> u32 {
+        1
+    }
     /// A scanout was enabled (`Some((width, height))`) or disabled (`None`).
     fn scanout(&mut self, scanout_id: u32, mode: Option<(u32, u32)>);
     /// The region `damage` of the scanout changed; `frame` is the whole current image.
