@@ -8,7 +8,7 @@
 
 use std::os::fd::{AsFd, OwnedFd};
 
-use log::{debug, info};
+use log::debug;
 
 use crate::device::budget::Charge;
 use crate::device::context::{ContextChannel, Waiting};
@@ -20,6 +20,7 @@ use crate::device::reject::{reject, Reject};
 use crate::device::resource::{HostBlob, ImageInfo, Resource, ResourceKind};
 use crate::device::resource_table::ResourceTable;
 use crate::device::GpuDevice;
+use crate::guest_log::guest_info;
 use crate::protocol::cross_domain::{
     Init, InitLayout, ReadWrite, SendReceive, CHANNEL_RING, CHANNEL_TYPE_WAYLAND, RING_PAGE_SIZE,
 };
@@ -152,7 +153,7 @@ impl GpuDevice {
         let channel = connector
             .connect(channel_type, self.resources.budget())
             .map_err(|e| channel_reject(ctx_id, "INIT: opening the channel", &e))?;
-        info!(
+        guest_info!(
             "ctx_id {ctx_id}: Wayland channel open ({} INIT, {})",
             match layout {
                 InitLayout::OneRing => "16-byte",
@@ -280,7 +281,7 @@ impl GpuDevice {
                 Err(e) => {
                     // The compositor's doing (a broken stream, too many fds): the channel
                     // turned itself closed and tells the guest with its next event.
-                    info!("ctx_id {ctx_id}: Wayland channel: {e}");
+                    guest_info!("ctx_id {ctx_id}: Wayland channel: {e}");
                     continue;
                 }
             };
