@@ -1283,6 +1283,48 @@ mod tests {
     }
 
     #[test]
+    fn a_write_pipe_reader_that_does_not_read_is_bounded_and_charged() {
+        let limits = ChannelLimits {
+            max_pipe_backlog: 256 << 10,
+            ..ChannelLimits::default()
+        };
+        let budget = budget();
+        let (mut ch, peer) = pair_in(limits, &budget);
+        let (pipe_r, pipe_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap();
+        peer_send(&peer, b"event", &[pipe_w.as_fd()]);
+        drop(pipe_w);
+        let ev = ch
+            .next_event()
+            .unwrap()
+            .or_else(|| ch.next_event().unwrap())
+            .unwrap();
+        let pipe_id = u32_at(&ev, 16);
+        // Nobody reads `pipe_r`: after the kernel's pipe buffer the bytes wait here.
+        let chunk = vec![0x33u8; 4096];
+        let mut refused = None;
+        for i in 0..10_000 {
+            if let Err(e) = ch.write(&encode_write(pipe_id, false, &chunk)) {
+                refused = Some((i, e));
+                break;
+            }
+        }
+        let (i, e) = refused.expect("the backlog is bounded");
+        assert!(matches!(e, ChannelError::Stalled { .. }), "{e}");
+        assert!(
+            i * chunk.len() > 256 << 10,
+            "the pipe took something first ({i})"
+        );
+        let waiting = budget.used().get(Kind::HostBytes);
+        assert!(
+            waiting > (256 << 10) - chunk.len() as u64 && waiting <= 256 << 10,
+            "what waits is charged as host bytes: {waiting}"
+        );
+        drop(ch);
+        assert!(budget.used().is_zero(), "{:?}", budget.used());
+        drop((peer, pipe_r));
+    }
+
+    #[test]
     fn compositor_hang_up_is_told_once_and_sends_fail() {
         let (mut ch, peer) = pair(ChannelLimits::default());
         peer_send(&peer, b"last words", &[]);
