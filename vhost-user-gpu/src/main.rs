@@ -25,6 +25,7 @@ use vhost_user_gpu::transport::upgrade::{self, ControlServer, Incoming, Restored
 use vhost_user_gpu::transport::{
     self, DeviceFactory, ServeControl, SocketSource, Start, TransportSettings,
 };
+use vhost_user_gpu::wayland::{self, ChannelLimits, WaylandConnector};
 
 /// vhost-user virtio-gpu backend: 2D scanouts, blob resources mapped into the guest through
 /// the host-visible region (SHMEM_MAP), with dmabuf-info deciding what is safe to map.
@@ -109,6 +110,13 @@ struct Cli {
     /// After the frontend disconnects, wait for the next one (with fresh device state).
     #[arg(long)]
     keep_listening: bool,
+
+    /// Wayland compositor socket for cross-domain Wayland channels (one connection per guest
+    /// context that asks for one), or `off`. Default: $XDG_RUNTIME_DIR/$WAYLAND_DISPLAY when
+    /// WAYLAND_DISPLAY is set and a compositor answers there at start-up; a socket given here
+    /// must answer at start-up.
+    #[arg(long, value_name = "PATH|off")]
+    wayland_socket: Option<PathBuf>,
 
     /// Confine the backend after start-up: a seccomp-bpf system call allowlist and Landlock
     /// file-system rules (see README-launch.md). `on` refuses to start on a kernel without
@@ -275,6 +283,8 @@ struct Prepared {
     platform: Platform,
     resolved: alloc::Resolved,
     device_config: DeviceConfig,
+    /// Wayland channels' compositor, when there is one.
+    wayland: Option<WaylandConnector>,
 }
 
 /// `max_fds`: the fds a guest may make the device hold ([`guest_fd_limit`]).
@@ -307,6 +317,8 @@ fn prepare(cli: &Cli, max_fds: u64) -> Result<Prepared, Failure> {
         .map_err(|e| Runtime(format!("--allocator {allocator_wanted}: {e}")))?;
     drop(probe);
 
+    let wayland = wayland_connector(cli.wayland_socket.as_deref())?;
+
     if cli.sandbox == SandboxMode::SeccompOnly && cli.capture_dir.is_some() {
         return Err(Usage(
             "--capture-dir writes files, which --sandbox seccomp-only does not allow (without \
@@ -320,6 +332,8 @@ fn prepare(cli: &Cli, max_fds: u64) -> Result<Prepared, Failure> {
         hostmem: cli.hostmem,
         max_resource_memory: cli.max_resource_memory,
         max_resources: cli.max_resources,
+        cross_domain: true,
+        max_pending_fences: vhost_user_gpu::device::MAX_PENDING_FENCES,
         max_fds,
     };
     device_config.validate().map_err(|e| Usage(e.to_string()))?;
@@ -328,6 +342,7 @@ fn prepare(cli: &Cli, max_fds: u64) -> Result<Prepared, Failure> {
         platform,
         resolved,
         device_config,
+        wayland,
     })
 }
 
@@ -337,6 +352,7 @@ fn device_factory(prepared: &Prepared) -> Arc<DeviceFactory> {
     let policy = prepared.policy.clone();
     let platform = prepared.platform;
     let device_config = prepared.device_config.clone();
+    let wayland = prepared.wayland.clone();
     Arc::new(move |mapper, display| {
         let allocator = alloc::select(allocator.kind, allocator.render_node.as_deref())
             .map_err(std::io::Error::other)?;
@@ -347,6 +363,10 @@ fn device_factory(prepared: &Prepared) -> Arc<DeviceFactory> {
             display,
             advisor: Box::new(advisor),
             exporter: alloc::guest_page_exporter(),
+            channels: wayland
+                .clone()
+                .map(|c| Box::new(c) as Box<dyn vhost_user_gpu::device::ports::ChannelConnector>),
+            renderer: None,
         };
         Ok((device_config.clone(), ports))
     })
@@ -354,12 +374,12 @@ fn device_factory(prepared: &Prepared) -> Arc<DeviceFactory> {
 
 /// Applies the sandbox (before any thread of ours exists: Landlock applies to the calling
 /// thread and its future children).
-fn confine(cli: &Cli, resolved: &alloc::Resolved) -> Result<(), Failure> {
+fn confine(cli: &Cli, resolved: &alloc::Resolved, wayland: bool) -> Result<(), Failure> {
     if cli.sandbox == SandboxMode::Off {
         log::warn!("sandbox: off (--sandbox off): the backend is not confined");
         return Ok(());
     }
-    let policy = sandbox_policy(cli, resolved);
+    let policy = sandbox_policy(cli, resolved, wayland);
     let status = vhost_user_gpu::sandbox::confine(&policy).map_err(|e| match e {
         SandboxError::LandlockUnavailable => Failure::Runtime(e.to_string()),
         e => Failure::Runtime(format!(
@@ -451,7 +471,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         )
     });
     // The capture writer and the vhost-user threads start after this.
-    confine(&cli, &prepared.resolved)?;
+    confine(&cli, &prepared.resolved, prepared.wayland.is_some())?;
 
     let capture = match &cli.capture_dir {
         Some(dir) => Some(SharedSink::new(start_capture(dir)?)),
@@ -580,7 +600,7 @@ fn take_over(
     if let Some(stderr) = stderr {
         upgrade::log_where_it_logged(stderr).map_err(|e| Runtime(format!("stderr: {e}")))?;
     }
-    confine(&cli, &prepared.resolved)?;
+    confine(&cli, &prepared.resolved, prepared.wayland.is_some())?;
     if let (Some(shared), Some(dir)) = (&capture, &cli.capture_dir) {
         shared.install(start_capture(dir)?);
     }
@@ -649,9 +669,47 @@ fn guest_fd_limit(open_file_limit: Option<u64>) -> u64 {
     guest
 }
 
+/// The Wayland connector: `--wayland-socket PATH` (which must answer now), `off`, or the
+/// environment's compositor when WAYLAND_DISPLAY is set and it answers.
+fn wayland_connector(option: Option<&Path>) -> Result<Option<WaylandConnector>, Failure> {
+    let (path, explicit) = match option {
+        Some(p) if p == Path::new("off") => return Ok(None),
+        Some(p) => (p.to_path_buf(), true),
+        None => match (
+            std::env::var_os("WAYLAND_DISPLAY"),
+            wayland::socket_from_env(),
+        ) {
+            (Some(_), Some(path)) => (path, false),
+            _ => {
+                log::info!(
+                    "cross-domain: no Wayland channel (WAYLAND_DISPLAY is not set; \
+                     --wayland-socket PATH names a compositor)"
+                );
+                return Ok(None);
+            }
+        },
+    };
+    let connector = WaylandConnector::new(path, ChannelLimits::default());
+    match connector.probe() {
+        Ok(()) => {
+            log::info!(
+                "cross-domain: Wayland channels to {}",
+                connector.socket().display()
+            );
+            Ok(Some(connector))
+        }
+        Err(e) if explicit => Err(Failure::Runtime(format!("--wayland-socket: {e}"))),
+        Err(e) => {
+            log::info!("cross-domain: no Wayland channel: {e}");
+            Ok(None)
+        }
+    }
+}
+
 /// What the confined backend still needs: the capture directory, `/dev/udmabuf` (udmabuf
-/// allocator, and GUEST blob export when the device exists), the render node with GBM.
-fn sandbox_policy(cli: &Cli, allocator: &alloc::Resolved) -> SandboxPolicy {
+/// allocator, and GUEST blob export when the device exists), the render node with GBM,
+/// Unix stream sockets and pipes for Wayland channels.
+fn sandbox_policy(cli: &Cli, allocator: &alloc::Resolved, wayland: bool) -> SandboxPolicy {
     let mut devices = Vec::new();
     let udmabuf = Path::new(alloc::udmabuf::UDMABUF_DEVICE);
     if udmabuf.exists() {
@@ -671,6 +729,7 @@ fn sandbox_policy(cli: &Cli, allocator: &alloc::Resolved) -> SandboxPolicy {
         udmabuf: devices.iter().any(|d| d == udmabuf),
         devices,
         gbm,
+        wayland,
         landlock: match cli.sandbox {
             SandboxMode::SeccompOnly => Landlock::Off,
             _ => Landlock::Required,

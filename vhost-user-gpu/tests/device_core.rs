@@ -22,7 +22,8 @@ use vhost_user_gpu::device::{
     MAX_SCANOUT_SIDE, OFFERED_FEATURES,
 };
 use vhost_user_gpu::protocol::cross_domain::{
-    Capabilities, CrossDomainCommand, ImageRequirements, IMAGE_REQUIREMENTS_SIZE,
+    Capabilities, CrossDomainCommand, IdLayout, ImageRequirements, Init, InitLayout, PollLayout,
+    ReadWrite, SendReceive, IMAGE_REQUIREMENTS_SIZE,
 };
 use vhost_user_gpu::protocol::{
     feature, format, CreateBlob, CtrlHeader, CursorPos, CursorUpdate, GpuCommand, GpuError,
@@ -169,6 +170,8 @@ impl Harness {
             display: Box::new(RecordingDisplay(shown.clone())),
             advisor,
             exporter,
+            channels: None,
+            renderer: None,
         };
         let mut dev = GpuDevice::new(config, ports);
         dev.ack_features(dev.features());
@@ -200,7 +203,9 @@ impl Harness {
         let out = if cursor {
             self.dev.process_cursor(&self.mem, &request)
         } else {
-            self.dev.process_control(&self.mem, &request)
+            self.dev
+                .process_control(&self.mem, &request)
+                .into_response()
         };
         GpuResponse::decode(&out).unwrap()
     }
@@ -291,11 +296,13 @@ impl Harness {
         );
         let r = self.submit(
             ctx,
-            &[CrossDomainCommand::Init {
+            &[CrossDomainCommand::Init(Init {
+                layout: InitLayout::TwoRings,
                 query_ring_id: ring_id,
                 channel_ring_id: 0,
                 channel_type: 0,
-            }],
+                protocol_version: 0,
+            })],
         );
         assert_eq!(r, GpuResponse::OkNoData);
     }
@@ -482,7 +489,7 @@ fn fences_and_ring_index_are_echoed_in_order() {
 fn malformed_requests_get_errors_and_the_device_keeps_serving() {
     let mut h = Harness::new();
     // Shorter than a header.
-    let out = h.dev.process_control(&h.mem, &[1, 2, 3]);
+    let out = h.dev.process_control(&h.mem, &[1, 2, 3]).into_response();
     assert_eq!(GpuResponse::decode(&out).unwrap().1, err(GpuError::Unspec));
     // Truncated command, fence still echoed.
     let mut req = Vec::new();
@@ -500,7 +507,7 @@ fn malformed_requests_get_errors_and_the_device_keeps_serving() {
         },
         &mut req,
     );
-    let out = h.dev.process_control(&h.mem, &req[..30]);
+    let out = h.dev.process_control(&h.mem, &req[..30]).into_response();
     let (rhdr, r) = GpuResponse::decode(&out).unwrap();
     assert_eq!(r, err(GpuError::Unspec));
     assert_eq!(rhdr.fence_id, 7);
@@ -508,7 +515,7 @@ fn malformed_requests_get_errors_and_the_device_keeps_serving() {
     // Unknown command type.
     let mut req = Vec::new();
     CtrlHeader::new(0x1ff).encode(&mut req);
-    let out = h.dev.process_control(&h.mem, &req);
+    let out = h.dev.process_control(&h.mem, &req).into_response();
     assert_eq!(GpuResponse::decode(&out).unwrap().1, err(GpuError::Unspec));
     // Entry count beyond the limit.
     let mut req = Vec::new();
@@ -518,7 +525,7 @@ fn malformed_requests_get_errors_and_the_device_keeps_serving() {
     }
     .encode(&CtrlHeader::default(), &mut req);
     req[28..32].copy_from_slice(&1_000_000u32.to_le_bytes());
-    let out = h.dev.process_control(&h.mem, &req);
+    let out = h.dev.process_control(&h.mem, &req).into_response();
     assert_eq!(
         GpuResponse::decode(&out).unwrap().1,
         err(GpuError::InvalidParameter)
@@ -529,7 +536,7 @@ fn malformed_requests_get_errors_and_the_device_keeps_serving() {
         pos: CursorPos::default(),
     }
     .encode(&CtrlHeader::default(), &mut req);
-    let out = h.dev.process_control(&h.mem, &req);
+    let out = h.dev.process_control(&h.mem, &req).into_response();
     assert_eq!(GpuResponse::decode(&out).unwrap().1, err(GpuError::Unspec));
     let mut req = Vec::new();
     GpuCommand::GetDisplayInfo.encode(&CtrlHeader::default(), &mut req);
@@ -1360,34 +1367,64 @@ fn cross_domain_protocol_errors() {
     );
     // INIT with a ring that is not attached, or not a GUEST blob.
     assert_eq!(h.create_guest_blob(0, 7, 0x8000, 1), GpuResponse::OkNoData);
-    let init = |id| CrossDomainCommand::Init {
-        query_ring_id: id,
-        channel_ring_id: 0,
-        channel_type: 0,
+    let init = |id| {
+        CrossDomainCommand::Init(Init {
+            layout: InitLayout::TwoRings,
+            query_ring_id: id,
+            channel_ring_id: 0,
+            channel_type: 0,
+            protocol_version: 0,
+        })
     };
     assert_eq!(h.submit(1, &[init(7)]), err(GpuError::InvalidResourceId));
     h.create_2d(8, 64, 64);
     h.ctx_send(1, GpuCommand::CtxAttachResource { resource_id: 8 });
     assert_eq!(h.submit(1, &[init(8)]), err(GpuError::InvalidParameter));
-    // A Wayland channel: not implemented.
+    // A Wayland channel on a device without a compositor socket: not served (the capset
+    // says so).
     h.ctx_send(1, GpuCommand::CtxAttachResource { resource_id: 7 });
     assert_eq!(
         h.submit(
             1,
-            &[CrossDomainCommand::Init {
+            &[CrossDomainCommand::Init(Init {
+                layout: InitLayout::TwoRings,
                 query_ring_id: 7,
                 channel_ring_id: 7,
-                channel_type: 1
-            }]
+                channel_type: 1,
+                protocol_version: 0,
+            })]
         ),
-        err(GpuError::Unspec)
+        err(GpuError::InvalidParameter)
     );
     assert_eq!(h.submit(1, &[init(7)]), GpuResponse::OkNoData);
-    // Channel commands.
-    for cmd in 3..=7u8 {
+    // Channel commands without a channel.
+    for command in [
+        CrossDomainCommand::Poll(PollLayout::Padded),
+        CrossDomainCommand::Send(SendReceive {
+            layout: IdLayout::TwentyEight,
+            identifiers: vec![],
+            data: b"x".to_vec(),
+        }),
+        CrossDomainCommand::Write(ReadWrite {
+            identifier: 1,
+            hang_up: false,
+            data: vec![],
+        }),
+    ] {
         assert_eq!(
-            h.submit(1, &[CrossDomainCommand::Unsupported { cmd }]),
-            err(GpuError::Unspec),
+            h.submit(1, std::slice::from_ref(&command)),
+            err(GpuError::InvalidParameter),
+            "{command:?}"
+        );
+    }
+    // Host -> guest commands and unknown ones.
+    for cmd in [5u8, 6, 8, 0xff] {
+        let mut raw = vec![0u8; 64];
+        raw[0] = cmd;
+        raw[2] = 64;
+        assert_eq!(
+            h.ctx_send(1, GpuCommand::Submit3d { commands: raw }),
+            err(GpuError::InvalidParameter),
             "cmd {cmd}"
         );
     }
@@ -1967,7 +2004,7 @@ fn random_requests_never_break_the_device() {
         let out = if rng.below(4) == 0 {
             h.dev.process_cursor(&h.mem, &req)
         } else {
-            h.dev.process_control(&h.mem, &req)
+            h.dev.process_control(&h.mem, &req).into_response()
         };
         let (_, response) = GpuResponse::decode(&out).expect("well-formed response");
         if let GpuResponse::OkMapInfo { map_info } = response {
@@ -2209,6 +2246,8 @@ fn snapshot_and_restore_carry_the_whole_device() {
         display: Box::new(RecordingDisplay(shown.clone())),
         advisor: Box::new(FixedAdvisor::allow(MAP_CACHE_WC)),
         exporter: vhost_user_gpu::alloc::guest_page_exporter(),
+        channels: None,
+        renderer: None,
     };
     let restored = GpuDevice::restore(
         h.dev.config().clone(),
@@ -2273,6 +2312,8 @@ fn restore_refuses_a_state_for_another_device() {
         display: Box::new(RecordingDisplay(Arc::new(Mutex::new(Vec::new())))),
         advisor: Box::new(FixedAdvisor::allow(MAP_CACHE_WC)),
         exporter: None,
+        channels: None,
+        renderer: None,
     };
     let err = GpuDevice::restore(
         h.dev.config().clone(),
@@ -2335,6 +2376,8 @@ fn a_discarded_restored_device_tells_the_display_nothing() {
                 display: Box::new(RecordingDisplay(shown.clone())),
                 advisor: Box::new(FixedAdvisor::allow(MAP_CACHE_WC)),
                 exporter: None,
+                channels: None,
+                renderer: None,
             },
             &snap.state,
             &h.mem,

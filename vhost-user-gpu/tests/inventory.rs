@@ -2,7 +2,7 @@
 //! every host allocation a guest command can cause and what bounds it) names at least one
 //! test, and every test it names exists: a conformance case of `vug-conformance`, or a Rust
 //! test function (`file::name` for `tests/file.rs`, `module::tests::name` for a unit test of
-//! `src/module.rs`).
+//! `src/module.rs`, `a::b::tests::name` for one of `src/a/b.rs`).
 
 use std::path::{Path, PathBuf};
 
@@ -49,11 +49,18 @@ fn rust_test_exists(name: &str) -> Result<(), String> {
     let parts: Vec<&str> = name.split("::").collect();
     let (first, last) = (parts[0], parts[parts.len() - 1]);
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let candidates: Vec<PathBuf> = vec![
+    let mut candidates: Vec<PathBuf> = vec![
         root.join("tests").join(format!("{first}.rs")),
         root.join("src").join(format!("{first}.rs")),
         root.join("src").join(first).join("mod.rs"),
     ];
+    // A unit test of a nested module: `a::b::tests::name` lives in `src/a/b.rs`.
+    if let Some(at) = parts.iter().position(|p| *p == "tests") {
+        if at >= 2 {
+            let module = parts[..at].join("/");
+            candidates.insert(0, root.join("src").join(format!("{module}.rs")));
+        }
+    }
     let file = candidates
         .iter()
         .find(|p| p.is_file())

@@ -3,7 +3,8 @@
 //! ```text
 //! protocol, queue_thread, guest_log   (lowest: import nothing from the crate)
 //!   <- device                      (the core: protocol and its own ports only)
-//!     <- alloc, display, advisor, sandbox   (port implementations; never each other)
+//!     <- alloc, display, advisor, renderer, sandbox, wayland   (port implementations; never
+//!                                                                each other)
 //!       <- transport               (vhost-user glue)
 //!         <- main.rs               (the binary wires everything)
 //! ```
@@ -31,7 +32,9 @@ const LAYERS: &[(&str, u32)] = &[
     ("alloc", 2),
     ("display", 2),
     ("advisor", 2),
+    ("renderer", 2),
     ("sandbox", 2),
+    ("wayland", 2),
     ("transport", 3),
 ];
 
@@ -47,6 +50,7 @@ const NOT_IN_CORE: &[&str] = &[
     "clap",
     "gbm",
     "drm",
+    "libloading",
 ];
 
 fn layer(module: &str) -> u32 {

@@ -34,6 +34,15 @@ fn child(mode: &str) -> ! {
         let fd = rustix::net::socket(AddressFamily::INET, SocketType::STREAM, None);
         println!("early thread: socket returned {fd:?}");
     });
+    let wayland = mode == "wayland";
+    // With Wayland channels: a compositor socket to connect to (made before the sandbox).
+    let compositor = wayland.then(|| {
+        let path = dir.join("wayland-0");
+        let l = rustix::net::socket(AddressFamily::UNIX, SocketType::STREAM, None).unwrap();
+        rustix::net::bind(&l, &rustix::net::SocketAddrUnix::new(&path).unwrap()).unwrap();
+        rustix::net::listen(&l, 4).unwrap();
+        (l, path)
+    });
     let seccomp_only = mode == "seccomp-only";
     let policy = SandboxPolicy {
         write_dirs: if seccomp_only {
@@ -41,6 +50,7 @@ fn child(mode: &str) -> ! {
         } else {
             vec![dir.clone()]
         },
+        wayland,
         landlock: if seccomp_only {
             Landlock::Off
         } else {
@@ -105,6 +115,25 @@ fn child(mode: &str) -> ! {
     .unwrap();
     out.flush().unwrap();
     drop(out);
+    if let Some((_listener, path)) = &compositor {
+        // What a channel does: an AF_UNIX stream socket, connect, a pipe.
+        let sock = rustix::net::socket_with(
+            AddressFamily::UNIX,
+            SocketType::STREAM,
+            rustix::net::SocketFlags::CLOEXEC | rustix::net::SocketFlags::NONBLOCK,
+            None,
+        )
+        .unwrap();
+        let connected =
+            rustix::net::connect(&sock, &rustix::net::SocketAddrUnix::new(path).unwrap());
+        println!("wayland connect: {connected:?}");
+        let pipe = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map(drop);
+        println!("wayland pipe2: {pipe:?}");
+        // Any other socket is still refused: an AF_UNIX datagram socket here.
+        let fd = rustix::net::socket(AddressFamily::UNIX, SocketType::DGRAM, None);
+        println!("main thread: socket returned {fd:?}");
+        std::process::exit(0)
+    }
     match mode {
         "main" => {
             let fd = rustix::net::socket(AddressFamily::INET, SocketType::STREAM, None);
@@ -212,6 +241,22 @@ fn forbidden_syscall_kills_with_a_diagnosis() {
 #[test]
 fn forbidden_syscall_in_a_thread_started_before_the_filter() {
     check("early-thread");
+}
+
+#[test]
+fn wayland_channels_get_unix_stream_sockets_and_pipes_only() {
+    let (status, stdout, stderr, _dir) = run_child("wayland");
+    let ctx = format!("status {status:?}\nstdout:\n{stdout}\nstderr:\n{stderr}");
+    if stdout.contains("landlock=unavailable: refused") {
+        assert!(status.success(), "{ctx}");
+        eprintln!("Landlock not available: the refusal was checked, the probes were not");
+        return;
+    }
+    assert!(stdout.contains("wayland connect: Ok(())"), "{ctx}");
+    assert!(stdout.contains("wayland pipe2: Ok(())"), "{ctx}");
+    assert_eq!(status.signal(), Some(libc::SIGSYS), "{ctx}");
+    assert!(stderr.contains("system call socket"), "{ctx}");
+    assert!(!stdout.contains("socket returned"), "{ctx}");
 }
 
 #[test]

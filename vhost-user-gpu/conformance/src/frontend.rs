@@ -1494,15 +1494,28 @@ impl Frontend {
     /// Waits for the next used buffer on `queue`; returns its head and the response bytes
     /// the device wrote (empty without a response buffer).
     pub fn wait(&mut self, queue: usize) -> Result<(u16, Vec<u8>)> {
+        self.wait_within(queue, HANG_GUARD)?
+            .ok_or(Error::UsedTimeout(queue))
+    }
+
+    /// Like [`Frontend::wait`], but `None` when nothing came back within `timeout` (for
+    /// answers that must not come yet, such as a fenced command whose fence has not
+    /// signalled).
+    pub fn wait_within(
+        &mut self,
+        queue: usize,
+        timeout: Duration,
+    ) -> Result<Option<(u16, Vec<u8>)>> {
         let ram = self.ram.clone();
         let waited = {
             let Connection { queues, raw, .. } = self.conn_mut()?;
             let q = queues
                 .get_mut(queue)
                 .ok_or(Error::Queue(format!("no queue {queue}")))?;
-            q.wait_used(&ram, HANG_GUARD, Some(raw.as_fd()))
+            q.wait_used(&ram, timeout, Some(raw.as_fd()))
         };
         let used = match waited {
+            Err(Error::UsedTimeout(_)) => return Ok(None),
             // Name how it ended when the process is ours to ask.
             Err(Error::BackendGone(q)) => {
                 let status = self.child.as_mut().and_then(|c| {
@@ -1534,7 +1547,7 @@ impl Frontend {
         for b in flight.buffers {
             ram.free(b);
         }
-        Ok((used.head, bytes))
+        Ok(Some((used.head, bytes)))
     }
 
     /// Sends one control command and returns the decoded response.

@@ -243,7 +243,7 @@ fn checked_process(dev: &mut GpuDevice, mem: &GuestMemory, request: &[u8], curso
     let out = if cursor {
         dev.process_cursor(mem, request)
     } else {
-        dev.process_control(mem, request)
+        dev.process_control(mem, request).into_response()
     };
     let (rhdr, resp) = GpuResponse::decode(&out).expect("the device's response decodes");
     if let Ok(hdr) = CtrlHeader::decode(request) {
@@ -310,12 +310,16 @@ fn run_device(data: &[u8]) {
         display: Box::new(CheckingDisplay),
         advisor: Box::new(advisor),
         exporter: vhost_user_gpu::alloc::guest_page_exporter(),
+        channels: None,
+        renderer: None,
     };
     let config = DeviceConfig {
         outputs: vec![(64, 48), (32, 32)],
         hostmem: HOSTMEM,
         max_resource_memory: MAX_RESOURCE_MEMORY,
         max_resources: MAX_RESOURCES,
+        cross_domain: true,
+        max_pending_fences: vhost_user_gpu::device::MAX_PENDING_FENCES,
         max_fds: MAX_FDS,
     };
     let mut dev = GpuDevice::new(config, ports);

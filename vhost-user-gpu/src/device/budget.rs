@@ -1,6 +1,6 @@
 //! What a guest may make the host hold: budgets of several kinds (host bytes, resources,
-//! contexts, open files, context attachments), charged before an allocation is made and
-//! released when it goes.
+//! contexts, pending fences, open files, context attachments), charged before an allocation is
+//! made and released when it goes.
 //!
 //! A [`Charge`] is the receipt of one successful [`Budget::charge`]: it travels with the
 //! allocation it pays for (a resource's pixels, a backing's entry list, a buffer waiting in a
@@ -29,8 +29,11 @@ pub enum Kind {
     Resources,
     /// Live contexts.
     Contexts,
-    /// Open file descriptors held for the guest: host buffers (each a memfd or a dma-buf)
-    /// and dma-bufs exported over guest pages.
+    /// Fenced answers waiting for their fence (`device::fence`).
+    PendingFences,
+    /// Open file descriptors held for the guest: host buffers (each a memfd or a dma-buf),
+    /// dma-bufs exported over guest pages, and cross-domain channels' compositor
+    /// connections, pipes, and fds received from the compositor and not yet claimed.
     Fds,
     /// Resources attached to contexts (each (context, resource) pair counts once).
     Attachments,
@@ -38,10 +41,11 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind, in [`Usage`] order.
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 6] = [
         Kind::HostBytes,
         Kind::Resources,
         Kind::Contexts,
+        Kind::PendingFences,
         Kind::Fds,
         Kind::Attachments,
     ];
@@ -57,6 +61,7 @@ impl fmt::Display for Kind {
             Kind::HostBytes => "host bytes",
             Kind::Resources => "resources",
             Kind::Contexts => "contexts",
+            Kind::PendingFences => "pending fences",
             Kind::Fds => "open files",
             Kind::Attachments => "context attachments",
         })
@@ -154,8 +159,9 @@ impl State {
     }
 }
 
-/// The budgets of one device: limits, what is in use, and the charges against them.
-#[derive(Debug)]
+/// The budgets of one device: limits, what is in use, and the charges against them. A
+/// clone is the same budget (port implementations that hold fds for the guest charge it).
+#[derive(Debug, Clone)]
 pub struct Budget {
     state: Arc<State>,
 }

@@ -2,6 +2,7 @@
 
 use super::budget::{Kind, Usage};
 use super::context::{ATTACHMENTS_PER_RESOURCE, MAX_CONTEXTS};
+use super::fence::MAX_PENDING_FENCES;
 use super::ports::PAGE_SIZE;
 use crate::protocol::MAX_SCANOUTS;
 
@@ -17,10 +18,17 @@ pub struct DeviceConfig {
     pub max_resource_memory: u64,
     /// Most resources at once.
     pub max_resources: u32,
-    /// Most file descriptors the device holds for the guest at once (host buffers, exported
-    /// GUEST blobs). The binary sets it to its open-file limit less [`FD_RESERVE`], so that
-    /// a guest running out never leaves the process without fds for the frontend's memory
-    /// regions and messages.
+    /// Offer the cross-domain capset (host-allocated images and Wayland channels).
+    pub cross_domain: bool,
+    /// Most fenced answers that may wait at once ([`MAX_PENDING_FENCES`] by default); the
+    /// transport stops taking control commands while this many wait.
+    pub max_pending_fences: usize,
+    /// Most file descriptors the device holds for the guest at once, all contexts together:
+    /// host buffers, exported GUEST blobs, and cross-domain channels' compositor
+    /// connections, pipes and fds received from the compositor and not yet claimed. The
+    /// binary sets it to its open-file limit less [`FD_RESERVE`], so that a guest running
+    /// out never leaves the process without fds for the frontend's memory regions and
+    /// messages.
     pub max_fds: u64,
 }
 
@@ -46,6 +54,8 @@ impl Default for DeviceConfig {
             hostmem: 256 << 20,
             max_resource_memory: 1 << 30,
             max_resources: 16384,
+            cross_domain: true,
+            max_pending_fences: MAX_PENDING_FENCES,
             max_fds: 4096,
         }
     }
@@ -70,6 +80,9 @@ pub enum ConfigError {
     /// The region size is not a multiple of 4 KiB.
     #[error("host-visible region size {0:#x} is not a multiple of 4096")]
     HostmemAlignment(u64),
+    /// No fenced answer could ever wait.
+    #[error("max_pending_fences is 0: at least one fenced answer must be able to wait")]
+    NoPendingFences,
 }
 
 /// Largest output side accepted.
@@ -101,6 +114,9 @@ impl DeviceConfig {
         if !self.hostmem.is_multiple_of(PAGE_SIZE) {
             return Err(ConfigError::HostmemAlignment(self.hostmem));
         }
+        if self.max_pending_fences == 0 {
+            return Err(ConfigError::NoPendingFences);
+        }
         Ok(())
     }
 }
@@ -111,6 +127,7 @@ impl DeviceConfig {
         Usage::host_bytes(self.max_resource_memory)
             .with(Kind::Resources, u64::from(self.max_resources))
             .with(Kind::Contexts, MAX_CONTEXTS)
+            .with(Kind::PendingFences, self.max_pending_fences as u64)
             .with(Kind::Fds, self.max_fds)
             .with(
                 Kind::Attachments,
@@ -131,5 +148,6 @@ impl DeviceConfig {
             o.1 = o.1.clamp(1, MAX_OUTPUT_SIDE);
         }
         self.hostmem &= !(PAGE_SIZE - 1);
+        self.max_pending_fences = self.max_pending_fences.max(1);
     }
 }

@@ -1,15 +1,18 @@
 //! Rendering contexts: [`ContextTable`] holds them by id. The context types are cross-domain
-//! (capset 5), whose state is the query ring (where replies go) and the image requirements
-//! handed out, keyed by blob id; and the default context a guest creates without a capset.
+//! (capset 5), whose state is the query ring (where replies go), the image requirements
+//! handed out, keyed by blob id, and, when its INIT asked for one, a channel to the host
+//! compositor with its channel ring; renderer contexts (virgl, venus), whose state lives in
+//! the renderer; and the default context a guest creates without a capset (a virgl context
+//! when the renderer serves virgl).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use super::budget::{Charge, Exceeded, Kind, Usage};
 use super::reject::{reject, Reject};
 use super::resource::ImageInfo;
-use crate::device::ports::{BufferRequest, HostBuffer};
-use crate::protocol::cross_domain::ImageRequirements;
-use crate::protocol::GpuError;
+use crate::device::ports::{BufferRequest, Channel, HostBuffer};
+use crate::protocol::cross_domain::{ImageRequirements, InitLayout};
+use crate::protocol::{GpuError, CAPSET_VENUS};
 
 /// Most image requirements one context keeps (each GET_IMAGE_REQUIREMENTS adds one; guests
 /// reuse a blob id for many CREATE_BLOBs). When full, the oldest is forgotten.
@@ -49,10 +52,36 @@ pub(crate) struct Requirement {
     pub pending: Option<Pending>,
 }
 
-/// A context: cross-domain, or the default context a guest creates without a capset.
+/// A cross-domain context's channel to the host compositor.
+#[derive(Debug)]
+pub(crate) struct ContextChannel {
+    /// The host end (a port).
+    pub channel: Box<dyn Channel>,
+    /// The GUEST blob events are written into (offset 0, one event per POLL fence).
+    pub ring: u32,
+    /// Fences on the channel ring waiting for an event, oldest first.
+    pub waiting: VecDeque<Waiting>,
+}
+
+/// A fenced command on the channel ring whose answer waits for an event: its fence id.
+pub(crate) type Waiting = u64;
+
+/// A context that lives in the renderer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RendererContext {
+    /// The capset it was created with (VIRGL, VIRGL2 or VENUS).
+    pub capset: u32,
+    /// The renderer lost it (the render server died): its commands fail.
+    pub lost: bool,
+}
+
+/// A context: cross-domain, a renderer context, or the default context a guest creates
+/// without a capset.
 #[derive(Debug)]
 pub(crate) struct Context {
     pub debug_name: String,
+    /// Set for contexts that live in the renderer (then `cross_domain` is `false`).
+    pub renderer: Option<RendererContext>,
     /// `false` for a default context (`context_init` 0): Linux creates one for every DRM
     /// file that makes resources when 3D is offered. It holds attached resources and GUEST
     /// blobs but has no renderer: every SUBMIT_3D in it is refused.
@@ -62,6 +91,10 @@ pub(crate) struct Context {
     attached: BTreeSet<u32>,
     /// The query ring resource, after CROSS_DOMAIN_CMD_INIT.
     pub query_ring: Option<u32>,
+    /// The layout of the INIT the guest sent (for logs and the ring rules).
+    pub init_layout: Option<InitLayout>,
+    /// The channel, after an INIT with a channel type.
+    pub channel: Option<ContextChannel>,
     /// Requirements by blob id.
     requirements: BTreeMap<u32, Requirement>,
     /// Blob ids whose requirement still holds a pending buffer, oldest first.
@@ -77,9 +110,12 @@ impl Context {
     pub fn new(debug_name: String, cross_domain: bool, charge: Charge) -> Self {
         Context {
             debug_name,
+            renderer: None,
             cross_domain,
             attached: BTreeSet::new(),
             query_ring: None,
+            init_layout: None,
+            channel: None,
             requirements: BTreeMap::new(),
             pending_order: VecDeque::new(),
             last_blob_id: 0,
@@ -103,9 +139,12 @@ impl Context {
     ) -> Self {
         Context {
             debug_name,
+            renderer: None,
             cross_domain,
             attached,
             query_ring,
+            init_layout: None,
+            channel: None,
             requirements,
             pending_order,
             last_blob_id,
@@ -133,6 +172,15 @@ impl Context {
         )
     }
 
+    /// This context lives in the renderer, created there with `capset`.
+    pub fn in_renderer(mut self, capset: u32) -> Self {
+        self.renderer = Some(RendererContext {
+            capset,
+            lost: false,
+        });
+        self
+    }
+
     /// Attaches `resource_id`, charging one attachment unless it is attached already.
     pub fn attach(&mut self, resource_id: u32) -> Result<(), Exceeded> {
         if self.attached.contains(&resource_id) {
@@ -154,6 +202,12 @@ impl Context {
     /// Whether `resource_id` is attached.
     pub fn is_attached(&self, resource_id: u32) -> bool {
         self.attached.contains(&resource_id)
+    }
+
+    /// The channel, if any, with the attached resources (read-only: what SEND may export).
+    pub fn channel_and_attached(&mut self) -> Option<(&mut ContextChannel, &BTreeSet<u32>)> {
+        let channel = self.channel.as_mut()?;
+        Some((channel, &self.attached))
     }
 
     /// Detaches `resource_id` (and drops it as the query ring); `false` if it was not
@@ -228,9 +282,26 @@ impl Context {
         self.requirements.len()
     }
 
-    /// Forgets `resource_id` (destroyed): detaches it, and drops it as the query ring.
-    pub fn forget_resource(&mut self, resource_id: u32) {
+    /// Forgets `resource_id` (destroyed or detached) as a ring: drops it as the query ring,
+    /// and closes the channel whose ring it was (events would have nowhere to go). Returns
+    /// the POLLs that were waiting on that channel (to be answered now).
+    pub fn forget_ring(&mut self, resource_id: u32) -> VecDeque<Waiting> {
+        if self.query_ring == Some(resource_id) {
+            self.query_ring = None;
+        }
+        if self.channel.as_ref().is_some_and(|c| c.ring == resource_id) {
+            if let Some(channel) = self.channel.take() {
+                return channel.waiting;
+            }
+        }
+        VecDeque::new()
+    }
+
+    /// Forgets `resource_id` (destroyed): detaches it, and drops it as a ring; returns the
+    /// POLLs left without a channel.
+    pub fn forget_resource(&mut self, resource_id: u32) -> VecDeque<Waiting> {
         self.detach(resource_id);
+        self.forget_ring(resource_id)
     }
 }
 
@@ -264,16 +335,52 @@ impl ContextTable {
         self.contexts.remove(&ctx_id).ok_or_else(|| missing(ctx_id))
     }
 
-    /// Forgets `resource_id` in every context.
-    pub fn forget_resource(&mut self, resource_id: u32) {
-        for ctx in self.contexts.values_mut() {
-            ctx.forget_resource(resource_id);
+    /// Forgets `resource_id` in every context; returns the contexts whose channel closed
+    /// with it (their waiting fences will never see an event).
+    pub fn forget_resource(&mut self, resource_id: u32) -> Vec<u32> {
+        let mut closed = Vec::new();
+        for (&ctx_id, ctx) in self.contexts.iter_mut() {
+            if !ctx.forget_resource(resource_id).is_empty() {
+                closed.push(ctx_id);
+            }
         }
+        closed
+    }
+
+    /// The contexts with a channel, by id.
+    pub fn channels_mut(&mut self) -> impl Iterator<Item = (u32, &mut ContextChannel)> {
+        self.contexts
+            .iter_mut()
+            .filter_map(|(&id, ctx)| ctx.channel.as_mut().map(|c| (id, c)))
+    }
+
+    /// The context's channel, or `None` (no such context or no channel).
+    pub fn channel_mut(&mut self, ctx_id: u32) -> Option<&mut ContextChannel> {
+        self.contexts.get_mut(&ctx_id)?.channel.as_mut()
     }
 
     /// Requirements kept by all contexts together.
     pub fn requirement_count(&self) -> usize {
         self.contexts.values().map(Context::requirement_count).sum()
+    }
+
+    /// Whether `ctx_id` exists and lives in the renderer.
+    pub fn has_renderer(&self, ctx_id: u32) -> bool {
+        self.contexts
+            .get(&ctx_id)
+            .is_some_and(|c| c.renderer.is_some())
+    }
+
+    /// Every venus context is lost with the render server it lived in; returns their ids.
+    pub fn renderer_server_lost(&mut self) -> Vec<u32> {
+        let mut lost = Vec::new();
+        for (&id, ctx) in &mut self.contexts {
+            if let Some(r) = ctx.renderer.as_mut().filter(|r| r.capset == CAPSET_VENUS) {
+                r.lost = true;
+                lost.push(id);
+            }
+        }
+        lost
     }
 
     /// Number of live contexts.

@@ -6,8 +6,11 @@
 //! with side effects outside the process goes through the [`ports`].
 //!
 //! Processing is synchronous: a command's effects (including a mapping acknowledged by the
-//! frontend) are complete when its response is returned, so fences are answered in order by
-//! echoing them in the response header.
+//! frontend) are complete when its response is made. Only the answer of a fenced command may
+//! wait ([`Completion::Later`]): until the renderer retired its fence, or until earlier fences
+//! of its timeline did (see [`fence`]). The transport polls [`GpuDevice::event_fd`] on the
+//! thread that processes commands and calls [`GpuDevice::service`] when it is readable, which
+//! hands back the tokens of the answers that may go now.
 //!
 //! Every rejected guest input is answered with the matching virtio-gpu error and logged
 //! as a warning naming the command and the field, through the process's limiter of
@@ -37,6 +40,7 @@ mod commands;
 mod config;
 mod context;
 pub mod edid;
+pub mod fence;
 mod mmap;
 pub mod ports;
 pub mod region;
@@ -47,14 +51,16 @@ mod scanout;
 pub mod snapshot;
 
 use std::fmt;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
-use log::{debug, warn};
+use log::{debug, error, warn};
+use rustix::event::epoll;
 
 use crate::guest_log::guest_warn;
 use crate::protocol::{
     command_name, feature, CtrlHeader, DecodeError, GpuCommand, GpuError, GpuResponse,
     CONFIG_EVENTS_CLEAR, CONFIG_EVENTS_READ, CONFIG_NUM_CAPSETS, CONFIG_NUM_SCANOUTS, CONFIG_SIZE,
-    EVENT_DISPLAY,
+    EVENT_DISPLAY, FLAG_FENCE, FLAG_INFO_RING_IDX,
 };
 pub use backing::BackingError;
 use budget::{Budget, Kind, Usage};
@@ -64,8 +70,11 @@ pub use config::{
 };
 use context::ContextTable;
 pub use context::{ATTACHMENTS_PER_RESOURCE, MAX_CONTEXTS};
+pub use fence::{Completion, FenceToken, MAX_PENDING_FENCES};
+use fence::{Fences, Timeline};
 use ports::{
-    BufferAllocator, DisplaySink, GuestMemory, GuestPageExporter, MapAdvisor, RegionMapper,
+    BufferAllocator, CapsetInfo, ChannelConnector, DisplaySink, GuestMemory, GuestPageExporter,
+    MapAdvisor, RegionMapper, RendererEvent, SendRenderer,
 };
 use region::RegionAllocator;
 use reject::{reject, Reject};
@@ -86,25 +95,35 @@ pub struct Ports {
     /// Exports GUEST blobs' guest RAM as dma-bufs for display sinks that import them
     /// (`None`: GUEST blobs are shown by copying their pixels).
     pub exporter: Option<Box<dyn GuestPageExporter>>,
+    /// Renders virgl and venus contexts (`None`: no 3D renderer; only cross-domain
+    /// contexts).
+    pub renderer: Option<SendRenderer>,
+    /// Opens cross-domain channels to the host compositor (`None`: no channel is served and
+    /// the capset's `supported_channels` is 0).
+    pub channels: Option<Box<dyn ChannelConnector>>,
 }
 
 impl fmt::Debug for Ports {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Ports")
             .field("allocator", &self.allocator.name())
+            .field("renderer", &self.renderer.as_ref().map(|r| r.name()))
             .finish_non_exhaustive()
     }
 }
 
-/// Feature bits this device offers (`VIRTIO_GPU_F_*` as masks).
-pub const OFFERED_FEATURES: u64 = (1 << feature::VIRGL)
-    | (1 << feature::EDID)
-    | (1 << feature::RESOURCE_UUID)
-    | (1 << feature::RESOURCE_BLOB)
-    | (1 << feature::CONTEXT_INIT);
+/// Feature bits every device offers (`VIRTIO_GPU_F_*` as masks).
+pub const BASE_FEATURES: u64 =
+    (1 << feature::EDID) | (1 << feature::RESOURCE_UUID) | (1 << feature::RESOURCE_BLOB);
 
-/// Number of capsets offered (cross-domain only).
-pub const NUM_CAPSETS: u32 = 1;
+/// Feature bits offered exactly when the device serves a context capset (virgl, virgl2,
+/// venus or cross-domain). VIRGL because the Linux driver creates contexts (CONTEXT_INIT ones
+/// included) and reports 3D only with it; CONTEXT_INIT so that contexts name their capset.
+/// Without a virgl capset a guest's virgl driver finds no capset and falls back to software.
+pub const CONTEXT_FEATURES: u64 = (1 << feature::VIRGL) | (1 << feature::CONTEXT_INIT);
+
+/// Every feature bit this device can offer (`VIRTIO_GPU_F_*` as masks).
+pub const OFFERED_FEATURES: u64 = BASE_FEATURES | CONTEXT_FEATURES;
 
 /// Host bytes charged per guest memory entry of a backing (the entry as sent, its merged
 /// piece and offset): a backing's entry list is host memory whose size the guest chooses
@@ -150,6 +169,7 @@ pub struct GpuDevice {
     display: Box<dyn DisplaySink>,
     advisor: Box<dyn MapAdvisor>,
     exporter: Option<Box<dyn GuestPageExporter>>,
+    channels: Option<Box<dyn ChannelConnector>>,
     acked_features: u64,
     shmem_available: bool,
     events_read: u32,
@@ -163,6 +183,22 @@ pub struct GpuDevice {
     allocator_dmabuf: Option<bool>,
     /// Whether a refused export of a GUEST blob was logged (once per device).
     export_refusal_logged: bool,
+    /// The 3D renderer, if any.
+    renderer: Option<SendRenderer>,
+    /// The capsets offered, in `GET_CAPSET_INFO` index order (fixed for the device's life).
+    capsets: Vec<CapsetInfo>,
+    /// Fenced answers that wait.
+    fences: Fences,
+    /// What the transport polls: an epoll set over the device's event sources (the
+    /// renderer's poll fd), `None` if it could not be created (then nothing waits).
+    events: Option<OwnedFd>,
+    /// An eventfd in the event set, written when answers became ready while a command was
+    /// processed (a destroyed context, a closed channel, an event written at once behind an
+    /// earlier fence): the transport polls only `events`, so it must wake for those too.
+    ready_kick: Option<OwnedFd>,
+    /// Set by a handler that handed work to the renderer for the command being processed:
+    /// a fence on the global timeline then waits for the renderer.
+    renderer_work: bool,
 }
 
 impl fmt::Debug for GpuDevice {
@@ -207,6 +243,26 @@ impl GpuDevice {
             warn!("device configuration: {e}; repairing it");
             config.repair();
         }
+        let events = event_set(ports.renderer.as_deref().map(|r| r.poll_fd()));
+        let ready_kick = events.as_ref().and_then(|set| {
+            let kick = rustix::event::eventfd(
+                0,
+                rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
+            )
+            .ok()?;
+            epoll::add(
+                set,
+                &kick,
+                epoll::EventData::new_u64(EVENT_READY),
+                epoll::EventFlags::IN,
+            )
+            .ok()?;
+            Some(kick)
+        });
+        let capsets = commands::offered_capsets(
+            ports.renderer.as_deref().map(|r| r as &dyn ports::Renderer),
+            config.cross_domain,
+        );
         GpuDevice {
             resources: ResourceTable::new(Budget::new(config.limits())),
             contexts: ContextTable::default(),
@@ -218,12 +274,19 @@ impl GpuDevice {
             display: ports.display,
             advisor: ports.advisor,
             exporter: ports.exporter,
+            channels: ports.channels,
             acked_features: 0,
             shmem_available: true,
             events_read: 0,
             config_changed: false,
             allocator_dmabuf: None,
             export_refusal_logged: false,
+            renderer: ports.renderer,
+            capsets,
+            fences: Fences::default(),
+            events,
+            ready_kick,
+            renderer_work: false,
         }
     }
 
@@ -235,13 +298,32 @@ impl GpuDevice {
     /// The `VIRTIO_GPU_F_*` features offered, as a mask (`1 << bit`). Transport features
     /// (VERSION_1, protocol features...) are the transport's business.
     pub fn features(&self) -> u64 {
-        OFFERED_FEATURES
+        if self.capsets.is_empty() {
+            BASE_FEATURES
+        } else {
+            BASE_FEATURES | CONTEXT_FEATURES
+        }
     }
 
     /// Records what the driver accepted; only acked features are served (others answer
     /// `ERR_UNSPEC`). Bits not offered are ignored.
     pub fn ack_features(&mut self, acked: u64) {
-        self.acked_features = acked & OFFERED_FEATURES;
+        self.acked_features = acked & self.features();
+    }
+
+    /// The capsets offered (`GET_CAPSET_INFO` order): the renderer's, then cross-domain.
+    pub fn capsets(&self) -> &[CapsetInfo] {
+        &self.capsets
+    }
+
+    /// Whether capset `id` is offered.
+    fn offers(&self, id: u32) -> bool {
+        self.capsets.iter().any(|c| c.id == id)
+    }
+
+    /// The renderer's name, if the device has one.
+    pub fn renderer_name(&self) -> Option<&'static str> {
+        self.renderer.as_ref().map(|r| r.name())
     }
 
     /// The features in effect.
@@ -279,7 +361,7 @@ impl GpuDevice {
         let mut put = |at: usize, value: u32| out[at..at + 4].copy_from_slice(&value.to_le_bytes());
         put(CONFIG_EVENTS_READ, self.events_read);
         put(CONFIG_NUM_SCANOUTS, self.scanouts.len() as u32);
-        put(CONFIG_NUM_CAPSETS, NUM_CAPSETS);
+        put(CONFIG_NUM_CAPSETS, self.capsets.len() as u32);
         out
     }
 
@@ -377,8 +459,13 @@ impl GpuDevice {
         for id in self.scanouts.stop_all() {
             self.display.scanout(id, None);
         }
+        // Waiting answers are dropped unanswered: the guest driver reset too.
+        self.fences.clear();
         self.resources.clear();
         self.contexts.clear();
+        if let Some(renderer) = self.renderer.as_mut() {
+            renderer.reset();
+        }
         debug_assert!(
             self.resources.used().is_zero(),
             "charges outlive the resources and contexts they pay for: {:?}",
@@ -405,19 +492,195 @@ impl GpuDevice {
         self.region.ranges().collect()
     }
 
-    /// Handles one control-queue request (the whole readable part of the chain) and
-    /// returns the response bytes.
-    pub fn process_control(&mut self, mem: &GuestMemory, request: &[u8]) -> Vec<u8> {
-        self.process(mem, request, false)
+    /// Handles one control-queue request (the whole readable part of the chain). The
+    /// answer goes now, or (a fenced command whose fence has not signalled yet) when
+    /// [`GpuDevice::service`] returns its token.
+    pub fn process_control(&mut self, mem: &GuestMemory, request: &[u8]) -> Completion {
+        self.renderer_work = false;
+        let (hdr, response) = self.process(mem, request, false);
+        let completion = self.fenced(mem, &hdr, response);
+        if self.fences.has_ready() {
+            if let Some(kick) = &self.ready_kick {
+                let _ = rustix::io::write(kick, &1u64.to_ne_bytes());
+            }
+        }
+        completion
+    }
+
+    /// One fd that is readable when [`GpuDevice::service`] may have answers to hand back
+    /// (level-triggered; poll it on the thread that calls [`GpuDevice::process_control`]).
+    /// The same fd for the device's life (made at construction); `None` only if it could not
+    /// be made, and then no answer ever waits for an event.
+    pub fn event_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.events.as_ref().map(|fd| fd.as_fd())
+    }
+
+    /// Lets the device's event sources move (the renderer retires fences, cross-domain
+    /// channels move bytes and write events into their channel rings in `mem`) and returns
+    /// the tokens of the answers that may go now, in the order they became ready. Never
+    /// blocks; harmless to call at any time. The transport calls it only while the control
+    /// queue runs (events are guest memory writes).
+    pub fn service(&mut self, mem: &GuestMemory) -> Vec<FenceToken> {
+        if let Some(events) = &self.events {
+            // The sources are level-triggered and drained below; only clear the readiness.
+            let mut ready: Vec<epoll::Event> = Vec::with_capacity(4);
+            let now = rustix::time::Timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            let _ = epoll::wait(
+                events,
+                rustix::buffer::spare_capacity(&mut ready),
+                Some(&now),
+            );
+        }
+        if let Some(kick) = &self.ready_kick {
+            let mut count = [0u8; 8];
+            let _ = rustix::io::read(kick, &mut count);
+        }
+        let events = self.renderer.as_mut().map(|r| r.poll()).unwrap_or_default();
+        for event in events {
+            match event {
+                RendererEvent::Fence(f) => {
+                    let timeline = match f.ring {
+                        Some(ring) => Timeline::Ring {
+                            ctx_id: f.ctx_id,
+                            ring: u8::try_from(ring).unwrap_or(u8::MAX),
+                        },
+                        None => Timeline::Global,
+                    };
+                    if !self.fences.signal(timeline, f.fence_id) {
+                        debug!(
+                            "renderer fence {} of ctx_id {} ({timeline:?}) has no waiting answer",
+                            f.fence_id, f.ctx_id
+                        );
+                    }
+                }
+                RendererEvent::RenderServerLost(why) => self.render_server_lost(&why),
+            }
+        }
+        self.service_channels(mem);
+        self.fences.take_ready()
+    }
+
+    /// Fenced answers waiting (including those [`GpuDevice::service`] is about to return).
+    pub fn pending_fences(&self) -> usize {
+        self.fences.waiting()
+    }
+
+    /// Whether the transport may take another control command: `false` while
+    /// `max_pending_fences` answers wait (back-pressure: the transport leaves the rest of
+    /// the queue until [`GpuDevice::service`] frees some).
+    pub fn can_take_more(&self) -> bool {
+        self.fence_room() > 0
+    }
+
+    /// How many more control commands the transport may take now (each may leave one
+    /// answer waiting).
+    pub fn fence_room(&self) -> usize {
+        self.config
+            .max_pending_fences
+            .saturating_sub(self.fences.waiting())
+    }
+
+    /// What to do with the answer of a processed control command: now, unless it is
+    /// fenced and its fence waits (for the renderer, or behind earlier fences of its
+    /// timeline).
+    fn fenced(&mut self, mem: &GuestMemory, hdr: &CtrlHeader, response: Vec<u8>) -> Completion {
+        if hdr.flags & FLAG_FENCE == 0 {
+            return Completion::Now(response);
+        }
+        let timeline = if hdr.flags & FLAG_INFO_RING_IDX != 0 {
+            Timeline::Ring {
+                ctx_id: hdr.ctx_id,
+                ring: hdr.ring_idx,
+            }
+        } else {
+            Timeline::Global
+        };
+        let waits = self.renderer_fence(hdr, timeline) || self.channel_fence(mem, hdr, timeline);
+        if !waits && !self.fences.busy(timeline) {
+            return Completion::Now(response);
+        }
+        match self
+            .resources
+            .budget()
+            .charge(budget::Usage::of(Kind::PendingFences, 1))
+        {
+            Ok(charge) => Completion::Later {
+                token: self.fences.push(timeline, hdr.fence_id, !waits, charge),
+                response,
+            },
+            Err(e) => {
+                // The transport stops taking commands before this (can_take_more).
+                error!(
+                    "fence {} answered out of order: {} answers already wait ({e:?}); the \
+                     transport did not apply back-pressure",
+                    hdr.fence_id,
+                    self.fences.waiting()
+                );
+                Completion::Now(response)
+            }
+        }
+    }
+
+    /// Creates the renderer's fence for a fenced command, if it has one: on a renderer
+    /// context's ring, or on the global timeline after work handed to the renderer.
+    /// Returns whether the answer waits for it.
+    fn renderer_fence(&mut self, hdr: &CtrlHeader, timeline: Timeline) -> bool {
+        let ring = match timeline {
+            Timeline::Ring { ctx_id, ring } => {
+                if !self.contexts.has_renderer(ctx_id) {
+                    return false;
+                }
+                Some(u32::from(ring))
+            }
+            Timeline::Global if self.renderer_work => None,
+            Timeline::Global => return false,
+        };
+        let Some(renderer) = self.renderer.as_mut() else {
+            return false;
+        };
+        match renderer.create_fence(hdr.ctx_id, ring, hdr.fence_id) {
+            Ok(()) => true,
+            Err(e) => {
+                self.log_reject(format_args!(
+                    "fence {} of ctx_id {} ({timeline:?}): the renderer cannot create it: {e}; \
+                     answered in order without waiting for the renderer",
+                    hdr.fence_id, hdr.ctx_id
+                ));
+                false
+            }
+        }
+    }
+
+    /// The render server is gone: its (venus) contexts are lost. Their waiting answers are
+    /// released (their fences will never signal) and later commands on them fail.
+    fn render_server_lost(&mut self, why: &str) {
+        let lost = self.contexts.renderer_server_lost();
+        error!(
+            "renderer: {why}; venus contexts {lost:?} are lost (their commands now fail), \
+             virgl, 2D and cross-domain keep working"
+        );
+        for ctx_id in lost {
+            self.fences.release_context(ctx_id);
+        }
     }
 
     /// Handles one cursor-queue request. The response bytes are returned for symmetry;
     /// cursor chains usually have no writable part, and then the transport drops them.
     pub fn process_cursor(&mut self, mem: &GuestMemory, request: &[u8]) -> Vec<u8> {
-        self.process(mem, request, true)
+        self.process(mem, request, true).1
     }
 
-    fn process(&mut self, mem: &GuestMemory, request: &[u8], cursor_queue: bool) -> Vec<u8> {
+    /// Decodes and runs one request; returns its header (as far as it decodes) and the
+    /// response bytes.
+    fn process(
+        &mut self,
+        mem: &GuestMemory,
+        request: &[u8],
+        cursor_queue: bool,
+    ) -> (CtrlHeader, Vec<u8>) {
         let queue = if cursor_queue { "cursor" } else { "control" };
         let (hdr, response) = match GpuCommand::decode(request) {
             Ok((hdr, command)) => {
@@ -463,7 +726,7 @@ impl GpuDevice {
         };
         let mut out = Vec::new();
         response.encode(&hdr, &mut out);
-        out
+        (hdr, out)
     }
 
     /// Logs a rejected request as a warning, through the process's limiter of guest-caused
@@ -479,7 +742,10 @@ impl GpuDevice {
         for id in self.scanouts.stop_showing(resource_id) {
             self.display.scanout(id, None);
         }
-        self.contexts.forget_resource(resource_id);
+        for ctx_id in self.contexts.forget_resource(resource_id) {
+            // Its channel closed with its ring: the fences waiting for events go.
+            self.fences.release_context(ctx_id);
+        }
         let Some(resource) = self.resources.remove(resource_id) else {
             return;
         };
@@ -502,5 +768,56 @@ impl GpuDevice {
             }
         }
         // Dropping `resource` releases what it was charged.
+    }
+}
+
+impl GpuDevice {
+    /// Adds a channel's wait fd to the device's event set (it leaves the set when the
+    /// channel, its only owner, closes it).
+    pub(crate) fn watch_channel(&self, fd: BorrowedFd<'_>) {
+        let Some(set) = &self.events else {
+            return;
+        };
+        if let Err(e) = epoll::add(
+            set,
+            fd,
+            epoll::EventData::new_u64(EVENT_CHANNEL),
+            epoll::EventFlags::IN,
+        ) {
+            error!("cannot watch a Wayland channel ({e}): its events wait for the next command");
+        }
+    }
+}
+
+/// epoll data of the renderer's poll fd in the device's event set.
+const EVENT_RENDERER: u64 = 1;
+/// epoll data of the ready-answers eventfd in the device's event set.
+const EVENT_READY: u64 = 3;
+/// epoll data of a cross-domain channel's wait fd in the device's event set.
+const EVENT_CHANNEL: u64 = 2;
+
+/// The device's event set: an epoll fd over its event sources (the renderer's poll fd),
+/// made at construction. `None` only when it cannot be made (logged; then the renderer's
+/// fences cannot be waited for and fenced answers go in order without waiting).
+fn event_set(renderer: Option<BorrowedFd<'_>>) -> Option<OwnedFd> {
+    let made = epoll::create(epoll::CreateFlags::CLOEXEC).and_then(|set| {
+        if let Some(fd) = renderer {
+            epoll::add(
+                &set,
+                fd,
+                epoll::EventData::new_u64(EVENT_RENDERER),
+                epoll::EventFlags::IN,
+            )?;
+        }
+        Ok(set)
+    });
+    match made {
+        Ok(set) => Some(set),
+        Err(e) => {
+            error!(
+                "cannot create the device's event set ({e}): renderer fences cannot be waited for"
+            );
+            None
+        }
     }
 }

@@ -37,7 +37,7 @@ pub(crate) fn over_budget(what: &str, e: Exceeded) -> Reject {
                 "{what}: about {wanted} bytes would exceed the resource memory limit ({used} of \
                  {limit} bytes in use)"
             ),
-            Kind::Resources | Kind::Contexts | Kind::Attachments => {
+            Kind::Resources | Kind::Contexts | Kind::PendingFences | Kind::Attachments => {
                 format!("{what}: the limit of {limit} {kind} is reached")
             }
             Kind::Fds => format!(

@@ -35,7 +35,8 @@ pub(crate) struct AttachedBacking {
     pub _charge: Charge,
 }
 
-/// The image a HOST3D blob was allocated for (cross-domain GET_IMAGE_REQUIREMENTS).
+/// The image a HOST3D blob was allocated for (cross-domain GET_IMAGE_REQUIREMENTS; all zero
+/// for a buffer the compositor handed in).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct ImageInfo {
     pub width: u32,
@@ -52,6 +53,9 @@ pub(crate) struct HostBlob {
     pub mapped_at: Option<u64>,
     /// Host CPU mapping, created on first scanout read.
     pub cpu_map: Option<MappedBuffer>,
+    /// Whether the guest may map it writable (`false` for read-only buffers the compositor
+    /// handed in, such as sealed keymaps).
+    pub writable: bool,
 }
 
 /// What a resource is.

@@ -136,7 +136,20 @@ pub enum ResourceKindState {
         image: (u32, u32, u32),
         /// Where it is mapped in the host-visible region.
         mapped_at: Option<u64>,
+        /// Whether the guest may map it writable (`false` for sealed buffers a compositor
+        /// handed in). Written only when `false`, so documents stay readable by binaries
+        /// from before read-only blobs (which refuse, and so roll back, those with one).
+        #[serde(default = "yes", skip_serializing_if = "is_true")]
+        writable: bool,
     },
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(value: &bool) -> bool {
+    *value
 }
 
 /// One resource.

@@ -165,6 +165,12 @@ pub const MAX_SCANOUTS: usize = vg::VIRTIO_GPU_MAX_SCANOUTS as usize;
 pub const SHM_ID_HOST_VISIBLE: u8 = vg::virtio_gpu_shm_id_VIRTIO_GPU_SHM_ID_HOST_VISIBLE as u8;
 /// `VIRTIO_GPU_EVENT_DISPLAY` (bit in `events_read`).
 pub const EVENT_DISPLAY: u32 = vg::VIRTIO_GPU_EVENT_DISPLAY;
+/// `VIRTIO_GPU_CAPSET_VIRGL`: virgl (OpenGL), the first version of its capability set.
+pub const CAPSET_VIRGL: u32 = vg::VIRTIO_GPU_CAPSET_VIRGL;
+/// `VIRTIO_GPU_CAPSET_VIRGL2`: virgl (OpenGL), the extended capability set.
+pub const CAPSET_VIRGL2: u32 = vg::VIRTIO_GPU_CAPSET_VIRGL2;
+/// `VIRTIO_GPU_CAPSET_VENUS`: venus (Vulkan).
+pub const CAPSET_VENUS: u32 = vg::VIRTIO_GPU_CAPSET_VENUS;
 /// `VIRTIO_GPU_CAPSET_CROSS_DOMAIN`.
 pub const CAPSET_CROSS_DOMAIN: u32 = vg::VIRTIO_GPU_CAPSET_CROSS_DOMAIN;
 /// `VIRTIO_GPU_CONTEXT_INIT_CAPSET_ID_MASK`.

@@ -59,6 +59,9 @@ pub struct SandboxPolicy {
     /// allowed, and Mesa's extra system calls are allowed (best effort: no GPU here to test
     /// with).
     pub gbm: bool,
+    /// Cross-domain Wayland channels are served: Unix stream sockets may be created and
+    /// connected (one compositor connection per guest context), and pipes made (clipboard).
+    pub wayland: bool,
     /// `/dev/udmabuf` is in use (udmabuf allocator, GUEST-blob export): its ioctls are
     /// allowed only then, as DRM ioctls are only with GBM.
     pub udmabuf: bool,

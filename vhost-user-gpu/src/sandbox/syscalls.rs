@@ -13,10 +13,15 @@
 //!   back to `clone`;
 //! - `mmap`/`mprotect`: never `PROT_EXEC` (except with GBM, whose driver is `dlopen`ed);
 //! - `prctl`: only `PR_SET_NAME` (thread names); `prlimit64`: only reading this process's
-//!   limits; `tgkill`: only this process.
+//!   limits; `tgkill`: only this process;
+//! - with Wayland channels only: `socket` for `AF_UNIX` stream sockets, `connect` (its
+//!   address is behind a pointer seccomp cannot read; Landlock keeps abstract sockets out,
+//!   pathname sockets are reachable as the backend's user may reach them: run it as an
+//!   unprivileged user, as libvirt does) and `pipe2`.
 //!
-//! Not allowed, among others: `socket`, `connect`, `bind`, `listen` (the listening socket
-//! exists before the filter; connections arrive with `accept4`), `execve`, `fork`,
+//! Not allowed, among others: `socket` and `connect` (without Wayland channels), `bind`,
+//! `listen` (the listening socket exists before the filter; connections arrive with
+//! `accept4`), `execve`, `fork`,
 //! `ptrace`, `kill`, `mount`, `setuid`, `bpf`, `io_uring_*`, `process_vm_*`, `open_by_handle_at`.
 //!
 //! A call outside the list gets `SECCOMP_RET_TRAP`, not `SECCOMP_RET_KILL_PROCESS`: the
@@ -387,6 +392,21 @@ pub fn allowlist(policy: &SandboxPolicy, pid: u32) -> Result<Vec<Allowed>, Sandb
         nr: number(name),
         rules,
     };
+    if policy.wayland {
+        // socket(AF_UNIX, SOCK_STREAM | flags, 0): the type's low bits are the kind,
+        // SOCK_CLOEXEC and SOCK_NONBLOCK sit above them.
+        v.push(with(
+            "socket",
+            vec![rule(vec![
+                cond(0, Len::Dword, Op::Eq, libc::AF_UNIX as u64)?,
+                cond(1, Len::Dword, Op::MaskedEq(0xf), libc::SOCK_STREAM as u64)?,
+            ])?],
+        ));
+        v.push(plain("connect"));
+        if !policy.gbm {
+            v.push(plain("pipe2"));
+        }
+    }
     // ioctl: by request type (udmabuf only when it is used, DRM only with GBM's render
     // node), plus three terminal/fd requests.
     let mut ioctl_rules = Vec::new();
@@ -475,6 +495,21 @@ pub fn documented() -> Vec<(&'static str, &'static str)> {
         ("tgkill", "this process only"),
     ]);
     v
+}
+
+/// The extra calls allowed with Wayland channels.
+pub fn documented_wayland() -> Vec<(&'static str, &'static str)> {
+    vec![
+        (
+            "socket",
+            "AF_UNIX stream sockets only: compositor connections",
+        ),
+        (
+            "connect",
+            "compositor connections (one per guest context with a channel)",
+        ),
+        ("pipe2", "clipboard and drag-and-drop read pipes"),
+    ]
 }
 
 /// The extra calls allowed with GBM.
@@ -598,7 +633,11 @@ mod tests {
     #[test]
     fn readme_lists_every_allowed_call() {
         let readme = include_str!("../../README-launch.md");
-        for (name, _) in documented().into_iter().chain(documented_gbm()) {
+        for (name, _) in documented()
+            .into_iter()
+            .chain(documented_gbm())
+            .chain(documented_wayland())
+        {
             assert!(
                 readme.contains(&format!("`{name}`")),
                 "README-launch.md does not list `{name}`"
@@ -655,11 +694,18 @@ mod tests {
 
     #[test]
     fn filters_compile() {
-        for gbm in [false, true] {
+        for (gbm, wayland) in [(false, false), (true, false), (false, true), (true, true)] {
             let policy = SandboxPolicy {
                 gbm,
+                wayland,
                 ..SandboxPolicy::default()
             };
+            let list = allowlist(&policy, 1).unwrap();
+            let mut nrs: Vec<i64> = list.iter().map(|a| a.nr).collect();
+            nrs.sort_unstable();
+            nrs.dedup();
+            assert_eq!(nrs.len(), list.len(), "duplicate entries");
+            assert_eq!(list.iter().any(|a| a.name == "connect"), wayland);
             let programs = programs(&policy).unwrap();
             assert_eq!(programs.len(), 2);
             assert!(programs.iter().all(|p| !p.is_empty()));

@@ -681,9 +681,14 @@ impl ControlServer {
         let session = match live {
             Some(live) => {
                 let snapshot = live
-                    .with_device(QUIESCE_LIMIT, |device| device.snapshot())
+                    .with_device(QUIESCE_LIMIT, |device| match device.handover_blocker() {
+                        Some(why) => Err(why),
+                        None => device
+                            .snapshot()
+                            .map_err(|e| format!("device snapshot: {e}")),
+                    })
                     .ok_or_else(|| UpgradeError::Refused("the queue thread did not answer".into()))?
-                    .map_err(|e| UpgradeError::Refused(format!("device snapshot: {e}")))?;
+                    .map_err(UpgradeError::Refused)?;
                 Some(session_handover(live, snapshot, &mut fds)?)
             }
             None => None,

@@ -92,11 +92,14 @@ pub struct Vring {
     /// Counts stops and resets, so a chain that completes late knows what happened to its
     /// ring meanwhile ([`Vring::late_completion`]).
     pub epoch: u64,
+    /// Counts resets alone: a chain whose answer waits for a fence may outlive any number of
+    /// pauses, and only a reset drops it ([`Vring::fence_completion`]).
+    pub resets: u64,
 }
 
 /// What to do with a chain that completes, given what happened to its ring since it was taken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Completion {
+pub enum LateCompletion {
     /// Write the response and publish the chain.
     Publish,
     /// The ring was stopped meanwhile: hold the response until it resumes.
@@ -118,6 +121,7 @@ impl Vring {
             stopped_at: None,
             held: Vec::new(),
             epoch: 0,
+            resets: 0,
         }
     }
 
@@ -132,13 +136,28 @@ impl Vring {
     }
 
     /// What to do with a chain taken at `epoch` that completes now.
-    pub fn late_completion(&self, epoch: u64) -> Completion {
+    pub fn late_completion(&self, epoch: u64) -> LateCompletion {
         match self.epoch - epoch {
-            0 => Completion::Publish,
+            0 => LateCompletion::Publish,
             // One stop since: still stopped, hold; resumed (same ring), publish.
-            1 if self.run == RingRun::Stopped => Completion::Hold,
-            1 => Completion::Publish,
-            _ => Completion::Drop,
+            1 if self.run == RingRun::Stopped => LateCompletion::Hold,
+            1 => LateCompletion::Publish,
+            _ => LateCompletion::Drop,
+        }
+    }
+
+    /// What to do with a chain taken when the ring had seen `resets` resets, whose answer
+    /// waited for a fence that is done now. Its answer may have waited across pauses (the
+    /// frontend was told it was taken): only a reset since drops it. While the ring serves
+    /// nothing (stopped, stopping, disabled) the answer is held for the resume, as nothing
+    /// may be written into a stopped ring.
+    pub fn fence_completion(&self, resets: u64) -> LateCompletion {
+        if self.resets != resets {
+            LateCompletion::Drop
+        } else if self.takes_chains() {
+            LateCompletion::Publish
+        } else {
+            LateCompletion::Hold
         }
     }
 
@@ -274,6 +293,7 @@ impl Vring {
         self.stopped_at = None;
         self.held.clear();
         self.epoch += 2;
+        self.resets += 1;
     }
 }
 
@@ -352,6 +372,7 @@ impl Vring {
             stopped_at: state.stopped_at,
             held: state.held.clone(),
             epoch: 0,
+            resets: 0,
         })
     }
 }
@@ -399,16 +420,16 @@ mod tests {
         let mut ring = Vring::new(256);
         ring.run = RingRun::Started;
         let taken = ring.epoch;
-        assert_eq!(ring.late_completion(taken), Completion::Publish);
+        assert_eq!(ring.late_completion(taken), LateCompletion::Publish);
         ring.stop();
-        assert_eq!(ring.late_completion(taken), Completion::Hold);
+        assert_eq!(ring.late_completion(taken), LateCompletion::Hold);
         ring.run = RingRun::Started; // resumed with the same ring
-        assert_eq!(ring.late_completion(taken), Completion::Publish);
+        assert_eq!(ring.late_completion(taken), LateCompletion::Publish);
         ring.forget_stop(); // it was a reset after all
-        assert_eq!(ring.late_completion(taken), Completion::Drop);
+        assert_eq!(ring.late_completion(taken), LateCompletion::Drop);
         let taken = ring.epoch;
         ring.reset();
-        assert_eq!(ring.late_completion(taken), Completion::Drop);
+        assert_eq!(ring.late_completion(taken), LateCompletion::Drop);
     }
 
     #[test]

@@ -10,18 +10,27 @@
 //! rings, then look at every ring that takes chains (not only the kicked ones: a ring that
 //! restarts after a pause may hold chains whose kick arrived while it was stopped). Chains are
 //! taken one at a time, so a stop (`GET_VRING_BASE`) waits for at most one chain.
+//!
+//! Fenced answers that wait ([`DeviceCompletion::Later`], docs/fence contract): the device's
+//! event fd is in the epoll set; the chain (head, writable descriptors, answer) is kept here
+//! under its token, and the frontend was told the chain was taken (`GET_VRING_BASE` never
+//! waits for a fence). When the device reports the token done, the answer is published, or
+//! held in the ring while the ring is stopped (published on resume), or dropped when the
+//! ring was reset since. While the device cannot keep more answers waiting, the control
+//! queue is left in the ring (back-pressure); every device event looks at the rings again.
 
+use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use vm_memory::GuestAddressSpace;
+use vm_memory::{GuestAddress, GuestAddressSpace};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 use crate::device::ports::{GuestMemory, RegionMapper};
-use crate::device::GpuDevice;
+use crate::device::{Completion as DeviceCompletion, FenceToken, GpuDevice};
 use crate::display::{FanOut, QemuDisplay};
 use crate::guest_log::guest_warn;
 use crate::queue_thread::QueueThreadScope;
@@ -30,7 +39,7 @@ use crate::transport::session::{
     lock, DeferredOp, Session, CONTROL_QUEUE, CURSOR_QUEUE, NUM_QUEUES,
 };
 use crate::transport::shmem::ShmemMapper;
-use crate::transport::vring::{Completion, HeldCompletion};
+use crate::transport::vring::{HeldCompletion, LateCompletion};
 
 /// `VIRTIO_GPU_CMD_GET_DISPLAY_INFO`.
 const CMD_GET_DISPLAY_INFO: u32 = 0x100;
@@ -41,6 +50,8 @@ const CMD_GET_EDID: u32 = 0x10a;
 const TOKEN_WAKE: u64 = 0;
 /// Epoll token of ring `i`'s kick: `TOKEN_KICK + i`.
 const TOKEN_KICK: u64 = 1;
+/// Epoll token of the device's event fd (fences done, channels with bytes to move).
+const TOKEN_DEVICE: u64 = 8;
 /// Epoll token of event source `n`: `TOKEN_SOURCE + n`.
 const TOKEN_SOURCE: u64 = 16;
 
@@ -132,6 +143,17 @@ impl Drop for WorkerHandle {
     }
 }
 
+/// A chain whose answer waits for its fence.
+struct FencedChain {
+    /// The ring it came from.
+    index: u16,
+    head: u16,
+    writable: Vec<(GuestAddress, u32)>,
+    response: Vec<u8>,
+    /// The ring's reset count when the chain was taken ([`crate::transport::vring::Vring::fence_completion`]).
+    resets: u64,
+}
+
 /// The queue thread's state.
 pub struct Worker {
     session: Arc<Session>,
@@ -145,6 +167,10 @@ pub struct Worker {
     requests: Receiver<WorkerRequest>,
     /// The display's modes were asked for in the current batch.
     modes_asked: bool,
+    /// Chains whose answers wait for their fences, by token.
+    fenced: HashMap<FenceToken, FencedChain>,
+    /// The control queue was left in the ring for back-pressure (for one log line).
+    throttled: bool,
 }
 
 /// Whether a control request reports modes to the guest: `GET_DISPLAY_INFO` or `GET_EDID`
@@ -172,6 +198,14 @@ impl Worker {
             session.wake.as_raw_fd(),
             EpollEvent::new(EventSet::IN, TOKEN_WAKE),
         )?;
+        // Stable for the device's life (a restored device comes through here too).
+        if let Some(fd) = device.event_fd() {
+            epoll.ctl(
+                ControlOperation::Add,
+                fd.as_raw_fd(),
+                EpollEvent::new(EventSet::IN, TOKEN_DEVICE),
+            )?;
+        }
         let mapper = ShmemMapper::new(session.channel.clone(), session.settings.hostmem);
         let mut worker = Worker {
             session: session.clone(),
@@ -182,6 +216,8 @@ impl Worker {
             mapper,
             requests: rx,
             modes_asked: false,
+            fenced: HashMap::new(),
+            throttled: false,
         };
         worker.refresh_config();
         let thread = std::thread::Builder::new()
@@ -219,6 +255,7 @@ impl Worker {
                             let _ = io::Read::read(&mut &**kick, &mut buf);
                         }
                     }
+                    TOKEN_DEVICE => self.service_device(),
                     t if t >= TOKEN_SOURCE => self.source_ready((t - TOKEN_SOURCE) as usize),
                     _ => {}
                 }
@@ -313,6 +350,48 @@ impl Worker {
         self.refresh_config();
     }
 
+    /// The device's event fd is readable: lets the device move its work on and answers the
+    /// chains whose fences are done.
+    fn service_device(&mut self) {
+        let mem = self.session.guest.memory();
+        let tokens = {
+            let _scope = QueueThreadScope::enter();
+            self.device.service(&mem)
+        };
+        let mut answered = [false; NUM_QUEUES];
+        for token in tokens {
+            let Some(chain) = self.fenced.remove(&token) else {
+                log::debug!("fence token {} has no waiting chain", token.get());
+                continue;
+            };
+            let index = usize::from(chain.index);
+            let mut ring = lock(&self.session.rings[index]);
+            match ring.fence_completion(chain.resets) {
+                LateCompletion::Publish => {
+                    let (_, outcome) =
+                        ring.complete(&mem, chain.head, &chain.writable, &chain.response);
+                    drop(ring);
+                    report_outcome(chain.index, &chain.writable, &chain.response, outcome);
+                    answered[index] = true;
+                }
+                LateCompletion::Hold => ring.held.push(HeldCompletion {
+                    head: chain.head,
+                    writable: chain.writable.iter().map(|&(a, l)| (a.0, l)).collect(),
+                    response: chain.response,
+                }),
+                LateCompletion::Drop => log::debug!(
+                    "ring {index}: a fenced answer done after its ring was reset; dropped"
+                ),
+            }
+        }
+        for (index, answered) in answered.into_iter().enumerate() {
+            if answered {
+                lock(&self.session.rings[index]).notify(&mem);
+            }
+        }
+        self.refresh_config();
+    }
+
     fn apply_ops(&mut self) {
         loop {
             let Some(op) = lock(&self.session.ops).pop_front() else {
@@ -350,6 +429,10 @@ impl Worker {
     /// last stay acked (a ring restart sends `SET_FEATURES` before the restart that shows the
     /// reset).
     fn reset_device(&mut self, why: &str) {
+        // The device drops its pending fences: their chains go unanswered (the driver reset).
+        let fenced = self.fenced.len();
+        self.fenced.clear();
+        self.throttled = false;
         let ranges = self.device.region_ranges();
         let _scope = QueueThreadScope::enter();
         let mut unmapped = 0;
@@ -366,7 +449,7 @@ impl Worker {
         let acked = lock(&self.session.negotiated).acked_features;
         self.device.ack_features(acked);
         log::info!(
-            "device reset ({why}): {resources} resources freed, {unmapped} of {} mapped ranges unmapped",
+            "device reset ({why}): {resources} resources freed, {unmapped} of {} mapped ranges unmapped, {fenced} fenced answers dropped",
             ranges.len()
         );
     }
@@ -443,6 +526,19 @@ impl Worker {
         }
         let mut served = 0u32;
         loop {
+            if index == CONTROL_QUEUE && !self.device.can_take_more() {
+                // Back-pressure: the chains stay in the ring (the driver waits for room);
+                // the device event that frees some brings this thread back to every ring.
+                if !self.throttled {
+                    self.throttled = true;
+                    log::debug!(
+                        "control queue: {} fenced answers wait, the most allowed; the rest of the queue waits",
+                        self.device.pending_fences()
+                    );
+                }
+                break;
+            }
+            self.throttled = false;
             let popped = {
                 let mut ring = lock(&self.session.rings[usize::from(index)]);
                 if !ring.takes_chains() {
@@ -460,7 +556,7 @@ impl Worker {
                 match ring.pop(&mem) {
                     Ok(Some(chain)) => {
                         self.session.gate.begin_chain(index);
-                        Some((chain, ring.epoch))
+                        Some((chain, (ring.epoch, ring.resets)))
                     }
                     Ok(None) => {
                         let more = event_idx
@@ -478,10 +574,10 @@ impl Worker {
                     }
                 }
             };
-            let Some(((head, descriptors), epoch)) = popped else {
+            let Some(((head, descriptors), (epoch, resets))) = popped else {
                 break;
             };
-            self.serve_chain(index, &mem, head, descriptors, epoch);
+            self.serve_chain(index, &mem, head, descriptors, epoch, resets);
             self.session.gate.end_chain();
             served += 1;
         }
@@ -491,8 +587,9 @@ impl Worker {
         }
     }
 
-    /// Serves one chain and completes it, or holds its completion when the ring was stopped
-    /// meanwhile.
+    /// Serves one chain and completes it, holds its completion when the ring was stopped
+    /// meanwhile, or keeps it until its fence is done. `epoch` and `resets`: the ring's when
+    /// the chain was taken.
     fn serve_chain(
         &mut self,
         index: u16,
@@ -500,27 +597,49 @@ impl Worker {
         head: u16,
         descriptors: Vec<DescriptorRef>,
         epoch: u64,
+        resets: u64,
     ) {
-        let (writable, response) = match chain::read_chain(mem, descriptors) {
+        let (writable, completion) = match chain::read_chain(mem, descriptors) {
             Ok(parsed) if index == CONTROL_QUEUE && parsed.writable.is_empty() => {
                 guest_warn!(
                     "control queue: chain without a writable part skipped (no room for the response)"
                 );
-                (Vec::new(), Vec::new())
+                (Vec::new(), DeviceCompletion::Now(Vec::new()))
             }
             Ok(parsed) => {
-                let response = self.run_command(index, mem, &parsed.request);
-                (parsed.writable, response)
+                let completion = self.run_command(index, mem, &parsed.request);
+                (parsed.writable, completion)
             }
             Err(e) => {
                 guest_warn!("ring {index}: malformed chain skipped: {e}");
-                (Vec::new(), Vec::new())
+                (Vec::new(), DeviceCompletion::Now(Vec::new()))
+            }
+        };
+        let response = match completion {
+            DeviceCompletion::Now(response) => response,
+            DeviceCompletion::Later { token, response } => {
+                if lock(&self.session.rings[usize::from(index)]).resets != resets {
+                    // Reset while the command ran: the device dropped the token already.
+                    log::debug!("ring {index}: a fenced command ran across a reset; dropped");
+                    return;
+                }
+                self.fenced.insert(
+                    token,
+                    FencedChain {
+                        index,
+                        head,
+                        writable,
+                        response,
+                        resets,
+                    },
+                );
+                return;
             }
         };
         let mut ring = lock(&self.session.rings[usize::from(index)]);
         match ring.late_completion(epoch) {
-            Completion::Publish => {}
-            Completion::Hold => {
+            LateCompletion::Publish => {}
+            LateCompletion::Hold => {
                 // Stopped while this chain was served: the frontend was told it was taken;
                 // the response waits for the ring to resume (a reset drops it).
                 ring.held.push(HeldCompletion {
@@ -530,33 +649,21 @@ impl Worker {
                 });
                 return;
             }
-            Completion::Drop => {
+            LateCompletion::Drop => {
                 log::info!(
                     "ring {index}: a command completed after its ring was reset; response dropped"
                 );
                 return;
             }
         }
-        let capacity: u64 = writable.iter().map(|&(_, l)| u64::from(l)).sum();
         let (_, outcome) = ring.complete(mem, head, &writable, &response);
         drop(ring);
-        match outcome {
-            WriteOutcome::Complete => {}
-            WriteOutcome::ErrorHeaderOnly => guest_warn!(
-                "ring {index}: {}-byte response does not fit {capacity} writable bytes; sent ERR_UNSPEC",
-                response.len()
-            ),
-            WriteOutcome::Nothing if index == CURSOR_QUEUE || response.is_empty() => {}
-            WriteOutcome::Nothing => guest_warn!(
-                "ring {index}: {}-byte response does not fit {capacity} writable bytes; nothing written",
-                response.len()
-            ),
-        }
+        report_outcome(index, &writable, &response, outcome);
     }
 
     /// Runs one command on the device. A panic in the device core is caught: the frontend's
     /// mappings are undone, the device reset, the command dropped.
-    fn run_command(&mut self, index: u16, mem: &GuestMemory, request: &[u8]) -> Vec<u8> {
+    fn run_command(&mut self, index: u16, mem: &GuestMemory, request: &[u8]) -> DeviceCompletion {
         let _scope = QueueThreadScope::enter();
         if index == CONTROL_QUEUE && !self.modes_asked && asks_for_modes(request) {
             self.refresh_outputs_from_display();
@@ -567,22 +674,22 @@ impl Worker {
             if index == CONTROL_QUEUE {
                 device.process_control(mem, request)
             } else {
-                device.process_cursor(mem, request)
+                DeviceCompletion::Now(device.process_cursor(mem, request))
             }
         }));
-        let response = match result {
-            Ok(response) => response,
+        let completion = match result {
+            Ok(completion) => completion,
             Err(_) => {
                 // A guest that found a way to make the core panic can repeat it at will.
                 guest_warn!(
                     "device core panicked on a ring {index} command: command dropped, device reset"
                 );
                 self.reset_device("panic in the device core");
-                Vec::new()
+                DeviceCompletion::Now(Vec::new())
             }
         };
         self.apply_ops();
-        response
+        completion
     }
 
     /// With QEMU's display attached, its preferred modes win (as with QEMU's own backend):
@@ -613,6 +720,28 @@ impl Worker {
                 *lock(&self.session.display_channel) = None;
             }
         }
+    }
+}
+
+/// Says (rate-limited) when a response did not fit the chain's writable part.
+fn report_outcome(
+    index: u16,
+    writable: &[(GuestAddress, u32)],
+    response: &[u8],
+    outcome: WriteOutcome,
+) {
+    let capacity: u64 = writable.iter().map(|&(_, l)| u64::from(l)).sum();
+    match outcome {
+        WriteOutcome::Complete => {}
+        WriteOutcome::ErrorHeaderOnly => guest_warn!(
+            "ring {index}: {}-byte response does not fit {capacity} writable bytes; sent ERR_UNSPEC",
+            response.len()
+        ),
+        WriteOutcome::Nothing if index == CURSOR_QUEUE || response.is_empty() => {}
+        WriteOutcome::Nothing => guest_warn!(
+            "ring {index}: {}-byte response does not fit {capacity} writable bytes; nothing written",
+            response.len()
+        ),
     }
 }
 

@@ -23,7 +23,11 @@ use crate::{step, Error};
 const CONSOLE_TEXT_ROWS: usize = 60;
 
 /// Lane names, in the order they run by default.
-pub const NAMES: [&str; 3] = ["kernel", "blob", "qemu10"];
+pub const NAMES: [&str; 4] = ["kernel", "blob", "qemu10", "wayland"];
+
+/// Lanes that run only when asked for with `--lane` (`render`: real guest userspace on a
+/// root file system image, see `render.rs`).
+pub const ON_REQUEST: [&str; 1] = ["render"];
 
 /// Everything prepared once and shared by the lanes.
 #[derive(Default)]
@@ -35,14 +39,14 @@ pub struct Env {
 }
 
 impl Env {
-    fn cache(&mut self) -> Result<PathBuf, Error> {
+    pub(crate) fn cache(&mut self) -> Result<PathBuf, Error> {
         if self.cache.is_none() {
             self.cache = Some(fetch::cache_root()?);
         }
         Ok(self.cache.clone().unwrap_or_default())
     }
 
-    fn apt(&mut self) -> Result<&Apt, Error> {
+    pub(crate) fn apt(&mut self) -> Result<&Apt, Error> {
         if self.apt.is_none() {
             let cache = self.cache()?;
             ensure_host_tools()?;
@@ -53,7 +57,7 @@ impl Env {
             .ok_or_else(|| Error::Setup("apt configuration missing".into()))
     }
 
-    fn kernel(&mut self) -> Result<&Kernel, Error> {
+    pub(crate) fn kernel(&mut self) -> Result<&Kernel, Error> {
         if self.kernel.is_none() {
             let cache = self.cache()?;
             let kernel = fetch::kernel(&cache, self.apt()?)?;
@@ -68,13 +72,13 @@ impl Env {
         Ok(Qemu::System(fetch::qemu10(self.apt()?)?))
     }
 
-    fn qemu11(&mut self) -> Result<Qemu, Error> {
+    pub(crate) fn qemu11(&mut self) -> Result<Qemu, Error> {
         let cache = self.cache()?;
         self.apt()?;
         Ok(Qemu::Chroot(fetch::trixie_root(&cache)?))
     }
 
-    fn guest_tests(&mut self) -> Result<PathBuf, Error> {
+    pub(crate) fn guest_tests(&mut self) -> Result<PathBuf, Error> {
         if self.guest_tests.is_none() {
             let built = step("build: static guest-tests", || {
                 binaries::guest(&["build", "-p", "guest-tests", "--bin", "guest-tests"])
@@ -115,7 +119,7 @@ fn ensure_host_tools() -> Result<(), Error> {
 }
 
 /// A lane's work directory under `target/vm-lanes/`, emptied.
-fn lane_dir(name: &str) -> Result<PathBuf, Error> {
+pub(crate) fn lane_dir(name: &str) -> Result<PathBuf, Error> {
     let dir = binaries::target_dir().join("vm-lanes").join(name);
     if dir.exists() {
         fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
@@ -218,7 +222,7 @@ fn write_initramfs(
 /// Counts a transcript: every step must end and print a summary line (ours or
 /// libtest's); a step that exits non-zero without a counted failure counts as
 /// one failure; a step that never ran counts as one failure.
-fn tally_transcript(label: &str, transcript: &Transcript, steps: &[String]) -> Tally {
+pub(crate) fn tally_transcript(label: &str, transcript: &Transcript, steps: &[String]) -> Tally {
     let mut total = Tally::default();
     let mut current: Option<(String, Tally, bool)> = None;
     let mut ended = Vec::new();
@@ -300,16 +304,18 @@ pub fn run(name: &str, env: &mut Env, timeout: Duration) -> Result<Tally, Error>
         "kernel" => kernel_lane(env, timeout),
         "blob" => blob_lane(env, timeout),
         "qemu10" => qemu10_lane(env, timeout),
+        "render" => crate::render::lane(env, timeout),
+        "wayland" => crate::wayland::lane(env, timeout),
         other => Err(Error::Lane(format!("no lane named {other}"))),
     }
 }
 
-fn host_case(label: &str, tally: &mut Tally, outcome: Outcome) {
+pub(crate) fn host_case(label: &str, tally: &mut Tally, outcome: Outcome) {
     println!("{}", case_line(label, &outcome));
     tally.record(&outcome);
 }
 
-const VIRTIO_GPU_MODULES: [&str; 5] = [
+pub(crate) const VIRTIO_GPU_MODULES: [&str; 5] = [
     "drm",
     "drm_kms_helper",
     "drm_shmem_helper",
@@ -379,6 +385,7 @@ fn kernel_lane(env: &mut Env, timeout: Duration) -> Result<Tally, Error> {
         kernel: &kernel.image,
         initramfs: &initrd,
         extra: strings(&["-m", "512M", "-machine", "q35", "-device", "virtio-gpu-pci"]),
+        env: Vec::new(),
         timeout,
         allow_reboot: false,
     };
@@ -435,14 +442,19 @@ fn strings(args: &[&str]) -> Vec<String> {
     args.iter().map(|s| s.to_string()).collect()
 }
 
-/// The host-side backend process for the blob and qemu10 lanes.
-struct Backend {
+/// The host-side backend process for the blob, qemu10 and wayland lanes.
+pub(crate) struct Backend {
     child: KillOnDrop,
     log: PathBuf,
 }
 
 impl Backend {
-    fn start(binary: &Path, dir: &Path, socket: &Path, extra: &[String]) -> Result<Self, Error> {
+    pub(crate) fn start(
+        binary: &Path,
+        dir: &Path,
+        socket: &Path,
+        extra: &[String],
+    ) -> Result<Self, Error> {
         let log = dir.join("backend.log");
         let out = fs::File::create(&log).map_err(|e| Error::io(&log, e))?;
         let err = out.try_clone().map_err(|e| Error::io(&log, e))?;
@@ -483,9 +495,14 @@ impl Backend {
         Ok(backend)
     }
 
+    /// The backend's process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.0.id()
+    }
+
     /// Whether the backend crashed on its own (a clean exit after the frontend
     /// went away is fine).
-    fn crashed(&mut self) -> Option<String> {
+    pub(crate) fn crashed(&mut self) -> Option<String> {
         match self.child.0.try_wait() {
             Ok(Some(status)) if !status.success() => Some(format!(
                 "the backend exited with {status}; see {}",
@@ -496,7 +513,7 @@ impl Backend {
     }
 }
 
-fn host_backend() -> Result<PathBuf, Error> {
+pub(crate) fn host_backend() -> Result<PathBuf, Error> {
     let built = step("build: vhost-user-gpu (host)", || {
         binaries::host(&["build", "-p", "vhost-user-gpu", "--bin", "vhost-user-gpu"])
     })?;
@@ -505,7 +522,7 @@ fn host_backend() -> Result<PathBuf, Error> {
         .clone())
 }
 
-fn vhost_user_memory() -> Vec<String> {
+pub(crate) fn vhost_user_memory() -> Vec<String> {
     strings(&[
         "-m",
         "512M",
@@ -609,6 +626,7 @@ fn blob_lane(env: &mut Env, timeout: Duration) -> Result<Tally, Error> {
             kernel: &kernel.image,
             initramfs: &initrd,
             extra: args,
+            env: Vec::new(),
             timeout,
             allow_reboot: false,
         };
@@ -769,6 +787,7 @@ fn reset_run(
         kernel: &kernel.image,
         initramfs: &initrd,
         extra: args,
+        env: Vec::new(),
         timeout,
         allow_reboot: true,
     };
@@ -876,6 +895,7 @@ fn qemu10_lane(env: &mut Env, timeout: Duration) -> Result<Tally, Error> {
         kernel: &kernel.image,
         initramfs: &initrd,
         extra: args,
+        env: Vec::new(),
         timeout,
         allow_reboot: false,
     };

@@ -5,7 +5,8 @@
 //! cargo run --release -p guest-tests --bin vm-lanes -- [--lane NAME]... [--timeout SECS]
 //! ```
 //!
-//! Lanes: `kernel`, `blob`, `qemu10` (all by default). Prints one line per lane,
+//! Lanes: `kernel`, `blob`, `qemu10`, `wayland` (all by default); `render` only with
+//! `--lane render`. Prints one line per lane,
 //! `lane NAME: N passed, N failed, N skipped`, then the total. Exits non-zero when
 //! any case failed or a lane could not run. Everything fetched is cached under
 //! `~/.cache/dmabuf-virtio-gpu/`; per-run logs go to `target/vm-lanes/LANE/`.
@@ -16,7 +17,10 @@ mod initramfs;
 mod lanes;
 mod lifecycle;
 mod qmp;
+mod render;
+mod rootfs;
 mod vm;
+mod wayland;
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -130,9 +134,10 @@ fn parse_args() -> Result<Options, String> {
             "-h" | "--help" => {
                 println!(
                     "usage: vm-lanes [--lane NAME]... [--timeout SECS]\n\
-                     lanes: {} (default: all)\n\
+                     lanes: {} (default: all), {} (only with --lane)\n\
                      --timeout: per guest boot, default 300",
-                    lanes::NAMES.join(", ")
+                    lanes::NAMES.join(", "),
+                    lanes::ON_REQUEST.join(", ")
                 );
                 std::process::exit(0);
             }
@@ -140,10 +145,11 @@ fn parse_args() -> Result<Options, String> {
         }
     }
     for lane in &lanes {
-        if !lanes::NAMES.contains(&lane.as_str()) {
+        if !lanes::NAMES.contains(&lane.as_str()) && !lanes::ON_REQUEST.contains(&lane.as_str()) {
             return Err(format!(
-                "unknown lane {lane:?}; lanes are {}",
-                lanes::NAMES.join(", ")
+                "unknown lane {lane:?}; lanes are {} (by default) and {} (with --lane)",
+                lanes::NAMES.join(", "),
+                lanes::ON_REQUEST.join(", ")
             ));
         }
     }

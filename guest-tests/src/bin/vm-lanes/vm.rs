@@ -41,6 +41,8 @@ pub struct Boot<'a> {
     pub initramfs: &'a Path,
     /// Extra QEMU arguments (devices, memory backend).
     pub extra: Vec<String>,
+    /// Extra environment for QEMU (for example `DISPLAY` for a GL display).
+    pub env: Vec<(String, String)>,
     /// The whole boot must end before this.
     pub timeout: Duration,
     /// A guest reset reboots it (the reset lanes) instead of ending QEMU (`-no-reboot`).
@@ -148,6 +150,7 @@ impl Boot<'_> {
             fs::File::create(self.dir.join("qemu.stderr")).map_err(|e| Error::io(self.dir, e))?;
         let child = self
             .command(&args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(stderr.try_clone().map_err(|e| Error::io(self.dir, e))?)
             .stderr(stderr)

@@ -204,13 +204,13 @@ fn malformed_streams(harness: &Harness) -> CaseResult {
     too_long[2..4].copy_from_slice(&200u16.to_le_bytes());
     let mut unknown = good.clone();
     unknown[0] = 99;
-    // Streams that cannot be parsed and values out of range are bad parameters; a command
-    // the device does not implement is ERR_UNSPEC, as an unknown virtio-gpu command is.
+    // Streams that cannot be parsed, commands no released guest sends (99) and values out
+    // of range are bad parameters.
     let invalid = ty::ERR_INVALID_PARAMETER;
     let streams: [(&str, Vec<u8>, u32); 7] = [
         ("cmd_size 0", zero_size, invalid),
         ("cmd_size past the stream", too_long, invalid),
-        ("unknown command 99", unknown, ty::ERR_UNSPEC),
+        ("unknown command 99", unknown, invalid),
         ("3-byte stream", vec![2, 0, 24], invalid),
         (
             "0x0 image",
@@ -320,6 +320,21 @@ fn virgl_refused(harness: &Harness) -> CaseResult {
         &r,
         ty::ERR_UNSPEC,
     )?;
+    // Our backend has no virgl renderer here: its log line must say so and what to use.
+    if fe.peer() == crate::frontend::Peer::Ours {
+        let log = fe.backend_log();
+        ensure(
+            &fe,
+            log.contains("RESOURCE_CREATE_3D")
+                && log.contains("no virgl renderer")
+                && log.contains("cross-domain"),
+            || {
+                "the backend's log should name the refused RESOURCE_CREATE_3D, say there is no \
+                 virgl renderer and what to use instead (cross-domain or a renderer)"
+                    .to_string()
+            },
+        )?;
+    }
     send_expecting(
         &mut fe,
         "CREATE_2D",

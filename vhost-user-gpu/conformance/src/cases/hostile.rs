@@ -144,7 +144,7 @@ pub(super) fn cases() -> Vec<Case> {
         "xd" header_truncated ctx_need();
         "xd" garbage_after_good_command ctx_need();
         "xd" image_requirements_before_init ctx_need();
-        "xd" channel_commands_unsupported ctx_need();
+        "xd" poll_without_a_channel ctx_need();
         "xd" init_with_2d_ring ctx_need();
         // Fences out of order.
         "fence" decreasing_ids_echoed Need::Nothing;
@@ -1815,13 +1815,28 @@ fn image_requirements_before_init(harness: &Harness) -> CaseResult {
         ok(fe, "CTX_DESTROY", gpu::ctx_destroy(2))
     })
 }
-fn channel_commands_unsupported(harness: &Harness) -> CaseResult {
-    bad_stream(
-        harness,
-        "CROSS_DOMAIN_CMD_POLL",
-        || vec![3, 0, 8, 0, 0, 0, 0, 0],
-        ty::ERR_UNSPEC,
-    )
+/// A POLL in a context whose INIT opened no channel: an error (ours: ERR_INVALID_PARAMETER,
+/// as for every channel command without a channel; other backends may say ERR_UNSPEC).
+fn poll_without_a_channel(harness: &Harness) -> CaseResult {
+    guarded(harness, |fe| {
+        let _cd = CrossDomain::init(fe)?;
+        let r = ctrl(
+            fe,
+            "CROSS_DOMAIN_CMD_POLL without a channel",
+            gpu::submit_3d(CTX_ID, &[3, 0, 8, 0, 0, 0, 0, 0]),
+        )?;
+        let want_exact = fe.peer() == crate::frontend::Peer::Ours;
+        ensure(
+            fe,
+            if want_exact {
+                r.ty == ty::ERR_INVALID_PARAMETER
+            } else {
+                r.ty >= ty::ERR_UNSPEC
+            },
+            || format!("POLL without a channel answered {}", r.name()),
+        )?;
+        drop_cross_domain(fe)
+    })
 }
 fn init_with_2d_ring(harness: &Harness) -> CaseResult {
     guarded(harness, |fe| {

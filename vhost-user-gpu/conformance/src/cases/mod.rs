@@ -10,6 +10,7 @@ use crate::gpu::{self, Cmd, Resp};
 mod alloc;
 mod blob;
 mod bounds;
+mod channel;
 mod cli;
 mod context;
 mod disconnect;
@@ -119,6 +120,7 @@ pub fn all() -> Vec<Case> {
     let mut v = two_d::cases();
     v.extend(blob::cases());
     v.extend(context::cases());
+    v.extend(channel::cases());
     v.extend(queue::cases());
     v.extend(cli::cases());
     v.extend(hostile::cases());

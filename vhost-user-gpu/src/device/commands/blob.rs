@@ -231,6 +231,11 @@ impl GpuDevice {
                 format!("resource_id {rid}: ctx_id {ctx_id} does not exist"),
             )
         })?;
+        // Odd ids name buffers the compositor handed in (RECEIVE); image requirements hand
+        // out even ones.
+        if ctx.channel.is_some() && p.blob_id % 2 == 1 {
+            return self.received_blob(ctx_id, p, charge);
+        }
         let blob_id = u32::try_from(p.blob_id).ok();
         let requirement = blob_id
             .and_then(|id| ctx.requirement_mut(id))
@@ -307,6 +312,7 @@ impl GpuDevice {
             image,
             mapped_at: None,
             cpu_map: None,
+            writable: true,
         });
         Ok(Resource::new(kind, size, p.blob_flags, charge))
     }
@@ -422,7 +428,7 @@ impl GpuDevice {
             shm_offset: offset,
             len,
             fd_offset: 0,
-            writable: true,
+            writable: blob.writable,
         };
         if let Err(e) = self.mapper.map(blob.buffer.fd.as_fd(), range) {
             let _ = self.region.free(offset);

@@ -1,6 +1,7 @@
 //! Contexts and capsets: GET_CAPSET_INFO, GET_CAPSET, CTX_CREATE, CTX_DESTROY,
 //! CTX_ATTACH_RESOURCE, CTX_DETACH_RESOURCE and SUBMIT_3D with the cross-domain protocol
-//! (INIT, GET_IMAGE_REQUIREMENTS).
+//! (INIT in every layout, GET_IMAGE_REQUIREMENTS; the channel commands are in
+//! `channel.rs`).
 
 use log::{debug, info};
 
@@ -14,12 +15,18 @@ use crate::device::resource::{ImageInfo, ResourceKind};
 use crate::device::{buffer_usage, GpuDevice};
 use crate::guest_log::guest_info;
 use crate::protocol::cross_domain::{
-    self, Capabilities, CrossDomainCommand, IMAGE_REQUIREMENTS_SIZE,
+    self, Capabilities, CrossDomainCommand, Init, IMAGE_REQUIREMENTS_SIZE,
 };
 use crate::protocol::{
-    feature, fourcc, GpuError, GpuResponse, CAPSET_CROSS_DOMAIN, CONTEXT_INIT_CAPSET_ID_MASK,
-    MAP_CACHE_NONE,
+    feature, fourcc, CtrlHeader, GpuError, GpuResponse, CAPSET_CROSS_DOMAIN, CAPSET_VIRGL,
+    CAPSET_VIRGL2, CONTEXT_INIT_CAPSET_ID_MASK, MAP_CACHE_NONE,
 };
+
+/// What a guest is told when it uses virgl (3D resources, SUBMIT_3D in a default context)
+/// on a device without a virgl renderer: what to configure instead.
+pub(crate) const VIRGL_MISSING: &str = "This device has no virgl renderer: guest OpenGL \
+     (Mesa's virgl driver) cannot render here. Use cross-domain (capset 5: minigbm and \
+     Sommelier allocate and share buffers through it) or run a backend with a virgl renderer.";
 
 /// Highest cross-domain capset version offered (as rutabaga: 0).
 pub(crate) const CROSS_DOMAIN_MAX_VERSION: u32 = 0;
@@ -31,40 +38,74 @@ impl GpuDevice {
 
     pub(super) fn get_capset_info(&self, capset_index: u32) -> CmdResult {
         self.require_virgl()?;
-        if capset_index != 0 {
-            return Err(reject(
+        let info = self.capsets.get(capset_index as usize).ok_or_else(|| {
+            reject(
                 GpuError::InvalidParameter,
-                format!("capset_index {capset_index}: only 1 capset (cross-domain) exists"),
-            ));
-        }
+                format!(
+                    "capset_index {capset_index}: {} capsets are offered",
+                    self.capsets.len()
+                ),
+            )
+        })?;
         Ok(GpuResponse::OkCapsetInfo {
-            capset_id: CAPSET_CROSS_DOMAIN,
-            max_version: CROSS_DOMAIN_MAX_VERSION,
-            max_size: cross_domain::CAPABILITIES_SIZE as u32,
+            capset_id: info.id,
+            max_version: info.max_version,
+            max_size: info.max_size,
         })
     }
 
     pub(super) fn get_capset(&mut self, capset_id: u32, capset_version: u32) -> CmdResult {
         self.require_virgl()?;
-        if capset_id != CAPSET_CROSS_DOMAIN {
+        let Some(info) = self.capsets.iter().find(|c| c.id == capset_id).copied() else {
             return Err(reject(
                 GpuError::InvalidParameter,
-                format!("capset_id {capset_id} is not offered (only cross-domain, 5)"),
+                format!(
+                    "capset_id {capset_id} is not offered (offered: {:?})",
+                    self.capsets.iter().map(|c| c.id).collect::<Vec<_>>()
+                ),
             ));
-        }
-        if capset_version > CROSS_DOMAIN_MAX_VERSION {
-            return Err(reject(
-                GpuError::InvalidParameter,
-                format!("capset_version {capset_version} > max version {CROSS_DOMAIN_MAX_VERSION}"),
-            ));
-        }
-        let caps = Capabilities {
-            version: cross_domain::CAPABILITIES_VERSION,
-            supported_channels: 0,
-            supports_dmabuf: self.allocator_gives_dmabufs(),
-            supports_external_gpu_memory: false,
         };
+        if capset_version > info.max_version {
+            return Err(reject(
+                GpuError::InvalidParameter,
+                format!(
+                    "capset_version {capset_version} > max version {}",
+                    info.max_version
+                ),
+            ));
+        }
+        if capset_id != CAPSET_CROSS_DOMAIN {
+            return self.renderer_capset(capset_id, capset_version);
+        }
+        let caps = self.cross_domain_capabilities();
         Ok(GpuResponse::OkCapset(caps.encode()))
+    }
+
+    /// What capset 5 tells the guest (`CROSS-DOMAIN.md`, "Capabilities", has the evidence):
+    /// - `supported_channels`: WAYLAND (bit 1) only with a compositor socket configured;
+    /// - `supports_dmabuf`: the allocator's buffers are dma-bufs (Sommelier then offers
+    ///   `zwp_linux_dmabuf_v1`; a memfd allocator's are not);
+    /// - `supports_external_gpu_memory`: set while no virgl renderer serves
+    ///   `RESOURCE_CREATE_3D`. Linux reports 3D (`VIRTGPU_PARAM_3D_FEATURES`) whenever
+    ///   VIRGL is offered, which CONTEXT_INIT needs, and minigbm then takes its virgl path
+    ///   (3D resources) unless this is set; with it, minigbm allocates every hardware buffer
+    ///   through cross-domain, which is what this device serves. Image requirements still
+    ///   carry `memory_idx = -1` (no Vulkan memory type is claimed).
+    pub(crate) fn cross_domain_capabilities(&mut self) -> Capabilities {
+        Capabilities {
+            version: cross_domain::CAPABILITIES_VERSION,
+            supported_channels: self.supported_channels(),
+            supports_dmabuf: self.allocator_gives_dmabufs(),
+            supports_external_gpu_memory: !self.serves_virgl(),
+        }
+    }
+
+    /// Whether a virgl renderer serves 3D resources and virgl contexts (a virgl capset is
+    /// offered). Without one every virgl command is refused (see [`VIRGL_MISSING`]).
+    pub(crate) fn serves_virgl(&self) -> bool {
+        self.capsets
+            .iter()
+            .any(|c| c.id == CAPSET_VIRGL || c.id == CAPSET_VIRGL2)
     }
 
     /// Whether the allocator's buffers are dma-bufs: probed once with a small image.
@@ -106,8 +147,15 @@ impl GpuDevice {
             ));
         }
         let capset = context_init & CONTEXT_INIT_CAPSET_ID_MASK;
+        if let Some(renderer_capset) = self.renderer_capset_for(context_init) {
+            if context_init != 0 {
+                self.require_feature(feature::CONTEXT_INIT, "CONTEXT_INIT")?;
+            }
+            return self.ctx_create_in_renderer(ctx_id, renderer_capset, debug_name);
+        }
         // context_init 0 is the default context the Linux driver creates whenever 3D is
-        // offered (before any CONTEXT_INIT ioctl): accepted, so that the guest's
+        // offered (before any CONTEXT_INIT ioctl): with a renderer that serves virgl it is a
+        // virgl context (above); without one it is accepted, so that the guest's
         // CTX_ATTACH_RESOURCE traffic works and its console stays quiet, but without a
         // renderer (SUBMIT_3D answers ERR_UNSPEC there, as a device without virgl does).
         let cross_domain = context_init != 0;
@@ -120,12 +168,13 @@ impl GpuDevice {
         if cross_domain {
             self.require_feature(feature::CONTEXT_INIT, "CONTEXT_INIT")?;
         }
-        if cross_domain && context_init != CAPSET_CROSS_DOMAIN {
+        if cross_domain && (context_init != CAPSET_CROSS_DOMAIN || !self.offers(capset)) {
             return Err(reject(
                 GpuError::InvalidParameter,
                 format!(
                     "ctx_id {ctx_id}: context_init {context_init:#x}: capset {capset} / flags \
-                     not supported (only capset 5, no flags)"
+                     not supported (offered capsets: {:?}, no flags)",
+                    self.capsets.iter().map(|c| c.id).collect::<Vec<_>>()
                 ),
             ));
         }
@@ -151,6 +200,13 @@ impl GpuDevice {
         self.require_virgl()?;
         // Dropping the context releases its charge and its pending buffers.
         let ctx = self.contexts.remove(ctx_id)?;
+        if ctx.renderer.is_some() {
+            self.renderer_context_destroyed(ctx_id);
+        }
+        if ctx.channel.is_some() {
+            // Its channel ring's fences will see no event now.
+            self.fences.release_context(ctx_id);
+        }
         debug!("ctx_id {ctx_id} ('{}') destroyed", ctx.debug_name);
         Ok(GpuResponse::OkNoData)
     }
@@ -164,15 +220,17 @@ impl GpuDevice {
                 format!("ctx_id {ctx_id}: resource_id {resource_id} does not exist"),
             ));
         }
-        self.contexts
-            .get_mut(ctx_id)?
-            .attach(resource_id)
-            .map_err(|e| {
-                over_budget(
-                    &format!("ctx_id {ctx_id}: CTX_ATTACH_RESOURCE {resource_id}"),
-                    e,
-                )
-            })?;
+        let ctx = self.contexts.get_mut(ctx_id)?;
+        let in_renderer = ctx.renderer.is_some();
+        ctx.attach(resource_id).map_err(|e| {
+            over_budget(
+                &format!("ctx_id {ctx_id}: CTX_ATTACH_RESOURCE {resource_id}"),
+                e,
+            )
+        })?;
+        if in_renderer {
+            self.renderer_attach(ctx_id, resource_id);
+        }
         Ok(GpuResponse::OkNoData)
     }
 
@@ -185,23 +243,36 @@ impl GpuDevice {
                 format!("ctx_id {ctx_id}: resource_id {resource_id} is not attached"),
             ));
         }
+        let orphans = ctx.forget_ring(resource_id);
+        let has_renderer = ctx.renderer.is_some();
+        if !orphans.is_empty() {
+            // The channel closed with its ring: the fences waiting for events go.
+            self.fences.release_context(ctx_id);
+        }
+        if has_renderer {
+            self.renderer_detach(ctx_id, resource_id);
+        }
         Ok(GpuResponse::OkNoData)
     }
 
     pub(super) fn submit_3d(
         &mut self,
         mem: &GuestMemory,
-        ctx_id: u32,
+        hdr: &CtrlHeader,
         commands: &[u8],
     ) -> CmdResult {
         self.require_virgl()?;
-        if !self.contexts.get_mut(ctx_id)?.cross_domain {
+        let ctx_id = hdr.ctx_id;
+        let ctx = self.contexts.get_mut(ctx_id)?;
+        if ctx.renderer.is_some() {
+            return self.submit_to_renderer(ctx_id, commands);
+        }
+        if !ctx.cross_domain {
             return Err(reject(
                 GpuError::Unspec,
                 format!(
-                    "ctx_id {ctx_id} is a default context (context_init 0, i.e. virgl): this \
-                     device has no virgl renderer; only cross-domain contexts (capset 5) take \
-                     SUBMIT_3D"
+                    "ctx_id {ctx_id} is a default context (context_init 0, i.e. virgl): \
+                     SUBMIT_3D there needs a virgl renderer. {VIRGL_MISSING}"
                 ),
             ));
         }
@@ -213,13 +284,7 @@ impl GpuDevice {
                 )
             })?;
             match command {
-                CrossDomainCommand::Init {
-                    query_ring_id,
-                    channel_ring_id,
-                    channel_type,
-                } => {
-                    self.cross_domain_init(ctx_id, query_ring_id, channel_ring_id, channel_type)?
-                }
+                CrossDomainCommand::Init(init) => self.cross_domain_init(ctx_id, &init)?,
                 CrossDomainCommand::GetImageRequirements {
                     width,
                     height,
@@ -228,36 +293,17 @@ impl GpuDevice {
                 } => self.cross_domain_image_requirements(
                     mem, ctx_id, width, height, drm_format, flags,
                 )?,
-                CrossDomainCommand::Unsupported { cmd } => {
-                    return Err(reject(
-                        GpuError::Unspec,
-                        format!(
-                            "ctx_id {ctx_id}: cross-domain command {cmd} (channel poll/send/\
-                             receive/read/write: Wayland forwarding) is not implemented"
-                        ),
-                    ))
-                }
+                CrossDomainCommand::Poll(_) => self.channel_poll(ctx_id)?,
+                CrossDomainCommand::Send(send) => self.channel_send(ctx_id, &send)?,
+                CrossDomainCommand::Write(write) => self.channel_write(ctx_id, &write)?,
             }
         }
         Ok(GpuResponse::OkNoData)
     }
 
-    fn cross_domain_init(
-        &mut self,
-        ctx_id: u32,
-        query_ring_id: u32,
-        channel_ring_id: u32,
-        channel_type: u32,
-    ) -> Result<(), Reject> {
-        if channel_type != 0 {
-            return Err(reject(
-                GpuError::Unspec,
-                format!(
-                    "ctx_id {ctx_id}: INIT channel_type {channel_type} (channel_ring_id \
-                     {channel_ring_id}): Wayland/camera channel forwarding is not implemented"
-                ),
-            ));
-        }
+    /// INIT, any layout: the query ring, and the channel when a channel type is given.
+    fn cross_domain_init(&mut self, ctx_id: u32, init: &Init) -> Result<(), Reject> {
+        let query_ring_id = init.query_ring_id;
         let ring_ok = match self.resources.get(query_ring_id).map(|r| &r.kind) {
             Ok(ResourceKind::GuestBlob { backing, .. }) => {
                 backing.len() >= IMAGE_REQUIREMENTS_SIZE as u64
@@ -268,7 +314,10 @@ impl GpuDevice {
         if !ctx.is_attached(query_ring_id) {
             return Err(reject(
                 GpuError::InvalidResourceId,
-                format!("ctx_id {ctx_id}: INIT query_ring_id {query_ring_id} is not attached to the context"),
+                format!(
+                    "ctx_id {ctx_id}: INIT query_ring_id {query_ring_id} is not attached to the \
+                     context"
+                ),
             ));
         }
         if !ring_ok {
@@ -280,7 +329,12 @@ impl GpuDevice {
                 ),
             ));
         }
+        if init.channel_type != 0 {
+            self.open_channel(ctx_id, init)?;
+        }
+        let ctx = self.contexts.get_mut(ctx_id)?;
         ctx.query_ring = Some(query_ring_id);
+        ctx.init_layout = Some(init.layout);
         Ok(())
     }
 

@@ -3,21 +3,29 @@
 //! - `two_d.rs`: RESOURCE_CREATE_2D, ATTACH/DETACH_BACKING, TRANSFER_TO_HOST_2D;
 //! - `blob.rs`: RESOURCE_CREATE_BLOB, RESOURCE_ASSIGN_UUID, RESOURCE_MAP/UNMAP_BLOB;
 //! - `context.rs`: capsets, CTX_*, SUBMIT_3D (the cross-domain protocol);
+//! - `render.rs`: renderer contexts (virgl, venus): their capsets, contexts and streams;
+//! - `channel.rs`: cross-domain channels (INIT's channel, SEND, WRITE, POLL, events, blobs
+//!   from the compositor);
 //! - `scanout.rs`: GET_DISPLAY_INFO, GET_EDID, SET_SCANOUT(_BLOB), RESOURCE_FLUSH, cursors.
 //!
 //! Handlers reach state only through its owners' APIs (the resource table, the context
 //! table, the scanouts, the region allocator) and the ports.
 
 mod blob;
+mod channel;
 mod context;
+mod render;
 mod scanout;
 mod snapshot;
 mod two_d;
+
+pub(crate) use render::offered_capsets;
 
 use super::reject::{reject, CmdResult};
 use super::GpuDevice;
 use crate::device::ports::GuestMemory;
 use crate::protocol::{CtrlHeader, GpuCommand, GpuError, GpuResponse};
+use context::VIRGL_MISSING;
 
 impl GpuDevice {
     /// Runs one decoded command.
@@ -73,12 +81,9 @@ impl GpuDevice {
             | C::TransferToHost3d { resource_id }
             | C::TransferFromHost3d { resource_id } => Err(reject(
                 GpuError::Unspec,
-                format!(
-                    "resource {resource_id}: 3D resources need a virgl renderer, which this \
-                     device does not have (use cross-domain blobs)"
-                ),
+                format!("resource_id {resource_id}: 3D resources need a virgl renderer. {VIRGL_MISSING}"),
             )),
-            C::Submit3d { commands } => self.submit_3d(mem, hdr.ctx_id, &commands),
+            C::Submit3d { commands } => self.submit_3d(mem, hdr, &commands),
             C::ResourceMapBlob {
                 resource_id,
                 offset,

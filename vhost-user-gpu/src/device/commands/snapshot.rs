@@ -112,6 +112,42 @@ fn request_of(r: RequestState) -> BufferRequest {
 }
 
 impl GpuDevice {
+    /// Why this device's state cannot be handed to another process now, if it cannot: an
+    /// answer waits for a fence (its chain lives in the transport), a context lives in the
+    /// renderer (its state is inside the renderer), or a context has a channel to the
+    /// compositor (a connection to a compositor cannot be carried).
+    pub fn handover_blocker(&self) -> Option<String> {
+        let pending = self.pending_fences();
+        if pending > 0 {
+            return Some(format!(
+                "{pending} fenced answer(s) wait for their fences; try again when the guest is idle"
+            ));
+        }
+        let renderer: Vec<u32> = self
+            .contexts
+            .iter()
+            .filter(|(_, c)| c.renderer.is_some())
+            .map(|(id, _)| id)
+            .collect();
+        if !renderer.is_empty() {
+            return Some(format!(
+                "context(s) {renderer:?} live in the renderer, whose state cannot be carried"
+            ));
+        }
+        let channels: Vec<u32> = self
+            .contexts
+            .iter()
+            .filter(|(_, c)| c.channel.is_some())
+            .map(|(id, _)| id)
+            .collect();
+        if !channels.is_empty() {
+            return Some(format!(
+                "context(s) {channels:?} have a Wayland channel; a connection to the compositor cannot be carried"
+            ));
+        }
+        None
+    }
+
     /// The device's state, with duplicates of its buffers' fds and its 2D pixel copies.
     pub fn snapshot(&self) -> std::io::Result<Snapshot> {
         let mut fds = Vec::new();
@@ -154,6 +190,7 @@ impl GpuDevice {
                     buffer: buffer_state(&blob.buffer, &mut fds)?,
                     image: (blob.image.width, blob.image.height, blob.image.drm_format),
                     mapped_at: blob.mapped_at,
+                    writable: blob.writable,
                 },
             };
             resources.push(ResourceState {
@@ -341,6 +378,7 @@ impl GpuDevice {
                     buffer,
                     image,
                     mapped_at,
+                    writable,
                 } => ResourceKind::HostBlob(HostBlob {
                     buffer: taker.buffer(buffer)?,
                     image: ImageInfo {
@@ -350,6 +388,7 @@ impl GpuDevice {
                     },
                     mapped_at: *mapped_at,
                     cpu_map: None,
+                    writable: *writable,
                 }),
             };
             let mut resource = Resource::new(

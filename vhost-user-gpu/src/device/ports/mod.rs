@@ -1,12 +1,24 @@
 //! The device core's ports: the small interfaces through which the state machine reaches
 //! the outside world (host buffer allocation, the host-visible shared memory region, display
-//! output, and the "may a guest map this buffer?" question).
+//! output, the "may a guest map this buffer?" question, a 3D renderer, and the host end of
+//! cross-domain channels).
 //!
 //! The transport (`crate::transport`) and the binary wire real implementations into
 //! [`crate::device::GpuDevice`]; tests wire in their own. Nothing here knows about sockets
 //! or virtqueues.
 
 use std::os::fd::{BorrowedFd, OwnedFd};
+
+mod channel;
+mod renderer;
+
+pub use channel::{
+    BlobExporter, Channel, ChannelConnector, ChannelError, ReceivedBlob, ReceivedKind,
+};
+pub use renderer::{
+    BlobFdKind, BlobRequest, Box3d, CapsetInfo, ExportedBlob, FenceSignal, Renderer, RendererError,
+    RendererEvent, Resource3d, ResourceInfo, ScanoutExport, SendRenderer, Transfer3d,
+};
 
 /// The protocol types the ports speak in (defined in [`crate::protocol`]), so that a port
 /// implementation can name everything from here.

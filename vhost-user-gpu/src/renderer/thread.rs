@@ -1,0 +1,280 @@
+//! [`RendererThread`]: a [`Renderer`] that lives on a thread of its own, behind a `Send`
+//! handle that implements the same port.
+//!
+//! virglrenderer must be called from the thread that initialised it, and it is process-wide,
+//! while the device core moves between the vhost-user threads and is rebuilt for every
+//! frontend connection. So the renderer is started once, at start-up (before the sandbox
+//! closes), on its own thread, and the device talks to it through this handle. Requests run
+//! in the order they are sent; those without an answer (destroy, detach, unref) do not wait.
+//! The poll fd is a duplicate of the renderer's own, so fence completions wake the device
+//! without a round trip.
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+
+use crate::device::ports::{
+    BlobRequest, CapsetInfo, ExportedBlob, GuestMemory, Renderer, RendererError, RendererEvent,
+    Resource3d, ResourceInfo, ScanoutExport, Transfer3d,
+};
+
+type Job = Box<dyn FnOnce(&mut dyn Renderer) + Send>;
+
+/// A renderer running on its own thread.
+pub struct RendererThread {
+    jobs: Option<mpsc::Sender<Job>>,
+    thread: Option<JoinHandle<()>>,
+    name: &'static str,
+    capsets: Vec<CapsetInfo>,
+    poll_fd: OwnedFd,
+}
+
+impl std::fmt::Debug for RendererThread {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RendererThread")
+            .field("name", &self.name)
+            .field("capsets", &self.capsets)
+            .finish()
+    }
+}
+
+impl RendererThread {
+    /// Starts a thread named `vug-renderer` and builds the renderer there with `make`.
+    pub fn spawn<F>(make: F) -> Result<Self, RendererError>
+    where
+        F: FnOnce() -> Result<Box<dyn Renderer>, RendererError> + Send + 'static,
+    {
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let (jobs_tx, jobs_rx) = mpsc::channel::<Job>();
+        let thread = std::thread::Builder::new()
+            .name("vug-renderer".into())
+            .spawn(move || {
+                let mut renderer = match make() {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let poll_fd = renderer.poll_fd().try_clone_to_owned();
+                let ready = poll_fd
+                    .map(|fd| (renderer.name(), renderer.capsets(), fd))
+                    .map_err(|e| RendererError::Start(format!("dup of the poll fd: {e}")));
+                let ok = ready.is_ok();
+                if ready_tx.send(ready).is_err() || !ok {
+                    return;
+                }
+                while let Ok(job) = jobs_rx.recv() {
+                    job(renderer.as_mut());
+                }
+            })
+            .map_err(|e| RendererError::Start(format!("cannot start the renderer thread: {e}")))?;
+        let (name, capsets, poll_fd) = match ready_rx.recv() {
+            Ok(Ok(ready)) => ready,
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                return Err(e);
+            }
+            Err(_) => {
+                let _ = thread.join();
+                return Err(RendererError::Gone);
+            }
+        };
+        Ok(RendererThread {
+            jobs: Some(jobs_tx),
+            thread: Some(thread),
+            name,
+            capsets,
+            poll_fd,
+        })
+    }
+
+    /// Runs `f` on the renderer thread and waits for its answer.
+    fn call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut dyn Renderer) -> T + Send + 'static,
+    ) -> Result<T, RendererError> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.send(move |r| {
+            let _ = tx.send(f(r));
+        })?;
+        rx.recv().map_err(|_| RendererError::Gone)
+    }
+
+    /// Queues `f` on the renderer thread without waiting.
+    fn send(
+        &self,
+        f: impl FnOnce(&mut dyn Renderer) + Send + 'static,
+    ) -> Result<(), RendererError> {
+        self.jobs
+            .as_ref()
+            .ok_or(RendererError::Gone)?
+            .send(Box::new(f))
+            .map_err(|_| RendererError::Gone)
+    }
+
+    fn post(&self, what: &str, f: impl FnOnce(&mut dyn Renderer) + Send + 'static) {
+        if self.send(f).is_err() {
+            log::warn!("renderer: {what} dropped: the renderer thread is gone");
+        }
+    }
+}
+
+impl Drop for RendererThread {
+    fn drop(&mut self) {
+        // Closing the queue ends the thread, which drops (cleans up) the renderer there.
+        self.jobs.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn flatten<T>(r: Result<Result<T, RendererError>, RendererError>) -> Result<T, RendererError> {
+    r.and_then(|inner| inner)
+}
+
+impl Renderer for RendererThread {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn capsets(&self) -> Vec<CapsetInfo> {
+        self.capsets.clone()
+    }
+
+    fn capset(&mut self, id: u32, version: u32) -> Result<Vec<u8>, RendererError> {
+        flatten(self.call(move |r| r.capset(id, version)))
+    }
+
+    fn context_create(
+        &mut self,
+        ctx_id: u32,
+        capset: u32,
+        name: &[u8],
+    ) -> Result<(), RendererError> {
+        let name = name.to_vec();
+        flatten(self.call(move |r| r.context_create(ctx_id, capset, &name)))
+    }
+
+    fn context_destroy(&mut self, ctx_id: u32) {
+        self.post("CTX_DESTROY", move |r| r.context_destroy(ctx_id));
+    }
+
+    fn context_attach(&mut self, ctx_id: u32, res_id: u32) {
+        self.post("CTX_ATTACH_RESOURCE", move |r| {
+            r.context_attach(ctx_id, res_id)
+        });
+    }
+
+    fn context_detach(&mut self, ctx_id: u32, res_id: u32) {
+        self.post("CTX_DETACH_RESOURCE", move |r| {
+            r.context_detach(ctx_id, res_id)
+        });
+    }
+
+    fn resource_create_3d(&mut self, res_id: u32, args: &Resource3d) -> Result<(), RendererError> {
+        let args = *args;
+        flatten(self.call(move |r| r.resource_create_3d(res_id, &args)))
+    }
+
+    fn attach_backing(
+        &mut self,
+        res_id: u32,
+        memory: &GuestMemory,
+        ranges: &[(u64, u64)],
+    ) -> Result<(), RendererError> {
+        let (memory, ranges) = (memory.clone(), ranges.to_vec());
+        flatten(self.call(move |r| r.attach_backing(res_id, &memory, &ranges)))
+    }
+
+    fn detach_backing(&mut self, res_id: u32) {
+        self.post("RESOURCE_DETACH_BACKING", move |r| r.detach_backing(res_id));
+    }
+
+    fn resource_create_blob(
+        &mut self,
+        res_id: u32,
+        request: &BlobRequest,
+        backing: Option<(&GuestMemory, &[(u64, u64)])>,
+    ) -> Result<(), RendererError> {
+        let request = *request;
+        let backing = backing.map(|(m, r)| (m.clone(), r.to_vec()));
+        flatten(self.call(move |r| {
+            let backing = backing.as_ref().map(|(m, ranges)| (m, ranges.as_slice()));
+            r.resource_create_blob(res_id, &request, backing)
+        }))
+    }
+
+    fn resource_unref(&mut self, res_id: u32) {
+        self.post("RESOURCE_UNREF", move |r| r.resource_unref(res_id));
+    }
+
+    fn transfer_to_host(
+        &mut self,
+        ctx_id: u32,
+        res_id: u32,
+        transfer: &Transfer3d,
+    ) -> Result<(), RendererError> {
+        let t = *transfer;
+        flatten(self.call(move |r| r.transfer_to_host(ctx_id, res_id, &t)))
+    }
+
+    fn transfer_from_host(
+        &mut self,
+        ctx_id: u32,
+        res_id: u32,
+        transfer: &Transfer3d,
+    ) -> Result<(), RendererError> {
+        let t = *transfer;
+        flatten(self.call(move |r| r.transfer_from_host(ctx_id, res_id, &t)))
+    }
+
+    fn submit(&mut self, ctx_id: u32, commands: &[u8]) -> Result<(), RendererError> {
+        let commands = commands.to_vec();
+        flatten(self.call(move |r| r.submit(ctx_id, &commands)))
+    }
+
+    fn create_fence(
+        &mut self,
+        ctx_id: u32,
+        ring: Option<u32>,
+        fence_id: u64,
+    ) -> Result<(), RendererError> {
+        flatten(self.call(move |r| r.create_fence(ctx_id, ring, fence_id)))
+    }
+
+    fn poll_fd(&self) -> BorrowedFd<'_> {
+        self.poll_fd.as_fd()
+    }
+
+    fn poll(&mut self) -> Vec<RendererEvent> {
+        self.call(|r| r.poll()).unwrap_or_default()
+    }
+
+    fn export_blob(&mut self, res_id: u32) -> Result<ExportedBlob, RendererError> {
+        flatten(self.call(move |r| r.export_blob(res_id)))
+    }
+
+    fn resource_info(&mut self, res_id: u32) -> Result<ResourceInfo, RendererError> {
+        flatten(self.call(move |r| r.resource_info(res_id)))
+    }
+
+    fn read_pixels(
+        &mut self,
+        res_id: u32,
+        width: u32,
+        height: u32,
+    ) -> Result<Vec<u8>, RendererError> {
+        flatten(self.call(move |r| r.read_pixels(res_id, width, height)))
+    }
+
+    fn export_scanout(&mut self, res_id: u32) -> Result<ScanoutExport, RendererError> {
+        flatten(self.call(move |r| r.export_scanout(res_id)))
+    }
+
+    fn reset(&mut self) {
+        // Waits, so that nothing sent after the reset meets the old state.
+        let _ = self.call(|r| r.reset());
+    }
+}
