@@ -191,3 +191,76 @@ fn a_reset_drops_held_answers_and_the_device_serves_on() {
     assert_eq!((h, r.fence_id), (head, 2));
 }
 
+#[test]
+fn a_fenced_answer_waits_across_pauses_and_comes_after_the_resume() {
+    let mut b = start(16);
+    let held = b.submit(9, Some(1));
+    b.fences_reach(1);
+    assert!(b.quiet());
+    // A pause: GET_VRING_BASE reports the waiting chain as taken and does not wait for it.
+    let bases = b.frontend.pause().unwrap();
+    assert_eq!(
+        bases[0], 2,
+        "CTX_CREATE and the fenced SUBMIT_3D were taken"
+    );
+    // The fence signals while the ring is stopped: nothing may be written into it.
+    b.fake.signal(1);
+    b.fences_reach(0);
+    assert!(b.quiet(), "answered into a stopped ring");
+    b.frontend.resume(&bases).unwrap();
+    let (h, r) = b.answer();
+    assert_eq!(h, held, "the held answer is published on the resume");
+    assert_eq!((r.fence_id, r.ring_idx), (9, 1));
+    // Across two pauses while the fence waits: still answered, once.
+    let held = b.submit(10, Some(1));
+    b.fences_reach(1);
+    for _ in 0..2 {
+        let bases = b.frontend.pause().unwrap();
+        assert_eq!(bases[0], 3);
+        b.frontend.resume(&bases).unwrap();
+    }
+    assert!(b.quiet());
+    b.fake.signal(1);
+    let (h, r) = b.answer();
+    assert_eq!((h, r.fence_id), (held, 10));
+    assert!(b.quiet(), "answered twice");
+    // The device kept its state: the context still takes commands.
+    let head = b.submit(11, None);
+    b.fences_reach(1);
+    b.fake.signal(1);
+    assert_eq!(b.answer().0, head);
+}
+
+#[test]
+fn back_pressure_leaves_chains_in_the_ring_and_a_pause_reports_only_those_taken() {
+    let mut b = start(2);
+    let heads: Vec<u16> = (0..4).map(|i| b.submit(200 + i, Some(0))).collect();
+    b.fences_reach(2);
+    assert!(b.quiet());
+    // Kicks while full change nothing (the driver kicks again when it adds chains).
+    let extra = b
+        .frontend
+        .send(CONTROL_QUEUE, &[&gpu::get_display_info().into_bytes()], 512)
+        .unwrap();
+    assert!(b.quiet(), "a chain was taken past the limit");
+    assert_eq!(b.fake.submitted().len(), 2);
+    // GET_VRING_BASE counts CTX_CREATE and the two waiting chains, not the three left.
+    let bases = b.frontend.pause().unwrap();
+    assert_eq!(bases[0], 3);
+    b.frontend.resume(&bases).unwrap();
+    assert!(b.quiet());
+    // Room again: the queue is served in order, nothing lost.
+    b.fake.signal(1);
+    assert_eq!(b.answer().0, heads[0]);
+    b.fences_reach(2);
+    b.fake.signal(1);
+    assert_eq!(b.answer().0, heads[1]);
+    b.fences_reach(2);
+    b.fake.signal(2);
+    let mut rest: Vec<u16> = (0..3).map(|_| b.answer().0).collect();
+    rest.sort_unstable();
+    let mut want = vec![heads[2], heads[3], extra];
+    want.sort_unstable();
+    assert_eq!(rest, want);
+    assert_eq!(b.fake.submitted().len(), 4);
+}

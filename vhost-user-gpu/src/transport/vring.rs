@@ -433,6 +433,34 @@ mod tests {
     }
 
     #[test]
+    fn a_fenced_answer_outlives_pauses_but_not_a_reset() {
+        let mut ring = Vring::new(256);
+        ring.queue.set_size(64);
+        ring.queue.set_ready(true);
+        ring.enabled = true;
+        ring.run = RingRun::Started;
+        let taken = ring.resets;
+        assert_eq!(ring.fence_completion(taken), LateCompletion::Publish);
+        // Two pauses while the fence is pending: the epoch moved by two, which
+        // late_completion would take for a reset.
+        for _ in 0..2 {
+            ring.stop();
+            assert_eq!(ring.fence_completion(taken), LateCompletion::Hold);
+            ring.stopped_at = None; // the restart showed a pause
+            ring.run = RingRun::Started;
+        }
+        assert_eq!(ring.late_completion(0), LateCompletion::Drop);
+        assert_eq!(ring.fence_completion(taken), LateCompletion::Publish);
+        ring.enabled = false;
+        assert_eq!(ring.fence_completion(taken), LateCompletion::Hold);
+        ring.enabled = true;
+        ring.stop();
+        ring.forget_stop(); // that stop was a reset
+        ring.run = RingRun::Started;
+        assert_eq!(ring.fence_completion(taken), LateCompletion::Drop);
+    }
+
+    #[test]
     fn misaligned_ring_addresses_are_refused() {
         let mut ring = Vring::new(256);
         assert!(!ring.set_addresses(RingAddresses {
