@@ -1,10 +1,11 @@
 //! The queue thread: owns the device core and serves both rings.
 //!
 //! One epoll set holds the rings' kick eventfds, the session's wake eventfd (deferred
-//! operations, ring starts and stops) and any [`EventSource`] registered later (a renderer's
-//! fence fd, a cross-domain channel's sockets): everything that touches the device runs on
-//! this one thread, so a renderer that must be called from a single thread is, and a source
-//! can complete work when its fd becomes ready.
+//! operations, ring starts and stops), the device's event fd (behind which the device keeps
+//! its renderer's fence fd and its channels' sockets and pipes) and any [`EventSource`]
+//! registered later: everything that touches the device runs on this one thread, so a
+//! renderer that must be called from a single thread is, and a source can complete work when
+//! its fd becomes ready.
 //!
 //! Per wake-up: apply the deferred operations in order, bring the epoll set in line with the
 //! rings, then look at every ring that takes chains (not only the kicked ones: a ring that
