@@ -11,6 +11,15 @@
 //! and the console is redrawn (the host looks at it: `@@VMLANE hold redrawn ROUND`).
 //! At the end the kernel log must hold no virtio-gpu error response.
 //!
+//! `guest-tests lifecycle upgrade [--rounds N]` runs a workload in a thread of its own (2D
+//! flushes of a dumb buffer, scanouts of a GUEST blob, HOST3D blobs created, mapped, written,
+//! read back, unmapped and freed; every failed ioctl counted) while it asks the host `N`
+//! times to upgrade the backend (`@@VMLANE hold upgrade ROUND`), each time after the
+//! workload got on since the previous upgrade and waiting until it gets on after it. A HOST3D
+//! blob stays mapped across all upgrades. Afterwards: no workload error, the held blob kept
+//! its contents, the console is redrawn (the host looks: `@@VMLANE hold
+//! redrawn-after-upgrades`), no virtio-gpu error response in the kernel log.
+//!
 //! `guest-tests lifecycle reset [--expect-blob yes|no]` asks the host which boot this is
 //! (`@@VMLANE hold lifecycle-boot`, answered `1`, `2`, `3`). Boots before the last set up
 //! the same state (with the mapped blob closed and an unmapped one in its place: QEMU
@@ -31,7 +40,7 @@ use std::time::Duration;
 use guest_tests::report::Outcome;
 
 use crate::cases::{fill, first_nonzero, verify, virtio_gpu_nodes, CrossDomain, XRGB8888};
-use crate::drm::{Bo, Device, Mapping, BLOB_FLAG_MAPPABLE, BLOB_MEM_HOST3D};
+use crate::drm::{Bo, Device, Mapping, BLOB_FLAG_MAPPABLE, BLOB_MEM_GUEST, BLOB_MEM_HOST3D};
 use crate::{ask_host, Runner};
 
 /// Lines of `#` the guest writes after each host action: the host counts lit pixel rows.
@@ -421,4 +430,260 @@ pub fn reset(runner: &mut Runner, options: Options) {
         Err(e) => println!("FAILED ask the host to reset: {e}"),
     }
     drop(held);
+}
+
+/// What the upgrade workload did, shared with its thread.
+#[derive(Default)]
+struct WorkCounts {
+    /// Dumb-buffer frames shown (TRANSFER_TO_HOST_2D + RESOURCE_FLUSH).
+    flushes_2d: AtomicU32,
+    /// GUEST-blob frames shown (SET_SCANOUT_BLOB + RESOURCE_FLUSH).
+    blob_scanouts: AtomicU32,
+    /// HOST3D blobs created, mapped, written, read back, unmapped and freed.
+    host3d_cycles: AtomicU32,
+    /// Whole rounds of the three.
+    rounds: AtomicU32,
+    /// Failed operations.
+    errors: AtomicU32,
+    /// The first few failures, for the report.
+    first_errors: std::sync::Mutex<Vec<String>>,
+}
+
+impl WorkCounts {
+    fn error(&self, what: String) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut first) = self.first_errors.lock() {
+            if first.len() < 5 {
+                first.push(what);
+            }
+        }
+        // A failing device is not hammered.
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The workload of `lifecycle upgrade`, on the card node (it is DRM master, so it drives
+/// the display; the framebuffer console gets it back when the file closes).
+fn workload(card: &Device, stop: &AtomicBool, counts: &WorkCounts) -> Result<(), String> {
+    let mut ctx = CrossDomain::init(card)?;
+    let output = card
+        .first_output()
+        .map_err(|e| format!("find a connected output: {e}"))?;
+    let (w, h) = (
+        u32::from(output.mode.hdisplay),
+        u32::from(output.mode.vdisplay),
+    );
+    let (dumb, pitch) = card
+        .create_dumb(w, h, 32)
+        .map_err(|e| format!("CREATE_DUMB {w}x{h}: {e}"))?;
+    let mut dumb_map = card
+        .map_dumb(dumb.handle)
+        .and_then(|o| card.mmap(o, dumb.size as usize))
+        .map_err(|e| format!("mapping the dumb buffer: {e}"))?;
+    let fb_2d = card
+        .add_fb(&dumb, w, h, pitch)
+        .map_err(|e| format!("ADDFB (dumb): {e}"))?;
+    let blob_len = u64::from(pitch) * u64::from(h);
+    let guest = card
+        .create_blob(BLOB_MEM_GUEST, BLOB_FLAG_MAPPABLE, blob_len, 0)
+        .map_err(|e| format!("RESOURCE_CREATE_BLOB GUEST {blob_len} bytes: {e}"))?;
+    let mut guest_map = card
+        .map_offset(guest.handle)
+        .and_then(|o| card.mmap(o, blob_len as usize))
+        .map_err(|e| format!("mapping the GUEST blob: {e}"))?;
+    let fb_blob = card
+        .add_fb(&guest, w, h, pitch)
+        .map_err(|e| format!("ADDFB (GUEST blob): {e}"))?;
+    let mut round = 0u32;
+    while !stop.load(Ordering::Relaxed) {
+        fill(dumb_map.bytes_mut(), round);
+        match card.set_crtc(&output, fb_2d) {
+            Ok(()) => drop(counts.flushes_2d.fetch_add(1, Ordering::Relaxed)),
+            Err(e) => counts.error(format!("round {round}: SETCRTC of the dumb buffer: {e}")),
+        }
+        fill(guest_map.bytes_mut(), round ^ 0x00ff_00ff);
+        match card.set_crtc(&output, fb_blob) {
+            Ok(()) => drop(counts.blob_scanouts.fetch_add(1, Ordering::Relaxed)),
+            Err(e) => counts.error(format!("round {round}: SETCRTC of the GUEST blob: {e}")),
+        }
+        match host3d_cycle(card, &mut ctx, round) {
+            Ok(()) => drop(counts.host3d_cycles.fetch_add(1, Ordering::Relaxed)),
+            Err(e) => counts.error(format!("round {round}: HOST3D blob: {e}")),
+        }
+        round = round.wrapping_add(1);
+        counts.rounds.fetch_add(1, Ordering::Relaxed);
+    }
+    let _ = card.remove_fb(fb_blob);
+    let _ = card.remove_fb(fb_2d);
+    Ok(())
+}
+
+/// A HOST3D blob created, mapped, checked fresh, written, read back, unmapped and freed.
+fn host3d_cycle(card: &Device, ctx: &mut CrossDomain<'_>, round: u32) -> Result<(), String> {
+    let side = 32 + (round % 4) * 32;
+    let req = ctx.image_requirements(side, side, XRGB8888)?;
+    let bo = card
+        .create_blob(
+            BLOB_MEM_HOST3D,
+            BLOB_FLAG_MAPPABLE,
+            req.size,
+            req.blob_id.into(),
+        )
+        .map_err(|e| format!("RESOURCE_CREATE_BLOB HOST3D {side}x{side}: {e}"))?;
+    let len = usize::try_from(req.size).map_err(|e| e.to_string())?;
+    let mut map = card
+        .map_offset(bo.handle)
+        .and_then(|o| card.mmap(o, len))
+        .map_err(|e| format!("mapping the HOST3D blob: {e}"))?;
+    if let Some(at) = first_nonzero(map.bytes()) {
+        return Err(format!("a fresh blob has a non-zero byte at {at}"));
+    }
+    fill(map.bytes_mut(), round);
+    if let Some(at) = verify(map.bytes(), round) {
+        return Err(format!("the blob reads back wrong at {at}"));
+    }
+    // The mapping goes, then the object (the kernel unmaps it from the host-visible
+    // region: RESOURCE_UNMAP_BLOB, then RESOURCE_UNREF).
+    drop(map);
+    drop(bo);
+    Ok(())
+}
+
+/// Waits until the workload finished more than `past` rounds, or gave up.
+fn wait_rounds(counts: &WorkCounts, past: u32, done: &AtomicBool) -> Result<u32, String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let now = counts.rounds.load(Ordering::Relaxed);
+        if now > past {
+            return Ok(now);
+        }
+        if done.load(Ordering::Relaxed) {
+            return Err("the workload ended".into());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(format!("the workload stuck at round {now} for 120 s"));
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `lifecycle upgrade`: a workload runs while the host upgrades the backend `rounds` times.
+pub fn upgrade(runner: &mut Runner, options: Options) {
+    let (card, _) = virtio_gpu_nodes();
+    let Some(card) = card else {
+        runner.case("find the virtio-gpu card node", || fail("none"));
+        return;
+    };
+    let dev = match open_render() {
+        Ok(d) => d,
+        Err(e) => {
+            runner.case("open the virtio-gpu render node", || fail(e));
+            return;
+        }
+    };
+    let mut held = None;
+    runner.case(
+        "a HOST3D blob mapped before the upgrades",
+        || match State::new(&dev, 0x600d) {
+            Ok(s) => {
+                held = Some(s);
+                Outcome::Passed
+            }
+            Err(e) => fail(e),
+        },
+    );
+    let counts = Arc::new(WorkCounts::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicBool::new(false));
+    let worker = {
+        let (counts, stop, done) = (counts.clone(), stop.clone(), done.clone());
+        thread::spawn(move || {
+            let result = Device::open(&card)
+                .map_err(|e| format!("open {}: {e}", card.display()))
+                .and_then(|card| workload(&card, &stop, &counts));
+            done.store(true, Ordering::Relaxed);
+            result
+        })
+    };
+    let mut seen = 0;
+    for round in 0..options.rounds {
+        let result = wait_rounds(&counts, seen, &done).and_then(|before| {
+            let answer = ask_host(&format!("upgrade {round}"))
+                .map_err(|e| format!("talking to the host: {e}"))?;
+            let at = counts.rounds.load(Ordering::Relaxed);
+            // A whole round after the host answered: served by the new process.
+            let after =
+                wait_rounds(&counts, at, &done).map_err(|e| format!("after the upgrade: {e}"))?;
+            seen = after;
+            Ok((before, at, answer))
+        });
+        runner.case(
+            &format!("upgrade {round}: the workload went on across it"),
+            || match result {
+                Ok((before, at, answer)) if answer == "continue" => {
+                    println!("  upgrade {round}: asked after round {before}, answered at {at}");
+                    Outcome::Passed
+                }
+                Ok((_, _, answer)) => fail(format!("the host answered {answer:?}")),
+                Err(e) => fail(e),
+            },
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    let ended = worker.join();
+    runner.case(
+        &format!(
+            "workload across {} upgrades: 2D flushes, GUEST blob scanouts, HOST3D blob cycles, no error",
+            options.rounds
+        ),
+        || {
+            let (flushes, scanouts, cycles, errors) = (
+                counts.flushes_2d.load(Ordering::Relaxed),
+                counts.blob_scanouts.load(Ordering::Relaxed),
+                counts.host3d_cycles.load(Ordering::Relaxed),
+                counts.errors.load(Ordering::Relaxed),
+            );
+            println!(
+                "  workload: {flushes} 2D flushes, {scanouts} GUEST blob scanouts, \
+                 {cycles} HOST3D blob cycles, {errors} errors"
+            );
+            match ended {
+                Err(_) => return fail("the workload thread panicked"),
+                Ok(Err(e)) => return fail(format!("the workload could not start: {e}")),
+                Ok(Ok(())) => {}
+            }
+            if errors > 0 {
+                let first = counts
+                    .first_errors
+                    .lock()
+                    .map(|f| f.join("; "))
+                    .unwrap_or_default();
+                return fail(format!("{errors} errors, first: {first}"));
+            }
+            if flushes == 0 || scanouts == 0 || cycles == 0 {
+                return fail("some part of the workload never ran");
+            }
+            Outcome::Passed
+        },
+    );
+    runner.case(
+        "the HOST3D blob mapped throughout kept its contents",
+        || match held.as_mut() {
+            Some(s) => s.check(&dev, options.rounds),
+            None => fail("no blob was set up"),
+        },
+    );
+    // Every DRM file closes: the framebuffer console takes the display back.
+    drop(held);
+    drop(dev);
+    runner.case("console redrawn after the last upgrade", || {
+        if let Err(e) = write_console(REDRAW_LINES, "after the upgrades") {
+            return fail(format!("console: {e}"));
+        }
+        match ask_host("redrawn-after-upgrades") {
+            Ok(_) => Outcome::Passed,
+            Err(e) => fail(format!("talking to the host: {e}")),
+        }
+    });
+    no_driver_errors(runner);
 }

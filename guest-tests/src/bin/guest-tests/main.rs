@@ -5,7 +5,7 @@
 //! guest-tests inspect-pid DMABUF_INFO     # dmabuf-info inspect --pid on a helper process
 //! guest-tests show-console                # writes text on tty0, asks the host to look
 //! guest-tests map-policy                  # the backend's map decision on every real exporter
-//! guest-tests lifecycle hold|reset ...     # state across pause, reset, upgrade (lifecycle.rs)
+//! guest-tests lifecycle hold|reset|upgrade ... # state across pause, reset, upgrade (lifecycle.rs)
 //! guest-tests wl-proxy [--socket PATH] [--init 16|20|24] [--ids 4|28] [--commits FILE]
 //!                                         # the guest Wayland proxy (runs until killed)
 //! guest-tests wayland-clients             # weston's demo clients through the proxy; the
@@ -103,7 +103,7 @@ pub fn ask_host(what: &str) -> std::io::Result<String> {
     Ok(line.trim_end().to_string())
 }
 
-/// `guest-tests lifecycle hold|reset [--expect-blob yes|no] [--rounds N]`.
+/// `guest-tests lifecycle hold|reset|upgrade [--expect-blob yes|no] [--rounds N]`.
 fn lifecycle_main(args: &[String]) -> ExitCode {
     let mut options = lifecycle::Options {
         blob: true,
@@ -127,6 +127,7 @@ fn lifecycle_main(args: &[String]) -> ExitCode {
     match mode.as_str() {
         "hold" => lifecycle::hold(&mut runner, options),
         "reset" => lifecycle::reset(&mut runner, options),
+        "upgrade" => lifecycle::upgrade(&mut runner, options),
         _ => return usage(),
     }
     runner.finish()
@@ -138,7 +139,7 @@ fn usage() -> ExitCode {
          \x20      guest-tests inspect-pid DMABUF_INFO\n\
          \x20      guest-tests show-console\n\
          \x20      guest-tests map-policy\n\
-         \x20      guest-tests lifecycle hold|reset [--expect-blob yes|no] [--rounds N]"
+         \x20      guest-tests lifecycle hold|reset|upgrade [--expect-blob yes|no] [--rounds N]"
     );
     ExitCode::from(2)
 }

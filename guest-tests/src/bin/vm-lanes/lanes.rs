@@ -12,7 +12,7 @@ use guest_tests::report::{case_line, parse_libtest_result, parse_summary, Outcom
 use crate::binaries;
 use crate::fetch::{self, Apt, Kernel};
 use crate::initramfs;
-use crate::lifecycle::{PauseDriver, ResetDriver, Screen, RESET_BOOTS};
+use crate::lifecycle::{PauseDriver, ResetDriver, Screen, UpgradeDriver, RESET_BOOTS};
 use crate::qmp::Qmp;
 use crate::vm::{Boot, HoldReply, KillOnDrop, Qemu, Transcript};
 use crate::{step, Error};
@@ -21,6 +21,9 @@ use crate::{step, Error};
 /// console text: the guest writes 12 lines, about 10 lit rows each in an 8x16
 /// font; a cursor alone lights one or two.
 const CONSOLE_TEXT_ROWS: usize = 60;
+
+/// Live upgrades of the backend while the `blob` lane's guest workload runs.
+const UPGRADES: u32 = 10;
 
 /// Lane names, in the order they run by default.
 pub const NAMES: [&str; 4] = ["kernel", "blob", "qemu10", "wayland"];
@@ -442,11 +445,28 @@ fn strings(args: &[&str]) -> Vec<String> {
     args.iter().map(|s| s.to_string()).collect()
 }
 
-/// The host-side backend process for the blob, qemu10 and wayland lanes.
+/// The host-side backend process for the blob, qemu10 and wayland lanes; after a live
+/// upgrade ([`Backend::upgrade`]) the process that took over.
 pub(crate) struct Backend {
     child: KillOnDrop,
     log: PathBuf,
+    binary: PathBuf,
 }
+
+/// One live upgrade of a lane's backend.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Upgraded {
+    /// The process that served before (it exited 0).
+    pub old_pid: u32,
+    /// The process that serves now.
+    pub new_pid: u32,
+    /// From starting the new process to the old one's exit.
+    pub took: Duration,
+}
+
+/// How long a live upgrade may take before the runner gives up on it (the backend's own
+/// handover deadline is 60 s).
+const UPGRADE_LIMIT: Duration = Duration::from_secs(90);
 
 impl Backend {
     pub(crate) fn start(
@@ -475,6 +495,7 @@ impl Backend {
         let mut backend = Backend {
             child: KillOnDrop(child),
             log,
+            binary: binary.to_path_buf(),
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         while !socket.exists() {
@@ -500,8 +521,92 @@ impl Backend {
         self.child.0.id()
     }
 
+    /// Replaces the backend by a new process of the same binary while the VM runs:
+    /// `BINARY --upgrade-from CONTROL` (the running one was started with
+    /// `--control-socket CONTROL`), logging to the same file. Done when the old process
+    /// exited 0 while the new one runs and the old one's log names the new pid as the one that
+    /// serves; from then on this `Backend` is the new process. When the new process exits
+    /// first, the upgrade failed and the old process goes on serving (rollback): an error, and
+    /// this `Backend` stays the old process.
+    pub(crate) fn upgrade(&mut self, control: &Path) -> Result<Upgraded, String> {
+        let old_pid = self.pid();
+        let log = fs::OpenOptions::new()
+            .append(true)
+            .open(&self.log)
+            .map_err(|e| format!("{}: {e}", self.log.display()))?;
+        let err = log
+            .try_clone()
+            .map_err(|e| format!("{}: {e}", self.log.display()))?;
+        let started = Instant::now();
+        let new = Command::new(&self.binary)
+            .arg("--upgrade-from")
+            .arg(control)
+            .env(
+                "RUST_LOG",
+                std::env::var("VM_LANES_BACKEND_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err)
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", self.binary.display()))?;
+        let mut new = KillOnDrop(new);
+        let new_pid = new.0.id();
+        loop {
+            if let Ok(Some(status)) = self.child.0.try_wait() {
+                if !status.success() {
+                    return Err(format!(
+                        "the old backend (pid {old_pid}) exited with {status} during the upgrade; \
+                         see {}",
+                        self.log.display()
+                    ));
+                }
+                break;
+            }
+            if let Ok(Some(status)) = new.0.try_wait() {
+                return Err(format!(
+                    "the new backend (pid {new_pid}) exited with {status}; pid {old_pid} serves \
+                     on; see {}",
+                    self.log.display()
+                ));
+            }
+            if started.elapsed() > UPGRADE_LIMIT {
+                return Err(format!(
+                    "no handover within {} s (new process killed); see {}",
+                    UPGRADE_LIMIT.as_secs(),
+                    self.log.display()
+                ));
+            }
+            thread::sleep(Duration::from_millis(2));
+        }
+        let took = started.elapsed();
+        // The old process is reaped; from here on the new one is the backend.
+        drop(std::mem::replace(&mut self.child, new));
+        if let Ok(Some(status)) = self.child.0.try_wait() {
+            return Err(format!(
+                "the new backend (pid {new_pid}) exited with {status} right after taking over; \
+                 see {}",
+                self.log.display()
+            ));
+        }
+        let log = fs::read_to_string(&self.log).unwrap_or_default();
+        if !log.contains(&format!("upgrade: pid {new_pid} serves now")) {
+            return Err(format!(
+                "the old backend exited 0 without naming pid {new_pid} as the one that serves; \
+                 see {}",
+                self.log.display()
+            ));
+        }
+        Ok(Upgraded {
+            old_pid,
+            new_pid,
+            took,
+        })
+    }
+
     /// Whether the backend crashed on its own (a clean exit after the frontend
-    /// went away is fine).
+    /// went away is fine). After live upgrades this is the process that serves now: the
+    /// ones it replaced were checked to exit 0 by [`Backend::upgrade`].
     pub(crate) fn crashed(&mut self) -> Option<String> {
         match self.child.0.try_wait() {
             Ok(Some(status)) if !status.success() => Some(format!(
@@ -579,6 +684,11 @@ fn blob_lane(env: &mut Env, timeout: Duration) -> Result<Tally, Error> {
         let mut extra = strings(&["--allocator", "memfd", "--hostmem", "256M"]);
         extra.push("--capture-dir".into());
         extra.push(captures.display().to_string());
+        let control = dir.join("control.sock");
+        if !refuse {
+            extra.push("--control-socket".into());
+            extra.push(control.display().to_string());
+        }
         if refuse {
             let policy = dir.join("refuse.toml");
             fs::write(&policy, REFUSING_POLICY).map_err(|e| Error::io(&policy, e))?;
@@ -598,6 +708,10 @@ fn blob_lane(env: &mut Env, timeout: Duration) -> Result<Tally, Error> {
             steps.push(GuestStep::new(
                 "lifecycle",
                 "/bin/guest-tests lifecycle hold --expect-blob yes --rounds 3",
+            ));
+            steps.push(GuestStep::new(
+                "upgrade",
+                &format!("/bin/guest-tests lifecycle upgrade --rounds {UPGRADES}"),
             ));
         }
         let qmp_socket = dir.join("qmp.sock");
@@ -637,9 +751,13 @@ fn blob_lane(env: &mut Env, timeout: Duration) -> Result<Tally, Error> {
             Screen::Capture(captures.join("scanout-0.png")),
             &dir,
         );
+        let mut upgrades = UpgradeDriver::new(&control, &captures.join("scanout-0.png"), &dir);
         let transcript = step(&format!("{run}: guest run"), || {
             boot.run(&mut |what| {
                 if let Some(reply) = pause.hold(what) {
+                    return reply;
+                }
+                if let Some(reply) = upgrades.hold(what, &mut backend) {
                     return reply;
                 }
                 if what.starts_with("kms-pattern") {
@@ -691,6 +809,30 @@ fn blob_lane(env: &mut Env, timeout: Duration) -> Result<Tally, Error> {
         let mut tally = tally_transcript(run, &transcript, &names);
         for (what, outcome) in pause.outcomes.drain(..) {
             host_case(&format!("{run}/host: pause {what}"), &mut tally, outcome);
+        }
+        if !refuse {
+            host_case(
+                &format!("{run}/host: the guest asked for {UPGRADES} live upgrades"),
+                &mut tally,
+                if upgrades.outcomes.len() == UPGRADES as usize + 1 {
+                    Outcome::Passed
+                } else {
+                    Outcome::Failed(format!(
+                        "{} upgrade holds (want {UPGRADES} and the console check)",
+                        upgrades.outcomes.len()
+                    ))
+                },
+            );
+            if let Some(slowest) = upgrades.took.iter().max() {
+                eprintln!(
+                    "vm-lanes: {run}: {} upgrades, slowest {:.1} ms",
+                    upgrades.took.len(),
+                    slowest.as_secs_f64() * 1e3
+                );
+            }
+        }
+        for (what, outcome) in upgrades.outcomes.drain(..) {
+            host_case(&format!("{run}/host: {what}"), &mut tally, outcome);
         }
         host_case(
             &format!("{run}/host: KMS pattern in the backend's PNG capture"),

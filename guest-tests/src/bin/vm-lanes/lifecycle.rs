@@ -7,6 +7,12 @@
 //!   redrawn N` the guest has cleared the console and written [`REDRAW_LINES`] lines: the
 //!   screen must show exactly that (text at the top, nothing below), which only happens when
 //!   the device still knows the console's resource after the pauses.
+//! - **Live upgrade**: at each `@@VMLANE hold upgrade N` (`guest-tests lifecycle upgrade`,
+//!   whose workload runs meanwhile) the runner replaces the backend by a new process
+//!   (`vhost-user-gpu --upgrade-from CONTROL`, [`crate::lanes::Backend::upgrade`]) and checks
+//!   the handover: the old process exited 0, the new one runs and is named by the old one as
+//!   the one that serves. At `@@VMLANE hold redrawn-after-upgrades` the backend's PNG capture
+//!   (written by the last new process) must show the guest's redrawn console.
 //! - **Reset**: a boot of its own without `-no-reboot`. The guest asks which boot it is
 //!   (`@@VMLANE hold lifecycle-boot`: `1`, `2`, `3`); on boots 1 and 2 it sets up state and
 //!   asks for a reset (`@@VMLANE hold reset`): after boot 1 the guest reboots itself, after
@@ -20,6 +26,7 @@ use std::time::Duration;
 use guest_tests::pattern::{self, Image};
 use guest_tests::report::Outcome;
 
+use crate::lanes::Backend;
 use crate::qmp::Qmp;
 use crate::vm::HoldReply;
 
@@ -137,6 +144,69 @@ impl PauseDriver {
             });
             self.outcomes.push((
                 format!("round {round}: screen redrawn after the pauses"),
+                outcome(shown),
+            ));
+            return Some(HoldReply::Continue);
+        }
+        None
+    }
+}
+
+/// The host's side of `guest-tests lifecycle upgrade`.
+pub struct UpgradeDriver {
+    control: PathBuf,
+    capture: PathBuf,
+    dir: PathBuf,
+    /// How long each upgrade took (new process started to old process gone).
+    pub took: Vec<Duration>,
+    /// One outcome per host action, in order.
+    pub outcomes: Vec<(String, Outcome)>,
+}
+
+impl UpgradeDriver {
+    /// A driver for a backend started with `--control-socket control` and `--capture-dir`
+    /// writing `capture` (its scanout 0), keeping its pictures in `dir`.
+    pub fn new(control: &Path, capture: &Path, dir: &Path) -> Self {
+        UpgradeDriver {
+            control: control.to_path_buf(),
+            capture: capture.to_path_buf(),
+            dir: dir.to_path_buf(),
+            took: Vec::new(),
+            outcomes: Vec::new(),
+        }
+    }
+
+    /// Handles a hold; `None` when it is not one of ours.
+    pub fn hold(&mut self, what: &str, backend: &mut Backend) -> Option<HoldReply> {
+        if let Some(round) = what.strip_prefix("upgrade ") {
+            let result = backend.upgrade(&self.control).map(|up| {
+                eprintln!(
+                    "vm-lanes: upgrade {round}: pid {} -> pid {} in {:.1} ms",
+                    up.old_pid,
+                    up.new_pid,
+                    up.took.as_secs_f64() * 1e3
+                );
+                self.took.push(up.took);
+            });
+            self.outcomes.push((
+                format!(
+                    "upgrade {round} under the guest's workload: the new process serves, \
+                     the old one exited 0"
+                ),
+                outcome(result),
+            ));
+            return Some(HoldReply::Continue);
+        }
+        if what == "redrawn-after-upgrades" {
+            let shown = poll(Duration::from_secs(15), || {
+                let file = self.dir.join("after-upgrades.png");
+                std::fs::copy(&self.capture, &file)
+                    .map_err(|e| format!("{}: {e}", self.capture.display()))?;
+                redrawn(&pattern::read_png(&file).map_err(|e| format!("{}: {e}", file.display()))?)
+            });
+            self.outcomes.push((
+                "console PNG after the last upgrade shows the redrawn console (after-upgrades.png)"
+                    .into(),
                 outcome(shown),
             ));
             return Some(HoldReply::Continue);
