@@ -327,6 +327,12 @@ pub fn serve(
         }
         Start::Endpoint(Endpoint::Listening(listener)) => Some(listener),
         Start::Restored { session, listener } => {
+            // The listening socket is this process's from the start: a further upgrade
+            // during the restored session hands it on (without this, the process after a
+            // second upgrade had none and exited at the frontend's disconnect).
+            if let Some(listener) = &listener {
+                control.set_listener(rustix::io::fcntl_dupfd_cloexec(listener, 0).ok());
+            }
             if let Some(restored) = session {
                 let (session, device, connection) = *restored;
                 let end = run_session(session, device, connection, &control)?;
@@ -341,11 +347,9 @@ pub fn serve(
     let Some(listener) = listener else {
         return Ok(());
     };
-    control.set_listener(
-        rustix::io::fcntl_dupfd_cloexec(&listener, 0)
-            .map_err(|e| ServeError::Serve(e.into()))
-            .ok(),
-    );
+    if control.listener().is_none() {
+        control.set_listener(rustix::io::fcntl_dupfd_cloexec(&listener, 0).ok());
+    }
     loop {
         let stream = accept(&listener, &control)?;
         log::info!("frontend connected");
