@@ -222,16 +222,20 @@ pub struct FrontendOptions {
     /// Start our backend with `--control-socket`, so that [`Frontend::upgrade`] can replace
     /// it with a new process (live upgrade). Default: on when `VUG_UPGRADE_EVERY` is set.
     pub control_socket: bool,
-    /// Upgrade the backend before every N-th control command, at most `max` times per
+    /// Upgrade the backend before the first chain put on the control queue and every N-th
+    /// after it, at most `max` times per
     /// frontend: `VUG_UPGRADE_EVERY=N` (and `VUG_UPGRADE_MAX`, default 4) run every case with
     /// upgrades in the middle. Default: from those variables; `None` without them.
     pub upgrade_every: Option<UpgradeSchedule>,
+    /// Counts this frontend's live upgrades (scheduled or asked for); shared by clones of
+    /// these options, so a harness learns how many upgrades the frontends of a case did.
+    pub upgrade_count: Arc<std::sync::atomic::AtomicU32>,
 }
 
 /// When a frontend upgrades its backend by itself ([`FrontendOptions::upgrade_every`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UpgradeSchedule {
-    /// Before every `every`-th control command.
+    /// Before the first chain on the control queue and every `every` chains after it.
     pub every: u64,
     /// At most this many upgrades per frontend.
     pub max: u32,
@@ -300,6 +304,7 @@ impl Default for FrontendOptions {
             display_channel: true,
             control_socket: UpgradeSchedule::from_env().is_some(),
             upgrade_every: UpgradeSchedule::from_env(),
+            upgrade_count: Arc::default(),
         }
     }
 }
@@ -672,6 +677,9 @@ impl Frontend {
             };
             self.child = Some(new);
             self.upgrades.push(upgraded);
+            self.options
+                .upgrade_count
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return Ok(Some(upgraded));
         }
         if let Ok(Some(status)) = new.try_wait() {
@@ -1425,9 +1433,29 @@ impl Frontend {
         Ok(bases)
     }
 
+    /// Counts a chain about to go on `queue` and upgrades the backend first when
+    /// [`FrontendOptions::upgrade_every`] says so: before the first chain on the control
+    /// queue and every `every` chains after it, whatever is in flight (chains a case put there
+    /// and waits for later).
+    fn scheduled_upgrade(&mut self, queue: usize) -> Result<()> {
+        if queue != CONTROL_QUEUE {
+            return Ok(());
+        }
+        self.commands += 1;
+        if let Some(schedule) = self.options.upgrade_every {
+            if (self.commands - 1).is_multiple_of(schedule.every)
+                && self.upgrades.len() < schedule.max as usize
+            {
+                self.upgrade()?;
+            }
+        }
+        Ok(())
+    }
+
     /// Puts a request (readable parts, each its own descriptor) and an optional
     /// `resp_len`-byte response buffer on `queue`, and kicks. Returns the head index.
     pub fn send(&mut self, queue: usize, parts: &[&[u8]], resp_len: usize) -> Result<u16> {
+        self.scheduled_upgrade(queue)?;
         let ram = self.ram.clone();
         let conn = self.conn_mut()?;
         let mut segments = Vec::with_capacity(parts.len() + 1);
@@ -1465,6 +1493,7 @@ impl Frontend {
 
     /// Puts hand-made descriptors on `queue` and kicks (hostile-guest tests).
     pub fn send_raw(&mut self, queue: usize, descs: &[RawDesc]) -> Result<u16> {
+        self.scheduled_upgrade(queue)?;
         let ram = self.ram.clone();
         let conn = self.conn_mut()?;
         let q = conn.queue_mut(queue)?;
@@ -1557,14 +1586,6 @@ impl Frontend {
 
     /// Sends a control command split over several descriptors.
     pub fn ctrl_parts(&mut self, parts: &[&[u8]], resp_len: usize) -> Result<Resp> {
-        self.commands += 1;
-        if let Some(schedule) = self.options.upgrade_every {
-            if self.commands.is_multiple_of(schedule.every)
-                && self.upgrades.len() < schedule.max as usize
-            {
-                self.upgrade()?;
-            }
-        }
         self.send(CONTROL_QUEUE, parts, resp_len)?;
         let (_, bytes) = self.wait(CONTROL_QUEUE)?;
         Resp::parse(&bytes)

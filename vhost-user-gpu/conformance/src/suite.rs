@@ -107,9 +107,19 @@ pub fn main(default_program: &Path) -> ! {
     let spec = BackendSpec::from_env(default_program);
     let harness = Harness::new(spec.clone());
     let caps = Capabilities::probe(&harness);
+    // Every case of the upgrading groups again, with live upgrades in the middle (our
+    // backend; not when VUG_UPGRADE_EVERY already upgrades in every case).
+    let upgrading =
+        spec.peer == Peer::Ours && crate::frontend::UpgradeSchedule::from_env().is_none();
+    let again = cases::all()
+        .into_iter()
+        .filter(|case| upgrading && cases::runs_upgrading(case.name))
+        .map(|case| (true, case));
     let trials = cases::all()
         .into_iter()
-        .map(|case: Case| {
+        .map(|case| (false, case))
+        .chain(again)
+        .map(|(upgrading, case): (bool, Case)| {
             let unmet = match &caps {
                 Ok(c) => c.unmet_need(spec.peer, &case.need),
                 Err(_) => None, // every case will fail with the real error
@@ -129,13 +139,33 @@ pub fn main(default_program: &Path) -> ! {
                 }
                 None => Outcome::Run,
             };
-            let harness = harness.clone();
+            let harness = if upgrading {
+                harness.upgrading(cases::UPGRADING)
+            } else {
+                harness.clone()
+            };
             let run = case.run;
             let ignored = matches!(outcome, Outcome::Skip);
-            let trial = Trial::test(case.name, move || match outcome {
+            let name = if upgrading {
+                format!("upgrading::{}", case.name)
+            } else {
+                case.name.to_string()
+            };
+            let trial = Trial::test(name, move || match outcome {
                 Outcome::Fail(why) => Err(Failed::from(why)),
                 Outcome::Skip => Err(Failed::from("skipped")),
-                Outcome::Run => run(&harness).map_err(Failed::from),
+                Outcome::Run => {
+                    run(&harness).map_err(Failed::from)?;
+                    // Not vacuous: the backend was replaced at least once during the case.
+                    if upgrading && harness.upgrades_done() == 0 {
+                        return Err(Failed::from(
+                            "no live upgrade happened during the case (it sent fewer control \
+                             commands than the schedule needs, or started its backend \
+                             without the harness)",
+                        ));
+                    }
+                    Ok(())
+                }
             })
             .with_kind(spec.peer.name());
             trial.with_ignored_flag(ignored)

@@ -2,9 +2,11 @@
 //! [`Frontend`] and checks what came back, what the display received, what was mapped into
 //! the frontend, and what the backend process holds afterwards.
 
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-use crate::frontend::{BackendSpec, Frontend, FrontendOptions, Peer};
+use crate::frontend::{BackendSpec, Frontend, FrontendOptions, Peer, UpgradeSchedule};
 use crate::gpu::{self, Cmd, Resp};
 
 mod alloc;
@@ -67,12 +69,37 @@ pub struct Case {
 pub struct Harness {
     /// The backend under test.
     pub spec: BackendSpec,
+    /// Every frontend this harness starts upgrades its backend on this schedule (our
+    /// backend only; a case that sets its own schedule keeps it): the case's own assertions
+    /// then hold across live upgrades in the middle of it.
+    pub upgrading: Option<UpgradeSchedule>,
+    /// Live upgrades done by the frontends this harness started.
+    pub upgrades: Arc<AtomicU32>,
 }
 
 impl Harness {
     /// A harness for `spec`.
     pub fn new(spec: BackendSpec) -> Self {
-        Self { spec }
+        Self {
+            spec,
+            upgrading: None,
+            upgrades: Arc::default(),
+        }
+    }
+
+    /// A harness whose frontends upgrade our backend on `schedule`, with a counter of its
+    /// own.
+    pub fn upgrading(&self, schedule: UpgradeSchedule) -> Self {
+        Self {
+            spec: self.spec.clone(),
+            upgrading: Some(schedule),
+            upgrades: Arc::default(),
+        }
+    }
+
+    /// How many live upgrades the frontends of this harness did.
+    pub fn upgrades_done(&self) -> u32 {
+        self.upgrades.load(Ordering::Relaxed)
     }
 
     /// Which peer is under test.
@@ -101,8 +128,15 @@ impl Harness {
     pub fn spawn_with_options(
         &self,
         extra: &[&str],
-        options: FrontendOptions,
+        mut options: FrontendOptions,
     ) -> crate::Result<Frontend> {
+        options.upgrade_count = self.upgrades.clone();
+        if self.spec.peer == Peer::Ours && options.upgrade_every.is_none() {
+            if let Some(schedule) = self.upgrading {
+                options.upgrade_every = Some(schedule);
+                options.control_socket = true;
+            }
+        }
         let mut spec = self.spec.clone();
         if spec.peer == Peer::Ours {
             if !spec.args.iter().any(|a| a == "--allocator") && !extra.contains(&"--allocator") {
@@ -135,6 +169,39 @@ pub fn all() -> Vec<Case> {
     v.extend(upgrade::cases());
     v.extend(restart::cases());
     v
+}
+
+/// The case groups that run a second time as `upgrading::NAME`, with our backend replaced
+/// by a new process (live upgrade) in the middle of each case ([`UPGRADING`]): the case's own
+/// assertions must hold across the handovers. Not here: `xdomain::` (a context with a
+/// Wayland channel refuses the handover by design, DESIGN-lifecycle.md 4.7; asserted by
+/// `upgrade::refused_while_a_wayland_channel_is_open`), `upgrade::` (upgrades already),
+/// and the groups about one process's life (`cli::`, `sandbox::`, `soak::`, `disconnect::`,
+/// `restart::`, `alloc::`: start-up, confinement, exits, per-process limits and counters).
+pub const UPGRADING_GROUPS: [&str; 9] = [
+    "2d::",
+    "blob::",
+    "ctx::",
+    "queue::",
+    "stale::",
+    "lifecycle::",
+    "hostile::",
+    "bounds::",
+    "limits::",
+];
+
+/// When the `upgrading::` cases upgrade: before the first chain put on the control queue and
+/// every second one after it, at most four times per frontend (so set-up, use and checks of a
+/// case are split by handovers; a one-command case is answered by a restored process).
+pub const UPGRADING: UpgradeSchedule = UpgradeSchedule { every: 2, max: 4 };
+
+/// Cases of [`UPGRADING_GROUPS`] that do not run upgrading, and why.
+pub const NOT_UPGRADING: [(&str, &str); 0] = [];
+
+/// Whether `case` runs a second time as `upgrading::NAME`.
+pub fn runs_upgrading(case: &str) -> bool {
+    UPGRADING_GROUPS.iter().any(|g| case.starts_with(g))
+        && !NOT_UPGRADING.iter().any(|(name, _)| *name == case)
 }
 
 /// Display messages arrive on their own socket; wait this long for them (hang guard).

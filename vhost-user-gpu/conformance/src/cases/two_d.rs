@@ -7,7 +7,6 @@ use super::{
 };
 use crate::frontend::{Frontend, CONTROL_QUEUE};
 use crate::gpu::{self, format, ty, MemEntry, Rect};
-use crate::proc_stats::ProcStats;
 
 pub(super) fn cases() -> Vec<Case> {
     vec![
@@ -895,12 +894,13 @@ fn cycle(fe: &mut Frontend, id: u32) -> CaseResult {
 fn unref_releases_everything(harness: &Harness) -> CaseResult {
     let mut fe = spawn(harness)?;
     cycle(&mut fe, 1)?;
-    let pid = fe.backend_pid().ok_or("no backend pid")?;
-    let before = ProcStats::of(pid).map_err(|e| e.to_string())?;
+    // The process that serves now (the `upgrading::` run replaces it during the cycles:
+    // then the one after the upgrades must hold no more than the one before).
+    let before = fe.backend_stats().map_err(|e| e.to_string())?;
     for id in 2..40 {
         cycle(&mut fe, id)?;
     }
-    let after = ProcStats::of(pid).map_err(|e| e.to_string())?;
+    let after = fe.backend_stats().map_err(|e| e.to_string())?;
     ensure(
         &fe,
         after.fds <= before.fds && after.buffer_maps <= before.buffer_maps,
