@@ -57,6 +57,10 @@ pub(super) fn cases() -> Vec<Case> {
         case("xdomain::write_and_read_pipes", pipes),
         case("xdomain::hostile_channel_commands", hostile),
         case("xdomain::compositor_hang_up", hang_up),
+        case(
+            "xdomain::upgrade_refused_while_a_channel_is_open",
+            upgrade_refused_with_a_channel,
+        ),
     ]
 }
 
@@ -822,5 +826,100 @@ fn hang_up(harness: &Harness) -> CaseResult {
         answered.contains(&poll.0) && answered.contains(&head),
         || format!("answered heads {answered:?}, want the POLL and CTX_DESTROY"),
     )?;
+    still_serving(&mut fe)
+}
+
+/// Takes the start-up check of a new backend process (one connection that sends nothing),
+/// if one came within `wait`.
+fn take_probe(fe: &Frontend, c: &Compositor, wait: Duration) -> CaseResult {
+    if !readable(c.listener.as_fd(), wait) {
+        return Ok(());
+    }
+    let probe = rustix::net::accept(&c.listener).map_err(|e| e.to_string())?;
+    let (data, _) = recv(&probe, Duration::from_secs(5));
+    ensure(fe, data.is_empty(), || {
+        format!("a new process's start-up check sent {data:?}")
+    })
+}
+
+/// A live upgrade while a guest context has a Wayland channel is refused by design (the
+/// compositor connection holds the client's protocol state, which no second connection can
+/// take over; DESIGN-lifecycle.md 4.7): the new process exits with the reason, the old one
+/// serves on with the channel working, the compositor sees no second connection from the
+/// handover. The same context before its channel opened, and the device after the context
+/// (and its channel) went, upgrade.
+fn upgrade_refused_with_a_channel(harness: &Harness) -> CaseResult {
+    let c = Compositor::new()?;
+    let options = crate::frontend::FrontendOptions {
+        control_socket: true,
+        ..crate::frontend::FrontendOptions::default()
+    };
+    let mut fe = harness
+        .spawn_with_options(&["--wayland-socket", &c.path()], options)
+        .map_err(|e| format!("cannot start backend: {e}"))?;
+    take_probe(&fe, &c, Duration::from_secs(5))?;
+    let rings = Rings::new(&mut fe)?;
+    // No channel yet: the context moves.
+    fe.upgrade()
+        .map_err(|e| super::case_error(&fe, "upgrade with a context and no channel", e))?;
+    take_probe(&fe, &c, Duration::from_secs(5))?;
+    rings.submit_ok(
+        &mut fe,
+        "INIT with a channel after the upgrade",
+        &xd::init(QUERY_RES, CHANNEL_RES, xd::CHANNEL_TYPE_WAYLAND),
+    )?;
+    let client = c.accept(&fe)?;
+    let pid = fe.backend_pid();
+    match fe.upgrade() {
+        Err(crate::Error::Upgrade(_)) => {}
+        other => {
+            return Err(super::case_error(
+                &fe,
+                "upgrade with a Wayland channel open",
+                format!("{other:?} instead of a refused upgrade"),
+            ))
+        }
+    }
+    let same = fe.backend_pid() == pid && fe.backend_alive();
+    ensure(&fe, same, || {
+        "the old backend is gone after the refused upgrade".into()
+    })?;
+    let log = fe.backend_log();
+    ensure(
+        &fe,
+        log.contains("upgrade refused: ") && log.contains("have a Wayland channel"),
+        || "the log does not say the handover was refused for the channel".into(),
+    )?;
+    // Whatever the refused new process did at start-up, the channel's connection is the
+    // only one that carries anything.
+    take_probe(&fe, &c, Duration::from_millis(300))?;
+    let mut rings = rings;
+    rings.submit_ok(&mut fe, "SEND after the refusal", &xd::send(4, &[], b"still"))?;
+    let (data, _) = recv(&client, Duration::from_secs(5));
+    ensure(&fe, data == b"still", || {
+        format!("after the refusal the compositor got {data:?}")
+    })?;
+    let poll = rings.poll(&mut fe, 16)?;
+    send(&client, b"here", &[])?;
+    let ev = rings.event(&mut fe, poll, &rings.channel)?;
+    ensure(
+        &fe,
+        ev == Event::Receive {
+            slots: 4,
+            ids: vec![],
+            data: b"here".to_vec(),
+        },
+        || format!("after the refusal the guest got {ev:?}"),
+    )?;
+    // The channel goes with its context; then the device moves again.
+    send_expecting(
+        &mut fe,
+        "CTX_DESTROY (closes the channel)",
+        gpu::ctx_destroy(CTX_ID),
+        ty::OK_NODATA,
+    )?;
+    fe.upgrade()
+        .map_err(|e| super::case_error(&fe, "upgrade after the channel closed", e))?;
+    take_probe(&fe, &c, Duration::from_secs(5))?;
     still_serving(&mut fe)
 }

@@ -175,7 +175,7 @@ pub fn all() -> Vec<Case> {
 /// by a new process (live upgrade) in the middle of each case ([`UPGRADING`]): the case's own
 /// assertions must hold across the handovers. Not here: `xdomain::` (a context with a
 /// Wayland channel refuses the handover by design, DESIGN-lifecycle.md 4.7; asserted by
-/// `upgrade::refused_while_a_wayland_channel_is_open`), `upgrade::` (upgrades already),
+/// `xdomain::upgrade_refused_while_a_channel_is_open`), `upgrade::` (upgrades already),
 /// and the groups about one process's life (`cli::`, `sandbox::`, `soak::`, `disconnect::`,
 /// `restart::`, `alloc::`: start-up, confinement, exits, per-process limits and counters).
 pub const UPGRADING_GROUPS: [&str; 9] = [
