@@ -894,7 +894,11 @@ fn upgrade_refused_with_a_channel(harness: &Harness) -> CaseResult {
     // only one that carries anything.
     take_probe(&fe, &c, Duration::from_millis(300))?;
     let mut rings = rings;
-    rings.submit_ok(&mut fe, "SEND after the refusal", &xd::send(4, &[], b"still"))?;
+    rings.submit_ok(
+        &mut fe,
+        "SEND after the refusal",
+        &xd::send(4, &[], b"still"),
+    )?;
     let (data, _) = recv(&client, Duration::from_secs(5));
     ensure(&fe, data == b"still", || {
         format!("after the refusal the compositor got {data:?}")

@@ -200,22 +200,8 @@ fn queued_while_paused(harness: &Harness) -> CaseResult {
 /// `cont` it completes exactly once with the mapping in place.
 fn pause_during_map(harness: &Harness) -> CaseResult {
     let mut fe = spawn(harness)?;
-    let mut cd = CrossDomain::init(&mut fe)?;
-    let reqs = cd.create(&mut fe, 1, 64, 64, gpu::BLOB_FLAG_MAPPABLE)?;
-    let region = fe.shmem_shared().ok_or("no host-visible region")?;
-    region.hold_maps();
-    let cmd = gpu::resource_map_blob(CTX_ID, 1, 0).into_bytes();
-    let head = fe
-        .send(CONTROL, &[&cmd], 64)
-        .map_err(|e| case_error(&fe, "RESOURCE_MAP_BLOB", e))?;
-    if !region.wait_map_held(Duration::from_secs(10)) {
-        region.release_maps();
-        return Err(case_error(
-            &fe,
-            "SHMEM_MAP",
-            "the backend never asked to map",
-        ));
-    }
+    let waiting = MapWaitingForFrontend::start(&mut fe)?;
+    let region = waiting.region.clone();
     // The stop, while the backend waits for us: answered at once or this hangs.
     let (tx, rx) = std::sync::mpsc::channel();
     let releaser = {
@@ -250,32 +236,79 @@ fn pause_during_map(harness: &Harness) -> CaseResult {
         "the MAP_BLOB completed into guest memory while the rings were stopped".into()
     })?;
     resume(&mut fe, &bases)?;
-    let bytes = fe
-        .wait_for_head(CONTROL, head)
-        .map_err(|e| case_error(&fe, "RESOURCE_MAP_BLOB after the pause", e))?;
-    let r = gpu::Resp::parse(&bytes).map_err(|e| e.to_string())?;
-    ensure(&fe, r.ty == ty::OK_MAP_INFO, || {
-        format!(
-            "RESOURCE_MAP_BLOB answered {} after the pause",
-            ty::name(r.ty)
-        )
-    })?;
-    ensure(
-        &fe,
-        region
-            .mappings()
-            .iter()
-            .any(|&(o, l)| o == 0 && l >= reqs.size),
-        || format!("no mapping after the pause: {:?}", region.mappings()),
-    )?;
-    // Exactly once: the blob is mapped, so mapping it again is refused.
-    send_expecting(
-        &mut fe,
-        "RESOURCE_MAP_BLOB again",
-        gpu::resource_map_blob(CTX_ID, 1, 0x10_0000),
-        ty::ERR_INVALID_PARAMETER,
-    )?;
+    waiting.completed_once(&mut fe, "the pause")?;
     still_serving(&mut fe)
+}
+
+/// A `RESOURCE_MAP_BLOB` (blob 1 of a cross-domain context, at offset 0) whose `SHMEM_MAP`
+/// the frontend holds unanswered: the backend's queue thread waits for the frontend. Shared
+/// by the pause and the upgrade cases that catch the backend there.
+pub(super) struct MapWaitingForFrontend {
+    /// The chain of the `RESOURCE_MAP_BLOB`.
+    pub head: u16,
+    /// The blob's size.
+    pub size: u64,
+    /// The frontend's host-visible region (holding the map answer).
+    pub region: std::sync::Arc<crate::shmem::SharedMemoryRegion>,
+}
+
+impl MapWaitingForFrontend {
+    /// Creates the blob, holds the frontend's map answers and sends the map command; returns
+    /// once the backend asked to map.
+    pub fn start(fe: &mut Frontend) -> Result<Self, String> {
+        let mut cd = CrossDomain::init(fe)?;
+        let reqs = cd.create(fe, 1, 64, 64, gpu::BLOB_FLAG_MAPPABLE)?;
+        let region = fe.shmem_shared().ok_or("no host-visible region")?;
+        region.hold_maps();
+        let cmd = gpu::resource_map_blob(CTX_ID, 1, 0).into_bytes();
+        let head = fe
+            .send(CONTROL, &[&cmd], 64)
+            .map_err(|e| case_error(fe, "RESOURCE_MAP_BLOB", e))?;
+        if !region.wait_map_held(Duration::from_secs(10)) {
+            region.release_maps();
+            return Err(case_error(
+                fe,
+                "SHMEM_MAP",
+                "the backend never asked to map",
+            ));
+        }
+        Ok(Self {
+            head,
+            size: reqs.size,
+            region,
+        })
+    }
+
+    /// After `what` (with the map answers released): the command completed with
+    /// `OK_MAP_INFO`, the mapping is in place, and it ran once (mapping again is refused).
+    pub fn completed_once(&self, fe: &mut Frontend, what: &str) -> CaseResult {
+        let bytes = fe
+            .wait_for_head(CONTROL, self.head)
+            .map_err(|e| case_error(fe, &format!("RESOURCE_MAP_BLOB across {what}"), e))?;
+        let r = gpu::Resp::parse(&bytes).map_err(|e| e.to_string())?;
+        ensure(fe, r.ty == ty::OK_MAP_INFO, || {
+            format!(
+                "RESOURCE_MAP_BLOB answered {} across {what}",
+                ty::name(r.ty)
+            )
+        })?;
+        ensure(
+            fe,
+            self.region
+                .mappings()
+                .iter()
+                .any(|&(o, l)| o == 0 && l >= self.size),
+            || format!("no mapping after {what}: {:?}", self.region.mappings()),
+        )?;
+        // Exactly once: the blob is mapped, so mapping it again is refused.
+        send_expecting(
+            fe,
+            "RESOURCE_MAP_BLOB again (it is mapped once)",
+            gpu::resource_map_blob(CTX_ID, 1, 0x10_0000),
+            ty::ERR_INVALID_PARAMETER,
+        )
+        .map(drop)
+    }
 }
 
 /// QEMU 11.1 resets the device without `RESET_DEVICE`: the rings stop, and the rebooted

@@ -12,6 +12,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::blob::{map, CrossDomain, CTX_ID};
+use super::lifecycle::MapWaitingForFrontend;
 use super::two_d::{create_filled, display_matches, show_on_scanout_0};
 use super::{
     bgra_pattern, case_error, ensure, send_expecting, still_serving, Case, CaseResult, Harness,
@@ -315,22 +316,8 @@ fn queued_while_paused(harness: &Harness) -> CaseResult {
 /// it (once), and the new one serves the mapping it made.
 fn waiting_for_map(harness: &Harness) -> CaseResult {
     let mut fe = spawn(harness, &[])?;
-    let mut cd = CrossDomain::init(&mut fe)?;
-    let reqs = cd.create(&mut fe, 1, 64, 64, gpu::BLOB_FLAG_MAPPABLE)?;
-    let region = fe.shmem_shared().ok_or("no host-visible region")?;
-    region.hold_maps();
-    let cmd = gpu::resource_map_blob(CTX_ID, 1, 0).into_bytes();
-    let head = fe
-        .send(CONTROL, &[&cmd], 64)
-        .map_err(|e| case_error(&fe, "RESOURCE_MAP_BLOB", e))?;
-    if !region.wait_map_held(Duration::from_secs(10)) {
-        region.release_maps();
-        return Err(case_error(
-            &fe,
-            "SHMEM_MAP",
-            "the backend never asked to map",
-        ));
-    }
+    let waiting = MapWaitingForFrontend::start(&mut fe)?;
+    let region = waiting.region.clone();
     let releaser = {
         let region = region.clone();
         std::thread::spawn(move || {
@@ -341,27 +328,7 @@ fn waiting_for_map(harness: &Harness) -> CaseResult {
     let up = upgrade(&mut fe);
     let _ = releaser.join();
     up?;
-    let bytes = fe
-        .wait_for_head(CONTROL, head)
-        .map_err(|e| case_error(&fe, "RESOURCE_MAP_BLOB across the upgrade", e))?;
-    let r = gpu::Resp::parse(&bytes).map_err(|e| e.to_string())?;
-    ensure(&fe, r.ty == ty::OK_MAP_INFO, || {
-        format!("RESOURCE_MAP_BLOB answered {}", ty::name(r.ty))
-    })?;
-    ensure(
-        &fe,
-        region
-            .mappings()
-            .iter()
-            .any(|&(o, l)| o == 0 && l >= reqs.size),
-        || format!("no mapping after the upgrade: {:?}", region.mappings()),
-    )?;
-    send_expecting(
-        &mut fe,
-        "RESOURCE_MAP_BLOB again (it is mapped once)",
-        gpu::resource_map_blob(CTX_ID, 1, 0x10_0000),
-        ty::ERR_INVALID_PARAMETER,
-    )?;
+    waiting.completed_once(&mut fe, "the upgrade")?;
     send_expecting(
         &mut fe,
         "RESOURCE_UNMAP_BLOB by the new process",
