@@ -683,19 +683,28 @@ impl ControlServer {
                 let snapshot = live
                     .with_device(QUIESCE_LIMIT, |device| match device.handover_blocker() {
                         Some(why) => Err(why),
-                        None => device
-                            .snapshot()
-                            .map_err(|e| format!("device snapshot: {e}")),
+                        None => device.snapshot().map_err(|e| {
+                            out_of_fds(&e).unwrap_or_else(|| format!("device snapshot: {e}"))
+                        }),
                     })
                     .ok_or_else(|| UpgradeError::Refused("the queue thread did not answer".into()))?
                     .map_err(UpgradeError::Refused)?;
-                Some(session_handover(live, snapshot, &mut fds)?)
+                Some(
+                    session_handover(live, snapshot, &mut fds)
+                        .map_err(|e| refuse_out_of_fds(e.into()))?,
+                )
             }
             None => None,
         };
         let listener = self.control.listener().map(|fd| fds.push_owned(fd));
-        let control = Some(fds.push(self.listener.as_fd())?);
-        let stderr = Some(fds.push(io::stderr().as_fd())?);
+        let control = Some(
+            fds.push(self.listener.as_fd())
+                .map_err(|e| refuse_out_of_fds(e.into()))?,
+        );
+        let stderr = Some(
+            fds.push(io::stderr().as_fd())
+                .map_err(|e| refuse_out_of_fds(e.into()))?,
+        );
         Ok((
             Handover {
                 format: FORMAT.into(),
@@ -710,6 +719,33 @@ impl ControlServer {
             },
             fds,
         ))
+    }
+}
+
+/// The refusal for a handover that cannot duplicate its fds (`EMFILE`, `ENFILE`): every fd
+/// of the device is duplicated to be sent, and a guest holding about as many buffers as the
+/// reserve (`FD_RESERVE`) or more leaves no room for that. The duplicates made so far are
+/// closed with the refused handover; the process serves on.
+fn out_of_fds(e: &io::Error) -> Option<String> {
+    let errno = rustix::io::Errno::from_io_error(e);
+    matches!(
+        errno,
+        Some(rustix::io::Errno::MFILE | rustix::io::Errno::NFILE)
+    )
+    .then(|| {
+        format!(
+            "the handover duplicates each of the device's file descriptors, and the open-file \
+             limit is reached ({e}); upgrade when the guest holds fewer buffers, or run the \
+             backend with a higher open-file limit (LimitNOFILE=, ulimit -n)"
+        )
+    })
+}
+
+/// [`out_of_fds`] as an [`UpgradeError::Refused`]; other errors pass.
+fn refuse_out_of_fds(e: UpgradeError) -> UpgradeError {
+    match &e {
+        UpgradeError::Io(io) => out_of_fds(io).map_or(e, UpgradeError::Refused),
+        _ => e,
     }
 }
 
