@@ -475,6 +475,9 @@ pub struct Frontend {
     commands: u64,
     /// Live upgrades done.
     upgrades: Vec<Upgraded>,
+    /// Resource limits of the next upgrades' new processes, in place of the backend's own
+    /// ([`Frontend::set_upgrade_limit`]).
+    upgrade_limits: Vec<(crate::limits::Resource, u64)>,
 }
 
 impl Frontend {
@@ -537,6 +540,7 @@ impl Frontend {
             log,
             commands: 0,
             upgrades: Vec::new(),
+            upgrade_limits: Vec::new(),
         };
         fe.connect()?;
         Ok(fe)
@@ -586,6 +590,7 @@ impl Frontend {
             log: Some(log),
             commands: 0,
             upgrades: Vec::new(),
+            upgrade_limits: Vec::new(),
         };
         fe.handshake(ours, None)?;
         Ok(fe)
@@ -627,7 +632,9 @@ impl Frontend {
             "live upgrade of a backend started elsewhere",
         ))?;
         // The new process runs under the old one's limits and environment.
-        let mut cmd = self.spec.command();
+        let mut spec = self.spec.clone();
+        spec.limits.extend(self.upgrade_limits.iter().copied());
+        let mut cmd = spec.command();
         cmd.arg("--upgrade-from")
             .arg(self.dir.path().join(CONTROL_SOCKET))
             .args(extra)
@@ -697,6 +704,14 @@ impl Frontend {
             )));
         }
         Ok(None)
+    }
+
+    /// Starts the new processes of the next upgrades with `resource` limited to `value`
+    /// (soft and hard) instead of the running backend's limit: an operator's new binary
+    /// under a smaller `LimitNOFILE=`, for example.
+    pub fn set_upgrade_limit(&mut self, resource: crate::limits::Resource, value: u64) {
+        self.upgrade_limits.retain(|(r, _)| *r != resource);
+        self.upgrade_limits.push((resource, value));
     }
 
     /// The live upgrades this frontend did.

@@ -32,7 +32,7 @@ const MAX_SCANOUT_SIDE: u32 = 16384;
 const LOG_BURST: usize = 50;
 
 /// The file descriptors the backend keeps out of the guest's reach (`FD_RESERVE`).
-const FD_RESERVE: u64 = 509 + 64;
+pub(super) const FD_RESERVE: u64 = 509 + 64;
 
 const MIB: u64 = 1 << 20;
 

@@ -82,6 +82,16 @@ pub(super) fn cases() -> Vec<Case> {
             run: version_refused,
         },
         Case {
+            name: "upgrade::rollback_when_the_state_exceeds_the_new_process_budget",
+            need: blob.clone(),
+            run: rollback_over_budget,
+        },
+        Case {
+            name: "upgrade::rollback_when_the_handover_runs_out_of_fds",
+            need: blob.clone(),
+            run: rollback_out_of_fds,
+        },
+        Case {
             name: "upgrade::hundred_upgrades_leak_nothing",
             need: blob,
             run: hundred_upgrades,
@@ -668,5 +678,157 @@ fn hundred_upgrades(harness: &Harness) -> CaseResult {
         "100 upgrades: slowest {:?}",
         took.iter().max().copied().unwrap_or_default()
     );
+    still_serving(&mut fe)
+}
+
+/// HOST3D blobs (one fd each with memfd buffers) `ids`, until `ERR_OUT_OF_MEMORY` when
+/// `until_refused`; returns the ids created.
+fn fd_blobs(
+    fe: &mut Frontend,
+    cd: &mut CrossDomain,
+    ids: std::ops::Range<u32>,
+    until_refused: bool,
+) -> Result<Vec<u32>, String> {
+    let mut created = Vec::new();
+    for id in ids {
+        match cd.create(fe, id, 16, 16, gpu::BLOB_FLAG_MAPPABLE) {
+            Ok(_) => created.push(id),
+            Err(e) if until_refused && e.contains("ERR_OUT_OF_MEMORY") => break,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(created)
+}
+
+/// The old process serves on after a failed upgrade: same pid, its rollback logged `count`
+/// times, every blob in `ids` still known (mapping it works once, then it is unmapped).
+fn rolled_back(fe: &mut Frontend, pid: Option<u32>, count: usize, ids: &[u32]) -> CaseResult {
+    let same = fe.backend_pid() == pid && fe.backend_alive();
+    ensure(fe, same, || {
+        "the old backend is gone after a failed upgrade".into()
+    })?;
+    log_count(fe, "rolled back", count)?;
+    for &id in ids.iter().step_by(ids.len().div_ceil(8).max(1)) {
+        map(fe, id, 0, 4096)?;
+        send_expecting(
+            fe,
+            "RESOURCE_UNMAP_BLOB after the rollback",
+            gpu::resource_unmap_blob(CTX_ID, id),
+            ty::OK_NODATA,
+        )?;
+    }
+    still_serving(fe)
+}
+
+/// The new binary runs under a smaller open-file limit than the old one (an operator's unit
+/// with a lower `LimitNOFILE=`): its fd budget cannot hold the guest's buffers, so its
+/// restore fails (over budget) before it touches anything; it gives up, the old process
+/// rolls back with every buffer, and once the guest freed enough the same new binary takes
+/// over.
+fn rollback_over_budget(harness: &Harness) -> CaseResult {
+    use super::alloc::FD_RESERVE;
+    let spec = harness
+        .spec
+        .clone()
+        .with_limit(crate::limits::Resource::Nofile, FD_RESERVE + 100);
+    let mut fe = Harness::new(spec)
+        .spawn_with_options(&[], options())
+        .map_err(|e| format!("cannot start backend: {e}"))?;
+    let mut cd = CrossDomain::init(&mut fe)?;
+    let ids = fd_blobs(&mut fe, &mut cd, 1..61, false)?;
+    fe.set_upgrade_limit(crate::limits::Resource::Nofile, FD_RESERVE + 40);
+    let pid = fe.backend_pid();
+    match fe.upgrade() {
+        Err(crate::Error::Upgrade(_)) => {}
+        other => {
+            return Err(case_error(
+                &fe,
+                "upgrade to a process whose fd budget is smaller than the guest's buffers",
+                format!("{other:?} instead of a failed upgrade"),
+            ))
+        }
+    }
+    let log = fe.backend_log();
+    ensure(
+        &fe,
+        log.contains("rolled back (the new process gave up: restore: ")
+            && log.contains("open files wanted"),
+        || "the log does not say that the restore exceeded the fd budget".into(),
+    )?;
+    rolled_back(&mut fe, pid, 1, &ids)?;
+    // 30 blobs fit in the new process's 40 fds.
+    for &id in &ids[30..] {
+        send_expecting(
+            &mut fe,
+            "RESOURCE_UNREF",
+            gpu::resource_unref(id),
+            ty::OK_NODATA,
+        )?;
+    }
+    upgrade(&mut fe)?;
+    map(&mut fe, ids[0], 0, 4096)?;
+    still_serving(&mut fe)
+}
+
+/// The guest holds as many buffers as its fd budget allows, more than the reserve could
+/// duplicate: the old process cannot duplicate every buffer fd for the handover (the
+/// open-file limit is reached). The upgrade is refused with that reason, nothing leaks, the
+/// old process serves on with every buffer; with fewer buffers the upgrade works.
+fn rollback_out_of_fds(harness: &Harness) -> CaseResult {
+    use super::alloc::FD_RESERVE;
+    // More guest fds than the reserve: duplicating them all cannot fit.
+    const GUEST_FDS: u64 = FD_RESERVE + 40;
+    let spec = harness
+        .spec
+        .clone()
+        .with_limit(crate::limits::Resource::Nofile, FD_RESERVE + GUEST_FDS);
+    let mut fe = Harness::new(spec)
+        .spawn_with_options(&[], options())
+        .map_err(|e| format!("cannot start backend: {e}"))?;
+    let mut cd = CrossDomain::init(&mut fe)?;
+    let before = stats(&fe)?;
+    let ids = fd_blobs(&mut fe, &mut cd, 1000..1000 + 2 * GUEST_FDS as u32, true)?;
+    ensure(&fe, ids.len() as u64 + 1 >= GUEST_FDS, || {
+        format!("only {} blobs before the fd budget refused", ids.len())
+    })?;
+    let full = stats(&fe)?;
+    let pid = fe.backend_pid();
+    match fe.upgrade() {
+        Err(crate::Error::Upgrade(_)) => {}
+        other => {
+            return Err(case_error(
+                &fe,
+                "upgrade with the guest's fd budget used up",
+                format!("{other:?} instead of a refused upgrade"),
+            ))
+        }
+    }
+    ensure(
+        &fe,
+        fe.backend_log()
+            .contains("upgrade refused: the handover duplicates"),
+        || "the refusal does not say that the fds could not be duplicated".into(),
+    )?;
+    rolled_back(&mut fe, pid, 1, &ids)?;
+    let after = stats(&fe)?;
+    ensure(&fe, after.fds <= full.fds, || {
+        format!(
+            "the failed handover left {} fds open ({} before it)",
+            after.fds, full.fds
+        )
+    })?;
+    for &id in &ids[ids.len() / 2..] {
+        send_expecting(
+            &mut fe,
+            "RESOURCE_UNREF",
+            gpu::resource_unref(id),
+            ty::OK_NODATA,
+        )?;
+    }
+    upgrade(&mut fe)?;
+    map(&mut fe, ids[0], 0, 4096)?;
+    ensure(&fe, stats(&fe)?.fds > before.fds, || {
+        "the new process does not hold the guest's buffers".into()
+    })?;
     still_serving(&mut fe)
 }
