@@ -39,7 +39,9 @@ use std::time::Duration;
 
 use guest_tests::report::Outcome;
 
-use crate::cases::{fill, first_nonzero, verify, virtio_gpu_nodes, CrossDomain, XRGB8888};
+use crate::cases::{
+    fill, first_nonzero, verify, virtio_gpu_nodes, CrossDomain, ImageRequirements, XRGB8888,
+};
 use crate::drm::{Bo, Device, Mapping, BLOB_FLAG_MAPPABLE, BLOB_MEM_GUEST, BLOB_MEM_HOST3D};
 use crate::{ask_host, Runner};
 
@@ -74,24 +76,7 @@ impl<'a> State<'a> {
     fn new(dev: &'a Device, seed: u32) -> Result<Self, String> {
         let mut ctx = CrossDomain::init(dev)?;
         let req = ctx.image_requirements(256, 256, XRGB8888)?;
-        let blob = dev
-            .create_blob(
-                BLOB_MEM_HOST3D,
-                BLOB_FLAG_MAPPABLE,
-                req.size,
-                req.blob_id.into(),
-            )
-            .map_err(|e| format!("RESOURCE_CREATE_BLOB HOST3D: {e}"))?;
-        let len = usize::try_from(req.size).map_err(|e| e.to_string())?;
-        let offset = dev
-            .map_offset(blob.handle)
-            .map_err(|e| format!("MAP: {e}"))?;
-        let mut map = dev
-            .mmap(offset, len)
-            .map_err(|e| format!("mmap of the blob: {e}"))?;
-        if let Some(at) = first_nonzero(map.bytes()) {
-            return Err(format!("fresh blob has a non-zero byte at {at}"));
-        }
+        let (blob, mut map, len) = fresh_host3d(dev, &req)?;
         fill(map.bytes_mut(), seed);
         Ok(State {
             ctx,
@@ -171,6 +156,30 @@ impl<'a> State<'a> {
             None => Outcome::Passed,
         }
     }
+}
+
+/// A HOST3D MAPPABLE blob for `req`, mapped, checked to read zeros; with its length.
+fn fresh_host3d<'a>(
+    dev: &'a Device,
+    req: &ImageRequirements,
+) -> Result<(Bo<'a>, Mapping, usize), String> {
+    let blob = dev
+        .create_blob(
+            BLOB_MEM_HOST3D,
+            BLOB_FLAG_MAPPABLE,
+            req.size,
+            req.blob_id.into(),
+        )
+        .map_err(|e| format!("RESOURCE_CREATE_BLOB HOST3D ({} bytes): {e}", req.size))?;
+    let len = usize::try_from(req.size).map_err(|e| e.to_string())?;
+    let map = dev
+        .map_offset(blob.handle)
+        .and_then(|o| dev.mmap(o, len))
+        .map_err(|e| format!("mapping the HOST3D blob: {e}"))?;
+    if let Some(at) = first_nonzero(map.bytes()) {
+        return Err(format!("a fresh blob has a non-zero byte at {at}"));
+    }
+    Ok((blob, map, len))
 }
 
 /// Writes console lines to tty0 until stopped: commands in flight while the host acts.
@@ -522,22 +531,7 @@ fn workload(card: &Device, stop: &AtomicBool, counts: &WorkCounts) -> Result<(),
 fn host3d_cycle(card: &Device, ctx: &mut CrossDomain<'_>, round: u32) -> Result<(), String> {
     let side = 32 + (round % 4) * 32;
     let req = ctx.image_requirements(side, side, XRGB8888)?;
-    let bo = card
-        .create_blob(
-            BLOB_MEM_HOST3D,
-            BLOB_FLAG_MAPPABLE,
-            req.size,
-            req.blob_id.into(),
-        )
-        .map_err(|e| format!("RESOURCE_CREATE_BLOB HOST3D {side}x{side}: {e}"))?;
-    let len = usize::try_from(req.size).map_err(|e| e.to_string())?;
-    let mut map = card
-        .map_offset(bo.handle)
-        .and_then(|o| card.mmap(o, len))
-        .map_err(|e| format!("mapping the HOST3D blob: {e}"))?;
-    if let Some(at) = first_nonzero(map.bytes()) {
-        return Err(format!("a fresh blob has a non-zero byte at {at}"));
-    }
+    let (bo, mut map, _) = fresh_host3d(card, &req)?;
     fill(map.bytes_mut(), round);
     if let Some(at) = verify(map.bytes(), round) {
         return Err(format!("the blob reads back wrong at {at}"));

@@ -491,32 +491,38 @@ fn poll_sizes(harness: &Harness) -> CaseResult {
 fn send4(harness: &Harness) -> CaseResult {
     let c = Compositor::new()?;
     let (mut fe, mut rings, client) = open(harness, &c)?;
-    rings.submit_ok(
-        &mut fe,
-        "SEND (4 slots)",
-        &xd::send(4, &[], b"get_registry"),
-    )?;
-    let (data, _) = recv(&client, Duration::from_secs(5));
-    ensure(&fe, data == b"get_registry", || {
-        format!("compositor got {data:?}")
-    })?;
-    let poll = rings.poll(&mut fe, 16)?;
-    send(&client, b"global", &[])?;
-    let ev = rings.event(&mut fe, poll, &rings.channel)?;
-    ensure(
-        &fe,
-        ev == Event::Receive {
-            slots: 4,
-            ids: vec![],
-            data: b"global".to_vec(),
-        },
-        || format!("a 4-slot guest got {ev:?}"),
-    )?;
+    exchange_4_slots(&mut fe, &mut rings, &client, b"get_registry", b"global")?;
     let r = rings.submit(&mut fe, "SEND (28 slots) after 4", &xd::send(28, &[], b"x"))?;
     ensure(&fe, r.ty == ty::ERR_INVALID_PARAMETER, || {
         format!("mixing layouts answered {}", r.name())
     })?;
     still_serving(&mut fe)
+}
+
+/// Bytes both ways on an open channel in the 4-slot layout: `out` SENT by the guest reaches
+/// the compositor, `back` from the compositor answers a POLL as a RECEIVE.
+fn exchange_4_slots(
+    fe: &mut Frontend,
+    rings: &mut Rings,
+    client: &OwnedFd,
+    out: &[u8],
+    back: &[u8],
+) -> CaseResult {
+    rings.submit_ok(fe, "SEND (4 slots)", &xd::send(4, &[], out))?;
+    let (data, _) = recv(client, Duration::from_secs(5));
+    ensure(fe, data == out, || format!("compositor got {data:?}"))?;
+    let poll = rings.poll(fe, 16)?;
+    send(client, back, &[])?;
+    let ev = rings.event(fe, poll, &rings.channel)?;
+    ensure(
+        fe,
+        ev == Event::Receive {
+            slots: 4,
+            ids: vec![],
+            data: back.to_vec(),
+        },
+        || format!("a 4-slot guest got {ev:?}"),
+    )
 }
 
 fn send28(harness: &Harness) -> CaseResult {
@@ -894,27 +900,8 @@ fn upgrade_refused_with_a_channel(harness: &Harness) -> CaseResult {
     // only one that carries anything.
     take_probe(&fe, &c, Duration::from_millis(300))?;
     let mut rings = rings;
-    rings.submit_ok(
-        &mut fe,
-        "SEND after the refusal",
-        &xd::send(4, &[], b"still"),
-    )?;
-    let (data, _) = recv(&client, Duration::from_secs(5));
-    ensure(&fe, data == b"still", || {
-        format!("after the refusal the compositor got {data:?}")
-    })?;
-    let poll = rings.poll(&mut fe, 16)?;
-    send(&client, b"here", &[])?;
-    let ev = rings.event(&mut fe, poll, &rings.channel)?;
-    ensure(
-        &fe,
-        ev == Event::Receive {
-            slots: 4,
-            ids: vec![],
-            data: b"here".to_vec(),
-        },
-        || format!("after the refusal the guest got {ev:?}"),
-    )?;
+    exchange_4_slots(&mut fe, &mut rings, &client, b"still", b"here")
+        .map_err(|e| format!("after the refused upgrade: {e}"))?;
     // The channel goes with its context; then the device moves again.
     send_expecting(
         &mut fe,

@@ -700,6 +700,14 @@ fn fd_blobs(
     Ok(created)
 }
 
+/// Frees the resources `ids`.
+fn unref(fe: &mut Frontend, ids: &[u32]) -> CaseResult {
+    for &id in ids {
+        send_expecting(fe, "RESOURCE_UNREF", gpu::resource_unref(id), ty::OK_NODATA)?;
+    }
+    Ok(())
+}
+
 /// The old process serves on after a failed upgrade: same pid, its rollback logged `count`
 /// times, every blob in `ids` still known (mapping it works once, then it is unmapped).
 fn rolled_back(fe: &mut Frontend, pid: Option<u32>, count: usize, ids: &[u32]) -> CaseResult {
@@ -757,14 +765,7 @@ fn rollback_over_budget(harness: &Harness) -> CaseResult {
     )?;
     rolled_back(&mut fe, pid, 1, &ids)?;
     // 30 blobs fit in the new process's 40 fds.
-    for &id in &ids[30..] {
-        send_expecting(
-            &mut fe,
-            "RESOURCE_UNREF",
-            gpu::resource_unref(id),
-            ty::OK_NODATA,
-        )?;
-    }
+    unref(&mut fe, &ids[30..])?;
     upgrade(&mut fe)?;
     map(&mut fe, ids[0], 0, 4096)?;
     still_serving(&mut fe)
@@ -817,14 +818,7 @@ fn rollback_out_of_fds(harness: &Harness) -> CaseResult {
             after.fds, full.fds
         )
     })?;
-    for &id in &ids[ids.len() / 2..] {
-        send_expecting(
-            &mut fe,
-            "RESOURCE_UNREF",
-            gpu::resource_unref(id),
-            ty::OK_NODATA,
-        )?;
-    }
+    unref(&mut fe, &ids[ids.len() / 2..])?;
     upgrade(&mut fe)?;
     map(&mut fe, ids[0], 0, 4096)?;
     ensure(&fe, stats(&fe)?.fds > before.fds, || {
