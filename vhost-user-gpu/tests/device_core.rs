@@ -2353,6 +2353,100 @@ fn restore_refuses_a_state_for_another_device() {
     assert!(err.to_string().contains("attachments charged"), "{err}");
 }
 
+/// A state over a budget of the device it is restored into (a new process under a smaller
+/// open-file limit, say) is refused with the budget named, whichever kind it is: the live
+/// upgrade rolls back instead of serving a guest past its limits.
+#[test]
+fn restore_refuses_a_state_over_the_budget() {
+    let mut h = Harness::new();
+    h.create_2d(1, 64, 64);
+    h.cross_domain_context(2, 10, 8 * MIB);
+    for id in 11..14 {
+        let reqs = h.image_requirements(2, 8 * MIB, 16, 16);
+        assert_eq!(h.create_host_blob(2, id, &reqs), GpuResponse::OkNoData);
+    }
+    let snap = h.dev.snapshot().unwrap();
+    let base = h.dev.config().clone();
+    let smaller = [
+        (
+            DeviceConfig {
+                max_fds: 2,
+                ..base.clone()
+            },
+            "open files",
+        ),
+        (
+            DeviceConfig {
+                max_resource_memory: 4096,
+                ..base.clone()
+            },
+            "host bytes",
+        ),
+        (
+            DeviceConfig {
+                max_resources: 2,
+                ..base.clone()
+            },
+            "resources",
+        ),
+    ];
+    for (config, kind) in smaller {
+        let mut fds: Vec<Option<std::os::fd::OwnedFd>> = snap
+            .fds
+            .iter()
+            .map(|f| Some(f.try_clone().unwrap()))
+            .collect();
+        let err = GpuDevice::restore(
+            config,
+            Ports {
+                allocator: Box::new(MemfdAllocator::new()),
+                mapper: Box::new(FrontendMapper(h.region.clone())),
+                display: Box::new(RecordingDisplay(Arc::new(Mutex::new(Vec::new())))),
+                advisor: Box::new(FixedAdvisor::allow(MAP_CACHE_WC)),
+                exporter: None,
+                channels: None,
+                renderer: None,
+            },
+            &snap.state,
+            &h.mem,
+            &mut fds,
+            &snap.bulk,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                vhost_user_gpu::device::snapshot::RestoreError::OverBudget(_)
+            ) && err.to_string().contains(kind),
+            "{kind}: {err}"
+        );
+    }
+    // The same state fits the device it came from.
+    let mut fds: Vec<Option<std::os::fd::OwnedFd>> = snap
+        .fds
+        .iter()
+        .map(|f| Some(f.try_clone().unwrap()))
+        .collect();
+    GpuDevice::restore(
+        base,
+        Ports {
+            allocator: Box::new(MemfdAllocator::new()),
+            mapper: Box::new(FrontendMapper(h.region.clone())),
+            display: Box::new(RecordingDisplay(Arc::new(Mutex::new(Vec::new())))),
+            advisor: Box::new(FixedAdvisor::allow(MAP_CACHE_WC)),
+            exporter: None,
+            channels: None,
+            renderer: None,
+        },
+        &snap.state,
+        &h.mem,
+        &mut fds,
+        &snap.bulk,
+    )
+    .unwrap()
+    .discard();
+}
+
 /// A restored device that its process does not take over (the live upgrade rolls back) is
 /// discarded without a word to its display sink, which writes to the channel the previous
 /// process still serves; dropped like any device, it turns its scanouts off.
