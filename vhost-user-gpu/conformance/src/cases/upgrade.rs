@@ -131,6 +131,23 @@ fn stats(fe: &Frontend) -> Result<ProcStats, String> {
     fe.backend_stats().map_err(|e| e.to_string())
 }
 
+/// The backend's counters once they stopped moving (unchanged over 100 ms, at most 2 s): a
+/// memory region the frontend just removed stays mapped until the queue thread lets go of
+/// the previous memory table.
+fn settled_stats(fe: &Frontend) -> Result<ProcStats, String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    let mut last = stats(fe)?;
+    loop {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = stats(fe)?;
+        let same = now.fds == last.fds && now.buffer_maps == last.buffer_maps;
+        if same || std::time::Instant::now() > deadline {
+            return Ok(now);
+        }
+        last = now;
+    }
+}
+
 /// The display saw one protocol handshake, no protocol violation, and its socket is open.
 fn display_undisturbed(fe: &Frontend) -> CaseResult {
     let Some(display) = fe.display() else {
@@ -630,9 +647,12 @@ fn hundred_upgrades(harness: &Harness) -> CaseResult {
             ty::OK_NODATA,
         )?;
         display_matches(&fe, 0, w, h, &img).map_err(|e| format!("upgrade {round}: {e}"))?;
+        // The frontend's memory-table update for the unmapped blob is through (the backend
+        // closes that region's fd when it handles it): counts are compared settled.
+        fe.wait_memtable_synced().map_err(|e| e.to_string())?;
         match &baseline {
             // The first processes settle (lazily opened files, allocator caches).
-            None if round == 9 => baseline = Some(stats(&fe)?),
+            None if round == 9 => baseline = Some(settled_stats(&fe)?),
             None => {}
             Some(base) => {
                 // Counted once the new process is past its start (it may still be closing
@@ -756,6 +776,8 @@ fn rollback_over_budget(harness: &Harness) -> CaseResult {
             ))
         }
     }
+    // The new process exits after its ABORT; the old one logs its rollback when it reads it.
+    log_count(&fe, "rolled back", 1)?;
     let log = fe.backend_log();
     ensure(
         &fe,
@@ -811,7 +833,17 @@ fn rollback_out_of_fds(harness: &Harness) -> CaseResult {
         || "the refusal does not say that the fds could not be duplicated".into(),
     )?;
     rolled_back(&mut fe, pid, 1, &ids)?;
-    let after = stats(&fe)?;
+    // Counted once the memory-table updates of those maps and the refused control
+    // connection are through (both close fds a moment later).
+    fe.wait_memtable_synced().map_err(|e| e.to_string())?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    let after = loop {
+        let now = stats(&fe)?;
+        if now.fds <= full.fds || std::time::Instant::now() > deadline {
+            break now;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     ensure(&fe, after.fds <= full.fds, || {
         format!(
             "the failed handover left {} fds open ({} before it)",
