@@ -660,25 +660,43 @@ impl GpuDevice {
         let Some(resource) = self.resources.remove(resource_id) else {
             return;
         };
-        if let ResourceKind::HostBlob(blob) = &resource.kind {
-            if let Some(offset) = blob.mapped_at {
-                match self.mapper.unmap(offset, blob.buffer.size) {
-                    Ok(()) => {
-                        let _ = self.region.free(offset);
-                    }
-                    Err(e) => {
-                        // The range may still be mapped in the guest: keep it reserved
-                        // until reset so that nothing else is mapped over it.
-                        log::error!(
-                            "RESOURCE_UNREF: resource_id {resource_id}: unmapping region \
-                             range {offset:#x}+{:#x} failed: {e}; the range stays reserved",
-                            blob.buffer.size
-                        );
-                    }
+        let mapped = match &resource.kind {
+            ResourceKind::HostBlob(blob) => blob.mapped_at.map(|at| (at, blob.buffer.size)),
+            ResourceKind::Renderer(r) => r.mapping.as_ref().map(|m| (m.offset, m.len)),
+            _ => None,
+        };
+        if let Some((offset, len)) = mapped {
+            match self.mapper.unmap(offset, len) {
+                Ok(()) => {
+                    let _ = self.region.free(offset);
+                }
+                Err(e) => {
+                    // The range may still be mapped in the guest: keep it reserved until
+                    // reset so that nothing else is mapped over it.
+                    log::error!(
+                        "RESOURCE_UNREF: resource_id {resource_id}: unmapping region range \
+                         {offset:#x}+{len:#x} failed: {e}; the range stays reserved"
+                    );
                 }
             }
         }
+        // The renderer forgets it too (it ignores ids it never had: 2D resources, blobs of
+        // other contexts).
+        if let Some(renderer) = self.renderer.as_mut() {
+            renderer.resource_unref(resource_id);
+            self.renderer_work = true;
+        }
         // Dropping `resource` releases what it was charged.
+    }
+}
+
+impl Drop for GpuDevice {
+    /// The renderer outlives the device (one per process, shared by connection after
+    /// connection): what this device made there goes with it.
+    fn drop(&mut self) {
+        if let Some(renderer) = self.renderer.as_mut() {
+            renderer.reset();
+        }
     }
 }
 
