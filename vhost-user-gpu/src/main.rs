@@ -15,10 +15,12 @@ use clap::{ArgAction, CommandFactory as _, Parser};
 use dmabuf_info::{Config as PolicyConfig, Platform};
 use vhost_user_gpu::advisor::DmabufInfoAdvisor;
 use vhost_user_gpu::alloc::{self, gbm, AllocatorKind};
+use vhost_user_gpu::device::ports::{CapsetInfo, Renderer, SendRenderer};
 use vhost_user_gpu::device::Ports;
 use vhost_user_gpu::device::{DeviceConfig, GpuDevice};
 use vhost_user_gpu::display::{PngCapture, SharedSink};
-use vhost_user_gpu::protocol::MAX_SCANOUTS;
+use vhost_user_gpu::protocol::{CAPSET_VENUS, CAPSET_VIRGL, CAPSET_VIRGL2, MAX_SCANOUTS};
+use vhost_user_gpu::renderer::{RendererThread, VirglConfig, VirglRenderer};
 use vhost_user_gpu::sandbox::SandboxPolicy;
 use vhost_user_gpu::transport::{self, DeviceFactory, SocketSource, TransportSettings};
 
@@ -86,6 +88,22 @@ struct Cli {
     #[arg(long, value_name = "SIZE", default_value = "1G", value_parser = parse_size)]
     max_resource_memory: u64,
 
+    /// Context types offered to the guest: `auto` (cross-domain, plus virgl and venus where
+    /// they work on this host: venus needs virglrenderer >= 1.0), `none` (no contexts, no
+    /// VIRGL feature), or a comma-separated list of `virgl` (OpenGL; capsets VIRGL and
+    /// VIRGL2), `venus` (Vulkan) and `cross-domain`, each of which must work or the backend
+    /// does not start.
+    #[arg(long, value_name = "LIST", default_value = "auto", value_parser = parse_capsets)]
+    capset: CapsetChoice,
+
+    /// The virglrenderer library for virgl and venus (a soname or a path).
+    #[arg(long, value_name = "PATH", default_value = vhost_user_gpu::renderer::DEFAULT_LIBRARY)]
+    virglrenderer: PathBuf,
+
+    /// virglrenderer's render server, which venus contexts run in (Debian: virgl-server).
+    #[arg(long, value_name = "PATH", default_value = vhost_user_gpu::renderer::DEFAULT_RENDER_SERVER)]
+    render_server: PathBuf,
+
     /// Most resources a guest may have at once: 1-4294967295.
     #[arg(long, value_name = "N", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
     max_resources: u32,
@@ -118,6 +136,65 @@ fn platform_parser() -> impl clap::builder::TypedValueParser<Value = Platform> {
         Platform::ALL.map(|p| PossibleValue::new(p.as_str()).help(p.describe())),
     )
     .try_map(|s| s.parse::<Platform>())
+}
+
+/// Whether a context type is offered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Want {
+    /// Not offered.
+    Off,
+    /// Offered where it works on this host (`--capset auto`).
+    IfAvailable,
+    /// Asked for by name: start-up fails without it.
+    Required,
+}
+
+/// `--capset`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct CapsetChoice {
+    virgl: Want,
+    venus: Want,
+    cross_domain: bool,
+}
+
+/// Parses `auto`, `none` or a list of `virgl`, `venus`, `cross-domain`.
+fn parse_capsets(s: &str) -> Result<CapsetChoice, String> {
+    match s.trim() {
+        "auto" => {
+            return Ok(CapsetChoice {
+                virgl: Want::IfAvailable,
+                venus: Want::IfAvailable,
+                cross_domain: true,
+            })
+        }
+        "none" => {
+            return Ok(CapsetChoice {
+                virgl: Want::Off,
+                venus: Want::Off,
+                cross_domain: false,
+            })
+        }
+        _ => {}
+    }
+    let mut choice = CapsetChoice {
+        virgl: Want::Off,
+        venus: Want::Off,
+        cross_domain: false,
+    };
+    for name in s.split(',').map(str::trim) {
+        match name {
+            "virgl" => choice.virgl = Want::Required,
+            "venus" => choice.venus = Want::Required,
+            "cross-domain" => choice.cross_domain = true,
+            other => {
+                return Err(format!(
+                    "'{other}' is not a context type (auto, none, or a list of virgl, venus, \
+                     cross-domain)"
+                ))
+            }
+        }
+    }
+    Ok(choice)
 }
 
 /// `--sandbox on|off`.
@@ -272,6 +349,9 @@ fn run(cli: Cli) -> Result<(), Failure> {
 
     let listener = transport::open_listener(&source).map_err(|e| Runtime(e.to_string()))?;
     raise_fd_limit();
+    // The renderer starts before the sandbox closes: it loads Mesa's drivers and starts the
+    // render server.
+    let renderer = start_renderer(&cli).map_err(Runtime)?;
     if cli.sandbox {
         // Before any thread exists (Landlock applies to the calling thread and its future
         // children): the capture writer and the vhost-user threads start below.
@@ -303,11 +383,12 @@ fn run(cli: Cli) -> Result<(), Failure> {
         hostmem: cli.hostmem,
         max_resource_memory: cli.max_resource_memory,
         max_resources: cli.max_resources,
-        cross_domain: true,
+        cross_domain: cli.capset.cross_domain,
         max_pending_fences: vhost_user_gpu::device::MAX_PENDING_FENCES,
     };
     device_config.validate().map_err(|e| Usage(e.to_string()))?;
     let allocator = resolved.clone();
+    let renderer_client = renderer.as_ref().map(RendererThread::client);
     let factory: Arc<DeviceFactory> = Arc::new(move |mapper, display| {
         let allocator = alloc::select(allocator.kind, allocator.render_node.as_deref())
             .map_err(std::io::Error::other)?;
@@ -318,7 +399,9 @@ fn run(cli: Cli) -> Result<(), Failure> {
             display,
             advisor: Box::new(advisor),
             exporter: alloc::guest_page_exporter(),
-            renderer: None,
+            renderer: renderer_client
+                .clone()
+                .map(|client| Box::new(client) as SendRenderer),
         };
         Ok(GpuDevice::new(device_config.clone(), ports))
     });
@@ -349,8 +432,69 @@ fn run(cli: Cli) -> Result<(), Failure> {
         hostmem: cli.hostmem,
         capture,
     };
-    transport::serve(listener, cli.keep_listening, settings, factory)
-        .map_err(|e| Runtime(e.to_string()))
+    let served = transport::serve(listener, cli.keep_listening, settings, factory)
+        .map_err(|e| Runtime(e.to_string()));
+    drop(renderer);
+    served
+}
+
+/// Starts the renderer for the virgl and venus contexts `--capset` asks for: `None` when
+/// none is asked for, or (with `auto`) when none works here. An error names what was asked
+/// for by name and does not work.
+fn start_renderer(cli: &Cli) -> Result<Option<RendererThread>, String> {
+    let CapsetChoice { virgl, venus, .. } = cli.capset;
+    if virgl == Want::Off && venus == Want::Off {
+        return Ok(None);
+    }
+    let config = VirglConfig {
+        library: cli.virglrenderer.clone(),
+        virgl: virgl != Want::Off,
+        venus: venus != Want::Off,
+        render_server: cli.render_server.clone(),
+        ..VirglConfig::default()
+    };
+    // Mesa's shader cache would write under $HOME, which the sandbox does not allow.
+    if std::env::var_os("MESA_SHADER_CACHE_DISABLE").is_none() {
+        std::env::set_var("MESA_SHADER_CACHE_DISABLE", "true");
+    }
+    let started = RendererThread::spawn(move || {
+        VirglRenderer::new(&config).map(|r| Box::new(r) as Box<dyn Renderer>)
+    });
+    let renderer = match started {
+        Ok(r) => r,
+        Err(e) if virgl != Want::Required && venus != Want::Required => {
+            log::info!("3D: no virgl or venus contexts on this host ({e}); cross-domain only");
+            return Ok(None);
+        }
+        Err(e) => return Err(format!("--capset: the renderer does not start: {e}")),
+    };
+    let served = renderer.capsets();
+    let serves = |id: u32| served.iter().any(|c: &CapsetInfo| c.id == id);
+    if virgl == Want::Required && !(serves(CAPSET_VIRGL) || serves(CAPSET_VIRGL2)) {
+        return Err("--capset virgl: the renderer serves no virgl capset here".into());
+    }
+    if venus == Want::Required && !serves(CAPSET_VENUS) {
+        return Err(
+            "--capset venus: the renderer serves no venus capset here (virglrenderer >= 1.0, \
+             its render server and a Vulkan driver are needed)"
+                .into(),
+        );
+    }
+    log::info!(
+        "3D: {} serves {}",
+        renderer.name(),
+        served
+            .iter()
+            .map(|c| match c.id {
+                CAPSET_VIRGL => "VIRGL",
+                CAPSET_VIRGL2 => "VIRGL2",
+                CAPSET_VENUS => "VENUS",
+                _ => "another capset",
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Ok(Some(renderer))
 }
 
 /// Raises the soft limit of open files to the hard limit: every HOST3D blob and exported
