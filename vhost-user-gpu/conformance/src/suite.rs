@@ -23,6 +23,9 @@ pub struct Capabilities {
     pub protocol: VhostUserProtocolFeatures,
     /// Host-visible region size (0 without one).
     pub region_size: u64,
+    /// Our backend with `--capset virgl`: `Ok` when it started with a virgl renderer, else
+    /// why not (not our backend, or no renderer on this host).
+    pub renderer: Result<(), String>,
 }
 
 impl Capabilities {
@@ -33,6 +36,7 @@ impl Capabilities {
             features: fe.acked_features(),
             protocol: fe.protocol_features(),
             region_size: fe.shmem().map_or(0, |r| r.size()),
+            renderer: probe_renderer(harness),
         })
     }
 
@@ -54,9 +58,32 @@ impl Capabilities {
                 peer.name()
             )),
             Need::OurCommandLine => None,
+            Need::Renderer => match &self.renderer {
+                Ok(()) => None,
+                // CI installs the renderer's packages: there a missing renderer fails.
+                Err(_) if std::env::var_os("VUG_REQUIRE_RENDERER").is_some() => None,
+                Err(why) => Some(why.clone()),
+            },
             Need::All(needs) => needs.iter().find_map(|n| self.unmet(peer, n)),
         }
     }
+}
+
+/// Whether our backend starts with a virgl renderer here (`--capset virgl`).
+fn probe_renderer(harness: &Harness) -> Result<(), String> {
+    if harness.peer() != Peer::Ours {
+        return Err(format!(
+            "the renderer cases use this project's --capset; peer is {}",
+            harness.peer().name()
+        ));
+    }
+    let fe = harness
+        .spawn_with(&["--capset", "virgl"])
+        .map_err(|e| format!("our backend does not start with --capset virgl here: {e}"))?;
+    if fe.acked_features() & crate::gpu::features::VIRGL == 0 {
+        return Err("our backend with --capset virgl did not offer VIRGL".into());
+    }
+    Ok(())
 }
 
 /// Runs the suite; `default_program` is our backend binary.
