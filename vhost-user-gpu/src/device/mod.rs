@@ -51,7 +51,7 @@ mod scanout;
 use std::fmt;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
-use log::{debug, error, warn};
+use log::{debug, error, trace, warn};
 use rustix::event::epoll;
 
 use crate::protocol::{
@@ -454,6 +454,11 @@ impl GpuDevice {
                         },
                         None => Timeline::Global,
                     };
+                    trace!(
+                        "renderer fence {} of ctx_id {} ({timeline:?}) signalled",
+                        f.fence_id,
+                        f.ctx_id
+                    );
                     if !self.fences.signal(timeline, f.fence_id) {
                         debug!(
                             "renderer fence {} of ctx_id {} ({timeline:?}) has no waiting answer",
@@ -506,6 +511,16 @@ impl GpuDevice {
         if !waits && !self.fences.busy(timeline) {
             return Completion::Now(response);
         }
+        trace!(
+            "fence {} of ctx_id {} ({timeline:?}): the answer waits{}",
+            hdr.fence_id,
+            hdr.ctx_id,
+            if waits {
+                " for the renderer"
+            } else {
+                " behind earlier fences"
+            }
+        );
         match self
             .resources
             .budget()

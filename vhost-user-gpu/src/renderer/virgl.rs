@@ -427,8 +427,11 @@ impl Renderer for VirglRenderer {
             return Err(RendererError::Start("the render server is gone".into()));
         }
         self.instance.context_create(ctx_id, capset, name)?;
+        // A virgl context's fence fd is the library's global one (already watched): only
+        // other contexts (venus) have fds of their own.
+        let global = self.instance.poll_fd().map(|fd| fd.as_raw_fd());
         if let Some(fd) = self.instance.context_poll_fd(ctx_id) {
-            if !self.watched.contains(&ctx_id) {
+            if Some(fd.as_raw_fd()) != global && !self.watched.contains(&ctx_id) {
                 match epoll::add(
                     &self.epoll,
                     fd,

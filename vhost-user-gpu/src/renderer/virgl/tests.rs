@@ -109,8 +109,8 @@ fn readable(r: &VirglRenderer, ms: i64) -> bool {
         rustix::event::PollFlags::IN,
     )];
     let timeout = rustix::time::Timespec {
-        tv_sec: 0,
-        tv_nsec: ms * 1_000_000,
+        tv_sec: ms / 1000,
+        tv_nsec: (ms % 1000) * 1_000_000,
     };
     rustix::event::poll(&mut fds, Some(&timeout)).unwrap_or(0) > 0
 }
@@ -646,4 +646,34 @@ fn venus_is_offered_by_default_only_where_guests_accept_it() {
     }
     // Virgl is served either way.
     assert!(r.capsets().iter().any(|c| c.id == CAPSET_VIRGL2));
+}
+
+#[test]
+fn venus_fences_are_reported_beside_virgl_contexts_and_after_id_reuse() {
+    let _g = serial();
+    let Some(mut r) = start(true, true) else {
+        return;
+    };
+    // The sequence of a guest session: a virgl context, then venus and virgl contexts
+    // that reuse an id.
+    r.context_create(1, CAPSET_VIRGL2, b"eglinfo").unwrap();
+    for (round, fence) in [(0u64, 50u64), (1, 60)] {
+        r.context_create(2, CAPSET_VIRGL2, b"kmscube").unwrap();
+        r.context_destroy(2);
+        r.context_create(2, CAPSET_VENUS, b"vulkan").unwrap();
+        r.create_fence(2, Some(0), fence).unwrap();
+        assert!(readable(&r, 5000), "round {round}: the poll fd never woke");
+        let fences = wait_fences(&mut r, 1);
+        assert_eq!(
+            fences,
+            vec![FenceSignal {
+                ctx_id: 2,
+                ring: Some(0),
+                fence_id: fence
+            }],
+            "round {round}"
+        );
+        r.context_destroy(2);
+    }
+    r.context_destroy(1);
 }
