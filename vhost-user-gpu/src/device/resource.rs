@@ -79,6 +79,8 @@ pub(crate) struct RendererResource {
     pub exported: Option<OwnedFd>,
     /// What the renderer says `exported` is.
     pub exported_kind: Option<BlobFdKind>,
+    /// Where the blob's bytes start in `exported`.
+    pub exported_offset: u64,
     /// The renderer's own idea of the caching, logged beside dmabuf-info's.
     pub renderer_map_info: Option<u32>,
     /// Where it is mapped in the host-visible region.
@@ -96,6 +98,7 @@ impl RendererResource {
             backing: None,
             exported: None,
             exported_kind: None,
+            exported_offset: 0,
             renderer_map_info: None,
             mapping: None,
             cpu_map: None,
@@ -110,6 +113,7 @@ impl RendererResource {
             backing,
             exported: None,
             exported_kind: None,
+            exported_offset: 0,
             renderer_map_info: None,
             mapping: None,
             cpu_map: None,

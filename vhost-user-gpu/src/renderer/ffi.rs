@@ -243,6 +243,8 @@ struct Symbols {
     resource_create_blob: unsafe extern "C" fn(*const RawCreateBlobArgs) -> c_int,
     resource_export_blob: unsafe extern "C" fn(u32, *mut u32, *mut c_int) -> c_int,
     resource_get_map_info: unsafe extern "C" fn(u32, *mut u32) -> c_int,
+    resource_map: unsafe extern "C" fn(u32, *mut *mut c_void, *mut u64) -> c_int,
+    resource_unmap: unsafe extern "C" fn(u32) -> c_int,
     get_fd_for_texture2: unsafe extern "C" fn(u32, *mut c_int, *mut c_int, *mut c_int) -> c_int,
     /// 1.0 and newer.
     set_log_callback:
@@ -352,6 +354,8 @@ impl Library {
             resource_create_blob: required!(lib, path, "virgl_renderer_resource_create_blob"),
             resource_export_blob: required!(lib, path, "virgl_renderer_resource_export_blob"),
             resource_get_map_info: required!(lib, path, "virgl_renderer_resource_get_map_info"),
+            resource_map: required!(lib, path, "virgl_renderer_resource_map"),
+            resource_unmap: required!(lib, path, "virgl_renderer_resource_unmap"),
             get_fd_for_texture2: required!(lib, path, "virgl_renderer_get_fd_for_texture2"),
             set_log_callback: optional!(lib, "virgl_set_log_callback"),
         };
@@ -1021,6 +1025,31 @@ impl Instance {
         let ret = unsafe { (self.lib.sym.resource_get_map_info)(res_id, &mut info) };
         check("virgl_renderer_resource_get_map_info", ret)?;
         Ok(info)
+    }
+
+    /// Runs `f` with where the library itself maps a blob in this process
+    /// (`virgl_renderer_resource_map`, undone with `virgl_renderer_resource_unmap` when `f`
+    /// returns): `f(address, size)`. For an OPAQUE fd the library imports it into a Vulkan
+    /// device of its own to map it, so the address says where the driver keeps the blob's
+    /// bytes. `f` gets the address as a number only: nothing here dereferences it.
+    pub fn while_mapped<T>(
+        &self,
+        res_id: u32,
+        f: impl FnOnce(usize, u64) -> T,
+    ) -> Result<T, CallError> {
+        let mut ptr: *mut c_void = std::ptr::null_mut();
+        let mut size = 0u64;
+        // SAFETY: two valid out-pointers; the mapping is the library's and is undone below
+        // without being touched.
+        let ret = unsafe { (self.lib.sym.resource_map)(res_id, &mut ptr, &mut size) };
+        check("virgl_renderer_resource_map", ret)?;
+        let out = f(ptr as usize, size);
+        // SAFETY: plain value; the resource was mapped just above.
+        let ret = unsafe { (self.lib.sym.resource_unmap)(res_id) };
+        if ret != 0 {
+            log::warn!("virgl_renderer_resource_unmap({res_id}) failed: {ret}");
+        }
+        Ok(out)
     }
 
     /// `virgl_renderer_reset`: destroys every context and resource; drops all backings.

@@ -701,9 +701,24 @@ impl Renderer for VirglRenderer {
             .map_info(res_id)
             .ok()
             .filter(|&m| m & virtio_bindings::virtio_gpu::VIRTIO_GPU_MAP_CACHE_MASK != 0);
+        // An OPAQUE fd is laid out as its driver likes (lavapipe's memfd starts with a
+        // header page, the memory follows): where the bytes start is found where the library
+        // maps it itself, through the driver.
+        let fd_offset = match kind {
+            BlobFdKind::Opaque => self
+                .instance
+                .while_mapped(res_id, |address, _| offset_in_fd(fd.as_fd(), address))?
+                .map_err(|why| {
+                    RendererError::Invalid(format!(
+                        "resource {res_id}: opaque fd from the renderer, but where its bytes                          start is unknown ({why}); not mappable"
+                    ))
+                })?,
+            BlobFdKind::Dmabuf | BlobFdKind::Shm => 0,
+        };
         Ok(ExportedBlob {
             fd,
             kind,
+            fd_offset,
             renderer_map_info,
         })
     }
@@ -794,6 +809,60 @@ impl Renderer for VirglRenderer {
         self.global.clear();
         self.arm_timer(false);
     }
+}
+
+/// Where `address` (inside a mapping of this process) lies in `fd`: the mapping that holds
+/// it must be of the same file (device and inode as `fd`'s), and the offset is the
+/// mapping's file offset plus the distance from its start (`/proc/self/maps`).
+fn offset_in_fd(fd: BorrowedFd<'_>, address: usize) -> Result<u64, String> {
+    let stat = rustix::fs::fstat(fd).map_err(|e| format!("fstat: {e}"))?;
+    let maps = std::fs::read_to_string("/proc/self/maps")
+        .map_err(|e| format!("/proc/self/maps: {e}"))?;
+    let line = maps
+        .lines()
+        .find_map(|l| parse_maps_line(l).filter(|m| m.start <= address && address < m.end))
+        .ok_or_else(|| format!("no mapping holds {address:#x}"))?;
+    let dev = (
+        rustix::fs::major(stat.st_dev),
+        rustix::fs::minor(stat.st_dev),
+    );
+    if line.inode != stat.st_ino || line.dev != dev {
+        return Err(format!(
+            "the library's mapping at {address:#x} is of inode {} on {:?}, not of the \
+             exported fd (inode {} on {dev:?})",
+            line.inode, line.dev, stat.st_ino
+        ));
+    }
+    Ok(line.offset + (address - line.start) as u64)
+}
+
+/// One line of `/proc/self/maps`: range, file offset, device and inode.
+#[derive(Debug, PartialEq, Eq)]
+struct MapsLine {
+    start: usize,
+    end: usize,
+    offset: u64,
+    dev: (u32, u32),
+    inode: u64,
+}
+
+fn parse_maps_line(line: &str) -> Option<MapsLine> {
+    let mut fields = line.split_ascii_whitespace();
+    let (start, end) = fields.next()?.split_once('-')?;
+    let _perms = fields.next()?;
+    let offset = fields.next()?;
+    let (major, minor) = fields.next()?.split_once(':')?;
+    let inode = fields.next()?;
+    Some(MapsLine {
+        start: usize::from_str_radix(start, 16).ok()?,
+        end: usize::from_str_radix(end, 16).ok()?,
+        offset: u64::from_str_radix(offset, 16).ok()?,
+        dev: (
+            u32::from_str_radix(major, 16).ok()?,
+            u32::from_str_radix(minor, 16).ok()?,
+        ),
+        inode: inode.parse().ok()?,
+    })
 }
 
 #[cfg(test)]

@@ -541,6 +541,7 @@ impl GpuDevice {
         );
         if let ResourceKind::Renderer(r) = &mut self.resources.get_mut(resource_id)?.kind {
             r.exported_kind = Some(exported.kind);
+            r.exported_offset = exported.fd_offset;
             r.renderer_map_info = exported.renderer_map_info;
             r.exported = Some(exported.fd);
         }
@@ -584,6 +585,7 @@ impl GpuDevice {
             unreachable!("checked above");
         };
         let renderer_kind = r.exported_kind.unwrap_or(BlobFdKind::Opaque);
+        let fd_offset = r.exported_offset;
         let renderer_map_info = r.renderer_map_info;
         let Some(fd) = r.exported.as_ref() else {
             unreachable!("exported above");
@@ -591,12 +593,12 @@ impl GpuDevice {
         // The fd must hold the whole mapping (a shorter file would fault in the guest).
         let fd_len = rustix::fs::seek(fd, rustix::fs::SeekFrom::End(0)).unwrap_or(0);
         let _ = rustix::fs::seek(fd, rustix::fs::SeekFrom::Start(0));
-        if fd_len < len {
+        if fd_len < fd_offset.saturating_add(len) {
             return Err(reject(
                 GpuError::Unspec,
                 format!(
                     "{what}: the renderer's {renderer_kind} holds {fd_len} bytes, the blob \
-                     needs {len}; refused"
+                     needs {len} from {fd_offset:#x}; refused"
                 ),
             ));
         }
@@ -633,7 +635,7 @@ impl GpuDevice {
         let range = MapRange {
             shm_offset: offset,
             len,
-            fd_offset: 0,
+            fd_offset,
             writable: true,
         };
         if let Err(e) = self.mapper.map(fd.as_fd(), range) {

@@ -453,9 +453,14 @@ impl GpuDevice {
                         format!("resource_id {rid}: the renderer blob was not exported"),
                     ));
                 };
+                // Where the blob's bytes start in the fd (an opaque fd's header comes first).
+                let start = r.exported_offset;
                 let map = match r.cpu_map.take() {
                     Some(m) => m,
-                    None => match MappedBuffer::map_read(fd.as_fd(), resource.size) {
+                    None => match MappedBuffer::map_read(
+                        fd.as_fd(),
+                        resource.size.saturating_add(start),
+                    ) {
                         Ok(m) => m,
                         Err(e) => {
                             self.scratch = scratch;
@@ -474,7 +479,7 @@ impl GpuDevice {
                     u64::from(view.stride),
                     &mut scratch,
                     |off, dst| {
-                        usize::try_from(off)
+                        usize::try_from(off.saturating_add(start))
                             .ok()
                             .and_then(|off| map.read_into(off, dst))
                             .ok_or_else(|| format!("read at {off:#x} outside the blob"))

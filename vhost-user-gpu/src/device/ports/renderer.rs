@@ -66,6 +66,9 @@ pub struct ExportedBlob {
     pub fd: OwnedFd,
     /// What the renderer says it is.
     pub kind: BlobFdKind,
+    /// Where the blob's bytes start in `fd` (0 for dma-bufs and shared memory; an OPAQUE
+    /// fd's layout is the driver's: lavapipe's memfd starts with a header page).
+    pub fd_offset: u64,
     /// The renderer's own idea of the caching (`VIRTIO_GPU_MAP_CACHE_*`), for the log
     /// line beside dmabuf-info's answer; `None` when it has none.
     pub renderer_map_info: Option<u32>,

@@ -677,3 +677,46 @@ fn venus_fences_are_reported_beside_virgl_contexts_and_after_id_reuse() {
     }
     r.context_destroy(1);
 }
+
+#[test]
+fn maps_lines_parse() {
+    let line = "7f12a0000000-7f12a0201000 rw-s 00001000 00:01 4242   /memfd:llvmpipe memory fd (deleted)";
+    assert_eq!(
+        parse_maps_line(line),
+        Some(MapsLine {
+            start: 0x7f12_a000_0000,
+            end: 0x7f12_a020_1000,
+            offset: 0x1000,
+            dev: (0, 1),
+            inode: 4242,
+        })
+    );
+    assert_eq!(parse_maps_line("garbage"), None);
+}
+
+#[test]
+fn an_address_in_a_file_mapping_gives_its_offset_in_that_file_only() {
+    // A file-backed mapping of this process (the test binary or a library).
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    let (m, path) = maps
+        .lines()
+        .find_map(|l| {
+            let m = parse_maps_line(l)?;
+            let path = l.split_ascii_whitespace().nth(5)?;
+            (m.inode != 0 && path.starts_with('/') && m.end - m.start > 64)
+                .then(|| (m, path.to_string()))
+        })
+        .expect("a file-backed mapping");
+    let file = std::fs::File::open(&path).unwrap();
+    assert_eq!(
+        offset_in_fd(file.as_fd(), m.start + 40),
+        Ok(m.offset + 40),
+        "{path}"
+    );
+    // Another file at the same address: refused, not guessed.
+    let other = std::fs::File::open("/proc/self/maps").unwrap();
+    let err = offset_in_fd(other.as_fd(), m.start + 40).unwrap_err();
+    assert!(err.contains("not of the exported fd"), "{err}");
+    // No mapping at all.
+    assert!(offset_in_fd(file.as_fd(), 8).is_err());
+}
