@@ -816,8 +816,8 @@ impl Renderer for VirglRenderer {
 /// mapping's file offset plus the distance from its start (`/proc/self/maps`).
 fn offset_in_fd(fd: BorrowedFd<'_>, address: usize) -> Result<u64, String> {
     let stat = rustix::fs::fstat(fd).map_err(|e| format!("fstat: {e}"))?;
-    let maps = std::fs::read_to_string("/proc/self/maps")
-        .map_err(|e| format!("/proc/self/maps: {e}"))?;
+    let maps =
+        std::fs::read_to_string("/proc/self/maps").map_err(|e| format!("/proc/self/maps: {e}"))?;
     let line = maps
         .lines()
         .find_map(|l| parse_maps_line(l).filter(|m| m.start <= address && address < m.end))

@@ -680,7 +680,8 @@ fn venus_fences_are_reported_beside_virgl_contexts_and_after_id_reuse() {
 
 #[test]
 fn maps_lines_parse() {
-    let line = "7f12a0000000-7f12a0201000 rw-s 00001000 00:01 4242   /memfd:llvmpipe memory fd (deleted)";
+    let line =
+        "7f12a0000000-7f12a0201000 rw-s 00001000 00:01 4242   /memfd:llvmpipe memory fd (deleted)";
     assert_eq!(
         parse_maps_line(line),
         Some(MapsLine {
