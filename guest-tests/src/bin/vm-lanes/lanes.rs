@@ -478,7 +478,7 @@ impl Backend {
     }
 }
 
-fn host_backend() -> Result<PathBuf, Error> {
+pub(crate) fn host_backend() -> Result<PathBuf, Error> {
     let built = step("build: vhost-user-gpu (host)", || {
         binaries::host(&["build", "-p", "vhost-user-gpu", "--bin", "vhost-user-gpu"])
     })?;
@@ -510,7 +510,7 @@ fn check_pattern_png(path: &Path) -> Outcome {
 }
 
 /// Runs `attempt` until it passes or `limit` has passed; returns the last outcome.
-fn poll_outcome(limit: Duration, mut attempt: impl FnMut() -> Outcome) -> Outcome {
+pub(crate) fn poll_outcome(limit: Duration, mut attempt: impl FnMut() -> Outcome) -> Outcome {
     let deadline = Instant::now() + limit;
     loop {
         let outcome = attempt();
@@ -541,7 +541,16 @@ fn blob_lane(env: &mut Env, timeout: Duration) -> Result<Tally, Error> {
         let captures = dir.join("captures");
         fs::create_dir_all(&captures).map_err(|e| Error::io(&captures, e))?;
         let socket = dir.join("gpu.sock");
-        let mut extra = strings(&["--allocator", "memfd", "--hostmem", "256M"]);
+        // Cross-domain only, whatever renderer this host has: the guest checks the capsets
+        // (3D is the render lane's).
+        let mut extra = strings(&[
+            "--allocator",
+            "memfd",
+            "--hostmem",
+            "256M",
+            "--capset",
+            "cross-domain",
+        ]);
         extra.push("--capture-dir".into());
         extra.push(captures.display().to_string());
         if refuse {
@@ -673,7 +682,7 @@ fn qemu10_lane(env: &mut Env, timeout: Duration) -> Result<Tally, Error> {
         &backend_bin,
         &dir,
         &socket,
-        &strings(&["--allocator", "memfd"]),
+        &strings(&["--allocator", "memfd", "--capset", "cross-domain"]),
     )?;
     let steps = vec![
         GuestStep::new(
