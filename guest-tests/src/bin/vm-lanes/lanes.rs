@@ -21,12 +21,9 @@ use crate::{step, Error};
 /// font; a cursor alone lights one or two.
 const CONSOLE_TEXT_ROWS: usize = 60;
 
-/// Lane names, in the order they run by default.
-pub const NAMES: [&str; 3] = ["kernel", "blob", "qemu10"];
-
-/// Lanes that run only when asked for with `--lane` (`render`: real guest userspace on a
-/// root file system image, see `render.rs`).
-pub const ON_REQUEST: [&str; 1] = ["render"];
+/// Lane names, in the order they run by default (`render`: real guest userspace on a root
+/// file system image, see `render.rs`).
+pub const NAMES: [&str; 4] = ["kernel", "blob", "qemu10", "render"];
 
 /// Everything prepared once and shared by the lanes.
 #[derive(Default)]

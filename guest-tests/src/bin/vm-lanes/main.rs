@@ -5,7 +5,7 @@
 //! cargo run --release -p guest-tests --bin vm-lanes -- [--lane NAME]... [--timeout SECS]
 //! ```
 //!
-//! Lanes: `kernel`, `blob`, `qemu10` (all by default); `render` only with `--lane render`. Prints one line per lane,
+//! Lanes: `kernel`, `blob`, `qemu10`, `render` (all by default). Prints one line per lane,
 //! `lane NAME: N passed, N failed, N skipped`, then the total. Exits non-zero when
 //! any case failed or a lane could not run. Everything fetched is cached under
 //! `~/.cache/dmabuf-virtio-gpu/`; per-run logs go to `target/vm-lanes/LANE/`.
@@ -131,10 +131,9 @@ fn parse_args() -> Result<Options, String> {
             "-h" | "--help" => {
                 println!(
                     "usage: vm-lanes [--lane NAME]... [--timeout SECS]\n\
-                     lanes: {} (default: all), {} (only with --lane)\n\
+                     lanes: {} (default: all)\n\
                      --timeout: per guest boot, default 300",
-                    lanes::NAMES.join(", "),
-                    lanes::ON_REQUEST.join(", ")
+                    lanes::NAMES.join(", ")
                 );
                 std::process::exit(0);
             }
@@ -142,11 +141,10 @@ fn parse_args() -> Result<Options, String> {
         }
     }
     for lane in &lanes {
-        if !lanes::NAMES.contains(&lane.as_str()) && !lanes::ON_REQUEST.contains(&lane.as_str()) {
+        if !lanes::NAMES.contains(&lane.as_str()) {
             return Err(format!(
-                "unknown lane {lane:?}; lanes are {} (by default) and {} (with --lane)",
-                lanes::NAMES.join(", "),
-                lanes::ON_REQUEST.join(", ")
+                "unknown lane {lane:?}; lanes are {}",
+                lanes::NAMES.join(", ")
             ));
         }
     }
