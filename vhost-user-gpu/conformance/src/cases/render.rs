@@ -42,9 +42,11 @@ pub(super) fn cases() -> Vec<Case> {
 const CTX: u32 = 1;
 const SIDE: u32 = 64;
 
+/// Our backend with `--capset capsets`, unconfined: the backend offers 3D only with
+/// `--sandbox off` (no 3D sandbox profile yet).
 fn spawn(harness: &Harness, capsets: &str) -> Result<Frontend, String> {
     harness
-        .spawn_with(&["--capset", capsets])
+        .spawn_with(&["--capset", capsets, "--sandbox", "off"])
         .map_err(|e| format!("cannot start backend with --capset {capsets}: {e}"))
 }
 
