@@ -4,7 +4,9 @@
 //!
 //! The library holds what both sides share: the result line format
 //! ([`report`]) and the KMS test pattern the guest draws and the host checks in
-//! PNG captures and screendumps ([`pattern`]).
+//! PNG captures and screendumps ([`pattern`]), and the guest-side Wayland proxy over a
+//! cross-domain channel ([`wl_proxy`]).
 
 pub mod pattern;
 pub mod report;
+pub mod wl_proxy;

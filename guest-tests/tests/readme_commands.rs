@@ -84,7 +84,7 @@ const TABLE: &[(&str, &str, How)] = &[
     ),
     (
         "README.md",
-        "cargo run --release -p guest-tests --bin vm-lanes                # lanes kernel, blob, qemu10, render",
+        "cargo run --release -p guest-tests --bin vm-lanes                # lanes kernel, blob, qemu10, wayland, render",
         How::Ci(".ci/test's last stages run every lane; the blob lane checks its console.png itself"),
     ),
     (

@@ -10,15 +10,20 @@
 //! - [`display`]: display sinks (QEMU's vhost-user-gpu display protocol, PNG capture).
 //! - [`renderer`]: 3D rendering (virglrenderer, loaded at run time) behind the `Renderer` port.
 //! - [`advisor`]: the map advisor over `dmabuf-info`.
+//! - [`wayland`]: the host end of cross-domain Wayland channels (compositor connection,
+//!   identifier tables, pipes).
 //! - [`sandbox`]: self-confinement after start-up (seccomp-bpf allowlist, Landlock).
 //! - [`queue_thread`]: marks the thread that may wait for the frontend.
+//! - [`guest_log`]: the one rate limiter of log lines a guest can cause.
 
 pub mod advisor;
 pub mod alloc;
 pub mod device;
 pub mod display;
+pub mod guest_log;
 pub mod protocol;
 pub mod queue_thread;
 pub mod renderer;
 pub mod sandbox;
 pub mod transport;
+pub mod wayland;

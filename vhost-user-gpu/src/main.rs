@@ -17,12 +17,13 @@ use vhost_user_gpu::advisor::DmabufInfoAdvisor;
 use vhost_user_gpu::alloc::{self, gbm, AllocatorKind};
 use vhost_user_gpu::device::ports::{CapsetInfo, Renderer, SendRenderer};
 use vhost_user_gpu::device::Ports;
-use vhost_user_gpu::device::{DeviceConfig, GpuDevice};
+use vhost_user_gpu::device::{DeviceConfig, GpuDevice, FD_RESERVE};
 use vhost_user_gpu::display::{PngCapture, SharedSink};
 use vhost_user_gpu::protocol::{CAPSET_VENUS, CAPSET_VIRGL, CAPSET_VIRGL2, MAX_SCANOUTS};
 use vhost_user_gpu::renderer::{RendererThread, VirglConfig, VirglRenderer};
-use vhost_user_gpu::sandbox::SandboxPolicy;
+use vhost_user_gpu::sandbox::{Landlock, SandboxError, SandboxPolicy};
 use vhost_user_gpu::transport::{self, DeviceFactory, SocketSource, TransportSettings};
+use vhost_user_gpu::wayland::{self, ChannelLimits, WaylandConnector};
 
 /// vhost-user virtio-gpu backend: 2D scanouts, blob resources mapped into the guest through
 /// the host-visible region (SHMEM_MAP), with dmabuf-info deciding what is safe to map.
@@ -112,10 +113,19 @@ struct Cli {
     #[arg(long)]
     keep_listening: bool,
 
-    /// Confine the backend after start-up: a seccomp-bpf system call allowlist and, where
-    /// the kernel has it, Landlock file-system rules (see README-launch.md).
-    #[arg(long, value_name = "on|off", default_value = "on", value_parser = on_off_parser(), action = ArgAction::Set)]
-    sandbox: bool,
+    /// Wayland compositor socket for cross-domain Wayland channels (one connection per guest
+    /// context that asks for one), or `off`. Default: $XDG_RUNTIME_DIR/$WAYLAND_DISPLAY when
+    /// WAYLAND_DISPLAY is set and a compositor answers there at start-up; a socket given here
+    /// must answer at start-up.
+    #[arg(long, value_name = "PATH|off")]
+    wayland_socket: Option<PathBuf>,
+
+    /// Confine the backend after start-up: a seccomp-bpf system call allowlist and Landlock
+    /// file-system rules (see README-launch.md). `on` refuses to start on a kernel without
+    /// Landlock; `seccomp-only` runs there with the system-call filter alone, which then lets
+    /// no file be created or written (no --capture-dir).
+    #[arg(long, value_name = "MODE", default_value = "on", value_parser = sandbox_parser(), action = ArgAction::Set)]
+    sandbox: SandboxMode,
 
     /// More log output (-v debug, -vv trace). RUST_LOG overrides.
     #[arg(short, long, action = ArgAction::Count)]
@@ -197,13 +207,32 @@ fn parse_capsets(s: &str) -> Result<CapsetChoice, String> {
     Ok(choice)
 }
 
-/// `--sandbox on|off`.
-fn on_off_parser() -> impl clap::builder::TypedValueParser<Value = bool> {
+/// What `--sandbox` asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SandboxMode {
+    /// seccomp-bpf and Landlock (Landlock required).
+    On,
+    /// seccomp-bpf alone, no file may be created or written.
+    SeccompOnly,
+    /// Not confined.
+    Off,
+}
+
+/// `--sandbox on|seccomp-only|off`.
+fn sandbox_parser() -> impl clap::builder::TypedValueParser<Value = SandboxMode> {
     PossibleValuesParser::new([
-        PossibleValue::new("on").help("confined (the default)"),
+        PossibleValue::new("on")
+            .help("seccomp allowlist and Landlock (the default; needs a kernel with Landlock)"),
+        PossibleValue::new("seccomp-only").help(
+            "seccomp allowlist alone, for kernels without Landlock: no file is created or written",
+        ),
         PossibleValue::new("off").help("not confined: for debugging only"),
     ])
-    .map(|s| s == "on")
+    .map(|s| match s.as_str() {
+        "on" => SandboxMode::On,
+        "seccomp-only" => SandboxMode::SeccompOnly,
+        _ => SandboxMode::Off,
+    })
 }
 
 /// Parses `4096`, `64K`, `256M`, `1G` (binary multiples; optional `iB`/`B`).
@@ -347,27 +376,46 @@ fn run(cli: Cli) -> Result<(), Failure> {
         }
     };
 
+    let wayland = wayland_connector(cli.wayland_socket.as_deref())?;
+
+    if cli.sandbox == SandboxMode::SeccompOnly && cli.capture_dir.is_some() {
+        return Err(Usage(
+            "--capture-dir writes files, which --sandbox seccomp-only does not allow (without \
+             Landlock nothing confines what is written); use --sandbox on on a kernel with \
+             Landlock"
+                .into(),
+        ));
+    }
     let listener = transport::open_listener(&source).map_err(|e| Runtime(e.to_string()))?;
-    raise_fd_limit();
+    let max_fds = guest_fd_limit(raise_fd_limit());
     // The renderer starts before the sandbox closes: it loads Mesa's drivers and starts the
     // render server.
     let renderer = start_renderer(&cli).map_err(Runtime)?;
-    if cli.sandbox {
-        // Before any thread exists (Landlock applies to the calling thread and its future
-        // children): the capture writer and the vhost-user threads start below.
-        let policy = sandbox_policy(&cli, &resolved);
-        let status = vhost_user_gpu::sandbox::confine(&policy).map_err(|e| {
-            Runtime(format!(
-                "{e} (start with --sandbox off to run without confinement)"
-            ))
-        })?;
-        log::info!(
-            "sandbox: seccomp allowlist of {} system calls on every thread; Landlock {}",
-            status.allowed_syscalls,
-            status.landlock
-        );
-    } else {
-        log::warn!("sandbox: off (--sandbox off): the backend is not confined");
+    match cli.sandbox {
+        SandboxMode::On | SandboxMode::SeccompOnly => {
+            // Before any thread exists (Landlock applies to the calling thread and its future
+            // children): the capture writer and the vhost-user threads start below.
+            let policy = sandbox_policy(&cli, &resolved, wayland.is_some());
+            let status = vhost_user_gpu::sandbox::confine(&policy).map_err(|e| match e {
+                SandboxError::LandlockUnavailable => Runtime(e.to_string()),
+                e => Runtime(format!(
+                    "{e} (start with --sandbox off to run without confinement)"
+                )),
+            })?;
+            log::info!(
+                "sandbox: seccomp allowlist of {} system calls on every thread; Landlock {}",
+                status.allowed_syscalls,
+                match cli.sandbox {
+                    SandboxMode::SeccompOnly =>
+                        "not used (--sandbox seccomp-only: no file may be created or written)"
+                            .to_string(),
+                    _ => status.landlock.to_string(),
+                }
+            );
+        }
+        SandboxMode::Off => {
+            log::warn!("sandbox: off (--sandbox off): the backend is not confined")
+        }
     }
 
     let capture = match &cli.capture_dir {
@@ -385,6 +433,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         max_resources: cli.max_resources,
         cross_domain: cli.capset.cross_domain,
         max_pending_fences: vhost_user_gpu::device::MAX_PENDING_FENCES,
+        max_fds,
     };
     device_config.validate().map_err(|e| Usage(e.to_string()))?;
     let allocator = resolved.clone();
@@ -399,6 +448,9 @@ fn run(cli: Cli) -> Result<(), Failure> {
             display,
             advisor: Box::new(advisor),
             exporter: alloc::guest_page_exporter(),
+            channels: wayland
+                .clone()
+                .map(|c| Box::new(c) as Box<dyn vhost_user_gpu::device::ports::ChannelConnector>),
             renderer: renderer_client
                 .clone()
                 .map(|client| Box::new(client) as SendRenderer),
@@ -450,8 +502,8 @@ fn start_renderer(cli: &Cli) -> Result<Option<RendererThread>, String> {
     // drivers need more (LLVM's JIT changes page protections, threads come and go), so a
     // renderer under it dies at the first shader. Until 3D has a profile of its own, 3D is
     // offered only without the sandbox.
-    if cli.sandbox {
-        let why = "the sandbox (--sandbox on) does not allow what Mesa's drivers need (JIT \
+    if cli.sandbox != SandboxMode::Off {
+        let why = "the sandbox (--sandbox on or seccomp-only) does not allow what Mesa's drivers need (JIT \
                    page protection changes, threads); 3D has no sandbox profile yet";
         if virgl == Want::Required || venus == Want::Required {
             return Err(format!(
@@ -512,11 +564,9 @@ fn start_renderer(cli: &Cli) -> Result<Option<RendererThread>, String> {
     Ok(Some(renderer))
 }
 
-/// Raises the soft limit of open files to the hard limit: every HOST3D blob and exported
-/// GUEST blob holds an fd (up to `--max-resources`), and running out would also break
-/// receiving the frontend's memory tables. A guest that still reaches the limit gets
-/// ERR_OUT_OF_MEMORY for its allocations.
-fn raise_fd_limit() {
+/// Raises the soft limit of open files to the hard limit (every HOST3D blob and exported
+/// GUEST blob holds an fd) and returns the limit in effect (`None`: unlimited).
+fn raise_fd_limit() -> Option<u64> {
     use rustix::process::{getrlimit, setrlimit, Resource};
     let mut limit = getrlimit(Resource::Nofile);
     if limit.current < limit.maximum {
@@ -527,14 +577,76 @@ fn raise_fd_limit() {
                 "open file limit raised from {before:?} to {:?}",
                 limit.maximum
             ),
-            Err(e) => log::info!("open file limit stays {before:?}: {e}"),
+            Err(e) => {
+                log::info!("open file limit stays {before:?}: {e}");
+                return before;
+            }
+        }
+    }
+    limit.current
+}
+
+/// The fds a guest may make the device hold (`DeviceConfig::max_fds`): the open-file limit
+/// less [`FD_RESERVE`], so that a guest that uses up its share still leaves the process the
+/// fds of the frontend's memory regions and messages. Past it the guest's allocations get
+/// ERR_OUT_OF_MEMORY.
+fn guest_fd_limit(open_file_limit: Option<u64>) -> u64 {
+    let Some(limit) = open_file_limit else {
+        return u64::MAX;
+    };
+    let guest = limit.saturating_sub(FD_RESERVE);
+    if guest < 64 {
+        log::warn!(
+            "open file limit {limit}: only {guest} left for guest buffers after a reserve of \
+             {FD_RESERVE} (raise it with ulimit -n or LimitNOFILE=)"
+        );
+    } else {
+        log::debug!("open file limit {limit}: {guest} for guest buffers, {FD_RESERVE} reserved");
+    }
+    guest
+}
+
+/// The Wayland connector: `--wayland-socket PATH` (which must answer now), `off`, or the
+/// environment's compositor when WAYLAND_DISPLAY is set and it answers.
+fn wayland_connector(option: Option<&Path>) -> Result<Option<WaylandConnector>, Failure> {
+    let (path, explicit) = match option {
+        Some(p) if p == Path::new("off") => return Ok(None),
+        Some(p) => (p.to_path_buf(), true),
+        None => match (
+            std::env::var_os("WAYLAND_DISPLAY"),
+            wayland::socket_from_env(),
+        ) {
+            (Some(_), Some(path)) => (path, false),
+            _ => {
+                log::info!(
+                    "cross-domain: no Wayland channel (WAYLAND_DISPLAY is not set; \
+                     --wayland-socket PATH names a compositor)"
+                );
+                return Ok(None);
+            }
+        },
+    };
+    let connector = WaylandConnector::new(path, ChannelLimits::default());
+    match connector.probe() {
+        Ok(()) => {
+            log::info!(
+                "cross-domain: Wayland channels to {}",
+                connector.socket().display()
+            );
+            Ok(Some(connector))
+        }
+        Err(e) if explicit => Err(Failure::Runtime(format!("--wayland-socket: {e}"))),
+        Err(e) => {
+            log::info!("cross-domain: no Wayland channel: {e}");
+            Ok(None)
         }
     }
 }
 
 /// What the confined backend still needs: the capture directory, `/dev/udmabuf` (udmabuf
-/// allocator, and GUEST blob export when the device exists), the render node with GBM.
-fn sandbox_policy(cli: &Cli, allocator: &alloc::Resolved) -> SandboxPolicy {
+/// allocator, and GUEST blob export when the device exists), the render node with GBM,
+/// Unix stream sockets and pipes for Wayland channels.
+fn sandbox_policy(cli: &Cli, allocator: &alloc::Resolved, wayland: bool) -> SandboxPolicy {
     let mut devices = Vec::new();
     let udmabuf = Path::new(alloc::udmabuf::UDMABUF_DEVICE);
     if udmabuf.exists() {
@@ -551,8 +663,14 @@ fn sandbox_policy(cli: &Cli, allocator: &alloc::Resolved) -> SandboxPolicy {
     }
     SandboxPolicy {
         write_dirs: cli.capture_dir.iter().cloned().collect(),
+        udmabuf: devices.iter().any(|d| d == udmabuf),
         devices,
         gbm,
+        wayland,
+        landlock: match cli.sandbox {
+            SandboxMode::SeccompOnly => Landlock::Off,
+            _ => Landlock::Required,
+        },
     }
 }
 
@@ -629,16 +747,22 @@ mod tests {
         ])
         .is_err());
         let cli = Cli::try_parse_from(["vhost-user-gpu", "--socket-path", "/tmp/s"]).unwrap();
-        assert!(cli.sandbox, "the sandbox is on by default");
-        let cli = Cli::try_parse_from([
-            "vhost-user-gpu",
-            "--socket-path",
-            "/tmp/s",
-            "--sandbox",
-            "off",
-        ])
-        .unwrap();
-        assert!(!cli.sandbox);
+        assert_eq!(cli.sandbox, SandboxMode::On, "the sandbox is on by default");
+        for (value, mode) in [
+            ("off", SandboxMode::Off),
+            ("seccomp-only", SandboxMode::SeccompOnly),
+            ("on", SandboxMode::On),
+        ] {
+            let cli = Cli::try_parse_from([
+                "vhost-user-gpu",
+                "--socket-path",
+                "/tmp/s",
+                "--sandbox",
+                value,
+            ])
+            .unwrap();
+            assert_eq!(cli.sandbox, mode);
+        }
     }
 
     #[test]
@@ -654,6 +778,12 @@ mod tests {
         };
         assert!(err.contains("--sandbox off"), "{err}");
         assert!(start_renderer(&parse(&["--capset", "venus,cross-domain"])).is_err());
+        // seccomp-only is a sandbox too (the same system-call allowlist).
+        let Err(err) = start_renderer(&parse(&["--sandbox", "seccomp-only", "--capset", "virgl"]))
+        else {
+            panic!("virgl under --sandbox seccomp-only must not start");
+        };
+        assert!(err.contains("--sandbox off"), "{err}");
         // auto under the sandbox: no renderer (cross-domain only), no error.
         assert!(matches!(start_renderer(&parse(&[])), Ok(None)));
         // Nothing asked for: nothing started, sandbox or not.
@@ -692,6 +822,7 @@ mod tests {
         for text in [
             "on",
             "off",
+            "seccomp-only",
             "1-16",
             "WIDTHxHEIGHT",
             "K/M/G/T",

@@ -162,7 +162,10 @@ fn usage_errors_exit_2_and_say_what_is_wrong() {
             "[possible values: auto, gbm, udmabuf, memfd]",
         ),
         (vec!["--platform", "sparc"], "x86-intel"),
-        (vec!["--sandbox", "yes"], "[possible values: on, off]"),
+        (
+            vec!["--sandbox", "yes"],
+            "[possible values: on, seccomp-only, off]",
+        ),
         (
             vec!["--capture-dir", "/nonexistent/dir"],
             "/nonexistent/dir",

@@ -13,12 +13,16 @@ use std::sync::{Arc, Mutex};
 use vm_memory::{Bytes, FileOffset, GuestAddress};
 
 use vhost_user_gpu::alloc::memfd::MemfdAllocator;
-use vhost_user_gpu::device::ports::{Cursor, DisplaySink, Frame, GuestMemory, MapAdvisor};
+use vhost_user_gpu::device::ports::{
+    Cursor, DisplaySink, ExportError, Frame, GuestMemory, GuestPageExporter, GuestPages, MapAdvisor,
+};
 use vhost_user_gpu::device::{
-    DeviceConfig, GpuDevice, Ports, BACKING_ENTRY_COST, OFFERED_FEATURES,
+    DeviceConfig, GpuDevice, Ports, BACKING_ENTRY_COST, DMABUF_OBJECT_COST, DMABUF_PAGE_COST,
+    MAX_SCANOUT_SIDE, OFFERED_FEATURES,
 };
 use vhost_user_gpu::protocol::cross_domain::{
-    Capabilities, CrossDomainCommand, ImageRequirements, IMAGE_REQUIREMENTS_SIZE,
+    Capabilities, CrossDomainCommand, IdLayout, ImageRequirements, Init, InitLayout, PollLayout,
+    ReadWrite, SendReceive, IMAGE_REQUIREMENTS_SIZE,
 };
 use vhost_user_gpu::protocol::{
     feature, format, CreateBlob, CtrlHeader, CursorPos, CursorUpdate, GpuCommand, GpuError,
@@ -146,6 +150,16 @@ fn guest_ram() -> GuestMemory {
 
 impl Harness {
     fn with(config: DeviceConfig, advisor: Box<dyn MapAdvisor>) -> Self {
+        Self::with_exporter(config, advisor, None)
+    }
+
+    /// With `exporter` for GUEST blobs (the other harnesses have none, so that their charges
+    /// are the same on hosts with and without `/dev/udmabuf`).
+    fn with_exporter(
+        config: DeviceConfig,
+        advisor: Box<dyn MapAdvisor>,
+        exporter: Option<Box<dyn GuestPageExporter>>,
+    ) -> Self {
         let region = FrontendRegion::new(config.hostmem);
         let mapper = FrontendMapper(region.clone());
         let shown = Arc::new(Mutex::new(Vec::new()));
@@ -154,7 +168,8 @@ impl Harness {
             mapper: Box::new(mapper),
             display: Box::new(RecordingDisplay(shown.clone())),
             advisor,
-            exporter: vhost_user_gpu::alloc::guest_page_exporter(),
+            exporter,
+            channels: None,
             renderer: None,
         };
         let mut dev = GpuDevice::new(config, ports);
@@ -280,11 +295,13 @@ impl Harness {
         );
         let r = self.submit(
             ctx,
-            &[CrossDomainCommand::Init {
+            &[CrossDomainCommand::Init(Init {
+                layout: InitLayout::TwoRings,
                 query_ring_id: ring_id,
                 channel_ring_id: 0,
                 channel_type: 0,
-            }],
+                protocol_version: 0,
+            })],
         );
         assert_eq!(r, GpuResponse::OkNoData);
     }
@@ -852,20 +869,21 @@ fn documented_2d_errors() {
         err(GpuError::Unspec)
     );
     assert_eq!(h.dev.resource_count(), 1, "nothing made");
-    // Transfers of a 2D resource as if it were 3D.
+    // Transfers of a 2D resource as if it were 3D: without a virgl renderer every 3D
+    // transfer is ERR_UNSPEC (3D resources need one), as RESOURCE_CREATE_3D.
     assert_eq!(
         h.send(GpuCommand::TransferToHost3d {
             resource_id: 1,
             transfer: Transfer3d::default()
         }),
-        err(GpuError::InvalidParameter)
+        err(GpuError::Unspec)
     );
     assert_eq!(
         h.send(GpuCommand::TransferFromHost3d {
             resource_id: 1,
             transfer: Transfer3d::default()
         }),
-        err(GpuError::InvalidParameter)
+        err(GpuError::Unspec)
     );
 }
 
@@ -1369,34 +1387,64 @@ fn cross_domain_protocol_errors() {
     );
     // INIT with a ring that is not attached, or not a GUEST blob.
     assert_eq!(h.create_guest_blob(0, 7, 0x8000, 1), GpuResponse::OkNoData);
-    let init = |id| CrossDomainCommand::Init {
-        query_ring_id: id,
-        channel_ring_id: 0,
-        channel_type: 0,
+    let init = |id| {
+        CrossDomainCommand::Init(Init {
+            layout: InitLayout::TwoRings,
+            query_ring_id: id,
+            channel_ring_id: 0,
+            channel_type: 0,
+            protocol_version: 0,
+        })
     };
     assert_eq!(h.submit(1, &[init(7)]), err(GpuError::InvalidResourceId));
     h.create_2d(8, 64, 64);
     h.ctx_send(1, GpuCommand::CtxAttachResource { resource_id: 8 });
     assert_eq!(h.submit(1, &[init(8)]), err(GpuError::InvalidParameter));
-    // A Wayland channel: not implemented.
+    // A Wayland channel on a device without a compositor socket: not served (the capset
+    // says so).
     h.ctx_send(1, GpuCommand::CtxAttachResource { resource_id: 7 });
     assert_eq!(
         h.submit(
             1,
-            &[CrossDomainCommand::Init {
+            &[CrossDomainCommand::Init(Init {
+                layout: InitLayout::TwoRings,
                 query_ring_id: 7,
                 channel_ring_id: 7,
-                channel_type: 1
-            }]
+                channel_type: 1,
+                protocol_version: 0,
+            })]
         ),
-        err(GpuError::Unspec)
+        err(GpuError::InvalidParameter)
     );
     assert_eq!(h.submit(1, &[init(7)]), GpuResponse::OkNoData);
-    // Channel commands.
-    for cmd in 3..=7u8 {
+    // Channel commands without a channel.
+    for command in [
+        CrossDomainCommand::Poll(PollLayout::Padded),
+        CrossDomainCommand::Send(SendReceive {
+            layout: IdLayout::TwentyEight,
+            identifiers: vec![],
+            data: b"x".to_vec(),
+        }),
+        CrossDomainCommand::Write(ReadWrite {
+            identifier: 1,
+            hang_up: false,
+            data: vec![],
+        }),
+    ] {
         assert_eq!(
-            h.submit(1, &[CrossDomainCommand::Unsupported { cmd }]),
-            err(GpuError::Unspec),
+            h.submit(1, std::slice::from_ref(&command)),
+            err(GpuError::InvalidParameter),
+            "{command:?}"
+        );
+    }
+    // Host -> guest commands and unknown ones.
+    for cmd in [5u8, 6, 8, 0xff] {
+        let mut raw = vec![0u8; 64];
+        raw[0] = cmd;
+        raw[2] = 64;
+        assert_eq!(
+            h.ctx_send(1, GpuCommand::Submit3d { commands: raw }),
+            err(GpuError::InvalidParameter),
             "cmd {cmd}"
         );
     }
@@ -2127,4 +2175,406 @@ fn image_requirements_are_capped_across_all_contexts() {
     // Destroying a context frees its share for the others.
     assert_eq!(h.ctx_send(2, GpuCommand::CtxDestroy), GpuResponse::OkNoData);
     assert_eq!(h.submit(5, &[get]), GpuResponse::OkNoData);
+}
+
+// ---------------------------------------------------------------------------------------
+// What showing, exporting and attaching cost the guest's budget.
+
+/// A display sink that declares `copies` frame copies and records the scanouts it is told.
+struct CopyingDisplay {
+    copies: u32,
+    shown: Arc<Mutex<Vec<Shown>>>,
+}
+
+impl DisplaySink for CopyingDisplay {
+    fn frame_copies(&self) -> u32 {
+        self.copies
+    }
+    fn scanout(&mut self, scanout_id: u32, mode: Option<(u32, u32)>) {
+        self.shown
+            .lock()
+            .unwrap()
+            .push(Shown::Scanout(scanout_id, mode));
+    }
+    fn flush(&mut self, _scanout_id: u32, _frame: &Frame<'_>, _damage: Rect) {}
+    fn cursor_update(&mut self, _cursor: &Cursor<'_>) {}
+    fn cursor_move(&mut self, _scanout_id: u32, _x: u32, _y: u32) {}
+}
+
+fn show_blob(h: &mut Harness, id: u32, r: Rect, w: u32, hgt: u32) -> GpuResponse {
+    h.send(GpuCommand::SetScanoutBlob(ScanoutBlob {
+        rect: r,
+        scanout_id: 0,
+        resource_id: id,
+        width: w,
+        height: hgt,
+        format: format::B8G8R8X8_UNORM,
+        strides: [w * 4, 0, 0, 0],
+        offsets: [0; 4],
+    }))
+}
+
+#[test]
+fn scanout_copies_are_charged_while_shown() {
+    // 64x64 is 16 KiB a copy: the device's and the recording sink's (it declares 1).
+    const FRAME: u64 = 64 * 64 * 4;
+    let config = |budget| DeviceConfig {
+        hostmem: 16 * MIB,
+        max_resource_memory: budget,
+        ..Default::default()
+    };
+    let advisor = || Box::new(FixedAdvisor::allow(MAP_CACHE_WC));
+    // Two one-entry GUEST blobs of 5 pages, and exactly one shown 64x64 frame.
+    let exact = 2 * BACKING_ENTRY_COST + 2 * FRAME;
+    let mut h = Harness::with(config(exact), advisor());
+    assert_eq!(
+        h.create_guest_blob(0, 1, 0x10_0000, 5),
+        GpuResponse::OkNoData
+    );
+    assert_eq!(
+        h.create_guest_blob(0, 2, 0x20_0000, 5),
+        GpuResponse::OkNoData
+    );
+    let blobs = h.dev.resource_memory();
+    assert_eq!(
+        show_blob(&mut h, 1, rect(0, 0, 64, 64), 64, 64),
+        GpuResponse::OkNoData
+    );
+    assert_eq!(h.dev.resource_memory(), exact, "the frame fits exactly");
+    // A page flip to an image of the same size reuses the charge.
+    assert_eq!(
+        show_blob(&mut h, 2, rect(0, 0, 64, 64), 64, 64),
+        GpuResponse::OkNoData
+    );
+    assert_eq!(h.dev.resource_memory(), exact);
+    // One more row is past the budget (the blob is large enough: only the budget refuses);
+    // the scanout keeps showing what it showed.
+    assert_eq!(
+        show_blob(&mut h, 1, rect(0, 0, 64, 65), 64, 65),
+        err(GpuError::OutOfMemory)
+    );
+    assert_eq!(h.dev.resource_memory(), exact);
+    h.take_shown();
+    h.ok(GpuCommand::ResourceFlush {
+        rect: rect(0, 0, 64, 64),
+        resource_id: 2,
+    });
+    assert!(
+        matches!(
+            h.take_shown().as_slice(),
+            [Shown::Flush {
+                width: 64,
+                height: 64,
+                ..
+            }]
+        ),
+        "the earlier image is still shown"
+    );
+    // A smaller rectangle costs less; disabling releases it all.
+    assert_eq!(
+        show_blob(&mut h, 2, rect(0, 0, 32, 32), 64, 64),
+        GpuResponse::OkNoData
+    );
+    assert_eq!(h.dev.resource_memory(), blobs + 2 * 32 * 32 * 4);
+    assert_eq!(
+        show_blob(&mut h, 0, rect(0, 0, 0, 0), 0, 0),
+        GpuResponse::OkNoData
+    );
+    assert_eq!(h.dev.resource_memory(), blobs);
+    // A 2D scanout is charged the same way (its pixels are charged on their own).
+    h.create_2d(3, 16, 16);
+    let before = h.dev.resource_memory();
+    h.ok(GpuCommand::SetScanout {
+        rect: rect(0, 0, 16, 8),
+        scanout_id: 0,
+        resource_id: 3,
+    });
+    assert_eq!(h.dev.resource_memory(), before + 2 * 16 * 8 * 4);
+    h.ok(GpuCommand::ResourceUnref { resource_id: 3 });
+    assert_eq!(
+        h.dev.resource_memory(),
+        blobs,
+        "unref stops the scanout and its charge"
+    );
+
+    // One byte less: the frame does not fit.
+    let mut h = Harness::with(config(exact - 1), advisor());
+    assert_eq!(
+        h.create_guest_blob(0, 1, 0x10_0000, 5),
+        GpuResponse::OkNoData
+    );
+    assert_eq!(
+        h.create_guest_blob(0, 2, 0x20_0000, 5),
+        GpuResponse::OkNoData
+    );
+    assert_eq!(
+        show_blob(&mut h, 1, rect(0, 0, 64, 64), 64, 64),
+        err(GpuError::OutOfMemory)
+    );
+
+    // A new display sink that copies more is charged again; a scanout that no longer fits
+    // is disabled (and the new sink is not told about it).
+    let mut h = Harness::with(config(exact), advisor());
+    assert_eq!(
+        h.create_guest_blob(0, 1, 0x10_0000, 5),
+        GpuResponse::OkNoData
+    );
+    assert_eq!(
+        h.create_guest_blob(0, 2, 0x20_0000, 5),
+        GpuResponse::OkNoData
+    );
+    assert_eq!(
+        show_blob(&mut h, 1, rect(0, 0, 64, 64), 64, 64),
+        GpuResponse::OkNoData
+    );
+    let told = Arc::new(Mutex::new(Vec::new()));
+    h.dev.set_display(Box::new(CopyingDisplay {
+        copies: 2,
+        shown: told.clone(),
+    }));
+    assert!(
+        told.lock().unwrap().is_empty(),
+        "{:?}",
+        told.lock().unwrap()
+    );
+    assert_eq!(h.dev.resource_memory(), 2 * BACKING_ENTRY_COST);
+    // With that sink a 64x32 frame costs three copies.
+    assert_eq!(
+        show_blob(&mut h, 1, rect(0, 0, 64, 32), 64, 64),
+        GpuResponse::OkNoData
+    );
+    assert_eq!(
+        h.dev.resource_memory(),
+        2 * BACKING_ENTRY_COST + 3 * 64 * 32 * 4
+    );
+}
+
+#[test]
+fn scanout_sides_are_capped_exactly() {
+    let mut h = Harness::new();
+    // A blob large enough for one row and one column one past the limit: only the side
+    // limit can refuse.
+    let pages = (u64::from(MAX_SCANOUT_SIDE + 1) * 4).div_ceil(PAGE);
+    assert_eq!(
+        h.create_guest_blob(0, 1, 0x10_0000, pages),
+        GpuResponse::OkNoData
+    );
+    let set = |w: u32, hgt: u32, stride: u32| {
+        GpuCommand::SetScanoutBlob(ScanoutBlob {
+            rect: rect(0, 0, w, hgt),
+            scanout_id: 0,
+            resource_id: 1,
+            width: w,
+            height: hgt,
+            format: format::B8G8R8X8_UNORM,
+            strides: [stride, 0, 0, 0],
+            offsets: [0; 4],
+        })
+    };
+    let max = MAX_SCANOUT_SIDE;
+    assert_eq!(h.send(set(max, 1, max * 4)), GpuResponse::OkNoData);
+    assert_eq!(
+        h.send(set(max + 1, 1, (max + 1) * 4)),
+        err(GpuError::InvalidParameter)
+    );
+    assert_eq!(h.send(set(1, max, 4)), GpuResponse::OkNoData);
+    assert_eq!(h.send(set(1, max + 1, 4)), err(GpuError::InvalidParameter));
+    // 2D: a wide resource, shown up to the limit.
+    h.create_2d(2, max + 1, 1);
+    let show = |w| GpuCommand::SetScanout {
+        rect: rect(0, 0, w, 1),
+        scanout_id: 0,
+        resource_id: 2,
+    };
+    assert_eq!(h.send(show(max)), GpuResponse::OkNoData);
+    assert_eq!(h.send(show(max + 1)), err(GpuError::InvalidParameter));
+    // Nothing larger than the limit ever reached the display.
+    for s in h.take_shown() {
+        if let Shown::Scanout(_, Some((w, hgt))) = s {
+            assert!(w <= max && hgt <= max, "{w}x{hgt} reached the display");
+        }
+    }
+}
+
+/// A FAKE udmabuf exporter (no `/dev/udmabuf` here): it "exports" by handing out a memfd,
+/// so the device's accounting of exports can be checked on any host.
+struct FakeExporter {
+    exports: Arc<Mutex<usize>>,
+}
+
+impl GuestPageExporter for FakeExporter {
+    fn export(&mut self, _pages: &[GuestPages<'_>]) -> Result<std::os::fd::OwnedFd, ExportError> {
+        *self.exports.lock().unwrap() += 1;
+        rustix::fs::memfd_create("fake-udmabuf", rustix::fs::MemfdFlags::CLOEXEC)
+            .map_err(|e| ExportError::Refused(e.to_string()))
+    }
+}
+
+#[test]
+fn guest_blob_exports_are_charged_or_skipped() {
+    // Each export of a 16-page blob costs its page arrays and one fd.
+    let export = 16 * DMABUF_PAGE_COST + DMABUF_OBJECT_COST;
+    let exports = Arc::new(Mutex::new(0));
+    let mut h = Harness::with_exporter(
+        DeviceConfig {
+            hostmem: 16 * MIB,
+            max_resource_memory: 3 * BACKING_ENTRY_COST + 2 * export,
+            max_fds: 10,
+            ..Default::default()
+        },
+        Box::new(FixedAdvisor::allow(MAP_CACHE_WC)),
+        Some(Box::new(FakeExporter {
+            exports: exports.clone(),
+        })),
+    );
+    // Memfd guest RAM, page-aligned entries: exportable. Three blobs over the same pages
+    // (distinct blobs may share pages): two exports fit, the third blob is made without one.
+    for id in 1..=3 {
+        assert_eq!(
+            h.create_guest_blob(0, id, 0x10_0000, 16),
+            GpuResponse::OkNoData
+        );
+    }
+    assert_eq!(
+        *exports.lock().unwrap(),
+        2,
+        "the third export was not attempted"
+    );
+    assert_eq!(h.dev.resource_memory(), 3 * BACKING_ENTRY_COST + 2 * export);
+    // Freeing an exported blob gives its export back.
+    h.ok(GpuCommand::ResourceUnref { resource_id: 1 });
+    assert_eq!(h.dev.resource_memory(), 2 * BACKING_ENTRY_COST + export);
+    assert_eq!(
+        h.create_guest_blob(0, 4, 0x10_0000, 16),
+        GpuResponse::OkNoData
+    );
+    assert_eq!(*exports.lock().unwrap(), 3);
+    // The fd budget caps exports too (and host buffers).
+    let mut h = Harness::with_exporter(
+        DeviceConfig {
+            hostmem: 16 * MIB,
+            max_fds: 1,
+            ..Default::default()
+        },
+        Box::new(FixedAdvisor::allow(MAP_CACHE_WC)),
+        Some(Box::new(FakeExporter {
+            exports: exports.clone(),
+        })),
+    );
+    *exports.lock().unwrap() = 0;
+    for id in 1..=3 {
+        assert_eq!(
+            h.create_guest_blob(0, id, 0x10_0000, 16),
+            GpuResponse::OkNoData
+        );
+    }
+    assert_eq!(*exports.lock().unwrap(), 1);
+}
+
+#[test]
+fn aliased_guest_blob_entries_are_refused() {
+    let mut h = Harness::new();
+    let blob = |id, size, entries: Vec<MemEntry>| {
+        GpuCommand::ResourceCreateBlob(CreateBlob {
+            resource_id: id,
+            blob_mem: BLOB_MEM_GUEST,
+            blob_flags: 0,
+            blob_id: 0,
+            size,
+            entries,
+        })
+    };
+    let e = |addr, length| MemEntry { addr, length };
+    // 16384 entries of 1 MiB over one MiB: a 16 GiB claim.
+    let aliased = vec![e(0x10_0000, MIB as u32); 16384];
+    assert_eq!(
+        h.send(blob(1, 16384 * MIB, aliased)),
+        err(GpuError::InvalidParameter)
+    );
+    // Overlapping by one byte, either order; touching is fine.
+    assert_eq!(
+        h.send(blob(
+            1,
+            2 * PAGE,
+            vec![e(0x10_0000, 4097), e(0x10_1000, 4096)]
+        )),
+        err(GpuError::InvalidParameter)
+    );
+    assert_eq!(
+        h.send(blob(
+            1,
+            2 * PAGE,
+            vec![e(0x10_1000, 4096), e(0x10_0000, 4097)]
+        )),
+        err(GpuError::InvalidParameter)
+    );
+    assert_eq!(h.dev.resource_memory(), 0, "nothing stays charged");
+    assert_eq!(
+        h.send(blob(
+            1,
+            2 * PAGE,
+            vec![e(0x10_1000, 4096), e(0x10_0000, 4096)]
+        )),
+        GpuResponse::OkNoData
+    );
+    // The blob's size is bounded by its entries: exactly their sum, not a byte more.
+    assert_eq!(
+        h.send(blob(2, 2 * PAGE + 1, vec![e(0x20_0000, 8192)])),
+        err(GpuError::InvalidParameter)
+    );
+    assert_eq!(
+        h.send(blob(2, 2 * PAGE, vec![e(0x20_0000, 8192)])),
+        GpuResponse::OkNoData
+    );
+    // A 2D backing may list the same memory twice (its length bounds no host allocation).
+    h.create_2d(3, 4, 1);
+    h.ok(GpuCommand::ResourceAttachBacking {
+        resource_id: 3,
+        entries: vec![e(0x30_0000, 16), e(0x30_0000, 16)],
+    });
+}
+
+#[test]
+fn context_attachments_are_charged() {
+    let mut h = Harness::with(
+        DeviceConfig {
+            hostmem: 16 * MIB,
+            max_resources: 2,
+            ..Default::default()
+        },
+        Box::new(FixedAdvisor::allow(MAP_CACHE_WC)),
+    );
+    // 2 resources: 32 attachments (16 per resource).
+    h.create_2d(1, 1, 1);
+    h.create_2d(2, 1, 1);
+    let create = |ctx| GpuCommand::CtxCreate {
+        context_init: CAPSET_CROSS_DOMAIN,
+        debug_name: format!("c{ctx}"),
+    };
+    for ctx in 1..=17 {
+        assert_eq!(h.ctx_send(ctx, create(ctx)), GpuResponse::OkNoData);
+    }
+    let attach = |rid| GpuCommand::CtxAttachResource { resource_id: rid };
+    for ctx in 1..=16 {
+        for rid in [1, 2] {
+            assert_eq!(h.ctx_send(ctx, attach(rid)), GpuResponse::OkNoData);
+        }
+    }
+    assert_eq!(
+        h.ctx_send(1, attach(1)),
+        GpuResponse::OkNoData,
+        "attached already"
+    );
+    assert_eq!(h.ctx_send(17, attach(1)), err(GpuError::OutOfMemory));
+    assert_eq!(
+        h.ctx_send(16, GpuCommand::CtxDestroy),
+        GpuResponse::OkNoData,
+        "a destroyed context gives its attachments back"
+    );
+    assert_eq!(h.ctx_send(17, attach(1)), GpuResponse::OkNoData);
+    assert_eq!(h.ctx_send(17, attach(2)), GpuResponse::OkNoData);
+    assert_eq!(h.ctx_send(15, attach(1)), GpuResponse::OkNoData);
+    // Reset releases everything.
+    h.dev.reset();
+    assert_eq!(h.dev.resource_memory(), 0);
 }

@@ -45,6 +45,7 @@ fn device(renderer: Option<FakeRenderer>, config: DeviceConfig) -> Harness {
         advisor: Box::new(FixedAdvisor::allow(1)),
         exporter: None,
         renderer: renderer.map(|r| Box::new(r) as _),
+        channels: None,
     };
     let mut dev = GpuDevice::new(config, ports);
     dev.ack_features(dev.features());
@@ -257,12 +258,12 @@ fn ring_fences_wait_for_the_renderer() {
         GpuResponse::OkNoData
     );
     assert!(
-        h.dev.service().is_empty(),
+        h.dev.service(&h.mem).is_empty(),
         "not before the renderer signals"
     );
     h.fake().signal(1);
     assert!(h.event_fd_readable());
-    assert_eq!(h.dev.service(), vec![token]);
+    assert_eq!(h.dev.service(&h.mem), vec![token]);
     assert!(!h.event_fd_readable(), "service drains the sources");
     assert_eq!(h.dev.pending_fences(), 0);
 }
@@ -289,9 +290,9 @@ fn global_fences_keep_their_order_behind_renderer_work() {
         "only renderer fences reach the renderer"
     );
     h.fake().signal(1); // the global one (created first)
-    assert_eq!(h.dev.service(), vec![first, second, third]);
+    assert_eq!(h.dev.service(&h.mem), vec![first, second, third]);
     h.fake().signal(1);
-    assert_eq!(h.dev.service(), vec![ring]);
+    assert_eq!(h.dev.service(&h.mem), vec![ring]);
     // With nothing in front, a fenced 2D command is answered at once.
     assert!(matches!(
         h.now(fence(24), (0, GpuCommand::GetDisplayInfo)),
@@ -308,13 +309,17 @@ fn destroyed_contexts_release_their_ring_answers_and_reset_drops_all() {
         h.now(CtrlHeader::default(), (VENUS_CTX, GpuCommand::CtxDestroy)),
         GpuResponse::OkNoData
     );
-    assert_eq!(h.dev.service(), vec![ring], "its fence will never signal");
+    assert_eq!(
+        h.dev.service(&h.mem),
+        vec![ring],
+        "its fence will never signal"
+    );
     assert_eq!(h.dev.pending_fences(), 1);
     h.dev.reset();
     assert_eq!(h.dev.pending_fences(), 0, "dropped unanswered");
     h.fake().signal(usize::MAX);
     assert!(
-        h.dev.service().is_empty(),
+        h.dev.service(&h.mem).is_empty(),
         "a fence from before the reset answers nothing"
     );
     assert!(h.dev.can_take_more());
@@ -325,7 +330,7 @@ fn a_lost_render_server_releases_venus_answers_and_fails_its_contexts() {
     let mut h = with_contexts();
     let (ring, ..) = h.later(ring_fence(40, 0), submit(VENUS_CTX));
     h.fake().lose_render_server();
-    assert_eq!(h.dev.service(), vec![ring]);
+    assert_eq!(h.dev.service(&h.mem), vec![ring]);
     assert_eq!(
         h.now(CtrlHeader::default(), submit(VENUS_CTX)),
         GpuResponse::Err(GpuError::Unspec),
@@ -334,7 +339,7 @@ fn a_lost_render_server_releases_venus_answers_and_fails_its_contexts() {
     // Virgl keeps working.
     let (token, ..) = h.later(fence(41), submit(VIRGL_CTX));
     h.fake().signal(usize::MAX);
-    assert_eq!(h.dev.service(), vec![token]);
+    assert_eq!(h.dev.service(&h.mem), vec![token]);
 }
 
 #[test]
@@ -357,7 +362,7 @@ fn the_pending_fence_limit_is_back_pressure_not_refusal() {
         "the transport stops reading the queue"
     );
     h.fake().signal(2);
-    assert_eq!(h.dev.service().len(), 2);
+    assert_eq!(h.dev.service(&h.mem).len(), 2);
     assert_eq!(h.dev.fence_room(), 2);
 }
 
@@ -380,5 +385,5 @@ fn without_a_renderer_nothing_waits() {
         ),
         GpuResponse::Err(GpuError::InvalidResourceId)
     );
-    assert!(h.dev.service().is_empty());
+    assert!(h.dev.service(&h.mem).is_empty());
 }

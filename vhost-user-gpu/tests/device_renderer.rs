@@ -66,6 +66,7 @@ fn harness(advisor: Box<dyn MapAdvisor>, config: DeviceConfig) -> Harness {
         display: Box::new(RecordingDisplay(shown.clone())),
         advisor,
         exporter: None,
+        channels: None,
         renderer: Some(Box::new(fake)),
     };
     let mut dev = GpuDevice::new(config, ports);
@@ -260,6 +261,7 @@ fn transfers_move_bytes_and_a_3d_scanout_shows_them() {
         width: 4,
         height: 4,
     };
+    let before_shown = h.dev.resource_memory();
     assert_eq!(
         h.send(
             0,
@@ -284,6 +286,20 @@ fn transfers_move_bytes_and_a_3d_scanout_shows_them() {
     let flush = h.shown.lock().unwrap().flushes.pop().expect("a flush");
     assert_eq!((flush.0, flush.1), (4, 4));
     assert_eq!(flush.3, pixels, "the renderer's pixels reach the display");
+    // The read-back copies are charged while the scanout shows the resource.
+    assert!(h.dev.resource_memory() >= before_shown + 4 * 4 * 4);
+    assert_eq!(
+        h.send(
+            0,
+            GpuCommand::SetScanout {
+                rect: Rect::default(),
+                scanout_id: 0,
+                resource_id: 0
+            }
+        ),
+        GpuResponse::OkNoData
+    );
+    assert_eq!(h.dev.resource_memory(), before_shown);
     // And back into guest memory, elsewhere.
     h.mem.write_slice(&[0; 64], GuestAddress(0x1000)).unwrap();
     assert_eq!(
@@ -299,6 +315,25 @@ fn transfers_move_bytes_and_a_3d_scanout_shows_them() {
     let mut back = vec![0u8; 64];
     h.mem.read_slice(&mut back, GuestAddress(0x1000)).unwrap();
     assert_eq!(back, pixels);
+    // With virgl served, a 3D transfer of a resource the renderer does not have (a 2D one)
+    // is an invalid parameter.
+    let two_d = GpuCommand::ResourceCreate2d {
+        resource_id: 6,
+        format: format::B8G8R8X8_UNORM,
+        width: 4,
+        height: 4,
+    };
+    assert_eq!(h.send(0, two_d), GpuResponse::OkNoData);
+    assert_eq!(
+        h.send(
+            VIRGL_CTX,
+            GpuCommand::TransferToHost3d {
+                resource_id: 6,
+                transfer: whole
+            }
+        ),
+        GpuResponse::Err(GpuError::InvalidParameter)
+    );
     // A second backing is refused; after detaching, transfers have nothing to move.
     let again = GpuCommand::ResourceAttachBacking {
         resource_id: 5,
@@ -475,4 +510,48 @@ fn guest_backed_renderer_blobs_and_what_cannot_be_mapped() {
         ),
         GpuResponse::Err(GpuError::InvalidParameter)
     );
+}
+
+#[test]
+fn without_virgl_3d_resources_and_transfers_are_refused_naming_the_option() {
+    // A renderer serving venus only: RESOURCE_CREATE_3D and the 3D transfers are virgl's,
+    // refused with ERR_UNSPEC before the renderer sees them.
+    let fake = FakeRenderer::with_capsets(&[CAPSET_VENUS]);
+    let control = fake.control();
+    let ports = Ports {
+        allocator: Box::new(MemfdAllocator::new()),
+        mapper: Box::new(FrontendMapper(FrontendRegion::new(16 * MIB))),
+        display: Box::new(RecordingDisplay(Arc::new(Mutex::new(Shown::default())))),
+        advisor: Box::new(FixedAdvisor::allow(MAP_CACHE_WC)),
+        exporter: None,
+        channels: None,
+        renderer: Some(Box::new(fake)),
+    };
+    let mut dev = GpuDevice::new(config(), ports);
+    dev.ack_features(dev.features());
+    let mut h = Harness {
+        dev,
+        mem: GuestMemory::from_ranges(&[(GuestAddress(0), 4 * MIB as usize)]).unwrap(),
+        region: FrontendRegion::new(16 * MIB),
+        shown: Arc::new(Mutex::new(Shown::default())),
+        _fake: control,
+    };
+    let r = h.send(
+        0,
+        GpuCommand::ResourceCreate3d {
+            resource_id: 1,
+            resource: texture(4, 4),
+        },
+    );
+    assert_eq!(r, GpuResponse::Err(GpuError::Unspec));
+    assert_eq!(h.dev.resource_count(), 0);
+    assert_eq!(h.dev.resource_memory(), 0);
+    let r = h.send(
+        0,
+        GpuCommand::TransferFromHost3d {
+            resource_id: 1,
+            transfer: Transfer3d::default(),
+        },
+    );
+    assert_eq!(r, GpuResponse::Err(GpuError::Unspec));
 }

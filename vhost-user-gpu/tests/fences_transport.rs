@@ -46,6 +46,7 @@ fn start(max_pending_fences: usize) -> Backend {
             advisor: Box::new(FixedAdvisor::allow(1)),
             exporter: None,
             renderer: Some(Box::new(fake)),
+            channels: None,
         };
         let config = DeviceConfig {
             max_pending_fences,

@@ -1,9 +1,10 @@
 //! The crate's layering, checked on its sources (the picture in the README's layout section):
 //!
 //! ```text
-//! protocol, queue_thread          (lowest: import nothing from the crate)
+//! protocol, queue_thread, guest_log   (lowest: import nothing from the crate)
 //!   <- device                      (the core: protocol and its own ports only)
-//!     <- alloc, display, advisor, renderer, sandbox   (port implementations; never each other)
+//!     <- alloc, display, advisor, renderer, sandbox, wayland   (port implementations; never
+//!                                                                each other)
 //!       <- transport               (vhost-user glue)
 //!         <- main.rs               (the binary wires everything)
 //! ```
@@ -26,12 +27,14 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[(&str, u32)] = &[
     ("protocol", 0),
     ("queue_thread", 0),
+    ("guest_log", 0),
     ("device", 1),
     ("alloc", 2),
     ("display", 2),
     ("advisor", 2),
     ("renderer", 2),
     ("sandbox", 2),
+    ("wayland", 2),
     ("transport", 3),
 ];
 

@@ -123,28 +123,18 @@ impl Plan {
 }
 
 fn ours_spec(program: &std::path::Path) -> BackendSpec {
-    BackendSpec {
-        program: program.into(),
-        args: [
-            "--allocator",
-            "memfd",
-            "--max-resources",
-            "20000",
-            "--hostmem",
-            "256M",
-        ]
-        .map(String::from)
-        .to_vec(),
-        peer: Peer::Ours,
-    }
+    BackendSpec::new(program, Peer::Ours).with_args([
+        "--allocator",
+        "memfd",
+        "--max-resources",
+        "20000",
+        "--hostmem",
+        "256M",
+    ])
 }
 
 fn peer_spec(program: &std::path::Path, peer: Peer) -> BackendSpec {
-    BackendSpec {
-        program: program.into(),
-        args: Vec::new(),
-        peer,
-    }
+    BackendSpec::new(program, peer)
 }
 
 fn spawn(spec: BackendSpec) -> Res<Frontend> {

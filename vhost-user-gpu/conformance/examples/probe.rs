@@ -14,11 +14,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .next()
         .and_then(|p| Peer::parse(&p))
         .unwrap_or(Peer::Ours);
-    let spec = BackendSpec {
-        program: program.into(),
-        args: args.collect(),
-        peer,
-    };
+    let spec = BackendSpec::new(program, peer).with_args(args);
     let mut fe = Frontend::spawn(spec)?;
     println!("{}", fe.describe());
     println!("config space: {:02x?}", fe.config_space());

@@ -10,6 +10,26 @@ use crate::{Error, Result};
 pub const CMD_INIT: u8 = 1;
 /// `CROSS_DOMAIN_CMD_GET_IMAGE_REQUIREMENTS`.
 pub const CMD_GET_IMAGE_REQUIREMENTS: u8 = 2;
+/// `CROSS_DOMAIN_CMD_POLL`.
+pub const CMD_POLL: u8 = 3;
+/// `CROSS_DOMAIN_CMD_SEND`.
+pub const CMD_SEND: u8 = 4;
+/// `CROSS_DOMAIN_CMD_RECEIVE`.
+pub const CMD_RECEIVE: u8 = 5;
+/// `CROSS_DOMAIN_CMD_READ`.
+pub const CMD_READ: u8 = 6;
+/// `CROSS_DOMAIN_CMD_WRITE`.
+pub const CMD_WRITE: u8 = 7;
+/// The channel ring index (fences on it are answered by events).
+pub const CHANNEL_RING: u8 = 1;
+/// `CROSS_DOMAIN_CHANNEL_TYPE_WAYLAND`.
+pub const CHANNEL_TYPE_WAYLAND: u32 = 1;
+/// `CROSS_DOMAIN_ID_TYPE_VIRTGPU_BLOB`.
+pub const ID_VIRTGPU_BLOB: u32 = 1;
+/// `CROSS_DOMAIN_ID_TYPE_READ_PIPE`.
+pub const ID_READ_PIPE: u32 = 3;
+/// `CROSS_DOMAIN_ID_TYPE_WRITE_PIPE`.
+pub const ID_WRITE_PIPE: u32 = 4;
 /// The query ring index (fences on this ring complete queries).
 pub const QUERY_RING: u8 = 0;
 /// "No channel ring".
@@ -38,6 +58,152 @@ pub fn init(query_ring_id: u32, channel_ring_id: u32, channel_type: u32) -> Vec<
     v.extend_from_slice(&channel_ring_id.to_le_bytes());
     v.extend_from_slice(&channel_type.to_le_bytes());
     v
+}
+
+/// The 16-byte INIT (minigbm; Sommelier before 2023-06): one ring for queries and events.
+pub fn init_one_ring(ring_id: u32, channel_type: u32) -> Vec<u8> {
+    let mut v = header(CMD_INIT, 16);
+    v.extend_from_slice(&ring_id.to_le_bytes());
+    v.extend_from_slice(&channel_type.to_le_bytes());
+    v
+}
+
+/// The 24-byte INIT (libkrun's, as muvm sends it): the 20-byte one and `protocol_version`.
+pub fn init_versioned(
+    query_ring_id: u32,
+    channel_ring_id: u32,
+    channel_type: u32,
+    protocol_version: u32,
+) -> Vec<u8> {
+    let mut v = header(CMD_INIT, 24);
+    for x in [
+        query_ring_id,
+        channel_ring_id,
+        channel_type,
+        protocol_version,
+    ] {
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v
+}
+
+/// `CROSS_DOMAIN_CMD_POLL` of `size` bytes (8: header only; 16: with the pad Sommelier
+/// sends).
+pub fn poll(size: u16) -> Vec<u8> {
+    let mut v = header(CMD_POLL, size);
+    v.resize(usize::from(size), 0);
+    v
+}
+
+/// `CROSS_DOMAIN_CMD_SEND` with `slots` identifier slots (4: Sommelier before 2024-02; 28:
+/// everyone since): `ids` as (id, type), then `data`.
+pub fn send(slots: usize, ids: &[(u32, u32)], data: &[u8]) -> Vec<u8> {
+    let size = 16 + 12 * slots + data.len();
+    let mut v = header(CMD_SEND, size as u16);
+    v.extend_from_slice(&(ids.len() as u32).to_le_bytes());
+    v.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    for field in 0..3 {
+        for slot in 0..slots {
+            let value = ids.get(slot).map_or(0, |&(id, kind)| match field {
+                0 => id,
+                1 => kind,
+                _ => 0,
+            });
+            v.extend_from_slice(&value.to_le_bytes());
+        }
+    }
+    v.extend_from_slice(data);
+    v
+}
+
+/// `CROSS_DOMAIN_CMD_WRITE`: `data` for write pipe `id`.
+pub fn write(id: u32, hang_up: bool, data: &[u8]) -> Vec<u8> {
+    let mut v = header(CMD_WRITE, (24 + data.len()) as u16);
+    v.extend_from_slice(&id.to_le_bytes());
+    v.extend_from_slice(&u32::from(hang_up).to_le_bytes());
+    v.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    v.extend_from_slice(&0u32.to_le_bytes());
+    v.extend_from_slice(data);
+    v
+}
+
+/// What the device wrote into a channel ring.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// RECEIVE: the identifier slots of its layout, (id, type, size) per identifier, data.
+    Receive {
+        /// Slots of the layout (4 or 28).
+        slots: usize,
+        /// Identifiers.
+        ids: Vec<(u32, u32, u32)>,
+        /// Bytes from the compositor.
+        data: Vec<u8>,
+    },
+    /// READ: data from read pipe `id`.
+    Read {
+        /// Pipe id.
+        id: u32,
+        /// Last data of the pipe.
+        hang_up: bool,
+        /// Bytes.
+        data: Vec<u8>,
+    },
+}
+
+/// Decodes the event at the start of `ring`.
+pub fn parse_event(ring: &[u8]) -> Result<Event> {
+    let bad = |what: &str| Error::Malformed(format!("channel event: {what}"));
+    if ring.len() < 8 {
+        return Err(bad("shorter than a header"));
+    }
+    let u = |at: usize| -> Result<u32> {
+        ring.get(at..at + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .ok_or_else(|| bad("truncated"))
+    };
+    let cmd_size = usize::from(u16::from_le_bytes([ring[2], ring[3]]));
+    match ring[0] {
+        CMD_RECEIVE => {
+            let (n, len) = (u(8)? as usize, u(12)? as usize);
+            let slots = match cmd_size.checked_sub(len) {
+                Some(64) => 4,
+                Some(352) => 28,
+                _ => return Err(bad(&format!("RECEIVE of {cmd_size} bytes with {len} data"))),
+            };
+            if n > slots {
+                return Err(bad("more identifiers than slots"));
+            }
+            let mut ids = Vec::new();
+            for i in 0..n {
+                ids.push((
+                    u(16 + 4 * i)?,
+                    u(16 + 4 * (slots + i))?,
+                    u(16 + 4 * (2 * slots + i))?,
+                ));
+            }
+            let start = 16 + 12 * slots;
+            let data = ring
+                .get(start..start + len)
+                .ok_or_else(|| bad("data past the ring"))?
+                .to_vec();
+            Ok(Event::Receive { slots, ids, data })
+        }
+        CMD_READ => {
+            let len = u(16)? as usize;
+            if cmd_size != 24 + len {
+                return Err(bad("READ size"));
+            }
+            Ok(Event::Read {
+                id: u(8)?,
+                hang_up: u(12)? == 1,
+                data: ring
+                    .get(24..24 + len)
+                    .ok_or_else(|| bad("data past the ring"))?
+                    .to_vec(),
+            })
+        }
+        other => Err(bad(&format!("command {other}"))),
+    }
 }
 
 /// `CROSS_DOMAIN_CMD_GET_IMAGE_REQUIREMENTS`.
@@ -110,6 +276,38 @@ mod tests {
             (CMD_GET_IMAGE_REQUIREMENTS, 24)
         );
         assert_eq!(DRM_FORMAT_ARGB8888, 0x3432_5241);
+    }
+
+    #[test]
+    fn channel_commands_have_the_released_sizes() {
+        assert_eq!(init_one_ring(1, 1).len(), 16);
+        assert_eq!(init_versioned(1, 2, 1, 1).len(), 24);
+        assert_eq!(poll(8).len(), 8);
+        assert_eq!(poll(16).len(), 16);
+        assert_eq!(send(4, &[(5, ID_VIRTGPU_BLOB)], b"abc").len(), 64 + 3);
+        assert_eq!(send(28, &[], b"abc").len(), 352 + 3);
+        assert_eq!(write(3, true, b"xy").len(), 26);
+        // A RECEIVE is a SEND with another command number.
+        let mut r = send(4, &[(9, ID_WRITE_PIPE)], b"hi");
+        r[0] = CMD_RECEIVE;
+        assert_eq!(
+            parse_event(&r).unwrap(),
+            Event::Receive {
+                slots: 4,
+                ids: vec![(9, ID_WRITE_PIPE, 0)],
+                data: b"hi".to_vec()
+            }
+        );
+        let mut rd = write(0x8000_0001, true, b"z");
+        rd[0] = CMD_READ;
+        assert_eq!(
+            parse_event(&rd).unwrap(),
+            Event::Read {
+                id: 0x8000_0001,
+                hang_up: true,
+                data: b"z".to_vec()
+            }
+        );
     }
 
     #[test]

@@ -43,6 +43,9 @@ pub const PROTOCOL_F_EDID: u32 = 0;
 pub const PROTOCOL_F_DMABUF2: u32 = 1;
 const FLAG_REPLY: u32 = 1 << 2;
 const MAX_PAYLOAD: usize = 64 << 20;
+/// Largest scanout side a backend may announce: the largest output mode a virtio-gpu
+/// device offers here (this project's backend refuses larger scanouts).
+pub const MAX_SCANOUT_SIDE: u32 = 16384;
 
 /// What the frontend pretends its display is.
 #[derive(Debug, Clone)]
@@ -415,9 +418,11 @@ fn handle(
         }
         req::SCANOUT => {
             let (id, w, h) = (u32_at(p, 0), u32_at(p, 1), u32_at(p, 2));
+            // A frontend allocates the surface it is told (QEMU does): a side past what a
+            // virtio-gpu device may show is a violation, never an allocation.
             let pixels = (w as usize)
                 .checked_mul(h as usize)
-                .filter(|&n| n <= MAX_PAYLOAD);
+                .filter(|&n| n <= MAX_PAYLOAD && w <= MAX_SCANOUT_SIDE && h <= MAX_SCANOUT_SIDE);
             match pixels {
                 Some(n) => {
                     let s = st.scanouts.entry(id).or_default();

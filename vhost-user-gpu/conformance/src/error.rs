@@ -41,6 +41,10 @@ pub enum Error {
     /// The virtqueue has no free descriptors or a chain is malformed.
     #[error("virtqueue: {0}")]
     Queue(String),
+    /// The backend closed the vhost-user connection (it exited or crashed) while a used
+    /// buffer was awaited.
+    #[error("the backend closed the vhost-user connection (exited or crashed) while a used buffer was awaited on queue {0}")]
+    BackendGone(usize),
     /// The backend did not return a used buffer in time.
     #[error("timed out waiting for the backend to return a used buffer on queue {0}")]
     UsedTimeout(usize),

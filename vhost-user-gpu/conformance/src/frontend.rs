@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -82,9 +82,38 @@ pub struct BackendSpec {
     pub args: Vec<String>,
     /// Which implementation it is.
     pub peer: Peer,
+    /// Environment variables for the backend. Our binary runs with `RUST_LOG=debug` unless
+    /// `RUST_LOG` is set here or in the environment of the tests.
+    pub env: Vec<(String, String)>,
+    /// Resource limits set in the backend's process before it starts, soft and hard
+    /// ([`crate::limits`]).
+    pub limits: Vec<(crate::limits::Resource, u64)>,
 }
 
 impl BackendSpec {
+    /// `program`, which is `peer`, with no extra arguments, environment or limits.
+    pub fn new(program: impl Into<PathBuf>, peer: Peer) -> Self {
+        Self {
+            program: program.into(),
+            args: Vec::new(),
+            peer,
+            env: Vec::new(),
+            limits: Vec::new(),
+        }
+    }
+
+    /// Sets an environment variable of the backend.
+    pub fn with_env(mut self, name: &str, value: &str) -> Self {
+        self.env.push((name.to_string(), value.to_string()));
+        self
+    }
+
+    /// Starts the backend with `resource`'s soft and hard limit set to `value`.
+    pub fn with_limit(mut self, resource: crate::limits::Resource, value: u64) -> Self {
+        self.limits.push((resource, value));
+        self
+    }
+
     /// `VUG_BACKEND=/path` (+ `VUG_BACKEND_PEER=qemu|vhost-device-gpu|ours`) if set, else
     /// `ours` run from `default_program`. For our binary, `VUG_ALLOCATOR=NAME` (`memfd`,
     /// `udmabuf`, `gbm`, `auto`) adds `--allocator NAME`; without it the cases start it with
@@ -118,17 +147,9 @@ impl BackendSpec {
                     .ok()
                     .and_then(|s| Peer::parse(&s))
                     .unwrap_or_else(|| guess_peer(Path::new(&p)));
-                Self {
-                    program: p.into(),
-                    args: Vec::new(),
-                    peer,
-                }
+                Self::new(p, peer)
             }
-            None => Self {
-                program: default_program.into(),
-                args: Vec::new(),
-                peer: Peer::Ours,
-            },
+            None => Self::new(default_program, Peer::Ours),
         }
     }
 
@@ -373,6 +394,7 @@ impl Frontend {
         let socket = dir.path().join("backend.sock");
         let stderr = File::create(dir.path().join("backend.log")).map_err(Error::io("log"))?;
         let mut cmd = Command::new(&spec.program);
+        crate::limits::set_at_exec(&mut cmd, &spec.limits);
         cmd.arg("--socket-path").arg(&socket);
         if spec.peer == Peer::VhostDeviceGpu
             && !spec.args.iter().any(|a| a.starts_with("--gpu-mode"))
@@ -386,6 +408,7 @@ impl Frontend {
         if spec.peer == Peer::Ours && std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "debug");
         }
+        cmd.envs(spec.env.iter().map(|(k, v)| (k, v)));
         let child = cmd.spawn().map_err(|source| Error::Spawn {
             program: spec.program.display().to_string(),
             source,
@@ -425,11 +448,7 @@ impl Frontend {
             .prefix("vug-conformance-attach")
             .tempdir()
             .map_err(Error::io("tempdir"))?;
-        let spec = BackendSpec {
-            program: PathBuf::from("(attached)"),
-            args: Vec::new(),
-            peer,
-        };
+        let spec = BackendSpec::new("(attached)", peer);
         Self::connect_new(spec, options, dir, socket.to_owned(), None)
     }
 
@@ -471,6 +490,23 @@ impl Frontend {
         self.child
             .as_mut()
             .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Disconnects and waits (up to `timeout`) for the backend to exit; its exit status, or
+    /// `None` if it is still running (or this frontend did not start it).
+    pub fn disconnect_and_wait(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        self.disconnect();
+        let child = self.child.as_mut()?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => return Some(status),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                _ => return None,
+            }
+        }
     }
 
     /// Guest RAM.
@@ -811,6 +847,12 @@ impl Frontend {
     /// `RESET_DEVICE` if negotiated, make the whole host-visible region inaccessible, then
     /// start again with fresh rings and a new display socket.
     pub fn reset(&mut self) -> Result<()> {
+        // The memory-table update that follows a mapping change is sent from the backend
+        // request thread on this same socket: let it finish first (QEMU serializes both on
+        // its main loop), or its acknowledgement would meet the reset's messages.
+        if self.options.memtable_follows_mappings {
+            self.wait_memtable_synced()?;
+        }
         let mut conn = self
             .conn
             .take()
@@ -953,13 +995,35 @@ impl Frontend {
         timeout: Duration,
     ) -> Result<Option<(u16, Vec<u8>)>> {
         let ram = self.ram.clone();
-        let conn = self.conn_mut()?;
-        let q = conn.queue_mut(queue)?;
-        let used = match q.wait_used(&ram, timeout) {
-            Ok(used) => used,
-            Err(Error::UsedTimeout(_)) => return Ok(None),
-            Err(e) => return Err(e),
+        let waited = {
+            let Connection { queues, raw, .. } = self.conn_mut()?;
+            let q = queues
+                .get_mut(queue)
+                .ok_or(Error::Queue(format!("no queue {queue}")))?;
+            q.wait_used(&ram, timeout, Some(raw.as_fd()))
         };
+        let used = match waited {
+            Err(Error::UsedTimeout(_)) => return Ok(None),
+            // Name how it ended when the process is ours to ask.
+            Err(Error::BackendGone(q)) => {
+                let status = self.child.as_mut().and_then(|c| {
+                    // The process may still be exiting after closing its sockets.
+                    let deadline = Instant::now() + Duration::from_secs(1);
+                    loop {
+                        match c.try_wait() {
+                            Ok(Some(status)) => return Some(status),
+                            Ok(None) if Instant::now() < deadline => {
+                                std::thread::sleep(Duration::from_millis(5))
+                            }
+                            _ => return None,
+                        }
+                    }
+                });
+                return Err(status.map_or(Error::BackendGone(q), Error::BackendExited));
+            }
+            other => other?,
+        };
+        let conn = self.conn_mut()?;
         let flight = conn.in_flight[queue]
             .remove(&used.head)
             .ok_or_else(|| Error::Queue(format!("used head {} not in flight", used.head)))?;

@@ -21,6 +21,7 @@ pub mod display;
 pub mod error;
 pub mod frontend;
 pub mod gpu;
+pub mod limits;
 pub mod memory;
 pub mod proc_stats;
 pub mod shmem;

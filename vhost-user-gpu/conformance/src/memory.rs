@@ -150,7 +150,16 @@ impl GuestRam {
                 Error::GuestMemory(format!("no room for {size:#x} bytes in guest RAM"))
             })?;
         let len = usize::try_from(size).map_err(|_| Error::GuestMemory("size".into()))?;
-        self.write(gpa, &vec![0; len])?;
+        // Zeroed a piece at a time: a range of hundreds of MiB must not need a heap copy of
+        // itself (the frontend runs inside 512 MiB guests too).
+        const PIECE: usize = 1 << 20;
+        let zeros = vec![0; PIECE.min(len)];
+        let mut done = 0;
+        while done < len {
+            let n = PIECE.min(len - done);
+            self.write(gpa + done as u64, &zeros[..n])?;
+            done += n;
+        }
         Ok(gpa)
     }
 

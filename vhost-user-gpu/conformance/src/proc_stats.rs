@@ -1,4 +1,5 @@
-//! Resource counters of a backend process from `/proc`, to catch leaked fds and mappings.
+//! Resource counters of a backend process from `/proc`, to catch leaked fds and mappings,
+//! and its memory figures ([`MemoryStats`]), to check what a guest can make it allocate.
 
 use std::fs;
 
@@ -65,5 +66,40 @@ impl ProcStats {
             .collect();
         v.sort();
         v
+    }
+}
+
+/// Memory figures of a process from `/proc/PID/status`, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryStats {
+    /// Resident memory now (`VmRSS`: anonymous, file and shared memory pages).
+    pub rss: u64,
+    /// The most resident memory the process ever had (`VmHWM`, its peak RSS).
+    pub peak_rss: u64,
+    /// Resident anonymous memory now (`RssAnon`: the heap, not guest RAM or buffers).
+    pub anon: u64,
+    /// Address space now (`VmSize`).
+    pub address_space: u64,
+}
+
+impl MemoryStats {
+    /// Reads the figures of `pid`.
+    pub fn of(pid: u32) -> Result<Self> {
+        let status = fs::read_to_string(format!("/proc/{pid}/status"))
+            .map_err(Error::io("read /proc/PID/status"))?;
+        let field = |name: &str| -> Result<u64> {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                .map(|kib| kib * 1024)
+                .ok_or_else(|| Error::Malformed(format!("no {name} in /proc/{pid}/status")))
+        };
+        Ok(Self {
+            rss: field("VmRSS")?,
+            peak_rss: field("VmHWM")?,
+            anon: field("RssAnon")?,
+            address_space: field("VmSize")?,
+        })
     }
 }

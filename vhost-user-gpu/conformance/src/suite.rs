@@ -42,8 +42,47 @@ impl Capabilities {
 
     /// Why `need` is not met, if it is not.
     pub fn unmet(&self, peer: Peer, need: &Need) -> Option<String> {
+        self.unmet_need(peer, need).map(|u| u.reason)
+    }
+
+    /// Why `need` is not met, and whether the backend (rather than this host) lacks it.
+    pub fn unmet_need(&self, peer: Peer, need: &Need) -> Option<Unmet> {
+        let backend = |reason: String| {
+            Some(Unmet {
+                reason,
+                host: false,
+            })
+        };
         match need {
             Need::Nothing => None,
+            Need::HostPath(path) if !Path::new(path).exists() => Some(Unmet {
+                reason: format!("this host has no {path}"),
+                host: true,
+            }),
+            Need::HostPath(_) => None,
+            Need::NoHostPath(path, why) if Path::new(path).exists() => Some(Unmet {
+                reason: format!("this host has {path}: {why}"),
+                host: true,
+            }),
+            Need::NoHostPath(..) => None,
+            // No renderer for our backend is this host's lack (virglrenderer and Mesa not
+            // installed), unless VUG_REQUIRE_RENDERER says the host has them (CI installs
+            // them): then it is our backend's failure.
+            Need::Renderer if peer == Peer::Ours => match &self.renderer {
+                Ok(()) => None,
+                Err(why) => Some(Unmet {
+                    reason: why.clone(),
+                    host: std::env::var_os("VUG_REQUIRE_RENDERER").is_none(),
+                }),
+            },
+            Need::All(needs) => needs.iter().find_map(|n| self.unmet_need(peer, n)),
+            other => self.unmet_backend(peer, other).and_then(backend),
+        }
+    }
+
+    fn unmet_backend(&self, peer: Peer, need: &Need) -> Option<String> {
+        match need {
+            Need::Nothing | Need::HostPath(_) | Need::NoHostPath(..) | Need::All(_) => None,
             Need::Features(mask) if self.features & mask != *mask => Some(format!(
                 "backend did not negotiate features {:#x}",
                 mask & !self.features
@@ -58,13 +97,7 @@ impl Capabilities {
                 peer.name()
             )),
             Need::OurCommandLine => None,
-            Need::Renderer => match &self.renderer {
-                Ok(()) => None,
-                // CI installs the renderer's packages: there a missing renderer fails.
-                Err(_) if std::env::var_os("VUG_REQUIRE_RENDERER").is_some() => None,
-                Err(why) => Some(why.clone()),
-            },
-            Need::All(needs) => needs.iter().find_map(|n| self.unmet(peer, n)),
+            Need::Renderer => self.renderer.clone().err(),
         }
     }
 }
@@ -86,6 +119,16 @@ fn probe_renderer(harness: &Harness) -> Result<(), String> {
     Ok(())
 }
 
+/// A need a case has that is not met.
+#[derive(Debug, Clone)]
+pub struct Unmet {
+    /// Why, for the report.
+    pub reason: String,
+    /// `true`: this host lacks something (a device node); `false`: the backend does not
+    /// offer something.
+    pub host: bool,
+}
+
 /// Runs the suite; `default_program` is our backend binary.
 pub fn main(default_program: &Path) -> ! {
     // A child frontend process of the disconnect cases (this binary started again).
@@ -99,21 +142,32 @@ pub fn main(default_program: &Path) -> ! {
     let trials = cases::all()
         .into_iter()
         .map(|case: Case| {
-            let reason = match &caps {
-                Ok(c) => c.unmet(spec.peer, &case.need),
+            let unmet = match &caps {
+                Ok(c) => c.unmet_need(spec.peer, &case.need),
                 Err(_) => None, // every case will fail with the real error
             };
-            if let Some(r) = &reason {
-                eprintln!("conformance: {} skipped: {r}", case.name);
-            }
+            // Our backend must offer everything the cases need: one that stops offering
+            // something (SHMEM, a feature bit) fails those cases instead of turning them
+            // into "ignored" with exit code 0. Other peers' gaps, and what this host lacks,
+            // are reported ignored (skipped), never passed.
+            let outcome = match unmet {
+                Some(u) if spec.peer == Peer::Ours && !u.host => Outcome::Fail(format!(
+                    "our backend must meet this case's needs: {}",
+                    u.reason
+                )),
+                Some(u) => {
+                    eprintln!("conformance: {} skipped: {}", case.name, u.reason);
+                    Outcome::Skip
+                }
+                None => Outcome::Run,
+            };
             let harness = harness.clone();
             let run = case.run;
-            let ignored = reason.is_some();
-            let trial = Trial::test(case.name, move || {
-                if let Some(r) = reason {
-                    return Err(Failed::from(format!("skipped: {r}")));
-                }
-                run(&harness).map_err(Failed::from)
+            let ignored = matches!(outcome, Outcome::Skip);
+            let trial = Trial::test(case.name, move || match outcome {
+                Outcome::Fail(why) => Err(Failed::from(why)),
+                Outcome::Skip => Err(Failed::from("skipped")),
+                Outcome::Run => run(&harness).map_err(Failed::from),
             })
             .with_kind(spec.peer.name());
             trial.with_ignored_flag(ignored)
@@ -135,6 +189,16 @@ pub fn main(default_program: &Path) -> ! {
         );
     }
     libtest_mimic::run(&args, trials).exit()
+}
+
+/// What the runner does with a case.
+enum Outcome {
+    /// Run it.
+    Run,
+    /// Report it ignored (a peer without what it needs, or a host without a device).
+    Skip,
+    /// Fail it without running (our backend does not offer what it needs).
+    Fail(String),
 }
 
 /// Adds the backend's log (last 25 lines; all with `VUG_FULL_LOG=1`) to a failure message.

@@ -339,8 +339,15 @@ impl SplitQueue {
     /// Waits (up to `timeout`, a hang guard, not an assertion) for one returned chain.
     ///
     /// It sleeps on the call eventfd only, so a backend that forgets to notify (or gets
-    /// `used_event` wrong) is caught by the hang guard instead of being polled past.
-    pub fn wait_used(&mut self, ram: &GuestRam, timeout: Duration) -> Result<UsedElem> {
+    /// `used_event` wrong) is caught by the hang guard instead of being polled past. With
+    /// `connection` (the vhost-user socket), a backend that dies is noticed at once: its end
+    /// of the socket closes, and the wait ends with [`Error::BackendGone`].
+    pub fn wait_used(
+        &mut self,
+        ram: &GuestRam,
+        timeout: Duration,
+        connection: Option<BorrowedFd<'_>>,
+    ) -> Result<UsedElem> {
         let deadline = Instant::now() + timeout;
         loop {
             if self.event_idx {
@@ -359,15 +366,31 @@ impl SplitQueue {
             }
             // SAFETY: the eventfd is owned by `self` and outlives this borrow.
             let call = unsafe { BorrowedFd::borrow_raw(self.call.as_raw_fd()) };
-            let mut fds = [rustix::event::PollFd::new(
-                &call,
-                rustix::event::PollFlags::IN,
-            )];
+            // Only hang-ups of the connection: replies on it are read synchronously elsewhere.
+            let watched = connection.unwrap_or(call);
+            let mut fds = [
+                rustix::event::PollFd::new(&call, rustix::event::PollFlags::IN),
+                rustix::event::PollFd::new(&watched, rustix::event::PollFlags::RDHUP),
+            ];
+            let n = if connection.is_some() { 2 } else { 1 };
             let wait = rustix::event::Timespec::try_from(left).unwrap_or(rustix::event::Timespec {
                 tv_sec: 1,
                 tv_nsec: 0,
             });
-            let _ = rustix::event::poll(&mut fds, Some(&wait));
+            let _ = rustix::event::poll(&mut fds[..n], Some(&wait));
+            let gone = n == 2
+                && fds[1].revents().intersects(
+                    rustix::event::PollFlags::RDHUP
+                        | rustix::event::PollFlags::HUP
+                        | rustix::event::PollFlags::ERR,
+                );
+            if gone {
+                // One last look: the backend may have returned the chain before it went.
+                if let Some(elem) = self.poll_used(ram)? {
+                    return Ok(elem);
+                }
+                return Err(Error::BackendGone(self.index));
+            }
             let _ = self.call.read();
         }
     }

@@ -49,6 +49,8 @@ pub const HOSTMEM: u64 = 4 << 20;
 pub const MAX_RESOURCE_MEMORY: u64 = 16 << 20;
 /// Resource count limit given to the device.
 pub const MAX_RESOURCES: u32 = 64;
+/// Guest-held fd limit given to the device (small, so that inputs reach it).
+pub const MAX_FDS: u64 = 32;
 /// Most operations taken from one input.
 pub const MAX_OPS: usize = 96;
 /// Feature bits selected by byte 1 of the input.
@@ -308,6 +310,7 @@ fn run_device(data: &[u8]) {
         display: Box::new(CheckingDisplay),
         advisor: Box::new(advisor),
         exporter: vhost_user_gpu::alloc::guest_page_exporter(),
+        channels: None,
         renderer: None,
     };
     let config = DeviceConfig {
@@ -317,6 +320,7 @@ fn run_device(data: &[u8]) {
         max_resources: MAX_RESOURCES,
         cross_domain: true,
         max_pending_fences: vhost_user_gpu::device::MAX_PENDING_FENCES,
+        max_fds: MAX_FDS,
     };
     let mut dev = GpuDevice::new(config, ports);
     dev.ack_features(features);

@@ -128,6 +128,36 @@ impl Backing {
         })
     }
 
+    /// The first two entries (by index) whose guest ranges overlap, if any. Empty entries
+    /// overlap nothing; entries that only touch (one ends where the other starts) do not
+    /// overlap.
+    pub fn overlapping_entries(&self) -> Option<(usize, usize)> {
+        let mut ranges: Vec<(u64, u64, usize)> = self
+            .entries
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.length > 0)
+            // Cannot overflow: checked in `new`.
+            .map(|(i, e)| (e.addr, e.addr + u64::from(e.length), i))
+            .collect();
+        ranges.sort_unstable();
+        // The entry reaching furthest so far: any later start before its end overlaps it.
+        let mut furthest: Option<(u64, usize)> = None;
+        let mut found: Option<(usize, usize)> = None;
+        for &(start, end, index) in &ranges {
+            if let Some((reach, other)) = furthest {
+                if start < reach {
+                    let pair = (other.min(index), other.max(index));
+                    found = Some(found.map_or(pair, |f| f.min(pair)));
+                }
+            }
+            if furthest.is_none_or(|(reach, _)| end > reach) {
+                furthest = Some((end, index));
+            }
+        }
+        found
+    }
+
     /// Total length in bytes.
     pub fn len(&self) -> u64 {
         self.total
@@ -304,6 +334,35 @@ mod tests {
         let mut out = vec![0u8; 0x20];
         b.read(&mem, 0x2000, &mut out).unwrap();
         assert_eq!(out, data[0x2000..]);
+    }
+
+    #[test]
+    fn overlapping_entries_are_found_touching_ones_are_not() {
+        let mem = memory();
+        let e = |addr, length| MemEntry { addr, length };
+        let check =
+            |entries: Vec<MemEntry>| Backing::new(&mem, entries).unwrap().overlapping_entries();
+        // Touching end to start, in any order, and empty entries anywhere: no overlap.
+        assert_eq!(check(vec![e(0x2000, 0x1000), e(0x1000, 0x1000)]), None);
+        assert_eq!(
+            check(vec![e(0x1000, 0x10), e(0x1008, 0), e(0x1010, 0x10)]),
+            None
+        );
+        // One byte of overlap, the same entry twice, one inside another.
+        assert_eq!(check(vec![e(0x1000, 0x11), e(0x1010, 0x10)]), Some((0, 1)));
+        assert_eq!(
+            check(vec![e(0x3000, 0x10), e(0x1000, 8), e(0x1000, 8)]),
+            Some((1, 2))
+        );
+        assert_eq!(
+            check(vec![e(0x1000, 0x1000), e(0x3000, 4), e(0x1800, 0x10)]),
+            Some((0, 2))
+        );
+        // A long entry overlapping a later, not adjacent, one.
+        assert_eq!(
+            check(vec![e(0x1000, 0x3000), e(0x2000, 4), e(0x3ff0, 0x10)]),
+            Some((0, 1))
+        );
     }
 
     #[test]

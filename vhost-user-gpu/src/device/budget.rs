@@ -1,12 +1,15 @@
 //! What a guest may make the host hold: budgets of several kinds (host bytes, resources,
-//! contexts), charged before an allocation is made and released when it goes.
+//! contexts, pending fences, open files, context attachments), charged before an allocation is
+//! made and released when it goes.
 //!
 //! A [`Charge`] is the receipt of one successful [`Budget::charge`]: it travels with the
 //! allocation it pays for (a resource's pixels, a backing's entry list, a buffer waiting in a
-//! context, the context itself) and gives its amount back when dropped. Nothing has to
-//! remember to uncharge: dropping a resource, a context or a half-built allocation on an
-//! error path releases exactly what it was charged, and a device reset that drops every
-//! resource and context brings every budget back to zero.
+//! context, the context itself, a shown scanout's copies) and gives its amount back when
+//! dropped. Nothing has to remember to uncharge: dropping a resource, a context or a
+//! half-built allocation on an error path releases exactly what it was charged, and a device
+//! reset that drops every resource, context and scanout brings every budget back to zero.
+//! A receipt for something that grows and shrinks (a context's attachments, a scanout's
+//! copies) is resized with [`Charge::grow`] and [`Charge::shrink`].
 //!
 //! Amounts are added with checked arithmetic: a request whose total would overflow is
 //! refused like one past the limit.
@@ -18,7 +21,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     /// Host memory in bytes: 2D pixels, host buffers (HOST3D blobs and buffers allocated for
-    /// cross-domain image requirements) and the guest-memory entry lists of backings.
+    /// cross-domain image requirements), the kernel's page arrays behind dma-bufs, the
+    /// guest-memory entry lists of backings, and the copies a shown scanout costs (the
+    /// device's and the display sinks').
     HostBytes,
     /// Live resources.
     Resources,
@@ -26,15 +31,23 @@ pub enum Kind {
     Contexts,
     /// Fenced answers waiting for their fence (`device::fence`).
     PendingFences,
+    /// Open file descriptors held for the guest: host buffers (each a memfd or a dma-buf),
+    /// dma-bufs exported over guest pages, and cross-domain channels' compositor
+    /// connections, pipes, and fds received from the compositor and not yet claimed.
+    Fds,
+    /// Resources attached to contexts (each (context, resource) pair counts once).
+    Attachments,
 }
 
 impl Kind {
     /// Every kind, in [`Usage`] order.
-    pub const ALL: [Kind; 4] = [
+    pub const ALL: [Kind; 6] = [
         Kind::HostBytes,
         Kind::Resources,
         Kind::Contexts,
         Kind::PendingFences,
+        Kind::Fds,
+        Kind::Attachments,
     ];
 
     const fn index(self) -> usize {
@@ -49,6 +62,8 @@ impl fmt::Display for Kind {
             Kind::Resources => "resources",
             Kind::Contexts => "contexts",
             Kind::PendingFences => "pending fences",
+            Kind::Fds => "open files",
+            Kind::Attachments => "context attachments",
         })
     }
 }
@@ -144,8 +159,9 @@ impl State {
     }
 }
 
-/// The budgets of one device: limits, what is in use, and the charges against them.
-#[derive(Debug)]
+/// The budgets of one device: limits, what is in use, and the charges against them. A
+/// clone is the same budget (port implementations that hold fds for the guest charge it).
+#[derive(Debug, Clone)]
 pub struct Budget {
     state: Arc<State>,
 }
@@ -229,6 +245,42 @@ impl Charge {
         self.amount
     }
 
+    /// Charges `more` against the same budget and adds it to this receipt; on failure
+    /// nothing changes.
+    pub fn grow(&mut self, more: Usage) -> Result<(), Exceeded> {
+        if more.is_zero() {
+            return Ok(());
+        }
+        let budget = Budget {
+            state: Arc::clone(&self.state),
+        };
+        let extra = budget.charge(more)?;
+        self.absorb(extra);
+        Ok(())
+    }
+
+    /// Releases `less` of this receipt (each kind at most what it holds).
+    pub fn shrink(&mut self, less: Usage) {
+        let mut released = Usage::ZERO;
+        for kind in Kind::ALL {
+            released.0[kind.index()] = less.get(kind).min(self.amount.get(kind));
+        }
+        if released.is_zero() {
+            return;
+        }
+        self.amount = self.amount.saturating_sub(released);
+        let mut used = self.state.used();
+        *used = used.saturating_sub(released);
+    }
+
+    /// Grows or shrinks this receipt, kind by kind, to hold exactly `amount`; on failure
+    /// nothing changes.
+    pub fn resize(&mut self, amount: Usage) -> Result<(), Exceeded> {
+        self.grow(amount.saturating_sub(self.amount))?;
+        self.shrink(self.amount.saturating_sub(amount));
+        Ok(())
+    }
+
     /// Takes over `other` (charged against the same budget): one receipt for both.
     pub fn absorb(&mut self, mut other: Charge) {
         debug_assert!(
@@ -267,6 +319,8 @@ mod tests {
         Usage::host_bytes(100)
             .with(Kind::Resources, 2)
             .with(Kind::Contexts, 1)
+            .with(Kind::Fds, 1)
+            .with(Kind::Attachments, 1)
     }
 
     #[test]
@@ -308,6 +362,48 @@ mod tests {
         let err = budget.charge(Usage::host_bytes(2)).unwrap_err();
         assert_eq!(err.kind, Kind::HostBytes);
         assert_eq!(budget.used(), Usage::host_bytes(u64::MAX - 1));
+    }
+
+    #[test]
+    fn receipts_grow_shrink_and_resize_within_the_limits() {
+        let budget = Budget::new(limits());
+        let mut c = budget.nothing();
+        c.grow(Usage::host_bytes(70)).unwrap();
+        assert_eq!(
+            c.grow(Usage::host_bytes(31)).unwrap_err().kind,
+            Kind::HostBytes,
+            "one byte past the limit"
+        );
+        assert_eq!(
+            c.amount(),
+            Usage::host_bytes(70),
+            "a refused grow changes nothing"
+        );
+        c.grow(Usage::host_bytes(30)).unwrap();
+        assert_eq!(
+            budget.used(),
+            Usage::host_bytes(100),
+            "exactly at the limit"
+        );
+        c.shrink(Usage::host_bytes(40).with(Kind::Contexts, 5));
+        assert_eq!(
+            c.amount(),
+            Usage::host_bytes(60),
+            "a shrink releases at most what it holds"
+        );
+        c.resize(
+            Usage::host_bytes(10)
+                .with(Kind::Attachments, 0)
+                .with(Kind::Fds, 0),
+        )
+        .unwrap();
+        assert_eq!(budget.used(), Usage::host_bytes(10));
+        assert!(c
+            .resize(Usage::host_bytes(10).with(Kind::Contexts, 2))
+            .is_err());
+        assert_eq!(budget.used(), Usage::host_bytes(10));
+        drop(c);
+        assert!(budget.used().is_zero());
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The device's static configuration ([`DeviceConfig`]) and the limits derived from it.
 
 use super::budget::{Kind, Usage};
-use super::context::MAX_CONTEXTS;
+use super::context::{ATTACHMENTS_PER_RESOURCE, MAX_CONTEXTS};
 use super::fence::MAX_PENDING_FENCES;
 use super::ports::PAGE_SIZE;
 use crate::protocol::MAX_SCANOUTS;
@@ -18,12 +18,27 @@ pub struct DeviceConfig {
     pub max_resource_memory: u64,
     /// Most resources at once.
     pub max_resources: u32,
-    /// Offer the cross-domain capset (host-allocated images and, later, Wayland channels).
+    /// Offer the cross-domain capset (host-allocated images and Wayland channels).
     pub cross_domain: bool,
     /// Most fenced answers that may wait at once ([`MAX_PENDING_FENCES`] by default); the
     /// transport stops taking control commands while this many wait.
     pub max_pending_fences: usize,
+    /// Most file descriptors the device holds for the guest at once, all contexts together:
+    /// host buffers, exported GUEST blobs, and cross-domain channels' compositor
+    /// connections, pipes and fds received from the compositor and not yet claimed. The
+    /// binary sets it to its open-file limit less [`FD_RESERVE`], so that a guest running
+    /// out never leaves the process without fds for the frontend's memory regions and
+    /// messages.
+    pub max_fds: u64,
 }
+
+/// File descriptors the binary keeps out of the guest's reach ([`DeviceConfig::max_fds`]):
+/// one per memory region the frontend may send (vhost-user-backend takes up to 509 with
+/// `CONFIGURE_MEM_SLOTS`, and QEMU lists every mapped blob as a region), plus the process's
+/// own (standard streams, the listening and connection sockets, the backend and display
+/// channels, queue eventfds, epoll instances, `/dev/udmabuf`, the render node, capture
+/// files) and the short-lived ones of an allocation (the memfd behind a udmabuf).
+pub const FD_RESERVE: u64 = 509 + 64;
 
 impl Default for DeviceConfig {
     fn default() -> Self {
@@ -34,6 +49,7 @@ impl Default for DeviceConfig {
             max_resources: 16384,
             cross_domain: true,
             max_pending_fences: MAX_PENDING_FENCES,
+            max_fds: 4096,
         }
     }
 }
@@ -64,6 +80,12 @@ pub enum ConfigError {
 
 /// Largest output side accepted.
 pub const MAX_OUTPUT_SIDE: u32 = 16384;
+/// Largest width or height of what a scanout shows (the rectangle of `SET_SCANOUT`, the
+/// image of `SET_SCANOUT_BLOB`): the largest output mode the device accepts. Larger ones
+/// are refused with `ERR_INVALID_PARAMETER`, so no display sink (nor the frontend's display
+/// behind it) is ever asked for more; within it, the copies a shown image costs are charged
+/// to `max_resource_memory`.
+pub const MAX_SCANOUT_SIDE: u32 = MAX_OUTPUT_SIDE;
 /// The output a configuration without outputs is repaired to (and the EDID fallback).
 pub const DEFAULT_OUTPUT: (u32, u32) = (1280, 800);
 
@@ -99,6 +121,11 @@ impl DeviceConfig {
             .with(Kind::Resources, u64::from(self.max_resources))
             .with(Kind::Contexts, MAX_CONTEXTS)
             .with(Kind::PendingFences, self.max_pending_fences as u64)
+            .with(Kind::Fds, self.max_fds)
+            .with(
+                Kind::Attachments,
+                ATTACHMENTS_PER_RESOURCE * u64::from(self.max_resources),
+            )
     }
 
     /// Repairs an invalid configuration (see [`DeviceConfig::validate`]): outputs limited to

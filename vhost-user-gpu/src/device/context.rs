@@ -1,16 +1,17 @@
 //! Rendering contexts: [`ContextTable`] holds them by id. The context types are cross-domain
-//! (capset 5), whose state is the query ring (where replies go) and the image requirements
-//! handed out, keyed by blob id; renderer contexts (virgl, venus), whose state lives in the
-//! renderer; and the default context a guest creates without a capset (a virgl context when
-//! the renderer serves virgl).
+//! (capset 5), whose state is the query ring (where replies go), the image requirements
+//! handed out, keyed by blob id, and, when its INIT asked for one, a channel to the host
+//! compositor with its channel ring; renderer contexts (virgl, venus), whose state lives in
+//! the renderer; and the default context a guest creates without a capset (a virgl context
+//! when the renderer serves virgl).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use super::budget::Charge;
+use super::budget::{Charge, Exceeded, Kind, Usage};
 use super::reject::{reject, Reject};
 use super::resource::ImageInfo;
-use crate::device::ports::{BufferRequest, HostBuffer};
-use crate::protocol::cross_domain::ImageRequirements;
+use crate::device::ports::{BufferRequest, Channel, HostBuffer};
+use crate::protocol::cross_domain::{ImageRequirements, InitLayout};
 use crate::protocol::{GpuError, CAPSET_VENUS};
 
 /// Most image requirements one context keeps (each GET_IMAGE_REQUIREMENTS adds one; guests
@@ -25,7 +26,11 @@ pub(crate) const MAX_PENDING_BUFFERS_PER_CONTEXT: usize = 8;
 /// context that has none gets ERR_OUT_OF_MEMORY.
 pub(crate) const MAX_REQUIREMENTS_TOTAL: usize = 16384;
 /// Most contexts at once (the contexts budget).
-pub(crate) const MAX_CONTEXTS: u64 = 1024;
+pub const MAX_CONTEXTS: u64 = 1024;
+/// Resource attachments all contexts together may hold, per resource of `max_resources`
+/// (the attachments budget): Linux attaches a resource to every context (DRM file) that
+/// uses it; without a cap 1024 contexts times every resource would be millions of entries.
+pub const ATTACHMENTS_PER_RESOURCE: u64 = 16;
 
 /// A buffer allocated for a requirement, with the host bytes it is charged, until a
 /// CREATE_BLOB claims it (dropping it releases both).
@@ -47,6 +52,20 @@ pub(crate) struct Requirement {
     pub pending: Option<Pending>,
 }
 
+/// A cross-domain context's channel to the host compositor.
+#[derive(Debug)]
+pub(crate) struct ContextChannel {
+    /// The host end (a port).
+    pub channel: Box<dyn Channel>,
+    /// The GUEST blob events are written into (offset 0, one event per POLL fence).
+    pub ring: u32,
+    /// Fences on the channel ring waiting for an event, oldest first.
+    pub waiting: VecDeque<Waiting>,
+}
+
+/// A fenced command on the channel ring whose answer waits for an event: its fence id.
+pub(crate) type Waiting = u64;
+
 /// A context that lives in the renderer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct RendererContext {
@@ -67,18 +86,23 @@ pub(crate) struct Context {
     /// file that makes resources when 3D is offered. It holds attached resources and GUEST
     /// blobs but has no renderer: every SUBMIT_3D in it is refused.
     pub cross_domain: bool,
-    /// Resources attached with CTX_ATTACH_RESOURCE (or created in this context).
-    pub resources: BTreeSet<u32>,
+    /// Resources attached with CTX_ATTACH_RESOURCE (or created in this context), each
+    /// charged one attachment.
+    attached: BTreeSet<u32>,
     /// The query ring resource, after CROSS_DOMAIN_CMD_INIT.
     pub query_ring: Option<u32>,
+    /// The layout of the INIT the guest sent (for logs and the ring rules).
+    pub init_layout: Option<InitLayout>,
+    /// The channel, after an INIT with a channel type.
+    pub channel: Option<ContextChannel>,
     /// Requirements by blob id.
     requirements: BTreeMap<u32, Requirement>,
     /// Blob ids whose requirement still holds a pending buffer, oldest first.
     pending_order: VecDeque<u32>,
     /// Last blob id handed out (even numbers from 2, as rutabaga does).
     last_blob_id: u32,
-    /// The context's place in the contexts budget.
-    _charge: Charge,
+    /// The context's place in the contexts budget and its attachments.
+    charge: Charge,
 }
 
 impl Context {
@@ -88,12 +112,14 @@ impl Context {
             debug_name,
             renderer: None,
             cross_domain,
-            resources: BTreeSet::new(),
+            attached: BTreeSet::new(),
             query_ring: None,
+            init_layout: None,
+            channel: None,
             requirements: BTreeMap::new(),
             pending_order: VecDeque::new(),
             last_blob_id: 0,
-            _charge: charge,
+            charge,
         }
     }
 
@@ -104,6 +130,48 @@ impl Context {
             lost: false,
         });
         self
+    }
+
+    /// Attaches `resource_id`, charging one attachment unless it is attached already.
+    pub fn attach(&mut self, resource_id: u32) -> Result<(), Exceeded> {
+        if self.attached.contains(&resource_id) {
+            return Ok(());
+        }
+        self.charge.grow(Usage::of(Kind::Attachments, 1))?;
+        self.attached.insert(resource_id);
+        Ok(())
+    }
+
+    /// Attaches `resource_id` with an attachment charged beforehand (`charge`, one
+    /// attachment); a resource attached already gives it back.
+    pub fn attach_charged(&mut self, resource_id: u32, charge: Charge) {
+        if self.attached.insert(resource_id) {
+            self.charge.absorb(charge);
+        }
+    }
+
+    /// Whether `resource_id` is attached.
+    pub fn is_attached(&self, resource_id: u32) -> bool {
+        self.attached.contains(&resource_id)
+    }
+
+    /// The channel, if any, with the attached resources (read-only: what SEND may export).
+    pub fn channel_and_attached(&mut self) -> Option<(&mut ContextChannel, &BTreeSet<u32>)> {
+        let channel = self.channel.as_mut()?;
+        Some((channel, &self.attached))
+    }
+
+    /// Detaches `resource_id` (and drops it as the query ring); `false` if it was not
+    /// attached.
+    pub fn detach(&mut self, resource_id: u32) -> bool {
+        if self.query_ring == Some(resource_id) {
+            self.query_ring = None;
+        }
+        if !self.attached.remove(&resource_id) {
+            return false;
+        }
+        self.charge.shrink(Usage::of(Kind::Attachments, 1));
+        true
     }
 
     /// The next blob id, `None` when the id space is exhausted.
@@ -165,12 +233,26 @@ impl Context {
         self.requirements.len()
     }
 
-    /// Forgets `resource_id` (destroyed): detaches it, and drops it as the query ring.
-    pub fn forget_resource(&mut self, resource_id: u32) {
-        self.resources.remove(&resource_id);
+    /// Forgets `resource_id` (destroyed or detached) as a ring: drops it as the query ring,
+    /// and closes the channel whose ring it was (events would have nowhere to go). Returns
+    /// the POLLs that were waiting on that channel (to be answered now).
+    pub fn forget_ring(&mut self, resource_id: u32) -> VecDeque<Waiting> {
         if self.query_ring == Some(resource_id) {
             self.query_ring = None;
         }
+        if self.channel.as_ref().is_some_and(|c| c.ring == resource_id) {
+            if let Some(channel) = self.channel.take() {
+                return channel.waiting;
+            }
+        }
+        VecDeque::new()
+    }
+
+    /// Forgets `resource_id` (destroyed): detaches it, and drops it as a ring; returns the
+    /// POLLs left without a channel.
+    pub fn forget_resource(&mut self, resource_id: u32) -> VecDeque<Waiting> {
+        self.detach(resource_id);
+        self.forget_ring(resource_id)
     }
 }
 
@@ -204,11 +286,28 @@ impl ContextTable {
         self.contexts.remove(&ctx_id).ok_or_else(|| missing(ctx_id))
     }
 
-    /// Forgets `resource_id` in every context.
-    pub fn forget_resource(&mut self, resource_id: u32) {
-        for ctx in self.contexts.values_mut() {
-            ctx.forget_resource(resource_id);
+    /// Forgets `resource_id` in every context; returns the contexts whose channel closed
+    /// with it (their waiting fences will never see an event).
+    pub fn forget_resource(&mut self, resource_id: u32) -> Vec<u32> {
+        let mut closed = Vec::new();
+        for (&ctx_id, ctx) in self.contexts.iter_mut() {
+            if !ctx.forget_resource(resource_id).is_empty() {
+                closed.push(ctx_id);
+            }
         }
+        closed
+    }
+
+    /// The contexts with a channel, by id.
+    pub fn channels_mut(&mut self) -> impl Iterator<Item = (u32, &mut ContextChannel)> {
+        self.contexts
+            .iter_mut()
+            .filter_map(|(&id, ctx)| ctx.channel.as_mut().map(|c| (id, c)))
+    }
+
+    /// The context's channel, or `None` (no such context or no channel).
+    pub fn channel_mut(&mut self, ctx_id: u32) -> Option<&mut ContextChannel> {
+        self.contexts.get_mut(&ctx_id)?.channel.as_mut()
     }
 
     /// Requirements kept by all contexts together.

@@ -186,6 +186,11 @@ impl Fences {
         }
     }
 
+    /// Whether answers are ready to be handed back.
+    pub fn has_ready(&self) -> bool {
+        !self.ready.is_empty()
+    }
+
     /// The tokens whose answers may go now, in the order they became ready.
     pub fn take_ready(&mut self) -> Vec<FenceToken> {
         std::mem::take(&mut self.ready)

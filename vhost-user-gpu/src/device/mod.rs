@@ -13,7 +13,8 @@
 //! hands back the tokens of the answers that may go now.
 //!
 //! Every rejected guest input is answered with the matching virtio-gpu error and logged
-//! with `warn!`, naming the command and the field.
+//! as a warning naming the command and the field, through the process's limiter of
+//! guest-caused log lines ([`crate::guest_log`]).
 //!
 //! Guest memory is only reached through vm-memory (`GuestMemory`/`Bytes`), with every range
 //! checked, and re-resolved on each access because the frontend may replace the memory table
@@ -54,20 +55,24 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use log::{debug, error, trace, warn};
 use rustix::event::epoll;
 
+use crate::guest_log::guest_warn;
 use crate::protocol::{
     command_name, feature, CtrlHeader, DecodeError, GpuCommand, GpuError, GpuResponse,
     CONFIG_EVENTS_CLEAR, CONFIG_EVENTS_READ, CONFIG_NUM_CAPSETS, CONFIG_NUM_SCANOUTS, CONFIG_SIZE,
     EVENT_DISPLAY, FLAG_FENCE, FLAG_INFO_RING_IDX,
 };
 pub use backing::BackingError;
-use budget::{Budget, Kind};
-pub use config::{ConfigError, DeviceConfig, DEFAULT_OUTPUT, MAX_OUTPUT_SIDE};
+use budget::{Budget, Kind, Usage};
+pub use config::{
+    ConfigError, DeviceConfig, DEFAULT_OUTPUT, FD_RESERVE, MAX_OUTPUT_SIDE, MAX_SCANOUT_SIDE,
+};
 use context::ContextTable;
+pub use context::{ATTACHMENTS_PER_RESOURCE, MAX_CONTEXTS};
 pub use fence::{Completion, FenceToken, MAX_PENDING_FENCES};
 use fence::{Fences, Timeline};
 use ports::{
-    BufferAllocator, CapsetInfo, DisplaySink, GuestMemory, GuestPageExporter, MapAdvisor,
-    RegionMapper, RendererEvent, SendRenderer,
+    BufferAllocator, CapsetInfo, ChannelConnector, DisplaySink, GuestMemory, GuestPageExporter,
+    MapAdvisor, RegionMapper, RendererEvent, SendRenderer,
 };
 use region::RegionAllocator;
 use reject::{reject, Reject};
@@ -91,6 +96,9 @@ pub struct Ports {
     /// Renders virgl and venus contexts (`None`: no 3D renderer; only cross-domain
     /// contexts).
     pub renderer: Option<SendRenderer>,
+    /// Opens cross-domain channels to the host compositor (`None`: no channel is served and
+    /// the capset's `supported_channels` is 0).
+    pub channels: Option<Box<dyn ChannelConnector>>,
 }
 
 impl fmt::Debug for Ports {
@@ -125,10 +133,31 @@ pub(crate) fn backing_cost(entries: usize) -> u64 {
     (entries as u64).saturating_mul(BACKING_ENTRY_COST)
 }
 
-/// Rejected requests logged as warnings before rate limiting starts.
-pub const REJECT_LOG_BURST: u64 = 200;
-/// After the burst, one rejected request in this many is logged as a warning.
-pub const REJECT_LOG_EVERY: u64 = 1000;
+/// Kernel memory charged per page of a dma-buf the device holds, on top of the pages
+/// themselves: udmabuf keeps a folio pointer, an offset and a pinned-folio pointer per page,
+/// and an importer's scatter list adds about one entry per page.
+pub const DMABUF_PAGE_COST: u64 = 32;
+/// Kernel memory charged per dma-buf for the objects behind its fd (the file, the dma-buf,
+/// the exporter's private data and scatter table).
+pub const DMABUF_OBJECT_COST: u64 = 4096;
+
+/// What a host buffer of `size` bytes costs while the device holds it: its bytes, the kernel's
+/// page arrays when it is a dma-buf, and its file descriptor.
+pub(crate) fn buffer_usage(size: u64, dmabuf: bool) -> Usage {
+    let bytes = if dmabuf {
+        size.saturating_add(dmabuf_overhead(size))
+    } else {
+        size
+    };
+    Usage::host_bytes(bytes).with(Kind::Fds, 1)
+}
+
+/// The kernel's memory behind a dma-buf of `size` bytes, without the pages.
+pub(crate) fn dmabuf_overhead(size: u64) -> u64 {
+    size.div_ceil(ports::PAGE_SIZE)
+        .saturating_mul(DMABUF_PAGE_COST)
+        .saturating_add(DMABUF_OBJECT_COST)
+}
 
 /// The virtio-gpu device state machine.
 pub struct GpuDevice {
@@ -138,6 +167,7 @@ pub struct GpuDevice {
     display: Box<dyn DisplaySink>,
     advisor: Box<dyn MapAdvisor>,
     exporter: Option<Box<dyn GuestPageExporter>>,
+    channels: Option<Box<dyn ChannelConnector>>,
     acked_features: u64,
     shmem_available: bool,
     events_read: u32,
@@ -151,10 +181,6 @@ pub struct GpuDevice {
     allocator_dmabuf: Option<bool>,
     /// Whether a refused export of a GUEST blob was logged (once per device).
     export_refusal_logged: bool,
-    /// Reused buffer for frames and cursor images.
-    scratch: Vec<u8>,
-    /// Rejected requests so far (for log rate limiting).
-    rejects: u64,
     /// The 3D renderer, if any.
     renderer: Option<SendRenderer>,
     /// The capsets offered, in `GET_CAPSET_INFO` index order (fixed for the device's life).
@@ -164,6 +190,10 @@ pub struct GpuDevice {
     /// What the transport polls: an epoll set over the device's event sources (the
     /// renderer's poll fd), `None` if it could not be created (then nothing waits).
     events: Option<OwnedFd>,
+    /// An eventfd in the event set, written when answers became ready while a command was
+    /// processed (a destroyed context, a closed channel, an event written at once behind an
+    /// earlier fence): the transport polls only `events`, so it must wake for those too.
+    ready_kick: Option<OwnedFd>,
     /// Set by a handler that handed work to the renderer for the command being processed:
     /// a fence on the global timeline then waits for the renderer.
     renderer_work: bool,
@@ -181,6 +211,23 @@ impl fmt::Debug for GpuDevice {
     }
 }
 
+impl Drop for GpuDevice {
+    /// A device that goes (its frontend disconnected) stops showing its scanouts, so that a
+    /// sink that outlives it (the capture, shared by every connection) lets go of their
+    /// copies, which were charged to this device's budget.
+    ///
+    /// The renderer outlives the device too (one per process, shared by connection after
+    /// connection): what this device made there goes with it.
+    fn drop(&mut self) {
+        for id in self.scanouts.stop_all() {
+            self.display.scanout(id, None);
+        }
+        if let Some(renderer) = self.renderer.as_mut() {
+            renderer.reset();
+        }
+    }
+}
+
 impl GpuDevice {
     /// A device with `config` and `ports`. An invalid `config` (see
     /// [`DeviceConfig::validate`]) is repaired with a warning: outputs are limited to 16
@@ -193,6 +240,21 @@ impl GpuDevice {
             config.repair();
         }
         let events = event_set(ports.renderer.as_deref().map(|r| r.poll_fd()));
+        let ready_kick = events.as_ref().and_then(|set| {
+            let kick = rustix::event::eventfd(
+                0,
+                rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
+            )
+            .ok()?;
+            epoll::add(
+                set,
+                &kick,
+                epoll::EventData::new_u64(EVENT_READY),
+                epoll::EventFlags::IN,
+            )
+            .ok()?;
+            Some(kick)
+        });
         let capsets = commands::offered_capsets(
             ports.renderer.as_deref().map(|r| r as &dyn ports::Renderer),
             config.cross_domain,
@@ -208,18 +270,18 @@ impl GpuDevice {
             display: ports.display,
             advisor: ports.advisor,
             exporter: ports.exporter,
+            channels: ports.channels,
             acked_features: 0,
             shmem_available: true,
             events_read: 0,
             config_changed: false,
             allocator_dmabuf: None,
             export_refusal_logged: false,
-            scratch: Vec::new(),
-            rejects: 0,
             renderer: ports.renderer,
             capsets,
             fences: Fences::default(),
             events,
+            ready_kick,
             renderer_work: false,
         }
     }
@@ -304,7 +366,7 @@ impl GpuDevice {
     pub fn write_config(&mut self, offset: u32, data: &[u8]) {
         let start = offset as usize;
         let Some(end) = start.checked_add(data.len()).filter(|&e| e <= CONFIG_SIZE) else {
-            warn!(
+            guest_warn!(
                 "config write at {offset}+{} is outside the config space",
                 data.len()
             );
@@ -358,13 +420,30 @@ impl GpuDevice {
     }
 
     /// Replaces the display sink (the transport does this when QEMU sends its display
-    /// socket). The new sink is told about every enabled scanout.
+    /// socket). Each shown scanout is charged again for the new sink's copies; one whose
+    /// charge no longer fits the budget is disabled (the guest's next `SET_SCANOUT` gets
+    /// `ERR_OUT_OF_MEMORY`). The new sink is told about every enabled scanout.
     pub fn set_display(&mut self, display: Box<dyn DisplaySink>) {
         self.display = display;
-        for (id, s) in self.scanouts.iter() {
-            if let Some(shown) = &s.shown {
-                self.display
-                    .scanout(id, Some((shown.rect.width, shown.rect.height)));
+        for id in 0..self.scanouts.len() as u32 {
+            let Some(rect) = self.scanouts.shown_mut(id).map(|s| s.view.rect) else {
+                continue;
+            };
+            let cost = self.frame_cost(rect.width, rect.height);
+            let Some(shown) = self.scanouts.shown_mut(id) else {
+                continue;
+            };
+            match shown.memory.charge.resize(cost) {
+                Ok(()) => self.display.scanout(id, Some((rect.width, rect.height))),
+                Err(e) => {
+                    guest_warn!(
+                        "scanout {id} disabled: {}",
+                        reject::over_budget("showing it on the new display", e).reason
+                    );
+                    if let Some(s) = self.scanouts.get_mut(id) {
+                        s.shown = None;
+                    }
+                }
             }
         }
     }
@@ -415,7 +494,13 @@ impl GpuDevice {
     pub fn process_control(&mut self, mem: &GuestMemory, request: &[u8]) -> Completion {
         self.renderer_work = false;
         let (hdr, response) = self.process(mem, request, false);
-        self.fenced(&hdr, response)
+        let completion = self.fenced(mem, &hdr, response);
+        if self.fences.has_ready() {
+            if let Some(kick) = &self.ready_kick {
+                let _ = rustix::io::write(kick, &1u64.to_ne_bytes());
+            }
+        }
+        completion
     }
 
     /// One fd that is readable when [`GpuDevice::service`] may have answers to hand back
@@ -426,10 +511,12 @@ impl GpuDevice {
         self.events.as_ref().map(|fd| fd.as_fd())
     }
 
-    /// Lets the device's event sources move (the renderer retires fences) and returns the
-    /// tokens of the answers that may go now, in the order they became ready. Never blocks;
-    /// harmless to call at any time.
-    pub fn service(&mut self) -> Vec<FenceToken> {
+    /// Lets the device's event sources move (the renderer retires fences, cross-domain
+    /// channels move bytes and write events into their channel rings in `mem`) and returns
+    /// the tokens of the answers that may go now, in the order they became ready. Never
+    /// blocks; harmless to call at any time. The transport calls it only while the control
+    /// queue runs (events are guest memory writes).
+    pub fn service(&mut self, mem: &GuestMemory) -> Vec<FenceToken> {
         if let Some(events) = &self.events {
             // The sources are level-triggered and drained below; only clear the readiness.
             let mut ready: Vec<epoll::Event> = Vec::with_capacity(4);
@@ -442,6 +529,10 @@ impl GpuDevice {
                 rustix::buffer::spare_capacity(&mut ready),
                 Some(&now),
             );
+        }
+        if let Some(kick) = &self.ready_kick {
+            let mut count = [0u8; 8];
+            let _ = rustix::io::read(kick, &mut count);
         }
         let events = self.renderer.as_mut().map(|r| r.poll()).unwrap_or_default();
         for event in events {
@@ -469,6 +560,7 @@ impl GpuDevice {
                 RendererEvent::RenderServerLost(why) => self.render_server_lost(&why),
             }
         }
+        self.service_channels(mem);
         self.fences.take_ready()
     }
 
@@ -495,7 +587,7 @@ impl GpuDevice {
     /// What to do with the answer of a processed control command: now, unless it is
     /// fenced and its fence waits (for the renderer, or behind earlier fences of its
     /// timeline).
-    fn fenced(&mut self, hdr: &CtrlHeader, response: Vec<u8>) -> Completion {
+    fn fenced(&mut self, mem: &GuestMemory, hdr: &CtrlHeader, response: Vec<u8>) -> Completion {
         if hdr.flags & FLAG_FENCE == 0 {
             return Completion::Now(response);
         }
@@ -507,7 +599,7 @@ impl GpuDevice {
         } else {
             Timeline::Global
         };
-        let waits = self.renderer_fence(hdr, timeline);
+        let waits = self.renderer_fence(hdr, timeline) || self.channel_fence(mem, hdr, timeline);
         if !waits && !self.fences.busy(timeline) {
             return Completion::Now(response);
         }
@@ -648,30 +740,23 @@ impl GpuDevice {
         (hdr, out)
     }
 
-    /// Logs a rejected request with `warn!`. A guest that keeps sending bad requests must
-    /// not flood the host log: after [`REJECT_LOG_BURST`] warnings only every
-    /// [`REJECT_LOG_EVERY`]th is a warning (with the count of the others, which go to
-    /// `debug!`).
+    /// Logs a rejected request as a warning, through the process's limiter of guest-caused
+    /// lines ([`crate::guest_log`]): a guest that keeps sending bad requests cannot flood
+    /// the host log.
     fn log_reject(&mut self, message: fmt::Arguments<'_>) {
-        self.rejects = self.rejects.saturating_add(1);
-        if self.rejects <= REJECT_LOG_BURST {
-            warn!("{message}");
-        } else if self.rejects.is_multiple_of(REJECT_LOG_EVERY) {
-            warn!(
-                "{message} ({} rejected requests so far; most are logged at debug level)",
-                self.rejects
-            );
-        } else {
-            debug!("{message}");
-        }
+        guest_warn!("{message}");
     }
+
     /// Removes a resource: scanouts showing it are disabled first, contexts forget it, a
     /// mapping is removed (synchronously) before the buffer is released.
     pub(crate) fn destroy_resource(&mut self, resource_id: u32) {
         for id in self.scanouts.stop_showing(resource_id) {
             self.display.scanout(id, None);
         }
-        self.contexts.forget_resource(resource_id);
+        for ctx_id in self.contexts.forget_resource(resource_id) {
+            // Its channel closed with its ring: the fences waiting for events go.
+            self.fences.release_context(ctx_id);
+        }
         let Some(resource) = self.resources.remove(resource_id) else {
             return;
         };
@@ -688,7 +773,7 @@ impl GpuDevice {
                 Err(e) => {
                     // The range may still be mapped in the guest: keep it reserved until
                     // reset so that nothing else is mapped over it.
-                    log::error!(
+                    guest_warn!(
                         "RESOURCE_UNREF: resource_id {resource_id}: unmapping region range \
                          {offset:#x}+{len:#x} failed: {e}; the range stays reserved"
                     );
@@ -705,18 +790,30 @@ impl GpuDevice {
     }
 }
 
-impl Drop for GpuDevice {
-    /// The renderer outlives the device (one per process, shared by connection after
-    /// connection): what this device made there goes with it.
-    fn drop(&mut self) {
-        if let Some(renderer) = self.renderer.as_mut() {
-            renderer.reset();
+impl GpuDevice {
+    /// Adds a channel's wait fd to the device's event set (it leaves the set when the
+    /// channel, its only owner, closes it).
+    pub(crate) fn watch_channel(&self, fd: BorrowedFd<'_>) {
+        let Some(set) = &self.events else {
+            return;
+        };
+        if let Err(e) = epoll::add(
+            set,
+            fd,
+            epoll::EventData::new_u64(EVENT_CHANNEL),
+            epoll::EventFlags::IN,
+        ) {
+            error!("cannot watch a Wayland channel ({e}): its events wait for the next command");
         }
     }
 }
 
 /// epoll data of the renderer's poll fd in the device's event set.
 const EVENT_RENDERER: u64 = 1;
+/// epoll data of the ready-answers eventfd in the device's event set.
+const EVENT_READY: u64 = 3;
+/// epoll data of a cross-domain channel's wait fd in the device's event set.
+const EVENT_CHANNEL: u64 = 2;
 
 /// The device's event set: an epoll fd over its event sources (the renderer's poll fd),
 /// made at construction. `None` only when it cannot be made (logged; then the renderer's

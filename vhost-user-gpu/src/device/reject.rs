@@ -37,9 +37,13 @@ pub(crate) fn over_budget(what: &str, e: Exceeded) -> Reject {
                 "{what}: about {wanted} bytes would exceed the resource memory limit ({used} of \
                  {limit} bytes in use)"
             ),
-            Kind::Resources | Kind::Contexts | Kind::PendingFences => {
+            Kind::Resources | Kind::Contexts | Kind::PendingFences | Kind::Attachments => {
                 format!("{what}: the limit of {limit} {kind} is reached")
             }
+            Kind::Fds => format!(
+                "{what}: the limit of {limit} open files for guest objects is reached (the \
+                 open-file limit less a reserve for the frontend's memory regions)"
+            ),
         },
     )
 }

@@ -36,7 +36,8 @@ pub(crate) struct AttachedBacking {
     pub _charge: Charge,
 }
 
-/// The image a HOST3D blob was allocated for (cross-domain GET_IMAGE_REQUIREMENTS).
+/// The image a HOST3D blob was allocated for (cross-domain GET_IMAGE_REQUIREMENTS; all zero
+/// for a buffer the compositor handed in).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct ImageInfo {
     pub width: u32,
@@ -53,6 +54,9 @@ pub(crate) struct HostBlob {
     pub mapped_at: Option<u64>,
     /// Host CPU mapping, created on first scanout read.
     pub cpu_map: Option<MappedBuffer>,
+    /// Whether the guest may map it writable (`false` for read-only buffers the compositor
+    /// handed in, such as sealed keymaps).
+    pub writable: bool,
 }
 
 /// A renderer blob mapped into the host-visible region.
@@ -287,17 +291,29 @@ pub(crate) fn transfer_to_host_2d(
 
 /// Copies `rect` out of a linear image (`stride` bytes per row, starting at `base`) into
 /// `out` as a tightly packed image, using `read(offset, dst)` for each row (or one read when
-/// the rows are contiguous). `out` is resized to `rect.width * 4 * rect.height`.
-pub(crate) fn copy_rect_out<E>(
+/// the rows are contiguous). `out` is resized to `rect.width * 4 * rect.height`; a host that
+/// cannot allocate that is an error, never an abort.
+pub(crate) fn copy_rect_out(
     rect: &Rect,
     base: u64,
     stride: u64,
     out: &mut Vec<u8>,
-    mut read: impl FnMut(u64, &mut [u8]) -> Result<(), E>,
-) -> Result<(), E> {
+    mut read: impl FnMut(u64, &mut [u8]) -> Result<(), String>,
+) -> Result<(), String> {
     let row_bytes = rect.width as usize * BYTES_PER_PIXEL as usize;
-    let total = row_bytes * rect.height as usize;
+    let total = row_bytes.checked_mul(rect.height as usize).ok_or_else(|| {
+        format!(
+            "a {}x{} copy does not fit in memory",
+            rect.width, rect.height
+        )
+    })?;
     out.clear();
+    out.try_reserve_exact(total).map_err(|e| {
+        format!(
+            "cannot allocate the {total}-byte copy of a {}x{} image: {e}",
+            rect.width, rect.height
+        )
+    })?;
     out.resize(total, 0);
     let first = base + u64::from(rect.y) * stride + u64::from(rect.x) * u64::from(BYTES_PER_PIXEL);
     if stride == row_bytes as u64 {
@@ -394,7 +410,7 @@ mod tests {
         let mut out = Vec::new();
         copy_rect_out(&r(1, 1, 2, 2), 0, 16, &mut out, |off, dst: &mut [u8]| {
             dst.copy_from_slice(&src[off as usize..off as usize + dst.len()]);
-            Ok::<(), ()>(())
+            Ok(())
         })
         .unwrap();
         assert_eq!(

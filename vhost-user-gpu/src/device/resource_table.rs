@@ -74,11 +74,14 @@ impl ResourceTable {
             .map_err(|e| over_budget(what, e))
     }
 
-    /// Checks that `bytes` more host memory would fit, without charging them.
-    pub fn check_bytes(&self, bytes: u64, what: &str) -> Result<(), Reject> {
-        self.budget
-            .check(Usage::host_bytes(bytes))
-            .map_err(|e| over_budget(what, e))
+    /// Charges `amount` (any kinds) for `what`.
+    pub fn charge(&self, amount: Usage, what: &str) -> Result<Charge, Reject> {
+        self.budget.charge(amount).map_err(|e| over_budget(what, e))
+    }
+
+    /// Checks that `amount` more would fit, without charging it.
+    pub fn check(&self, amount: Usage, what: &str) -> Result<(), Reject> {
+        self.budget.check(amount).map_err(|e| over_budget(what, e))
     }
 
     /// Adds a resource under an id [`reserve`](Self::reserve)d for it.

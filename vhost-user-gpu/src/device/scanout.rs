@@ -1,6 +1,7 @@
 //! Scanouts and the cursor: what each output shows ([`Scanouts`]). The commands that change
 //! them are in `commands/scanout.rs`.
 
+use super::budget::Charge;
 use super::reject::{reject, Reject};
 use crate::protocol::{GpuError, Rect};
 
@@ -17,9 +18,31 @@ pub(crate) struct BlobView {
     pub offset: u32,
 }
 
+/// The host memory showing an image costs, charged to the guest's budget while the scanout
+/// shows it: the device's packed copy of the shown rectangle (`scratch`, filled on flush and
+/// kept so that flushes do not allocate) and the copies the display sinks make of each
+/// frame ([`crate::device::ports::DisplaySink::frame_copies`]).
+#[derive(Debug)]
+pub(crate) struct FrameMemory {
+    /// The device's copy of the shown rectangle, when a flush needs one (at most the
+    /// rectangle's size: [`crate::device::resource::copy_rect_out`] sizes it).
+    pub scratch: Vec<u8>,
+    /// What the copies are charged.
+    pub charge: Charge,
+}
+
 /// What a scanout shows.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) struct Shown {
+    /// Where it is shown from.
+    pub view: ShownView,
+    /// What showing it costs.
+    pub memory: FrameMemory,
+}
+
+/// Which image a scanout shows and how.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ShownView {
     pub resource_id: u32,
     /// Part of the resource (2D) or blob image shown.
     pub rect: Rect,
@@ -30,7 +53,7 @@ pub(crate) struct Shown {
 }
 
 /// One scanout.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) struct Scanout {
     /// Connected output resolution (`None`: disconnected).
     pub mode: Option<(u32, u32)>,
@@ -104,6 +127,23 @@ impl Scanouts {
         (0u32..).zip(self.outputs.iter())
     }
 
+    /// The scanouts showing `resource_id`.
+    pub fn showing(&self, resource_id: u32) -> Vec<u32> {
+        self.iter()
+            .filter(|(_, s)| {
+                s.shown
+                    .as_ref()
+                    .is_some_and(|v| v.view.resource_id == resource_id)
+            })
+            .map(|(id, _)| id)
+            .collect()
+    }
+
+    /// What `scanout_id` shows, if anything.
+    pub fn shown_mut(&mut self, scanout_id: u32) -> Option<&mut Shown> {
+        self.get_mut(scanout_id).and_then(|s| s.shown.as_mut())
+    }
+
     /// Stops showing `resource_id` wherever it is shown; returns the scanouts that now show
     /// nothing.
     pub fn stop_showing(&mut self, resource_id: u32) -> Vec<u32> {
@@ -111,7 +151,7 @@ impl Scanouts {
         for (id, s) in (0u32..).zip(self.outputs.iter_mut()) {
             if s.shown
                 .as_ref()
-                .is_some_and(|v| v.resource_id == resource_id)
+                .is_some_and(|v| v.view.resource_id == resource_id)
             {
                 s.shown = None;
                 stopped.push(id);

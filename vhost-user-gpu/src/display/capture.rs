@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use crate::device::ports::{Cursor, DisplaySink, Frame};
 use crate::display::pixels;
+use crate::guest_log::guest_warn;
 use crate::protocol::Rect;
 
 /// The RGBA copy of one scanout.
@@ -125,6 +126,12 @@ impl Drop for PngCapture {
 }
 
 impl DisplaySink for PngCapture {
+    /// The RGBA copy of each scanout and the writer's snapshot of it (the encoder streams
+    /// its output in chunks).
+    fn frame_copies(&self) -> u32 {
+        2
+    }
+
     fn scanout(&mut self, scanout_id: u32, mode: Option<(u32, u32)>) {
         let mut state = self.shared.lock();
         match mode {
@@ -212,7 +219,7 @@ impl DisplaySink for PngCapture {
                 drop(state);
                 self.shared.wake.notify_all();
             }
-            Err(e) => log::warn!("capture: scanout {scanout_id}: {e}; frame not captured"),
+            Err(e) => guest_warn!("capture: scanout {scanout_id}: {e}; frame not captured"),
         }
     }
 
@@ -250,10 +257,22 @@ fn writer_loop(shared: &Shared, dir: &Path) {
                 let image = state.scanouts.get_mut(&id).expect("scanout found above");
                 image.dirty = false;
                 image.last_write = Some(now);
-                (image.width, image.height, image.rgba.clone())
+                // The snapshot the encoder works on (its size comes from the guest).
+                let mut rgba = Vec::new();
+                match rgba.try_reserve_exact(image.rgba.len()) {
+                    Ok(()) => rgba.extend_from_slice(&image.rgba),
+                    Err(_) => guest_warn!(
+                        "capture: scanout {id}: cannot allocate a {}-byte snapshot; frame not \
+                         written",
+                        image.rgba.len()
+                    ),
+                }
+                (image.width, image.height, rgba)
             };
             drop(state);
-            write_png(dir, id, width, height, &rgba);
+            if !rgba.is_empty() {
+                write_png(dir, id, width, height, &rgba);
+            }
             state = shared.lock();
             continue;
         }
@@ -294,19 +313,28 @@ fn write_png(dir: &Path, scanout_id: u32, width: u32, height: u32, rgba: &[u8]) 
         Ok(()) => log::debug!("capture: wrote {} ({width}x{height})", path.display()),
         Err(e) => {
             let _ = fs::remove_file(&tmp);
-            log::warn!("capture: cannot write {}: {e}", path.display());
+            guest_warn!("capture: cannot write {}: {e}", path.display());
         }
     }
 }
 
-/// Encodes an RGBA image as PNG into `out`.
+/// Bytes of compressed data the PNG encoder buffers before writing a chunk.
+const PNG_CHUNK: usize = 64 << 10;
+
+/// Encodes an RGBA image as PNG into `out`, streaming: the encoder holds its compressor
+/// state and one chunk, never the whole compressed image (`write_image_data` keeps the
+/// compressed stream, and for incompressible pixels a second, stored copy, in memory).
 pub fn encode_png<W: Write>(out: W, width: u32, height: u32, rgba: &[u8]) -> io::Result<()> {
     let mut encoder = png::Encoder::new(out, width, height);
     encoder.set_color(png::ColorType::Rgba);
     encoder.set_depth(png::BitDepth::Eight);
     encoder.set_compression(png::Compression::Fast);
     let mut writer = encoder.write_header().map_err(io::Error::other)?;
-    writer.write_image_data(rgba).map_err(io::Error::other)?;
+    let mut stream = writer
+        .stream_writer_with_size(PNG_CHUNK)
+        .map_err(io::Error::other)?;
+    stream.write_all(rgba)?;
+    stream.finish().map_err(io::Error::other)?;
     writer.finish().map_err(io::Error::other)
 }
 

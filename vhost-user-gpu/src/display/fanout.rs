@@ -43,6 +43,14 @@ impl FanOut {
 }
 
 impl DisplaySink for FanOut {
+    /// What all sinks hold together.
+    fn frame_copies(&self) -> u32 {
+        self.sinks
+            .iter()
+            .map(|s| s.frame_copies())
+            .fold(0, u32::saturating_add)
+    }
+
     fn scanout(&mut self, scanout_id: u32, mode: Option<(u32, u32)>) {
         for sink in &mut self.sinks {
             sink.scanout(scanout_id, mode);
@@ -128,6 +136,10 @@ impl SharedSink {
 }
 
 impl DisplaySink for SharedSink {
+    fn frame_copies(&self) -> u32 {
+        self.lock().frame_copies()
+    }
+
     fn scanout(&mut self, scanout_id: u32, mode: Option<(u32, u32)>) {
         self.lock().scanout(scanout_id, mode);
     }

@@ -50,6 +50,12 @@ pub enum PixelError {
         /// Buffer length.
         len: usize,
     },
+    /// The host cannot allocate the converted copy.
+    #[error("cannot allocate {bytes} bytes for the converted frame")]
+    OutOfMemory {
+        /// Bytes asked for.
+        bytes: usize,
+    },
 }
 
 /// Checks that `frame` is a supported format and that every row of it lies in `data`.
@@ -90,11 +96,25 @@ pub fn clamp_rect(rect: Rect, width: u32, height: u32) -> Rect {
     }
 }
 
+/// A zeroed buffer of `bytes`, or [`PixelError::OutOfMemory`] (never an abort: frame sizes
+/// come from the guest).
+pub fn try_zeroed(bytes: usize) -> Result<Vec<u8>, PixelError> {
+    let mut out = Vec::new();
+    out.try_reserve_exact(bytes)
+        .map_err(|_| PixelError::OutOfMemory { bytes })?;
+    out.resize(bytes, 0);
+    Ok(out)
+}
+
 /// Converts `rect` (already clamped to the frame) of a validated frame into tightly packed
 /// pixels, calling `put(dst, src)` for each 4-byte pixel.
-fn convert_rect(frame: &Frame<'_>, rect: Rect, put: impl Fn(&mut [u8], &[u8])) -> Vec<u8> {
+fn convert_rect(
+    frame: &Frame<'_>,
+    rect: Rect,
+    put: impl Fn(&mut [u8], &[u8]),
+) -> Result<Vec<u8>, PixelError> {
     let row_out = rect.width as usize * 4;
-    let mut out = vec![0u8; row_out * rect.height as usize];
+    let mut out = try_zeroed(row_out * rect.height as usize)?;
     for (row, dst_row) in out
         .chunks_exact_mut(row_out.max(1))
         .enumerate()
@@ -106,7 +126,7 @@ fn convert_rect(frame: &Frame<'_>, rect: Rect, put: impl Fn(&mut [u8], &[u8])) -
             put(dst, src);
         }
     }
-    out
+    Ok(out)
 }
 
 /// Converts `rect` of `frame` to opaque 4-byte pixels whose first three bytes are the
@@ -120,12 +140,12 @@ fn to_opaque(
     let order = validate(frame)?;
     let rect = clamp_rect(rect, frame.width, frame.height);
     let [first, second, third] = pick(order);
-    Ok(convert_rect(frame, rect, |dst, src| {
+    convert_rect(frame, rect, |dst, src| {
         dst[0] = src[first];
         dst[1] = src[second];
         dst[2] = src[third];
         dst[3] = 0xff;
-    }))
+    })
 }
 
 /// Converts `rect` of `frame` to RGBA bytes (opaque).

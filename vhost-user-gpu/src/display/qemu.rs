@@ -30,7 +30,9 @@ use vhost::vhost_user::message::VhostUserU64;
 use vhost::vhost_user::GpuBackend;
 
 use crate::device::ports::{Cursor, DisplaySink, DmabufScanout, Frame, CURSOR_BYTES};
+use crate::device::MAX_SCANOUT_SIDE;
 use crate::display::pixels;
+use crate::guest_log::guest_warn;
 use crate::protocol::{fourcc, Rect};
 use crate::queue_thread::in_queue_thread;
 
@@ -204,8 +206,26 @@ impl QemuDisplay {
         }
     }
 
+    /// Whether QEMU may be asked for a `width`x`height` surface: never larger than a
+    /// scanout the device accepts ([`MAX_SCANOUT_SIDE`] a side). QEMU allocates what it is
+    /// told; the device refuses larger scanouts before they get here, and this sink checks
+    /// again rather than trust every caller.
+    fn size_allowed(what: &str, scanout_id: u32, width: u32, height: u32) -> bool {
+        if width <= MAX_SCANOUT_SIDE && height <= MAX_SCANOUT_SIDE {
+            return true;
+        }
+        guest_warn!(
+            "display: {what} {width}x{height} for scanout {scanout_id} is larger than \
+             {MAX_SCANOUT_SIDE}x{MAX_SCANOUT_SIDE}; not sent to QEMU"
+        );
+        false
+    }
+
     /// Sends `SCANOUT` with the given size (0x0 disables).
     fn send_scanout(&mut self, scanout_id: u32, width: u32, height: u32) {
+        if !Self::size_allowed("SCANOUT", scanout_id, width, height) {
+            return;
+        }
         let msg = VhostUserGpuScanout {
             scanout_id,
             width,
@@ -218,6 +238,11 @@ impl QemuDisplay {
 }
 
 impl DisplaySink for QemuDisplay {
+    /// The update converted to QEMU's pixel format, while it is sent.
+    fn frame_copies(&self) -> u32 {
+        1
+    }
+
     fn scanout(&mut self, scanout_id: u32, mode: Option<(u32, u32)>) {
         if !in_queue_thread() {
             self.pending_modes.insert(scanout_id, mode);
@@ -252,6 +277,9 @@ impl DisplaySink for QemuDisplay {
             width: frame.width,
             height: frame.height,
         };
+        if !Self::size_allowed("frame", scanout_id, frame.width, frame.height) {
+            return;
+        }
         if self.scanouts.get(&scanout_id) != Some(&current) {
             self.send_scanout(scanout_id, frame.width, frame.height);
             self.scanouts.insert(scanout_id, current);
@@ -265,12 +293,13 @@ impl DisplaySink for QemuDisplay {
                     self.fail("UPDATE", &e);
                 }
             }
-            Err(e) => log::warn!("display: scanout {scanout_id}: {e}; update dropped"),
+            Err(e) => guest_warn!("display: scanout {scanout_id}: {e}; update dropped"),
         }
     }
 
     fn dmabuf_scanout(&mut self, scanout_id: u32, buf: &DmabufScanout<'_>) -> bool {
-        if !self.ready() {
+        if !self.ready() || !Self::size_allowed("DMABUF_SCANOUT", scanout_id, buf.width, buf.height)
+        {
             return false;
         }
         let features = self.negotiate();
@@ -352,7 +381,7 @@ impl DisplaySink for QemuDisplay {
                 data,
             ),
             Some(Err(_)) => {
-                log::warn!("display: cursor image is not 64x64x4 bytes; cursor hidden");
+                guest_warn!("display: cursor image is not 64x64x4 bytes; cursor hidden");
                 self.channel.cursor_pos_hide(&pos)
             }
             None => self.channel.cursor_pos_hide(&pos),

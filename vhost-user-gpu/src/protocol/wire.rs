@@ -90,7 +90,6 @@ pub(crate) trait WireWrite {
     /// Appends a `u8`.
     fn put_u8(&mut self, v: u8);
     /// Appends a little-endian `u16`.
-    #[cfg(any(test, feature = "test-codec"))]
     fn put_u16(&mut self, v: u16);
     /// Appends a little-endian `u32`.
     fn put_u32(&mut self, v: u32);
@@ -106,7 +105,6 @@ impl WireWrite for Vec<u8> {
     fn put_u8(&mut self, v: u8) {
         self.push(v);
     }
-    #[cfg(any(test, feature = "test-codec"))]
     fn put_u16(&mut self, v: u16) {
         self.extend_from_slice(&v.to_le_bytes());
     }

@@ -3,7 +3,7 @@
 //! Once the backend has parsed its configuration, opened its listening socket and probed its
 //! allocator, it no longer needs most of what a process can do. [`confine`] then takes it
 //! away, in this order:
-//! 1. [`filesystem`]: a Landlock ruleset (where the kernel offers Landlock) that leaves only
+//! 1. [`filesystem`]: a Landlock ruleset (required: see [`Landlock`]) that leaves only
 //!    what the backend needs after start-up: the capture directory for writing (temporary
 //!    file + rename), `/dev/udmabuf` and the DRM render node when used, `/proc/self` for
 //!    reading (dma-buf `fdinfo`). No TCP, no abstract Unix sockets, no signals to other
@@ -30,6 +30,21 @@ use std::path::PathBuf;
 
 pub use filesystem::LandlockOutcome;
 
+/// How the sandbox uses Landlock.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Landlock {
+    /// Landlock confines the files the process may open, create and remove; [`confine`]
+    /// fails ([`SandboxError::LandlockUnavailable`]) on a kernel that does not enforce it,
+    /// because the seccomp filter alone cannot tell a capture file from any other path.
+    #[default]
+    Required,
+    /// No Landlock (`--sandbox seccomp-only`, for kernels without it): the seccomp filter
+    /// alone, which then refuses (`EACCES`) every call that creates, truncates, renames or
+    /// removes a file, and opening files for writing (except the render node with GBM).
+    /// [`SandboxPolicy::write_dirs`] must be empty.
+    Off,
+}
+
 /// What the confined backend still needs.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SandboxPolicy {
@@ -44,6 +59,14 @@ pub struct SandboxPolicy {
     /// allowed, and Mesa's extra system calls are allowed (best effort: no GPU here to test
     /// with).
     pub gbm: bool,
+    /// Cross-domain Wayland channels are served: Unix stream sockets may be created and
+    /// connected (one compositor connection per guest context), and pipes made (clipboard).
+    pub wayland: bool,
+    /// `/dev/udmabuf` is in use (udmabuf allocator, GUEST-blob export): its ioctls are
+    /// allowed only then, as DRM ioctls are only with GBM.
+    pub udmabuf: bool,
+    /// How Landlock is used.
+    pub landlock: Landlock,
 }
 
 /// What [`confine`] achieved.
@@ -70,6 +93,19 @@ pub enum SandboxError {
     /// Landlock is available but refused the ruleset.
     #[error("sandbox: Landlock: {0}")]
     Landlock(String),
+    /// Landlock is required but this kernel does not enforce it.
+    #[error(
+        "sandbox: this kernel does not enforce Landlock (not built, or not in the lsm= list), \
+         so the files the backend may create and open could not be confined; start with \
+         --sandbox seccomp-only to run with the system-call filter alone (it then lets no \
+         file be created or written: no --capture-dir), or --sandbox off"
+    )]
+    LandlockUnavailable,
+    /// Directories to write into were given without Landlock to confine them.
+    #[error(
+        "sandbox: writing files ({0}) needs Landlock; --sandbox seccomp-only allows no file writes"
+    )]
+    WriteWithoutLandlock(String),
     /// The seccomp filter cannot be built (unsupported architecture) or installed.
     #[error("sandbox: seccomp: {0}")]
     Seccomp(String),
@@ -79,9 +115,25 @@ pub enum SandboxError {
 }
 
 /// Confines the calling process: Landlock first (while `landlock_restrict_self` is still
-/// allowed), then the SIGSYS handler, then the seccomp filter on every thread.
+/// allowed), then the SIGSYS handler, then the seccomp filters on every thread. With
+/// [`Landlock::Required`], a kernel that does not enforce Landlock is an error
+/// ([`SandboxError::LandlockUnavailable`]); one with an older Landlock ABI enforces what it
+/// knows, which always includes creating, writing and removing files (ABI 1).
 pub fn confine(policy: &SandboxPolicy) -> Result<SandboxStatus, SandboxError> {
-    let landlock = filesystem::restrict(policy)?;
+    let landlock = match policy.landlock {
+        Landlock::Required => match filesystem::restrict(policy)? {
+            LandlockOutcome::NotEnforced => return Err(SandboxError::LandlockUnavailable),
+            outcome => outcome,
+        },
+        Landlock::Off => {
+            if let Some(dir) = policy.write_dirs.first() {
+                return Err(SandboxError::WriteWithoutLandlock(
+                    dir.display().to_string(),
+                ));
+            }
+            LandlockOutcome::NotEnforced
+        }
+    };
     sigsys::install_handler().map_err(SandboxError::Signal)?;
     let allowed_syscalls = syscalls::install(policy)?;
     Ok(SandboxStatus {

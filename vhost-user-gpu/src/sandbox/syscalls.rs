@@ -13,10 +13,15 @@
 //!   back to `clone`;
 //! - `mmap`/`mprotect`: never `PROT_EXEC` (except with GBM, whose driver is `dlopen`ed);
 //! - `prctl`: only `PR_SET_NAME` (thread names); `prlimit64`: only reading this process's
-//!   limits; `tgkill`: only this process.
+//!   limits; `tgkill`: only this process;
+//! - with Wayland channels only: `socket` for `AF_UNIX` stream sockets, `connect` (its
+//!   address is behind a pointer seccomp cannot read; Landlock keeps abstract sockets out,
+//!   pathname sockets are reachable as the backend's user may reach them: run it as an
+//!   unprivileged user, as libvirt does) and `pipe2`.
 //!
-//! Not allowed, among others: `socket`, `connect`, `bind`, `listen` (the listening socket
-//! exists before the filter; connections arrive with `accept4`), `execve`, `fork`,
+//! Not allowed, among others: `socket` and `connect` (without Wayland channels), `bind`,
+//! `listen` (the listening socket exists before the filter; connections arrive with
+//! `accept4`), `execve`, `fork`,
 //! `ptrace`, `kill`, `mount`, `setuid`, `bpf`, `io_uring_*`, `process_vm_*`, `open_by_handle_at`.
 //!
 //! A call outside the list gets `SECCOMP_RET_TRAP`, not `SECCOMP_RET_KILL_PROCESS`: the
@@ -219,6 +224,47 @@ pub const IOCTL_TYPES: [(u8, &str); 3] = [
     (b'd', "DRM (GBM allocations, dmabuf-info driver queries)"),
 ];
 
+/// The ioctl request types `policy` allows: dma-buf always, udmabuf when it is used, DRM
+/// only with GBM (the render node is the only DRM device the backend opens).
+pub fn ioctl_types(policy: &SandboxPolicy) -> Vec<(u8, &'static str)> {
+    IOCTL_TYPES
+        .into_iter()
+        .filter(|&(ty, _)| match ty {
+            b'u' => policy.udmabuf,
+            b'd' => policy.gbm,
+            _ => true,
+        })
+        .collect()
+}
+
+/// The calls that create, rename or remove files: without Landlock
+/// ([`crate::sandbox::Landlock::Off`]) they are answered `EACCES`, as Landlock answers them
+/// outside its rules.
+const FILE_CHANGING: &[&str] = &[
+    "unlinkat",
+    "renameat2",
+    #[cfg(target_arch = "x86_64")]
+    "unlink",
+    #[cfg(target_arch = "x86_64")]
+    "rename",
+    #[cfg(target_arch = "x86_64")]
+    "renameat",
+];
+
+/// `openat` flags refused without Landlock: creating (`O_CREAT`, `O_TMPFILE`), truncating,
+/// and opening for writing (`gbm`: the render node is opened read-write, so writing stays
+/// allowed with it).
+pub fn refused_open_flags(gbm: bool) -> u64 {
+    // O_TMPFILE is __O_TMPFILE | O_DIRECTORY; the first bit alone marks it.
+    let tmpfile = (libc::O_TMPFILE & !libc::O_DIRECTORY) as u64;
+    let create = libc::O_CREAT as u64 | libc::O_TRUNC as u64 | tmpfile;
+    if gbm {
+        create
+    } else {
+        create | libc::O_WRONLY as u64 | libc::O_RDWR as u64
+    }
+}
+
 /// Unconditionally allowed calls, with who needs them.
 const PLAIN: &[(&str, &str)] = &[
     ("read", "sockets, eventfds, files"),
@@ -346,9 +392,25 @@ pub fn allowlist(policy: &SandboxPolicy, pid: u32) -> Result<Vec<Allowed>, Sandb
         nr: number(name),
         rules,
     };
-    // ioctl: by request type, plus three terminal/fd requests.
+    if policy.wayland {
+        // socket(AF_UNIX, SOCK_STREAM | flags, 0): the type's low bits are the kind,
+        // SOCK_CLOEXEC and SOCK_NONBLOCK sit above them.
+        v.push(with(
+            "socket",
+            vec![rule(vec![
+                cond(0, Len::Dword, Op::Eq, libc::AF_UNIX as u64)?,
+                cond(1, Len::Dword, Op::MaskedEq(0xf), libc::SOCK_STREAM as u64)?,
+            ])?],
+        ));
+        v.push(plain("connect"));
+        if !policy.gbm {
+            v.push(plain("pipe2"));
+        }
+    }
+    // ioctl: by request type (udmabuf only when it is used, DRM only with GBM's render
+    // node), plus three terminal/fd requests.
     let mut ioctl_rules = Vec::new();
-    for (ty, _) in IOCTL_TYPES {
+    for (ty, _) in ioctl_types(policy) {
         ioctl_rules.push(rule(vec![cond(
             1,
             Len::Dword,
@@ -422,7 +484,7 @@ pub fn documented() -> Vec<(&'static str, &'static str)> {
     v.extend([
         (
             "ioctl",
-            "request types 'b', 'u', 'd' and TCGETS/FIONBIO/FIOCLEX only",
+            "request types 'b', 'u' (udmabuf in use), 'd' (GBM only) and TCGETS/FIONBIO/FIOCLEX only",
         ),
         ("mmap", "not PROT_EXEC (except with GBM)"),
         ("mprotect", "not PROT_EXEC (except with GBM)"),
@@ -433,6 +495,21 @@ pub fn documented() -> Vec<(&'static str, &'static str)> {
         ("tgkill", "this process only"),
     ]);
     v
+}
+
+/// The extra calls allowed with Wayland channels.
+pub fn documented_wayland() -> Vec<(&'static str, &'static str)> {
+    vec![
+        (
+            "socket",
+            "AF_UNIX stream sockets only: compositor connections",
+        ),
+        (
+            "connect",
+            "compositor connections (one per guest context with a channel)",
+        ),
+        ("pipe2", "clipboard and drag-and-drop read pipes"),
+    ]
 }
 
 /// The extra calls allowed with GBM.
@@ -465,28 +542,47 @@ fn compile(
         .map_err(|e: seccompiler::BackendError| SandboxError::Seccomp(e.to_string()))
 }
 
-/// The two BPF programs: `clone3` -> `ENOSYS` (anything else allowed), then the allowlist
-/// (anything else trapped).
-pub fn programs(policy: &SandboxPolicy) -> Result<[BpfProgram; 2], SandboxError> {
-    let clone3 = compile(
+/// The BPF programs: `clone3` -> `ENOSYS` (anything else allowed); without Landlock, the
+/// file-changing calls and file-creating or writing opens -> `EACCES`; then the allowlist
+/// (anything else trapped). The kernel runs every filter and takes the most severe answer.
+pub fn programs(policy: &SandboxPolicy) -> Result<Vec<BpfProgram>, SandboxError> {
+    let mut programs = vec![compile(
         BTreeMap::from([(number("clone3"), Vec::new())]),
         SeccompAction::Allow,
         SeccompAction::Errno(libc::ENOSYS as u32),
-    )?;
+    )?];
+    if policy.landlock == crate::sandbox::Landlock::Off {
+        let mut refused: BTreeMap<i64, Vec<SeccompRule>> = FILE_CHANGING
+            .iter()
+            .map(|name| (number(name), Vec::new()))
+            .collect();
+        // openat(dirfd, path, flags, mode): any refused flag set.
+        let flags = refused_open_flags(policy.gbm);
+        let mut open_rules = Vec::new();
+        for bit in (0..32).map(|i| 1u64 << i).filter(|b| flags & b != 0) {
+            open_rules.push(rule(vec![cond(2, Len::Dword, Op::MaskedEq(bit), bit)?])?);
+        }
+        refused.insert(number("openat"), open_rules);
+        programs.push(compile(
+            refused,
+            SeccompAction::Allow,
+            SeccompAction::Errno(libc::EACCES as u32),
+        )?);
+    }
     let mut rules = BTreeMap::new();
     for a in allowlist(policy, std::process::id())? {
         rules.insert(a.nr, a.rules);
     }
-    let allow = compile(rules, SeccompAction::Trap, SeccompAction::Allow)?;
-    Ok([clone3, allow])
+    programs.push(compile(rules, SeccompAction::Trap, SeccompAction::Allow)?);
+    Ok(programs)
 }
 
-/// Installs both filters on every thread of the process (TSYNC); returns the number of
+/// Installs the filters on every thread of the process (TSYNC); returns the number of
 /// allowed calls.
 pub fn install(policy: &SandboxPolicy) -> Result<usize, SandboxError> {
     let count = allowlist(policy, std::process::id())?.len();
-    // The clone3 filter first: installing the allowlist second needs seccomp(2), which the
-    // allowlist itself does not allow.
+    // The clone3 and file filters first: installing the allowlist last needs seccomp(2),
+    // which the allowlist itself does not allow.
     for program in programs(policy)? {
         seccompiler::apply_filter_all_threads(&program)
             .map_err(|e| SandboxError::Seccomp(e.to_string()))?;
@@ -537,7 +633,11 @@ mod tests {
     #[test]
     fn readme_lists_every_allowed_call() {
         let readme = include_str!("../../README-launch.md");
-        for (name, _) in documented().into_iter().chain(documented_gbm()) {
+        for (name, _) in documented()
+            .into_iter()
+            .chain(documented_gbm())
+            .chain(documented_wayland())
+        {
             assert!(
                 readme.contains(&format!("`{name}`")),
                 "README-launch.md does not list `{name}`"
@@ -545,15 +645,75 @@ mod tests {
         }
     }
 
+    fn programs_len(policy: &SandboxPolicy) -> usize {
+        programs(policy).unwrap().len()
+    }
+
+    #[test]
+    fn ioctl_types_follow_the_devices_in_use() {
+        let names = |policy: &SandboxPolicy| -> Vec<u8> {
+            ioctl_types(policy).into_iter().map(|(t, _)| t).collect()
+        };
+        assert_eq!(names(&SandboxPolicy::default()), vec![b'b']);
+        let udmabuf = SandboxPolicy {
+            udmabuf: true,
+            ..SandboxPolicy::default()
+        };
+        assert_eq!(names(&udmabuf), vec![b'b', b'u']);
+        let gbm = SandboxPolicy {
+            gbm: true,
+            ..SandboxPolicy::default()
+        };
+        assert_eq!(names(&gbm), vec![b'b', b'd']);
+    }
+
+    #[test]
+    fn without_landlock_only_read_only_opens_stay() {
+        let flags = refused_open_flags(false);
+        for f in [
+            libc::O_CREAT,
+            libc::O_TRUNC,
+            libc::O_WRONLY,
+            libc::O_RDWR,
+            libc::O_TMPFILE,
+        ] {
+            assert_ne!(flags & f as u64, 0, "{f:#o}");
+        }
+        for f in [
+            libc::O_RDONLY,
+            libc::O_CLOEXEC,
+            libc::O_DIRECTORY,
+            libc::O_PATH,
+        ] {
+            assert_eq!(flags & f as u64, 0, "{f:#o}");
+        }
+        // With GBM the render node is opened read-write.
+        assert_eq!(refused_open_flags(true) & libc::O_RDWR as u64, 0);
+        assert_ne!(refused_open_flags(true) & libc::O_CREAT as u64, 0);
+    }
+
     #[test]
     fn filters_compile() {
-        for gbm in [false, true] {
+        for (gbm, wayland) in [(false, false), (true, false), (false, true), (true, true)] {
             let policy = SandboxPolicy {
                 gbm,
+                wayland,
                 ..SandboxPolicy::default()
             };
-            let [a, b] = programs(&policy).unwrap();
-            assert!(!a.is_empty() && !b.is_empty());
+            let list = allowlist(&policy, 1).unwrap();
+            let mut nrs: Vec<i64> = list.iter().map(|a| a.nr).collect();
+            nrs.sort_unstable();
+            nrs.dedup();
+            assert_eq!(nrs.len(), list.len(), "duplicate entries");
+            assert_eq!(list.iter().any(|a| a.name == "connect"), wayland);
+            let programs = programs(&policy).unwrap();
+            assert_eq!(programs.len(), 2);
+            assert!(programs.iter().all(|p| !p.is_empty()));
+            let unconfined = SandboxPolicy {
+                landlock: crate::sandbox::Landlock::Off,
+                ..policy
+            };
+            assert_eq!(programs_len(&unconfined), 3, "the EACCES filter for files");
         }
     }
 }

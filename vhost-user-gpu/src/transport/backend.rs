@@ -30,7 +30,6 @@ use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, TryLockError};
-use std::time::{Duration, Instant};
 
 use vhost::vhost_user::message::{
     VhostUserProtocolFeatures, VhostUserShMemConfig, VhostUserVirtioFeatures,
@@ -50,6 +49,7 @@ use crate::device::ports::{DisplaySink, GuestMemory, RegionMapper};
 use crate::device::{Completion, FenceToken, GpuDevice};
 use crate::display::fanout::SharedSink;
 use crate::display::{FanOut, QemuDisplay};
+use crate::guest_log::GUEST_LOG;
 use crate::protocol::{cmd, CONFIG_SIZE};
 use crate::queue_thread::QueueThreadScope;
 use crate::transport::chain::{self, DescriptorRef, WriteOutcome};
@@ -99,52 +99,6 @@ pub enum DeferredOp {
     SetDisplay(Box<dyn DisplaySink>),
 }
 
-/// Bounds the log lines a guest can cause with bad descriptors: at most
-/// [`GuestWarnings::PER_WINDOW`] per [`GuestWarnings::WINDOW`], then one line saying how many
-/// were dropped.
-struct GuestWarnings {
-    window_start: Instant,
-    logged: u32,
-    suppressed: u64,
-}
-
-impl GuestWarnings {
-    const WINDOW: Duration = Duration::from_secs(10);
-    const PER_WINDOW: u32 = 50;
-
-    fn new() -> Self {
-        GuestWarnings {
-            window_start: Instant::now(),
-            logged: 0,
-            suppressed: 0,
-        }
-    }
-
-    fn warn(&mut self, args: std::fmt::Arguments<'_>) {
-        let now = Instant::now();
-        if now.duration_since(self.window_start) >= Self::WINDOW {
-            if self.suppressed > 0 {
-                log::warn!(
-                    "{} more guest-caused queue warnings suppressed in the last {:?}",
-                    self.suppressed,
-                    Self::WINDOW
-                );
-            }
-            *self = GuestWarnings {
-                window_start: now,
-                logged: 0,
-                suppressed: 0,
-            };
-        }
-        if self.logged < Self::PER_WINDOW {
-            self.logged += 1;
-            log::warn!("{args}");
-        } else {
-            self.suppressed += 1;
-        }
-    }
-}
-
 /// A control chain whose answer waits for a fence.
 struct HeldChain {
     head: u16,
@@ -192,7 +146,6 @@ pub struct GpuBackend {
     channel: BackendChannel,
     settings: TransportSettings,
     event_idx: AtomicBool,
-    guest_warnings: Mutex<GuestWarnings>,
     /// QEMU's display channel, to ask it for the preferred modes (queue thread only: the
     /// reply comes from QEMU's main loop).
     display_channel: Mutex<Option<vhost::vhost_user::GpuBackend>>,
@@ -236,7 +189,6 @@ impl GpuBackend {
             channel,
             settings,
             event_idx: AtomicBool::new(false),
-            guest_warnings: Mutex::new(GuestWarnings::new()),
             display_channel: Mutex::new(None),
             exit,
             features,
@@ -379,7 +331,9 @@ impl GpuBackend {
             match self.serve_chain(index, head, &mem, descriptors, &mut modes_asked) {
                 Served::Now(used) => {
                     if let Err(e) = vring.add_used(head, used) {
-                        log::warn!("queue {index}: add_used({head}) failed: {e}");
+                        self.guest_warn(format_args!(
+                            "queue {index}: add_used({head}) failed: {e}"
+                        ));
                     }
                 }
                 Served::Held => {}
@@ -405,11 +359,15 @@ impl GpuBackend {
             // A reset queued meanwhile (the ring was stopped) goes first: it drops the held
             // chains, which must not be written then.
             self.apply_deferred(&mut device, ApplyScope::All);
-            let tokens = {
-                let _scope = QueueThreadScope::enter();
-                device.service()
-            };
             let memory = read_lock(&self.memory).clone();
+            // Before the frontend's memory table nothing can wait (no chain was read).
+            let tokens = match &memory {
+                Some(atomic) => {
+                    let _scope = QueueThreadScope::enter();
+                    device.service(&atomic.memory())
+                }
+                None => Vec::new(),
+            };
             let mut held = lock(&self.held);
             let mut completed = 0;
             for token in tokens {
@@ -425,7 +383,10 @@ impl GpuBackend {
                     None => 0,
                 };
                 if let Err(e) = control.add_used(chain.head, used) {
-                    log::warn!("control queue: add_used({}) failed: {e}", chain.head);
+                    self.guest_warn(format_args!(
+                        "control queue: add_used({}) failed: {e}",
+                        chain.head
+                    ));
                 }
                 completed += 1;
             }
@@ -518,7 +479,9 @@ impl GpuBackend {
             let completion = match result {
                 Ok(completion) => completion,
                 Err(_) => {
-                    log::error!("device core panicked on a queue {index} command: device reset, command dropped");
+                    self.guest_warn(format_args!(
+                        "device core panicked on a queue {index} command: device reset, command dropped"
+                    ));
                     lock(&self.held).clear();
                     device.reset();
                     Completion::Now(Vec::new())
@@ -602,8 +565,9 @@ impl GpuBackend {
         }
     }
 
+    /// A guest-caused warning, through the process's one limiter ([`crate::guest_log`]).
     fn guest_warn(&self, args: std::fmt::Arguments<'_>) {
-        lock(&self.guest_warnings).warn(args);
+        GUEST_LOG.log(module_path!(), log::Level::Warn, args);
     }
 
     /// Forgets the backend channel (the connection is gone).
@@ -627,11 +591,19 @@ fn notify_guest(index: u16, vring: &VringRwLock) {
     match vring.needs_notification() {
         Ok(true) => {
             if let Err(e) = vring.signal_used_queue() {
-                log::warn!("queue {index}: cannot signal the guest: {e}");
+                GUEST_LOG.log(
+                    module_path!(),
+                    log::Level::Warn,
+                    format_args!("queue {index}: cannot signal the guest: {e}"),
+                );
             }
         }
         Ok(false) => {}
-        Err(e) => log::warn!("queue {index}: needs_notification: {e}"),
+        Err(e) => GUEST_LOG.log(
+            module_path!(),
+            log::Level::Warn,
+            format_args!("queue {index}: needs_notification: {e}"),
+        ),
     }
 }
 
@@ -882,6 +854,7 @@ mod tests {
                     Some(dmabuf_info::Platform::X86Intel),
                 )),
                 exporter: alloc::guest_page_exporter(),
+                channels: None,
                 renderer: None,
             };
             Ok(GpuDevice::new(config, ports))
@@ -987,22 +960,6 @@ mod tests {
         let mut device = backend.lock_device();
         backend.refresh_outputs_from_display(&mut device);
         assert_eq!(device.config().outputs, vec![(640, 480), (800, 600)]);
-    }
-
-    #[test]
-    fn guest_caused_warnings_are_bounded_per_window() {
-        let mut w = GuestWarnings::new();
-        for i in 0..GuestWarnings::PER_WINDOW + 7 {
-            w.warn(format_args!("bad chain {i}"));
-        }
-        assert_eq!(w.logged, GuestWarnings::PER_WINDOW);
-        assert_eq!(w.suppressed, 7);
-        // A new window starts over (and reports what was dropped).
-        if let Some(earlier) = w.window_start.checked_sub(GuestWarnings::WINDOW) {
-            w.window_start = earlier;
-            w.warn(format_args!("bad chain again"));
-            assert_eq!((w.logged, w.suppressed), (1, 0));
-        }
     }
 
     #[test]

@@ -57,7 +57,7 @@ fn is_virtio_gpu(device: &Path) -> bool {
 }
 
 /// The virtio-gpu nodes (`/dev/dri/cardN`, `/dev/dri/renderDN`).
-fn virtio_gpu_nodes() -> (Option<PathBuf>, Option<PathBuf>) {
+pub(crate) fn virtio_gpu_nodes() -> (Option<PathBuf>, Option<PathBuf>) {
     let mut card = None;
     let mut render = None;
     let Ok(entries) = fs::read_dir("/sys/class/drm") else {

@@ -7,7 +7,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
 use dmabuf_info::uapi::{self, iowr, DRM_COMMAND_BASE, DRM_IOCTL_BASE};
@@ -37,6 +37,12 @@ pub const BLOB_FLAG_MAPPABLE: u32 = 1;
 const CONTEXT_PARAM_CAPSET_ID: u64 = 1;
 /// `VIRTGPU_CONTEXT_PARAM_NUM_RINGS`.
 const CONTEXT_PARAM_NUM_RINGS: u64 = 2;
+/// `VIRTGPU_CONTEXT_PARAM_POLL_RINGS_MASK`: rings whose fences become DRM events.
+const CONTEXT_PARAM_POLL_RINGS_MASK: u64 = 3;
+/// `VIRTGPU_BLOB_FLAG_USE_SHAREABLE`.
+pub const BLOB_FLAG_SHAREABLE: u32 = 2;
+/// `VIRTGPU_EVENT_FENCE_SIGNALED`: the `type` of the DRM event a polled ring's fence sends.
+pub const EVENT_FENCE_SIGNALED: u32 = 0x9000_0000;
 
 #[repr(C)]
 #[derive(Default)]
@@ -330,7 +336,18 @@ impl Device {
 
     /// `DRM_IOCTL_VIRTGPU_CONTEXT_INIT` with a capset id and a ring count.
     pub fn context_init(&self, capset: u32, num_rings: u32) -> io::Result<()> {
-        let params = [
+        self.context_init_polled(capset, num_rings, 0)
+    }
+
+    /// `DRM_IOCTL_VIRTGPU_CONTEXT_INIT` with a capset id, a ring count and the rings whose
+    /// fences arrive as DRM events (`poll_rings_mask`, 0: none).
+    pub fn context_init_polled(
+        &self,
+        capset: u32,
+        num_rings: u32,
+        poll_rings_mask: u64,
+    ) -> io::Result<()> {
+        let mut params = vec![
             ContextSetParam {
                 param: CONTEXT_PARAM_CAPSET_ID,
                 value: capset.into(),
@@ -340,6 +357,12 @@ impl Device {
                 value: num_rings.into(),
             },
         ];
+        if poll_rings_mask != 0 {
+            params.push(ContextSetParam {
+                param: CONTEXT_PARAM_POLL_RINGS_MASK,
+                value: poll_rings_mask,
+            });
+        }
         let mut arg = ContextInit {
             num_params: params.len() as u32,
             pad: 0,
@@ -372,6 +395,78 @@ impl Device {
         })
     }
 
+    /// `DRM_IOCTL_VIRTGPU_RESOURCE_CREATE_BLOB` for an object that outlives any borrow of
+    /// the device: returns (GEM handle, resource id); the caller closes the handle with
+    /// [`Device::close_handle`].
+    pub fn create_blob_handle(
+        &self,
+        blob_mem: u32,
+        blob_flags: u32,
+        size: u64,
+        blob_id: u64,
+    ) -> io::Result<(u32, u32)> {
+        let mut arg = CreateBlob {
+            blob_mem,
+            blob_flags,
+            size,
+            blob_id,
+            ..CreateBlob::default()
+        };
+        ioctl(&self.file, VIRTGPU_RESOURCE_CREATE_BLOB, &mut arg)?;
+        Ok((arg.bo_handle, arg.res_handle))
+    }
+
+    /// `DRM_IOCTL_GEM_CLOSE`.
+    pub fn close_handle(&self, handle: u32) -> io::Result<()> {
+        uapi::drm_gem_close(self.file.as_fd(), handle)
+    }
+
+    /// `DRM_IOCTL_PRIME_HANDLE_TO_FD`: a dma-buf of the object.
+    pub fn export(&self, handle: u32) -> io::Result<OwnedFd> {
+        uapi::drm_prime_handle_to_fd(self.file.as_fd(), handle)
+    }
+
+    /// `DRM_IOCTL_PRIME_FD_TO_HANDLE`: the GEM handle of a dma-buf of this device.
+    pub fn import(&self, dmabuf: BorrowedFd<'_>) -> io::Result<u32> {
+        uapi::drm_prime_fd_to_handle(self.file.as_fd(), dmabuf)
+    }
+
+    /// The DRM file (poll it for events).
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.file.as_fd()
+    }
+
+    /// Makes `read` of DRM events return `EAGAIN` instead of waiting.
+    pub fn set_nonblocking(&self) -> io::Result<()> {
+        let flags = rustix::fs::fcntl_getfl(&self.file)?;
+        rustix::fs::fcntl_setfl(&self.file, flags | rustix::fs::OFlags::NONBLOCK)?;
+        Ok(())
+    }
+
+    /// The `type` of each DRM event waiting on the file (none: `EAGAIN` on a non-blocking
+    /// file).
+    pub fn read_events(&self) -> io::Result<Vec<u32>> {
+        let mut buf = [0u8; 1024];
+        let n = match rustix::io::read(&self.file, &mut buf) {
+            Ok(n) => n,
+            Err(rustix::io::Errno::AGAIN) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        // `struct drm_event { u32 type; u32 length; }` then the event's own fields.
+        let mut events = Vec::new();
+        let mut at = 0;
+        while at + 8 <= n {
+            let word = |i: usize| u32::from_le_bytes(buf[i..i + 4].try_into().unwrap());
+            let (kind, length) = (word(at), word(at + 4) as usize);
+            if length < 8 {
+                break;
+            }
+            events.push(kind);
+            at += length;
+        }
+        Ok(events)
+    }
+
     /// `DRM_IOCTL_VIRTGPU_RESOURCE_INFO`.
     pub fn resource_info(&self, bo: &Bo<'_>) -> io::Result<ResourceInfo> {
         self.resource_info_handle(bo.handle)
@@ -399,15 +494,21 @@ impl Device {
 
     /// `DRM_IOCTL_VIRTGPU_EXECBUFFER` on a ring, referencing `bos`.
     pub fn execbuffer(&self, command: &[u8], bos: &[u32], ring: u32) -> io::Result<()> {
+        self.execbuffer_on(command, bos, Some(ring))
+    }
+
+    /// `DRM_IOCTL_VIRTGPU_EXECBUFFER` on a ring (`VIRTGPU_EXECBUF_RING_IDX`), or on none
+    /// (the device's global fence timeline, answered at once by cross-domain).
+    pub fn execbuffer_on(&self, command: &[u8], bos: &[u32], ring: Option<u32>) -> io::Result<()> {
         let mut arg = Execbuffer {
-            flags: EXECBUF_RING_IDX,
+            flags: if ring.is_some() { EXECBUF_RING_IDX } else { 0 },
             size: u32::try_from(command.len())
                 .map_err(|_| io::Error::from_raw_os_error(libc::E2BIG))?,
             command: command.as_ptr() as u64,
             bo_handles: bos.as_ptr() as u64,
             num_bo_handles: bos.len() as u32,
             fence_fd: -1,
-            ring_idx: ring,
+            ring_idx: ring.unwrap_or(0),
             ..Execbuffer::default()
         };
         ioctl(&self.file, VIRTGPU_EXECBUFFER, &mut arg)

@@ -5,6 +5,10 @@
 //! guest-tests inspect-pid DMABUF_INFO     # dmabuf-info inspect --pid on a helper process
 //! guest-tests show-console                # writes text on tty0, asks the host to look
 //! guest-tests map-policy                  # the backend's map decision on every real exporter
+//! guest-tests wl-proxy [--socket PATH] [--init 16|20|24] [--ids 4|28] [--commits FILE]
+//!                                         # the guest Wayland proxy (runs until killed)
+//! guest-tests wayland-clients             # weston's demo clients through the proxy; the
+//!                                         # host checks its compositor's screen (wayland lane)
 //! ```
 //!
 //! Prints one line per case (`ok`, `FAILED`, `skipped`) and ends with
@@ -23,6 +27,8 @@ mod cases;
 mod drm;
 mod inspect;
 mod policy;
+mod wayland;
+mod wl_channel;
 
 use std::io::{BufRead, Write};
 use std::process::ExitCode;
@@ -106,6 +112,12 @@ fn main() -> ExitCode {
             policy::map_policy(&mut runner);
             return runner.finish();
         }
+        Some("wl-proxy") => return wl_proxy(&args[1..]),
+        Some("wayland-clients") => {
+            let mut runner = Runner::new();
+            wayland::clients(&mut runner);
+            return runner.finish();
+        }
         Some("show-console") => {
             let mut runner = Runner::new();
             cases::show_console(&mut runner);
@@ -136,4 +148,90 @@ fn main() -> ExitCode {
     let mut runner = Runner::new();
     cases::run_all(&mut runner, expect);
     runner.finish()
+}
+
+/// `wl-proxy`: serves guest Wayland clients on `--socket` (default
+/// `$XDG_RUNTIME_DIR/wayland-0`), one cross-domain context per client on the virtio-gpu
+/// render node, INIT in the layout `--init` names and SENDs with `--ids` identifier slots.
+fn wl_proxy(args: &[String]) -> ExitCode {
+    use vhost_user_gpu::protocol::cross_domain::{IdLayout, InitLayout};
+    let mut socket =
+        std::env::var_os("XDG_RUNTIME_DIR").map(|d| std::path::PathBuf::from(d).join("wayland-0"));
+    let mut init = InitLayout::TwoRings;
+    let mut ids = IdLayout::TwentyEight;
+    let mut commits = None;
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        match (arg.as_str(), it.next().map(String::as_str)) {
+            ("--socket", Some(path)) => socket = Some(path.into()),
+            ("--init", Some("16")) => init = InitLayout::OneRing,
+            ("--init", Some("20")) => init = InitLayout::TwoRings,
+            ("--init", Some("24")) => init = InitLayout::Versioned,
+            ("--ids", Some("4")) => ids = IdLayout::Four,
+            ("--ids", Some("28")) => ids = IdLayout::TwentyEight,
+            ("--commits", Some(path)) => commits = Some(std::path::PathBuf::from(path)),
+            _ => return usage(),
+        }
+    }
+    static LOGGER: StderrLog = StderrLog;
+    if log::set_logger(&LOGGER).is_ok() {
+        log::set_max_level(log::LevelFilter::Info);
+    }
+    let Some(socket) = socket else {
+        eprintln!("wl-proxy: no --socket and no XDG_RUNTIME_DIR");
+        return ExitCode::from(2);
+    };
+    let Some(node) = cases::virtio_gpu_nodes().1 else {
+        eprintln!("wl-proxy: no virtio-gpu render node");
+        return ExitCode::FAILURE;
+    };
+    let connect = Box::new(
+        move || -> std::io::Result<Box<dyn guest_tests::wl_proxy::GuestChannel>> {
+            Ok(Box::new(wl_channel::DrmChannel::open(&node, init, ids)?))
+        },
+    );
+    let mut proxy = match guest_tests::wl_proxy::Proxy::bind(&socket, connect) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("wl-proxy: {}: {e}", socket.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Some(path) = commits {
+        match std::fs::File::create(&path) {
+            Ok(file) => proxy.record_commits(file),
+            Err(e) => {
+                eprintln!("wl-proxy: {}: {e}", path.display());
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    println!(
+        "wl-proxy: listening on {} (INIT {} bytes, {} identifier slots)",
+        socket.display(),
+        init.size(),
+        ids.max_ids()
+    );
+    let _ = std::io::stdout().flush();
+    loop {
+        if let Err(e) = proxy.turn(std::time::Duration::from_secs(1)) {
+            eprintln!("wl-proxy: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+}
+
+/// The proxy's log lines (a client it dropped, and why) on stderr.
+struct StderrLog;
+
+impl log::Log for StderrLog {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        metadata.level() <= log::Level::Info
+    }
+    fn log(&self, record: &log::Record<'_>) {
+        if self.enabled(record.metadata()) {
+            eprintln!("{}: {}", record.level(), record.args());
+        }
+    }
+    fn flush(&self) {}
 }

@@ -23,7 +23,7 @@ const CONSOLE_TEXT_ROWS: usize = 60;
 
 /// Lane names, in the order they run by default (`render`: real guest userspace on a root
 /// file system image, see `render.rs`).
-pub const NAMES: [&str; 4] = ["kernel", "blob", "qemu10", "render"];
+pub const NAMES: [&str; 5] = ["kernel", "blob", "qemu10", "wayland", "render"];
 
 /// Everything prepared once and shared by the lanes.
 #[derive(Default)]
@@ -68,13 +68,13 @@ impl Env {
         Ok(Qemu::System(fetch::qemu10(self.apt()?)?))
     }
 
-    fn qemu11(&mut self) -> Result<Qemu, Error> {
+    pub(crate) fn qemu11(&mut self) -> Result<Qemu, Error> {
         let cache = self.cache()?;
         self.apt()?;
         Ok(Qemu::Chroot(fetch::trixie_root(&cache)?))
     }
 
-    fn guest_tests(&mut self) -> Result<PathBuf, Error> {
+    pub(crate) fn guest_tests(&mut self) -> Result<PathBuf, Error> {
         if self.guest_tests.is_none() {
             let built = step("build: static guest-tests", || {
                 binaries::guest(&["build", "-p", "guest-tests", "--bin", "guest-tests"])
@@ -285,16 +285,17 @@ pub fn run(name: &str, env: &mut Env, timeout: Duration) -> Result<Tally, Error>
         "blob" => blob_lane(env, timeout),
         "qemu10" => qemu10_lane(env, timeout),
         "render" => crate::render::lane(env, timeout),
+        "wayland" => crate::wayland::lane(env, timeout),
         other => Err(Error::Lane(format!("no lane named {other}"))),
     }
 }
 
-fn host_case(label: &str, tally: &mut Tally, outcome: Outcome) {
+pub(crate) fn host_case(label: &str, tally: &mut Tally, outcome: Outcome) {
     println!("{}", case_line(label, &outcome));
     tally.record(&outcome);
 }
 
-const VIRTIO_GPU_MODULES: [&str; 5] = [
+pub(crate) const VIRTIO_GPU_MODULES: [&str; 5] = [
     "drm",
     "drm_kms_helper",
     "drm_shmem_helper",
@@ -418,14 +419,19 @@ fn strings(args: &[&str]) -> Vec<String> {
     args.iter().map(|s| s.to_string()).collect()
 }
 
-/// The host-side backend process for the blob and qemu10 lanes.
-struct Backend {
+/// The host-side backend process for the blob, qemu10 and wayland lanes.
+pub(crate) struct Backend {
     child: KillOnDrop,
     log: PathBuf,
 }
 
 impl Backend {
-    fn start(binary: &Path, dir: &Path, socket: &Path, extra: &[String]) -> Result<Self, Error> {
+    pub(crate) fn start(
+        binary: &Path,
+        dir: &Path,
+        socket: &Path,
+        extra: &[String],
+    ) -> Result<Self, Error> {
         let log = dir.join("backend.log");
         let out = fs::File::create(&log).map_err(|e| Error::io(&log, e))?;
         let err = out.try_clone().map_err(|e| Error::io(&log, e))?;
@@ -462,9 +468,14 @@ impl Backend {
         Ok(backend)
     }
 
+    /// The backend's process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.0.id()
+    }
+
     /// Whether the backend crashed on its own (a clean exit after the frontend
     /// went away is fine).
-    fn crashed(&mut self) -> Option<String> {
+    pub(crate) fn crashed(&mut self) -> Option<String> {
         match self.child.0.try_wait() {
             Ok(Some(status)) if !status.success() => Some(format!(
                 "the backend exited with {status}; see {}",

@@ -5,7 +5,8 @@
 //! cargo run --release -p guest-tests --bin vm-lanes -- [--lane NAME]... [--timeout SECS]
 //! ```
 //!
-//! Lanes: `kernel`, `blob`, `qemu10`, `render` (all by default). Prints one line per lane,
+//! Lanes: `kernel`, `blob`, `qemu10`, `wayland`, `render` (all by default). Prints one line
+//! per lane,
 //! `lane NAME: N passed, N failed, N skipped`, then the total. Exits non-zero when
 //! any case failed or a lane could not run. Everything fetched is cached under
 //! `~/.cache/dmabuf-virtio-gpu/`; per-run logs go to `target/vm-lanes/LANE/`.
@@ -18,6 +19,7 @@ mod qmp;
 mod render;
 mod rootfs;
 mod vm;
+mod wayland;
 
 use std::io;
 use std::path::{Path, PathBuf};

@@ -61,6 +61,11 @@ pub const RENDER_PACKAGES: [&str; 9] = [
     "glmark2-es2-drm",
 ];
 
+/// Packages of the `wayland` lane: weston's demo clients (Debian ships `weston-simple-shm`
+/// and `weston-simple-damage` in the `weston` package; its recommends, Mesa's drivers, are
+/// not installed).
+pub const WAYLAND_PACKAGES: [&str; 1] = ["weston"];
+
 impl Spec {
     /// A trixie image with the base packages plus `extra`.
     pub fn trixie(name: &str, extra: &[&str]) -> Self {
@@ -76,6 +81,18 @@ impl Spec {
     /// The render lane's image.
     pub fn render() -> Self {
         Spec::trixie("render", &RENDER_PACKAGES)
+    }
+
+    /// The wayland lane's image: bookworm, whose weston 10.0.1 clients are the ones the host
+    /// tests run through the proxy too.
+    pub fn wayland() -> Self {
+        let mut packages: Vec<String> = BASE_PACKAGES.iter().map(|s| s.to_string()).collect();
+        packages.extend(WAYLAND_PACKAGES.iter().map(|s| s.to_string()));
+        Spec {
+            name: "wayland".to_string(),
+            suite: "bookworm".into(),
+            packages,
+        }
     }
 
     /// The cache key: a hash of everything that decides the image's content.

@@ -47,9 +47,10 @@ fn spawn(harness: &Harness) -> Result<Frontend, String> {
         .map_err(|e| format!("cannot start backend: {e}"))
 }
 
-fn is_err(fe: &Frontend, what: &str, r: &gpu::Resp) -> CaseResult {
-    ensure(fe, r.ty >= ty::ERR_UNSPEC, || {
-        format!("{what} answered {}", r.name())
+/// `r` must be exactly the error `t`.
+fn is_err(fe: &Frontend, what: &str, r: &gpu::Resp, t: u32) -> CaseResult {
+    ensure(fe, r.ty == t, || {
+        format!("{what} answered {}, expected {}", r.name(), ty::name(t))
     })
 }
 
@@ -96,13 +97,18 @@ fn capset_cross_domain(harness: &Harness) -> CaseResult {
         "GET_CAPSET of unknown capset 99",
         gpu::get_capset(99, 0),
     )?;
-    is_err(&fe, "GET_CAPSET 99", &r)?;
+    is_err(&fe, "GET_CAPSET 99", &r, ty::ERR_INVALID_PARAMETER)?;
     let r = ctrl(
         &mut fe,
         "GET_CAPSET of a version past max",
         gpu::get_capset(info.id, info.max_version + 1),
     )?;
-    is_err(&fe, "GET_CAPSET version past max", &r)?;
+    is_err(
+        &fe,
+        "GET_CAPSET version past max",
+        &r,
+        ty::ERR_INVALID_PARAMETER,
+    )?;
     still_serving(&mut fe)
 }
 
@@ -116,15 +122,25 @@ fn lifecycle_and_errors(harness: &Harness) -> CaseResult {
         ty::OK_NODATA,
     )?;
     let r = ctrl(&mut fe, "CTX_CREATE 1 again", gpu::ctx_create(1, cd, "b"))?;
-    is_err(&fe, "CTX_CREATE of an existing id", &r)?;
+    is_err(
+        &fe,
+        "CTX_CREATE of an existing id",
+        &r,
+        ty::ERR_INVALID_CONTEXT_ID,
+    )?;
     let r = ctrl(&mut fe, "CTX_CREATE 0", gpu::ctx_create(0, cd, "zero"))?;
-    is_err(&fe, "CTX_CREATE with id 0", &r)?;
+    is_err(&fe, "CTX_CREATE with id 0", &r, ty::ERR_INVALID_CONTEXT_ID)?;
     let r = ctrl(
         &mut fe,
         "CTX_CREATE capset 200",
         gpu::ctx_create(2, 200, "bad"),
     )?;
-    is_err(&fe, "CTX_CREATE with an unknown capset", &r)?;
+    is_err(
+        &fe,
+        "CTX_CREATE with an unknown capset",
+        &r,
+        ty::ERR_INVALID_PARAMETER,
+    )?;
     send_expecting(
         &mut fe,
         "RESOURCE_CREATE_2D",
@@ -188,14 +204,18 @@ fn malformed_streams(harness: &Harness) -> CaseResult {
     too_long[2..4].copy_from_slice(&200u16.to_le_bytes());
     let mut unknown = good.clone();
     unknown[0] = 99;
-    let streams: [(&str, Vec<u8>); 7] = [
-        ("cmd_size 0", zero_size),
-        ("cmd_size past the stream", too_long),
-        ("unknown command 99", unknown),
-        ("3-byte stream", vec![2, 0, 24]),
+    // Streams that cannot be parsed, commands no released guest sends (99) and values out
+    // of range are bad parameters.
+    let invalid = ty::ERR_INVALID_PARAMETER;
+    let streams: [(&str, Vec<u8>, u32); 7] = [
+        ("cmd_size 0", zero_size, invalid),
+        ("cmd_size past the stream", too_long, invalid),
+        ("unknown command 99", unknown, invalid),
+        ("3-byte stream", vec![2, 0, 24], invalid),
         (
             "0x0 image",
             cross_domain::get_image_requirements(0, 0, cross_domain::DRM_FORMAT_ARGB8888, 0),
+            invalid,
         ),
         (
             "100000x100000 image",
@@ -205,15 +225,17 @@ fn malformed_streams(harness: &Harness) -> CaseResult {
                 cross_domain::DRM_FORMAT_ARGB8888,
                 0,
             ),
+            invalid,
         ),
         (
             "unknown DRM format",
             cross_domain::get_image_requirements(16, 16, 0x1234_5678, 0),
+            invalid,
         ),
     ];
-    for (what, stream) in streams {
+    for (what, stream, t) in streams {
         let r = ctrl(&mut fe, what, gpu::submit_3d(CTX_ID, &stream))?;
-        is_err(&fe, &format!("SUBMIT_3D with {what}"), &r)?;
+        is_err(&fe, &format!("SUBMIT_3D with {what}"), &r, t)?;
     }
     // A second INIT of the same context and an INIT naming an unknown ring resource.
     let r = ctrl(
@@ -224,7 +246,12 @@ fn malformed_streams(harness: &Harness) -> CaseResult {
             &cross_domain::init(4242, cross_domain::RING_NONE, 0),
         ),
     )?;
-    is_err(&fe, "CROSS_DOMAIN_CMD_INIT with an unknown query ring", &r)?;
+    is_err(
+        &fe,
+        "CROSS_DOMAIN_CMD_INIT with an unknown query ring",
+        &r,
+        ty::ERR_INVALID_RESOURCE_ID,
+    )?;
     // The context still answers good queries.
     cd.create(&mut fe, 1, 16, 16, gpu::BLOB_FLAG_MAPPABLE)?;
     still_serving(&mut fe)
@@ -276,13 +303,40 @@ fn virgl_refused(harness: &Harness) -> CaseResult {
         "RESOURCE_CREATE_3D",
         gpu::resource_create_3d(1, 1, format::B8G8R8A8_UNORM, 16, 16),
     )?;
-    is_err(&fe, "RESOURCE_CREATE_3D in a cross-domain context", &r)?;
+    is_err(
+        &fe,
+        "RESOURCE_CREATE_3D in a cross-domain context",
+        &r,
+        ty::ERR_UNSPEC,
+    )?;
     let r = ctrl(
         &mut fe,
         "RESOURCE_CREATE_3D without context",
         gpu::resource_create_3d(0, 2, format::B8G8R8A8_UNORM, 16, 16),
     )?;
-    is_err(&fe, "RESOURCE_CREATE_3D without a context", &r)?;
+    is_err(
+        &fe,
+        "RESOURCE_CREATE_3D without a context",
+        &r,
+        ty::ERR_UNSPEC,
+    )?;
+    // Our backend has no virgl renderer here: its log line must say so and what to use.
+    if fe.peer() == crate::frontend::Peer::Ours {
+        let log = fe.backend_log();
+        ensure(
+            &fe,
+            log.contains("RESOURCE_CREATE_3D")
+                && log.contains("no virgl renderer")
+                && log.contains("--capset virgl")
+                && log.contains("cross-domain"),
+            || {
+                "the backend's log should name the refused RESOURCE_CREATE_3D, say there is no \
+                 virgl renderer and what to configure instead (--capset virgl, or \
+                 cross-domain)"
+                    .to_string()
+            },
+        )?;
+    }
     send_expecting(
         &mut fe,
         "CREATE_2D",
@@ -302,12 +356,18 @@ fn virgl_refused(harness: &Harness) -> CaseResult {
         &fe,
         "TRANSFER_TO_HOST_3D of a 2D resource without backing",
         &r,
+        ty::ERR_UNSPEC,
     )?;
     let r = ctrl(
         &mut fe,
         "TRANSFER_FROM_HOST_3D unknown resource",
         gpu::transfer_from_host_3d(1, 77, b, 0, 64),
     )?;
-    is_err(&fe, "TRANSFER_FROM_HOST_3D of an unknown resource", &r)?;
+    is_err(
+        &fe,
+        "TRANSFER_FROM_HOST_3D of an unknown resource",
+        &r,
+        ty::ERR_UNSPEC,
+    )?;
     still_serving(&mut fe)
 }

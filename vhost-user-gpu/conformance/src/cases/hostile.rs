@@ -144,7 +144,7 @@ pub(super) fn cases() -> Vec<Case> {
         "xd" header_truncated ctx_need();
         "xd" garbage_after_good_command ctx_need();
         "xd" image_requirements_before_init ctx_need();
-        "xd" channel_commands_unsupported ctx_need();
+        "xd" poll_without_a_channel ctx_need();
         "xd" init_with_2d_ring ctx_need();
         // Fences out of order.
         "fence" decreasing_ids_echoed Need::Nothing;
@@ -1204,16 +1204,53 @@ fn guest_blob_entry_outside_ram(harness: &Harness) -> CaseResult {
     })
 }
 fn guest_blob_entries_overlap(harness: &Harness) -> CaseResult {
+    // Unlike a 2D backing (whose length bounds nothing the host allocates), a GUEST blob's
+    // size is what scanout views and dma-buf exports are sized by: entries listing the same
+    // guest memory twice would claim more than there is, so this device refuses them (QEMU
+    // accepts them). Entries that only touch are distinct memory and accepted.
     guarded(harness, |fe| {
-        let page = fe.ram().alloc(4096, 4096).map_err(|e| e.to_string())?;
-        let e = MemEntry {
-            addr: page,
-            length: 4096,
-        };
-        ok(
+        let page = fe.ram().alloc(8192, 4096).map_err(|e| e.to_string())?;
+        let e = |addr, length| MemEntry { addr, length };
+        err(
             fe,
             "CREATE_BLOB GUEST over the same page twice",
-            gpu::resource_create_blob(0, 1, gpu::BLOB_MEM_GUEST, 0, 0, 8192, &[e, e]),
+            gpu::resource_create_blob(
+                0,
+                1,
+                gpu::BLOB_MEM_GUEST,
+                0,
+                0,
+                8192,
+                &[e(page, 4096), e(page, 4096)],
+            ),
+            ty::ERR_INVALID_PARAMETER,
+        )?;
+        err(
+            fe,
+            "CREATE_BLOB GUEST with entries overlapping by one byte",
+            gpu::resource_create_blob(
+                0,
+                1,
+                gpu::BLOB_MEM_GUEST,
+                0,
+                0,
+                8192,
+                &[e(page + 4095, 4097), e(page, 4096)],
+            ),
+            ty::ERR_INVALID_PARAMETER,
+        )?;
+        ok(
+            fe,
+            "CREATE_BLOB GUEST with touching entries, listed backwards",
+            gpu::resource_create_blob(
+                0,
+                1,
+                gpu::BLOB_MEM_GUEST,
+                0,
+                0,
+                8192,
+                &[e(page + 4096, 4096), e(page, 4096)],
+            ),
         )?;
         ok(fe, "UNREF", gpu::resource_unref(1))?;
         fe.ram().free(page);
@@ -1778,13 +1815,28 @@ fn image_requirements_before_init(harness: &Harness) -> CaseResult {
         ok(fe, "CTX_DESTROY", gpu::ctx_destroy(2))
     })
 }
-fn channel_commands_unsupported(harness: &Harness) -> CaseResult {
-    bad_stream(
-        harness,
-        "CROSS_DOMAIN_CMD_POLL",
-        || vec![3, 0, 8, 0, 0, 0, 0, 0],
-        ty::ERR_UNSPEC,
-    )
+/// A POLL in a context whose INIT opened no channel: an error (ours: ERR_INVALID_PARAMETER,
+/// as for every channel command without a channel; other backends may say ERR_UNSPEC).
+fn poll_without_a_channel(harness: &Harness) -> CaseResult {
+    guarded(harness, |fe| {
+        let _cd = CrossDomain::init(fe)?;
+        let r = ctrl(
+            fe,
+            "CROSS_DOMAIN_CMD_POLL without a channel",
+            gpu::submit_3d(CTX_ID, &[3, 0, 8, 0, 0, 0, 0, 0]),
+        )?;
+        let want_exact = fe.peer() == crate::frontend::Peer::Ours;
+        ensure(
+            fe,
+            if want_exact {
+                r.ty == ty::ERR_INVALID_PARAMETER
+            } else {
+                r.ty >= ty::ERR_UNSPEC
+            },
+            || format!("POLL without a channel answered {}", r.name()),
+        )?;
+        drop_cross_domain(fe)
+    })
 }
 fn init_with_2d_ring(harness: &Harness) -> CaseResult {
     guarded(harness, |fe| {

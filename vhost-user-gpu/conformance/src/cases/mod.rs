@@ -7,7 +7,10 @@ use std::time::Duration;
 use crate::frontend::{BackendSpec, Frontend, FrontendOptions, Peer};
 use crate::gpu::{self, Cmd, Resp};
 
+mod alloc;
 mod blob;
+mod bounds;
+mod channel;
 mod cli;
 mod context;
 mod disconnect;
@@ -38,6 +41,12 @@ pub enum Need {
     OurCommandLine,
     /// Our binary with a virgl renderer (`--capset virgl` starts here).
     Renderer,
+    /// A path that must exist on this host (a device node such as `/dev/udmabuf`); without
+    /// it the case is skipped whichever backend is under test.
+    HostPath(&'static str),
+    /// A path that must NOT exist on this host, and why (a case about a path the backend
+    /// takes only without that device); with it the case is skipped.
+    NoHostPath(&'static str, &'static str),
     /// All of these.
     All(Vec<Need>),
 }
@@ -118,12 +127,15 @@ pub fn all() -> Vec<Case> {
     v.extend(blob::cases());
     v.extend(context::cases());
     v.extend(render::cases());
+    v.extend(channel::cases());
     v.extend(queue::cases());
     v.extend(cli::cases());
     v.extend(hostile::cases());
     v.extend(stale::cases());
     v.extend(sandbox::cases());
     v.extend(limits::cases());
+    v.extend(alloc::cases());
+    v.extend(bounds::cases());
     v.extend(soak::cases());
     v.extend(disconnect::cases());
     v
@@ -163,6 +175,57 @@ pub(crate) fn send_expecting(
         ));
     }
     Ok(resp)
+}
+
+/// Which side refused a request that may involve the host-visible region.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RefusedBy {
+    /// The backend, on its own checks: the frontend saw no mapping request for it.
+    Backend,
+    /// The test frontend: it refused the backend's `SHMEM_MAP`, and the backend passed the
+    /// refusal on to the guest.
+    Frontend,
+}
+
+/// Sends `cmd`, requires exactly the error `t`, and checks (from the frontend's record of
+/// mapping requests) that `by` refused it: a backend that leaves a bound to the frontend,
+/// or a frontend refusal that the backend hides behind its own check, both fail.
+pub(crate) fn refused(
+    fe: &mut Frontend,
+    what: &str,
+    cmd: Cmd,
+    t: u32,
+    by: RefusedBy,
+) -> CaseResult {
+    let seen = fe.shmem().map_or(0, |r| r.events().len());
+    send_expecting(fe, what, cmd, t)?;
+    let events = fe
+        .shmem()
+        .map(|r| r.events().split_off(seen))
+        .unwrap_or_default();
+    let asked = events.iter().any(|e| {
+        matches!(
+            e,
+            crate::shmem::ShmemEvent::Mapped { .. } | crate::shmem::ShmemEvent::Refused { .. }
+        )
+    });
+    let frontend_refused = events
+        .iter()
+        .any(|e| matches!(e, crate::shmem::ShmemEvent::Refused { .. }));
+    match by {
+        RefusedBy::Backend => ensure(fe, !asked, || {
+            format!(
+                "{what}: refused, but only after asking the frontend ({events:?}): the \
+                 backend's own check did not refuse it"
+            )
+        }),
+        RefusedBy::Frontend => ensure(fe, frontend_refused, || {
+            format!(
+                "{what}: expected the frontend to refuse a SHMEM_MAP, it saw {events:?} (the \
+                 backend refused on its own)"
+            )
+        }),
+    }
 }
 
 /// Fails with `msg` (and the backend log) unless `cond`.

@@ -27,6 +27,15 @@ pub(super) fn cases() -> Vec<Case> {
             run: confined_by_default,
         },
         Case {
+            name: "sandbox::seccomp_only_serves_without_writing_files",
+            need: Need::All(vec![
+                Need::OurCommandLine,
+                Need::Features(features::RESOURCE_BLOB | features::CONTEXT_INIT),
+                Need::HostVisibleRegion,
+            ]),
+            run: seccomp_only,
+        },
+        Case {
             name: "sandbox::off_leaves_it_unconfined",
             need: Need::OurCommandLine,
             run: sandbox_off,
@@ -156,6 +165,45 @@ fn confined_by_default(harness: &Harness) -> CaseResult {
     still_serving(&mut fe)?;
     let alive = fe.backend_alive();
     ensure(&fe, alive, || "the backend died under its sandbox".into())
+}
+
+/// `--sandbox seccomp-only` (kernels without Landlock): the filter alone, which answers
+/// `EACCES` to creating, writing, renaming and removing files. The backend serves 2D with
+/// its display, HOST3D blobs mapped through SHMEM_MAP and a reset; at the end its attempt to
+/// remove its socket file is refused, and it still exits 0 (nothing was trapped).
+fn seccomp_only(harness: &Harness) -> CaseResult {
+    let mut fe = harness
+        .spawn_with(&["--sandbox", "seccomp-only"])
+        .map_err(|e| format!("cannot start backend: {e}"))?;
+    let seccomp = status_field(&fe, "Seccomp")?;
+    ensure(&fe, seccomp == "2", || {
+        format!("--sandbox seccomp-only but Seccomp: {seccomp}")
+    })?;
+    ensure(
+        &fe,
+        fe.backend_log()
+            .contains("Landlock not used (--sandbox seccomp-only"),
+        || "the backend did not log that Landlock is not used".into(),
+    )?;
+    let (w, h) = (32u32, 24u32);
+    let img = bgra_pattern(w, h, 78);
+    create_filled(&mut fe, 1, w, h, &img)?;
+    super::two_d::show_on_scanout_0(&mut fe, 1, w, h)?;
+    super::two_d::display_matches(&fe, 0, w, h, &img)?;
+    let mut cd = CrossDomain::init(&mut fe)?;
+    let reqs = cd.create(&mut fe, 10, 64, 64, gpu::BLOB_FLAG_MAPPABLE)?;
+    map(&mut fe, 10, 0, reqs.size)?;
+    fe.reset()
+        .map_err(|e| super::case_error(&fe, "device reset", e))?;
+    still_serving(&mut fe)?;
+    let socket = fe.socket_path().to_owned();
+    let status = fe.disconnect_and_wait(std::time::Duration::from_secs(10));
+    ensure(&fe, status.is_some_and(|s| s.success()), || {
+        format!("after the frontend left, the backend ended with {status:?}, expected exit 0")
+    })?;
+    ensure(&fe, socket.exists(), || {
+        "the socket file was removed although seccomp-only refuses removing files".into()
+    })
 }
 
 fn sandbox_off(harness: &Harness) -> CaseResult {

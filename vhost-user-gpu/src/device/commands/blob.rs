@@ -7,13 +7,13 @@ use log::{debug, error, info};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 use crate::device::backing::Backing;
-use crate::device::budget::Charge;
+use crate::device::budget::{Charge, Kind, Usage};
 use crate::device::ports::{
     ExportError, GuestMemory, GuestPages, HostBuffer, MapAdvice, MapRange, PAGE_SIZE,
 };
-use crate::device::reject::{reject, CmdResult, Reject};
+use crate::device::reject::{over_budget, reject, CmdResult, Reject};
 use crate::device::resource::{HostBlob, Resource, ResourceKind};
-use crate::device::{backing_cost, GpuDevice};
+use crate::device::{backing_cost, buffer_usage, dmabuf_overhead, GpuDevice};
 use crate::protocol::cross_domain::ImageRequirements;
 use crate::protocol::{
     feature, CreateBlob, GpuError, GpuResponse, MemEntry, BLOB_FLAG_USE_CROSS_DEVICE,
@@ -67,6 +67,14 @@ impl GpuDevice {
                 format!("resource_id {rid}: ctx_id {ctx_id} does not exist"),
             ));
         }
+        // A blob created in a context is attached to it: charge that before creating it.
+        let attachment = match ctx_id {
+            0 => None,
+            _ => Some(self.resources.charge(
+                Usage::of(Kind::Attachments, 1),
+                &format!("resource_id {rid}: attaching to ctx_id {ctx_id}"),
+            )?),
+        };
         let resource = match p.blob_mem {
             // Blobs of a renderer context live in the renderer (GUEST ones in both).
             _ if self.contexts.has_renderer(ctx_id) => {
@@ -85,8 +93,8 @@ impl GpuDevice {
             }
         };
         self.resources.insert(rid, resource);
-        if let Ok(ctx) = self.contexts.get_mut(ctx_id) {
-            ctx.resources.insert(rid);
+        if let (Ok(ctx), Some(attachment)) = (self.contexts.get_mut(ctx_id), attachment) {
+            ctx.attach_charged(rid, attachment);
         }
         Ok(GpuResponse::OkNoData)
     }
@@ -114,6 +122,21 @@ impl GpuDevice {
             // cannot reach in guest memory are ERR_UNSPEC.
             reject(GpuError::Unspec, format!("resource_id {rid}: entries: {e}"))
         })?;
+        // A GUEST blob is guest memory: entries that list the same guest bytes twice would
+        // make a blob larger than the memory behind it (16384 entries of 1 MiB over one
+        // MiB claim 16 GiB), and everything sized by a blob (scanout views, dma-buf page
+        // arrays) would follow that claim. No driver does this: refused.
+        if let Some((a, b)) = backing.overlapping_entries() {
+            let (ea, eb) = (backing.entries()[a], backing.entries()[b]);
+            return Err(reject(
+                GpuError::InvalidParameter,
+                format!(
+                    "resource_id {rid}: entries {a} ({:#x}+{:#x}) and {b} ({:#x}+{:#x}) \
+                     overlap: a GUEST blob's entries must list distinct guest memory",
+                    ea.addr, ea.length, eb.addr, eb.length
+                ),
+            ));
+        }
         if backing.len() < p.size {
             return Err(reject(
                 GpuError::InvalidParameter,
@@ -124,7 +147,12 @@ impl GpuDevice {
                 ),
             ));
         }
-        let dmabuf = self.export_guest_pages(mem, &backing);
+        let dmabuf = self
+            .export_guest_pages(mem, rid, &backing)
+            .map(|(fd, export)| {
+                charge.absorb(export);
+                fd
+            });
         Ok(Resource::new(
             ResourceKind::GuestBlob { backing, dmabuf },
             p.size,
@@ -134,14 +162,32 @@ impl GpuDevice {
     }
 
     /// Best effort: a dma-buf over the guest pages of a GUEST blob, when there is an exporter
-    /// (udmabuf) and every entry is page aligned inside one memfd-backed guest RAM region. A
-    /// blob that cannot be exported still works (its pixels are copied for the display); the
-    /// first refusal is logged once per device with its cause, later ones at debug level.
-    fn export_guest_pages(&mut self, mem: &GuestMemory, backing: &Backing) -> Option<OwnedFd> {
+    /// (udmabuf) and every entry is page aligned inside one memfd-backed guest RAM region,
+    /// with what it is charged (its fd and the kernel's page arrays; the pages are guest
+    /// RAM). A blob that cannot be exported still works (its pixels are copied for the
+    /// display), so a budget that cannot take the export only skips it; the first refusal by
+    /// the kernel is logged once per device with its cause, later ones at debug level.
+    fn export_guest_pages(
+        &mut self,
+        mem: &GuestMemory,
+        rid: u32,
+        backing: &Backing,
+    ) -> Option<(OwnedFd, Charge)> {
         let exporter = self.exporter.as_mut()?;
         let pages = guest_pages(mem, backing.entries())?;
+        let cost = Usage::host_bytes(dmabuf_overhead(backing.len())).with(Kind::Fds, 1);
+        let charge = match self.resources.budget().charge(cost) {
+            Ok(charge) => charge,
+            Err(e) => {
+                debug!(
+                    "udmabuf export of resource_id {rid} skipped: {}",
+                    over_budget("the export", e).reason
+                );
+                return None;
+            }
+        };
         match exporter.export(&pages) {
-            Ok(fd) => Some(fd),
+            Ok(fd) => Some((fd, charge)),
             Err(ExportError::Unsuitable(why)) => {
                 debug!("udmabuf export skipped: {why}");
                 None
@@ -189,6 +235,11 @@ impl GpuDevice {
                 format!("resource_id {rid}: ctx_id {ctx_id} does not exist"),
             )
         })?;
+        // Odd ids name buffers the compositor handed in (RECEIVE); image requirements hand
+        // out even ones.
+        if ctx.channel.is_some() && p.blob_id % 2 == 1 {
+            return self.received_blob(ctx_id, p, charge);
+        }
         let blob_id = u32::try_from(p.blob_id).ok();
         let requirement = blob_id
             .and_then(|id| ctx.requirement_mut(id))
@@ -223,11 +274,12 @@ impl GpuDevice {
             // A second blob from the same requirements: allocate again, and insist on the
             // layout the guest was told.
             None => {
-                charge.absorb(
-                    self.resources
-                        .charge_bytes(reqs.size, &format!("resource_id {rid}"))?,
-                );
-                match self.allocator.allocate(&request) {
+                // Charged as a dma-buf (the most it can cost) until the allocator says what
+                // it made.
+                let mut buffer_charge = self
+                    .resources
+                    .charge(buffer_usage(reqs.size, true), &format!("resource_id {rid}"))?;
+                let buffer = match self.allocator.allocate(&request) {
                     Ok(b) if matches_requirements(&b, &reqs) => b,
                     Ok(_) => {
                         return Err(reject(
@@ -249,7 +301,13 @@ impl GpuDevice {
                             ),
                         ));
                     }
-                }
+                };
+                // Only ever shrinks (the buffer has the requirement's size).
+                buffer_charge
+                    .resize(buffer_usage(buffer.size, buffer.is_dmabuf))
+                    .map_err(|e| over_budget(&format!("resource_id {rid}"), e))?;
+                charge.absorb(buffer_charge);
+                buffer
             }
         };
         let size = buffer.size;
@@ -258,6 +316,7 @@ impl GpuDevice {
             image,
             mapped_at: None,
             cpu_map: None,
+            writable: true,
         });
         Ok(Resource::new(kind, size, p.blob_flags, charge))
     }
@@ -386,7 +445,7 @@ impl GpuDevice {
             shm_offset: offset,
             len,
             fd_offset: 0,
-            writable: true,
+            writable: blob.writable,
         };
         if let Err(e) = self.mapper.map(blob.buffer.fd.as_fd(), range) {
             let _ = self.region.free(offset);

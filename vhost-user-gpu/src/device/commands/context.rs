@@ -1,6 +1,7 @@
 //! Contexts and capsets: GET_CAPSET_INFO, GET_CAPSET, CTX_CREATE, CTX_DESTROY,
 //! CTX_ATTACH_RESOURCE, CTX_DETACH_RESOURCE and SUBMIT_3D with the cross-domain protocol
-//! (INIT, GET_IMAGE_REQUIREMENTS).
+//! (INIT in every layout, GET_IMAGE_REQUIREMENTS; the channel commands are in
+//! `channel.rs`).
 
 use log::{debug, info};
 
@@ -11,14 +12,22 @@ use crate::device::ports::{
 };
 use crate::device::reject::{over_budget, reject, CmdResult, Reject};
 use crate::device::resource::{ImageInfo, ResourceKind};
-use crate::device::GpuDevice;
+use crate::device::{buffer_usage, GpuDevice};
+use crate::guest_log::guest_info;
 use crate::protocol::cross_domain::{
-    self, Capabilities, CrossDomainCommand, IMAGE_REQUIREMENTS_SIZE,
+    self, Capabilities, CrossDomainCommand, Init, IMAGE_REQUIREMENTS_SIZE,
 };
 use crate::protocol::{
-    feature, fourcc, GpuError, GpuResponse, CAPSET_CROSS_DOMAIN, CONTEXT_INIT_CAPSET_ID_MASK,
-    MAP_CACHE_NONE,
+    feature, fourcc, CtrlHeader, GpuError, GpuResponse, CAPSET_CROSS_DOMAIN, CAPSET_VIRGL,
+    CAPSET_VIRGL2, CONTEXT_INIT_CAPSET_ID_MASK, MAP_CACHE_NONE,
 };
+
+/// What a guest is told when it uses virgl (3D resources, SUBMIT_3D in a default context)
+/// on a device without a virgl renderer: what to configure instead.
+pub(crate) const VIRGL_MISSING: &str = "This device has no virgl renderer: guest OpenGL \
+     (Mesa's virgl driver) cannot render here. Start the backend with --capset virgl (or \
+     auto; virglrenderer on the host, --sandbox off for now), or use cross-domain (capset 5: \
+     minigbm and Sommelier allocate and share buffers through it).";
 
 /// Highest cross-domain capset version offered (as rutabaga: 0).
 pub(crate) const CROSS_DOMAIN_MAX_VERSION: u32 = 0;
@@ -69,13 +78,35 @@ impl GpuDevice {
         if capset_id != CAPSET_CROSS_DOMAIN {
             return self.renderer_capset(capset_id, capset_version);
         }
-        let caps = Capabilities {
-            version: cross_domain::CAPABILITIES_VERSION,
-            supported_channels: 0,
-            supports_dmabuf: self.allocator_gives_dmabufs(),
-            supports_external_gpu_memory: false,
-        };
+        let caps = self.cross_domain_capabilities();
         Ok(GpuResponse::OkCapset(caps.encode()))
+    }
+
+    /// What capset 5 tells the guest (`CROSS-DOMAIN.md`, "Capabilities", has the evidence):
+    /// - `supported_channels`: WAYLAND (bit 1) only with a compositor socket configured;
+    /// - `supports_dmabuf`: the allocator's buffers are dma-bufs (Sommelier then offers
+    ///   `zwp_linux_dmabuf_v1`; a memfd allocator's are not);
+    /// - `supports_external_gpu_memory`: set while no virgl renderer serves
+    ///   `RESOURCE_CREATE_3D`. Linux reports 3D (`VIRTGPU_PARAM_3D_FEATURES`) whenever
+    ///   VIRGL is offered, which CONTEXT_INIT needs, and minigbm then takes its virgl path
+    ///   (3D resources) unless this is set; with it, minigbm allocates every hardware buffer
+    ///   through cross-domain, which is what this device serves. Image requirements still
+    ///   carry `memory_idx = -1` (no Vulkan memory type is claimed).
+    pub(crate) fn cross_domain_capabilities(&mut self) -> Capabilities {
+        Capabilities {
+            version: cross_domain::CAPABILITIES_VERSION,
+            supported_channels: self.supported_channels(),
+            supports_dmabuf: self.allocator_gives_dmabufs(),
+            supports_external_gpu_memory: !self.serves_virgl(),
+        }
+    }
+
+    /// Whether a virgl renderer serves 3D resources and virgl contexts (a virgl capset is
+    /// offered). Without one every virgl command is refused (see [`VIRGL_MISSING`]).
+    pub(crate) fn serves_virgl(&self) -> bool {
+        self.capsets
+            .iter()
+            .any(|c| c.id == CAPSET_VIRGL || c.id == CAPSET_VIRGL2)
     }
 
     /// Whether the allocator's buffers are dma-bufs: probed once with a small image.
@@ -173,6 +204,10 @@ impl GpuDevice {
         if ctx.renderer.is_some() {
             self.renderer_context_destroyed(ctx_id);
         }
+        if ctx.channel.is_some() {
+            // Its channel ring's fences will see no event now.
+            self.fences.release_context(ctx_id);
+        }
         debug!("ctx_id {ctx_id} ('{}') destroyed", ctx.debug_name);
         Ok(GpuResponse::OkNoData)
     }
@@ -188,7 +223,12 @@ impl GpuDevice {
         }
         let ctx = self.contexts.get_mut(ctx_id)?;
         let in_renderer = ctx.renderer.is_some();
-        ctx.resources.insert(resource_id);
+        ctx.attach(resource_id).map_err(|e| {
+            over_budget(
+                &format!("ctx_id {ctx_id}: CTX_ATTACH_RESOURCE {resource_id}"),
+                e,
+            )
+        })?;
         if in_renderer {
             self.renderer_attach(ctx_id, resource_id);
         }
@@ -198,16 +238,19 @@ impl GpuDevice {
     pub(super) fn ctx_detach(&mut self, ctx_id: u32, resource_id: u32) -> CmdResult {
         self.require_virgl()?;
         let ctx = self.contexts.get_mut(ctx_id)?;
-        if !ctx.resources.remove(&resource_id) {
+        if !ctx.detach(resource_id) {
             return Err(reject(
                 GpuError::InvalidResourceId,
                 format!("ctx_id {ctx_id}: resource_id {resource_id} is not attached"),
             ));
         }
-        if ctx.query_ring == Some(resource_id) {
-            ctx.query_ring = None;
+        let orphans = ctx.forget_ring(resource_id);
+        let has_renderer = ctx.renderer.is_some();
+        if !orphans.is_empty() {
+            // The channel closed with its ring: the fences waiting for events go.
+            self.fences.release_context(ctx_id);
         }
-        if ctx.renderer.is_some() {
+        if has_renderer {
             self.renderer_detach(ctx_id, resource_id);
         }
         Ok(GpuResponse::OkNoData)
@@ -216,10 +259,11 @@ impl GpuDevice {
     pub(super) fn submit_3d(
         &mut self,
         mem: &GuestMemory,
-        ctx_id: u32,
+        hdr: &CtrlHeader,
         commands: &[u8],
     ) -> CmdResult {
         self.require_virgl()?;
+        let ctx_id = hdr.ctx_id;
         let ctx = self.contexts.get_mut(ctx_id)?;
         if ctx.renderer.is_some() {
             return self.submit_to_renderer(ctx_id, commands);
@@ -228,9 +272,8 @@ impl GpuDevice {
             return Err(reject(
                 GpuError::Unspec,
                 format!(
-                    "ctx_id {ctx_id} is a default context (context_init 0, i.e. virgl): this \
-                     device has no virgl renderer (see --capset); only cross-domain contexts \
-                     (capset 5) take SUBMIT_3D"
+                    "ctx_id {ctx_id} is a default context (context_init 0, i.e. virgl): \
+                     SUBMIT_3D there needs a virgl renderer. {VIRGL_MISSING}"
                 ),
             ));
         }
@@ -242,13 +285,7 @@ impl GpuDevice {
                 )
             })?;
             match command {
-                CrossDomainCommand::Init {
-                    query_ring_id,
-                    channel_ring_id,
-                    channel_type,
-                } => {
-                    self.cross_domain_init(ctx_id, query_ring_id, channel_ring_id, channel_type)?
-                }
+                CrossDomainCommand::Init(init) => self.cross_domain_init(ctx_id, &init)?,
                 CrossDomainCommand::GetImageRequirements {
                     width,
                     height,
@@ -257,36 +294,17 @@ impl GpuDevice {
                 } => self.cross_domain_image_requirements(
                     mem, ctx_id, width, height, drm_format, flags,
                 )?,
-                CrossDomainCommand::Unsupported { cmd } => {
-                    return Err(reject(
-                        GpuError::Unspec,
-                        format!(
-                            "ctx_id {ctx_id}: cross-domain command {cmd} (channel poll/send/\
-                             receive/read/write: Wayland forwarding) is not implemented"
-                        ),
-                    ))
-                }
+                CrossDomainCommand::Poll(_) => self.channel_poll(ctx_id)?,
+                CrossDomainCommand::Send(send) => self.channel_send(ctx_id, &send)?,
+                CrossDomainCommand::Write(write) => self.channel_write(ctx_id, &write)?,
             }
         }
         Ok(GpuResponse::OkNoData)
     }
 
-    fn cross_domain_init(
-        &mut self,
-        ctx_id: u32,
-        query_ring_id: u32,
-        channel_ring_id: u32,
-        channel_type: u32,
-    ) -> Result<(), Reject> {
-        if channel_type != 0 {
-            return Err(reject(
-                GpuError::Unspec,
-                format!(
-                    "ctx_id {ctx_id}: INIT channel_type {channel_type} (channel_ring_id \
-                     {channel_ring_id}): Wayland/camera channel forwarding is not implemented"
-                ),
-            ));
-        }
+    /// INIT, any layout: the query ring, and the channel when a channel type is given.
+    fn cross_domain_init(&mut self, ctx_id: u32, init: &Init) -> Result<(), Reject> {
+        let query_ring_id = init.query_ring_id;
         let ring_ok = match self.resources.get(query_ring_id).map(|r| &r.kind) {
             Ok(ResourceKind::GuestBlob { backing, .. }) => {
                 backing.len() >= IMAGE_REQUIREMENTS_SIZE as u64
@@ -294,10 +312,13 @@ impl GpuDevice {
             _ => false,
         };
         let ctx = self.contexts.get_mut(ctx_id)?;
-        if !ctx.resources.contains(&query_ring_id) {
+        if !ctx.is_attached(query_ring_id) {
             return Err(reject(
                 GpuError::InvalidResourceId,
-                format!("ctx_id {ctx_id}: INIT query_ring_id {query_ring_id} is not attached to the context"),
+                format!(
+                    "ctx_id {ctx_id}: INIT query_ring_id {query_ring_id} is not attached to the \
+                     context"
+                ),
             ));
         }
         if !ring_ok {
@@ -309,7 +330,12 @@ impl GpuDevice {
                 ),
             ));
         }
+        if init.channel_type != 0 {
+            self.open_channel(ctx_id, init)?;
+        }
+        let ctx = self.contexts.get_mut(ctx_id)?;
         ctx.query_ring = Some(query_ring_id);
+        ctx.init_layout = Some(init.layout);
         Ok(())
     }
 
@@ -369,11 +395,12 @@ impl GpuDevice {
             drm_format,
             usage: flags,
         };
-        // Refuse before allocating when even a tightly packed 4-byte-per-pixel image would
-        // not fit the memory budget (some allocators commit memory at once).
+        // Refuse before allocating when even a tightly packed 4-byte-per-pixel image (as a
+        // dma-buf, with its fd) would not fit the budgets (some allocators commit memory at
+        // once).
         let estimate = u64::from(width) * u64::from(height) * 4;
-        self.resources.check_bytes(
-            estimate,
+        self.resources.check(
+            buffer_usage(estimate, true),
             &format!("ctx_id {ctx_id}: GET_IMAGE_REQUIREMENTS"),
         )?;
         let buffer = self.allocator.allocate(&request).map_err(|e| {
@@ -390,8 +417,8 @@ impl GpuDevice {
                 ),
             )
         })?;
-        let charge = self.resources.charge_bytes(
-            buffer.size,
+        let charge = self.resources.charge(
+            buffer_usage(buffer.size, buffer.is_dmabuf),
             &format!("ctx_id {ctx_id}: GET_IMAGE_REQUIREMENTS"),
         )?;
         let map_info = match self.advisor.advise(
@@ -400,7 +427,7 @@ impl GpuDevice {
         ) {
             MapAdvice::Allow { map_info, .. } => map_info,
             MapAdvice::Refuse { reason } => {
-                info!(
+                guest_info!(
                     "ctx_id {ctx_id}: image {width}x{height} {drm_format:#010x} will not be \
                      mappable: {reason}"
                 );

@@ -4,12 +4,15 @@
 //! - `blob.rs`: RESOURCE_CREATE_BLOB, RESOURCE_ASSIGN_UUID, RESOURCE_MAP/UNMAP_BLOB;
 //! - `context.rs`: capsets, CTX_*, SUBMIT_3D (the cross-domain protocol);
 //! - `render.rs`: renderer contexts (virgl, venus): their capsets, contexts and streams;
+//! - `channel.rs`: cross-domain channels (INIT's channel, SEND, WRITE, POLL, events, blobs
+//!   from the compositor);
 //! - `scanout.rs`: GET_DISPLAY_INFO, GET_EDID, SET_SCANOUT(_BLOB), RESOURCE_FLUSH, cursors.
 //!
 //! Handlers reach state only through its owners' APIs (the resource table, the context
 //! table, the scanouts, the region allocator) and the ports.
 
 mod blob;
+mod channel;
 mod context;
 mod render;
 mod scanout;
@@ -84,7 +87,7 @@ impl GpuDevice {
                 resource_id,
                 transfer,
             } => self.transfer_3d(hdr.ctx_id, resource_id, transfer, false),
-            C::Submit3d { commands } => self.submit_3d(mem, hdr.ctx_id, &commands),
+            C::Submit3d { commands } => self.submit_3d(mem, hdr, &commands),
             C::ResourceMapBlob {
                 resource_id,
                 offset,

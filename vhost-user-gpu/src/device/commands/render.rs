@@ -31,7 +31,7 @@ use crate::protocol::{
     MAP_CACHE_WC,
 };
 
-use super::context::CROSS_DOMAIN_MAX_VERSION;
+use super::context::{CROSS_DOMAIN_MAX_VERSION, VIRGL_MISSING};
 
 /// The capsets a device offers, in `GET_CAPSET_INFO` order: the renderer's (in id order),
 /// then cross-domain when `cross_domain`.
@@ -271,17 +271,27 @@ impl GpuDevice {
             Some(r) => Ok(r),
             None => Err(reject(
                 GpuError::Unspec,
-                format!(
-                    "{what}: this device has no 3D renderer (see --capset; cross-domain \
-                     contexts allocate images without one)"
-                ),
+                format!("{what}: this device has no 3D renderer. {VIRGL_MISSING}"),
             )),
         }
+    }
+
+    /// `ERR_UNSPEC` naming what to configure when no virgl capset is served: 3D resources
+    /// and their transfers are virgl's (a venus-only renderer has none).
+    fn need_virgl(&self, what: &str) -> Result<(), Reject> {
+        if self.serves_virgl() {
+            return Ok(());
+        }
+        Err(reject(
+            GpuError::Unspec,
+            format!("{what}: 3D resources need a virgl renderer. {VIRGL_MISSING}"),
+        ))
     }
 
     pub(super) fn resource_create_3d(&mut self, resource_id: u32, args: Resource3d) -> CmdResult {
         self.require_feature(feature::VIRGL, "VIRGL")?;
         let what = format!("RESOURCE_CREATE_3D resource_id {resource_id}");
+        self.need_virgl(&what)?;
         self.need_renderer(&what)?;
         let mut charge = self.resources.reserve(resource_id)?;
         let bytes = resource_3d_bytes(&args)
@@ -381,6 +391,7 @@ impl GpuDevice {
                 "TRANSFER_FROM_HOST_3D"
             }
         );
+        self.need_virgl(&what)?;
         let resource = self.resources.get(resource_id)?;
         if !matches!(resource.kind, ResourceKind::Renderer(_)) {
             return Err(reject(

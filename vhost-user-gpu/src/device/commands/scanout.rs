@@ -5,17 +5,19 @@ use std::os::fd::{AsFd, BorrowedFd};
 
 use log::debug;
 
+use crate::device::budget::Usage;
 use crate::device::config::DEFAULT_OUTPUT;
+use crate::device::config::MAX_SCANOUT_SIDE;
 use crate::device::edid;
 use crate::device::mmap::MappedBuffer;
 use crate::device::ports::{
     BlobFdKind, Cursor, DmabufScanout, Frame, GuestMemory, CURSOR_BYTES, CURSOR_SIDE,
 };
-use crate::device::reject::{reject, CmdResult, Reject};
+use crate::device::reject::{over_budget, reject, CmdResult, Reject};
 use crate::device::resource::{
     self, cursor_image, intersect, rect_within, ResourceKind, BYTES_PER_PIXEL,
 };
-use crate::device::scanout::{BlobView, CursorState, Shown};
+use crate::device::scanout::{BlobView, CursorState, FrameMemory, Shown, ShownView};
 use crate::device::GpuDevice;
 use crate::protocol::{
     feature, format, fourcc, CursorPos, CursorUpdate, DisplayMode, GpuError, GpuResponse, Rect,
@@ -81,7 +83,7 @@ impl GpuDevice {
         Ok(GpuResponse::OkEdid(block.to_vec()))
     }
 
-    /// Shows nothing on `scanout_id` (which exists).
+    /// Shows nothing on `scanout_id` (which exists); what showing cost is released.
     fn disable_scanout(&mut self, scanout_id: u32) {
         if let Some(s) = self.scanouts.get_mut(scanout_id) {
             s.shown = None;
@@ -89,11 +91,72 @@ impl GpuDevice {
         self.display.scanout(scanout_id, None);
     }
 
-    /// Shows `shown` on `scanout_id` (which exists).
-    fn show(&mut self, scanout_id: u32, shown: Shown) {
+    /// Shows `view` on `scanout_id` (which exists), with `memory` charged for it.
+    fn show(&mut self, scanout_id: u32, view: ShownView, memory: FrameMemory) {
         if let Some(s) = self.scanouts.get_mut(scanout_id) {
-            s.shown = Some(shown);
+            s.shown = Some(Shown { view, memory });
         }
+    }
+
+    /// What showing a `width`x`height` rectangle costs: the device's copy and each display
+    /// sink copy, 4 bytes per pixel.
+    pub(crate) fn frame_cost(&self, width: u32, height: u32) -> Usage {
+        let copies = 1 + u64::from(self.display.frame_copies());
+        Usage::host_bytes(
+            (u64::from(width) * u64::from(height) * u64::from(BYTES_PER_PIXEL))
+                .saturating_mul(copies),
+        )
+    }
+
+    /// The memory for showing a `width`x`height` rectangle on `scanout_id`: the scanout's
+    /// current one resized (a page flip between images of one size costs nothing new), or a
+    /// new charge. On failure (`ERR_OUT_OF_MEMORY`) the scanout keeps what it shows.
+    fn frame_memory(
+        &mut self,
+        scanout_id: u32,
+        width: u32,
+        height: u32,
+    ) -> Result<FrameMemory, Reject> {
+        let cost = self.frame_cost(width, height);
+        let what = || format!("scanout {scanout_id}: showing {width}x{height}");
+        let frame_bytes = u64::from(width) * u64::from(height) * u64::from(BYTES_PER_PIXEL);
+        let mut memory = match self.scanouts.shown_mut(scanout_id) {
+            Some(shown) => {
+                shown
+                    .memory
+                    .charge
+                    .resize(cost)
+                    .map_err(|e| over_budget(&what(), e))?;
+                let empty = FrameMemory {
+                    scratch: Vec::new(),
+                    charge: self.resources.budget().nothing(),
+                };
+                std::mem::replace(&mut shown.memory, empty)
+            }
+            None => FrameMemory {
+                scratch: Vec::new(),
+                charge: self.resources.charge(cost, &what())?,
+            },
+        };
+        // The scratch copy never holds more than the new rectangle.
+        if memory.scratch.capacity() as u64 > frame_bytes {
+            memory.scratch = Vec::new();
+        }
+        Ok(memory)
+    }
+
+    /// `ERR_INVALID_PARAMETER` for an image larger than [`MAX_SCANOUT_SIDE`] on a side.
+    fn check_scanout_size(width: u32, height: u32, what: &str) -> Result<(), Reject> {
+        if width > MAX_SCANOUT_SIDE || height > MAX_SCANOUT_SIDE {
+            return Err(reject(
+                GpuError::InvalidParameter,
+                format!(
+                    "{what} {width}x{height}: a scanout shows at most \
+                     {MAX_SCANOUT_SIDE}x{MAX_SCANOUT_SIDE}"
+                ),
+            ));
+        }
+        Ok(())
     }
 
     pub(super) fn set_scanout(
@@ -123,14 +186,17 @@ impl GpuDevice {
         check_rect(&rect, image.width, image.height, || {
             format!("resource_id {resource_id}")
         })?;
+        Self::check_scanout_size(rect.width, rect.height, "r")?;
+        let memory = self.frame_memory(scanout_id, rect.width, rect.height)?;
         self.show(
             scanout_id,
-            Shown {
+            ShownView {
                 resource_id,
                 rect,
                 blob: None,
                 dmabuf: false,
             },
+            memory,
         );
         self.display
             .scanout(scanout_id, Some((rect.width, rect.height)));
@@ -152,6 +218,7 @@ impl GpuDevice {
         check_rect(&rect, info.width, info.height, || {
             format!("resource_id {resource_id}")
         })?;
+        Self::check_scanout_size(rect.width, rect.height, "r")?;
         let full =
             rect.x == 0 && rect.y == 0 && rect.width == info.width && rect.height == info.height;
         let export = if full {
@@ -169,6 +236,14 @@ impl GpuDevice {
                 ),
             ));
         }
+        // Shown by reading back, each flush holds the pixels from the resource's corner to
+        // the rectangle's far edge (`read_pixels`) besides the copies of the rectangle: the
+        // scanout is charged as a frame of that size.
+        let memory = self.frame_memory(
+            scanout_id,
+            rect.x.saturating_add(rect.width),
+            rect.y.saturating_add(rect.height),
+        )?;
         self.display
             .scanout(scanout_id, Some((rect.width, rect.height)));
         let dmabuf = export.is_some_and(|e| {
@@ -198,12 +273,13 @@ impl GpuDevice {
         );
         self.show(
             scanout_id,
-            Shown {
+            ShownView {
                 resource_id,
                 rect,
                 blob: None,
                 dmabuf,
             },
+            memory,
         );
         Ok(GpuResponse::OkNoData)
     }
@@ -242,6 +318,7 @@ impl GpuDevice {
                 format!("format {} is not supported", view.format),
             )
         })?;
+        Self::check_scanout_size(view.width, view.height, "width/height")?;
         let row_bytes = u64::from(view.width) * u64::from(BYTES_PER_PIXEL);
         if view.width == 0 || view.height == 0 || u64::from(view.stride) < row_bytes {
             return Err(reject(
@@ -268,31 +345,38 @@ impl GpuDevice {
             ));
         }
         check_rect(&rect, view.width, view.height, || "the image".into())?;
-        // Offer the buffer itself to sinks that import dma-bufs, when the whole image is
-        // shown.
-        let full =
-            rect.x == 0 && rect.y == 0 && rect.width == view.width && rect.height == view.height;
-        let is_renderer_blob = matches!(resource.kind, ResourceKind::Renderer(_));
-        if is_renderer_blob {
+        if matches!(resource.kind, ResourceKind::Renderer(_)) {
             self.export_for_scanout(resource_id)?;
         }
-        let resource = self.resources.get(resource_id)?;
-        let dmabuf_fd = match &resource.kind {
-            ResourceKind::HostBlob(b) if b.buffer.is_dmabuf => Some(b.buffer.fd.as_fd()),
-            ResourceKind::GuestBlob { dmabuf, .. } => dmabuf.as_ref().map(|fd| fd.as_fd()),
-            ResourceKind::Renderer(r) if r.exported_kind == Some(BlobFdKind::Dmabuf) => {
-                r.exported.as_ref().map(|fd| fd.as_fd())
+        let memory = self.frame_memory(scanout_id, rect.width, rect.height)?;
+        self.display
+            .scanout(scanout_id, Some((rect.width, rect.height)));
+        // Offer the buffer itself to sinks that import dma-bufs, when the whole image is
+        // shown.
+        let full = rect.x == 0
+            && rect.y == 0
+            && rect.width == view.width
+            && rect.height == view.height
+            && view.offset == 0;
+        let buffer = match self.resources.get(resource_id).map(|r| &r.kind) {
+            Ok(ResourceKind::HostBlob(b)) if b.buffer.is_dmabuf => {
+                Some((b.buffer.fd.as_fd(), b.buffer.modifier))
+            }
+            Ok(ResourceKind::GuestBlob {
+                dmabuf: Some(fd), ..
+            }) => Some((fd.as_fd(), fourcc::MOD_LINEAR)),
+            // A renderer blob the renderer exported as a dma-buf (its bytes from offset 0).
+            Ok(ResourceKind::Renderer(r))
+                if r.exported_kind == Some(BlobFdKind::Dmabuf) && r.exported_offset == 0 =>
+            {
+                r.exported
+                    .as_ref()
+                    .map(|fd| (fd.as_fd(), fourcc::MOD_LINEAR))
             }
             _ => None,
         };
-        let modifier = match &resource.kind {
-            ResourceKind::HostBlob(b) => b.buffer.modifier,
-            _ => fourcc::MOD_LINEAR,
-        };
-        self.display
-            .scanout(scanout_id, Some((rect.width, rect.height)));
-        let dmabuf = match dmabuf_fd {
-            Some(fd) if full && view.offset == 0 => self.display.dmabuf_scanout(
+        let dmabuf = match buffer {
+            Some((fd, modifier)) if full => self.display.dmabuf_scanout(
                 scanout_id,
                 &DmabufScanout {
                     fd,
@@ -308,12 +392,13 @@ impl GpuDevice {
         };
         self.show(
             scanout_id,
-            Shown {
+            ShownView {
                 resource_id,
                 rect,
                 blob: Some(view),
                 dmabuf,
             },
+            memory,
         );
         Ok(GpuResponse::OkNoData)
     }
@@ -330,46 +415,51 @@ impl GpuDevice {
                 format!("resource_id {resource_id}")
             })?;
         }
-        let showing: Vec<(u32, Shown)> = self
-            .scanouts
-            .iter()
-            .filter_map(|(id, s)| s.shown.clone().map(|shown| (id, shown)))
-            .filter(|(_, shown)| shown.resource_id == resource_id)
-            .collect();
-        for (scanout_id, shown) in showing {
-            let damage = intersect(&rect, &shown.rect);
+        for scanout_id in self.scanouts.showing(resource_id) {
+            let Some(shown) = self.scanouts.shown_mut(scanout_id) else {
+                continue;
+            };
+            let view = shown.view;
+            let damage = intersect(&rect, &view.rect);
             if damage.width == 0 {
                 continue;
             }
             let damage = Rect {
-                x: damage.x - shown.rect.x,
-                y: damage.y - shown.rect.y,
+                x: damage.x - view.rect.x,
+                y: damage.y - view.rect.y,
                 ..damage
             };
-            self.present(mem, scanout_id, &shown, damage)?;
+            // The scratch copy is the scanout's (charged with it): lend it to `present`.
+            let mut scratch = std::mem::take(&mut shown.memory.scratch);
+            let presented = self.present(mem, scanout_id, &view, damage, &mut scratch);
+            if let Some(shown) = self.scanouts.shown_mut(scanout_id) {
+                shown.memory.scratch = scratch;
+            }
+            presented?;
         }
         Ok(GpuResponse::OkNoData)
     }
 
-    /// Hands the scanout's current image to the display sink.
+    /// Hands the scanout's current image to the display sink; `scratch` is the scanout's
+    /// copy of its rectangle (charged with it).
     fn present(
         &mut self,
         mem: &GuestMemory,
         scanout_id: u32,
-        shown: &Shown,
+        view: &ShownView,
         damage: Rect,
+        scratch: &mut Vec<u8>,
     ) -> Result<(), Reject> {
-        if shown.dmabuf && self.display.dmabuf_flush(scanout_id, damage) {
+        if view.dmabuf && self.display.dmabuf_flush(scanout_id, damage) {
             return Ok(());
         }
-        let rid = shown.resource_id;
+        let rid = view.resource_id;
         let Ok(resource) = self.resources.get_mut(rid) else {
             return Ok(());
         };
-        let rect = shown.rect;
+        let rect = view.rect;
         let packed_stride = rect.width * BYTES_PER_PIXEL;
-        let mut scratch = std::mem::take(&mut self.scratch);
-        let result = match (&mut resource.kind, shown.blob) {
+        let result = match (&mut resource.kind, view.blob) {
             (ResourceKind::Image2d(image), _) => {
                 if rect.x == 0
                     && rect.y == 0
@@ -384,28 +474,21 @@ impl GpuDevice {
                         data: &image.pixels,
                     };
                     self.display.flush(scanout_id, &frame, damage);
-                    self.scratch = scratch;
                     return Ok(());
                 }
                 let (pixels, drm_format) = (&image.pixels, image.drm_format);
-                resource::copy_rect_out(
-                    &rect,
-                    0,
-                    u64::from(image.stride),
-                    &mut scratch,
-                    |off, dst| {
-                        let off = off as usize;
-                        dst.copy_from_slice(&pixels[off..off + dst.len()]);
-                        Ok::<(), String>(())
-                    },
-                )
+                resource::copy_rect_out(&rect, 0, u64::from(image.stride), scratch, |off, dst| {
+                    let off = off as usize;
+                    dst.copy_from_slice(&pixels[off..off + dst.len()]);
+                    Ok(())
+                })
                 .map(|()| drm_format)
             }
             (ResourceKind::GuestBlob { backing, .. }, Some(view)) => resource::copy_rect_out(
                 &rect,
                 u64::from(view.offset),
                 u64::from(view.stride),
-                &mut scratch,
+                scratch,
                 |off, dst| backing.read(mem, off, dst).map_err(|e| e.to_string()),
             )
             .map(|()| view.drm_format),
@@ -416,7 +499,6 @@ impl GpuDevice {
                         match MappedBuffer::map_read(blob.buffer.fd.as_fd(), blob.buffer.size) {
                             Ok(m) => m,
                             Err(e) => {
-                                self.scratch = scratch;
                                 return Err(reject(
                                 GpuError::Unspec,
                                 format!("resource_id {rid}: cannot map the host buffer for reading: {e}"),
@@ -431,7 +513,7 @@ impl GpuDevice {
                     &rect,
                     u64::from(view.offset),
                     u64::from(view.stride),
-                    &mut scratch,
+                    scratch,
                     |off, dst| {
                         usize::try_from(off)
                             .ok()
@@ -447,7 +529,6 @@ impl GpuDevice {
             (ResourceKind::Renderer(r), Some(view)) => {
                 // A renderer blob shown as an image: read through its exported fd.
                 let Some(fd) = r.exported.as_ref() else {
-                    self.scratch = scratch;
                     return Err(reject(
                         GpuError::Unspec,
                         format!("resource_id {rid}: the renderer blob was not exported"),
@@ -463,7 +544,6 @@ impl GpuDevice {
                     ) {
                         Ok(m) => m,
                         Err(e) => {
-                            self.scratch = scratch;
                             return Err(reject(
                                 GpuError::Unspec,
                                 format!("resource_id {rid}: cannot map the renderer blob: {e}"),
@@ -477,7 +557,7 @@ impl GpuDevice {
                     &rect,
                     u64::from(view.offset),
                     u64::from(view.stride),
-                    &mut scratch,
+                    scratch,
                     |off, dst| {
                         usize::try_from(off.saturating_add(start))
                             .ok()
@@ -507,7 +587,7 @@ impl GpuDevice {
                         &rect,
                         0,
                         u64::from(w) * u64::from(BYTES_PER_PIXEL),
-                        &mut scratch,
+                        scratch,
                         |off, dst| {
                             let off = off as usize;
                             pixels
@@ -522,14 +602,14 @@ impl GpuDevice {
             }
             (_, None) => Err("blob shown without a layout".to_string()),
         };
-        let outcome = match result {
+        match result {
             Ok(drm_format) => {
                 let frame = Frame {
                     width: rect.width,
                     height: rect.height,
                     stride: packed_stride,
                     drm_format,
-                    data: &scratch,
+                    data: &scratch[..],
                 };
                 self.display.flush(scanout_id, &frame, damage);
                 Ok(())
@@ -538,9 +618,7 @@ impl GpuDevice {
                 GpuError::Unspec,
                 format!("scanout {scanout_id}: reading resource_id {rid} failed: {e}"),
             )),
-        };
-        self.scratch = scratch;
-        outcome
+        }
     }
 
     pub(super) fn update_cursor(&mut self, mem: &GuestMemory, update: CursorUpdate) -> CmdResult {

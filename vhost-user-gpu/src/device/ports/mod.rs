@@ -1,6 +1,7 @@
 //! The device core's ports: the small interfaces through which the state machine reaches
 //! the outside world (host buffer allocation, the host-visible shared memory region, display
-//! output, the "may a guest map this buffer?" question, and a 3D renderer).
+//! output, the "may a guest map this buffer?" question, a 3D renderer, and the host end of
+//! cross-domain channels).
 //!
 //! The transport (`crate::transport`) and the binary wire real implementations into
 //! [`crate::device::GpuDevice`]; tests wire in their own. Nothing here knows about sockets
@@ -8,8 +9,12 @@
 
 use std::os::fd::{BorrowedFd, OwnedFd};
 
+mod channel;
 mod renderer;
 
+pub use channel::{
+    BlobExporter, Channel, ChannelConnector, ChannelError, ReceivedBlob, ReceivedKind,
+};
 pub use renderer::{
     BlobFdKind, BlobRequest, Box3d, CapsetInfo, ExportedBlob, FenceSignal, Renderer, RendererError,
     RendererEvent, Resource3d, ResourceInfo, ScanoutExport, SendRenderer, Transfer3d,
@@ -234,6 +239,14 @@ pub struct Cursor<'a> {
 
 /// Receives what the guest shows: QEMU's display channel, PNG capture, or nothing.
 pub trait DisplaySink: Send {
+    /// How many copies of a shown image, at 4 bytes per pixel of the scanout's rectangle,
+    /// this sink may hold at once per scanout (kept between flushes or made during one,
+    /// including what an encoder buffers). The device charges them to the guest's budget
+    /// while the scanout shows the image, so a sink's memory is bounded like the device's
+    /// own. A sink that copies nothing returns 0; the default is 1.
+    fn frame_copies(&self) -> u32 {
+        1
+    }
     /// A scanout was enabled (`Some((width, height))`) or disabled (`None`).
     fn scanout(&mut self, scanout_id: u32, mode: Option<(u32, u32)>);
     /// The region `damage` of the scanout changed; `frame` is the whole current image.
