@@ -523,13 +523,16 @@ unsafe extern "C" fn on_log(level: c_int, message: *const c_char, _user: *mut c_
     // SAFETY: the library passes a NUL-terminated message valid for the call.
     let text = unsafe { CStr::from_ptr(message) }.to_string_lossy();
     let text = text.trim_end();
-    // enum virgl_log_level_flags: DEBUG 0, INFO 1, WARNING 2, ERROR 3.
-    match level {
-        0 => log::debug!(target: "virglrenderer", "{text}"),
-        1 => log::info!(target: "virglrenderer", "{text}"),
-        2 => log::warn!(target: "virglrenderer", "{text}"),
-        _ => log::error!(target: "virglrenderer", "{text}"),
-    }
+    // enum virgl_log_level_flags: DEBUG 0, INFO 1, WARNING 2, ERROR 3. What the library
+    // reports is mostly about the guest's streams and resources (a malformed command buffer
+    // is an error line per command), so it goes through the guest-caused line limiter.
+    let level = match level {
+        0 => log::Level::Debug,
+        1 => log::Level::Info,
+        2 => log::Level::Warn,
+        _ => log::Level::Error,
+    };
+    crate::guest_log::GUEST_LOG.log("virglrenderer", level, format_args!("{text}"));
 }
 
 /// A call into the library failed; the value is what it returned (an errno, with either

@@ -10,7 +10,7 @@
 
 use std::os::fd::AsFd;
 
-use log::{debug, info};
+use log::debug;
 
 use crate::device::backing::Backing;
 use crate::device::budget::{Charge, Kind, Usage};
@@ -24,6 +24,7 @@ use crate::device::resource::{
     AttachedBacking, RendererMapping, RendererResource, Resource, ResourceKind,
 };
 use crate::device::{backing_cost, GpuDevice};
+use crate::guest_log::guest_info;
 use crate::protocol::{
     cross_domain, feature, CreateBlob, GpuError, GpuResponse, MemEntry, Rect, Resource3d,
     Transfer3d, BLOB_FLAG_USE_MAPPABLE, BLOB_MEM_GUEST, BLOB_MEM_HOST3D, BLOB_MEM_HOST3D_GUEST,
@@ -629,7 +630,7 @@ impl GpuDevice {
                     return Err(reject(GpuError::Unspec, "invalid advice"));
                 }
                 match renderer_map_info {
-                    Some(theirs) if theirs != map_info => info!(
+                    Some(theirs) if theirs != map_info => guest_info!(
                         "{what}: the renderer says map_info {theirs}, dmabuf-info says \
                          {map_info} ({source}): using dmabuf-info's"
                     ),
