@@ -513,6 +513,60 @@ fn guest_backed_renderer_blobs_and_what_cannot_be_mapped() {
 }
 
 #[test]
+fn a_renderer_blobs_exported_fd_is_charged_to_the_fd_budget() {
+    // One open file for the guest: the first exported blob takes it.
+    let mut h = harness(
+        Box::new(FixedAdvisor::allow(MAP_CACHE_WC)),
+        DeviceConfig {
+            max_fds: 1,
+            ..config()
+        },
+    );
+    for id in [7, 8] {
+        assert_eq!(
+            h.blob(VENUS_CTX, id, BLOB_MEM_HOST3D, 4096, vec![]),
+            GpuResponse::OkNoData,
+            "creating a renderer blob holds no fd of ours"
+        );
+    }
+    let map = |id, offset| GpuCommand::ResourceMapBlob {
+        resource_id: id,
+        offset,
+    };
+    assert_eq!(
+        h.send(VENUS_CTX, map(7, 0)),
+        GpuResponse::OkMapInfo {
+            map_info: MAP_CACHE_WC
+        }
+    );
+    // The second export does not fit: refused before the renderer is asked, nothing mapped.
+    assert_eq!(
+        h.send(VENUS_CTX, map(8, 0x10000)),
+        GpuResponse::Err(GpuError::OutOfMemory)
+    );
+    assert_eq!(h.mapped(), vec![(0, 4096)]);
+    // Unmapping keeps the export (and its fd); destroying the blob gives the fd back.
+    assert_eq!(
+        h.send(VENUS_CTX, GpuCommand::ResourceUnmapBlob { resource_id: 7 }),
+        GpuResponse::OkNoData
+    );
+    assert_eq!(
+        h.send(VENUS_CTX, map(8, 0x10000)),
+        GpuResponse::Err(GpuError::OutOfMemory)
+    );
+    assert_eq!(
+        h.send(0, GpuCommand::ResourceUnref { resource_id: 7 }),
+        GpuResponse::OkNoData
+    );
+    assert_eq!(
+        h.send(VENUS_CTX, map(8, 0x10000)),
+        GpuResponse::OkMapInfo {
+            map_info: MAP_CACHE_WC
+        }
+    );
+}
+
+#[test]
 fn without_virgl_3d_resources_and_transfers_are_refused_naming_the_option() {
     // A renderer serving venus only: RESOURCE_CREATE_3D and the 3D transfers are virgl's,
     // refused with ERR_UNSPEC before the renderer sees them.

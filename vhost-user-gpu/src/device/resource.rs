@@ -81,6 +81,8 @@ pub(crate) struct RendererResource {
     pub backing: Option<AttachedBacking>,
     /// The blob's fd as the renderer exported it (kept once asked for: mapping, scanout).
     pub exported: Option<OwnedFd>,
+    /// What `exported` is charged (one open file), released with it.
+    pub _exported_charge: Option<Charge>,
     /// What the renderer says `exported` is.
     pub exported_kind: Option<BlobFdKind>,
     /// Where the blob's bytes start in `exported`.
@@ -101,6 +103,7 @@ impl RendererResource {
             blob_mem: None,
             backing: None,
             exported: None,
+            _exported_charge: None,
             exported_kind: None,
             exported_offset: 0,
             renderer_map_info: None,
@@ -116,6 +119,7 @@ impl RendererResource {
             blob_mem: Some(blob_mem),
             backing,
             exported: None,
+            _exported_charge: None,
             exported_kind: None,
             exported_offset: 0,
             renderer_map_info: None,

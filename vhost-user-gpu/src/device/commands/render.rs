@@ -542,6 +542,10 @@ impl GpuDevice {
         if known {
             return Ok(());
         }
+        // The exported fd stays open as long as the blob: one of the guest's open files.
+        let fd_charge = self
+            .resources
+            .charge(Usage::of(Kind::Fds, 1), &format!("{what}: its exported fd"))?;
         self.renderer_work = true;
         let exported = self
             .need_renderer(&what)?
@@ -556,6 +560,7 @@ impl GpuDevice {
             r.exported_offset = exported.fd_offset;
             r.renderer_map_info = exported.renderer_map_info;
             r.exported = Some(exported.fd);
+            r._exported_charge = Some(fd_charge);
         }
         Ok(())
     }
