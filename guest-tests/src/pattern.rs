@@ -48,6 +48,20 @@ impl Image {
             .count()
     }
 
+    /// Like [`Image::lit_rows`], counting only the pixel rows in `rows`.
+    pub fn lit_rows_in(&self, rows: std::ops::Range<u32>) -> usize {
+        let Some(background) = self.pixels.last().copied() else {
+            return 0;
+        };
+        let width = self.width.max(1) as usize;
+        self.pixels
+            .chunks(width)
+            .enumerate()
+            .filter(|(y, _)| rows.contains(&(*y as u32)))
+            .filter(|(_, row)| row.iter().any(|&p| p != background))
+            .count()
+    }
+
     /// How many different colours the image has (capped at 16).
     pub fn distinct_colors(&self) -> usize {
         let mut seen: Vec<u32> = Vec::new();

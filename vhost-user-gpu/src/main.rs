@@ -5,6 +5,7 @@
 //! `README-launch.md` for frontend command lines.
 
 use std::io::Write as _;
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -17,12 +18,15 @@ use vhost_user_gpu::advisor::DmabufInfoAdvisor;
 use vhost_user_gpu::alloc::{self, gbm, AllocatorKind};
 use vhost_user_gpu::device::ports::{CapsetInfo, Renderer, SendRenderer};
 use vhost_user_gpu::device::Ports;
-use vhost_user_gpu::device::{DeviceConfig, GpuDevice, FD_RESERVE};
+use vhost_user_gpu::device::{DeviceConfig, FD_RESERVE};
 use vhost_user_gpu::display::{PngCapture, SharedSink};
 use vhost_user_gpu::protocol::{CAPSET_VENUS, CAPSET_VIRGL, CAPSET_VIRGL2, MAX_SCANOUTS};
 use vhost_user_gpu::renderer::{RendererThread, VirglConfig, VirglRenderer};
 use vhost_user_gpu::sandbox::{Landlock, SandboxError, SandboxPolicy};
-use vhost_user_gpu::transport::{self, DeviceFactory, SocketSource, TransportSettings};
+use vhost_user_gpu::transport::upgrade::{self, ControlServer, Incoming, Restored};
+use vhost_user_gpu::transport::{
+    self, DeviceFactory, ServeControl, SocketSource, Start, TransportSettings,
+};
 use vhost_user_gpu::wayland::{self, ChannelLimits, WaylandConnector};
 
 /// vhost-user virtio-gpu backend: 2D scanouts, blob resources mapped into the guest through
@@ -34,12 +38,24 @@ use vhost_user_gpu::wayland::{self, ChannelLimits, WaylandConnector};
 #[command(name = "vhost-user-gpu", version, about, long_about)]
 struct Cli {
     /// Listen on this Unix socket path (the frontend connects to it).
-    #[arg(long, value_name = "PATH", conflicts_with = "fd", required_unless_present_any = ["fd", "print_capabilities"])]
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["fd", "upgrade_from"], required_unless_present_any = ["fd", "print_capabilities", "upgrade_from"])]
     socket_path: Option<PathBuf>,
 
-    /// Use this inherited file descriptor, a listening Unix socket.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(i32).range(0..))]
+    /// Use this inherited file descriptor: a Unix socket connected to the frontend (libvirt's
+    /// and QEMU's convention), or a listening one.
+    #[arg(long, value_name = "N", conflicts_with = "upgrade_from", value_parser = clap::value_parser!(i32).range(0..))]
     fd: Option<i32>,
+
+    /// Accept live-upgrade requests on this Unix socket (created like --socket-path): a new
+    /// binary started with --upgrade-from PATH takes over the running device.
+    #[arg(long, value_name = "PATH")]
+    control_socket: Option<PathBuf>,
+
+    /// Take over the device of the backend whose --control-socket is PATH (live upgrade), with
+    /// that backend's configuration; it exits once this process serves. Other options except
+    /// -v are not allowed.
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["control_socket", "render_node", "policy_config", "capture_dir", "platform"])]
+    upgrade_from: Option<PathBuf>,
 
     /// Print the backend's capabilities as JSON ({"type":"gpu","features":[...]}) and exit;
     /// other options are ignored. `render-node` is listed only when GBM can allocate on a
@@ -337,7 +353,23 @@ enum Failure {
     Runtime(String),
 }
 
-fn run(cli: Cli) -> Result<(), Failure> {
+/// What a start (or an upgrade) prepares before the sandbox: the configuration checked,
+/// the policy loaded, the allocator tried once.
+struct Prepared {
+    policy: PolicyConfig,
+    platform: Platform,
+    resolved: alloc::Resolved,
+    device_config: DeviceConfig,
+    /// Wayland channels' compositor, when there is one.
+    wayland: Option<WaylandConnector>,
+    /// The renderer of virgl and venus contexts (started before the sandbox: it loads Mesa's
+    /// drivers and starts the render server), shared by every device; it stops when this
+    /// goes.
+    renderer: Option<RendererThread>,
+}
+
+/// `max_fds`: the fds a guest may make the device hold ([`guest_fd_limit`]).
+fn prepare(cli: &Cli, max_fds: u64) -> Result<Prepared, Failure> {
     use Failure::{Runtime, Usage};
     // --render-node is a GBM option: with auto it means gbm, with another allocator it is a
     // mistake.
@@ -366,16 +398,6 @@ fn run(cli: Cli) -> Result<(), Failure> {
         .map_err(|e| Runtime(format!("--allocator {allocator_wanted}: {e}")))?;
     drop(probe);
 
-    let source = match (&cli.socket_path, cli.fd) {
-        (Some(path), None) => SocketSource::Path(path.clone()),
-        (None, Some(fd)) => SocketSource::ListeningFd(fd),
-        _ => {
-            return Err(Usage(
-                "exactly one of --socket-path and --fd is required".into(),
-            ))
-        }
-    };
-
     let wayland = wayland_connector(cli.wayland_socket.as_deref())?;
 
     if cli.sandbox == SandboxMode::SeccompOnly && cli.capture_dir.is_some() {
@@ -386,48 +408,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 .into(),
         ));
     }
-    let listener = transport::open_listener(&source).map_err(|e| Runtime(e.to_string()))?;
-    let max_fds = guest_fd_limit(raise_fd_limit());
-    // The renderer starts before the sandbox closes: it loads Mesa's drivers and starts the
-    // render server.
-    let renderer = start_renderer(&cli).map_err(Runtime)?;
-    match cli.sandbox {
-        SandboxMode::On | SandboxMode::SeccompOnly => {
-            // Before any thread exists (Landlock applies to the calling thread and its future
-            // children): the capture writer and the vhost-user threads start below.
-            let policy = sandbox_policy(&cli, &resolved, wayland.is_some());
-            let status = vhost_user_gpu::sandbox::confine(&policy).map_err(|e| match e {
-                SandboxError::LandlockUnavailable => Runtime(e.to_string()),
-                e => Runtime(format!(
-                    "{e} (start with --sandbox off to run without confinement)"
-                )),
-            })?;
-            log::info!(
-                "sandbox: seccomp allowlist of {} system calls on every thread; Landlock {}",
-                status.allowed_syscalls,
-                match cli.sandbox {
-                    SandboxMode::SeccompOnly =>
-                        "not used (--sandbox seccomp-only: no file may be created or written)"
-                            .to_string(),
-                    _ => status.landlock.to_string(),
-                }
-            );
-        }
-        SandboxMode::Off => {
-            log::warn!("sandbox: off (--sandbox off): the backend is not confined")
-        }
-    }
-
-    let capture = match &cli.capture_dir {
-        Some(dir) => Some(SharedSink::new(
-            PngCapture::new(dir).map_err(|e| Runtime(format!("--capture-dir: {e}")))?,
-        )),
-        None => None,
-    };
-
-    let outputs = vec![cli.resolution; cli.outputs as usize];
     let device_config = DeviceConfig {
-        outputs,
+        outputs: vec![cli.resolution; cli.outputs as usize],
         hostmem: cli.hostmem,
         max_resource_memory: cli.max_resource_memory,
         max_resources: cli.max_resources,
@@ -436,9 +418,26 @@ fn run(cli: Cli) -> Result<(), Failure> {
         max_fds,
     };
     device_config.validate().map_err(|e| Usage(e.to_string()))?;
-    let allocator = resolved.clone();
-    let renderer_client = renderer.as_ref().map(RendererThread::client);
-    let factory: Arc<DeviceFactory> = Arc::new(move |mapper, display| {
+    let renderer = start_renderer(cli).map_err(Runtime)?;
+    Ok(Prepared {
+        policy,
+        platform,
+        resolved,
+        device_config,
+        wayland,
+        renderer,
+    })
+}
+
+/// The ports of each new (or restored) device.
+fn device_factory(prepared: &Prepared) -> Arc<DeviceFactory> {
+    let allocator = prepared.resolved.clone();
+    let policy = prepared.policy.clone();
+    let platform = prepared.platform;
+    let device_config = prepared.device_config.clone();
+    let wayland = prepared.wayland.clone();
+    let renderer_client = prepared.renderer.as_ref().map(RendererThread::client);
+    Arc::new(move |mapper, display| {
         let allocator = alloc::select(allocator.kind, allocator.render_node.as_deref())
             .map_err(std::io::Error::other)?;
         let advisor = DmabufInfoAdvisor::new(policy.clone(), Some(platform));
@@ -455,39 +454,266 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 .clone()
                 .map(|client| Box::new(client) as SendRenderer),
         };
-        Ok(GpuDevice::new(device_config.clone(), ports))
-    });
+        Ok((device_config.clone(), ports))
+    })
+}
 
+/// Applies the sandbox (before any thread of ours exists: Landlock applies to the calling
+/// thread and its future children).
+fn confine(cli: &Cli, resolved: &alloc::Resolved, wayland: bool) -> Result<(), Failure> {
+    if cli.sandbox == SandboxMode::Off {
+        log::warn!("sandbox: off (--sandbox off): the backend is not confined");
+        return Ok(());
+    }
+    let policy = sandbox_policy(cli, resolved, wayland);
+    let status = vhost_user_gpu::sandbox::confine(&policy).map_err(|e| match e {
+        SandboxError::LandlockUnavailable => Failure::Runtime(e.to_string()),
+        e => Failure::Runtime(format!(
+            "{e} (start with --sandbox off to run without confinement)"
+        )),
+    })?;
+    log::info!(
+        "sandbox: seccomp allowlist of {} system calls on every thread; Landlock {}",
+        status.allowed_syscalls,
+        match cli.sandbox {
+            SandboxMode::SeccompOnly =>
+                "not used (--sandbox seccomp-only: no file may be created or written)".to_string(),
+            _ => status.landlock.to_string(),
+        }
+    );
+    Ok(())
+}
+
+fn start_capture(dir: &Path) -> Result<PngCapture, Failure> {
+    PngCapture::new(dir).map_err(|e| Failure::Runtime(format!("--capture-dir: {e}")))
+}
+
+/// `--control-socket`: listening before the sandbox (which has no `bind`).
+fn control_listener(cli: &Cli) -> Result<Option<UnixListener>, Failure> {
+    let Some(path) = &cli.control_socket else {
+        return Ok(None);
+    };
+    match transport::open_endpoint(&SocketSource::Path(path.clone())) {
+        Ok(transport::Endpoint::Listening(listener)) => Ok(Some(listener)),
+        Ok(transport::Endpoint::Connected(_)) => Err(Failure::Runtime(format!(
+            "--control-socket {}: not a listening socket",
+            path.display()
+        ))),
+        Err(e) => Err(Failure::Runtime(format!("--control-socket: {e}"))),
+    }
+}
+
+fn log_configuration(cli: &Cli, prepared: &Prepared) {
+    let resolved = &prepared.resolved;
     let allocator_name = match &resolved.render_node {
         Some(node) => format!("{} on {}", resolved.kind, node.display()),
         None => resolved.kind.to_string(),
     };
     log::info!(
-        "vhost-user-gpu {}: {} output(s) at {}x{}, allocator {allocator_name}, host-visible region {} (shmid 1), platform {platform}",
+        "vhost-user-gpu {}: {} output(s) at {}x{}, allocator {allocator_name}, host-visible region {} (shmid 1), platform {}",
         env!("CARGO_PKG_VERSION"),
         cli.outputs,
         cli.resolution.0,
         cli.resolution.1,
         if cli.hostmem == 0 { "disabled".to_string() } else { format!("{} MiB", cli.hostmem >> 20) },
+        prepared.platform,
     );
     if let Some(dir) = &cli.capture_dir {
         log::info!("capturing scanouts to {}/scanout-<id>.png", dir.display());
     }
+    if let Some(path) = &cli.control_socket {
+        log::info!(
+            "live upgrade: vhost-user-gpu --upgrade-from {}",
+            path.display()
+        );
+    }
+}
+
+fn run(cli: Cli) -> Result<(), Failure> {
+    use Failure::{Runtime, Usage};
+    // First of all: an upgrade receives every fd the running backend holds.
+    let max_fds = guest_fd_limit(raise_fd_limit());
+    if let Some(path) = &cli.upgrade_from {
+        return run_upgrade(path, max_fds);
+    }
+    let prepared = prepare(&cli, max_fds)?;
+    let source = match (&cli.socket_path, cli.fd) {
+        (Some(path), None) => SocketSource::Path(path.clone()),
+        (None, Some(fd)) => SocketSource::Fd(fd),
+        _ => {
+            return Err(Usage(
+                "exactly one of --socket-path and --fd is required".into(),
+            ))
+        }
+    };
+
+    let endpoint = transport::open_endpoint(&source).map_err(|e| Runtime(e.to_string()))?;
+    let control = ServeControl::new().map_err(|e| Runtime(e.to_string()))?;
+    let control_server = control_listener(&cli)?.map(|listener| {
+        ControlServer::new(
+            listener,
+            control.clone(),
+            std::env::args().skip(1).collect(),
+        )
+    });
+    // The capture writer and the vhost-user threads start after this.
+    confine(&cli, &prepared.resolved, prepared.wayland.is_some())?;
+
+    let capture = match &cli.capture_dir {
+        Some(dir) => Some(SharedSink::new(start_capture(dir)?)),
+        None => None,
+    };
+    log_configuration(&cli, &prepared);
     match &source {
         SocketSource::Path(path) => {
             log::info!("listening on {}", path.display());
             log::info!("{}", attach_hint(path));
         }
-        SocketSource::ListeningFd(fd) => log::info!("listening on inherited fd {fd}"),
+        SocketSource::Fd(fd) => match &endpoint {
+            transport::Endpoint::Listening(_) => log::info!("listening on inherited fd {fd}"),
+            transport::Endpoint::Connected(_) => {
+                log::info!("serving the frontend connected on inherited fd {fd}")
+            }
+        },
+    }
+    if let Some(server) = control_server {
+        server
+            .spawn()
+            .map_err(|e| Runtime(format!("--control-socket: {e}")))?;
     }
     let settings = TransportSettings {
         hostmem: cli.hostmem,
         capture,
     };
-    let served = transport::serve(listener, cli.keep_listening, settings, factory)
+    transport::serve(
+        Start::Endpoint(endpoint),
+        cli.keep_listening,
+        settings,
+        device_factory(&prepared),
+        control,
+    )
+    .map_err(|e| Runtime(e.to_string()))
+}
+
+/// `--upgrade-from PATH`: takes over the running backend's device (DESIGN-lifecycle.md 4).
+/// Until the old process commits, any failure is reported to it (it goes on serving) and
+/// makes this process exit non-zero.
+fn run_upgrade(path: &Path, max_fds: u64) -> Result<(), Failure> {
+    use Failure::Runtime;
+    let started = std::time::Instant::now();
+    let what =
+        |e: &dyn std::fmt::Display| Runtime(format!("--upgrade-from {}: {e}", path.display()));
+    let mut incoming = upgrade::receive(path).map_err(|e| what(&e))?;
+    log::info!(
+        "upgrade: received the device of pid {} (vhost-user-gpu {}, state version {})",
+        incoming.handover.pid,
+        incoming.handover.from,
+        incoming.handover.version
+    );
+    match take_over(&mut incoming, max_fds) {
+        Ok(run) => {
+            log::info!(
+                "upgrade: serving in place of pid {} ({:.1} ms after start)",
+                incoming.handover.pid,
+                started.elapsed().as_secs_f64() * 1e3
+            );
+            drop(incoming);
+            run()
+        }
+        Err(e) => {
+            let why = match &e {
+                Failure::Usage(m) | Failure::Runtime(m) => m.clone(),
+            };
+            incoming.abort(&why);
+            Err(what(&why))
+        }
+    }
+}
+
+/// A restored device until this process takes over. Dropped before that (a later step
+/// failed and the previous process goes on serving), it is discarded without a word to the
+/// display channel the previous process still serves.
+struct Uncommitted(Option<Restored>);
+
+impl Uncommitted {
+    /// This process serves now: the restored device is its own.
+    fn take_over(mut self) -> Option<Restored> {
+        self.0.take()
+    }
+}
+
+impl Drop for Uncommitted {
+    fn drop(&mut self) {
+        if let Some(restored) = self.0.take() {
+            restored.discard();
+        }
+    }
+}
+
+/// Restores, confines and commits; returns the serve loop to run.
+fn take_over(
+    incoming: &mut Incoming,
+    max_fds: u64,
+) -> Result<Box<dyn FnOnce() -> Result<(), Failure>>, Failure> {
+    use Failure::Runtime;
+    let args = incoming.handover.args.clone();
+    let cli =
+        Cli::try_parse_from(std::iter::once("vhost-user-gpu".to_string()).chain(args.clone()))
+            .map_err(|e| Runtime(format!("the running backend's command line {args:?}: {e}")))?;
+    let mut prepared = prepare(&cli, max_fds)?;
+    // The capture's writer thread may only start once this process is confined; until then
+    // the restored device draws into nothing, and the capture is repainted when it starts.
+    let capture = cli.capture_dir.as_ref().map(|_| SharedSink::later());
+    let settings = TransportSettings {
+        hostmem: cli.hostmem,
+        capture: capture.clone(),
+    };
+    let factory = device_factory(&prepared);
+    let restored = Uncommitted(
+        incoming
+            .restore(&settings, &*factory)
+            .map_err(|e| Runtime(e.to_string()))?,
+    );
+    let fd = |incoming: &mut Incoming, index| {
+        incoming.take_opt(index).map_err(|e| Runtime(e.to_string()))
+    };
+    let listener = fd(incoming, incoming.handover.listener)?.map(UnixListener::from);
+    let control_listener = fd(incoming, incoming.handover.control)?.map(UnixListener::from);
+    let stderr = fd(incoming, incoming.handover.stderr)?;
+    let control = ServeControl::new().map_err(|e| Runtime(e.to_string()))?;
+    let control_server =
+        control_listener.map(|l| ControlServer::new(l, control.clone(), args.clone()));
+    if let Some(stderr) = stderr {
+        upgrade::log_where_it_logged(stderr).map_err(|e| Runtime(format!("stderr: {e}")))?;
+    }
+    confine(&cli, &prepared.resolved, prepared.wayland.is_some())?;
+    if let (Some(shared), Some(dir)) = (&capture, &cli.capture_dir) {
+        shared.install(start_capture(dir)?);
+    }
+    incoming.commit().map_err(|e| Runtime(e.to_string()))?;
+    let restored = restored.take_over();
+    log_configuration(&cli, &prepared);
+    let renderer = prepared.renderer.take();
+    Ok(Box::new(move || {
+        if let Some(server) = control_server {
+            server
+                .spawn()
+                .map_err(|e| Runtime(format!("--control-socket: {e}")))?;
+        }
+        let served = transport::serve(
+            Start::Restored {
+                session: restored.map(|r| Box::new((r.session, r.device, r.connection))),
+                listener,
+            },
+            cli.keep_listening,
+            settings,
+            factory,
+            control,
+        )
         .map_err(|e| Runtime(e.to_string()));
-    drop(renderer);
-    served
+        drop(renderer);
+        served
+    }))
 }
 
 /// Starts the renderer for the virgl and venus contexts `--capset` asks for: `None` when

@@ -1159,3 +1159,28 @@ fn minigbm_is_kept_off_virgl_exactly_when_no_virgl_renderer_serves_it() {
         );
     }
 }
+
+#[test]
+fn a_handover_is_refused_while_a_channel_is_open_or_its_poll_waits() {
+    let mut h = Harness::new();
+    h.context(1);
+    assert_eq!(h.dev.handover_blocker(), None, "no channel yet");
+    let _client = h.channel(2);
+    let why = h.dev.handover_blocker().expect("a channel is open");
+    assert!(
+        why.contains("[2]") && why.contains("Wayland channel"),
+        "{why}"
+    );
+    let token = later(h.poll_fenced(2));
+    let why = h.dev.handover_blocker().expect("a POLL waits");
+    assert!(why.contains("1 fenced answer"), "{why}");
+    assert_eq!(h.ctx_send(2, GpuCommand::CtxDestroy), GpuResponse::OkNoData);
+    // The POLL's answer is released with its context, and waits until the transport took it.
+    assert!(h.dev.handover_blocker().is_some());
+    h.wait_for(token);
+    assert_eq!(
+        h.dev.handover_blocker(),
+        None,
+        "the channel went with its context"
+    );
+}

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use vm_memory::{Bytes, FileOffset, GuestAddress};
 
 use vhost_user_gpu::alloc::memfd::MemfdAllocator;
+use vhost_user_gpu::device::budget::Kind;
 use vhost_user_gpu::device::ports::{
     Cursor, DisplaySink, ExportError, Frame, GuestMemory, GuestPageExporter, GuestPages, MapAdvisor,
 };
@@ -2175,6 +2176,249 @@ fn image_requirements_are_capped_across_all_contexts() {
     // Destroying a context frees its share for the others.
     assert_eq!(h.ctx_send(2, GpuCommand::CtxDestroy), GpuResponse::OkNoData);
     assert_eq!(h.submit(5, &[get]), GpuResponse::OkNoData);
+}
+
+// ---------------------------------------------------------------------------------------
+// Live upgrade: the device's state as data, and back.
+
+/// A device with every kind of state (a 2D resource with backing on scanout 0, a GUEST blob,
+/// a cross-domain context with a pending image buffer, a mapped HOST3D blob, a UUID, the
+/// cursor) is snapshotted, carried through JSON and restored into a fresh device (same
+/// guest memory, same frontend region, fds duplicated as SCM_RIGHTS would): the restored
+/// device has the same state and charges, and every object keeps working.
+#[test]
+fn snapshot_and_restore_carry_the_whole_device() {
+    use vhost_user_gpu::device::snapshot::DeviceState;
+
+    let mut h = Harness::new();
+    let (w, hgt) = (64u32, 32u32);
+    let size = u64::from(w * 4 * hgt);
+    h.create_2d(1, w, hgt);
+    let entries = scattered_entries(size);
+    write_backing(&h, &entries, &pattern(size as usize, 5));
+    h.ok(GpuCommand::ResourceAttachBacking {
+        resource_id: 1,
+        entries: entries.clone(),
+    });
+    h.ok(GpuCommand::TransferToHost2d {
+        rect: rect(0, 0, w, hgt),
+        offset: 0,
+        resource_id: 1,
+    });
+    h.ok(GpuCommand::SetScanout {
+        rect: rect(0, 0, w, hgt),
+        scanout_id: 0,
+        resource_id: 1,
+    });
+    assert!(matches!(
+        h.send(GpuCommand::ResourceAssignUuid { resource_id: 1 }),
+        GpuResponse::OkResourceUuid { .. }
+    ));
+    h.cross_domain_context(2, 10, 8 * MIB);
+    let reqs = h.image_requirements(2, 8 * MIB, 64, 64);
+    assert_eq!(h.create_host_blob(2, 11, &reqs), GpuResponse::OkNoData);
+    assert!(matches!(
+        h.ctx_send(
+            2,
+            GpuCommand::ResourceMapBlob {
+                resource_id: 11,
+                offset: 0
+            }
+        ),
+        GpuResponse::OkMapInfo { .. }
+    ));
+    // A requirement whose buffer is still pending, for a blob not created yet.
+    let pending = h.image_requirements(2, 8 * MIB, 32, 32);
+    assert_eq!(
+        h.create_guest_blob(0, 12, 12 * MIB, 2),
+        GpuResponse::OkNoData
+    );
+    h.take_shown();
+
+    let before = h.dev.snapshot().unwrap();
+    // Every budget kind travels with what it pays for: the shown scanout's copies (the
+    // device's and the sink's), the host buffers' fds, the context's attachments.
+    let scanout = before.state.shown[0]
+        .as_ref()
+        .expect("scanout 0 shows resource 1");
+    assert_eq!(scanout.charge.get(Kind::HostBytes), 2 * size);
+    let blob = before.state.resources.iter().find(|r| r.id == 11).unwrap();
+    assert_eq!(blob.charge.get(Kind::Fds), 1);
+    let ctx = before.state.contexts.iter().find(|c| c.id == 2).unwrap();
+    assert!(ctx.attached.contains(&10) && ctx.attached.contains(&11));
+    assert_eq!(ctx.charge.get(Kind::Attachments), ctx.attached.len() as u64);
+    assert_eq!(ctx.charge.get(Kind::Contexts), 1);
+    let waiting = ctx.requirements.iter().find_map(|q| q.pending.as_ref());
+    assert_eq!(waiting.map(|(_, amount)| amount.get(Kind::Fds)), Some(1));
+    let json = serde_json::to_string(&before.state).unwrap();
+    let state: DeviceState = serde_json::from_str(&json).unwrap();
+    assert_eq!(state, before.state);
+    let mut fds: Vec<Option<std::os::fd::OwnedFd>> = before
+        .fds
+        .iter()
+        .map(|f| Some(f.try_clone().unwrap()))
+        .collect();
+    let memory_before = h.dev.resource_memory();
+    let ranges_before = h.dev.region_ranges();
+    let shown = Arc::new(Mutex::new(Vec::new()));
+    let ports = Ports {
+        allocator: Box::new(MemfdAllocator::new()),
+        mapper: Box::new(FrontendMapper(h.region.clone())),
+        display: Box::new(RecordingDisplay(shown.clone())),
+        advisor: Box::new(FixedAdvisor::allow(MAP_CACHE_WC)),
+        exporter: vhost_user_gpu::alloc::guest_page_exporter(),
+        channels: None,
+        renderer: None,
+    };
+    let restored = GpuDevice::restore(
+        h.dev.config().clone(),
+        ports,
+        &state,
+        &h.mem,
+        &mut fds,
+        &before.bulk,
+    )
+    .unwrap();
+    assert!(fds.iter().all(Option::is_none), "every fd was taken");
+    assert!(
+        shown.lock().unwrap().is_empty(),
+        "the display is not told anything"
+    );
+    let again = restored.snapshot().unwrap();
+    assert_eq!(again.state, before.state);
+    assert_eq!(again.bulk, before.bulk);
+    assert_eq!(restored.resource_memory(), memory_before);
+    assert_eq!(restored.region_ranges(), ranges_before);
+    assert_eq!(restored.resource_count(), h.dev.resource_count());
+
+    // The restored device goes on where the old one stopped.
+    drop(std::mem::replace(&mut h.dev, restored));
+    h.shown = shown;
+    h.ok(GpuCommand::ResourceFlush {
+        rect: rect(0, 0, w, hgt),
+        resource_id: 1,
+    });
+    let Shown::Flush { data, .. } = &h.take_shown()[0] else {
+        panic!("no flush after the restore");
+    };
+    assert_eq!(data.len(), size as usize);
+    assert_eq!(
+        h.ctx_send(2, GpuCommand::ResourceUnmapBlob { resource_id: 11 }),
+        GpuResponse::OkNoData
+    );
+    assert!(map_calls(&h.region).contains(&MapCall::Unmap {
+        shm_offset: 0,
+        len: reqs.size
+    }));
+    // The pending buffer is claimed, and the context hands out the next blob id.
+    assert_eq!(h.create_host_blob(2, 13, &pending), GpuResponse::OkNoData);
+    let next = h.image_requirements(2, 8 * MIB, 16, 16);
+    assert!(next.blob_id > pending.blob_id, "{next:?} after {pending:?}");
+    h.ok(GpuCommand::ResourceUnref { resource_id: 12 });
+    h.ok(GpuCommand::ResourceUnref { resource_id: 1 });
+}
+
+/// A state that does not fit the device it is restored into is refused, nothing half-done.
+#[test]
+fn restore_refuses_a_state_for_another_device() {
+    let mut h = Harness::new();
+    h.create_2d(1, 16, 16);
+    let snap = h.dev.snapshot().unwrap();
+    let mut state = snap.state.clone();
+    state.outputs.push((640, 480));
+    let region = h.region.clone();
+    let ports = || Ports {
+        allocator: Box::new(MemfdAllocator::new()),
+        mapper: Box::new(FrontendMapper(region.clone())),
+        display: Box::new(RecordingDisplay(Arc::new(Mutex::new(Vec::new())))),
+        advisor: Box::new(FixedAdvisor::allow(MAP_CACHE_WC)),
+        exporter: None,
+        channels: None,
+        renderer: None,
+    };
+    let err = GpuDevice::restore(
+        h.dev.config().clone(),
+        ports(),
+        &state,
+        &h.mem,
+        &mut Vec::new(),
+        &snap.bulk,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("scanouts"), "{err}");
+    // Pixels past the bulk data sent.
+    let err = GpuDevice::restore(
+        h.dev.config().clone(),
+        ports(),
+        &snap.state,
+        &h.mem,
+        &mut Vec::new(),
+        &Vec::new(),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("bulk data"), "{err}");
+    // A context whose attachments are not what it is charged for.
+    h.cross_domain_context(2, 10, 8 * MIB);
+    let snap = h.dev.snapshot().unwrap();
+    let mut state = snap.state.clone();
+    state.contexts[0].attached.push(99);
+    let err = GpuDevice::restore(
+        h.dev.config().clone(),
+        ports(),
+        &state,
+        &h.mem,
+        &mut Vec::new(),
+        &snap.bulk,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("attachments charged"), "{err}");
+}
+
+/// A restored device that its process does not take over (the live upgrade rolls back) is
+/// discarded without a word to its display sink, which writes to the channel the previous
+/// process still serves; dropped like any device, it turns its scanouts off.
+#[test]
+fn a_discarded_restored_device_tells_the_display_nothing() {
+    let mut h = Harness::new();
+    let (w, hgt) = (16u32, 8u32);
+    h.create_2d(1, w, hgt);
+    h.ok(GpuCommand::SetScanout {
+        rect: rect(0, 0, w, hgt),
+        scanout_id: 0,
+        resource_id: 1,
+    });
+    let snap = h.dev.snapshot().unwrap();
+    let restore = |shown: &Arc<Mutex<Vec<Shown>>>| {
+        GpuDevice::restore(
+            h.dev.config().clone(),
+            Ports {
+                allocator: Box::new(MemfdAllocator::new()),
+                mapper: Box::new(FrontendMapper(h.region.clone())),
+                display: Box::new(RecordingDisplay(shown.clone())),
+                advisor: Box::new(FixedAdvisor::allow(MAP_CACHE_WC)),
+                exporter: None,
+                channels: None,
+                renderer: None,
+            },
+            &snap.state,
+            &h.mem,
+            &mut Vec::new(),
+            &snap.bulk,
+        )
+        .unwrap()
+    };
+    let shown = Arc::new(Mutex::new(Vec::new()));
+    let restored = restore(&shown);
+    assert_eq!(restored.resource_memory(), h.dev.resource_memory());
+    restored.discard();
+    assert!(shown.lock().unwrap().is_empty(), "{:?}", shown.lock());
+    let dropped = restore(&shown);
+    drop(dropped);
+    assert!(
+        matches!(shown.lock().unwrap()[..], [Shown::Scanout(0, None)]),
+        "{:?}",
+        shown.lock()
+    );
 }
 
 // ---------------------------------------------------------------------------------------

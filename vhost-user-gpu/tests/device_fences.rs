@@ -387,3 +387,30 @@ fn without_a_renderer_nothing_waits() {
     );
     assert!(h.dev.service(&h.mem).is_empty());
 }
+
+#[test]
+fn a_handover_is_refused_while_answers_wait_or_a_renderer_context_exists() {
+    let mut h = device(Some(FakeRenderer::new()), DeviceConfig::default());
+    assert_eq!(h.dev.handover_blocker(), None, "nothing to refuse yet");
+    h.now(CtrlHeader::default(), ctx_create(VENUS_CTX, CAPSET_VENUS));
+    let why = h.dev.handover_blocker().expect("a renderer context");
+    assert!(why.contains("renderer"), "{why}");
+    h.later(ring_fence(70, 0), submit(VENUS_CTX));
+    let why = h.dev.handover_blocker().expect("an answer waits");
+    assert!(why.contains("1 fenced answer"), "{why}");
+    h.fake().signal(1);
+    assert_eq!(h.dev.service(&h.mem).len(), 1);
+    let why = h
+        .dev
+        .handover_blocker()
+        .expect("the context is still there");
+    assert!(why.contains("renderer"), "{why}");
+    assert_eq!(
+        h.now(CtrlHeader::default(), (VENUS_CTX, GpuCommand::CtxDestroy)),
+        GpuResponse::OkNoData
+    );
+    assert_eq!(h.dev.handover_blocker(), None);
+    h.dev
+        .snapshot()
+        .expect("a 2D-only device can be handed over");
+}

@@ -28,6 +28,7 @@ mod plot;
 mod queue;
 mod report;
 mod sys;
+mod upgrade;
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -90,6 +91,8 @@ struct Plan {
     rounds: usize,
     /// Rounds of the map measurement (ours, ours without memory-table re-send, floor).
     map_rounds: usize,
+    /// Live upgrades in a row (blackout measurement).
+    upgrades: usize,
 }
 
 impl Plan {
@@ -105,6 +108,7 @@ impl Plan {
                 resources: 10_000,
                 rounds: 1,
                 map_rounds: 2,
+                upgrades: 10,
             }
         } else {
             Plan {
@@ -117,6 +121,7 @@ impl Plan {
                 resources: 10_000,
                 rounds: 5,
                 map_rounds: 10,
+                upgrades: 100,
             }
         }
     }
@@ -177,7 +182,7 @@ struct Session<'a> {
 }
 
 /// The sections `--only` can pick.
-const SECTIONS: [&str; 5] = ["map", "queue", "transfer", "inspect", "memory"];
+const SECTIONS: [&str; 6] = ["map", "queue", "transfer", "inspect", "memory", "upgrade"];
 
 fn run(cli: &Cli) -> Res<()> {
     let started = Instant::now();
@@ -229,6 +234,7 @@ fn run(cli: &Cli) -> Res<()> {
             "queue" => section_queue(&session, &mut figures)?,
             "transfer" => section_transfer(&session, &mut figures)?,
             "inspect" => section_inspect(&session, &mut figures)?,
+            "upgrade" => section_upgrade(&session, &mut figures)?,
             _ => section_memory(&session, &mut figures)?,
         }
     }
@@ -788,6 +794,39 @@ fn section_memory(session: &Session<'_>, figures: &mut Vec<Figure>) -> Res<()> {
             Better::Lower,
         ),
         &per,
+    ));
+    Ok(())
+}
+
+/// (6) Live upgrade blackout, ours only (no peer can upgrade).
+fn section_upgrade(session: &Session<'_>, figures: &mut Vec<Figure>) -> Res<()> {
+    let n = session.plan.upgrades;
+    progress(&format!("live upgrade blackout over {n} upgrades"));
+    let up = upgrade::blackouts(ours_spec(&session.ours), n)?;
+    let to_ms = |us: f64| us / 1000.0;
+    figures.push(Figure::new(
+        "upgrade.blackout_p50",
+        &format!("live upgrade blackout (largest gap between completions), p50 of {n}"),
+        to_ms(up.blackout.quantile_us(0.5)),
+        "ms",
+        Better::Lower,
+    ));
+    figures.push(
+        Figure::new(
+            "upgrade.blackout_p99",
+            &format!("live upgrade blackout, p99 of {n}"),
+            to_ms(up.blackout.quantile_us(0.99)),
+            "ms",
+            Better::Lower,
+        )
+        .value_below(50.0),
+    );
+    figures.push(Figure::new(
+        "upgrade.whole_p50",
+        "  whole upgrade (new process started to old process gone), p50",
+        to_ms(up.whole.quantile_us(0.5)),
+        "ms",
+        Better::Lower,
     ));
     Ok(())
 }

@@ -54,6 +54,9 @@ pub enum Error {
     /// A reply from the backend was malformed.
     #[error("malformed reply: {0}")]
     Malformed(String),
+    /// A live upgrade of the backend did not happen (the old process goes on serving).
+    #[error("live upgrade: {0}")]
+    Upgrade(String),
 }
 
 /// Result type of this crate.

@@ -19,6 +19,7 @@ use vhost::vhost_user::{
     Frontend as VuFrontend, VhostUserFrontend, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
 };
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
 use crate::display::{DisplayConfig, DisplayServer};
@@ -114,6 +115,19 @@ impl BackendSpec {
         self
     }
 
+    /// The command that starts this backend (its arguments follow): its limits set in the
+    /// child before exec ([`crate::limits`]), its environment; our binary logs at debug level
+    /// unless `RUST_LOG` says otherwise.
+    fn command(&self) -> Command {
+        let mut cmd = Command::new(&self.program);
+        crate::limits::set_at_exec(&mut cmd, &self.limits);
+        if self.peer == Peer::Ours && std::env::var_os("RUST_LOG").is_none() {
+            cmd.env("RUST_LOG", "debug");
+        }
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
+        cmd
+    }
+
     /// `VUG_BACKEND=/path` (+ `VUG_BACKEND_PEER=qemu|vhost-device-gpu|ours`) if set, else
     /// `ours` run from `default_program`. For our binary, `VUG_ALLOCATOR=NAME` (`memfd`,
     /// `udmabuf`, `gbm`, `auto`) adds `--allocator NAME`; without it the cases start it with
@@ -205,6 +219,66 @@ pub struct FrontendOptions {
     /// channel at all, as QEMU's generic `vhost-user-test-device-pci` and crosvm do; then
     /// [`Frontend::display`] is `None`. Default: on.
     pub display_channel: bool,
+    /// Start our backend with `--control-socket`, so that [`Frontend::upgrade`] can replace
+    /// it with a new process (live upgrade). Default: on when `VUG_UPGRADE_EVERY` is set.
+    pub control_socket: bool,
+    /// Upgrade the backend before every N-th control command, at most `max` times per
+    /// frontend: `VUG_UPGRADE_EVERY=N` (and `VUG_UPGRADE_MAX`, default 4) run every case with
+    /// upgrades in the middle. Default: from those variables; `None` without them.
+    pub upgrade_every: Option<UpgradeSchedule>,
+}
+
+/// When a frontend upgrades its backend by itself ([`FrontendOptions::upgrade_every`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpgradeSchedule {
+    /// Before every `every`-th control command.
+    pub every: u64,
+    /// At most this many upgrades per frontend.
+    pub max: u32,
+}
+
+impl UpgradeSchedule {
+    /// `VUG_UPGRADE_EVERY` / `VUG_UPGRADE_MAX`.
+    pub fn from_env() -> Option<Self> {
+        let every: u64 = std::env::var("VUG_UPGRADE_EVERY")
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        let max = std::env::var("VUG_UPGRADE_MAX")
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(4);
+        (every > 0).then_some(Self { every, max })
+    }
+}
+
+/// A live upgrade under way ([`Frontend::begin_upgrade`]).
+pub struct PendingUpgrade {
+    new: Option<std::process::Child>,
+    old_pid: u32,
+    started: Instant,
+}
+
+impl Drop for PendingUpgrade {
+    fn drop(&mut self) {
+        // An upgrade abandoned half-way: the new process must not linger.
+        if let Some(mut new) = self.new.take() {
+            let _ = new.kill();
+            let _ = new.wait();
+        }
+    }
+}
+
+/// One live upgrade of the backend.
+#[derive(Debug, Clone, Copy)]
+pub struct Upgraded {
+    /// The process that served before.
+    pub old_pid: u32,
+    /// The process that serves now.
+    pub new_pid: u32,
+    /// From starting the new process to the old one's exit.
+    pub took: Duration,
 }
 
 impl Default for FrontendOptions {
@@ -224,6 +298,8 @@ impl Default for FrontendOptions {
             indirect_descriptors: true,
             event_idx: true,
             display_channel: true,
+            control_socket: UpgradeSchedule::from_env().is_some(),
+            upgrade_every: UpgradeSchedule::from_env(),
         }
     }
 }
@@ -278,6 +354,12 @@ impl Connection {
             .get_mut(queue)
             .ok_or(Error::Queue(format!("no queue {queue}")))
     }
+}
+
+/// The driver's rings carried to a new connection ([`Frontend::reconnect_resuming`]).
+struct ResumedRings {
+    queues: Vec<SplitQueue>,
+    in_flight: Vec<HashMap<u16, InFlight>>,
 }
 
 /// A region as the backend was told about it (what QEMU keeps as its "shadow" regions).
@@ -365,6 +447,11 @@ impl MemoryTable {
     }
 }
 
+/// The control socket's name in the frontend's directory.
+const CONTROL_SOCKET: &str = "control.sock";
+/// How long a live upgrade may take before the frontend gives up on it.
+const UPGRADE_LIMIT: Duration = Duration::from_secs(30);
+
 /// A running backend and the frontend talking to it.
 pub struct Frontend {
     spec: BackendSpec,
@@ -377,6 +464,12 @@ pub struct Frontend {
     memtable_errors: Arc<Mutex<Vec<String>>>,
     /// Region generation the last memory-table update described.
     memtable_synced: Arc<std::sync::atomic::AtomicU64>,
+    /// The backend's stderr (one file description, shared by every process that serves).
+    log: Option<File>,
+    /// Control commands sent (for [`FrontendOptions::upgrade_every`]).
+    commands: u64,
+    /// Live upgrades done.
+    upgrades: Vec<Upgraded>,
 }
 
 impl Frontend {
@@ -393,9 +486,13 @@ impl Frontend {
             .map_err(Error::io("tempdir"))?;
         let socket = dir.path().join("backend.sock");
         let stderr = File::create(dir.path().join("backend.log")).map_err(Error::io("log"))?;
-        let mut cmd = Command::new(&spec.program);
-        crate::limits::set_at_exec(&mut cmd, &spec.limits);
+        let log = stderr.try_clone().map_err(Error::io("log"))?;
+        let mut cmd = spec.command();
         cmd.arg("--socket-path").arg(&socket);
+        if spec.peer == Peer::Ours && options.control_socket {
+            cmd.arg("--control-socket")
+                .arg(dir.path().join(CONTROL_SOCKET));
+        }
         if spec.peer == Peer::VhostDeviceGpu
             && !spec.args.iter().any(|a| a.starts_with("--gpu-mode"))
         {
@@ -405,15 +502,11 @@ impl Frontend {
             .stdin(Stdio::null())
             .stdout(stderr.try_clone().map_err(Error::io("log"))?)
             .stderr(stderr);
-        if spec.peer == Peer::Ours && std::env::var_os("RUST_LOG").is_none() {
-            cmd.env("RUST_LOG", "debug");
-        }
-        cmd.envs(spec.env.iter().map(|(k, v)| (k, v)));
         let child = cmd.spawn().map_err(|source| Error::Spawn {
             program: spec.program.display().to_string(),
             source,
         })?;
-        Self::connect_new(spec, options, dir, socket.to_owned(), Some(child))
+        Self::connect_new(spec, options, dir, socket.to_owned(), Some((child, log)))
     }
 
     /// A frontend with fresh guest RAM, connected to the backend listening on `socket`.
@@ -422,8 +515,9 @@ impl Frontend {
         options: FrontendOptions,
         dir: tempfile::TempDir,
         socket: PathBuf,
-        child: Option<Child>,
+        child: Option<(Child, File)>,
     ) -> Result<Self> {
+        let (child, log) = child.unzip();
         let ram = Arc::new(GuestRam::new(options.ram_size)?);
         let mut fe = Self {
             spec,
@@ -435,9 +529,187 @@ impl Frontend {
             conn: None,
             memtable_errors: Arc::new(Mutex::new(Vec::new())),
             memtable_synced: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+            log,
+            commands: 0,
+            upgrades: Vec::new(),
         };
         fe.connect()?;
         Ok(fe)
+    }
+
+    /// Starts the backend as libvirt does: one end of a connected socket pair passed as an
+    /// inherited fd, `--fd=N` on its command line (before `spec.args`), the other end kept
+    /// here; then negotiates over it. No socket path exists, so [`Frontend::reconnect`] is
+    /// impossible; the backend serves this one connection and exits when it ends.
+    pub fn spawn_connected(spec: BackendSpec, options: FrontendOptions) -> Result<Self> {
+        /// The fd number the backend finds its end at (after stdin, stdout, stderr).
+        const CHILD_FD: i32 = 3;
+        let dir = tempfile::Builder::new()
+            .prefix("vug-conformance")
+            .tempdir()
+            .map_err(Error::io("tempdir"))?;
+        let (ours, theirs) = UnixStream::pair().map_err(Error::io("socketpair"))?;
+        let stderr = File::create(dir.path().join("backend.log")).map_err(Error::io("log"))?;
+        let log = stderr.try_clone().map_err(Error::io("log"))?;
+        let mut cmd = spec.command();
+        cmd.arg(format!("--fd={CHILD_FD}"));
+        if spec.peer == Peer::Ours && options.control_socket {
+            cmd.arg("--control-socket")
+                .arg(dir.path().join(CONTROL_SOCKET));
+        }
+        cmd.args(&spec.args)
+            .stdin(Stdio::null())
+            .stdout(stderr.try_clone().map_err(Error::io("log"))?)
+            .stderr(stderr);
+        crate::child::pass_fd_at(&mut cmd, theirs.as_fd(), CHILD_FD);
+        let child = cmd.spawn().map_err(|source| Error::Spawn {
+            program: spec.program.display().to_string(),
+            source,
+        })?;
+        drop(theirs);
+        let ram = Arc::new(GuestRam::new(options.ram_size)?);
+        let mut fe = Self {
+            spec,
+            options,
+            socket: dir.path().join("(inherited fd: no socket path)"),
+            dir,
+            child: Some(child),
+            ram,
+            conn: None,
+            memtable_errors: Arc::new(Mutex::new(Vec::new())),
+            memtable_synced: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+            log: Some(log),
+            commands: 0,
+            upgrades: Vec::new(),
+        };
+        fe.handshake(ours, None)?;
+        Ok(fe)
+    }
+
+    /// Replaces the backend by a new process of the same program while this frontend goes
+    /// on as if nothing happened (live upgrade): starts `PROGRAM --upgrade-from CONTROL`
+    /// with the backend's stderr, and waits until the old process exited (the new one took
+    /// over). If the new process exits first, the upgrade failed and the old process goes on
+    /// serving: [`Error::Upgrade`] with the new process's exit status. Needs
+    /// [`FrontendOptions::control_socket`].
+    pub fn upgrade(&mut self) -> Result<Upgraded> {
+        self.upgrade_with(&[])
+    }
+
+    /// [`Frontend::upgrade`] with extra arguments for the new process.
+    pub fn upgrade_with(&mut self, extra: &[&str]) -> Result<Upgraded> {
+        let mut pending = self.begin_upgrade(extra)?;
+        loop {
+            if let Some(upgraded) = self.poll_upgrade(&mut pending)? {
+                return Ok(upgraded);
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Starts a live upgrade and returns at once: the frontend can go on sending commands
+    /// (the blackout benchmark does) and asks [`Frontend::poll_upgrade`] whether it is done.
+    pub fn begin_upgrade(&mut self, extra: &[&str]) -> Result<PendingUpgrade> {
+        if self.spec.peer != Peer::Ours || !self.options.control_socket {
+            return Err(Error::Unsupported(
+                "live upgrade (our backend with --control-socket)",
+            ));
+        }
+        let log = self.log.as_ref().ok_or(Error::Unsupported(
+            "live upgrade of a backend started elsewhere",
+        ))?;
+        let old_pid = self.backend_pid().ok_or(Error::Unsupported(
+            "live upgrade of a backend started elsewhere",
+        ))?;
+        // The new process runs under the old one's limits and environment.
+        let mut cmd = self.spec.command();
+        cmd.arg("--upgrade-from")
+            .arg(self.dir.path().join(CONTROL_SOCKET))
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(Error::io("log"))?)
+            .stderr(log.try_clone().map_err(Error::io("log"))?);
+        crate::child::inherit_only_stdio(&mut cmd);
+        let started = Instant::now();
+        let new = cmd.spawn().map_err(|source| Error::Spawn {
+            program: self.spec.program.display().to_string(),
+            source,
+        })?;
+        Ok(PendingUpgrade {
+            new: Some(new),
+            old_pid,
+            started,
+        })
+    }
+
+    /// Whether the upgrade `pending` finished: `Some` once the old process exited (the new
+    /// one serves), `None` while both run; an error when the new process exited first (the
+    /// old one goes on serving), the old one failed, or nothing happened within
+    /// [`UPGRADE_LIMIT`] (the new process is killed).
+    pub fn poll_upgrade(&mut self, pending: &mut PendingUpgrade) -> Result<Option<Upgraded>> {
+        let old_pid = pending.old_pid;
+        let Some(new) = pending.new.as_mut() else {
+            return Err(Error::Upgrade("this upgrade is over".into()));
+        };
+        let old = self.child.as_mut().map(|c| c.try_wait());
+        if let Some(Ok(Some(status))) = old {
+            let took = pending.started.elapsed();
+            let mut new = pending
+                .new
+                .take()
+                .ok_or(Error::Unsupported("a new process"))?;
+            if !status.success() {
+                let _ = new.kill();
+                let _ = new.wait();
+                return Err(Error::Upgrade(format!(
+                    "the old backend (pid {old_pid}) exited with {status}"
+                )));
+            }
+            let upgraded = Upgraded {
+                old_pid,
+                new_pid: new.id(),
+                took,
+            };
+            self.child = Some(new);
+            self.upgrades.push(upgraded);
+            return Ok(Some(upgraded));
+        }
+        if let Ok(Some(status)) = new.try_wait() {
+            pending.new = None;
+            return Err(Error::Upgrade(format!(
+                "the new backend exited with {status}; pid {old_pid} goes on serving"
+            )));
+        }
+        if pending.started.elapsed() > UPGRADE_LIMIT {
+            let _ = new.kill();
+            let _ = new.wait();
+            pending.new = None;
+            return Err(Error::Upgrade(format!(
+                "no handover within {UPGRADE_LIMIT:?} (new process killed)"
+            )));
+        }
+        Ok(None)
+    }
+
+    /// The live upgrades this frontend did.
+    pub fn upgrades(&self) -> &[Upgraded] {
+        &self.upgrades
+    }
+
+    /// Waits at most `limit` for the backend process to exit; its status, or `None` while
+    /// it still runs (or when this frontend started no process).
+    pub fn wait_backend_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let child = self.child.as_mut()?;
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// Connects to a backend that already listens on `socket` (started elsewhere, e.g.
@@ -558,6 +830,12 @@ impl Frontend {
         self.conn.as_ref().and_then(|c| c.region.as_deref())
     }
 
+    /// The host-visible region of the current connection, shared (for use while the
+    /// frontend is borrowed elsewhere, e.g. from another thread).
+    pub fn shmem_shared(&self) -> Option<Arc<SharedMemoryRegion>> {
+        self.conn.as_ref().and_then(|c| c.region.clone())
+    }
+
     /// The display server of the current connection.
     pub fn display(&self) -> Option<&DisplayServer> {
         self.conn.as_ref().and_then(|c| c.display.as_ref())
@@ -600,6 +878,12 @@ impl Frontend {
                 }
             }
         };
+        self.handshake(stream, None)
+    }
+
+    /// Negotiates and starts the device on a connected stream (what QEMU does when the
+    /// device is created, then at the driver's DRIVER_OK).
+    fn handshake(&mut self, stream: UnixStream, resume: Option<ResumedRings>) -> Result<()> {
         let raw = stream.try_clone().map_err(Error::io("clone socket"))?;
         let mut vu = VuFrontend::from_stream(stream, 2);
 
@@ -696,7 +980,10 @@ impl Frontend {
             config,
             memory,
         };
-        self.start_device(&mut conn)?;
+        match resume {
+            None => self.start_device(&mut conn)?,
+            Some(rings) => self.start_resumed(&mut conn, rings)?,
+        }
         self.conn = Some(conn);
         Ok(())
     }
@@ -780,9 +1067,15 @@ impl Frontend {
 
     /// What QEMU does when the device starts: display socket (if `display_channel`), features,
     /// memory, vrings.
-    fn start_device(&self, conn: &mut Connection) -> Result<()> {
+    /// What every device start sends before the rings: a display channel, `SET_FEATURES`,
+    /// the memory table.
+    fn start_common(&self, conn: &mut Connection) -> Result<()> {
         if self.options.display_channel {
             let (display, theirs) = DisplayServer::start(self.options.display.clone())?;
+            // The raw message bypasses the vhost crate's lock on the connection: hold the
+            // memory table's lock, so a memory update from the request thread (after a
+            // SHMEM_MAP/UNMAP the backend sends at the same moment) cannot interleave with it.
+            let _serialized = conn.memory.lock().unwrap_or_else(|p| p.into_inner());
             send_gpu_set_socket(&mut conn.raw, &theirs, conn.protocol)?;
             drop(theirs);
             conn.display = Some(display);
@@ -807,6 +1100,12 @@ impl Frontend {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .update(&[self.ram.region_info()])?;
+        Ok(())
+    }
+
+    /// Starts the device with fresh rings at base 0 (a driver's DRIVER_OK).
+    fn start_device(&self, conn: &mut Connection) -> Result<()> {
+        self.start_common(conn)?;
         for q in conn.queues.drain(..) {
             q.release(&self.ram);
         }
@@ -840,6 +1139,43 @@ impl Frontend {
             conn.queues.push(q);
             conn.in_flight.push(HashMap::new());
         }
+        Ok(())
+    }
+
+    /// Starts the device on a new connection with the rings the driver already has (QEMU
+    /// after its backend came back): same addresses, each at the used index in guest memory.
+    fn start_resumed(&self, conn: &mut Connection, rings: ResumedRings) -> Result<()> {
+        self.start_common(conn)?;
+        let ResumedRings { queues, in_flight } = rings;
+        for (index, mut q) in queues.into_iter().enumerate() {
+            q.set_ring_features(
+                conn.acked_features & RING_F_INDIRECT_DESC != 0,
+                conn.acked_features & RING_F_EVENT_IDX != 0,
+            );
+            let base = q.device_used_idx(&self.ram)?;
+            conn.vu
+                .set_vring_num(index, q.size())
+                .map_err(Error::vhost("SET_VRING_NUM"))?;
+            conn.vu
+                .set_vring_addr(index, &q.vring_config(&self.ram)?)
+                .map_err(Error::vhost("SET_VRING_ADDR"))?;
+            conn.vu
+                .set_vring_base(index, base)
+                .map_err(Error::vhost("SET_VRING_BASE"))?;
+            conn.vu
+                .set_vring_call(index, q.call_fd())
+                .map_err(Error::vhost("SET_VRING_CALL"))?;
+            conn.vu
+                .set_vring_kick(index, q.kick_fd())
+                .map_err(Error::vhost("SET_VRING_KICK"))?;
+            if conn.acked_features & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() != 0 {
+                conn.vu
+                    .set_vring_enable(index, true)
+                    .map_err(Error::vhost("SET_VRING_ENABLE"))?;
+            }
+            conn.queues.push(q);
+        }
+        conn.in_flight = in_flight;
         Ok(())
     }
 
@@ -892,6 +1228,156 @@ impl Frontend {
         result
     }
 
+    /// What QEMU sends on QMP `stop` (and first on a reset): per ring `SET_VRING_ENABLE 0`
+    /// (with `PROTOCOL_FEATURES`) and `GET_VRING_BASE`. Returns the bases the backend
+    /// reported. The rings and the chains on them stay as they are; chains added now wait.
+    pub fn pause(&mut self) -> Result<Vec<u16>> {
+        let conn = self.conn_mut()?;
+        let mut bases = Vec::with_capacity(2);
+        for index in 0..2 {
+            if conn.acked_features & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() != 0 {
+                conn.vu
+                    .set_vring_enable(index, false)
+                    .map_err(Error::vhost("SET_VRING_ENABLE"))?;
+            }
+        }
+        for index in 0..2 {
+            let base = conn
+                .vu
+                .get_vring_base(index)
+                .map_err(Error::vhost("GET_VRING_BASE"))?;
+            bases.push(u16::try_from(base).map_err(|_| {
+                Error::Malformed(format!("GET_VRING_BASE {index} answered {base}"))
+            })?);
+        }
+        Ok(bases)
+    }
+
+    /// What QEMU sends on QMP `cont` after [`Frontend::pause`], in QEMU's order: a new
+    /// display channel (as QEMU 10's `vhost-user-gpu-pci` does), `SET_VRING_CALL` with
+    /// QEMU's own "masked" notifiers, `SET_FEATURES`, then per ring `SET_VRING_NUM`,
+    /// `SET_VRING_BASE` with the reported base, `SET_VRING_ADDR` (the same rings),
+    /// `SET_VRING_KICK`, `SET_VRING_ENABLE 1`, and only then `SET_VRING_CALL` with the
+    /// guest's notifiers. A backend that completes chains right at the restart and signals
+    /// only the masked notifier leaves this frontend (like a guest) waiting forever.
+    pub fn resume(&mut self, bases: &[u16]) -> Result<()> {
+        let display_channel = self.options.display_channel;
+        let display_config = self.options.display.clone();
+        let ram = self.ram.clone();
+        let conn = self.conn_mut()?;
+        if display_channel {
+            let (display, theirs) = DisplayServer::start(display_config)?;
+            let _serialized = conn.memory.lock().unwrap_or_else(|p| p.into_inner());
+            send_gpu_set_socket(&mut conn.raw, &theirs, conn.protocol)?;
+            conn.display = Some(display);
+        }
+        let masked = EventFd::new(EFD_NONBLOCK).map_err(Error::io("masked notifier"))?;
+        for index in 0..conn.queues.len() {
+            conn.vu
+                .set_vring_call(index, &masked)
+                .map_err(Error::vhost("SET_VRING_CALL (masked)"))?;
+        }
+        conn.vu
+            .set_features(conn.acked_features)
+            .map_err(Error::vhost("SET_FEATURES"))?;
+        for (index, q) in conn.queues.iter().enumerate() {
+            let base = *bases
+                .get(index)
+                .ok_or_else(|| Error::Malformed(format!("no base for ring {index}")))?;
+            conn.vu
+                .set_vring_num(index, q.size())
+                .map_err(Error::vhost("SET_VRING_NUM"))?;
+            conn.vu
+                .set_vring_base(index, base)
+                .map_err(Error::vhost("SET_VRING_BASE"))?;
+            conn.vu
+                .set_vring_addr(index, &q.vring_config(&ram)?)
+                .map_err(Error::vhost("SET_VRING_ADDR"))?;
+            conn.vu
+                .set_vring_kick(index, q.kick_fd())
+                .map_err(Error::vhost("SET_VRING_KICK"))?;
+        }
+        for index in 0..conn.queues.len() {
+            if conn.acked_features & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() != 0 {
+                conn.vu
+                    .set_vring_enable(index, true)
+                    .map_err(Error::vhost("SET_VRING_ENABLE"))?;
+            }
+        }
+        // Give the backend time to serve what waited on the rings before the notifiers are
+        // swapped (QEMU's window is the same: its main loop finishes the restart first).
+        std::thread::sleep(Duration::from_millis(50));
+        for (index, q) in conn.queues.iter().enumerate() {
+            conn.vu
+                .set_vring_call(index, q.call_fd())
+                .map_err(Error::vhost("SET_VRING_CALL"))?;
+        }
+        Ok(())
+    }
+
+    /// A device reset the way QEMU 11.1's generic device does it: the rings stop, no
+    /// `RESET_DEVICE` follows, and the driver starts over with new rings at base 0. The
+    /// frontend's mappings are dropped as a reset does.
+    pub fn reset_without_reset_device(&mut self) -> Result<()> {
+        self.pause()?;
+        let mut conn = self
+            .conn
+            .take()
+            .ok_or(Error::Unsupported("a connected backend"))?;
+        let result = (|| {
+            if let Some(region) = &conn.region {
+                region.unmap_all()?;
+            }
+            conn.display = None;
+            // New rings (allocated before the old ones are freed: other addresses).
+            let old: Vec<SplitQueue> = conn.queues.drain(..).collect();
+            let old_in_flight: Vec<_> = conn.in_flight.drain(..).collect();
+            self.start_device(&mut conn)?;
+            for q in old {
+                q.release(&self.ram);
+            }
+            for flights in old_in_flight {
+                for flight in flights.into_values() {
+                    for b in flight.buffers {
+                        self.ram.free(b);
+                    }
+                }
+            }
+            if let Some(region) = &conn.region {
+                self.memtable_synced
+                    .store(region.generation(), std::sync::atomic::Ordering::Release);
+            }
+            Ok(())
+        })();
+        self.conn = Some(conn);
+        result
+    }
+
+    /// Whether the backend signalled `queue`'s call eventfd (the guest's interrupt) within
+    /// `timeout`; the signal is consumed. With `EVENT_IDX` the frontend first asks to be
+    /// notified for the next used entry, as a driver does before it sleeps.
+    pub fn wait_notified(&mut self, queue: usize, timeout: Duration) -> Result<bool> {
+        let ram = self.ram.clone();
+        let conn = self.conn_mut()?;
+        let q = conn
+            .queues
+            .get_mut(queue)
+            .ok_or(Error::Queue(format!("no queue {queue}")))?;
+        q.request_notification(&ram)?;
+        Ok(q.wait_call(timeout))
+    }
+
+    /// Whether a used entry is waiting on `queue` (does not consume it).
+    pub fn has_used(&mut self, queue: usize) -> Result<bool> {
+        let ram = self.ram.clone();
+        let conn = self.conn_mut()?;
+        let q = conn
+            .queues
+            .get_mut(queue)
+            .ok_or(Error::Queue(format!("no queue {queue}")))?;
+        Ok(q.peek_used(&ram)?.is_some())
+    }
+
     /// Closes the vhost-user connection (QEMU quitting or the socket dropping). The
     /// frontend forgets all mappings, as QEMU does.
     pub fn disconnect(&mut self) {
@@ -911,6 +1397,32 @@ impl Frontend {
     pub fn reconnect(&mut self) -> Result<()> {
         self.disconnect();
         self.connect()
+    }
+
+    /// What QEMU does for a device whose backend went away and came back on a reconnecting
+    /// chardev (`reconnect-ms`; vhost-user-blk does it, QEMU 10's and 11.1's GPU devices do
+    /// not, DESIGN-lifecycle.md 1.3): the old connection is closed with the device started
+    /// and the guest running; on a new connection QEMU negotiates again, sends a new display
+    /// channel and memory table, and starts the rings the guest's driver still has (same
+    /// addresses) at the used index in guest memory, so chains the old backend took but never
+    /// completed are offered again. The driver's rings, chains in flight and buffers stay;
+    /// the frontend's blob mappings go with the old connection. Returns the bases sent.
+    pub fn reconnect_resuming(&mut self) -> Result<Vec<u16>> {
+        let mut conn = self
+            .conn
+            .take()
+            .ok_or(Error::Unsupported("a connected backend"))?;
+        let queues: Vec<SplitQueue> = conn.queues.drain(..).collect();
+        let in_flight: Vec<_> = conn.in_flight.drain(..).collect();
+        let mut bases = Vec::with_capacity(queues.len());
+        for q in &queues {
+            bases.push(q.device_used_idx(&self.ram)?);
+        }
+        drop(conn);
+        self.wait_for_socket()?;
+        let stream = UnixStream::connect(&self.socket).map_err(Error::io("reconnect"))?;
+        self.handshake(stream, Some(ResumedRings { queues, in_flight }))?;
+        Ok(bases)
     }
 
     /// Puts a request (readable parts, each its own descriptor) and an optional
@@ -1045,6 +1557,14 @@ impl Frontend {
 
     /// Sends a control command split over several descriptors.
     pub fn ctrl_parts(&mut self, parts: &[&[u8]], resp_len: usize) -> Result<Resp> {
+        self.commands += 1;
+        if let Some(schedule) = self.options.upgrade_every {
+            if self.commands.is_multiple_of(schedule.every)
+                && self.upgrades.len() < schedule.max as usize
+            {
+                self.upgrade()?;
+            }
+        }
         self.send(CONTROL_QUEUE, parts, resp_len)?;
         let (_, bytes) = self.wait(CONTROL_QUEUE)?;
         Resp::parse(&bytes)

@@ -16,6 +16,7 @@
 //! Nothing here is a mock: every test drives a real backend process through real sockets.
 
 pub mod cases;
+pub mod child;
 pub mod cross_domain;
 pub mod display;
 pub mod error;

@@ -16,6 +16,8 @@ pub struct ProcStats {
     pub buffer_maps: usize,
     /// Targets of the fds (`socket:[N]`, `/memfd:name (deleted)`, ...), sorted.
     pub fd_targets: Vec<String>,
+    /// Resident set size in KiB (`VmRSS` of `/proc/PID/status`).
+    pub rss_kib: u64,
 }
 
 impl ProcStats {
@@ -30,11 +32,20 @@ impl ProcStats {
             .lines()
             .filter(|l| l.contains("/memfd:") || l.contains("/dmabuf:") || l.contains("dmabuf"))
             .count();
+        let status = fs::read_to_string(format!("/proc/{pid}/status"))
+            .map_err(Error::io("read /proc/PID/status"))?;
+        let rss_kib = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
         Ok(Self {
             fds,
             maps: maps.lines().count(),
             buffer_maps,
             fd_targets: Self::fd_targets(pid),
+            rss_kib,
         })
     }
 

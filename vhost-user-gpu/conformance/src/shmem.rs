@@ -66,12 +66,23 @@ struct RegionState {
     refuse_maps: bool,
 }
 
+/// Test knob: `SHMEM_MAP` requests wait here until released (a frontend busy elsewhere, as
+/// QEMU is while it waits for a reply from the backend).
+#[derive(Debug, Default)]
+struct HoldGate {
+    holding: bool,
+    /// Requests waiting now.
+    waiting: u32,
+}
+
 /// The reserved host-visible region (shmid 1) and its live mappings.
 pub struct SharedMemoryRegion {
     shmid: u8,
     base: NonNull<u8>,
     size: u64,
     state: Mutex<RegionState>,
+    hold: Mutex<HoldGate>,
+    hold_changed: std::sync::Condvar,
 }
 
 // SAFETY: the reservation is owned by this struct; byte access goes through bounds- and
@@ -107,7 +118,58 @@ impl SharedMemoryRegion {
             base,
             size,
             state: Mutex::new(RegionState::default()),
+            hold: Mutex::new(HoldGate::default()),
+            hold_changed: std::sync::Condvar::new(),
         })
+    }
+
+    fn hold_gate(&self) -> MutexGuard<'_, HoldGate> {
+        self.hold.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Makes further `SHMEM_MAP` requests wait (unanswered) until [`Self::release_maps`].
+    pub fn hold_maps(&self) {
+        self.hold_gate().holding = true;
+    }
+
+    /// Lets held and further `SHMEM_MAP` requests through.
+    pub fn release_maps(&self) {
+        self.hold_gate().holding = false;
+        self.hold_changed.notify_all();
+    }
+
+    /// Waits until a `SHMEM_MAP` request is being held, at most `limit`.
+    pub fn wait_map_held(&self, limit: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + limit;
+        let mut gate = self.hold_gate();
+        while gate.waiting == 0 {
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            gate = self
+                .hold_changed
+                .wait_timeout(gate, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        true
+    }
+
+    fn wait_while_held(&self) {
+        let mut gate = self.hold_gate();
+        if !gate.holding {
+            return;
+        }
+        gate.waiting += 1;
+        self.hold_changed.notify_all();
+        while gate.holding {
+            gate = self
+                .hold_changed
+                .wait(gate)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+        gate.waiting -= 1;
     }
 
     /// Region size in bytes.
@@ -277,6 +339,7 @@ impl SharedMemoryRegion {
 
 impl VhostUserFrontendReqHandler for SharedMemoryRegion {
     fn shmem_map(&self, req: &VhostUserMMap, fd: &dyn AsRawFd) -> HandlerResult<u64> {
+        self.wait_while_held();
         let Some((offset, len)) = self.valid_range(req) else {
             return self.refuse("SHMEM_MAP", req);
         };

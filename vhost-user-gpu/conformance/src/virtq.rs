@@ -309,6 +309,23 @@ impl SplitQueue {
         self.kick.write(1).map_err(Error::io("kick eventfd"))
     }
 
+    /// The used index in guest memory (what QEMU resumes a ring at when its backend went
+    /// away: `virtio_queue_restore_last_avail_idx`).
+    pub fn device_used_idx(&self, ram: &GuestRam) -> Result<u16> {
+        Ok(self
+            .index_cell(ram, self.used_gpa + 2)?
+            .load(Ordering::Acquire))
+    }
+
+    /// The used index the device published, when it is ahead of what was taken (nothing is
+    /// consumed).
+    pub fn peek_used(&self, ram: &GuestRam) -> Result<Option<u16>> {
+        let used_idx = self
+            .index_cell(ram, self.used_gpa + 2)?
+            .load(Ordering::Acquire);
+        Ok((used_idx != self.last_used).then_some(used_idx))
+    }
+
     /// Takes one returned chain from the used ring, if any, and frees its descriptors.
     pub fn poll_used(&mut self, ram: &GuestRam) -> Result<Option<UsedElem>> {
         let used_idx = self
@@ -334,6 +351,37 @@ impl SplitQueue {
             ram.free(table);
         }
         Ok(Some(UsedElem { head, written }))
+    }
+
+    /// Whether the device signalled the call eventfd within `timeout` (consumes the signal).
+    pub fn wait_call(&self, timeout: Duration) -> bool {
+        // SAFETY: the eventfd is owned by `self` and outlives this borrow.
+        let call = unsafe { BorrowedFd::borrow_raw(self.call.as_raw_fd()) };
+        let mut fds = [rustix::event::PollFd::new(
+            &call,
+            rustix::event::PollFlags::IN,
+        )];
+        let wait = rustix::event::Timespec::try_from(timeout).unwrap_or(rustix::event::Timespec {
+            tv_sec: 1,
+            tv_nsec: 0,
+        });
+        let ready = matches!(rustix::event::poll(&mut fds, Some(&wait)), Ok(n) if n > 0);
+        if ready {
+            let _ = self.call.read();
+        }
+        ready
+    }
+
+    /// With `EVENT_IDX`: asks the device to notify when the next entry is used
+    /// (`used_event`), as a driver does before it waits.
+    pub fn request_notification(&mut self, ram: &GuestRam) -> Result<()> {
+        if self.event_idx {
+            let at = self.avail_gpa + 4 + 2 * u64::from(self.size);
+            self.index_cell(ram, at)?
+                .store(self.last_used, Ordering::Release);
+            fence(Ordering::SeqCst);
+        }
+        Ok(())
     }
 
     /// Waits (up to `timeout`, a hang guard, not an assertion) for one returned chain.

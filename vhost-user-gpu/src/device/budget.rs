@@ -177,6 +177,13 @@ impl Budget {
         }
     }
 
+    /// Another handle on the same budgets (charges through either count against both).
+    pub fn clone_handle(&self) -> Budget {
+        Budget {
+            state: Arc::clone(&self.state),
+        }
+    }
+
     /// The limits.
     pub fn limits(&self) -> Usage {
         self.state.limits

@@ -32,13 +32,20 @@ pub struct DeviceConfig {
     pub max_fds: u64,
 }
 
+/// Most guest memory regions the transport accepts from the frontend (`GET_MAX_MEM_SLOTS`
+/// with `CONFIGURE_MEM_SLOTS`), each an fd the process holds: QEMU asks for the number and
+/// never uses more than its own limit (509 on x86), and it lists every mapped blob as a
+/// region.
+pub const MAX_MEMORY_REGIONS: u64 = 509;
+
 /// File descriptors the binary keeps out of the guest's reach ([`DeviceConfig::max_fds`]):
-/// one per memory region the frontend may send (vhost-user-backend takes up to 509 with
-/// `CONFIGURE_MEM_SLOTS`, and QEMU lists every mapped blob as a region), plus the process's
-/// own (standard streams, the listening and connection sockets, the backend and display
-/// channels, queue eventfds, epoll instances, `/dev/udmabuf`, the render node, capture
-/// files) and the short-lived ones of an allocation (the memfd behind a udmabuf).
-pub const FD_RESERVE: u64 = 509 + 64;
+/// one per memory region the frontend may send ([`MAX_MEMORY_REGIONS`]), plus the
+/// process's own (standard streams, the listening, connection and `--control-socket`
+/// sockets, the backend and display channels, the queues' kick, call and error eventfds,
+/// epoll instances, `/dev/udmabuf`, the render node, capture files) and the short-lived
+/// ones of an allocation (the memfd behind a udmabuf) or of a live upgrade's handover (its
+/// connection and the memfd of the 2D pixels).
+pub const FD_RESERVE: u64 = MAX_MEMORY_REGIONS + 64;
 
 impl Default for DeviceConfig {
     fn default() -> Self {

@@ -123,6 +123,55 @@ impl Context {
         }
     }
 
+    /// A context as a previous process had it (live upgrade); `requirements` by blob id,
+    /// `pending_order` oldest first, `charge` its place in the contexts budget and one
+    /// attachment per resource in `attached`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn restored(
+        debug_name: String,
+        cross_domain: bool,
+        attached: BTreeSet<u32>,
+        query_ring: Option<u32>,
+        requirements: BTreeMap<u32, Requirement>,
+        pending_order: VecDeque<u32>,
+        last_blob_id: u32,
+        charge: Charge,
+    ) -> Self {
+        Context {
+            debug_name,
+            renderer: None,
+            cross_domain,
+            attached,
+            query_ring,
+            init_layout: None,
+            channel: None,
+            requirements,
+            pending_order,
+            last_blob_id,
+            charge,
+        }
+    }
+
+    /// Attached resources, requirements by blob id, pending buffers oldest first, the last
+    /// blob id handed out, and what the context is charged (live upgrade).
+    pub fn parts(
+        &self,
+    ) -> (
+        &BTreeSet<u32>,
+        &BTreeMap<u32, Requirement>,
+        &VecDeque<u32>,
+        u32,
+        Usage,
+    ) {
+        (
+            &self.attached,
+            &self.requirements,
+            &self.pending_order,
+            self.last_blob_id,
+            self.charge.amount(),
+        )
+    }
+
     /// This context lives in the renderer, created there with `capset`.
     pub fn in_renderer(mut self, capset: u32) -> Self {
         self.renderer = Some(RendererContext {
@@ -337,6 +386,11 @@ impl ContextTable {
     /// Number of live contexts.
     pub fn len(&self) -> usize {
         self.contexts.len()
+    }
+
+    /// Every context with its id.
+    pub fn iter(&self) -> impl Iterator<Item = (u32, &Context)> {
+        self.contexts.iter().map(|(&id, c)| (id, c))
     }
 
     /// Drops every context (device reset).

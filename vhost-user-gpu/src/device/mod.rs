@@ -48,6 +48,7 @@ mod reject;
 mod resource;
 mod resource_table;
 mod scanout;
+pub mod snapshot;
 
 use std::fmt;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -64,7 +65,8 @@ use crate::protocol::{
 pub use backing::BackingError;
 use budget::{Budget, Kind, Usage};
 pub use config::{
-    ConfigError, DeviceConfig, DEFAULT_OUTPUT, FD_RESERVE, MAX_OUTPUT_SIDE, MAX_SCANOUT_SIDE,
+    ConfigError, DeviceConfig, DEFAULT_OUTPUT, FD_RESERVE, MAX_MEMORY_REGIONS, MAX_OUTPUT_SIDE,
+    MAX_SCANOUT_SIDE,
 };
 use context::ContextTable;
 pub use context::{ATTACHMENTS_PER_RESOURCE, MAX_CONTEXTS};
@@ -229,6 +231,14 @@ impl Drop for GpuDevice {
 }
 
 impl GpuDevice {
+    /// Drops the device without telling its display sink anything: a device restored by a
+    /// new process that then does not take over (live upgrade), whose display sink writes
+    /// to the display channel the previous process goes on serving. Its charges are
+    /// released as with any drop.
+    pub fn discard(mut self) {
+        self.scanouts.stop_all();
+    }
+
     /// A device with `config` and `ports`. An invalid `config` (see
     /// [`DeviceConfig::validate`]) is repaired with a warning: outputs are limited to 16
     /// (at least one, 1280x800), sizes clamped to `1..=16384`, the region rounded down to

@@ -186,6 +186,11 @@ impl Resource {
         }
     }
 
+    /// What the resource is charged (live upgrade: charged again in the next process).
+    pub fn charge_amount(&self) -> super::budget::Usage {
+        self._charge.amount()
+    }
+
     /// Short kind name for logs.
     pub fn kind_name(&self) -> &'static str {
         match &self.kind {

@@ -116,6 +116,11 @@ impl ResourceTable {
         self.resources.remove(&resource_id).map(|r| *r)
     }
 
+    /// Every resource with its id.
+    pub fn iter(&self) -> impl Iterator<Item = (u32, &Resource)> {
+        self.resources.iter().map(|(&id, r)| (id, &**r))
+    }
+
     /// Number of live resources.
     pub fn len(&self) -> usize {
         self.resources.len()

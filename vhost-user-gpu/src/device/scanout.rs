@@ -92,6 +92,11 @@ impl Scanouts {
         }
     }
 
+    /// Scanouts as a previous process had them (live upgrade).
+    pub fn restored(outputs: Vec<Scanout>, cursor: CursorState) -> Self {
+        Scanouts { outputs, cursor }
+    }
+
     /// Number of scanouts.
     pub fn len(&self) -> usize {
         self.outputs.len()

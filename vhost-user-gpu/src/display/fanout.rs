@@ -122,15 +122,26 @@ impl DisplaySink for FanOut {
 
 /// A sink shared between connections (the capture outlives each frontend connection).
 #[derive(Clone)]
-pub struct SharedSink(Arc<Mutex<dyn DisplaySink>>);
+pub struct SharedSink(Arc<Mutex<Box<dyn DisplaySink>>>);
 
 impl SharedSink {
     /// Shares `sink`.
     pub fn new(sink: impl DisplaySink + 'static) -> Self {
-        SharedSink(Arc::new(Mutex::new(sink)))
+        SharedSink(Arc::new(Mutex::new(Box::new(sink))))
     }
 
-    fn lock(&self) -> MutexGuard<'_, dyn DisplaySink + 'static> {
+    /// A shared sink that shows nothing until [`SharedSink::install`] gives it a sink (the
+    /// live upgrade's capture, which may only start once the process is confined).
+    pub fn later() -> Self {
+        Self::new(FanOut::default())
+    }
+
+    /// Puts `sink` in place of what this shared sink had, for every holder.
+    pub fn install(&self, sink: impl DisplaySink + 'static) {
+        *self.lock() = Box::new(sink);
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Box<dyn DisplaySink>> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 }

@@ -20,6 +20,9 @@
 
 use std::collections::BTreeMap;
 use std::io;
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
 
 use vhost::vhost_user::gpu_message::{
     VhostUserGpuCursorPos, VhostUserGpuCursorUpdate, VhostUserGpuDMABUFScanout,
@@ -44,13 +47,38 @@ pub const PROTOCOL_F_DMABUF2: u64 = 1 << 1;
 pub const SUPPORTED_PROTOCOL_FEATURES: u64 = PROTOCOL_F_EDID | PROTOCOL_F_DMABUF2;
 
 /// What QEMU currently shows on a scanout, as far as this sink told it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ScanoutState {
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ScanoutState {
     /// `SCANOUT` sent with this size; updates carry pixels.
-    Pixels { width: u32, height: u32 },
+    Pixels {
+        /// Width.
+        width: u32,
+        /// Height.
+        height: u32,
+    },
     /// `DMABUF_SCANOUT` sent; updates are `DMABUF_UPDATE`.
     Dmabuf,
 }
+
+/// What a display channel's QEMU side knows (negotiated features, what each scanout
+/// shows) and what was not sent yet: the live upgrade hands it to the new process, whose
+/// sink goes on from there without a second handshake QEMU would not expect.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelState {
+    /// Negotiated protocol features, once the handshake ran.
+    pub features: Option<u64>,
+    /// What QEMU shows on each scanout.
+    pub scanouts: BTreeMap<u32, ScanoutState>,
+    /// Scanout changes requested outside the queue thread, sent on the next call from it.
+    pub pending_modes: BTreeMap<u32, Option<(u32, u32)>>,
+    /// Whether the channel failed (nothing more is sent on it).
+    pub broken: bool,
+}
+
+/// A copy of a [`QemuDisplay`]'s [`ChannelState`], kept up to date by the sink (it changes
+/// only on a handshake or a scanout change, never per frame).
+pub type ChannelRecord = Arc<Mutex<ChannelState>>;
 
 /// A [`DisplaySink`] speaking QEMU's vhost-user-gpu display protocol.
 pub struct QemuDisplay {
@@ -62,17 +90,42 @@ pub struct QemuDisplay {
     pending_modes: BTreeMap<u32, Option<(u32, u32)>>,
     /// Set after the first send error: the channel is gone, stop talking (logged once).
     broken: bool,
+    record: ChannelRecord,
 }
 
 impl QemuDisplay {
     /// Wraps the channel from `VHOST_USER_GPU_SET_SOCKET`. Sends nothing yet.
     pub fn new(channel: GpuBackend) -> Self {
+        Self::restored(channel, ChannelState::default())
+    }
+
+    /// Wraps a channel whose QEMU side is in `state` (live upgrade). Sends nothing.
+    pub fn restored(channel: GpuBackend, state: ChannelState) -> Self {
         QemuDisplay {
             channel,
-            features: None,
-            scanouts: BTreeMap::new(),
-            pending_modes: BTreeMap::new(),
-            broken: false,
+            features: state.features,
+            scanouts: state.scanouts.clone(),
+            pending_modes: state.pending_modes.clone(),
+            broken: state.broken,
+            record: Arc::new(Mutex::new(state)),
+        }
+    }
+
+    /// The record of this sink's channel state.
+    pub fn record(&self) -> ChannelRecord {
+        self.record.clone()
+    }
+
+    /// Copies the channel state to the record.
+    fn publish(&self) {
+        let mut record = self.record.lock().unwrap_or_else(|e| e.into_inner());
+        record.features = self.features;
+        record.broken = self.broken;
+        if record.scanouts != self.scanouts {
+            record.scanouts.clone_from(&self.scanouts);
+        }
+        if record.pending_modes != self.pending_modes {
+            record.pending_modes.clone_from(&self.pending_modes);
         }
     }
 
@@ -100,6 +153,7 @@ impl QemuDisplay {
         match result {
             Ok(agreed) => {
                 self.features = Some(agreed);
+                self.publish();
                 agreed
             }
             Err(e) => {
@@ -152,6 +206,7 @@ impl QemuDisplay {
             return;
         }
         self.broken = true;
+        self.publish();
         // QEMU closes the channel when the guest resets or stops the device (the queue may
         // still be draining then): that is the normal end of a channel, not a fault. The
         // vhost crate reports it only as text ("socket is broken").
@@ -171,11 +226,14 @@ impl QemuDisplay {
             return false;
         }
         self.negotiate();
-        for (id, mode) in std::mem::take(&mut self.pending_modes) {
-            if self.broken {
-                break;
+        if !self.pending_modes.is_empty() {
+            for (id, mode) in std::mem::take(&mut self.pending_modes) {
+                if self.broken {
+                    break;
+                }
+                self.apply_scanout(id, mode);
             }
-            self.apply_scanout(id, mode);
+            self.publish();
         }
         !self.broken
     }
@@ -246,10 +304,12 @@ impl DisplaySink for QemuDisplay {
     fn scanout(&mut self, scanout_id: u32, mode: Option<(u32, u32)>) {
         if !in_queue_thread() {
             self.pending_modes.insert(scanout_id, mode);
+            self.publish();
             return;
         }
         if self.ready() {
             self.apply_scanout(scanout_id, mode);
+            self.publish();
         }
     }
 
@@ -283,6 +343,7 @@ impl DisplaySink for QemuDisplay {
         if self.scanouts.get(&scanout_id) != Some(&current) {
             self.send_scanout(scanout_id, frame.width, frame.height);
             self.scanouts.insert(scanout_id, current);
+            self.publish();
         }
         if rect.width == 0 || rect.height == 0 {
             return;
@@ -334,6 +395,7 @@ impl DisplaySink for QemuDisplay {
         match result {
             Ok(()) => {
                 self.scanouts.insert(scanout_id, ScanoutState::Dmabuf);
+                self.publish();
                 true
             }
             Err(e) => {

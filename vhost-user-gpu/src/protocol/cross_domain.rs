@@ -151,8 +151,8 @@ impl ImageRequirements {
         out
     }
 
-    /// Parses the wire form (what a guest reads from its query ring; `test-codec` only).
-    #[cfg(any(test, feature = "test-codec"))]
+    /// Parses the wire form (what a guest reads from its query ring; what a live upgrade
+    /// carries).
     pub fn decode(buf: &[u8]) -> Result<Self, DecodeError> {
         let mut r = WireReader::new(buf, "CrossDomainImageRequirements");
         let mut strides = [0u32; 4];

@@ -74,7 +74,6 @@ impl<'a> WireReader<'a> {
     }
 
     /// Reads a little-endian `i32`.
-    #[cfg(any(test, feature = "test-codec"))]
     pub(crate) fn i32(&mut self) -> Result<i32, DecodeError> {
         Ok(i32::from_le_bytes(self.array()?))
     }

@@ -10,8 +10,8 @@
 //!    processes (Landlock scopes, ABI 6).
 //! 2. [`syscalls`]: a seccomp-bpf allowlist (rust-vmm's `seccompiler`), installed with
 //!    `SECCOMP_FILTER_FLAG_TSYNC` so that every thread of the process has it, and inherited
-//!    by every thread spawned later (vhost-user-backend's connection and queue threads, the
-//!    PNG capture writer).
+//!    by every thread spawned later (the vhost-user connection and queue threads, the PNG
+//!    capture writer).
 //!
 //! A system call outside the list is not executed: the kernel raises `SIGSYS`, and
 //! [`sigsys`]'s handler writes one line naming the call to stderr and ends the process with

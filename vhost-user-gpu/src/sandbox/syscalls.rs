@@ -301,9 +301,9 @@ const PLAIN: &[(&str, &str)] = &[
     ("accept4", "--keep-listening: the next frontend"),
     ("shutdown", "closing connections"),
     ("getsockopt", "checks of fds the frontend sends"),
-    ("epoll_create1", "vhost-user-backend event loops"),
-    ("epoll_ctl", "vhost-user-backend event loops"),
-    ("epoll_pwait", "vhost-user-backend event loops"),
+    ("epoll_create1", "the queue thread's event loop"),
+    ("epoll_ctl", "the queue thread's event loop"),
+    ("epoll_pwait", "the queue thread's event loop"),
     ("eventfd2", "queue kick/exit events"),
     ("ppoll", "std and vhost waits"),
     ("brk", "malloc"),
@@ -334,7 +334,7 @@ const PLAIN: &[(&str, &str)] = &[
 #[cfg(target_arch = "x86_64")]
 const PLAIN_ARCH: &[(&str, &str)] = &[
     ("poll", "std and vhost waits"),
-    ("epoll_wait", "vhost-user-backend event loops"),
+    ("epoll_wait", "the queue thread's event loop"),
     ("rename", "capture: temporary file + rename"),
     ("renameat", "capture: temporary file + rename"),
     (

@@ -10,8 +10,11 @@
 //! - The request must be acknowledged before the guest is told anything (`OK_MAP_INFO`) or a
 //!   buffer is freed. `vhost`'s `Backend` waits for the `REPLY_ACK` when the frontend
 //!   negotiated `VHOST_USER_PROTOCOL_F_REPLY_ACK`, which this backend offers and every known
-//!   SHMEM-capable frontend accepts (vhost 0.18 gives a backend no way to read the acked
-//!   protocol features back, so this cannot be checked here).
+//!   SHMEM-capable frontend accepts (the handler sets the flag from what was acked and warns
+//!   when a frontend does not take it).
+//!
+//! Every request is a round trip marked on the connection's [`QueueGate`], so a stop
+//! (`GET_VRING_BASE`) arriving meanwhile does not wait for it.
 
 use std::os::fd::BorrowedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,6 +26,7 @@ use vhost::vhost_user::{Backend, VhostUserFrontendReqHandler};
 use crate::device::ports::{MapError, MapRange, RegionMapper};
 use crate::protocol::SHM_ID_HOST_VISIBLE;
 use crate::queue_thread::in_queue_thread;
+use crate::transport::gate::QueueGate;
 
 /// The backend-to-frontend channel of one connection, shared between the vhost-user
 /// callbacks (which install it) and the mapper (which uses it).
@@ -37,9 +41,26 @@ struct ChannelInner {
     /// The frontend asked `GET_SHMEM_CONFIG`, which the vhost library only lets through when
     /// `VHOST_USER_PROTOCOL_F_SHMEM` was negotiated.
     shmem_negotiated: AtomicBool,
+    /// Marks the round trips (the connection thread must not wait for them).
+    gate: Arc<QueueGate>,
 }
 
 impl BackendChannel {
+    /// A channel whose round trips are marked on `gate`.
+    pub fn new(gate: Arc<QueueGate>) -> Self {
+        BackendChannel {
+            inner: Arc::new(ChannelInner {
+                gate,
+                ..ChannelInner::default()
+            }),
+        }
+    }
+
+    /// Runs a request the frontend answers, marked on the gate.
+    fn round_trip<T>(&self, f: impl FnOnce() -> T) -> T {
+        self.inner.gate.frontend_round_trip(f)
+    }
+
     /// Installs the handle from `VHOST_USER_SET_BACKEND_REQ_FD` (replacing any older one).
     pub fn set(&self, backend: Backend) {
         *self.inner.backend.lock().unwrap_or_else(|e| e.into_inner()) = Some(backend);
@@ -62,7 +83,7 @@ impl BackendChannel {
 
     /// A handle to the channel, if one was installed. The lock is held only for the clone:
     /// sending happens on the returned handle.
-    fn get(&self) -> Option<Backend> {
+    pub fn get(&self) -> Option<Backend> {
         self.inner
             .backend
             .lock()
@@ -130,8 +151,8 @@ impl RegionMapper for ShmemMapper {
             )));
         }
         let backend = self.channel_for_request("SHMEM_MAP")?;
-        backend
-            .shmem_map(&shmem_request(&range), &fd)
+        self.channel
+            .round_trip(|| backend.shmem_map(&shmem_request(&range), &fd))
             .map_err(|e| MapError::Frontend(format!("SHMEM_MAP {shm_offset:#x}+{len:#x}: {e}")))?;
         log::debug!("SHMEM_MAP shmid 1 {shm_offset:#x}+{len:#x} (fd offset {fd_offset:#x}, writable {writable}) acknowledged");
         Ok(())
@@ -140,8 +161,8 @@ impl RegionMapper for ShmemMapper {
     fn unmap(&mut self, shm_offset: u64, len: u64) -> Result<(), MapError> {
         self.check_range(shm_offset, len)?;
         let backend = self.channel_for_request("SHMEM_UNMAP")?;
-        backend
-            .shmem_unmap(&shmem_request(&MapRange::unmap(shm_offset, len)))
+        self.channel
+            .round_trip(|| backend.shmem_unmap(&shmem_request(&MapRange::unmap(shm_offset, len))))
             .map_err(|e| {
                 MapError::Frontend(format!("SHMEM_UNMAP {shm_offset:#x}+{len:#x}: {e}"))
             })?;

@@ -1,51 +1,9 @@
 //! The transport's raw file-descriptor operations, the only `unsafe` of `crate::transport`:
-//! adopting the listening socket a service manager passed (`--fd`), and sharing one
-//! eventfd number with every queue worker of vhost-user-backend.
+//! adopting the socket a service manager or libvirt passed (`--fd`), and putting an
+//! inherited connection in place of another socket (live upgrade).
 #![allow(unsafe_code)]
 
-use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, RawFd};
-
-use vhost::vhost_user::Listener;
-use vmm_sys_util::event::{
-    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
-};
-
-/// The event that stops a connection's queue worker, shared by all connections.
-///
-/// vhost-user-backend 0.24 registers the exit-event consumer a backend hands it with
-/// `consumer.into_raw_fd()` and never closes it (`VringEpollHandler::new`), so a fresh
-/// eventfd per connection would leak one fd per reconnect. Instead every worker gets the
-/// same eventfd number, owned here for the life of the server, and the event is re-armed
-/// (drained) between connections.
-pub struct ExitEvent {
-    consumer: EventConsumer,
-    notifier: EventNotifier,
-}
-
-impl ExitEvent {
-    /// A new, non-signalled exit event.
-    pub fn new() -> io::Result<Self> {
-        let (consumer, notifier) =
-            new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC)?;
-        Ok(ExitEvent { consumer, notifier })
-    }
-
-    /// The pair handed to the library for one worker thread.
-    pub fn pair_for_worker(&self) -> io::Result<(EventConsumer, EventNotifier)> {
-        // SAFETY: vhost-user-backend 0.24 turns this consumer straight into a raw fd for its
-        // epoll set and never closes it (see the type's documentation), so the fd is never
-        // closed twice; `self.consumer` keeps the real ownership and outlives every daemon
-        // (the server drops it only after its last connection).
-        let consumer = unsafe { EventConsumer::from_raw_fd(self.consumer.as_raw_fd()) };
-        Ok((consumer, self.notifier.try_clone()?))
-    }
-
-    /// Clears a fired event so that the next connection's worker does not exit at once.
-    pub fn rearm(&self) {
-        while self.consumer.consume().is_ok() {}
-    }
-}
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 /// Borrows an inherited descriptor number for the life of the process, or `None` when the
 /// number is not open.
@@ -57,14 +15,35 @@ pub(crate) fn borrow_inherited(fd: RawFd) -> Option<BorrowedFd<'static>> {
     }
     // SAFETY: the number is open (checked above) and stays open: nothing in this process
     // closes inherited descriptors it does not own. Ownership is taken only by
-    // `adopt_listener`, once the caller checked what the descriptor is.
+    // `adopt_socket`, once the caller checked what the descriptor is.
     Some(unsafe { BorrowedFd::borrow_raw(fd) })
 }
 
-/// Takes ownership of an inherited descriptor the caller checked to be a listening Unix
-/// socket.
-pub(crate) fn adopt_listener(fd: BorrowedFd<'static>) -> Listener {
-    // SAFETY: the fd is a listening Unix socket inherited for us to own (checked by the
-    // caller); nothing else in this process uses it.
-    unsafe { Listener::from_raw_fd(fd.as_raw_fd()) }
+/// Takes ownership of an inherited descriptor the caller checked to be a Unix stream socket.
+pub(crate) fn adopt_socket(fd: BorrowedFd<'static>) -> OwnedFd {
+    // SAFETY: the fd is a Unix stream socket inherited for us to own (checked by the
+    // caller); nothing else in this process uses it or closes it.
+    unsafe { OwnedFd::from_raw_fd(fd.as_raw_fd()) }
+}
+
+/// Makes descriptor number `target` (owned by someone else, e.g. the `vhost` crate's
+/// endpoint) refer to what `with` refers to, atomically; the file `target` referred to before
+/// is closed. `cloexec`: whether the number is closed on `exec` (`dup3(O_CLOEXEC)`), as every
+/// descriptor of this process is except stderr.
+pub(crate) fn replace_fd(
+    target: RawFd,
+    with: BorrowedFd<'_>,
+    cloexec: bool,
+) -> std::io::Result<()> {
+    // SAFETY: `target` is open and owned elsewhere in this process; the ManuallyDrop keeps
+    // this temporary OwnedFd from closing it, so ownership stays where it was. dup3 only
+    // swaps what the number refers to.
+    let mut target = std::mem::ManuallyDrop::new(unsafe { OwnedFd::from_raw_fd(target) });
+    let flags = if cloexec {
+        rustix::io::DupFlags::CLOEXEC
+    } else {
+        rustix::io::DupFlags::empty()
+    };
+    rustix::io::dup3(with, &mut target, flags)?;
+    Ok(())
 }

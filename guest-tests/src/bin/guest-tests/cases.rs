@@ -25,7 +25,7 @@ const MAP_CACHE_VALID: [u32; 3] = [1, 2, 3];
 /// Size of the host-visible region the runner gives the backend (`--hostmem 256M`).
 const REGION_SIZE: u64 = 256 << 20;
 
-const XRGB8888: u32 = u32::from_le_bytes(*b"XR24");
+pub(crate) const XRGB8888: u32 = u32::from_le_bytes(*b"XR24");
 const ARGB8888: u32 = u32::from_le_bytes(*b"AR24");
 const ABGR8888: u32 = u32::from_le_bytes(*b"AB24");
 
@@ -83,7 +83,7 @@ pub(crate) fn virtio_gpu_nodes() -> (Option<PathBuf>, Option<PathBuf>) {
 }
 
 /// A cross-domain context with its query ring (a mapped GUEST blob).
-struct CrossDomain<'a> {
+pub(crate) struct CrossDomain<'a> {
     device: &'a Device,
     ring: Bo<'a>,
     ring_map: drm::Mapping,
@@ -91,11 +91,11 @@ struct CrossDomain<'a> {
 
 /// `struct CrossDomainImageRequirements`, as read from the query ring.
 #[derive(Debug, Clone, Copy)]
-struct ImageRequirements {
-    strides: [u32; 4],
-    size: u64,
-    blob_id: u32,
-    map_info: u32,
+pub(crate) struct ImageRequirements {
+    pub(crate) strides: [u32; 4],
+    pub(crate) size: u64,
+    pub(crate) blob_id: u32,
+    pub(crate) map_info: u32,
 }
 
 fn header(cmd: u8, size: u16) -> Vec<u8> {
@@ -106,7 +106,7 @@ fn header(cmd: u8, size: u16) -> Vec<u8> {
 }
 
 impl<'a> CrossDomain<'a> {
-    fn init(device: &'a Device) -> Result<Self, String> {
+    pub(crate) fn init(device: &'a Device) -> Result<Self, String> {
         device
             .context_init(CAPSET_CROSS_DOMAIN, 2)
             .map_err(|e| format!("CONTEXT_INIT capset 5: {e}"))?;
@@ -136,7 +136,7 @@ impl<'a> CrossDomain<'a> {
         })
     }
 
-    fn image_requirements(
+    pub(crate) fn image_requirements(
         &mut self,
         width: u32,
         height: u32,
@@ -166,7 +166,7 @@ impl<'a> CrossDomain<'a> {
 }
 
 /// Fills `bytes` with a position-dependent pattern seeded by `seed`.
-fn fill(bytes: &mut [u8], seed: u32) {
+pub(crate) fn fill(bytes: &mut [u8], seed: u32) {
     for (i, chunk) in bytes.chunks_mut(4).enumerate() {
         let v = (i as u32)
             .wrapping_mul(2_654_435_761)
@@ -177,7 +177,7 @@ fn fill(bytes: &mut [u8], seed: u32) {
 }
 
 /// Index of the first byte that differs from the pattern, if any.
-fn verify(bytes: &[u8], seed: u32) -> Option<usize> {
+pub(crate) fn verify(bytes: &[u8], seed: u32) -> Option<usize> {
     bytes.chunks(4).enumerate().find_map(|(i, chunk)| {
         let v = (i as u32)
             .wrapping_mul(2_654_435_761)
@@ -187,7 +187,7 @@ fn verify(bytes: &[u8], seed: u32) -> Option<usize> {
     })
 }
 
-fn first_nonzero(bytes: &[u8]) -> Option<usize> {
+pub(crate) fn first_nonzero(bytes: &[u8]) -> Option<usize> {
     bytes.iter().position(|&b| b != 0)
 }
 

@@ -5,6 +5,7 @@
 //! guest-tests inspect-pid DMABUF_INFO     # dmabuf-info inspect --pid on a helper process
 //! guest-tests show-console                # writes text on tty0, asks the host to look
 //! guest-tests map-policy                  # the backend's map decision on every real exporter
+//! guest-tests lifecycle hold|reset ...     # state across pause, reset, upgrade (lifecycle.rs)
 //! guest-tests wl-proxy [--socket PATH] [--init 16|20|24] [--ids 4|28] [--commits FILE]
 //!                                         # the guest Wayland proxy (runs until killed)
 //! guest-tests wayland-clients             # weston's demo clients through the proxy; the
@@ -26,6 +27,7 @@
 mod cases;
 mod drm;
 mod inspect;
+mod lifecycle;
 mod policy;
 mod wayland;
 mod wl_channel;
@@ -66,6 +68,12 @@ impl Runner {
         self.tally.record(&outcome);
     }
 
+    /// Prints the summary line now (a step that ends in a reboot never reaches `finish`).
+    pub fn print_summary(&self) {
+        println!("{}", self.tally);
+        let _ = std::io::stdout().flush();
+    }
+
     fn finish(self) -> ExitCode {
         println!("{}", self.tally);
         if self.tally.failed == 0 {
@@ -78,11 +86,50 @@ impl Runner {
 
 /// Asks the host to look at something and waits for its answer line.
 pub fn hold_for_host(what: &str) -> std::io::Result<()> {
+    ask_host(what).map(drop)
+}
+
+/// Asks the host to act (`@@VMLANE hold WHAT`) and returns its answer line.
+pub fn ask_host(what: &str) -> std::io::Result<String> {
     println!("@@VMLANE hold {what}");
     std::io::stdout().flush()?;
     let mut line = String::new();
-    std::io::stdin().lock().read_line(&mut line)?;
-    Ok(())
+    if std::io::stdin().lock().read_line(&mut line)? == 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "the host closed the results port",
+        ));
+    }
+    Ok(line.trim_end().to_string())
+}
+
+/// `guest-tests lifecycle hold|reset [--expect-blob yes|no] [--rounds N]`.
+fn lifecycle_main(args: &[String]) -> ExitCode {
+    let mut options = lifecycle::Options {
+        blob: true,
+        rounds: 1,
+    };
+    let Some(mode) = args.first() else {
+        return usage();
+    };
+    let mut it = args[1..].iter();
+    while let Some(arg) = it.next() {
+        match (arg.as_str(), it.next().map(String::as_str)) {
+            ("--expect-blob", Some(v @ ("yes" | "no"))) => options.blob = v == "yes",
+            ("--rounds", Some(n)) => match n.parse() {
+                Ok(n) => options.rounds = n,
+                Err(_) => return usage(),
+            },
+            _ => return usage(),
+        }
+    }
+    let mut runner = Runner::new();
+    match mode.as_str() {
+        "hold" => lifecycle::hold(&mut runner, options),
+        "reset" => lifecycle::reset(&mut runner, options),
+        _ => return usage(),
+    }
+    runner.finish()
 }
 
 fn usage() -> ExitCode {
@@ -90,7 +137,8 @@ fn usage() -> ExitCode {
         "usage: guest-tests [--expect-blob yes|no] [--map-policy allow|refuse] [--hold-kms]\n\
          \x20      guest-tests inspect-pid DMABUF_INFO\n\
          \x20      guest-tests show-console\n\
-         \x20      guest-tests map-policy"
+         \x20      guest-tests map-policy\n\
+         \x20      guest-tests lifecycle hold|reset [--expect-blob yes|no] [--rounds N]"
     );
     ExitCode::from(2)
 }
@@ -112,6 +160,7 @@ fn main() -> ExitCode {
             policy::map_policy(&mut runner);
             return runner.finish();
         }
+        Some("lifecycle") => return lifecycle_main(&args[1..]),
         Some("wl-proxy") => return wl_proxy(&args[1..]),
         Some("wayland-clients") => {
             let mut runner = Runner::new();

@@ -12,8 +12,9 @@ use guest_tests::report::{case_line, parse_libtest_result, parse_summary, Outcom
 use crate::binaries;
 use crate::fetch::{self, Apt, Kernel};
 use crate::initramfs;
+use crate::lifecycle::{PauseDriver, ResetDriver, Screen, RESET_BOOTS};
 use crate::qmp::Qmp;
-use crate::vm::{Boot, KillOnDrop, Qemu, Transcript};
+use crate::vm::{Boot, HoldReply, KillOnDrop, Qemu, Transcript};
 use crate::{step, Error};
 
 /// Pixel rows that must be lit for a screen to count as showing the guest's
@@ -224,6 +225,22 @@ pub(crate) fn tally_transcript(label: &str, transcript: &Transcript, steps: &[St
     let mut ended = Vec::new();
     for line in &transcript.lines {
         let line = &strip_ansi(line);
+        if line.starts_with("@@VMLANE boot ") {
+            // A reset ended the step in flight (the reset steps): what it counted before
+            // asking for the reset stands; a step that counted nothing failed.
+            if let Some((name, mut tally, counted)) = current.take() {
+                if !counted {
+                    println!(
+                        "FAILED {label}/{name}: interrupted by a reboot before its result line"
+                    );
+                    tally.failed += 1;
+                }
+                println!("  {label}/{name} (until the reset): {tally}");
+                total.add(tally);
+                ended.push(name);
+            }
+            continue;
+        }
         if let Some(name) = line.strip_prefix("@@VMLANE step ") {
             current = Some((name.trim().to_string(), Tally::default(), false));
             continue;
@@ -367,8 +384,11 @@ fn kernel_lane(env: &mut Env, timeout: Duration) -> Result<Tally, Error> {
         extra: strings(&["-m", "512M", "-machine", "q35", "-device", "virtio-gpu-pci"]),
         env: Vec::new(),
         timeout,
+        allow_reboot: false,
     };
-    let transcript = step("kernel lane: guest run", || boot.run(&mut |_| {}))?;
+    let transcript = step("kernel lane: guest run", || {
+        boot.run(&mut |_| HoldReply::Continue)
+    })?;
     let mut names: Vec<String> = steps.iter().map(|s| s.name.clone()).collect();
     names.push("modules".into());
     let mut tally = tally_transcript("kernel", &transcript, &names);
@@ -439,7 +459,11 @@ impl Backend {
             .arg("--socket-path")
             .arg(socket)
             .args(extra)
-            .env("RUST_LOG", "info")
+            // VM_LANES_BACKEND_LOG=debug (or trace: every vhost-user message) for a closer look.
+            .env(
+                "RUST_LOG",
+                std::env::var("VM_LANES_BACKEND_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
@@ -569,13 +593,20 @@ fn blob_lane(env: &mut Env, timeout: Duration) -> Result<Tally, Error> {
         }
         let mut backend = Backend::start(&backend_bin, &dir, &socket, &extra)?;
         let policy_arg = if refuse { "refuse" } else { "allow" };
-        let steps = vec![
+        let mut steps = vec![
             GuestStep::new(
                 "guest-tests",
                 &format!("/bin/guest-tests --expect-blob yes --map-policy {policy_arg} --hold-kms"),
             ),
             GuestStep::new("console", "/bin/guest-tests show-console"),
         ];
+        if !refuse {
+            steps.push(GuestStep::new(
+                "lifecycle",
+                "/bin/guest-tests lifecycle hold --expect-blob yes --rounds 3",
+            ));
+        }
+        let qmp_socket = dir.join("qmp.sock");
         let kernel = env.kernel()?;
         let initrd = dir.join("initramfs.cpio");
         write_initramfs(
@@ -592,6 +623,8 @@ fn blob_lane(env: &mut Env, timeout: Duration) -> Result<Tally, Error> {
             format!("socket,id=gpu,path={}", socket.display()),
             "-device".into(),
             "vhost-user-test-device-pci,virtio-id=16,num_vqs=2,config_size=16,chardev=gpu".into(),
+            "-qmp".into(),
+            format!("unix:{},server=on,wait=off", qmp_socket.display()),
         ]);
         let boot = Boot {
             qemu: &qemu,
@@ -601,11 +634,20 @@ fn blob_lane(env: &mut Env, timeout: Duration) -> Result<Tally, Error> {
             extra: args,
             env: Vec::new(),
             timeout,
+            allow_reboot: false,
         };
         let mut capture_outcome = None;
         let mut console_outcome = None;
+        let mut pause = PauseDriver::new(
+            &qmp_socket,
+            Screen::Capture(captures.join("scanout-0.png")),
+            &dir,
+        );
         let transcript = step(&format!("{run}: guest run"), || {
             boot.run(&mut |what| {
+                if let Some(reply) = pause.hold(what) {
+                    return reply;
+                }
                 if what.starts_with("kms-pattern") {
                     // The capture is written off the queue thread (at most every
                     // 200 ms): look again until it shows the pattern or 10 s pass.
@@ -644,13 +686,18 @@ fn blob_lane(env: &mut Env, timeout: Duration) -> Result<Tally, Error> {
                         }
                     }));
                 }
+                HoldReply::Continue
             })
         })?;
-        let mut tally = tally_transcript(
-            run,
-            &transcript,
-            &["modules".into(), "guest-tests".into(), "console".into()],
-        );
+        let names: Vec<String> = steps
+            .iter()
+            .map(|s| s.name.clone())
+            .chain(["modules".into()])
+            .collect();
+        let mut tally = tally_transcript(run, &transcript, &names);
+        for (what, outcome) in pause.outcomes.drain(..) {
+            host_case(&format!("{run}/host: pause {what}"), &mut tally, outcome);
+        }
         host_case(
             &format!("{run}/host: KMS pattern in the backend's PNG capture"),
             &mut tally,
@@ -676,7 +723,133 @@ fn blob_lane(env: &mut Env, timeout: Duration) -> Result<Tally, Error> {
         println!("  {run}: {tally}");
         total.add(tally);
     }
+    let reset = reset_run(
+        "blob-reset",
+        &qemu,
+        env,
+        timeout,
+        &backend_bin,
+        &["--allocator", "memfd", "--hostmem", "256M"],
+        "vhost-user-test-device-pci,virtio-id=16,num_vqs=2,config_size=16,chardev=gpu",
+        true,
+    )?;
+    total.add(reset);
     Ok(total)
+}
+
+/// A boot of its own that resets the VM twice (a guest reboot, then QMP `system_reset`,
+/// [`crate::lifecycle`]) against a fresh backend, on a device line `device` (with
+/// `chardev=gpu`).
+#[allow(clippy::too_many_arguments)]
+fn reset_run(
+    run: &str,
+    qemu: &Qemu,
+    env: &mut Env,
+    timeout: Duration,
+    backend_bin: &Path,
+    backend_args: &[&str],
+    device: &str,
+    blob: bool,
+) -> Result<Tally, Error> {
+    let dir = lane_dir(run)?;
+    let captures = dir.join("captures");
+    fs::create_dir_all(&captures).map_err(|e| Error::io(&captures, e))?;
+    let socket = dir.join("gpu.sock");
+    let qmp_socket = dir.join("qmp.sock");
+    let mut extra = strings(backend_args);
+    extra.push("--capture-dir".into());
+    extra.push(captures.display().to_string());
+    let mut backend = Backend::start(backend_bin, &dir, &socket, &extra)?;
+    let guest_tests = env.guest_tests()?;
+    let steps = vec![GuestStep::new(
+        "lifecycle-reset",
+        &format!(
+            "/bin/guest-tests lifecycle reset --expect-blob {}",
+            if blob { "yes" } else { "no" }
+        ),
+    )];
+    let kernel = env.kernel()?;
+    let initrd = dir.join("initramfs.cpio");
+    write_initramfs(
+        &initrd,
+        kernel,
+        &VIRTIO_GPU_MODULES,
+        &[("guest-tests", &guest_tests)],
+        &[],
+        &steps,
+    )?;
+    let mut args = vhost_user_memory();
+    args.extend([
+        "-chardev".into(),
+        format!("socket,id=gpu,path={}", socket.display()),
+        "-device".into(),
+        device.into(),
+        "-qmp".into(),
+        format!("unix:{},server=on,wait=off", qmp_socket.display()),
+    ]);
+    let boot = Boot {
+        qemu,
+        dir: &dir,
+        kernel: &kernel.image,
+        initramfs: &initrd,
+        extra: args,
+        env: Vec::new(),
+        timeout,
+        allow_reboot: true,
+    };
+    let screen = if blob {
+        Screen::Capture(captures.join("scanout-0.png"))
+    } else {
+        Screen::Screendump
+    };
+    let mut driver = ResetDriver::new(&qmp_socket, screen, &dir);
+    let transcript = step(&format!("{run}: guest run (3 boots)"), || {
+        boot.run(&mut |what| driver.hold(what))
+    })?;
+    let mut tally = tally_transcript(
+        run,
+        &transcript,
+        &["modules".into(), "lifecycle-reset".into()],
+    );
+    host_case(
+        &format!("{run}/host: the guest booted {RESET_BOOTS} times (reboot, system_reset)"),
+        &mut tally,
+        if driver.boots() == RESET_BOOTS {
+            Outcome::Passed
+        } else {
+            Outcome::Failed(format!("{} boots", driver.boots()))
+        },
+    );
+    for (what, outcome) in driver.outcomes.drain(..) {
+        host_case(&format!("{run}/host: {what}"), &mut tally, outcome);
+    }
+    let log = fs::read_to_string(&backend.log).unwrap_or_default();
+    let freeing = log
+        .lines()
+        .filter(|l| l.contains("device reset (") && !l.contains(": 0 resources freed"))
+        .count();
+    host_case(
+        &format!("{run}/host: the backend freed the device at both resets"),
+        &mut tally,
+        if freeing >= 2 {
+            Outcome::Passed
+        } else {
+            Outcome::Failed(format!(
+                "{freeing} resets that freed resources in {}",
+                backend.log.display()
+            ))
+        },
+    );
+    host_case(
+        &format!("{run}/host: backend survived the guest"),
+        &mut tally,
+        match backend.crashed() {
+            Some(why) => Outcome::Failed(why),
+            None => Outcome::Passed,
+        },
+    );
+    println!("  {run}: {tally}");
+    Ok(tally)
 }
 
 fn qemu10_lane(env: &mut Env, timeout: Duration) -> Result<Tally, Error> {
@@ -698,6 +871,10 @@ fn qemu10_lane(env: &mut Env, timeout: Duration) -> Result<Tally, Error> {
             "/bin/guest-tests --expect-blob no --map-policy allow --hold-kms",
         ),
         GuestStep::new("console", "/bin/guest-tests show-console"),
+        GuestStep::new(
+            "lifecycle",
+            "/bin/guest-tests lifecycle hold --expect-blob no --rounds 3",
+        ),
     ];
     let kernel = env.kernel()?;
     let initrd = dir.join("initramfs.cpio");
@@ -726,17 +903,22 @@ fn qemu10_lane(env: &mut Env, timeout: Duration) -> Result<Tally, Error> {
         extra: args,
         env: Vec::new(),
         timeout,
+        allow_reboot: false,
     };
     let mut pattern_outcome = None;
     let mut console_outcome = None;
+    let mut pause = PauseDriver::new(&qmp_socket, Screen::Screendump, &dir);
     let transcript = step("qemu10 lane: guest run", || {
         boot.run(&mut |what| {
+            if let Some(reply) = pause.hold(what) {
+                return reply;
+            }
             let (file, slot) = if what.starts_with("kms-pattern") {
                 (dir.join("screendump-kms.png"), &mut pattern_outcome)
             } else if what.starts_with("console") {
                 (dir.join("screendump-console.png"), &mut console_outcome)
             } else {
-                return;
+                return HoldReply::Continue;
             };
             let is_pattern = what.starts_with("kms-pattern");
             let check = |file: &Path| -> Outcome {
@@ -762,13 +944,18 @@ fn qemu10_lane(env: &mut Env, timeout: Duration) -> Result<Tally, Error> {
                     Ok(()) => check(&file),
                 },
             ));
+            HoldReply::Continue
         })
     })?;
-    let mut tally = tally_transcript(
-        "qemu10",
-        &transcript,
-        &["modules".into(), "guest-tests".into(), "console".into()],
-    );
+    let names: Vec<String> = steps
+        .iter()
+        .map(|s| s.name.clone())
+        .chain(["modules".into()])
+        .collect();
+    let mut tally = tally_transcript("qemu10", &transcript, &names);
+    for (what, outcome) in pause.outcomes.drain(..) {
+        host_case(&format!("qemu10/host: pause {what}"), &mut tally, outcome);
+    }
     host_case(
         "qemu10/host: screendump shows the KMS pattern",
         &mut tally,
@@ -791,6 +978,18 @@ fn qemu10_lane(env: &mut Env, timeout: Duration) -> Result<Tally, Error> {
             None => Outcome::Passed,
         },
     );
+    println!("  qemu10: {tally}");
+    let reset = reset_run(
+        "qemu10-reset",
+        &qemu,
+        env,
+        timeout,
+        &backend_bin,
+        &["--allocator", "memfd"],
+        "vhost-user-gpu-pci,chardev=gpu",
+        false,
+    )?;
+    tally.add(reset);
     Ok(tally)
 }
 

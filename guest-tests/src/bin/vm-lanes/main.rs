@@ -15,6 +15,7 @@ mod binaries;
 mod fetch;
 mod initramfs;
 mod lanes;
+mod lifecycle;
 mod qmp;
 mod render;
 mod rootfs;

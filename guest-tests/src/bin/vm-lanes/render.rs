@@ -24,7 +24,7 @@ use crate::fetch;
 use crate::lanes::Env;
 use crate::qmp::Qmp;
 use crate::rootfs::{self, LaneFiles, Spec};
-use crate::vm::{Boot, KillOnDrop, Qemu};
+use crate::vm::{Boot, HoldReply, KillOnDrop, Qemu};
 use crate::{run, run_output, step, Error};
 
 /// Packages of the render root (host side, trixie).
@@ -364,6 +364,7 @@ fn guest_run(
         extra,
         env: run.env,
         timeout,
+        allow_reboot: false,
     };
     let transcript = step(&format!("render lane: guest run ({})", run.label), || {
         boot.run(on_hold)
@@ -501,6 +502,7 @@ pub fn lane(env: &mut Env, timeout: Duration) -> Result<Tally, Error> {
                     },
                 ));
             }
+            HoldReply::Continue
         },
     )?);
     host_case(
@@ -559,7 +561,7 @@ pub fn lane(env: &mut Env, timeout: Duration) -> Result<Tally, Error> {
             ],
         },
         timeout,
-        &mut |_| {},
+        &mut |_| HoldReply::Continue,
     )?);
     let log = fs::read_to_string(&backend.log).unwrap_or_default();
     host_case(
@@ -625,6 +627,7 @@ pub fn lane(env: &mut Env, timeout: Duration) -> Result<Tally, Error> {
                         },
                     ));
             }
+            HoldReply::Continue
         },
     )?);
     host_case(

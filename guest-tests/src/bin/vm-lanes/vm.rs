@@ -45,6 +45,8 @@ pub struct Boot<'a> {
     pub env: Vec<(String, String)>,
     /// The whole boot must end before this.
     pub timeout: Duration,
+    /// A guest reset reboots it (the reset lanes) instead of ending QEMU (`-no-reboot`).
+    pub allow_reboot: bool,
 }
 
 /// What the guest printed on its results port.
@@ -55,8 +57,19 @@ pub struct Transcript {
     pub finished: bool,
 }
 
-/// Called for each `@@VMLANE hold WHAT`; the guest continues once it returns.
-pub type HoldHandler<'a> = dyn FnMut(&str) + 'a;
+/// What the runner answers a `@@VMLANE hold WHAT`.
+pub enum HoldReply {
+    /// `continue`.
+    Continue,
+    /// This line.
+    Line(String),
+    /// Nothing: the host reset the guest, which will never read an answer (one written now
+    /// would be read by the next boot instead).
+    Nothing,
+}
+
+/// Called for each `@@VMLANE hold WHAT`; the guest continues once it gets the reply.
+pub type HoldHandler<'a> = dyn FnMut(&str) -> HoldReply + 'a;
 
 impl Boot<'_> {
     fn command(&self, args: &[String]) -> Command {
@@ -104,13 +117,15 @@ impl Boot<'_> {
             "-no-user-config",
             "-display",
             "none",
-            "-no-reboot",
             "-monitor",
             "none",
         ]
         .iter()
         .map(|s| s.to_string())
         .collect();
+        if !self.allow_reboot {
+            args.push("-no-reboot".into());
+        }
         args.extend([
             "-kernel".into(),
             kernel.display().to_string(),
@@ -187,8 +202,15 @@ impl Boot<'_> {
                     let line = line.trim_end_matches('\r').to_string();
                     let _ = writeln!(log, "{line}");
                     if let Some(what) = line.strip_prefix("@@VMLANE hold ") {
-                        on_hold(what.trim());
-                        let _ = writer.write_all(b"continue\n");
+                        match on_hold(what.trim()) {
+                            HoldReply::Continue => {
+                                let _ = writer.write_all(b"continue\n");
+                            }
+                            HoldReply::Line(reply) => {
+                                let _ = writer.write_all(format!("{reply}\n").as_bytes());
+                            }
+                            HoldReply::Nothing => {}
+                        }
                     }
                     if line.trim() == "@@VMLANE done" {
                         transcript.finished = true;

@@ -39,7 +39,7 @@ use guest_tests::report::{Outcome, Tally};
 
 use crate::lanes::{self, host_case, Backend, Env};
 use crate::rootfs::{self, LaneFiles, Spec};
-use crate::vm::{Boot, KillOnDrop};
+use crate::vm::{Boot, HoldReply, KillOnDrop};
 use crate::{step, Error};
 
 /// Weston's output size (room for every demo client's window below the panel).
@@ -438,11 +438,15 @@ pub fn lane(env: &mut Env, timeout: Duration) -> Result<Tally, Error> {
         extra: args,
         env: Vec::new(),
         timeout,
+        allow_reboot: false,
     };
     let mut host = Tally::default();
     let backend_pid = backend.pid();
     let transcript = step("wayland lane: guest run", || {
-        boot.run(&mut |what| check(&dir, &weston, backend_pid, what, &mut host))
+        boot.run(&mut |what| {
+            check(&dir, &weston, backend_pid, what, &mut host);
+            HoldReply::Continue
+        })
     })?;
     let mut tally = lanes::tally_transcript(
         "wayland",

@@ -15,13 +15,16 @@ mod cli;
 mod context;
 mod disconnect;
 mod hostile;
+mod lifecycle;
 mod limits;
 mod queue;
 mod render;
+mod restart;
 mod sandbox;
 mod soak;
 mod stale;
 mod two_d;
+mod upgrade;
 
 pub use disconnect::{child_frontend_from_env, CHILD_SOCKET_ENV};
 
@@ -138,6 +141,9 @@ pub fn all() -> Vec<Case> {
     v.extend(bounds::cases());
     v.extend(soak::cases());
     v.extend(disconnect::cases());
+    v.extend(lifecycle::cases());
+    v.extend(upgrade::cases());
+    v.extend(restart::cases());
     v
 }
 

@@ -16,6 +16,7 @@ mod channel;
 mod context;
 mod render;
 mod scanout;
+mod snapshot;
 mod two_d;
 
 pub(crate) use render::offered_capsets;

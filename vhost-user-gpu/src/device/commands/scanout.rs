@@ -11,7 +11,7 @@ use crate::device::config::MAX_SCANOUT_SIDE;
 use crate::device::edid;
 use crate::device::mmap::MappedBuffer;
 use crate::device::ports::{
-    BlobFdKind, Cursor, DmabufScanout, Frame, GuestMemory, CURSOR_BYTES, CURSOR_SIDE,
+    BlobFdKind, Cursor, DisplaySink, DmabufScanout, Frame, GuestMemory, CURSOR_BYTES, CURSOR_SIDE,
 };
 use crate::device::reject::{over_budget, reject, CmdResult, Reject};
 use crate::device::resource::{
@@ -438,6 +438,44 @@ impl GpuDevice {
             presented?;
         }
         Ok(GpuResponse::OkNoData)
+    }
+
+    /// Shows every scanout's current image on `sink` alone (a sink that starts late: the
+    /// capture after a live upgrade): its mode, then the whole image as one update. Returns
+    /// `sink`; the device's own sink is not told anything. The copies are the scanouts' own
+    /// (charged with them).
+    pub fn repaint(
+        &mut self,
+        mem: &GuestMemory,
+        sink: Box<dyn DisplaySink>,
+    ) -> Box<dyn DisplaySink> {
+        let own = std::mem::replace(&mut self.display, sink);
+        for scanout_id in 0..self.scanouts.len() as u32 {
+            let Some(shown) = self.scanouts.shown_mut(scanout_id) else {
+                continue;
+            };
+            // A copy, whatever the device's own sink imported.
+            let view = ShownView {
+                dmabuf: false,
+                ..shown.view
+            };
+            let (width, height) = (view.rect.width, view.rect.height);
+            let mut scratch = std::mem::take(&mut shown.memory.scratch);
+            self.display.scanout(scanout_id, Some((width, height)));
+            let whole = Rect {
+                x: 0,
+                y: 0,
+                width,
+                height,
+            };
+            if let Err(e) = self.present(mem, scanout_id, &view, whole, &mut scratch) {
+                debug!("repaint of scanout {scanout_id}: {}", e.reason);
+            }
+            if let Some(shown) = self.scanouts.shown_mut(scanout_id) {
+                shown.memory.scratch = scratch;
+            }
+        }
+        std::mem::replace(&mut self.display, own)
     }
 
     /// Hands the scanout's current image to the display sink; `scratch` is the scanout's
