@@ -426,12 +426,14 @@ impl Env {
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
         let wrapper = dir.join("qemu-system-x86_64");
         // Like vm-lanes: chroot into the root in a private mount namespace with /dev, /proc
-        // and the host's /tmp (where the backend's socket is) mounted into it.
+        // and the host's /tmp (where the backend's socket is) mounted into it. QEMU is named
+        // by its path in the root: by name, a checkout under /tmp would find this wrapper
+        // again through PATH inside the chroot.
         let script = format!(
             "#!/bin/sh\n\
              exec unshare --mount --propagation private -- sh -c 'root=$1; shift; \
              mount --rbind /dev \"$root/dev\"; mount -t proc proc \"$root/proc\"; \
-             mount --bind /tmp \"$root/tmp\"; exec chroot \"$root\" qemu-system-x86_64 \"$@\"' \
+             mount --bind /tmp \"$root/tmp\"; exec chroot \"$root\" /usr/bin/qemu-system-x86_64 \"$@\"' \
              qemu-11.1 '{}' \"$@\"\n",
             trixie.display()
         );

@@ -184,25 +184,11 @@ impl GpuDevice {
         Ok(())
     }
 
-    fn channel_of(&mut self, ctx_id: u32, command: &str) -> Result<(), Reject> {
-        if self.contexts.get_mut(ctx_id)?.channel.is_none() {
-            return Err(reject(
-                GpuError::InvalidParameter,
-                format!(
-                    "ctx_id {ctx_id}: {command} without a channel (INIT had channel_type 0, or \
-                     the channel closed with its ring)"
-                ),
-            ));
-        }
-        Ok(())
-    }
-
     /// SEND: bytes and identifiers to the compositor.
     pub(super) fn channel_send(&mut self, ctx_id: u32, send: &SendReceive) -> Result<(), Reject> {
-        self.channel_of(ctx_id, "SEND")?;
         let ctx = self.contexts.get_mut(ctx_id)?;
         let Some((channel, attached)) = ctx.channel_and_attached() else {
-            unreachable!("checked above");
+            return Err(no_channel(ctx_id, "SEND"));
         };
         let mut exporter = AttachedExporter {
             table: &self.resources,
@@ -216,9 +202,8 @@ impl GpuDevice {
 
     /// WRITE: bytes for a write pipe the compositor handed over.
     pub(super) fn channel_write(&mut self, ctx_id: u32, write: &ReadWrite) -> Result<(), Reject> {
-        self.channel_of(ctx_id, "WRITE")?;
-        let Some(channel) = self.contexts.channel_mut(ctx_id) else {
-            unreachable!("checked above");
+        let Some(channel) = self.contexts.get_mut(ctx_id)?.channel.as_mut() else {
+            return Err(no_channel(ctx_id, "WRITE"));
         };
         channel
             .channel
@@ -230,7 +215,10 @@ impl GpuDevice {
     /// the channel ring ([`GpuDevice::channel_fence`]); an unfenced POLL only checks that
     /// there is a channel.
     pub(super) fn channel_poll(&mut self, ctx_id: u32) -> Result<(), Reject> {
-        self.channel_of(ctx_id, "POLL")
+        match self.contexts.get_mut(ctx_id)?.channel {
+            Some(_) => Ok(()),
+            None => Err(no_channel(ctx_id, "POLL")),
+        }
     }
 
     /// A fenced command on `timeline`: when that is the channel ring of a context with a
@@ -361,8 +349,11 @@ impl GpuDevice {
                 ),
             )
         })?;
-        let Some(channel) = self.contexts.channel_mut(ctx_id) else {
-            unreachable!("the caller checked the channel");
+        let Some(channel) = self.contexts.get_mut(ctx_id)?.channel.as_mut() else {
+            return Err(no_channel(
+                ctx_id,
+                "RESOURCE_CREATE_BLOB of a received item",
+            ));
         };
         let blob = channel
             .channel
@@ -416,4 +407,15 @@ impl GpuDevice {
         });
         Ok(Resource::new(kind, blob.size, p.blob_flags, charge))
     }
+}
+
+/// The refusal of a channel command on a context without a channel.
+fn no_channel(ctx_id: u32, command: &str) -> Reject {
+    reject(
+        GpuError::InvalidParameter,
+        format!(
+            "ctx_id {ctx_id}: {command} without a channel (INIT had channel_type 0, or the \
+             channel closed with its ring)"
+        ),
+    )
 }
