@@ -174,13 +174,18 @@ fn build_peer(cache: &Path, root: &Path) -> Result<(), Error> {
 
 /// A backend process run inside the render root (private mount namespace with `/dev`,
 /// `/proc` and the lane directory bind-mounted), killed when dropped.
-struct RootProcess {
+pub(crate) struct RootProcess {
     child: KillOnDrop,
     log: PathBuf,
 }
 
 impl RootProcess {
-    fn start(root: &Path, dir: &Path, name: &str, argv: &[String]) -> Result<Self, Error> {
+    pub(crate) fn start(
+        root: &Path,
+        dir: &Path,
+        name: &str,
+        argv: &[String],
+    ) -> Result<Self, Error> {
         let log = dir.join(format!("{name}.log"));
         let out = fs::File::create(&log).map_err(|e| Error::io(&log, e))?;
         let err = out.try_clone().map_err(|e| Error::io(&log, e))?;
@@ -209,7 +214,7 @@ impl RootProcess {
         })
     }
 
-    fn wait_for(&mut self, socket: &Path) -> Result<(), Error> {
+    pub(crate) fn wait_for(&mut self, socket: &Path) -> Result<(), Error> {
         let deadline = Instant::now() + Duration::from_secs(30);
         while !socket.exists() {
             if let Ok(Some(status)) = self.child.0.try_wait() {
@@ -318,15 +323,17 @@ echo "$pass passed, $fail failed, 0 skipped"
 "#;
 
 /// One guest boot of the lane.
-struct GuestRun<'a> {
-    label: &'a str,
-    qemu: Qemu,
-    extra: Vec<String>,
-    env: Vec<(String, String)>,
-    steps: Vec<(&'a str, &'a str)>,
+pub(crate) struct GuestRun<'a> {
+    pub(crate) label: &'a str,
+    pub(crate) qemu: Qemu,
+    pub(crate) extra: Vec<String>,
+    pub(crate) env: Vec<(String, String)>,
+    pub(crate) steps: Vec<(&'a str, &'a str)>,
+    /// More scripts for `/lane/` (name, text).
+    pub(crate) files: Vec<(&'a str, &'a str)>,
 }
 
-fn guest_run(
+pub(crate) fn guest_run(
     env: &mut Env,
     dir: &Path,
     image: &rootfs::Image,
@@ -352,6 +359,10 @@ fn guest_run(
             ("vk-hostmem", 0o755, vk),
         ],
     };
+    let mut files = files;
+    for (name, text) in &run.files {
+        files.files.push((name, 0o755, text.as_bytes().to_vec()));
+    }
     let initrd = dir.join("initramfs.cpio");
     rootfs::write_initramfs(&initrd, kernel, &GUEST_MODULES, &files)?;
     let mut extra = run.extra;
@@ -401,13 +412,13 @@ const NO_FEEDBACK: &str = "VN_PERF=no_fence_feedback,no_semaphore_feedback,no_ev
 
 /// Our backend in the render root: virglrenderer 1.1 (virgl and venus) on llvmpipe and
 /// lavapipe.
-struct Ours {
-    binary: PathBuf,
+pub(crate) struct Ours {
+    pub(crate) binary: PathBuf,
 }
 
 impl Ours {
     /// Starts our backend in the render root with `extra` arguments, in `dir`.
-    fn start(
+    pub(crate) fn start(
         &self,
         root: &Path,
         dir: &Path,
@@ -480,6 +491,7 @@ pub fn lane(env: &mut Env, timeout: Duration) -> Result<Tally, Error> {
             qemu: Qemu::Chroot(render.root.clone()),
             extra,
             env: Vec::new(),
+            files: Vec::new(),
             steps: vec![
                 ("virgl", "/lane/check-virgl"),
                 ("kmscube-scanout", "/lane/kmscube-hold"),
@@ -555,6 +567,7 @@ pub fn lane(env: &mut Env, timeout: Duration) -> Result<Tally, Error> {
             qemu: Qemu::Chroot(render.root.clone()),
             extra,
             env: Vec::new(),
+            files: Vec::new(),
             steps: vec![
                 ("map-refused", &map_refused),
                 ("still-serving", "/lane/check-devices"),
@@ -607,6 +620,7 @@ pub fn lane(env: &mut Env, timeout: Duration) -> Result<Tally, Error> {
             qemu: Qemu::System(qemu10.clone()),
             extra,
             env: Vec::new(),
+            files: Vec::new(),
             steps: vec![
                 ("virgl", "/lane/check-virgl"),
                 ("kmscube-scanout", "/lane/kmscube-hold"),
