@@ -3,9 +3,9 @@
 //! file system image ([`crate::rootfs`]).
 //!
 //! The host side runs in a "render root": a `debootstrap` trixie root with virglrenderer
-//! 1.1, Mesa 25 (llvmpipe, lavapipe), QEMU 11.1 and the peer backend rust-vmm
-//! `vhost-device-gpu` 0.2.0 built there with its virglrenderer backend (it needs
-//! virglrenderer >= 1.0, which bookworm does not have). The lane runs OUR backend there
+//! 1.1, Mesa 25 (llvmpipe, lavapipe) and QEMU 11.1; the benchmark (`--bench render`) builds
+//! the peer backend rust-vmm `vhost-device-gpu` 0.2.0 there with its virglrenderer backend
+//! (it needs virglrenderer >= 1.0, which bookworm does not have). The lane runs OUR backend there
 //! (venus needs virglrenderer >= 1.0 too): behind QEMU 11.1's generic vhost-user device
 //! (blobs mapped into the host-visible region), again with a policy that refuses the
 //! mapping, and behind QEMU 10's `vhost-user-gpu-pci` (virgl without blobs).
@@ -56,8 +56,8 @@ const RENDER_ROOT_PACKAGES: [&str; 19] = [
 /// Bumped when the render root's recipe changes.
 const RENDER_ROOT_VERSION: u32 = 1;
 
-/// The render root: a trixie root with the renderer stack, QEMU 11.1 and the peer (in
-/// `/opt/vhost-device-gpu/bin`, for the benchmark in BENCHMARKS.md).
+/// The render root: a trixie root with the renderer stack, QEMU 11.1 and what building the
+/// peer needs (the peer itself is built by [`peer`], for the benchmark in BENCHMARKS.md).
 pub struct RenderRoot {
     /// The root directory.
     pub root: PathBuf,
@@ -121,10 +121,6 @@ pub fn render_root(cache: &Path) -> Result<RenderRoot, Error> {
             run(Command::new("chroot").arg(&root).args(["apt-get", "clean"]))
         },
     )?;
-    step(
-        "render root: cargo install vhost-device-gpu 0.2.0 (virglrenderer)",
-        || build_peer(cache, &root),
-    )?;
     let versions = run_output(Command::new("chroot").arg(&root).args([
         "dpkg-query",
         "-W",
@@ -136,6 +132,22 @@ pub fn render_root(cache: &Path) -> Result<RenderRoot, Error> {
     ]))?;
     fs::write(&stamp, format!("{recipe}{versions}")).map_err(|e| Error::io(&stamp, e))?;
     Ok(done)
+}
+
+/// Where the peer is installed inside the render root.
+pub(crate) const PEER_IN_ROOT: &str = "/opt/vhost-device-gpu/bin/vhost-device-gpu";
+
+/// The peer (rust-vmm's `vhost-device-gpu` 0.2.0 with its virglrenderer backend) in the
+/// render root, built there first when missing: only the benchmark needs it, so lanes (and
+/// CI) never pay its build (about 4.5 minutes on 2 cores).
+pub(crate) fn peer(cache: &Path, root: &Path) -> Result<(), Error> {
+    if root.join(PEER_IN_ROOT.trim_start_matches('/')).exists() {
+        return Ok(());
+    }
+    step(
+        "render root: cargo install vhost-device-gpu 0.2.0 (virglrenderer)",
+        || build_peer(cache, root),
+    )
 }
 
 /// Builds the peer inside the root with the host's Rust toolchain (bind-mounted), its
@@ -180,11 +192,13 @@ pub(crate) struct RootProcess {
 }
 
 impl RootProcess {
+    /// Starts `argv` in `root` as `name` (its output in `dir/NAME.log`, at `rust_log`).
     pub(crate) fn start(
         root: &Path,
         dir: &Path,
         name: &str,
         argv: &[String],
+        rust_log: &str,
     ) -> Result<Self, Error> {
         let log = dir.join(format!("{name}.log"));
         let out = fs::File::create(&log).map_err(|e| Error::io(&log, e))?;
@@ -202,7 +216,7 @@ impl RootProcess {
             .arg(root)
             .arg(dir)
             .args(argv)
-            .env("RUST_LOG", "debug")
+            .env("RUST_LOG", rust_log)
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
@@ -414,6 +428,9 @@ const NO_FEEDBACK: &str = "VN_PERF=no_fence_feedback,no_semaphore_feedback,no_ev
 /// lavapipe.
 pub(crate) struct Ours {
     pub(crate) binary: PathBuf,
+    /// `RUST_LOG` of its log: `debug` in the lane (the log is evidence), `warn` for the
+    /// benchmark (logging every command is a cost of its own).
+    pub(crate) rust_log: &'static str,
 }
 
 impl Ours {
@@ -436,7 +453,7 @@ impl Ours {
             socket.display().to_string(),
         ];
         argv.extend(extra.iter().cloned());
-        let mut backend = RootProcess::start(root, dir, "vhost-user-gpu", &argv)?;
+        let mut backend = RootProcess::start(root, dir, "vhost-user-gpu", &argv, self.rust_log)?;
         backend.wait_for(&socket)?;
         Ok((backend, socket))
     }
@@ -456,6 +473,7 @@ pub fn lane(env: &mut Env, timeout: Duration) -> Result<Tally, Error> {
     let vk_hostmem = binaries::find(&built, "vk-hostmem", false)?.path.clone();
     let ours = Ours {
         binary: crate::lanes::host_backend()?,
+        rust_log: "debug",
     };
     let mut tally = Tally::default();
 
