@@ -93,32 +93,14 @@ pub fn render_root(cache: &Path) -> Result<RenderRoot, Error> {
     step(
         "render root: QEMU 11.1 with OpenGL from trixie-backports",
         || {
-            let sources = root.join("etc/apt/sources.list.d/trixie-backports.sources");
-            fs::write(
-                &sources,
-                "Types: deb\nURIs: http://deb.debian.org/debian\nSuites: trixie-backports\n\
-             Components: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n",
-            )
-            .map_err(|e| Error::io(&sources, e))?;
-            run(Command::new("chroot")
-                .arg(&root)
-                .args(["apt-get", "update", "-qq"]))?;
-            run(Command::new("chroot")
-                .arg(&root)
-                .env("DEBIAN_FRONTEND", "noninteractive")
-                .args([
-                    "apt-get",
-                    "install",
-                    "-y",
-                    "-qq",
-                    "--no-install-recommends",
-                    "-t",
-                    "trixie-backports",
+            fetch::install_from_trixie_backports(
+                &root,
+                &[
                     "qemu-system-x86",
                     "qemu-system-modules-opengl",
                     "qemu-system-gui",
-                ]))?;
-            run(Command::new("chroot").arg(&root).args(["apt-get", "clean"]))
+                ],
+            )
         },
     )?;
     let versions = run_output(Command::new("chroot").arg(&root).args([
