@@ -28,7 +28,7 @@ use crate::vm::{Boot, HoldReply, KillOnDrop, Qemu};
 use crate::{run, run_output, step, Error};
 
 /// Packages of the render root (host side, trixie).
-const RENDER_ROOT_PACKAGES: [&str; 19] = [
+const RENDER_ROOT_PACKAGES: [&str; 8] = [
     // virglrenderer and the render server, Mesa's software drivers.
     "libvirglrenderer1",
     "virgl-server",
@@ -38,10 +38,11 @@ const RENDER_ROOT_PACKAGES: [&str; 19] = [
     "libegl1",
     "libgl1",
     "mesa-vulkan-drivers",
-    // A display for QEMU's own GL device (GTK on Xvfb).
-    "xvfb",
-    "xauth",
-    // Building the peer.
+];
+
+/// What building the peer needs in the render root (installed by [`peer`], only for the
+/// benchmark).
+const PEER_BUILD_PACKAGES: [&str; 9] = [
     "ca-certificates",
     "gcc",
     "libc6-dev",
@@ -54,7 +55,7 @@ const RENDER_ROOT_PACKAGES: [&str; 19] = [
 ];
 
 /// Bumped when the render root's recipe changes.
-const RENDER_ROOT_VERSION: u32 = 1;
+const RENDER_ROOT_VERSION: u32 = 2;
 
 /// The render root: a trixie root with the renderer stack, QEMU 11.1 and what building the
 /// peer needs (the peer itself is built by [`peer`], for the benchmark in BENCHMARKS.md).
@@ -90,19 +91,9 @@ pub fn render_root(cache: &Path) -> Result<RenderRoot, Error> {
                 .arg("http://deb.debian.org/debian"))
         },
     )?;
-    step(
-        "render root: QEMU 11.1 with OpenGL from trixie-backports",
-        || {
-            fetch::install_from_trixie_backports(
-                &root,
-                &[
-                    "qemu-system-x86",
-                    "qemu-system-modules-opengl",
-                    "qemu-system-gui",
-                ],
-            )
-        },
-    )?;
+    step("render root: QEMU 11.1 from trixie-backports", || {
+        fetch::install_from_trixie_backports(&root, &["qemu-system-x86"])
+    })?;
     let versions = run_output(Command::new("chroot").arg(&root).args([
         "dpkg-query",
         "-W",
@@ -126,6 +117,17 @@ pub(crate) fn peer(cache: &Path, root: &Path) -> Result<(), Error> {
     if root.join(PEER_IN_ROOT.trim_start_matches('/')).exists() {
         return Ok(());
     }
+    step("render root: the peer's build dependencies", || {
+        run(Command::new("chroot")
+            .arg(root)
+            .args(["apt-get", "update", "-qq"]))?;
+        run(Command::new("chroot")
+            .arg(root)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["apt-get", "install", "-y", "-qq", "--no-install-recommends"])
+            .args(PEER_BUILD_PACKAGES))?;
+        run(Command::new("chroot").arg(root).args(["apt-get", "clean"]))
+    })?;
     step(
         "render root: cargo install vhost-device-gpu 0.2.0 (virglrenderer)",
         || build_peer(cache, root),
