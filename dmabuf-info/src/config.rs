@@ -11,7 +11,8 @@
 //! cache_capacity = 4096             # optional; buffers remembered per Inspector
 //!
 //! [[exporter]]                      # quirks; first match wins, before the built-in table
-//! name = "system-uncached"          # exact exporter name, or a glob with * ; "memfd" = memfds
+//! name = "system-uncached"          # exact exporter name, or a glob with * ; "memfd" = memfds,
+//!                                   # "memfd:NAME" = memfds of that name (glob)
 //! cache = "write-combined"          # cached | write-combined | uncached | unknown
 //! needs_sync = "no"                 # no | yes | unknown
 //! stable = true
@@ -63,7 +64,8 @@ pub const SCHEMA: u32 = 1;
 /// An exporter quirk from a configuration file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Quirk {
-    /// Exporter name or glob (`*` matches any run of characters); `memfd` matches memfds.
+    /// Exporter name or glob (`*` matches any run of characters); `memfd` matches memfds,
+    /// `memfd:NAME` the memfds of that name.
     pub name: Arc<str>,
     /// Cache attribute, if the quirk sets it.
     pub cache: Option<CacheAttr>,
@@ -287,6 +289,15 @@ impl Config {
     /// The first quirk matching `exporter`.
     pub fn quirk_for(&self, exporter: &str) -> Option<&Quirk> {
         self.quirks.iter().find(|q| q.matches(exporter))
+    }
+
+    /// The first quirk for a memfd named `name`: `memfd` matches every memfd,
+    /// `memfd:NAME` (glob) only those whose name (`memfd_create`'s) matches.
+    pub fn memfd_quirk(&self, name: Option<&str>) -> Option<&Quirk> {
+        let named = name.map(|n| format!("memfd:{n}"));
+        self.quirks
+            .iter()
+            .find(|q| q.matches("memfd") || named.as_deref().is_some_and(|n| q.matches(n)))
     }
 
     fn parse(s: &str, path: Option<&Path>) -> Result<Config, Error> {

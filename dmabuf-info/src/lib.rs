@@ -288,7 +288,7 @@ impl Inspector {
         let (cache, needs_sync, stable) = match id.kind {
             BufferKind::Memfd => {
                 let mut layers = Vec::with_capacity(2);
-                if let Some(q) = self.config.quirk_for("memfd") {
+                if let Some(q) = self.config.memfd_quirk(id.name.as_deref()) {
                     layers.push(sources::table::quirk_answer(q));
                 }
                 layers.push(Partial {

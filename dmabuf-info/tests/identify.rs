@@ -76,6 +76,28 @@ fn memfd_quirk_overrides_the_memfd_answer() {
 }
 
 #[test]
+fn memfd_quirk_by_name_applies_to_memfds_of_that_name_only() {
+    let config = Config::from_toml_str(
+        "platform = \"x86-amd\"\n[[exporter]]\nname = \"memfd:llvmpipe*\"\nneeds_sync = \"yes\"\n",
+    )
+    .unwrap();
+    let ins = Inspector::new(config);
+    let named = memfd("llvmpipe memory fd", 4096);
+    let info = ins.inspect(named.as_fd(), None).unwrap();
+    assert_eq!(info.needs_sync.value, NeedsSync::Yes);
+    assert_eq!(
+        info.needs_sync.source,
+        Source::ConfigQuirk("memfd:llvmpipe*".into())
+    );
+    assert!(!ins.decide(&info).is_allowed());
+    let other = memfd("vkr-shmem", 4096);
+    let info = ins.inspect(other.as_fd(), None).unwrap();
+    assert_eq!(info.needs_sync.value, NeedsSync::No);
+    assert_eq!(info.needs_sync.source, Source::Memfd);
+    assert!(ins.decide(&info).is_allowed());
+}
+
+#[test]
 fn regular_file_is_named() {
     let mut f = tempfile::tempfile().unwrap();
     f.write_all(b"not a buffer").unwrap();

@@ -84,7 +84,7 @@ const TABLE: &[(&str, &str, How)] = &[
     ),
     (
         "README.md",
-        "cargo run --release -p guest-tests --bin vm-lanes                # lane kernel, blob, qemu10, wayland",
+        "cargo run --release -p guest-tests --bin vm-lanes                # lanes kernel, blob, qemu10, wayland, render",
         How::Ci(".ci/test's last stages run every lane; the blob lane checks its console.png itself"),
     ),
     (
@@ -161,6 +161,11 @@ const TABLE: &[(&str, &str, How)] = &[
         How::NotHere(PEER_VDG),
     ),
     ("BENCHMARKS.md", ".ci/peers qemu", How::Run),
+    (
+        "BENCHMARKS.md",
+        "cargo run --release -p guest-tests --bin vm-lanes -- --bench render",
+        How::Run,
+    ),
     (
         "vhost-user-gpu/fuzz/README.md",
         ".ci/fuzz 60",

@@ -16,10 +16,12 @@ use clap::{ArgAction, CommandFactory as _, Parser};
 use dmabuf_info::{Config as PolicyConfig, Platform};
 use vhost_user_gpu::advisor::DmabufInfoAdvisor;
 use vhost_user_gpu::alloc::{self, gbm, AllocatorKind};
+use vhost_user_gpu::device::ports::{CapsetInfo, Renderer, SendRenderer};
 use vhost_user_gpu::device::Ports;
 use vhost_user_gpu::device::{DeviceConfig, FD_RESERVE};
 use vhost_user_gpu::display::{PngCapture, SharedSink};
-use vhost_user_gpu::protocol::MAX_SCANOUTS;
+use vhost_user_gpu::protocol::{CAPSET_VENUS, CAPSET_VIRGL, CAPSET_VIRGL2, MAX_SCANOUTS};
+use vhost_user_gpu::renderer::{RendererThread, VirglConfig, VirglRenderer};
 use vhost_user_gpu::sandbox::{Landlock, SandboxError, SandboxPolicy};
 use vhost_user_gpu::transport::upgrade::{self, ControlServer, Incoming, Restored};
 use vhost_user_gpu::transport::{
@@ -103,6 +105,22 @@ struct Cli {
     #[arg(long, value_name = "SIZE", default_value = "1G", value_parser = parse_size)]
     max_resource_memory: u64,
 
+    /// Context types offered to the guest: `auto` (cross-domain, plus virgl and venus where
+    /// they work on this host: venus needs virglrenderer >= 1.0), `none` (no contexts, no
+    /// VIRGL feature), or a comma-separated list of `virgl` (OpenGL; capsets VIRGL and
+    /// VIRGL2), `venus` (Vulkan) and `cross-domain`, each of which must work or the backend
+    /// does not start.
+    #[arg(long, value_name = "LIST", default_value = "auto", value_parser = parse_capsets)]
+    capset: CapsetChoice,
+
+    /// The virglrenderer library for virgl and venus (a soname or a path).
+    #[arg(long, value_name = "PATH", default_value = vhost_user_gpu::renderer::DEFAULT_LIBRARY)]
+    virglrenderer: PathBuf,
+
+    /// virglrenderer's render server, which venus contexts run in (Debian: virgl-server).
+    #[arg(long, value_name = "PATH", default_value = vhost_user_gpu::renderer::DEFAULT_RENDER_SERVER)]
+    render_server: PathBuf,
+
     /// Most resources a guest may have at once: 1-4294967295.
     #[arg(long, value_name = "N", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
     max_resources: u32,
@@ -144,6 +162,65 @@ fn platform_parser() -> impl clap::builder::TypedValueParser<Value = Platform> {
         Platform::ALL.map(|p| PossibleValue::new(p.as_str()).help(p.describe())),
     )
     .try_map(|s| s.parse::<Platform>())
+}
+
+/// Whether a context type is offered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Want {
+    /// Not offered.
+    Off,
+    /// Offered where it works on this host (`--capset auto`).
+    IfAvailable,
+    /// Asked for by name: start-up fails without it.
+    Required,
+}
+
+/// `--capset`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct CapsetChoice {
+    virgl: Want,
+    venus: Want,
+    cross_domain: bool,
+}
+
+/// Parses `auto`, `none` or a list of `virgl`, `venus`, `cross-domain`.
+fn parse_capsets(s: &str) -> Result<CapsetChoice, String> {
+    match s.trim() {
+        "auto" => {
+            return Ok(CapsetChoice {
+                virgl: Want::IfAvailable,
+                venus: Want::IfAvailable,
+                cross_domain: true,
+            })
+        }
+        "none" => {
+            return Ok(CapsetChoice {
+                virgl: Want::Off,
+                venus: Want::Off,
+                cross_domain: false,
+            })
+        }
+        _ => {}
+    }
+    let mut choice = CapsetChoice {
+        virgl: Want::Off,
+        venus: Want::Off,
+        cross_domain: false,
+    };
+    for name in s.split(',').map(str::trim) {
+        match name {
+            "virgl" => choice.virgl = Want::Required,
+            "venus" => choice.venus = Want::Required,
+            "cross-domain" => choice.cross_domain = true,
+            other => {
+                return Err(format!(
+                    "'{other}' is not a context type (auto, none, or a list of virgl, venus, \
+                     cross-domain)"
+                ))
+            }
+        }
+    }
+    Ok(choice)
 }
 
 /// What `--sandbox` asks for.
@@ -285,6 +362,10 @@ struct Prepared {
     device_config: DeviceConfig,
     /// Wayland channels' compositor, when there is one.
     wayland: Option<WaylandConnector>,
+    /// The renderer of virgl and venus contexts (started before the sandbox: it loads Mesa's
+    /// drivers and starts the render server), shared by every device; it stops when this
+    /// goes.
+    renderer: Option<RendererThread>,
 }
 
 /// `max_fds`: the fds a guest may make the device hold ([`guest_fd_limit`]).
@@ -332,17 +413,19 @@ fn prepare(cli: &Cli, max_fds: u64) -> Result<Prepared, Failure> {
         hostmem: cli.hostmem,
         max_resource_memory: cli.max_resource_memory,
         max_resources: cli.max_resources,
-        cross_domain: true,
+        cross_domain: cli.capset.cross_domain,
         max_pending_fences: vhost_user_gpu::device::MAX_PENDING_FENCES,
         max_fds,
     };
     device_config.validate().map_err(|e| Usage(e.to_string()))?;
+    let renderer = start_renderer(cli).map_err(Runtime)?;
     Ok(Prepared {
         policy,
         platform,
         resolved,
         device_config,
         wayland,
+        renderer,
     })
 }
 
@@ -353,6 +436,7 @@ fn device_factory(prepared: &Prepared) -> Arc<DeviceFactory> {
     let platform = prepared.platform;
     let device_config = prepared.device_config.clone();
     let wayland = prepared.wayland.clone();
+    let renderer_client = prepared.renderer.as_ref().map(RendererThread::client);
     Arc::new(move |mapper, display| {
         let allocator = alloc::select(allocator.kind, allocator.render_node.as_deref())
             .map_err(std::io::Error::other)?;
@@ -366,7 +450,9 @@ fn device_factory(prepared: &Prepared) -> Arc<DeviceFactory> {
             channels: wayland
                 .clone()
                 .map(|c| Box::new(c) as Box<dyn vhost_user_gpu::device::ports::ChannelConnector>),
-            renderer: None,
+            renderer: renderer_client
+                .clone()
+                .map(|client| Box::new(client) as SendRenderer),
         };
         Ok((device_config.clone(), ports))
     })
@@ -574,7 +660,7 @@ fn take_over(
     let cli =
         Cli::try_parse_from(std::iter::once("vhost-user-gpu".to_string()).chain(args.clone()))
             .map_err(|e| Runtime(format!("the running backend's command line {args:?}: {e}")))?;
-    let prepared = prepare(&cli, max_fds)?;
+    let mut prepared = prepare(&cli, max_fds)?;
     // The capture's writer thread may only start once this process is confined; until then
     // the restored device draws into nothing, and the capture is repainted when it starts.
     let capture = cli.capture_dir.as_ref().map(|_| SharedSink::later());
@@ -607,13 +693,14 @@ fn take_over(
     incoming.commit().map_err(|e| Runtime(e.to_string()))?;
     let restored = restored.take_over();
     log_configuration(&cli, &prepared);
+    let renderer = prepared.renderer.take();
     Ok(Box::new(move || {
         if let Some(server) = control_server {
             server
                 .spawn()
                 .map_err(|e| Runtime(format!("--control-socket: {e}")))?;
         }
-        transport::serve(
+        let served = transport::serve(
             Start::Restored {
                 session: restored.map(|r| Box::new((r.session, r.device, r.connection))),
                 listener,
@@ -623,8 +710,84 @@ fn take_over(
             factory,
             control,
         )
-        .map_err(|e| Runtime(e.to_string()))
+        .map_err(|e| Runtime(e.to_string()));
+        drop(renderer);
+        served
     }))
+}
+
+/// Starts the renderer for the virgl and venus contexts `--capset` asks for: `None` when
+/// none is asked for, or (with `auto`) when none works here. An error names what was asked
+/// for by name and does not work.
+fn start_renderer(cli: &Cli) -> Result<Option<RendererThread>, String> {
+    let CapsetChoice { virgl, venus, .. } = cli.capset;
+    if virgl == Want::Off && venus == Want::Off {
+        return Ok(None);
+    }
+    // The sandbox's system-call allowlist is the 2D one and covers every thread: Mesa's
+    // drivers need more (LLVM's JIT changes page protections, threads come and go), so a
+    // renderer under it dies at the first shader. Until 3D has a profile of its own, 3D is
+    // offered only without the sandbox.
+    if cli.sandbox != SandboxMode::Off {
+        let why = "the sandbox (--sandbox on or seccomp-only) does not allow what Mesa's drivers need (JIT \
+                   page protection changes, threads); 3D has no sandbox profile yet";
+        if virgl == Want::Required || venus == Want::Required {
+            return Err(format!(
+                "--capset: virgl and venus need --sandbox off: {why}"
+            ));
+        }
+        log::warn!("3D: virgl and venus not offered: {why}; start with --sandbox off for them");
+        return Ok(None);
+    }
+    let config = VirglConfig {
+        library: cli.virglrenderer.clone(),
+        virgl: virgl != Want::Off,
+        venus: venus != Want::Off,
+        render_server: cli.render_server.clone(),
+        ..VirglConfig::default()
+    };
+    // Mesa's shader cache would write under $HOME, which the sandbox does not allow.
+    if std::env::var_os("MESA_SHADER_CACHE_DISABLE").is_none() {
+        std::env::set_var("MESA_SHADER_CACHE_DISABLE", "true");
+    }
+    let started = RendererThread::spawn(move || {
+        VirglRenderer::new(&config).map(|r| Box::new(r) as Box<dyn Renderer>)
+    });
+    let renderer = match started {
+        Ok(r) => r,
+        Err(e) if virgl != Want::Required && venus != Want::Required => {
+            log::info!("3D: no virgl or venus contexts on this host ({e}); cross-domain only");
+            return Ok(None);
+        }
+        Err(e) => return Err(format!("--capset: the renderer does not start: {e}")),
+    };
+    let served = renderer.capsets();
+    let serves = |id: u32| served.iter().any(|c: &CapsetInfo| c.id == id);
+    if virgl == Want::Required && !(serves(CAPSET_VIRGL) || serves(CAPSET_VIRGL2)) {
+        return Err("--capset virgl: the renderer serves no virgl capset here".into());
+    }
+    if venus == Want::Required && !serves(CAPSET_VENUS) {
+        return Err(
+            "--capset venus: the renderer serves no venus capset here (virglrenderer >= 1.0, \
+             its render server and a Vulkan driver are needed)"
+                .into(),
+        );
+    }
+    log::info!(
+        "3D: {} serves {}",
+        renderer.name(),
+        served
+            .iter()
+            .map(|c| match c.id {
+                CAPSET_VIRGL => "VIRGL",
+                CAPSET_VIRGL2 => "VIRGL2",
+                CAPSET_VENUS => "VENUS",
+                _ => "another capset",
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Ok(Some(renderer))
 }
 
 /// Raises the soft limit of open files to the hard limit (every HOST3D blob and exported
@@ -826,6 +989,34 @@ mod tests {
             .unwrap();
             assert_eq!(cli.sandbox, mode);
         }
+    }
+
+    #[test]
+    fn three_d_needs_the_sandbox_off() {
+        let parse = |args: &[&str]| {
+            let mut argv = vec!["vhost-user-gpu", "--socket-path", "/tmp/s"];
+            argv.extend_from_slice(args);
+            Cli::try_parse_from(argv).unwrap()
+        };
+        // Asked for by name under the sandbox: a start-up error that says why.
+        let Err(err) = start_renderer(&parse(&["--capset", "virgl"])) else {
+            panic!("virgl under the sandbox must not start");
+        };
+        assert!(err.contains("--sandbox off"), "{err}");
+        assert!(start_renderer(&parse(&["--capset", "venus,cross-domain"])).is_err());
+        // seccomp-only is a sandbox too (the same system-call allowlist).
+        let Err(err) = start_renderer(&parse(&["--sandbox", "seccomp-only", "--capset", "virgl"]))
+        else {
+            panic!("virgl under --sandbox seccomp-only must not start");
+        };
+        assert!(err.contains("--sandbox off"), "{err}");
+        // auto under the sandbox: no renderer (cross-domain only), no error.
+        assert!(matches!(start_renderer(&parse(&[])), Ok(None)));
+        // Nothing asked for: nothing started, sandbox or not.
+        assert!(matches!(
+            start_renderer(&parse(&["--capset", "cross-domain"])),
+            Ok(None)
+        ));
     }
 
     #[test]

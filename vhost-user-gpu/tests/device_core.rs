@@ -27,9 +27,9 @@ use vhost_user_gpu::protocol::cross_domain::{
 };
 use vhost_user_gpu::protocol::{
     feature, format, CreateBlob, CtrlHeader, CursorPos, CursorUpdate, GpuCommand, GpuError,
-    GpuResponse, MemEntry, ScanoutBlob, BLOB_FLAG_USE_MAPPABLE, BLOB_FLAG_USE_SHAREABLE,
-    BLOB_MEM_GUEST, BLOB_MEM_HOST3D, CAPSET_CROSS_DOMAIN, EVENT_DISPLAY, FLAG_FENCE,
-    FLAG_INFO_RING_IDX, MAP_CACHE_WC,
+    GpuResponse, MemEntry, Resource3d, ScanoutBlob, Transfer3d, BLOB_FLAG_USE_MAPPABLE,
+    BLOB_FLAG_USE_SHAREABLE, BLOB_MEM_GUEST, BLOB_MEM_HOST3D, CAPSET_CROSS_DOMAIN, EVENT_DISPLAY,
+    FLAG_FENCE, FLAG_INFO_RING_IDX, MAP_CACHE_WC,
 };
 use vhost_user_gpu::protocol::{fourcc, Rect};
 use vug_test_support::{FixedAdvisor, FrontendMapper, FrontendRegion, ShmemEvent};
@@ -853,16 +853,37 @@ fn documented_2d_errors() {
         err(GpuError::InvalidResourceId)
     );
     // 3D resources: no renderer.
+    let resource = Resource3d {
+        target: 2,
+        format: 2,
+        width: 4,
+        height: 4,
+        depth: 1,
+        array_size: 1,
+        ..Resource3d::default()
+    };
     assert_eq!(
-        h.send(GpuCommand::ResourceCreate3d { resource_id: 5 }),
+        h.send(GpuCommand::ResourceCreate3d {
+            resource_id: 5,
+            resource
+        }),
+        err(GpuError::Unspec)
+    );
+    assert_eq!(h.dev.resource_count(), 1, "nothing made");
+    // Transfers of a 2D resource as if it were 3D: without a virgl renderer every 3D
+    // transfer is ERR_UNSPEC (3D resources need one), as RESOURCE_CREATE_3D.
+    assert_eq!(
+        h.send(GpuCommand::TransferToHost3d {
+            resource_id: 1,
+            transfer: Transfer3d::default()
+        }),
         err(GpuError::Unspec)
     );
     assert_eq!(
-        h.send(GpuCommand::TransferToHost3d { resource_id: 1 }),
-        err(GpuError::Unspec)
-    );
-    assert_eq!(
-        h.send(GpuCommand::TransferFromHost3d { resource_id: 1 }),
+        h.send(GpuCommand::TransferFromHost3d {
+            resource_id: 1,
+            transfer: Transfer3d::default()
+        }),
         err(GpuError::Unspec)
     );
 }

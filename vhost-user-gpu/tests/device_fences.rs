@@ -389,7 +389,7 @@ fn without_a_renderer_nothing_waits() {
 }
 
 #[test]
-fn a_handover_is_refused_while_answers_wait_or_a_renderer_context_exists() {
+fn a_handover_is_refused_while_answers_wait_or_renderer_state_exists() {
     let mut h = device(Some(FakeRenderer::new()), DeviceConfig::default());
     assert_eq!(h.dev.handover_blocker(), None, "nothing to refuse yet");
     h.now(CtrlHeader::default(), ctx_create(VENUS_CTX, CAPSET_VENUS));
@@ -413,4 +413,41 @@ fn a_handover_is_refused_while_answers_wait_or_a_renderer_context_exists() {
     h.dev
         .snapshot()
         .expect("a 2D-only device can be handed over");
+    // A 3D resource lives in the renderer without any context: it refuses the handover too.
+    let texture = vhost_user_gpu::protocol::Resource3d {
+        target: 2,
+        format: 2,
+        width: 4,
+        height: 4,
+        depth: 1,
+        array_size: 1,
+        ..Default::default()
+    };
+    assert_eq!(
+        h.now(
+            CtrlHeader::default(),
+            (
+                0,
+                GpuCommand::ResourceCreate3d {
+                    resource_id: 9,
+                    resource: texture
+                }
+            )
+        ),
+        GpuResponse::OkNoData
+    );
+    let why = h.dev.handover_blocker().expect("a 3D resource");
+    assert!(why.contains("resource(s) [9]"), "{why}");
+    assert!(
+        h.dev.snapshot().is_err(),
+        "never snapshotted without the renderer"
+    );
+    assert_eq!(
+        h.now(
+            CtrlHeader::default(),
+            (0, GpuCommand::ResourceUnref { resource_id: 9 })
+        ),
+        GpuResponse::OkNoData
+    );
+    assert_eq!(h.dev.handover_blocker(), None);
 }

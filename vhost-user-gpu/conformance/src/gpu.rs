@@ -136,6 +136,12 @@ pub const MAP_CACHE_WC: u32 = vg::VIRTIO_GPU_MAP_CACHE_WC;
 pub const MAP_CACHE_UNCACHED: u32 = vg::VIRTIO_GPU_MAP_CACHE_UNCACHED;
 /// The cross-domain capset id.
 pub const CAPSET_CROSS_DOMAIN: u32 = vg::VIRTIO_GPU_CAPSET_CROSS_DOMAIN;
+/// `VIRTIO_GPU_CAPSET_VIRGL`.
+pub const CAPSET_VIRGL: u32 = vg::VIRTIO_GPU_CAPSET_VIRGL;
+/// `VIRTIO_GPU_CAPSET_VIRGL2`.
+pub const CAPSET_VIRGL2: u32 = vg::VIRTIO_GPU_CAPSET_VIRGL2;
+/// `VIRTIO_GPU_CAPSET_VENUS`.
+pub const CAPSET_VENUS: u32 = vg::VIRTIO_GPU_CAPSET_VENUS;
 /// shmid of the host-visible region.
 pub const SHM_ID_HOST_VISIBLE: u8 = vg::virtio_gpu_shm_id_VIRTIO_GPU_SHM_ID_HOST_VISIBLE as u8;
 
@@ -398,7 +404,7 @@ pub fn ctx_detach_resource(ctx_id: u32, resource_id: u32) -> Cmd {
         .u32(resource_id)
         .u32(0)
 }
-/// `RESOURCE_CREATE_3D` (virgl resources; for refusal tests).
+/// `RESOURCE_CREATE_3D` of a 2D texture without bind flags (refusal tests).
 pub fn resource_create_3d(
     ctx_id: u32,
     resource_id: u32,
@@ -406,11 +412,22 @@ pub fn resource_create_3d(
     width: u32,
     height: u32,
 ) -> Cmd {
+    texture_create_3d(ctx_id, resource_id, format, 0, width, height)
+}
+/// `RESOURCE_CREATE_3D` of a 2D texture with `bind` flags (`VIRGL_BIND_*`).
+pub fn texture_create_3d(
+    ctx_id: u32,
+    resource_id: u32,
+    format: u32,
+    bind: u32,
+    width: u32,
+    height: u32,
+) -> Cmd {
     Cmd::new(ty::RESOURCE_CREATE_3D, ctx_id)
         .u32(resource_id)
         .u32(2) // target: PIPE_TEXTURE_2D
         .u32(format)
-        .u32(0) // bind
+        .u32(bind)
         .u32(width)
         .u32(height)
         .u32(1) // depth

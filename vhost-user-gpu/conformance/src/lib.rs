@@ -27,6 +27,7 @@ pub mod memory;
 pub mod proc_stats;
 pub mod shmem;
 pub mod suite;
+pub mod virgl;
 pub mod virtq;
 
 pub use error::{Error, Result};

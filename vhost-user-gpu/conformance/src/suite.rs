@@ -23,6 +23,9 @@ pub struct Capabilities {
     pub protocol: VhostUserProtocolFeatures,
     /// Host-visible region size (0 without one).
     pub region_size: u64,
+    /// Our backend with `--capset virgl`: `Ok` when it started with a virgl renderer, else
+    /// why not (not our backend, or no renderer on this host).
+    pub renderer: Result<(), String>,
 }
 
 impl Capabilities {
@@ -33,6 +36,7 @@ impl Capabilities {
             features: fe.acked_features(),
             protocol: fe.protocol_features(),
             region_size: fe.shmem().map_or(0, |r| r.size()),
+            renderer: probe_renderer(harness),
         })
     }
 
@@ -61,6 +65,16 @@ impl Capabilities {
                 host: true,
             }),
             Need::NoHostPath(..) => None,
+            // No renderer for our backend is this host's lack (virglrenderer and Mesa not
+            // installed), unless VUG_REQUIRE_RENDERER says the host has them (CI installs
+            // them): then it is our backend's failure.
+            Need::Renderer if peer == Peer::Ours => match &self.renderer {
+                Ok(()) => None,
+                Err(why) => Some(Unmet {
+                    reason: why.clone(),
+                    host: std::env::var_os("VUG_REQUIRE_RENDERER").is_none(),
+                }),
+            },
             Need::All(needs) => needs.iter().find_map(|n| self.unmet_need(peer, n)),
             other => self.unmet_backend(peer, other).and_then(backend),
         }
@@ -83,8 +97,26 @@ impl Capabilities {
                 peer.name()
             )),
             Need::OurCommandLine => None,
+            Need::Renderer => self.renderer.clone().err(),
         }
     }
+}
+
+/// Whether our backend starts with a virgl renderer here (`--capset virgl`).
+fn probe_renderer(harness: &Harness) -> Result<(), String> {
+    if harness.peer() != Peer::Ours {
+        return Err(format!(
+            "the renderer cases use this project's --capset; peer is {}",
+            harness.peer().name()
+        ));
+    }
+    let fe = harness
+        .spawn_with(&["--capset", "virgl", "--sandbox", "off"])
+        .map_err(|e| format!("our backend does not start with --capset virgl here: {e}"))?;
+    if fe.acked_features() & crate::gpu::features::VIRGL == 0 {
+        return Err("our backend with --capset virgl did not offer VIRGL".into());
+    }
+    Ok(())
 }
 
 /// A need a case has that is not met.

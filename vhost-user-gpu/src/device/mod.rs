@@ -53,7 +53,7 @@ pub mod snapshot;
 use std::fmt;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
-use log::{debug, error, warn};
+use log::{debug, error, trace, warn};
 use rustix::event::epoll;
 
 use crate::guest_log::guest_warn;
@@ -217,9 +217,15 @@ impl Drop for GpuDevice {
     /// A device that goes (its frontend disconnected) stops showing its scanouts, so that a
     /// sink that outlives it (the capture, shared by every connection) lets go of their
     /// copies, which were charged to this device's budget.
+    ///
+    /// The renderer outlives the device too (one per process, shared by connection after
+    /// connection): what this device made there goes with it.
     fn drop(&mut self) {
         for id in self.scanouts.stop_all() {
             self.display.scanout(id, None);
+        }
+        if let Some(renderer) = self.renderer.as_mut() {
+            renderer.reset();
         }
     }
 }
@@ -549,6 +555,11 @@ impl GpuDevice {
                         },
                         None => Timeline::Global,
                     };
+                    trace!(
+                        "renderer fence {} of ctx_id {} ({timeline:?}) signalled",
+                        f.fence_id,
+                        f.ctx_id
+                    );
                     if !self.fences.signal(timeline, f.fence_id) {
                         debug!(
                             "renderer fence {} of ctx_id {} ({timeline:?}) has no waiting answer",
@@ -602,6 +613,16 @@ impl GpuDevice {
         if !waits && !self.fences.busy(timeline) {
             return Completion::Now(response);
         }
+        trace!(
+            "fence {} of ctx_id {} ({timeline:?}): the answer waits{}",
+            hdr.fence_id,
+            hdr.ctx_id,
+            if waits {
+                " for the renderer"
+            } else {
+                " behind earlier fences"
+            }
+        );
         match self
             .resources
             .budget()
@@ -749,23 +770,31 @@ impl GpuDevice {
         let Some(resource) = self.resources.remove(resource_id) else {
             return;
         };
-        if let ResourceKind::HostBlob(blob) = &resource.kind {
-            if let Some(offset) = blob.mapped_at {
-                match self.mapper.unmap(offset, blob.buffer.size) {
-                    Ok(()) => {
-                        let _ = self.region.free(offset);
-                    }
-                    Err(e) => {
-                        // The range may still be mapped in the guest: keep it reserved
-                        // until reset so that nothing else is mapped over it.
-                        guest_warn!(
-                            "RESOURCE_UNREF: resource_id {resource_id}: unmapping region \
-                             range {offset:#x}+{:#x} failed: {e}; the range stays reserved",
-                            blob.buffer.size
-                        );
-                    }
+        let mapped = match &resource.kind {
+            ResourceKind::HostBlob(blob) => blob.mapped_at.map(|at| (at, blob.buffer.size)),
+            ResourceKind::Renderer(r) => r.mapping.as_ref().map(|m| (m.offset, m.len)),
+            _ => None,
+        };
+        if let Some((offset, len)) = mapped {
+            match self.mapper.unmap(offset, len) {
+                Ok(()) => {
+                    let _ = self.region.free(offset);
+                }
+                Err(e) => {
+                    // The range may still be mapped in the guest: keep it reserved until
+                    // reset so that nothing else is mapped over it.
+                    guest_warn!(
+                        "RESOURCE_UNREF: resource_id {resource_id}: unmapping region range \
+                         {offset:#x}+{len:#x} failed: {e}; the range stays reserved"
+                    );
                 }
             }
+        }
+        // The renderer forgets it too (it ignores ids it never had: 2D resources, blobs of
+        // other contexts).
+        if let Some(renderer) = self.renderer.as_mut() {
+            renderer.resource_unref(resource_id);
+            self.renderer_work = true;
         }
         // Dropping `resource` releases what it was charged.
     }

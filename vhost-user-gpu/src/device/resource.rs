@@ -1,13 +1,14 @@
-//! Resources: host-side 2D images, GUEST blobs (guest memory) and HOST3D blobs (host
-//! buffers), and the pixel copies between them and guest memory.
+//! Resources: host-side 2D images, GUEST blobs (guest memory), HOST3D blobs (host
+//! buffers), resources that live in the renderer, and the pixel copies between them and
+//! guest memory.
 
 use std::os::fd::OwnedFd;
 
 use super::backing::{Backing, BackingError};
 use super::budget::Charge;
 use super::mmap::MappedBuffer;
-use crate::device::ports::{GuestMemory, HostBuffer, CURSOR_BYTES, CURSOR_SIDE};
-use crate::protocol::{fourcc, Rect};
+use crate::device::ports::{BlobFdKind, GuestMemory, HostBuffer, CURSOR_BYTES, CURSOR_SIDE};
+use crate::protocol::{fourcc, Rect, Resource3d};
 
 /// Bytes per pixel of every format this device accepts.
 pub(crate) const BYTES_PER_PIXEL: u32 = 4;
@@ -58,6 +59,76 @@ pub(crate) struct HostBlob {
     pub writable: bool,
 }
 
+/// A renderer blob mapped into the host-visible region.
+#[derive(Debug)]
+pub(crate) struct RendererMapping {
+    /// Offset in the region.
+    pub offset: u64,
+    /// Length mapped (the blob's size in whole pages).
+    pub len: u64,
+}
+
+/// A resource that lives in the renderer: made by `RESOURCE_CREATE_3D`, or a blob
+/// (HOST3D, HOST3D_GUEST) of a renderer context.
+#[derive(Debug)]
+pub(crate) struct RendererResource {
+    /// `RESOURCE_CREATE_3D`'s description; `None` for blobs.
+    pub create: Option<Resource3d>,
+    /// `BLOB_MEM_*` of a blob.
+    pub blob_mem: Option<u32>,
+    /// The guest backing the renderer holds (3D resources after ATTACH_BACKING, HOST3D_GUEST
+    /// blobs from their creation), with what its entry list is charged.
+    pub backing: Option<AttachedBacking>,
+    /// The blob's fd as the renderer exported it (kept once asked for: mapping, scanout).
+    pub exported: Option<OwnedFd>,
+    /// What `exported` is charged (one open file), released with it.
+    pub _exported_charge: Option<Charge>,
+    /// What the renderer says `exported` is.
+    pub exported_kind: Option<BlobFdKind>,
+    /// Where the blob's bytes start in `exported`.
+    pub exported_offset: u64,
+    /// The renderer's own idea of the caching, logged beside dmabuf-info's.
+    pub renderer_map_info: Option<u32>,
+    /// Where it is mapped in the host-visible region.
+    pub mapping: Option<RendererMapping>,
+    /// Host CPU mapping of `exported`, made on the first scanout read of a blob.
+    pub cpu_map: Option<MappedBuffer>,
+}
+
+impl RendererResource {
+    /// A resource made by `RESOURCE_CREATE_3D`.
+    pub fn created(create: Resource3d) -> Self {
+        RendererResource {
+            create: Some(create),
+            blob_mem: None,
+            backing: None,
+            exported: None,
+            _exported_charge: None,
+            exported_kind: None,
+            exported_offset: 0,
+            renderer_map_info: None,
+            mapping: None,
+            cpu_map: None,
+        }
+    }
+
+    /// A blob of kind `blob_mem` with `backing` (HOST3D_GUEST).
+    pub fn blob(blob_mem: u32, backing: Option<AttachedBacking>) -> Self {
+        RendererResource {
+            create: None,
+            blob_mem: Some(blob_mem),
+            backing,
+            exported: None,
+            _exported_charge: None,
+            exported_kind: None,
+            exported_offset: 0,
+            renderer_map_info: None,
+            mapping: None,
+            cpu_map: None,
+        }
+    }
+}
+
 /// What a resource is.
 #[derive(Debug)]
 pub(crate) enum ResourceKind {
@@ -71,6 +142,8 @@ pub(crate) enum ResourceKind {
     },
     /// A blob in a host buffer (`BLOB_MEM_HOST3D`).
     HostBlob(HostBlob),
+    /// A resource of the renderer (`RESOURCE_CREATE_3D`, renderer blobs).
+    Renderer(RendererResource),
 }
 
 #[cfg(test)]
@@ -120,10 +193,12 @@ impl Resource {
 
     /// Short kind name for logs.
     pub fn kind_name(&self) -> &'static str {
-        match self.kind {
+        match &self.kind {
             ResourceKind::Image2d(_) => "2D",
             ResourceKind::GuestBlob { .. } => "GUEST blob",
             ResourceKind::HostBlob(_) => "HOST3D blob",
+            ResourceKind::Renderer(r) if r.create.is_some() => "3D resource",
+            ResourceKind::Renderer(_) => "renderer blob",
         }
     }
 }

@@ -261,6 +261,7 @@ mod tests {
             stride: 8,
             drm_format: fourcc::XRGB8888,
             modifier: 0,
+            y0_top: false,
         };
         assert!(
             !fan.dmabuf_scanout(0, &buf),

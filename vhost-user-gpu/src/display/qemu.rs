@@ -373,7 +373,7 @@ impl DisplaySink for QemuDisplay {
             fd_width: buf.width,
             fd_height: buf.height,
             fd_stride: buf.stride,
-            fd_flags: 0,
+            fd_flags: u32::from(buf.y0_top),
             fd_drm_fourcc: buf.drm_format,
         };
         let result = if features & PROTOCOL_F_DMABUF2 != 0 {
@@ -670,6 +670,7 @@ mod tests {
             stride: 256,
             drm_format: fourcc::XRGB8888,
             modifier: 0x0100_0000_0000_0001,
+            y0_top: false,
         };
         assert!(display.dmabuf_scanout(1, &buf));
         let mut qemu = handshake.join().unwrap();
@@ -733,6 +734,7 @@ mod tests {
             stride: 32,
             drm_format: fourcc::XRGB8888,
             modifier: 0x0100_0000_0000_0001,
+            y0_top: false,
         };
         assert!(
             !display.dmabuf_scanout(0, &buf),

@@ -7,8 +7,8 @@ use virtio_bindings::virtio_gpu as vg;
 
 use super::wire::WireReader;
 use super::{
-    cmd, command_name, CtrlHeader, CursorPos, DecodeError, MemEntry, Rect, CTRL_HEADER_SIZE,
-    MAX_MEM_ENTRIES, MEM_ENTRY_SIZE,
+    cmd, command_name, CtrlHeader, CursorPos, DecodeError, MemEntry, Rect, MAX_MEM_ENTRIES,
+    MEM_ENTRY_SIZE,
 };
 
 /// A decoded virtio-gpu request (control or cursor queue), without its header.
@@ -114,22 +114,28 @@ pub enum GpuCommand {
         /// Resource.
         resource_id: u32,
     },
-    /// `RESOURCE_CREATE_3D` (not supported: no virgl renderer).
+    /// `RESOURCE_CREATE_3D`: a renderer resource (virgl).
     ResourceCreate3d {
         /// Resource id.
         resource_id: u32,
+        /// What the renderer makes.
+        resource: Resource3d,
     },
-    /// `TRANSFER_TO_HOST_3D` (not supported).
+    /// `TRANSFER_TO_HOST_3D`: guest backing into a renderer resource.
     TransferToHost3d {
         /// Resource id.
         resource_id: u32,
+        /// What moves.
+        transfer: Transfer3d,
     },
-    /// `TRANSFER_FROM_HOST_3D` (not supported).
+    /// `TRANSFER_FROM_HOST_3D`: a renderer resource into its guest backing.
     TransferFromHost3d {
         /// Resource id.
         resource_id: u32,
+        /// What moves.
+        transfer: Transfer3d,
     },
-    /// `SUBMIT_3D`: a command buffer for the context's capset (cross-domain here).
+    /// `SUBMIT_3D`: a command buffer for the context's capset (renderer or cross-domain).
     Submit3d {
         /// The command stream.
         commands: Vec<u8>,
@@ -153,6 +159,63 @@ pub enum GpuCommand {
         /// Position.
         pos: CursorPos,
     },
+}
+
+/// The fields of `RESOURCE_CREATE_3D` after the resource id (Gallium terms).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Resource3d {
+    /// `pipe_texture_target` (0: a buffer).
+    pub target: u32,
+    /// virgl format.
+    pub format: u32,
+    /// `VIRGL_BIND_*`.
+    pub bind: u32,
+    /// Width (bytes for buffers).
+    pub width: u32,
+    /// Height.
+    pub height: u32,
+    /// Depth.
+    pub depth: u32,
+    /// Array size.
+    pub array_size: u32,
+    /// Last mip level.
+    pub last_level: u32,
+    /// Sample count.
+    pub nr_samples: u32,
+    /// `VIRGL_RESOURCE_FLAG_*`.
+    pub flags: u32,
+}
+
+/// `struct virtio_gpu_box`: a box in a resource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Box3d {
+    /// Left.
+    pub x: u32,
+    /// Top.
+    pub y: u32,
+    /// Front.
+    pub z: u32,
+    /// Width.
+    pub w: u32,
+    /// Height.
+    pub h: u32,
+    /// Depth.
+    pub d: u32,
+}
+
+/// The fields of `TRANSFER_TO_HOST_3D` / `TRANSFER_FROM_HOST_3D` but the resource id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Transfer3d {
+    /// The box in the resource.
+    pub bx: Box3d,
+    /// Byte offset in the backing.
+    pub offset: u64,
+    /// Mip level.
+    pub level: u32,
+    /// Row stride in the backing (0: tightly packed).
+    pub stride: u32,
+    /// Layer stride in the backing (0: tightly packed).
+    pub layer_stride: u32,
 }
 
 /// The fields of `RESOURCE_CREATE_BLOB`.
@@ -379,26 +442,57 @@ impl GpuCommand {
             cmd::RESOURCE_CREATE_3D => {
                 r.set_what("virtio_gpu_resource_create_3d");
                 let resource_id = r.u32()?;
-                r.skip(tail_after_u32!(
-                    vg::virtio_gpu_resource_create_3d,
-                    resource_id
-                ))?;
-                C::ResourceCreate3d { resource_id }
+                let resource = Resource3d {
+                    target: r.u32()?,
+                    format: r.u32()?,
+                    bind: r.u32()?,
+                    width: r.u32()?,
+                    height: r.u32()?,
+                    depth: r.u32()?,
+                    array_size: r.u32()?,
+                    last_level: r.u32()?,
+                    nr_samples: r.u32()?,
+                    flags: r.u32()?,
+                };
+                r.skip(tail_after_u32!(vg::virtio_gpu_resource_create_3d, flags))?;
+                C::ResourceCreate3d {
+                    resource_id,
+                    resource,
+                }
             }
             cmd::TRANSFER_TO_HOST_3D | cmd::TRANSFER_FROM_HOST_3D => {
                 r.set_what("virtio_gpu_transfer_host_3d");
-                r.skip(
-                    offset_of!(vg::virtio_gpu_transfer_host_3d, resource_id) - CTRL_HEADER_SIZE,
-                )?; // box, offset
+                let bx = Box3d {
+                    x: r.u32()?,
+                    y: r.u32()?,
+                    z: r.u32()?,
+                    w: r.u32()?,
+                    h: r.u32()?,
+                    d: r.u32()?,
+                };
+                let offset = r.u64()?;
                 let resource_id = r.u32()?;
+                let transfer = Transfer3d {
+                    bx,
+                    offset,
+                    level: r.u32()?,
+                    stride: r.u32()?,
+                    layer_stride: r.u32()?,
+                };
                 r.skip(tail_after_u32!(
                     vg::virtio_gpu_transfer_host_3d,
-                    resource_id
+                    layer_stride
                 ))?;
                 if ctrl_type == cmd::TRANSFER_TO_HOST_3D {
-                    C::TransferToHost3d { resource_id }
+                    C::TransferToHost3d {
+                        resource_id,
+                        transfer,
+                    }
                 } else {
-                    C::TransferFromHost3d { resource_id }
+                    C::TransferFromHost3d {
+                        resource_id,
+                        transfer,
+                    }
                 }
             }
             cmd::SUBMIT_3D => {

@@ -34,7 +34,10 @@ mod wire;
 
 use virtio_bindings::virtio_gpu as vg;
 
-pub use command::{CreateBlob, CursorUpdate, GpuCommand, ScanoutBlob, MAX_SUBMIT_SIZE};
+pub use command::{
+    Box3d, CreateBlob, CursorUpdate, GpuCommand, Resource3d, ScanoutBlob, Transfer3d,
+    MAX_SUBMIT_SIZE,
+};
 pub use response::{DisplayMode, GpuError, GpuResponse};
 use wire::{WireReader, WireWrite};
 

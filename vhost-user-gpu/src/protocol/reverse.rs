@@ -12,8 +12,7 @@ use virtio_bindings::virtio_gpu as vg;
 use super::wire::{WireReader, WireWrite};
 use super::{
     resp, CreateBlob, CtrlHeader, CursorPos, CursorUpdate, DecodeError, DisplayMode, GpuCommand,
-    GpuError, GpuResponse, MemEntry, Rect, ScanoutBlob, CTRL_HEADER_SIZE, EDID_BLOB_SIZE,
-    MAX_SCANOUTS,
+    GpuError, GpuResponse, MemEntry, Rect, ScanoutBlob, EDID_BLOB_SIZE, MAX_SCANOUTS,
 };
 
 impl GpuCommand {
@@ -144,21 +143,45 @@ impl GpuCommand {
                 out.extend_from_slice(&name[..len]);
                 out.put_zeros(64 - len);
             }
-            C::ResourceCreate3d { resource_id } => {
-                out.put_u32(*resource_id);
-                out.put_zeros(tail_after_u32!(
-                    vg::virtio_gpu_resource_create_3d,
-                    resource_id
-                ));
+            C::ResourceCreate3d {
+                resource_id,
+                resource: a,
+            } => {
+                for v in [
+                    *resource_id,
+                    a.target,
+                    a.format,
+                    a.bind,
+                    a.width,
+                    a.height,
+                    a.depth,
+                    a.array_size,
+                    a.last_level,
+                    a.nr_samples,
+                    a.flags,
+                ] {
+                    out.put_u32(v);
+                }
+                out.put_zeros(tail_after_u32!(vg::virtio_gpu_resource_create_3d, flags));
             }
-            C::TransferToHost3d { resource_id } | C::TransferFromHost3d { resource_id } => {
-                out.put_zeros(
-                    offset_of!(vg::virtio_gpu_transfer_host_3d, resource_id) - CTRL_HEADER_SIZE,
-                );
-                out.put_u32(*resource_id);
+            C::TransferToHost3d {
+                resource_id,
+                transfer: t,
+            }
+            | C::TransferFromHost3d {
+                resource_id,
+                transfer: t,
+            } => {
+                for v in [t.bx.x, t.bx.y, t.bx.z, t.bx.w, t.bx.h, t.bx.d] {
+                    out.put_u32(v);
+                }
+                out.put_u64(t.offset);
+                for v in [*resource_id, t.level, t.stride, t.layer_stride] {
+                    out.put_u32(v);
+                }
                 out.put_zeros(tail_after_u32!(
                     vg::virtio_gpu_transfer_host_3d,
-                    resource_id
+                    layer_stride
                 ));
             }
             C::Submit3d { commands } => {

@@ -138,15 +138,51 @@ fn samples() -> Vec<(GpuCommand, usize)> {
             size_of::<vg::virtio_gpu_ctx_resource>(),
         ),
         (
-            C::ResourceCreate3d { resource_id: 8 },
+            C::ResourceCreate3d {
+                resource_id: 8,
+                resource: Resource3d {
+                    target: 2,
+                    format: 1,
+                    bind: 2,
+                    width: 64,
+                    height: 32,
+                    depth: 1,
+                    array_size: 1,
+                    last_level: 3,
+                    nr_samples: 4,
+                    flags: 5,
+                },
+            },
             size_of::<vg::virtio_gpu_resource_create_3d>(),
         ),
         (
-            C::TransferToHost3d { resource_id: 8 },
+            C::TransferToHost3d {
+                resource_id: 8,
+                transfer: Transfer3d {
+                    bx: Box3d {
+                        x: 1,
+                        y: 2,
+                        z: 3,
+                        w: 4,
+                        h: 5,
+                        d: 6,
+                    },
+                    offset: 0x1_0000_0007,
+                    level: 8,
+                    stride: 9,
+                    layer_stride: 10,
+                },
+            },
             size_of::<vg::virtio_gpu_transfer_host_3d>(),
         ),
         (
-            C::TransferFromHost3d { resource_id: 8 },
+            C::TransferFromHost3d {
+                resource_id: 8,
+                transfer: Transfer3d {
+                    offset: 11,
+                    ..Transfer3d::default()
+                },
+            },
             size_of::<vg::virtio_gpu_transfer_host_3d>(),
         ),
         (

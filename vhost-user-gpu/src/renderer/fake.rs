@@ -489,6 +489,7 @@ impl Renderer for FakeRenderer {
         Ok(ExportedBlob {
             fd,
             kind: BlobFdKind::Shm,
+            fd_offset: 0,
             renderer_map_info: map_info,
         })
     }

@@ -200,7 +200,6 @@ type FreeDataCallback = unsafe extern "C" fn(*mut c_void);
 struct Symbols {
     init: unsafe extern "C" fn(*mut c_void, c_int, *mut Callbacks) -> c_int,
     cleanup: unsafe extern "C" fn(*mut c_void),
-    reset: unsafe extern "C" fn(),
     poll: unsafe extern "C" fn(),
     get_poll_fd: unsafe extern "C" fn() -> c_int,
     get_cap_set: unsafe extern "C" fn(u32, *mut u32, *mut u32),
@@ -243,6 +242,8 @@ struct Symbols {
     resource_create_blob: unsafe extern "C" fn(*const RawCreateBlobArgs) -> c_int,
     resource_export_blob: unsafe extern "C" fn(u32, *mut u32, *mut c_int) -> c_int,
     resource_get_map_info: unsafe extern "C" fn(u32, *mut u32) -> c_int,
+    resource_map: unsafe extern "C" fn(u32, *mut *mut c_void, *mut u64) -> c_int,
+    resource_unmap: unsafe extern "C" fn(u32) -> c_int,
     get_fd_for_texture2: unsafe extern "C" fn(u32, *mut c_int, *mut c_int, *mut c_int) -> c_int,
     /// 1.0 and newer.
     set_log_callback:
@@ -325,7 +326,6 @@ impl Library {
         let sym = Symbols {
             init: required!(lib, path, "virgl_renderer_init"),
             cleanup: required!(lib, path, "virgl_renderer_cleanup"),
-            reset: required!(lib, path, "virgl_renderer_reset"),
             poll: required!(lib, path, "virgl_renderer_poll"),
             get_poll_fd: required!(lib, path, "virgl_renderer_get_poll_fd"),
             get_cap_set: required!(lib, path, "virgl_renderer_get_cap_set"),
@@ -352,6 +352,8 @@ impl Library {
             resource_create_blob: required!(lib, path, "virgl_renderer_resource_create_blob"),
             resource_export_blob: required!(lib, path, "virgl_renderer_resource_export_blob"),
             resource_get_map_info: required!(lib, path, "virgl_renderer_resource_get_map_info"),
+            resource_map: required!(lib, path, "virgl_renderer_resource_map"),
+            resource_unmap: required!(lib, path, "virgl_renderer_resource_unmap"),
             get_fd_for_texture2: required!(lib, path, "virgl_renderer_get_fd_for_texture2"),
             set_log_callback: optional!(lib, "virgl_set_log_callback"),
         };
@@ -519,13 +521,16 @@ unsafe extern "C" fn on_log(level: c_int, message: *const c_char, _user: *mut c_
     // SAFETY: the library passes a NUL-terminated message valid for the call.
     let text = unsafe { CStr::from_ptr(message) }.to_string_lossy();
     let text = text.trim_end();
-    // enum virgl_log_level_flags: DEBUG 0, INFO 1, WARNING 2, ERROR 3.
-    match level {
-        0 => log::debug!(target: "virglrenderer", "{text}"),
-        1 => log::info!(target: "virglrenderer", "{text}"),
-        2 => log::warn!(target: "virglrenderer", "{text}"),
-        _ => log::error!(target: "virglrenderer", "{text}"),
-    }
+    // enum virgl_log_level_flags: DEBUG 0, INFO 1, WARNING 2, ERROR 3. What the library
+    // reports is mostly about the guest's streams and resources (a malformed command buffer
+    // is an error line per command), so it goes through the guest-caused line limiter.
+    let level = match level {
+        0 => log::Level::Debug,
+        1 => log::Level::Info,
+        2 => log::Level::Warn,
+        _ => log::Level::Error,
+    };
+    crate::guest_log::GUEST_LOG.log("virglrenderer", level, format_args!("{text}"));
 }
 
 /// A call into the library failed; the value is what it returned (an errno, with either
@@ -719,7 +724,7 @@ impl Instance {
     }
 
     /// `virgl_renderer_resource_attach_iov`; the instance keeps the backing until
-    /// [`Instance::detach_iov`], [`Instance::resource_unref`] or reset.
+    /// [`Instance::detach_iov`] or [`Instance::resource_unref`].
     pub fn attach_iov(&mut self, res_id: u32, mut pinned: PinnedIovecs) -> Result<(), CallError> {
         if self.pinned.contains_key(&res_id) {
             return Err(CallError {
@@ -1023,13 +1028,29 @@ impl Instance {
         Ok(info)
     }
 
-    /// `virgl_renderer_reset`: destroys every context and resource; drops all backings.
-    pub fn reset(&mut self) {
-        // SAFETY: no arguments. The library forgets every resource, and with them the
-        // pointers into our backings, before they are dropped below.
-        unsafe { (self.lib.sym.reset)() };
-        self.pinned.clear();
-        self.take_events();
+    /// Runs `f` with where the library itself maps a blob in this process
+    /// (`virgl_renderer_resource_map`, undone with `virgl_renderer_resource_unmap` when `f`
+    /// returns): `f(address, size)`. For an OPAQUE fd the library imports it into a Vulkan
+    /// device of its own to map it, so the address says where the driver keeps the blob's
+    /// bytes. `f` gets the address as a number only: nothing here dereferences it.
+    pub fn while_mapped<T>(
+        &self,
+        res_id: u32,
+        f: impl FnOnce(usize, u64) -> T,
+    ) -> Result<T, CallError> {
+        let mut ptr: *mut c_void = std::ptr::null_mut();
+        let mut size = 0u64;
+        // SAFETY: two valid out-pointers; the mapping is the library's and is undone below
+        // without being touched.
+        let ret = unsafe { (self.lib.sym.resource_map)(res_id, &mut ptr, &mut size) };
+        check("virgl_renderer_resource_map", ret)?;
+        let out = f(ptr as usize, size);
+        // SAFETY: plain value; the resource was mapped just above.
+        let ret = unsafe { (self.lib.sym.resource_unmap)(res_id) };
+        if ret != 0 {
+            log::warn!("virgl_renderer_resource_unmap({res_id}) failed: {ret}");
+        }
+        Ok(out)
     }
 }
 

@@ -12,8 +12,8 @@
 //! Threads: virglrenderer keeps one global state per process and its GL contexts are
 //! current on the thread that initialised it, so a [`VirglRenderer`] is not `Send` and at
 //! most one exists per process. [`RendererThread`] runs one on a thread of its own and hands
-//! out a `Send` handle that implements the same port, so the device (which moves between the
-//! vhost-user threads) can own it.
+//! out `Send` handles ([`RendererClient`]) that implement the same port, so each
+//! connection's device (which moves between the vhost-user threads) can own one.
 //!
 //! Tests of the device core use [`fake::FakeRenderer`] (named as such): deterministic fences,
 //! real memfd blobs, no library.
@@ -28,5 +28,5 @@ mod thread;
 mod virgl;
 
 pub use ffi::DEFAULT_LIBRARY;
-pub use thread::RendererThread;
+pub use thread::{RendererClient, RendererThread};
 pub use virgl::{VirglConfig, VirglRenderer, DEFAULT_RENDER_SERVER};

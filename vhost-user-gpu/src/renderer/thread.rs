@@ -1,16 +1,16 @@
-//! [`RendererThread`]: a [`Renderer`] that lives on a thread of its own, behind a `Send`
-//! handle that implements the same port.
+//! [`RendererThread`]: a [`Renderer`] that lives on a thread of its own, behind `Send`
+//! handles ([`RendererClient`]) that implement the same port.
 //!
 //! virglrenderer must be called from the thread that initialised it, and it is process-wide,
 //! while the device core moves between the vhost-user threads and is rebuilt for every
 //! frontend connection. So the renderer is started once, at start-up (before the sandbox
-//! closes), on its own thread, and the device talks to it through this handle. Requests run
-//! in the order they are sent; those without an answer (destroy, detach, unref) do not wait.
-//! The poll fd is a duplicate of the renderer's own, so fence completions wake the device
-//! without a round trip.
+//! closes), on its own thread, and each connection's device talks to it through a client.
+//! Requests run in the order they are sent; those without an answer (destroy, detach, unref)
+//! do not wait. The poll fd is a duplicate of the renderer's own, so fence completions wake
+//! the device without a round trip.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 
 use crate::device::ports::{
@@ -18,20 +18,40 @@ use crate::device::ports::{
     Resource3d, ResourceInfo, ScanoutExport, Transfer3d,
 };
 
-type Job = Box<dyn FnOnce(&mut dyn Renderer) + Send>;
+/// A request run on the renderer thread.
+type Request = Box<dyn FnOnce(&mut dyn Renderer) + Send>;
 
-/// A renderer running on its own thread.
+/// Work for the renderer thread: a request, or the order to stop.
+enum Job {
+    Run(Request),
+    Stop,
+}
+
+/// A renderer running on its own thread. Dropping it stops the thread (clients still alive
+/// then get [`RendererError::Gone`]).
 pub struct RendererThread {
-    jobs: Option<mpsc::Sender<Job>>,
+    client: RendererClient,
     thread: Option<JoinHandle<()>>,
+}
+
+/// A `Send` handle to the renderer thread; every connection's device holds one.
+#[derive(Clone)]
+pub struct RendererClient {
+    jobs: mpsc::Sender<Job>,
     name: &'static str,
     capsets: Vec<CapsetInfo>,
-    poll_fd: OwnedFd,
+    poll_fd: Arc<OwnedFd>,
 }
 
 impl std::fmt::Debug for RendererThread {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RendererThread")
+        self.client.fmt(f)
+    }
+}
+
+impl std::fmt::Debug for RendererClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RendererClient")
             .field("name", &self.name)
             .field("capsets", &self.capsets)
             .finish()
@@ -64,7 +84,7 @@ impl RendererThread {
                 if ready_tx.send(ready).is_err() || !ok {
                     return;
                 }
-                while let Ok(job) = jobs_rx.recv() {
+                while let Ok(Job::Run(job)) = jobs_rx.recv() {
                     job(renderer.as_mut());
                 }
             })
@@ -81,14 +101,32 @@ impl RendererThread {
             }
         };
         Ok(RendererThread {
-            jobs: Some(jobs_tx),
+            client: RendererClient {
+                jobs: jobs_tx,
+                name,
+                capsets,
+                poll_fd: Arc::new(poll_fd),
+            },
             thread: Some(thread),
-            name,
-            capsets,
-            poll_fd,
         })
     }
 
+    /// A handle for a device.
+    pub fn client(&self) -> RendererClient {
+        self.client.clone()
+    }
+
+    /// Runs `f` on the renderer thread (as itself, not as a renderer request) and waits for
+    /// it: for what must happen on that thread, such as confining it.
+    pub fn run_on_thread<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, RendererError> {
+        self.client.call(move |_| f())
+    }
+}
+
+impl RendererClient {
     /// Runs `f` on the renderer thread and waits for its answer.
     fn call<T: Send + 'static>(
         &self,
@@ -107,9 +145,7 @@ impl RendererThread {
         f: impl FnOnce(&mut dyn Renderer) + Send + 'static,
     ) -> Result<(), RendererError> {
         self.jobs
-            .as_ref()
-            .ok_or(RendererError::Gone)?
-            .send(Box::new(f))
+            .send(Job::Run(Box::new(f)))
             .map_err(|_| RendererError::Gone)
     }
 
@@ -122,11 +158,120 @@ impl RendererThread {
 
 impl Drop for RendererThread {
     fn drop(&mut self) {
-        // Closing the queue ends the thread, which drops (cleans up) the renderer there.
-        self.jobs.take();
+        // The thread ends after the requests already queued and drops (cleans up) the
+        // renderer there.
+        let _ = self.client.jobs.send(Job::Stop);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+/// The thread serves the port through its own client.
+impl Renderer for RendererThread {
+    fn name(&self) -> &'static str {
+        self.client.name()
+    }
+    fn capsets(&self) -> Vec<CapsetInfo> {
+        self.client.capsets()
+    }
+    fn capset(&mut self, id: u32, version: u32) -> Result<Vec<u8>, RendererError> {
+        self.client.capset(id, version)
+    }
+    fn context_create(
+        &mut self,
+        ctx_id: u32,
+        capset: u32,
+        name: &[u8],
+    ) -> Result<(), RendererError> {
+        self.client.context_create(ctx_id, capset, name)
+    }
+    fn context_destroy(&mut self, ctx_id: u32) {
+        self.client.context_destroy(ctx_id)
+    }
+    fn context_attach(&mut self, ctx_id: u32, res_id: u32) {
+        self.client.context_attach(ctx_id, res_id)
+    }
+    fn context_detach(&mut self, ctx_id: u32, res_id: u32) {
+        self.client.context_detach(ctx_id, res_id)
+    }
+    fn resource_create_3d(&mut self, res_id: u32, args: &Resource3d) -> Result<(), RendererError> {
+        self.client.resource_create_3d(res_id, args)
+    }
+    fn attach_backing(
+        &mut self,
+        res_id: u32,
+        memory: &GuestMemory,
+        ranges: &[(u64, u64)],
+    ) -> Result<(), RendererError> {
+        self.client.attach_backing(res_id, memory, ranges)
+    }
+    fn detach_backing(&mut self, res_id: u32) {
+        self.client.detach_backing(res_id)
+    }
+    fn resource_create_blob(
+        &mut self,
+        res_id: u32,
+        request: &BlobRequest,
+        backing: Option<(&GuestMemory, &[(u64, u64)])>,
+    ) -> Result<(), RendererError> {
+        self.client.resource_create_blob(res_id, request, backing)
+    }
+    fn resource_unref(&mut self, res_id: u32) {
+        self.client.resource_unref(res_id)
+    }
+    fn transfer_to_host(
+        &mut self,
+        ctx_id: u32,
+        res_id: u32,
+        t: &Transfer3d,
+    ) -> Result<(), RendererError> {
+        self.client.transfer_to_host(ctx_id, res_id, t)
+    }
+    fn transfer_from_host(
+        &mut self,
+        ctx_id: u32,
+        res_id: u32,
+        t: &Transfer3d,
+    ) -> Result<(), RendererError> {
+        self.client.transfer_from_host(ctx_id, res_id, t)
+    }
+    fn submit(&mut self, ctx_id: u32, commands: &[u8]) -> Result<(), RendererError> {
+        self.client.submit(ctx_id, commands)
+    }
+    fn create_fence(
+        &mut self,
+        ctx_id: u32,
+        ring: Option<u32>,
+        fence_id: u64,
+    ) -> Result<(), RendererError> {
+        self.client.create_fence(ctx_id, ring, fence_id)
+    }
+    fn poll_fd(&self) -> BorrowedFd<'_> {
+        self.client.poll_fd()
+    }
+    fn poll(&mut self) -> Vec<RendererEvent> {
+        self.client.poll()
+    }
+    fn export_blob(&mut self, res_id: u32) -> Result<ExportedBlob, RendererError> {
+        self.client.export_blob(res_id)
+    }
+    fn resource_info(&mut self, res_id: u32) -> Result<ResourceInfo, RendererError> {
+        self.client.resource_info(res_id)
+    }
+    fn read_pixels(
+        &mut self,
+        res_id: u32,
+        width: u32,
+        height: u32,
+    ) -> Result<Vec<u8>, RendererError> {
+        self.client.read_pixels(res_id, width, height)
+    }
+    fn export_scanout(&mut self, res_id: u32) -> Result<ScanoutExport, RendererError> {
+        self.client.export_scanout(res_id)
+    }
+    fn reset(&mut self) {
+        self.client.reset()
     }
 }
 
@@ -134,7 +279,7 @@ fn flatten<T>(r: Result<Result<T, RendererError>, RendererError>) -> Result<T, R
     r.and_then(|inner| inner)
 }
 
-impl Renderer for RendererThread {
+impl Renderer for RendererClient {
     fn name(&self) -> &'static str {
         self.name
     }

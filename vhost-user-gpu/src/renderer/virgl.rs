@@ -1,7 +1,7 @@
 //! [`VirglRenderer`]: the [`Renderer`] port over virglrenderer (virgl contexts through EGL,
 //! surfaceless where there is no display; venus contexts in the render server).
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::{Child, Command};
@@ -94,6 +94,9 @@ pub struct VirglRenderer {
     server: Option<RenderServer>,
     /// Contexts whose fence fd is in the epoll set.
     watched: Vec<u32>,
+    /// Contexts and resources the library holds for us: what a reset destroys.
+    live_contexts: BTreeSet<u32>,
+    live_resources: BTreeSet<u32>,
     /// Why venus was asked for but is not served, if so.
     venus_withheld: Option<String>,
 }
@@ -266,18 +269,7 @@ impl VirglRenderer {
             )
             .map_err(|e| start_error("epoll_ctl", e))?;
         } else if config.virgl {
-            let t = timerfd_create(
-                TimerfdClockId::Monotonic,
-                TimerfdFlags::CLOEXEC | TimerfdFlags::NONBLOCK,
-            )
-            .map_err(|e| start_error("timerfd_create", e))?;
-            epoll::add(
-                &epoll,
-                &t,
-                epoll::EventData::new_u64(TOKEN_TIMER),
-                epoll::EventFlags::IN,
-            )
-            .map_err(|e| start_error("epoll_ctl", e))?;
+            let t = fallback_timer(&epoll).map_err(|e| start_error("timerfd", e))?;
             log::info!("renderer: no fence thread in virglrenderer; polling fences every {FALLBACK_POLL:?} while some wait");
             timer = Some(t);
         }
@@ -315,6 +307,8 @@ impl VirglRenderer {
             next_seqno: 1,
             server,
             watched: Vec::new(),
+            live_contexts: BTreeSet::new(),
+            live_resources: BTreeSet::new(),
             venus_withheld,
         })
     }
@@ -427,8 +421,12 @@ impl Renderer for VirglRenderer {
             return Err(RendererError::Start("the render server is gone".into()));
         }
         self.instance.context_create(ctx_id, capset, name)?;
+        self.live_contexts.insert(ctx_id);
+        // A virgl context's fence fd is the library's global one (already watched): only
+        // other contexts (venus) have fds of their own.
+        let global = self.instance.poll_fd().map(|fd| fd.as_raw_fd());
         if let Some(fd) = self.instance.context_poll_fd(ctx_id) {
-            if !self.watched.contains(&ctx_id) {
+            if Some(fd.as_raw_fd()) != global && !self.watched.contains(&ctx_id) {
                 match epoll::add(
                     &self.epoll,
                     fd,
@@ -445,6 +443,7 @@ impl Renderer for VirglRenderer {
 
     fn context_destroy(&mut self, ctx_id: u32) {
         self.unwatch(ctx_id);
+        self.live_contexts.remove(&ctx_id);
         self.instance.context_destroy(ctx_id);
     }
 
@@ -473,6 +472,7 @@ impl Renderer for VirglRenderer {
             nr_samples: a.nr_samples,
             flags: a.flags,
         })?;
+        self.live_resources.insert(res_id);
         Ok(())
     }
 
@@ -525,10 +525,12 @@ impl Renderer for VirglRenderer {
             },
             pinned,
         )?;
+        self.live_resources.insert(res_id);
         Ok(())
     }
 
     fn resource_unref(&mut self, res_id: u32) {
+        self.live_resources.remove(&res_id);
         self.instance.resource_unref(res_id);
     }
 
@@ -698,9 +700,24 @@ impl Renderer for VirglRenderer {
             .map_info(res_id)
             .ok()
             .filter(|&m| m & virtio_bindings::virtio_gpu::VIRTIO_GPU_MAP_CACHE_MASK != 0);
+        // An OPAQUE fd is laid out as its driver likes (lavapipe's memfd starts with a
+        // header page, the memory follows): where the bytes start is found where the library
+        // maps it itself, through the driver.
+        let fd_offset = match kind {
+            BlobFdKind::Opaque => self
+                .instance
+                .while_mapped(res_id, |address, _| offset_in_fd(fd.as_fd(), address))?
+                .map_err(|why| {
+                    RendererError::Invalid(format!(
+                        "resource {res_id}: opaque fd from the renderer, but where its bytes                          start is unknown ({why}); not mappable"
+                    ))
+                })?,
+            BlobFdKind::Dmabuf | BlobFdKind::Shm => 0,
+        };
         Ok(ExportedBlob {
             fd,
             kind,
+            fd_offset,
             renderer_map_info,
         })
     }
@@ -782,15 +799,91 @@ impl Renderer for VirglRenderer {
     }
 
     fn reset(&mut self) {
-        for ctx in std::mem::take(&mut self.watched) {
-            if let Some(fd) = self.instance.context_poll_fd(ctx) {
-                let _ = epoll::delete(&self.epoll, fd);
-            }
+        // Not `virgl_renderer_reset`: it stops the library's fence thread, and neither 0.10.4
+        // nor 1.1 signals that eventfd again afterwards, so every fence after a reset waited
+        // forever (QEMU 10 resets the device at every boot). Destroying what we created is
+        // the same reset as far as the guest can tell, and the fence thread keeps running.
+        for ctx_id in std::mem::take(&mut self.live_contexts) {
+            self.unwatch(ctx_id);
+            self.instance.context_destroy(ctx_id);
         }
-        self.instance.reset();
+        for res_id in std::mem::take(&mut self.live_resources) {
+            self.instance.resource_unref(res_id);
+        }
+        // Fences in flight still retire; their sequence numbers match nothing any more.
         self.global.clear();
         self.arm_timer(false);
     }
+}
+
+/// The timer that retires fences where the library has no fence thread (no poll fd), in
+/// `epoll`'s set; disarmed until fences wait.
+fn fallback_timer(epoll: &OwnedFd) -> rustix::io::Result<OwnedFd> {
+    let t = timerfd_create(
+        TimerfdClockId::Monotonic,
+        TimerfdFlags::CLOEXEC | TimerfdFlags::NONBLOCK,
+    )?;
+    epoll::add(
+        epoll,
+        &t,
+        epoll::EventData::new_u64(TOKEN_TIMER),
+        epoll::EventFlags::IN,
+    )?;
+    Ok(t)
+}
+
+/// Where `address` (inside a mapping of this process) lies in `fd`: the mapping that holds
+/// it must be of the same file (device and inode as `fd`'s), and the offset is the
+/// mapping's file offset plus the distance from its start (`/proc/self/maps`).
+fn offset_in_fd(fd: BorrowedFd<'_>, address: usize) -> Result<u64, String> {
+    let stat = rustix::fs::fstat(fd).map_err(|e| format!("fstat: {e}"))?;
+    let maps =
+        std::fs::read_to_string("/proc/self/maps").map_err(|e| format!("/proc/self/maps: {e}"))?;
+    let line = maps
+        .lines()
+        .find_map(|l| parse_maps_line(l).filter(|m| m.start <= address && address < m.end))
+        .ok_or_else(|| format!("no mapping holds {address:#x}"))?;
+    let dev = (
+        rustix::fs::major(stat.st_dev),
+        rustix::fs::minor(stat.st_dev),
+    );
+    if line.inode != stat.st_ino || line.dev != dev {
+        return Err(format!(
+            "the library's mapping at {address:#x} is of inode {} on {:?}, not of the \
+             exported fd (inode {} on {dev:?})",
+            line.inode, line.dev, stat.st_ino
+        ));
+    }
+    Ok(line.offset + (address - line.start) as u64)
+}
+
+/// One line of `/proc/self/maps`: range, file offset, device and inode.
+#[derive(Debug, PartialEq, Eq)]
+struct MapsLine {
+    start: usize,
+    end: usize,
+    offset: u64,
+    dev: (u32, u32),
+    inode: u64,
+}
+
+fn parse_maps_line(line: &str) -> Option<MapsLine> {
+    let mut fields = line.split_ascii_whitespace();
+    let (start, end) = fields.next()?.split_once('-')?;
+    let _perms = fields.next()?;
+    let offset = fields.next()?;
+    let (major, minor) = fields.next()?.split_once(':')?;
+    let inode = fields.next()?;
+    Some(MapsLine {
+        start: usize::from_str_radix(start, 16).ok()?,
+        end: usize::from_str_radix(end, 16).ok()?,
+        offset: u64::from_str_radix(offset, 16).ok()?,
+        dev: (
+            u32::from_str_radix(major, 16).ok()?,
+            u32::from_str_radix(minor, 16).ok()?,
+        ),
+        inode: inode.parse().ok()?,
+    })
 }
 
 #[cfg(test)]

@@ -138,6 +138,12 @@ fn run(o: &Options, report: &mut Report) {
         Ok(b) => b,
         Err(e) if o.expect_map_failure && e.call == "vkMapMemory" => {
             report.case("vkMapMemory is refused", Ok(format!("{:?}", e.result)));
+            report.case(
+                "the device still serves: a fenced queue submission completes",
+                gpu.submit_empty()
+                    .map(|()| String::new())
+                    .map_err(|e| e.to_string()),
+            );
             return;
         }
         Err(e) => {

@@ -246,6 +246,35 @@ impl Gpu {
         result
     }
 
+    /// Submits an empty command buffer with a fence and waits for it (at most 60 s): a
+    /// round trip through the host's queue that needs no mapping.
+    pub fn submit_empty(&self) -> Result<(), VkError> {
+        let alloc = vk::CommandBufferAllocateInfo::default()
+            .command_pool(self.pool)
+            .level(vk::CommandBufferLevel::PRIMARY)
+            .command_buffer_count(1);
+        // SAFETY: our pool on our device.
+        let cbs = unsafe { self.device.allocate_command_buffers(&alloc) }
+            .map_err(vk_err("vkAllocateCommandBuffers"))?;
+        let begin = vk::CommandBufferBeginInfo::default()
+            .flags(vk::CommandBufferUsageFlags::ONE_TIME_SUBMIT);
+        // SAFETY: a freshly allocated command buffer, recorded once (empty).
+        let recorded = unsafe {
+            self.device
+                .begin_command_buffer(cbs[0], &begin)
+                .map_err(vk_err("vkBeginCommandBuffer"))
+                .and_then(|()| {
+                    self.device
+                        .end_command_buffer(cbs[0])
+                        .map_err(vk_err("vkEndCommandBuffer"))
+                })
+        };
+        let result = recorded.and_then(|()| self.submit_and_wait(&cbs));
+        // SAFETY: the command buffer is not pending any more (waited for, or never submitted).
+        unsafe { self.device.free_command_buffers(self.pool, &cbs) };
+        result
+    }
+
     fn record_and_wait(
         &self,
         cb: vk::CommandBuffer,
@@ -296,14 +325,18 @@ impl Gpu {
                 .end_command_buffer(cb)
                 .map_err(vk_err("vkEndCommandBuffer"))?;
         }
+        self.submit_and_wait(&[cb])
+    }
+
+    /// Submits recorded command buffers with a fence and waits for it (at most 60 s).
+    fn submit_and_wait(&self, cbs: &[vk::CommandBuffer]) -> Result<(), VkError> {
         // SAFETY: a live device.
         let fence = unsafe {
             self.device
                 .create_fence(&vk::FenceCreateInfo::default(), None)
         }
         .map_err(vk_err("vkCreateFence"))?;
-        let cbs = [cb];
-        let submit = [vk::SubmitInfo::default().command_buffers(&cbs)];
+        let submit = [vk::SubmitInfo::default().command_buffers(cbs)];
         // SAFETY: a recorded command buffer, our queue, an unsignalled fence; we wait
         // for the fence before anything it uses is freed.
         let result = unsafe {

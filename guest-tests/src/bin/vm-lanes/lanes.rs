@@ -25,12 +25,9 @@ const CONSOLE_TEXT_ROWS: usize = 60;
 /// Live upgrades of the backend while the `blob` lane's guest workload runs.
 const UPGRADES: u32 = 10;
 
-/// Lane names, in the order they run by default.
-pub const NAMES: [&str; 4] = ["kernel", "blob", "qemu10", "wayland"];
-
-/// Lanes that run only when asked for with `--lane` (`render`: real guest userspace on a
-/// root file system image, see `render.rs`).
-pub const ON_REQUEST: [&str; 1] = ["render"];
+/// Lane names, in the order they run by default (`render`: real guest userspace on a root
+/// file system image, see `render.rs`).
+pub const NAMES: [&str; 5] = ["kernel", "blob", "qemu10", "wayland", "render"];
 
 /// Everything prepared once and shared by the lanes.
 #[derive(Default)]
@@ -653,7 +650,7 @@ fn check_pattern_png(path: &Path) -> Outcome {
 }
 
 /// Runs `attempt` until it passes or `limit` has passed; returns the last outcome.
-fn poll_outcome(limit: Duration, mut attempt: impl FnMut() -> Outcome) -> Outcome {
+pub(crate) fn poll_outcome(limit: Duration, mut attempt: impl FnMut() -> Outcome) -> Outcome {
     let deadline = Instant::now() + limit;
     loop {
         let outcome = attempt();
@@ -684,7 +681,16 @@ fn blob_lane(env: &mut Env, timeout: Duration) -> Result<Tally, Error> {
         let captures = dir.join("captures");
         fs::create_dir_all(&captures).map_err(|e| Error::io(&captures, e))?;
         let socket = dir.join("gpu.sock");
-        let mut extra = strings(&["--allocator", "memfd", "--hostmem", "256M"]);
+        // Cross-domain only, whatever renderer this host has: the guest checks the capsets
+        // (3D is the render lane's).
+        let mut extra = strings(&[
+            "--allocator",
+            "memfd",
+            "--hostmem",
+            "256M",
+            "--capset",
+            "cross-domain",
+        ]);
         extra.push("--capture-dir".into());
         extra.push(captures.display().to_string());
         let control = dir.join("control.sock");
@@ -1002,7 +1008,7 @@ fn qemu10_lane(env: &mut Env, timeout: Duration) -> Result<Tally, Error> {
         &backend_bin,
         &dir,
         &socket,
-        &strings(&["--allocator", "memfd"]),
+        &strings(&["--allocator", "memfd", "--capset", "cross-domain"]),
     )?;
     let steps = vec![
         GuestStep::new(

@@ -3,12 +3,12 @@
 //! file system image ([`crate::rootfs`]).
 //!
 //! The host side runs in a "render root": a `debootstrap` trixie root with virglrenderer
-//! 1.1, Mesa 25 (llvmpipe, lavapipe), QEMU 11.1 and the peer backend rust-vmm
-//! `vhost-device-gpu` 0.2.0 built there with its virglrenderer backend (it needs
-//! virglrenderer >= 1.0, which bookworm does not have). For now the lane runs the peer
-//! behind QEMU 10's `vhost-user-gpu-pci`: the proof that the guest image renders through a
-//! vhost-user backend on this machine; our backend joins when its renderer is wired into
-//! the device.
+//! 1.1, Mesa 25 (llvmpipe, lavapipe) and QEMU 11.1; the benchmark (`--bench render`) builds
+//! the peer backend rust-vmm `vhost-device-gpu` 0.2.0 there with its virglrenderer backend
+//! (it needs virglrenderer >= 1.0, which bookworm does not have). The lane runs OUR backend there
+//! (venus needs virglrenderer >= 1.0 too): behind QEMU 11.1's generic vhost-user device
+//! (blobs mapped into the host-visible region), again with a policy that refuses the
+//! mapping, and behind QEMU 10's `vhost-user-gpu-pci` (virgl without blobs).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -16,17 +16,19 @@ use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use guest_tests::pattern;
 use guest_tests::report::{case_line, Outcome, Tally};
 
 use crate::binaries;
 use crate::fetch;
 use crate::lanes::Env;
+use crate::qmp::Qmp;
 use crate::rootfs::{self, LaneFiles, Spec};
 use crate::vm::{Boot, HoldReply, KillOnDrop, Qemu};
 use crate::{run, run_output, step, Error};
 
 /// Packages of the render root (host side, trixie).
-const RENDER_ROOT_PACKAGES: [&str; 19] = [
+const RENDER_ROOT_PACKAGES: [&str; 8] = [
     // virglrenderer and the render server, Mesa's software drivers.
     "libvirglrenderer1",
     "virgl-server",
@@ -36,10 +38,11 @@ const RENDER_ROOT_PACKAGES: [&str; 19] = [
     "libegl1",
     "libgl1",
     "mesa-vulkan-drivers",
-    // A display for QEMU's own GL device (GTK on Xvfb).
-    "xvfb",
-    "xauth",
-    // Building the peer.
+];
+
+/// What building the peer needs in the render root (installed by [`peer`], only for the
+/// benchmark).
+const PEER_BUILD_PACKAGES: [&str; 9] = [
     "ca-certificates",
     "gcc",
     "libc6-dev",
@@ -52,18 +55,14 @@ const RENDER_ROOT_PACKAGES: [&str; 19] = [
 ];
 
 /// Bumped when the render root's recipe changes.
-const RENDER_ROOT_VERSION: u32 = 1;
+const RENDER_ROOT_VERSION: u32 = 2;
 
-/// The render root: a trixie root with the renderer stack, QEMU 11.1 and the peer.
+/// The render root: a trixie root with the renderer stack, QEMU 11.1 and what building the
+/// peer needs (the peer itself is built by [`peer`], for the benchmark in BENCHMARKS.md).
 pub struct RenderRoot {
     /// The root directory.
     pub root: PathBuf,
-    /// The peer, as a path inside the root.
-    pub peer: &'static str,
 }
-
-/// Where the peer is installed inside the render root.
-const PEER_IN_ROOT: &str = "/opt/vhost-device-gpu/bin/vhost-device-gpu";
 
 /// Returns the render root, building it first when missing.
 pub fn render_root(cache: &Path) -> Result<RenderRoot, Error> {
@@ -73,10 +72,7 @@ pub fn render_root(cache: &Path) -> Result<RenderRoot, Error> {
         "render-root {RENDER_ROOT_VERSION}\n{}\n",
         RENDER_ROOT_PACKAGES.join(" ")
     );
-    let done = RenderRoot {
-        root: root.clone(),
-        peer: PEER_IN_ROOT,
-    };
+    let done = RenderRoot { root: root.clone() };
     if fs::read_to_string(&stamp).is_ok_and(|s| s.starts_with(&recipe)) {
         return Ok(done);
     }
@@ -95,41 +91,9 @@ pub fn render_root(cache: &Path) -> Result<RenderRoot, Error> {
                 .arg("http://deb.debian.org/debian"))
         },
     )?;
-    step(
-        "render root: QEMU 11.1 with OpenGL from trixie-backports",
-        || {
-            let sources = root.join("etc/apt/sources.list.d/trixie-backports.sources");
-            fs::write(
-                &sources,
-                "Types: deb\nURIs: http://deb.debian.org/debian\nSuites: trixie-backports\n\
-             Components: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n",
-            )
-            .map_err(|e| Error::io(&sources, e))?;
-            run(Command::new("chroot")
-                .arg(&root)
-                .args(["apt-get", "update", "-qq"]))?;
-            run(Command::new("chroot")
-                .arg(&root)
-                .env("DEBIAN_FRONTEND", "noninteractive")
-                .args([
-                    "apt-get",
-                    "install",
-                    "-y",
-                    "-qq",
-                    "--no-install-recommends",
-                    "-t",
-                    "trixie-backports",
-                    "qemu-system-x86",
-                    "qemu-system-modules-opengl",
-                    "qemu-system-gui",
-                ]))?;
-            run(Command::new("chroot").arg(&root).args(["apt-get", "clean"]))
-        },
-    )?;
-    step(
-        "render root: cargo install vhost-device-gpu 0.2.0 (virglrenderer)",
-        || build_peer(cache, &root),
-    )?;
+    step("render root: QEMU 11.1 from trixie-backports", || {
+        fetch::install_from_trixie_backports(&root, &["qemu-system-x86"])
+    })?;
     let versions = run_output(Command::new("chroot").arg(&root).args([
         "dpkg-query",
         "-W",
@@ -141,6 +105,33 @@ pub fn render_root(cache: &Path) -> Result<RenderRoot, Error> {
     ]))?;
     fs::write(&stamp, format!("{recipe}{versions}")).map_err(|e| Error::io(&stamp, e))?;
     Ok(done)
+}
+
+/// Where the peer is installed inside the render root.
+pub(crate) const PEER_IN_ROOT: &str = "/opt/vhost-device-gpu/bin/vhost-device-gpu";
+
+/// The peer (rust-vmm's `vhost-device-gpu` 0.2.0 with its virglrenderer backend) in the
+/// render root, built there first when missing: only the benchmark needs it, so lanes (and
+/// CI) never pay its build (about 4.5 minutes on 2 cores).
+pub(crate) fn peer(cache: &Path, root: &Path) -> Result<(), Error> {
+    if root.join(PEER_IN_ROOT.trim_start_matches('/')).exists() {
+        return Ok(());
+    }
+    step("render root: the peer's build dependencies", || {
+        run(Command::new("chroot")
+            .arg(root)
+            .args(["apt-get", "update", "-qq"]))?;
+        run(Command::new("chroot")
+            .arg(root)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["apt-get", "install", "-y", "-qq", "--no-install-recommends"])
+            .args(PEER_BUILD_PACKAGES))?;
+        run(Command::new("chroot").arg(root).args(["apt-get", "clean"]))
+    })?;
+    step(
+        "render root: cargo install vhost-device-gpu 0.2.0 (virglrenderer)",
+        || build_peer(cache, root),
+    )
 }
 
 /// Builds the peer inside the root with the host's Rust toolchain (bind-mounted), its
@@ -179,13 +170,20 @@ fn build_peer(cache: &Path, root: &Path) -> Result<(), Error> {
 
 /// A backend process run inside the render root (private mount namespace with `/dev`,
 /// `/proc` and the lane directory bind-mounted), killed when dropped.
-struct RootProcess {
+pub(crate) struct RootProcess {
     child: KillOnDrop,
     log: PathBuf,
 }
 
 impl RootProcess {
-    fn start(root: &Path, dir: &Path, name: &str, argv: &[String]) -> Result<Self, Error> {
+    /// Starts `argv` in `root` as `name` (its output in `dir/NAME.log`, at `rust_log`).
+    pub(crate) fn start(
+        root: &Path,
+        dir: &Path,
+        name: &str,
+        argv: &[String],
+        rust_log: &str,
+    ) -> Result<Self, Error> {
         let log = dir.join(format!("{name}.log"));
         let out = fs::File::create(&log).map_err(|e| Error::io(&log, e))?;
         let err = out.try_clone().map_err(|e| Error::io(&log, e))?;
@@ -202,7 +200,7 @@ impl RootProcess {
             .arg(root)
             .arg(dir)
             .args(argv)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", rust_log)
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
@@ -214,7 +212,7 @@ impl RootProcess {
         })
     }
 
-    fn wait_for(&mut self, socket: &Path) -> Result<(), Error> {
+    pub(crate) fn wait_for(&mut self, socket: &Path) -> Result<(), Error> {
         let deadline = Instant::now() + Duration::from_secs(30);
         while !socket.exists() {
             if let Ok(Some(status)) = self.child.0.try_wait() {
@@ -286,22 +284,61 @@ else
 fi
 "#;
 
+/// kmscube on KMS while the host looks at the scanout: it must still be running when the
+/// host is asked, and it is stopped afterwards.
+const KMSCUBE_HOLD: &str = r#"#!/bin/sh
+# kmscube stops at the first byte on stdin ("user interrupted!"): give it a pipe that
+# stays open and empty.
+mkfifo /tmp/kmscube.in
+kmscube <>/tmp/kmscube.in > /tmp/kmscube.log 2>&1 &
+pid=$!
+sleep 10
+if ! kill -0 $pid 2>/dev/null; then
+  tail -5 /tmp/kmscube.log | sed 's/^/  kmscube: /'
+  echo "FAILED kmscube: exited before the host looked"; echo "0 passed, 1 failed, 0 skipped"; exit 1
+fi
+echo "@@VMLANE hold kmscube"; read -r _
+kill $pid; wait $pid 2>/dev/null
+grep -i -E "renderer|version" /tmp/kmscube.log | head -3 | sed 's/^/  kmscube: /'
+echo "ok kmscube: on screen while the host captured the scanout"
+echo "1 passed, 0 failed, 0 skipped"
+"#;
+
+/// Guest-side checks that need no GPU work beyond start-up, for the run with a refusing
+/// policy: the GL and Vulkan drivers still come up.
+const CHECK_DEVICES: &str = r#"#!/bin/sh
+pass=0; fail=0
+ok() { echo "ok $1"; pass=$((pass+1)); }
+bad() { echo "FAILED $1: $2"; fail=$((fail+1)); }
+info=$(eglinfo -B -p gbm 2>&1)
+if echo "$info" | grep -q "OpenGL.*renderer.*virgl"; then ok "eglinfo: still virgl after the refusal"
+else echo "$info" | tail -5 | sed 's/^/  eglinfo: /'; bad "eglinfo" "no virgl renderer"; fi
+out=$(timeout 120 vulkaninfo --summary 2>&1)
+if echo "$out" | grep -q "deviceName.*Venus"; then ok "vulkaninfo: the venus device is still there"
+else bad "vulkaninfo" "no venus device"; fi
+echo "$pass passed, $fail failed, 0 skipped"
+[ $fail -eq 0 ]
+"#;
+
 /// One guest boot of the lane.
-struct GuestRun<'a> {
-    label: &'a str,
-    qemu: Qemu,
-    extra: Vec<String>,
-    env: Vec<(String, String)>,
-    steps: Vec<(&'a str, &'a str)>,
+pub(crate) struct GuestRun<'a> {
+    pub(crate) label: &'a str,
+    pub(crate) qemu: Qemu,
+    pub(crate) extra: Vec<String>,
+    pub(crate) env: Vec<(String, String)>,
+    pub(crate) steps: Vec<(&'a str, &'a str)>,
+    /// More scripts for `/lane/` (name, text).
+    pub(crate) files: Vec<(&'a str, &'a str)>,
 }
 
-fn guest_run(
+pub(crate) fn guest_run(
     env: &mut Env,
     dir: &Path,
     image: &rootfs::Image,
     vk_hostmem: &Path,
     run: GuestRun<'_>,
     timeout: Duration,
+    on_hold: &mut crate::vm::HoldHandler<'_>,
 ) -> Result<Tally, Error> {
     let kernel = env.kernel()?;
     let mut init = String::from(rootfs::LANE_INIT_PRELUDE);
@@ -315,9 +352,15 @@ fn guest_run(
             ("init", 0o755, init.into_bytes()),
             ("check-virgl", 0o755, CHECK_VIRGL.as_bytes().to_vec()),
             ("check-vulkan", 0o755, CHECK_VULKAN.as_bytes().to_vec()),
+            ("check-devices", 0o755, CHECK_DEVICES.as_bytes().to_vec()),
+            ("kmscube-hold", 0o755, KMSCUBE_HOLD.as_bytes().to_vec()),
             ("vk-hostmem", 0o755, vk),
         ],
     };
+    let mut files = files;
+    for (name, text) in &run.files {
+        files.files.push((name, 0o755, text.as_bytes().to_vec()));
+    }
     let initrd = dir.join("initramfs.cpio");
     rootfs::write_initramfs(&initrd, kernel, &GUEST_MODULES, &files)?;
     let mut extra = run.extra;
@@ -333,7 +376,7 @@ fn guest_run(
         allow_reboot: false,
     };
     let transcript = step(&format!("render lane: guest run ({})", run.label), || {
-        boot.run(&mut |_| HoldReply::Continue)
+        boot.run(on_hold)
     })?;
     let mut names = vec!["modules".to_string()];
     names.extend(run.steps.iter().map(|(n, _)| n.to_string()));
@@ -349,8 +392,60 @@ fn host_case(tally: &mut Tally, name: &str, outcome: Outcome) {
     tally.record(&outcome);
 }
 
-/// Runs the lane: the peer behind QEMU 10 (virgl), then QEMU 11.1's own virgl + venus
-/// device (the reference for the guest's venus path).
+/// A policy that refuses lavapipe's memory (the memfds it names "llvmpipe memory fd", which
+/// venus's HOST_VISIBLE allocations are on this host) for guest mapping, as if it needed
+/// `DMA_BUF_IOCTL_SYNC`; venus's own shared memory (its ring, other memfd names) stays
+/// mappable, so the guest's `vkMapMemory` is what fails.
+const REFUSING_POLICY: &str = "\
+[[exporter]]
+name = \"memfd:llvmpipe*\"
+needs_sync = \"yes\"
+note = \"render lane: refuse lavapipe memory to show the guest's vkMapMemory failing\"
+";
+
+/// Venus's fence, semaphore and event feedback lives in a HOST_VISIBLE buffer it maps at
+/// device creation: under the refusing policy that buffer is refused too, so the refusal
+/// run turns feedback off (Mesa's `VN_PERF`) to reach the application's own mapping.
+const NO_FEEDBACK: &str = "VN_PERF=no_fence_feedback,no_semaphore_feedback,no_event_feedback";
+
+/// Our backend in the render root: virglrenderer 1.1 (virgl and venus) on llvmpipe and
+/// lavapipe.
+pub(crate) struct Ours {
+    pub(crate) binary: PathBuf,
+    /// `RUST_LOG` of its log: `debug` in the lane (the log is evidence), `warn` for the
+    /// benchmark (logging every command is a cost of its own).
+    pub(crate) rust_log: &'static str,
+}
+
+impl Ours {
+    /// Starts our backend in the render root with `extra` arguments, in `dir`.
+    pub(crate) fn start(
+        &self,
+        root: &Path,
+        dir: &Path,
+        extra: &[String],
+    ) -> Result<(RootProcess, PathBuf), Error> {
+        // The lane directory is bind-mounted at the same path in the root: the binary and
+        // the socket are seen from both sides.
+        let binary = dir.join("vhost-user-gpu");
+        fs::copy(&self.binary, &binary).map_err(|e| Error::io(&self.binary, e))?;
+        let socket = dir.join("gpu.sock");
+        let _ = fs::remove_file(&socket);
+        let mut argv = vec![
+            binary.display().to_string(),
+            "--socket-path".into(),
+            socket.display().to_string(),
+        ];
+        argv.extend(extra.iter().cloned());
+        let mut backend = RootProcess::start(root, dir, "vhost-user-gpu", &argv, self.rust_log)?;
+        backend.wait_for(&socket)?;
+        Ok((backend, socket))
+    }
+}
+
+/// Runs the lane with our backend: behind QEMU 11.1's generic vhost-user device (virgl and
+/// venus with blobs mapped into the host-visible region), the same with a policy that
+/// refuses the mapping, and behind QEMU 10's vhost-user-gpu-pci (virgl without blobs).
 pub fn lane(env: &mut Env, timeout: Duration) -> Result<Tally, Error> {
     let cache = env.cache()?;
     let qemu10 = fetch::qemu10(env.apt()?)?;
@@ -360,32 +455,33 @@ pub fn lane(env: &mut Env, timeout: Duration) -> Result<Tally, Error> {
         binaries::host(&["build", "-p", "guest-tests", "--bin", "vk-hostmem"])
     })?;
     let vk_hostmem = binaries::find(&built, "vk-hostmem", false)?.path.clone();
+    let ours = Ours {
+        binary: crate::lanes::host_backend()?,
+        rust_log: "debug",
+    };
     let mut tally = Tally::default();
 
-    // 1. rust-vmm vhost-device-gpu (virglrenderer) behind QEMU 10's vhost-user-gpu-pci.
-    let dir = crate::lanes::lane_dir("render/peer-virgl")?;
-    let socket = dir.join("gpu.sock");
-    let mut backend = RootProcess::start(
+    // 1. QEMU 11.1, blobs and the host-visible region: virgl, venus, HOST_VISIBLE memory.
+    let dir = crate::lanes::lane_dir("render/ours-qemu11")?;
+    let captures = dir.join("captures");
+    fs::create_dir_all(&captures).map_err(|e| Error::io(&captures, e))?;
+    let (mut backend, socket) = ours.start(
         &render.root,
         &dir,
-        "vhost-device-gpu",
-        &[
-            render.peer.to_string(),
-            "--socket-path".into(),
-            socket.display().to_string(),
-            "--gpu-mode".into(),
-            "virglrenderer".into(),
-        ],
+        &strings(&[
+            "--capture-dir",
+            &captures.display().to_string(),
+            "--sandbox",
+            "off",
+        ]),
     )?;
-    // The lane directory is bind-mounted at the same path in the root: the socket shows
-    // up here too.
-    backend.wait_for(&socket)?;
+    let mut cube = None;
     let mut extra = crate::lanes::vhost_user_memory();
     extra.extend([
         "-chardev".into(),
         format!("socket,id=gpu,path={}", socket.display()),
         "-device".into(),
-        "vhost-user-gpu-pci,chardev=gpu".into(),
+        "vhost-user-test-device-pci,virtio-id=16,num_vqs=2,config_size=16,chardev=gpu".into(),
     ]);
     tally.add(guest_run(
         env,
@@ -393,67 +489,14 @@ pub fn lane(env: &mut Env, timeout: Duration) -> Result<Tally, Error> {
         &image,
         &vk_hostmem,
         GuestRun {
-            label: "peer-virgl",
-            qemu: Qemu::System(qemu10.clone()),
+            label: "ours-qemu11",
+            qemu: Qemu::Chroot(render.root.clone()),
             extra,
             env: Vec::new(),
+            files: Vec::new(),
             steps: vec![
                 ("virgl", "/lane/check-virgl"),
-                ("vulkan", "/lane/check-vulkan"),
-            ],
-        },
-        timeout,
-    )?);
-    host_case(
-        &mut tally,
-        "render/peer-virgl/host: backend survived the guest",
-        match backend.crashed() {
-            Some(why) => Outcome::Failed(why),
-            None => Outcome::Passed,
-        },
-    );
-    drop(backend);
-
-    // 2. QEMU 11.1's own virtio-gpu-gl-pci with venus, virglrenderer 1.1 and lavapipe in
-    // the render root; its GL display is GTK on Xvfb (egl-headless needs a render node).
-    let dir = crate::lanes::lane_dir("render/qemu-venus")?;
-    let display = ":41";
-    let mut xvfb = RootProcess::start(
-        &render.root,
-        &dir,
-        "xvfb",
-        &strings(&[
-            "Xvfb",
-            display,
-            "-screen",
-            "0",
-            "1280x800x24",
-            "-nolisten",
-            "tcp",
-        ]),
-    )?;
-    xvfb.wait_for(&render.root.join("tmp/.X11-unix/X41"))?;
-    tally.add(guest_run(
-        env,
-        &dir,
-        &image,
-        &vk_hostmem,
-        GuestRun {
-            label: "qemu-venus",
-            qemu: Qemu::Chroot(render.root.clone()),
-            extra: strings(&[
-                "-m",
-                "1G",
-                "-machine",
-                "q35",
-                "-device",
-                "virtio-gpu-gl-pci,venus=on,blob=on,hostmem=1G",
-                "-display",
-                "gtk,gl=on",
-            ]),
-            env: vec![("DISPLAY".into(), display.into())],
-            steps: vec![
-                ("virgl", "/lane/check-virgl"),
+                ("kmscube-scanout", "/lane/kmscube-hold"),
                 ("vulkan", "/lane/check-vulkan Venus"),
                 (
                     "host-visible",
@@ -462,8 +505,218 @@ pub fn lane(env: &mut Env, timeout: Duration) -> Result<Tally, Error> {
             ],
         },
         timeout,
+        &mut |what| {
+            if what.starts_with("kmscube") {
+                let kept = dir.join("kmscube.png");
+                cube = Some(crate::lanes::poll_outcome(
+                    Duration::from_secs(10),
+                    || match fs::copy(captures.join("scanout-0.png"), &kept) {
+                        Ok(_) => check_cube_png(&kept),
+                        Err(e) => Outcome::Failed(format!("no scanout-0.png: {e}")),
+                    },
+                ));
+            }
+            HoldReply::Continue
+        },
     )?);
+    host_case(
+        &mut tally,
+        "render/ours-qemu11/host: the backend's capture shows kmscube's cube",
+        cube.unwrap_or(Outcome::Failed(
+            "the guest never asked for the capture".into(),
+        )),
+    );
+    host_case(
+        &mut tally,
+        "render/ours-qemu11/host: backend survived the guest",
+        match backend.crashed() {
+            Some(why) => Outcome::Failed(why),
+            None => Outcome::Passed,
+        },
+    );
+    drop(backend);
+
+    // 2. The same with a policy that refuses the renderer's memory for guest mapping.
+    let map_refused =
+        format!("env {NO_FEEDBACK} /lane/vk-hostmem --device Venus --expect-map-failure");
+    let dir = crate::lanes::lane_dir("render/ours-refusing")?;
+    let policy = dir.join("refuse.toml");
+    fs::write(&policy, REFUSING_POLICY).map_err(|e| Error::io(&policy, e))?;
+    let (mut backend, socket) = ours.start(
+        &render.root,
+        &dir,
+        &strings(&[
+            "--policy-config",
+            &policy.display().to_string(),
+            "--sandbox",
+            "off",
+        ]),
+    )?;
+    let mut extra = crate::lanes::vhost_user_memory();
+    extra.extend([
+        "-chardev".into(),
+        format!("socket,id=gpu,path={}", socket.display()),
+        "-device".into(),
+        "vhost-user-test-device-pci,virtio-id=16,num_vqs=2,config_size=16,chardev=gpu".into(),
+    ]);
+    tally.add(guest_run(
+        env,
+        &dir,
+        &image,
+        &vk_hostmem,
+        GuestRun {
+            label: "ours-refusing",
+            qemu: Qemu::Chroot(render.root.clone()),
+            extra,
+            env: Vec::new(),
+            files: Vec::new(),
+            steps: vec![
+                ("map-refused", &map_refused),
+                ("still-serving", "/lane/check-devices"),
+            ],
+        },
+        timeout,
+        &mut |_| HoldReply::Continue,
+    )?);
+    let log = fs::read_to_string(&backend.log).unwrap_or_default();
+    host_case(
+        &mut tally,
+        "render/ours-refusing/host: the backend logged the refusal",
+        if log.contains("refused for guest mapping") {
+            Outcome::Passed
+        } else {
+            Outcome::Failed(format!("no refusal in {}", backend.log.display()))
+        },
+    );
+    host_case(
+        &mut tally,
+        "render/ours-refusing/host: backend survived the guest",
+        match backend.crashed() {
+            Some(why) => Outcome::Failed(why),
+            None => Outcome::Passed,
+        },
+    );
+    drop(backend);
+
+    // 3. QEMU 10's vhost-user-gpu-pci: virgl without blobs, shown through QEMU's display.
+    let dir = crate::lanes::lane_dir("render/ours-qemu10")?;
+    let (mut backend, socket) = ours.start(&render.root, &dir, &strings(&["--sandbox", "off"]))?;
+    let qmp_socket = dir.join("qmp.sock");
+    let mut extra = crate::lanes::vhost_user_memory();
+    extra.extend([
+        "-chardev".into(),
+        format!("socket,id=gpu,path={}", socket.display()),
+        "-device".into(),
+        "vhost-user-gpu-pci,chardev=gpu".into(),
+        "-qmp".into(),
+        format!("unix:{},server=on,wait=off", qmp_socket.display()),
+    ]);
+    let mut cube = None;
+    tally.add(guest_run(
+        env,
+        &dir,
+        &image,
+        &vk_hostmem,
+        GuestRun {
+            label: "ours-qemu10",
+            qemu: Qemu::System(qemu10.clone()),
+            extra,
+            env: Vec::new(),
+            files: Vec::new(),
+            steps: vec![
+                ("virgl", "/lane/check-virgl"),
+                ("kmscube-scanout", "/lane/kmscube-hold"),
+                ("vulkan", "/lane/check-vulkan"),
+            ],
+        },
+        timeout,
+        &mut |what| {
+            if what.starts_with("kmscube") {
+                let file = dir.join("screendump-kmscube.png");
+                cube =
+                    Some(crate::lanes::poll_outcome(
+                        Duration::from_secs(10),
+                        || match Qmp::connect(&qmp_socket).and_then(|mut q| q.screendump_png(&file))
+                        {
+                            Err(e) => Outcome::Failed(format!("QMP screendump: {e}")),
+                            Ok(()) => check_cube_png(&file),
+                        },
+                    ));
+            }
+            HoldReply::Continue
+        },
+    )?);
+    host_case(
+        &mut tally,
+        "render/ours-qemu10/host: QEMU's screendump shows kmscube's cube",
+        cube.unwrap_or(Outcome::Failed(
+            "the guest never asked for the screendump".into(),
+        )),
+    );
+    host_case(
+        &mut tally,
+        "render/ours-qemu10/host: backend survived the guest",
+        match backend.crashed() {
+            Some(why) => Outcome::Failed(why),
+            None => Outcome::Passed,
+        },
+    );
+    drop(backend);
     Ok(tally)
+}
+
+/// Checks that a screenshot shows kmscube's cube: a background of one grey and, around the
+/// middle of the screen, a large area of saturated colours of several hues (the cube's
+/// faces), not a console, a black screen or a single colour.
+fn check_cube_png(path: &Path) -> Outcome {
+    let image = match pattern::read_png(path) {
+        Ok(i) => i,
+        Err(e) => return Outcome::Failed(format!("{}: {e}", path.display())),
+    };
+    match cube_shown(&image) {
+        Ok(()) => Outcome::Passed,
+        Err(e) => Outcome::Failed(format!("{}: {e}", path.display())),
+    }
+}
+
+/// The cube test on a decoded image (see [`check_cube_png`]).
+fn cube_shown(image: &pattern::Image) -> Result<(), String> {
+    let total = image.pixels.len().max(1);
+    let channels = |p: u32| [(p >> 16) & 0xff, (p >> 8) & 0xff, p & 0xff];
+    let saturated = |p: u32| {
+        let c = channels(p);
+        c.iter().max().unwrap_or(&0) - c.iter().min().unwrap_or(&0) >= 64
+    };
+    let (mut count, mut sx, mut sy) = (0usize, 0u64, 0u64);
+    let mut hues = [0usize; 3];
+    for (i, &p) in image.pixels.iter().enumerate() {
+        if saturated(p) {
+            count += 1;
+            sx += (i % image.width as usize) as u64;
+            sy += (i / image.width as usize) as u64;
+            let c = channels(p);
+            let dominant = (0..3).max_by_key(|&k| c[k]).unwrap_or(0);
+            hues[dominant] += 1;
+        }
+    }
+    if count * 100 < total * 2 {
+        return Err(format!(
+            "only {count} of {total} pixels are coloured: no cube on the screen"
+        ));
+    }
+    let (cx, cy) = (sx / count as u64, sy / count as u64);
+    let (w, h) = (u64::from(image.width), u64::from(image.height));
+    if cx < w / 4 || cx > w * 3 / 4 || cy < h / 4 || cy > h * 3 / 4 {
+        return Err(format!(
+            "the coloured area is centred at ({cx},{cy}), not around the middle of {w}x{h}"
+        ));
+    }
+    if hues.iter().filter(|&&n| n * 20 >= count).count() < 2 {
+        return Err(format!(
+            "the coloured area has one hue (red/green/blue-dominant pixels {hues:?}): not the cube's faces"
+        ));
+    }
+    Ok(())
 }
 
 fn strings(args: &[&str]) -> Vec<String> {

@@ -327,10 +327,12 @@ fn virgl_refused(harness: &Harness) -> CaseResult {
             &fe,
             log.contains("RESOURCE_CREATE_3D")
                 && log.contains("no virgl renderer")
+                && log.contains("--capset virgl")
                 && log.contains("cross-domain"),
             || {
                 "the backend's log should name the refused RESOURCE_CREATE_3D, say there is no \
-                 virgl renderer and what to use instead (cross-domain or a renderer)"
+                 virgl renderer and what to configure instead (--capset virgl, or \
+                 cross-domain)"
                     .to_string()
             },
         )?;

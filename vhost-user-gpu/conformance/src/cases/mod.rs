@@ -20,6 +20,7 @@ mod hostile;
 mod lifecycle;
 mod limits;
 mod queue;
+mod render;
 mod restart;
 mod sandbox;
 mod soak;
@@ -43,6 +44,8 @@ pub enum Need {
     HostVisibleRegion,
     /// Flags of this project's binary (`--capture-dir`, `--policy-config`, ...).
     OurCommandLine,
+    /// Our binary with a virgl renderer (`--capset virgl` starts here).
+    Renderer,
     /// A path that must exist on this host (a device node such as `/dev/udmabuf`); without
     /// it the case is skipped whichever backend is under test.
     HostPath(&'static str),
@@ -108,7 +111,7 @@ impl Harness {
     }
 
     /// Starts the backend with the suite's defaults (our binary: `--allocator memfd`, or
-    /// the allocator named by `VUG_ALLOCATOR`).
+    /// the allocator named by `VUG_ALLOCATOR`, and `--capset cross-domain`).
     pub fn spawn(&self) -> crate::Result<Frontend> {
         self.spawn_with(&[])
     }
@@ -143,6 +146,12 @@ impl Harness {
                 spec.args
                     .extend(["--allocator".to_string(), "memfd".to_string()]);
             }
+            // Without a renderer unless a case asks for one: what a case sees must not
+            // depend on whether this host can render (the renderer cases pass --capset).
+            if !spec.args.iter().any(|a| a == "--capset") && !extra.contains(&"--capset") {
+                spec.args
+                    .extend(["--capset".to_string(), "cross-domain".to_string()]);
+            }
             spec.args.extend(extra.iter().map(|s| s.to_string()));
         }
         Frontend::spawn_with(spec, options)
@@ -154,6 +163,7 @@ pub fn all() -> Vec<Case> {
     let mut v = two_d::cases();
     v.extend(blob::cases());
     v.extend(context::cases());
+    v.extend(render::cases());
     v.extend(channel::cases());
     v.extend(queue::cases());
     v.extend(cli::cases());

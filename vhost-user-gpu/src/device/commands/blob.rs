@@ -76,6 +76,10 @@ impl GpuDevice {
             )?),
         };
         let resource = match p.blob_mem {
+            // Blobs of a renderer context live in the renderer (GUEST ones in both).
+            _ if self.contexts.has_renderer(ctx_id) => {
+                self.create_renderer_blob(mem, ctx_id, p, count)?
+            }
             BLOB_MEM_GUEST => self.new_guest_blob(mem, &p, count)?,
             BLOB_MEM_HOST3D => self.new_host_blob(ctx_id, &p, count)?,
             other => {
@@ -95,7 +99,7 @@ impl GpuDevice {
         Ok(GpuResponse::OkNoData)
     }
 
-    fn new_guest_blob(
+    pub(super) fn new_guest_blob(
         &mut self,
         mem: &GuestMemory,
         p: &CreateBlob,
@@ -337,11 +341,42 @@ impl GpuDevice {
         Ok(GpuResponse::OkResourceUuid(uuid))
     }
 
-    pub(super) fn map_blob(&mut self, resource_id: u32, offset: u64) -> CmdResult {
-        self.require_feature(feature::RESOURCE_BLOB, "RESOURCE_BLOB")?;
+    /// `ERR_UNSPEC` unless there is a host-visible region to map into now.
+    pub(super) fn check_region(&self, resource_id: u32) -> Result<(), Reject> {
         let region_size = self.region.size();
         let shmem_available = self.shmem_available;
         let mapper_available = self.mapper.available();
+        if region_size == 0 || !shmem_available || !mapper_available {
+            return Err(reject(
+                GpuError::Unspec,
+                format!(
+                    "resource_id {resource_id}: no host-visible region to map into (region \
+                     size {region_size:#x}, frontend shared memory {}, mapper {})",
+                    if shmem_available {
+                        "set up"
+                    } else {
+                        "not set up"
+                    },
+                    if mapper_available {
+                        "ready"
+                    } else {
+                        "unavailable"
+                    }
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    pub(super) fn map_blob(&mut self, resource_id: u32, offset: u64) -> CmdResult {
+        self.require_feature(feature::RESOURCE_BLOB, "RESOURCE_BLOB")?;
+        if matches!(
+            self.resources.get(resource_id)?.kind,
+            ResourceKind::Renderer(_)
+        ) {
+            return self.map_renderer_blob(resource_id, offset);
+        }
+        let region_check = self.check_region(resource_id);
         let resource = self.resources.get_mut(resource_id)?;
         let kind = resource.kind_name();
         let flags = resource.blob_flags;
@@ -363,25 +398,7 @@ impl GpuDevice {
                 format!("resource_id {resource_id} is already mapped at {at:#x}"),
             ));
         }
-        if region_size == 0 || !shmem_available || !mapper_available {
-            return Err(reject(
-                GpuError::Unspec,
-                format!(
-                    "resource_id {resource_id}: no host-visible region to map into (region \
-                     size {region_size:#x}, frontend shared memory {}, mapper {})",
-                    if shmem_available {
-                        "set up"
-                    } else {
-                        "not set up"
-                    },
-                    if mapper_available {
-                        "ready"
-                    } else {
-                        "unavailable"
-                    }
-                ),
-            ));
-        }
+        region_check?;
         let advice = self
             .advisor
             .advise(blob.buffer.fd.as_fd(), self.allocator.drm_fd());
@@ -443,6 +460,12 @@ impl GpuDevice {
 
     pub(super) fn unmap_blob(&mut self, resource_id: u32) -> CmdResult {
         self.require_feature(feature::RESOURCE_BLOB, "RESOURCE_BLOB")?;
+        if matches!(
+            self.resources.get(resource_id)?.kind,
+            ResourceKind::Renderer(_)
+        ) {
+            return self.unmap_renderer_blob(resource_id);
+        }
         let resource = self.resources.get_mut(resource_id)?;
         let ResourceKind::HostBlob(blob) = &mut resource.kind else {
             return Err(reject(

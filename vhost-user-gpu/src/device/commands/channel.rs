@@ -83,6 +83,15 @@ impl BlobExporter for AttachedExporter<'_> {
             ResourceKind::Image2d(_) => {
                 return Err("a 2D resource has no host buffer to share".to_string())
             }
+            // Renderer buffers do not cross to a compositor (not served yet).
+            ResourceKind::Renderer(_) => {
+                return Err(
+                    "it is a renderer (virgl/venus) resource, which is not passed to the \
+                     compositor; allocate shared buffers through the cross-domain context \
+                     (GET_IMAGE_REQUIREMENTS, HOST3D)"
+                        .to_string(),
+                )
+            }
         };
         fd.try_clone_to_owned()
             .map_err(|e| format!("duplicating its fd: {e}"))

@@ -25,8 +25,9 @@ use crate::protocol::{
 /// What a guest is told when it uses virgl (3D resources, SUBMIT_3D in a default context)
 /// on a device without a virgl renderer: what to configure instead.
 pub(crate) const VIRGL_MISSING: &str = "This device has no virgl renderer: guest OpenGL \
-     (Mesa's virgl driver) cannot render here. Use cross-domain (capset 5: minigbm and \
-     Sommelier allocate and share buffers through it) or run a backend with a virgl renderer.";
+     (Mesa's virgl driver) cannot render here. Start the backend with --capset virgl (or \
+     auto; virglrenderer on the host, --sandbox off for now), or use cross-domain (capset 5: \
+     minigbm and Sommelier allocate and share buffers through it).";
 
 /// Highest cross-domain capset version offered (as rutabaga: 0).
 pub(crate) const CROSS_DOMAIN_MAX_VERSION: u32 = 0;

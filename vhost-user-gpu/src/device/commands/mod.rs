@@ -21,11 +21,10 @@ mod two_d;
 
 pub(crate) use render::offered_capsets;
 
-use super::reject::{reject, CmdResult};
+use super::reject::CmdResult;
 use super::GpuDevice;
 use crate::device::ports::GuestMemory;
-use crate::protocol::{CtrlHeader, GpuCommand, GpuError, GpuResponse};
-use context::VIRGL_MISSING;
+use crate::protocol::{CtrlHeader, GpuCommand, GpuResponse};
 
 impl GpuDevice {
     /// Runs one decoded command.
@@ -77,12 +76,18 @@ impl GpuDevice {
             C::CtxDestroy => self.ctx_destroy(hdr.ctx_id),
             C::CtxAttachResource { resource_id } => self.ctx_attach(hdr.ctx_id, resource_id),
             C::CtxDetachResource { resource_id } => self.ctx_detach(hdr.ctx_id, resource_id),
-            C::ResourceCreate3d { resource_id }
-            | C::TransferToHost3d { resource_id }
-            | C::TransferFromHost3d { resource_id } => Err(reject(
-                GpuError::Unspec,
-                format!("resource_id {resource_id}: 3D resources need a virgl renderer. {VIRGL_MISSING}"),
-            )),
+            C::ResourceCreate3d {
+                resource_id,
+                resource,
+            } => self.resource_create_3d(resource_id, resource),
+            C::TransferToHost3d {
+                resource_id,
+                transfer,
+            } => self.transfer_3d(hdr.ctx_id, resource_id, transfer, true),
+            C::TransferFromHost3d {
+                resource_id,
+                transfer,
+            } => self.transfer_3d(hdr.ctx_id, resource_id, transfer, false),
             C::Submit3d { commands } => self.submit_3d(mem, hdr, &commands),
             C::ResourceMapBlob {
                 resource_id,

@@ -10,7 +10,9 @@ use crate::device::config::DEFAULT_OUTPUT;
 use crate::device::config::MAX_SCANOUT_SIDE;
 use crate::device::edid;
 use crate::device::mmap::MappedBuffer;
-use crate::device::ports::{Cursor, DisplaySink, DmabufScanout, Frame, GuestMemory, CURSOR_BYTES};
+use crate::device::ports::{
+    BlobFdKind, Cursor, DisplaySink, DmabufScanout, Frame, GuestMemory, CURSOR_BYTES, CURSOR_SIDE,
+};
 use crate::device::reject::{over_budget, reject, CmdResult, Reject};
 use crate::device::resource::{
     self, cursor_image, intersect, rect_within, ResourceKind, BYTES_PER_PIXEL,
@@ -169,6 +171,9 @@ impl GpuDevice {
             return Ok(GpuResponse::OkNoData);
         }
         let resource = self.resources.get(resource_id)?;
+        if matches!(&resource.kind, ResourceKind::Renderer(r) if r.create.is_some()) {
+            return self.set_scanout_3d(scanout_id, resource_id, rect);
+        }
         let ResourceKind::Image2d(image) = &resource.kind else {
             return Err(reject(
                 GpuError::InvalidParameter,
@@ -195,6 +200,87 @@ impl GpuDevice {
         );
         self.display
             .scanout(scanout_id, Some((rect.width, rect.height)));
+        Ok(GpuResponse::OkNoData)
+    }
+
+    /// `SET_SCANOUT` of a 3D resource: a dma-buf scanout where the renderer can export the
+    /// texture and the display takes it (a host with a render node), else its pixels are
+    /// read back on every flush.
+    fn set_scanout_3d(&mut self, scanout_id: u32, resource_id: u32, rect: Rect) -> CmdResult {
+        let what = format!("scanout {scanout_id}: resource_id {resource_id}");
+        let Some(renderer) = self.renderer.as_mut() else {
+            return Err(reject(GpuError::Unspec, format!("{what}: no renderer")));
+        };
+        self.renderer_work = true;
+        let info = renderer
+            .resource_info(resource_id)
+            .map_err(|e| reject(GpuError::InvalidParameter, format!("{what}: {e}")))?;
+        check_rect(&rect, info.width, info.height, || {
+            format!("resource_id {resource_id}")
+        })?;
+        Self::check_scanout_size(rect.width, rect.height, "r")?;
+        let full =
+            rect.x == 0 && rect.y == 0 && rect.width == info.width && rect.height == info.height;
+        let export = if full {
+            renderer.export_scanout(resource_id).ok()
+        } else {
+            None
+        };
+        if export.is_none() && info.drm_fourcc == 0 {
+            return Err(reject(
+                GpuError::InvalidParameter,
+                format!(
+                    "{what}: virgl format {} cannot be shown (not a 4-byte colour format, and \
+                     no dma-buf export)",
+                    info.virgl_format
+                ),
+            ));
+        }
+        // Shown by reading back, each flush holds the pixels from the resource's corner to
+        // the rectangle's far edge (`read_pixels`) besides the copies of the rectangle: the
+        // scanout is charged as a frame of that size.
+        let memory = self.frame_memory(
+            scanout_id,
+            rect.x.saturating_add(rect.width),
+            rect.y.saturating_add(rect.height),
+        )?;
+        self.display
+            .scanout(scanout_id, Some((rect.width, rect.height)));
+        let dmabuf = export.is_some_and(|e| {
+            self.display.dmabuf_scanout(
+                scanout_id,
+                &DmabufScanout {
+                    fd: e.fd.as_fd(),
+                    width: e.width,
+                    height: e.height,
+                    stride: e.stride,
+                    drm_format: e.drm_fourcc,
+                    modifier: fourcc::MOD_INVALID,
+                    y0_top: info.y_0_top,
+                },
+            )
+        });
+        debug!(
+            "{what}: {}x{} virgl format {} shown {}",
+            info.width,
+            info.height,
+            info.virgl_format,
+            if dmabuf {
+                "as a dma-buf"
+            } else {
+                "by reading it back"
+            }
+        );
+        self.show(
+            scanout_id,
+            ShownView {
+                resource_id,
+                rect,
+                blob: None,
+                dmabuf,
+            },
+            memory,
+        );
         Ok(GpuResponse::OkNoData)
     }
 
@@ -259,6 +345,9 @@ impl GpuDevice {
             ));
         }
         check_rect(&rect, view.width, view.height, || "the image".into())?;
+        if matches!(resource.kind, ResourceKind::Renderer(_)) {
+            self.export_for_scanout(resource_id)?;
+        }
         let memory = self.frame_memory(scanout_id, rect.width, rect.height)?;
         self.display
             .scanout(scanout_id, Some((rect.width, rect.height)));
@@ -276,6 +365,14 @@ impl GpuDevice {
             Ok(ResourceKind::GuestBlob {
                 dmabuf: Some(fd), ..
             }) => Some((fd.as_fd(), fourcc::MOD_LINEAR)),
+            // A renderer blob the renderer exported as a dma-buf (its bytes from offset 0).
+            Ok(ResourceKind::Renderer(r))
+                if r.exported_kind == Some(BlobFdKind::Dmabuf) && r.exported_offset == 0 =>
+            {
+                r.exported
+                    .as_ref()
+                    .map(|fd| (fd.as_fd(), fourcc::MOD_LINEAR))
+            }
             _ => None,
         };
         let dmabuf = match buffer {
@@ -288,6 +385,7 @@ impl GpuDevice {
                     stride: view.stride,
                     drm_format: view.drm_format,
                     modifier,
+                    y0_top: false,
                 },
             ),
             _ => false,
@@ -466,6 +564,80 @@ impl GpuDevice {
                 blob.cpu_map = Some(map);
                 copied
             }
+            (ResourceKind::Renderer(r), Some(view)) => {
+                // A renderer blob shown as an image: read through its exported fd.
+                let Some(fd) = r.exported.as_ref() else {
+                    return Err(reject(
+                        GpuError::Unspec,
+                        format!("resource_id {rid}: the renderer blob was not exported"),
+                    ));
+                };
+                // Where the blob's bytes start in the fd (an opaque fd's header comes first).
+                let start = r.exported_offset;
+                let map = match r.cpu_map.take() {
+                    Some(m) => m,
+                    None => match MappedBuffer::map_read(
+                        fd.as_fd(),
+                        resource.size.saturating_add(start),
+                    ) {
+                        Ok(m) => m,
+                        Err(e) => {
+                            return Err(reject(
+                                GpuError::Unspec,
+                                format!("resource_id {rid}: cannot map the renderer blob: {e}"),
+                            ));
+                        }
+                    },
+                };
+                let dmabuf = r.exported_kind == Some(BlobFdKind::Dmabuf);
+                let _sync = dmabuf.then(|| begin_cpu_read(fd.as_fd())).flatten();
+                let copied = resource::copy_rect_out(
+                    &rect,
+                    u64::from(view.offset),
+                    u64::from(view.stride),
+                    scratch,
+                    |off, dst| {
+                        usize::try_from(off.saturating_add(start))
+                            .ok()
+                            .and_then(|off| map.read_into(off, dst))
+                            .ok_or_else(|| format!("read at {off:#x} outside the blob"))
+                    },
+                )
+                .map(|()| view.drm_format);
+                drop(_sync);
+                r.cpu_map = Some(map);
+                copied
+            }
+            (ResourceKind::Renderer(_), None) => {
+                // A 3D resource: read back through the renderer.
+                let renderer = self.renderer.as_mut();
+                let read = renderer
+                    .ok_or_else(|| "no renderer".to_string())
+                    .and_then(|renderer| {
+                        let info = renderer.resource_info(rid).map_err(|e| e.to_string())?;
+                        let (w, h) = (rect.x + rect.width, rect.y + rect.height);
+                        let pixels = renderer.read_pixels(rid, w, h).map_err(|e| e.to_string())?;
+                        Ok((info.drm_fourcc, pixels, w))
+                    });
+                self.renderer_work = true;
+                match read {
+                    Ok((drm_format, pixels, w)) => resource::copy_rect_out(
+                        &rect,
+                        0,
+                        u64::from(w) * u64::from(BYTES_PER_PIXEL),
+                        scratch,
+                        |off, dst| {
+                            let off = off as usize;
+                            pixels
+                                .get(off..off + dst.len())
+                                .map(|src| dst.copy_from_slice(src))
+                                .ok_or_else(|| "read-back shorter than asked".to_string())
+                        },
+                    )
+                    .map(|()| drm_format),
+                    Err(e) => Err(e),
+                }
+            }
             (_, None) => Err("blob shown without a layout".to_string()),
         };
         match result {
@@ -538,6 +710,14 @@ impl GpuDevice {
                     format!("resource_id {resource_id}: HOST3D blobs cannot be cursors"),
                 ))
             }
+            // GBM cursor buffers of a virgl guest (weston, Xorg) are 3D resources.
+            ResourceKind::Renderer(r) if r.create.is_some() => self.cursor_3d(resource_id)?,
+            ResourceKind::Renderer(_) => {
+                return Err(reject(
+                    GpuError::InvalidParameter,
+                    format!("resource_id {resource_id}: renderer blobs cannot be cursors"),
+                ))
+            }
         };
         debug!(
             "cursor: resource {resource_id} on scanout {} at {},{}",
@@ -552,6 +732,37 @@ impl GpuDevice {
         self.display
             .cursor_update(&cursor(&pos, hot_x, hot_y, Some(&image)));
         Ok(GpuResponse::OkNoData)
+    }
+
+    /// The 64x64 cursor image of a 3D resource, read back through the renderer.
+    fn cursor_3d(&mut self, resource_id: u32) -> Result<Vec<u8>, Reject> {
+        let what = format!("resource_id {resource_id}: cursor");
+        let renderer = self
+            .renderer
+            .as_mut()
+            .ok_or_else(|| reject(GpuError::InvalidParameter, format!("{what}: no renderer")))?;
+        self.renderer_work = true;
+        let info = renderer
+            .resource_info(resource_id)
+            .map_err(|e| reject(GpuError::InvalidParameter, format!("{what}: {e}")))?;
+        let (w, h) = (info.width.min(CURSOR_SIDE), info.height.min(CURSOR_SIDE));
+        let pixels = renderer
+            .read_pixels(resource_id, w, h)
+            .map_err(|e| reject(GpuError::InvalidParameter, format!("{what}: {e}")))?;
+        cursor_image(&pixels, w, h, info.drm_fourcc).ok_or_else(|| {
+            reject(
+                GpuError::InvalidParameter,
+                format!(
+                    "{what}: virgl format {} is not a cursor format",
+                    info.virgl_format
+                ),
+            )
+        })
+    }
+
+    /// Exports a renderer blob (once) so that it can be shown.
+    fn export_for_scanout(&mut self, resource_id: u32) -> Result<(), Reject> {
+        self.exported_blob(resource_id)
     }
 
     pub(super) fn move_cursor(&mut self, pos: CursorPos) -> CmdResult {

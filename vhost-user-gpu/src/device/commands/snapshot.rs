@@ -134,6 +134,19 @@ impl GpuDevice {
                 "context(s) {renderer:?} live in the renderer, whose state cannot be carried"
             ));
         }
+        // 3D resources and renderer blobs live in the renderer too (a 3D resource needs no
+        // context).
+        let in_renderer: Vec<u32> = self
+            .resources
+            .iter()
+            .filter(|(_, r)| matches!(r.kind, ResourceKind::Renderer(_)))
+            .map(|(id, _)| id)
+            .collect();
+        if !in_renderer.is_empty() {
+            return Some(format!(
+                "resource(s) {in_renderer:?} live in the renderer, whose state cannot be carried"
+            ));
+        }
         let channels: Vec<u32> = self
             .contexts
             .iter()
@@ -192,6 +205,12 @@ impl GpuDevice {
                     mapped_at: blob.mapped_at,
                     writable: blob.writable,
                 },
+                // Refused by `handover_blocker` before any snapshot is taken.
+                ResourceKind::Renderer(_) => {
+                    return Err(std::io::Error::other(format!(
+                        "resource_id {id} lives in the renderer, whose state cannot be carried"
+                    )))
+                }
             };
             resources.push(ResourceState {
                 id,

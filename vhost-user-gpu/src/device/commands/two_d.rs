@@ -79,10 +79,16 @@ impl GpuDevice {
     ) -> CmdResult {
         let resource = self.resources.get(resource_id)?;
         let kind = resource.kind_name();
+        if matches!(resource.kind, ResourceKind::Renderer(_)) {
+            return self.attach_backing_3d(mem, resource_id, entries);
+        }
         let ResourceKind::Image2d(image) = &resource.kind else {
             return Err(reject(
                 GpuError::Unspec,
-                format!("resource_id {resource_id} is a {kind}; only 2D resources take a backing"),
+                format!(
+                    "resource_id {resource_id} is a {kind}; only 2D and 3D resources take a \
+                     backing"
+                ),
             ));
         };
         if image.backing.is_some() {
@@ -112,6 +118,12 @@ impl GpuDevice {
     }
 
     pub(super) fn detach_backing(&mut self, resource_id: u32) -> CmdResult {
+        if matches!(
+            self.resources.get(resource_id)?.kind,
+            ResourceKind::Renderer(_)
+        ) {
+            return self.detach_backing_3d(resource_id);
+        }
         let resource = self.resources.get_mut(resource_id)?;
         let kind = resource.kind_name();
         match &mut resource.kind {
@@ -166,6 +178,7 @@ impl GpuDevice {
                 GpuError::InvalidParameter,
                 format!("resource_id {resource_id} is a {kind}: it has no guest backing"),
             )),
+            ResourceKind::Renderer(_) => self.transfer_2d_of_3d(resource_id, rect, offset),
         }
     }
 }

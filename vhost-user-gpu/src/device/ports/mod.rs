@@ -208,6 +208,10 @@ pub struct DmabufScanout<'a> {
     pub drm_format: u32,
     /// Format modifier.
     pub modifier: u64,
+    /// Row 0 is the image's top row as a GL texture sees it (virglrenderer's
+    /// `VIRGL_RESOURCE_Y_0_TOP`, QEMU's `VIRTIO_GPU_RESOURCE_FLAG_Y_0_TOP`): set for 3D
+    /// resources that have it; `false` for blobs, as QEMU's own device sends them.
+    pub y0_top: bool,
 }
 
 /// Side of the cursor image handed to display sinks, in pixels: 64x64 ARGB8888, the cursor

@@ -9,6 +9,7 @@
 use std::os::fd::{BorrowedFd, OwnedFd};
 
 use super::GuestMemory;
+pub use crate::protocol::{Box3d, Resource3d, Transfer3d};
 
 /// A capset the renderer serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,63 +20,6 @@ pub struct CapsetInfo {
     pub max_version: u32,
     /// Size of the capset data.
     pub max_size: u32,
-}
-
-/// `RESOURCE_CREATE_3D`'s description of a resource (Gallium terms).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Resource3d {
-    /// `pipe_texture_target` (0: a buffer).
-    pub target: u32,
-    /// virgl format.
-    pub format: u32,
-    /// `VIRGL_BIND_*`.
-    pub bind: u32,
-    /// Width (bytes for buffers).
-    pub width: u32,
-    /// Height.
-    pub height: u32,
-    /// Depth.
-    pub depth: u32,
-    /// Array size.
-    pub array_size: u32,
-    /// Last mip level.
-    pub last_level: u32,
-    /// Sample count.
-    pub nr_samples: u32,
-    /// `VIRGL_RESOURCE_FLAG_*`.
-    pub flags: u32,
-}
-
-/// A box in a resource.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Box3d {
-    /// Left.
-    pub x: u32,
-    /// Top.
-    pub y: u32,
-    /// Front.
-    pub z: u32,
-    /// Width.
-    pub w: u32,
-    /// Height.
-    pub h: u32,
-    /// Depth.
-    pub d: u32,
-}
-
-/// `TRANSFER_TO_HOST_3D` / `TRANSFER_FROM_HOST_3D` between a resource and its backing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Transfer3d {
-    /// The box in the resource.
-    pub bx: Box3d,
-    /// Mip level.
-    pub level: u32,
-    /// Row stride in the backing (0: tightly packed).
-    pub stride: u32,
-    /// Layer stride in the backing (0: tightly packed).
-    pub layer_stride: u32,
-    /// Byte offset in the backing.
-    pub offset: u64,
 }
 
 /// `RESOURCE_CREATE_BLOB` for a renderer blob.
@@ -122,6 +66,9 @@ pub struct ExportedBlob {
     pub fd: OwnedFd,
     /// What the renderer says it is.
     pub kind: BlobFdKind,
+    /// Where the blob's bytes start in `fd` (0 for dma-bufs and shared memory; an OPAQUE
+    /// fd's layout is the driver's: lavapipe's memfd starts with a header page).
+    pub fd_offset: u64,
     /// The renderer's own idea of the caching (`VIRTIO_GPU_MAP_CACHE_*`), for the log
     /// line beside dmabuf-info's answer; `None` when it has none.
     pub renderer_map_info: Option<u32>,

@@ -109,8 +109,8 @@ fn readable(r: &VirglRenderer, ms: i64) -> bool {
         rustix::event::PollFlags::IN,
     )];
     let timeout = rustix::time::Timespec {
-        tv_sec: 0,
-        tv_nsec: ms * 1_000_000,
+        tv_sec: ms / 1000,
+        tv_nsec: (ms % 1000) * 1_000_000,
     };
     rustix::event::poll(&mut fds, Some(&timeout)).unwrap_or(0) > 0
 }
@@ -375,6 +375,53 @@ fn reset_forgets_contexts_and_resources() {
     r.context_create(6, CAPSET_VIRGL2, b"again").unwrap();
     r.resource_create_3d(60, &texture(8, 8)).unwrap();
     r.attach_backing(60, &mem, &[(0, 256)]).unwrap();
+}
+
+/// QEMU 10 sends RESET_DEVICE at every boot: fences after a reset must still wake the poll
+/// fd (the device sleeps on it; nothing else polls the renderer). `virgl_renderer_reset`
+/// stopped the library's fence thread for good, which this caught.
+#[test]
+fn fences_after_a_reset_still_wake_the_poll_fd() {
+    let _g = serial();
+    let Some(mut r) = start(true, false) else {
+        return;
+    };
+    for round in 0..3u32 {
+        r.reset();
+        let ctx = 2 + round;
+        let res = 40 + round;
+        r.context_create(ctx, CAPSET_VIRGL2, b"after-reset")
+            .unwrap();
+        r.resource_create_3d(res, &texture(64, 64)).unwrap();
+        r.context_attach(ctx, res);
+        r.submit(ctx, &clear_stream(res, 1, [1.0, 0.0, 0.0, 1.0]))
+            .unwrap();
+        r.create_fence(ctx, None, u64::from(round) + 1).unwrap();
+        r.create_fence(ctx, Some(0), u64::from(round) + 100)
+            .unwrap();
+        let mut got = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while got.len() < 2 && Instant::now() < deadline {
+            // Only the poll fd may say when to look: no polling on a timer here.
+            if !readable(&r, 10_000) {
+                break;
+            }
+            got.extend(r.poll().into_iter().filter_map(|e| match e {
+                RendererEvent::Fence(f) => Some((f.ring, f.fence_id)),
+                _ => None,
+            }));
+        }
+        got.sort();
+        assert_eq!(
+            got,
+            vec![
+                (None, u64::from(round) + 1),
+                (Some(0), u64::from(round) + 100)
+            ],
+            "after reset {}: both fences reported through the poll fd",
+            round + 1
+        );
+    }
 }
 
 #[test]
@@ -646,4 +693,78 @@ fn venus_is_offered_by_default_only_where_guests_accept_it() {
     }
     // Virgl is served either way.
     assert!(r.capsets().iter().any(|c| c.id == CAPSET_VIRGL2));
+}
+
+#[test]
+fn venus_fences_are_reported_beside_virgl_contexts_and_after_id_reuse() {
+    let _g = serial();
+    let Some(mut r) = start(true, true) else {
+        return;
+    };
+    // The sequence of a guest session: a virgl context, then venus and virgl contexts
+    // that reuse an id.
+    r.context_create(1, CAPSET_VIRGL2, b"eglinfo").unwrap();
+    for (round, fence) in [(0u64, 50u64), (1, 60)] {
+        r.context_create(2, CAPSET_VIRGL2, b"kmscube").unwrap();
+        r.context_destroy(2);
+        r.context_create(2, CAPSET_VENUS, b"vulkan").unwrap();
+        r.create_fence(2, Some(0), fence).unwrap();
+        assert!(readable(&r, 5000), "round {round}: the poll fd never woke");
+        let fences = wait_fences(&mut r, 1);
+        assert_eq!(
+            fences,
+            vec![FenceSignal {
+                ctx_id: 2,
+                ring: Some(0),
+                fence_id: fence
+            }],
+            "round {round}"
+        );
+        r.context_destroy(2);
+    }
+    r.context_destroy(1);
+}
+
+#[test]
+fn maps_lines_parse() {
+    let line =
+        "7f12a0000000-7f12a0201000 rw-s 00001000 00:01 4242   /memfd:llvmpipe memory fd (deleted)";
+    assert_eq!(
+        parse_maps_line(line),
+        Some(MapsLine {
+            start: 0x7f12_a000_0000,
+            end: 0x7f12_a020_1000,
+            offset: 0x1000,
+            dev: (0, 1),
+            inode: 4242,
+        })
+    );
+    assert_eq!(parse_maps_line("garbage"), None);
+}
+
+#[test]
+fn an_address_in_a_file_mapping_gives_its_offset_in_that_file_only() {
+    // A file-backed mapping of this process (the test binary or a library).
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    let (m, path) = maps
+        .lines()
+        .find_map(|l| {
+            let m = parse_maps_line(l)?;
+            let path = l.split_ascii_whitespace().nth(5)?;
+            (m.inode != 0 && path.starts_with('/') && m.end - m.start > 64)
+                .then(|| (m, path.to_string()))
+        })
+        .expect("a file-backed mapping");
+    let file = std::fs::File::open(&path).unwrap();
+    assert_eq!(
+        offset_in_fd(file.as_fd(), m.start + 40),
+        Ok(m.offset + 40),
+        "{path}"
+    );
+    // Another file at the same address: refused, not guessed.
+    let other = std::fs::File::open("/proc/self/maps").unwrap();
+    let err = offset_in_fd(other.as_fd(), m.start + 40).unwrap_err();
+    assert!(err.contains("not of the exported fd"), "{err}");
+    // No mapping at all.
+    assert!(offset_in_fd(file.as_fd(), 8).is_err());
 }
