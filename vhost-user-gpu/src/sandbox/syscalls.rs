@@ -168,6 +168,27 @@ static NAMES: &[(&str, i64)] = &[
     ("unshare", libc::SYS_unshare),
     ("membarrier", libc::SYS_membarrier),
     ("wait4", libc::SYS_wait4),
+    ("waitid", libc::SYS_waitid),
+    ("sched_setaffinity", libc::SYS_sched_setaffinity),
+    ("sched_setscheduler", libc::SYS_sched_setscheduler),
+    ("sched_getscheduler", libc::SYS_sched_getscheduler),
+    ("sched_getparam", libc::SYS_sched_getparam),
+    ("sched_setparam", libc::SYS_sched_setparam),
+    ("setpriority", libc::SYS_setpriority),
+    ("getpriority", libc::SYS_getpriority),
+    ("pidfd_send_signal", libc::SYS_pidfd_send_signal),
+    ("signalfd4", libc::SYS_signalfd4),
+    ("timerfd_create", libc::SYS_timerfd_create),
+    ("timerfd_settime", libc::SYS_timerfd_settime),
+    ("msync", libc::SYS_msync),
+    ("get_mempolicy", libc::SYS_get_mempolicy),
+    ("set_mempolicy", libc::SYS_set_mempolicy),
+    ("mbind", libc::SYS_mbind),
+    ("getrusage", libc::SYS_getrusage),
+    ("times", libc::SYS_times),
+    ("clock_getres", libc::SYS_clock_getres),
+    ("getppid", libc::SYS_getppid),
+    ("fallocate", libc::SYS_fallocate),
     ("pkey_mprotect", libc::SYS_pkey_mprotect),
     ("mincore", libc::SYS_mincore),
 ];
@@ -225,16 +246,25 @@ pub const IOCTL_TYPES: [(u8, &str); 3] = [
 ];
 
 /// The ioctl request types `policy` allows: dma-buf always, udmabuf when it is used, DRM
-/// only with GBM (the render node is the only DRM device the backend opens).
+/// only with GBM or a renderer on a render node (the render node is the only DRM device
+/// the backend opens).
 pub fn ioctl_types(policy: &SandboxPolicy) -> Vec<(u8, &'static str)> {
     IOCTL_TYPES
         .into_iter()
         .filter(|&(ty, _)| match ty {
             b'u' => policy.udmabuf,
-            b'd' => policy.gbm,
+            b'd' => policy.gbm || renders_on_a_node(policy),
             _ => true,
         })
         .collect()
+}
+
+/// A renderer that opens a DRM render node (a host with a GPU).
+fn renders_on_a_node(policy: &SandboxPolicy) -> bool {
+    policy
+        .renderer
+        .as_ref()
+        .is_some_and(|r| !r.render_nodes.is_empty())
 }
 
 /// The calls that create, rename or remove files: without Landlock
@@ -252,13 +282,13 @@ const FILE_CHANGING: &[&str] = &[
 ];
 
 /// `openat` flags refused without Landlock: creating (`O_CREAT`, `O_TMPFILE`), truncating,
-/// and opening for writing (`gbm`: the render node is opened read-write, so writing stays
-/// allowed with it).
-pub fn refused_open_flags(gbm: bool) -> u64 {
+/// and opening for writing (`render_node`: GBM or the renderer opens the render node
+/// read-write, so writing stays allowed with it).
+pub fn refused_open_flags(render_node: bool) -> u64 {
     // O_TMPFILE is __O_TMPFILE | O_DIRECTORY; the first bit alone marks it.
     let tmpfile = (libc::O_TMPFILE & !libc::O_DIRECTORY) as u64;
     let create = libc::O_CREAT as u64 | libc::O_TRUNC as u64 | tmpfile;
-    if gbm {
+    if render_node {
         create
     } else {
         create | libc::O_WRONLY as u64 | libc::O_RDWR as u64
@@ -371,6 +401,23 @@ const GBM_EXTRA_ARCH: &[(&str, &str)] = &[("access", "Mesa: file checks")];
 #[cfg(not(target_arch = "x86_64"))]
 const GBM_EXTRA_ARCH: &[(&str, &str)] = &[];
 
+/// Extra calls of the renderer (only when a virgl or venus capset is served): what
+/// virglrenderer and Mesa's llvmpipe make after start-up, beyond the minimal list, as seen
+/// with the filter in place (each one named by the SIGSYS diagnosis, then checked in Mesa's
+/// and virglrenderer's sources) and under `strace -f` of virgl draws and venus contexts.
+/// Executable mappings, the render server's process and DRM ioctls are argument rules in
+/// [`allowlist`].
+const RENDERER_EXTRA: &[(&str, &str)] = &[
+    (
+        "sysinfo",
+        "llvmpipe: total memory, when a context is created",
+    ),
+    (
+        "timerfd_settime",
+        "fence polling when virglrenderer has no fence thread (our 2 ms timer)",
+    ),
+];
+
 /// The allowlist for `policy` (`pid`: this process, for `tgkill`).
 pub fn allowlist(policy: &SandboxPolicy, pid: u32) -> Result<Vec<Allowed>, SandboxError> {
     let mut v = Vec::new();
@@ -385,6 +432,13 @@ pub fn allowlist(policy: &SandboxPolicy, pid: u32) -> Result<Vec<Allowed>, Sandb
     if policy.gbm {
         for &(name, _) in GBM_EXTRA.iter().chain(GBM_EXTRA_ARCH) {
             v.push(plain(name));
+        }
+    }
+    if policy.renderer.is_some() {
+        for &(name, _) in RENDERER_EXTRA {
+            if !v.iter().any(|a| a.name == name) {
+                v.push(plain(name));
+            }
         }
     }
     let with = |name: &'static str, rules: Vec<SeccompRule>| Allowed {
@@ -422,9 +476,12 @@ pub fn allowlist(policy: &SandboxPolicy, pid: u32) -> Result<Vec<Allowed>, Sandb
         ioctl_rules.push(rule(vec![cond(1, Len::Dword, Op::Eq, request)?])?);
     }
     v.push(with("ioctl", ioctl_rules));
-    // mmap/mprotect: no executable mappings unless Mesa has to load its driver.
+    // mmap/mprotect: no executable mappings unless Mesa has to load its driver (GBM) or
+    // the renderer's LLVM compiles shaders to machine code while the guest draws (llvmpipe
+    // maps its code memory read-write-execute, Mesa 22, or writes it and then makes it
+    // executable, Mesa 25).
     for name in ["mmap", "mprotect"] {
-        if policy.gbm {
+        if policy.gbm || policy.renderer.is_some() {
             v.push(plain(name));
         } else {
             v.push(with(
@@ -469,6 +526,29 @@ pub fn allowlist(policy: &SandboxPolicy, pid: u32) -> Result<Vec<Allowed>, Sandb
         "tgkill",
         vec![rule(vec![cond(0, Len::Dword, Op::Eq, u64::from(pid))?])?],
     ));
+    // The render server (venus) is this process's child: when the renderer stops it is
+    // waited for, and killed if it does not exit. That process only, and SIGKILL only.
+    if let Some(server) = policy.renderer.as_ref().and_then(|r| r.render_server) {
+        let server = u64::from(server);
+        v.push(with(
+            "kill",
+            vec![rule(vec![
+                cond(0, Len::Dword, Op::Eq, server)?,
+                cond(1, Len::Dword, Op::Eq, libc::SIGKILL as u64)?,
+            ])?],
+        ));
+        v.push(with(
+            "wait4",
+            vec![rule(vec![cond(0, Len::Dword, Op::Eq, server)?])?],
+        ));
+        v.push(with(
+            "waitid",
+            vec![rule(vec![
+                cond(0, Len::Dword, Op::Eq, libc::P_PID as u64)?,
+                cond(1, Len::Dword, Op::Eq, server)?,
+            ])?],
+        ));
+    }
     if let Some(missing) = v.iter().find(|a| a.nr < 0) {
         return Err(SandboxError::Seccomp(format!(
             "no number for {} (table out of date)",
@@ -510,6 +590,29 @@ pub fn documented_wayland() -> Vec<(&'static str, &'static str)> {
         ),
         ("pipe2", "clipboard and drag-and-drop read pipes"),
     ]
+}
+
+/// The extra calls allowed with a renderer (3D contexts served).
+pub fn documented_renderer() -> Vec<(&'static str, &'static str)> {
+    let mut v: Vec<(&str, &str)> = RENDERER_EXTRA.to_vec();
+    v.extend([
+        (
+            "mmap",
+            "PROT_EXEC too: llvmpipe's shader code (LLVM compiles at draw time)",
+        ),
+        (
+            "mprotect",
+            "PROT_EXEC too: llvmpipe's shader code made executable",
+        ),
+        ("kill", "SIGKILL to the render server only (venus)"),
+        ("wait4", "the render server only (venus)"),
+        ("waitid", "the render server only (venus)"),
+        (
+            "ioctl",
+            "DRM requests ('d') too when Mesa renders on a render node",
+        ),
+    ]);
+    v
 }
 
 /// The extra calls allowed with GBM.
@@ -557,7 +660,7 @@ pub fn programs(policy: &SandboxPolicy) -> Result<Vec<BpfProgram>, SandboxError>
             .map(|name| (number(name), Vec::new()))
             .collect();
         // openat(dirfd, path, flags, mode): any refused flag set.
-        let flags = refused_open_flags(policy.gbm);
+        let flags = refused_open_flags(policy.gbm || renders_on_a_node(policy));
         let mut open_rules = Vec::new();
         for bit in (0..32).map(|i| 1u64 << i).filter(|b| flags & b != 0) {
             open_rules.push(rule(vec![cond(2, Len::Dword, Op::MaskedEq(bit), bit)?])?);
