@@ -399,7 +399,7 @@ fn the_minimal_profile_refuses_executable_memory() {
     assert_eq!(status.signal(), Some(libc::SIGSYS), "{ctx}");
     assert!(
         stderr.contains(&format!(
-            "system call mprotect ({}) is not on the seccomp allowlist",
+            "system call mprotect ({}) is not on the seccomp allowlist of the minimal profile",
             libc::SYS_mprotect
         )),
         "{ctx}"
@@ -444,7 +444,7 @@ fn the_3d_profile_runs_compiled_code_and_still_kills_outside_its_list() {
     assert_eq!(status.signal(), Some(libc::SIGSYS), "{ctx}");
     assert!(
         stderr.contains(&format!(
-            "system call kill ({}) is not on the seccomp allowlist",
+            "system call kill ({}) is not on the seccomp allowlist of the 3D profile",
             libc::SYS_kill
         )),
         "{ctx}"

@@ -174,6 +174,7 @@ pub fn confine(policy: &SandboxPolicy) -> Result<SandboxStatus, SandboxError> {
             LandlockOutcome::NotEnforced
         }
     };
+    sigsys::set_renderer_profile(policy.renderer.is_some());
     sigsys::install_handler().map_err(SandboxError::Signal)?;
     let allowed_syscalls = syscalls::install(policy)?;
     Ok(SandboxStatus {

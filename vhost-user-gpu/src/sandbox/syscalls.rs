@@ -740,6 +740,7 @@ mod tests {
             .into_iter()
             .chain(documented_gbm())
             .chain(documented_wayland())
+            .chain(documented_renderer())
         {
             assert!(
                 readme.contains(&format!("`{name}`")),
@@ -768,6 +769,67 @@ mod tests {
             ..SandboxPolicy::default()
         };
         assert_eq!(names(&gbm), vec![b'b', b'd']);
+    }
+
+    #[test]
+    fn the_3d_profile_adds_to_the_minimal_one() {
+        use crate::sandbox::RendererNeeds;
+        let minimal = allowlist(&SandboxPolicy::default(), 1).unwrap();
+        let with = |needs: RendererNeeds| {
+            allowlist(
+                &SandboxPolicy {
+                    renderer: Some(needs),
+                    ..SandboxPolicy::default()
+                },
+                1,
+            )
+            .unwrap()
+        };
+        let renderer = with(RendererNeeds::default());
+        // Everything of the minimal list stays, plus the renderer's calls.
+        for a in &minimal {
+            assert!(renderer.iter().any(|b| b.nr == a.nr), "{}", a.name);
+        }
+        for (name, _) in RENDERER_EXTRA {
+            assert!(renderer.iter().any(|a| a.name == *name), "{name}");
+        }
+        // Executable memory: conditions on the minimal list, none with a renderer.
+        for name in ["mmap", "mprotect"] {
+            let find = |list: &[Allowed]| list.iter().find(|a| a.name == name).unwrap().rules.len();
+            assert_eq!(find(&minimal), 1, "{name}");
+            assert_eq!(find(&renderer), 0, "{name}");
+        }
+        // kill and wait only with a render server, and then with conditions.
+        assert!(!renderer.iter().any(|a| a.name == "kill"));
+        let server = with(RendererNeeds {
+            render_server: Some(4242),
+            ..RendererNeeds::default()
+        });
+        for name in ["kill", "wait4", "waitid"] {
+            let a = server.iter().find(|a| a.name == name).unwrap();
+            assert_eq!(a.rules.len(), 1, "{name}");
+        }
+        // DRM ioctls only with a render node.
+        let types = |needs: RendererNeeds| -> Vec<u8> {
+            ioctl_types(&SandboxPolicy {
+                renderer: Some(needs),
+                ..SandboxPolicy::default()
+            })
+            .into_iter()
+            .map(|(t, _)| t)
+            .collect()
+        };
+        assert_eq!(types(RendererNeeds::default()), vec![b'b']);
+        let node = RendererNeeds {
+            render_nodes: vec!["/dev/dri".into()],
+            ..RendererNeeds::default()
+        };
+        assert_eq!(types(node.clone()), vec![b'b', b'd']);
+        assert!(programs(&SandboxPolicy {
+            renderer: Some(node),
+            ..SandboxPolicy::default()
+        })
+        .is_ok());
     }
 
     #[test]
