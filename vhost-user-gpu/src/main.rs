@@ -467,8 +467,10 @@ fn device_factory(prepared: &Prepared) -> Arc<DeviceFactory> {
     })
 }
 
-/// Applies the sandbox (before any thread of ours exists: Landlock applies to the calling
-/// thread and its future children).
+/// Applies the sandbox (before any thread of ours exists but the renderer's, which confined
+/// itself to the renderer's Landlock rules: Landlock applies to the calling thread and its
+/// future children; the system-call filter to every thread). The profile is the 3D one when
+/// a renderer runs, else the minimal one.
 fn confine(cli: &Cli, prepared: &Prepared) -> Result<(), Failure> {
     if cli.sandbox == SandboxMode::Off {
         log::warn!("sandbox: off (--sandbox off): the backend is not confined");

@@ -20,7 +20,14 @@
 //!
 //! Landlock only applies to the calling thread and the threads it creates afterwards, so
 //! [`confine`] must run before the backend spawns any thread; `main` calls it right before
-//! the capture writer thread and the vhost-user daemon start.
+//! the capture writer thread and the vhost-user daemon start. The one thread that exists
+//! before is the renderer's (when a virgl or venus capset is served): it confines itself
+//! first ([`confine_renderer_thread`]), with the files Mesa needs, before Mesa starts its own
+//! threads.
+//!
+//! Two profiles: the minimal one, and the 3D one when [`SandboxPolicy::renderer`] is set
+//! (a renderer runs in the process: executable memory for compiled shaders and the other
+//! calls of [`RendererNeeds`]). Both end the process on a violation the same way.
 
 pub mod filesystem;
 mod sigsys;

@@ -11,7 +11,8 @@
 //! - `clone`: only with `CLONE_THREAD` (threads, never new processes); `clone3` answers
 //!   `ENOSYS` (its flags are behind a pointer seccomp cannot read), and glibc then falls
 //!   back to `clone`;
-//! - `mmap`/`mprotect`: never `PROT_EXEC` (except with GBM, whose driver is `dlopen`ed);
+//! - `mmap`/`mprotect`: never `PROT_EXEC` (except with GBM, whose driver is `dlopen`ed,
+//!   and with a renderer, whose llvmpipe compiles shaders to machine code at draw time);
 //! - `prctl`: only `PR_SET_NAME` (thread names); `prlimit64`: only reading this process's
 //!   limits; `tgkill`: only this process;
 //! - with Wayland channels only: `socket` for `AF_UNIX` stream sockets, `connect` (its
@@ -566,8 +567,8 @@ pub fn documented() -> Vec<(&'static str, &'static str)> {
             "ioctl",
             "request types 'b', 'u' (udmabuf in use), 'd' (GBM only) and TCGETS/FIONBIO/FIOCLEX only",
         ),
-        ("mmap", "not PROT_EXEC (except with GBM)"),
-        ("mprotect", "not PROT_EXEC (except with GBM)"),
+        ("mmap", "not PROT_EXEC (except with GBM, and in the 3D profile)"),
+        ("mprotect", "not PROT_EXEC (except with GBM, and in the 3D profile)"),
         ("clone", "CLONE_THREAD only"),
         ("clone3", "answered ENOSYS (glibc falls back to clone)"),
         ("prctl", "PR_SET_NAME only"),
