@@ -116,8 +116,12 @@ pub fn rules(policy: &SandboxPolicy) -> Vec<(PathBuf, BitFlags<AccessFs>)> {
 ///   and execute (virglrenderer, libEGL, Mesa's DRI driver, LLVM: `dlopen`ed when the
 ///   renderer starts, on this thread); `/etc/ld.so.cache` (how `dlopen` finds a soname);
 /// - `/usr/share/glvnd` (libglvnd's EGL vendor files), `/usr/share/drirc.d` and
-///   `/etc/drirc` (Mesa's driver configuration), `/sys/devices/system/cpu` (llvmpipe's
-///   thread count and CPU features): read;
+///   `/etc/drirc` (Mesa's driver configuration), `/sys/devices/system/cpu`, `/proc/stat`
+///   and `/proc/meminfo` (llvmpipe's and lavapipe's thread count, CPU features, memory
+///   size): read;
+/// - `/usr/share/vulkan`, `/usr/local/share/vulkan`, `/etc/vulkan`: read (the Vulkan
+///   loader's driver and layer manifests: the first map of a venus OPAQUE blob makes
+///   virglrenderer load the Vulkan loader and the installed drivers into this process);
 /// - `/proc/self` and `/proc/sys/vm/overcommit_memory`: read, as for every thread (Mesa
 ///   reads its own command name; an OPAQUE blob is looked up in `/proc/self/maps`);
 /// - [`RendererNeeds::render_nodes`]: read, write, DRM ioctls (a host with a GPU).
@@ -126,8 +130,8 @@ pub fn rules(policy: &SandboxPolicy) -> Vec<(PathBuf, BitFlags<AccessFs>)> {
 /// turns it off (`MESA_SHADER_CACHE_DISABLE=true`) before the renderer starts: a cache
 /// the guest's shaders fill would be host disk a guest uses without a budget, and files a
 /// guest can make the host write; llvmpipe compiles each shader once per run instead.
-/// Not needed here: `/usr/share/vulkan` (the Vulkan driver runs in the render server,
-/// another process, which is not confined by these rules).
+/// Not granted: the per-user Vulkan and drirc files under `$HOME` (the loader and Mesa
+/// go on without them).
 pub fn renderer_rules(needs: &RendererNeeds) -> Vec<(PathBuf, BitFlags<AccessFs>)> {
     let abi = TARGET_ABI;
     let read = AccessFs::ReadFile | AccessFs::ReadDir;
@@ -146,7 +150,12 @@ pub fn renderer_rules(needs: &RendererNeeds) -> Vec<(PathBuf, BitFlags<AccessFs>
         "/usr/share/glvnd",
         "/usr/share/drirc.d",
         "/etc/drirc",
+        "/usr/share/vulkan",
+        "/usr/local/share/vulkan",
+        "/etc/vulkan",
         "/sys/devices/system/cpu",
+        "/proc/meminfo",
+        "/proc/stat",
     ] {
         if Path::new(path).exists() {
             v.push((PathBuf::from(path), read));

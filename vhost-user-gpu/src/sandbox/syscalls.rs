@@ -403,9 +403,13 @@ const GBM_EXTRA_ARCH: &[(&str, &str)] = &[("access", "Mesa: file checks")];
 const GBM_EXTRA_ARCH: &[(&str, &str)] = &[];
 
 /// Extra calls of the renderer (only when a virgl or venus capset is served): what
-/// virglrenderer and Mesa's llvmpipe make after start-up, beyond the minimal list, as seen
-/// with the filter in place (each one named by the SIGSYS diagnosis, then checked in Mesa's
-/// and virglrenderer's sources) and under `strace -f` of virgl draws and venus contexts.
+/// virglrenderer, Mesa's llvmpipe and (for venus blobs) the Vulkan loader with lavapipe make
+/// after start-up, beyond the minimal list, as seen under `strace -f` of the backend in the
+/// `render` lane (virgl, kmscube, vulkaninfo, vk-hostmem through venus) and of virgl draws,
+/// and with the filter in place (the SIGSYS diagnosis named `access` first).
+/// The first map of a venus OPAQUE blob makes virglrenderer (`vkr_allocator`) load the
+/// Vulkan loader and every installed Vulkan driver into this process, on the renderer's
+/// thread: most of the list is theirs.
 /// Executable mappings, the render server's process and DRM ioctls are argument rules in
 /// [`allowlist`].
 const RENDERER_EXTRA: &[(&str, &str)] = &[
@@ -417,7 +421,26 @@ const RENDERER_EXTRA: &[(&str, &str)] = &[
         "timerfd_settime",
         "fence polling when virglrenderer has no fence thread (our 2 ms timer)",
     ),
+    (
+        "sched_setaffinity",
+        "lavapipe/llvmpipe: placing their rasterizer threads",
+    ),
+    (
+        "getdents64",
+        "Vulkan loader: listing its manifest directories (venus OPAQUE blob maps)",
+    ),
+    ("faccessat", "Vulkan loader: manifest and layer checks"),
+    ("faccessat2", "Vulkan loader: manifest and layer checks"),
+    ("getuid", "Vulkan loader: secure environment checks"),
+    ("geteuid", "Vulkan loader: secure environment checks"),
+    ("getgid", "Vulkan loader: secure environment checks"),
+    ("getegid", "Vulkan loader: secure environment checks"),
 ];
+#[cfg(target_arch = "x86_64")]
+const RENDERER_EXTRA_ARCH: &[(&str, &str)] =
+    &[("access", "Vulkan loader: manifest and layer checks")];
+#[cfg(not(target_arch = "x86_64"))]
+const RENDERER_EXTRA_ARCH: &[(&str, &str)] = &[];
 
 /// The allowlist for `policy` (`pid`: this process, for `tgkill`).
 pub fn allowlist(policy: &SandboxPolicy, pid: u32) -> Result<Vec<Allowed>, SandboxError> {
@@ -436,7 +459,7 @@ pub fn allowlist(policy: &SandboxPolicy, pid: u32) -> Result<Vec<Allowed>, Sandb
         }
     }
     if policy.renderer.is_some() {
-        for &(name, _) in RENDERER_EXTRA {
+        for &(name, _) in RENDERER_EXTRA.iter().chain(RENDERER_EXTRA_ARCH) {
             if !v.iter().any(|a| a.name == name) {
                 v.push(plain(name));
             }
@@ -595,7 +618,11 @@ pub fn documented_wayland() -> Vec<(&'static str, &'static str)> {
 
 /// The extra calls allowed with a renderer (3D contexts served).
 pub fn documented_renderer() -> Vec<(&'static str, &'static str)> {
-    let mut v: Vec<(&str, &str)> = RENDERER_EXTRA.to_vec();
+    let mut v: Vec<(&str, &str)> = RENDERER_EXTRA
+        .iter()
+        .chain(RENDERER_EXTRA_ARCH)
+        .copied()
+        .collect();
     v.extend([
         (
             "mmap",
@@ -791,7 +818,7 @@ mod tests {
         for a in &minimal {
             assert!(renderer.iter().any(|b| b.nr == a.nr), "{}", a.name);
         }
-        for (name, _) in RENDERER_EXTRA {
+        for (name, _) in RENDERER_EXTRA.iter().chain(RENDERER_EXTRA_ARCH) {
             assert!(renderer.iter().any(|a| a.name == *name), "{name}");
         }
         // Executable memory: conditions on the minimal list, none with a renderer.
