@@ -377,6 +377,53 @@ fn reset_forgets_contexts_and_resources() {
     r.attach_backing(60, &mem, &[(0, 256)]).unwrap();
 }
 
+/// QEMU 10 sends RESET_DEVICE at every boot: fences after a reset must still wake the poll
+/// fd (the device sleeps on it; nothing else polls the renderer). `virgl_renderer_reset`
+/// stopped the library's fence thread for good, which this caught.
+#[test]
+fn fences_after_a_reset_still_wake_the_poll_fd() {
+    let _g = serial();
+    let Some(mut r) = start(true, false) else {
+        return;
+    };
+    for round in 0..3u32 {
+        r.reset();
+        let ctx = 2 + round;
+        let res = 40 + round;
+        r.context_create(ctx, CAPSET_VIRGL2, b"after-reset")
+            .unwrap();
+        r.resource_create_3d(res, &texture(64, 64)).unwrap();
+        r.context_attach(ctx, res);
+        r.submit(ctx, &clear_stream(res, 1, [1.0, 0.0, 0.0, 1.0]))
+            .unwrap();
+        r.create_fence(ctx, None, u64::from(round) + 1).unwrap();
+        r.create_fence(ctx, Some(0), u64::from(round) + 100)
+            .unwrap();
+        let mut got = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while got.len() < 2 && Instant::now() < deadline {
+            // Only the poll fd may say when to look: no polling on a timer here.
+            if !readable(&r, 10_000) {
+                break;
+            }
+            got.extend(r.poll().into_iter().filter_map(|e| match e {
+                RendererEvent::Fence(f) => Some((f.ring, f.fence_id)),
+                _ => None,
+            }));
+        }
+        got.sort();
+        assert_eq!(
+            got,
+            vec![
+                (None, u64::from(round) + 1),
+                (Some(0), u64::from(round) + 100)
+            ],
+            "after reset {}: both fences reported through the poll fd",
+            round + 1
+        );
+    }
+}
+
 #[test]
 fn a_second_renderer_in_the_process_is_refused() {
     let _g = serial();
