@@ -526,9 +526,20 @@ fn without_a_3d_capset_the_backend_keeps_the_minimal_profile() {
 
 #[test]
 fn with_a_renderer_the_backend_draws_under_the_3d_profile() {
+    draws_under_the_3d_profile("on");
+}
+
+#[test]
+fn with_a_renderer_and_seccomp_only_the_backend_draws_too() {
+    draws_under_the_3d_profile("seccomp-only");
+}
+
+/// A virgl session under `--sandbox mode` with the 3D profile: a draw through compiled
+/// shaders, its fence, the read-back, a clean exit.
+fn draws_under_the_3d_profile(mode: &str) {
     const CTX: u32 = 1;
     const SIDE: u32 = 32;
-    let Some(mut fe) = backend(&["--capset", "virgl"], true) else {
+    let Some(mut fe) = backend(&["--capset", "virgl", "--sandbox", mode], true) else {
         return;
     };
     let log = fe.backend_log();
