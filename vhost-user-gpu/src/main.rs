@@ -425,7 +425,7 @@ fn prepare(cli: &Cli, max_fds: u64) -> Result<Prepared, Failure> {
     let started = start_renderer(cli).map_err(Runtime)?;
     let renderer_needs = started
         .as_ref()
-        .map(|s| renderer_needs(cli, s.render_server));
+        .map(|s| renderer_needs(cli, s.render_server, s.venus));
     let renderer = started.map(|s| s.thread);
     Ok(Prepared {
         policy,
@@ -764,7 +764,9 @@ fn start_renderer(cli: &Cli) -> Result<Option<Started>, String> {
         SandboxMode::SeccompOnly => Some(Landlock::Off),
         SandboxMode::On => Some(Landlock::Required),
     };
-    let needs = renderer_needs(cli, None);
+    // Whether venus will be served is known once the library is loaded; the files are
+    // granted when it is asked for (the system calls later only when it is served).
+    let needs = renderer_needs(cli, None, venus != Want::Off);
     let server_pid = Arc::new(std::sync::OnceLock::new());
     let pid_slot = server_pid.clone();
     let started = RendererThread::spawn(move || {
@@ -817,6 +819,7 @@ fn start_renderer(cli: &Cli) -> Result<Option<Started>, String> {
             .join(", ")
     );
     Ok(Some(Started {
+        venus: serves(CAPSET_VENUS),
         thread: renderer,
         render_server: server_pid.get().copied(),
     }))
@@ -827,15 +830,18 @@ struct Started {
     thread: RendererThread,
     /// The render server it started (venus), for the sandbox.
     render_server: Option<u32>,
+    /// Venus contexts are served.
+    venus: bool,
 }
 
 /// What the renderer needs from the sandbox ([`RendererNeeds`]): the render nodes Mesa may
 /// open (`/dev/dri` when it exists: a host with a GPU), the directory of a library named
-/// by path, the render server's pid.
-fn renderer_needs(cli: &Cli, render_server: Option<u32>) -> RendererNeeds {
+/// by path, the render server's pid, whether venus is served.
+fn renderer_needs(cli: &Cli, render_server: Option<u32>, venus: bool) -> RendererNeeds {
     let dri = Path::new(gbm::DRI_DIR);
     RendererNeeds {
         render_server,
+        venus,
         render_nodes: if dri.exists() {
             vec![dri.to_path_buf()]
         } else {
@@ -1076,15 +1082,16 @@ mod tests {
         let cli = parse(&[]);
         assert_eq!(sandbox_policy(&cli, &resolved, false, None).renderer, None);
         // A renderer: its needs go into the policy (the 3D profile).
-        let needs = renderer_needs(&cli, Some(42));
+        let needs = renderer_needs(&cli, Some(42), true);
         assert_eq!(needs.render_server, Some(42));
+        assert!(needs.venus);
         assert!(needs.library_dirs.is_empty(), "a soname has no directory");
         let policy = sandbox_policy(&cli, &resolved, false, Some(needs.clone()));
         assert_eq!(policy.renderer, Some(needs));
         // A library named by path: its directory is readable for the renderer thread.
         let cli = parse(&["--virglrenderer", "/opt/virgl/lib/libvirglrenderer.so.1"]);
         assert_eq!(
-            renderer_needs(&cli, None).library_dirs,
+            renderer_needs(&cli, None, false).library_dirs,
             vec![PathBuf::from("/opt/virgl/lib")]
         );
     }

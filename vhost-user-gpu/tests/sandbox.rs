@@ -94,6 +94,8 @@ fn child_profile(mode: &str) -> ! {
         render_server: None,
         render_nodes: Vec::new(),
         library_dirs: Vec::new(),
+        // virgl only: the Vulkan loader's manifests stay closed.
+        venus: false,
     });
     if let Some(needs) = &renderer {
         // The renderer's thread confines itself before the main thread does (as the
@@ -101,10 +103,14 @@ fn child_profile(mode: &str) -> ! {
         let needs = needs.clone();
         let probes = std::thread::spawn(move || {
             let outcome = sandbox::confine_renderer_thread(&needs, Landlock::Required);
+            let vulkan = std::fs::read_dir("/usr/share/vulkan")
+                .map(drop)
+                .map_err(|e| e.raw_os_error());
             (
                 outcome.map_err(|e| e.to_string()),
                 read(lib_file),
                 read("/etc/passwd"),
+                vulkan,
             )
         })
         .join()
@@ -119,6 +125,12 @@ fn child_profile(mode: &str) -> ! {
         }
         writeln!(out, "renderer thread: read {lib_file}: {:?}", probes.1).unwrap();
         writeln!(out, "renderer thread: read /etc/passwd: {:?}", probes.2).unwrap();
+        writeln!(
+            out,
+            "renderer thread: list /usr/share/vulkan: {:?}",
+            probes.3
+        )
+        .unwrap();
     }
     let policy = SandboxPolicy {
         renderer,
@@ -430,6 +442,15 @@ fn the_3d_profile_runs_compiled_code_and_still_kills_outside_its_list() {
         stdout.contains(&format!("main thread: read /usr/lib/os-release: {eacces}")),
         "{ctx}"
     );
+    // Without venus the Vulkan loader's manifests are not readable.
+    if std::path::Path::new("/usr/share/vulkan").exists() {
+        assert!(
+            stdout.contains(&format!(
+                "renderer thread: list /usr/share/vulkan: {eacces}"
+            )),
+            "{ctx}"
+        );
+    }
     let allowed: usize = stdout
         .lines()
         .find_map(|l| l.strip_prefix("allowed="))

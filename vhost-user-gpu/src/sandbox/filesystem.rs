@@ -119,9 +119,10 @@ pub fn rules(policy: &SandboxPolicy) -> Vec<(PathBuf, BitFlags<AccessFs>)> {
 ///   `/etc/drirc` (Mesa's driver configuration), `/sys/devices/system/cpu`, `/proc/stat`
 ///   and `/proc/meminfo` (llvmpipe's and lavapipe's thread count, CPU features, memory
 ///   size): read;
-/// - `/usr/share/vulkan`, `/usr/local/share/vulkan`, `/etc/vulkan`: read (the Vulkan
-///   loader's driver and layer manifests: the first map of a venus OPAQUE blob makes
-///   virglrenderer load the Vulkan loader and the installed drivers into this process);
+/// - with venus ([`RendererNeeds::venus`]): `/usr/share/vulkan`, `/usr/local/share/vulkan`,
+///   `/etc/vulkan`: read (the Vulkan loader's driver and layer manifests: the first map of a
+///   venus OPAQUE blob makes virglrenderer load the Vulkan loader and the installed drivers
+///   into this process);
 /// - `/proc/self` and `/proc/sys/vm/overcommit_memory`: read, as for every thread (Mesa
 ///   reads its own command name; an OPAQUE blob is looked up in `/proc/self/maps`);
 /// - [`RendererNeeds::render_nodes`]: read, write, DRM ioctls (a host with a GPU).
@@ -150,15 +151,23 @@ pub fn renderer_rules(needs: &RendererNeeds) -> Vec<(PathBuf, BitFlags<AccessFs>
         "/usr/share/glvnd",
         "/usr/share/drirc.d",
         "/etc/drirc",
-        "/usr/share/vulkan",
-        "/usr/local/share/vulkan",
-        "/etc/vulkan",
         "/sys/devices/system/cpu",
         "/proc/meminfo",
         "/proc/stat",
     ] {
         if Path::new(path).exists() {
             v.push((PathBuf::from(path), read));
+        }
+    }
+    if needs.venus {
+        for path in [
+            "/usr/share/vulkan",
+            "/usr/local/share/vulkan",
+            "/etc/vulkan",
+        ] {
+            if Path::new(path).exists() {
+                v.push((PathBuf::from(path), read));
+            }
         }
     }
     v.push((PathBuf::from("/proc/self"), AccessFs::from_read(abi)));

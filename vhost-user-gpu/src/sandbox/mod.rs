@@ -94,6 +94,11 @@ pub struct RendererNeeds {
     /// Directories of libraries loaded from outside the system library directories
     /// (`--virglrenderer PATH`): readable and executable for the renderer thread.
     pub library_dirs: Vec<PathBuf>,
+    /// Venus contexts are (or, before the renderer starts, may be) served: virglrenderer
+    /// imports venus OPAQUE blobs through a Vulkan device of its own in this process, so the
+    /// Vulkan loader's manifests are readable and its file and identity checks allowed.
+    /// Without venus (virgl only) neither is.
+    pub venus: bool,
 }
 
 /// What [`confine`] achieved.

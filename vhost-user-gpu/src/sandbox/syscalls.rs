@@ -402,14 +402,14 @@ const GBM_EXTRA_ARCH: &[(&str, &str)] = &[("access", "Mesa: file checks")];
 #[cfg(not(target_arch = "x86_64"))]
 const GBM_EXTRA_ARCH: &[(&str, &str)] = &[];
 
-/// Extra calls of the renderer (only when a virgl or venus capset is served): what
-/// virglrenderer, Mesa's llvmpipe and (for venus blobs) the Vulkan loader with lavapipe make
-/// after start-up, beyond the minimal list, as seen under `strace -f` of the backend in the
+/// Extra calls of the renderer (only when a virgl or venus capset is served; the Vulkan
+/// loader's in [`VENUS_EXTRA`]): what virglrenderer, Mesa's llvmpipe and (for venus blobs)
+/// the Vulkan loader with lavapipe make after start-up, beyond the minimal list, as seen under `strace -f` of the backend in the
 /// `render` lane (virgl, kmscube, vulkaninfo, vk-hostmem through venus) and of virgl draws,
 /// and with the filter in place (the SIGSYS diagnosis named `access` first).
 /// The first map of a venus OPAQUE blob makes virglrenderer (`vkr_allocator`) load the
 /// Vulkan loader and every installed Vulkan driver into this process, on the renderer's
-/// thread: most of the list is theirs.
+/// thread.
 /// Executable mappings, the render server's process and DRM ioctls are argument rules in
 /// [`allowlist`].
 const RENDERER_EXTRA: &[(&str, &str)] = &[
@@ -425,6 +425,11 @@ const RENDERER_EXTRA: &[(&str, &str)] = &[
         "sched_setaffinity",
         "lavapipe/llvmpipe: placing their rasterizer threads",
     ),
+];
+
+/// Extra calls with venus only ([`crate::sandbox::RendererNeeds::venus`]): the Vulkan
+/// loader's, when virglrenderer loads it to import a venus OPAQUE blob.
+const VENUS_EXTRA: &[(&str, &str)] = &[
     (
         "getdents64",
         "Vulkan loader: listing its manifest directories (venus OPAQUE blob maps)",
@@ -437,10 +442,9 @@ const RENDERER_EXTRA: &[(&str, &str)] = &[
     ("getegid", "Vulkan loader: secure environment checks"),
 ];
 #[cfg(target_arch = "x86_64")]
-const RENDERER_EXTRA_ARCH: &[(&str, &str)] =
-    &[("access", "Vulkan loader: manifest and layer checks")];
+const VENUS_EXTRA_ARCH: &[(&str, &str)] = &[("access", "Vulkan loader: manifest and layer checks")];
 #[cfg(not(target_arch = "x86_64"))]
-const RENDERER_EXTRA_ARCH: &[(&str, &str)] = &[];
+const VENUS_EXTRA_ARCH: &[(&str, &str)] = &[];
 
 /// The allowlist for `policy` (`pid`: this process, for `tgkill`).
 pub fn allowlist(policy: &SandboxPolicy, pid: u32) -> Result<Vec<Allowed>, SandboxError> {
@@ -458,8 +462,14 @@ pub fn allowlist(policy: &SandboxPolicy, pid: u32) -> Result<Vec<Allowed>, Sandb
             v.push(plain(name));
         }
     }
-    if policy.renderer.is_some() {
-        for &(name, _) in RENDERER_EXTRA.iter().chain(RENDERER_EXTRA_ARCH) {
+    if let Some(renderer) = &policy.renderer {
+        let venus: &[(&str, &str)] = if renderer.venus { VENUS_EXTRA } else { &[] };
+        let venus_arch: &[(&str, &str)] = if renderer.venus {
+            VENUS_EXTRA_ARCH
+        } else {
+            &[]
+        };
+        for &(name, _) in RENDERER_EXTRA.iter().chain(venus).chain(venus_arch) {
             if !v.iter().any(|a| a.name == name) {
                 v.push(plain(name));
             }
@@ -620,7 +630,8 @@ pub fn documented_wayland() -> Vec<(&'static str, &'static str)> {
 pub fn documented_renderer() -> Vec<(&'static str, &'static str)> {
     let mut v: Vec<(&str, &str)> = RENDERER_EXTRA
         .iter()
-        .chain(RENDERER_EXTRA_ARCH)
+        .chain(VENUS_EXTRA)
+        .chain(VENUS_EXTRA_ARCH)
         .copied()
         .collect();
     v.extend([
@@ -818,8 +829,17 @@ mod tests {
         for a in &minimal {
             assert!(renderer.iter().any(|b| b.nr == a.nr), "{}", a.name);
         }
-        for (name, _) in RENDERER_EXTRA.iter().chain(RENDERER_EXTRA_ARCH) {
+        for (name, _) in RENDERER_EXTRA {
             assert!(renderer.iter().any(|a| a.name == *name), "{name}");
+        }
+        // The Vulkan loader's calls only with venus.
+        let venus = with(RendererNeeds {
+            venus: true,
+            ..RendererNeeds::default()
+        });
+        for (name, _) in VENUS_EXTRA.iter().chain(VENUS_EXTRA_ARCH) {
+            assert!(!renderer.iter().any(|a| a.name == *name), "{name}");
+            assert!(venus.iter().any(|a| a.name == *name), "{name}");
         }
         // Executable memory: conditions on the minimal list, none with a renderer.
         for name in ["mmap", "mprotect"] {
