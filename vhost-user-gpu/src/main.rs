@@ -16,13 +16,13 @@ use clap::{ArgAction, CommandFactory as _, Parser};
 use dmabuf_info::{Config as PolicyConfig, Platform};
 use vhost_user_gpu::advisor::DmabufInfoAdvisor;
 use vhost_user_gpu::alloc::{self, gbm, AllocatorKind};
-use vhost_user_gpu::device::ports::{CapsetInfo, Renderer, SendRenderer};
+use vhost_user_gpu::device::ports::{CapsetInfo, Renderer, RendererError, SendRenderer};
 use vhost_user_gpu::device::Ports;
 use vhost_user_gpu::device::{DeviceConfig, FD_RESERVE};
 use vhost_user_gpu::display::{PngCapture, SharedSink};
 use vhost_user_gpu::protocol::{CAPSET_VENUS, CAPSET_VIRGL, CAPSET_VIRGL2, MAX_SCANOUTS};
 use vhost_user_gpu::renderer::{RendererThread, VirglConfig, VirglRenderer};
-use vhost_user_gpu::sandbox::{Landlock, SandboxError, SandboxPolicy};
+use vhost_user_gpu::sandbox::{Landlock, RendererNeeds, SandboxError, SandboxPolicy};
 use vhost_user_gpu::transport::upgrade::{self, ControlServer, Incoming, Restored};
 use vhost_user_gpu::transport::{
     self, DeviceFactory, ServeControl, SocketSource, Start, TransportSettings,
@@ -139,7 +139,9 @@ struct Cli {
     /// Confine the backend after start-up: a seccomp-bpf system call allowlist and Landlock
     /// file-system rules (see README-launch.md). `on` refuses to start on a kernel without
     /// Landlock; `seccomp-only` runs there with the system-call filter alone, which then lets
-    /// no file be created or written (no --capture-dir).
+    /// no file be created or written (no --capture-dir). With a virgl or venus capset served
+    /// the 3D profile applies (executable memory for the renderer's compiled shaders, Mesa's
+    /// libraries readable by the renderer's threads), else the minimal one.
     #[arg(long, value_name = "MODE", default_value = "on", value_parser = sandbox_parser(), action = ArgAction::Set)]
     sandbox: SandboxMode,
 
@@ -366,6 +368,8 @@ struct Prepared {
     /// drivers and starts the render server), shared by every device; it stops when this
     /// goes.
     renderer: Option<RendererThread>,
+    /// What the renderer needs from the sandbox (`None`: no renderer, the minimal profile).
+    renderer_needs: Option<RendererNeeds>,
 }
 
 /// `max_fds`: the fds a guest may make the device hold ([`guest_fd_limit`]).
@@ -418,7 +422,11 @@ fn prepare(cli: &Cli, max_fds: u64) -> Result<Prepared, Failure> {
         max_fds,
     };
     device_config.validate().map_err(|e| Usage(e.to_string()))?;
-    let renderer = start_renderer(cli).map_err(Runtime)?;
+    let started = start_renderer(cli).map_err(Runtime)?;
+    let renderer_needs = started
+        .as_ref()
+        .map(|s| renderer_needs(cli, s.render_server, s.venus));
+    let renderer = started.map(|s| s.thread);
     Ok(Prepared {
         policy,
         platform,
@@ -426,6 +434,7 @@ fn prepare(cli: &Cli, max_fds: u64) -> Result<Prepared, Failure> {
         device_config,
         wayland,
         renderer,
+        renderer_needs,
     })
 }
 
@@ -458,14 +467,21 @@ fn device_factory(prepared: &Prepared) -> Arc<DeviceFactory> {
     })
 }
 
-/// Applies the sandbox (before any thread of ours exists: Landlock applies to the calling
-/// thread and its future children).
-fn confine(cli: &Cli, resolved: &alloc::Resolved, wayland: bool) -> Result<(), Failure> {
+/// Applies the sandbox (before any thread of ours exists but the renderer's, which confined
+/// itself to the renderer's Landlock rules: Landlock applies to the calling thread and its
+/// future children; the system-call filter to every thread). The profile is the 3D one when
+/// a renderer runs, else the minimal one.
+fn confine(cli: &Cli, prepared: &Prepared) -> Result<(), Failure> {
     if cli.sandbox == SandboxMode::Off {
         log::warn!("sandbox: off (--sandbox off): the backend is not confined");
         return Ok(());
     }
-    let policy = sandbox_policy(cli, resolved, wayland);
+    let policy = sandbox_policy(
+        cli,
+        &prepared.resolved,
+        prepared.wayland.is_some(),
+        prepared.renderer_needs.clone(),
+    );
     let status = vhost_user_gpu::sandbox::confine(&policy).map_err(|e| match e {
         SandboxError::LandlockUnavailable => Failure::Runtime(e.to_string()),
         e => Failure::Runtime(format!(
@@ -473,7 +489,12 @@ fn confine(cli: &Cli, resolved: &alloc::Resolved, wayland: bool) -> Result<(), F
         )),
     })?;
     log::info!(
-        "sandbox: seccomp allowlist of {} system calls on every thread; Landlock {}",
+        "sandbox: {} profile: seccomp allowlist of {} system calls on every thread; Landlock {}",
+        if policy.renderer.is_some() {
+            "3D (renderer)"
+        } else {
+            "minimal (no 3D)"
+        },
         status.allowed_syscalls,
         match cli.sandbox {
             SandboxMode::SeccompOnly =>
@@ -557,7 +578,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         )
     });
     // The capture writer and the vhost-user threads start after this.
-    confine(&cli, &prepared.resolved, prepared.wayland.is_some())?;
+    confine(&cli, &prepared)?;
 
     let capture = match &cli.capture_dir {
         Some(dir) => Some(SharedSink::new(start_capture(dir)?)),
@@ -686,7 +707,7 @@ fn take_over(
     if let Some(stderr) = stderr {
         upgrade::log_where_it_logged(stderr).map_err(|e| Runtime(format!("stderr: {e}")))?;
     }
-    confine(&cli, &prepared.resolved, prepared.wayland.is_some())?;
+    confine(&cli, &prepared)?;
     if let (Some(shared), Some(dir)) = (&capture, &cli.capture_dir) {
         shared.install(start_capture(dir)?);
     }
@@ -719,24 +740,9 @@ fn take_over(
 /// Starts the renderer for the virgl and venus contexts `--capset` asks for: `None` when
 /// none is asked for, or (with `auto`) when none works here. An error names what was asked
 /// for by name and does not work.
-fn start_renderer(cli: &Cli) -> Result<Option<RendererThread>, String> {
+fn start_renderer(cli: &Cli) -> Result<Option<Started>, String> {
     let CapsetChoice { virgl, venus, .. } = cli.capset;
     if virgl == Want::Off && venus == Want::Off {
-        return Ok(None);
-    }
-    // The sandbox's system-call allowlist is the 2D one and covers every thread: Mesa's
-    // drivers need more (LLVM's JIT changes page protections, threads come and go), so a
-    // renderer under it dies at the first shader. Until 3D has a profile of its own, 3D is
-    // offered only without the sandbox.
-    if cli.sandbox != SandboxMode::Off {
-        let why = "the sandbox (--sandbox on or seccomp-only) does not allow what Mesa's drivers need (JIT \
-                   page protection changes, threads); 3D has no sandbox profile yet";
-        if virgl == Want::Required || venus == Want::Required {
-            return Err(format!(
-                "--capset: virgl and venus need --sandbox off: {why}"
-            ));
-        }
-        log::warn!("3D: virgl and venus not offered: {why}; start with --sandbox off for them");
         return Ok(None);
     }
     let config = VirglConfig {
@@ -750,8 +756,33 @@ fn start_renderer(cli: &Cli) -> Result<Option<RendererThread>, String> {
     if std::env::var_os("MESA_SHADER_CACHE_DISABLE").is_none() {
         std::env::set_var("MESA_SHADER_CACHE_DISABLE", "true");
     }
+    // Under the sandbox the renderer's thread confines itself to the renderer's files
+    // (Landlock) after starting the render server and before Mesa starts its threads; the
+    // system-call filter comes later for the whole process (`confine`).
+    let landlock = match cli.sandbox {
+        SandboxMode::Off => None,
+        SandboxMode::SeccompOnly => Some(Landlock::Off),
+        SandboxMode::On => Some(Landlock::Required),
+    };
+    // Whether venus will be served is known once the library is loaded; the files are
+    // granted when it is asked for (the system calls later only when it is served).
+    let needs = renderer_needs(cli, None, venus != Want::Off);
+    let server_pid = Arc::new(std::sync::OnceLock::new());
+    let pid_slot = server_pid.clone();
     let started = RendererThread::spawn(move || {
-        VirglRenderer::new(&config).map(|r| Box::new(r) as Box<dyn Renderer>)
+        VirglRenderer::new_confined(&config, |server| {
+            if let Some(pid) = server {
+                let _ = pid_slot.set(pid);
+            }
+            let Some(landlock) = landlock else {
+                return Ok(());
+            };
+            let outcome = vhost_user_gpu::sandbox::confine_renderer_thread(&needs, landlock)
+                .map_err(|e| RendererError::Start(e.to_string()))?;
+            log::debug!("sandbox: renderer thread: Landlock {outcome}");
+            Ok(())
+        })
+        .map(|r| Box::new(r) as Box<dyn Renderer>)
     });
     let renderer = match started {
         Ok(r) => r,
@@ -787,7 +818,43 @@ fn start_renderer(cli: &Cli) -> Result<Option<RendererThread>, String> {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    Ok(Some(renderer))
+    Ok(Some(Started {
+        venus: serves(CAPSET_VENUS),
+        thread: renderer,
+        render_server: server_pid.get().copied(),
+    }))
+}
+
+/// A renderer that serves 3D contexts.
+struct Started {
+    thread: RendererThread,
+    /// The render server it started (venus), for the sandbox.
+    render_server: Option<u32>,
+    /// Venus contexts are served.
+    venus: bool,
+}
+
+/// What the renderer needs from the sandbox ([`RendererNeeds`]): the render nodes Mesa may
+/// open (`/dev/dri` when it exists: a host with a GPU), the directory of a library named
+/// by path, the render server's pid, whether venus is served.
+fn renderer_needs(cli: &Cli, render_server: Option<u32>, venus: bool) -> RendererNeeds {
+    let dri = Path::new(gbm::DRI_DIR);
+    RendererNeeds {
+        render_server,
+        venus,
+        render_nodes: if dri.exists() {
+            vec![dri.to_path_buf()]
+        } else {
+            Vec::new()
+        },
+        library_dirs: cli
+            .virglrenderer
+            .parent()
+            .filter(|dir| !dir.as_os_str().is_empty())
+            .map(Path::to_path_buf)
+            .into_iter()
+            .collect(),
+    }
 }
 
 /// Raises the soft limit of open files to the hard limit (every HOST3D blob and exported
@@ -872,7 +939,12 @@ fn wayland_connector(option: Option<&Path>) -> Result<Option<WaylandConnector>, 
 /// What the confined backend still needs: the capture directory, `/dev/udmabuf` (udmabuf
 /// allocator, and GUEST blob export when the device exists), the render node with GBM,
 /// Unix stream sockets and pipes for Wayland channels.
-fn sandbox_policy(cli: &Cli, allocator: &alloc::Resolved, wayland: bool) -> SandboxPolicy {
+fn sandbox_policy(
+    cli: &Cli,
+    allocator: &alloc::Resolved,
+    wayland: bool,
+    renderer: Option<RendererNeeds>,
+) -> SandboxPolicy {
     let mut devices = Vec::new();
     let udmabuf = Path::new(alloc::udmabuf::UDMABUF_DEVICE);
     if udmabuf.exists() {
@@ -897,6 +969,7 @@ fn sandbox_policy(cli: &Cli, allocator: &alloc::Resolved, wayland: bool) -> Sand
             SandboxMode::SeccompOnly => Landlock::Off,
             _ => Landlock::Required,
         },
+        renderer,
     }
 }
 
@@ -992,31 +1065,35 @@ mod tests {
     }
 
     #[test]
-    fn three_d_needs_the_sandbox_off() {
+    fn the_sandbox_profile_follows_the_renderer() {
         let parse = |args: &[&str]| {
             let mut argv = vec!["vhost-user-gpu", "--socket-path", "/tmp/s"];
             argv.extend_from_slice(args);
             Cli::try_parse_from(argv).unwrap()
         };
-        // Asked for by name under the sandbox: a start-up error that says why.
-        let Err(err) = start_renderer(&parse(&["--capset", "virgl"])) else {
-            panic!("virgl under the sandbox must not start");
+        // Nothing 3D asked for: no renderer, so the minimal profile.
+        for args in [&["--capset", "cross-domain"][..], &["--capset", "none"]] {
+            assert!(matches!(start_renderer(&parse(args)), Ok(None)), "{args:?}");
+        }
+        let resolved = alloc::Resolved {
+            kind: AllocatorKind::Memfd,
+            render_node: None,
         };
-        assert!(err.contains("--sandbox off"), "{err}");
-        assert!(start_renderer(&parse(&["--capset", "venus,cross-domain"])).is_err());
-        // seccomp-only is a sandbox too (the same system-call allowlist).
-        let Err(err) = start_renderer(&parse(&["--sandbox", "seccomp-only", "--capset", "virgl"]))
-        else {
-            panic!("virgl under --sandbox seccomp-only must not start");
-        };
-        assert!(err.contains("--sandbox off"), "{err}");
-        // auto under the sandbox: no renderer (cross-domain only), no error.
-        assert!(matches!(start_renderer(&parse(&[])), Ok(None)));
-        // Nothing asked for: nothing started, sandbox or not.
-        assert!(matches!(
-            start_renderer(&parse(&["--capset", "cross-domain"])),
-            Ok(None)
-        ));
+        let cli = parse(&[]);
+        assert_eq!(sandbox_policy(&cli, &resolved, false, None).renderer, None);
+        // A renderer: its needs go into the policy (the 3D profile).
+        let needs = renderer_needs(&cli, Some(42), true);
+        assert_eq!(needs.render_server, Some(42));
+        assert!(needs.venus);
+        assert!(needs.library_dirs.is_empty(), "a soname has no directory");
+        let policy = sandbox_policy(&cli, &resolved, false, Some(needs.clone()));
+        assert_eq!(policy.renderer, Some(needs));
+        // A library named by path: its directory is readable for the renderer thread.
+        let cli = parse(&["--virglrenderer", "/opt/virgl/lib/libvirglrenderer.so.1"]);
+        assert_eq!(
+            renderer_needs(&cli, None, false).library_dirs,
+            vec![PathBuf::from("/opt/virgl/lib")]
+        );
     }
 
     #[test]

@@ -437,6 +437,22 @@ pub fn texture_create_3d(
         .u32(0) // flags
         .u32(0)
 }
+/// `RESOURCE_CREATE_3D` of a buffer (`PIPE_BUFFER`) of `bytes` with `bind` flags.
+pub fn buffer_create_3d(ctx_id: u32, resource_id: u32, bind: u32, bytes: u32) -> Cmd {
+    Cmd::new(ty::RESOURCE_CREATE_3D, ctx_id)
+        .u32(resource_id)
+        .u32(0) // target: PIPE_BUFFER
+        .u32(64) // format: R8_UNORM, as buffers are created
+        .u32(bind)
+        .u32(bytes) // width
+        .u32(1) // height
+        .u32(1) // depth
+        .u32(1) // array_size
+        .u32(0) // last_level
+        .u32(0) // nr_samples
+        .u32(0) // flags
+        .u32(0)
+}
 /// `SUBMIT_3D` with the command stream inline.
 pub fn submit_3d(ctx_id: u32, stream: &[u8]) -> Cmd {
     Cmd::new(ty::SUBMIT_3D, ctx_id)

@@ -111,7 +111,7 @@ fn probe_renderer(harness: &Harness) -> Result<(), String> {
         ));
     }
     let fe = harness
-        .spawn_with(&["--capset", "virgl", "--sandbox", "off"])
+        .spawn_with(&["--capset", "virgl"])
         .map_err(|e| format!("our backend does not start with --capset virgl here: {e}"))?;
     if fe.acked_features() & crate::gpu::features::VIRGL == 0 {
         return Err("our backend with --capset virgl did not offer VIRGL".into());

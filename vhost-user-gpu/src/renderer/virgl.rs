@@ -175,6 +175,18 @@ impl Drop for RenderServer {
 impl VirglRenderer {
     /// Loads the library and initialises it on this thread.
     pub fn new(config: &VirglConfig) -> Result<Self, RendererError> {
+        Self::new_confined(config, |_| Ok(()))
+    }
+
+    /// As [`VirglRenderer::new`], calling `confine` with the render server's pid (venus)
+    /// after the library is loaded and the render server started, and before the library
+    /// initialises (which loads Mesa's drivers and starts their threads): the backend's
+    /// sandbox confines this thread there, so that every thread Mesa starts inherits it,
+    /// and the render server, already running, does not.
+    pub fn new_confined(
+        config: &VirglConfig,
+        confine: impl FnOnce(Option<u32>) -> Result<(), RendererError>,
+    ) -> Result<Self, RendererError> {
         if !config.virgl && !config.venus {
             return Err(RendererError::Start(
                 "neither virgl nor venus asked for".into(),
@@ -217,6 +229,7 @@ impl VirglRenderer {
             server = Some(s);
             server_socket = Some(socket);
         }
+        confine(server.as_ref().map(|s: &RenderServer| s.child.id()))?;
         let instance = Instance::init(lib, init_flags, server_socket).map_err(|e| match e {
             ffi::InitError::Busy => RendererError::Start(e.to_string()),
             ffi::InitError::Call(c) => RendererError::Start(format!(

@@ -32,7 +32,7 @@ use landlock::{
     RulesetCreatedAttr, RulesetStatus, Scope, ABI,
 };
 
-use super::{SandboxError, SandboxPolicy};
+use super::{RendererNeeds, SandboxError, SandboxPolicy};
 
 /// The newest Landlock ABI this policy is written for.
 const TARGET_ABI: ABI = ABI::V6;
@@ -110,9 +110,94 @@ pub fn rules(policy: &SandboxPolicy) -> Vec<(PathBuf, BitFlags<AccessFs>)> {
     v
 }
 
+/// The rules of the renderer's thread (and the threads Mesa starts from it): read-only
+/// access to what Mesa and virglrenderer load and read, nothing written.
+/// - `/usr/lib`, `/usr/lib64`, `/lib`, `/lib64` and [`RendererNeeds::library_dirs`]: read
+///   and execute (virglrenderer, libEGL, Mesa's DRI driver, LLVM: `dlopen`ed when the
+///   renderer starts, on this thread); `/etc/ld.so.cache` (how `dlopen` finds a soname);
+/// - `/usr/share/glvnd` (libglvnd's EGL vendor files), `/usr/share/drirc.d` and
+///   `/etc/drirc` (Mesa's driver configuration), `/sys/devices/system/cpu`, `/proc/stat`
+///   and `/proc/meminfo` (llvmpipe's and lavapipe's thread count, CPU features, memory
+///   size): read;
+/// - with venus ([`RendererNeeds::venus`]): `/usr/share/vulkan`, `/usr/local/share/vulkan`,
+///   `/etc/vulkan`: read (the Vulkan loader's driver and layer manifests: the first map of a
+///   venus OPAQUE blob makes virglrenderer load the Vulkan loader and the installed drivers
+///   into this process);
+/// - `/proc/self` and `/proc/sys/vm/overcommit_memory`: read, as for every thread (Mesa
+///   reads its own command name; an OPAQUE blob is looked up in `/proc/self/maps`);
+/// - [`RendererNeeds::render_nodes`]: read, write, DRM ioctls (a host with a GPU).
+///
+/// Not granted: Mesa's on-disk shader cache (`~/.cache/mesa_shader_cache`). The backend
+/// turns it off (`MESA_SHADER_CACHE_DISABLE=true`) before the renderer starts: a cache
+/// the guest's shaders fill would be host disk a guest uses without a budget, and files a
+/// guest can make the host write; llvmpipe compiles each shader once per run instead.
+/// Not granted: the per-user Vulkan and drirc files under `$HOME` (the loader and Mesa
+/// go on without them).
+pub fn renderer_rules(needs: &RendererNeeds) -> Vec<(PathBuf, BitFlags<AccessFs>)> {
+    let abi = TARGET_ABI;
+    let read = AccessFs::ReadFile | AccessFs::ReadDir;
+    let mut v = Vec::new();
+    for lib in ["/usr/lib", "/usr/lib64", "/lib", "/lib64"]
+        .into_iter()
+        .map(PathBuf::from)
+        .chain(needs.library_dirs.iter().cloned())
+    {
+        if lib.exists() && !v.iter().any(|(p, _)| *p == lib) {
+            v.push((lib, AccessFs::from_read(abi)));
+        }
+    }
+    for path in [
+        "/etc/ld.so.cache",
+        "/usr/share/glvnd",
+        "/usr/share/drirc.d",
+        "/etc/drirc",
+        "/sys/devices/system/cpu",
+        "/proc/meminfo",
+        "/proc/stat",
+    ] {
+        if Path::new(path).exists() {
+            v.push((PathBuf::from(path), read));
+        }
+    }
+    if needs.venus {
+        for path in [
+            "/usr/share/vulkan",
+            "/usr/local/share/vulkan",
+            "/etc/vulkan",
+        ] {
+            if Path::new(path).exists() {
+                v.push((PathBuf::from(path), read));
+            }
+        }
+    }
+    v.push((PathBuf::from("/proc/self"), AccessFs::from_read(abi)));
+    v.push((
+        PathBuf::from("/proc/sys/vm/overcommit_memory"),
+        AccessFs::ReadFile.into(),
+    ));
+    let file_rw = AccessFs::ReadFile | AccessFs::WriteFile | AccessFs::IoctlDev;
+    for node in &needs.render_nodes {
+        let access = if node.is_dir() {
+            file_rw | AccessFs::ReadDir
+        } else {
+            file_rw
+        };
+        v.push((node.clone(), access));
+    }
+    v
+}
+
 /// Applies the Landlock ruleset of `policy` to the calling thread (and every thread it
 /// creates afterwards).
 pub fn restrict(policy: &SandboxPolicy) -> Result<LandlockOutcome, SandboxError> {
+    restrict_to(&rules(policy))
+}
+
+/// Applies a ruleset of `rules` (everything else denied) to the calling thread (and every
+/// thread it creates afterwards).
+pub fn restrict_to(
+    rules: &[(PathBuf, BitFlags<AccessFs>)],
+) -> Result<LandlockOutcome, SandboxError> {
     let abi = TARGET_ABI;
     if PROC_SELF.get().is_none() {
         if let Ok(fd) = rustix::fs::open(
@@ -132,7 +217,8 @@ pub fn restrict(policy: &SandboxPolicy) -> Result<LandlockOutcome, SandboxError>
         .map_err(landlock_err)?
         .create()
         .map_err(landlock_err)?;
-    for (path, access) in rules(policy) {
+    for (path, access) in rules {
+        let (path, access) = (path.clone(), *access);
         let fd = path_fd(&path)?;
         // File rules may only carry file rights.
         let access = if path.is_dir() {

@@ -20,7 +20,14 @@
 //!
 //! Landlock only applies to the calling thread and the threads it creates afterwards, so
 //! [`confine`] must run before the backend spawns any thread; `main` calls it right before
-//! the capture writer thread and the vhost-user daemon start.
+//! the capture writer thread and the vhost-user daemon start. The one thread that exists
+//! before is the renderer's (when a virgl or venus capset is served): it confines itself
+//! first ([`confine_renderer_thread`]), with the files Mesa needs, before Mesa starts its own
+//! threads.
+//!
+//! Two profiles: the minimal one, and the 3D one when [`SandboxPolicy::renderer`] is set
+//! (a renderer runs in the process: executable memory for compiled shaders and the other
+//! calls of [`RendererNeeds`]). Both end the process on a violation the same way.
 
 pub mod filesystem;
 mod sigsys;
@@ -67,6 +74,31 @@ pub struct SandboxPolicy {
     pub udmabuf: bool,
     /// How Landlock is used.
     pub landlock: Landlock,
+    /// 3D contexts are served (a virgl or venus capset is offered): the renderer's profile
+    /// ([`RendererNeeds`]) instead of the minimal one. `None`: no Mesa code runs in this
+    /// process, and the minimal profile stays.
+    pub renderer: Option<RendererNeeds>,
+}
+
+/// What the renderer (virglrenderer with Mesa's drivers, in this process) needs beyond the
+/// minimal profile. See the module [`syscalls`] for the system calls it adds and
+/// [`filesystem::renderer_rules`] for the files.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RendererNeeds {
+    /// The render server this process started for venus contexts: it may be sent `SIGKILL`
+    /// and waited for (when the renderer stops), and no other process.
+    pub render_server: Option<u32>,
+    /// DRM device nodes Mesa renders on (a host with a GPU: the render node, or
+    /// `/dev/dri`): read-write with DRM ioctls. Empty without a GPU (llvmpipe).
+    pub render_nodes: Vec<PathBuf>,
+    /// Directories of libraries loaded from outside the system library directories
+    /// (`--virglrenderer PATH`): readable and executable for the renderer thread.
+    pub library_dirs: Vec<PathBuf>,
+    /// Venus contexts are (or, before the renderer starts, may be) served: virglrenderer
+    /// imports venus OPAQUE blobs through a Vulkan device of its own in this process, so the
+    /// Vulkan loader's manifests are readable and its file and identity checks allowed.
+    /// Without venus (virgl only) neither is.
+    pub venus: bool,
 }
 
 /// What [`confine`] achieved.
@@ -114,6 +146,26 @@ pub enum SandboxError {
     Signal(std::io::Error),
 }
 
+/// Confines the calling thread, and every thread it creates afterwards, to the files the
+/// renderer needs ([`filesystem::renderer_rules`]). The renderer's thread calls this before
+/// it loads Mesa's drivers (which start their own threads: llvmpipe's rasterizer threads,
+/// virglrenderer's fence thread), so that no thread running Mesa's code escapes it; the
+/// main thread confines itself to the minimal rules later ([`confine`]), which its
+/// vhost-user threads inherit. With [`Landlock::Off`] it does nothing; a kernel that does
+/// not enforce Landlock is [`SandboxError::LandlockUnavailable`] with [`Landlock::Required`].
+pub fn confine_renderer_thread(
+    needs: &RendererNeeds,
+    landlock: Landlock,
+) -> Result<LandlockOutcome, SandboxError> {
+    match landlock {
+        Landlock::Off => Ok(LandlockOutcome::NotEnforced),
+        Landlock::Required => match filesystem::restrict_to(&filesystem::renderer_rules(needs))? {
+            LandlockOutcome::NotEnforced => Err(SandboxError::LandlockUnavailable),
+            outcome => Ok(outcome),
+        },
+    }
+}
+
 /// Confines the calling process: Landlock first (while `landlock_restrict_self` is still
 /// allowed), then the SIGSYS handler, then the seccomp filters on every thread. With
 /// [`Landlock::Required`], a kernel that does not enforce Landlock is an error
@@ -134,6 +186,7 @@ pub fn confine(policy: &SandboxPolicy) -> Result<SandboxStatus, SandboxError> {
             LandlockOutcome::NotEnforced
         }
     };
+    sigsys::set_renderer_profile(policy.renderer.is_some());
     sigsys::install_handler().map_err(SandboxError::Signal)?;
     let allowed_syscalls = syscalls::install(policy)?;
     Ok(SandboxStatus {

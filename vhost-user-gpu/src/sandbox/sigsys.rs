@@ -6,6 +6,7 @@
 #![allow(unsafe_code)]
 
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// `siginfo_t` as the kernel fills it for `SIGSYS` (`struct __sifields._sigsys`) on 64-bit
 /// Linux: three ints, padding to the union's 8-byte alignment, then `_call_addr`,
@@ -59,20 +60,41 @@ fn push_number(buf: &mut [u8], len: &mut usize, n: i64) {
     push(buf, len, &digits[i..]);
 }
 
+/// The profile installed: `true` for the 3D (renderer) one. Read by the handler (an atomic
+/// load is async-signal-safe).
+static RENDERER_PROFILE: AtomicBool = AtomicBool::new(false);
+
+/// Records which profile the filter is (for the diagnosis).
+pub(super) fn set_renderer_profile(renderer: bool) {
+    RENDERER_PROFILE.store(renderer, Ordering::Relaxed);
+}
+
 /// Builds the diagnosis line (no allocation: it runs inside a signal handler).
-fn message(nr: i64, buf: &mut [u8; 512]) -> usize {
+fn message(nr: i64, renderer: bool, buf: &mut [u8; 768]) -> usize {
     let mut len = 0;
     push(buf, &mut len, b"vhost-user-gpu: sandbox: system call ");
     push(buf, &mut len, super::syscalls::name_of(nr).as_bytes());
     push(buf, &mut len, b" (");
     push_number(buf, &mut len, nr);
-    push(
-        buf,
-        &mut len,
-        b") is not on the seccomp allowlist; terminating with SIGSYS. This is a bug in the \
-          backend or in a library it uses: report it with this line; run with --sandbox off \
-          to debug.\n",
-    );
+    if renderer {
+        push(
+            buf,
+            &mut len,
+            b") is not on the seccomp allowlist of the 3D profile; terminating with SIGSYS. \
+              The renderer (virglrenderer, Mesa) or the backend made a call the profile does \
+              not know: report this line with the virglrenderer and Mesa versions; meanwhile \
+              --capset cross-domain serves without 3D under the sandbox, or --sandbox off \
+              serves 3D unconfined.\n",
+        );
+    } else {
+        push(
+            buf,
+            &mut len,
+            b") is not on the seccomp allowlist of the minimal profile; terminating with \
+              SIGSYS. This is a bug in the backend or in a library it uses: report it with \
+              this line; run with --sandbox off to debug.\n",
+        );
+    }
     len
 }
 
@@ -87,8 +109,8 @@ extern "C" fn on_sigsys(signo: libc::c_int, info: *mut libc::siginfo_t, _ctx: *m
             nr = i64::from(sys.syscall);
         }
     }
-    let mut buf = [0u8; 512];
-    let len = message(nr, &mut buf);
+    let mut buf = [0u8; 768];
+    let len = message(nr, RENDERER_PROFILE.load(Ordering::Relaxed), &mut buf);
     // SAFETY: write(2) on fd 2 with a valid buffer and length; async-signal-safe.
     unsafe {
         libc::write(2, buf.as_ptr().cast(), len);
@@ -132,15 +154,24 @@ mod tests {
 
     #[test]
     fn message_names_the_call() {
-        let mut buf = [0u8; 512];
-        let len = message(libc::SYS_socket, &mut buf);
+        let mut buf = [0u8; 768];
+        let len = message(libc::SYS_socket, false, &mut buf);
         let text = std::str::from_utf8(&buf[..len]).unwrap();
         assert!(
-            text.contains(&format!("system call socket ({})", libc::SYS_socket)),
+            text.contains(&format!(
+                "system call socket ({}) is not on the seccomp allowlist of the minimal profile",
+                libc::SYS_socket
+            )),
             "{text}"
         );
         assert!(text.ends_with('\n'));
-        let len = message(-1, &mut buf);
+        // The 3D profile's line names it and the ways out, and fits the buffer whole.
+        let len = message(libc::SYS_socket, true, &mut buf);
+        let text = std::str::from_utf8(&buf[..len]).unwrap();
+        assert!(text.contains("allowlist of the 3D profile"), "{text}");
+        assert!(text.contains("--capset cross-domain"), "{text}");
+        assert!(text.ends_with("unconfined.\n"), "{text}");
+        let len = message(-1, false, &mut buf);
         let text = std::str::from_utf8(&buf[..len]).unwrap();
         assert!(text.contains("system call ? (-1)"), "{text}");
     }

@@ -11,7 +11,8 @@
 //! - `clone`: only with `CLONE_THREAD` (threads, never new processes); `clone3` answers
 //!   `ENOSYS` (its flags are behind a pointer seccomp cannot read), and glibc then falls
 //!   back to `clone`;
-//! - `mmap`/`mprotect`: never `PROT_EXEC` (except with GBM, whose driver is `dlopen`ed);
+//! - `mmap`/`mprotect`: never `PROT_EXEC` (except with GBM, whose driver is `dlopen`ed,
+//!   and with a renderer, whose llvmpipe compiles shaders to machine code at draw time);
 //! - `prctl`: only `PR_SET_NAME` (thread names); `prlimit64`: only reading this process's
 //!   limits; `tgkill`: only this process;
 //! - with Wayland channels only: `socket` for `AF_UNIX` stream sockets, `connect` (its
@@ -168,6 +169,27 @@ static NAMES: &[(&str, i64)] = &[
     ("unshare", libc::SYS_unshare),
     ("membarrier", libc::SYS_membarrier),
     ("wait4", libc::SYS_wait4),
+    ("waitid", libc::SYS_waitid),
+    ("sched_setaffinity", libc::SYS_sched_setaffinity),
+    ("sched_setscheduler", libc::SYS_sched_setscheduler),
+    ("sched_getscheduler", libc::SYS_sched_getscheduler),
+    ("sched_getparam", libc::SYS_sched_getparam),
+    ("sched_setparam", libc::SYS_sched_setparam),
+    ("setpriority", libc::SYS_setpriority),
+    ("getpriority", libc::SYS_getpriority),
+    ("pidfd_send_signal", libc::SYS_pidfd_send_signal),
+    ("signalfd4", libc::SYS_signalfd4),
+    ("timerfd_create", libc::SYS_timerfd_create),
+    ("timerfd_settime", libc::SYS_timerfd_settime),
+    ("msync", libc::SYS_msync),
+    ("get_mempolicy", libc::SYS_get_mempolicy),
+    ("set_mempolicy", libc::SYS_set_mempolicy),
+    ("mbind", libc::SYS_mbind),
+    ("getrusage", libc::SYS_getrusage),
+    ("times", libc::SYS_times),
+    ("clock_getres", libc::SYS_clock_getres),
+    ("getppid", libc::SYS_getppid),
+    ("fallocate", libc::SYS_fallocate),
     ("pkey_mprotect", libc::SYS_pkey_mprotect),
     ("mincore", libc::SYS_mincore),
 ];
@@ -225,16 +247,25 @@ pub const IOCTL_TYPES: [(u8, &str); 3] = [
 ];
 
 /// The ioctl request types `policy` allows: dma-buf always, udmabuf when it is used, DRM
-/// only with GBM (the render node is the only DRM device the backend opens).
+/// only with GBM or a renderer on a render node (the render node is the only DRM device
+/// the backend opens).
 pub fn ioctl_types(policy: &SandboxPolicy) -> Vec<(u8, &'static str)> {
     IOCTL_TYPES
         .into_iter()
         .filter(|&(ty, _)| match ty {
             b'u' => policy.udmabuf,
-            b'd' => policy.gbm,
+            b'd' => policy.gbm || renders_on_a_node(policy),
             _ => true,
         })
         .collect()
+}
+
+/// A renderer that opens a DRM render node (a host with a GPU).
+fn renders_on_a_node(policy: &SandboxPolicy) -> bool {
+    policy
+        .renderer
+        .as_ref()
+        .is_some_and(|r| !r.render_nodes.is_empty())
 }
 
 /// The calls that create, rename or remove files: without Landlock
@@ -252,13 +283,13 @@ const FILE_CHANGING: &[&str] = &[
 ];
 
 /// `openat` flags refused without Landlock: creating (`O_CREAT`, `O_TMPFILE`), truncating,
-/// and opening for writing (`gbm`: the render node is opened read-write, so writing stays
-/// allowed with it).
-pub fn refused_open_flags(gbm: bool) -> u64 {
+/// and opening for writing (`render_node`: GBM or the renderer opens the render node
+/// read-write, so writing stays allowed with it).
+pub fn refused_open_flags(render_node: bool) -> u64 {
     // O_TMPFILE is __O_TMPFILE | O_DIRECTORY; the first bit alone marks it.
     let tmpfile = (libc::O_TMPFILE & !libc::O_DIRECTORY) as u64;
     let create = libc::O_CREAT as u64 | libc::O_TRUNC as u64 | tmpfile;
-    if gbm {
+    if render_node {
         create
     } else {
         create | libc::O_WRONLY as u64 | libc::O_RDWR as u64
@@ -371,6 +402,50 @@ const GBM_EXTRA_ARCH: &[(&str, &str)] = &[("access", "Mesa: file checks")];
 #[cfg(not(target_arch = "x86_64"))]
 const GBM_EXTRA_ARCH: &[(&str, &str)] = &[];
 
+/// Extra calls of the renderer (only when a virgl or venus capset is served; the Vulkan
+/// loader's in [`VENUS_EXTRA`]): what virglrenderer, Mesa's llvmpipe and (for venus blobs)
+/// the Vulkan loader with lavapipe make after start-up, beyond the minimal list, as seen under `strace -f` of the backend in the
+/// `render` lane (virgl, kmscube, vulkaninfo, vk-hostmem through venus) and of virgl draws,
+/// and with the filter in place (the SIGSYS diagnosis named `access` first).
+/// The first map of a venus OPAQUE blob makes virglrenderer (`vkr_allocator`) load the
+/// Vulkan loader and every installed Vulkan driver into this process, on the renderer's
+/// thread.
+/// Executable mappings, the render server's process and DRM ioctls are argument rules in
+/// [`allowlist`].
+const RENDERER_EXTRA: &[(&str, &str)] = &[
+    (
+        "sysinfo",
+        "llvmpipe: total memory, when a context is created",
+    ),
+    (
+        "timerfd_settime",
+        "fence polling when virglrenderer has no fence thread (our 2 ms timer)",
+    ),
+    (
+        "sched_setaffinity",
+        "lavapipe/llvmpipe: placing their rasterizer threads",
+    ),
+];
+
+/// Extra calls with venus only ([`crate::sandbox::RendererNeeds::venus`]): the Vulkan
+/// loader's, when virglrenderer loads it to import a venus OPAQUE blob.
+const VENUS_EXTRA: &[(&str, &str)] = &[
+    (
+        "getdents64",
+        "Vulkan loader: listing its manifest directories (venus OPAQUE blob maps)",
+    ),
+    ("faccessat", "Vulkan loader: manifest and layer checks"),
+    ("faccessat2", "Vulkan loader: manifest and layer checks"),
+    ("getuid", "Vulkan loader: secure environment checks"),
+    ("geteuid", "Vulkan loader: secure environment checks"),
+    ("getgid", "Vulkan loader: secure environment checks"),
+    ("getegid", "Vulkan loader: secure environment checks"),
+];
+#[cfg(target_arch = "x86_64")]
+const VENUS_EXTRA_ARCH: &[(&str, &str)] = &[("access", "Vulkan loader: manifest and layer checks")];
+#[cfg(not(target_arch = "x86_64"))]
+const VENUS_EXTRA_ARCH: &[(&str, &str)] = &[];
+
 /// The allowlist for `policy` (`pid`: this process, for `tgkill`).
 pub fn allowlist(policy: &SandboxPolicy, pid: u32) -> Result<Vec<Allowed>, SandboxError> {
     let mut v = Vec::new();
@@ -385,6 +460,19 @@ pub fn allowlist(policy: &SandboxPolicy, pid: u32) -> Result<Vec<Allowed>, Sandb
     if policy.gbm {
         for &(name, _) in GBM_EXTRA.iter().chain(GBM_EXTRA_ARCH) {
             v.push(plain(name));
+        }
+    }
+    if let Some(renderer) = &policy.renderer {
+        let venus: &[(&str, &str)] = if renderer.venus { VENUS_EXTRA } else { &[] };
+        let venus_arch: &[(&str, &str)] = if renderer.venus {
+            VENUS_EXTRA_ARCH
+        } else {
+            &[]
+        };
+        for &(name, _) in RENDERER_EXTRA.iter().chain(venus).chain(venus_arch) {
+            if !v.iter().any(|a| a.name == name) {
+                v.push(plain(name));
+            }
         }
     }
     let with = |name: &'static str, rules: Vec<SeccompRule>| Allowed {
@@ -422,9 +510,12 @@ pub fn allowlist(policy: &SandboxPolicy, pid: u32) -> Result<Vec<Allowed>, Sandb
         ioctl_rules.push(rule(vec![cond(1, Len::Dword, Op::Eq, request)?])?);
     }
     v.push(with("ioctl", ioctl_rules));
-    // mmap/mprotect: no executable mappings unless Mesa has to load its driver.
+    // mmap/mprotect: no executable mappings unless Mesa has to load its driver (GBM) or
+    // the renderer's LLVM compiles shaders to machine code while the guest draws (llvmpipe
+    // maps its code memory read-write-execute, Mesa 22, or writes it and then makes it
+    // executable, Mesa 25).
     for name in ["mmap", "mprotect"] {
-        if policy.gbm {
+        if policy.gbm || policy.renderer.is_some() {
             v.push(plain(name));
         } else {
             v.push(with(
@@ -469,6 +560,29 @@ pub fn allowlist(policy: &SandboxPolicy, pid: u32) -> Result<Vec<Allowed>, Sandb
         "tgkill",
         vec![rule(vec![cond(0, Len::Dword, Op::Eq, u64::from(pid))?])?],
     ));
+    // The render server (venus) is this process's child: when the renderer stops it is
+    // waited for, and killed if it does not exit. That process only, and SIGKILL only.
+    if let Some(server) = policy.renderer.as_ref().and_then(|r| r.render_server) {
+        let server = u64::from(server);
+        v.push(with(
+            "kill",
+            vec![rule(vec![
+                cond(0, Len::Dword, Op::Eq, server)?,
+                cond(1, Len::Dword, Op::Eq, libc::SIGKILL as u64)?,
+            ])?],
+        ));
+        v.push(with(
+            "wait4",
+            vec![rule(vec![cond(0, Len::Dword, Op::Eq, server)?])?],
+        ));
+        v.push(with(
+            "waitid",
+            vec![rule(vec![
+                cond(0, Len::Dword, Op::Eq, libc::P_PID as u64)?,
+                cond(1, Len::Dword, Op::Eq, server)?,
+            ])?],
+        ));
+    }
     if let Some(missing) = v.iter().find(|a| a.nr < 0) {
         return Err(SandboxError::Seccomp(format!(
             "no number for {} (table out of date)",
@@ -486,8 +600,8 @@ pub fn documented() -> Vec<(&'static str, &'static str)> {
             "ioctl",
             "request types 'b', 'u' (udmabuf in use), 'd' (GBM only) and TCGETS/FIONBIO/FIOCLEX only",
         ),
-        ("mmap", "not PROT_EXEC (except with GBM)"),
-        ("mprotect", "not PROT_EXEC (except with GBM)"),
+        ("mmap", "not PROT_EXEC (except with GBM, and in the 3D profile)"),
+        ("mprotect", "not PROT_EXEC (except with GBM, and in the 3D profile)"),
         ("clone", "CLONE_THREAD only"),
         ("clone3", "answered ENOSYS (glibc falls back to clone)"),
         ("prctl", "PR_SET_NAME only"),
@@ -510,6 +624,34 @@ pub fn documented_wayland() -> Vec<(&'static str, &'static str)> {
         ),
         ("pipe2", "clipboard and drag-and-drop read pipes"),
     ]
+}
+
+/// The extra calls allowed with a renderer (3D contexts served).
+pub fn documented_renderer() -> Vec<(&'static str, &'static str)> {
+    let mut v: Vec<(&str, &str)> = RENDERER_EXTRA
+        .iter()
+        .chain(VENUS_EXTRA)
+        .chain(VENUS_EXTRA_ARCH)
+        .copied()
+        .collect();
+    v.extend([
+        (
+            "mmap",
+            "PROT_EXEC too: llvmpipe's shader code (LLVM compiles at draw time)",
+        ),
+        (
+            "mprotect",
+            "PROT_EXEC too: llvmpipe's shader code made executable",
+        ),
+        ("kill", "SIGKILL to the render server only (venus)"),
+        ("wait4", "the render server only (venus)"),
+        ("waitid", "the render server only (venus)"),
+        (
+            "ioctl",
+            "DRM requests ('d') too when Mesa renders on a render node",
+        ),
+    ]);
+    v
 }
 
 /// The extra calls allowed with GBM.
@@ -557,7 +699,7 @@ pub fn programs(policy: &SandboxPolicy) -> Result<Vec<BpfProgram>, SandboxError>
             .map(|name| (number(name), Vec::new()))
             .collect();
         // openat(dirfd, path, flags, mode): any refused flag set.
-        let flags = refused_open_flags(policy.gbm);
+        let flags = refused_open_flags(policy.gbm || renders_on_a_node(policy));
         let mut open_rules = Vec::new();
         for bit in (0..32).map(|i| 1u64 << i).filter(|b| flags & b != 0) {
             open_rules.push(rule(vec![cond(2, Len::Dword, Op::MaskedEq(bit), bit)?])?);
@@ -637,6 +779,7 @@ mod tests {
             .into_iter()
             .chain(documented_gbm())
             .chain(documented_wayland())
+            .chain(documented_renderer())
         {
             assert!(
                 readme.contains(&format!("`{name}`")),
@@ -665,6 +808,76 @@ mod tests {
             ..SandboxPolicy::default()
         };
         assert_eq!(names(&gbm), vec![b'b', b'd']);
+    }
+
+    #[test]
+    fn the_3d_profile_adds_to_the_minimal_one() {
+        use crate::sandbox::RendererNeeds;
+        let minimal = allowlist(&SandboxPolicy::default(), 1).unwrap();
+        let with = |needs: RendererNeeds| {
+            allowlist(
+                &SandboxPolicy {
+                    renderer: Some(needs),
+                    ..SandboxPolicy::default()
+                },
+                1,
+            )
+            .unwrap()
+        };
+        let renderer = with(RendererNeeds::default());
+        // Everything of the minimal list stays, plus the renderer's calls.
+        for a in &minimal {
+            assert!(renderer.iter().any(|b| b.nr == a.nr), "{}", a.name);
+        }
+        for (name, _) in RENDERER_EXTRA {
+            assert!(renderer.iter().any(|a| a.name == *name), "{name}");
+        }
+        // The Vulkan loader's calls only with venus.
+        let venus = with(RendererNeeds {
+            venus: true,
+            ..RendererNeeds::default()
+        });
+        for (name, _) in VENUS_EXTRA.iter().chain(VENUS_EXTRA_ARCH) {
+            assert!(!renderer.iter().any(|a| a.name == *name), "{name}");
+            assert!(venus.iter().any(|a| a.name == *name), "{name}");
+        }
+        // Executable memory: conditions on the minimal list, none with a renderer.
+        for name in ["mmap", "mprotect"] {
+            let find = |list: &[Allowed]| list.iter().find(|a| a.name == name).unwrap().rules.len();
+            assert_eq!(find(&minimal), 1, "{name}");
+            assert_eq!(find(&renderer), 0, "{name}");
+        }
+        // kill and wait only with a render server, and then with conditions.
+        assert!(!renderer.iter().any(|a| a.name == "kill"));
+        let server = with(RendererNeeds {
+            render_server: Some(4242),
+            ..RendererNeeds::default()
+        });
+        for name in ["kill", "wait4", "waitid"] {
+            let a = server.iter().find(|a| a.name == name).unwrap();
+            assert_eq!(a.rules.len(), 1, "{name}");
+        }
+        // DRM ioctls only with a render node.
+        let types = |needs: RendererNeeds| -> Vec<u8> {
+            ioctl_types(&SandboxPolicy {
+                renderer: Some(needs),
+                ..SandboxPolicy::default()
+            })
+            .into_iter()
+            .map(|(t, _)| t)
+            .collect()
+        };
+        assert_eq!(types(RendererNeeds::default()), vec![b'b']);
+        let node = RendererNeeds {
+            render_nodes: vec!["/dev/dri".into()],
+            ..RendererNeeds::default()
+        };
+        assert_eq!(types(node.clone()), vec![b'b', b'd']);
+        assert!(programs(&SandboxPolicy {
+            renderer: Some(node),
+            ..SandboxPolicy::default()
+        })
+        .is_ok());
     }
 
     #[test]

@@ -468,12 +468,7 @@ pub fn lane(env: &mut Env, timeout: Duration) -> Result<Tally, Error> {
     let (mut backend, socket) = ours.start(
         &render.root,
         &dir,
-        &strings(&[
-            "--capture-dir",
-            &captures.display().to_string(),
-            "--sandbox",
-            "off",
-        ]),
+        &strings(&["--capture-dir", &captures.display().to_string()]),
     )?;
     let mut cube = None;
     let mut extra = crate::lanes::vhost_user_memory();
@@ -534,6 +529,21 @@ pub fn lane(env: &mut Env, timeout: Duration) -> Result<Tally, Error> {
             None => Outcome::Passed,
         },
     );
+    // The default sandbox (--sandbox on) confined it with the 3D profile.
+    let log = fs::read_to_string(&backend.log).unwrap_or_default();
+    host_case(
+        &mut tally,
+        "render/ours-qemu11/host: the backend rendered under its 3D sandbox profile",
+        if log.contains("sandbox: 3D (renderer) profile") && log.contains("Landlock fully enforced")
+        {
+            Outcome::Passed
+        } else {
+            Outcome::Failed(format!(
+                "no 3D sandbox profile with Landlock in {}",
+                backend.log.display()
+            ))
+        },
+    );
     drop(backend);
 
     // 2. The same with a policy that refuses the renderer's memory for guest mapping.
@@ -545,12 +555,7 @@ pub fn lane(env: &mut Env, timeout: Duration) -> Result<Tally, Error> {
     let (mut backend, socket) = ours.start(
         &render.root,
         &dir,
-        &strings(&[
-            "--policy-config",
-            &policy.display().to_string(),
-            "--sandbox",
-            "off",
-        ]),
+        &strings(&["--policy-config", &policy.display().to_string()]),
     )?;
     let mut extra = crate::lanes::vhost_user_memory();
     extra.extend([
@@ -600,7 +605,7 @@ pub fn lane(env: &mut Env, timeout: Duration) -> Result<Tally, Error> {
 
     // 3. QEMU 10's vhost-user-gpu-pci: virgl without blobs, shown through QEMU's display.
     let dir = crate::lanes::lane_dir("render/ours-qemu10")?;
-    let (mut backend, socket) = ours.start(&render.root, &dir, &strings(&["--sandbox", "off"]))?;
+    let (mut backend, socket) = ours.start(&render.root, &dir, &[])?;
     let qmp_socket = dir.join("qmp.sock");
     let mut extra = crate::lanes::vhost_user_memory();
     extra.extend([

@@ -27,6 +27,11 @@ pub(super) fn cases() -> Vec<Case> {
             run: clear_and_read_back,
         },
         Case {
+            name: "render::virgl_draw_with_compiled_shaders",
+            need: Need::Renderer,
+            run: draw_with_shaders,
+        },
+        Case {
             name: "render::scanout_of_a_3d_resource",
             need: Need::Renderer,
             run: scanout_3d,
@@ -42,11 +47,11 @@ pub(super) fn cases() -> Vec<Case> {
 const CTX: u32 = 1;
 const SIDE: u32 = 64;
 
-/// Our backend with `--capset capsets`, unconfined: the backend offers 3D only with
-/// `--sandbox off` (no 3D sandbox profile yet).
+/// Our backend with `--capset capsets`, under its default sandbox (`--sandbox on`: the 3D
+/// profile when a virgl capset is served).
 fn spawn(harness: &Harness, capsets: &str) -> Result<Frontend, String> {
     harness
-        .spawn_with(&["--capset", capsets, "--sandbox", "off"])
+        .spawn_with(&["--capset", capsets])
         .map_err(|e| format!("cannot start backend with --capset {capsets}: {e}"))
 }
 
@@ -271,6 +276,63 @@ fn clear_and_read_back(harness: &Harness) -> CaseResult {
         let at = wrong.unwrap_or(0);
         format!(
             "pixel {at} of the read-back is {:02x?}, not red",
+            &pixels[at * 4..at * 4 + 4]
+        )
+    })?;
+    still_serving(&mut fe)
+}
+
+/// A draw through shaders the renderer compiles (llvmpipe: to machine code, at draw time),
+/// fenced, read back into guest memory: every pixel has the triangle's colour.
+fn draw_with_shaders(harness: &Harness) -> CaseResult {
+    let mut fe = spawn(harness, "virgl")?;
+    let len = u64::from(SIDE * SIDE * 4);
+    let backing = fe.ram().alloc(len, 4096).map_err(|e| e.to_string())?;
+    texture(&mut fe, 1, backing)?;
+    send_expecting(
+        &mut fe,
+        "RESOURCE_CREATE_3D vertex buffer",
+        gpu::buffer_create_3d(CTX, 2, virgl::BIND_VERTEX_BUFFER, virgl::TRIANGLE_BYTES),
+        ty::OK_NODATA,
+    )?;
+    send_expecting(
+        &mut fe,
+        "CTX_ATTACH_RESOURCE vertex buffer",
+        gpu::ctx_attach_resource(CTX, 2),
+        ty::OK_NODATA,
+    )?;
+    let stream = virgl::draw(1, 1, 2, SIDE, [0.0, 0.0, 1.0, 1.0], [1.0, 1.0, 0.0, 1.0]);
+    let r = send_expecting(
+        &mut fe,
+        "SUBMIT_3D draw",
+        gpu::submit_3d(CTX, &stream).fence(300, None),
+        ty::OK_NODATA,
+    )?;
+    ensure(&fe, r.fence_id == 300, || {
+        format!("fence {} echoed for 300", r.fence_id)
+    })?;
+    let whole = gpu::Box3d {
+        origin: [0, 0, 0],
+        size: [SIDE, SIDE, 1],
+    };
+    send_expecting(
+        &mut fe,
+        "TRANSFER_FROM_HOST_3D",
+        gpu::transfer_from_host_3d(CTX, 1, whole, 0, SIDE * 4).fence(301, None),
+        ty::OK_NODATA,
+    )?;
+    let pixels = fe
+        .ram()
+        .read_vec(backing, len as usize)
+        .map_err(|e| e.to_string())?;
+    // Yellow in B8G8R8X8: blue 0, green and red full.
+    let wrong = pixels
+        .chunks_exact(4)
+        .position(|p| p[..3] != [0, 0xff, 0xff]);
+    ensure(&fe, wrong.is_none(), || {
+        let at = wrong.unwrap_or(0);
+        format!(
+            "pixel {at} of the drawn texture is {:02x?}, not yellow",
             &pixels[at * 4..at * 4 + 4]
         )
     })?;

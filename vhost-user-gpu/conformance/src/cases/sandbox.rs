@@ -86,8 +86,9 @@ fn confined_by_default(harness: &Harness) -> CaseResult {
     let log = fe.backend_log();
     ensure(
         &fe,
-        log.contains("sandbox: seccomp allowlist of") && log.contains("Landlock "),
-        || "the backend did not log its sandbox".into(),
+        log.contains("sandbox: minimal (no 3D) profile: seccomp allowlist of")
+            && log.contains("Landlock "),
+        || "the backend (without a renderer) did not log its minimal sandbox profile".into(),
     )?;
     // Landlock is a kernel option: when this kernel has it, the backend must enforce it.
     if landlock_abi() >= 6 {
