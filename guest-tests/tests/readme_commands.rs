@@ -162,6 +162,11 @@ const TABLE: &[(&str, &str, How)] = &[
     ),
     ("BENCHMARKS.md", ".ci/peers qemu", How::Run),
     (
+        "BENCHMARKS.md",
+        "cargo run --release -p guest-tests --bin vm-lanes -- --bench render",
+        How::Run,
+    ),
+    (
         "vhost-user-gpu/fuzz/README.md",
         ".ci/fuzz 60",
         How::Ci(".ci/test's fuzzing stage runs .ci/fuzz 60"),

@@ -164,8 +164,8 @@ fn renderer() -> &'static RendererThread {
             )
         });
         let mut client = thread.client();
-        // One reset first: the renderer's one-time state after a reset (its fence timer) is
-        // then part of the fd baseline, not taken for a leak of the first input.
+        // One reset first: whatever one-time state a reset leaves in the renderer is then
+        // part of the fd baseline, not taken for a leak of the first input.
         vhost_user_gpu::device::ports::Renderer::reset(&mut client);
         let ids: Vec<u32> = vhost_user_gpu::device::ports::Renderer::capsets(&client)
             .iter()

@@ -200,7 +200,6 @@ type FreeDataCallback = unsafe extern "C" fn(*mut c_void);
 struct Symbols {
     init: unsafe extern "C" fn(*mut c_void, c_int, *mut Callbacks) -> c_int,
     cleanup: unsafe extern "C" fn(*mut c_void),
-    reset: unsafe extern "C" fn(),
     poll: unsafe extern "C" fn(),
     get_poll_fd: unsafe extern "C" fn() -> c_int,
     get_cap_set: unsafe extern "C" fn(u32, *mut u32, *mut u32),
@@ -327,7 +326,6 @@ impl Library {
         let sym = Symbols {
             init: required!(lib, path, "virgl_renderer_init"),
             cleanup: required!(lib, path, "virgl_renderer_cleanup"),
-            reset: required!(lib, path, "virgl_renderer_reset"),
             poll: required!(lib, path, "virgl_renderer_poll"),
             get_poll_fd: required!(lib, path, "virgl_renderer_get_poll_fd"),
             get_cap_set: required!(lib, path, "virgl_renderer_get_cap_set"),
@@ -726,7 +724,7 @@ impl Instance {
     }
 
     /// `virgl_renderer_resource_attach_iov`; the instance keeps the backing until
-    /// [`Instance::detach_iov`], [`Instance::resource_unref`] or reset.
+    /// [`Instance::detach_iov`] or [`Instance::resource_unref`].
     pub fn attach_iov(&mut self, res_id: u32, mut pinned: PinnedIovecs) -> Result<(), CallError> {
         if self.pinned.contains_key(&res_id) {
             return Err(CallError {
@@ -1053,15 +1051,6 @@ impl Instance {
             log::warn!("virgl_renderer_resource_unmap({res_id}) failed: {ret}");
         }
         Ok(out)
-    }
-
-    /// `virgl_renderer_reset`: destroys every context and resource; drops all backings.
-    pub fn reset(&mut self) {
-        // SAFETY: no arguments. The library forgets every resource, and with them the
-        // pointers into our backings, before they are dropped below.
-        unsafe { (self.lib.sym.reset)() };
-        self.pinned.clear();
-        self.take_events();
     }
 }
 

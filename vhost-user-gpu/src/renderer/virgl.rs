@@ -1,7 +1,7 @@
 //! [`VirglRenderer`]: the [`Renderer`] port over virglrenderer (virgl contexts through EGL,
 //! surfaceless where there is no display; venus contexts in the render server).
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::{Child, Command};
@@ -87,17 +87,20 @@ pub struct VirglRenderer {
     instance: Instance,
     capsets: Vec<CapsetInfo>,
     epoll: OwnedFd,
-    /// Armed while fences wait and the library has no fence thread (from the start, or
-    /// since a reset: virglrenderer's reset ends its fence thread for good).
+    /// Armed while fences wait and the library has no fence thread.
     timer: Option<OwnedFd>,
     global: VecDeque<GlobalFence>,
     /// The newest fence created on each ring of a virgl context, until it is retired: virgl
-    /// contexts' fences retire through the library's fence thread, or by polling without it.
+    /// contexts' fences retire through the library's fence thread, or, where it has none,
+    /// only by polling on the timer, which runs while some wait.
     ring_fences: std::collections::HashMap<(u32, u32), u64>,
     next_seqno: u32,
     server: Option<RenderServer>,
     /// Contexts whose fence fd is in the epoll set.
     watched: Vec<u32>,
+    /// Contexts and resources the library holds for us: what a reset destroys.
+    live_contexts: BTreeSet<u32>,
+    live_resources: BTreeSet<u32>,
     /// Why venus was asked for but is not served, if so.
     venus_withheld: Option<String>,
 }
@@ -270,18 +273,7 @@ impl VirglRenderer {
             )
             .map_err(|e| start_error("epoll_ctl", e))?;
         } else if config.virgl {
-            let t = timerfd_create(
-                TimerfdClockId::Monotonic,
-                TimerfdFlags::CLOEXEC | TimerfdFlags::NONBLOCK,
-            )
-            .map_err(|e| start_error("timerfd_create", e))?;
-            epoll::add(
-                &epoll,
-                &t,
-                epoll::EventData::new_u64(TOKEN_TIMER),
-                epoll::EventFlags::IN,
-            )
-            .map_err(|e| start_error("epoll_ctl", e))?;
+            let t = fallback_timer(&epoll).map_err(|e| start_error("timerfd", e))?;
             log::info!("renderer: no fence thread in virglrenderer; polling fences every {FALLBACK_POLL:?} while some wait");
             timer = Some(t);
         }
@@ -320,6 +312,8 @@ impl VirglRenderer {
             next_seqno: 1,
             server,
             watched: Vec::new(),
+            live_contexts: BTreeSet::new(),
+            live_resources: BTreeSet::new(),
             venus_withheld,
         })
     }
@@ -338,37 +332,6 @@ impl VirglRenderer {
 
     fn serves(&self, capset: u32) -> bool {
         self.capsets.iter().any(|c| c.id == capset)
-    }
-
-    /// Starts polling fences on a timer (the library has no fence fd any more).
-    fn use_timer(&mut self) {
-        if self.timer.is_some() {
-            return;
-        }
-        let t = match timerfd_create(
-            TimerfdClockId::Monotonic,
-            TimerfdFlags::CLOEXEC | TimerfdFlags::NONBLOCK,
-        ) {
-            Ok(t) => t,
-            Err(e) => {
-                log::error!("renderer: timerfd_create: {e}; virgl fences may wait");
-                return;
-            }
-        };
-        if let Err(e) = epoll::add(
-            &self.epoll,
-            &t,
-            epoll::EventData::new_u64(TOKEN_TIMER),
-            epoll::EventFlags::IN,
-        ) {
-            log::error!("renderer: epoll_ctl of the fence timer: {e}; virgl fences may wait");
-            return;
-        }
-        log::info!(
-            "renderer: the library has no fence thread since its reset; polling virgl fences \
-             every {FALLBACK_POLL:?} while some wait"
-        );
-        self.timer = Some(t);
     }
 
     /// Whether fences wait that only polling the library retires.
@@ -474,6 +437,7 @@ impl Renderer for VirglRenderer {
             return Err(RendererError::Start("the render server is gone".into()));
         }
         self.instance.context_create(ctx_id, capset, name)?;
+        self.live_contexts.insert(ctx_id);
         // A virgl context's fence fd is the library's global one (already watched): only
         // other contexts (venus) have fds of their own.
         let global = self.instance.poll_fd().map(|fd| fd.as_raw_fd());
@@ -496,6 +460,7 @@ impl Renderer for VirglRenderer {
     fn context_destroy(&mut self, ctx_id: u32) {
         self.ring_fences.retain(|&(ctx, _), _| ctx != ctx_id);
         self.unwatch(ctx_id);
+        self.live_contexts.remove(&ctx_id);
         self.instance.context_destroy(ctx_id);
     }
 
@@ -524,6 +489,7 @@ impl Renderer for VirglRenderer {
             nr_samples: a.nr_samples,
             flags: a.flags,
         })?;
+        self.live_resources.insert(res_id);
         Ok(())
     }
 
@@ -576,10 +542,12 @@ impl Renderer for VirglRenderer {
             },
             pinned,
         )?;
+        self.live_resources.insert(res_id);
         Ok(())
     }
 
     fn resource_unref(&mut self, res_id: u32) {
+        self.live_resources.remove(&res_id);
         self.instance.resource_unref(res_id);
     }
 
@@ -863,23 +831,38 @@ impl Renderer for VirglRenderer {
     }
 
     fn reset(&mut self) {
-        for ctx in std::mem::take(&mut self.watched) {
-            if let Some(fd) = self.instance.context_poll_fd(ctx) {
-                let _ = epoll::delete(&self.epoll, fd);
-            }
+        // Not `virgl_renderer_reset`: it stops the library's fence thread, and neither 0.10.4
+        // nor 1.1 signals that eventfd again afterwards, so every fence after a reset waited
+        // forever (QEMU 10 resets the device at every boot). Destroying what we created is
+        // the same reset as far as the guest can tell, and the fence thread keeps running.
+        for ctx_id in std::mem::take(&mut self.live_contexts) {
+            self.unwatch(ctx_id);
+            self.instance.context_destroy(ctx_id);
         }
-        self.instance.reset();
+        for res_id in std::mem::take(&mut self.live_resources) {
+            self.instance.resource_unref(res_id);
+        }
+        // Fences in flight still retire; their sequence numbers match nothing any more.
         self.global.clear();
         self.ring_fences.clear();
         self.arm_timer(false);
-        // virglrenderer's reset ends its fence thread (vrend_renderer_reset frees the sync
-        // thread and does not start another, in 0.10.4 and 1.x): its fence fd goes quiet,
-        // and virgl fences retire only when the library is polled. Without this, virgl ring fences after a device
-        // reset never woke anyone (found by the renderer fuzz target: the same input twice).
-        if self.serves(CAPSET_VIRGL2) || self.serves(CAPSET_VIRGL) {
-            self.use_timer();
-        }
     }
+}
+
+/// The timer that retires fences where the library has no fence thread (no poll fd), in
+/// `epoll`'s set; disarmed until fences wait.
+fn fallback_timer(epoll: &OwnedFd) -> rustix::io::Result<OwnedFd> {
+    let t = timerfd_create(
+        TimerfdClockId::Monotonic,
+        TimerfdFlags::CLOEXEC | TimerfdFlags::NONBLOCK,
+    )?;
+    epoll::add(
+        epoll,
+        &t,
+        epoll::EventData::new_u64(TOKEN_TIMER),
+        epoll::EventFlags::IN,
+    )?;
+    Ok(t)
 }
 
 /// Where `address` (inside a mapping of this process) lies in `fd`: the mapping that holds

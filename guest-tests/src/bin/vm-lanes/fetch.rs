@@ -245,32 +245,7 @@ pub fn trixie_root(cache: &Path) -> Result<PathBuf, Error> {
     })?;
     step(
         "qemu 11.1: installing qemu-system-x86 from trixie-backports",
-        || {
-            let sources = root.join("etc/apt/sources.list.d/trixie-backports.sources");
-            fs::write(
-                &sources,
-                "Types: deb\nURIs: http://deb.debian.org/debian\nSuites: trixie-backports\n\
-             Components: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n",
-            )
-            .map_err(|e| Error::io(&sources, e))?;
-            run(Command::new("chroot")
-                .arg(&root)
-                .args(["apt-get", "update", "-qq"]))?;
-            run(Command::new("chroot")
-                .arg(&root)
-                .env("DEBIAN_FRONTEND", "noninteractive")
-                .args([
-                    "apt-get",
-                    "install",
-                    "-y",
-                    "-qq",
-                    "--no-install-recommends",
-                    "-t",
-                    "trixie-backports",
-                    "qemu-system-x86",
-                ]))?;
-            run(Command::new("chroot").arg(&root).args(["apt-get", "clean"]))
-        },
+        || install_from_trixie_backports(&root, &["qemu-system-x86"]),
     )?;
     let version = run_output(
         Command::new("chroot")
@@ -293,4 +268,33 @@ pub fn qemu_version(binary: &Path) -> Option<String> {
     let text = String::from_utf8_lossy(&out.stdout);
     let rest = text.split("version ").nth(1)?;
     Some(rest.split_whitespace().next()?.to_string())
+}
+
+/// Installs `packages` from trixie-backports into the trixie root `root` (its own apt
+/// sources, never the host's), then empties its package cache.
+pub(crate) fn install_from_trixie_backports(root: &Path, packages: &[&str]) -> Result<(), Error> {
+    let sources = root.join("etc/apt/sources.list.d/trixie-backports.sources");
+    fs::write(
+        &sources,
+        "Types: deb\nURIs: http://deb.debian.org/debian\nSuites: trixie-backports\n\
+         Components: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n",
+    )
+    .map_err(|e| Error::io(&sources, e))?;
+    run(Command::new("chroot")
+        .arg(root)
+        .args(["apt-get", "update", "-qq"]))?;
+    run(Command::new("chroot")
+        .arg(root)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .args([
+            "apt-get",
+            "install",
+            "-y",
+            "-qq",
+            "--no-install-recommends",
+            "-t",
+            "trixie-backports",
+        ])
+        .args(packages))?;
+    run(Command::new("chroot").arg(root).args(["apt-get", "clean"]))
 }

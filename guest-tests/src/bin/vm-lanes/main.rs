@@ -18,6 +18,7 @@ mod lanes;
 mod lifecycle;
 mod qmp;
 mod render;
+mod render_bench;
 mod rootfs;
 mod vm;
 mod wayland;
@@ -115,15 +116,22 @@ pub fn step<T>(what: &str, f: impl FnOnce() -> Result<T, Error>) -> Result<T, Er
 struct Options {
     lanes: Vec<String>,
     timeout: Duration,
+    /// `--bench render`: the renderer benchmark instead of lanes.
+    bench: bool,
 }
 
 fn parse_args() -> Result<Options, String> {
     let mut lanes = Vec::new();
     let mut timeout = Duration::from_secs(300);
+    let mut bench = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--lane" => lanes.push(args.next().ok_or("--lane needs a NAME")?),
+            "--bench" => match args.next().as_deref() {
+                Some("render") => bench = true,
+                other => return Err(format!("--bench takes `render`, not {other:?}")),
+            },
             "--timeout" => {
                 let secs: u64 = args
                     .next()
@@ -134,7 +142,10 @@ fn parse_args() -> Result<Options, String> {
             "-h" | "--help" => {
                 println!(
                     "usage: vm-lanes [--lane NAME]... [--timeout SECS]\n\
+                     \x20      vm-lanes --bench render [--timeout SECS]\n\
                      lanes: {} (default: all)\n\
+                     --bench render: glmark2 through ours and rust-vmm's vhost-device-gpu, and\n\
+                     \x20 guest write bandwidth into venus HOST_VISIBLE memory (BENCHMARKS.md)\n\
                      --timeout: per guest boot, default 300",
                     lanes::NAMES.join(", ")
                 );
@@ -151,10 +162,17 @@ fn parse_args() -> Result<Options, String> {
             ));
         }
     }
+    if bench && !lanes.is_empty() {
+        return Err("--bench runs no lanes; give one or the other".into());
+    }
     if lanes.is_empty() {
         lanes = lanes::NAMES.iter().map(|s| s.to_string()).collect();
     }
-    Ok(Options { lanes, timeout })
+    Ok(Options {
+        lanes,
+        timeout,
+        bench,
+    })
 }
 
 fn main() -> ExitCode {
@@ -166,6 +184,22 @@ fn main() -> ExitCode {
         }
     };
     let start = Instant::now();
+    if options.bench {
+        let mut env = lanes::Env::default();
+        return match render_bench::bench(&mut env, options.timeout) {
+            Ok(()) => {
+                eprintln!(
+                    "vm-lanes: the benchmark took {:.1} s",
+                    start.elapsed().as_secs_f64()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("vm-lanes: the benchmark could not run: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let mut total = Tally::default();
     let mut results = Vec::new();
     let mut env = lanes::Env::default();

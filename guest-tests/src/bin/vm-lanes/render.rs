@@ -3,9 +3,9 @@
 //! file system image ([`crate::rootfs`]).
 //!
 //! The host side runs in a "render root": a `debootstrap` trixie root with virglrenderer
-//! 1.1, Mesa 25 (llvmpipe, lavapipe), QEMU 11.1 and the peer backend rust-vmm
-//! `vhost-device-gpu` 0.2.0 built there with its virglrenderer backend (it needs
-//! virglrenderer >= 1.0, which bookworm does not have). The lane runs OUR backend there
+//! 1.1, Mesa 25 (llvmpipe, lavapipe) and QEMU 11.1; the benchmark (`--bench render`) builds
+//! the peer backend rust-vmm `vhost-device-gpu` 0.2.0 there with its virglrenderer backend
+//! (it needs virglrenderer >= 1.0, which bookworm does not have). The lane runs OUR backend there
 //! (venus needs virglrenderer >= 1.0 too): behind QEMU 11.1's generic vhost-user device
 //! (blobs mapped into the host-visible region), again with a policy that refuses the
 //! mapping, and behind QEMU 10's `vhost-user-gpu-pci` (virgl without blobs).
@@ -28,7 +28,7 @@ use crate::vm::{Boot, HoldReply, KillOnDrop, Qemu};
 use crate::{run, run_output, step, Error};
 
 /// Packages of the render root (host side, trixie).
-const RENDER_ROOT_PACKAGES: [&str; 19] = [
+const RENDER_ROOT_PACKAGES: [&str; 8] = [
     // virglrenderer and the render server, Mesa's software drivers.
     "libvirglrenderer1",
     "virgl-server",
@@ -38,10 +38,11 @@ const RENDER_ROOT_PACKAGES: [&str; 19] = [
     "libegl1",
     "libgl1",
     "mesa-vulkan-drivers",
-    // A display for QEMU's own GL device (GTK on Xvfb).
-    "xvfb",
-    "xauth",
-    // Building the peer.
+];
+
+/// What building the peer needs in the render root (installed by [`peer`], only for the
+/// benchmark).
+const PEER_BUILD_PACKAGES: [&str; 9] = [
     "ca-certificates",
     "gcc",
     "libc6-dev",
@@ -54,10 +55,10 @@ const RENDER_ROOT_PACKAGES: [&str; 19] = [
 ];
 
 /// Bumped when the render root's recipe changes.
-const RENDER_ROOT_VERSION: u32 = 1;
+const RENDER_ROOT_VERSION: u32 = 2;
 
-/// The render root: a trixie root with the renderer stack, QEMU 11.1 and the peer (in
-/// `/opt/vhost-device-gpu/bin`, for the benchmark in BENCHMARKS.md).
+/// The render root: a trixie root with the renderer stack, QEMU 11.1 and what building the
+/// peer needs (the peer itself is built by [`peer`], for the benchmark in BENCHMARKS.md).
 pub struct RenderRoot {
     /// The root directory.
     pub root: PathBuf,
@@ -90,41 +91,9 @@ pub fn render_root(cache: &Path) -> Result<RenderRoot, Error> {
                 .arg("http://deb.debian.org/debian"))
         },
     )?;
-    step(
-        "render root: QEMU 11.1 with OpenGL from trixie-backports",
-        || {
-            let sources = root.join("etc/apt/sources.list.d/trixie-backports.sources");
-            fs::write(
-                &sources,
-                "Types: deb\nURIs: http://deb.debian.org/debian\nSuites: trixie-backports\n\
-             Components: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n",
-            )
-            .map_err(|e| Error::io(&sources, e))?;
-            run(Command::new("chroot")
-                .arg(&root)
-                .args(["apt-get", "update", "-qq"]))?;
-            run(Command::new("chroot")
-                .arg(&root)
-                .env("DEBIAN_FRONTEND", "noninteractive")
-                .args([
-                    "apt-get",
-                    "install",
-                    "-y",
-                    "-qq",
-                    "--no-install-recommends",
-                    "-t",
-                    "trixie-backports",
-                    "qemu-system-x86",
-                    "qemu-system-modules-opengl",
-                    "qemu-system-gui",
-                ]))?;
-            run(Command::new("chroot").arg(&root).args(["apt-get", "clean"]))
-        },
-    )?;
-    step(
-        "render root: cargo install vhost-device-gpu 0.2.0 (virglrenderer)",
-        || build_peer(cache, &root),
-    )?;
+    step("render root: QEMU 11.1 from trixie-backports", || {
+        fetch::install_from_trixie_backports(&root, &["qemu-system-x86"])
+    })?;
     let versions = run_output(Command::new("chroot").arg(&root).args([
         "dpkg-query",
         "-W",
@@ -136,6 +105,33 @@ pub fn render_root(cache: &Path) -> Result<RenderRoot, Error> {
     ]))?;
     fs::write(&stamp, format!("{recipe}{versions}")).map_err(|e| Error::io(&stamp, e))?;
     Ok(done)
+}
+
+/// Where the peer is installed inside the render root.
+pub(crate) const PEER_IN_ROOT: &str = "/opt/vhost-device-gpu/bin/vhost-device-gpu";
+
+/// The peer (rust-vmm's `vhost-device-gpu` 0.2.0 with its virglrenderer backend) in the
+/// render root, built there first when missing: only the benchmark needs it, so lanes (and
+/// CI) never pay its build (about 4.5 minutes on 2 cores).
+pub(crate) fn peer(cache: &Path, root: &Path) -> Result<(), Error> {
+    if root.join(PEER_IN_ROOT.trim_start_matches('/')).exists() {
+        return Ok(());
+    }
+    step("render root: the peer's build dependencies", || {
+        run(Command::new("chroot")
+            .arg(root)
+            .args(["apt-get", "update", "-qq"]))?;
+        run(Command::new("chroot")
+            .arg(root)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["apt-get", "install", "-y", "-qq", "--no-install-recommends"])
+            .args(PEER_BUILD_PACKAGES))?;
+        run(Command::new("chroot").arg(root).args(["apt-get", "clean"]))
+    })?;
+    step(
+        "render root: cargo install vhost-device-gpu 0.2.0 (virglrenderer)",
+        || build_peer(cache, root),
+    )
 }
 
 /// Builds the peer inside the root with the host's Rust toolchain (bind-mounted), its
@@ -174,13 +170,20 @@ fn build_peer(cache: &Path, root: &Path) -> Result<(), Error> {
 
 /// A backend process run inside the render root (private mount namespace with `/dev`,
 /// `/proc` and the lane directory bind-mounted), killed when dropped.
-struct RootProcess {
+pub(crate) struct RootProcess {
     child: KillOnDrop,
     log: PathBuf,
 }
 
 impl RootProcess {
-    fn start(root: &Path, dir: &Path, name: &str, argv: &[String]) -> Result<Self, Error> {
+    /// Starts `argv` in `root` as `name` (its output in `dir/NAME.log`, at `rust_log`).
+    pub(crate) fn start(
+        root: &Path,
+        dir: &Path,
+        name: &str,
+        argv: &[String],
+        rust_log: &str,
+    ) -> Result<Self, Error> {
         let log = dir.join(format!("{name}.log"));
         let out = fs::File::create(&log).map_err(|e| Error::io(&log, e))?;
         let err = out.try_clone().map_err(|e| Error::io(&log, e))?;
@@ -197,7 +200,7 @@ impl RootProcess {
             .arg(root)
             .arg(dir)
             .args(argv)
-            .env("RUST_LOG", "debug")
+            .env("RUST_LOG", rust_log)
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
@@ -209,7 +212,7 @@ impl RootProcess {
         })
     }
 
-    fn wait_for(&mut self, socket: &Path) -> Result<(), Error> {
+    pub(crate) fn wait_for(&mut self, socket: &Path) -> Result<(), Error> {
         let deadline = Instant::now() + Duration::from_secs(30);
         while !socket.exists() {
             if let Ok(Some(status)) = self.child.0.try_wait() {
@@ -318,15 +321,17 @@ echo "$pass passed, $fail failed, 0 skipped"
 "#;
 
 /// One guest boot of the lane.
-struct GuestRun<'a> {
-    label: &'a str,
-    qemu: Qemu,
-    extra: Vec<String>,
-    env: Vec<(String, String)>,
-    steps: Vec<(&'a str, &'a str)>,
+pub(crate) struct GuestRun<'a> {
+    pub(crate) label: &'a str,
+    pub(crate) qemu: Qemu,
+    pub(crate) extra: Vec<String>,
+    pub(crate) env: Vec<(String, String)>,
+    pub(crate) steps: Vec<(&'a str, &'a str)>,
+    /// More scripts for `/lane/` (name, text).
+    pub(crate) files: Vec<(&'a str, &'a str)>,
 }
 
-fn guest_run(
+pub(crate) fn guest_run(
     env: &mut Env,
     dir: &Path,
     image: &rootfs::Image,
@@ -352,6 +357,10 @@ fn guest_run(
             ("vk-hostmem", 0o755, vk),
         ],
     };
+    let mut files = files;
+    for (name, text) in &run.files {
+        files.files.push((name, 0o755, text.as_bytes().to_vec()));
+    }
     let initrd = dir.join("initramfs.cpio");
     rootfs::write_initramfs(&initrd, kernel, &GUEST_MODULES, &files)?;
     let mut extra = run.extra;
@@ -401,13 +410,16 @@ const NO_FEEDBACK: &str = "VN_PERF=no_fence_feedback,no_semaphore_feedback,no_ev
 
 /// Our backend in the render root: virglrenderer 1.1 (virgl and venus) on llvmpipe and
 /// lavapipe.
-struct Ours {
-    binary: PathBuf,
+pub(crate) struct Ours {
+    pub(crate) binary: PathBuf,
+    /// `RUST_LOG` of its log: `debug` in the lane (the log is evidence), `warn` for the
+    /// benchmark (logging every command is a cost of its own).
+    pub(crate) rust_log: &'static str,
 }
 
 impl Ours {
     /// Starts our backend in the render root with `extra` arguments, in `dir`.
-    fn start(
+    pub(crate) fn start(
         &self,
         root: &Path,
         dir: &Path,
@@ -425,7 +437,7 @@ impl Ours {
             socket.display().to_string(),
         ];
         argv.extend(extra.iter().cloned());
-        let mut backend = RootProcess::start(root, dir, "vhost-user-gpu", &argv)?;
+        let mut backend = RootProcess::start(root, dir, "vhost-user-gpu", &argv, self.rust_log)?;
         backend.wait_for(&socket)?;
         Ok((backend, socket))
     }
@@ -445,6 +457,7 @@ pub fn lane(env: &mut Env, timeout: Duration) -> Result<Tally, Error> {
     let vk_hostmem = binaries::find(&built, "vk-hostmem", false)?.path.clone();
     let ours = Ours {
         binary: crate::lanes::host_backend()?,
+        rust_log: "debug",
     };
     let mut tally = Tally::default();
 
@@ -480,6 +493,7 @@ pub fn lane(env: &mut Env, timeout: Duration) -> Result<Tally, Error> {
             qemu: Qemu::Chroot(render.root.clone()),
             extra,
             env: Vec::new(),
+            files: Vec::new(),
             steps: vec![
                 ("virgl", "/lane/check-virgl"),
                 ("kmscube-scanout", "/lane/kmscube-hold"),
@@ -555,6 +569,7 @@ pub fn lane(env: &mut Env, timeout: Duration) -> Result<Tally, Error> {
             qemu: Qemu::Chroot(render.root.clone()),
             extra,
             env: Vec::new(),
+            files: Vec::new(),
             steps: vec![
                 ("map-refused", &map_refused),
                 ("still-serving", "/lane/check-devices"),
@@ -607,6 +622,7 @@ pub fn lane(env: &mut Env, timeout: Duration) -> Result<Tally, Error> {
             qemu: Qemu::System(qemu10.clone()),
             extra,
             env: Vec::new(),
+            files: Vec::new(),
             steps: vec![
                 ("virgl", "/lane/check-virgl"),
                 ("kmscube-scanout", "/lane/kmscube-hold"),
