@@ -295,7 +295,7 @@ fn shader(handle: u32, kind: u32, text: &str) -> Vec<u32> {
     let mut bytes = text.as_bytes().to_vec();
     bytes.push(0);
     let len = bytes.len() as u32;
-    while bytes.len() % 4 != 0 {
+    while !bytes.len().is_multiple_of(4) {
         bytes.push(0);
     }
     let body: Vec<u32> = bytes
