@@ -27,6 +27,8 @@
 //! the end every resource and context the input named is released, and then nothing may be
 //! left: no resource, no charged byte, no region range, no mapping, no extra fd.
 
+pub mod renderer;
+
 use std::collections::BTreeSet;
 use std::sync::OnceLock;
 

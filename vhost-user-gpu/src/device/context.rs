@@ -71,7 +71,8 @@ pub(crate) type Waiting = u64;
 pub(crate) struct RendererContext {
     /// The capset it was created with (VIRGL, VIRGL2 or VENUS).
     pub capset: u32,
-    /// The renderer lost it (the render server died): its commands fail.
+    /// The renderer lost it (the render server died, or the renderer stopped): its
+    /// commands fail.
     pub lost: bool,
 }
 
@@ -371,11 +372,31 @@ impl ContextTable {
             .is_some_and(|c| c.renderer.is_some())
     }
 
+    /// Whether `ctx_id` exists, lives in the renderer and was not lost there.
+    pub fn has_live_renderer(&self, ctx_id: u32) -> bool {
+        self.contexts
+            .get(&ctx_id)
+            .and_then(|c| c.renderer)
+            .is_some_and(|r| !r.lost)
+    }
+
     /// Every venus context is lost with the render server it lived in; returns their ids.
     pub fn renderer_server_lost(&mut self) -> Vec<u32> {
         let mut lost = Vec::new();
         for (&id, ctx) in &mut self.contexts {
             if let Some(r) = ctx.renderer.as_mut().filter(|r| r.capset == CAPSET_VENUS) {
+                r.lost = true;
+                lost.push(id);
+            }
+        }
+        lost
+    }
+
+    /// Every renderer context is lost with the renderer; returns their ids.
+    pub fn renderer_lost(&mut self) -> Vec<u32> {
+        let mut lost = Vec::new();
+        for (&id, ctx) in &mut self.contexts {
+            if let Some(r) = ctx.renderer.as_mut() {
                 r.lost = true;
                 lost.push(id);
             }

@@ -170,6 +170,15 @@ impl Fences {
         }
     }
 
+    /// Every waiting answer of the global timeline is released, in order (the renderer that
+    /// would have signalled them is gone).
+    pub fn release_global(&mut self) {
+        if let Some(queue) = self.timelines.get_mut(&Timeline::Global) {
+            queue.iter_mut().for_each(|w| w.signalled = true);
+        }
+        self.release(Timeline::Global);
+    }
+
     /// Moves the signalled head of `timeline` to the ready list.
     fn release(&mut self, timeline: Timeline) {
         let Some(queue) = self.timelines.get_mut(&timeline) else {

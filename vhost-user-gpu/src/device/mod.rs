@@ -568,6 +568,7 @@ impl GpuDevice {
                     }
                 }
                 RendererEvent::RenderServerLost(why) => self.render_server_lost(&why),
+                RendererEvent::RendererLost(why) => self.renderer_lost(&why),
             }
         }
         self.service_channels(mem);
@@ -651,7 +652,8 @@ impl GpuDevice {
     fn renderer_fence(&mut self, hdr: &CtrlHeader, timeline: Timeline) -> bool {
         let ring = match timeline {
             Timeline::Ring { ctx_id, ring } => {
-                if !self.contexts.has_renderer(ctx_id) {
+                // A lost context's fences would never signal: its answers go at once.
+                if !self.contexts.has_live_renderer(ctx_id) {
                     return false;
                 }
                 Some(u32::from(ring))
@@ -685,6 +687,25 @@ impl GpuDevice {
         );
         for ctx_id in lost {
             self.fences.release_context(ctx_id);
+        }
+    }
+
+    /// The renderer stopped: every renderer context is lost, the answers that waited for it
+    /// are released (its fences will never signal), later commands on those contexts fail and
+    /// its poll fd leaves the event set (it would stay readable).
+    fn renderer_lost(&mut self, why: &str) {
+        let lost = self.contexts.renderer_lost();
+        error!(
+            "renderer: {why}; renderer contexts {lost:?} are lost (their commands now fail, \
+             new ones are refused), 2D and cross-domain keep working"
+        );
+        for ctx_id in lost {
+            self.fences.release_context(ctx_id);
+        }
+        self.fences.release_global();
+        self.renderer_work = false;
+        if let (Some(events), Some(renderer)) = (&self.events, self.renderer.as_deref()) {
+            let _ = epoll::delete(events, renderer.poll_fd());
         }
     }
 

@@ -6,12 +6,25 @@
 //! frontend connection. So the renderer is started once, at start-up (before the sandbox
 //! closes), on its own thread, and each connection's device talks to it through a client.
 //! Requests run in the order they are sent; those without an answer (destroy, detach, unref)
-//! do not wait. The poll fd is a duplicate of the renderer's own, so fence completions wake
-//! the device without a round trip.
+//! do not wait. The poll fd is an epoll set holding a duplicate of the renderer's own, so
+//! fence completions wake the device without a round trip.
+//!
+//! Containment: a request that panics on the renderer thread stops the renderer there (its
+//! state may be half-changed, so it is not used again; it is dropped, which ends its contexts
+//! and its render server). The thread then ends, every client's later request fails with
+//! [`RendererError::Gone`], and each client's [`Renderer::poll`] reports
+//! [`RendererEvent::RendererLost`] once, woken through the poll fd, so each device releases
+//! the answers that waited for the renderer and keeps serving 2D and cross-domain. A fault
+//! inside the C library (SIGSEGV, abort) is not a panic and cannot be caught in this process:
+//! only a renderer in a process of its own would contain it (venus contexts already run in
+//! the render server).
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::{mpsc, Arc};
+use std::panic::AssertUnwindSafe;
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
+
+use rustix::event::{epoll, eventfd, EventfdFlags};
 
 use crate::device::ports::{
     BlobRequest, CapsetInfo, ExportedBlob, GuestMemory, Renderer, RendererError, RendererEvent,
@@ -40,7 +53,52 @@ pub struct RendererClient {
     jobs: mpsc::Sender<Job>,
     name: &'static str,
     capsets: Vec<CapsetInfo>,
+    /// An epoll set: the renderer's poll fd and `stopped.fd`.
     poll_fd: Arc<OwnedFd>,
+    stopped: Arc<Stopped>,
+    /// This client reported [`RendererEvent::RendererLost`] already.
+    lost_reported: bool,
+}
+
+/// Why the renderer thread stopped, and the eventfd that says it did (readable from then on).
+#[derive(Debug)]
+struct Stopped {
+    why: Mutex<Option<String>>,
+    fd: OwnedFd,
+}
+
+impl Stopped {
+    fn set(&self, why: String) {
+        *self.why.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+        let _ = rustix::io::write(&self.fd, &1u64.to_ne_bytes());
+    }
+
+    fn why(&self) -> Option<String> {
+        self.why.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// The text of a panic payload.
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
+}
+
+/// The client's poll fd: an epoll set holding the renderer's poll fd and the stop eventfd.
+fn client_poll_set(renderer: BorrowedFd<'_>, stopped: BorrowedFd<'_>) -> std::io::Result<OwnedFd> {
+    let set = epoll::create(epoll::CreateFlags::CLOEXEC)?;
+    for (fd, token) in [(renderer, 1), (stopped, 2)] {
+        epoll::add(
+            &set,
+            fd,
+            epoll::EventData::new_u64(token),
+            epoll::EventFlags::IN,
+        )?;
+    }
+    Ok(set)
 }
 
 impl std::fmt::Debug for RendererThread {
@@ -66,6 +124,12 @@ impl RendererThread {
     {
         let (ready_tx, ready_rx) = mpsc::channel();
         let (jobs_tx, jobs_rx) = mpsc::channel::<Job>();
+        let stopped = Arc::new(Stopped {
+            why: Mutex::new(None),
+            fd: eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
+                .map_err(|e| RendererError::Start(format!("eventfd: {e}")))?,
+        });
+        let on_thread = stopped.clone();
         let thread = std::thread::Builder::new()
             .name("vug-renderer".into())
             .spawn(move || {
@@ -76,16 +140,33 @@ impl RendererThread {
                         return;
                     }
                 };
-                let poll_fd = renderer.poll_fd().try_clone_to_owned();
+                let poll_fd = client_poll_set(renderer.poll_fd(), on_thread.fd.as_fd());
                 let ready = poll_fd
                     .map(|fd| (renderer.name(), renderer.capsets(), fd))
-                    .map_err(|e| RendererError::Start(format!("dup of the poll fd: {e}")));
+                    .map_err(|e| RendererError::Start(format!("the renderer's poll set: {e}")));
                 let ok = ready.is_ok();
                 if ready_tx.send(ready).is_err() || !ok {
                     return;
                 }
                 while let Ok(Job::Run(job)) = jobs_rx.recv() {
-                    job(renderer.as_mut());
+                    let Err(payload) =
+                        std::panic::catch_unwind(AssertUnwindSafe(|| job(renderer.as_mut())))
+                    else {
+                        continue;
+                    };
+                    let why = format!(
+                        "a renderer request panicked ({}); the renderer is stopped",
+                        panic_text(payload.as_ref())
+                    );
+                    log::error!(
+                        "renderer: {why}: every renderer context is lost and 3D commands fail \
+                         until the backend restarts; 2D and cross-domain keep working"
+                    );
+                    // Its state may be half-changed: it is not used again. Dropping it ends
+                    // its contexts and its render server (a panic there changes nothing).
+                    let _ = std::panic::catch_unwind(AssertUnwindSafe(move || drop(renderer)));
+                    on_thread.set(why);
+                    return;
                 }
             })
             .map_err(|e| RendererError::Start(format!("cannot start the renderer thread: {e}")))?;
@@ -106,6 +187,8 @@ impl RendererThread {
                 name,
                 capsets,
                 poll_fd: Arc::new(poll_fd),
+                stopped,
+                lost_reported: false,
             },
             thread: Some(thread),
         })
@@ -139,6 +222,11 @@ impl RendererClient {
         rx.recv().map_err(|_| RendererError::Gone)
     }
 
+    /// Whether the renderer thread stopped after a failure, and why.
+    pub fn stopped(&self) -> Option<String> {
+        self.stopped.why()
+    }
+
     /// Queues `f` on the renderer thread without waiting.
     fn send(
         &self,
@@ -151,7 +239,7 @@ impl RendererClient {
 
     fn post(&self, what: &str, f: impl FnOnce(&mut dyn Renderer) + Send + 'static) {
         if self.send(f).is_err() {
-            log::warn!("renderer: {what} dropped: the renderer thread is gone");
+            crate::guest_log::guest_warn!("renderer: {what} dropped: the renderer thread is gone");
         }
     }
 }
@@ -394,7 +482,17 @@ impl Renderer for RendererClient {
     }
 
     fn poll(&mut self) -> Vec<RendererEvent> {
-        self.call(|r| r.poll()).unwrap_or_default()
+        match self.call(|r| r.poll()) {
+            Ok(events) => events,
+            Err(_) if !self.lost_reported => {
+                self.lost_reported = true;
+                let why = self
+                    .stopped()
+                    .unwrap_or_else(|| "the renderer thread ended".into());
+                vec![RendererEvent::RendererLost(why)]
+            }
+            Err(_) => Vec::new(),
+        }
     }
 
     fn export_blob(&mut self, res_id: u32) -> Result<ExportedBlob, RendererError> {

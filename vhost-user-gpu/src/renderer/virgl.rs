@@ -87,9 +87,13 @@ pub struct VirglRenderer {
     instance: Instance,
     capsets: Vec<CapsetInfo>,
     epoll: OwnedFd,
-    /// Armed while global fences wait and the library has no fence thread.
+    /// Armed while fences wait and the library has no fence thread.
     timer: Option<OwnedFd>,
     global: VecDeque<GlobalFence>,
+    /// The newest fence created on each ring of a virgl context, until it is retired: virgl
+    /// contexts' fences retire through the library's fence thread, or, where it has none,
+    /// only by polling on the timer, which runs while some wait.
+    ring_fences: std::collections::HashMap<(u32, u32), u64>,
     next_seqno: u32,
     server: Option<RenderServer>,
     /// Contexts whose fence fd is in the epoll set.
@@ -317,6 +321,7 @@ impl VirglRenderer {
             epoll,
             timer,
             global: VecDeque::new(),
+            ring_fences: std::collections::HashMap::new(),
             next_seqno: 1,
             server,
             watched: Vec::new(),
@@ -332,8 +337,19 @@ impl VirglRenderer {
         self.venus_withheld.as_deref()
     }
 
+    /// The render server's process id (venus), while it was started by us; for operators'
+    /// logs and for tests that stop it.
+    pub fn render_server_pid(&self) -> Option<u32> {
+        self.server.as_ref().map(|s| s.child.id())
+    }
+
     fn serves(&self, capset: u32) -> bool {
         self.capsets.iter().any(|c| c.id == capset)
+    }
+
+    /// Whether fences wait that only polling the library retires.
+    fn fences_wait(&self) -> bool {
+        !self.global.is_empty() || !self.ring_fences.is_empty()
     }
 
     fn arm_timer(&self, on: bool) {
@@ -455,6 +471,7 @@ impl Renderer for VirglRenderer {
     }
 
     fn context_destroy(&mut self, ctx_id: u32) {
+        self.ring_fences.retain(|&(ctx, _), _| ctx != ctx_id);
         self.unwatch(ctx_id);
         self.live_contexts.remove(&ctx_id);
         self.instance.context_destroy(ctx_id);
@@ -601,7 +618,15 @@ impl Renderer for VirglRenderer {
         fence_id: u64,
     ) -> Result<(), RendererError> {
         match ring {
-            Some(ring) => self.instance.context_create_fence(ctx_id, ring, fence_id)?,
+            Some(ring) => {
+                self.instance.context_create_fence(ctx_id, ring, fence_id)?;
+                // Venus contexts have fence fds of their own (watched); virgl contexts'
+                // fences retire through the library's.
+                if !self.watched.contains(&ctx_id) {
+                    self.ring_fences.insert((ctx_id, ring), fence_id);
+                    self.arm_timer(true);
+                }
+            }
             None => {
                 let seqno = self.next_seqno;
                 self.next_seqno = self.next_seqno.wrapping_add(1).max(1);
@@ -667,7 +692,7 @@ impl Renderer for VirglRenderer {
                 }
             }
         }
-        if any || !self.global.is_empty() {
+        if any || self.fences_wait() {
             // Retires virgl fences and polls every other context too.
             self.instance.poll();
         }
@@ -683,15 +708,22 @@ impl Renderer for VirglRenderer {
                 }
             }
         }
-        if self.global.is_empty() {
-            self.arm_timer(false);
-        }
         for (ctx_id, ring, fence_id) in events.context_fences {
+            if self
+                .ring_fences
+                .get(&(ctx_id, ring))
+                .is_some_and(|&newest| newest <= fence_id)
+            {
+                self.ring_fences.remove(&(ctx_id, ring));
+            }
             out.push(RendererEvent::Fence(FenceSignal {
                 ctx_id,
                 ring: Some(ring),
                 fence_id,
             }));
+        }
+        if !self.fences_wait() {
+            self.arm_timer(false);
         }
         out
     }
@@ -825,6 +857,7 @@ impl Renderer for VirglRenderer {
         }
         // Fences in flight still retire; their sequence numbers match nothing any more.
         self.global.clear();
+        self.ring_fences.clear();
         self.arm_timer(false);
     }
 }

@@ -232,15 +232,15 @@ impl GpuDevice {
     }
 
     /// Fails with `ERR_UNSPEC` when `ctx_id`'s renderer context was lost (its render server
-    /// died).
+    /// died, or the renderer stopped).
     pub(super) fn check_not_lost(&mut self, ctx_id: u32) -> Result<(), Reject> {
         let ctx = self.contexts.get_mut(ctx_id)?;
         match ctx.renderer {
             Some(r) if r.lost => Err(reject(
                 GpuError::Unspec,
                 format!(
-                    "ctx_id {ctx_id}: its renderer context was lost with the render server; \
-                     create a new context"
+                    "ctx_id {ctx_id}: its renderer context was lost (the render server died \
+                     or the renderer stopped: see the backend's log); create a new context"
                 ),
             )),
             _ => Ok(()),

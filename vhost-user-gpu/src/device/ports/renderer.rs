@@ -126,6 +126,10 @@ pub enum RendererEvent {
     /// The render server (venus contexts) is gone; its contexts are dead and new venus
     /// contexts fail. Virgl and the rest of the device keep working.
     RenderServerLost(String),
+    /// The renderer stopped (a failure on its thread): every renderer context is lost, every
+    /// later request fails with [`RendererError::Gone`] and nothing more is reported. 2D and
+    /// cross-domain keep working. Reported once per renderer handle.
+    RendererLost(String),
 }
 
 /// Why a renderer request failed. The device answers `ERR_INVALID_PARAMETER` for
@@ -157,7 +161,10 @@ pub enum RendererError {
         len: u64,
     },
     /// The renderer thread is gone (it panicked or was stopped).
-    #[error("the renderer thread is gone")]
+    #[error(
+        "the renderer stopped (see the backend's log); 3D commands fail until the backend \
+         restarts"
+    )]
     Gone,
 }
 
