@@ -26,7 +26,7 @@ use crate::protocol::{
 /// on a device without a virgl renderer: what to configure instead.
 pub(crate) const VIRGL_MISSING: &str = "This device has no virgl renderer: guest OpenGL \
      (Mesa's virgl driver) cannot render here. Start the backend with --capset virgl (or \
-     auto; virglrenderer on the host, --sandbox off for now), or use cross-domain (capset 5: \
+     auto, with virglrenderer on the host), or use cross-domain (capset 5: \
      minigbm and Sommelier allocate and share buffers through it).";
 
 /// Highest cross-domain capset version offered (as rutabaga: 0).
