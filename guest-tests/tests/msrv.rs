@@ -17,7 +17,10 @@ fn version(v: &str) -> [u64; 3] {
 
 /// The host's target triple (`rustc -vV`): what the workspace is built and shipped for.
 fn host_triple() -> String {
-    let out = Command::new("rustc").arg("-vV").output().expect("run rustc -vV");
+    let out = Command::new("rustc")
+        .arg("-vV")
+        .output()
+        .expect("run rustc -vV");
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .find_map(|l| l.strip_prefix("host: "))
