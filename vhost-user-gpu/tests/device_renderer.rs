@@ -14,9 +14,9 @@ use vhost_user_gpu::alloc::memfd::MemfdAllocator;
 use vhost_user_gpu::device::ports::{Cursor, DisplaySink, Frame, GuestMemory, MapAdvisor};
 use vhost_user_gpu::device::{Completion, DeviceConfig, GpuDevice, Ports};
 use vhost_user_gpu::protocol::{
-    format, Box3d, CreateBlob, CtrlHeader, GpuCommand, GpuError, GpuResponse, MemEntry, Rect,
-    Resource3d, Transfer3d, BLOB_FLAG_USE_MAPPABLE, BLOB_MEM_GUEST, BLOB_MEM_HOST3D,
-    BLOB_MEM_HOST3D_GUEST, CAPSET_VENUS, MAP_CACHE_CACHED, MAP_CACHE_WC,
+    format, CreateBlob, CtrlHeader, GpuCommand, GpuError, GpuResponse, MemEntry, Rect, Resource3d,
+    Transfer3d, BLOB_FLAG_USE_MAPPABLE, BLOB_MEM_GUEST, BLOB_MEM_HOST3D, BLOB_MEM_HOST3D_GUEST,
+    CAPSET_VENUS, MAP_CACHE_CACHED, MAP_CACHE_WC,
 };
 use vhost_user_gpu::renderer::fake::{FakeControl, FakeRenderer};
 use vug_test_support::{FixedAdvisor, FrontendMapper, FrontendRegion, ShmemEvent};
@@ -235,15 +235,7 @@ fn transfers_move_bytes_and_a_3d_scanout_shows_them() {
         ),
         GpuResponse::OkNoData
     );
-    let whole = Transfer3d {
-        bx: Box3d {
-            w: 4,
-            h: 4,
-            d: 1,
-            ..Box3d::default()
-        },
-        ..Transfer3d::default()
-    };
+    let whole = Transfer3d::image(4, 4);
     assert_eq!(
         h.send(
             VIRGL_CTX,

@@ -19,9 +19,8 @@ use vhost_user_gpu::device::ports::{
 };
 use vhost_user_gpu::device::{Completion, DeviceConfig, FenceToken, GpuDevice, Ports};
 use vhost_user_gpu::protocol::{
-    format, Box3d, CtrlHeader, GpuCommand, GpuError, GpuResponse, MemEntry, Rect, Resource3d,
-    Transfer3d, CAPSET_CROSS_DOMAIN, CAPSET_VENUS, CAPSET_VIRGL2, FLAG_FENCE, FLAG_INFO_RING_IDX,
-    MAP_CACHE_WC,
+    format, CtrlHeader, GpuCommand, GpuError, GpuResponse, MemEntry, Rect, Resource3d, Transfer3d,
+    CAPSET_CROSS_DOMAIN, CAPSET_VENUS, CAPSET_VIRGL2, FLAG_FENCE, FLAG_INFO_RING_IDX, MAP_CACHE_WC,
 };
 use vhost_user_gpu::renderer::fake::FakeRenderer;
 use vhost_user_gpu::renderer::{RendererThread, VirglConfig, VirglRenderer};
@@ -317,20 +316,7 @@ impl Harness {
                 ctx_id,
                 GpuCommand::TransferFromHost3d {
                     resource_id: id,
-                    transfer: Transfer3d {
-                        bx: Box3d {
-                            x: 0,
-                            y: 0,
-                            z: 0,
-                            w: 4,
-                            h: 4,
-                            d: 1,
-                        },
-                        offset: 0,
-                        level: 0,
-                        stride: 0,
-                        layer_stride: 0,
-                    },
+                    transfer: Transfer3d::image(4, 4),
                 },
             ),
         ];

@@ -283,7 +283,20 @@ fn child(mode: &str) -> ! {
     std::process::exit(0)
 }
 
-fn run_child(mode: &str) -> (std::process::ExitStatus, String, String, tempfile::TempDir) {
+/// What a confined child (a `mode` of [`child`]) did.
+struct ChildRun {
+    status: std::process::ExitStatus,
+    stdout: String,
+    stderr: String,
+    /// The child's write directory (`final.png`, `existing`).
+    dir: tempfile::TempDir,
+    /// Everything above, for assertion messages.
+    ctx: String,
+}
+
+/// Runs [`child`] in `mode`. `None` on a kernel without Landlock, after checking that
+/// `confine()` refused there, as the backend does at start-up (the probes were not run).
+fn run_child(mode: &str) -> Option<ChildRun> {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("existing"), b"keep").unwrap();
     let out = Command::new(std::env::current_exe().unwrap())
@@ -296,24 +309,40 @@ fn run_child(mode: &str) -> (std::process::ExitStatus, String, String, tempfile:
         .env(DIR_ENV, dir.path())
         .output()
         .unwrap();
-    (
+    let (status, stdout, stderr) = (
         out.status,
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    let ctx = format!("mode {mode}: status {status:?}\nstdout:\n{stdout}\nstderr:\n{stderr}");
+    if stdout.contains("landlock=unavailable: refused") {
+        assert!(status.success(), "{ctx}");
+        eprintln!(
+            "mode {mode}: Landlock not available: the refusal was checked, the probes were not"
+        );
+        return None;
+    }
+    Some(ChildRun {
+        status,
+        stdout,
+        stderr,
         dir,
-    )
+        ctx,
+    })
 }
 
 fn check(mode: &str) {
-    let (status, stdout, stderr, dir) = run_child(mode);
-    let ctx = format!("mode {mode}: status {status:?}\nstdout:\n{stdout}\nstderr:\n{stderr}");
-    if stdout.contains("landlock=unavailable: refused") {
-        // A kernel without Landlock: confine() refused, as the backend does at start-up.
-        // The filter itself is checked by the seccomp-only mode.
-        assert!(status.success(), "{ctx}");
-        eprintln!("Landlock not available: the refusal was checked, the probes were not");
+    // Without Landlock the filter itself is checked by the seccomp-only mode.
+    let Some(ChildRun {
+        status,
+        stdout,
+        stderr,
+        dir,
+        ctx,
+    }) = run_child(mode)
+    else {
         return;
-    }
+    };
     assert_eq!(status.signal(), Some(libc::SIGSYS), "{ctx}");
     assert!(
         stderr.contains(&format!(
@@ -381,13 +410,16 @@ fn forbidden_syscall_in_a_thread_started_before_the_filter() {
 
 #[test]
 fn wayland_channels_get_unix_stream_sockets_and_pipes_only() {
-    let (status, stdout, stderr, _dir) = run_child("wayland");
-    let ctx = format!("status {status:?}\nstdout:\n{stdout}\nstderr:\n{stderr}");
-    if stdout.contains("landlock=unavailable: refused") {
-        assert!(status.success(), "{ctx}");
-        eprintln!("Landlock not available: the refusal was checked, the probes were not");
+    let Some(ChildRun {
+        status,
+        stdout,
+        stderr,
+        ctx,
+        ..
+    }) = run_child("wayland")
+    else {
         return;
-    }
+    };
     assert!(stdout.contains("wayland connect: Ok(())"), "{ctx}");
     assert!(stdout.contains("wayland pipe2: Ok(())"), "{ctx}");
     assert_eq!(status.signal(), Some(libc::SIGSYS), "{ctx}");
@@ -402,12 +434,16 @@ fn without_landlock_no_file_is_created_removed_or_written() {
 
 #[test]
 fn the_minimal_profile_refuses_executable_memory() {
-    let (status, stdout, stderr, _dir) = run_child("minimal-exec");
-    let ctx = format!("status {status:?}\nstdout:\n{stdout}\nstderr:\n{stderr}");
-    if stdout.contains("landlock=unavailable: refused") {
-        assert!(status.success(), "{ctx}");
+    let Some(ChildRun {
+        status,
+        stdout,
+        stderr,
+        ctx,
+        ..
+    }) = run_child("minimal-exec")
+    else {
         return;
-    }
+    };
     assert_eq!(status.signal(), Some(libc::SIGSYS), "{ctx}");
     assert!(
         stderr.contains(&format!(
@@ -421,12 +457,16 @@ fn the_minimal_profile_refuses_executable_memory() {
 
 #[test]
 fn the_3d_profile_runs_compiled_code_and_still_kills_outside_its_list() {
-    let (status, stdout, stderr, _dir) = run_child("renderer");
-    let ctx = format!("status {status:?}\nstdout:\n{stdout}\nstderr:\n{stderr}");
-    if stdout.contains("landlock=unavailable: refused") {
-        assert!(status.success(), "{ctx}");
+    let Some(ChildRun {
+        status,
+        stdout,
+        stderr,
+        ctx,
+        ..
+    }) = run_child("renderer")
+    else {
         return;
-    }
+    };
     let eacces = format!("Err(Some({}))", libc::EACCES);
     // The renderer's thread reads the system's libraries, nothing else; the main thread's
     // minimal rules do not include them.

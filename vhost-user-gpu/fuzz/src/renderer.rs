@@ -613,20 +613,7 @@ fn still_serves(h: &mut Harness) {
             CTX_VIRGL,
             GpuCommand::TransferFromHost3d {
                 resource_id: RES_3D,
-                transfer: Transfer3d {
-                    bx: Box3d {
-                        x: 0,
-                        y: 0,
-                        z: 0,
-                        w: 4,
-                        h: 4,
-                        d: 1,
-                    },
-                    offset: 0,
-                    level: 0,
-                    stride: 0,
-                    layer_stride: 0,
-                },
+                transfer: Transfer3d::image(4, 4),
             },
         ),
     ] {

@@ -218,6 +218,22 @@ pub struct Transfer3d {
     pub layer_stride: u32,
 }
 
+impl Transfer3d {
+    /// All of a `width` x `height` 2D image (level 0, one layer), tightly packed at the
+    /// start of the backing.
+    pub fn image(width: u32, height: u32) -> Self {
+        Transfer3d {
+            bx: Box3d {
+                w: width,
+                h: height,
+                d: 1,
+                ..Box3d::default()
+            },
+            ..Transfer3d::default()
+        }
+    }
+}
+
 /// The fields of `RESOURCE_CREATE_BLOB`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CreateBlob {

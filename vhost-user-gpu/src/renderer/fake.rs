@@ -601,17 +601,7 @@ mod tests {
         r.resource_create_3d(5, &args).unwrap();
         r.attach_backing(5, &mem, &[(0x100, 40), (0x900, 24)])
             .unwrap();
-        let all = Transfer3d {
-            bx: Box3d {
-                x: 0,
-                y: 0,
-                z: 0,
-                w: 4,
-                h: 4,
-                d: 1,
-            },
-            ..Transfer3d::default()
-        };
+        let all = Transfer3d::image(4, 4);
         r.transfer_to_host(0, 5, &all).unwrap();
         assert_eq!(r.read_pixels(5, 4, 4).unwrap(), data);
         mem.write_slice(&[0u8; 64], GuestAddress(0x100)).unwrap();

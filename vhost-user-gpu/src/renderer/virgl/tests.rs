@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use vm_memory::{Bytes, GuestAddress};
 
 use super::*;
-use crate::device::ports::Box3d;
 use crate::renderer::RendererThread;
 
 /// virglrenderer has one global state: one renderer at a time in this test binary.
@@ -210,18 +209,8 @@ fn transfers_move_bytes_between_guest_memory_and_a_texture() {
     r.attach_backing(20, &mem, &[(0x1000, 600), (0x8000, 1024 - 600)])
         .unwrap();
     let whole = Transfer3d {
-        bx: Box3d {
-            x: 0,
-            y: 0,
-            z: 0,
-            w: 16,
-            h: 16,
-            d: 1,
-        },
-        level: 0,
         stride: 64,
-        layer_stride: 0,
-        offset: 0,
+        ..Transfer3d::image(16, 16)
     };
     r.transfer_to_host(3, 20, &whole).unwrap();
     // Back into a second resource's backing, through the host texture.
