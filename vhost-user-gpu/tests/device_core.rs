@@ -149,6 +149,16 @@ fn guest_ram() -> GuestMemory {
     .unwrap()
 }
 
+/// The fds of `snap` duplicated, as a new process receives them (SCM_RIGHTS).
+fn received_fds(
+    snap: &vhost_user_gpu::device::snapshot::Snapshot,
+) -> Vec<Option<std::os::fd::OwnedFd>> {
+    snap.fds
+        .iter()
+        .map(|f| Some(f.try_clone().unwrap()))
+        .collect()
+}
+
 impl Harness {
     fn with(config: DeviceConfig, advisor: Box<dyn MapAdvisor>) -> Self {
         Self::with_exporter(config, advisor, None)
@@ -191,6 +201,20 @@ impl Harness {
             },
             Box::new(FixedAdvisor::allow(MAP_CACHE_WC)),
         )
+    }
+
+    /// Ports for a device restored from this one's snapshot, as a new process builds them:
+    /// a fresh allocator, the same frontend region, a display that records into `shown`.
+    fn restore_ports(&self, shown: Arc<Mutex<Vec<Shown>>>) -> Ports {
+        Ports {
+            allocator: Box::new(MemfdAllocator::new()),
+            mapper: Box::new(FrontendMapper(self.region.clone())),
+            display: Box::new(RecordingDisplay(shown)),
+            advisor: Box::new(FixedAdvisor::allow(MAP_CACHE_WC)),
+            exporter: None,
+            channels: None,
+            renderer: None,
+        }
     }
 
     fn send_with(&mut self, hdr: CtrlHeader, command: GpuCommand) -> (CtrlHeader, GpuResponse) {
@@ -2253,22 +2277,13 @@ fn snapshot_and_restore_carry_the_whole_device() {
     let json = serde_json::to_string(&before.state).unwrap();
     let state: DeviceState = serde_json::from_str(&json).unwrap();
     assert_eq!(state, before.state);
-    let mut fds: Vec<Option<std::os::fd::OwnedFd>> = before
-        .fds
-        .iter()
-        .map(|f| Some(f.try_clone().unwrap()))
-        .collect();
+    let mut fds = received_fds(&before);
     let memory_before = h.dev.resource_memory();
     let ranges_before = h.dev.region_ranges();
     let shown = Arc::new(Mutex::new(Vec::new()));
     let ports = Ports {
-        allocator: Box::new(MemfdAllocator::new()),
-        mapper: Box::new(FrontendMapper(h.region.clone())),
-        display: Box::new(RecordingDisplay(shown.clone())),
-        advisor: Box::new(FixedAdvisor::allow(MAP_CACHE_WC)),
         exporter: vhost_user_gpu::alloc::guest_page_exporter(),
-        channels: None,
-        renderer: None,
+        ..h.restore_ports(shown.clone())
     };
     let restored = GpuDevice::restore(
         h.dev.config().clone(),
@@ -2326,19 +2341,10 @@ fn restore_refuses_a_state_for_another_device() {
     let snap = h.dev.snapshot().unwrap();
     let mut state = snap.state.clone();
     state.outputs.push((640, 480));
-    let region = h.region.clone();
-    let ports = || Ports {
-        allocator: Box::new(MemfdAllocator::new()),
-        mapper: Box::new(FrontendMapper(region.clone())),
-        display: Box::new(RecordingDisplay(Arc::new(Mutex::new(Vec::new())))),
-        advisor: Box::new(FixedAdvisor::allow(MAP_CACHE_WC)),
-        exporter: None,
-        channels: None,
-        renderer: None,
-    };
+    let ports = |h: &Harness| h.restore_ports(Arc::default());
     let err = GpuDevice::restore(
         h.dev.config().clone(),
-        ports(),
+        ports(&h),
         &state,
         &h.mem,
         &mut Vec::new(),
@@ -2349,7 +2355,7 @@ fn restore_refuses_a_state_for_another_device() {
     // Pixels past the bulk data sent.
     let err = GpuDevice::restore(
         h.dev.config().clone(),
-        ports(),
+        ports(&h),
         &snap.state,
         &h.mem,
         &mut Vec::new(),
@@ -2364,7 +2370,7 @@ fn restore_refuses_a_state_for_another_device() {
     state.contexts[0].attached.push(99);
     let err = GpuDevice::restore(
         h.dev.config().clone(),
-        ports(),
+        ports(&h),
         &state,
         &h.mem,
         &mut Vec::new(),
@@ -2412,25 +2418,12 @@ fn restore_refuses_a_state_over_the_budget() {
         ),
     ];
     for (config, kind) in smaller {
-        let mut fds: Vec<Option<std::os::fd::OwnedFd>> = snap
-            .fds
-            .iter()
-            .map(|f| Some(f.try_clone().unwrap()))
-            .collect();
         let err = GpuDevice::restore(
             config,
-            Ports {
-                allocator: Box::new(MemfdAllocator::new()),
-                mapper: Box::new(FrontendMapper(h.region.clone())),
-                display: Box::new(RecordingDisplay(Arc::new(Mutex::new(Vec::new())))),
-                advisor: Box::new(FixedAdvisor::allow(MAP_CACHE_WC)),
-                exporter: None,
-                channels: None,
-                renderer: None,
-            },
+            h.restore_ports(Arc::default()),
             &snap.state,
             &h.mem,
-            &mut fds,
+            &mut received_fds(&snap),
             &snap.bulk,
         )
         .unwrap_err();
@@ -2443,25 +2436,12 @@ fn restore_refuses_a_state_over_the_budget() {
         );
     }
     // The same state fits the device it came from.
-    let mut fds: Vec<Option<std::os::fd::OwnedFd>> = snap
-        .fds
-        .iter()
-        .map(|f| Some(f.try_clone().unwrap()))
-        .collect();
     GpuDevice::restore(
         base,
-        Ports {
-            allocator: Box::new(MemfdAllocator::new()),
-            mapper: Box::new(FrontendMapper(h.region.clone())),
-            display: Box::new(RecordingDisplay(Arc::new(Mutex::new(Vec::new())))),
-            advisor: Box::new(FixedAdvisor::allow(MAP_CACHE_WC)),
-            exporter: None,
-            channels: None,
-            renderer: None,
-        },
+        h.restore_ports(Arc::default()),
         &snap.state,
         &h.mem,
-        &mut fds,
+        &mut received_fds(&snap),
         &snap.bulk,
     )
     .unwrap()
@@ -2485,15 +2465,7 @@ fn a_discarded_restored_device_tells_the_display_nothing() {
     let restore = |shown: &Arc<Mutex<Vec<Shown>>>| {
         GpuDevice::restore(
             h.dev.config().clone(),
-            Ports {
-                allocator: Box::new(MemfdAllocator::new()),
-                mapper: Box::new(FrontendMapper(h.region.clone())),
-                display: Box::new(RecordingDisplay(shown.clone())),
-                advisor: Box::new(FixedAdvisor::allow(MAP_CACHE_WC)),
-                exporter: None,
-                channels: None,
-                renderer: None,
-            },
+            h.restore_ports(shown.clone()),
             &snap.state,
             &h.mem,
             &mut Vec::new(),

@@ -876,16 +876,7 @@ fn upgrade_refused_with_a_channel(harness: &Harness) -> CaseResult {
     )?;
     let client = c.accept(&fe)?;
     let pid = fe.backend_pid();
-    match fe.upgrade() {
-        Err(crate::Error::Upgrade(_)) => {}
-        other => {
-            return Err(super::case_error(
-                &fe,
-                "upgrade with a Wayland channel open",
-                format!("{other:?} instead of a refused upgrade"),
-            ))
-        }
-    }
+    super::upgrade::upgrade_fails(&mut fe, "upgrade with a Wayland channel open")?;
     let same = fe.backend_pid() == pid && fe.backend_alive();
     ensure(&fe, same, || {
         "the old backend is gone after the refused upgrade".into()

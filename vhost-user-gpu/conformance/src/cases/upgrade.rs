@@ -127,6 +127,19 @@ fn upgrade(fe: &mut Frontend) -> Result<Upgraded, String> {
     Ok(up)
 }
 
+/// An upgrade that must not take place (`what`): the frontend's upgrade fails (the new
+/// process gave up, or the old one refused to hand over).
+pub(super) fn upgrade_fails(fe: &mut Frontend, what: &str) -> CaseResult {
+    match fe.upgrade() {
+        Err(crate::Error::Upgrade(_)) => Ok(()),
+        other => Err(case_error(
+            fe,
+            what,
+            format!("{other:?} instead of a refused or failed upgrade"),
+        )),
+    }
+}
+
 fn stats(fe: &Frontend) -> Result<ProcStats, String> {
     fe.backend_stats().map_err(|e| e.to_string())
 }
@@ -436,16 +449,7 @@ fn rollback_new_cannot_start(harness: &Harness) -> CaseResult {
     show_on_scanout_0(&mut fe, 1, w, h)?;
     let pid = fe.backend_pid();
     std::fs::remove_dir_all(&dir).map_err(|e| e.to_string())?;
-    match fe.upgrade() {
-        Err(crate::Error::Upgrade(_)) => {}
-        other => {
-            return Err(case_error(
-                &fe,
-                "upgrade to a process that cannot start",
-                format!("{other:?} instead of a failed upgrade"),
-            ))
-        }
-    }
+    upgrade_fails(&mut fe, "upgrade to a process that cannot start")?;
     let same = fe.backend_pid() == pid && fe.backend_alive();
     ensure(&fe, same, || {
         "the old backend is gone after a failed upgrade".into()
@@ -766,16 +770,10 @@ fn rollback_over_budget(harness: &Harness) -> CaseResult {
     let ids = fd_blobs(&mut fe, &mut cd, 1..61, false)?;
     fe.set_upgrade_limit(crate::limits::Resource::Nofile, FD_RESERVE + 40);
     let pid = fe.backend_pid();
-    match fe.upgrade() {
-        Err(crate::Error::Upgrade(_)) => {}
-        other => {
-            return Err(case_error(
-                &fe,
-                "upgrade to a process whose fd budget is smaller than the guest's buffers",
-                format!("{other:?} instead of a failed upgrade"),
-            ))
-        }
-    }
+    upgrade_fails(
+        &mut fe,
+        "upgrade to a process whose fd budget is smaller than the guest's buffers",
+    )?;
     // The new process exits after its ABORT; the old one logs its rollback when it reads it.
     log_count(&fe, "rolled back", 1)?;
     let log = fe.backend_log();
@@ -816,16 +814,7 @@ fn rollback_out_of_fds(harness: &Harness) -> CaseResult {
     })?;
     let full = stats(&fe)?;
     let pid = fe.backend_pid();
-    match fe.upgrade() {
-        Err(crate::Error::Upgrade(_)) => {}
-        other => {
-            return Err(case_error(
-                &fe,
-                "upgrade with the guest's fd budget used up",
-                format!("{other:?} instead of a refused upgrade"),
-            ))
-        }
-    }
+    upgrade_fails(&mut fe, "upgrade with the guest's fd budget used up")?;
     ensure(
         &fe,
         fe.backend_log()
