@@ -21,7 +21,7 @@ use rustix::net::{
 use vm_memory::{Bytes, FileOffset, GuestAddress};
 
 use vhost_user_gpu::alloc::memfd::MemfdAllocator;
-use vhost_user_gpu::device::ports::{DisplaySink, GuestMemory, MapAdvice, MapAdvisor};
+use vhost_user_gpu::device::ports::{GuestMemory, MapAdvice, MapAdvisor};
 use vhost_user_gpu::device::{Completion, DeviceConfig, GpuDevice, Ports};
 use vhost_user_gpu::protocol::cross_domain::{
     decode_event, Capabilities, ChannelEvent, CrossDomainCommand, IdLayout, Identifier,
@@ -35,7 +35,7 @@ use vhost_user_gpu::protocol::{
     CAPSET_CROSS_DOMAIN, FLAG_FENCE, FLAG_INFO_RING_IDX, MAP_CACHE_WC,
 };
 use vhost_user_gpu::wayland::{ChannelLimits, WaylandConnector};
-use vug_test_support::{FixedAdvisor, FrontendMapper, FrontendRegion, ShmemEvent};
+use vug_test_support::{FixedAdvisor, FrontendMapper, FrontendRegion, NoDisplay, ShmemEvent};
 
 const PAGE: u64 = 4096;
 const GUEST_RAM: u64 = 16 << 20;
@@ -49,21 +49,6 @@ fn query_id(ctx: u32) -> u32 {
 }
 fn channel_id(ctx: u32) -> u32 {
     101 + 2 * ctx
-}
-
-struct NoDisplay;
-
-impl DisplaySink for NoDisplay {
-    fn scanout(&mut self, _: u32, _: Option<(u32, u32)>) {}
-    fn flush(
-        &mut self,
-        _: u32,
-        _: &vhost_user_gpu::device::ports::Frame<'_>,
-        _: vhost_user_gpu::protocol::Rect,
-    ) {
-    }
-    fn cursor_update(&mut self, _: &vhost_user_gpu::device::ports::Cursor<'_>) {}
-    fn cursor_move(&mut self, _: u32, _: u32, _: u32) {}
 }
 
 fn guest_ram() -> GuestMemory {

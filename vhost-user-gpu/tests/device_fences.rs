@@ -7,25 +7,16 @@ use std::os::fd::BorrowedFd;
 use vm_memory::GuestAddress;
 
 use vhost_user_gpu::alloc::memfd::MemfdAllocator;
-use vhost_user_gpu::device::ports::{Cursor, DisplaySink, Frame, GuestMemory};
+use vhost_user_gpu::device::ports::GuestMemory;
 use vhost_user_gpu::device::{
     Completion, DeviceConfig, FenceToken, GpuDevice, Ports, BASE_FEATURES, CONTEXT_FEATURES,
 };
 use vhost_user_gpu::protocol::{
-    CtrlHeader, GpuCommand, GpuError, GpuResponse, Rect, CAPSET_CROSS_DOMAIN, CAPSET_VENUS,
+    CtrlHeader, GpuCommand, GpuError, GpuResponse, CAPSET_CROSS_DOMAIN, CAPSET_VENUS,
     CAPSET_VIRGL2, FLAG_FENCE, FLAG_INFO_RING_IDX,
 };
 use vhost_user_gpu::renderer::fake::{FakeControl, FakeRenderer};
-use vug_test_support::{FixedAdvisor, FrontendMapper, FrontendRegion};
-
-struct NoDisplay;
-
-impl DisplaySink for NoDisplay {
-    fn scanout(&mut self, _: u32, _: Option<(u32, u32)>) {}
-    fn flush(&mut self, _: u32, _: &Frame<'_>, _: Rect) {}
-    fn cursor_update(&mut self, _: &Cursor<'_>) {}
-    fn cursor_move(&mut self, _: u32, _: u32, _: u32) {}
-}
+use vug_test_support::{FixedAdvisor, FrontendMapper, FrontendRegion, NoDisplay};
 
 struct Harness {
     dev: GpuDevice,

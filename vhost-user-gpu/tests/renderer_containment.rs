@@ -14,9 +14,7 @@ use std::time::{Duration, Instant};
 use vm_memory::{Bytes, GuestAddress};
 
 use vhost_user_gpu::alloc::memfd::MemfdAllocator;
-use vhost_user_gpu::device::ports::{
-    Cursor, DisplaySink, Frame, GuestMemory, Renderer, RendererError,
-};
+use vhost_user_gpu::device::ports::{GuestMemory, Renderer, RendererError};
 use vhost_user_gpu::device::{Completion, DeviceConfig, FenceToken, GpuDevice, Ports};
 use vhost_user_gpu::protocol::{
     format, CtrlHeader, GpuCommand, GpuError, GpuResponse, MemEntry, Rect, Resource3d, Transfer3d,
@@ -24,7 +22,7 @@ use vhost_user_gpu::protocol::{
 };
 use vhost_user_gpu::renderer::fake::FakeRenderer;
 use vhost_user_gpu::renderer::{RendererThread, VirglConfig, VirglRenderer};
-use vug_test_support::{FixedAdvisor, FrontendMapper, FrontendRegion};
+use vug_test_support::{FixedAdvisor, FrontendMapper, FrontendRegion, NoDisplay};
 
 const VIRGL_CTX: u32 = 1;
 const VENUS_CTX: u32 = 2;
@@ -105,15 +103,6 @@ fn real_renderer() -> Option<(RendererThread, Option<u32>)> {
         Err(RendererError::Unavailable(e)) => skip(e),
         Err(e) => panic!("the library loads but the renderer does not start: {e}"),
     }
-}
-
-struct NoDisplay;
-
-impl DisplaySink for NoDisplay {
-    fn scanout(&mut self, _: u32, _: Option<(u32, u32)>) {}
-    fn flush(&mut self, _: u32, _: &Frame<'_>, _: Rect) {}
-    fn cursor_update(&mut self, _: &Cursor<'_>) {}
-    fn cursor_move(&mut self, _: u32, _: u32, _: u32) {}
 }
 
 struct Harness {

@@ -5,7 +5,8 @@
 //!   buffers are `mmap`ed into, as QEMU backs its PCI BAR window), behind the device's
 //!   [`RegionMapper`] port, with failure injection;
 //! - [`FixedAdvisor`]: a map advisor with a fixed answer, a stand-in (named as such) for
-//!   `dmabuf-info`, for tests whose point is what the device does with an answer.
+//!   `dmabuf-info`, for tests whose point is what the device does with an answer;
+//! - [`NoDisplay`]: a display that shows nothing, for tests that do not look at one.
 //!
 //! It also turns on `vhost-user-gpu`'s `test-codec` feature (the driver's half of the
 //! protocol codec) for whoever depends on it.
@@ -16,9 +17,9 @@ use std::sync::Arc;
 
 use vhost::vhost_user::VhostUserFrontendReqHandler;
 use vhost_user_gpu::device::ports::{
-    MapAdvice, MapAdvisor, MapError, MapRange, RegionMapper, PAGE_SIZE,
+    Cursor, DisplaySink, Frame, MapAdvice, MapAdvisor, MapError, MapRange, RegionMapper, PAGE_SIZE,
 };
-use vhost_user_gpu::protocol::SHM_ID_HOST_VISIBLE;
+use vhost_user_gpu::protocol::{Rect, SHM_ID_HOST_VISIBLE};
 use vhost_user_gpu::transport::shmem::shmem_request;
 pub use vug_conformance::shmem::{SharedMemoryRegion, ShmemEvent};
 
@@ -184,4 +185,14 @@ impl MapAdvisor for FixedAdvisor {
     fn advise(&self, _fd: BorrowedFd<'_>, _drm_fd: Option<BorrowedFd<'_>>) -> MapAdvice {
         self.0.clone()
     }
+}
+
+/// A display that shows nothing: for device tests that do not look at the screen.
+pub struct NoDisplay;
+
+impl DisplaySink for NoDisplay {
+    fn scanout(&mut self, _: u32, _: Option<(u32, u32)>) {}
+    fn flush(&mut self, _: u32, _: &Frame<'_>, _: Rect) {}
+    fn cursor_update(&mut self, _: &Cursor<'_>) {}
+    fn cursor_move(&mut self, _: u32, _: u32, _: u32) {}
 }
