@@ -423,9 +423,27 @@ pub fn texture_create_3d(
     width: u32,
     height: u32,
 ) -> Cmd {
+    use crate::virgl::TEXTURE_2D;
+    create_3d(ctx_id, resource_id, TEXTURE_2D, format, bind, width, height)
+}
+/// `RESOURCE_CREATE_3D` of a buffer (`PIPE_BUFFER`) of `bytes` with `bind` flags.
+pub fn buffer_create_3d(ctx_id: u32, resource_id: u32, bind: u32, bytes: u32) -> Cmd {
+    use crate::virgl::{BUFFER, FORMAT_R8_UNORM};
+    create_3d(ctx_id, resource_id, BUFFER, FORMAT_R8_UNORM, bind, bytes, 1)
+}
+/// `RESOURCE_CREATE_3D` of one level, one layer, one sample, depth 1.
+fn create_3d(
+    ctx_id: u32,
+    resource_id: u32,
+    target: u32,
+    format: u32,
+    bind: u32,
+    width: u32,
+    height: u32,
+) -> Cmd {
     Cmd::new(ty::RESOURCE_CREATE_3D, ctx_id)
         .u32(resource_id)
-        .u32(2) // target: PIPE_TEXTURE_2D
+        .u32(target)
         .u32(format)
         .u32(bind)
         .u32(width)
@@ -435,23 +453,7 @@ pub fn texture_create_3d(
         .u32(0) // last_level
         .u32(0) // nr_samples
         .u32(0) // flags
-        .u32(0)
-}
-/// `RESOURCE_CREATE_3D` of a buffer (`PIPE_BUFFER`) of `bytes` with `bind` flags.
-pub fn buffer_create_3d(ctx_id: u32, resource_id: u32, bind: u32, bytes: u32) -> Cmd {
-    Cmd::new(ty::RESOURCE_CREATE_3D, ctx_id)
-        .u32(resource_id)
-        .u32(0) // target: PIPE_BUFFER
-        .u32(64) // format: R8_UNORM, as buffers are created
-        .u32(bind)
-        .u32(bytes) // width
-        .u32(1) // height
-        .u32(1) // depth
-        .u32(1) // array_size
-        .u32(0) // last_level
-        .u32(0) // nr_samples
-        .u32(0) // flags
-        .u32(0)
+        .u32(0) // padding
 }
 /// `SUBMIT_3D` with the command stream inline.
 pub fn submit_3d(ctx_id: u32, stream: &[u8]) -> Cmd {

@@ -282,14 +282,21 @@ fn open_render() -> Result<Device, String> {
     Device::open(&render).map_err(|e| format!("open {}: {e}", render.display()))
 }
 
+/// The render node opened; `None` after a failed case named `what` when it does not open.
+fn open_render_case(runner: &mut Runner, what: &str) -> Option<Device> {
+    match open_render() {
+        Ok(d) => Some(d),
+        Err(e) => {
+            runner.case(what, || fail(e));
+            None
+        }
+    }
+}
+
 /// `lifecycle hold`: state survives what the host does, `rounds` times.
 pub fn hold(runner: &mut Runner, options: Options) {
-    let dev = match open_render() {
-        Ok(d) => d,
-        Err(e) => {
-            runner.case("open the virtio-gpu render node", || fail(e));
-            return;
-        }
+    let Some(dev) = open_render_case(runner, "open the virtio-gpu render node") else {
+        return;
     };
     let mut state = None;
     runner.case("state before: console text, mapped blob", || {
@@ -361,12 +368,8 @@ pub fn reset(runner: &mut Runner, options: Options) {
             return;
         }
     };
-    let dev = match open_render() {
-        Ok(d) => d,
-        Err(e) => {
-            runner.case("open the virtio-gpu render node", || fail(e));
-            return;
-        }
+    let Some(dev) = open_render_case(runner, "open the virtio-gpu render node") else {
+        return;
     };
     if boot > 1 {
         runner.case(
@@ -399,12 +402,8 @@ pub fn reset(runner: &mut Runner, options: Options) {
         return;
     }
     // A file of its own: the checks above already gave `dev` its (one) context.
-    let setup = match open_render() {
-        Ok(d) => d,
-        Err(e) => {
-            runner.case("open the virtio-gpu render node again", || fail(e));
-            return;
-        }
+    let Some(setup) = open_render_case(runner, "open the virtio-gpu render node again") else {
+        return;
     };
     let dev = &setup;
     let mut held = None;
@@ -568,12 +567,8 @@ pub fn upgrade(runner: &mut Runner, options: Options) {
         runner.case("find the virtio-gpu card node", || fail("none"));
         return;
     };
-    let dev = match open_render() {
-        Ok(d) => d,
-        Err(e) => {
-            runner.case("open the virtio-gpu render node", || fail(e));
-            return;
-        }
+    let Some(dev) = open_render_case(runner, "open the virtio-gpu render node") else {
+        return;
     };
     let mut held = None;
     runner.case(
