@@ -4,8 +4,9 @@
 //! malformed streams are refused while the device keeps rendering, and `--capset` decides
 //! what the guest is offered.
 
+use super::upgrade::upgrade_fails;
 use super::{ctrl, ensure, send_expecting, still_serving, Case, CaseResult, Harness, Need};
-use crate::frontend::Frontend;
+use crate::frontend::{Frontend, FrontendOptions};
 use crate::gpu::{self, features, format, ty, MemEntry};
 use crate::virgl;
 
@@ -40,6 +41,11 @@ pub(super) fn cases() -> Vec<Case> {
             name: "render::malformed_virgl_streams_leave_the_renderer_working",
             need: Need::Renderer,
             run: malformed_streams,
+        },
+        Case {
+            name: "render::upgrade_refused_while_renderer_state_exists",
+            need: Need::Renderer,
+            run: upgrade_with_renderer_state,
         },
     ]
 }
@@ -467,5 +473,87 @@ fn malformed_streams(harness: &Harness) -> CaseResult {
         pixels.chunks_exact(4).all(|p| p[..3] == [0xff; 3]),
         || "a new context after malformed streams did not render".into(),
     )?;
+    still_serving(&mut fe)
+}
+
+/// Every pixel of the `SIDE`x`SIDE` read-back at `backing` is `bgr` (B8G8R8X8).
+fn pixels_are(fe: &Frontend, backing: u64, bgr: [u8; 3], what: &str) -> CaseResult {
+    let len = (SIDE * SIDE * 4) as usize;
+    let pixels = fe.ram().read_vec(backing, len).map_err(|e| e.to_string())?;
+    let wrong = pixels.chunks_exact(4).position(|p| p[..3] != bgr);
+    ensure(fe, wrong.is_none(), || {
+        let at = wrong.unwrap_or(0);
+        format!(
+            "{what}: pixel {at} of the read-back is {:02x?}, not {bgr:02x?}",
+            &pixels[at * 4..at * 4 + 4]
+        )
+    })
+}
+
+/// A live upgrade (DESIGN-lifecycle.md 4.7) while the renderer holds guest state is refused
+/// end to end: virglrenderer's contexts and textures live in the process and cannot be
+/// carried. With a virgl context, and then with only a 3D resource left, the new process is
+/// refused, the old one names the reason, serves on and still renders; once the guest freed
+/// its 3D state the device moves, and the new process renders with a renderer of its own.
+fn upgrade_with_renderer_state(harness: &Harness) -> CaseResult {
+    let options = FrontendOptions {
+        control_socket: true,
+        ..FrontendOptions::default()
+    };
+    let mut fe = harness
+        .spawn_with_options(&["--capset", "virgl"], options)
+        .map_err(|e| format!("cannot start backend with --capset virgl: {e}"))?;
+    let len = u64::from(SIDE * SIDE * 4);
+    let backing = fe.ram().alloc(len, 4096).map_err(|e| e.to_string())?;
+    texture(&mut fe, 1, backing)?;
+    clear(&mut fe, 1, 1, [1.0, 0.0, 0.0, 1.0])?;
+    let pid = fe.backend_pid();
+    let refused = |fe: &mut Frontend, what: &str, reason: &str, count: usize| {
+        upgrade_fails(fe, what)?;
+        let serving = fe.backend_pid() == pid && fe.backend_alive();
+        let log = fe.backend_log();
+        ensure(
+            fe,
+            serving && log.matches("upgrade refused: ").count() == count && log.contains(reason),
+            || format!("{what}: the old process does not serve on naming '{reason}'"),
+        )
+    };
+    refused(
+        &mut fe,
+        "upgrade with a virgl context",
+        &format!("context(s) [{CTX}] live in the renderer"),
+        1,
+    )?;
+    // The context and its texture are untouched: it renders on.
+    clear(&mut fe, 1, 2, [0.0, 1.0, 0.0, 1.0])?;
+    pixels_are(&fe, backing, [0, 0xff, 0], "after the refused upgrade")?;
+    send_expecting(&mut fe, "CTX_DESTROY", gpu::ctx_destroy(CTX), ty::OK_NODATA)?;
+    refused(
+        &mut fe,
+        "upgrade with a 3D resource and no context",
+        "resource(s) [1] live in the renderer",
+        2,
+    )?;
+    send_expecting(
+        &mut fe,
+        "RESOURCE_UNREF",
+        gpu::resource_unref(1),
+        ty::OK_NODATA,
+    )?;
+    let up = fe
+        .upgrade()
+        .map_err(|e| super::case_error(&fe, "upgrade once the 3D state is gone", e))?;
+    ensure(
+        &fe,
+        Some(up.new_pid) == fe.backend_pid() && Some(up.old_pid) == pid,
+        || format!("pids after the upgrade: {up:?}"),
+    )?;
+    // The new process's renderer serves the same guest.
+    fe.ram()
+        .write(backing, &vec![0x55; len as usize])
+        .map_err(|e| e.to_string())?;
+    texture(&mut fe, 1, backing)?;
+    clear(&mut fe, 1, 1, [0.0, 0.0, 1.0, 1.0])?;
+    pixels_are(&fe, backing, [0xff, 0, 0], "in the new process")?;
     still_serving(&mut fe)
 }
