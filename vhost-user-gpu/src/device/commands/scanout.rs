@@ -615,7 +615,10 @@ impl GpuDevice {
                     .ok_or_else(|| "no renderer".to_string())
                     .and_then(|renderer| {
                         let info = renderer.resource_info(rid).map_err(|e| e.to_string())?;
-                        let (w, h) = (rect.x + rect.width, rect.y + rect.height);
+                        let (w, h) = (
+                            rect.x.saturating_add(rect.width),
+                            rect.y.saturating_add(rect.height),
+                        );
                         let pixels = renderer.read_pixels(rid, w, h).map_err(|e| e.to_string())?;
                         Ok((info.drm_fourcc, pixels, w))
                     });
