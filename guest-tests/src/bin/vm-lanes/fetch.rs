@@ -280,21 +280,25 @@ pub(crate) fn install_from_trixie_backports(root: &Path, packages: &[&str]) -> R
          Components: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n",
     )
     .map_err(|e| Error::io(&sources, e))?;
+    chroot_apt_install(root, &["-t", "trixie-backports"], packages)
+}
+
+/// `apt-get update`, then installs `packages` (without recommends; `options` go to
+/// `apt-get install`) in the root `root` with its own apt sources, then empties its package
+/// cache.
+pub(crate) fn chroot_apt_install(
+    root: &Path,
+    options: &[&str],
+    packages: &[&str],
+) -> Result<(), Error> {
     run(Command::new("chroot")
         .arg(root)
         .args(["apt-get", "update", "-qq"]))?;
     run(Command::new("chroot")
         .arg(root)
         .env("DEBIAN_FRONTEND", "noninteractive")
-        .args([
-            "apt-get",
-            "install",
-            "-y",
-            "-qq",
-            "--no-install-recommends",
-            "-t",
-            "trixie-backports",
-        ])
+        .args(["apt-get", "install", "-y", "-qq", "--no-install-recommends"])
+        .args(options)
         .args(packages))?;
     run(Command::new("chroot").arg(root).args(["apt-get", "clean"]))
 }

@@ -627,6 +627,26 @@ pub(crate) fn host_backend() -> Result<PathBuf, Error> {
         .clone())
 }
 
+/// QEMU 11.1's generic vhost-user device as a virtio-gpu (device id 16, two queues, the
+/// 16-byte config space), on chardev `gpu`.
+pub(crate) const QEMU11_GPU_DEVICE: &str =
+    "vhost-user-test-device-pci,virtio-id=16,num_vqs=2,config_size=16,chardev=gpu";
+/// QEMU's own `vhost-user-gpu-pci` (QEMU 10), on chardev `gpu`.
+pub(crate) const QEMU10_GPU_DEVICE: &str = "vhost-user-gpu-pci,chardev=gpu";
+
+/// QEMU arguments for a guest whose GPU is `device` on chardev `gpu`, connected to the
+/// vhost-user backend at `socket`, with the shared guest memory vhost-user needs.
+pub(crate) fn vhost_user_gpu_args(socket: &Path, device: &str) -> Vec<String> {
+    let mut args = vhost_user_memory();
+    args.extend([
+        "-chardev".into(),
+        format!("socket,id=gpu,path={}", socket.display()),
+        "-device".into(),
+        device.into(),
+    ]);
+    args
+}
+
 pub(crate) fn vhost_user_memory() -> Vec<String> {
     strings(&[
         "-m",
@@ -734,12 +754,8 @@ fn blob_lane(env: &mut Env, timeout: Duration) -> Result<Tally, Error> {
             &[],
             &steps,
         )?;
-        let mut args = vhost_user_memory();
+        let mut args = vhost_user_gpu_args(&socket, QEMU11_GPU_DEVICE);
         args.extend([
-            "-chardev".into(),
-            format!("socket,id=gpu,path={}", socket.display()),
-            "-device".into(),
-            "vhost-user-test-device-pci,virtio-id=16,num_vqs=2,config_size=16,chardev=gpu".into(),
             "-qmp".into(),
             format!("unix:{},server=on,wait=off", qmp_socket.display()),
         ]);
@@ -875,7 +891,7 @@ fn blob_lane(env: &mut Env, timeout: Duration) -> Result<Tally, Error> {
         timeout,
         &backend_bin,
         &["--allocator", "memfd", "--hostmem", "256M"],
-        "vhost-user-test-device-pci,virtio-id=16,num_vqs=2,config_size=16,chardev=gpu",
+        QEMU11_GPU_DEVICE,
         true,
     )?;
     total.add(reset);
@@ -923,12 +939,8 @@ fn reset_run(
         &[],
         &steps,
     )?;
-    let mut args = vhost_user_memory();
+    let mut args = vhost_user_gpu_args(&socket, device);
     args.extend([
-        "-chardev".into(),
-        format!("socket,id=gpu,path={}", socket.display()),
-        "-device".into(),
-        device.into(),
         "-qmp".into(),
         format!("unix:{},server=on,wait=off", qmp_socket.display()),
     ]);
@@ -1031,12 +1043,8 @@ fn qemu10_lane(env: &mut Env, timeout: Duration) -> Result<Tally, Error> {
         &[],
         &steps,
     )?;
-    let mut args = vhost_user_memory();
+    let mut args = vhost_user_gpu_args(&socket, QEMU10_GPU_DEVICE);
     args.extend([
-        "-chardev".into(),
-        format!("socket,id=gpu,path={}", socket.display()),
-        "-device".into(),
-        "vhost-user-gpu-pci,chardev=gpu".into(),
         "-qmp".into(),
         format!("unix:{},server=on,wait=off", qmp_socket.display()),
     ]);
@@ -1131,7 +1139,7 @@ fn qemu10_lane(env: &mut Env, timeout: Duration) -> Result<Tally, Error> {
         timeout,
         &backend_bin,
         &["--allocator", "memfd"],
-        "vhost-user-gpu-pci,chardev=gpu",
+        QEMU10_GPU_DEVICE,
         false,
     )?;
     tally.add(reset);

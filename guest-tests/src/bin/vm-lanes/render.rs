@@ -118,15 +118,7 @@ pub(crate) fn peer(cache: &Path, root: &Path) -> Result<(), Error> {
         return Ok(());
     }
     step("render root: the peer's build dependencies", || {
-        run(Command::new("chroot")
-            .arg(root)
-            .args(["apt-get", "update", "-qq"]))?;
-        run(Command::new("chroot")
-            .arg(root)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .args(["apt-get", "install", "-y", "-qq", "--no-install-recommends"])
-            .args(PEER_BUILD_PACKAGES))?;
-        run(Command::new("chroot").arg(root).args(["apt-get", "clean"]))
+        fetch::chroot_apt_install(root, &[], &PEER_BUILD_PACKAGES)
     })?;
     step(
         "render root: cargo install vhost-device-gpu 0.2.0 (virglrenderer)",
@@ -443,22 +435,60 @@ impl Ours {
     }
 }
 
+/// What the lane and the benchmark (`render_bench.rs`) both start from.
+pub(crate) struct Setup {
+    /// The download and build cache.
+    pub cache: PathBuf,
+    /// QEMU 10 (bookworm-backports).
+    pub qemu10: PathBuf,
+    /// The guest's trixie image.
+    pub image: rootfs::Image,
+    /// The render root (QEMU 11.1, virglrenderer, Mesa).
+    pub render: RenderRoot,
+    /// vk-hostmem, built for the guest image.
+    pub vk_hostmem: PathBuf,
+    /// Our backend, logging at `rust_log`.
+    pub ours: Ours,
+}
+
+impl Setup {
+    /// Fetches and builds what is missing.
+    pub(crate) fn prepare(env: &mut Env, rust_log: &'static str) -> Result<Setup, Error> {
+        let cache = env.cache()?;
+        let qemu10 = fetch::qemu10(env.apt()?)?;
+        let image = rootfs::image(&cache, &Spec::render())?;
+        let render = render_root(&cache)?;
+        let built = step("build: vk-hostmem (dynamic, for the guest image)", || {
+            binaries::host(&["build", "-p", "guest-tests", "--bin", "vk-hostmem"])
+        })?;
+        let vk_hostmem = binaries::find(&built, "vk-hostmem", false)?.path.clone();
+        let ours = Ours {
+            binary: crate::lanes::host_backend()?,
+            rust_log,
+        };
+        Ok(Setup {
+            cache,
+            qemu10,
+            image,
+            render,
+            vk_hostmem,
+            ours,
+        })
+    }
+}
+
 /// Runs the lane with our backend: behind QEMU 11.1's generic vhost-user device (virgl and
 /// venus with blobs mapped into the host-visible region), the same with a policy that
 /// refuses the mapping, and behind QEMU 10's vhost-user-gpu-pci (virgl without blobs).
 pub fn lane(env: &mut Env, timeout: Duration) -> Result<Tally, Error> {
-    let cache = env.cache()?;
-    let qemu10 = fetch::qemu10(env.apt()?)?;
-    let image = rootfs::image(&cache, &Spec::render())?;
-    let render = render_root(&cache)?;
-    let built = step("build: vk-hostmem (dynamic, for the guest image)", || {
-        binaries::host(&["build", "-p", "guest-tests", "--bin", "vk-hostmem"])
-    })?;
-    let vk_hostmem = binaries::find(&built, "vk-hostmem", false)?.path.clone();
-    let ours = Ours {
-        binary: crate::lanes::host_backend()?,
-        rust_log: "debug",
-    };
+    let Setup {
+        cache: _,
+        qemu10,
+        image,
+        render,
+        vk_hostmem,
+        ours,
+    } = Setup::prepare(env, "debug")?;
     let mut tally = Tally::default();
 
     // 1. QEMU 11.1, blobs and the host-visible region: virgl, venus, HOST_VISIBLE memory.
@@ -471,13 +501,7 @@ pub fn lane(env: &mut Env, timeout: Duration) -> Result<Tally, Error> {
         &strings(&["--capture-dir", &captures.display().to_string()]),
     )?;
     let mut cube = None;
-    let mut extra = crate::lanes::vhost_user_memory();
-    extra.extend([
-        "-chardev".into(),
-        format!("socket,id=gpu,path={}", socket.display()),
-        "-device".into(),
-        "vhost-user-test-device-pci,virtio-id=16,num_vqs=2,config_size=16,chardev=gpu".into(),
-    ]);
+    let extra = crate::lanes::vhost_user_gpu_args(&socket, crate::lanes::QEMU11_GPU_DEVICE);
     tally.add(guest_run(
         env,
         &dir,
@@ -557,13 +581,7 @@ pub fn lane(env: &mut Env, timeout: Duration) -> Result<Tally, Error> {
         &dir,
         &strings(&["--policy-config", &policy.display().to_string()]),
     )?;
-    let mut extra = crate::lanes::vhost_user_memory();
-    extra.extend([
-        "-chardev".into(),
-        format!("socket,id=gpu,path={}", socket.display()),
-        "-device".into(),
-        "vhost-user-test-device-pci,virtio-id=16,num_vqs=2,config_size=16,chardev=gpu".into(),
-    ]);
+    let extra = crate::lanes::vhost_user_gpu_args(&socket, crate::lanes::QEMU11_GPU_DEVICE);
     tally.add(guest_run(
         env,
         &dir,
@@ -607,12 +625,8 @@ pub fn lane(env: &mut Env, timeout: Duration) -> Result<Tally, Error> {
     let dir = crate::lanes::lane_dir("render/ours-qemu10")?;
     let (mut backend, socket) = ours.start(&render.root, &dir, &[])?;
     let qmp_socket = dir.join("qmp.sock");
-    let mut extra = crate::lanes::vhost_user_memory();
+    let mut extra = crate::lanes::vhost_user_gpu_args(&socket, crate::lanes::QEMU10_GPU_DEVICE);
     extra.extend([
-        "-chardev".into(),
-        format!("socket,id=gpu,path={}", socket.display()),
-        "-device".into(),
-        "vhost-user-gpu-pci,chardev=gpu".into(),
         "-qmp".into(),
         format!("unix:{},server=on,wait=off", qmp_socket.display()),
     ]);

@@ -21,10 +21,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::lanes::Env;
-use crate::render::{self, GuestRun, Ours, RootProcess, PEER_IN_ROOT};
-use crate::rootfs::{self, Spec};
+use crate::render::{self, GuestRun, RenderRoot, RootProcess, Setup, PEER_IN_ROOT};
+use crate::rootfs;
 use crate::vm::{HoldReply, Qemu};
-use crate::{binaries, fetch, step, Error};
+use crate::Error;
 
 /// The scenes: glmark2's default set is far too long under TCG; these four cover vertex
 /// work, texturing, fragment shading and many draw calls, five seconds each.
@@ -89,13 +89,7 @@ fn glmark2_run(
     dir: &Path,
     socket: &Path,
 ) -> Result<f64, Error> {
-    let mut extra = crate::lanes::vhost_user_memory();
-    extra.extend([
-        "-chardev".into(),
-        format!("socket,id=gpu,path={}", socket.display()),
-        "-device".into(),
-        "vhost-user-gpu-pci,chardev=gpu".into(),
-    ]);
+    let extra = crate::lanes::vhost_user_gpu_args(socket, crate::lanes::QEMU10_GPU_DEVICE);
     let tally = render::guest_run(
         env,
         dir,
@@ -123,18 +117,14 @@ fn glmark2_run(
 
 /// Runs the benchmark and prints its figures.
 pub fn bench(env: &mut Env, timeout: Duration) -> Result<(), Error> {
-    let cache = env.cache()?;
-    let qemu10 = fetch::qemu10(env.apt()?)?;
-    let image = rootfs::image(&cache, &Spec::render())?;
-    let root = render::render_root(&cache)?.root;
-    let built = step("build: vk-hostmem (dynamic, for the guest image)", || {
-        binaries::host(&["build", "-p", "guest-tests", "--bin", "vk-hostmem"])
-    })?;
-    let vk_hostmem = binaries::find(&built, "vk-hostmem", false)?.path.clone();
-    let ours = Ours {
-        binary: crate::lanes::host_backend()?,
-        rust_log: "warn",
-    };
+    let Setup {
+        cache,
+        qemu10,
+        image,
+        render: RenderRoot { root },
+        vk_hostmem,
+        ours,
+    } = Setup::prepare(env, "warn")?;
     render::peer(&cache, &root)?;
     let guest = Guest {
         qemu10: &qemu10,
@@ -171,20 +161,14 @@ pub fn bench(env: &mut Env, timeout: Duration) -> Result<(), Error> {
 
     // 2. Ours, same guest, same QEMU.
     let dir = crate::lanes::lane_dir("render-bench/ours")?;
-    let (backend, socket) = ours.start(&root, &dir, &["--sandbox".into(), "off".into()])?;
+    let (backend, socket) = ours.start(&root, &dir, &[])?;
     let our_score = glmark2_run(env, &guest, "ours", &dir, &socket)?;
     drop(backend);
 
     // 3. Write bandwidth into mapped venus HOST_VISIBLE memory (QEMU 11.1, blobs).
     let dir = crate::lanes::lane_dir("render-bench/ours-hostmem")?;
-    let (backend, socket) = ours.start(&root, &dir, &["--sandbox".into(), "off".into()])?;
-    let mut extra = crate::lanes::vhost_user_memory();
-    extra.extend([
-        "-chardev".into(),
-        format!("socket,id=gpu,path={}", socket.display()),
-        "-device".into(),
-        "vhost-user-test-device-pci,virtio-id=16,num_vqs=2,config_size=16,chardev=gpu".into(),
-    ]);
+    let (backend, socket) = ours.start(&root, &dir, &[])?;
+    let extra = crate::lanes::vhost_user_gpu_args(&socket, crate::lanes::QEMU11_GPU_DEVICE);
     let tally = render::guest_run(
         env,
         &dir,
