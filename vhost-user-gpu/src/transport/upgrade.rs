@@ -590,28 +590,55 @@ impl ControlServer {
             hello.format
         );
         let started = Instant::now();
-        let live = self.control.live();
-        if let Some(live) = &live {
-            if !live.park(QUIESCE_LIMIT) {
+        let parked = |live: &Option<Arc<Live>>| match live {
+            Some(live) if !live.park(QUIESCE_LIMIT) => {
                 live.unpark();
-                return Err(UpgradeError::Refused(format!(
+                Err(UpgradeError::Refused(format!(
                     "the queue thread did not reach a chain boundary within {QUIESCE_LIMIT:?}"
-                )));
+                )))
             }
-        }
-        let rollback = |why: String| {
+            _ => Ok(()),
+        };
+        let mut live = self.control.live();
+        parked(&live)?;
+        let rollback = |live: &Option<Arc<Live>>, why: String| {
             self.control.resume();
-            if let Some(live) = &live {
+            if let Some(live) = live {
                 live.unpark();
             }
             log::warn!("upgrade: rolled back ({why}); serving on");
         };
         if !self.control.stop(QUIESCE_LIMIT) {
-            rollback("the connection did not reach a message boundary".into());
+            rollback(
+                &live,
+                "the connection did not reach a message boundary".into(),
+            );
             return Err(UpgradeError::Refused(format!(
                 "the connection did not reach a message boundary within {QUIESCE_LIMIT:?}"
             )));
         }
+        // The connection served now, with the serve loop stopped: the one parked above unless
+        // the loop moved on meanwhile (it had just started a restored or accepted connection's
+        // queue thread and not yet published the connection, or was leaving one). Handing
+        // over what was read before the stop would leave the frontend's connection behind.
+        let now = self.control.live();
+        let same = match (&live, &now) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        if !same {
+            if let Some(left) = &live {
+                left.unpark();
+            }
+            live = now;
+            if let Err(e) = parked(&live) {
+                self.control.resume();
+                log::warn!("upgrade: rolled back ({e}); serving on");
+                return Err(e);
+            }
+        }
+        let rollback = |why: String| rollback(&live, why);
         let handover = self.snapshot(live.as_deref());
         let (doc, fds) = match handover {
             Ok(h) => h,
