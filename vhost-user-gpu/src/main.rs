@@ -21,7 +21,10 @@ use vhost_user_gpu::device::Ports;
 use vhost_user_gpu::device::{DeviceConfig, FD_RESERVE};
 use vhost_user_gpu::display::{PngCapture, SharedSink};
 use vhost_user_gpu::protocol::{CAPSET_VENUS, CAPSET_VIRGL, CAPSET_VIRGL2, MAX_SCANOUTS};
-use vhost_user_gpu::renderer::{RendererThread, VirglConfig, VirglRenderer};
+use vhost_user_gpu::renderer::wire::{StartConfig, WorkerSandbox};
+use vhost_user_gpu::renderer::{
+    RenderWorker, RenderWorkerClient, RendererClient, RendererThread, VirglConfig, VirglRenderer,
+};
 use vhost_user_gpu::sandbox::{Landlock, RendererNeeds, SandboxError, SandboxPolicy};
 use vhost_user_gpu::transport::upgrade::{self, ControlServer, Incoming, Restored};
 use vhost_user_gpu::transport::{
@@ -145,6 +148,14 @@ struct Cli {
     #[arg(long, value_name = "MODE", default_value = "on", value_parser = sandbox_parser(), action = ArgAction::Set)]
     sandbox: SandboxMode,
 
+    /// Where virgl and venus contexts are rendered: `process` (a render worker process of
+    /// this binary: a crash in virglrenderer or Mesa ends only the renderer contexts, 2D and
+    /// cross-domain keep serving, and this process keeps the minimal sandbox profile while
+    /// the worker gets the 3D one), or `thread` (a thread of this process, under the 3D
+    /// profile; such a crash ends the backend).
+    #[arg(long, value_name = "WHERE", default_value = "process", value_parser = isolation_parser(), action = ArgAction::Set)]
+    renderer_isolation: Isolation,
+
     /// More log output (-v debug, -vv trace). RUST_LOG overrides.
     #[arg(short, long, action = ArgAction::Count)]
     verbose: u8,
@@ -234,6 +245,29 @@ enum SandboxMode {
     SeccompOnly,
     /// Not confined.
     Off,
+}
+
+/// `--renderer-isolation`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Isolation {
+    /// A render worker process.
+    Process,
+    /// A thread of the backend.
+    Thread,
+}
+
+/// `--renderer-isolation process|thread`.
+fn isolation_parser() -> impl clap::builder::TypedValueParser<Value = Isolation> {
+    PossibleValuesParser::new([
+        PossibleValue::new("process")
+            .help("a render worker process (the default): a renderer crash ends only 3D contexts"),
+        PossibleValue::new("thread")
+            .help("a thread of the backend: a renderer crash ends the backend"),
+    ])
+    .map(|s| match s.as_str() {
+        "thread" => Isolation::Thread,
+        _ => Isolation::Process,
+    })
 }
 
 /// `--sandbox on|seccomp-only|off`.
@@ -367,9 +401,51 @@ struct Prepared {
     /// The renderer of virgl and venus contexts (started before the sandbox: it loads Mesa's
     /// drivers and starts the render server), shared by every device; it stops when this
     /// goes.
-    renderer: Option<RendererThread>,
-    /// What the renderer needs from the sandbox (`None`: no renderer, the minimal profile).
+    renderer: Option<RendererHost>,
+    /// What the renderer needs from this process's sandbox (`None`: no renderer in this
+    /// process, the minimal profile).
     renderer_needs: Option<RendererNeeds>,
+}
+
+/// Where the renderer runs.
+enum RendererHost {
+    /// On a thread of this process.
+    Thread(RendererThread),
+    /// In a render worker process.
+    Process(RenderWorker),
+}
+
+/// A device's handle to the renderer.
+#[derive(Clone)]
+enum RendererHandle {
+    Thread(RendererClient),
+    Process(RenderWorkerClient),
+}
+
+impl RendererHost {
+    fn handle(&self) -> RendererHandle {
+        match self {
+            RendererHost::Thread(t) => RendererHandle::Thread(t.client()),
+            RendererHost::Process(w) => RendererHandle::Process(w.client()),
+        }
+    }
+
+    /// The render worker's pid.
+    fn worker_pid(&self) -> Option<u32> {
+        match self {
+            RendererHost::Thread(_) => None,
+            RendererHost::Process(w) => Some(w.pid()),
+        }
+    }
+}
+
+impl RendererHandle {
+    fn boxed(&self) -> SendRenderer {
+        match self {
+            RendererHandle::Thread(c) => Box::new(c.clone()),
+            RendererHandle::Process(c) => Box::new(c.clone()),
+        }
+    }
 }
 
 /// `max_fds`: the fds a guest may make the device hold ([`guest_fd_limit`]).
@@ -425,8 +501,9 @@ fn prepare(cli: &Cli, max_fds: u64) -> Result<Prepared, Failure> {
     let started = start_renderer(cli).map_err(Runtime)?;
     let renderer_needs = started
         .as_ref()
+        .filter(|s| matches!(s.host, RendererHost::Thread(_)))
         .map(|s| renderer_needs(cli, s.render_server, s.venus));
-    let renderer = started.map(|s| s.thread);
+    let renderer = started.map(|s| s.host);
     Ok(Prepared {
         policy,
         platform,
@@ -445,7 +522,7 @@ fn device_factory(prepared: &Prepared) -> Arc<DeviceFactory> {
     let platform = prepared.platform;
     let device_config = prepared.device_config.clone();
     let wayland = prepared.wayland.clone();
-    let renderer_client = prepared.renderer.as_ref().map(RendererThread::client);
+    let renderer_client = prepared.renderer.as_ref().map(RendererHost::handle);
     Arc::new(move |mapper, display| {
         let allocator = alloc::select(allocator.kind, allocator.render_node.as_deref())
             .map_err(std::io::Error::other)?;
@@ -459,9 +536,7 @@ fn device_factory(prepared: &Prepared) -> Arc<DeviceFactory> {
             channels: wayland
                 .clone()
                 .map(|c| Box::new(c) as Box<dyn vhost_user_gpu::device::ports::ChannelConnector>),
-            renderer: renderer_client
-                .clone()
-                .map(|client| Box::new(client) as SendRenderer),
+            renderer: renderer_client.as_ref().map(RendererHandle::boxed),
         };
         Ok((device_config.clone(), ports))
     })
@@ -481,6 +556,10 @@ fn confine(cli: &Cli, prepared: &Prepared) -> Result<(), Failure> {
         &prepared.resolved,
         prepared.wayland.is_some(),
         prepared.renderer_needs.clone(),
+        prepared
+            .renderer
+            .as_ref()
+            .and_then(RendererHost::worker_pid),
     );
     let status = vhost_user_gpu::sandbox::confine(&policy).map_err(|e| match e {
         SandboxError::LandlockUnavailable => Failure::Runtime(e.to_string()),
@@ -764,6 +843,9 @@ fn start_renderer(cli: &Cli) -> Result<Option<Started>, String> {
         SandboxMode::SeccompOnly => Some(Landlock::Off),
         SandboxMode::On => Some(Landlock::Required),
     };
+    if cli.renderer_isolation == Isolation::Process {
+        return start_render_worker(cli, config);
+    }
     // Whether venus will be served is known once the library is loaded; the files are
     // granted when it is asked for (the system calls later only when it is served).
     let needs = renderer_needs(cli, None, venus != Want::Off);
@@ -792,7 +874,56 @@ fn start_renderer(cli: &Cli) -> Result<Option<Started>, String> {
         }
         Err(e) => return Err(format!("--capset: the renderer does not start: {e}")),
     };
-    let served = renderer.capsets();
+    let render_server = server_pid.get().copied();
+    check_served(cli, renderer.name(), &renderer.capsets()).map(|venus| {
+        Some(Started {
+            venus,
+            host: RendererHost::Thread(renderer),
+            render_server,
+        })
+    })
+}
+
+/// `--renderer-isolation process`: starts the render worker, which confines itself (the 3D
+/// profile) and reports its capsets.
+fn start_render_worker(cli: &Cli, config: VirglConfig) -> Result<Option<Started>, String> {
+    let CapsetChoice { virgl, venus, .. } = cli.capset;
+    let needs = renderer_needs(cli, None, config.venus);
+    let start = StartConfig {
+        library: config.library,
+        render_server: config.render_server,
+        virgl: config.virgl,
+        venus: config.venus,
+        legacy_venus: config.legacy_venus,
+        sandbox: match cli.sandbox {
+            SandboxMode::Off => WorkerSandbox::Off,
+            SandboxMode::SeccompOnly => WorkerSandbox::SeccompOnly,
+            SandboxMode::On => WorkerSandbox::On,
+        },
+        render_nodes: needs.render_nodes,
+        library_dirs: needs.library_dirs,
+    };
+    let program = std::env::current_exe()
+        .map_err(|e| format!("the render worker: cannot find this program ({e})"))?;
+    let worker = match RenderWorker::spawn(&program, start, cli.verbose) {
+        Ok(w) => w,
+        Err(e) if virgl != Want::Required && venus != Want::Required => {
+            log::info!("3D: no virgl or venus contexts on this host ({e}); cross-domain only");
+            return Ok(None);
+        }
+        Err(e) => return Err(format!("--capset: the renderer does not start: {e}")),
+    };
+    let venus = check_served(cli, "virglrenderer in a render worker", &worker.capsets())?;
+    Ok(Some(Started {
+        venus,
+        render_server: worker.render_server(),
+        host: RendererHost::Process(worker),
+    }))
+}
+
+/// Checks that the capsets asked for by name are served, logs what is; whether venus is.
+fn check_served(cli: &Cli, name: &str, served: &[CapsetInfo]) -> Result<bool, String> {
+    let CapsetChoice { virgl, venus, .. } = cli.capset;
     let serves = |id: u32| served.iter().any(|c: &CapsetInfo| c.id == id);
     if virgl == Want::Required && !(serves(CAPSET_VIRGL) || serves(CAPSET_VIRGL2)) {
         return Err("--capset virgl: the renderer serves no virgl capset here".into());
@@ -805,8 +936,7 @@ fn start_renderer(cli: &Cli) -> Result<Option<Started>, String> {
         );
     }
     log::info!(
-        "3D: {} serves {}",
-        renderer.name(),
+        "3D: {name} serves {}",
         served
             .iter()
             .map(|c| match c.id {
@@ -818,16 +948,12 @@ fn start_renderer(cli: &Cli) -> Result<Option<Started>, String> {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    Ok(Some(Started {
-        venus: serves(CAPSET_VENUS),
-        thread: renderer,
-        render_server: server_pid.get().copied(),
-    }))
+    Ok(serves(CAPSET_VENUS))
 }
 
 /// A renderer that serves 3D contexts.
 struct Started {
-    thread: RendererThread,
+    host: RendererHost,
     /// The render server it started (venus), for the sandbox.
     render_server: Option<u32>,
     /// Venus contexts are served.
@@ -944,6 +1070,7 @@ fn sandbox_policy(
     allocator: &alloc::Resolved,
     wayland: bool,
     renderer: Option<RendererNeeds>,
+    render_worker: Option<u32>,
 ) -> SandboxPolicy {
     let mut devices = Vec::new();
     let udmabuf = Path::new(alloc::udmabuf::UDMABUF_DEVICE);
@@ -970,6 +1097,7 @@ fn sandbox_policy(
             _ => Landlock::Required,
         },
         renderer,
+        render_worker,
     }
 }
 
@@ -982,7 +1110,127 @@ fn attach_hint(path: &Path) -> String {
     )
 }
 
+/// `vhost-user-gpu --render-worker --fd N [--parent PID] [-v...]`: the render worker
+/// (hidden: only the backend starts it, `--renderer-isolation process`). It serves the
+/// backend on the connected Unix stream socket `N`.
+fn render_worker(args: &[std::ffi::OsString]) -> ExitCode {
+    let mut fd = None;
+    let mut parent = None;
+    let mut verbose = 0u8;
+    let mut it = args.iter().map(|a| a.to_string_lossy().into_owned());
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--render-worker" => {}
+            "--fd" => fd = it.next().and_then(|v| v.parse::<i32>().ok()),
+            "--parent" => parent = it.next().and_then(|v| v.parse::<u32>().ok()),
+            "-v" => verbose = verbose.saturating_add(1),
+            _ => {
+                eprintln!("vhost-user-gpu --render-worker: unknown argument {arg}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    init_logging(verbose);
+    let Some(fd) = fd else {
+        eprintln!("vhost-user-gpu --render-worker: --fd N is required");
+        return ExitCode::from(2);
+    };
+    let socket = match transport::open_endpoint(&SocketSource::Fd(fd)) {
+        Ok(transport::Endpoint::Connected(stream)) => std::os::fd::OwnedFd::from(stream),
+        Ok(transport::Endpoint::Listening(_)) => {
+            eprintln!("vhost-user-gpu --render-worker: fd {fd} is a listening socket");
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            eprintln!("vhost-user-gpu --render-worker: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(e) = vhost_user_gpu::sandbox::die_on_fault_signals() {
+        log::warn!("render worker: cannot restore the default action of SIGSEGV: {e}");
+    }
+    match vhost_user_gpu::renderer::worker::run(socket, parent, &mut WorkerSandboxing::default()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The render worker's sandbox: the renderer's Landlock rules before Mesa starts its
+/// threads, then the 3D seccomp profile.
+#[derive(Default)]
+struct WorkerSandboxing {
+    landlock: Option<vhost_user_gpu::sandbox::LandlockOutcome>,
+}
+
+impl WorkerSandboxing {
+    fn landlock(config: &StartConfig) -> Option<Landlock> {
+        match config.sandbox {
+            WorkerSandbox::Off => None,
+            WorkerSandbox::SeccompOnly => Some(Landlock::Off),
+            WorkerSandbox::On => Some(Landlock::Required),
+        }
+    }
+
+    fn needs(config: &StartConfig, render_server: Option<u32>, venus: bool) -> RendererNeeds {
+        RendererNeeds {
+            render_server,
+            venus,
+            render_nodes: config.render_nodes.clone(),
+            library_dirs: config.library_dirs.clone(),
+        }
+    }
+}
+
+impl vhost_user_gpu::renderer::worker::Confinement for WorkerSandboxing {
+    fn before_init(&mut self, config: &StartConfig) -> Result<(), RendererError> {
+        let Some(landlock) = Self::landlock(config) else {
+            return Ok(());
+        };
+        let needs = Self::needs(config, None, config.venus);
+        self.landlock = Some(
+            vhost_user_gpu::sandbox::confine_renderer_thread(&needs, landlock)
+                .map_err(|e| RendererError::Start(e.to_string()))?,
+        );
+        Ok(())
+    }
+
+    fn after_init(
+        &mut self,
+        config: &StartConfig,
+        render_server: Option<u32>,
+        venus: bool,
+    ) -> Result<(), RendererError> {
+        let Some(landlock) = Self::landlock(config) else {
+            log::warn!("render worker: not confined (--sandbox off)");
+            return Ok(());
+        };
+        let outcome = self
+            .landlock
+            .unwrap_or(vhost_user_gpu::sandbox::LandlockOutcome::NotEnforced);
+        let needs = Self::needs(config, render_server, venus);
+        let status = vhost_user_gpu::sandbox::confine_render_worker(&needs, landlock, outcome)
+            .map_err(|e| RendererError::Start(e.to_string()))?;
+        log::info!(
+            "render worker: sandbox: 3D (renderer) profile: seccomp allowlist of {} system \
+             calls; Landlock {}",
+            status.allowed_syscalls,
+            match landlock {
+                Landlock::Off => "not used (--sandbox seccomp-only)".to_string(),
+                Landlock::Required => status.landlock.to_string(),
+            }
+        );
+        Ok(())
+    }
+}
+
 fn main() -> ExitCode {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    if args.first().is_some_and(|a| a == "--render-worker") {
+        return render_worker(&args);
+    }
     // QEMU's backend conventions: with --print-capabilities, other options are ignored.
     if std::env::args_os()
         .skip(1)
@@ -1080,13 +1328,16 @@ mod tests {
             render_node: None,
         };
         let cli = parse(&[]);
-        assert_eq!(sandbox_policy(&cli, &resolved, false, None).renderer, None);
+        assert_eq!(
+            sandbox_policy(&cli, &resolved, false, None, None).renderer,
+            None
+        );
         // A renderer: its needs go into the policy (the 3D profile).
         let needs = renderer_needs(&cli, Some(42), true);
         assert_eq!(needs.render_server, Some(42));
         assert!(needs.venus);
         assert!(needs.library_dirs.is_empty(), "a soname has no directory");
-        let policy = sandbox_policy(&cli, &resolved, false, Some(needs.clone()));
+        let policy = sandbox_policy(&cli, &resolved, false, Some(needs.clone()), None);
         assert_eq!(policy.renderer, Some(needs));
         // A library named by path: its directory is readable for the renderer thread.
         let cli = parse(&["--virglrenderer", "/opt/virgl/lib/libvirglrenderer.so.1"]);

@@ -2,6 +2,11 @@
 //! renderer thread that stops after a panic become device errors the guest sees, logged,
 //! while 2D, cross-domain and (for a lost render server) virgl keep serving.
 //!
+//! And the renderer in a process of its own (`RenderWorker`, the backend's default): a
+//! worker killed by `SIGSEGV` mid-stream, as a fault in Mesa would, loses the virgl and venus
+//! contexts (device errors, a log line with the worker's pid and the signal), while 2D and
+//! cross-domain keep serving in this process and the worker is reaped.
+//!
 //! The first two tests run the real virglrenderer (llvmpipe in this process, lavapipe in
 //! the render server); where it is missing they say why and return, unless
 //! `VUG_REQUIRE_RENDERER` is set (CI), where that is a failure. The last one runs the
@@ -11,7 +16,7 @@
 use std::sync::{mpsc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use vm_memory::{Bytes, GuestAddress};
+use vm_memory::{Bytes, FileOffset, GuestAddress};
 
 use vhost_user_gpu::alloc::memfd::MemfdAllocator;
 use vhost_user_gpu::device::ports::{GuestMemory, Renderer, RendererError};
@@ -21,7 +26,8 @@ use vhost_user_gpu::protocol::{
     CAPSET_CROSS_DOMAIN, CAPSET_VENUS, CAPSET_VIRGL2, FLAG_FENCE, FLAG_INFO_RING_IDX, MAP_CACHE_WC,
 };
 use vhost_user_gpu::renderer::fake::FakeRenderer;
-use vhost_user_gpu::renderer::{RendererThread, VirglConfig, VirglRenderer};
+use vhost_user_gpu::renderer::wire::{StartConfig, WorkerSandbox};
+use vhost_user_gpu::renderer::{RenderWorker, RendererThread, VirglConfig, VirglRenderer};
 use vug_test_support::{FixedAdvisor, FrontendMapper, FrontendRegion, NoDisplay};
 
 const VIRGL_CTX: u32 = 1;
@@ -112,6 +118,20 @@ struct Harness {
 }
 
 fn device(thread: &RendererThread) -> Harness {
+    device_with(Box::new(thread.client()))
+}
+
+/// Guest memory backed by a memfd (as a frontend shares it), so that a render worker can
+/// map it too.
+fn shared_guest_memory(len: usize) -> GuestMemory {
+    let fd = rustix::fs::memfd_create("guest-ram", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+    let file = std::fs::File::from(fd);
+    file.set_len(len as u64).unwrap();
+    GuestMemory::from_ranges_with_files([(GuestAddress(0), len, Some(FileOffset::new(file, 0)))])
+        .unwrap()
+}
+
+fn device_with(renderer: vhost_user_gpu::device::ports::SendRenderer) -> Harness {
     // Each test's lines only (the tests run one at a time: `serial`).
     logged().0.lock().unwrap().clear();
     let region = FrontendRegion::new(4 << 20);
@@ -123,7 +143,7 @@ fn device(thread: &RendererThread) -> Harness {
         advisor: Box::new(FixedAdvisor::allow(MAP_CACHE_WC)),
         exporter: None,
         channels: None,
-        renderer: Some(Box::new(thread.client())),
+        renderer: Some(renderer),
     };
     let config = DeviceConfig {
         hostmem: 4 << 20,
@@ -134,7 +154,7 @@ fn device(thread: &RendererThread) -> Harness {
     dev.ack_features(dev.features());
     Harness {
         dev,
-        mem: GuestMemory::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap(),
+        mem: shared_guest_memory(1 << 20),
         _region: region,
     }
 }
@@ -508,4 +528,136 @@ fn contained_panic(thread: &RendererThread, h: &mut Harness) -> Vec<FenceToken> 
     );
     h.dev.reset();
     released
+}
+
+/// The real renderer (virgl and venus, venus also from a library older than 1.0) in a
+/// render worker: this package's binary, re-executed as `--render-worker`.
+fn real_worker() -> Option<RenderWorker> {
+    let defaults = VirglConfig::default();
+    if !defaults.render_server.exists() {
+        skip(format!(
+            "{} is missing (Debian: virgl-server)",
+            defaults.render_server.display()
+        ));
+        return None;
+    }
+    let config = StartConfig {
+        library: defaults.library,
+        render_server: defaults.render_server,
+        virgl: true,
+        venus: true,
+        legacy_venus: true,
+        // The seccomp profile of the worker (Landlock depends on the kernel; the
+        // conformance suite runs the backend's default, Landlock included).
+        sandbox: WorkerSandbox::SeccompOnly,
+        render_nodes: Vec::new(),
+        library_dirs: Vec::new(),
+    };
+    let program = std::path::Path::new(env!("CARGO_BIN_EXE_vhost-user-gpu"));
+    match RenderWorker::spawn(program, config, 0) {
+        Ok(worker) => Some(worker),
+        Err(RendererError::Unavailable(e)) => {
+            skip(e);
+            None
+        }
+        Err(e) => panic!("the library loads but the render worker does not start: {e}"),
+    }
+}
+
+#[test]
+fn a_render_worker_killed_by_sigsegv_loses_only_renderer_contexts() {
+    let _g = serial();
+    let Some(worker) = real_worker() else {
+        return;
+    };
+    let pid = worker.pid();
+    let mut h = device_with(Box::new(worker.client()));
+    assert_eq!(
+        h.create_context(VIRGL_CTX, CAPSET_VIRGL2),
+        GpuResponse::OkNoData
+    );
+    assert_eq!(
+        h.create_context(VENUS_CTX, CAPSET_VENUS),
+        GpuResponse::OkNoData
+    );
+    assert_eq!(
+        h.create_context(XD_CTX, CAPSET_CROSS_DOMAIN),
+        GpuResponse::OkNoData
+    );
+    // Both render before the crash: virgl draws into guest memory the worker mapped from
+    // the memfd, venus answers a fence.
+    let (answer, pixel) = h.virgl_clear(VIRGL_CTX, 10);
+    assert_eq!(
+        (answer, &pixel[..3]),
+        (GpuResponse::OkNoData, &[0u8, 255, 0][..]),
+        "virgl renders in the worker (B, G, R)"
+    );
+    if let Some(token) = h.fenced(VENUS_CTX, 1, submit(Vec::new())) {
+        let tokens = h.serve_until(|h| h.dev.pending_fences() == 0);
+        assert_eq!(tokens, vec![token], "venus's ring-0 fence signalled");
+    }
+    // Mid-stream: a fenced virgl submit waits, then Mesa "crashes".
+    let waiting = h.fenced(
+        VIRGL_CTX,
+        2,
+        submit(clear_stream(10, 2, [1.0, 0.0, 0.0, 1.0])),
+    );
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(pid as i32).unwrap(),
+        rustix::process::Signal::SEGV,
+    )
+    .unwrap();
+    let mut released =
+        h.serve_until(|_| was_logged(log::Level::Error, &["render worker", "SIGSEGV"]));
+    assert!(
+        was_logged(
+            log::Level::Error,
+            &[
+                &format!("pid {pid}"),
+                "SIGSEGV",
+                "every renderer context is lost"
+            ]
+        ),
+        "the loss is logged with the worker's pid and signal"
+    );
+    released.extend(h.serve_until(|h| h.dev.pending_fences() == 0));
+    assert_eq!(
+        h.dev.pending_fences(),
+        0,
+        "no answer waits for the dead worker"
+    );
+    if let Some(token) = waiting {
+        // Signalled before the crash, or released by the loss: never left waiting.
+        assert!(released.contains(&token), "the waiting answer is released");
+    }
+    // virgl and venus contexts get device errors; new ones are refused.
+    assert_eq!(
+        h.send(VIRGL_CTX, submit(clear_stream(10, 3, [0.0; 4]))),
+        GpuResponse::Err(GpuError::Unspec)
+    );
+    assert_eq!(
+        h.send(VENUS_CTX, submit(vec![0; 8])),
+        GpuResponse::Err(GpuError::Unspec)
+    );
+    assert_eq!(
+        h.create_context(4, CAPSET_VIRGL2),
+        GpuResponse::Err(GpuError::Unspec)
+    );
+    // 2D and cross-domain keep serving; the existing cross-domain context too.
+    h.two_d_serves(11);
+    h.cross_domain_serves(5);
+    assert_eq!(
+        h.send(XD_CTX, GpuCommand::CtxDestroy),
+        GpuResponse::OkNoData
+    );
+    // The worker was reaped (no zombie left behind).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::path::Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "the worker was reaped"
+    );
+    h.dev.reset();
 }

@@ -15,6 +15,12 @@
 //! out `Send` handles ([`RendererClient`]) that implement the same port, so each
 //! connection's device (which moves between the vhost-user threads) can own one.
 //!
+//! Isolation: [`RenderWorker`] runs the same [`VirglRenderer`] in a process of its own (our
+//! binary re-executed as `--render-worker`, [`worker`]), over the typed messages of
+//! [`wire`], so that a fault in the library or Mesa ends that process only (the backend's
+//! default, `--renderer-isolation process`); [`RendererThread`] runs it on a thread of the
+//! backend (`--renderer-isolation thread`).
+//!
 //! Tests of the device core use [`fake::FakeRenderer`] (named as such): deterministic fences,
 //! real memfd blobs, no library.
 //!
@@ -24,9 +30,13 @@
 
 pub mod fake;
 mod ffi;
+mod process;
 mod thread;
 mod virgl;
+pub mod wire;
+pub mod worker;
 
 pub use ffi::DEFAULT_LIBRARY;
+pub use process::{RenderWorker, RenderWorkerClient, ANSWER_TIMEOUT};
 pub use thread::{RendererClient, RendererThread};
 pub use virgl::{VirglConfig, VirglRenderer, DEFAULT_RENDER_SERVER};

@@ -78,6 +78,9 @@ pub struct SandboxPolicy {
     /// ([`RendererNeeds`]) instead of the minimal one. `None`: no Mesa code runs in this
     /// process, and the minimal profile stays.
     pub renderer: Option<RendererNeeds>,
+    /// The render worker this process started (`--renderer-isolation process`): it may be
+    /// sent `SIGKILL` and waited for, and no other process.
+    pub render_worker: Option<u32>,
 }
 
 /// What the renderer (virglrenderer with Mesa's drivers, in this process) needs beyond the
@@ -164,6 +167,37 @@ pub fn confine_renderer_thread(
             outcome => Ok(outcome),
         },
     }
+}
+
+/// Makes `SIGSEGV` and `SIGBUS` end the calling process however they arrive (the render
+/// worker: a fault there must end it, also one another process reports with `kill`, so the
+/// backend sees the loss at once; Rust's runtime would otherwise ignore a sent one).
+pub fn die_on_fault_signals() -> std::io::Result<()> {
+    sigsys::default_fault_signals()
+}
+
+/// Confines the render worker (a process that only runs the renderer) with the 3D
+/// seccomp profile. Its Landlock rules are the renderer's, applied earlier by
+/// [`confine_renderer_thread`] on its one thread before Mesa started its own; nothing else
+/// runs in that process, so the minimal rules are not added on top. `outcome`: what that
+/// call achieved, reported back in the status.
+pub fn confine_render_worker(
+    needs: &RendererNeeds,
+    landlock: Landlock,
+    outcome: LandlockOutcome,
+) -> Result<SandboxStatus, SandboxError> {
+    let policy = SandboxPolicy {
+        landlock,
+        renderer: Some(needs.clone()),
+        ..SandboxPolicy::default()
+    };
+    sigsys::set_renderer_profile(true);
+    sigsys::install_handler().map_err(SandboxError::Signal)?;
+    let allowed_syscalls = syscalls::install(&policy)?;
+    Ok(SandboxStatus {
+        landlock: outcome,
+        allowed_syscalls,
+    })
 }
 
 /// Confines the calling process: Landlock first (while `landlock_restrict_self` is still

@@ -2,7 +2,8 @@
 //!
 //! The only `unsafe` of the sandbox lives here: installing a signal handler, reading the
 //! kernel's `siginfo` for `SIGSYS`, and the async-signal-safe calls the handler makes
-//! (`write`, `rt_sigaction`, `tgkill`).
+//! (`write`, `rt_sigaction`, `tgkill`); and restoring the default action of the fault
+//! signals in the render worker.
 #![allow(unsafe_code)]
 
 use std::io;
@@ -143,6 +144,25 @@ pub(super) fn install_handler() -> io::Result<()> {
         libc::sigemptyset(&mut action.sa_mask);
         if libc::sigaction(libc::SIGSYS, &action, std::ptr::null_mut()) != 0 {
             return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Restores the default action (end the process) of `SIGSEGV` and `SIGBUS`. Rust's
+/// runtime catches them to tell a stack overflow from other faults and, for a signal that
+/// was not a fault of its own (one sent with `kill`), returns without ending the process.
+pub(super) fn default_fault_signals() -> io::Result<()> {
+    for signal in [libc::SIGSEGV, libc::SIGBUS] {
+        // SAFETY: a zeroed `sigaction` with SIG_DFL (0) is the default action; it replaces
+        // the runtime's handler, which keeps no state that depends on staying installed.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = libc::SIG_DFL;
+            libc::sigemptyset(&mut action.sa_mask);
+            if libc::sigaction(signal, &action, std::ptr::null_mut()) != 0 {
+                return Err(io::Error::last_os_error());
+            }
         }
     }
     Ok(())

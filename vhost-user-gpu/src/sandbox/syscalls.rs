@@ -583,6 +583,27 @@ pub fn allowlist(policy: &SandboxPolicy, pid: u32) -> Result<Vec<Allowed>, Sandb
             ])?],
         ));
     }
+    // The render worker (a child of this process): killed when it stops answering and
+    // waited for when it ends. That process only, and SIGKILL only.
+    if let Some(worker) = policy.render_worker {
+        let worker = u64::from(worker);
+        let kill = vec![rule(vec![
+            cond(0, Len::Dword, Op::Eq, worker)?,
+            cond(1, Len::Dword, Op::Eq, libc::SIGKILL as u64)?,
+        ])?];
+        let wait4 = vec![rule(vec![cond(0, Len::Dword, Op::Eq, worker)?])?];
+        let waitid = vec![rule(vec![
+            cond(0, Len::Dword, Op::Eq, libc::P_PID as u64)?,
+            cond(1, Len::Dword, Op::Eq, worker)?,
+        ])?];
+        for (name, rules) in [("kill", kill), ("wait4", wait4), ("waitid", waitid)] {
+            match v.iter_mut().find(|a| a.name == name) {
+                Some(a) if !a.rules.is_empty() => a.rules.extend(rules),
+                Some(_) => {}
+                None => v.push(with(name, rules)),
+            }
+        }
+    }
     if let Some(missing) = v.iter().find(|a| a.nr < 0) {
         return Err(SandboxError::Seccomp(format!(
             "no number for {} (table out of date)",

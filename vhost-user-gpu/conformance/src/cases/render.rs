@@ -1,8 +1,9 @@
 //! Renderer cases: our backend with a real virgl renderer (`--capset virgl`: virglrenderer
 //! with Mesa's llvmpipe where there is no GPU). Capsets come from the renderer, a virgl
 //! context clears a texture that is read back into guest memory and shown on a scanout,
-//! malformed streams are refused while the device keeps rendering, and `--capset` decides
-//! what the guest is offered.
+//! malformed streams are refused while the device keeps rendering, `--capset` decides
+//! what the guest is offered, and a render worker that crashes (`SIGSEGV`) ends only the
+//! renderer contexts.
 
 use super::upgrade::upgrade_fails;
 use super::{ctrl, ensure, send_expecting, still_serving, Case, CaseResult, Harness, Need};
@@ -41,6 +42,11 @@ pub(super) fn cases() -> Vec<Case> {
             name: "render::malformed_virgl_streams_leave_the_renderer_working",
             need: Need::Renderer,
             run: malformed_streams,
+        },
+        Case {
+            name: "render::a_crashed_render_worker_ends_only_renderer_contexts",
+            need: Need::Renderer,
+            run: crashed_render_worker,
         },
         Case {
             name: "render::upgrade_refused_while_renderer_state_exists",
@@ -555,5 +561,132 @@ fn upgrade_with_renderer_state(harness: &Harness) -> CaseResult {
     texture(&mut fe, 1, backing)?;
     clear(&mut fe, 1, 1, [0.0, 0.0, 1.0, 1.0])?;
     pixels_are(&fe, backing, [0xff, 0, 0], "in the new process")?;
+    still_serving(&mut fe)
+}
+
+/// The render worker's pid, from the backend's log line.
+fn render_worker_pid(fe: &Frontend) -> Option<i32> {
+    let log = fe.backend_log();
+    let at = log.rfind("render worker pid ")?;
+    log[at + "render worker pid ".len()..]
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Our backend's default `--renderer-isolation process`: virgl (and venus where it is
+/// offered) render in a worker process. Killed with `SIGSEGV` mid-stream (as a fault in
+/// Mesa would end it), the worker takes only the renderer contexts with it: their commands
+/// get `ERR_UNSPEC`, the backend logs the loss with the worker's pid and signal, and 2D and
+/// cross-domain keep serving in the backend, which stays alive.
+fn crashed_render_worker(harness: &Harness) -> CaseResult {
+    const VENUS: u32 = 2;
+    const XD: u32 = 3;
+    let mut fe = spawn(harness, "auto")?;
+    let ids = capset_ids(&mut fe)?;
+    let Some(pid) = render_worker_pid(&fe) else {
+        return Err(super::case_error(
+            &fe,
+            "render worker",
+            "no 'render worker pid' line in the backend's log",
+        ));
+    };
+    let len = u64::from(SIDE * SIDE * 4);
+    let backing = fe.ram().alloc(len, 4096).map_err(|e| e.to_string())?;
+    texture(&mut fe, 1, backing)?;
+    clear(&mut fe, 1, 1, [0.0, 1.0, 0.0, 1.0])?;
+    let venus = ids.contains(&gpu::CAPSET_VENUS);
+    if venus {
+        send_expecting(
+            &mut fe,
+            "CTX_CREATE venus",
+            gpu::ctx_create(VENUS, gpu::CAPSET_VENUS, "venus"),
+            ty::OK_NODATA,
+        )?;
+    }
+    send_expecting(
+        &mut fe,
+        "CTX_CREATE cross-domain",
+        gpu::ctx_create(XD, gpu::CAPSET_CROSS_DOMAIN, "xd"),
+        ty::OK_NODATA,
+    )?;
+    // Mid-stream: a submit, then the crash.
+    send_expecting(
+        &mut fe,
+        "SUBMIT_3D before the crash",
+        gpu::submit_3d(CTX, &virgl::clear(1, 2, [0.0, 0.0, 1.0, 1.0])),
+        ty::OK_NODATA,
+    )?;
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(pid).ok_or("pid 0")?,
+        rustix::process::Signal::SEGV,
+    )
+    .map_err(|e| super::case_error(&fe, "kill the render worker", e))?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let lost = |fe: &Frontend| {
+        let log = fe.backend_log();
+        log.contains(&format!("render worker (pid {pid})")) && log.contains("SIGSEGV")
+    };
+    while !lost(&fe) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    ensure(&fe, lost(&fe), || {
+        format!("no log line of the render worker (pid {pid}) lost to SIGSEGV")
+    })?;
+    // Renderer contexts: device errors, fenced or not (a fence must not wait for ever).
+    let r = ctrl(
+        &mut fe,
+        "SUBMIT_3D after the crash",
+        gpu::submit_3d(CTX, &virgl::clear(1, 3, [1.0, 0.0, 0.0, 1.0])).fence(300, None),
+    )?;
+    ensure(&fe, r.ty == ty::ERR_UNSPEC, || {
+        format!("virgl SUBMIT_3D after the crash answered {}", r.name())
+    })?;
+    if venus {
+        let r = ctrl(
+            &mut fe,
+            "venus SUBMIT_3D after the crash",
+            gpu::submit_3d(VENUS, &[0; 8]),
+        )?;
+        ensure(&fe, r.ty == ty::ERR_UNSPEC, || {
+            format!("venus SUBMIT_3D after the crash answered {}", r.name())
+        })?;
+    }
+    let r = ctrl(
+        &mut fe,
+        "CTX_CREATE virgl after the crash",
+        gpu::ctx_create(4, 0, "again"),
+    )?;
+    ensure(&fe, r.ty == ty::ERR_UNSPEC, || {
+        format!("a new virgl context after the crash answered {}", r.name())
+    })?;
+    // 2D and cross-domain keep serving.
+    send_expecting(
+        &mut fe,
+        "RESOURCE_CREATE_2D after the crash",
+        gpu::resource_create_2d(20, format::B8G8R8X8_UNORM, 16, 16),
+        ty::OK_NODATA,
+    )?;
+    send_expecting(
+        &mut fe,
+        "RESOURCE_UNREF after the crash",
+        gpu::resource_unref(20),
+        ty::OK_NODATA,
+    )?;
+    send_expecting(
+        &mut fe,
+        "CTX_CREATE cross-domain after the crash",
+        gpu::ctx_create(5, gpu::CAPSET_CROSS_DOMAIN, "xd2"),
+        ty::OK_NODATA,
+    )?;
+    send_expecting(
+        &mut fe,
+        "CTX_DESTROY cross-domain",
+        gpu::ctx_destroy(XD),
+        ty::OK_NODATA,
+    )?;
+    let alive = fe.backend_alive();
+    ensure(&fe, alive, || "the backend died with its worker".into())?;
     still_serving(&mut fe)
 }
