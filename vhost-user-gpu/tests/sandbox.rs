@@ -13,7 +13,10 @@
 //! still ends the process). And the real backend: `--capset cross-domain` confines itself
 //! with the minimal profile, `--capset virgl` with the 3D profile under which a virgl
 //! context really draws through shaders llvmpipe compiles, its fences complete, and the
-//! backend exits cleanly at the end (the renderer's shutdown is in the profile too).
+//! backend exits cleanly at the end (the renderer's shutdown is in the profile too). With
+//! the renderer in a render worker (`--renderer-isolation process`, the default) the backend
+//! keeps the minimal profile (plus waiting for and killing its worker) and the worker, a
+//! filtered process of its own, runs the 3D one; with `thread` the backend runs the 3D one.
 //!
 //! Its `unsafe`: the raw `clone3` call with a null argument block (no wrapper issues that
 //! call as it is), and the run-time code of the 3D profile's probe.
@@ -539,12 +542,27 @@ fn seccomp_mode(fe: &Frontend) -> String {
         .unwrap_or_default()
 }
 
-/// The allowlist size the backend logged for `profile`.
+/// The allowlist size the backend's main process logged for `profile`.
 fn logged_allowlist(log: &str, profile: &str) -> Option<usize> {
     let at = log.find(&format!(
-        "sandbox: {profile} profile: seccomp allowlist of "
+        "] sandbox: {profile} profile: seccomp allowlist of "
     ))?;
     log[at..].split_whitespace().find_map(|w| w.parse().ok())
+}
+
+/// The allowlist size the render worker logged for the 3D profile.
+fn worker_allowlist(log: &str) -> Option<usize> {
+    let at = log.find("render worker: sandbox: 3D (renderer) profile: seccomp allowlist of ")?;
+    log[at..].split_whitespace().find_map(|w| w.parse().ok())
+}
+
+/// The `Seccomp:` mode of process `pid`.
+fn seccomp_mode_of(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("Seccomp:").map(|v| v.trim().to_string()))
+        .unwrap_or_default()
 }
 
 fn ok(fe: &mut Frontend, what: &str, cmd: gpu::Cmd) -> gpu::Resp {
@@ -586,30 +604,85 @@ fn without_a_3d_capset_the_backend_keeps_the_minimal_profile() {
 }
 
 #[test]
-fn with_a_renderer_the_backend_draws_under_the_3d_profile() {
-    draws_under_the_3d_profile("on");
+fn with_a_renderer_thread_the_backend_draws_under_the_3d_profile() {
+    draws_under_the_3d_profile("on", "thread");
 }
 
 #[test]
-fn with_a_renderer_and_seccomp_only_the_backend_draws_too() {
-    draws_under_the_3d_profile("seccomp-only");
+fn with_a_renderer_thread_and_seccomp_only_the_backend_draws_too() {
+    draws_under_the_3d_profile("seccomp-only", "thread");
 }
 
-/// A virgl session under `--sandbox mode` with the 3D profile: a draw through compiled
-/// shaders, its fence, the read-back, a clean exit.
-fn draws_under_the_3d_profile(mode: &str) {
+#[test]
+fn with_a_render_worker_the_backend_keeps_the_minimal_profile_and_the_worker_has_3d() {
+    draws_under_the_3d_profile("on", "process");
+}
+
+#[test]
+fn with_a_render_worker_and_seccomp_only_the_worker_draws_too() {
+    draws_under_the_3d_profile("seccomp-only", "process");
+}
+
+/// A virgl session under `--sandbox mode` and `--renderer-isolation isolation`: with a
+/// renderer thread the backend runs the 3D profile; with a render worker (the default) the
+/// backend keeps the minimal one (plus waiting for and killing that one process) and the
+/// worker runs the 3D one. A draw through compiled shaders, its fence, the read-back, a
+/// clean exit.
+fn draws_under_the_3d_profile(mode: &str, isolation: &str) {
     const CTX: u32 = 1;
     const SIDE: u32 = 32;
-    let Some(mut fe) = backend(&["--capset", "virgl", "--sandbox", mode], true) else {
+    let Some(mut fe) = backend(
+        &[
+            "--capset",
+            "virgl",
+            "--sandbox",
+            mode,
+            "--renderer-isolation",
+            isolation,
+        ],
+        true,
+    ) else {
         return;
     };
     let log = fe.backend_log();
     let minimal = sandbox::syscalls::allowlist(&SandboxPolicy::default(), 1)
         .unwrap()
         .len();
-    let allowed = logged_allowlist(&log, "3D (renderer)")
-        .unwrap_or_else(|| panic!("no 3D profile in the log:\n{log}"));
-    assert!(allowed > minimal, "{allowed} <= {minimal}\n{log}");
+    if isolation == "thread" {
+        let allowed = logged_allowlist(&log, "3D (renderer)")
+            .unwrap_or_else(|| panic!("no 3D profile in the log:\n{log}"));
+        assert!(allowed > minimal, "{allowed} <= {minimal}\n{log}");
+        assert!(!log.contains("render worker"), "{log}");
+    } else {
+        assert!(
+            logged_allowlist(&log, "3D (renderer)").is_none(),
+            "the backend itself runs the 3D profile:\n{log}"
+        );
+        let with_worker = sandbox::syscalls::allowlist(
+            &SandboxPolicy {
+                render_worker: Some(1),
+                ..SandboxPolicy::default()
+            },
+            1,
+        )
+        .unwrap()
+        .len();
+        assert_eq!(
+            logged_allowlist(&log, "minimal (no 3D)"),
+            Some(with_worker),
+            "{log}"
+        );
+        let worker = worker_allowlist(&log)
+            .unwrap_or_else(|| panic!("no 3D profile of the render worker in the log:\n{log}"));
+        assert!(worker > minimal, "{worker} <= {minimal}\n{log}");
+        let pid: u32 = log
+            .split("render worker pid ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no render worker pid in the log:\n{log}"));
+        assert_eq!(seccomp_mode_of(pid), "2", "the worker is filtered\n{log}");
+    }
     assert_eq!(seccomp_mode(&fe), "2", "{log}");
     // A virgl context, a render target backed by guest memory, a vertex buffer.
     let len = u64::from(SIDE * SIDE * 4);

@@ -20,10 +20,18 @@
 //!
 //! Landlock only applies to the calling thread and the threads it creates afterwards, so
 //! [`confine`] must run before the backend spawns any thread; `main` calls it right before
-//! the capture writer thread and the vhost-user daemon start. The one thread that exists
-//! before is the renderer's (when a virgl or venus capset is served): it confines itself
-//! first ([`confine_renderer_thread`]), with the files Mesa needs, before Mesa starts its own
-//! threads.
+//! the capture writer thread and the vhost-user daemon start. The threads that exist before
+//! are the renderer's (`--renderer-isolation thread`, when a virgl or venus capset is
+//! served), which confines itself first ([`confine_renderer_thread`]) with the files Mesa
+//! needs before Mesa starts its own threads, or (`--renderer-isolation process`, the
+//! default) the render worker's I/O thread, which only reads the worker's socket and kills
+//! and reaps that process (Landlock's signal scope would forbid that from a confined thread:
+//! the worker is outside the backend's domain); the seccomp filter covers both.
+//!
+//! The render worker is a process of its own: it confines itself with the renderer's
+//! Landlock rules ([`confine_renderer_thread`]) and the 3D seccomp profile
+//! ([`confine_render_worker`]); the backend then keeps the minimal profile, plus `kill`
+//! (SIGKILL), `wait4` and `waitid` of that one process ([`SandboxPolicy::render_worker`]).
 //!
 //! Two profiles: the minimal one, and the 3D one when [`SandboxPolicy::renderer`] is set
 //! (a renderer runs in the process: executable memory for compiled shaders and the other
