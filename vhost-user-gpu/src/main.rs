@@ -142,9 +142,10 @@ struct Cli {
     /// Confine the backend after start-up: a seccomp-bpf system call allowlist and Landlock
     /// file-system rules (see README-launch.md). `on` refuses to start on a kernel without
     /// Landlock; `seccomp-only` runs there with the system-call filter alone, which then lets
-    /// no file be created or written (no --capture-dir). With a virgl or venus capset served
-    /// the 3D profile applies (executable memory for the renderer's compiled shaders, Mesa's
-    /// libraries readable by the renderer's threads), else the minimal one.
+    /// no file be created or written (no --capture-dir). The renderer of virgl and venus
+    /// contexts runs under the 3D profile (executable memory for its compiled shaders, Mesa's
+    /// libraries readable): in its render worker process, while this process keeps the
+    /// minimal one (the default), or in this process with --renderer-isolation thread.
     #[arg(long, value_name = "MODE", default_value = "on", value_parser = sandbox_parser(), action = ArgAction::Set)]
     sandbox: SandboxMode,
 
