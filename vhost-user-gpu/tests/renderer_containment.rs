@@ -5,7 +5,9 @@
 //! And the renderer in a process of its own (`RenderWorker`, the backend's default): a
 //! worker killed by `SIGSEGV` mid-stream, as a fault in Mesa would, loses the virgl and venus
 //! contexts (device errors, a log line with the worker's pid and the signal), while 2D and
-//! cross-domain keep serving in this process and the worker is reaped.
+//! cross-domain keep serving in this process and the worker is reaped; a worker that stops
+//! answering (`SIGSTOP`, as a hang in Mesa) is killed after the answer timeout and lost the
+//! same way, without hanging the device.
 //!
 //! The first two tests run the real virglrenderer (llvmpipe in this process, lavapipe in
 //! the render server); where it is missing they say why and return, unless
@@ -658,6 +660,54 @@ fn a_render_worker_killed_by_sigsegv_loses_only_renderer_contexts() {
     assert!(
         !std::path::Path::new(&format!("/proc/{pid}")).exists(),
         "the worker was reaped"
+    );
+    h.dev.reset();
+}
+
+#[test]
+fn a_render_worker_that_stops_answering_is_killed_and_lost() {
+    let _g = serial();
+    let Some(worker) = real_worker() else {
+        return;
+    };
+    let pid = worker.pid();
+    worker.set_answer_timeout(Duration::from_millis(500));
+    let mut h = device_with(Box::new(worker.client()));
+    assert_eq!(
+        h.create_context(VIRGL_CTX, CAPSET_VIRGL2),
+        GpuResponse::OkNoData
+    );
+    // A worker hung inside Mesa, as far as the backend can tell.
+    let p = rustix::process::Pid::from_raw(pid as i32).unwrap();
+    rustix::process::kill_process(p, rustix::process::Signal::STOP).unwrap();
+    let started = Instant::now();
+    assert_eq!(
+        h.send(VIRGL_CTX, submit(clear_stream(1, 1, [0.0; 4]))),
+        GpuResponse::Err(GpuError::Unspec),
+        "the unanswered request fails"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "it did not hang"
+    );
+    h.serve_until(|_| was_logged(log::Level::Error, &["did not answer"]));
+    assert!(
+        was_logged(
+            log::Level::Error,
+            &[&format!("pid {pid}"), "did not answer SUBMIT_3D", "killed"]
+        ),
+        "the hang is logged"
+    );
+    h.two_d_serves(11);
+    h.cross_domain_serves(5);
+    // Killed (SIGKILL ends a stopped process too) and reaped.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::path::Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "the hung worker was killed and reaped"
     );
     h.dev.reset();
 }

@@ -46,6 +46,9 @@ use crate::device::ports::{
 pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the worker may take to start (Mesa's initialisation, the render server).
 pub const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// Most events queued for the devices: far above what the devices' fence bounds let a
+/// worker owe; a worker that sends more is not trusted further.
+const MAX_QUEUED_EVENTS: usize = 1 << 16;
 
 /// The render worker process and its I/O thread. Dropping it closes the connection: the
 /// worker exits, and is reaped.
@@ -79,6 +82,9 @@ struct Shared {
     lost: Mutex<Option<String>>,
     /// Written to make the I/O thread kill the worker.
     kill_fd: OwnedFd,
+    /// How long a request waits for its answer ([`ANSWER_TIMEOUT`] unless a test changes
+    /// it), in milliseconds.
+    answer_timeout_ms: std::sync::atomic::AtomicU64,
 }
 
 /// The sending side's state.
@@ -157,7 +163,11 @@ impl Shared {
 
     /// Waits for the answer to `what`.
     fn wait_reply(&self, what: &str) -> Result<(Reply, Vec<OwnedFd>), RendererError> {
-        let deadline = Instant::now() + ANSWER_TIMEOUT;
+        let timeout = Duration::from_millis(
+            self.answer_timeout_ms
+                .load(std::sync::atomic::Ordering::Relaxed),
+        );
+        let deadline = Instant::now() + timeout;
         let mut replies = lock(&self.replies);
         loop {
             if let Some(reply) = replies.pop_front() {
@@ -170,9 +180,9 @@ impl Shared {
             if now >= deadline {
                 drop(replies);
                 self.lose(format!(
-                    "the render worker (pid {}) did not answer {what} within {} s; it is killed",
+                    "the render worker (pid {}) did not answer {what} within {:.1} s; it is killed",
                     self.pid,
-                    ANSWER_TIMEOUT.as_secs()
+                    timeout.as_secs_f64()
                 ));
                 self.kill();
                 return Err(RendererError::Gone);
@@ -360,7 +370,17 @@ fn io_thread(shared: Arc<Shared>, reader: OwnedFd) {
                 break format!("lost its renderer ({why})");
             }
             Ok(WorkerMessage::Event(event)) => {
-                lock(&shared.events).push_back(event);
+                let mut events = lock(&shared.events);
+                if events.len() >= MAX_QUEUED_EVENTS {
+                    drop(events);
+                    let _ = Pid::from_raw(pid as i32)
+                        .map(|p| rustix::process::kill_process(p, Signal::KILL));
+                    break format!(
+                        "sent more than {MAX_QUEUED_EVENTS} events nobody asked for; it is killed"
+                    );
+                }
+                events.push_back(event);
+                drop(events);
                 shared.wake_pollers();
             }
             Err(e) => {
@@ -484,6 +504,7 @@ impl RenderWorker {
             events_fd: mk_eventfd()?,
             lost: Mutex::new(None),
             kill_fd: mk_eventfd()?,
+            answer_timeout_ms: std::sync::atomic::AtomicU64::new(ANSWER_TIMEOUT.as_millis() as u64),
         });
         let on_thread = shared.clone();
         let thread = std::thread::Builder::new()
@@ -526,6 +547,15 @@ impl RenderWorker {
     /// Why venus is not served though asked for.
     pub fn venus_withheld(&self) -> Option<&str> {
         self.venus_withheld.as_deref()
+    }
+
+    /// Changes how long a request waits for the worker's answer before the worker counts as
+    /// hung (default [`ANSWER_TIMEOUT`]); for tests.
+    pub fn set_answer_timeout(&self, timeout: Duration) {
+        self.client.shared.answer_timeout_ms.store(
+            timeout.as_millis().try_into().unwrap_or(u64::MAX),
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
 
     /// Why the worker is lost, once it is.
