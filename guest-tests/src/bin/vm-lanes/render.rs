@@ -553,17 +553,21 @@ pub fn lane(env: &mut Env, timeout: Duration) -> Result<Tally, Error> {
             None => Outcome::Passed,
         },
     );
-    // The default sandbox (--sandbox on) confined it with the 3D profile.
+    // The default sandbox (--sandbox on) and renderer isolation (process): the render
+    // worker rendered under the 3D profile, the backend kept the minimal one.
     let log = fs::read_to_string(&backend.log).unwrap_or_default();
     host_case(
         &mut tally,
-        "render/ours-qemu11/host: the backend rendered under its 3D sandbox profile",
-        if log.contains("sandbox: 3D (renderer) profile") && log.contains("Landlock fully enforced")
+        "render/ours-qemu11/host: the render worker rendered under the 3D sandbox profile, the backend kept the minimal one",
+        if log.contains("render worker: sandbox: 3D (renderer) profile")
+            && log.contains("] sandbox: minimal (no 3D) profile")
+            && log.contains("Landlock fully enforced")
         {
             Outcome::Passed
         } else {
             Outcome::Failed(format!(
-                "no 3D sandbox profile with Landlock in {}",
+                "no render worker under the 3D profile with Landlock, or no minimal profile \
+                 of the backend, in {}",
                 backend.log.display()
             ))
         },
