@@ -1,5 +1,5 @@
 //! Fuzz target (d): SUBMIT_3D streams and 3D resource commands through the device into the
-//! real virglrenderer (virgl on llvmpipe in this process, venus in the render server); see
+//! real virglrenderer in a render worker (virgl on llvmpipe, venus in the render server); see
 //! `vhost_user_gpu_fuzz::renderer` for the format and the checks.
 #![no_main]
 

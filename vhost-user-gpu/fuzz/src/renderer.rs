@@ -1,13 +1,20 @@
 //! The renderer fuzz harness: a `GpuDevice` with the **real** virglrenderer (virgl contexts
-//! on llvmpipe in this process, venus contexts in the render server, lavapipe), fed
-//! SUBMIT_3D streams and 3D resource commands chosen by the input, fences included.
+//! on llvmpipe, venus contexts in the render server, lavapipe) in a render worker, the
+//! backend's default (`--renderer-isolation process`): this package's `vhost-user-gpu`
+//! binary re-executed as `--render-worker`, named by `VUG_RENDER_WORKER` (`.ci/fuzz` builds
+//! it and sets it). The device is fed SUBMIT_3D streams and 3D resource commands chosen by
+//! the input, fences included.
 //!
-//! The renderer is process-wide (virglrenderer keeps one global state): it is started once,
-//! on its own thread ([`RendererThread`]), the first time an input runs; every input gets a
-//! fresh device holding a client of it, and the device reset at the end of the input resets
-//! the renderer (every context and resource goes). Venus is served even from a library
-//! older than 1.0 (`legacy_venus`): the render server is what is fuzzed, whatever a guest
-//! driver would accept.
+//! One worker serves the inputs one after another (virglrenderer keeps one global state per
+//! process); every input gets a fresh device holding a client of it, and the device reset at
+//! the end of the input resets the renderer (every context and resource goes). A fault
+//! inside virglrenderer or Mesa ends the worker, not this process: that is the containment
+//! under test (libvirglrenderer 0.10.4 has such faults on fuzzed virgl streams, a NULL
+//! dereference in its command decoder among them). The input's device must then see the
+//! renderer lost: every waiting fenced answer released, renderer commands refused, 2D and
+//! cross-domain served; the next input starts a new worker. Venus is served even from a
+//! library older than 1.0 (`legacy_venus`): the render server is what is fuzzed, whatever a
+//! guest driver would accept.
 //!
 //! Input format (little-endian):
 //!
@@ -37,7 +44,7 @@
 //! answers; after the device reset no fd is left behind. A hang inside the renderer shows as
 //! libFuzzer's per-input `-timeout`.
 
-use std::sync::OnceLock;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use vhost_user_gpu::alloc::memfd::MemfdAllocator;
@@ -48,7 +55,8 @@ use vhost_user_gpu::protocol::{
     Transfer3d, CAPSET_CROSS_DOMAIN, CAPSET_VENUS, CAPSET_VIRGL, CAPSET_VIRGL2, FLAG_FENCE,
     FLAG_INFO_RING_IDX, MAP_CACHE_WC,
 };
-use vhost_user_gpu::renderer::{RendererThread, VirglConfig, VirglRenderer};
+use vhost_user_gpu::renderer::wire::{StartConfig, WorkerSandbox};
+use vhost_user_gpu::renderer::{RenderWorker, VirglConfig};
 use vm_memory::{Bytes, GuestAddress};
 use vug_test_support::{FixedAdvisor, FrontendMapper, FrontendRegion};
 
@@ -141,42 +149,72 @@ impl RendererInput {
     }
 }
 
-/// The process's renderer: started on the first input. Every failure to start it is a
-/// failure of the target (the CI script skips the target where the library is absent).
-fn renderer() -> &'static RendererThread {
-    static RENDERER: OnceLock<RendererThread> = OnceLock::new();
-    RENDERER.get_or_init(|| {
-        // Mesa's on-disk shader cache would grow with every fuzzed shader.
-        std::env::set_var("MESA_SHADER_CACHE_DISABLE", "true");
-        let config = VirglConfig {
-            legacy_venus: true,
-            ..VirglConfig::default()
-        };
-        let thread = RendererThread::spawn(move || {
-            Ok(Box::new(VirglRenderer::new(&config)?)
-                as Box<dyn vhost_user_gpu::device::ports::Renderer>)
-        })
-        .unwrap_or_else(|e| {
+/// The render worker, started on the first input and again after one is lost. Every
+/// failure to start it is a failure of the target (the CI script skips the target where the
+/// library is absent).
+fn start_worker() -> RenderWorker {
+    let program = std::env::var_os("VUG_RENDER_WORKER").unwrap_or_else(|| {
+        panic!(
+            "VUG_RENDER_WORKER must name the vhost-user-gpu binary the render worker runs \
+             (.ci/fuzz builds it and sets it)"
+        )
+    });
+    let defaults = VirglConfig::default();
+    let config = StartConfig {
+        library: defaults.library,
+        render_server: defaults.render_server,
+        virgl: true,
+        venus: true,
+        legacy_venus: true,
+        // The worker's 3D seccomp profile, as the backend runs it (Landlock depends on the
+        // kernel this runs on).
+        sandbox: WorkerSandbox::SeccompOnly,
+        render_nodes: Vec::new(),
+        library_dirs: Vec::new(),
+    };
+    let worker =
+        RenderWorker::spawn(std::path::Path::new(&program), config, 0).unwrap_or_else(|e| {
             panic!(
                 "the renderer target needs virglrenderer with llvmpipe and the render server \
-                 (Debian: libvirglrenderer1 virgl-server libegl-mesa0 libgl1-mesa-dri \
-                 mesa-vulkan-drivers): {e}"
+             (Debian: libvirglrenderer1 virgl-server libegl-mesa0 libgl1-mesa-dri \
+             mesa-vulkan-drivers) and the worker {}: {e}",
+                std::path::Path::new(&program).display()
             )
         });
-        let mut client = thread.client();
-        // One reset first: whatever one-time state a reset leaves in the renderer is then
-        // part of the fd baseline, not taken for a leak of the first input.
-        vhost_user_gpu::device::ports::Renderer::reset(&mut client);
-        let ids: Vec<u32> = vhost_user_gpu::device::ports::Renderer::capsets(&client)
-            .iter()
-            .map(|c| c.id)
-            .collect();
-        assert!(
-            ids.contains(&CAPSET_VIRGL2) && ids.contains(&CAPSET_VENUS),
-            "the renderer serves capsets {ids:?}: the target needs virgl and venus"
-        );
-        thread
-    })
+    // A hang inside the worker ends it well within libFuzzer's per-input -timeout (25 s in
+    // .ci/fuzz): the containment of a hang is then what is checked, as for a crash.
+    worker.set_answer_timeout(Duration::from_secs(10));
+    let mut client = worker.client();
+    // One reset first: whatever one-time state a reset leaves in the renderer is then
+    // part of the fd baseline, not taken for a leak of the first input.
+    vhost_user_gpu::device::ports::Renderer::reset(&mut client);
+    let ids: Vec<u32> = vhost_user_gpu::device::ports::Renderer::capsets(&client)
+        .iter()
+        .map(|c| c.id)
+        .collect();
+    assert!(
+        ids.contains(&CAPSET_VIRGL2) && ids.contains(&CAPSET_VENUS),
+        "the renderer serves capsets {ids:?}: the target needs virgl and venus"
+    );
+    worker
+}
+
+/// The render worker for the next input: the running one, or a new one when the last was
+/// lost (with the fd count of this process once it runs).
+fn worker() -> std::sync::MutexGuard<'static, Option<(RenderWorker, usize)>> {
+    static WORKER: Mutex<Option<(RenderWorker, usize)>> = Mutex::new(None);
+    let mut worker = WORKER.lock().unwrap_or_else(|e| e.into_inner());
+    if worker.as_ref().is_some_and(|(w, _)| w.lost().is_some()) {
+        // Dropped first: its socket and thread go before the new baseline is counted.
+        *worker = None;
+    }
+    if worker.is_none() {
+        // The guest RAM's memfd is part of the baseline.
+        drop(guest_ram());
+        let started = start_worker();
+        *worker = Some((started, open_fds().len()));
+    }
+    worker
 }
 
 struct Harness {
@@ -303,19 +341,22 @@ const TARGETS: [u32; 9] = [0, 1, 2, 3, 4, 5, 6, 7, 8];
 
 /// Runs one input (see the module docs).
 pub fn run(data: &[u8]) {
-    let renderer = renderer();
-    static BASELINE_FDS: OnceLock<usize> = OnceLock::new();
-    let baseline = *BASELINE_FDS.get_or_init(|| open_fds().len());
-    run_device(renderer, data);
+    let guard = worker();
+    let (worker, baseline) = guard.as_ref().expect("a worker was started");
+    run_device(worker, data);
+    if let Some(why) = worker.lost() {
+        // Contained: this input's device served on; the next input starts a new worker.
+        eprintln!("renderer target: {why}");
+    }
     let now = open_fds();
     assert!(
-        now.len() <= baseline,
+        now.len() <= *baseline,
         "fd leak: {} open fds, {baseline} before: {now:?}",
         now.len()
     );
 }
 
-fn run_device(renderer: &RendererThread, data: &[u8]) {
+fn run_device(worker: &RenderWorker, data: &[u8]) {
     let mut r = Reader(data);
     let setup = r.u8().unwrap_or(0);
     let mut features = (1u64 << feature::VIRGL) | (1u64 << feature::CONTEXT_INIT);
@@ -331,7 +372,7 @@ fn run_device(renderer: &RendererThread, data: &[u8]) {
         advisor: Box::new(FixedAdvisor::allow(MAP_CACHE_WC)),
         exporter: vhost_user_gpu::alloc::guest_page_exporter(),
         channels: None,
-        renderer: Some(Box::new(renderer.client())),
+        renderer: Some(Box::new(worker.client())),
     };
     let config = DeviceConfig {
         outputs: vec![(64, 48)],
@@ -344,7 +385,7 @@ fn run_device(renderer: &RendererThread, data: &[u8]) {
     };
     let mut h = Harness {
         dev: GpuDevice::new(config, ports),
-        mem: GuestMemory::from_ranges(&[(GuestAddress(0), GUEST_RAM)]).expect("guest RAM"),
+        mem: guest_ram(),
         venus_ok: true,
         waiting: Vec::new(),
     };
@@ -356,7 +397,7 @@ fn run_device(renderer: &RendererThread, data: &[u8]) {
             // contexts are refused, cleanly.
             h.venus_ok = answer == GpuResponse::OkNoData;
         } else {
-            assert_eq!(answer, GpuResponse::OkNoData, "virgl context {ctx_id}");
+            virgl_created(worker, &answer, ctx_id);
         }
     }
     let mut fence_id = 1u64;
@@ -477,11 +518,7 @@ fn run_device(renderer: &RendererThread, data: &[u8]) {
                 h.ctx(ctx_id, GpuCommand::CtxDestroy);
                 let answer = h.create_context(ctx_id, init);
                 if init != CAPSET_VENUS {
-                    assert_eq!(
-                        answer,
-                        GpuResponse::OkNoData,
-                        "virgl context {ctx_id} again"
-                    );
+                    virgl_created(worker, &answer, ctx_id);
                 }
             }
         }
@@ -491,8 +528,13 @@ fn run_device(renderer: &RendererThread, data: &[u8]) {
     // it runs them (a ring without a queue: "vkr: invalid ring_idx"), and the library
     // reports nothing, so such a fence never signals. Its answer waits until the context
     // goes, which must release it.
+    // A lost worker releases every one of them (the device learns of the loss through its
+    // poll fd).
     let (venus_ctx, _) = CONTEXTS[2];
-    let stuck = h.drain(FENCE_DEADLINE, |&(_, ctx, ring)| ring && ctx == venus_ctx);
+    let lost = worker.lost().is_some();
+    let stuck = h.drain(FENCE_DEADLINE, |&(_, ctx, ring)| {
+        !lost && ring && ctx == venus_ctx
+    });
     assert!(
         stuck.is_empty(),
         "fenced answers still wait {FENCE_DEADLINE:?} after the last command: {stuck:?}"
@@ -506,15 +548,47 @@ fn run_device(renderer: &RendererThread, data: &[u8]) {
             h.waiting
         );
     }
-    still_serves(&mut h);
+    still_serves(&mut h, worker);
     h.dev.reset();
     assert_eq!(h.dev.resource_count(), 0);
     assert_eq!(h.dev.resource_memory(), 0);
 }
 
-/// After whatever the input did, the device still serves 2D, virgl, venus (where the
-/// render server lives) and cross-domain.
-fn still_serves(h: &mut Harness) {
+/// Guest RAM in a memfd, as a frontend shares it (the render worker maps it too), zeroed:
+/// one memfd for every input (the worker's client keeps the last memory table it sent, so a
+/// fresh memfd per input would stay open until the next).
+fn guest_ram() -> GuestMemory {
+    static RAM: std::sync::OnceLock<GuestMemory> = std::sync::OnceLock::new();
+    let ram = RAM.get_or_init(new_guest_ram).clone();
+    ram.write_slice(&vec![0u8; GUEST_RAM], GuestAddress(0))
+        .expect("zeroing guest RAM");
+    ram
+}
+
+fn new_guest_ram() -> GuestMemory {
+    let fd = rustix::fs::memfd_create("guest-ram", rustix::fs::MemfdFlags::CLOEXEC)
+        .expect("memfd_create");
+    let file = std::fs::File::from(fd);
+    file.set_len(GUEST_RAM as u64).expect("guest RAM size");
+    GuestMemory::from_ranges_with_files([(
+        GuestAddress(0),
+        GUEST_RAM,
+        Some(vm_memory::FileOffset::new(file, 0)),
+    )])
+    .expect("guest RAM")
+}
+
+/// A virgl context was created, unless the worker is lost (then it was refused).
+fn virgl_created(worker: &RenderWorker, answer: &GpuResponse, ctx_id: u32) {
+    assert!(
+        *answer == GpuResponse::OkNoData || worker.lost().is_some(),
+        "virgl context {ctx_id} answered {answer:?} while the render worker serves"
+    );
+}
+
+/// After whatever the input did, the device still serves 2D, virgl and venus (while the
+/// worker and the render server live) and cross-domain.
+fn still_serves(h: &mut Harness, worker: &RenderWorker) {
     const RES_2D: u32 = 100;
     const RES_3D: u32 = 101;
     const CTX_VIRGL: u32 = 10;
@@ -525,8 +599,9 @@ fn still_serves(h: &mut Harness) {
     h.mem
         .write_slice(&pixels, GuestAddress(BACKING))
         .expect("guest write");
-    // 2D: create, back, upload, unref (the input may have taken the ids: free them first).
-    for id in [RES_2D, RES_3D] {
+    // 2D: create, back, upload, unref. The input's resources go first: it may have taken
+    // the ids, or the whole memory budget (a refusal then is right, and not what is checked).
+    for id in (1..=u32::from(MAX_RESOURCE_ID)).chain([RES_2D, RES_3D]) {
         h.ctx(0, GpuCommand::ResourceUnref { resource_id: id });
     }
     for ctx_id in [CTX_VIRGL, CTX_VENUS, CTX_XD] {
@@ -574,7 +649,29 @@ fn still_serves(h: &mut Harness) {
         ),
     ];
     for a in answers {
-        assert_eq!(a, GpuResponse::OkNoData, "2D still served");
+        assert_eq!(
+            a,
+            GpuResponse::OkNoData,
+            "2D still served ({} resources, {} bytes charged, worker lost: {:?})",
+            h.dev.resource_count(),
+            h.dev.resource_memory(),
+            worker.lost()
+        );
+    }
+    // A lost worker (the input crashed it): renderer contexts are refused from now on, 2D
+    // (above) and cross-domain are served.
+    if let Some(why) = worker.lost() {
+        let answer = h.create_context(CTX_VIRGL, CAPSET_VIRGL2);
+        assert!(
+            matches!(answer, GpuResponse::Err(_)),
+            "a virgl context after the worker was lost ({why}) answered {answer:?}"
+        );
+        assert_eq!(
+            h.create_context(CTX_XD, CAPSET_CROSS_DOMAIN),
+            GpuResponse::OkNoData,
+            "cross-domain still served after the worker was lost"
+        );
+        return;
     }
     // virgl: a new context clears a texture; the pixels read back are the clear colour.
     assert_eq!(
