@@ -18,7 +18,7 @@
 use std::sync::{mpsc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use vm_memory::{Bytes, FileOffset, GuestAddress};
+use vm_memory::{Bytes, GuestAddress};
 
 use vhost_user_gpu::alloc::memfd::MemfdAllocator;
 use vhost_user_gpu::device::ports::{GuestMemory, Renderer, RendererError};
@@ -28,7 +28,6 @@ use vhost_user_gpu::protocol::{
     CAPSET_CROSS_DOMAIN, CAPSET_VENUS, CAPSET_VIRGL2, FLAG_FENCE, FLAG_INFO_RING_IDX, MAP_CACHE_WC,
 };
 use vhost_user_gpu::renderer::fake::FakeRenderer;
-use vhost_user_gpu::renderer::wire::{StartConfig, WorkerSandbox};
 use vhost_user_gpu::renderer::{RenderWorker, RendererThread, VirglConfig, VirglRenderer};
 use vug_test_support::{FixedAdvisor, FrontendMapper, FrontendRegion, NoDisplay};
 
@@ -123,16 +122,6 @@ fn device(thread: &RendererThread) -> Harness {
     device_with(Box::new(thread.client()))
 }
 
-/// Guest memory backed by a memfd (as a frontend shares it), so that a render worker can
-/// map it too.
-fn shared_guest_memory(len: usize) -> GuestMemory {
-    let fd = rustix::fs::memfd_create("guest-ram", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
-    let file = std::fs::File::from(fd);
-    file.set_len(len as u64).unwrap();
-    GuestMemory::from_ranges_with_files([(GuestAddress(0), len, Some(FileOffset::new(file, 0)))])
-        .unwrap()
-}
-
 fn device_with(renderer: vhost_user_gpu::device::ports::SendRenderer) -> Harness {
     // Each test's lines only (the tests run one at a time: `serial`).
     logged().0.lock().unwrap().clear();
@@ -156,7 +145,7 @@ fn device_with(renderer: vhost_user_gpu::device::ports::SendRenderer) -> Harness
     dev.ack_features(dev.features());
     Harness {
         dev,
-        mem: shared_guest_memory(1 << 20),
+        mem: vug_test_support::shared_guest_memory(1 << 20).unwrap(),
         _region: region,
     }
 }
@@ -543,18 +532,7 @@ fn real_worker() -> Option<RenderWorker> {
         ));
         return None;
     }
-    let config = StartConfig {
-        library: defaults.library,
-        render_server: defaults.render_server,
-        virgl: true,
-        venus: true,
-        legacy_venus: true,
-        // The seccomp profile of the worker (Landlock depends on the kernel; the
-        // conformance suite runs the backend's default, Landlock included).
-        sandbox: WorkerSandbox::SeccompOnly,
-        render_nodes: Vec::new(),
-        library_dirs: Vec::new(),
-    };
+    let config = vug_test_support::render_worker_config();
     let program = std::path::Path::new(env!("CARGO_BIN_EXE_vhost-user-gpu"));
     match RenderWorker::spawn(program, config, 0) {
         Ok(worker) => Some(worker),

@@ -55,8 +55,7 @@ use vhost_user_gpu::protocol::{
     Transfer3d, CAPSET_CROSS_DOMAIN, CAPSET_VENUS, CAPSET_VIRGL, CAPSET_VIRGL2, FLAG_FENCE,
     FLAG_INFO_RING_IDX, MAP_CACHE_WC,
 };
-use vhost_user_gpu::renderer::wire::{StartConfig, WorkerSandbox};
-use vhost_user_gpu::renderer::{RenderWorker, VirglConfig};
+use vhost_user_gpu::renderer::RenderWorker;
 use vm_memory::{Bytes, GuestAddress};
 use vug_test_support::{FixedAdvisor, FrontendMapper, FrontendRegion};
 
@@ -159,19 +158,7 @@ fn start_worker() -> RenderWorker {
              (.ci/fuzz builds it and sets it)"
         )
     });
-    let defaults = VirglConfig::default();
-    let config = StartConfig {
-        library: defaults.library,
-        render_server: defaults.render_server,
-        virgl: true,
-        venus: true,
-        legacy_venus: true,
-        // The worker's 3D seccomp profile, as the backend runs it (Landlock depends on the
-        // kernel this runs on).
-        sandbox: WorkerSandbox::SeccompOnly,
-        render_nodes: Vec::new(),
-        library_dirs: Vec::new(),
-    };
+    let config = vug_test_support::render_worker_config();
     let worker =
         RenderWorker::spawn(std::path::Path::new(&program), config, 0).unwrap_or_else(|e| {
             panic!(
@@ -566,16 +553,7 @@ fn guest_ram() -> GuestMemory {
 }
 
 fn new_guest_ram() -> GuestMemory {
-    let fd = rustix::fs::memfd_create("guest-ram", rustix::fs::MemfdFlags::CLOEXEC)
-        .expect("memfd_create");
-    let file = std::fs::File::from(fd);
-    file.set_len(GUEST_RAM as u64).expect("guest RAM size");
-    GuestMemory::from_ranges_with_files([(
-        GuestAddress(0),
-        GUEST_RAM,
-        Some(vm_memory::FileOffset::new(file, 0)),
-    )])
-    .expect("guest RAM")
+    vug_test_support::shared_guest_memory(GUEST_RAM).expect("guest RAM")
 }
 
 /// A virgl context was created, unless the worker is lost (then it was refused).

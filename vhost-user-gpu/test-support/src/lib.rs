@@ -6,7 +6,9 @@
 //!   [`RegionMapper`] port, with failure injection;
 //! - [`FixedAdvisor`]: a map advisor with a fixed answer, a stand-in (named as such) for
 //!   `dmabuf-info`, for tests whose point is what the device does with an answer;
-//! - [`NoDisplay`]: a display that shows nothing, for tests that do not look at one.
+//! - [`NoDisplay`]: a display that shows nothing, for tests that do not look at one;
+//! - [`shared_guest_memory`] and [`render_worker_config`]: guest memory a render worker can
+//!   map, and the worker configuration the renderer tests and the renderer fuzz target use.
 //!
 //! It also turns on `vhost-user-gpu`'s `test-codec` feature (the driver's half of the
 //! protocol codec) for whoever depends on it.
@@ -195,4 +197,40 @@ impl DisplaySink for NoDisplay {
     fn flush(&mut self, _: u32, _: &Frame<'_>, _: Rect) {}
     fn cursor_update(&mut self, _: &Cursor<'_>) {}
     fn cursor_move(&mut self, _: u32, _: u32, _: u32) {}
+}
+
+/// Guest memory in one memfd of `len` bytes at guest address 0, as a frontend shares it: a
+/// render worker maps it too (anonymous memory cannot be sent to one).
+pub fn shared_guest_memory(
+    len: usize,
+) -> std::io::Result<vhost_user_gpu::device::ports::GuestMemory> {
+    let fd = rustix::fs::memfd_create("guest-ram", rustix::fs::MemfdFlags::CLOEXEC)?;
+    let file = std::fs::File::from(fd);
+    file.set_len(len as u64)?;
+    vhost_user_gpu::device::ports::GuestMemory::from_ranges_with_files([(
+        vm_memory::GuestAddress(0),
+        len,
+        Some(vm_memory::FileOffset::new(file, 0)),
+    )])
+    .map_err(std::io::Error::other)
+}
+
+/// The render worker configuration of the renderer tests and the renderer fuzz target: the
+/// real virglrenderer (the default library and render server) with virgl and venus, venus
+/// also from a library older than 1.0 (what is tested is the render server, whatever a guest
+/// driver would accept), under the worker's 3D seccomp profile without Landlock (which
+/// depends on the kernel; the conformance suite runs the backend's default, Landlock
+/// included).
+pub fn render_worker_config() -> vhost_user_gpu::renderer::wire::StartConfig {
+    let defaults = vhost_user_gpu::renderer::VirglConfig::default();
+    vhost_user_gpu::renderer::wire::StartConfig {
+        library: defaults.library,
+        render_server: defaults.render_server,
+        virgl: true,
+        venus: true,
+        legacy_venus: true,
+        sandbox: vhost_user_gpu::renderer::wire::WorkerSandbox::SeccompOnly,
+        render_nodes: Vec::new(),
+        library_dirs: Vec::new(),
+    }
 }
